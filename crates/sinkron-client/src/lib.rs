@@ -1,0 +1,1 @@
+//! Native client (in progress).

@@ -1,0 +1,26 @@
+//! Sinkron's core: everything about syncing that must be decided exactly once.
+//!
+//! It owns the record model and the newest-wins merge ([`record`]), the client clock rule
+//! ([`clock`]), the wire types of protocol v1 ([`protocol`]) and the client sync engine, a
+//! sans-IO state machine ([`engine`]).
+//!
+//! It must not do I/O: no clock, no entropy, no threads, no async runtime, no HTTP and no
+//! storage. Time and randomness come in as arguments; what to do comes out as commands. The
+//! server, the native client, the simulation and the browser build all call into this crate,
+//! so the browser and the server can never disagree on a merge.
+//!
+//! The crate compiles to WebAssembly under a tight size budget, so the engine avoids `f64`
+//! formatting, ordered maps and sorting; serde is behind the `serde` feature, which only the
+//! server and the native client enable.
+
+pub mod clock;
+// ENGINE pub mod engine;
+pub mod protocol;
+pub mod record;
+#[allow(dead_code)]
+mod rng;
+
+pub use clock::Clock;
+// ENGINE-USE
+pub use protocol::{Change, Mutation};
+pub use record::{Record, RecordKey};

@@ -1,0 +1,171 @@
+//! Protocol v1: the values that cross the wire, and its limits.
+//!
+//! `Change` and `Mutation` are plain structs the engine uses directly; with the `serde`
+//! feature they and the request and response bodies also (de)serialize to the exact JSON of
+//! `docs/PROTOCOL.md`. Record values stay JSON text end to end: they are embedded raw, never
+//! re-encoded.
+
+/// The collections a server accepts unless configured otherwise.
+pub const DEFAULT_COLLECTIONS: [&str; 4] = ["history", "favorites", "likes", "settings"];
+/// Most mutations in one push.
+pub const MUTATIONS_MAX: usize = 500;
+/// Largest request body the server reads.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Largest record value, as JSON text.
+pub const VALUE_BYTES_MAX: usize = 4 * 1024;
+/// Longest key, in characters.
+pub const KEY_CHARS_MAX: usize = 128;
+/// Longest client id, in characters.
+pub const CLIENT_ID_CHARS_MAX: usize = 64;
+/// Longest collection name, in characters.
+pub const COLLECTION_CHARS_MAX: usize = 64;
+
+/// A record as the server stores it, sent in pulls and push answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
+pub struct Change {
+    pub collection: String,
+    pub key: String,
+    /// JSON object text, or `None` (`null`) for a tombstone.
+    #[cfg_attr(feature = "serde", serde(with = "raw_json"))]
+    pub value: Option<String>,
+    pub updated_at: u64,
+    /// The client whose write this is; the tie-breaker of newest-wins.
+    pub client_id: String,
+    /// The per-user sequence number at which the server stored this version. Only ever
+    /// compared with other versions of the same user's records: higher is later.
+    pub version: u64,
+}
+
+/// One write a client pushes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
+pub struct Mutation {
+    /// Increasing per client id; the server ignores ids at or below its ack.
+    pub id: u64,
+    pub collection: String,
+    pub key: String,
+    #[cfg_attr(feature = "serde", serde(with = "raw_json"))]
+    pub value: Option<String>,
+    pub updated_at: u64,
+}
+
+#[cfg(feature = "serde")]
+pub use wire::*;
+
+#[cfg(feature = "serde")]
+mod wire {
+    use super::{Change, Mutation};
+    use serde::{Deserialize, Serialize};
+
+    /// `{"id","username"}`
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct User {
+        pub id: String,
+        pub username: String,
+    }
+
+    /// Body of `POST /api/auth/register` and `POST /api/auth/login`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct Credentials {
+        pub username: String,
+        pub password: String,
+    }
+
+    /// Answer to a successful register or login.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct Session {
+        pub token: String,
+        pub user: User,
+    }
+
+    /// Answer to `GET /api/user/me`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PullResponse {
+        pub user: User,
+        pub cursor: String,
+        pub changes: Vec<Change>,
+        pub more: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub reset: bool,
+        pub server_time: u64,
+    }
+
+    /// Body of `POST /api/user/me/changes`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PushRequest {
+        pub client_id: String,
+        pub mutations: Vec<Mutation>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_sync: Option<String>,
+    }
+
+    /// Answer to `POST /api/user/me/changes`.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PushResponse {
+        pub ack: u64,
+        pub cursor: String,
+        pub changes: Vec<Change>,
+        pub more: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        pub reset: bool,
+        pub server_time: u64,
+    }
+
+    /// `{"error":{"code","message"}}`
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct ErrorBody {
+        pub error: ErrorDetail,
+    }
+
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct ErrorDetail {
+        pub code: String,
+        pub message: String,
+    }
+
+    fn is_false(b: &bool) -> bool {
+        !*b
+    }
+}
+
+/// Record values are JSON text inside the core; on the wire they are embedded as raw JSON.
+#[cfg(feature = "serde")]
+mod raw_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(text) => {
+                let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+                raw.serialize(s)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let raw: Option<Box<RawValue>> = Option::deserialize(d)?;
+        Ok(raw.map(|r| String::from(Box::<str>::from(r))))
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_as_raw_json() {
+        let text = r#"{"clientId":"c1","mutations":[{"id":1,"collection":"likes","key":"e1","value":{"v":1},"updatedAt":5},{"id":2,"collection":"likes","key":"e2","value":null,"updatedAt":6}]}"#;
+        let req: PushRequest = serde_json::from_str(text).unwrap();
+        assert_eq!(req.mutations[0].value.as_deref(), Some(r#"{"v":1}"#));
+        assert_eq!(req.mutations[1].value, None);
+        assert_eq!(serde_json::to_string(&req).unwrap(), text);
+    }
+}
