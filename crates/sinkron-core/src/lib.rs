@@ -14,13 +14,12 @@
 //! server and the native client enable.
 
 pub mod clock;
-// ENGINE pub mod engine;
+pub mod engine;
 pub mod protocol;
 pub mod record;
-#[allow(dead_code)]
 mod rng;
 
 pub use clock::Clock;
-// ENGINE-USE
+pub use engine::{Command, Config, Engine, Notice, Page, Persist, Reply, Request, Status};
 pub use protocol::{Change, Mutation};
 pub use record::{Record, RecordKey};

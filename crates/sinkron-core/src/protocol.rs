@@ -144,7 +144,8 @@ mod raw_json {
         match value {
             None => s.serialize_none(),
             Some(text) => {
-                let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
                 raw.serialize(s)
             }
         }

@@ -1,0 +1,1249 @@
+//! The client sync engine: one browser tab's (or one native device's) sync state, as a
+//! sans-IO state machine.
+//!
+//! The engine decides everything — what to persist, what to tell other tabs, when to pull and
+//! push, what wins — and does nothing itself. A driver (the browser's TypeScript, the native
+//! tokio client, the simulation) feeds it what happened and executes what it asks for:
+//!
+//! * **Getters** read the merged view ([`Engine::get`], [`Engine::collection`]) and the
+//!   [`Status`].
+//! * **`handle_*`** report what happened: a timer fired, visibility, focus, connectivity,
+//!   leadership, a message from another tab, an HTTP reply.
+//! * **Mutators** carry the app's commands: [`Engine::write`], [`Engine::sign_in`],
+//!   [`Engine::sign_out`], [`Engine::flush`], and the `restore_*` calls that load what a
+//!   previous run persisted.
+//! * **`poll_*`** say what to do next. After every input the driver drains
+//!   [`Engine::poll_command`] until it returns `None`, then asks [`Engine::poll_timeout`] for
+//!   the next deadline and calls [`Engine::handle_timeout`] when it passes. Waking early is
+//!   harmless.
+//!
+//! Every input carries `now` in milliseconds since the Unix epoch; the engine reads no clock
+//! and no entropy (the seed comes in at construction).
+//!
+//! ## State
+//! The view of a record is the newest (by `(updatedAt, clientId)`) of three layers:
+//! * `confirmed` — what the server holds, each record tagged with the server's per-user
+//!   `version`; server data replaces it only with a higher version, so a stale reply or a late
+//!   message from another tab can never roll it back;
+//! * the `outbox` — this tab's writes not yet acknowledged, coalesced per key;
+//! * `foreign` — other tabs' writes not yet acknowledged, learned from their broadcasts.
+//!
+//! Only the leader tab polls. Any tab pushes its own outbox. Every page of server data a tab
+//! receives is broadcast with the cursor it started from and the cursor it ends at, so other
+//! tabs apply it without a request and adopt the cursor when it continues their own.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use crate::clock::Clock;
+use crate::protocol::{
+    Change, Mutation, COLLECTION_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX, VALUE_BYTES_MAX,
+};
+use crate::record::{Record, RecordKey};
+use crate::rng::Rng;
+
+/// A deterministic hash map: the same inputs give the same iteration order on every run and
+/// every platform, which keeps simulations reproducible.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// The engine's policies. Every duration is in milliseconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Time between background pulls of the leader tab.
+    pub interval_ms: u64,
+    /// Random spread of each interval, in percent either way, so tabs and devices do not
+    /// pull in lockstep.
+    pub interval_jitter_percent: u64,
+    /// A focus, visibility, online or sign-in trigger within this long after the last pull
+    /// is dropped: a burst of such events costs one request.
+    pub trigger_gap_ms: u64,
+    /// A push waits this long after the last write, so a burst of writes is one request.
+    pub push_delay_ms: u64,
+    /// ... but a steady stream of writes never delays a push longer than this.
+    pub push_wait_ms_max: u64,
+    /// Most mutations in one push.
+    pub push_batch_max: usize,
+    /// Budget of a `keepalive` flush body; browsers refuse keepalive bodies above 64 KiB.
+    pub keepalive_bytes_max: usize,
+    /// First retry delay cap after a failure; doubles with each failure in a row.
+    pub backoff_base_ms: u64,
+    /// Largest retry delay cap.
+    pub backoff_ms_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval_ms: 30_000,
+            interval_jitter_percent: 10,
+            trigger_gap_ms: 2_000,
+            push_delay_ms: 300,
+            push_wait_ms_max: 3_000,
+            push_batch_max: 100,
+            keepalive_bytes_max: 60 * 1024,
+            backoff_base_ms: 1_000,
+            backoff_ms_max: 60_000,
+        }
+    }
+}
+
+/// What the engine asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Write to this device's durable storage (shared by the device's tabs).
+    Persist(Persist),
+    /// Post to the device's other tabs.
+    Broadcast(TabMessage),
+    /// Send an HTTP request and report its outcome with [`Engine::handle_reply`] and this id.
+    Send { id: u64, request: Request },
+    /// Ask for (`true`) or give up (`false`) the device's leader lock.
+    Leadership(bool),
+    /// Tell the UI something changed.
+    Notify(Notice),
+}
+
+/// Storage writes. `scope` is the signed-in user's id, or `None` for the guest's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Store a confirmed record (tombstones included).
+    Record {
+        scope: Option<String>,
+        change: Change,
+    },
+    /// Drop every confirmed record of the scope (a `reset` follows).
+    ClearRecords { scope: Option<String> },
+    /// Store the pull cursor.
+    Cursor {
+        scope: Option<String>,
+        cursor: Option<String>,
+    },
+    /// Replace this tab's outbox.
+    Outbox {
+        scope: Option<String>,
+        client_id: String,
+        mutations: Vec<Mutation>,
+    },
+    /// Forget everything of the scope: records, cursor, outboxes.
+    Wipe { scope: Option<String> },
+}
+
+/// What the UI should re-read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// These records' view may have changed.
+    Changed(Vec<RecordKey>),
+    /// Every record may have changed (sign-in, sign-out, reset).
+    Everything,
+    /// [`Engine::status`] changed.
+    Status,
+}
+
+/// An HTTP request the engine wants sent. The driver adds the bearer token; for a pull with
+/// a cursor it also sends `If-None-Match: "<cursor>"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `GET /api/user/me[?lastSync=cursor]`
+    Pull { last_sync: Option<String> },
+    /// `POST /api/user/me/changes`
+    Push {
+        client_id: String,
+        mutations: Vec<Mutation>,
+        last_sync: Option<String>,
+        /// Send with `fetch(..., {keepalive: true})`: the page is being hidden or closed.
+        keepalive: bool,
+    },
+}
+
+/// A page of server state, from a pull or a push answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub cursor: String,
+    pub changes: Vec<Change>,
+    pub more: bool,
+    pub reset: bool,
+    pub server_time: u64,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// 200 to a pull.
+    Pulled(Page),
+    /// 200 to a push.
+    Pushed { ack: u64, page: Page },
+    /// 304 to a pull: nothing changed.
+    NotModified,
+    /// No answer (network error, timeout) or an error status.
+    Failed(Failure),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No HTTP answer at all.
+    Network,
+    /// 401: the session is gone; the engine stops calling the API until the next sign-in.
+    Unauthorized,
+    /// 429 or 5xx: try again later, not before `Retry-After` if the server gave one.
+    Unavailable { retry_after_ms: Option<u64> },
+    /// Any other 4xx: the request can never succeed as it is.
+    Rejected { status: u16 },
+}
+
+/// A message between the tabs of one device. Tabs ignore messages of another scope, so one
+/// user's records never reach a tab showing another user (or a guest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TabMessage {
+    pub scope: Option<String>,
+    pub body: TabBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TabBody {
+    /// A tab wrote a record (optimistically; not acknowledged yet).
+    Wrote {
+        id: u64,
+        key: RecordKey,
+        record: Record,
+    },
+    /// A tab received server state: the changes after cursor `from`, up to cursor `to`.
+    Synced {
+        from: Option<String>,
+        to: String,
+        reset: bool,
+        changes: Vec<Change>,
+    },
+    /// The server acknowledged a tab's mutations up to `ack`.
+    Acked { client_id: String, ack: u64 },
+    /// A tab that is not the leader was focused: the leader should pull.
+    PullWanted,
+    /// A tab signed in; every tab of the device follows.
+    SignedIn,
+    /// A tab signed out; every tab of the device wipes the user's data.
+    SignedOut,
+}
+
+/// What the sync status UI shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub signed_in: bool,
+    pub online: bool,
+    pub visible: bool,
+    pub leader: bool,
+    /// Writes of this tab not yet acknowledged by the server.
+    pub pending: usize,
+    /// A request is on its way.
+    pub syncing: bool,
+    /// When this tab last received server state (local time).
+    pub last_synced_at: Option<u64>,
+    pub error: Option<SyncError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncError {
+    /// The server did not answer; the engine is retrying with backoff.
+    Unreachable,
+    /// The session ended (401); sign in again.
+    Unauthorized,
+    /// The server refused a push with this status; those writes were dropped.
+    Rejected(u16),
+}
+
+/// Why a write was refused. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    InvalidCollection,
+    InvalidKey,
+    /// The value is not a JSON object text.
+    InvalidValue,
+    ValueTooLarge,
+}
+
+impl WriteError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            WriteError::InvalidCollection => "invalid_collection",
+            WriteError::InvalidKey => "invalid_key",
+            WriteError::InvalidValue => "invalid_value",
+            WriteError::ValueTooLarge => "value_too_large",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    record: Record,
+    version: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    id: u64,
+    key: RecordKey,
+    record: Record,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: u64,
+    /// The cursor the request was sent with (for pulls and pushes).
+    last_sync: Option<String>,
+    /// For pushes: the highest mutation id sent.
+    pushed_max: Option<u64>,
+    /// A keepalive flush runs beside the regular request and its failure is ignored.
+    keepalive: bool,
+}
+
+/// The sync engine of one tab. See the module documentation for how to drive it.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    rng: Rng,
+    clock: Clock,
+    client_id: String,
+    user: Option<String>,
+    visible: bool,
+    online: bool,
+    leader: bool,
+    /// Whether we currently hold or wait for the leader lock.
+    leadership_asked: bool,
+    unauthorized: bool,
+
+    confirmed: Map<RecordKey, Stored>,
+    cursor: Option<String>,
+    outbox: Vec<Pending>,
+    next_id: u64,
+    /// Every mutation id at or below this was sent at least once and must not change.
+    sent_max: u64,
+    foreign: Map<RecordKey, Pending>,
+    /// This tab's acknowledged writes, kept in view until a reply to a request sent after
+    /// the acknowledgement shows the server state (so they never flicker out of view), with
+    /// the id of the request that acknowledged them.
+    acked: Vec<(u64, Pending)>,
+
+    in_flight: Vec<InFlight>,
+    next_request_id: u64,
+    pull_due: Option<u64>,
+    pull_wanted: bool,
+    last_pull_at: Option<u64>,
+    first_write_at: Option<u64>,
+    last_write_at: Option<u64>,
+    failures: u32,
+    retry_at: Option<u64>,
+    last_synced_at: Option<u64>,
+    error: Option<SyncError>,
+
+    commands: VecDeque<Command>,
+    last_status: Option<Status>,
+}
+
+impl Engine {
+    /// A fresh engine: a guest, visible and online until told otherwise. `seed` must differ
+    /// between tabs (the browser passes `crypto.getRandomValues`); it picks the client id and
+    /// the jitter.
+    pub fn new(config: Config, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let client_id = rng.client_id();
+        Engine {
+            config,
+            rng,
+            clock: Clock::default(),
+            client_id,
+            user: None,
+            visible: true,
+            online: true,
+            leader: false,
+            leadership_asked: false,
+            unauthorized: false,
+            confirmed: Map::default(),
+            cursor: None,
+            outbox: Vec::new(),
+            next_id: 1,
+            sent_max: 0,
+            foreign: Map::default(),
+            acked: Vec::new(),
+            in_flight: Vec::new(),
+            next_request_id: 1,
+            pull_due: None,
+            pull_wanted: false,
+            last_pull_at: None,
+            first_write_at: None,
+            last_write_at: None,
+            failures: 0,
+            retry_at: None,
+            last_synced_at: None,
+            error: None,
+            commands: VecDeque::new(),
+            last_status: None,
+        }
+    }
+
+    // ----- getters -----
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The signed-in user's id, or `None` for a guest.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The newest version of a record this tab knows of, tombstones included.
+    pub fn get(&self, key: &RecordKey) -> Option<&Record> {
+        let mut best = self.confirmed.get(key).map(|s| &s.record);
+        let own = self.outbox.iter().rev().find(|p| &p.key == key);
+        let acked = self
+            .acked
+            .iter()
+            .rev()
+            .map(|(_, p)| p)
+            .find(|p| &p.key == key);
+        let candidates = own.into_iter().chain(acked).chain(self.foreign.get(key));
+        for candidate in candidates {
+            if best.is_none_or(|b| candidate.record.wins_over(b)) {
+                best = Some(&candidate.record);
+            }
+        }
+        best
+    }
+
+    /// The live records of a collection (tombstones left out), in no particular order.
+    pub fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
+        let mut out: Vec<(&str, &Record)> = Vec::new();
+        // Each key once: confirmed keys first, then unconfirmed ones not seen before.
+        let unconfirmed = self
+            .outbox
+            .iter()
+            .chain(self.acked.iter().map(|(_, p)| p))
+            .map(|p| &p.key)
+            .chain(self.foreign.keys());
+        let mut extra: Vec<&RecordKey> = Vec::new();
+        for key in unconfirmed {
+            if key.collection == collection
+                && !self.confirmed.contains_key(key)
+                && !extra.contains(&key)
+            {
+                extra.push(key);
+            }
+        }
+        let confirmed = self.confirmed.keys().filter(|k| k.collection == collection);
+        for key in confirmed.chain(extra) {
+            if let Some(record) = self.get(key).filter(|r| !r.is_tombstone()) {
+                out.push((key.key.as_str(), record));
+            }
+        }
+        out
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            signed_in: self.user.is_some(),
+            online: self.online,
+            visible: self.visible,
+            leader: self.leader,
+            pending: self.outbox.len(),
+            syncing: !self.in_flight.is_empty(),
+            last_synced_at: self.last_synced_at,
+            error: self.error.clone(),
+        }
+    }
+
+    /// This tab's unacknowledged mutations, oldest first.
+    pub fn outbox(&self) -> Vec<Mutation> {
+        self.outbox.iter().map(Pending::mutation).collect()
+    }
+
+    // ----- poll -----
+
+    /// The next thing to do, or `None` when there is nothing until [`Engine::poll_timeout`].
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] should be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.regular_in_flight() {
+            return None;
+        }
+        let mut deadline: Option<u64> = None;
+        let mut consider = |t: u64| deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        if self.can_push() {
+            if let Some(t) = self.push_due() {
+                consider(t);
+            }
+        }
+        if self.can_pull() {
+            if self.pull_wanted {
+                consider(self.retry_at.unwrap_or(0));
+            } else if let Some(t) = self.pull_due {
+                consider(t.max(self.retry_at.unwrap_or(0)));
+            }
+        }
+        deadline
+    }
+
+    // ----- handle -----
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.finish(now);
+    }
+
+    /// The tab became visible (`true`) or hidden (`false`). Hiding flushes the outbox with a
+    /// keepalive request and gives up leadership, so a hidden tab never polls and a visible
+    /// one takes over.
+    pub fn handle_visibility(&mut self, now: u64, visible: bool) {
+        if self.visible == visible {
+            return self.finish(now);
+        }
+        self.visible = visible;
+        if visible {
+            self.want_pull(now);
+        } else {
+            self.flush_outbox();
+        }
+        self.finish(now);
+    }
+
+    /// The window got focus.
+    pub fn handle_focus(&mut self, now: u64) {
+        self.want_pull(now);
+        self.finish(now);
+    }
+
+    /// The browser went online or offline.
+    pub fn handle_online(&mut self, now: u64, online: bool) {
+        if self.online != online {
+            self.online = online;
+            if online {
+                // Coming back is news: retry at once instead of waiting out the backoff.
+                self.failures = 0;
+                self.retry_at = None;
+                self.want_pull(now);
+            }
+        }
+        self.finish(now);
+    }
+
+    /// The driver got (`true`) or lost (`false`) the device's leader lock.
+    pub fn handle_leadership(&mut self, now: u64, leader: bool) {
+        if leader && !self.leadership_asked {
+            // A grant that arrives after we gave the request up: hand it straight back.
+            self.commands.push_back(Command::Leadership(false));
+            return self.finish(now);
+        }
+        if self.leader != leader {
+            self.leader = leader;
+            if leader {
+                self.pull_wanted = true;
+            } else {
+                self.pull_due = None;
+            }
+        }
+        self.finish(now);
+    }
+
+    /// A message from another tab of this device.
+    pub fn handle_tab_message(&mut self, now: u64, message: TabMessage) {
+        let ours = message.scope == self.user;
+        match message.body {
+            TabBody::SignedIn => {
+                if let Some(user) = message.scope {
+                    if !ours {
+                        self.enter(Some(user));
+                    }
+                }
+            }
+            TabBody::SignedOut if ours && self.user.is_some() => {
+                self.enter(None);
+            }
+            _ if !ours => {}
+            TabBody::SignedOut => {}
+            TabBody::Wrote { id, key, record } => {
+                self.clock.observe(record.updated_at);
+                let newer = self
+                    .foreign
+                    .get(&key)
+                    .is_none_or(|f| record.wins_over(&f.record));
+                if newer {
+                    self.foreign.insert(
+                        key.clone(),
+                        Pending {
+                            id,
+                            key: key.clone(),
+                            record,
+                        },
+                    );
+                    self.notify_changed(vec![key]);
+                }
+            }
+            TabBody::Synced {
+                from,
+                to,
+                reset,
+                changes,
+            } => {
+                let continues = from == self.cursor;
+                let keys = self.apply_changes(reset, changes);
+                if continues || reset {
+                    self.set_cursor(Some(to));
+                }
+                if reset {
+                    self.commands.push_back(Command::Notify(Notice::Everything));
+                } else {
+                    self.notify_changed(keys);
+                }
+            }
+            TabBody::Acked { client_id, ack } => {
+                let before = self.foreign.len();
+                let mut keys = Vec::new();
+                self.foreign.retain(|key, f| {
+                    let keep = !(f.record.client_id == client_id && f.id <= ack);
+                    if !keep {
+                        keys.push(key.clone());
+                    }
+                    keep
+                });
+                if self.foreign.len() != before {
+                    self.notify_changed(keys);
+                }
+            }
+            TabBody::PullWanted => {
+                if self.leader {
+                    self.want_pull(now);
+                }
+            }
+        }
+        self.finish(now);
+    }
+
+    /// The outcome of the request sent as `Command::Send { id, .. }`. Replies to requests
+    /// the engine no longer waits for (sent before a sign-out, say) are ignored.
+    pub fn handle_reply(&mut self, now: u64, id: u64, reply: Reply) {
+        let Some(index) = self.in_flight.iter().position(|f| f.id == id) else {
+            return self.finish(now);
+        };
+        let request = self.in_flight.swap_remove(index);
+        match reply {
+            Reply::Pulled(page) => {
+                self.succeeded();
+                self.last_pull_at = Some(now);
+                let complete = !page.more;
+                self.apply_page(now, request.last_sync, page);
+                if complete {
+                    self.settle_acked(|acked_by| acked_by < request.id);
+                }
+            }
+            Reply::NotModified => {
+                self.succeeded();
+                self.last_pull_at = Some(now);
+                self.last_synced_at = Some(now);
+                self.settle_acked(|acked_by| acked_by < request.id);
+                self.schedule_next_pull(now);
+            }
+            Reply::Pushed { ack, page } => {
+                self.succeeded();
+                self.acknowledge(ack, Some(request.id));
+                // Sent with a cursor, the answer holds the server state after this push.
+                // Sent without one it holds no state, and its cursor must not be adopted.
+                if request.last_sync.is_some() {
+                    let complete = !page.more;
+                    self.apply_page(now, request.last_sync, page);
+                    if complete {
+                        self.settle_acked(|acked_by| acked_by <= request.id);
+                    }
+                } else {
+                    self.clock.sync_to_server(now, page.server_time);
+                }
+            }
+            Reply::Failed(_) if request.keepalive => {}
+            Reply::Failed(Failure::Unauthorized) => {
+                self.unauthorized = true;
+                self.error = Some(SyncError::Unauthorized);
+            }
+            Reply::Failed(Failure::Rejected { status }) => {
+                self.error = Some(SyncError::Rejected(status));
+                match request.pushed_max {
+                    // A push the server will never take: drop it rather than retry forever.
+                    Some(max) => self.acknowledge(max, None),
+                    // A pull with a cursor the server does not accept: start over.
+                    None => {
+                        self.set_cursor(None);
+                        self.pull_wanted = true;
+                    }
+                }
+            }
+            Reply::Failed(Failure::Network) => self.failed(now, None),
+            Reply::Failed(Failure::Unavailable { retry_after_ms }) => {
+                self.failed(now, retry_after_ms)
+            }
+        }
+        self.finish(now);
+    }
+
+    // ----- mutators -----
+
+    /// Writes a record: `value` is JSON object text, or `None` to delete. The view, storage
+    /// and the other tabs see it at once; the server gets it with the next push.
+    pub fn write(
+        &mut self,
+        now: u64,
+        collection: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), WriteError> {
+        validate_write(collection, key, value.as_deref())?;
+        let record = Record {
+            value,
+            updated_at: self.clock.stamp(now),
+            client_id: self.client_id.clone(),
+        };
+        let key = RecordKey::new(collection, key);
+        let sent_max = self.sent_max;
+        // Coalesce with the queued write to the same key unless that one was already sent.
+        let id = match self.outbox.iter_mut().rev().find(|p| p.key == key) {
+            Some(p) if p.id > sent_max => {
+                p.record = record.clone();
+                p.id
+            }
+            _ => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.outbox.push(Pending {
+                    id,
+                    key: key.clone(),
+                    record: record.clone(),
+                });
+                id
+            }
+        };
+        self.persist_outbox();
+        self.broadcast(TabBody::Wrote {
+            id,
+            key: key.clone(),
+            record,
+        });
+        self.notify_changed(vec![key]);
+        self.first_write_at.get_or_insert(now);
+        self.last_write_at = Some(now);
+        self.finish(now);
+        Ok(())
+    }
+
+    /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
+    /// pushed into the account, then the account's state is pulled. The other tabs follow.
+    pub fn sign_in(&mut self, now: u64, user: &str) {
+        if self.user.as_deref() == Some(user) {
+            // Signing in again after a 401 resumes syncing with the queued writes intact.
+            if self.unauthorized {
+                self.unauthorized = false;
+                self.error = None;
+                self.pull_wanted = true;
+            }
+            return self.finish(now);
+        }
+        if self.user.is_some() {
+            self.sign_out(now);
+        }
+        self.enter(Some(user.to_owned()));
+        self.broadcast(TabBody::SignedIn);
+        self.finish(now);
+    }
+
+    /// Signs out: sends what is still queued (keepalive), then wipes the user's data from
+    /// memory and storage and becomes an empty guest with a new client id. The other tabs
+    /// follow.
+    pub fn sign_out(&mut self, now: u64) {
+        if self.user.is_none() {
+            return self.finish(now);
+        }
+        self.flush_outbox();
+        self.broadcast(TabBody::SignedOut);
+        self.enter(None);
+        self.finish(now);
+    }
+
+    /// Sends the whole outbox at once with `keepalive` (within the keepalive budget): the
+    /// page is being hidden or closed. What does not fit stays queued and persisted.
+    pub fn flush(&mut self, now: u64) {
+        self.flush_outbox();
+        self.finish(now);
+    }
+
+    fn flush_outbox(&mut self) {
+        if !self.can_push() {
+            return;
+        }
+        let mut bytes = 64 + self.client_id.len();
+        let mut mutations = Vec::new();
+        for p in &self.outbox {
+            bytes += p.approximate_bytes();
+            if bytes > self.config.keepalive_bytes_max || mutations.len() == MUTATIONS_MAX {
+                break;
+            }
+            mutations.push(p.mutation());
+        }
+        if mutations.is_empty() {
+            return;
+        }
+        let last_sync = self.cursor.clone();
+        self.send_push(mutations, last_sync, true);
+    }
+
+    /// Loads a confirmed record persisted by an earlier run (before any other input).
+    pub fn restore_record(&mut self, change: Change) {
+        self.clock.observe(change.updated_at);
+        self.store_change(change);
+    }
+
+    /// Loads the persisted cursor.
+    pub fn restore_cursor(&mut self, cursor: Option<String>) {
+        self.cursor = cursor;
+    }
+
+    /// Loads this tab's persisted outbox and takes over its client id and numbering, so a
+    /// reloaded tab resends its writes under the same ids and the server dedupes them.
+    pub fn restore_outbox(&mut self, client_id: String, mutations: Vec<Mutation>) {
+        self.client_id = client_id;
+        self.outbox.clear();
+        for m in mutations {
+            self.clock.observe(m.updated_at);
+            self.next_id = self.next_id.max(m.id + 1);
+            self.outbox.push(Pending {
+                id: m.id,
+                key: RecordKey::new(m.collection, m.key),
+                record: Record {
+                    value: m.value,
+                    updated_at: m.updated_at,
+                    client_id: self.client_id.clone(),
+                },
+            });
+        }
+    }
+
+    /// Loads the signed-in user persisted by the driver (before any other input).
+    pub fn restore_user(&mut self, user: Option<String>) {
+        self.user = user;
+    }
+
+    // ----- internals -----
+
+    /// Switches to `user`'s scope (or the guest's), dropping every trace of the previous one.
+    fn enter(&mut self, user: Option<String>) {
+        let previous = self.user.take();
+        let was_guest = previous.is_none();
+        self.in_flight.clear();
+        self.confirmed.clear();
+        self.foreign.clear();
+        self.acked.clear();
+        self.cursor = None;
+        self.pull_due = None;
+        self.pull_wanted = false;
+        self.last_pull_at = None;
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_synced_at = None;
+        self.error = None;
+        self.unauthorized = false;
+        self.commands.push_back(Command::Persist(Persist::Wipe {
+            scope: previous.clone(),
+        }));
+        if was_guest && user.is_some() {
+            // The guest's own writes move into the account.
+        } else {
+            self.outbox.clear();
+            self.client_id = self.rng.client_id();
+            self.next_id = 1;
+            self.sent_max = 0;
+            self.first_write_at = None;
+            self.last_write_at = None;
+        }
+        self.user = user;
+        if self.user.is_some() {
+            // The guest's writes are due at once.
+            self.first_write_at = None;
+            self.last_write_at = None;
+            self.pull_wanted = true;
+        }
+        self.persist_outbox();
+        self.commands.push_back(Command::Notify(Notice::Everything));
+    }
+
+    fn finish(&mut self, now: u64) {
+        self.sync_leadership();
+        self.schedule(now);
+        let status = self.status();
+        if self.last_status.as_ref() != Some(&status) {
+            self.last_status = Some(status);
+            self.commands.push_back(Command::Notify(Notice::Status));
+        }
+    }
+
+    /// Asks for leadership while signed in and visible; gives it up otherwise.
+    fn sync_leadership(&mut self) {
+        let want = self.user.is_some() && self.visible && !self.unauthorized;
+        if want != self.leadership_asked {
+            self.leadership_asked = want;
+            self.commands.push_back(Command::Leadership(want));
+            if !want {
+                self.leader = false;
+                self.pull_due = None;
+            }
+        }
+    }
+
+    /// Sends the next request if one is due.
+    fn schedule(&mut self, now: u64) {
+        if self.regular_in_flight() {
+            return;
+        }
+        if self.can_pull() && !self.pull_wanted && self.pull_due.is_none() {
+            self.schedule_next_pull(now);
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        if self.can_push() && self.push_due().is_some_and(|t| t <= now) {
+            let mutations: Vec<Mutation> = self
+                .outbox
+                .iter()
+                .take(self.config.push_batch_max.min(MUTATIONS_MAX))
+                .map(Pending::mutation)
+                .collect();
+            // A tab that has never pulled learns the account's state first, so its own
+            // writes do not flicker out of view between the push and the pull.
+            if self.cursor.is_some() || !self.can_pull() {
+                let last_sync = self.cursor.clone();
+                self.send_push(mutations, last_sync, false);
+                return;
+            }
+            self.pull_wanted = true;
+        }
+        if self.can_pull() && (self.pull_wanted || self.pull_due.is_some_and(|t| t <= now)) {
+            self.pull_wanted = false;
+            self.pull_due = None;
+            self.last_pull_at = Some(now);
+            let last_sync = self.cursor.clone();
+            let id = self.next_request();
+            self.in_flight.push(InFlight {
+                id,
+                last_sync: last_sync.clone(),
+                pushed_max: None,
+                keepalive: false,
+            });
+            self.commands.push_back(Command::Send {
+                id,
+                request: Request::Pull { last_sync },
+            });
+        }
+    }
+
+    fn send_push(&mut self, mutations: Vec<Mutation>, last_sync: Option<String>, keepalive: bool) {
+        let pushed_max = mutations.last().map(|m| m.id);
+        self.sent_max = self.sent_max.max(pushed_max.unwrap_or(0));
+        let id = self.next_request();
+        self.in_flight.push(InFlight {
+            id,
+            last_sync: last_sync.clone(),
+            pushed_max,
+            keepalive,
+        });
+        if !keepalive {
+            self.first_write_at = None;
+            self.last_write_at = None;
+        }
+        self.commands.push_back(Command::Send {
+            id,
+            request: Request::Push {
+                client_id: self.client_id.clone(),
+                mutations,
+                last_sync,
+                keepalive,
+            },
+        });
+    }
+
+    fn next_request(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    fn regular_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|f| !f.keepalive)
+    }
+
+    fn api_usable(&self) -> bool {
+        self.user.is_some() && self.online && !self.unauthorized
+    }
+
+    fn can_push(&self) -> bool {
+        self.api_usable() && !self.outbox.is_empty()
+    }
+
+    fn can_pull(&self) -> bool {
+        self.api_usable() && self.visible && self.leader
+    }
+
+    /// When the outbox should be pushed: shortly after the last write, but never much later
+    /// than the first one; at once for writes left over from before (a restart, a sign-in,
+    /// a failed push).
+    fn push_due(&self) -> Option<u64> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        let due = match (self.first_write_at, self.last_write_at) {
+            (Some(first), Some(last)) => {
+                (last + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max)
+            }
+            _ => 0,
+        };
+        Some(due.max(self.retry_at.unwrap_or(0)))
+    }
+
+    /// A trigger (focus, visibility, online, sign-in): pull now, unless a pull just happened.
+    fn want_pull(&mut self, now: u64) {
+        if !self.api_usable() || !self.visible {
+            return;
+        }
+        if !self.leader {
+            // The leader pulls for the whole device.
+            self.broadcast(TabBody::PullWanted);
+            return;
+        }
+        let recent = self
+            .last_pull_at
+            .is_some_and(|t| now < t + self.config.trigger_gap_ms);
+        if !recent {
+            self.pull_wanted = true;
+        }
+    }
+
+    fn schedule_next_pull(&mut self, now: u64) {
+        let interval = self.config.interval_ms;
+        let spread = interval * self.config.interval_jitter_percent / 100;
+        let jittered = interval - spread + self.rng.below_or_equal(2 * spread);
+        self.pull_due = Some(now + jittered);
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        if matches!(self.error, Some(SyncError::Unreachable)) {
+            self.error = None;
+        }
+    }
+
+    /// Exponential backoff with full jitter, never sooner than the server's `Retry-After`.
+    fn failed(&mut self, now: u64, retry_after_ms: Option<u64>) {
+        self.failures = self.failures.saturating_add(1);
+        let exponent = (self.failures - 1).min(20);
+        let cap = (self.config.backoff_base_ms << exponent).min(self.config.backoff_ms_max);
+        let delay = self
+            .rng
+            .below_or_equal(cap)
+            .max(retry_after_ms.unwrap_or(0));
+        self.retry_at = Some(now + delay);
+        self.error = Some(SyncError::Unreachable);
+    }
+
+    /// Drops this tab's mutations up to `ack` and tells the other tabs. Writes the server
+    /// took (`by` is the acknowledging request) stay in view until its state is known.
+    fn acknowledge(&mut self, ack: u64, by: Option<u64>) {
+        let before = self.outbox.len();
+        let mut kept = Vec::with_capacity(self.outbox.len());
+        for p in self.outbox.drain(..) {
+            if p.id > ack {
+                kept.push(p);
+            } else if let Some(request) = by {
+                self.acked.push((request, p));
+            }
+        }
+        self.outbox = kept;
+        if self.outbox.len() != before {
+            self.persist_outbox();
+            self.broadcast(TabBody::Acked {
+                client_id: self.client_id.clone(),
+                ack,
+            });
+        }
+    }
+
+    /// Forgets acknowledged writes whose acknowledging request passes `settled`.
+    fn settle_acked(&mut self, settled: impl Fn(u64) -> bool) {
+        let mut keys = Vec::new();
+        self.acked.retain(|(by, p)| {
+            let keep = !settled(*by);
+            if !keep {
+                keys.push(p.key.clone());
+            }
+            keep
+        });
+        self.notify_changed(keys);
+    }
+
+    fn apply_page(&mut self, now: u64, from: Option<String>, page: Page) {
+        self.clock.sync_to_server(now, page.server_time);
+        // A pull without a cursor is the whole state: it replaces whatever we had.
+        let reset = page.reset || from.is_none();
+        let keys = self.apply_changes(reset, page.changes.clone());
+        self.set_cursor(Some(page.cursor.clone()));
+        self.broadcast(TabBody::Synced {
+            from,
+            to: page.cursor,
+            reset,
+            changes: page.changes,
+        });
+        self.last_synced_at = Some(now);
+        if reset {
+            self.commands.push_back(Command::Notify(Notice::Everything));
+        } else {
+            self.notify_changed(keys);
+        }
+        if page.more {
+            self.pull_wanted = true;
+        } else {
+            self.schedule_next_pull(now);
+        }
+    }
+
+    /// Applies server changes to the confirmed layer; returns the keys touched.
+    fn apply_changes(&mut self, reset: bool, changes: Vec<Change>) -> Vec<RecordKey> {
+        if reset {
+            self.confirmed.clear();
+            self.commands
+                .push_back(Command::Persist(Persist::ClearRecords {
+                    scope: self.user.clone(),
+                }));
+        }
+        let mut keys = Vec::new();
+        for change in changes {
+            self.clock.observe(change.updated_at);
+            let key = RecordKey::new(change.collection.as_str(), change.key.as_str());
+            if self.store_change(change.clone()) {
+                self.commands.push_back(Command::Persist(Persist::Record {
+                    scope: self.user.clone(),
+                    change,
+                }));
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Stores a server change unless a later version is already confirmed.
+    fn store_change(&mut self, change: Change) -> bool {
+        let key = RecordKey::new(change.collection, change.key);
+        if self
+            .confirmed
+            .get(&key)
+            .is_some_and(|s| s.version >= change.version)
+        {
+            return false;
+        }
+        let record = Record {
+            value: change.value,
+            updated_at: change.updated_at,
+            client_id: change.client_id,
+        };
+        // Another tab's write is settled once the server holds it or something newer.
+        if self
+            .foreign
+            .get(&key)
+            .is_some_and(|f| !f.record.wins_over(&record))
+        {
+            self.foreign.remove(&key);
+        }
+        self.confirmed.insert(
+            key,
+            Stored {
+                record,
+                version: change.version,
+            },
+        );
+        true
+    }
+
+    fn set_cursor(&mut self, cursor: Option<String>) {
+        if self.cursor != cursor {
+            self.cursor = cursor.clone();
+            self.commands.push_back(Command::Persist(Persist::Cursor {
+                scope: self.user.clone(),
+                cursor,
+            }));
+        }
+    }
+
+    fn persist_outbox(&mut self) {
+        self.commands.push_back(Command::Persist(Persist::Outbox {
+            scope: self.user.clone(),
+            client_id: self.client_id.clone(),
+            mutations: self.outbox(),
+        }));
+    }
+
+    fn broadcast(&mut self, body: TabBody) {
+        self.commands.push_back(Command::Broadcast(TabMessage {
+            scope: self.user.clone(),
+            body,
+        }));
+    }
+
+    fn notify_changed(&mut self, keys: Vec<RecordKey>) {
+        if !keys.is_empty() {
+            self.commands
+                .push_back(Command::Notify(Notice::Changed(keys)));
+        }
+    }
+}
+
+impl Pending {
+    fn mutation(&self) -> Mutation {
+        Mutation {
+            id: self.id,
+            collection: self.key.collection.clone(),
+            key: self.key.key.clone(),
+            value: self.record.value.clone(),
+            updated_at: self.record.updated_at,
+        }
+    }
+
+    /// The size of this mutation in a JSON body, roughly but never below the real size.
+    fn approximate_bytes(&self) -> usize {
+        96 + self.key.collection.len()
+            + self.key.key.len() * 6
+            + self.record.value.as_ref().map_or(4, String::len)
+    }
+}
+
+/// The same limits the server enforces, checked before anything is queued.
+fn validate_write(collection: &str, key: &str, value: Option<&str>) -> Result<(), WriteError> {
+    let chars = |s: &str| s.chars().count();
+    if collection.is_empty() || chars(collection) > COLLECTION_CHARS_MAX {
+        return Err(WriteError::InvalidCollection);
+    }
+    if key.is_empty() || chars(key) > KEY_CHARS_MAX {
+        return Err(WriteError::InvalidKey);
+    }
+    if let Some(text) = value {
+        if text.len() > VALUE_BYTES_MAX {
+            return Err(WriteError::ValueTooLarge);
+        }
+        let trimmed = text.trim();
+        if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+            return Err(WriteError::InvalidValue);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,875 @@
+//! Unit tests of the engine's policies, on a fake clock with scripted replies.
+
+use super::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+/// One engine plus the commands it produced, driven by hand.
+struct Tab {
+    engine: Engine,
+    now: u64,
+    commands: Vec<Command>,
+}
+
+impl Tab {
+    fn new(seed: u64) -> Self {
+        Tab {
+            engine: Engine::new(Config::default(), seed),
+            now: T0,
+            commands: Vec::new(),
+        }
+    }
+
+    /// A visible tab signed in as `u1` that holds the leader lock and has answered its
+    /// first pull (cursor "1", empty state).
+    fn leader() -> Self {
+        let mut tab = Tab::new(1);
+        tab.engine.sign_in(tab.now, "u1");
+        tab.drain();
+        tab.engine.handle_leadership(tab.now, true);
+        let (id, request) = tab.only_send();
+        assert_eq!(request, Request::Pull { last_sync: None });
+        tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+        tab.drain();
+        tab
+    }
+
+    fn drain(&mut self) -> Vec<Command> {
+        while let Some(c) = self.engine.poll_command() {
+            self.commands.push(c);
+        }
+        std::mem::take(&mut self.commands)
+    }
+
+    fn sends(&mut self) -> Vec<(u64, Request)> {
+        self.drain()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Send { id, request } => Some((id, request)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn only_send(&mut self) -> (u64, Request) {
+        let mut sends = self.sends();
+        assert_eq!(
+            sends.len(),
+            1,
+            "expected exactly one request, got {sends:?}"
+        );
+        sends.remove(0)
+    }
+
+    /// Jumps the fake clock to the engine's next deadline and fires it.
+    fn fire(&mut self) -> u64 {
+        let deadline = self.engine.poll_timeout().expect("a deadline");
+        assert!(deadline >= self.now || deadline == 0);
+        self.now = self.now.max(deadline);
+        self.engine.handle_timeout(self.now);
+        self.now
+    }
+
+    fn at(&mut self, ms_later: u64) -> u64 {
+        self.now += ms_later;
+        self.engine.handle_timeout(self.now);
+        self.now
+    }
+
+    fn write(&mut self, key: &str, value: &str) {
+        self.engine
+            .write(self.now, "history", key, Some(value.to_owned()))
+            .expect("valid write");
+    }
+
+    fn reply(&mut self, id: u64, reply: Reply) {
+        self.engine.handle_reply(self.now, id, reply);
+    }
+
+    fn value(&self, key: &str) -> Option<String> {
+        self.engine
+            .get(&RecordKey::new("history", key))
+            .and_then(|r| r.value.clone())
+    }
+
+    fn broadcasts(commands: &[Command]) -> Vec<TabMessage> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Broadcast(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn page(cursor: &str, changes: Vec<Change>, more: bool) -> Page {
+    Page {
+        cursor: cursor.to_owned(),
+        changes,
+        more,
+        reset: false,
+        server_time: T0,
+    }
+}
+
+fn change(key: &str, value: Option<&str>, updated_at: u64, client: &str, version: u64) -> Change {
+    Change {
+        collection: "history".into(),
+        key: key.into(),
+        value: value.map(str::to_owned),
+        updated_at,
+        client_id: client.into(),
+        version,
+    }
+}
+
+fn pushed(request: &Request) -> &[Mutation] {
+    match request {
+        Request::Push { mutations, .. } => mutations,
+        other => panic!("expected a push, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_write_is_visible_persisted_and_broadcast_at_once() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"p":10}"#);
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":10}"#));
+    let commands = tab.drain();
+    assert!(commands.iter().any(|c| matches!(c,
+        Command::Persist(Persist::Outbox { scope: Some(u), mutations, .. })
+            if u == "u1" && mutations.len() == 1)));
+    let wrote = Tab::broadcasts(&commands);
+    assert!(matches!(&wrote[0].body, TabBody::Wrote { id: 1, key, .. } if key.key == "e1"));
+    assert!(
+        commands.iter().all(|c| !matches!(c, Command::Send { .. })),
+        "no request yet: pushes are debounced"
+    );
+    assert_eq!(tab.engine.status().pending, 1);
+}
+
+#[test]
+fn playback_positions_coalesce_into_one_mutation() {
+    let mut tab = Tab::leader();
+    for second in 0..10u64 {
+        tab.write("e1", &format!(r#"{{"p":{second}}}"#));
+        tab.now += 100;
+    }
+    tab.drain();
+    tab.fire();
+    let (_, request) = tab.only_send();
+    let mutations = pushed(&request);
+    assert_eq!(mutations.len(), 1);
+    assert_eq!(mutations[0].value.as_deref(), Some(r#"{"p":9}"#));
+}
+
+#[test]
+fn a_write_after_its_key_was_sent_gets_a_new_id() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert_eq!(pushed(&request)[0].id, 1);
+    tab.write("e1", r#"{"p":2}"#);
+    assert_eq!(
+        tab.engine.outbox().iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("2", vec![], false),
+        },
+    );
+    assert_eq!(tab.engine.outbox().len(), 1);
+    tab.fire();
+    let (_, request) = tab.only_send();
+    assert_eq!(pushed(&request)[0].value.as_deref(), Some(r#"{"p":2}"#));
+}
+
+#[test]
+fn a_steady_stream_of_writes_is_pushed_within_the_wait_bound() {
+    let mut tab = Tab::leader();
+    let start = tab.now;
+    let config = Config::default();
+    let mut sent_at = None;
+    for i in 0..100u64 {
+        tab.write(&format!("e{i}"), "{}");
+        if !tab.sends().is_empty() {
+            sent_at = Some(tab.now);
+            break;
+        }
+        tab.at(config.push_delay_ms / 2);
+        if !tab.sends().is_empty() {
+            sent_at = Some(tab.now);
+            break;
+        }
+    }
+    let sent_at = sent_at.expect("a push while writes keep coming");
+    assert!(
+        sent_at - start <= config.push_wait_ms_max,
+        "waited {}",
+        sent_at - start
+    );
+    assert!(sent_at - start >= config.push_delay_ms);
+}
+
+#[test]
+fn big_outboxes_are_pushed_in_capped_batches() {
+    let mut tab = Tab::leader();
+    for i in 0..250 {
+        tab.write(&format!("e{i}"), "{}");
+    }
+    tab.drain();
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert_eq!(pushed(&request).len(), 100);
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 100,
+            page: page("101", vec![], false),
+        },
+    );
+    let (id, request) = tab.only_send();
+    assert_eq!(pushed(&request)[0].id, 101);
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 200,
+            page: page("201", vec![], false),
+        },
+    );
+    let (_, request) = tab.only_send();
+    assert_eq!(pushed(&request).len(), 50);
+}
+
+#[test]
+fn failed_pushes_back_off_exponentially_with_full_jitter() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let config = Config::default();
+    let mut caps = Vec::new();
+    for attempt in 0..8u32 {
+        let (id, _) = tab.only_send();
+        let failed_at = tab.now;
+        tab.reply(id, Reply::Failed(Failure::Network));
+        let retry = tab.engine.poll_timeout().expect("a retry is scheduled");
+        let cap = (config.backoff_base_ms << attempt).min(config.backoff_ms_max);
+        assert!(
+            retry - failed_at <= cap,
+            "attempt {attempt}: {} > {cap}",
+            retry - failed_at
+        );
+        caps.push(retry - failed_at);
+        assert!(tab.sends().is_empty(), "nothing before the retry time");
+        tab.fire();
+    }
+    assert!(
+        caps.iter().any(|&d| d > config.backoff_base_ms),
+        "delays grow: {caps:?}"
+    );
+    assert_eq!(tab.engine.status().error, Some(SyncError::Unreachable));
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let failed_at = tab.now;
+    tab.reply(
+        id,
+        Reply::Failed(Failure::Unavailable {
+            retry_after_ms: Some(120_000),
+        }),
+    );
+    assert!(tab.engine.poll_timeout().unwrap() >= failed_at + 120_000);
+    tab.at(119_000);
+    assert!(tab.sends().is_empty());
+    tab.at(1_000);
+    assert_eq!(pushed(&tab.only_send().1).len(), 1);
+}
+
+#[test]
+fn hiding_the_page_flushes_at_once_with_keepalive_and_gives_up_leadership() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"p":5}"#);
+    tab.drain();
+    tab.engine.handle_visibility(tab.now, false);
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Leadership(false)));
+    let push = commands.iter().find_map(|c| match c {
+        Command::Send {
+            request:
+                Request::Push {
+                    keepalive,
+                    mutations,
+                    ..
+                },
+            ..
+        } => Some((*keepalive, mutations.len())),
+        _ => None,
+    });
+    assert_eq!(push, Some((true, 1)));
+    assert!(!tab.engine.status().leader);
+}
+
+#[test]
+fn a_keepalive_flush_stays_under_the_budget_and_the_rest_waits() {
+    let mut tab = Tab::leader();
+    let value = format!(r#"{{"x":"{}"}}"#, "a".repeat(3000));
+    for i in 0..40 {
+        tab.write(&format!("e{i}"), &value);
+    }
+    tab.drain();
+    tab.engine.handle_visibility(tab.now, false);
+    let (_, request) = tab.only_send();
+    let n = pushed(&request).len();
+    assert!(
+        n < 40 && n * 3000 < 64 * 1024,
+        "{n} mutations in a keepalive body"
+    );
+    assert_eq!(
+        tab.engine.status().pending,
+        40,
+        "the outbox keeps everything until acked"
+    );
+}
+
+#[test]
+fn the_leader_pulls_every_interval_with_jitter() {
+    let mut tab = Tab::leader();
+    let config = Config::default();
+    for _ in 0..20 {
+        let before = tab.now;
+        let at = tab.fire();
+        let gap = at - before;
+        assert!((27_000..=33_000).contains(&gap), "gap {gap}");
+        let (id, request) = tab.only_send();
+        assert!(matches!(request, Request::Pull { last_sync: Some(_) }));
+        tab.reply(id, Reply::NotModified);
+    }
+    assert_eq!(config.interval_ms, 30_000);
+}
+
+#[test]
+fn only_a_visible_signed_in_leader_pulls() {
+    // Not the leader: no pulls however long we wait.
+    let mut follower = Tab::new(2);
+    follower.engine.sign_in(follower.now, "u1");
+    follower.drain();
+    assert_eq!(follower.engine.poll_timeout(), None);
+    follower.engine.handle_focus(follower.now);
+    assert!(follower.sends().is_empty());
+
+    // A hidden leader stops.
+    let mut tab = Tab::leader();
+    tab.engine.handle_visibility(tab.now, false);
+    tab.drain();
+    assert_eq!(tab.engine.poll_timeout(), None);
+    tab.at(10 * 60_000);
+    assert!(tab.sends().is_empty());
+}
+
+#[test]
+fn a_non_leader_asks_the_leader_to_pull_on_focus() {
+    let mut follower = Tab::new(2);
+    follower.engine.sign_in(follower.now, "u1");
+    follower.drain();
+    follower.engine.handle_focus(follower.now);
+    let messages = Tab::broadcasts(&follower.drain());
+    assert!(messages.iter().any(|m| m.body == TabBody::PullWanted));
+
+    let mut leader = Tab::leader();
+    leader.now += 10_000;
+    leader.engine.handle_tab_message(
+        leader.now,
+        TabMessage {
+            scope: Some("u1".into()),
+            body: TabBody::PullWanted,
+        },
+    );
+    assert!(matches!(leader.only_send().1, Request::Pull { .. }));
+}
+
+#[test]
+fn a_burst_of_focus_events_is_one_request() {
+    let mut tab = Tab::leader();
+    tab.now += 10_000;
+    for _ in 0..5 {
+        tab.engine.handle_focus(tab.now);
+        tab.engine.handle_visibility(tab.now, true);
+        tab.engine.handle_online(tab.now, true);
+        tab.now += 100;
+    }
+    let sends = tab.sends();
+    assert_eq!(sends.len(), 1);
+    tab.reply(sends[0].0, Reply::NotModified);
+    tab.engine.handle_focus(tab.now);
+    assert!(
+        tab.sends().is_empty(),
+        "a focus right after a pull is dropped"
+    );
+}
+
+#[test]
+fn more_is_followed_until_the_last_page() {
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(
+        id,
+        Reply::Pulled(page("5", vec![change("a", Some("{}"), 1, "c", 5)], true)),
+    );
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("5".into())
+        }
+    );
+    tab.reply(
+        id,
+        Reply::Pulled(page("6", vec![change("b", Some("{}"), 1, "c", 6)], false)),
+    );
+    assert!(tab.sends().is_empty());
+    assert!(tab.value("a").is_some() && tab.value("b").is_some());
+}
+
+#[test]
+fn a_reset_replaces_local_state() {
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(
+        id,
+        Reply::Pulled(page("3", vec![change("old", Some("{}"), 1, "c", 3)], false)),
+    );
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let mut reset = page("9", vec![change("new", Some("{}"), 2, "c", 9)], false);
+    reset.reset = true;
+    tab.reply(id, Reply::Pulled(reset));
+    assert_eq!(tab.value("old"), None);
+    assert!(tab.value("new").is_some());
+    assert!(tab
+        .drain()
+        .iter()
+        .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))));
+}
+
+#[test]
+fn leadership_follows_visibility() {
+    let mut tab = Tab::new(3);
+    tab.engine.sign_in(tab.now, "u1");
+    assert!(tab.drain().contains(&Command::Leadership(true)));
+    tab.engine.handle_visibility(tab.now, false);
+    assert!(tab.drain().contains(&Command::Leadership(false)));
+    // A grant arriving after we gave up is handed straight back.
+    tab.engine.handle_leadership(tab.now, true);
+    assert!(tab.drain().contains(&Command::Leadership(false)));
+    assert!(!tab.engine.status().leader);
+    tab.engine.handle_visibility(tab.now, true);
+    assert!(tab.drain().contains(&Command::Leadership(true)));
+}
+
+#[test]
+fn pulled_changes_never_overwrite_a_newer_pending_write() {
+    let mut tab = Tab::leader();
+    tab.now += 1_000;
+    tab.write("e1", r#"{"p":"mine"}"#);
+    let mine = tab
+        .engine
+        .get(&RecordKey::new("history", "e1"))
+        .unwrap()
+        .updated_at;
+    let synced = |to: &str, c: Change| TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some("1".into()),
+            to: to.into(),
+            reset: false,
+            changes: vec![c],
+        },
+    };
+    // Server state older than the pending write arrives: the pending write stays in view.
+    let older = change("e1", Some(r#"{"p":"theirs"}"#), mine - 1, "zzzz", 7);
+    tab.engine.handle_tab_message(tab.now, synced("7", older));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
+    assert_eq!(tab.engine.status().pending, 1);
+    // A newer write from elsewhere does win, and the clock moves past it.
+    let newer = change("e1", Some(r#"{"p":"newer"}"#), mine + 50_000, "a", 8);
+    tab.engine.handle_tab_message(tab.now, synced("8", newer));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"newer"}"#));
+    tab.write("e1", r#"{"p":"again"}"#);
+    assert!(
+        tab.engine
+            .get(&RecordKey::new("history", "e1"))
+            .unwrap()
+            .updated_at
+            > mine + 50_000
+    );
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"again"}"#));
+}
+
+#[test]
+fn stale_server_data_never_rolls_back_a_later_version() {
+    let mut tab = Tab::leader();
+    let msg = |from: &str, to: &str, c: Change| TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some(from.into()),
+            to: to.into(),
+            reset: false,
+            changes: vec![c],
+        },
+    };
+    tab.engine.handle_tab_message(
+        tab.now,
+        msg("1", "9", change("e1", Some(r#"{"v":9}"#), 90, "a", 9)),
+    );
+    tab.engine.handle_tab_message(
+        tab.now,
+        msg("1", "5", change("e1", Some(r#"{"v":5}"#), 50, "a", 5)),
+    );
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"v":9}"#));
+    assert_eq!(
+        tab.engine.cursor(),
+        Some("9"),
+        "only a message continuing our cursor moves it"
+    );
+}
+
+#[test]
+fn a_guest_never_sends_a_request() {
+    let mut tab = Tab::new(4);
+    for i in 0..50u64 {
+        tab.write(&format!("e{i}"), "{}");
+        tab.engine.handle_focus(tab.now);
+        tab.engine.handle_visibility(tab.now, i % 2 == 0);
+        tab.engine.handle_online(tab.now, i % 3 != 0);
+        tab.engine.handle_leadership(tab.now, true);
+        tab.at(60_000);
+        let commands = tab.drain();
+        assert!(
+            commands
+                .iter()
+                .all(|c| !matches!(c, Command::Send { .. } | Command::Leadership(true))),
+            "{commands:?}"
+        );
+    }
+    assert_eq!(tab.engine.poll_timeout(), None);
+    assert_eq!(tab.engine.status().pending, 50);
+}
+
+#[test]
+fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
+    let mut tab = Tab::new(5);
+    tab.write("g1", r#"{"guest":true}"#);
+    tab.drain();
+    tab.engine.sign_in(tab.now, "u1");
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Persist(Persist::Wipe { scope: None })));
+    assert!(Tab::broadcasts(&commands)
+        .iter()
+        .any(|m| m.body == TabBody::SignedIn && m.scope.as_deref() == Some("u1")));
+    let push = commands.iter().find_map(|c| match c {
+        Command::Send {
+            id,
+            request:
+                Request::Push {
+                    mutations,
+                    last_sync: None,
+                    ..
+                },
+        } => Some((*id, mutations.clone())),
+        _ => None,
+    });
+    let (id, mutations) = push.expect("the guest's writes are pushed at once");
+    assert_eq!(mutations[0].key, "g1");
+    tab.engine.handle_leadership(tab.now, true);
+    assert!(tab.sends().is_empty(), "one request at a time");
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("5", vec![], false),
+        },
+    );
+    assert_eq!(tab.engine.status().pending, 0);
+    assert_eq!(
+        tab.value("g1").as_deref(),
+        Some(r#"{"guest":true}"#),
+        "an acknowledged write stays in view"
+    );
+    let (id, request) = tab.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
+    let account = vec![
+        change("acct", Some("{}"), 1, "x", 4),
+        change("g1", Some(r#"{"guest":true}"#), T0, "c", 5),
+    ];
+    tab.reply(id, Reply::Pulled(page("5", account, false)));
+    assert!(tab.value("acct").is_some() && tab.value("g1").is_some());
+    assert!(
+        tab.engine.acked.is_empty(),
+        "the pull settled the acknowledged write"
+    );
+}
+
+#[test]
+fn sign_out_wipes_everything_and_ignores_late_replies() {
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (late, _) = tab.only_send();
+    let old_client = tab.engine.client_id().to_owned();
+    tab.write("e1", "{}");
+    tab.engine.sign_out(tab.now);
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: Some("u1".into())
+    })));
+    assert!(
+        commands.iter().any(|c| matches!(
+            c,
+            Command::Send {
+                request: Request::Push {
+                    keepalive: true,
+                    ..
+                },
+                ..
+            }
+        )),
+        "the outbox is flushed first"
+    );
+    tab.reply(
+        late,
+        Reply::Pulled(page(
+            "9",
+            vec![change("secret", Some("{}"), 1, "a", 9)],
+            false,
+        )),
+    );
+    assert_eq!(tab.value("secret"), None);
+    assert_eq!(tab.value("e1"), None);
+    assert_ne!(tab.engine.client_id(), old_client);
+    assert_eq!(tab.engine.user(), None);
+    assert_eq!(tab.engine.cursor(), None);
+}
+
+#[test]
+fn tabs_ignore_messages_of_another_user() {
+    let mut tab = Tab::leader();
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope: Some("u2".into()),
+            body: TabBody::Wrote {
+                id: 1,
+                key: RecordKey::new("history", "x"),
+                record: Record {
+                    value: Some("{}".into()),
+                    updated_at: 5,
+                    client_id: "c".into(),
+                },
+            },
+        },
+    );
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope: None,
+            body: TabBody::Synced {
+                from: None,
+                to: "3".into(),
+                reset: true,
+                changes: vec![change("y", Some("{}"), 1, "c", 3)],
+            },
+        },
+    );
+    assert_eq!(tab.value("x"), None);
+    assert_eq!(tab.value("y"), None);
+    assert_eq!(tab.engine.cursor(), Some("1"));
+}
+
+#[test]
+fn another_tabs_write_shows_until_its_ack_and_then_the_server_state() {
+    let mut tab = Tab::leader();
+    let scope = Some("u1".to_owned());
+    let record = Record {
+        value: Some(r#"{"p":1}"#.into()),
+        updated_at: T0 + 10,
+        client_id: "other".into(),
+    };
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope: scope.clone(),
+            body: TabBody::Wrote {
+                id: 3,
+                key: RecordKey::new("history", "e1"),
+                record,
+            },
+        },
+    );
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
+    // The server clamped it; the clamped version arrives, then the ack.
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope: scope.clone(),
+            body: TabBody::Synced {
+                from: Some("1".into()),
+                to: "2".into(),
+                reset: false,
+                changes: vec![change("e1", Some(r#"{"p":1}"#), T0 + 5, "other", 2)],
+            },
+        },
+    );
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope,
+            body: TabBody::Acked {
+                client_id: "other".into(),
+                ack: 3,
+            },
+        },
+    );
+    assert_eq!(
+        tab.engine
+            .get(&RecordKey::new("history", "e1"))
+            .unwrap()
+            .updated_at,
+        T0 + 5
+    );
+    assert_eq!(tab.engine.cursor(), Some("2"));
+}
+
+#[test]
+fn a_401_stops_all_requests_until_signed_in_again() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::Unauthorized));
+    assert_eq!(tab.engine.status().error, Some(SyncError::Unauthorized));
+    tab.at(10 * 60_000);
+    tab.engine.handle_focus(tab.now);
+    assert!(tab.sends().is_empty());
+    assert_eq!(tab.engine.status().pending, 1, "queued writes are kept");
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    assert!(!tab.sends().is_empty());
+}
+
+#[test]
+fn a_rejected_push_is_dropped_instead_of_retried_forever() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::Rejected { status: 422 }));
+    assert_eq!(tab.engine.status().pending, 0);
+    assert_eq!(tab.engine.status().error, Some(SyncError::Rejected(422)));
+    let acked = Tab::broadcasts(&tab.drain());
+    assert!(acked
+        .iter()
+        .any(|m| matches!(m.body, TabBody::Acked { ack: 1, .. })));
+}
+
+#[test]
+fn offline_means_no_requests_and_online_syncs_at_once() {
+    let mut tab = Tab::leader();
+    tab.engine.handle_online(tab.now, false);
+    tab.write("e1", "{}");
+    tab.at(5 * 60_000);
+    assert!(tab.sends().is_empty());
+    assert_eq!(tab.engine.poll_timeout(), None);
+    tab.engine.handle_online(tab.now, true);
+    let sends = tab.sends();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(pushed(&sends[0].1).len(), 1);
+}
+
+#[test]
+fn invalid_writes_are_refused_and_change_nothing() {
+    let mut tab = Tab::leader();
+    let e = &mut tab.engine;
+    assert_eq!(
+        e.write(0, "history", "", Some("{}".into())),
+        Err(WriteError::InvalidKey)
+    );
+    assert_eq!(
+        e.write(0, "history", &"k".repeat(129), Some("{}".into())),
+        Err(WriteError::InvalidKey)
+    );
+    assert_eq!(
+        e.write(0, "", "k", Some("{}".into())),
+        Err(WriteError::InvalidCollection)
+    );
+    assert_eq!(
+        e.write(0, "history", "k", Some("[1]".into())),
+        Err(WriteError::InvalidValue)
+    );
+    let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(4096));
+    assert_eq!(
+        e.write(0, "history", "k", Some(big)),
+        Err(WriteError::ValueTooLarge)
+    );
+    assert_eq!(e.status().pending, 0);
+}
+
+#[test]
+fn a_reloaded_tab_resends_its_outbox_under_the_same_ids() {
+    let mut first = Tab::leader();
+    first.write("e1", "{}");
+    first.write("e2", "{}");
+    let client = first.engine.client_id().to_owned();
+    let outbox = first.engine.outbox();
+
+    let mut reloaded = Tab::new(99);
+    reloaded.engine.restore_user(Some("u1".into()));
+    reloaded.engine.restore_cursor(Some("1".into()));
+    reloaded.engine.restore_outbox(client.clone(), outbox);
+    // Left-over writes are due at once, before any leadership.
+    reloaded.engine.handle_timeout(reloaded.now);
+    let sends = reloaded.sends();
+    let push = sends.iter().find_map(|(_, r)| match r {
+        Request::Push {
+            client_id,
+            mutations,
+            ..
+        } => Some((
+            client_id.clone(),
+            mutations.iter().map(|m| m.id).collect::<Vec<_>>(),
+        )),
+        _ => None,
+    });
+    assert_eq!(push, Some((client, vec![1, 2])));
+    reloaded.write("e3", "{}");
+    assert_eq!(reloaded.engine.outbox().last().unwrap().id, 3);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |seed| {
+        let mut tab = Tab::new(seed);
+        tab.engine.sign_in(tab.now, "u1");
+        tab.engine.handle_leadership(tab.now, true);
+        let mut trace = Vec::new();
+        for _ in 0..10 {
+            for (id, _) in tab.sends() {
+                tab.reply(id, Reply::Failed(Failure::Network));
+            }
+            trace.push(tab.fire());
+        }
+        (tab.engine.client_id().to_owned(), trace)
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
