@@ -1,1 +1,505 @@
-//! Native client (in progress).
+//! Sinkron's native client: one "device" running the core [`Engine`] over real HTTP.
+//!
+//! A [`Device`] owns a tokio task that owns the engine (one owner, no locks around it). The
+//! task feeds the engine inputs — app calls, HTTP replies, timer deadlines — and executes the
+//! commands it drains: requests go out with reqwest, leadership is granted at once (a native
+//! device is its own only tab), broadcasts have no one to reach, and persistence stays in
+//! memory. After every step the task publishes a [`Snapshot`] of the view on a watch channel,
+//! which is what [`Device::wait_for`] waits on: tests wait for a state, never for a time.
+//!
+//! This crate decides nothing about syncing; every policy is the core's.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::StatusCode;
+use sinkron_core::engine::{Failure, Page, Reply, Request, Status, WriteError};
+use sinkron_core::protocol::{
+    Credentials, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
+};
+use sinkron_core::{Command, Config, Engine, Record};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// How a device is set up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The engine's policies (interval, backoff, ...).
+    pub config: Config,
+    /// Seeds the engine's client id and jitter; must differ between devices.
+    pub seed: u64,
+    /// Added to the real clock: a device whose clock is wrong.
+    pub clock_offset_ms: i64,
+    /// The collections the snapshot shows.
+    pub collections: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: Config::default(),
+            seed: seed_from_os(),
+            clock_offset_ms: 0,
+            collections: DEFAULT_COLLECTIONS.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+/// What a device shows: its status and the live records of each collection.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub status: Option<Status>,
+    pub user: Option<String>,
+    pub client_id: String,
+    pub records: HashMap<String, HashMap<String, Record>>,
+    /// Requests this device sent so far, by kind.
+    pub pulls_sent: u64,
+    pub pushes_sent: u64,
+}
+
+impl Snapshot {
+    /// The value of a record as JSON, if it is live.
+    pub fn value(&self, collection: &str, key: &str) -> Option<serde_json::Value> {
+        let record = self.records.get(collection)?.get(key)?;
+        serde_json::from_str(record.value.as_deref()?).ok()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.status.as_ref().map_or(0, |s| s.pending)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the server answered {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("write refused: {}", .0.code())]
+    Write(WriteError),
+    #[error("timed out waiting for the device's state")]
+    Timeout,
+    #[error("the device has stopped")]
+    Stopped,
+}
+
+enum Input {
+    Write {
+        collection: String,
+        key: String,
+        value: Option<String>,
+        done: oneshot::Sender<Result<(), WriteError>>,
+    },
+    SignIn {
+        user: String,
+        token: String,
+    },
+    SignOut,
+    Focus,
+    Online(bool),
+    Visible(bool),
+}
+
+/// One device of one user (or a guest), syncing in the background.
+pub struct Device {
+    base_url: String,
+    http: reqwest::Client,
+    inputs: mpsc::UnboundedSender<Input>,
+    snapshots: watch::Receiver<Snapshot>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    /// Starts a device talking to the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn start(base_url: &str, options: Options) -> Device {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("reqwest client with default TLS-less settings builds");
+        let (inputs, input_rx) = mpsc::unbounded_channel();
+        let (snapshot_tx, snapshots) = watch::channel(Snapshot::default());
+        let driver = Driver {
+            engine: Engine::new(options.config.clone(), options.seed),
+            options,
+            base_url: base_url.clone(),
+            http: http.clone(),
+            token: None,
+            snapshots: snapshot_tx,
+            pulls_sent: 0,
+            pushes_sent: 0,
+        };
+        let task = tokio::spawn(driver.run(input_rx));
+        Device {
+            base_url,
+            http,
+            inputs,
+            snapshots,
+            task,
+        }
+    }
+
+    /// Creates an account and signs this device in to it.
+    pub async fn register(&self, username: &str, password: &str) -> Result<Session, Error> {
+        let session = self.auth("register", username, password).await?;
+        self.sign_in(&session);
+        Ok(session)
+    }
+
+    /// Signs in to an existing account.
+    pub async fn login(&self, username: &str, password: &str) -> Result<Session, Error> {
+        let session = self.auth("login", username, password).await?;
+        self.sign_in(&session);
+        Ok(session)
+    }
+
+    /// Signs the device in with a session obtained elsewhere.
+    pub fn sign_in(&self, session: &Session) {
+        self.send(Input::SignIn {
+            user: session.user.id.clone(),
+            token: session.token.clone(),
+        });
+    }
+
+    /// Signs out: flushes what is queued, wipes the user's data, becomes a guest.
+    pub fn sign_out(&self) {
+        self.send(Input::SignOut);
+    }
+
+    /// Writes a record (`None` deletes it).
+    pub async fn write(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<(), Error> {
+        let (done, result) = oneshot::channel();
+        self.send(Input::Write {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            value: value.map(|v| v.to_string()),
+            done,
+        });
+        result
+            .await
+            .map_err(|_| Error::Stopped)?
+            .map_err(Error::Write)
+    }
+
+    pub fn focus(&self) {
+        self.send(Input::Focus);
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.send(Input::Online(online));
+    }
+
+    pub fn set_visible(&self, visible: bool) {
+        self.send(Input::Visible(visible));
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Waits until the device's state satisfies `condition`, for at most `limit`.
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        condition: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Snapshot, Error> {
+        let mut rx = self.snapshots.clone();
+        let waited = tokio::time::timeout(limit, rx.wait_for(|s| condition(s))).await;
+        match waited {
+            Ok(Ok(snapshot)) => Ok(snapshot.clone()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Stops the device's task; what it had queued is lost with it, like a killed app.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
+    fn send(&self, input: Input) {
+        // The task only ends when the device is stopped, which consumes `self`.
+        let _ = self.inputs.send(input);
+    }
+
+    async fn auth(&self, action: &str, username: &str, password: &str) -> Result<Session, Error> {
+        let response = self
+            .http
+            .post(format!("{}/api/auth/{action}", self.base_url))
+            .json(&Credentials {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            })
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(Error::Http {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(response.json().await?)
+    }
+}
+
+/// The task that owns the engine.
+struct Driver {
+    engine: Engine,
+    options: Options,
+    base_url: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    snapshots: watch::Sender<Snapshot>,
+    pulls_sent: u64,
+    pushes_sent: u64,
+}
+
+impl Driver {
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
+        let (reply_tx, mut replies) = mpsc::unbounded_channel::<(u64, Reply)>();
+        self.execute(&reply_tx);
+        loop {
+            let deadline = self.engine.poll_timeout().map(|at| self.instant_of(at));
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.handle_input(input),
+                    None => return,
+                },
+                Some((id, reply)) = replies.recv() => {
+                    let now = self.now();
+                    self.engine.handle_reply(now, id, reply);
+                }
+                () = sleep => {
+                    let now = self.now();
+                    self.engine.handle_timeout(now);
+                }
+            }
+            self.execute(&reply_tx);
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Write {
+                collection,
+                key,
+                value,
+                done,
+            } => {
+                let _ = done.send(self.engine.write(now, &collection, &key, value));
+            }
+            Input::SignIn { user, token } => {
+                self.token = Some(token);
+                self.engine.sign_in(now, &user);
+            }
+            Input::SignOut => {
+                self.engine.sign_out(now);
+                self.token = None;
+            }
+            Input::Focus => self.engine.handle_focus(now),
+            Input::Online(online) => self.engine.handle_online(now, online),
+            Input::Visible(visible) => self.engine.handle_visibility(now, visible),
+        }
+    }
+
+    /// Drains the engine's commands and carries them out.
+    fn execute(&mut self, replies: &mpsc::UnboundedSender<(u64, Reply)>) {
+        let mut changed = false;
+        while let Some(command) = self.engine.poll_command() {
+            match command {
+                Command::Send { id, request } => {
+                    match request {
+                        Request::Pull { .. } => self.pulls_sent += 1,
+                        Request::Push { .. } => self.pushes_sent += 1,
+                    }
+                    let call = HttpCall {
+                        http: self.http.clone(),
+                        base_url: self.base_url.clone(),
+                        token: self.token.clone(),
+                    };
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let reply = call.run(request).await;
+                        let _ = replies.send((id, reply));
+                    });
+                    changed = true;
+                }
+                // A native device is the only tab it has: it leads whenever it asks to.
+                Command::Leadership(true) => {
+                    let now = self.now();
+                    self.engine.handle_leadership(now, true);
+                }
+                Command::Leadership(false) => {}
+                Command::Persist(_) | Command::Broadcast(_) => {}
+                Command::Notify(_) => changed = true,
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let mut records = HashMap::new();
+        for collection in &self.options.collections {
+            let live: HashMap<String, Record> = self
+                .engine
+                .collection(collection)
+                .into_iter()
+                .map(|(k, r)| (k.to_owned(), r.clone()))
+                .collect();
+            records.insert(collection.clone(), live);
+        }
+        let snapshot = Snapshot {
+            status: Some(self.engine.status()),
+            user: self.engine.user().map(str::to_owned),
+            client_id: self.engine.client_id().to_owned(),
+            records,
+            pulls_sent: self.pulls_sent,
+            pushes_sent: self.pushes_sent,
+        };
+        self.snapshots.send_replace(snapshot);
+    }
+
+    /// The device's clock: real time plus its configured error.
+    fn now(&self) -> u64 {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        real.saturating_add_signed(self.options.clock_offset_ms)
+    }
+
+    fn instant_of(&self, at_ms: u64) -> Instant {
+        let now = self.now();
+        Instant::now() + Duration::from_millis(at_ms.saturating_sub(now))
+    }
+}
+
+/// One HTTP exchange, turned into the engine's [`Reply`].
+struct HttpCall {
+    http: reqwest::Client,
+    base_url: String,
+    token: Option<String>,
+}
+
+impl HttpCall {
+    async fn run(self, request: Request) -> Reply {
+        let Some(token) = self.token.as_deref() else {
+            return Reply::Failed(Failure::Unauthorized);
+        };
+        let bearer = format!("Bearer {token}");
+        match request {
+            Request::Pull { last_sync } => {
+                let mut builder = self
+                    .http
+                    .get(format!("{}/api/user/me", self.base_url))
+                    .header(AUTHORIZATION, bearer);
+                if let Some(cursor) = &last_sync {
+                    builder = builder
+                        .query(&[("lastSync", cursor)])
+                        .header(IF_NONE_MATCH, format!("\"{cursor}\""));
+                }
+                let response = match builder.send().await {
+                    Ok(r) => r,
+                    Err(_) => return Reply::Failed(Failure::Network),
+                };
+                if response.status() == StatusCode::NOT_MODIFIED {
+                    return Reply::NotModified;
+                }
+                if let Some(failure) = failure_of(&response) {
+                    return Reply::Failed(failure);
+                }
+                match response.json::<PullResponse>().await {
+                    Ok(body) => Reply::Pulled(Page {
+                        cursor: body.cursor,
+                        changes: body.changes,
+                        more: body.more,
+                        reset: body.reset,
+                        server_time: body.server_time,
+                    }),
+                    Err(_) => Reply::Failed(Failure::Network),
+                }
+            }
+            Request::Push {
+                client_id,
+                mutations,
+                last_sync,
+                keepalive: _,
+            } => {
+                let body = PushRequest {
+                    client_id,
+                    mutations,
+                    last_sync,
+                };
+                let response = match self
+                    .http
+                    .post(format!("{}/api/user/me/changes", self.base_url))
+                    .header(AUTHORIZATION, bearer)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return Reply::Failed(Failure::Network),
+                };
+                if let Some(failure) = failure_of(&response) {
+                    return Reply::Failed(failure);
+                }
+                match response.json::<PushResponse>().await {
+                    Ok(body) => Reply::Pushed {
+                        ack: body.ack,
+                        page: Page {
+                            cursor: body.cursor,
+                            changes: body.changes,
+                            more: body.more,
+                            reset: body.reset,
+                            server_time: body.server_time,
+                        },
+                    },
+                    Err(_) => Reply::Failed(Failure::Network),
+                }
+            }
+        }
+    }
+}
+
+/// Maps an error status to the engine's failure kinds; `None` for success.
+fn failure_of(response: &reqwest::Response) -> Option<Failure> {
+    let status = response.status();
+    if status.is_success() {
+        return None;
+    }
+    let retry_after_ms = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000));
+    Some(match status.as_u16() {
+        401 => Failure::Unauthorized,
+        429 | 500..=599 => Failure::Unavailable { retry_after_ms },
+        408 => Failure::Network,
+        code => Failure::Rejected { status: code },
+    })
+}
+
+/// A seed for a device's engine when the caller gives none.
+fn seed_from_os() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(SystemTime::now())
+}
