@@ -1,1 +1,159 @@
-fn main() {}
+//! The `sinkron` binary: parse the configuration, open storage (migrating it), serve until
+//! SIGTERM or Ctrl-C.
+//!
+//! It owns process concerns only (flags, logging, signals, the compaction timer, exit codes)
+//! and must not contain request handling: that is all in the library's `app`. Every startup
+//! failure is one line on stderr and a non-zero exit, never a panic.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sinkron_server::store::{self, Store};
+use sinkron_server::{app, now_ms, AppState, Config};
+use tracing_subscriber::EnvFilter;
+
+/// Sinkron: keeps a signed-in user's history, favourites, likes and settings in step across
+/// tabs and devices.
+#[derive(Parser)]
+#[command(name = "sinkron", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the sync API.
+    Serve(Config),
+}
+
+/// How often tombstones are compacted after the pass at start.
+const COMPACTION_PERIOD: Duration = Duration::from_secs(3600);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // One line: clap's first, without its usage block.
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{line} (see 'sinkron serve --help')");
+            return ExitCode::from(2);
+        }
+    };
+    let Command::Serve(config) = cli.command;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SINKRON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    tracing::debug!(?config, "starting");
+    let store = store::open(&config.database).map_err(|e| e.to_string())?;
+
+    // At start, before accepting requests, so that no client is served from tombstones that
+    // this run is about to forget.
+    compact(store.as_ref(), config.tombstone_ttl_secs).await;
+    let compactor = tokio::spawn(compact_hourly(store.clone(), config.tombstone_ttl_secs));
+
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    }
+    tracing::info!(%addr, "listening");
+
+    let result = axum::serve(listener, app(AppState::new(store, config)))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"));
+    compactor.abort();
+    tracing::info!("stopped");
+    result
+}
+
+async fn compact(store: &dyn Store, ttl_secs: u64) {
+    let before = now_ms().saturating_sub(ttl_secs.saturating_mul(1000));
+    match store.compact_tombstones(before).await {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(deleted, "compacted tombstones"),
+        Err(e) => tracing::error!(error = %e, "tombstone compaction failed"),
+    }
+}
+
+async fn compact_hourly(store: Arc<dyn Store>, ttl_secs: u64) {
+    let start = tokio::time::Instant::now() + COMPACTION_PERIOD;
+    let mut timer = tokio::time::interval_at(start, COMPACTION_PERIOD);
+    loop {
+        timer.tick().await;
+        compact(store.as_ref(), ttl_secs).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,383 @@
+//! Accounts and sign-in: register, login, logout, and the [`AuthUser`] extractor every
+//! `/api/user/*` route uses.
+//!
+//! It owns credential rules, argon2id hashing (off the async workers, bounded by a
+//! semaphore), token issue (32 random bytes, stored only as SHA-256) and the per-username
+//! login throttle. It must not touch records or know how tokens are stored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+use sinkron_core::protocol::{Credentials, Session, User};
+use tokio::sync::Semaphore;
+
+use crate::error::{ApiError, AppJson};
+use crate::store::{StoreError, UserId};
+use crate::{now_ms, AppState};
+
+const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
+const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
+/// Failed logins per username allowed within [`LOGIN_WINDOW`].
+const LOGIN_FAILURES_MAX: usize = 10;
+const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Hash requests allowed to wait for a hashing slot; past that a flood gets 429.
+const HASH_QUEUE_MAX: usize = 64;
+/// Usernames tracked by the throttle before stale entries are swept.
+const THROTTLE_ENTRIES_MAX: usize = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/logout", post(logout))
+}
+
+/// In-memory guards of the sign-in routes. Losing them on restart is harmless.
+pub struct AuthGuards {
+    /// One permit per core: argon2 is CPU-bound.
+    hashing: Semaphore,
+    /// Bounds how many requests may wait for `hashing`.
+    hash_queue: Semaphore,
+    throttle: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Default for AuthGuards {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            hashing: Semaphore::new(cores),
+            hash_queue: Semaphore::new(HASH_QUEUE_MAX),
+            throttle: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl AuthGuards {
+    /// Runs CPU-heavy password work on the blocking pool, at most one per core at a time.
+    async fn hash_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _queued = self
+            .hash_queue
+            .try_acquire()
+            .map_err(|_| ApiError::rate_limited(1))?;
+        let _slot = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("hashing semaphore closed"))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// `Err(seconds to wait)` when the username has too many recent failures.
+    fn check_throttle(&self, username: &str, now: Instant) -> Result<(), u64> {
+        let mut map = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(failures) = map.get_mut(username) else {
+            return Ok(());
+        };
+        while failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= LOGIN_WINDOW)
+        {
+            failures.pop_front();
+        }
+        if failures.len() < LOGIN_FAILURES_MAX {
+            return Ok(());
+        }
+        let oldest = failures.front().copied().unwrap_or(now);
+        let wait = LOGIN_WINDOW.saturating_sub(now.duration_since(oldest));
+        Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    }
+
+    fn record_failure(&self, username: &str, now: Instant) {
+        let mut map = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= THROTTLE_ENTRIES_MAX && !map.contains_key(username) {
+            map.retain(|_, f| {
+                f.back()
+                    .is_some_and(|t| now.duration_since(*t) < LOGIN_WINDOW)
+            });
+        }
+        let failures = map.entry(username.to_owned()).or_default();
+        failures.push_back(now);
+        if failures.len() > LOGIN_FAILURES_MAX {
+            failures.pop_front();
+        }
+    }
+
+    fn clear_failures(&self, username: &str) {
+        self.throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(username);
+    }
+}
+
+/// The signed-in user of a request, resolved from `Authorization: Bearer <token>`.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    pub user_id: UserId,
+    pub username: Arc<str>,
+    /// The user's version when the request was authenticated.
+    pub version: u64,
+    pub token_hash: [u8; 32],
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let token_hash = hash_token(token);
+        let session = state
+            .store
+            .session(&token_hash)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Self {
+            user_id: session.user_id,
+            username: session.username,
+            version: session.version,
+            token_hash,
+        })
+    }
+}
+
+/// The token of a well-formed `Bearer` header: 64 hex digits, as [`new_token`] makes them.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && token.len() == 64
+        && token.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some(token)
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.to_ascii_lowercase().as_bytes()).into()
+}
+
+fn new_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(ApiError::internal)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// A real hash of a password nobody knows, verified against for unknown usernames so that
+/// timing does not tell which usernames exist.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password("sinkron: no such user; this password is never accepted").unwrap_or_default()
+    })
+}
+
+fn validate_username(username: &str) -> Result<(), ApiError> {
+    let ok = USERNAME_CHARS.contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    ok.then_some(()).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_username",
+            "username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'",
+        )
+    })
+}
+
+fn validate_password(password: &str) -> Result<(), ApiError> {
+    PASSWORD_CHARS
+        .contains(&password.chars().count())
+        .then_some(())
+        .ok_or_else(|| {
+            ApiError::unprocessable("invalid_password", "password must be 8 to 128 characters")
+        })
+}
+
+fn session(token: String, user_id: UserId, username: String) -> Session {
+    Session {
+        token,
+        user: User {
+            id: user_id.to_string(),
+            username,
+        },
+    }
+}
+
+async fn issue_token(state: &AppState, user_id: UserId) -> Result<String, ApiError> {
+    let token = new_token()?;
+    state
+        .store
+        .create_token(user_id, &hash_token(&token), now_ms())
+        .await?;
+    Ok(token)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    AppJson(creds): AppJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    validate_username(&creds.username)?;
+    validate_password(&creds.password)?;
+    let taken = || ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken");
+    // Saves a hash on the common case; the unique constraint still decides races.
+    if state
+        .store
+        .find_user_by_name(&creds.username)
+        .await?
+        .is_some()
+    {
+        return Err(taken());
+    }
+    let password = creds.password;
+    let phc = state
+        .guards
+        .hash_job(move || hash_password(&password))
+        .await?
+        .map_err(ApiError::internal)?;
+    let user_id = match state
+        .store
+        .create_user(&creds.username, &phc, now_ms())
+        .await
+    {
+        Ok(id) => id,
+        Err(StoreError::Conflict) => return Err(taken()),
+        Err(e) => return Err(e.into()),
+    };
+    let token = issue_token(&state, user_id).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(session(token, user_id, creds.username)),
+    ))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    AppJson(creds): AppJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        )
+    };
+    // A username that breaks the rules cannot exist; no need to hash or to track it.
+    if validate_username(&creds.username).is_err() || validate_password(&creds.password).is_err() {
+        return Err(invalid());
+    }
+    let now = Instant::now();
+    state
+        .guards
+        .check_throttle(&creds.username, now)
+        .map_err(ApiError::rate_limited)?;
+    let account = state.store.find_user_by_name(&creds.username).await?;
+    let phc = account.as_ref().map(|a| a.password_hash.clone());
+    let password = creds.password;
+    let verified = state
+        .guards
+        .hash_job(move || match phc {
+            Some(phc) => verify_password(&password, &phc),
+            None => {
+                verify_password(&password, dummy_hash());
+                false
+            }
+        })
+        .await?;
+    let Some(account) = account.filter(|_| verified) else {
+        state.guards.record_failure(&creds.username, now);
+        return Err(invalid());
+    };
+    state.guards.clear_failures(&creds.username);
+    let token = issue_token(&state, account.id).await?;
+    Ok(axum::Json(session(token, account.id, account.username)))
+}
+
+async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    state.store.revoke_token(&user.token_hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_rules() {
+        assert!(validate_username("abc").is_ok());
+        assert!(validate_username("a_b.c-9").is_ok());
+        assert!(validate_username("ab").is_err());
+        assert!(validate_username("Abc").is_err());
+        assert!(validate_username("a b").is_err());
+        assert!(validate_username(&"a".repeat(33)).is_err());
+        assert!(validate_username("ümlaut").is_err());
+    }
+
+    #[test]
+    fn throttle_opens_after_ten_failures_and_tells_how_long() {
+        let guards = AuthGuards::default();
+        let t0 = Instant::now();
+        for _ in 0..LOGIN_FAILURES_MAX {
+            assert!(guards.check_throttle("bob", t0).is_ok());
+            guards.record_failure("bob", t0);
+        }
+        let wait = guards.check_throttle("bob", t0).unwrap_err();
+        assert_eq!(wait, 300);
+        assert!(guards.check_throttle("alice", t0).is_ok());
+        assert!(guards.check_throttle("bob", t0 + LOGIN_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn bearer_tokens_must_be_well_formed() {
+        let mut h = HeaderMap::new();
+        let token = "ab".repeat(32);
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert_eq!(bearer_token(&h), Some(token.as_str()));
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {token}").parse().unwrap(),
+        );
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer short".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+    }
+}

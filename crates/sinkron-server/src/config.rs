@@ -1,0 +1,120 @@
+//! The server's configuration: one struct, every field a flag with an environment variable.
+//!
+//! It owns parsing and defaults only; it must not open anything or hold secrets in `Debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use sinkron_core::protocol::DEFAULT_COLLECTIONS;
+
+/// Settings of `sinkron serve`.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the chosen one is printed).
+    #[arg(
+        long,
+        env = "SINKRON_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub addr: SocketAddr,
+
+    /// Database: `sqlite://PATH` (relative), `sqlite:///ABS/PATH` or a plain file path. The file
+    /// is created if missing. PostgreSQL is not supported yet.
+    #[arg(
+        long,
+        env = "SINKRON_DATABASE_URL",
+        value_name = "URL",
+        default_value = "sinkron.db"
+    )]
+    pub database: String,
+
+    /// Collections clients may write to, comma separated.
+    #[arg(
+        long,
+        env = "SINKRON_COLLECTIONS",
+        value_name = "NAMES",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_COLLECTIONS.map(String::from)
+    )]
+    pub collections: Vec<String>,
+
+    /// How far ahead of the server clock a write's `updatedAt` may be, in milliseconds; later
+    /// ones are clamped to it so a device with a fast clock cannot win forever.
+    #[arg(
+        long,
+        env = "SINKRON_MAX_FUTURE_MS",
+        value_name = "MS",
+        default_value_t = 60_000
+    )]
+    pub max_future_ms: u64,
+
+    /// Most changes in one pull page (and in the changes of one push answer).
+    #[arg(
+        long,
+        env = "SINKRON_PAGE_SIZE",
+        value_name = "N",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub page_size: u32,
+
+    /// Tombstones older than this many seconds are deleted (at start, then hourly); clients
+    /// whose cursor is older get a full reset.
+    #[arg(
+        long,
+        env = "SINKRON_TOMBSTONE_TTL_SECS",
+        value_name = "SECS",
+        default_value_t = 30 * 24 * 3600
+    )]
+    pub tombstone_ttl_secs: u64,
+
+    /// A request taking longer than this many seconds is cut off.
+    #[arg(
+        long,
+        env = "SINKRON_REQUEST_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: "sinkron.db".into(),
+            collections: DEFAULT_COLLECTIONS.map(String::from).to_vec(),
+            max_future_ms: 60_000,
+            page_size: 1000,
+            tombstone_ttl_secs: 30 * 24 * 3600,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    pub fn page_size(&self) -> usize {
+        usize::try_from(self.page_size).unwrap_or(usize::MAX)
+    }
+}
+
+/// Leaves out the database URL's credentials (PostgreSQL URLs will carry a password).
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database = match self.database.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://<redacted>"),
+            _ => self.database.clone(),
+        };
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("database", &database)
+            .field("collections", &self.collections)
+            .field("max_future_ms", &self.max_future_ms)
+            .field("page_size", &self.page_size)
+            .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .finish()
+    }
+}

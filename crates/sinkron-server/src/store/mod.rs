@@ -1,0 +1,221 @@
+//! Storage behind one trait, [`Store`], which speaks the protocol (accounts, sign-in tokens,
+//! pull since a cursor, apply a push batch atomically), not SQL.
+//!
+//! It owns the storage semantics every backend must share: per-user versions, newest-wins
+//! merge, per-client acknowledgements, tombstone compaction and its horizon. It must not know
+//! HTTP, parse requests or validate input: callers hand it validated values. Only the backend
+//! modules ([`sqlite`]) know SQL. The backend is chosen once, from the database URL, by
+//! [`open`].
+
+pub mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sinkron_core::{Change, Mutation};
+
+/// A user's id: the integer primary key. On the wire it is a JSON string.
+pub type UserId = i64;
+
+/// What can go wrong in storage. A constraint the client broke is [`StoreError::Conflict`]
+/// (it becomes a 4xx); everything else is the server's problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row the call is about does not exist (e.g. a user deleted under a live session).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken, e.g. a username that is taken.
+    #[error("conflict")]
+    Conflict,
+    /// The backend is busy or unreachable; trying again later may work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else. The detail is for the logs only.
+    #[error("storage failure: {0}")]
+    Other(String),
+}
+
+/// An account as sign-in needs it.
+#[derive(Clone, Debug)]
+pub struct UserAccount {
+    pub id: UserId,
+    pub username: String,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// What a bearer token resolves to: enough to answer a poll without another query.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub user_id: UserId,
+    pub username: Arc<str>,
+    /// The user's current version, i.e. the cursor a fully synced client holds.
+    pub version: u64,
+}
+
+/// One page of a pull.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// Ordered by version, ascending.
+    pub changes: Vec<Change>,
+    /// Where the next pull starts: the last change's version when `more`, else the user's
+    /// version.
+    pub cursor: u64,
+    /// Whether changes remain after this page.
+    pub more: bool,
+    /// Whether this is the whole state because the given cursor was behind the compaction
+    /// horizon: the client must drop what it holds and start over.
+    pub reset: bool,
+}
+
+/// A validated push batch.
+#[derive(Clone, Copy, Debug)]
+pub struct PushBatch<'a> {
+    pub client_id: &'a str,
+    /// Ids strictly increasing, collections known, values checked.
+    pub mutations: &'a [Mutation],
+    /// The server clock, stamped on stored rows (tombstone compaction goes by it).
+    pub now_ms: u64,
+    /// Larger `updated_at` values are clamped down to this (`now_ms + max_future_ms`).
+    pub updated_at_max: u64,
+    /// The client's cursor: when given, the outcome carries the changes since it.
+    pub since: Option<u64>,
+    /// Most changes in the returned page.
+    pub limit: usize,
+}
+
+/// What a push did.
+#[derive(Clone, Debug)]
+pub struct PushOutcome {
+    /// The highest mutation id applied for this client, now or before.
+    pub ack: u64,
+    /// The user's version after the push.
+    pub version: u64,
+    /// How many mutations won and were stored.
+    pub applied: usize,
+    /// The changes since `since`, when it was given, read in the push's transaction.
+    pub page: Option<Page>,
+}
+
+/// Storage of accounts, tokens and records. Every method is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account; [`StoreError::Conflict`] if the username is taken.
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<UserId, StoreError>;
+
+    async fn find_user_by_name(&self, username: &str) -> Result<Option<UserAccount>, StoreError>;
+
+    /// Stores a sign-in token, by its SHA-256 only.
+    async fn create_token(
+        &self,
+        user_id: UserId,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets a token; it must stop resolving at once, on every node.
+    async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// Resolves a token to its user and the user's version in one call: this is the poll hot
+    /// path, so backends may answer it from memory when that is safe.
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;
+
+    /// Changes after `since`, or the whole live state (no tombstones) when `since` is `None`
+    /// or behind the compaction horizon (then `reset`). Reads one consistent snapshot.
+    async fn pull(
+        &self,
+        user_id: UserId,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// Applies a batch and the client's acknowledgement atomically: mutations at or below the
+    /// client's ack are skipped, each remaining one is merged newest-wins and every winner
+    /// bumps the user's version by one.
+    async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError>;
+
+    /// Deletes tombstones stored at or before `stored_before_ms` and raises each affected
+    /// user's horizon to the highest version deleted. Returns how many were deleted.
+    async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// Why storage could not be opened. Each message is one line fit for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, sqlite:///ABSOLUTE/PATH or a plain file path")]
+    UnsupportedScheme(String),
+    #[error("PostgreSQL is not supported yet; use sqlite://PATH")]
+    PostgresNotSupported,
+    #[error("empty database path")]
+    EmptyPath,
+    #[error("database {path} is in use by another sinkron server (lock file {lock})")]
+    Locked { path: String, lock: String },
+    #[error("cannot open database {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+/// The storage a database URL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// `sqlite://relative.db`, `sqlite:///absolute.db`, `sqlite:path` or a plain path.
+    pub fn parse(url: &str) -> Result<Self, OpenError> {
+        let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(OpenError::PostgresNotSupported);
+        } else if url.contains("://") {
+            return Err(OpenError::UnsupportedScheme(url.to_owned()));
+        } else {
+            url
+        };
+        if path.is_empty() {
+            return Err(OpenError::EmptyPath);
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// Opens (creating and migrating if needed) the storage a database URL names.
+pub fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    match DatabaseUrl::parse(url)? {
+        DatabaseUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_a_sqlite_file_or_fail_clearly() {
+        let sqlite = |p: &str| Ok::<_, ()>(DatabaseUrl::Sqlite(PathBuf::from(p)));
+        let parse = |u: &str| DatabaseUrl::parse(u).map_err(|_| ());
+        assert_eq!(parse("sqlite://data/s.db"), sqlite("data/s.db"));
+        assert_eq!(parse("sqlite:///var/s.db"), sqlite("/var/s.db"));
+        assert_eq!(parse("s.db"), sqlite("s.db"));
+        assert!(matches!(
+            DatabaseUrl::parse("postgres://u@h/db"),
+            Err(OpenError::PostgresNotSupported)
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("mysql://h/db"),
+            Err(OpenError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("sqlite://"),
+            Err(OpenError::EmptyPath)
+        ));
+    }
+}

@@ -1,0 +1,640 @@
+//! The SQLite backend of [`Store`]: one file, one node.
+//!
+//! It owns the SQL, the migrations in `migrations/sqlite/`, the connections (one writer, a
+//! few readers, all in WAL mode) and an in-memory cache of sessions and user versions that
+//! keeps the poll hot path off the database. The cache is safe only because this process is
+//! the file's sole writer: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
+//! every write goes through the one writer, which updates the cache right after it commits.
+//!
+//! It must not validate requests or know HTTP; blocking calls run on tokio's blocking pool,
+//! never on the async workers.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use sinkron_core::{Change, Record};
+use tokio::sync::Semaphore;
+
+use super::{
+    OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
+};
+
+/// The schema, in order. Never edit an applied file: add the next number.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// Read connections; WAL lets them read while the writer writes.
+const READERS: usize = 4;
+/// How long a connection waits on a lock held by another before giving up.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Past this many entries a cache map is dropped and refilled on demand.
+const CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// Sessions and versions known to be current. See the module doc for why this is safe.
+#[derive(Default)]
+struct Cache {
+    /// Token hash → (user id, username).
+    tokens: HashMap<[u8; 32], (UserId, Arc<str>)>,
+    /// User id → version; only ever raised.
+    versions: HashMap<UserId, u64>,
+    /// Counts revocations, so a token read from the database before a concurrent revoke is
+    /// not put back into the cache after the revoke evicted it.
+    revocations: u64,
+}
+
+impl Cache {
+    fn raise_version(&mut self, user_id: UserId, version: u64) -> u64 {
+        if self.versions.len() >= CACHE_ENTRIES_MAX && !self.versions.contains_key(&user_id) {
+            self.versions.clear();
+        }
+        let slot = self.versions.entry(user_id).or_insert(version);
+        *slot = (*slot).max(version);
+        *slot
+    }
+}
+
+/// Idle reader connections; a permit guarantees one is there.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+pub struct SqliteStore {
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    readers: Readers,
+    cache: Arc<Mutex<Cache>>,
+    /// Held for the store's lifetime: the exclusive lock on `<path>.lock`.
+    _lock: File,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked: every update is one step.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Opens the file (creating it if missing), locks it against other servers, applies any
+    /// pending migration and opens the reader connections.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let shown = path.display().to_string();
+        let open_err = |reason: String| OpenError::Open {
+            path: shown.clone(),
+            reason,
+        };
+
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| open_err(format!("cannot create lock file: {e}")))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: shown.clone(),
+                    lock: Path::new(&lock_path).display().to_string(),
+                })
+            }
+            Err(TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
+        }
+
+        let mut writer = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        configure(&writer).map_err(|e| open_err(e.to_string()))?;
+        migrate(&mut writer).map_err(|e| open_err(e.to_string()))?;
+
+        let mut idle = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| open_err(e.to_string()))?;
+            conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+                .map_err(|e| open_err(e.to_string()))?;
+            idle.push(conn);
+        }
+
+        Ok(Self {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Readers {
+                idle: Mutex::new(idle),
+                permits: Semaphore::new(READERS),
+            },
+            cache: Arc::new(Mutex::new(Cache::default())),
+            _lock: lock_file,
+        })
+    }
+
+    /// Runs `f` on an idle reader connection, off the async workers.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let mut conn = lock(&self.readers.idle)
+            .pop()
+            .ok_or_else(|| StoreError::Other("no idle reader despite a permit".into()))?;
+        match tokio::task::spawn_blocking(move || {
+            let out = f(&mut conn);
+            (conn, out)
+        })
+        .await
+        {
+            Ok((conn, out)) => {
+                lock(&self.readers.idle).push(conn);
+                drop(permit);
+                out
+            }
+            Err(e) => {
+                // The connection died with the task: shrink the pool rather than hand out a
+                // permit without a connection.
+                permit.forget();
+                Err(StoreError::Other(format!("reader task failed: {e}")))
+            }
+        }
+    }
+
+    /// Runs `f` on the one writer connection, off the async workers. `f` also gets the cache,
+    /// to update it after its commit while still the only writer.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Mutex<Cache>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let mut conn = self.writer.clone().lock_owned().await;
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn, &cache))
+            .await
+            .map_err(|e| StoreError::Other(format!("writer task failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // journal_mode answers with a row, so it cannot go through execute_batch. It is also the
+    // first statement that reads the file, so a file that is not a database fails here.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "cannot switch to WAL mode (journal_mode is {mode})"
+        )));
+    }
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // FULL: an acknowledged push survives power loss, not just a crash of the process.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if newest.unwrap_or(0) > known {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {} is newer than this sinkron knows ({known})",
+            newest.unwrap_or(0)
+        )));
+    }
+    for &(version, name, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
+        if !applied {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, now_ms_i64()],
+            )?;
+            tracing::info!(version, name, "applied migration");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn now_ms_i64() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn store_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// Integers the protocol keeps as `u64` are stored as SQLite's `i64`; callers guarantee they
+/// fit (ids are validated, timestamps clamped), so a failure here is a bug worth reporting.
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Other(format!("{what} {v} does not fit in i64")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Reads a page in the caller's transaction, so the version and the rows are one snapshot.
+fn read_page(
+    conn: &Connection,
+    user_id: UserId,
+    since: Option<u64>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let (version, horizon): (i64, i64) = conn
+        .prepare_cached("SELECT version, horizon FROM users WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(store_err)?
+        .ok_or(StoreError::NotFound)?;
+    let (version, horizon) = (to_u64(version), to_u64(horizon));
+    // A cursor ahead of the version cannot come from this server (callers reject it); treat
+    // it like one behind the horizon rather than answer with nothing forever.
+    let full = match since {
+        None => true,
+        Some(c) => c < horizon || c > version,
+    };
+    let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let map_row = |r: &rusqlite::Row<'_>| {
+        Ok(Change {
+            collection: r.get(0)?,
+            key: r.get(1)?,
+            value: r.get(2)?,
+            updated_at: to_u64(r.get(3)?),
+            client_id: r.get(4)?,
+            version: to_u64(r.get(5)?),
+        })
+    };
+    let mut changes = if full {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT collection, key, value, updated_at, client_id, version FROM records
+                 WHERE user_id = ?1 AND value IS NOT NULL ORDER BY version LIMIT ?2",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(params![user_id, limit_plus], map_row)
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(store_err)?
+    } else {
+        let since = to_i64(since.unwrap_or(0), "cursor")?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT collection, key, value, updated_at, client_id, version FROM records
+                 WHERE user_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+            )
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map(params![user_id, since, limit_plus], map_row)
+            .map_err(store_err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(store_err)?
+    };
+    let more = changes.len() > limit;
+    changes.truncate(limit);
+    let cursor = match changes.last() {
+        Some(last) if more => last.version,
+        _ => version,
+    };
+    Ok(Page {
+        changes,
+        cursor,
+        more,
+        reset: full && since.is_some(),
+    })
+}
+
+fn apply_push(
+    conn: &mut Connection,
+    user_id: UserId,
+    batch: &PushBatch<'_>,
+) -> Result<PushOutcome, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_err)?;
+    let version: i64 = tx
+        .prepare_cached("SELECT version FROM users WHERE id = ?1")
+        .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
+        .map_err(store_err)?
+        .ok_or(StoreError::NotFound)?;
+    let mut version = to_u64(version);
+    let ack: u64 = tx
+        .prepare_cached("SELECT ack FROM clients WHERE user_id = ?1 AND client_id = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![user_id, batch.client_id], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(store_err)?
+        .map_or(0, to_u64);
+
+    let now = to_i64(batch.now_ms, "server time")?;
+    let mut applied = 0;
+    for m in batch.mutations.iter().filter(|m| m.id > ack) {
+        let incoming = Record {
+            value: None,
+            updated_at: m.updated_at.min(batch.updated_at_max),
+            client_id: batch.client_id.to_owned(),
+        };
+        let current = tx
+            .prepare_cached(
+                "SELECT updated_at, client_id FROM records
+                 WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![user_id, m.collection, m.key], |r| {
+                    Ok(Record {
+                        value: None,
+                        updated_at: to_u64(r.get(0)?),
+                        client_id: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(store_err)?;
+        if current.is_some_and(|c| !incoming.wins_over(&c)) {
+            continue;
+        }
+        version += 1;
+        let (updated_at, stamped) = (
+            to_i64(incoming.updated_at, "updatedAt")?,
+            to_i64(version, "version")?,
+        );
+        tx.prepare_cached(
+            "INSERT INTO records
+                 (user_id, collection, key, value, updated_at, client_id, version, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (user_id, collection, key) DO UPDATE SET
+                 value = excluded.value, updated_at = excluded.updated_at,
+                 client_id = excluded.client_id, version = excluded.version,
+                 stored_at = excluded.stored_at",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                user_id,
+                m.collection,
+                m.key,
+                m.value,
+                updated_at,
+                batch.client_id,
+                stamped,
+                now,
+            ])
+        })
+        .map_err(store_err)?;
+        applied += 1;
+    }
+
+    let highest = batch.mutations.iter().map(|m| m.id).max().unwrap_or(0);
+    let new_ack = ack.max(highest);
+    if new_ack > ack {
+        let new_ack = to_i64(new_ack, "ack")?;
+        tx.prepare_cached(
+            "INSERT INTO clients (user_id, client_id, ack) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, client_id) DO UPDATE SET ack = excluded.ack",
+        )
+        .and_then(|mut s| s.execute(params![user_id, batch.client_id, new_ack]))
+        .map_err(store_err)?;
+    }
+    if applied > 0 {
+        let stamped = to_i64(version, "version")?;
+        tx.prepare_cached("UPDATE users SET version = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![user_id, stamped]))
+            .map_err(store_err)?;
+    }
+    let page = match batch.since {
+        Some(since) => Some(read_page(&tx, user_id, Some(since), batch.limit)?),
+        None => None,
+    };
+    tx.commit().map_err(store_err)?;
+    Ok(PushOutcome {
+        ack: new_ack,
+        version,
+        applied,
+        page,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<UserId, StoreError> {
+        let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
+        let now = to_i64(now_ms, "server time")?;
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.insert(params![username, password_hash, now]))
+            .map_err(store_err)
+        })
+        .await
+    }
+
+    async fn find_user_by_name(&self, username: &str) -> Result<Option<UserAccount>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE username = ?1")
+                .and_then(|mut s| {
+                    s.query_row([username], |r| {
+                        Ok(UserAccount {
+                            id: r.get(0)?,
+                            username: r.get(1)?,
+                            password_hash: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(store_err)
+        })
+        .await
+    }
+
+    async fn create_token(
+        &self,
+        user_id: UserId,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let hash = *token_hash;
+        let now = to_i64(now_ms, "server time")?;
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![&hash[..], user_id, now]))
+            .map_err(store_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let hash = *token_hash;
+        self.write(move |conn, cache| {
+            conn.prepare_cached("DELETE FROM tokens WHERE token_hash = ?1")
+                .and_then(|mut s| s.execute([&hash[..]]))
+                .map_err(store_err)?;
+            let mut cache = lock(cache);
+            cache.revocations += 1;
+            cache.tokens.remove(&hash);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
+        let revocations = {
+            let cache = lock(&self.cache);
+            if let Some((user_id, username)) = cache.tokens.get(token_hash) {
+                if let Some(&version) = cache.versions.get(user_id) {
+                    return Ok(Some(SessionInfo {
+                        user_id: *user_id,
+                        username: username.clone(),
+                        version,
+                    }));
+                }
+            }
+            cache.revocations
+        };
+        let hash = *token_hash;
+        let row = self
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT u.id, u.username, u.version FROM tokens t
+                     JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&hash[..]], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(store_err)
+            })
+            .await?;
+        let Some((user_id, username, version)) = row else {
+            return Ok(None);
+        };
+        let username: Arc<str> = username.into();
+        let mut cache = lock(&self.cache);
+        let version = cache.raise_version(user_id, to_u64(version));
+        if cache.revocations == revocations {
+            if cache.tokens.len() >= CACHE_ENTRIES_MAX {
+                cache.tokens.clear();
+            }
+            cache.tokens.insert(hash, (user_id, username.clone()));
+        }
+        Ok(Some(SessionInfo {
+            user_id,
+            username,
+            version,
+        }))
+    }
+
+    async fn pull(
+        &self,
+        user_id: UserId,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.read(move |conn| {
+            // A deferred transaction: its first read fixes the WAL snapshot for the rest.
+            let tx = conn.transaction().map_err(store_err)?;
+            let page = read_page(&tx, user_id, since, limit)?;
+            tx.commit().map_err(store_err)?;
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
+        // The blocking task needs owned data; a batch is at most 1 MiB, so one copy is fine.
+        let client_id = batch.client_id.to_owned();
+        let mutations = batch.mutations.to_vec();
+        let (now_ms, updated_at_max, since, limit) =
+            (batch.now_ms, batch.updated_at_max, batch.since, batch.limit);
+        self.write(move |conn, cache| {
+            let batch = PushBatch {
+                client_id: &client_id,
+                mutations: &mutations,
+                now_ms,
+                updated_at_max,
+                since,
+                limit,
+            };
+            let outcome = apply_push(conn, user_id, &batch)?;
+            // Committed; still the only writer, so nothing newer can be overtaken here.
+            lock(cache).raise_version(user_id, outcome.version);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {
+        let before = i64::try_from(stored_before_ms).unwrap_or(i64::MAX);
+        self.write(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(store_err)?;
+            tx.execute(
+                "UPDATE users SET horizon = MAX(horizon, (
+                     SELECT MAX(version) FROM records r
+                     WHERE r.user_id = users.id AND r.value IS NULL AND r.stored_at <= ?1))
+                 WHERE id IN (SELECT user_id FROM records WHERE value IS NULL AND stored_at <= ?1)",
+                [before],
+            )
+            .map_err(store_err)?;
+            let deleted = tx
+                .execute(
+                    "DELETE FROM records WHERE value IS NULL AND stored_at <= ?1",
+                    [before],
+                )
+                .map_err(store_err)?;
+            tx.commit().map_err(store_err)?;
+            Ok(u64::try_from(deleted).unwrap_or(0))
+        })
+        .await
+    }
+}

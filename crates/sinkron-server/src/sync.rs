@@ -1,0 +1,302 @@
+//! The sync routes: pull (`GET /api/user/me`) and push (`POST /api/user/me/changes`).
+//!
+//! It owns request validation (a push is checked whole before anything is written), cursor
+//! parsing, the `ETag`/`304` poll shortcut and the response bodies. It must not merge
+//! records or know SQL: the [`Store`](crate::store::Store) does that atomically.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use sinkron_core::protocol::{
+    PullResponse, PushRequest, PushResponse, User, CLIENT_ID_CHARS_MAX, KEY_CHARS_MAX,
+    MUTATIONS_MAX, VALUE_BYTES_MAX,
+};
+use sinkron_core::Mutation;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, AppJson};
+use crate::store::{Page, PushBatch};
+use crate::{now_ms, AppState};
+
+/// Mutation ids are stored as SQLite/PostgreSQL `BIGINT`.
+const MUTATION_ID_MAX: u64 = i64::MAX as u64;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/user/me", get(pull))
+        .route("/api/user/me/changes", post(push))
+}
+
+/// A cursor is the user's version in decimal. Anything else, or one ahead of the user, was
+/// not issued by this server.
+fn parse_cursor(text: &str, version: u64) -> Result<u64, ApiError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid_cursor());
+    }
+    match text.parse::<u64>() {
+        Ok(c) if c <= version => Ok(c),
+        _ => Err(ApiError::invalid_cursor()),
+    }
+}
+
+/// The raw `lastSync` of a query string. Cursors are digits, so percent-decoding is moot:
+/// an encoded one is rejected as invalid.
+fn last_sync(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("lastSync="))
+}
+
+/// Whether `If-None-Match` names the current version; parses instead of formatting the tag.
+fn etag_matches(headers: &HeaderMap, version: u64) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag.strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .is_some_and(|t| {
+                    !t.is_empty()
+                        && t.bytes().all(|b| b.is_ascii_digit())
+                        && t.parse::<u64>() == Ok(version)
+                })
+        })
+}
+
+fn etag(cursor: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{cursor}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+fn json_response<T: Serialize>(body: &T, cursor: u64) -> Result<Response, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    let mut res = (StatusCode::OK, bytes).into_response();
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ETAG, etag(cursor));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(res)
+}
+
+/// `GET /api/user/me[?lastSync=CURSOR]`: the whole state, or the changes since a cursor.
+async fn pull(
+    State(state): State<AppState>,
+    user: AuthUser,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let since = last_sync(query.as_deref())
+        .map(|c| parse_cursor(c, user.version))
+        .transpose()?;
+    // The hot path: nothing changed since the client's copy, so no query and no body.
+    if etag_matches(&headers, user.version) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut().insert(header::ETAG, etag(user.version));
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        return Ok(res);
+    }
+    let page = state
+        .store
+        .pull(user.user_id, since, state.config.page_size())
+        .await?;
+    let Page {
+        changes,
+        cursor,
+        more,
+        reset,
+    } = page;
+    let body = PullResponse {
+        user: User {
+            id: user.user_id.to_string(),
+            username: user.username.to_string(),
+        },
+        cursor: cursor.to_string(),
+        changes,
+        more,
+        reset,
+        server_time: now_ms(),
+    };
+    json_response(&body, cursor)
+}
+
+/// Checks a whole batch before anything is written; the first problem rejects all of it.
+fn validate_push(req: &PushRequest, collections: &[String]) -> Result<(), ApiError> {
+    let client_chars = req.client_id.chars().count();
+    if client_chars == 0 || client_chars > CLIENT_ID_CHARS_MAX {
+        return Err(ApiError::unprocessable(
+            "invalid_client_id",
+            format!("clientId must be 1 to {CLIENT_ID_CHARS_MAX} characters"),
+        ));
+    }
+    if req.mutations.len() > MUTATIONS_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_mutations",
+            format!("at most {MUTATIONS_MAX} mutations per push"),
+        ));
+    }
+    let mut previous_id = 0;
+    for (i, m) in req.mutations.iter().enumerate() {
+        validate_mutation(i, m, previous_id, collections)?;
+        previous_id = m.id;
+    }
+    Ok(())
+}
+
+fn validate_mutation(
+    i: usize,
+    m: &Mutation,
+    previous_id: u64,
+    collections: &[String],
+) -> Result<(), ApiError> {
+    let invalid = |field: &str, rule: String| {
+        ApiError::unprocessable(
+            "invalid_mutation",
+            format!("mutations[{i}].{field}: {rule}"),
+        )
+    };
+    if m.id == 0 || m.id > MUTATION_ID_MAX {
+        return Err(invalid(
+            "id",
+            format!("must be from 1 to {MUTATION_ID_MAX}"),
+        ));
+    }
+    if m.id <= previous_id {
+        return Err(invalid(
+            "id",
+            format!("must be greater than the previous id {previous_id}"),
+        ));
+    }
+    if !collections.contains(&m.collection) {
+        return Err(invalid(
+            "collection",
+            format!(
+                "unknown collection; expected one of {}",
+                collections.join(", ")
+            ),
+        ));
+    }
+    let key_chars = m.key.chars().count();
+    if key_chars == 0 || key_chars > KEY_CHARS_MAX {
+        return Err(invalid(
+            "key",
+            format!("must be 1 to {KEY_CHARS_MAX} characters"),
+        ));
+    }
+    if let Some(value) = &m.value {
+        if !value.trim_start().starts_with('{') {
+            return Err(invalid("value", "must be a JSON object or null".into()));
+        }
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(invalid(
+                "value",
+                format!("must be at most {VALUE_BYTES_MAX} bytes of JSON text"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/user/me/changes`: apply a batch, answer with the ack and the changes since the
+/// client's cursor.
+async fn push(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(req): AppJson<PushRequest>,
+) -> Result<Response, ApiError> {
+    validate_push(&req, &state.config.collections)?;
+    let since = req
+        .last_sync
+        .as_deref()
+        .map(|c| parse_cursor(c, user.version))
+        .transpose()?;
+    let now = now_ms();
+    let outcome = state
+        .store
+        .push(
+            user.user_id,
+            PushBatch {
+                client_id: &req.client_id,
+                mutations: &req.mutations,
+                now_ms: now,
+                updated_at_max: now.saturating_add(state.config.max_future_ms),
+                since,
+                limit: state.config.page_size(),
+            },
+        )
+        .await?;
+    let page = outcome.page.unwrap_or(Page {
+        cursor: outcome.version,
+        ..Page::default()
+    });
+    let body = PushResponse {
+        ack: outcome.ack,
+        cursor: page.cursor.to_string(),
+        changes: page.changes,
+        more: page.more,
+        reset: page.reset,
+        server_time: now,
+    };
+    json_response(&body, page.cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_decimal_and_not_ahead_of_the_user() {
+        assert_eq!(parse_cursor("0", 0).ok(), Some(0));
+        assert_eq!(parse_cursor("7", 9).ok(), Some(7));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "abc",
+            "10",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_cursor(bad, 9).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_is_compared_without_formatting() {
+        let mut h = HeaderMap::new();
+        assert!(!etag_matches(&h, 3));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"3\""));
+        assert!(etag_matches(&h, 3));
+        assert!(!etag_matches(&h, 4));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"1\", \"4\""),
+        );
+        assert!(etag_matches(&h, 4));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(!etag_matches(&h, 4));
+    }
+
+    #[test]
+    fn last_sync_is_found_among_other_parameters() {
+        assert_eq!(last_sync(Some("a=1&lastSync=5")), Some("5"));
+        assert_eq!(last_sync(Some("a=1")), None);
+        assert_eq!(last_sync(None), None);
+    }
+}
