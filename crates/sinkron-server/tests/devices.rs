@@ -1,0 +1,390 @@
+//! End-to-end sync: native `Device`s (the core engine over real HTTP) against the real
+//! `sinkron` binary on loopback with a real SQLite file.
+//!
+//! Devices pull on a short interval here so a test waits for a state in milliseconds; every
+//! wait is for a state (`Device::wait_for`), never for a time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use sinkron_client::{Device, Options, Snapshot};
+use sinkron_core::Config;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `sinkron serve` process on a loopback port.
+struct Server {
+    child: Child,
+    url: String,
+    addr: String,
+    db: PathBuf,
+}
+
+impl Server {
+    fn start(db: &Path, addr: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sinkron"))
+            .args(["serve", "--addr", addr, "--database"])
+            .arg(db)
+            .env("SINKRON_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the sinkron binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        let addr = url.trim_start_matches("http://").to_owned();
+        Server {
+            child,
+            url,
+            addr,
+            db: db.to_owned(),
+        }
+    }
+
+    /// Stops the process (SIGKILL: nothing unacknowledged may matter) and waits for it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again on the same port and database file.
+    fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr.clone();
+        *self = Server::start(&self.db.clone(), &addr);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn options(seed: u64) -> Options {
+    Options {
+        config: Config {
+            interval_ms: 150,
+            trigger_gap_ms: 0,
+            push_delay_ms: 5,
+            push_wait_ms_max: 50,
+            backoff_base_ms: 20,
+            backoff_ms_max: 200,
+            ..Config::default()
+        },
+        seed,
+        ..Options::default()
+    }
+}
+
+fn fresh() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = Server::start(&dir.path().join("sinkron.db"), "127.0.0.1:0");
+    (dir, server)
+}
+
+fn synced(s: &Snapshot) -> bool {
+    s.pending() == 0
+        && s.status
+            .as_ref()
+            .is_some_and(|st| st.last_synced_at.is_some())
+}
+
+fn same_records(a: &Snapshot, b: &Snapshot) -> bool {
+    a.records.iter().all(|(c, recs)| {
+        let other = &b.records[c];
+        recs.len() == other.len()
+            && recs
+                .iter()
+                .all(|(k, r)| other.get(k).is_some_and(|o| o.value == r.value))
+    })
+}
+
+#[tokio::test]
+async fn two_devices_of_one_user_converge() {
+    let (_dir, server) = fresh();
+    let a = Device::start(&server.url, options(1));
+    let b = Device::start(&server.url, options(2));
+    a.register("alice", "correct horse").await.unwrap();
+    b.login("alice", "correct horse").await.unwrap();
+
+    a.write("favorites", "show-1", Some(json!({"on": true})))
+        .await
+        .unwrap();
+    a.write("history", "ep-1", Some(json!({"position": 42})))
+        .await
+        .unwrap();
+    b.write("likes", "ep-9", Some(json!({"like": 1})))
+        .await
+        .unwrap();
+
+    let on_b = b
+        .wait_for(WAIT, |s| {
+            s.value("history", "ep-1") == Some(json!({"position": 42}))
+        })
+        .await
+        .unwrap();
+    assert_eq!(on_b.value("favorites", "show-1"), Some(json!({"on": true})));
+    let on_a = a
+        .wait_for(WAIT, |s| s.value("likes", "ep-9").is_some() && synced(s))
+        .await
+        .unwrap();
+    let on_b = b.wait_for(WAIT, synced).await.unwrap();
+    assert!(same_records(&on_a, &on_b) && same_records(&on_b, &on_a));
+
+    // A delete reaches the other device as a tombstone.
+    b.write("favorites", "show-1", None).await.unwrap();
+    a.wait_for(WAIT, |s| s.value("favorites", "show-1").is_none())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_newest_write_wins_on_every_device() {
+    let (_dir, server) = fresh();
+    let a = Device::start(&server.url, options(3));
+    let b = Device::start(&server.url, options(4));
+    a.register("bob_", "password1").await.unwrap();
+    b.login("bob_", "password1").await.unwrap();
+    a.wait_for(WAIT, synced).await.unwrap();
+    b.wait_for(WAIT, synced).await.unwrap();
+
+    a.write("settings", "quality", Some(json!({"v": "hd"})))
+        .await
+        .unwrap();
+    a.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+    b.wait_for(WAIT, |s| s.value("settings", "quality").is_some())
+        .await
+        .unwrap();
+    // B has seen A's write, so B's later write is newer, whatever the clocks say.
+    b.write("settings", "quality", Some(json!({"v": "sd"})))
+        .await
+        .unwrap();
+    for device in [&a, &b] {
+        device
+            .wait_for(WAIT, |s| {
+                s.value("settings", "quality") == Some(json!({"v": "sd"}))
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes() {
+    let (_dir, server) = fresh();
+    let fast = Device::start(
+        &server.url,
+        Options {
+            clock_offset_ms: 3_600_000,
+            ..options(5)
+        },
+    );
+    let honest = Device::start(&server.url, options(6));
+    fast.register("carol", "password1").await.unwrap();
+    honest.login("carol", "password1").await.unwrap();
+    fast.wait_for(WAIT, synced).await.unwrap();
+    honest.wait_for(WAIT, synced).await.unwrap();
+
+    // The honest device does not see the fast one's write before making its own, later one:
+    // only the fast device's clock correction can let the later write win.
+    honest.set_online(false);
+    fast.write("history", "ep-1", Some(json!({"position": 1})))
+        .await
+        .unwrap();
+    fast.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+    honest
+        .write("history", "ep-1", Some(json!({"position": 2})))
+        .await
+        .unwrap();
+    honest.set_online(true);
+    for device in [&fast, &honest] {
+        device
+            .wait_for(WAIT, |s| {
+                s.value("history", "ep-1") == Some(json!({"position": 2})) && synced(s)
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_offline_device_catches_up_when_back_online() {
+    let (_dir, server) = fresh();
+    let a = Device::start(&server.url, options(7));
+    let b = Device::start(&server.url, options(8));
+    a.register("dave", "password1").await.unwrap();
+    b.login("dave", "password1").await.unwrap();
+    b.wait_for(WAIT, synced).await.unwrap();
+    b.set_online(false);
+    b.wait_for(WAIT, |s| s.status.as_ref().is_some_and(|st| !st.online))
+        .await
+        .unwrap();
+    let pulls_while_offline = b.snapshot().pulls_sent;
+
+    for i in 0..5 {
+        a.write("history", &format!("ep-{i}"), Some(json!({"position": i})))
+            .await
+            .unwrap();
+    }
+    b.write("likes", "ep-0", Some(json!({"like": 1})))
+        .await
+        .unwrap();
+    a.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+    assert_eq!(
+        b.snapshot().pulls_sent,
+        pulls_while_offline,
+        "offline means no requests"
+    );
+    assert_eq!(b.snapshot().pending(), 1);
+
+    b.set_online(true);
+    b.wait_for(WAIT, |s| {
+        s.records["history"].len() == 5 && s.pending() == 0
+    })
+    .await
+    .unwrap();
+    a.wait_for(WAIT, |s| s.value("likes", "ep-0").is_some())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn writes_made_while_the_server_was_down_are_delivered_once() {
+    let (_dir, mut server) = fresh();
+    let a = Device::start(&server.url, options(9));
+    let session = a.register("erin", "password1").await.unwrap();
+    a.wait_for(WAIT, synced).await.unwrap();
+
+    server.kill();
+    for i in 0..3 {
+        a.write("favorites", &format!("show-{i}"), Some(json!({"on": true})))
+            .await
+            .unwrap();
+    }
+    a.wait_for(WAIT, |s| s.pushes_sent >= 2 && s.pending() == 3)
+        .await
+        .expect("the device keeps retrying while the server is down");
+
+    server.restart();
+    a.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+
+    // Exactly three changes were applied: the user's version is 3.
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/user/me", server.url))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["cursor"], json!("3"), "{body}");
+    assert_eq!(body["changes"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in() {
+    let (_dir, server) = fresh();
+    let guest = Device::start(&server.url, options(10));
+    guest
+        .write("favorites", "show-7", Some(json!({"on": true})))
+        .await
+        .unwrap();
+    guest.focus();
+    guest.set_visible(false);
+    guest.set_visible(true);
+    let snapshot = guest
+        .wait_for(WAIT, |s| s.value("favorites", "show-7").is_some())
+        .await
+        .unwrap();
+    assert_eq!(snapshot.pulls_sent + snapshot.pushes_sent, 0);
+
+    guest.register("frank", "password1").await.unwrap();
+    let other = Device::start(&server.url, options(11));
+    other.login("frank", "password1").await.unwrap();
+    other
+        .wait_for(WAIT, |s| {
+            s.value("favorites", "show-7") == Some(json!({"on": true}))
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sign_out_wipes_the_device_and_the_next_user_sees_nothing() {
+    let (_dir, server) = fresh();
+    let device = Device::start(&server.url, options(12));
+    device.register("grace", "password1").await.unwrap();
+    device
+        .write("history", "secret-ep", Some(json!({"position": 9})))
+        .await
+        .unwrap();
+    device.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+    device.sign_out();
+    let wiped = device.wait_for(WAIT, |s| s.user.is_none()).await.unwrap();
+    assert!(wiped.records.values().all(|r| r.is_empty()));
+
+    device.register("heidi", "password1").await.unwrap();
+    let next = device.wait_for(WAIT, synced).await.unwrap();
+    assert!(next.records.values().all(|r| r.is_empty()), "{next:?}");
+}
+
+#[tokio::test]
+async fn eight_devices_push_concurrently_while_a_ninth_follows() {
+    let (_dir, server) = fresh();
+    let reader = Device::start(&server.url, options(100));
+    let session = reader.register("ivan", "password1").await.unwrap();
+    let writers: Vec<Device> = (0..8)
+        .map(|i| {
+            let d = Device::start(&server.url, options(200 + i));
+            d.sign_in(&session);
+            d
+        })
+        .collect();
+    let per_writer = 40;
+    let mut tasks = Vec::new();
+    for (w, device) in writers.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                device
+                    .write(
+                        "history",
+                        &format!("w{w}-e{i}"),
+                        Some(json!({"position": i})),
+                    )
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+            device.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+            device
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seen = reader
+        .wait_for(WAIT, |s| s.records["history"].len() == 8 * per_writer)
+        .await
+        .unwrap();
+    for w in 0..8 {
+        for i in 0..per_writer {
+            assert_eq!(
+                seen.value("history", &format!("w{w}-e{i}")),
+                Some(json!({"position": i}))
+            );
+        }
+    }
+}

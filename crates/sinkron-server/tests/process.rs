@@ -1,0 +1,228 @@
+//! The `sinkron` binary as an operator meets it: flags, startup failures, restarts, crashes
+//! and tombstone compaction at start.
+
+mod support;
+
+use serde_json::json;
+use support::{batch, mutation, run, Data};
+
+fn stderr_lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A startup failure is non-zero, one line on stderr, and not a panic.
+fn assert_one_line_failure(out: &std::process::Output, expect: &str) {
+    let lines = stderr_lines(out);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert_eq!(lines.len(), 1, "exactly one line on stderr: {lines:#?}");
+    assert!(!lines[0].contains("panicked"), "{}", lines[0]);
+    assert!(
+        lines[0].to_lowercase().contains(&expect.to_lowercase()),
+        "{:?} should mention {expect:?}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn help_exits_zero_and_lists_serve() {
+    let out = run(&["--help"]).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+    let out = run(&["serve", "--help"]).await;
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--addr",
+        "--database",
+        "--collections",
+        "--max-future-ms",
+        "--page-size",
+        "--tombstone-ttl-secs",
+    ] {
+        assert!(help.contains(flag), "help mentions {flag}");
+    }
+}
+
+#[tokio::test]
+async fn bad_flags_fail_with_one_line() {
+    assert_one_line_failure(&run(&["serve", "--bogus"]).await, "--bogus");
+    assert_one_line_failure(&run(&["serve", "--addr", "nowhere"]).await, "--addr");
+    assert_one_line_failure(&run(&["serve", "--page-size", "0"]).await, "--page-size");
+}
+
+#[tokio::test]
+async fn unusable_databases_fail_with_one_clear_line() {
+    let data = Data::new();
+    let dir = data.dir();
+    let missing_dir = dir.join("no/such/dir/s.db");
+    let not_a_db = dir.join("notes.txt");
+    std::fs::write(
+        &not_a_db,
+        "this is not a database, just some text ".repeat(100),
+    )
+    .expect("write a file");
+    let cases = [
+        (missing_dir.display().to_string(), "cannot open database"),
+        (not_a_db.display().to_string(), "not a database"),
+        (dir.display().to_string(), "cannot open database"),
+        (
+            "postgres://u:p@localhost/db".to_owned(),
+            "not supported yet",
+        ),
+        (
+            "mysql://localhost/db".to_owned(),
+            "unsupported database URL",
+        ),
+    ];
+    for (url, expect) in cases {
+        let out = run(&["serve", "--addr", "127.0.0.1:0", "--database", &url]).await;
+        assert_one_line_failure(&out, expect);
+    }
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_file_is_refused() {
+    let data = Data::new();
+    let server = data.start(&[]).await;
+    let url = format!("sqlite://{}", data.db_path().display());
+    let out = run(&["serve", "--addr", "127.0.0.1:0", "--database", &url]).await;
+    assert_one_line_failure(&out, "in use by another sinkron server");
+    // The first one is unaffected.
+    let alice = server.register("alice").await;
+    server.pull_ok(&alice.token, None).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart() {
+    let data = Data::new();
+    let server = data.start(&[]).await;
+    let alice = server.register("alice").await;
+    let pushed = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "history", "ep1", json!({"pos": 42}), 1000)],
+                None,
+            ),
+        )
+        .await;
+    let before = server.state(&alice.token).await;
+    server.stop().await;
+
+    let server = data.start(&[]).await;
+    assert_eq!(server.state(&alice.token).await, before);
+    // The ack survived too: a retry of the same batch is still a no-op.
+    let retried = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "history", "ep1", json!({"pos": 1}), 9000)],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(retried["ack"], pushed["ack"]);
+    assert_eq!(retried["cursor"], pushed["cursor"]);
+    assert_eq!(server.state(&alice.token).await, before);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_pushes_survive_kill_9() {
+    let data = Data::new();
+    let server = data.start(&[]).await;
+    let alice = server.register("alice").await;
+    let mut last = json!(null);
+    for i in 1..=20u64 {
+        last = server
+            .push_ok(
+                &alice.token,
+                &batch(
+                    "c1",
+                    vec![mutation(i, "likes", &format!("e{i}"), json!({"i": i}), i)],
+                    None,
+                ),
+            )
+            .await;
+    }
+    // Killed right after the last acknowledgement: no shutdown code runs.
+    server.kill().await;
+
+    let server = data.start(&[]).await;
+    let state = server.state(&alice.token).await;
+    assert_eq!(state.len(), 20);
+    for i in 1..=20u64 {
+        let change = &state[&("likes".to_owned(), format!("e{i}"))];
+        assert_eq!(change["value"], json!({"i": i}));
+    }
+    assert_eq!(
+        server.pull_ok(&alice.token, None).await["cursor"],
+        last["cursor"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_behind_compacted_tombstones_gets_a_reset() {
+    let data = Data::new();
+    let server = data.start(&[]).await;
+    let alice = server.register("alice").await;
+    let put = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![
+                    mutation(1, "favorites", "a", json!({"on": true}), 10),
+                    mutation(2, "favorites", "b", json!({"on": true}), 10),
+                ],
+                None,
+            ),
+        )
+        .await;
+    let old_cursor = put["cursor"].as_str().expect("cursor").to_owned();
+    let deleted = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(3, "favorites", "a", json!(null), 20)],
+                None,
+            ),
+        )
+        .await;
+    let cursor_after_delete = deleted["cursor"].as_str().expect("cursor").to_owned();
+    // Before compaction the old cursor sees the tombstone.
+    let body = server.pull_ok(&alice.token, Some(&old_cursor)).await;
+    assert_eq!(body["changes"][0]["value"], json!(null));
+    assert!(body.get("reset").is_none());
+    server.stop().await;
+
+    // A TTL of 0 compacts every tombstone at start.
+    let server = data.start(&["--tombstone-ttl-secs", "0"]).await;
+    let body = server.pull_ok(&alice.token, Some(&old_cursor)).await;
+    assert_eq!(body["reset"], json!(true), "{body}");
+    let changes = body["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "the whole live state: {body}");
+    assert_eq!(changes[0]["key"], "b");
+    assert_eq!(body["cursor"], json!(cursor_after_delete));
+    // A push answer resets the same way.
+    let pushed = server
+        .push_ok(&alice.token, &batch("c2", vec![], Some(&old_cursor)))
+        .await;
+    assert_eq!(pushed["reset"], json!(true));
+    // A client that had seen the tombstone is not reset.
+    let body = server
+        .pull_ok(&alice.token, Some(&cursor_after_delete))
+        .await;
+    assert!(body.get("reset").is_none(), "{body}");
+    assert_eq!(body["changes"], json!([]));
+    server.stop().await;
+}

@@ -1,0 +1,320 @@
+//! Runs the real `sinkron` binary for integration tests and talks to it over HTTP.
+//!
+//! A [`Server`] owns a child process bound to `127.0.0.1:0` on a SQLite file in a temporary
+//! directory; it is ready once it prints its `listening on` line. Stopping (SIGTERM) or
+//! killing (SIGKILL) it hands back the [`Data`] so a test can start again on the same file.
+//! Nothing here sleeps: every wait is on the process or its output, bounded by a timeout.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{header, Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The longest a start or a stop may take before the test fails.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sinkron");
+
+/// A database file that outlives server processes.
+#[derive(Clone)]
+pub struct Data {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Data {
+    pub fn new() -> Self {
+        Self {
+            dir: Arc::new(tempfile::tempdir().expect("a temporary directory")),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("sinkron.db")
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub async fn start(&self, args: &[&str]) -> Server {
+        let url = format!("sqlite://{}", self.db_path().display());
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--database", &url])
+            .args(args)
+            .env("SINKRON_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the sinkron binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PROCESS_TIMEOUT, lines.next_line())
+            .await
+            .expect("the server prints its address in time")
+            .expect("stdout is readable")
+            .expect("the server prints a line before exiting");
+        let base = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            base,
+            data: self.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub data: Data,
+    pub http: reqwest::Client,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
+    }
+
+    /// The error code of a `{"error":{"code","message"}}` body, checking its shape.
+    pub fn error_code(&self) -> String {
+        let body = self.json();
+        assert!(
+            body["error"]["message"].is_string(),
+            "error body without message: {body}"
+        );
+        assert_eq!(
+            self.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "error without JSON content type"
+        );
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error body without code: {body}"))
+            .to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A signed-in user.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub token: String,
+    pub id: String,
+    pub username: String,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Data::new().start(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Self {
+        Data::new().start(args).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops with SIGTERM and waits for a clean exit.
+    pub async fn stop(mut self) -> Data {
+        let pid = self.child.id().expect("the server is running");
+        // SAFETY: plain FFI call with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM sent");
+        let status = self.wait().await;
+        assert!(
+            status.success(),
+            "server exits cleanly on SIGTERM: {status}"
+        );
+        self.data
+    }
+
+    /// Kills with SIGKILL: no shutdown code runs.
+    pub async fn kill(mut self) -> Data {
+        self.child.start_kill().expect("SIGKILL sent");
+        self.wait().await;
+        self.data
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .expect("the server exits in time")
+            .expect("wait on the server")
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        reply(req).await
+    }
+
+    pub async fn register(&self, username: &str) -> Account {
+        let r = self
+            .send(
+                Method::POST,
+                "/api/auth/register",
+                None,
+                Some(json!({"username": username, "password": "correct horse"}).to_string()),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "register {username}: {}",
+            r.text
+        );
+        let body = r.json();
+        Account {
+            token: body["token"].as_str().expect("token").to_owned(),
+            id: body["user"]["id"].as_str().expect("user id").to_owned(),
+            username: body["user"]["username"]
+                .as_str()
+                .expect("username")
+                .to_owned(),
+        }
+    }
+
+    /// `GET /api/user/me[?lastSync=cursor]`.
+    pub async fn pull(&self, token: &str, cursor: Option<&str>) -> Reply {
+        let path = match cursor {
+            Some(c) => format!("/api/user/me?lastSync={c}"),
+            None => "/api/user/me".to_owned(),
+        };
+        self.send(Method::GET, &path, Some(token), None).await
+    }
+
+    /// A pull that must succeed; returns its body.
+    pub async fn pull_ok(&self, token: &str, cursor: Option<&str>) -> Value {
+        let r = self.pull(token, cursor).await;
+        assert_eq!(r.status, StatusCode::OK, "pull: {}", r.text);
+        r.json()
+    }
+
+    /// The whole live state as `(collection, key) -> change`, following pages.
+    pub async fn state(&self, token: &str) -> std::collections::BTreeMap<(String, String), Value> {
+        let mut state = std::collections::BTreeMap::new();
+        let mut body = self.pull_ok(token, None).await;
+        loop {
+            for c in body["changes"].as_array().expect("changes") {
+                let k = (
+                    c["collection"].as_str().expect("collection").to_owned(),
+                    c["key"].as_str().expect("key").to_owned(),
+                );
+                if c["value"].is_null() {
+                    state.remove(&k);
+                } else {
+                    state.insert(k, c.clone());
+                }
+            }
+            if body["more"] != json!(true) {
+                return state;
+            }
+            let cursor = body["cursor"].as_str().expect("cursor").to_owned();
+            body = self.pull_ok(token, Some(&cursor)).await;
+        }
+    }
+
+    /// `POST /api/user/me/changes` with a JSON body.
+    pub async fn push(&self, token: &str, body: &Value) -> Reply {
+        self.send(
+            Method::POST,
+            "/api/user/me/changes",
+            Some(token),
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// A push that must succeed; returns its body.
+    pub async fn push_ok(&self, token: &str, body: &Value) -> Value {
+        let r = self.push(token, body).await;
+        assert_eq!(r.status, StatusCode::OK, "push: {}", r.text);
+        r.json()
+    }
+}
+
+pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
+    let res = req.send().await.expect("the server answers");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.expect("a readable body");
+    Reply {
+        status,
+        headers,
+        text,
+    }
+}
+
+/// A mutation as JSON.
+pub fn mutation(id: u64, collection: &str, key: &str, value: Value, updated_at: u64) -> Value {
+    json!({"id": id, "collection": collection, "key": key, "value": value, "updatedAt": updated_at})
+}
+
+/// A push body.
+pub fn batch(client_id: &str, mutations: Vec<Value>, last_sync: Option<&str>) -> Value {
+    let mut body = json!({"clientId": client_id, "mutations": mutations});
+    if let Some(c) = last_sync {
+        body["lastSync"] = json!(c);
+    }
+    body
+}
+
+/// Runs the binary to completion with the given arguments.
+pub async fn run(args: &[&str]) -> std::process::Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("SINKRON_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sinkron binary starts");
+    tokio::time::timeout(PROCESS_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the binary exits in time")
+        .expect("its output is readable")
+}
