@@ -1,0 +1,72 @@
+//! `cargo xtask <chore>`: the one entry point for the project's chores.
+//!
+//! * `cargo xtask test` — the whole test suite, exactly what CI runs: formatting, lints, then
+//!   every test of the workspace (with cargo-nextest when installed, else `cargo test`).
+//!
+//! It only orchestrates other tools; no project logic lives here.
+
+use std::process::{exit, Command};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("test") => test(),
+        Some("help") | Some("--help") | Some("-h") | None => usage(0),
+        Some(other) => {
+            eprintln!("error: unknown chore `{other}`");
+            usage(2)
+        }
+    }
+}
+
+fn usage(code: i32) -> ! {
+    eprintln!(
+        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)"
+    );
+    exit(code)
+}
+
+fn test() {
+    step("formatting", &["fmt", "--all", "--", "--check"]);
+    step(
+        "lints",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if nextest {
+        step(
+            "tests",
+            &["nextest", "run", "--workspace", "--no-fail-fast"],
+        );
+    } else {
+        eprintln!("note: cargo-nextest not found, using cargo test (cargo install cargo-nextest for a faster run)");
+        step("tests", &["test", "--workspace", "--no-fail-fast"]);
+    }
+}
+
+/// Runs `cargo <args>`, exiting with its status if it fails.
+fn step(name: &str, args: &[&str]) {
+    eprintln!("==> {name}: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(args).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("error: {name} failed (cargo {})", args.join(" "));
+            exit(s.code().unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("error: could not run cargo for {name}: {e}");
+            exit(1)
+        }
+    }
+}
