@@ -1,0 +1,1106 @@
+//! The HTTP contract of protocol v1 against the real binary: auth, pull, push, limits,
+//! malformed input, concurrency, paging and isolation.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use reqwest::{header, Method, StatusCode};
+use serde_json::{json, Value};
+use support::{batch, mutation, reply, Server};
+
+fn creds(username: &str, password: &str) -> Option<String> {
+    Some(json!({"username": username, "password": password}).to_string())
+}
+
+fn cursor_of(body: &Value) -> String {
+    body["cursor"]
+        .as_str()
+        .expect("cursor is a string")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn healthz_answers_200() {
+    let server = Server::start().await;
+    let r = server.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn register_login_logout_flow() {
+    let server = Server::start().await;
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/register",
+            None,
+            creds("alice", "correct horse"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let body = r.json();
+    let first = body["token"].as_str().expect("token").to_owned();
+    assert_eq!(first.len(), 64);
+    assert_eq!(body["user"]["username"], "alice");
+    let id = body["user"]["id"].as_str().expect("id is a string");
+    assert!(
+        id.parse::<i64>().is_ok(),
+        "id is an integer in a string: {id}"
+    );
+
+    let me = server.pull_ok(&first, None).await;
+    assert_eq!(me["user"], body["user"]);
+    assert_eq!(me["cursor"], "0");
+    assert_eq!(me["changes"], json!([]));
+    assert_eq!(me["more"], false);
+    assert!(me["serverTime"].as_u64().is_some());
+
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("alice", "correct horse"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let second = r.json()["token"].as_str().expect("token").to_owned();
+    assert_ne!(first, second);
+    assert_eq!(r.json()["user"], body["user"]);
+
+    let r = server
+        .send(Method::POST, "/api/auth/logout", Some(&first), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // The logged-out token stops working at once; the other session is untouched.
+    let r = server.pull(&first, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "unauthorized");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = server
+        .send(Method::POST, "/api/auth/logout", Some(&first), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    server.pull_ok(&second, None).await;
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_401() {
+    let server = Server::start().await;
+    server.register("alice").await;
+    let wrong = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("alice", "wrong password"),
+        )
+        .await;
+    let unknown = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("nobody", "correct horse"),
+        )
+        .await;
+    for r in [&wrong, &unknown] {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.error_code(), "invalid_credentials");
+    }
+    assert_eq!(wrong.text, unknown.text);
+}
+
+#[tokio::test]
+async fn a_taken_username_is_409() {
+    let server = Server::start().await;
+    server.register("alice").await;
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/register",
+            None,
+            creds("alice", "another password"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.error_code(), "username_taken");
+}
+
+#[tokio::test]
+async fn usernames_and_passwords_are_validated() {
+    let server = Server::start().await;
+    let long_name = "a".repeat(33);
+    let long_password = "p".repeat(129);
+    let cases = [
+        ("ab", "correct horse", "invalid_username"),
+        (long_name.as_str(), "correct horse", "invalid_username"),
+        ("Alice", "correct horse", "invalid_username"),
+        ("al ice", "correct horse", "invalid_username"),
+        ("al/ice", "correct horse", "invalid_username"),
+        ("alice", "short", "invalid_password"),
+        ("alice", long_password.as_str(), "invalid_password"),
+    ];
+    for (username, password, code) in cases {
+        let r = server
+            .send(
+                Method::POST,
+                "/api/auth/register",
+                None,
+                creds(username, password),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{username:?}/{password:?}"
+        );
+        assert_eq!(r.error_code(), code, "{username:?}/{password:?}");
+    }
+    // The edges are accepted.
+    for (username, password) in [("a_b", "12345678"), (&*"z.-9".repeat(8), &*"p".repeat(128))] {
+        let r = server
+            .send(
+                Method::POST,
+                "/api/auth/register",
+                None,
+                creds(username, password),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{username:?}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn user_routes_need_a_valid_bearer_token() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let unknown = "0123456789abcdef".repeat(4);
+    let headers: Vec<Option<String>> = vec![
+        None,
+        Some("Bearer".into()),
+        Some("Bearer ".into()),
+        Some(format!("Basic {}", alice.token)),
+        Some(format!("Bearer {}", &alice.token[..63])),
+        Some(format!("Bearer {}x", alice.token)),
+        Some(format!("Bearer {unknown}")),
+        Some("Bearer not-a-token-at-all".into()),
+        Some(format!("Bearer {}", "a".repeat(10_000))),
+    ];
+    for (method, path) in [
+        (Method::GET, "/api/user/me"),
+        (Method::POST, "/api/user/me/changes"),
+        (Method::POST, "/api/auth/logout"),
+    ] {
+        for h in &headers {
+            let mut req = server.http.request(method.clone(), server.url(path));
+            if let Some(h) = h {
+                req = req.header(header::AUTHORIZATION, h);
+            }
+            let r = reply(req.body(batch("c1", vec![], None).to_string())).await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {h:?}"
+            );
+            assert_eq!(r.error_code(), "unauthorized");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn logins_are_throttled_after_ten_failures() {
+    let server = Server::start().await;
+    server.register("alice").await;
+    for _ in 0..10 {
+        let r = server
+            .send(
+                Method::POST,
+                "/api/auth/login",
+                None,
+                creds("alice", "wrong password"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password waits now.
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("alice", "correct horse"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry_after: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    // Other usernames are not affected.
+    server.register("bob").await;
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("bob", "correct horse"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unchanged_state_answers_304_without_a_body() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "likes", "e1", json!({"v": 1}), 5)],
+                None,
+            ),
+        )
+        .await;
+    let r = server.pull(&alice.token, Some("0")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("etag"), Some("\"1\""));
+    assert_eq!(r.header("cache-control"), Some("no-cache, private"));
+    let etag = r.header("etag").expect("etag").to_owned();
+
+    let poll = || {
+        reply(
+            server
+                .http
+                .get(server.url("/api/user/me?lastSync=1"))
+                .bearer_auth(&alice.token)
+                .header(header::IF_NONE_MATCH, &etag),
+        )
+    };
+    let r = poll().await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.text, "");
+    assert_eq!(r.header("etag"), Some("\"1\""));
+
+    // Another device writes: the same poll now gets the change and a new tag.
+    server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c2",
+                vec![mutation(1, "likes", "e2", json!({"v": 2}), 6)],
+                None,
+            ),
+        )
+        .await;
+    let r = poll().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("etag"), Some("\"2\""));
+    let body = r.json();
+    assert_eq!(body["changes"].as_array().expect("changes").len(), 1);
+    assert_eq!(body["changes"][0]["key"], "e2");
+}
+
+#[tokio::test]
+async fn invalid_cursors_are_400() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    server
+        .push_ok(
+            &alice.token,
+            &batch("c1", vec![mutation(1, "likes", "e1", json!({}), 5)], None),
+        )
+        .await;
+    for cursor in [
+        "abc",
+        "-1",
+        "1.5",
+        "+1",
+        "2",
+        "%31",
+        "18446744073709551616",
+        "",
+    ] {
+        let r = server.pull(&alice.token, Some(cursor)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "lastSync={cursor:?}");
+        assert_eq!(r.error_code(), "invalid_cursor");
+        // In a push too, and then nothing of the batch is applied.
+        let r = server
+            .push(
+                &alice.token,
+                &batch(
+                    "c1",
+                    vec![mutation(2, "likes", "x", json!({}), 5)],
+                    Some(cursor),
+                ),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "push lastSync={cursor:?}"
+        );
+        assert_eq!(r.error_code(), "invalid_cursor");
+    }
+    assert_eq!(server.state(&alice.token).await.len(), 1);
+    assert_eq!(server.pull_ok(&alice.token, None).await["cursor"], "1");
+}
+
+#[tokio::test]
+async fn a_full_pull_has_live_records_and_an_incremental_one_has_tombstones() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let body = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![
+                    mutation(1, "favorites", "a", json!({"on": true}), 5),
+                    mutation(2, "favorites", "b", json!({"on": true}), 5),
+                    mutation(3, "favorites", "a", json!(null), 6),
+                ],
+                Some("0"),
+            ),
+        )
+        .await;
+    assert_eq!(body["ack"], 3);
+    assert_eq!(body["cursor"], "3");
+    let changes = body["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 2, "latest state per record: {body}");
+    assert_eq!(changes[0]["key"], "b");
+    assert_eq!(changes[0]["version"], 2);
+    assert_eq!(changes[1]["key"], "a");
+    assert_eq!(changes[1]["value"], json!(null));
+    assert_eq!(changes[1]["version"], 3);
+    assert_eq!(changes[1]["clientId"], "c1");
+    assert_eq!(changes[1]["updatedAt"], 6);
+
+    let full = server.pull_ok(&alice.token, None).await;
+    assert_eq!(full["changes"].as_array().expect("changes").len(), 1);
+    assert_eq!(full["changes"][0]["key"], "b");
+    assert_eq!(full["cursor"], "3");
+    let since_zero = server.pull_ok(&alice.token, Some("0")).await;
+    assert_eq!(since_zero["changes"], body["changes"]);
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_applied_once() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let body = batch(
+        "c1",
+        vec![
+            mutation(1, "history", "ep1", json!({"pos": 10}), 100),
+            mutation(2, "history", "ep2", json!({"pos": 20}), 100),
+            mutation(3, "likes", "ep1", json!({}), 100),
+        ],
+        None,
+    );
+    let first = server.push_ok(&alice.token, &body).await;
+    assert_eq!(first["ack"], 3);
+    assert_eq!(first["cursor"], "3");
+    let second = server.push_ok(&alice.token, &body).await;
+    assert_eq!(second["ack"], 3);
+    assert_eq!(second["cursor"], "3", "no version bump on a retry");
+    // A retry overlapping a new mutation applies only the new one.
+    let mut overlap = body.clone();
+    overlap["mutations"]
+        .as_array_mut()
+        .expect("mutations")
+        .push(mutation(4, "history", "ep3", json!({"pos": 1}), 100));
+    let third = server.push_ok(&alice.token, &overlap).await;
+    assert_eq!(third["ack"], 4);
+    assert_eq!(third["cursor"], "4");
+    // Ids at or below the ack are skipped even with different content.
+    let stale = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(2, "history", "ep2", json!({"pos": 99}), 999)],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(stale["ack"], 4);
+    let state = server.state(&alice.token).await;
+    assert_eq!(state.len(), 4);
+    assert_eq!(
+        state[&("history".into(), "ep2".into())]["value"],
+        json!({"pos": 20})
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_mutation_rejects_the_whole_batch() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let r = server
+        .push(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![
+                    mutation(1, "likes", "good", json!({}), 5),
+                    mutation(2, "nope", "bad", json!({}), 5),
+                ],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error_code(), "invalid_mutation");
+    let message = r.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.contains("mutations[1]") && message.contains("collection"),
+        "{message}"
+    );
+    let me = server.pull_ok(&alice.token, Some("0")).await;
+    assert_eq!(me["changes"], json!([]));
+    assert_eq!(me["cursor"], "0");
+    // The ack did not move either: id 1 is still applied later.
+    let ok = server
+        .push_ok(
+            &alice.token,
+            &batch("c1", vec![mutation(1, "likes", "good", json!({}), 5)], None),
+        )
+        .await;
+    assert_eq!(ok["ack"], 1);
+    assert_eq!(ok["cursor"], "1");
+}
+
+#[tokio::test]
+async fn the_newest_write_wins_and_ties_break_by_client_id() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let write = |client: &'static str, id: u64, v: i64, at: u64| {
+        batch(
+            client,
+            vec![mutation(id, "settings", "theme", json!({"v": v}), at)],
+            None,
+        )
+    };
+    let t = server.push_ok(&alice.token, &write("b", 1, 1, 100)).await;
+    assert_eq!(t["cursor"], "1");
+    // Older: loses, changes nothing, but is acknowledged.
+    let t = server.push_ok(&alice.token, &write("z", 1, 2, 99)).await;
+    assert_eq!(
+        (t["ack"].clone(), t["cursor"].clone()),
+        (json!(1), json!("1"))
+    );
+    // Same time, smaller client id: loses.
+    let t = server.push_ok(&alice.token, &write("a", 1, 3, 100)).await;
+    assert_eq!(t["cursor"], "1");
+    // The same version again (same time, same client): changes nothing.
+    let t = server.push_ok(&alice.token, &write("b", 2, 4, 100)).await;
+    assert_eq!(t["cursor"], "1");
+    // Same time, larger client id: wins.
+    let t = server.push_ok(&alice.token, &write("c", 1, 5, 100)).await;
+    assert_eq!(t["cursor"], "2");
+    // Newer: wins whatever the client id.
+    let t = server.push_ok(&alice.token, &write("a", 2, 6, 101)).await;
+    assert_eq!(t["cursor"], "3");
+    let state = server.state(&alice.token).await;
+    let theme = &state[&("settings".into(), "theme".into())];
+    assert_eq!(theme["value"], json!({"v": 6}));
+    assert_eq!(theme["clientId"], "a");
+    assert_eq!(theme["updatedAt"], 101);
+    assert_eq!(theme["version"], 3);
+    // A delete is a write like any other: an older one loses to the value.
+    let t = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "z",
+                vec![mutation(2, "settings", "theme", json!(null), 100)],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(t["cursor"], "3");
+}
+
+#[tokio::test]
+async fn timestamps_from_the_future_are_clamped() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let far_future = 4_000_000_000_000u64; // the year 2096
+    let body = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "history", "ep", json!({}), far_future)],
+                Some("0"),
+            ),
+        )
+        .await;
+    let server_time = body["serverTime"].as_u64().expect("serverTime");
+    let stored = body["changes"][0]["updatedAt"].as_u64().expect("updatedAt");
+    assert!(stored <= server_time + 60_000, "{stored} vs {server_time}");
+    assert!(stored >= server_time, "clamped to the limit, not below it");
+    // A correct device writing a moment later now wins.
+    let later = server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c2",
+                vec![mutation(1, "history", "ep", json!({"n": 2}), stored + 1)],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(later["cursor"], "2");
+}
+
+#[tokio::test]
+async fn push_limits_are_enforced_and_nothing_is_applied() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let m = |id: u64| mutation(id, "likes", &format!("k{id}"), json!({}), 5);
+    let many: Vec<Value> = (1..=501).map(m).collect();
+    let big_value = json!({"s": "x".repeat(4097 - 8)});
+    assert_eq!(big_value.to_string().len(), 4097);
+    let huge = json!({"s": "x".repeat(1024 * 1024)});
+
+    let raw = |mutations: &str| format!(r#"{{"clientId":"c1","mutations":[{mutations}]}}"#);
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "501 mutations",
+            batch("c1", many, None).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_mutations",
+        ),
+        (
+            "body over 1 MiB",
+            batch("c1", vec![mutation(1, "likes", "k", huge, 5)], None).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "value of 4 KiB + 1",
+            batch("c1", vec![mutation(1, "likes", "k", big_value, 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "129-char key",
+            batch(
+                "c1",
+                vec![mutation(1, "likes", &"k".repeat(129), json!({}), 5)],
+                None,
+            )
+            .to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "empty key",
+            batch("c1", vec![mutation(1, "likes", "", json!({}), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "65-char clientId",
+            batch(&"c".repeat(65), vec![m(1)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_client_id",
+        ),
+        (
+            "empty clientId",
+            batch("", vec![m(1)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_client_id",
+        ),
+        (
+            "unknown collection",
+            batch("c1", vec![mutation(1, "notes", "k", json!({}), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "array value",
+            batch("c1", vec![mutation(1, "likes", "k", json!([1]), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "string value",
+            batch("c1", vec![mutation(1, "likes", "k", json!("s"), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "number value",
+            batch("c1", vec![mutation(1, "likes", "k", json!(1), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "bool value",
+            batch("c1", vec![mutation(1, "likes", "k", json!(true), 5)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "negative updatedAt",
+            raw(r#"{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":-1}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "float updatedAt",
+            raw(r#"{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":1.5}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "string updatedAt",
+            raw(r#"{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":"5"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "id 0",
+            batch("c1", vec![m(0)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "negative id",
+            raw(r#"{"id":-1,"collection":"likes","key":"k","value":{},"updatedAt":5}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "id beyond i64",
+            raw(
+                r#"{"id":9223372036854775808,"collection":"likes","key":"k","value":{},"updatedAt":5}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "repeated id",
+            batch("c1", vec![m(1), m(2), m(2)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "decreasing id",
+            batch("c1", vec![m(3), m(2)], None).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
+            "missing value",
+            raw(r#"{"id":1,"collection":"likes","key":"k","updatedAt":5}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ];
+    for (name, body, status, code) in cases {
+        let r = server
+            .send(
+                Method::POST,
+                "/api/user/me/changes",
+                Some(&alice.token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, status, "{name}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{name}");
+    }
+    let me = server.pull_ok(&alice.token, Some("0")).await;
+    assert_eq!(me["changes"], json!([]), "nothing applied");
+
+    // The limits themselves are accepted.
+    let edge_value = json!({"s": "x".repeat(4096 - 8)});
+    assert_eq!(edge_value.to_string().len(), 4096);
+    let mut edges: Vec<Value> = (1..=498).map(m).collect();
+    edges.push(mutation(499, "likes", &"k".repeat(128), json!({}), 5));
+    edges.push(mutation(500, "likes", "edge", edge_value, 5));
+    let body = server
+        .push_ok(&alice.token, &batch(&"c".repeat(64), edges, None))
+        .await;
+    assert_eq!(body["ack"], 500);
+    assert_eq!(body["cursor"], "500");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_json_4xx_and_apply_nothing() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let token = alice.token.as_str();
+    let good_mutation = r#"{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":5}"#;
+    let changes = "/api/user/me/changes";
+    let cases: Vec<(Method, &str, Option<&str>, Option<String>)> = vec![
+        (Method::POST, changes, Some(token), Some("{".into())),
+        (Method::POST, changes, Some(token), Some("".into())),
+        (Method::POST, changes, Some(token), Some("not json".into())),
+        (Method::POST, changes, Some(token), Some(format!(r#"{{"clientId":"c1","mutations":[{good_mutation}]"#))),
+        (Method::POST, changes, Some(token), Some(format!(r#"{{"clientId":"c1","mutations":[{good_mutation}]}} trailing"#))),
+        (Method::POST, changes, Some(token), Some("null".into())),
+        (Method::POST, changes, Some(token), Some("[]".into())),
+        (Method::POST, changes, Some(token), Some("42".into())),
+        (Method::POST, changes, Some(token), Some(r#"{"mutations":[]}"#.into())),
+        (Method::POST, changes, Some(token), Some(r#"{"clientId":"c1"}"#.into())),
+        (Method::POST, changes, Some(token), Some(format!(r#"{{"clientId":1,"mutations":[{good_mutation}]}}"#))),
+        (Method::POST, changes, Some(token), Some(format!(r#"{{"clientId":"c1","mutations":{good_mutation}}}"#))),
+        (Method::POST, changes, Some(token), Some(format!(r#"{{"clientId":"c1","mutations":[{good_mutation}],"lastSync":5}}"#))),
+        (Method::POST, changes, Some(token), Some(r#"{"clientId":"c1","mutations":[{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":5,"id":2}]}"#.into())),
+        (Method::POST, changes, Some(token), Some(r#"{"clientId":"c1","mutations":[{"id":1,"collection":"likes","key":"k","value":{"a":},"updatedAt":5}]}"#.into())),
+        (Method::POST, changes, Some(token), Some(r#"{"clientId":"c1","mutations":[{"id":1,"collection":["likes"],"key":"k","value":{},"updatedAt":5}]}"#.into())),
+        (Method::POST, changes, Some(token), Some(r#"{"clientId":"c1","mutations":[{"id":1e3,"collection":"likes","key":"k","value":{},"updatedAt":5}]}"#.into())),
+        (Method::POST, changes, Some(token), Some("{\"clientId\":\"c1\",\"mutations\":[{\"id\":1,\"collection\":\"likes\",\"key\":\"\u{0}\\ud800\",\"value\":{},\"updatedAt\":5}]}".into())),
+        (Method::PUT, changes, Some(token), Some(format!(r#"{{"clientId":"c1","mutations":[{good_mutation}]}}"#))),
+        (Method::GET, changes, Some(token), None),
+        (Method::DELETE, changes, Some(token), None),
+        (Method::POST, "/api/user/me", Some(token), Some(format!(r#"{{"clientId":"c1","mutations":[{good_mutation}]}}"#))),
+        (Method::GET, "/api/auth/login", None, None),
+        (Method::PATCH, "/api/auth/register", None, None),
+        (Method::POST, "/api/auth/register", None, Some("{".into())),
+        (Method::POST, "/api/auth/register", None, Some(r#"{"username":"bob"}"#.into())),
+        (Method::POST, "/api/auth/login", None, Some(r#"{"username":1,"password":2}"#.into())),
+        (Method::GET, "/", None, None),
+        (Method::GET, "/api", None, None),
+        (Method::GET, "/api/user/other", Some(token), None),
+        (Method::POST, "/api/user/me/changes/extra", Some(token), None),
+        (Method::GET, "/api/user/me/../me/changes", Some(token), None),
+        (Method::GET, "/healthz/x", None, None),
+    ];
+    for (method, path, token, body) in cases {
+        let label = format!("{method} {path} {body:?}");
+        let r = server.send(method, path, token, body).await;
+        assert!(
+            r.status.is_client_error(),
+            "{label}: {} {}",
+            r.status,
+            r.text
+        );
+        r.error_code();
+    }
+
+    // Odd headers.
+    let huge = "x".repeat(60 * 1024);
+    let weird: Vec<(&str, String)> = vec![
+        ("authorization", format!("Bearer {huge}")),
+        ("authorization", format!("Bearer {token}, Bearer {token}x")),
+        ("x-junk", huge.clone()),
+        ("content-type", "application/x-www-form-urlencoded".into()),
+        ("content-length", "5".into()),
+    ];
+    for (name, value) in weird {
+        let mut req = server
+            .http
+            .post(server.url(changes))
+            .header(name, value.as_str())
+            .body(format!(
+                r#"{{"clientId":"c1","mutations":[{good_mutation}] BROKEN"#
+            ));
+        if name != "authorization" {
+            req = req.bearer_auth(token);
+        }
+        let r = match req.send().await {
+            Ok(res) => {
+                let status = res.status();
+                let text = res.text().await.unwrap_or_default();
+                (status, text)
+            }
+            // A client-side refusal (e.g. a lying content-length) is fine: nothing was sent.
+            Err(_) => continue,
+        };
+        assert!(r.0.is_client_error(), "{name}: {} {}", r.0, r.1);
+        let body: Value = serde_json::from_str(&r.1).expect("JSON error body");
+        assert!(body["error"]["code"].is_string(), "{name}: {body}");
+    }
+
+    let me = server.pull_ok(&alice.token, Some("0")).await;
+    assert_eq!(me["changes"], json!([]), "nothing applied");
+    assert_eq!(me["cursor"], "0");
+}
+
+/// The newest-wins winner of a set of writes, computed independently of the server.
+fn expected_winners(writes: &[(String, String, u64, String, Value)]) -> BTreeMap<String, Value> {
+    let mut winners: HashMap<String, (u64, String, Value)> = HashMap::new();
+    for (_, key, at, client, value) in writes {
+        let candidate = (*at, client.clone(), value.clone());
+        match winners.get(key) {
+            Some(cur) if (cur.0, &cur.1) >= (candidate.0, &candidate.1) => {}
+            _ => {
+                winners.insert(key.clone(), candidate);
+            }
+        }
+    }
+    winners
+        .into_iter()
+        .filter(|(_, w)| !w.2.is_null())
+        .map(|(k, w)| (k, w.2))
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_pushers_and_an_incremental_puller_converge_missing_nothing() {
+    let server = Arc::new(Server::start().await);
+    let alice = server.register("alice").await;
+    const PUSHERS: usize = 8;
+    const BATCHES: u64 = 15;
+    const PER_BATCH: u64 = 4;
+
+    let done = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let puller = {
+        let (server, token, finished) = (server.clone(), alice.token.clone(), finished.clone());
+        tokio::spawn(async move {
+            let mut cursor = "0".to_owned();
+            let mut last_version = 0u64;
+            let mut seen: Vec<u64> = Vec::new();
+            let mut state: BTreeMap<String, Value> = BTreeMap::new();
+            loop {
+                // Read the flag before pulling: a pull that starts after every push was
+                // acknowledged must see them all.
+                let was_finished = finished.load(std::sync::atomic::Ordering::SeqCst);
+                let body = server.pull_ok(&token, Some(&cursor)).await;
+                for c in body["changes"].as_array().expect("changes") {
+                    let v = c["version"].as_u64().expect("version");
+                    assert!(
+                        v > last_version,
+                        "versions only increase: {v} after {last_version}"
+                    );
+                    last_version = v;
+                    seen.push(v);
+                    let key = c["key"].as_str().expect("key").to_owned();
+                    if c["value"].is_null() {
+                        state.remove(&key);
+                    } else {
+                        state.insert(key, c["value"].clone());
+                    }
+                }
+                cursor = cursor_of(&body);
+                if was_finished && body["more"] == json!(false) {
+                    return (cursor, seen, state);
+                }
+            }
+        })
+    };
+
+    let mut pushers = Vec::new();
+    for p in 0..PUSHERS {
+        let (server, token) = (server.clone(), alice.token.clone());
+        pushers.push(tokio::spawn(async move {
+            let client = format!("device-{p}");
+            let mut writes = Vec::new();
+            for b in 0..BATCHES {
+                let mut mutations = Vec::new();
+                for i in 0..PER_BATCH {
+                    let id = b * PER_BATCH + i + 1;
+                    // A unique key per write, so each version stays visible.
+                    let key = format!("{client}-{id}");
+                    let value = json!({"by": p, "id": id});
+                    mutations.push(mutation(id, "history", &key, value.clone(), 1000 + id));
+                    writes.push(key);
+                }
+                let body = server
+                    .push_ok(&token, &batch(&client, mutations, None))
+                    .await;
+                assert_eq!(body["ack"], (b + 1) * PER_BATCH);
+            }
+            writes
+        }));
+    }
+    let mut all_keys = Vec::new();
+    for p in pushers {
+        all_keys.extend(p.await.expect("pusher"));
+    }
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    done.notify_waiters();
+    let (cursor, seen, state) = puller.await.expect("puller");
+
+    let total = PUSHERS as u64 * BATCHES * PER_BATCH;
+    assert_eq!(cursor, total.to_string());
+    // Every version was seen exactly once, in order: nothing missed, nothing repeated.
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    assert_eq!(state.len(), all_keys.len());
+    let server_state = server.state(&alice.token).await;
+    let server_state: BTreeMap<String, Value> = server_state
+        .into_iter()
+        .map(|((_, k), c)| (k, c["value"].clone()))
+        .collect();
+    assert_eq!(state, server_state);
+}
+
+#[tokio::test]
+async fn contested_keys_converge_to_the_newest_write() {
+    let server = Arc::new(Server::start().await);
+    let alice = server.register("alice").await;
+    let mut tasks = Vec::new();
+    for p in 0..8u64 {
+        let (server, token) = (server.clone(), alice.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = format!("device-{p}");
+            let mut writes = Vec::new();
+            for b in 0..10u64 {
+                let mut mutations = Vec::new();
+                for i in 0..3u64 {
+                    let id = b * 3 + i + 1;
+                    let key = format!("k{}", (p + id) % 5);
+                    // Few distinct times, so ties between devices are common.
+                    let at = 100 + (p * 7 + id * 3) % 4;
+                    let value = if (p + id) % 7 == 0 {
+                        json!(null)
+                    } else {
+                        json!({"by": p, "id": id})
+                    };
+                    mutations.push(mutation(id, "likes", &key, value.clone(), at));
+                    writes.push(("likes".to_owned(), key, at, client.clone(), value));
+                }
+                server
+                    .push_ok(&token, &batch(&client, mutations, None))
+                    .await;
+            }
+            writes
+        }));
+    }
+    let mut writes = Vec::new();
+    for t in tasks {
+        writes.extend(t.await.expect("pusher"));
+    }
+    let state: BTreeMap<String, Value> = server
+        .state(&alice.token)
+        .await
+        .into_iter()
+        .map(|((_, k), c)| (k, c["value"].clone()))
+        .collect();
+    assert_eq!(state, expected_winners(&writes));
+}
+
+async fn push_records(server: &Server, token: &str, count: u64) {
+    let mut id = 1;
+    while id <= count {
+        let end = (id + 499).min(count);
+        let mutations = (id..=end)
+            .map(|i| mutation(i, "history", &format!("ep{i:05}"), json!({"pos": i}), 1000))
+            .collect();
+        server.push_ok(token, &batch("bulk", mutations, None)).await;
+        id = end + 1;
+    }
+}
+
+#[tokio::test]
+async fn pulls_page_by_the_default_page_size() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    push_records(&server, &alice.token, 1500).await;
+
+    for start in [None, Some("0")] {
+        let first = server.pull_ok(&alice.token, start).await;
+        assert_eq!(first["changes"].as_array().expect("changes").len(), 1000);
+        assert_eq!(first["more"], true);
+        assert_eq!(first["cursor"], "1000");
+        let r = server.pull(&alice.token, Some("1000")).await;
+        assert_eq!(r.header("etag"), Some("\"1500\""));
+        let second = r.json();
+        assert_eq!(second["changes"].as_array().expect("changes").len(), 500);
+        assert_eq!(second["more"], false);
+        assert_eq!(second["cursor"], "1500");
+        assert_eq!(second["changes"][0]["version"], 1001);
+    }
+    assert_eq!(server.state(&alice.token).await.len(), 1500);
+}
+
+#[tokio::test]
+async fn a_small_page_size_pages_pulls_and_push_answers() {
+    let server = Server::start_with(&["--page-size", "7"]).await;
+    let alice = server.register("alice").await;
+    push_records(&server, &alice.token, 20).await;
+    let mut cursor = "0".to_owned();
+    let mut sizes = Vec::new();
+    loop {
+        let body = server.pull_ok(&alice.token, Some(&cursor)).await;
+        sizes.push(body["changes"].as_array().expect("changes").len());
+        cursor = cursor_of(&body);
+        if body["more"] == json!(false) {
+            break;
+        }
+    }
+    assert_eq!(sizes, [7, 7, 6]);
+    assert_eq!(cursor, "20");
+    let body = server
+        .push_ok(&alice.token, &batch("other", vec![], Some("0")))
+        .await;
+    assert_eq!(body["changes"].as_array().expect("changes").len(), 7);
+    assert_eq!(body["more"], true);
+    assert_eq!(body["cursor"], "7");
+}
+
+#[tokio::test]
+async fn users_never_see_each_others_records() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "favorites", "show", json!({"a": 1}), 5)],
+                None,
+            ),
+        )
+        .await;
+    server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(2, "favorites", "other", json!({"a": 2}), 5)],
+                None,
+            ),
+        )
+        .await;
+    let b = server.pull_ok(&bob.token, Some("0")).await;
+    assert_eq!(b["changes"], json!([]));
+    assert_eq!(b["user"]["username"], "bob");
+    // Alice's cursor is not Bob's.
+    assert_eq!(
+        server.pull(&bob.token, Some("2")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Same collection, key and client id: separate records and separate acks.
+    let pushed = server
+        .push_ok(
+            &bob.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "favorites", "show", json!({"b": 1}), 1)],
+                Some("0"),
+            ),
+        )
+        .await;
+    assert_eq!(pushed["ack"], 1);
+    assert_eq!(pushed["cursor"], "1");
+    assert_eq!(pushed["changes"].as_array().expect("changes").len(), 1);
+    let a = server.state(&alice.token).await;
+    assert_eq!(
+        a[&("favorites".into(), "show".into())]["value"],
+        json!({"a": 1})
+    );
+    let b = server.state(&bob.token).await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        b[&("favorites".into(), "show".into())]["value"],
+        json!({"b": 1})
+    );
+}
