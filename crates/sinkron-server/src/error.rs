@@ -151,16 +151,36 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body whose every failure is an [`ApiError`]: syntax errors are 400 `bad_request`,
-/// a well-formed body of the wrong shape is 422 `invalid_body`, too large is 413.
-///
-/// The content type is not checked: browsers flushing on page hide (`sendBeacon`, `keepalive`
-/// fetches avoiding a preflight) send JSON as `text/plain`.
+/// a well-formed body of the wrong shape is 422 `invalid_body`, too large is 413, a body
+/// declared as something other than JSON is 415. A missing content type is taken as JSON,
+/// so simple clients (and `curl -d`) work.
 pub struct AppJson<T>(pub T);
+
+/// `application/json`, `application/*+json` (parameters such as `charset` allowed), or none.
+fn declares_json_or_nothing(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !declares_json_or_nothing(req.headers()) {
+            return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)

@@ -63,7 +63,7 @@ pub fn now_ms() -> u64 {
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
     Router::new()
-        .route("/healthz", get(|| async { StatusCode::OK }))
+        .route("/healthz", get(|| async { "ok" }))
         .merge(auth::router())
         .merge(sync::router())
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
@@ -120,4 +120,54 @@ async fn json_errors(req: Request, next: Next) -> Response {
         fixed.headers_mut().insert(header::ALLOW, allow);
     }
     fixed
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service in-process, without a socket.
+
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn test_app() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store::open(&dir.path().join("t.db").display().to_string()).expect("store");
+        (app(AppState::new(store, Config::default())), dir)
+    }
+
+    async fn call(app: &Router, req: Request) -> (StatusCode, serde_json::Value) {
+        let res = app.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_get_json_errors() {
+        let (app, _dir) = test_app();
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).expect("request");
+        let (status, body) = call(&app, get("/nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        let (status, body) = call(&app, get("/api/auth/login")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        let (status, _) = call(&app, get("/healthz")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_413_before_it_is_read() {
+        let (app, _dir) = test_app();
+        let req = Request::post("/api/auth/register")
+            .header(header::CONTENT_LENGTH, BODY_BYTES_MAX + 1)
+            .body(Body::from(vec![b' '; BODY_BYTES_MAX + 1]))
+            .expect("request");
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"]["code"], "payload_too_large");
+    }
 }

@@ -1104,3 +1104,39 @@ async fn users_never_see_each_others_records() {
         json!({"b": 1})
     );
 }
+
+#[tokio::test]
+async fn a_body_declared_as_not_json_is_415_and_an_undeclared_one_is_json() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let body = batch("c1", vec![mutation(1, "likes", "k", json!({}), 5)], None).to_string();
+    let send = |content_type: Option<&'static str>| {
+        let mut req = server
+            .http
+            .post(server.url("/api/user/me/changes"))
+            .bearer_auth(&alice.token)
+            .body(body.clone());
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        reply(req)
+    };
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let r = send(Some(ct)).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        assert_eq!(r.error_code(), "unsupported_media_type");
+    }
+    assert_eq!(
+        server.pull_ok(&alice.token, Some("0")).await["changes"],
+        json!([])
+    );
+    assert_eq!(
+        send(Some("application/json; charset=utf-8")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(send(None).await.status, StatusCode::OK);
+}

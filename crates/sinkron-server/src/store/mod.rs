@@ -7,6 +7,8 @@
 //! modules ([`sqlite`]) know SQL. The backend is chosen once, from the database URL, by
 //! [`open`].
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod sqlite;
 
 use std::path::PathBuf;

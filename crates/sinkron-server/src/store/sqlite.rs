@@ -638,3 +638,31 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_passes_the_store_conformance_suite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("c.db")).expect("open");
+        crate::store::conformance::run(&store).await;
+    }
+
+    #[test]
+    fn migrations_apply_once_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        drop(SqliteStore::open(&path).expect("first open"));
+        drop(SqliteStore::open(&path).expect("second open"));
+        let conn = Connection::open(&path).expect("open");
+        let applied: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            applied,
+            i64::try_from(MIGRATIONS.len()).expect("few migrations")
+        );
+    }
+}

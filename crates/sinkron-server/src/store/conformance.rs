@@ -1,0 +1,176 @@
+//! The behaviour every [`Store`] backend must show, as one suite each backend runs against a
+//! fresh, empty store (SQLite now; PostgreSQL will call the same [`run`]).
+//!
+//! It checks the trait's contract only, never SQL or a backend's internals.
+
+use sinkron_core::Mutation;
+
+use super::{PushBatch, Store, StoreError};
+
+fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
+    Mutation {
+        id,
+        collection: "likes".into(),
+        key: key.into(),
+        value: value.map(str::to_owned),
+        updated_at,
+    }
+}
+
+fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) -> PushBatch<'a> {
+    PushBatch {
+        client_id,
+        mutations,
+        now_ms: 1_000,
+        updated_at_max: 61_000,
+        since,
+        limit: 100,
+    }
+}
+
+/// Runs every check in order on one fresh store.
+pub async fn run(store: &dyn Store) {
+    accounts_and_tokens(store).await;
+    versions_acks_and_merge(store).await;
+    compaction_raises_the_horizon(store).await;
+}
+
+async fn accounts_and_tokens(store: &dyn Store) {
+    let id = store.create_user("ann", "phc", 1).await.expect("create");
+    assert!(matches!(
+        store.create_user("ann", "phc2", 2).await,
+        Err(StoreError::Conflict)
+    ));
+    let account = store
+        .find_user_by_name("ann")
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!((account.id, account.password_hash.as_str()), (id, "phc"));
+    assert!(store
+        .find_user_by_name("nobody")
+        .await
+        .expect("find")
+        .is_none());
+
+    let token = [7u8; 32];
+    assert!(store.session(&token).await.expect("session").is_none());
+    store.create_token(id, &token, 1).await.expect("token");
+    let session = store
+        .session(&token)
+        .await
+        .expect("session")
+        .expect("valid");
+    assert_eq!(
+        (session.user_id, &*session.username, session.version),
+        (id, "ann", 0)
+    );
+    store.revoke_token(&token).await.expect("revoke");
+    assert!(store.session(&token).await.expect("session").is_none());
+}
+
+async fn versions_acks_and_merge(store: &dyn Store) {
+    let id = store.create_user("ben", "phc", 1).await.expect("create");
+    let token = [8u8; 32];
+    store.create_token(id, &token, 1).await.expect("token");
+    // Prime any session cache, to check that pushes keep it current.
+    store.session(&token).await.expect("session");
+
+    let first = [
+        m(1, "a", Some("{}"), 10),
+        m(2, "b", Some("{}"), 10),
+        m(3, "a", None, 11),
+    ];
+    let out = store
+        .push(id, batch("c1", &first, Some(0)))
+        .await
+        .expect("push");
+    assert_eq!((out.ack, out.version, out.applied), (3, 3, 3));
+    let page = out.page.expect("page since 0");
+    let versions: Vec<u64> = page.changes.iter().map(|c| c.version).collect();
+    assert_eq!(
+        versions,
+        [2, 3],
+        "each record once, latest version, ordered"
+    );
+    assert_eq!(page.cursor, 3);
+    let session = store
+        .session(&token)
+        .await
+        .expect("session")
+        .expect("valid");
+    assert_eq!(session.version, 3, "the session sees the committed version");
+
+    // A retry applies nothing; a losing or equal write bumps nothing but is acknowledged.
+    let out = store
+        .push(id, batch("c1", &first, None))
+        .await
+        .expect("retry");
+    assert_eq!((out.ack, out.version, out.applied), (3, 3, 0));
+    let losing = [
+        m(1, "b", Some(r#"{"x":1}"#), 9),
+        m(2, "b", Some(r#"{"x":2}"#), 10),
+    ];
+    let out = store
+        .push(id, batch("a0", &losing, None))
+        .await
+        .expect("losing");
+    assert_eq!((out.ack, out.version, out.applied), (2, 3, 0));
+    // A tie goes to the greater client id; a future stamp is clamped.
+    let winning = [
+        m(1, "b", Some(r#"{"x":3}"#), 10),
+        m(2, "c", Some("{}"), u64::MAX),
+    ];
+    let out = store
+        .push(id, batch("z9", &winning, None))
+        .await
+        .expect("winning");
+    assert_eq!((out.ack, out.version, out.applied), (2, 5, 2));
+
+    let full = store.pull(id, None, 100).await.expect("pull");
+    assert!(!full.reset && !full.more);
+    assert_eq!(full.cursor, 5);
+    let live: Vec<(&str, Option<&str>, u64)> = full
+        .changes
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.as_deref(), c.updated_at))
+        .collect();
+    assert_eq!(
+        live,
+        [("b", Some(r#"{"x":3}"#), 10), ("c", Some("{}"), 61_000)]
+    );
+
+    // Paging: the cursor of a page that has more is its last version.
+    let page = store.pull(id, Some(0), 2).await.expect("page");
+    assert!(page.more);
+    assert_eq!(page.cursor, page.changes[1].version);
+    let rest = store.pull(id, Some(page.cursor), 2).await.expect("rest");
+    assert!(!rest.more);
+    assert_eq!(rest.cursor, 5);
+}
+
+async fn compaction_raises_the_horizon(store: &dyn Store) {
+    let id = store.create_user("cat", "phc", 1).await.expect("create");
+    let writes = [
+        m(1, "a", Some("{}"), 10),
+        m(2, "b", Some("{}"), 10),
+        m(3, "a", None, 11),
+    ];
+    store
+        .push(id, batch("c1", &writes, None))
+        .await
+        .expect("push");
+    // Stored at 1_000: a compaction of what is older than 999 keeps it.
+    assert_eq!(store.compact_tombstones(999).await.expect("compact"), 0);
+    assert!(!store.pull(id, Some(0), 100).await.expect("pull").reset);
+    assert!(store.compact_tombstones(1_000).await.expect("compact") >= 1);
+    let page = store.pull(id, Some(2), 100).await.expect("pull");
+    assert!(
+        page.reset,
+        "a cursor below the deleted tombstone's version resets"
+    );
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].key, "b");
+    let page = store.pull(id, Some(3), 100).await.expect("pull");
+    assert!(!page.reset && page.changes.is_empty());
+}
