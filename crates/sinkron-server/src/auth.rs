@@ -156,19 +156,22 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// The token of a well-formed `Bearer` header: 64 hex digits, as [`new_token`] makes them.
+/// The token of a well-formed `Bearer` header: 64 lowercase hex digits, as [`new_token`]
+/// makes them. Anything else cannot be a token, so it never reaches storage.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer")
         && token.len() == 64
-        && token.bytes().all(|b| b.is_ascii_hexdigit()))
+        && token
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
     .then_some(token)
 }
 
 fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.to_ascii_lowercase().as_bytes()).into()
+    Sha256::digest(token.as_bytes()).into()
 }
 
 fn new_token() -> Result<String, ApiError> {

@@ -186,6 +186,7 @@ async fn user_routes_need_a_valid_bearer_token() {
         Some(format!("Bearer {}", &alice.token[..63])),
         Some(format!("Bearer {}x", alice.token)),
         Some(format!("Bearer {unknown}")),
+        Some(format!("Bearer {}", alice.token.to_uppercase())),
         Some("Bearer not-a-token-at-all".into()),
         Some(format!("Bearer {}", "a".repeat(10_000))),
     ];

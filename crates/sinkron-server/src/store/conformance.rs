@@ -116,6 +116,13 @@ async fn versions_acks_and_merge(store: &dyn Store) {
         .await
         .expect("losing");
     assert_eq!((out.ack, out.version, out.applied), (2, 3, 0));
+    // The same (updatedAt, clientId) again is not newer, whatever the value.
+    let same = [m(4, "b", Some(r#"{"x":9}"#), 10)];
+    let out = store
+        .push(id, batch("c1", &same, None))
+        .await
+        .expect("same");
+    assert_eq!((out.ack, out.version, out.applied), (4, 3, 0));
     // A tie goes to the greater client id; a future stamp is clamped.
     let winning = [
         m(1, "b", Some(r#"{"x":3}"#), 10),
