@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use sinkron_core::{Change, Record};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
     OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
@@ -62,8 +62,25 @@ impl Cache {
 
 /// Idle reader connections; a permit guarantees one is there.
 struct Readers {
-    idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A reader connection on loan to one blocking task. Dropping it (even when the task
+/// panicked, or when the request that started it was dropped) returns the connection before
+/// the permit, so a permit always finds a connection.
+struct Lease {
+    conn: Option<Connection>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            lock(&self.idle).push(conn);
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -127,8 +144,8 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Readers {
-                idle: Mutex::new(idle),
-                permits: Semaphore::new(READERS),
+                idle: Arc::new(Mutex::new(idle)),
+                permits: Arc::new(Semaphore::new(READERS)),
             },
             cache: Arc::new(Mutex::new(Cache::default())),
             _lock: lock_file,
@@ -144,30 +161,24 @@ impl SqliteStore {
         let permit = self
             .readers
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let mut conn = lock(&self.readers.idle)
+        let conn = lock(&self.readers.idle)
             .pop()
             .ok_or_else(|| StoreError::Other("no idle reader despite a permit".into()))?;
-        match tokio::task::spawn_blocking(move || {
-            let out = f(&mut conn);
-            (conn, out)
+        let mut lease = Lease {
+            conn: Some(conn),
+            idle: self.readers.idle.clone(),
+            _permit: permit,
+        };
+        tokio::task::spawn_blocking(move || match lease.conn.as_mut() {
+            Some(conn) => f(conn),
+            None => Err(StoreError::Other("lease without a connection".into())),
         })
         .await
-        {
-            Ok((conn, out)) => {
-                lock(&self.readers.idle).push(conn);
-                drop(permit);
-                out
-            }
-            Err(e) => {
-                // The connection died with the task: shrink the pool rather than hand out a
-                // permit without a connection.
-                permit.forget();
-                Err(StoreError::Other(format!("reader task failed: {e}")))
-            }
-        }
+        .map_err(|e| StoreError::Other(format!("reader task failed: {e}")))?
     }
 
     /// Runs `f` on the one writer connection, off the async workers. `f` also gets the cache,
@@ -648,6 +659,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("c.db")).expect("open");
         crate::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn reads_dropped_midway_give_their_connection_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("r.db")).expect("open");
+        let id = store.create_user("dan", "phc", 1).await.expect("create");
+        // A client hanging up drops its request's future while the blocking read runs.
+        for _ in 0..READERS * 3 {
+            let mut read = store.pull(id, None, 10);
+            // Poll once, so the blocking read starts, then drop the future.
+            std::future::poll_fn(|cx| {
+                let _ = read.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        for _ in 0..READERS * 3 {
+            store
+                .pull(id, None, 10)
+                .await
+                .expect("a reader is always there");
+        }
     }
 
     #[test]
