@@ -226,3 +226,39 @@ async fn a_cursor_behind_compacted_tombstones_gets_a_reset() {
     assert_eq!(body["changes"], json!([]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_environment_configures_the_server() {
+    let data = Data::new();
+    let server = data
+        .start_by_env(&[
+            ("SINKRON_PAGE_SIZE", "2"),
+            ("SINKRON_COLLECTIONS", "notes,likes"),
+        ])
+        .await;
+    let alice = server.register("alice").await;
+    let mutations = (1..=3)
+        .map(|i| mutation(i, "notes", &format!("n{i}"), json!({}), 5))
+        .collect();
+    let body = server
+        .push_ok(&alice.token, &batch("c1", mutations, Some("0")))
+        .await;
+    assert_eq!(body["changes"].as_array().expect("changes").len(), 2);
+    assert_eq!(body["more"], true);
+    let r = server
+        .push(
+            &alice.token,
+            &batch("c1", vec![mutation(4, "history", "h", json!({}), 5)], None),
+        )
+        .await;
+    assert_eq!(
+        r.error_code(),
+        "invalid_mutation",
+        "history is not configured"
+    );
+    server.stop().await;
+    assert!(
+        data.db_path().exists(),
+        "the database named by SINKRON_DATABASE_URL"
+    );
+}

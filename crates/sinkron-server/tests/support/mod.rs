@@ -45,10 +45,28 @@ impl Data {
 
     pub async fn start(&self, args: &[&str]) -> Server {
         let url = format!("sqlite://{}", self.db_path().display());
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--database", &url])
-            .args(args)
+            .args(args);
+        self.spawn(command).await
+    }
+
+    /// Starts with the address and database given only through the environment.
+    pub async fn start_by_env(&self, env: &[(&str, &str)]) -> Server {
+        let url = format!("sqlite://{}", self.db_path().display());
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env("SINKRON_ADDR", "127.0.0.1:0")
+            .env("SINKRON_DATABASE_URL", &url)
+            .envs(env.iter().copied());
+        self.spawn(command).await
+    }
+
+    async fn spawn(&self, mut command: Command) -> Server {
+        let mut child = command
             .env("SINKRON_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
