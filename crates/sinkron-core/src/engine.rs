@@ -32,9 +32,8 @@
 //! receives is broadcast with the cursor it started from and the cursor it ends at, so other
 //! tabs apply it without a request and adopt the cursor when it continues their own.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::clock::Clock;
 use crate::protocol::{
@@ -44,8 +43,33 @@ use crate::record::{Record, RecordKey};
 use crate::rng::Rng;
 
 /// A deterministic hash map: the same inputs give the same iteration order on every run and
-/// every platform, which keeps simulations reproducible.
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// every platform, which keeps simulations reproducible. Keys are the user's own record keys,
+/// so a small multiplicative hash (FxHash's) is enough, and it is a fraction of SipHash's size
+/// in WebAssembly.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The engine's policies. Every duration is in milliseconds.
 #[derive(Clone, Debug)]
@@ -70,6 +94,8 @@ pub struct Config {
     pub backoff_base_ms: u64,
     /// Largest retry delay cap.
     pub backoff_ms_max: u64,
+    /// Pull the account's state right after sign-in (else at the next interval or focus).
+    pub pull_on_sign_in: bool,
 }
 
 impl Default for Config {
@@ -84,6 +110,7 @@ impl Default for Config {
             keepalive_bytes_max: 60 * 1024,
             backoff_base_ms: 1_000,
             backoff_ms_max: 60_000,
+            pull_on_sign_in: true,
         }
     }
 }
@@ -871,7 +898,7 @@ impl Engine {
             // The guest's writes are due at once.
             self.first_write_at = None;
             self.last_write_at = None;
-            self.pull_wanted = true;
+            self.pull_wanted = self.config.pull_on_sign_in;
         }
         self.persist_outbox();
         self.commands.push_back(Command::Notify(Notice::Everything));
@@ -1226,7 +1253,6 @@ impl Pending {
 
 /// The same limits the server enforces, checked before anything is queued.
 fn validate_write(collection: &str, key: &str, value: Option<&str>) -> Result<(), WriteError> {
-    let chars = |s: &str| s.chars().count();
     if collection.is_empty() || chars(collection) > COLLECTION_CHARS_MAX {
         return Err(WriteError::InvalidCollection);
     }
@@ -1237,12 +1263,19 @@ fn validate_write(collection: &str, key: &str, value: Option<&str>) -> Result<()
         if text.len() > VALUE_BYTES_MAX {
             return Err(WriteError::ValueTooLarge);
         }
-        let trimmed = text.trim();
-        if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        // Values come from a JSON encoder; checking the braces is enough to refuse arrays,
+        // strings and numbers without carrying a JSON parser into the browser build.
+        let mut bytes = text.bytes().filter(|b| !b.is_ascii_whitespace());
+        if bytes.next() != Some(b'{') || bytes.next_back() != Some(b'}') {
             return Err(WriteError::InvalidValue);
         }
     }
     Ok(())
+}
+
+/// Characters in a UTF-8 string: the bytes that do not continue a character.
+fn chars(s: &str) -> usize {
+    s.bytes().filter(|b| b & 0xC0 != 0x80).count()
 }
 
 #[cfg(test)]

@@ -1,0 +1,437 @@
+// The browser driver: runs the Rust engine (WebAssembly) and executes its commands.
+//
+// Every sync decision — what to persist, broadcast, push or pull, when, and what wins — is
+// the engine's. This file only carries out its commands with browser APIs (`localStorage`,
+// `BroadcastChannel` or the `storage` event, Web Locks, `fetch`, timers) and feeds browser
+// events back in (visibility, focus, online, lock grants, replies, other tabs' messages).
+// After each input it drains the engine's commands, then arms one timer for its deadline.
+
+import init, { Sinkron } from "./wasm/sinkron_wasm.js";
+import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
+import type { Changed, Command, Rec, Session, Status, TabMessage, Value } from "./types.js";
+
+export interface ClientOptions {
+  /** Where the Sinkron server is; default: this page's origin. */
+  baseUrl?: string;
+  /** Pull interval of the leader tab in ms; default 30000. */
+  interval?: number;
+  /** BroadcastChannel name; default `sinkron`. */
+  channelName?: string;
+  /** Share changes and leadership with other tabs; default true. */
+  crossTab?: boolean;
+  /** Pull when the window gets focus or the tab becomes visible; default true. */
+  onFocus?: boolean;
+  /** Pull the account's state right after sign-in; default true. */
+  onLogin?: boolean;
+  /** The wasm module (URL, Response or bytes); default: next to this file. */
+  wasm?: Parameters<typeof init>[0];
+}
+
+const LEADER_LOCK = "sinkron:leader";
+const TAB_LOCK = "sinkron:tab:";
+const TAB_ID_KEY = "sinkron:v1:tab";
+
+let wasmReady: Promise<unknown> | null = null;
+
+export class SinkronClient {
+  private readonly storage = new DeviceStorage();
+  private readonly baseUrl: string;
+  private readonly listeners = new Set<(changed: Changed) => void>();
+  private readonly cleanups: Array<() => void> = [];
+  private channel: BroadcastChannel | null = null;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private leaderRequest: AbortController | null = null;
+  private leaderRelease: (() => void) | null = null;
+  private tabLockRelease: (() => void) | null = null;
+  private tabId = "";
+  private stopped = false;
+
+  private constructor(
+    private readonly engine: Sinkron,
+    private readonly options: ClientOptions,
+  ) {
+    this.baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
+  }
+
+  /** Loads the engine and this device's stored state, and starts syncing. */
+  static async start(options: ClientOptions = {}): Promise<SinkronClient> {
+    wasmReady ??= init(options.wasm ? { module_or_path: options.wasm } : undefined);
+    await wasmReady;
+    const seed = new Uint32Array(2);
+    crypto.getRandomValues(seed);
+    const client = new SinkronClient(new Sinkron(options.interval ?? 0, options.onLogin !== false, seed[0], seed[1]), options);
+    await client.restore();
+    client.wire();
+    return client;
+  }
+
+  // ----- what the UI reads -----
+
+  collection<V = Value>(name: string): Rec<V>[] {
+    return JSON.parse(this.engine.collection(name)) as Rec<V>[];
+  }
+
+  status(): Status {
+    return JSON.parse(this.engine.status()) as Status;
+  }
+
+  user(): Session["user"] | null {
+    const id = this.engine.user();
+    if (id === undefined) return null;
+    const session = this.storage.session();
+    return session && session.user.id === id ? session.user : { id, username: "" };
+  }
+
+  clientId(): string {
+    return this.engine.clientId();
+  }
+
+  subscribe(listener: (changed: Changed) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ----- what the UI does -----
+
+  /** Writes a record at once (locally and to other tabs); pushed in the background. */
+  write(collection: string, key: string, value: Value | null) {
+    const error = this.engine.write(Date.now(), collection, key, value === null ? undefined : JSON.stringify(value));
+    this.drain();
+    if (error) throw new SinkronError(error, `write to ${collection}/${key} refused: ${error}`);
+  }
+
+  /** Signs in (or up, with `create`), merging this device's guest data into the account. */
+  async signIn(username: string, password: string, create = false): Promise<Session["user"]> {
+    const response = await fetch(`${this.baseUrl}/api/auth/${create ? "register" : "login"}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ username, password }),
+    });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const error = body?.error ?? { code: "http_" + response.status, message: response.statusText };
+      throw new SinkronError(error.code, error.message);
+    }
+    const session = body as Session;
+    this.storage.setSession(session);
+    this.engine.signIn(Date.now(), session.user.id);
+    this.drain();
+    return session.user;
+  }
+
+  /** Signs out: flushes what is queued, wipes the user's data here and in other tabs. */
+  async signOut(): Promise<void> {
+    const token = this.storage.session()?.token;
+    this.engine.signOut(Date.now());
+    this.drain();
+    this.storage.setSession(null);
+    if (token) {
+      await fetch(`${this.baseUrl}/api/auth/logout`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+        keepalive: true,
+      }).catch(() => undefined);
+    }
+  }
+
+  /** Stops syncing in this tab (listeners, timers, locks). */
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    for (const cleanup of this.cleanups.splice(0)) cleanup();
+    this.leaderRequest?.abort();
+    this.leaderRelease?.();
+    this.tabLockRelease?.();
+    this.channel?.close();
+  }
+
+  // ----- start-up -----
+
+  private async restore() {
+    const e = this.engine;
+    const user = this.storage.session()?.user.id ?? null;
+    e.restoreUser(user ?? undefined);
+    for (const r of this.storage.records(user)) {
+      e.stageChange(r.collection, r.key, r.value === null ? undefined : JSON.stringify(r.value), r.updatedAt, r.clientId, r.version);
+    }
+    e.restoreRecords();
+    e.restoreCursor(this.storage.cursor(user) ?? undefined);
+    // A reloaded tab keeps its client id (sessionStorage survives a reload) and resends its
+    // outbox under the same ids; a duplicated tab, whose copy is still alive, gets a new id.
+    const previous = sessionStorage.getItem(TAB_ID_KEY);
+    if (previous && (await this.claimTabId(previous))) {
+      for (const m of this.storage.outbox(user, previous)) {
+        e.stageMutation(m.id, m.collection, m.key, m.value === null ? undefined : JSON.stringify(m.value), m.updatedAt);
+      }
+      e.restoreOutbox(previous);
+    } else {
+      await this.claimTabId(e.clientId());
+    }
+  }
+
+  /** Holds a lock named after the tab's client id for the tab's life; false if taken. */
+  private async claimTabId(id: string): Promise<boolean> {
+    this.tabLockRelease?.();
+    this.tabLockRelease = null;
+    this.tabId = id;
+    sessionStorage.setItem(TAB_ID_KEY, id);
+    if (!navigator.locks) return true;
+    return new Promise<boolean>((claimed) => {
+      navigator.locks
+        .request(TAB_LOCK + id, { ifAvailable: true }, (lock) => {
+          claimed(lock !== null);
+          if (!lock) return undefined;
+          return new Promise<void>((release) => (this.tabLockRelease = release));
+        })
+        .catch(() => claimed(true));
+    });
+  }
+
+  private wire() {
+    const on = (target: EventTarget, type: string, handler: () => void) => {
+      target.addEventListener(type, handler);
+      this.cleanups.push(() => target.removeEventListener(type, handler));
+    };
+    const e = this.engine;
+    if (this.options.crossTab !== false) {
+      if (typeof BroadcastChannel === "function") {
+        this.channel = new BroadcastChannel(this.options.channelName ?? "sinkron");
+        this.channel.onmessage = (m) => this.receive(m.data as TabMessage);
+      } else {
+        const onStorage = (ev: Event) => {
+          const s = ev as StorageEvent;
+          if (s.key === MESSAGE_KEY && s.newValue) this.receive(JSON.parse(s.newValue).message as TabMessage);
+        };
+        on(window, "storage", onStorage as () => void);
+      }
+    }
+    const visibility = () => {
+      e.handleVisibility(Date.now(), document.visibilityState === "visible");
+      this.drain();
+    };
+    on(document, "visibilitychange", visibility);
+    on(window, "pagehide", () => {
+      e.flush(Date.now());
+      this.drain();
+    });
+    if (this.options.onFocus !== false) {
+      on(window, "focus", () => {
+        e.handleFocus(Date.now());
+        this.drain();
+      });
+    }
+    on(window, "online", () => {
+      e.handleOnline(Date.now(), true);
+      this.drain();
+    });
+    on(window, "offline", () => {
+      e.handleOnline(Date.now(), false);
+      this.drain();
+    });
+    e.handleOnline(Date.now(), navigator.onLine);
+    visibility();
+  }
+
+  // ----- the command loop -----
+
+  private drain() {
+    if (this.stopped) return;
+    let text: string | undefined;
+    const changed: Changed = { collections: [], status: false };
+    while ((text = this.engine.pollCommand()) !== undefined) {
+      this.execute(JSON.parse(text) as Command, changed);
+    }
+    if (changed.collections === null || changed.collections.length > 0 || changed.status) {
+      for (const listener of this.listeners) listener(changed);
+    }
+    this.arm();
+  }
+
+  private execute(c: Command, changed: Changed) {
+    const s = this.storage;
+    switch (c.t) {
+      case "record":
+        return s.putRecord(c.scope, c.change);
+      case "clear":
+        return s.clearRecords(c.scope);
+      case "cursor":
+        return s.setCursor(c.scope, c.cursor);
+      case "outbox":
+        if (c.clientId !== this.tabId) void this.claimTabId(c.clientId);
+        return s.setOutbox(c.scope, c.clientId, c.mutations);
+      case "wipe":
+        return s.wipe(c.scope);
+      case "broadcast":
+        return this.broadcast(c.message);
+      case "send":
+        return void this.send(c);
+      case "leadership":
+        return c.want ? this.askLeadership() : this.dropLeadership();
+      case "notify":
+        if (c.what === "status") changed.status = true;
+        else if (c.what === "everything") changed.collections = null;
+        else if (changed.collections) changed.collections.push(...c.collections);
+        return;
+    }
+  }
+
+  /** One timer, at the engine's next deadline; run when the browser is idle if it can. */
+  private arm() {
+    clearTimeout(this.timer);
+    const at = this.engine.pollTimeout();
+    if (at < 0 || this.stopped) return;
+    const fire = () => {
+      this.engine.handleTimeout(Date.now());
+      this.drain();
+    };
+    this.timer = setTimeout(() => {
+      if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: 1000 });
+      else fire();
+    }, Math.max(0, at - Date.now()));
+  }
+
+  private broadcast(message: TabMessage) {
+    if (this.options.crossTab === false) return;
+    if (this.channel) {
+      this.channel.postMessage(message);
+    } else {
+      // The `storage` event fires in the other tabs only; a nonce makes every write an event.
+      localStorage.setItem(MESSAGE_KEY, JSON.stringify({ message, nonce: Math.random() }));
+      localStorage.removeItem(MESSAGE_KEY);
+    }
+  }
+
+  private receive(m: TabMessage) {
+    const e = this.engine;
+    const now = Date.now();
+    const scope = m.scope ?? undefined;
+    const text = (v: Value | null) => (v === null ? undefined : JSON.stringify(v));
+    switch (m.kind) {
+      case "wrote":
+        e.tabWrote(now, scope, m.id, m.collection, m.key, text(m.value), m.updatedAt, m.clientId);
+        break;
+      case "synced":
+        for (const c of m.changes) e.stageChange(c.collection, c.key, text(c.value), c.updatedAt, c.clientId, c.version);
+        e.tabSynced(now, scope, m.from ?? undefined, m.to, m.reset);
+        break;
+      case "acked":
+        e.tabAcked(now, scope, m.clientId, m.ack);
+        break;
+      case "pullWanted":
+        e.tabPullWanted(now, scope);
+        break;
+      case "signedIn":
+        e.tabSignedIn(now, scope);
+        break;
+      case "signedOut":
+        e.tabSignedOut(now, scope);
+        break;
+    }
+    this.drain();
+  }
+
+  private askLeadership() {
+    if (this.options.crossTab === false || !navigator.locks) {
+      // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
+      queueMicrotask(() => {
+        this.engine.handleLeadership(Date.now(), true);
+        this.drain();
+      });
+      return;
+    }
+    if (this.leaderRequest || this.leaderRelease) return;
+    const request = new AbortController();
+    this.leaderRequest = request;
+    navigator.locks
+      .request(LEADER_LOCK, { signal: request.signal }, () => {
+        this.leaderRequest = null;
+        this.engine.handleLeadership(Date.now(), true);
+        this.drain();
+        return new Promise<void>((release) => (this.leaderRelease = release));
+      })
+      .catch(() => {
+        // Aborted because we stopped wanting it: nothing to do.
+      });
+  }
+
+  private dropLeadership() {
+    this.leaderRequest?.abort();
+    this.leaderRequest = null;
+    const release = this.leaderRelease;
+    this.leaderRelease = null;
+    release?.();
+  }
+
+  // ----- HTTP -----
+
+  private async send(c: Extract<Command, { t: "send" }>) {
+    const e = this.engine;
+    const token = this.storage.session()?.token;
+    const done = (reply: () => void) => {
+      if (this.stopped) return;
+      reply();
+      this.drain();
+    };
+    if (!token) return done(() => e.replyFailed(Date.now(), c.id, 401, -1));
+    const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+    let response: Response;
+    try {
+      if (c.kind === "pull") {
+        let url = `${this.baseUrl}/api/user/me`;
+        if (c.lastSync !== null) {
+          url += `?lastSync=${encodeURIComponent(c.lastSync)}`;
+          headers["if-none-match"] = `"${c.lastSync}"`;
+        }
+        response = await fetch(url, { headers, cache: "no-store" });
+      } else {
+        headers["content-type"] = "application/json";
+        response = await fetch(`${this.baseUrl}/api/user/me/changes`, {
+          method: "POST",
+          headers,
+          body: JSON.stringify(c.body),
+          keepalive: c.keepalive,
+        });
+      }
+    } catch {
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1));
+    }
+    if (response.status === 304) return done(() => e.replyNotModified(Date.now(), c.id));
+    if (!response.ok) {
+      const retryAfter = Number(response.headers.get("retry-after"));
+      const retryMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : -1;
+      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs));
+    }
+    let body: {
+      ack?: number;
+      cursor: string;
+      changes: Array<{ collection: string; key: string; value: Value | null; updatedAt: number; clientId: string; version: number }>;
+      more: boolean;
+      reset?: boolean;
+      serverTime: number;
+    };
+    try {
+      body = await response.json();
+    } catch {
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1));
+    }
+    done(() => {
+      for (const ch of body.changes) {
+        e.stageChange(ch.collection, ch.key, ch.value === null ? undefined : JSON.stringify(ch.value), ch.updatedAt, ch.clientId, ch.version);
+      }
+      const now = Date.now();
+      if (c.kind === "pull") e.replyPulled(now, c.id, body.cursor, body.more, body.reset === true, body.serverTime);
+      else e.replyPushed(now, c.id, body.ack ?? 0, body.cursor, body.more, body.reset === true, body.serverTime);
+    });
+  }
+}
+
+/** An error with Sinkron's (or the server's) machine-readable code. */
+export class SinkronError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "SinkronError";
+  }
+}

@@ -1,0 +1,34 @@
+// React binding: `useUserSync` starts and stops syncing; `useSinkron` reads the store.
+
+import { useEffect } from "react";
+import { useStore } from "zustand";
+import { userSync, type UserSyncState } from "./store.js";
+
+export interface UseUserSyncOptions {
+  /** Pull interval in ms for the leader tab (default 30000). */
+  interval?: number;
+  /** Pull when the window gets focus or the tab becomes visible (default true). */
+  onFocus?: boolean;
+  /** Pull the account's state right after sign-in (default true); guest data is pushed either way. */
+  onLogin?: boolean;
+  /** Share changes and leadership with the other tabs (default true). */
+  crossTab?: boolean;
+  /** Where the Sinkron server is (default: this page's origin). */
+  baseUrl?: string;
+}
+
+/** Syncs the user's data while the calling component is mounted. */
+export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl }: UseUserSyncOptions = {}) {
+  useEffect(() => {
+    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl });
+    return () => userSync.getState().stop();
+  }, [interval, onFocus, onLogin, crossTab, baseUrl]);
+  return useStore(userSync, (s) => s.status);
+}
+
+/** Reads from the user sync store, re-rendering when the selected part changes. */
+export function useSinkron<T>(selector: (state: UserSyncState) => T): T {
+  return useStore(userSync, selector);
+}
+
+export { userSync };

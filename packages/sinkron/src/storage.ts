@@ -1,0 +1,171 @@
+// The device's durable storage: `localStorage`, namespaced per user, with a schema version.
+//
+// Layout (all keys start with `sinkron:v1:`):
+//   session                      the signed-in session {token, user}
+//   <scope>:c                    the pull cursor
+//   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
+//   <scope>:o:<clientId>         a tab's outbox (mutations)
+//   msg                          the cross-tab fallback channel (storage events)
+// where <scope> is the user id, or `guest`.
+//
+// This module only reads and writes what the engine tells it to; it decides nothing.
+
+import type { Change, Mutation, Session } from "./types.js";
+
+const ROOT = "sinkron:v1:";
+const SCHEMA_KEY = "sinkron:schema";
+const SCHEMA = "1";
+
+export const scopeName = (scope: string | null): string => scope ?? "guest";
+
+const recordPrefix = (scope: string | null) => `${ROOT}${scopeName(scope)}:r:`;
+
+export class DeviceStorage {
+  constructor(private readonly store: Storage = localStorage) {
+    this.checkSchema();
+  }
+
+  /** Foreign or corrupt data is reset with a warning, never a crash. */
+  private checkSchema() {
+    try {
+      const schema = this.store.getItem(SCHEMA_KEY);
+      if (schema === SCHEMA) return;
+      if (schema !== null) {
+        console.warn(`sinkron: stored data has schema ${schema}, expected ${SCHEMA}; resetting it`);
+        this.removeWhere((k) => k.startsWith(ROOT));
+      }
+      this.store.setItem(SCHEMA_KEY, SCHEMA);
+    } catch (e) {
+      console.warn("sinkron: localStorage is unavailable; data will not survive a reload", e);
+    }
+  }
+
+  session(): Session | null {
+    const s = this.readJson<Session>(`${ROOT}session`);
+    if (s && typeof s.token === "string" && s.user && typeof s.user.id === "string") return s;
+    if (s) this.store.removeItem(`${ROOT}session`);
+    return null;
+  }
+
+  setSession(session: Session | null) {
+    if (session) this.write(`${ROOT}session`, JSON.stringify(session));
+    else this.store.removeItem(`${ROOT}session`);
+  }
+
+  cursor(scope: string | null): string | null {
+    return this.store.getItem(`${ROOT}${scopeName(scope)}:c`);
+  }
+
+  setCursor(scope: string | null, cursor: string | null) {
+    const key = `${ROOT}${scopeName(scope)}:c`;
+    if (cursor === null) this.store.removeItem(key);
+    else this.write(key, cursor);
+  }
+
+  records(scope: string | null): Change[] {
+    const prefix = recordPrefix(scope);
+    const out: Change[] = [];
+    for (const key of this.keys()) {
+      if (!key.startsWith(prefix)) continue;
+      const rest = key.slice(prefix.length);
+      const split = rest.indexOf(":");
+      const r = this.readJson<{ v: unknown; u: number; c: string; n: number }>(key);
+      if (split < 0 || !r || typeof r.u !== "number" || typeof r.c !== "string" || typeof r.n !== "number") {
+        console.warn(`sinkron: dropping a corrupt stored record ${key}`);
+        this.store.removeItem(key);
+        continue;
+      }
+      out.push({
+        collection: rest.slice(0, split),
+        key: rest.slice(split + 1),
+        value: (r.v ?? null) as Change["value"],
+        updatedAt: r.u,
+        clientId: r.c,
+        version: r.n,
+      });
+    }
+    return out;
+  }
+
+  putRecord(scope: string | null, change: Change) {
+    const key = `${recordPrefix(scope)}${change.collection}:${change.key}`;
+    const text = JSON.stringify({ v: change.value, u: change.updatedAt, c: change.clientId, n: change.version });
+    this.write(key, text, scope);
+  }
+
+  clearRecords(scope: string | null) {
+    const prefix = recordPrefix(scope);
+    this.removeWhere((k) => k.startsWith(prefix));
+  }
+
+  outbox(scope: string | null, clientId: string): Mutation[] {
+    const m = this.readJson<Mutation[]>(`${ROOT}${scopeName(scope)}:o:${clientId}`);
+    return Array.isArray(m) ? m : [];
+  }
+
+  setOutbox(scope: string | null, clientId: string, mutations: Mutation[]) {
+    const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
+    if (mutations.length === 0) this.store.removeItem(key);
+    else this.write(key, JSON.stringify(mutations), scope);
+  }
+
+  wipe(scope: string | null) {
+    const prefix = `${ROOT}${scopeName(scope)}:`;
+    this.removeWhere((k) => k.startsWith(prefix));
+  }
+
+  /** Every key this library owns, for tests and debugging. */
+  keys(): string[] {
+    const keys: string[] = [];
+    for (let i = 0; i < this.store.length; i++) {
+      const k = this.store.key(i);
+      if (k !== null && k.startsWith(ROOT)) keys.push(k);
+    }
+    return keys;
+  }
+
+  private readJson<T>(key: string): T | null {
+    const text = this.store.getItem(key);
+    if (text === null) return null;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      console.warn(`sinkron: dropping corrupt stored data at ${key}`);
+      this.store.removeItem(key);
+      return null;
+    }
+  }
+
+  /** Writes; when the quota is full, evicts the oldest history records and tries again. */
+  private write(key: string, text: string, scope: string | null = null) {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        this.store.setItem(key, text);
+        return;
+      } catch (e) {
+        if (!isQuotaError(e) || !this.evictOldestHistory(scope)) break;
+      }
+    }
+    console.warn(`sinkron: could not store ${key}; it lives in memory only`);
+  }
+
+  private evictOldestHistory(scope: string | null): boolean {
+    const history = this.records(scope).filter((r) => r.collection === "history");
+    if (history.length === 0) return false;
+    history.sort((a, b) => a.updatedAt - b.updatedAt);
+    const evict = history.slice(0, Math.max(1, Math.ceil(history.length / 4)));
+    for (const r of evict) this.store.removeItem(`${recordPrefix(scope)}history:${r.key}`);
+    console.warn(`sinkron: storage full; evicted the ${evict.length} oldest history entries`);
+    return true;
+  }
+
+  private removeWhere(test: (key: string) => boolean) {
+    for (const k of this.keys()) if (test(k)) this.store.removeItem(k);
+  }
+}
+
+function isQuotaError(e: unknown): boolean {
+  return e instanceof DOMException && (e.name === "QuotaExceededError" || e.code === 22);
+}
+
+export const MESSAGE_KEY = `${ROOT}msg`;
