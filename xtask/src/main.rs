@@ -1,9 +1,12 @@
 //! `cargo xtask <chore>`: the one entry point for the project's chores.
 //!
 //! * `cargo xtask test` — the whole test suite, exactly what CI runs: formatting, lints, then
-//!   every test of the workspace (with cargo-nextest when installed, else `cargo test`).
+//!   every test of the workspace (with cargo-nextest when installed, else `cargo test`). The
+//!   server tests need PostgreSQL on 127.0.0.1:5432; it is started (or installed) first.
 //!
 //! It only orchestrates other tools; no project logic lives here.
+
+mod postgres;
 
 use std::process::{exit, Command};
 
@@ -39,6 +42,7 @@ fn test() {
             "warnings",
         ],
     );
+    postgres::ensure_running();
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()

@@ -19,8 +19,9 @@ pub struct Config {
     )]
     pub addr: SocketAddr,
 
-    /// Database: `sqlite://PATH` (relative), `sqlite:///ABS/PATH` or a plain file path. The file
-    /// is created if missing. PostgreSQL is not supported yet.
+    /// Database: `sqlite://PATH` (relative), `sqlite:///ABS/PATH` or a plain file path (the file
+    /// is created if missing; one server per file), or `postgres://USER[:PASS]@HOST[:PORT]/DB`
+    /// (also `postgresql://`; any number of servers on one database).
     #[arg(
         long,
         env = "SINKRON_DATABASE_URL",
@@ -28,6 +29,17 @@ pub struct Config {
         default_value = "sinkron.db"
     )]
     pub database: String,
+
+    /// Most PostgreSQL connections this server holds at once (SQLite ignores it). Requests
+    /// beyond it wait up to 5 s for a free one, then get 503.
+    #[arg(
+        long,
+        env = "SINKRON_DB_POOL_SIZE",
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub db_pool_size: u32,
 
     /// Collections clients may write to, comma separated.
     #[arg(
@@ -85,6 +97,7 @@ impl Default for Config {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database: "sinkron.db".into(),
+            db_pool_size: 16,
             collections: DEFAULT_COLLECTIONS.map(String::from).to_vec(),
             max_future_ms: 60_000,
             page_size: 1000,
@@ -98,6 +111,12 @@ impl Config {
     pub fn page_size(&self) -> usize {
         usize::try_from(self.page_size).unwrap_or(usize::MAX)
     }
+
+    pub fn connect_options(&self) -> crate::store::ConnectOptions {
+        crate::store::ConnectOptions {
+            pool_size: usize::try_from(self.db_pool_size).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// Leaves out the database URL's credentials (PostgreSQL URLs will carry a password).
@@ -110,6 +129,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("database", &database)
+            .field("db_pool_size", &self.db_pool_size)
             .field("collections", &self.collections)
             .field("max_future_ms", &self.max_future_ms)
             .field("page_size", &self.page_size)

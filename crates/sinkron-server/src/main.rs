@@ -87,7 +87,9 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
-    let store = store::open(&config.database).map_err(|e| e.to_string())?;
+    let store = store::connect(&config.database, config.connect_options())
+        .await
+        .map_err(|e| e.to_string())?;
 
     // At start, before accepting requests, so that no client is served from tombstones that
     // this run is about to forget.

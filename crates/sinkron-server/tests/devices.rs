@@ -1,17 +1,19 @@
 //! End-to-end sync: native `Device`s (the core engine over real HTTP) against the real
-//! `sinkron` binary on loopback with a real SQLite file.
+//! `sinkron` binary on loopback, on a real SQLite file and on a real PostgreSQL database.
 //!
 //! Devices pull on a short interval here so a test waits for a state in milliseconds; every
 //! wait is for a state (`Device::wait_for`), never for a time.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 use sinkron_client::{Device, Options, Snapshot};
 use sinkron_core::Config;
+use support::{Backend, Data};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -20,14 +22,13 @@ struct Server {
     child: Child,
     url: String,
     addr: String,
-    db: PathBuf,
+    database: String,
 }
 
 impl Server {
-    fn start(db: &Path, addr: &str) -> Server {
+    fn start(database: &str, addr: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sinkron"))
-            .args(["serve", "--addr", addr, "--database"])
-            .arg(db)
+            .args(["serve", "--addr", addr, "--database", database])
             .env("SINKRON_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -48,7 +49,7 @@ impl Server {
             child,
             url,
             addr,
-            db: db.to_owned(),
+            database: database.to_owned(),
         }
     }
 
@@ -62,7 +63,7 @@ impl Server {
     fn restart(&mut self) {
         self.kill();
         let addr = self.addr.clone();
-        *self = Server::start(&self.db.clone(), &addr);
+        *self = Server::start(&self.database.clone(), &addr);
     }
 }
 
@@ -88,10 +89,11 @@ fn options(seed: u64) -> Options {
     }
 }
 
-fn fresh() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let server = Server::start(&dir.path().join("sinkron.db"), "127.0.0.1:0");
-    (dir, server)
+/// A server on new, empty data; the data goes when the returned handle does.
+fn fresh(backend: Backend) -> (Data, Server) {
+    let data = Data::new(backend);
+    let server = Server::start(&data.url(), "127.0.0.1:0");
+    (data, server)
 }
 
 fn synced(s: &Snapshot) -> bool {
@@ -111,9 +113,8 @@ fn same_records(a: &Snapshot, b: &Snapshot) -> bool {
     })
 }
 
-#[tokio::test]
-async fn two_devices_of_one_user_converge() {
-    let (_dir, server) = fresh();
+async fn two_devices_of_one_user_converge(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let a = Device::start(&server.url, options(1));
     let b = Device::start(&server.url, options(2));
     a.register("alice", "correct horse").await.unwrap();
@@ -150,9 +151,8 @@ async fn two_devices_of_one_user_converge() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn the_newest_write_wins_on_every_device() {
-    let (_dir, server) = fresh();
+async fn the_newest_write_wins_on_every_device(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let a = Device::start(&server.url, options(3));
     let b = Device::start(&server.url, options(4));
     a.register("bob_", "password1").await.unwrap();
@@ -181,9 +181,8 @@ async fn the_newest_write_wins_on_every_device() {
     }
 }
 
-#[tokio::test]
-async fn a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes() {
-    let (_dir, server) = fresh();
+async fn a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let fast = Device::start(
         &server.url,
         Options {
@@ -219,9 +218,8 @@ async fn a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes() {
     }
 }
 
-#[tokio::test]
-async fn an_offline_device_catches_up_when_back_online() {
-    let (_dir, server) = fresh();
+async fn an_offline_device_catches_up_when_back_online(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let a = Device::start(&server.url, options(7));
     let b = Device::start(&server.url, options(8));
     a.register("dave", "password1").await.unwrap();
@@ -260,9 +258,8 @@ async fn an_offline_device_catches_up_when_back_online() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn writes_made_while_the_server_was_down_are_delivered_once() {
-    let (_dir, mut server) = fresh();
+async fn writes_made_while_the_server_was_down_are_delivered_once(backend: Backend) {
+    let (_dir, mut server) = fresh(backend);
     let a = Device::start(&server.url, options(9));
     let session = a.register("erin", "password1").await.unwrap();
     a.wait_for(WAIT, synced).await.unwrap();
@@ -294,9 +291,8 @@ async fn writes_made_while_the_server_was_down_are_delivered_once() {
     assert_eq!(body["changes"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in() {
-    let (_dir, server) = fresh();
+async fn a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let guest = Device::start(&server.url, options(10));
     guest
         .write("favorites", "show-7", Some(json!({"on": true})))
@@ -322,9 +318,8 @@ async fn a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn sign_out_wipes_the_device_and_the_next_user_sees_nothing() {
-    let (_dir, server) = fresh();
+async fn sign_out_wipes_the_device_and_the_next_user_sees_nothing(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let device = Device::start(&server.url, options(12));
     device.register("grace", "password1").await.unwrap();
     device
@@ -341,9 +336,8 @@ async fn sign_out_wipes_the_device_and_the_next_user_sees_nothing() {
     assert!(next.records.values().all(|r| r.is_empty()), "{next:?}");
 }
 
-#[tokio::test]
-async fn eight_devices_push_concurrently_while_a_ninth_follows() {
-    let (_dir, server) = fresh();
+async fn eight_devices_push_concurrently_while_a_ninth_follows(backend: Backend) {
+    let (_dir, server) = fresh(backend);
     let reader = Device::start(&server.url, options(100));
     let session = reader.register("ivan", "password1").await.unwrap();
     let writers: Vec<Device> = (0..8)
@@ -388,3 +382,14 @@ async fn eight_devices_push_concurrently_while_a_ninth_follows() {
         }
     }
 }
+
+on_every_backend!(
+    two_devices_of_one_user_converge,
+    the_newest_write_wins_on_every_device,
+    a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes,
+    an_offline_device_catches_up_when_back_online,
+    writes_made_while_the_server_was_down_are_delivered_once,
+    a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in,
+    sign_out_wipes_the_device_and_the_next_user_sees_nothing,
+    eight_devices_push_concurrently_while_a_ninth_follows,
+);

@@ -1,10 +1,10 @@
 //! The `sinkron` binary as an operator meets it: flags, startup failures, restarts, crashes
-//! and tombstone compaction at start.
+//! and tombstone compaction at start, on SQLite and on PostgreSQL.
 
 mod support;
 
 use serde_json::json;
-use support::{batch, mutation, run, Data};
+use support::{batch, mutation, postgres_admin_url, run, Backend, Data};
 
 fn stderr_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
@@ -38,6 +38,7 @@ async fn help_exits_zero_and_lists_serve() {
     for flag in [
         "--addr",
         "--database",
+        "--db-pool-size",
         "--collections",
         "--max-future-ms",
         "--page-size",
@@ -55,8 +56,8 @@ async fn bad_flags_fail_with_one_line() {
 }
 
 #[tokio::test]
-async fn unusable_databases_fail_with_one_clear_line() {
-    let data = Data::new();
+async fn unusable_sqlite_databases_fail_with_one_clear_line() {
+    let data = Data::new(Backend::Sqlite);
     let dir = data.dir();
     let missing_dir = dir.join("no/such/dir/s.db");
     let not_a_db = dir.join("notes.txt");
@@ -70,10 +71,6 @@ async fn unusable_databases_fail_with_one_clear_line() {
         (not_a_db.display().to_string(), "not a database"),
         (dir.display().to_string(), "cannot open database"),
         (
-            "postgres://u:p@localhost/db".to_owned(),
-            "not supported yet",
-        ),
-        (
             "mysql://localhost/db".to_owned(),
             "unsupported database URL",
         ),
@@ -85,8 +82,38 @@ async fn unusable_databases_fail_with_one_clear_line() {
 }
 
 #[tokio::test]
+async fn unreachable_or_misconfigured_postgres_fails_with_one_clear_line() {
+    let admin = postgres_admin_url();
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("the admin URL names a database");
+    let missing_db = format!("{base}/sinkron_no_such_database");
+    let cases = [
+        // Nothing listens on port 1.
+        (
+            "postgres://postgres:secret@127.0.0.1:1/db".to_owned(),
+            "connection refused",
+        ),
+        (missing_db, "does not exist"),
+        (
+            "postgresql://postgres@127.0.0.1:notaport/db".to_owned(),
+            "invalid PostgreSQL URL",
+        ),
+        ("postgres://127.0.0.1/db".to_owned(), "names no user"),
+    ];
+    for (url, expect) in cases {
+        let out = run(&["serve", "--addr", "127.0.0.1:0", "--database", &url]).await;
+        assert_one_line_failure(&out, expect);
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("secret"),
+            "no password in the error"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_second_server_on_the_same_file_is_refused() {
-    let data = Data::new();
+    let data = Data::new(Backend::Sqlite);
     let server = data.start(&[]).await;
     let url = format!("sqlite://{}", data.db_path().display());
     let out = run(&["serve", "--addr", "127.0.0.1:0", "--database", &url]).await;
@@ -97,9 +124,8 @@ async fn a_second_server_on_the_same_file_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart() {
-    let data = Data::new();
+async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart(backend: Backend) {
+    let data = Data::new(backend);
     let server = data.start(&[]).await;
     let alice = server.register("alice").await;
     let pushed = server
@@ -134,9 +160,8 @@ async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn acknowledged_pushes_survive_kill_9() {
-    let data = Data::new();
+async fn acknowledged_pushes_survive_kill_9(backend: Backend) {
+    let data = Data::new(backend);
     let server = data.start(&[]).await;
     let alice = server.register("alice").await;
     let mut last = json!(null);
@@ -169,9 +194,8 @@ async fn acknowledged_pushes_survive_kill_9() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_cursor_behind_compacted_tombstones_gets_a_reset() {
-    let data = Data::new();
+async fn a_cursor_behind_compacted_tombstones_gets_a_reset(backend: Backend) {
+    let data = Data::new(backend);
     let server = data.start(&[]).await;
     let alice = server.register("alice").await;
     let put = server
@@ -227,9 +251,8 @@ async fn a_cursor_behind_compacted_tombstones_gets_a_reset() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_environment_configures_the_server() {
-    let data = Data::new();
+async fn the_environment_configures_the_server(backend: Backend) {
+    let data = Data::new(backend);
     let server = data
         .start_by_env(&[
             ("SINKRON_PAGE_SIZE", "2"),
@@ -257,8 +280,17 @@ async fn the_environment_configures_the_server() {
         "history is not configured"
     );
     server.stop().await;
-    assert!(
-        data.db_path().exists(),
-        "the database named by SINKRON_DATABASE_URL"
-    );
+    if backend == Backend::Sqlite {
+        assert!(
+            data.db_path().exists(),
+            "the database named by SINKRON_DATABASE_URL"
+        );
+    }
 }
+
+on_every_backend!(
+    acknowledged_pushes_and_sessions_survive_a_sigterm_restart,
+    acknowledged_pushes_survive_kill_9,
+    a_cursor_behind_compacted_tombstones_gets_a_reset,
+    the_environment_configures_the_server,
+);

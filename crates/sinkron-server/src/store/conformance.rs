@@ -1,5 +1,5 @@
 //! The behaviour every [`Store`] backend must show, as one suite each backend runs against a
-//! fresh, empty store (SQLite now; PostgreSQL will call the same [`run`]).
+//! fresh, empty store (SQLite and PostgreSQL each call [`run`]).
 //!
 //! It checks the trait's contract only, never SQL or a backend's internals.
 
@@ -33,6 +33,8 @@ pub async fn run(store: &dyn Store) {
     accounts_and_tokens(store).await;
     versions_acks_and_merge(store).await;
     compaction_raises_the_horizon(store).await;
+    client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
+    concurrent_pushes_take_distinct_versions(store).await;
 }
 
 async fn accounts_and_tokens(store: &dyn Store) {
@@ -180,4 +182,68 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
     assert_eq!(page.changes[0].key, "b");
     let page = store.pull(id, Some(3), 100).await.expect("pull");
     assert!(!page.reset && page.changes.is_empty());
+}
+
+async fn client_ids_compare_bytewise_and_keys_keep_every_character(store: &dyn Store) {
+    let id = store.create_user("dot", "phc", 1).await.expect("create");
+    let first = [m(1, "k", Some(r#"{"by":"a"}"#), 10)];
+    store.push(id, batch("a", &first, None)).await.expect("a");
+    // "Z" (0x5A) is below "a" (0x61) bytewise, though many collations sort it after.
+    let out = store
+        .push(
+            id,
+            batch("Z", &[m(1, "k", Some(r#"{"by":"Z"}"#), 10)], None),
+        )
+        .await
+        .expect("Z");
+    assert_eq!(
+        out.applied, 0,
+        "a tie goes to the bytewise greater client id"
+    );
+    // "é" (0xC3 0xA9) is above "z" bytewise.
+    let out = store
+        .push(
+            id,
+            batch("é", &[m(1, "k", Some(r#"{"by":"e"}"#), 10)], None),
+        )
+        .await
+        .expect("é");
+    assert_eq!(out.applied, 1);
+    let odd_key = "nul\u{0}tab\tsnow\u{2603}";
+    store
+        .push(id, batch("a", &[m(2, odd_key, Some("{}"), 1)], None))
+        .await
+        .expect("odd key");
+    let page = store.pull(id, Some(0), 100).await.expect("pull");
+    let keys: Vec<(&str, &str)> = page
+        .changes
+        .iter()
+        .map(|c| (c.key.as_str(), c.client_id.as_str()))
+        .collect();
+    assert_eq!(keys, [("k", "é"), (odd_key, "a")]);
+}
+
+async fn concurrent_pushes_take_distinct_versions(store: &dyn Store) {
+    let id = store.create_user("eve", "phc", 1).await.expect("create");
+    let writes: Vec<Vec<Mutation>> = (0..4)
+        .map(|c| {
+            (1..=5)
+                .map(|i| m(i, &format!("c{c}-{i}"), Some("{}"), 10))
+                .collect()
+        })
+        .collect();
+    let clients = ["c0", "c1", "c2", "c3"];
+    let push = |c: usize| store.push(id, batch(clients[c], &writes[c], None));
+    let (a, b, c, d) = tokio::join!(push(0), push(1), push(2), push(3));
+    for out in [a, b, c, d] {
+        assert_eq!(out.expect("push").applied, 5);
+    }
+    let page = store.pull(id, Some(0), 100).await.expect("pull");
+    let versions: Vec<u64> = page.changes.iter().map(|c| c.version).collect();
+    assert_eq!(
+        versions,
+        (1..=20).collect::<Vec<_>>(),
+        "no version twice, none skipped"
+    );
+    assert_eq!(page.cursor, 20);
 }

@@ -4,11 +4,12 @@
 //! It owns the storage semantics every backend must share: per-user versions, newest-wins
 //! merge, per-client acknowledgements, tombstone compaction and its horizon. It must not know
 //! HTTP, parse requests or validate input: callers hand it validated values. Only the backend
-//! modules ([`sqlite`]) know SQL. The backend is chosen once, from the database URL, by
-//! [`open`].
+//! modules ([`sqlite`], [`postgres`]) know SQL. The backend is chosen once, from the
+//! database URL, by [`connect`].
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -150,10 +151,12 @@ pub trait Store: Send + Sync + 'static {
 /// Why storage could not be opened. Each message is one line fit for an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("unsupported database URL {0:?}: use sqlite://PATH, sqlite:///ABSOLUTE/PATH or a plain file path")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, sqlite:///ABSOLUTE/PATH, a plain file path or postgres://USER@HOST/DB")]
     UnsupportedScheme(String),
-    #[error("PostgreSQL is not supported yet; use sqlite://PATH")]
-    PostgresNotSupported,
+    #[error("{0}")]
+    InvalidUrl(String),
+    #[error("PostgreSQL is opened with store::connect, not store::open")]
+    NeedsConnect,
     #[error("empty database path")]
     EmptyPath,
     #[error("database {path} is in use by another sinkron server (lock file {lock})")]
@@ -163,20 +166,39 @@ pub enum OpenError {
 }
 
 /// The storage a database URL names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    /// The whole `postgres://` or `postgresql://` URL (it may carry a password).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(<redacted>)"),
+        }
+    }
+}
+
+/// How to open storage, besides the URL.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions {
+    /// Most connections to PostgreSQL held at once (SQLite ignores it).
+    pub pool_size: usize,
 }
 
 impl DatabaseUrl {
-    /// `sqlite://relative.db`, `sqlite:///absolute.db`, `sqlite:path` or a plain path.
+    /// `sqlite://relative.db`, `sqlite:///absolute.db`, `sqlite:path`, a plain path, or
+    /// `postgres://USER[:PASS]@HOST[:PORT]/DB` (also `postgresql://`).
     pub fn parse(url: &str) -> Result<Self, OpenError> {
         let path = if let Some(rest) = url.strip_prefix("sqlite://") {
             rest
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
             rest
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(OpenError::PostgresNotSupported);
+            return Ok(Self::Postgres(url.to_owned()));
         } else if url.contains("://") {
             return Err(OpenError::UnsupportedScheme(url.to_owned()));
         } else {
@@ -189,10 +211,22 @@ impl DatabaseUrl {
     }
 }
 
-/// Opens (creating and migrating if needed) the storage a database URL names.
+/// Opens (creating and migrating if needed) the storage a database URL names: SQLite or
+/// PostgreSQL.
+pub async fn connect(url: &str, options: ConnectOptions) -> Result<Arc<dyn Store>, OpenError> {
+    match DatabaseUrl::parse(url)? {
+        DatabaseUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path)?)),
+        DatabaseUrl::Postgres(url) => Ok(Arc::new(
+            postgres::PostgresStore::open(&url, options.pool_size).await?,
+        )),
+    }
+}
+
+/// Opens a SQLite database without a runtime (PostgreSQL needs [`connect`]).
 pub fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
     match DatabaseUrl::parse(url)? {
         DatabaseUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path)?)),
+        DatabaseUrl::Postgres(_) => Err(OpenError::NeedsConnect),
     }
 }
 
@@ -201,16 +235,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn database_urls_name_a_sqlite_file_or_fail_clearly() {
+    fn database_urls_name_a_sqlite_file_or_a_postgres_database() {
         let sqlite = |p: &str| Ok::<_, ()>(DatabaseUrl::Sqlite(PathBuf::from(p)));
         let parse = |u: &str| DatabaseUrl::parse(u).map_err(|_| ());
         assert_eq!(parse("sqlite://data/s.db"), sqlite("data/s.db"));
         assert_eq!(parse("sqlite:///var/s.db"), sqlite("/var/s.db"));
         assert_eq!(parse("s.db"), sqlite("s.db"));
-        assert!(matches!(
-            DatabaseUrl::parse("postgres://u@h/db"),
-            Err(OpenError::PostgresNotSupported)
-        ));
+        for url in ["postgres://u@h/db", "postgresql://u:p@h:5433/db"] {
+            assert_eq!(parse(url), Ok(DatabaseUrl::Postgres(url.into())));
+        }
+        assert!(!format!(
+            "{:?}",
+            DatabaseUrl::Postgres("postgres://u:secret@h/d".into())
+        )
+        .contains("secret"));
         assert!(matches!(
             DatabaseUrl::parse("mysql://h/db"),
             Err(OpenError::UnsupportedScheme(_))

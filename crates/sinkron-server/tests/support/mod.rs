@@ -1,9 +1,12 @@
 //! Runs the real `sinkron` binary for integration tests and talks to it over HTTP.
 //!
-//! A [`Server`] owns a child process bound to `127.0.0.1:0` on a SQLite file in a temporary
-//! directory; it is ready once it prints its `listening on` line. Stopping (SIGTERM) or
-//! killing (SIGKILL) it hands back the [`Data`] so a test can start again on the same file.
-//! Nothing here sleeps: every wait is on the process or its output, bounded by a timeout.
+//! A [`Server`] owns a child process bound to `127.0.0.1:0` on a [`Data`]: a SQLite file in a
+//! temporary directory, or a freshly created PostgreSQL database that is dropped when the
+//! last handle goes ([`Backend`]). It is ready once it prints its `listening on` line.
+//! Stopping (SIGTERM) or killing (SIGKILL) it hands back the [`Data`] so a test can start
+//! again on the same data, and any number of servers may share PostgreSQL data (nodes).
+//! [`on_every_backend!`] runs a test once per backend. Nothing here sleeps: every wait is on
+//! the process or its output, bounded by a timeout.
 
 #![allow(dead_code)]
 
@@ -22,16 +25,137 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sinkron");
 
-/// A database file that outlives server processes.
+/// Where a test server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed `async fn NAME(backend: Backend)` once per backend, as the tests
+/// `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL the tests use: `SINKRON_TEST_POSTGRES_URL`, else the local server with
+/// trust authentication (`cargo xtask test` starts it when it is not running).
+pub fn postgres_admin_url() -> String {
+    std::env::var("SINKRON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Runs `sql` on the admin database, from a thread of its own (callers may be inside a
+/// runtime, which cannot block on another).
+fn postgres_admin(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) =
+                tokio_postgres::connect(&postgres_admin_url(), tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(conn);
+            let result = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            drop(client);
+            let _ = task.await;
+            result
+        })
+    })
+    .join()
+    .map_err(|_| "the admin thread panicked".to_owned())?
+}
+
+/// A uniquely named PostgreSQL database, dropped (with any connection left) on drop.
+pub struct PostgresDatabase {
+    name: String,
+    pub url: String,
+}
+
+impl PostgresDatabase {
+    pub fn create() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "sinkron_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        postgres_admin(format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
+            panic!(
+                "cannot create a test database on {}: {e}",
+                postgres_admin_url()
+            )
+        });
+        let admin = postgres_admin_url();
+        let url = match admin.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{name}"),
+            None => panic!("SINKRON_TEST_POSTGRES_URL names no database: {admin}"),
+        };
+        Self { name, url }
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let _ = postgres_admin(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Storage that outlives server processes: a SQLite file or a PostgreSQL database.
 #[derive(Clone)]
 pub struct Data {
     dir: Arc<tempfile::TempDir>,
+    postgres: Option<Arc<PostgresDatabase>>,
 }
 
 impl Data {
-    pub fn new() -> Self {
+    pub fn new(backend: Backend) -> Self {
         Self {
             dir: Arc::new(tempfile::tempdir().expect("a temporary directory")),
+            postgres: (backend == Backend::Postgres).then(|| Arc::new(PostgresDatabase::create())),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.postgres {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
+    }
+
+    /// The `--database` URL.
+    pub fn url(&self) -> String {
+        match &self.postgres {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.db_path().display()),
         }
     }
 
@@ -44,7 +168,7 @@ impl Data {
     }
 
     pub async fn start(&self, args: &[&str]) -> Server {
-        let url = format!("sqlite://{}", self.db_path().display());
+        let url = self.url();
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -55,7 +179,7 @@ impl Data {
 
     /// Starts with the address and database given only through the environment.
     pub async fn start_by_env(&self, env: &[(&str, &str)]) -> Server {
-        let url = format!("sqlite://{}", self.db_path().display());
+        let url = self.url();
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -150,12 +274,12 @@ pub struct Account {
 }
 
 impl Server {
-    pub async fn start() -> Self {
-        Data::new().start(&[]).await
+    pub async fn start(backend: Backend) -> Self {
+        Data::new(backend).start(&[]).await
     }
 
-    pub async fn start_with(args: &[&str]) -> Self {
-        Data::new().start(args).await
+    pub async fn start_with(backend: Backend, args: &[&str]) -> Self {
+        Data::new(backend).start(args).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -295,15 +419,20 @@ impl Server {
 }
 
 pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
-    let res = req.send().await.expect("the server answers");
+    try_reply(req).await.expect("the server answers")
+}
+
+/// A response, or the transport error that kept it from arriving.
+pub async fn try_reply(req: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
+    let res = req.send().await?;
     let status = res.status();
     let headers = res.headers().clone();
-    let text = res.text().await.expect("a readable body");
-    Reply {
+    let text = res.text().await?;
+    Ok(Reply {
         status,
         headers,
         text,
-    }
+    })
 }
 
 /// A mutation as JSON.

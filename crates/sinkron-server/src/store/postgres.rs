@@ -1,0 +1,762 @@
+//! The PostgreSQL backend of [`Store`]: any number of `sinkron` nodes on one database.
+//!
+//! It owns the SQL, the migrations in `migrations/postgres/` and a connection pool. It keeps
+//! nothing in memory that correctness needs — no session or version cache — so a write or a
+//! sign-out on one node is seen by every node at its next request. Two rules make that hold:
+//!
+//! * **One user's pushes are serialised by the user's row.** A push starts by locking
+//!   `users` (`FOR NO KEY UPDATE`), then reads the records it merges with, writes, raises
+//!   `users.version` and commits. Under READ COMMITTED each statement after the lock sees
+//!   everything committed before it, so versions are handed out in commit order: a
+//!   transaction that commits version `v` committed every version below `v` before it.
+//! * **A pull is one statement.** The user's version and horizon and the page of records are
+//!   read by a single `SELECT`, so they come from one snapshot: the cursor it returns covers
+//!   exactly the rows it returns, and by the rule above no row at or below that cursor can
+//!   commit later. (Reading the version and the rows in two READ COMMITTED statements could
+//!   pair a cursor with rows from different moments, and a client would skip a change.)
+//!
+//! Compaction locks the users it touches before their records, in id order, like a push
+//! (one user) does, so the two never deadlock.
+//!
+//! It must not validate requests or know HTTP.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use sinkron_core::{Change, Record};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
+};
+
+/// The schema, in order. Never edit an applied file: add the next number.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// The key of the advisory lock held while migrating ("sinkron" in ASCII).
+const MIGRATION_LOCK: i64 = 0x73_69_6e_6b_72_6f_6e;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a free pooled connection before it is answered 503.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Users whose tombstones one compaction transaction handles.
+const COMPACTION_USERS_MAX: i64 = 1_000;
+
+/// The poll path: token hash → user → version, one indexed lookup each.
+const SESSION_SQL: &str = "SELECT u.id, u.username, u.version FROM tokens t
+     JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
+
+/// A page in one statement, so the version, the horizon and the rows are one snapshot. The
+/// cursor `$2` is honoured when it lies between the horizon and the version; otherwise (or
+/// when NULL) the page is the live state from the start.
+const PAGE_SQL: &str = "SELECT u.version, u.horizon,
+            r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
+     FROM users u
+     CROSS JOIN LATERAL (SELECT COALESCE($2::int8 >= u.horizon AND $2::int8 <= u.version, false)
+                         AS incremental) f
+     LEFT JOIN LATERAL (
+         SELECT r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
+         FROM records r
+         WHERE r.user_id = u.id
+           AND r.version > CASE WHEN f.incremental THEN $2::int8 ELSE 0 END
+           AND (f.incremental OR r.value IS NOT NULL)
+         ORDER BY r.version
+         LIMIT $3
+     ) r ON true
+     WHERE u.id = $1";
+
+/// Locks the user's row for the rest of the push and reads the client's ack.
+const LOCK_SQL: &str = "SELECT u.version,
+            (SELECT c.ack FROM clients c WHERE c.user_id = u.id AND c.client_id = $2)
+     FROM users u WHERE u.id = $1 FOR NO KEY UPDATE";
+
+/// The stored order keys of the records a batch writes to.
+const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id
+     FROM records r
+     JOIN unnest($2::bytea[], $3::bytea[]) AS k(collection, key)
+       ON r.collection = k.collection AND r.key = k.key
+     WHERE r.user_id = $1";
+
+/// Every write of a push in one statement: the winning records, the ack, the version.
+const WRITE_SQL: &str = "WITH written AS (
+         INSERT INTO records
+             (user_id, collection, key, value, updated_at, client_id, version, stored_at)
+         SELECT $1, w.collection, w.key, w.value, w.updated_at, $2, w.version, $3
+         FROM unnest($4::bytea[], $5::bytea[], $6::text[], $7::int8[], $8::int8[])
+             AS w(collection, key, value, updated_at, version)
+         ON CONFLICT (user_id, collection, key) DO UPDATE SET
+             value = excluded.value, updated_at = excluded.updated_at,
+             client_id = excluded.client_id, version = excluded.version,
+             stored_at = excluded.stored_at
+         RETURNING 1
+     ), acked AS (
+         INSERT INTO clients (user_id, client_id, ack)
+         SELECT $1, $2, $9 WHERE $10::bool
+         ON CONFLICT (user_id, client_id) DO UPDATE SET ack = excluded.ack
+         RETURNING 1
+     )
+     UPDATE users SET version = $11 WHERE id = $1 AND version < $11";
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+/// A URL without its password, fit for logs and error messages.
+fn shown(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let host = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+impl PostgresStore {
+    /// Connects (a pool of at most `pool_size` connections), checks the database answers and
+    /// applies any pending migration.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            OpenError::InvalidUrl(format!("invalid PostgreSQL URL: {}", reason(&e)))
+        })?;
+        if config.get_user().is_none() {
+            return Err(OpenError::InvalidUrl(
+                "invalid PostgreSQL URL: it names no user (postgres://USER@HOST/DB)".into(),
+            ));
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("sinkron");
+        let shown = shown(&config);
+        let fail = |reason: String| OpenError::Open {
+            path: shown.clone(),
+            reason,
+        };
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // No query to check a connection before each use: the poll path is one round
+                // trip. A broken connection fails its request with 503 and is dropped.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let store = Self { pool };
+        let mut client = store.pool.get().await.map_err(|e| fail(pool_reason(&e)))?;
+        migrate(&mut client)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(pool_reason(&e)))
+    }
+}
+
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").to_owned()
+}
+
+/// An error and its causes on one line: tokio-postgres keeps the useful part ("connection
+/// refused", "database \"x\" does not exist") in the source chain.
+fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = first_line(e);
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = first_line(cause);
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn pool_reason(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => reason(e),
+        PoolError::Timeout(_) => "timed out waiting for a database connection".into(),
+        other => first_line(other),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MigrateError {
+    #[error("{0}")]
+    Db(String),
+    #[error("database schema version {found} is newer than this sinkron knows ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(reason(&e))
+    }
+}
+
+/// Applies pending migrations in one transaction under a transaction-scoped advisory lock:
+/// nodes starting at once queue here, and each later one finds the work done. A failed
+/// migration rolls back whole and releases the lock.
+async fn migrate(client: &mut Object) -> Result<(), MigrateError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             name       TEXT   NOT NULL,
+             applied_at BIGINT NOT NULL
+         )",
+    )
+    .await?;
+    let newest: Option<i64> = tx
+        .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+        .await?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    let newest = newest.unwrap_or(0);
+    if newest > known {
+        return Err(MigrateError::TooNew {
+            found: newest,
+            known,
+        });
+    }
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > newest) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            &[&version, &name, &now_ms_i64()],
+        )
+        .await?;
+        tracing::info!(version, name, "applied migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn now_ms_i64() -> i64 {
+    i64::try_from(crate::now_ms()).unwrap_or(i64::MAX)
+}
+
+fn store_err(e: tokio_postgres::Error) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection itself failed.
+        return StoreError::Unavailable(reason(&e));
+    };
+    if *code == SqlState::UNIQUE_VIOLATION {
+        StoreError::Conflict
+    } else if [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ]
+    .contains(code)
+        || code.code().starts_with("08")
+    {
+        StoreError::Unavailable(reason(&e))
+    } else {
+        StoreError::Other(reason(&e))
+    }
+}
+
+/// Integers the protocol keeps as `u64` are stored as `BIGINT`; callers guarantee they fit
+/// (ids are validated, timestamps clamped), so a failure here is a bug worth reporting.
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Other(format!("{what} {v} does not fit in i64")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Text the server stored from a Rust `String` comes back as the same UTF-8.
+fn text(bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|_| StoreError::Other("stored text is not UTF-8".into()))
+}
+
+/// Reads one page with [`PAGE_SQL`] on any client or transaction.
+async fn read_page<C: GenericClient>(
+    client: &C,
+    user_id: UserId,
+    since: Option<u64>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let since_i64 = since.map(|c| to_i64(c, "cursor")).transpose()?;
+    let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(PAGE_SQL).await.map_err(store_err)?;
+    let rows = client
+        .query(&stmt, &[&user_id, &since_i64, &limit_plus])
+        .await
+        .map_err(store_err)?;
+    let first = rows.first().ok_or(StoreError::NotFound)?;
+    let (version, horizon) = (to_u64(first.get(0)), to_u64(first.get(1)));
+    // The same rule as the statement's: a cursor outside [horizon, version] gets the whole
+    // state (callers reject one ahead of the version; treat it like one behind the horizon
+    // rather than answer with nothing forever).
+    let full = match since {
+        None => true,
+        Some(c) => c < horizon || c > version,
+    };
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(change) = change_of(row)? {
+            changes.push(change);
+        }
+    }
+    let more = changes.len() > limit;
+    changes.truncate(limit);
+    let cursor = match changes.last() {
+        Some(last) if more => last.version,
+        _ => version,
+    };
+    Ok(Page {
+        changes,
+        cursor,
+        more,
+        reset: full && since.is_some(),
+    })
+}
+
+/// The record columns of a [`PAGE_SQL`] row; `None` for a user without matching records.
+fn change_of(row: &Row) -> Result<Option<Change>, StoreError> {
+    let Some(version) = row.get::<_, Option<i64>>(7) else {
+        return Ok(None);
+    };
+    Ok(Some(Change {
+        collection: text(row.get(2))?,
+        key: text(row.get(3))?,
+        value: row.get(4),
+        updated_at: to_u64(row.get(5)),
+        client_id: text(row.get(6))?,
+        version: to_u64(version),
+    }))
+}
+
+/// The last winning write of a push to one record.
+struct Write<'a> {
+    collection: &'a str,
+    key: &'a str,
+    value: Option<&'a str>,
+    updated_at: i64,
+    version: i64,
+}
+
+async fn apply_push(
+    client: &mut Object,
+    user_id: UserId,
+    batch: &PushBatch<'_>,
+) -> Result<PushOutcome, StoreError> {
+    let tx = client.transaction().await.map_err(store_err)?;
+    let client_id = batch.client_id.as_bytes();
+    let lock = tx.prepare_cached(LOCK_SQL).await.map_err(store_err)?;
+    let row = tx
+        .query_opt(&lock, &[&user_id, &client_id])
+        .await
+        .map_err(store_err)?
+        .ok_or(StoreError::NotFound)?;
+    let mut version = to_u64(row.get(0));
+    let start_version = version;
+    let ack = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
+
+    let pending: Vec<_> = batch.mutations.iter().filter(|m| m.id > ack).collect();
+    // What each touched record holds now, as far as newest-wins is concerned.
+    let mut current: HashMap<(&str, &str), Record> = HashMap::with_capacity(pending.len());
+    if !pending.is_empty() {
+        let collections: Vec<&[u8]> = pending.iter().map(|m| m.collection.as_bytes()).collect();
+        let keys: Vec<&[u8]> = pending.iter().map(|m| m.key.as_bytes()).collect();
+        let stmt = tx.prepare_cached(CURRENT_SQL).await.map_err(store_err)?;
+        let rows = tx
+            .query(&stmt, &[&user_id, &collections, &keys])
+            .await
+            .map_err(store_err)?;
+        let mut stored: HashMap<(Vec<u8>, Vec<u8>), Record> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            stored.insert(
+                (row.get(0), row.get(1)),
+                Record {
+                    value: None,
+                    updated_at: to_u64(row.get(2)),
+                    client_id: text(row.get(3))?,
+                },
+            );
+        }
+        for m in &pending {
+            if let Some(r) =
+                stored.remove(&(m.collection.as_bytes().to_vec(), m.key.as_bytes().to_vec()))
+            {
+                current.insert((m.collection.as_str(), m.key.as_str()), r);
+            }
+        }
+    }
+
+    let mut writes: Vec<Write<'_>> = Vec::with_capacity(pending.len());
+    let mut slot: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
+    let mut applied = 0;
+    for m in pending {
+        let incoming = Record {
+            value: None,
+            updated_at: m.updated_at.min(batch.updated_at_max),
+            client_id: batch.client_id.to_owned(),
+        };
+        let id = (m.collection.as_str(), m.key.as_str());
+        if current.get(&id).is_some_and(|c| !incoming.wins_over(c)) {
+            continue;
+        }
+        version += 1;
+        applied += 1;
+        let write = Write {
+            collection: id.0,
+            key: id.1,
+            value: m.value.as_deref(),
+            updated_at: to_i64(incoming.updated_at, "updatedAt")?,
+            version: to_i64(version, "version")?,
+        };
+        // A later winner in the same batch replaces the earlier one: only the last write of a
+        // record is stored, with its (higher) version, as applying them one by one would.
+        match slot.get(&id) {
+            Some(&i) => writes[i] = write,
+            None => {
+                slot.insert(id, writes.len());
+                writes.push(write);
+            }
+        }
+        current.insert(id, incoming);
+    }
+
+    let highest = batch.mutations.iter().map(|m| m.id).max().unwrap_or(0);
+    let new_ack = ack.max(highest);
+    if !writes.is_empty() || new_ack > ack {
+        let collections: Vec<&[u8]> = writes.iter().map(|w| w.collection.as_bytes()).collect();
+        let keys: Vec<&[u8]> = writes.iter().map(|w| w.key.as_bytes()).collect();
+        let values: Vec<Option<&str>> = writes.iter().map(|w| w.value).collect();
+        let updated: Vec<i64> = writes.iter().map(|w| w.updated_at).collect();
+        let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
+        let now = to_i64(batch.now_ms, "server time")?;
+        let ack_i64 = to_i64(new_ack, "ack")?;
+        let ack_changed = new_ack > ack;
+        let version_i64 = to_i64(version, "version")?;
+        let stmt = tx.prepare_cached(WRITE_SQL).await.map_err(store_err)?;
+        tx.execute(
+            &stmt,
+            &[
+                &user_id,
+                &client_id,
+                &now,
+                &collections,
+                &keys,
+                &values,
+                &updated,
+                &versions,
+                &ack_i64,
+                &ack_changed,
+                &version_i64,
+            ],
+        )
+        .await
+        .map_err(store_err)?;
+    }
+    debug_assert!(version >= start_version);
+    let page = match batch.since {
+        Some(since) => Some(read_page(&tx, user_id, Some(since), batch.limit).await?),
+        None => None,
+    };
+    tx.commit().await.map_err(store_err)?;
+    Ok(PushOutcome {
+        ack: new_ack,
+        version,
+        applied,
+        page,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: u64,
+    ) -> Result<UserId, StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)
+                 RETURNING id",
+            )
+            .await
+            .map_err(store_err)?;
+        let row = client
+            .query_one(&stmt, &[&username, &password_hash, &now])
+            .await
+            .map_err(store_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn find_user_by_name(&self, username: &str) -> Result<Option<UserAccount>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id, username, password_hash FROM users WHERE username = $1")
+            .await
+            .map_err(store_err)?;
+        let row = client
+            .query_opt(&stmt, &[&username])
+            .await
+            .map_err(store_err)?;
+        Ok(row.map(|r| UserAccount {
+            id: r.get(0),
+            username: r.get(1),
+            password_hash: r.get(2),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        user_id: UserId,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO tokens (token_hash, user_id, created_at) VALUES ($1, $2, $3)",
+            )
+            .await
+            .map_err(store_err)?;
+        client
+            .execute(&stmt, &[&&token_hash[..], &user_id, &now])
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM tokens WHERE token_hash = $1")
+            .await
+            .map_err(store_err)?;
+        client
+            .execute(&stmt, &[&&token_hash[..]])
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(SESSION_SQL)
+            .await
+            .map_err(store_err)?;
+        let row = client
+            .query_opt(&stmt, &[&&token_hash[..]])
+            .await
+            .map_err(store_err)?;
+        Ok(row.map(|r| SessionInfo {
+            user_id: r.get(0),
+            username: Arc::from(r.get::<_, &str>(1)),
+            version: to_u64(r.get(2)),
+        }))
+    }
+
+    async fn pull(
+        &self,
+        user_id: UserId,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let client = self.client().await?;
+        read_page(&client, user_id, since, limit).await
+    }
+
+    async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
+        let mut client = self.client().await?;
+        apply_push(&mut client, user_id, &batch).await
+    }
+
+    async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {
+        let before = i64::try_from(stored_before_ms).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        let mut deleted = 0u64;
+        loop {
+            let tx = client.transaction().await.map_err(store_err)?;
+            // Users first, in id order, as a push locks its one user before its records.
+            let users: Vec<i64> = tx
+                .query(
+                    "SELECT id FROM users WHERE id IN (
+                         SELECT DISTINCT user_id FROM records
+                         WHERE value IS NULL AND stored_at <= $1 LIMIT $2)
+                     ORDER BY id FOR NO KEY UPDATE",
+                    &[&before, &COMPACTION_USERS_MAX],
+                )
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if users.is_empty() {
+                tx.commit().await.map_err(store_err)?;
+                return Ok(deleted);
+            }
+            let row = tx
+                .query_one(
+                    "WITH gone AS (
+                         DELETE FROM records
+                         WHERE user_id = ANY($2) AND value IS NULL AND stored_at <= $1
+                         RETURNING user_id, version
+                     ), highest AS (
+                         SELECT user_id, MAX(version) AS version FROM gone GROUP BY user_id
+                     ), raised AS (
+                         UPDATE users u SET horizon = GREATEST(u.horizon, h.version)
+                         FROM highest h WHERE u.id = h.user_id
+                         RETURNING 1
+                     )
+                     SELECT (SELECT COUNT(*) FROM gone), (SELECT COUNT(*) FROM raised)",
+                    &[&before, &users],
+                )
+                .await
+                .map_err(store_err)?;
+            tx.commit().await.map_err(store_err)?;
+            deleted += to_u64(row.get(0));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The server tests' PostgreSQL: `SINKRON_TEST_POSTGRES_URL`, else the local one with
+    /// trust authentication.
+    pub fn admin_url() -> String {
+        std::env::var("SINKRON_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// A uniquely named, empty database, dropped with the value.
+    pub struct TestDatabase {
+        pub name: String,
+        pub url: String,
+    }
+
+    impl TestDatabase {
+        pub async fn create() -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "sinkron_unit_{}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                crate::now_ms()
+            );
+            let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+                .await
+                .expect("PostgreSQL answers (start it: pg_ctlcluster 15 main start)");
+            let task = tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create a test database");
+            drop(client);
+            let _ = task.await;
+            let base = admin_url();
+            let url = match base.rsplit_once('/') {
+                Some((head, _)) => format!("{head}/{name}"),
+                None => base,
+            };
+            Self { name, url }
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            // Drop cannot await; a thread with its own runtime can.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.ok()?;
+                    tokio::spawn(conn);
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_store_conformance_suite() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        crate::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn nodes_migrating_at_once_apply_each_migration_once() {
+        let db = TestDatabase::create().await;
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = db.url.clone();
+                tokio::spawn(async move { PostgresStore::open(&url, 1).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for open in opens {
+            let store = open.await.expect("open task");
+            stores.push(store.unwrap_or_else(|e| panic!("every node opens: {e}")));
+        }
+        let client = stores[0].client().await.expect("client");
+        let applied: i64 = client
+            .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(
+            applied,
+            i64::try_from(MIGRATIONS.len()).expect("few migrations")
+        );
+    }
+}
