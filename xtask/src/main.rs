@@ -3,9 +3,12 @@
 //! * `cargo xtask test` — the whole test suite, exactly what CI runs: formatting, lints, then
 //!   every test of the workspace (with cargo-nextest when installed, else `cargo test`). The
 //!   server tests need PostgreSQL on 127.0.0.1:5432; it is started (or installed) first.
+//! * `cargo xtask bench` — the server benchmark (release build, loopback only), a Markdown
+//!   table for `BENCHMARKS.md`.
 //!
 //! It only orchestrates other tools; no project logic lives here.
 
+mod bench;
 mod postgres;
 
 use std::process::{exit, Command};
@@ -14,6 +17,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => test(),
+        Some("bench") => bench::run(&args.collect::<Vec<_>>()),
         Some("help") | Some("--help") | Some("-h") | None => usage(0),
         Some(other) => {
             eprintln!("error: unknown chore `{other}`");
@@ -24,7 +28,7 @@ fn main() {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)"
+        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)"
     );
     exit(code)
 }
