@@ -3,6 +3,8 @@
 //! * `cargo xtask test` — the whole test suite, exactly what CI runs: formatting, lints, then
 //!   every test of the workspace (with cargo-nextest when installed, else `cargo test`). The
 //!   server tests need PostgreSQL on 127.0.0.1:5432; it is started (or installed) first.
+//! * `cargo xtask sim ARGS` — the simulation's long mode, in release mode; `cargo xtask test`
+//!   also runs its planted-bug checks (`sim.rs`).
 //! * `cargo xtask bench` — the server benchmark (release build, loopback only), a Markdown
 //!   table for `BENCHMARKS.md`.
 //!
@@ -10,6 +12,7 @@
 
 mod bench;
 mod postgres;
+mod sim;
 
 use std::process::{exit, Command};
 
@@ -17,6 +20,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("test") => test(),
+        Some("sim") => sim::long(&args.collect::<Vec<_>>()),
         Some("bench") => bench::run(&args.collect::<Vec<_>>()),
         Some("help") | Some("--help") | Some("-h") | None => usage(0),
         Some(other) => {
@@ -28,7 +32,7 @@ fn main() {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)"
+        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)\n  sim     run simulation seeds in release mode (--seeds N [--start S] | --seed S)"
     );
     exit(code)
 }
@@ -60,6 +64,7 @@ fn test() {
         eprintln!("note: cargo-nextest not found, using cargo test (cargo install cargo-nextest for a faster run)");
         step("tests", &["test", "--workspace", "--no-fail-fast"]);
     }
+    sim::planted(nextest);
 }
 
 /// Runs `cargo <args>`, exiting with its status if it fails.

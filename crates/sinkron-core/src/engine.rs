@@ -334,6 +334,10 @@ pub struct Engine {
     leader: bool,
     /// Whether we currently hold or wait for the leader lock.
     leadership_asked: bool,
+    /// A push was acknowledged without the server's state (it was sent without a cursor), so
+    /// its writes stay in view until a later answer of this tab shows that state: one must
+    /// come even if there is nothing else to send.
+    state_wanted: bool,
     unauthorized: bool,
 
     confirmed: Map<RecordKey, Stored>,
@@ -362,6 +366,8 @@ pub struct Engine {
 
     commands: VecDeque<Command>,
     last_status: Option<Status>,
+    /// The latest `now` seen, to notice the device clock jumping backwards.
+    last_now: Option<u64>,
 }
 
 impl Engine {
@@ -381,6 +387,7 @@ impl Engine {
             online: true,
             leader: false,
             leadership_asked: false,
+            state_wanted: false,
             unauthorized: false,
             confirmed: Map::default(),
             cursor: None,
@@ -402,6 +409,7 @@ impl Engine {
             error: None,
             commands: VecDeque::new(),
             last_status: None,
+            last_now: None,
         }
     }
 
@@ -508,6 +516,13 @@ impl Engine {
                 consider(t);
             }
         }
+        if self.state_wanted
+            && self.outbox.is_empty()
+            && self.api_usable()
+            && (self.can_pull() || self.cursor.is_some())
+        {
+            consider(self.retry_at.unwrap_or(0));
+        }
         if self.can_pull() {
             if self.pull_wanted {
                 consider(self.retry_at.unwrap_or(0));
@@ -521,6 +536,7 @@ impl Engine {
     // ----- handle -----
 
     pub fn handle_timeout(&mut self, now: u64) {
+        self.observe_time(now);
         self.finish(now);
     }
 
@@ -528,6 +544,7 @@ impl Engine {
     /// keepalive request and gives up leadership, so a hidden tab never polls and a visible
     /// one takes over.
     pub fn handle_visibility(&mut self, now: u64, visible: bool) {
+        self.observe_time(now);
         if self.visible == visible {
             return self.finish(now);
         }
@@ -542,12 +559,14 @@ impl Engine {
 
     /// The window got focus.
     pub fn handle_focus(&mut self, now: u64) {
+        self.observe_time(now);
         self.want_pull(now);
         self.finish(now);
     }
 
     /// The browser went online or offline.
     pub fn handle_online(&mut self, now: u64, online: bool) {
+        self.observe_time(now);
         if self.online != online {
             self.online = online;
             if online {
@@ -562,6 +581,7 @@ impl Engine {
 
     /// The driver got (`true`) or lost (`false`) the device's leader lock.
     pub fn handle_leadership(&mut self, now: u64, leader: bool) {
+        self.observe_time(now);
         if leader && !self.leadership_asked {
             // A grant that arrives after we gave the request up: hand it straight back.
             self.commands.push_back(Command::Leadership(false));
@@ -580,6 +600,7 @@ impl Engine {
 
     /// A message from another tab of this device.
     pub fn handle_tab_message(&mut self, now: u64, message: TabMessage) {
+        self.observe_time(now);
         let ours = message.scope == self.user;
         match message.body {
             TabBody::SignedIn => {
@@ -655,6 +676,7 @@ impl Engine {
     /// The outcome of the request sent as `Command::Send { id, .. }`. Replies to requests
     /// the engine no longer waits for (sent before a sign-out, say) are ignored.
     pub fn handle_reply(&mut self, now: u64, id: u64, reply: Reply) {
+        self.observe_time(now);
         let Some(index) = self.in_flight.iter().position(|f| f.id == id) else {
             return self.finish(now);
         };
@@ -667,6 +689,7 @@ impl Engine {
                 self.apply_page(now, request.last_sync, page);
                 if complete {
                     self.settle_acked(|acked_by| acked_by < request.id);
+                    self.state_wanted = false;
                 }
             }
             Reply::NotModified => {
@@ -686,9 +709,13 @@ impl Engine {
                     self.apply_page(now, request.last_sync, page);
                     if complete {
                         self.settle_acked(|acked_by| acked_by <= request.id);
+                        self.state_wanted = false;
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);
+                    if self.acked.iter().any(|(by, _)| *by == request.id) {
+                        self.state_wanted = true;
+                    }
                 }
             }
             Reply::Failed(_) if request.keepalive => {}
@@ -728,6 +755,7 @@ impl Engine {
         value: Option<String>,
     ) -> Result<(), WriteError> {
         validate_write(collection, key, value.as_deref())?;
+        self.observe_time(now);
         let record = Record {
             value,
             updated_at: self.clock.stamp(now),
@@ -768,6 +796,7 @@ impl Engine {
     /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
     /// pushed into the account, then the account's state is pulled. The other tabs follow.
     pub fn sign_in(&mut self, now: u64, user: &str) {
+        self.observe_time(now);
         if self.user.as_deref() == Some(user) {
             // Signing in again after a 401 resumes syncing with the queued writes intact.
             if self.unauthorized {
@@ -789,6 +818,7 @@ impl Engine {
     /// memory and storage and becomes an empty guest with a new client id. The other tabs
     /// follow.
     pub fn sign_out(&mut self, now: u64) {
+        self.observe_time(now);
         if self.user.is_none() {
             return self.finish(now);
         }
@@ -801,6 +831,7 @@ impl Engine {
     /// Sends the whole outbox at once with `keepalive` (within the keepalive budget): the
     /// page is being hidden or closed. What does not fit stays queued and persisted.
     pub fn flush(&mut self, now: u64) {
+        self.observe_time(now);
         self.flush_outbox();
         self.finish(now);
     }
@@ -837,13 +868,16 @@ impl Engine {
     }
 
     /// Loads this tab's persisted outbox and takes over its client id and numbering, so a
-    /// reloaded tab resends its writes under the same ids and the server dedupes them.
+    /// reloaded tab resends its writes under the same ids and the server dedupes them. The
+    /// restored mutations may have reached the server already, so a new write never joins
+    /// them: it takes a new id (the server would skip it as a retry otherwise).
     pub fn restore_outbox(&mut self, client_id: String, mutations: Vec<Mutation>) {
         self.client_id = client_id;
         self.outbox.clear();
         for m in mutations {
             self.clock.observe(m.updated_at);
             self.next_id = self.next_id.max(m.id + 1);
+            self.sent_max = self.sent_max.max(m.id);
             self.outbox.push(Pending {
                 id: m.id,
                 key: RecordKey::new(m.collection, m.key),
@@ -863,6 +897,22 @@ impl Engine {
 
     // ----- internals -----
 
+    /// Keeps deadlines meaningful when the device clock jumps backwards: every local time the
+    /// engine holds moves back with it. Otherwise a clock set back an hour would hold every
+    /// push, retry and pull for an hour, and treat every trigger as "just pulled".
+    fn observe_time(&mut self, now: u64) {
+        if let Some(back) = self.last_now.and_then(|last| last.checked_sub(now)) {
+            let shift = |t: &mut Option<u64>| *t = t.map(|t| t.saturating_sub(back));
+            shift(&mut self.pull_due);
+            shift(&mut self.last_pull_at);
+            shift(&mut self.first_write_at);
+            shift(&mut self.last_write_at);
+            shift(&mut self.retry_at);
+            shift(&mut self.last_synced_at);
+        }
+        self.last_now = Some(now);
+    }
+
     /// Switches to `user`'s scope (or the guest's), dropping every trace of the previous one.
     fn enter(&mut self, user: Option<String>) {
         let previous = self.user.take();
@@ -880,6 +930,7 @@ impl Engine {
         self.last_synced_at = None;
         self.error = None;
         self.unauthorized = false;
+        self.state_wanted = false;
         self.commands.push_back(Command::Persist(Persist::Wipe {
             scope: previous.clone(),
         }));
@@ -953,6 +1004,16 @@ impl Engine {
                 return;
             }
             self.pull_wanted = true;
+        }
+        // Cleared only by an answer that carries the state, so a lost request is retried.
+        if self.state_wanted && self.outbox.is_empty() && self.api_usable() {
+            if self.can_pull() {
+                self.pull_wanted = true;
+            } else if let Some(cursor) = self.cursor.clone() {
+                // Not the leader: an empty push with our cursor answers with the state.
+                self.send_push(Vec::new(), Some(cursor), false);
+                return;
+            }
         }
         if self.can_pull() && (self.pull_wanted || self.pull_due.is_some_and(|t| t <= now)) {
             self.pull_wanted = false;
@@ -1181,13 +1242,28 @@ impl Engine {
             updated_at: change.updated_at,
             client_id: change.client_id,
         };
-        // Another tab's write is settled once the server holds it or something newer.
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::PullOverwritesPending) {
+            self.outbox.retain(|p| p.key != key);
+        }
+        // Another tab's write is settled once the server holds it or something newer. The
+        // server may hold it with an earlier `updatedAt` (clamped: it was stamped by a clock
+        // running ahead), so "holds it" is the same writer and value, whatever the stamp:
+        // otherwise the unclamped copy would outrank newer writes in this view forever.
         if self
             .foreign
             .get(&key)
-            .is_some_and(|f| !f.record.wins_over(&record))
+            .is_some_and(|f| !f.record.wins_over(&record) || same_write(&f.record, &record))
         {
             self.foreign.remove(&key);
+        }
+        // Likewise this tab's acknowledged writes, once their stored copy arrives.
+        let before = self.acked.len();
+        self.acked
+            .retain(|(_, p)| !(p.key == key && same_write(&p.record, &record)));
+        if self.acked.len() != before {
+            self.commands
+                .push_back(Command::Notify(Notice::Changed(vec![key.clone()])));
         }
         self.confirmed.insert(
             key,
@@ -1249,6 +1325,14 @@ impl Pending {
             + self.key.key.len() * 6
             + self.record.value.as_ref().map_or(4, String::len)
     }
+}
+
+/// Whether `stored` is `written` as the server keeps it: the same writer and value; the
+/// server may have clamped the timestamp.
+fn same_write(written: &Record, stored: &Record) -> bool {
+    written.client_id == stored.client_id
+        && written.value == stored.value
+        && stored.updated_at <= written.updated_at
 }
 
 /// The same limits the server enforces, checked before anything is queued.

@@ -15,6 +15,8 @@
 
 pub mod clock;
 pub mod engine;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod protocol;
 pub mod record;
 mod rng;

@@ -33,6 +33,10 @@ pub use config::Config;
 use error::ApiError;
 use store::Store;
 
+/// The server's clock, in milliseconds since the Unix epoch: [`now_ms`] unless a test or the
+/// simulation swaps in a virtual one with [`AppState::with_clock`].
+pub type ServerClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -40,6 +44,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// In-memory guards of the sign-in routes (hashing slots, login throttle).
     guards: Arc<auth::AuthGuards>,
+    /// Stamps sync answers (`serverTime`) and bounds future `updatedAt`s.
+    clock: ServerClock,
 }
 
 impl AppState {
@@ -48,7 +54,18 @@ impl AppState {
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
+            clock: Arc::new(now_ms),
         }
+    }
+
+    /// The same state on another clock, e.g. the simulation's virtual time.
+    pub fn with_clock(self, clock: ServerClock) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The time by this state's clock.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 }
 

@@ -19,7 +19,7 @@ use sinkron_core::Mutation;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::store::{Page, PushBatch};
-use crate::{now_ms, AppState};
+use crate::AppState;
 
 /// Mutation ids are stored as SQLite/PostgreSQL `BIGINT`.
 const MUTATION_ID_MAX: u64 = i64::MAX as u64;
@@ -132,7 +132,7 @@ async fn pull(
         changes,
         more,
         reset,
-        server_time: now_ms(),
+        server_time: state.now_ms(),
     };
     json_response(&body, cursor)
 }
@@ -228,7 +228,7 @@ async fn push(
         .as_deref()
         .map(|c| parse_cursor(c, user.version))
         .transpose()?;
-    let now = now_ms();
+    let now = state.now_ms();
     let outcome = state
         .store
         .push(

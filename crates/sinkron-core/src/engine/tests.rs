@@ -873,3 +873,133 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
 }
+
+#[test]
+fn a_clock_jumping_backwards_does_not_hold_the_next_pull() {
+    let mut tab = Tab::leader();
+    let due = tab
+        .engine
+        .poll_timeout()
+        .expect("the next pull is scheduled");
+    // The device clock is set back an hour; the driver's timer still fires on time.
+    tab.now = due - 3_600_000;
+    tab.engine.handle_timeout(tab.now);
+    // The engine cannot know how long passed before the jump, but waits at most one more
+    // interval, not the hour.
+    let next = tab
+        .engine
+        .poll_timeout()
+        .expect("a pull is still scheduled");
+    assert!(
+        next <= tab.now + Config::default().interval_ms,
+        "{next} vs {}",
+        tab.now
+    );
+    tab.fire();
+    let (_, request) = tab.only_send();
+    assert!(matches!(request, Request::Pull { .. }));
+}
+
+#[test]
+fn a_write_after_restoring_an_outbox_never_reuses_a_restored_id() {
+    let mut tab = Tab::new(5);
+    tab.engine.restore_user(Some("u1".into()));
+    let restored = Mutation {
+        id: 3,
+        collection: "history".into(),
+        key: "e1".into(),
+        value: Some(r#"{"p":1}"#.into()),
+        updated_at: T0 - 10,
+    };
+    tab.engine.restore_outbox("c1".into(), vec![restored]);
+    // Mutation 3 may have reached the server before the tab died: the server would skip a
+    // new value under that id as a retry.
+    tab.write("e1", r#"{"p":2}"#);
+    let ids: Vec<u64> = tab.engine.outbox().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![3, 4]);
+}
+
+#[test]
+fn a_clamped_write_stops_outranking_newer_writes_once_its_stored_copy_arrives() {
+    let mut tab = Tab::leader();
+    // Another tab's write, stamped by a clock an hour fast.
+    let future = T0 + 3_600_000;
+    let wrote = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Wrote {
+            id: 1,
+            key: RecordKey::new("history", "e1"),
+            record: Record {
+                value: Some(r#"{"p":1}"#.into()),
+                updated_at: future,
+                client_id: "other".into(),
+            },
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, wrote);
+    // The server stored it clamped, then a newer write from another device.
+    let synced = |from: &str, to: &str, changes| TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some(from.into()),
+            to: to.into(),
+            reset: false,
+            changes,
+        },
+    };
+    let stored = change("e1", Some(r#"{"p":1}"#), T0 + 60_000, "other", 2);
+    tab.engine
+        .handle_tab_message(tab.now, synced("1", "2", vec![stored]));
+    let newer = change("e1", Some(r#"{"p":2}"#), T0 + 61_000, "device", 3);
+    tab.engine
+        .handle_tab_message(tab.now, synced("2", "3", vec![newer]));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":2}"#));
+}
+
+#[test]
+fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
+    let mut tab = Tab::new(9);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.write("e1", r#"{"p":1}"#);
+    tab.drain();
+    tab.fire();
+    // Not the leader and no cursor yet: the push goes without one and its answer holds no
+    // state.
+    let (id, request) = tab.only_send();
+    assert!(matches!(
+        &request,
+        Request::Push {
+            last_sync: None,
+            ..
+        }
+    ));
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("5", vec![], false),
+        },
+    );
+    tab.drain();
+    let reset = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: None,
+            to: "4".into(),
+            reset: true,
+            changes: vec![],
+        },
+    };
+    // Once it has a cursor, it asks for the state at once: an empty push with the cursor.
+    tab.engine.handle_tab_message(tab.now, reset);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Push {
+            client_id: tab.engine.client_id().to_owned(),
+            mutations: vec![],
+            last_sync: Some("4".into()),
+            keepalive: false,
+        }
+    );
+}

@@ -19,6 +19,9 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use sinkron_core::{Change, Record};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+#[cfg(feature = "planted-bugs")]
+use sinkron_core::planted::{planted, Bug};
+
 use super::{
     OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
 };
@@ -374,6 +377,8 @@ fn apply_push(
 
     let now = to_i64(batch.now_ms, "server time")?;
     let mut applied = 0;
+    #[cfg(feature = "planted-bugs")]
+    let ack = if planted(Bug::NoDedupe) { 0 } else { ack };
     for m in batch.mutations.iter().filter(|m| m.id > ack) {
         let incoming = Record {
             value: None,
@@ -396,13 +401,22 @@ fn apply_push(
                 .optional()
             })
             .map_err(store_err)?;
+        #[cfg(feature = "planted-bugs")]
+        let current = current.filter(|_| !planted(Bug::ArrivalOrder));
         if current.is_some_and(|c| !incoming.wins_over(&c)) {
             continue;
         }
         version += 1;
+        #[allow(unused_mut)]
+        let mut row_version = version;
+        #[cfg(feature = "planted-bugs")]
+        if planted(Bug::TimestampCursor) {
+            row_version = incoming.updated_at;
+            version = (version - 1).max(row_version);
+        }
         let (updated_at, stamped) = (
             to_i64(incoming.updated_at, "updatedAt")?,
-            to_i64(version, "version")?,
+            to_i64(row_version, "version")?,
         );
         tx.prepare_cached(
             "INSERT INTO records

@@ -1,0 +1,53 @@
+//! Known bugs, planted on purpose so the simulation can show that it finds them.
+//!
+//! Compiled only with the `planted-bugs` feature, which is off by default and enabled by
+//! nothing but the simulation's planted-bug checks (`cargo xtask sim-planted`). Each planted
+//! site is a few lines under `#[cfg(feature = "planted-bugs")]` that consult [`planted`]; a
+//! run switches one bug on with [`plant`] before it starts.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// The bugs the simulation must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Bug {
+    /// The server stores whatever arrives last instead of the newest write.
+    ArrivalOrder = 1,
+    /// The server's cursor is a timestamp (a record's version is its `updatedAt`).
+    TimestampCursor = 2,
+    /// The server applies mutations at or below the client's ack again.
+    NoDedupe = 4,
+    /// A pulled change drops the tab's pending write to the same key.
+    PullOverwritesPending = 8,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [
+        Bug::ArrivalOrder,
+        Bug::TimestampCursor,
+        Bug::NoDedupe,
+        Bug::PullOverwritesPending,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::ArrivalOrder => "arrival-order",
+            Bug::TimestampCursor => "timestamp-cursor",
+            Bug::NoDedupe => "no-dedupe",
+            Bug::PullOverwritesPending => "pull-overwrites-pending",
+        }
+    }
+}
+
+static PLANTED: AtomicU8 = AtomicU8::new(0);
+
+/// Switches `bug` on for the rest of the process.
+pub fn plant(bug: Bug) {
+    PLANTED.fetch_or(bug as u8, Ordering::Relaxed);
+}
+
+/// Whether `bug` is switched on.
+pub fn planted(bug: Bug) -> bool {
+    PLANTED.load(Ordering::Relaxed) & bug as u8 != 0
+}

@@ -1,0 +1,622 @@
+//! The server side of a run: the real axum service ([`sinkron_server::app`]) over the real
+//! SQLite store, in a temporary directory, on the run's virtual clock; and beside it a model of
+//! what protocol v1 says the server must hold, which every answer is checked against.
+//!
+//! A crash drops the service and the store (and with them every cache); a restart reopens the
+//! same file. The model is what was acknowledged durably, so it survives both.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request as HttpRequest, StatusCode};
+use axum::Router;
+use sha2::{Digest, Sha256};
+use sinkron_core::engine::Failure;
+use sinkron_core::protocol::{PullResponse, PushRequest, PushResponse};
+use sinkron_core::{Mutation, Page, Record, Reply, Request};
+use sinkron_server::store::sqlite::SqliteStore;
+use sinkron_server::store::{Store, UserId};
+use sinkron_server::{app, AppState, Config};
+use tower::ServiceExt;
+
+use crate::rng::Rng;
+use crate::Violation;
+
+/// `(collection, key)`, ordered so reports list keys in a stable order.
+pub type Key = (String, String);
+
+/// How far ahead of its clock the server lets an `updatedAt` be (its default).
+const MAX_FUTURE_MS: u64 = 60_000;
+
+/// The server's state of one user, as protocol v1 defines it.
+#[derive(Debug, Default)]
+struct UserModel {
+    /// Each record with the model's own version of its last change.
+    records: BTreeMap<Key, (Record, u64)>,
+    version: u64,
+    acks: HashMap<String, u64>,
+    /// Cursors the server issued on complete answers, with the model's version at the time:
+    /// a cursor names one state.
+    cursors: HashMap<String, u64>,
+    /// The newest delete ever stored per key (a full pull leaves deletes out, so a tab may
+    /// show nothing where the server once held one).
+    deletes: HashMap<Key, Record>,
+}
+
+/// A mutation the server stored with an earlier `updatedAt` than the client stamped.
+#[derive(Debug)]
+pub struct Clamp {
+    pub client_id: String,
+    pub key: Key,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// What serving one request did.
+#[derive(Debug)]
+pub struct Served {
+    pub reply: Reply,
+    pub clamps: Vec<Clamp>,
+    /// A short description for the trace.
+    pub summary: String,
+}
+
+struct Live {
+    store: Arc<dyn Store>,
+    service: Router,
+}
+
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    clock: Arc<AtomicU64>,
+    live: Option<Live>,
+    user_ids: Vec<UserId>,
+    tokens: Vec<String>,
+    models: Vec<UserModel>,
+}
+
+impl Server {
+    /// A fresh database with `users` accounts and one token each, created through the store
+    /// (password hashing is the slow part of sign-up and is not what is under test).
+    pub fn start(users: usize, now: u64, rng: &mut Rng) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        let dir = temp_dir()?;
+        let path = dir.path().join("sim.db");
+        let mut server = Server {
+            runtime,
+            _dir: dir,
+            path,
+            clock: Arc::new(AtomicU64::new(now)),
+            live: None,
+            user_ids: Vec::new(),
+            tokens: Vec::new(),
+            models: (0..users).map(|_| UserModel::default()).collect(),
+        };
+        server.restart()?;
+        let store = server.store()?;
+        for i in 0..users {
+            let token: String = (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect();
+            let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let id = server
+                .runtime
+                .block_on(async {
+                    let id = store.create_user(&format!("user{i}"), "-", now).await?;
+                    store.create_token(id, &hash, now).await?;
+                    Ok::<_, sinkron_server::store::StoreError>(id)
+                })
+                .map_err(|e| format!("create user: {e}"))?;
+            server.user_ids.push(id);
+            server.tokens.push(token);
+        }
+        Ok(server)
+    }
+
+    fn store(&self) -> Result<Arc<dyn Store>, String> {
+        self.live
+            .as_ref()
+            .map(|l| l.store.clone())
+            .ok_or_else(|| "server is down".to_owned())
+    }
+
+    /// The id the engine knows a user by (the server's user id, as on the wire).
+    pub fn user_id(&self, user: usize) -> String {
+        self.user_ids[user].to_string()
+    }
+
+    /// The user index of a wire user id.
+    pub fn user_index(&self, id: &str) -> Option<usize> {
+        self.user_ids.iter().position(|u| u.to_string() == id)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.live.is_some()
+    }
+
+    pub fn set_time(&self, now: u64) {
+        self.clock.store(now, Ordering::Relaxed);
+    }
+
+    /// The process dies: the service, the store and its caches are gone; the file stays.
+    pub fn crash(&mut self) {
+        self.live = None;
+    }
+
+    /// Opens the database file again (the lock of the dead process is released by then).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.live = None;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&self.path).map_err(|e| format!("open store: {e}"))?);
+        let clock = self.clock.clone();
+        let state = AppState::new(store.clone(), Config::default())
+            .with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        self.live = Some(Live {
+            store,
+            service: app(state),
+        });
+        Ok(())
+    }
+
+    /// Serves one request of `user`'s tab over the real service, then checks the answer and
+    /// the stored state against the model. `Ok(None)`: the server is down.
+    pub fn serve(
+        &mut self,
+        now: u64,
+        user: usize,
+        request: &Request,
+    ) -> Result<Option<Served>, Violation> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(None);
+        };
+        self.set_time(now);
+        let token = &self.tokens[user];
+        let http = build_request(token, request)
+            .map_err(|e| Violation::new("sim", format!("cannot encode request: {e}")))?;
+        let service = live.service.clone();
+        let (status, retry_after, body) = self
+            .runtime
+            .block_on(async move {
+                let response = service.oneshot(http).await?;
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok::<_, Box<dyn std::error::Error>>((status, retry_after, body))
+            })
+            .map_err(|e| Violation::new("sim", format!("service failed: {e}")))?;
+        if status.is_server_error() {
+            return Err(Violation::new(
+                "server answers no 5xx",
+                format!("{status}: {}", String::from_utf8_lossy(&body)),
+            ));
+        }
+        let failure = |status: StatusCode| match status.as_u16() {
+            401 => Failure::Unauthorized,
+            429 => Failure::Unavailable {
+                retry_after_ms: retry_after.map(|s| s * 1000),
+            },
+            408 => Failure::Network,
+            code => Failure::Rejected { status: code },
+        };
+        let mut clamps = Vec::new();
+        let (reply, summary) = match request {
+            Request::Pull { last_sync } => {
+                if status == StatusCode::NOT_MODIFIED {
+                    self.check_not_modified(user, last_sync.as_deref())?;
+                    (Reply::NotModified, "304".to_owned())
+                } else if status == StatusCode::OK {
+                    let body: PullResponse = serde_json::from_slice(&body)
+                        .map_err(|e| Violation::new("protocol", format!("pull body: {e}")))?;
+                    let page = Page {
+                        cursor: body.cursor,
+                        changes: body.changes,
+                        more: body.more,
+                        reset: body.reset,
+                        server_time: body.server_time,
+                    };
+                    self.check_page(user, last_sync.as_deref(), &page)?;
+                    let summary = format!(
+                        "200 cursor={} changes={}{}",
+                        page.cursor,
+                        page.changes.len(),
+                        if page.reset { " reset" } else { "" }
+                    );
+                    (Reply::Pulled(page), summary)
+                } else {
+                    (
+                        Reply::Failed(failure(status)),
+                        format!("{status} {}", String::from_utf8_lossy(&body)),
+                    )
+                }
+            }
+            Request::Push {
+                client_id,
+                mutations,
+                last_sync,
+                ..
+            } => {
+                if status == StatusCode::OK {
+                    let body: PushResponse = serde_json::from_slice(&body)
+                        .map_err(|e| Violation::new("protocol", format!("push body: {e}")))?;
+                    let ack_before = self.models[user].acks.get(client_id).copied();
+                    clamps = self.apply_to_model(user, client_id, mutations, now);
+                    self.check_push(user, client_id, mutations, ack_before, body.ack)?;
+                    let page = Page {
+                        cursor: body.cursor,
+                        changes: body.changes,
+                        more: body.more,
+                        reset: body.reset,
+                        server_time: body.server_time,
+                    };
+                    if last_sync.is_some() {
+                        self.check_page(user, last_sync.as_deref(), &page)?;
+                    }
+                    let summary = format!(
+                        "200 ack={} cursor={} changes={}",
+                        body.ack,
+                        page.cursor,
+                        page.changes.len()
+                    );
+                    (
+                        Reply::Pushed {
+                            ack: body.ack,
+                            page,
+                        },
+                        summary,
+                    )
+                } else {
+                    // A refused batch applies nothing: the stored state must still match.
+                    self.check_state(user, None)?;
+                    (
+                        Reply::Failed(failure(status)),
+                        format!("{status} {}", String::from_utf8_lossy(&body)),
+                    )
+                }
+            }
+        };
+        Ok(Some(Served {
+            reply,
+            clamps,
+            summary,
+        }))
+    }
+
+    /// Protocol v1's push, on the model: skip ids at or below the ack, clamp, newest wins.
+    fn apply_to_model(
+        &mut self,
+        user: usize,
+        client_id: &str,
+        mutations: &[Mutation],
+        now: u64,
+    ) -> Vec<Clamp> {
+        let model = &mut self.models[user];
+        let ack = model.acks.get(client_id).copied().unwrap_or(0);
+        let mut clamps = Vec::new();
+        for m in mutations.iter().filter(|m| m.id > ack) {
+            let key = (m.collection.clone(), m.key.clone());
+            let updated_at = m.updated_at.min(now + MAX_FUTURE_MS);
+            if updated_at != m.updated_at {
+                clamps.push(Clamp {
+                    client_id: client_id.to_owned(),
+                    key: key.clone(),
+                    from: m.updated_at,
+                    to: updated_at,
+                });
+            }
+            let incoming = Record {
+                value: m.value.clone(),
+                updated_at,
+                client_id: client_id.to_owned(),
+            };
+            let wins = model
+                .records
+                .get(&key)
+                .is_none_or(|(current, _)| incoming.wins_over(current));
+            if wins {
+                if incoming.is_tombstone()
+                    && model
+                        .deletes
+                        .get(&key)
+                        .is_none_or(|d| incoming.wins_over(d))
+                {
+                    model.deletes.insert(key.clone(), incoming.clone());
+                }
+                model.version += 1;
+                model.records.insert(key, (incoming, model.version));
+            }
+        }
+        let highest = mutations.iter().map(|m| m.id).max().unwrap_or(0);
+        model.acks.insert(client_id.to_owned(), ack.max(highest));
+        clamps
+    }
+
+    /// Invariants 2 and 3 after a push: the ack is the model's, and the stored records are
+    /// exactly what newest-wins over every acknowledged mutation gives.
+    fn check_push(
+        &mut self,
+        user: usize,
+        client_id: &str,
+        mutations: &[Mutation],
+        ack_before: Option<u64>,
+        ack: u64,
+    ) -> Result<(), Violation> {
+        let expected = self.models[user].acks.get(client_id).copied().unwrap_or(0);
+        if ack != expected {
+            return Err(Violation::new(
+                "3 retries apply once",
+                format!("push of {client_id} answered ack {ack}, protocol says {expected}"),
+            ));
+        }
+        let retried: Vec<&Mutation> = mutations
+            .iter()
+            .filter(|m| ack_before.is_some_and(|a| m.id <= a))
+            .collect();
+        self.check_state(user, Some((client_id, &retried)))
+    }
+
+    /// Compares every stored record of `user` (tombstones included) with the model.
+    pub fn check_state(
+        &mut self,
+        user: usize,
+        push: Option<(&str, &[&Mutation])>,
+    ) -> Result<(), Violation> {
+        let stored = self.stored(user)?;
+        let model = &self.models[user];
+        let keys: std::collections::BTreeSet<&Key> =
+            stored.keys().chain(model.records.keys()).collect();
+        for key in keys {
+            let real = stored.get(key);
+            let want = model.records.get(key).map(|(r, _)| r);
+            if real == want {
+                continue;
+            }
+            let detail = format!(
+                "user {user} {}/{}: server holds {}, protocol says {}",
+                key.0,
+                key.1,
+                show(real),
+                show(want)
+            );
+            if let Some((client_id, retried)) = push {
+                if let Some(m) = retried
+                    .iter()
+                    .find(|m| m.collection == key.0 && m.key == key.1)
+                {
+                    return Err(Violation::new(
+                        "3 retries apply once",
+                        format!(
+                            "mutation {} of {client_id} at or below its ack was applied again; {detail}",
+                            m.id
+                        ),
+                    ));
+                }
+            }
+            return Err(Violation::new("2 newest write wins, nothing lost", detail));
+        }
+        Ok(())
+    }
+
+    /// Checks every user's stored state (after a restart).
+    pub fn check_all(&mut self) -> Result<(), Violation> {
+        for user in 0..self.models.len() {
+            self.check_state(user, None)?;
+        }
+        Ok(())
+    }
+
+    /// The stored records of `user`, tombstones included, read from the store directly.
+    pub fn stored(&self, user: usize) -> Result<BTreeMap<Key, Record>, Violation> {
+        let store = self
+            .store()
+            .map_err(|e| Violation::new("sim", e.to_string()))?;
+        let id = self.user_ids[user];
+        let page = self
+            .runtime
+            .block_on(store.pull(id, Some(0), 1_000_000))
+            .map_err(|e| Violation::new("sim", format!("read store: {e}")))?;
+        Ok(page
+            .changes
+            .into_iter()
+            .map(|c| {
+                (
+                    (c.collection, c.key),
+                    Record {
+                        value: c.value,
+                        updated_at: c.updated_at,
+                        client_id: c.client_id,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// The newest delete `user`'s `key` ever had on the server.
+    pub fn newest_delete(&self, user: usize, key: &Key) -> Option<&Record> {
+        self.models[user].deletes.get(key)
+    }
+
+    /// Invariant 4 for a `304`: nothing changed after the cursor.
+    fn check_not_modified(&self, user: usize, since: Option<&str>) -> Result<(), Violation> {
+        let model = &self.models[user];
+        let Some(at) = since.and_then(|c| model.cursors.get(c)) else {
+            return Ok(());
+        };
+        if let Some((key, (record, _))) = model.records.iter().find(|(_, (_, v))| v > at) {
+            return Err(Violation::new(
+                "4 incremental pull misses nothing",
+                format!(
+                    "pull from cursor {} answered 304, but {}/{} changed after it (now {})",
+                    since.unwrap_or("-"),
+                    key.0,
+                    key.1,
+                    show(Some(record))
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Invariant 4 for a page: an incremental page holds every change after its cursor; a
+    /// full page is the whole live state; a cursor names one state.
+    fn check_page(
+        &mut self,
+        user: usize,
+        since: Option<&str>,
+        page: &Page,
+    ) -> Result<(), Violation> {
+        let model = &mut self.models[user];
+        let got: HashMap<(&str, &str), &sinkron_core::Change> = page
+            .changes
+            .iter()
+            .map(|c| ((c.collection.as_str(), c.key.as_str()), c))
+            .collect();
+        let as_record = |c: &sinkron_core::Change| Record {
+            value: c.value.clone(),
+            updated_at: c.updated_at,
+            client_id: c.client_id.clone(),
+        };
+        if since.is_none() || page.reset {
+            if !page.more {
+                for (key, (record, _)) in &model.records {
+                    let real = got
+                        .get(&(key.0.as_str(), key.1.as_str()))
+                        .map(|c| as_record(c));
+                    let live = record.value.is_some().then_some(record);
+                    if real.as_ref() != live {
+                        return Err(Violation::new(
+                            "4 incremental pull misses nothing",
+                            format!(
+                                "full page (cursor {}) has {}/{} as {}, state is {}",
+                                page.cursor,
+                                key.0,
+                                key.1,
+                                show(real.as_ref()),
+                                show(Some(record))
+                            ),
+                        ));
+                    }
+                }
+            }
+        } else if let Some(&at) = since.and_then(|c| model.cursors.get(c)) {
+            for (key, (record, version)) in &model.records {
+                if *version <= at {
+                    continue;
+                }
+                let real = got
+                    .get(&(key.0.as_str(), key.1.as_str()))
+                    .map(|c| as_record(c));
+                if real.is_none() && page.more {
+                    continue;
+                }
+                if real.as_ref() != Some(record) && !page.more {
+                    return Err(Violation::new(
+                        "4 incremental pull misses nothing",
+                        format!(
+                            "page after cursor {} (to {}) has {}/{} as {}, but it changed after \
+                             the cursor to {}",
+                            since.unwrap_or("-"),
+                            page.cursor,
+                            key.0,
+                            key.1,
+                            show(real.as_ref()),
+                            show(Some(record))
+                        ),
+                    ));
+                }
+            }
+        }
+        if !page.more {
+            let version = model.version;
+            if let Some(&named) = model.cursors.get(&page.cursor) {
+                if named != version {
+                    return Err(Violation::new(
+                        "4 incremental pull misses nothing",
+                        format!(
+                            "cursor {} was issued again after changes committed since it was \
+                             first issued: a client at it misses them",
+                            page.cursor
+                        ),
+                    ));
+                }
+            } else {
+                model.cursors.insert(page.cursor.clone(), version);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn show(record: Option<&Record>) -> String {
+    match record {
+        None => "nothing".into(),
+        Some(r) => format!(
+            "{}@{}/{}",
+            r.value.as_deref().unwrap_or("null"),
+            r.updated_at,
+            r.client_id
+        ),
+    }
+}
+
+fn build_request(token: &str, request: &Request) -> Result<HttpRequest<Body>, String> {
+    let bearer = format!("Bearer {token}");
+    let http = match request {
+        Request::Pull { last_sync } => {
+            let mut builder = HttpRequest::get(match last_sync {
+                Some(c) => format!("/api/user/me?lastSync={c}"),
+                None => "/api/user/me".to_owned(),
+            })
+            .header(header::AUTHORIZATION, bearer);
+            if let Some(c) = last_sync {
+                builder = builder.header(header::IF_NONE_MATCH, format!("\"{c}\""));
+            }
+            builder.body(Body::empty())
+        }
+        Request::Push {
+            client_id,
+            mutations,
+            last_sync,
+            ..
+        } => {
+            let body = PushRequest {
+                client_id: client_id.clone(),
+                mutations: mutations.clone(),
+                last_sync: last_sync.clone(),
+            };
+            let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+            HttpRequest::post("/api/user/me/changes")
+                .header(header::AUTHORIZATION, bearer)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(bytes))
+        }
+    };
+    http.map_err(|e| e.to_string())
+}
+
+/// A directory for the run's database: in memory (`/dev/shm`) where there is one, since the
+/// store syncs every commit to disk; `SINKRON_SIM_DIR` overrides.
+fn temp_dir() -> Result<tempfile::TempDir, String> {
+    let base = std::env::var_os("SINKRON_SIM_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let shm = PathBuf::from("/dev/shm");
+            shm.is_dir().then_some(shm)
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("sinkron-sim-")
+        .tempdir_in(&base)
+        .map_err(|e| format!("temp dir in {}: {e}", base.display()))
+}
