@@ -13,6 +13,7 @@
 mod bench;
 mod postgres;
 mod sim;
+mod web;
 
 use std::process::{exit, Command};
 
@@ -22,6 +23,10 @@ fn main() {
         Some("test") => test(),
         Some("sim") => sim::long(&args.collect::<Vec<_>>()),
         Some("bench") => bench::run(&args.collect::<Vec<_>>()),
+        Some("wasm") => web::wasm(),
+        Some("demo") => web::demo(),
+        Some("run") => web::serve(&args.collect::<Vec<_>>()),
+        Some("e2e") => web::e2e(),
         Some("help") | Some("--help") | Some("-h") | None => usage(0),
         Some(other) => {
             eprintln!("error: unknown chore `{other}`");
@@ -32,7 +37,7 @@ fn main() {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: cargo xtask <chore>\n\nchores:\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)\n  sim     run simulation seeds in release mode (--seeds N [--start S] | --seed S)"
+        "usage: cargo xtask <chore>\n\nchores:\n  run     build the demo and serve it with the sync server at http://127.0.0.1:8080\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)\n  wasm    build the browser engine and print its size\n  demo    build the demo site (demo/dist)\n  e2e     run the browser scenarios (after `demo`)\n  sim     run simulation seeds in release mode (--seeds N [--start S] | --seed S)"
     );
     exit(code)
 }

@@ -90,6 +90,11 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub request_timeout_secs: u64,
+
+    /// Serve this directory (a built web app, e.g. the demo's `demo/dist`) at `/`, with its
+    /// `index.html` for paths it does not have. API paths are never shadowed by it.
+    #[arg(long, env = "SINKRON_STATIC_DIR", value_name = "DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -103,6 +108,7 @@ impl Default for Config {
             page_size: 1000,
             tombstone_ttl_secs: 30 * 24 * 3600,
             request_timeout_secs: 30,
+            static_dir: None,
         }
     }
 }

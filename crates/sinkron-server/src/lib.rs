@@ -20,12 +20,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use sinkron_core::protocol::BODY_BYTES_MAX;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -79,11 +80,22 @@ pub fn now_ms() -> u64 {
 /// The whole HTTP service.
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(auth::router())
-        .merge(sync::router())
-        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .merge(sync::router());
+    let router = match &state.config.static_dir {
+        // A web app: unknown `/api/…` paths still answer our JSON 404, everything else is a
+        // file of the app or its `index.html` (client-side routes).
+        Some(dir) => router
+            .route(
+                "/api/{*rest}",
+                any(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
+            )
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        None => router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
+    };
+    router
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })

@@ -1,0 +1,345 @@
+// Sinkron TV: a small streaming site whose personal data (history with playback position,
+// favourites, likes) syncs across tabs and devices with Sinkron.
+
+import { useEffect, useState, type FormEvent } from "react";
+import { useSinkron, useUserSync } from "sinkron/react";
+import type { HistoryEntry } from "sinkron";
+import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
+
+/** `?interval=MS` overrides the pull interval (for demos and tests). */
+const interval = Number(new URLSearchParams(location.search).get("interval")) || 30000;
+
+function useRoute(): string {
+  const [route, setRoute] = useState(location.hash || "#/");
+  useEffect(() => {
+    const onHash = () => setRoute(location.hash || "#/");
+    addEventListener("hashchange", onHash);
+    return () => removeEventListener("hashchange", onHash);
+  }, []);
+  return route;
+}
+
+export function App() {
+  useUserSync({ interval, onFocus: true, onLogin: true, crossTab: true });
+  const ready = useSinkron((s) => s.ready);
+  const route = useRoute();
+  const [playing, setPlaying] = useState<string | null>(null);
+  if (!ready) return <div className="loading">Loading…</div>;
+  return (
+    <>
+      <Header />
+      <main>
+        {playing && <Player episodeId={playing} onClose={() => setPlaying(null)} />}
+        {route === "#/history" ? <HistoryPage onPlay={setPlaying} /> : <Home onPlay={setPlaying} />}
+      </main>
+    </>
+  );
+}
+
+function Header() {
+  return (
+    <header className="top">
+      <a className="logo" href="#/">
+        Sinkron<span>TV</span>
+      </a>
+      <nav>
+        <a href="#/">Home</a>
+        <a href="#/history">History</a>
+      </nav>
+      <SyncStatus />
+      <Account />
+    </header>
+  );
+}
+
+function SyncStatus() {
+  const status = useSinkron((s) => s.status);
+  const [, tick] = useState(0);
+  useEffect(() => {
+    const t = setInterval(() => tick((n) => n + 1), 1000);
+    return () => clearInterval(t);
+  }, []);
+  let text: string;
+  switch (status.state) {
+    case "guest":
+      text = "Guest · saved on this device";
+      break;
+    case "offline":
+      text = status.pending > 0 ? `Offline · ${status.pending} pending` : "Offline";
+      break;
+    case "pending":
+      text = `Pending ${status.pending}`;
+      break;
+    case "syncing":
+      text = "Syncing…";
+      break;
+    default: {
+      const ago = status.lastSyncedAt ? Math.max(0, Math.round((Date.now() - status.lastSyncedAt) / 1000)) : null;
+      text = ago === null ? "Synced" : `Synced ${ago} s ago`;
+    }
+  }
+  return (
+    <div className={`sync sync-${status.state}`} data-testid="sync-status" data-state={status.state} data-pending={status.pending}>
+      <i aria-hidden="true" />
+      {text}
+    </div>
+  );
+}
+
+function Account() {
+  const user = useSinkron((s) => s.user);
+  const signIn = useSinkron((s) => s.signIn);
+  const signOut = useSinkron((s) => s.signOut);
+  const [username, setUsername] = useState("");
+  const [password, setPassword] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  if (user) {
+    return (
+      <div className="account">
+        <span data-testid="username">{user.username || "signed in"}</span>
+        <button data-testid="logout" onClick={() => void signOut()}>
+          Sign out
+        </button>
+      </div>
+    );
+  }
+  const submit = async (create: boolean, e?: FormEvent) => {
+    e?.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await signIn(username, password, { create });
+      setPassword("");
+    } catch (err) {
+      setError(err instanceof Error ? err.message : String(err));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form className="account" onSubmit={(e) => void submit(false, e)}>
+      <input data-testid="login-username" placeholder="username" autoComplete="username" value={username} onChange={(e) => setUsername(e.target.value)} />
+      <input data-testid="login-password" placeholder="password" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} />
+      <button data-testid="login-submit" type="submit" disabled={busy}>
+        Sign in
+      </button>
+      <button data-testid="signup-submit" type="button" disabled={busy} onClick={() => void submit(true)}>
+        Sign up
+      </button>
+      {error && (
+        <p className="error" role="alert">
+          {error}
+        </p>
+      )}
+    </form>
+  );
+}
+
+function Artwork({ show, small }: { show: Show; small?: boolean }) {
+  return (
+    <div className={small ? "art small" : "art"} style={{ background: `linear-gradient(135deg, ${show.colors[0]}, ${show.colors[1]})` }}>
+      <span>{show.title.split(" ").map((w) => w[0]).join("")}</span>
+    </div>
+  );
+}
+
+const clock = (seconds: number) => `${Math.floor(seconds / 60)}:${String(Math.floor(seconds % 60)).padStart(2, "0")}`;
+
+function Home({ onPlay }: { onPlay: (id: string) => void }) {
+  const history = useSinkron((s) => s.history);
+  const favorites = useSinkron((s) => s.favorites);
+  const continuing = history.filter((h) => {
+    const ep = EPISODE_BY_ID.get(h.episodeId);
+    return ep && h.position > 0 && h.position < ep.duration - 10;
+  });
+  const favoriteShows = SHOWS.filter((s) => s.id in favorites);
+  return (
+    <>
+      <section>
+        <h2>Continue watching</h2>
+        <div className="row" data-testid="continue-watching">
+          {continuing.length === 0 && <p className="empty">Nothing in progress.</p>}
+          {continuing.map((h) => (
+            <ContinueCard key={h.episodeId} entry={h} onPlay={onPlay} />
+          ))}
+        </div>
+      </section>
+      {favoriteShows.length > 0 && (
+        <section>
+          <h2>My list</h2>
+          <div className="row" data-testid="favorites">
+            {favoriteShows.map((s) => (
+              <a key={s.id} className="mini" href={`#/show/${s.id}`} data-testid={`my-list-${s.id}`}>
+                <Artwork show={s} small />
+                {s.title}
+              </a>
+            ))}
+          </div>
+        </section>
+      )}
+      <section>
+        <h2>Catalogue</h2>
+        <div className="grid">
+          {SHOWS.map((s) => (
+            <ShowCard key={s.id} show={s} onPlay={onPlay} />
+          ))}
+        </div>
+      </section>
+    </>
+  );
+}
+
+function ContinueCard({ entry, onPlay }: { entry: HistoryEntry; onPlay: (id: string) => void }) {
+  const ep = EPISODE_BY_ID.get(entry.episodeId)!;
+  const show = SHOW_BY_ID.get(ep.showId)!;
+  return (
+    <button className="mini" onClick={() => onPlay(ep.id)} data-testid={`continue-${ep.id}`}>
+      <Artwork show={show} small />
+      <span>
+        {show.title} · E{ep.number}
+      </span>
+      <progress max={ep.duration} value={entry.position} />
+    </button>
+  );
+}
+
+function ShowCard({ show, onPlay }: { show: Show; onPlay: (id: string) => void }) {
+  const favorite = useSinkron((s) => show.id in s.favorites);
+  const toggleFavorite = useSinkron((s) => s.toggleFavorite);
+  const [open, setOpen] = useState(false);
+  return (
+    <article className="card" id={`show-${show.id}`}>
+      <Artwork show={show} />
+      <div className="card-body">
+        <h3 data-testid={`title-${show.id}`}>{show.title}</h3>
+        <p className="meta">
+          {show.genre} · {show.year} · {show.episodes.length} episodes
+        </p>
+        <div className="actions">
+          <button data-testid={`favorite-${show.id}`} aria-pressed={favorite} className={favorite ? "on" : ""} onClick={() => toggleFavorite(show.id)}>
+            {favorite ? "★ In my list" : "☆ My list"}
+          </button>
+          <button data-testid={`episodes-${show.id}`} onClick={() => setOpen(!open)} aria-expanded={open}>
+            Episodes
+          </button>
+        </div>
+        {open && (
+          <ol className="episodes">
+            {show.episodes.map((e) => (
+              <EpisodeRow key={e.id} episode={e} onPlay={onPlay} />
+            ))}
+          </ol>
+        )}
+      </div>
+    </article>
+  );
+}
+
+function EpisodeRow({ episode, onPlay }: { episode: Episode; onPlay: (id: string) => void }) {
+  const like = useSinkron((s) => s.likes[episode.id] ?? 0);
+  const setLike = useSinkron((s) => s.setLike);
+  return (
+    <li>
+      <button data-testid={`play-${episode.id}`} onClick={() => onPlay(episode.id)}>
+        ▶ {episode.number}. {episode.title}
+      </button>
+      <button data-testid={`like-${episode.id}`} aria-pressed={like === 1} className={like === 1 ? "on" : ""} onClick={() => setLike(episode.id, like === 1 ? 0 : 1)}>
+        {like === 1 ? "♥" : "♡"}
+      </button>
+    </li>
+  );
+}
+
+function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void }) {
+  const episode = EPISODE_BY_ID.get(episodeId)!;
+  const show = SHOW_BY_ID.get(episode.showId)!;
+  const entry = useSinkron((s) => s.history.find((h) => h.episodeId === episodeId));
+  const addHistory = useSinkron((s) => s.addHistory);
+  const updateProgress = useSinkron((s) => s.updateProgress);
+  const [paused, setPaused] = useState(false);
+  const position = entry?.position ?? 0;
+
+  useEffect(() => {
+    if (!entry) addHistory({ episodeId, showId: episode.showId, position: 0, duration: episode.duration });
+    setPaused(false);
+    // Only when the episode changes: resuming keeps the stored position.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [episodeId]);
+
+  useEffect(() => {
+    if (paused) return;
+    const t = setInterval(() => {
+      const current = entry?.position ?? 0;
+      if (current < episode.duration) updateProgress(episodeId, current + 1);
+    }, 1000);
+    return () => clearInterval(t);
+  }, [paused, episodeId, entry?.position, episode.duration, updateProgress]);
+
+  return (
+    <section className="player" data-testid="player">
+      <Artwork show={show} />
+      <div>
+        <h2>
+          {show.title} · E{episode.number} {episode.title}
+        </h2>
+        <progress max={episode.duration} value={position} />
+        <p className="meta" data-testid="player-position" data-position={position}>
+          {clock(position)} / {clock(episode.duration)}
+        </p>
+        <div className="actions">
+          {paused ? (
+            <button data-testid="resume" onClick={() => setPaused(false)}>
+              ▶ Play
+            </button>
+          ) : (
+            <button data-testid="pause" onClick={() => setPaused(true)}>
+              ❚❚ Pause
+            </button>
+          )}
+          <button onClick={onClose}>Close</button>
+        </div>
+      </div>
+    </section>
+  );
+}
+
+function HistoryPage({ onPlay }: { onPlay: (id: string) => void }) {
+  const history = useSinkron((s) => s.history);
+  const removeHistory = useSinkron((s) => s.removeHistory);
+  const clearHistory = useSinkron((s) => s.clearHistory);
+  return (
+    <section>
+      <h2>
+        History{" "}
+        {history.length > 0 && (
+          <button data-testid="clear-history" onClick={clearHistory}>
+            Clear
+          </button>
+        )}
+      </h2>
+      <ul className="history" data-testid="history">
+        {history.length === 0 && <li className="empty">Nothing watched yet.</li>}
+        {history.map((h) => {
+          const ep = EPISODE_BY_ID.get(h.episodeId);
+          const show = ep && SHOW_BY_ID.get(ep.showId);
+          return (
+            <li key={h.episodeId} data-testid={`history-${h.episodeId}`} data-position={h.position}>
+              {show && <Artwork show={show} small />}
+              <button className="link" onClick={() => onPlay(h.episodeId)}>
+                {show ? `${show.title} · E${ep!.number} ${ep!.title}` : h.episodeId}
+              </button>
+              <span className="meta">
+                at {clock(h.position)} · {new Date(h.updatedAt).toLocaleString()}
+              </span>
+              <button aria-label="Remove" onClick={() => removeHistory(h.episodeId)}>
+                ✕
+              </button>
+            </li>
+          );
+        })}
+      </ul>
+    </section>
+  );
+}

@@ -1,0 +1,144 @@
+// Test support: the real `sinkron` server on loopback and Debian's Chromium via playwright-core.
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const root = new URL("..", import.meta.url).pathname;
+export const artifacts = join(root, "e2e/artifacts");
+mkdirSync(artifacts, { recursive: true });
+
+const BIN = process.env.SINKRON_BIN ?? join(root, "target/debug/sinkron");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+/** A `sinkron serve` process with the demo, on its own SQLite file. */
+export class Server {
+  static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0" } = {}) {
+    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist")], {
+      env: { ...process.env, SINKRON_LOG: "warn" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const line = await new Promise((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout });
+      lines.once("line", resolve);
+      child.once("exit", (code) => reject(new Error(`sinkron exited with ${code} before listening`)));
+    });
+    const url = String(line).replace("listening on ", "").trim();
+    return new Server(child, url, dir);
+  }
+
+  constructor(child, url, dir) {
+    this.child = child;
+    this.url = url;
+    this.dir = dir;
+  }
+
+  async stop() {
+    if (this.child.exitCode !== null) return;
+    const exited = new Promise((r) => this.child.once("exit", r));
+    this.child.kill("SIGKILL");
+    await exited;
+  }
+
+  /** Starts again on the same port and database file. */
+  async restart() {
+    await this.stop();
+    return Server.start({ dir: this.dir, addr: this.url.replace("http://", "") });
+  }
+
+  /** The user's state as the server holds it, read with the user's token. */
+  async state(token) {
+    const res = await fetch(`${this.url}/api/user/me`, { headers: { authorization: `Bearer ${token}` } });
+    if (!res.ok) throw new Error(`pull failed: ${res.status}`);
+    return res.json();
+  }
+}
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+  });
+}
+
+/** Counts the API requests of a page (at the network level), by kind. */
+export function countRequests(page) {
+  const counts = { pulls: 0, pushes: 0, other: 0, all: 0, log: [] };
+  page.on("request", (r) => {
+    const url = new URL(r.url());
+    if (!url.pathname.startsWith("/api/")) return;
+    counts.all++;
+    if (url.pathname === "/api/user/me" && r.method() === "GET") counts.pulls++;
+    else if (url.pathname === "/api/user/me/changes") counts.pushes++;
+    else counts.other++;
+    counts.log.push(`${r.method()} ${url.pathname}${url.search}`);
+  });
+  return counts;
+}
+
+/** Resolves once `predicate()` (sync or async) holds; checks every 20 ms, fails after `timeout`. */
+export async function until(predicate, { timeout = 15000, what = "condition" } = {}) {
+  const started = Date.now();
+  for (;;) {
+    if (await predicate()) return;
+    if (Date.now() - started > timeout) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export async function open(context, server, { interval = 30000, path = "/" } = {}) {
+  const page = await context.newPage();
+  await page.goto(`${server.url}${path}?interval=${interval}`);
+  await page.getByTestId("sync-status").waitFor();
+  return page;
+}
+
+export async function signUp(page, username, password = "correct horse") {
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill(password);
+  await page.getByTestId("signup-submit").click();
+  await page.getByTestId("logout").waitFor();
+  await syncedState(page);
+  return token(page);
+}
+
+export async function signIn(page, username, password = "correct horse") {
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill(password);
+  await page.getByTestId("login-submit").click();
+  await page.getByTestId("logout").waitFor();
+  await syncedState(page);
+  return token(page);
+}
+
+export const syncedState = (page, timeout = 15000) =>
+  page.locator('[data-testid="sync-status"][data-state="synced"]').waitFor({ timeout });
+
+export const token = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:session") ?? "null")?.token ?? null);
+
+export const pressed = (page, testId) => page.getByTestId(testId).getAttribute("aria-pressed");
+
+export async function waitPressed(page, testId, value = "true", timeout = 15000) {
+  await page.locator(`[data-testid="${testId}"][aria-pressed="${value}"]`).waitFor({ timeout });
+}
+
+/** Makes the page hidden or visible as the browser would (visibilitychange). */
+export async function setVisible(page, visible) {
+  await page.evaluate((v) => {
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (v ? "visible" : "hidden") });
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => !v });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, visible);
+}
+
+export async function openEpisodes(page, showId) {
+  const toggle = page.getByTestId(`episodes-${showId}`);
+  if ((await toggle.getAttribute("aria-expanded")) !== "true") await toggle.click();
+}
+
+export function percentile(values, p) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}

@@ -1,0 +1,393 @@
+// End-to-end scenarios of the four sync layers in Debian's Chromium, against the real server.
+// Requests are counted at the network level (playwright's request events).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  Server, artifacts, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
+  signIn, signUp, syncedState, token, until, waitPressed,
+} from "./support.mjs";
+
+let browser;
+const metrics = {};
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  writeFileSync(join(artifacts, "metrics.json"), JSON.stringify(metrics, null, 2) + "\n");
+  console.log("metrics:", JSON.stringify(metrics));
+});
+
+/** Each scenario gets its own server and database. */
+async function withServer(fn) {
+  const server = await Server.start();
+  try {
+    await fn(server);
+  } finally {
+    await server.stop();
+  }
+}
+
+const recordsOf = (state, collection) =>
+  Object.fromEntries(state.changes.filter((c) => c.collection === collection && c.value !== null).map((c) => [c.key, c.value]));
+
+describe("optimistic writes", () => {
+  test("a favourite shows at once and is stored while the server is slow", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "opti");
+      // Hold every API request: the server is "slow" until released.
+      const held = [];
+      await page.route("**/api/**", (route) => held.push(route));
+
+      await page.getByTestId("favorite-s01").click();
+      assert.equal(await pressed(page, "favorite-s01"), "true");
+      const stored = await page.evaluate(() =>
+        Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => localStorage.getItem(k)).join(""),
+      );
+      assert.match(stored, /"collection":"favorites","key":"s01"/);
+      await page.locator('[data-testid="sync-status"][data-state="pending"]').waitFor();
+
+      await until(() => held.length > 0, { what: "the push to be attempted" });
+      await page.unroute("**/api/**");
+      for (const route of held) await route.continue();
+      await syncedState(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {} });
+
+      // Latency from click to the UI showing it, measured in the page.
+      const samples = await page.evaluate(async () => {
+        const button = document.querySelector('[data-testid="favorite-s02"]');
+        const out = [];
+        for (let i = 0; i < 60; i++) {
+          const before = button.getAttribute("aria-pressed");
+          const t0 = performance.now();
+          const changed = new Promise((resolve) => {
+            const observer = new MutationObserver(() => {
+              if (button.getAttribute("aria-pressed") !== before) {
+                observer.disconnect();
+                resolve(performance.now());
+              }
+            });
+            observer.observe(button, { attributes: true });
+          });
+          button.click();
+          out.push((await changed) - t0);
+        }
+        return out;
+      });
+      metrics.optimisticMs = { p50: percentile(samples, 50), p99: percentile(samples, 99), samples: samples.length };
+      await context.close();
+    }));
+});
+
+describe("cross-tab", () => {
+  test("a change in one tab appears in the other with no request from it", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      await signUp(a, "tabs");
+      const b = await open(context, server);
+      await syncedState(b);
+      await openEpisodes(a, "s03");
+      await openEpisodes(b, "s03");
+      const bRequests = countRequests(b);
+
+      await a.getByTestId("like-s03e01").click();
+      await waitPressed(b, "like-s03e01", "true", 1000);
+      await a.getByTestId("favorite-s04").click();
+      await waitPressed(b, "favorite-s04", "true", 1000);
+      assert.equal(bRequests.all, 0, `tab B made requests: ${bRequests.log}`);
+
+      // Latency: the click in A to the attribute change in B (same clock in one browser).
+      const samples = [];
+      for (let i = 0; i < 40; i++) {
+        const seen = b.evaluate(() => {
+          const button = document.querySelector('[data-testid="favorite-s05"]');
+          const before = button.getAttribute("aria-pressed");
+          return new Promise((resolve) => {
+            const observer = new MutationObserver(() => {
+              if (button.getAttribute("aria-pressed") !== before) {
+                observer.disconnect();
+                resolve(performance.timeOrigin + performance.now());
+              }
+            });
+            observer.observe(button, { attributes: true });
+          });
+        });
+        const clicked = await a.evaluate(() => {
+          const t = performance.timeOrigin + performance.now();
+          document.querySelector('[data-testid="favorite-s05"]').click();
+          return t;
+        });
+        samples.push((await seen) - clicked);
+      }
+      metrics.crossTabMs = { p50: percentile(samples, 50), p99: percentile(samples, 99), samples: samples.length };
+      assert.equal(bRequests.all, 0, "tab B still made no request");
+      await context.close();
+    }));
+});
+
+describe("leader", () => {
+  test("one tab polls; when it closes or hides, another takes over", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const first = await open(context, server, { interval: 300 });
+      await signUp(first, "leader");
+      const pages = [first, await open(context, server, { interval: 300 }), await open(context, server, { interval: 300 })];
+      const counts = pages.map(countRequests);
+      const pulls = () => counts.map((c) => c.pulls);
+      const total = () => pulls().reduce((a, b) => a + b, 0);
+
+      await until(() => total() >= 6, { what: "six pulls" });
+      const polling = pulls().filter((n) => n > 0).length;
+      assert.equal(polling, 1, `pulls per tab: ${pulls()}`);
+      const leader = pulls().findIndex((n) => n > 0);
+
+      // Close the leader: another tab takes over.
+      await pages[leader].close();
+      const rest = [0, 1, 2].filter((i) => i !== leader);
+      const base = rest.map((i) => counts[i].pulls);
+      await until(() => rest.some((i, k) => counts[i].pulls - base[k] >= 3), { what: "a new leader's pulls" });
+      const next = rest.find((i, k) => counts[i].pulls - base[k] >= 3);
+      const other = rest.find((i) => i !== next);
+      assert.equal(counts[other].pulls, base[rest.indexOf(other)], "only the new leader polls");
+
+      // Hide the new leader: the visible tab takes over; the hidden one stops.
+      await setVisible(pages[next], false);
+      const hiddenAt = counts[next].pulls;
+      const otherAt = counts[other].pulls;
+      await until(() => counts[other].pulls - otherAt >= 3, { what: "the visible tab's pulls" });
+      assert.ok(counts[next].pulls - hiddenAt <= 1, `the hidden tab kept polling: ${counts[next].pulls - hiddenAt}`);
+      await context.close();
+    }));
+});
+
+describe("multi-device", () => {
+  test("a change on A reaches B at B's next poll, and at once when B is focused", () =>
+    withServer(async (server) => {
+      const deviceA = await browser.newContext();
+      const deviceB = await browser.newContext();
+      const a = await open(deviceA, server, { interval: 1000 });
+      await signUp(a, "devices");
+      const b = await open(deviceB, server, { interval: 1000 });
+      await signIn(b, "devices");
+
+      await a.getByTestId("favorite-s06").click();
+      await waitPressed(b, "favorite-s06", "true", 5000);
+
+      // With a long interval, only the focus can bring the next change over quickly.
+      const slowB = await open(deviceB, server, { interval: 600000 });
+      await syncedState(slowB);
+      await b.close();
+      const counts = countRequests(slowB);
+      await a.getByTestId("favorite-s07").click();
+      await syncedState(a);
+      assert.equal(await pressed(slowB, "favorite-s07"), "false");
+      await setVisible(slowB, false);
+      await setVisible(slowB, true);
+      await waitPressed(slowB, "favorite-s07", "true", 3000);
+      assert.ok(counts.pulls >= 1);
+      await deviceA.close();
+      await deviceB.close();
+    }));
+});
+
+describe("offline", () => {
+  test("changes made offline survive a reload and reach the server once", () =>
+    withServer(async (server) => {
+      const deviceA = await browser.newContext();
+      const a = await open(deviceA, server);
+      const auth = await signUp(a, "offline");
+      // The network is down: every API request fails, and the page hears `offline`.
+      await a.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await deviceA.setOffline(true);
+      await a.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      await a.getByTestId("favorite-s08").click();
+      await a.getByTestId("favorite-s09").click();
+      await openEpisodes(a, "s08");
+      await a.getByTestId("like-s08e02").click();
+      assert.equal(await a.getByTestId("sync-status").getAttribute("data-pending"), "3");
+
+      // Reload (the page itself still loads; the API stays unreachable).
+      await deviceA.setOffline(false);
+      await a.reload();
+      await waitPressed(a, "favorite-s08");
+      const outbox = await a.evaluate(() =>
+        Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => JSON.parse(localStorage.getItem(k)).length),
+      );
+      assert.deepEqual(outbox, [3], "the outbox survived the reload");
+
+      // Back online.
+      const counts = countRequests(a);
+      await a.unroute("**/api/**");
+      await a.evaluate(() => window.dispatchEvent(new Event("online")));
+      await syncedState(a);
+      const state = await server.state(auth);
+      assert.deepEqual(recordsOf(state, "favorites"), { s08: {}, s09: {} });
+      assert.deepEqual(recordsOf(state, "likes"), { s08e02: { like: 1 } });
+      assert.equal(state.cursor, "3", "each change applied exactly once");
+      assert.ok(counts.pushes >= 1);
+
+      const deviceB = await browser.newContext();
+      const b = await open(deviceB, server);
+      await signIn(b, "offline");
+      await waitPressed(b, "favorite-s09");
+      await deviceA.close();
+      await deviceB.close();
+    }));
+});
+
+describe("close-tab flush", () => {
+  test("the last playback position reaches the server when the page closes", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "flush");
+      await page.clock.install();
+      await openEpisodes(page, "s10");
+      await page.getByTestId("play-s10e01").click();
+      // Positions advance each second; the debounced push never gets its turn before the
+      // page closes, so only the keepalive flush can deliver the last one.
+      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
+      assert.ok(position >= 5, `position ${position}`);
+      await page.close({ runBeforeUnload: true });
+      await until(async () => recordsOf(await server.state(auth), "history").s10e01?.position === position, {
+        what: `position ${position} on the server`,
+      });
+      await context.close();
+    }));
+});
+
+describe("guest", () => {
+  test("a guest makes no API requests; at sign-up the guest data joins the account", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { interval: 200 });
+      const counts = countRequests(page);
+      await page.getByTestId("favorite-s11").click();
+      await openEpisodes(page, "s11");
+      await page.getByTestId("like-s11e01").click();
+      await page.getByTestId("play-s11e02").click();
+      await page.getByTestId("pause").click();
+      await setVisible(page, false);
+      await setVisible(page, true);
+      await page.evaluate(() => window.dispatchEvent(new Event("focus")));
+      await page.reload();
+      await waitPressed(page, "favorite-s11");
+      assert.equal(await page.getByTestId("sync-status").getAttribute("data-state"), "guest");
+      assert.equal(counts.all, 0, `a guest called the API: ${counts.log}`);
+
+      await signUp(page, "guest2user");
+      const deviceB = await browser.newContext();
+      const b = await open(deviceB, server);
+      await signIn(b, "guest2user");
+      await waitPressed(b, "favorite-s11");
+      await openEpisodes(b, "s11");
+      await waitPressed(b, "like-s11e01");
+      await context.close();
+      await deviceB.close();
+    }));
+});
+
+describe("sign-out", () => {
+  test("sign-out wipes the user's data; the next user sees none of it", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      await signUp(page, "first");
+      const second = await open(context, server);
+      await syncedState(second);
+      await page.getByTestId("favorite-s12").click();
+      await openEpisodes(page, "s12");
+      await page.getByTestId("play-s12e01").click();
+      await page.getByTestId("pause").click();
+      await syncedState(page);
+      const uid = await page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:session")).user.id);
+
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      await second.getByTestId("login-submit").waitFor();
+      for (const p of [page, second]) {
+        assert.equal(await pressed(p, "favorite-s12"), "false");
+        const keys = await p.evaluate(() => Object.keys(localStorage));
+        assert.deepEqual(keys.filter((k) => k.startsWith(`sinkron:v1:${uid}:`) || k === "sinkron:v1:session"), []);
+      }
+      await page.goto(`${server.url}/#/history`);
+      assert.equal(await page.locator('[data-testid^="history-s"]').count(), 0);
+
+      await signUp(page, "second");
+      assert.equal(await page.locator('[data-testid^="history-s"]').count(), 0);
+      await page.goto(`${server.url}/#/`);
+      await syncedState(page);
+      assert.equal(await pressed(page, "favorite-s12"), "false");
+      await context.close();
+    }));
+});
+
+describe("hidden", () => {
+  test("a hidden page does not poll", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { interval: 500 });
+      await signUp(page, "hidden");
+      await page.clock.install();
+      const counts = countRequests(page);
+      await page.clock.runFor(2000);
+      await until(() => counts.pulls >= 2, { what: "a visible page's pulls" });
+      await setVisible(page, false);
+      const atHide = counts.pulls;
+      await page.clock.runFor(30000);
+      assert.equal(counts.pulls, atHide, "pulls while hidden");
+      await context.close();
+    }));
+});
+
+describe("server down", () => {
+  test("the UI keeps working while the server is down, and delivers everything once after", () =>
+    withServer(async (first) => {
+      const context = await browser.newContext();
+      const page = await open(context, first);
+      const auth = await signUp(page, "down");
+      await first.stop();
+      await page.getByTestId("favorite-s13").click();
+      await page.getByTestId("favorite-s14").click();
+      assert.equal(await pressed(page, "favorite-s13"), "true");
+      await page.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      assert.equal(await page.getByTestId("sync-status").getAttribute("data-pending"), "2");
+
+      const server = await first.restart();
+      try {
+        await syncedState(page, 90000);
+        const state = await server.state(auth);
+        assert.deepEqual(recordsOf(state, "favorites"), { s13: {}, s14: {} });
+        assert.equal(state.cursor, "2", "each change applied exactly once");
+      } finally {
+        await server.stop();
+        await context.close();
+      }
+    }));
+});
+
+describe("screenshots", () => {
+  test("the demo on a phone and a desktop", () =>
+    withServer(async (server) => {
+      for (const [name, viewport] of [["phone", { width: 390, height: 844 }], ["desktop", { width: 1280, height: 860 }]]) {
+        const context = await browser.newContext({ viewport, deviceScaleFactor: name === "phone" ? 2 : 1 });
+        const page = await open(context, server);
+        await signUp(page, `shot${name}`);
+        await page.getByTestId("favorite-s02").click();
+        await openEpisodes(page, "s01");
+        await page.getByTestId("like-s01e02").click();
+        await page.getByTestId("play-s01e01").click();
+        await page.locator('[data-testid="player-position"]:not([data-position="0"])').waitFor();
+        await page.getByTestId("pause").click();
+        await syncedState(page);
+        await page.screenshot({ path: join(artifacts, `demo-${name}.png`) });
+        await context.close();
+      }
+    }));
+});

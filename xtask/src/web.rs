@@ -1,0 +1,176 @@
+//! The browser chores: the wasm engine, the npm packages, the demo and the Chromium tests.
+//!
+//! * `wasm`: builds `sinkron-wasm` for `wasm32-unknown-unknown` (profile `wasm`), generates
+//!   the bindings with the pinned `wasm-bindgen` CLI (installed if missing), shrinks the module
+//!   with `wasm-opt` from npm's `binaryen`, and prints what Sinkron adds to a page (gzip).
+//! * `demo`: `wasm`, then the TypeScript checks and the demo's production build (`demo/dist`).
+//! * `run`: `demo`, then `sinkron serve --static-dir demo/dist` (release build).
+//! * `e2e`: the end-to-end scenarios in Debian's Chromium against the real server.
+
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
+
+/// Must equal the `wasm-bindgen` crate version in `crates/sinkron-wasm/Cargo.toml`.
+const WASM_BINDGEN: &str = "0.2.130";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a program in the workspace root, exiting with its status if it fails.
+fn run(name: &str, program: &str, args: &[&str]) {
+    eprintln!("==> {name}: {program} {}", args.join(" "));
+    let status = Command::new(program).args(args).current_dir(root()).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("error: {name} failed ({program} {})", args.join(" "));
+            exit(s.code().unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("error: could not run `{program}` for {name}: {e}");
+            exit(1)
+        }
+    }
+}
+
+fn succeeds(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs the npm workspace when `node_modules` is missing or older than the lock file.
+pub fn npm_install() {
+    if succeeds("node", &["--version"]).is_none() {
+        eprintln!("error: Node.js 20+ and npm are needed (Debian: apt-get install nodejs npm)");
+        exit(1);
+    }
+    let root = root();
+    let stamp = root.join("node_modules/.package-lock.json");
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&stamp), modified(&root.join("package-lock.json"))) {
+        (Some(installed), Some(lock)) => installed >= lock,
+        _ => false,
+    };
+    if !fresh {
+        run("npm packages", "npm", &["ci", "--no-audit", "--no-fund"]);
+    }
+}
+
+pub fn wasm() {
+    let installed = succeeds("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !installed.lines().any(|t| t.trim() == "wasm32-unknown-unknown") {
+        run(
+            "wasm target",
+            "rustup",
+            &["target", "add", "wasm32-unknown-unknown"],
+        );
+    }
+    let cargo = env!("CARGO");
+    run(
+        "wasm build",
+        cargo,
+        &[
+            "build",
+            "-p",
+            "sinkron-wasm",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "wasm",
+        ],
+    );
+    let version = succeeds("wasm-bindgen", &["--version"]).unwrap_or_default();
+    if !version.contains(WASM_BINDGEN) {
+        run(
+            "wasm-bindgen CLI (once, about 2 minutes)",
+            cargo,
+            &["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN],
+        );
+    }
+    let out = "packages/sinkron/src/wasm";
+    let module = "target/wasm32-unknown-unknown/wasm/sinkron_wasm.wasm";
+    run(
+        "bindings",
+        "wasm-bindgen",
+        &["--target", "web", "--out-dir", out, module],
+    );
+    npm_install();
+    let bg = format!("{out}/sinkron_wasm_bg.wasm");
+    run(
+        "wasm-opt",
+        "node_modules/.bin/wasm-opt",
+        &[
+            "-Oz",
+            "--enable-bulk-memory",
+            "--enable-nontrapping-float-to-int",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-reference-types",
+            "--enable-multivalue",
+            &bg,
+            "-o",
+            &bg,
+        ],
+    );
+    run("size", "node", &["packages/sinkron/scripts/size.mjs"]);
+}
+
+pub fn demo() {
+    wasm();
+    run("typecheck", "npm", &["run", "typecheck"]);
+    run("demo build", "npm", &["run", "build", "-w", "sinkron-demo"]);
+}
+
+pub fn serve(extra: &[String]) {
+    demo();
+    let mut args: Vec<&str> = vec![
+        "run",
+        "--release",
+        "--bin",
+        "sinkron",
+        "--",
+        "serve",
+        "--static-dir",
+        "demo/dist",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    run("server", env!("CARGO"), &args);
+}
+
+/// Debian's Chromium, installed when missing (as root; otherwise says how).
+fn ensure_chromium() {
+    if Path::new(CHROMIUM).exists() {
+        return;
+    }
+    eprintln!("==> installing Debian's chromium for the browser tests");
+    let ok = Command::new("apt-get")
+        .arg("update")
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "chromium"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok || !Path::new(CHROMIUM).exists() {
+        eprintln!("error: {CHROMIUM} is missing; install it with `sudo apt-get install chromium`");
+        exit(1);
+    }
+}
+
+/// The browser scenarios; the demo must be built (`demo`).
+pub fn e2e() {
+    ensure_chromium();
+    run(
+        "server binary",
+        env!("CARGO"),
+        &["build", "--bin", "sinkron"],
+    );
+    run("browser tests", "npm", &["run", "e2e"]);
+}
