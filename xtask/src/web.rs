@@ -24,7 +24,10 @@ fn root() -> PathBuf {
 /// Runs a program in the workspace root, exiting with its status if it fails.
 fn run(name: &str, program: &str, args: &[&str]) {
     eprintln!("==> {name}: {program} {}", args.join(" "));
-    let status = Command::new(program).args(args).current_dir(root()).status();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
@@ -65,7 +68,10 @@ pub fn npm_install() {
 
 pub fn wasm() {
     let installed = succeeds("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if !installed.lines().any(|t| t.trim() == "wasm32-unknown-unknown") {
+    if !installed
+        .lines()
+        .any(|t| t.trim() == "wasm32-unknown-unknown")
+    {
         run(
             "wasm target",
             "rustup",
