@@ -2,7 +2,9 @@
 //!
 //! It owns the SQL, the migrations in `migrations/sqlite/`, the connections (one writer, a
 //! few readers, all in WAL mode) and an in-memory cache of sessions and user versions that
-//! keeps the poll hot path off the database. The cache is safe only because this process is
+//! keeps the poll hot path off the database. Pushes are committed in groups: the pushes that
+//! queue while the writer is busy are applied next in one transaction, each in a savepoint
+//! of its own, so they share one fsync and a failing one takes nothing of the others along. The cache is safe only because this process is
 //! the file's sole writer: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
 //! every write goes through the one writer, which updates the cache right after it commits.
 //!
@@ -16,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use sinkron_core::{Change, Record};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use sinkron_core::{Change, Mutation, Record};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 #[cfg(feature = "planted-bugs")]
 use sinkron_core::planted::{planted, Bug};
@@ -86,8 +88,35 @@ impl Drop for Lease {
     }
 }
 
+/// A push waiting for the writer, with where to send its outcome.
+struct PushJob {
+    user_id: UserId,
+    client_id: String,
+    mutations: Vec<Mutation>,
+    now_ms: u64,
+    updated_at_max: u64,
+    since: Option<u64>,
+    limit: usize,
+    reply: oneshot::Sender<Result<PushOutcome, StoreError>>,
+}
+
+impl PushJob {
+    fn batch(&self) -> PushBatch<'_> {
+        PushBatch {
+            client_id: &self.client_id,
+            mutations: &self.mutations,
+            now_ms: self.now_ms,
+            updated_at_max: self.updated_at_max,
+            since: self.since,
+            limit: self.limit,
+        }
+    }
+}
+
 pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// Pushes not yet taken by a group commit.
+    pushes: Arc<Mutex<Vec<PushJob>>>,
     readers: Readers,
     cache: Arc<Mutex<Cache>>,
     /// Held for the store's lifetime: the exclusive lock on `<path>.lock`.
@@ -146,6 +175,7 @@ impl SqliteStore {
 
         Ok(Self {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            pushes: Arc::new(Mutex::new(Vec::new())),
             readers: Readers {
                 idle: Arc::new(Mutex::new(idle)),
                 permits: Arc::new(Semaphore::new(READERS)),
@@ -352,14 +382,12 @@ fn read_page(
     })
 }
 
+/// Applies one push inside the caller's transaction (a savepoint of a group commit).
 fn apply_push(
-    conn: &mut Connection,
+    tx: &Connection,
     user_id: UserId,
     batch: &PushBatch<'_>,
 ) -> Result<PushOutcome, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(store_err)?;
     let version: i64 = tx
         .prepare_cached("SELECT version FROM users WHERE id = ?1")
         .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
@@ -461,16 +489,66 @@ fn apply_push(
             .map_err(store_err)?;
     }
     let page = match batch.since {
-        Some(since) => Some(read_page(&tx, user_id, Some(since), batch.limit)?),
+        Some(since) => Some(read_page(tx, user_id, Some(since), batch.limit)?),
         None => None,
     };
-    tx.commit().map_err(store_err)?;
     Ok(PushOutcome {
         ack: new_ack,
         version,
         applied,
         page,
     })
+}
+
+/// The same error again, for each push of a group whose commit failed.
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Other(m) => StoreError::Other(m.clone()),
+    }
+}
+
+/// Applies queued pushes in one transaction, each in its own savepoint, then answers each.
+fn commit_group(conn: &mut Connection, cache: &Mutex<Cache>, jobs: Vec<PushJob>) {
+    let applied = (|| {
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let savepoint = tx.savepoint().map_err(store_err)?;
+            let outcome = apply_push(&savepoint, job.user_id, &job.batch());
+            if outcome.is_ok() {
+                savepoint.commit().map_err(store_err)?;
+            }
+            // A failed push's savepoint rolls back when dropped.
+            outcomes.push(outcome);
+        }
+        tx.commit().map_err(store_err)?;
+        Ok::<_, StoreError>(outcomes)
+    })();
+    match applied {
+        Ok(outcomes) => {
+            // Committed; still the only writer, so nothing newer can be overtaken here.
+            let mut cache = lock(cache);
+            for (job, outcome) in jobs.iter().zip(&outcomes) {
+                if let Ok(outcome) = outcome {
+                    cache.raise_version(job.user_id, outcome.version);
+                }
+            }
+            drop(cache);
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(copy_err(&e)));
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -615,26 +693,35 @@ impl Store for SqliteStore {
     }
 
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
-        // The blocking task needs owned data; a batch is at most 1 MiB, so one copy is fine.
-        let client_id = batch.client_id.to_owned();
-        let mutations = batch.mutations.to_vec();
-        let (now_ms, updated_at_max, since, limit) =
-            (batch.now_ms, batch.updated_at_max, batch.since, batch.limit);
-        self.write(move |conn, cache| {
-            let batch = PushBatch {
-                client_id: &client_id,
-                mutations: &mutations,
-                now_ms,
-                updated_at_max,
-                since,
-                limit,
-            };
-            let outcome = apply_push(conn, user_id, &batch)?;
-            // Committed; still the only writer, so nothing newer can be overtaken here.
-            lock(cache).raise_version(user_id, outcome.version);
-            Ok(outcome)
-        })
-        .await
+        // The writer needs owned data; a batch is at most 1 MiB, so one copy is fine.
+        let (reply, answer) = oneshot::channel();
+        lock(&self.pushes).push(PushJob {
+            user_id,
+            client_id: batch.client_id.to_owned(),
+            mutations: batch.mutations.to_vec(),
+            now_ms: batch.now_ms,
+            updated_at_max: batch.updated_at_max,
+            since: batch.since,
+            limit: batch.limit,
+            reply,
+        });
+        // Whoever holds the writer next commits every queued push, this one included. The
+        // commit runs in a task of its own, so a request dropped meanwhile cannot strand it.
+        let (writer, pushes, cache) =
+            (self.writer.clone(), self.pushes.clone(), self.cache.clone());
+        tokio::spawn(async move {
+            let mut conn = writer.lock_owned().await;
+            let jobs = std::mem::take(&mut *lock(&pushes));
+            if !jobs.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || {
+                    commit_group(&mut conn, &cache, jobs);
+                })
+                .await;
+            }
+        });
+        answer
+            .await
+            .map_err(|_| StoreError::Other("the push was dropped without an outcome".into()))?
     }
 
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {
@@ -696,6 +783,46 @@ mod tests {
                 .await
                 .expect("a reader is always there");
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_push_in_a_group_commit_takes_nothing_of_the_others() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("g.db")).expect("open");
+        let id = store.create_user("amy", "phc", 1).await.expect("create");
+        let mutations = [Mutation {
+            id: 1,
+            collection: "likes".into(),
+            key: "k".into(),
+            value: Some("{}".into()),
+            updated_at: 5,
+        }];
+        let batch = PushBatch {
+            client_id: "c1",
+            mutations: &mutations,
+            now_ms: 1_000,
+            updated_at_max: 61_000,
+            since: Some(0),
+            limit: 10,
+        };
+        // Queued together, so committed in one group.
+        let (missing, real, again) = tokio::join!(
+            store.push(id + 1, batch),
+            store.push(id, batch),
+            store.push(id, batch)
+        );
+        assert!(matches!(missing, Err(StoreError::NotFound)));
+        let real = real.expect("the real user's push");
+        assert_eq!((real.applied, real.version), (1, 1));
+        assert_eq!(real.page.expect("page").changes.len(), 1);
+        let again = again.expect("the retry");
+        assert_eq!(
+            (again.applied, again.ack),
+            (0, 1),
+            "the retry sees the first push"
+        );
+        let page = store.pull(id, Some(0), 10).await.expect("pull");
+        assert_eq!(page.cursor, 1);
     }
 
     #[test]
