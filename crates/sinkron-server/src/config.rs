@@ -30,8 +30,9 @@ pub struct Config {
     )]
     pub database: String,
 
-    /// Most PostgreSQL connections this server holds at once (SQLite ignores it). Requests
-    /// beyond it wait up to 5 s for a free one, then get 503.
+    /// Most PostgreSQL connections this server holds at once (SQLite ignores it). A quarter of
+    /// them (at most one per core) are shared by all polls; other requests beyond the rest
+    /// wait up to 5 s for a free one, then get 503.
     #[arg(
         long,
         env = "SINKRON_DB_POOL_SIZE",

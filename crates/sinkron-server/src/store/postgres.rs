@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of [`Store`]: any number of `sinkron` nodes on one database.
 //!
-//! It owns the SQL, the migrations in `migrations/postgres/` and a connection pool. It keeps
+//! It owns the SQL, the migrations in `migrations/postgres/` and a connection pool, of which
+//! a few connections are shared by every poll (their one query each is pipelined). It keeps
 //! nothing in memory that correctness needs — no session or version cache — so a write or a
 //! sign-out on one node is seen by every node at its next request. Two rules make that hold:
 //!
@@ -110,6 +111,11 @@ const WRITE_SQL: &str = "WITH written AS (
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Connections shared by every poll: their queries are pipelined (many requests in one
+    /// write, many answers in one read), which costs far fewer wake-ups than a connection per
+    /// request. A broken one is swapped for a fresh one from the pool.
+    polls: Vec<std::sync::RwLock<Arc<Object>>>,
+    next_poll: std::sync::atomic::AtomicUsize,
 }
 
 /// A URL without its password, fit for logs and error messages.
@@ -165,12 +171,24 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        let store = Self { pool };
-        let mut client = store.pool.get().await.map_err(|e| fail(pool_reason(&e)))?;
+        let mut client = pool.get().await.map_err(|e| fail(pool_reason(&e)))?;
         migrate(&mut client)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        Ok(store)
+        drop(client);
+        // A quarter of the pool, at most one per core, serves polls; the rest serves everything
+        // else. A pool below 4 has none: polls then take pooled connections like the rest.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut polls = Vec::new();
+        for _ in 0..(pool_size / 4).min(cores) {
+            let client = pool.get().await.map_err(|e| fail(pool_reason(&e)))?;
+            polls.push(std::sync::RwLock::new(Arc::new(client)));
+        }
+        Ok(Self {
+            pool,
+            polls,
+            next_poll: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -365,6 +383,15 @@ fn change_of(row: &Row) -> Result<Option<Change>, StoreError> {
         client_id: text(row.get(6))?,
         version: to_u64(version),
     }))
+}
+
+/// A [`SESSION_SQL`] row.
+fn session_of(row: &Row) -> SessionInfo {
+    SessionInfo {
+        user_id: row.get(0),
+        username: Arc::from(row.get::<_, &str>(1)),
+        version: to_u64(row.get(2)),
+    }
 }
 
 /// The last winning write of a push to one record.
@@ -580,20 +607,48 @@ impl Store for PostgresStore {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(SESSION_SQL)
-            .await
-            .map_err(store_err)?;
-        let row = client
-            .query_opt(&stmt, &[&&token_hash[..]])
-            .await
-            .map_err(store_err)?;
-        Ok(row.map(|r| SessionInfo {
-            user_id: r.get(0),
-            username: Arc::from(r.get::<_, &str>(1)),
-            version: to_u64(r.get(2)),
-        }))
+        if self.polls.is_empty() {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(SESSION_SQL)
+                .await
+                .map_err(store_err)?;
+            let row = client
+                .query_opt(&stmt, &[&&token_hash[..]])
+                .await
+                .map_err(store_err)?;
+            return Ok(row.map(|r| session_of(&r)));
+        }
+        let slot = &self.polls[self
+            .next_poll
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.polls.len()];
+        let client = slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let answer = async {
+            let stmt = client.prepare_cached(SESSION_SQL).await?;
+            client.query_opt(&stmt, &[&&token_hash[..]]).await
+        }
+        .await;
+        let row = match answer {
+            Ok(row) => row,
+            Err(e) => {
+                if client.is_closed() {
+                    // Replace the dead connection once; concurrent failures find it replaced.
+                    let fresh = self.client().await?;
+                    let mut current = slot
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if Arc::ptr_eq(&current, &client) {
+                        *current = Arc::new(fresh);
+                    }
+                }
+                return Err(store_err(e));
+            }
+        };
+        Ok(row.map(|r| session_of(&r)))
     }
 
     async fn pull(
@@ -732,6 +787,42 @@ pub(crate) mod tests {
         let db = TestDatabase::create().await;
         let store = PostgresStore::open(&db.url, 4).await.expect("open");
         crate::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn polls_recover_when_their_shared_connection_is_killed() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        let id = store.create_user("kim", "phc", 1).await.expect("create");
+        let token = [3u8; 32];
+        store.create_token(id, &token, 1).await.expect("token");
+        assert!(store.session(&token).await.expect("session").is_some());
+        let (admin, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+            .await
+            .expect("admin");
+        tokio::spawn(conn);
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&db.name],
+            )
+            .await
+            .expect("terminate");
+        // Polls on a dead connection fail as unavailable (503, retried by clients) until it
+        // is replaced; within a few they answer again.
+        let mut answered = false;
+        for _ in 0..5 {
+            match store.session(&token).await {
+                Ok(Some(s)) => {
+                    assert_eq!(s.user_id, id);
+                    answered = true;
+                    break;
+                }
+                Ok(None) => panic!("the token is still valid"),
+                Err(e) => assert!(matches!(e, StoreError::Unavailable(_)), "{e}"),
+            }
+        }
+        assert!(answered, "polls answer again after a reconnect");
     }
 
     #[tokio::test]
