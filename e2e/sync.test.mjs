@@ -41,7 +41,8 @@ describe("optimistic writes", () => {
       const auth = await signUp(page, "opti");
       // Hold every API request: the server is "slow" until released.
       const held = [];
-      await page.route("**/api/**", (route) => held.push(route));
+      let holding = true;
+      await page.route("**/api/**", (route) => (holding ? held.push(route) : route.continue()));
 
       await page.getByTestId("favorite-s01").click();
       assert.equal(await pressed(page, "favorite-s01"), "true");
@@ -52,8 +53,8 @@ describe("optimistic writes", () => {
       await page.locator('[data-testid="sync-status"][data-state="pending"]').waitFor();
 
       await until(() => held.length > 0, { what: "the push to be attempted" });
-      await page.unroute("**/api/**");
-      for (const route of held) await route.continue();
+      holding = false;
+      for (const route of held.splice(0)) await route.continue();
       await syncedState(page);
       assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {} });
 
@@ -350,7 +351,8 @@ describe("server down", () => {
   test("the UI keeps working while the server is down, and delivers everything once after", () =>
     withServer(async (first) => {
       const context = await browser.newContext();
-      const page = await open(context, first);
+      // Retries never wait longer than the pull interval, so the return is seen within 2 s.
+      const page = await open(context, first, { interval: 2000 });
       const auth = await signUp(page, "down");
       await first.stop();
       await page.getByTestId("favorite-s13").click();
@@ -361,7 +363,7 @@ describe("server down", () => {
 
       const server = await first.restart();
       try {
-        await syncedState(page, 90000);
+        await syncedState(page, 20000);
         const state = await server.state(auth);
         assert.deepEqual(recordsOf(state, "favorites"), { s13: {}, s14: {} });
         assert.equal(state.cursor, "2", "each change applied exactly once");

@@ -14,8 +14,13 @@ use std::process::{exit, Command};
 const WASM_BINDGEN: &str = "0.2.130";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The workspace root. `cargo run` sets `CARGO_MANIFEST_DIR` at run time; the compile-time
+/// value is only a fallback, since a target dir shared by several checkouts may hold an
+/// xtask binary built from another one.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest_dir)
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()

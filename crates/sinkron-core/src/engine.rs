@@ -115,6 +115,20 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The defaults with another pull interval. Retries never wait longer than an interval:
+    /// a server that is down costs each device at most what polling it would.
+    pub fn with_interval(interval_ms: u64) -> Config {
+        let defaults = Config::default();
+        Config {
+            interval_ms,
+            backoff_ms_max: defaults.backoff_ms_max.min(interval_ms),
+            backoff_base_ms: defaults.backoff_base_ms.min(interval_ms),
+            ..defaults
+        }
+    }
+}
+
 /// What the engine asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {

@@ -45,10 +45,11 @@ impl Sinkron {
     /// from `crypto.getRandomValues`) picks the client id and the jitter.
     #[wasm_bindgen(constructor)]
     pub fn new(interval_ms: f64, pull_on_sign_in: bool, seed_high: u32, seed_low: u32) -> Sinkron {
-        let mut config = Config::default();
-        if interval_ms >= 1.0 {
-            config.interval_ms = ms(interval_ms);
-        }
+        let mut config = if interval_ms >= 1.0 {
+            Config::with_interval(ms(interval_ms))
+        } else {
+            Config::default()
+        };
         config.pull_on_sign_in = pull_on_sign_in;
         let seed = (u64::from(seed_high) << 32) | u64::from(seed_low);
         Sinkron {

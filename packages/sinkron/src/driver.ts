@@ -270,7 +270,7 @@ export class SinkronClient {
       case "notify":
         if (c.what === "status") changed.status = true;
         else if (c.what === "everything") changed.collections = null;
-        else if (changed.collections) changed.collections.push(...c.collections);
+        else if (c.what === "changed" && changed.collections) changed.collections.push(...c.collections);
         return;
     }
   }

@@ -71,7 +71,8 @@ export type Command =
   | { t: "send"; id: number; kind: "push"; keepalive: boolean; body: { clientId: string; mutations: Mutation[]; lastSync?: string } }
   | { t: "leadership"; want: boolean }
   | { t: "notify"; what: "changed"; collections: string[] }
-  | { t: "notify"; what: "everything" | "status" };
+  | { t: "notify"; what: "everything" }
+  | { t: "notify"; what: "status" };
 
 /** What changed, for subscribers: collection names, or `null` for everything. */
 export type Changed = { collections: string[] | null; status: boolean };

@@ -1003,3 +1003,22 @@ fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
         }
     );
 }
+
+#[test]
+fn retries_never_wait_longer_than_the_pull_interval() {
+    let config = Config::with_interval(5_000);
+    assert_eq!(config.interval_ms, 5_000);
+    assert_eq!(config.backoff_ms_max, 5_000);
+    let mut tab = Tab::leader();
+    tab.engine = Engine::new(config, 1);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    for _ in 0..12 {
+        let (id, _) = tab.only_send();
+        let failed_at = tab.now;
+        tab.reply(id, Reply::Failed(Failure::Network));
+        let retry = tab.engine.poll_timeout().expect("a retry is scheduled");
+        assert!(retry - failed_at <= 5_000 + 500, "waited {}", retry - failed_at);
+        tab.fire();
+    }
+}
