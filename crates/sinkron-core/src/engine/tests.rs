@@ -1018,7 +1018,11 @@ fn retries_never_wait_longer_than_the_pull_interval() {
         let failed_at = tab.now;
         tab.reply(id, Reply::Failed(Failure::Network));
         let retry = tab.engine.poll_timeout().expect("a retry is scheduled");
-        assert!(retry - failed_at <= 5_000 + 500, "waited {}", retry - failed_at);
+        assert!(
+            retry - failed_at <= 5_000 + 500,
+            "waited {}",
+            retry - failed_at
+        );
         tab.fire();
     }
 }
