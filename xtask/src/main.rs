@@ -3,6 +3,10 @@
 //! * `cargo xtask test` — the whole test suite, exactly what CI runs: formatting, lints, then
 //!   every test of the workspace (with cargo-nextest when installed, else `cargo test`). The
 //!   server tests need PostgreSQL on 127.0.0.1:5432; it is started (or installed) first.
+//!   Then the browser side: the wasm engine, the TypeScript checks, the demo build and the
+//!   scenarios in Debian's Chromium (`web.rs`).
+//! * `cargo xtask run` — builds the demo and serves it with the sync server on
+//!   http://127.0.0.1:8080 (`web.rs`; also `wasm`, `demo`, `e2e` on their own).
 //! * `cargo xtask sim ARGS` — the simulation's long mode, in release mode; `cargo xtask test`
 //!   also runs its planted-bug checks (`sim.rs`).
 //! * `cargo xtask bench` — the server benchmark (release build, loopback only), a Markdown
@@ -70,6 +74,9 @@ fn test() {
         step("tests", &["test", "--workspace", "--no-fail-fast"]);
     }
     sim::planted(nextest);
+    // Last, so the run ends with the browser scenarios' summary.
+    web::demo();
+    web::e2e();
 }
 
 /// Runs `cargo <args>`, exiting with its status if it fails.

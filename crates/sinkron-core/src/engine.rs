@@ -32,8 +32,14 @@
 //! receives is broadcast with the cursor it started from and the cursor it ends at, so other
 //! tabs apply it without a request and adopt the cursor when it continues their own.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use alloc::borrow::ToOwned;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::hash::{BuildHasherDefault, Hasher};
+
+use hashbrown::HashMap;
 
 use crate::clock::Clock;
 use crate::protocol::{

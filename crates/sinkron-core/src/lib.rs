@@ -11,7 +11,12 @@
 //!
 //! The crate compiles to WebAssembly under a tight size budget, so the engine avoids `f64`
 //! formatting, ordered maps and sorting; serde is behind the `serde` feature, which only the
-//! server and the native client enable.
+//! server and the native client enable. It is `no_std` (with `alloc`), so the browser build
+//! carries none of std's panic and formatting machinery.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
 
 pub mod clock;
 pub mod engine;

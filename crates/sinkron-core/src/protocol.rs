@@ -5,6 +5,8 @@
 //! `docs/PROTOCOL.md`. Record values stay JSON text end to end: they are embedded raw, never
 //! re-encoded.
 
+use alloc::string::String;
+
 /// The collections a server accepts unless configured otherwise.
 pub const DEFAULT_COLLECTIONS: [&str; 4] = ["history", "favorites", "likes", "settings"];
 /// Most mutations in one push.
@@ -58,6 +60,8 @@ pub use wire::*;
 #[cfg(feature = "serde")]
 mod wire {
     use super::{Change, Mutation};
+    use alloc::string::String;
+    use alloc::vec::Vec;
     use serde::{Deserialize, Serialize};
 
     /// `{"id","username"}`
@@ -137,6 +141,8 @@ mod wire {
 /// Record values are JSON text inside the core; on the wire they are embedded as raw JSON.
 #[cfg(feature = "serde")]
 mod raw_json {
+    use alloc::boxed::Box;
+    use alloc::string::String;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::value::RawValue;
 

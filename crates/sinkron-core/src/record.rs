@@ -5,6 +5,7 @@
 //! newer one wins, ordered by `(updated_at, client_id)`: the timestamp first, the writer's
 //! client id breaking ties so every replica picks the same winner.
 
+use alloc::string::String;
 use core::cmp::Ordering;
 
 /// Where a record lives: its collection (`history`, `favorites`, ...) and its key within it.

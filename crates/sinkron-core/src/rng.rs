@@ -3,6 +3,7 @@
 //! The seed comes from outside (the browser's `crypto.getRandomValues`, the OS, or a
 //! simulation seed), so the engine stays deterministic under test.
 
+use alloc::string::String;
 #[derive(Clone, Debug)]
 pub(crate) struct Rng(u64);
 

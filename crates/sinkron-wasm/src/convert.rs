@@ -4,6 +4,8 @@
 //! budget than the whole engine. Record values are JSON text already and are embedded raw.
 //! Field names follow the wire protocol (camelCase).
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use sinkron_core::engine::{Persist, Request, Status, SyncError, TabBody, TabMessage};
 use sinkron_core::{Change, Command, Mutation, Notice, Record};
 

@@ -8,9 +8,25 @@
 //! keeps JSON parsing out of the module. Commands come out as JSON text ([`convert`]), record
 //! values embedded raw. The TypeScript driver in `packages/sinkron` executes them.
 //!
-//! Size matters on mobile: no serde, no `f64` formatting, no `core::fmt` on the hot path.
+//! Size matters on mobile: no serde, no `f64` formatting, no `core::fmt`, and in the browser
+//! no std at all (`alloc` only, a small allocator, a panic handler that just traps).
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
 
 mod convert;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A panic is a bug (inputs are decoded without panicking); trapping keeps std's panic
+/// formatting out of the module.
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
 
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
