@@ -38,9 +38,14 @@ use store::Store;
 /// simulation swaps in a virtual one with [`AppState::with_clock`].
 pub type ServerClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares: one `Arc`, so the clone axum makes for each request is one
+/// atomic increment, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`], reached through it.
+#[derive(Clone)]
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     /// In-memory guards of the sign-in routes (hashing slots, login throttle).
@@ -49,19 +54,30 @@ pub struct AppState {
     clock: ServerClock,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
             clock: Arc::new(now_ms),
-        }
+        }))
     }
 
     /// The same state on another clock, e.g. the simulation's virtual time.
     pub fn with_clock(self, clock: ServerClock) -> Self {
-        Self { clock, ..self }
+        Self(Arc::new(Shared {
+            clock,
+            ..(*self.0).clone()
+        }))
     }
 
     /// The time by this state's clock.
