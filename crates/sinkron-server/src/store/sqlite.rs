@@ -6,7 +6,8 @@
 //! queue while the writer is busy are applied next in one transaction, each in a savepoint
 //! of its own, so they share one fsync and a failing one takes nothing of the others along. The cache is safe only because this process is
 //! the file's sole writer: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
-//! every write goes through the one writer, which updates the cache right after it commits.
+//! every write goes through the one writer, which raises the cached version just before it
+//! commits (so the cache is never behind the database).
 //!
 //! It must not validate requests or know HTTP; blocking calls run on tokio's blocking pool,
 //! never on the async workers.
@@ -55,9 +56,12 @@ struct Cache {
 }
 
 impl Cache {
+    /// Raises a user's cached version; returns the highest known. A full map takes no new
+    /// users (their polls read the database) rather than forget a version raised for a
+    /// commit in progress, which could leave the cache behind the database.
     fn raise_version(&mut self, user_id: UserId, version: u64) -> u64 {
         if self.versions.len() >= CACHE_ENTRIES_MAX && !self.versions.contains_key(&user_id) {
-            self.versions.clear();
+            return version;
         }
         let slot = self.versions.entry(user_id).or_insert(version);
         *slot = (*slot).max(version);
@@ -526,19 +530,23 @@ fn commit_group(conn: &mut Connection, cache: &Mutex<Cache>, jobs: Vec<PushJob>)
             // A failed push's savepoint rolls back when dropped.
             outcomes.push(outcome);
         }
+        // The cached versions are raised before the commit makes the rows visible, so the
+        // cache is never behind the database: a reader that sees the new rows (and hands out
+        // their cursor) always finds that cursor issued, and a 304 (If-None-Match equal to
+        // the cached version) is never sent while newer rows exist. A failed commit leaves the
+        // cache ahead, which only costs a 200 instead of a 304 until the next push.
+        let mut cached = lock(cache);
+        for (job, outcome) in jobs.iter().zip(&outcomes) {
+            if let Ok(outcome) = outcome {
+                cached.raise_version(job.user_id, outcome.version);
+            }
+        }
+        drop(cached);
         tx.commit().map_err(store_err)?;
         Ok::<_, StoreError>(outcomes)
     })();
     match applied {
         Ok(outcomes) => {
-            // Committed; still the only writer, so nothing newer can be overtaken here.
-            let mut cache = lock(cache);
-            for (job, outcome) in jobs.iter().zip(&outcomes) {
-                if let Ok(outcome) = outcome {
-                    cache.raise_version(job.user_id, outcome.version);
-                }
-            }
-            drop(cache);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.reply.send(outcome);
             }
