@@ -709,7 +709,6 @@ impl Engine {
                 self.apply_page(now, request.last_sync, page);
                 if complete {
                     self.settle_acked(|acked_by| acked_by < request.id);
-                    self.state_wanted = false;
                 }
             }
             Reply::NotModified => {
@@ -729,7 +728,6 @@ impl Engine {
                     self.apply_page(now, request.last_sync, page);
                     if complete {
                         self.settle_acked(|acked_by| acked_by <= request.id);
-                        self.state_wanted = false;
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);
@@ -1185,7 +1183,9 @@ impl Engine {
         }
     }
 
-    /// Forgets acknowledged writes whose acknowledging request passes `settled`.
+    /// Forgets acknowledged writes whose acknowledging request passes `settled` (an answer
+    /// that shows the server state after them). The state is still wanted while any remain:
+    /// an answer to a request sent before a write was acknowledged does not show it.
     fn settle_acked(&mut self, settled: impl Fn(u64) -> bool) {
         let mut keys = Vec::new();
         self.acked.retain(|(by, p)| {
@@ -1195,6 +1195,7 @@ impl Engine {
             }
             keep
         });
+        self.state_wanted = !self.acked.is_empty();
         self.notify_changed(keys);
     }
 

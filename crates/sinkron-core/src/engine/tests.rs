@@ -1026,3 +1026,89 @@ fn retries_never_wait_longer_than_the_pull_interval() {
         tab.fire();
     }
 }
+
+fn synced(from: Option<&str>, to: &str, reset: bool, changes: Vec<Change>) -> TabMessage {
+    TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: from.map(str::to_owned),
+            to: to.into(),
+            reset,
+            changes,
+        },
+    }
+}
+
+#[test]
+fn an_answer_to_a_request_sent_before_a_stateless_ack_still_asks_for_the_state() {
+    let mut tab = Tab::new(11);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (pull, _) = tab.only_send();
+    tab.write("e1", r#"{"p":"mine"}"#);
+    // Hidden: the write goes with keepalive, without a cursor (there is none yet).
+    tab.engine.handle_visibility(tab.now, false);
+    let (push, request) = tab.only_send();
+    assert!(matches!(
+        request,
+        Request::Push {
+            last_sync: None,
+            ..
+        }
+    ));
+    tab.reply(
+        push,
+        Reply::Pushed {
+            ack: 1,
+            page: page("3", vec![], false),
+        },
+    );
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
+    // The pull was answered before the push was applied: it does not show the stored write.
+    tab.reply(pull, Reply::Pulled(page("2", vec![], false)));
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Push {
+            client_id: tab.engine.client_id().to_owned(),
+            mutations: vec![],
+            last_sync: Some("2".into()),
+            keepalive: false,
+        },
+        "the state after the acknowledged write is asked for"
+    );
+}
+
+#[test]
+fn a_not_modified_answer_ends_the_wait_for_the_state() {
+    let mut tab = Tab::new(12);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.write("e1", r#"{"p":1}"#);
+    tab.drain();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("5", vec![], false),
+        },
+    );
+    tab.engine
+        .handle_tab_message(tab.now, synced(None, "5", true, vec![]));
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::Network));
+    tab.engine.handle_leadership(tab.now, true);
+    let start = tab.now;
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert!(matches!(request, Request::Pull { .. }));
+    tab.reply(id, Reply::NotModified);
+    assert!(tab.sends().is_empty());
+    let next = tab.engine.poll_timeout().expect("the next pull");
+    assert!(
+        next >= start + 27_000,
+        "pulls again after {} ms",
+        next - start
+    );
+}
