@@ -1225,13 +1225,32 @@ impl Engine {
     }
 
     /// Applies server changes to the confirmed layer; returns the keys touched.
+    ///
+    /// A `reset` page is the whole state, tombstones included, up to its highest version: a
+    /// record it lacks at or below that version is gone (compacted). One we hold above it
+    /// came from a newer answer (a reply or another tab's message can be older than what we
+    /// hold) and stays, like any record against an older version.
     fn apply_changes(&mut self, reset: bool, changes: Vec<Change>) -> Vec<RecordKey> {
         if reset {
-            self.confirmed.clear();
+            let covered = changes.iter().map(|c| c.version).max().unwrap_or(0);
+            self.confirmed.retain(|_, s| s.version > covered);
             self.commands
                 .push_back(Command::Persist(Persist::ClearRecords {
                     scope: self.user.clone(),
                 }));
+            for (key, stored) in &self.confirmed {
+                self.commands.push_back(Command::Persist(Persist::Record {
+                    scope: self.user.clone(),
+                    change: Change {
+                        collection: key.collection.clone(),
+                        key: key.key.clone(),
+                        value: stored.record.value.clone(),
+                        updated_at: stored.record.updated_at,
+                        client_id: stored.record.client_id.clone(),
+                        version: stored.version,
+                    },
+                }));
+            }
         }
         let mut keys = Vec::new();
         for change in changes {

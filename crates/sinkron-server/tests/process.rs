@@ -234,7 +234,11 @@ async fn a_cursor_behind_compacted_tombstones_gets_a_reset(backend: Backend) {
     let body = server.pull_ok(&alice.token, Some(&old_cursor)).await;
     assert_eq!(body["reset"], json!(true), "{body}");
     let changes = body["changes"].as_array().expect("changes");
-    assert_eq!(changes.len(), 1, "the whole live state: {body}");
+    assert_eq!(
+        changes.len(),
+        1,
+        "the whole state, the compacted tombstone gone: {body}"
+    );
     assert_eq!(changes[0]["key"], "b");
     assert_eq!(body["cursor"], json!(cursor_after_delete));
     // A push answer resets the same way.

@@ -41,9 +41,6 @@ struct UserModel {
     /// Cursors the server issued on complete answers, with the model's version at the time:
     /// a cursor names one state.
     cursors: HashMap<String, u64>,
-    /// The newest delete ever stored per key (a full pull leaves deletes out, so a tab may
-    /// show nothing where the server once held one).
-    deletes: HashMap<Key, Record>,
 }
 
 /// A mutation the server stored with an earlier `updatedAt` than the client stamped.
@@ -325,14 +322,6 @@ impl Server {
                 .get(&key)
                 .is_none_or(|(current, _)| incoming.wins_over(current));
             if wins {
-                if incoming.is_tombstone()
-                    && model
-                        .deletes
-                        .get(&key)
-                        .is_none_or(|d| incoming.wins_over(d))
-                {
-                    model.deletes.insert(key.clone(), incoming.clone());
-                }
                 model.version += 1;
                 model.records.insert(key, (incoming, model.version));
             }
@@ -442,11 +431,6 @@ impl Server {
             .collect())
     }
 
-    /// The newest delete `user`'s `key` ever had on the server.
-    pub fn newest_delete(&self, user: usize, key: &Key) -> Option<&Record> {
-        self.models[user].deletes.get(key)
-    }
-
     /// Invariant 4 for a `304`: nothing changed after the cursor.
     fn check_not_modified(&self, user: usize, since: Option<&str>) -> Result<(), Violation> {
         let model = &self.models[user];
@@ -469,7 +453,7 @@ impl Server {
     }
 
     /// Invariant 4 for a page: an incremental page holds every change after its cursor; a
-    /// full page is the whole live state; a cursor names one state.
+    /// full page is the whole state, tombstones included; a cursor names one state.
     fn check_page(
         &mut self,
         user: usize,
@@ -493,8 +477,7 @@ impl Server {
                     let real = got
                         .get(&(key.0.as_str(), key.1.as_str()))
                         .map(|c| as_record(c));
-                    let live = record.value.is_some().then_some(record);
-                    if real.as_ref() != live {
+                    if real.as_ref() != Some(record) {
                         return Err(Violation::new(
                             "4 incremental pull misses nothing",
                             format!(

@@ -1040,6 +1040,71 @@ fn synced(from: Option<&str>, to: &str, reset: bool, changes: Vec<Change>) -> Ta
 }
 
 #[test]
+fn a_whole_state_older_than_what_the_tab_holds_never_rolls_it_back() {
+    let mut tab = Tab::new(10);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (full, request) = tab.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
+    // Before the answer, another tab's newer state arrives.
+    let newer = vec![
+        change("a", Some(r#"{"v":"old"}"#), 10, "c", 2),
+        change("b", Some(r#"{"v":"new"}"#), 30, "c", 7),
+        change("c", Some(r#"{"v":"new"}"#), 31, "c", 8),
+    ];
+    tab.engine
+        .handle_tab_message(tab.now, synced(None, "8", true, newer));
+    // The answer to the earlier pull is the state at version 5: `b` older, `c` not yet
+    // written, and `a` deleted and compacted (absent, though at or below 5).
+    let older = vec![change("b", Some(r#"{"v":"old"}"#), 20, "c", 5)];
+    tab.drain();
+    tab.reply(full, Reply::Pulled(page("5", older, false)));
+    assert_eq!(tab.value("a"), None, "gone from the whole state");
+    assert_eq!(tab.value("b").as_deref(), Some(r#"{"v":"new"}"#));
+    assert_eq!(tab.value("c").as_deref(), Some(r#"{"v":"new"}"#));
+    // Storage is cleared and refilled with what stayed.
+    let commands = tab.drain();
+    let clear = commands
+        .iter()
+        .position(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. })))
+        .expect("records cleared");
+    let stored: Vec<&str> = commands[clear..]
+        .iter()
+        .filter_map(|c| match c {
+            Command::Persist(Persist::Record { change, .. }) => Some(change.key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(stored.contains(&"b") && stored.contains(&"c"), "{stored:?}");
+    assert!(!stored.contains(&"a"), "{stored:?}");
+}
+
+#[test]
+fn another_tabs_older_whole_state_never_hides_an_acknowledged_write() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.fire();
+    let (id, request) = tab.only_send();
+    let stamp = pushed(&request)[0].updated_at;
+    let client = tab.engine.client_id().to_owned();
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page(
+                "2",
+                vec![change("e1", Some(r#"{"p":1}"#), stamp, &client, 2)],
+                false,
+            ),
+        },
+    );
+    // Another tab's full pull, answered before this push was applied, arrives late.
+    tab.engine
+        .handle_tab_message(tab.now, synced(None, "1", true, vec![]));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
+}
+
+#[test]
 fn an_answer_to_a_request_sent_before_a_stateless_ack_still_asks_for_the_state() {
     let mut tab = Tab::new(11);
     tab.engine.sign_in(tab.now, "u1");

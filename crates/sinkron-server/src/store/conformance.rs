@@ -139,14 +139,19 @@ async fn versions_acks_and_merge(store: &dyn Store) {
     let full = store.pull(id, None, 100).await.expect("pull");
     assert!(!full.reset && !full.more);
     assert_eq!(full.cursor, 5);
-    let live: Vec<(&str, Option<&str>, u64)> = full
+    // The whole state, in version order, holds the tombstone too.
+    let whole: Vec<(&str, Option<&str>, u64)> = full
         .changes
         .iter()
         .map(|c| (c.key.as_str(), c.value.as_deref(), c.updated_at))
         .collect();
     assert_eq!(
-        live,
-        [("b", Some(r#"{"x":3}"#), 10), ("c", Some("{}"), 61_000)]
+        whole,
+        [
+            ("a", None, 11),
+            ("b", Some(r#"{"x":3}"#), 10),
+            ("c", Some("{}"), 61_000)
+        ]
     );
 
     // Paging: the cursor of a page that has more is its last version.

@@ -129,8 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// path, so backends may answer it from memory when that is safe.
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;
 
-    /// Changes after `since`, or the whole live state (no tombstones) when `since` is `None`
-    /// or behind the compaction horizon (then `reset`). Reads one consistent snapshot.
+    /// Changes after `since`, or the whole state (every stored record, tombstones included)
+    /// when `since` is `None` or behind the compaction horizon (then `reset`). Reads one
+    /// consistent snapshot.
     async fn pull(
         &self,
         user_id: UserId,

@@ -60,7 +60,7 @@ const SESSION_SQL: &str = "SELECT u.id, u.username, u.version FROM tokens t
 
 /// A page in one statement, so the version, the horizon and the rows are one snapshot. The
 /// cursor `$2` is honoured when it lies between the horizon and the version; otherwise (or
-/// when NULL) the page is the live state from the start.
+/// when NULL) the page is the whole state from the start, tombstones included.
 const PAGE_SQL: &str = "SELECT u.version, u.horizon,
             r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
      FROM users u
@@ -71,7 +71,6 @@ const PAGE_SQL: &str = "SELECT u.version, u.horizon,
          FROM records r
          WHERE r.user_id = u.id
            AND r.version > CASE WHEN f.incremental THEN $2::int8 ELSE 0 END
-           AND (f.incremental OR r.value IS NOT NULL)
          ORDER BY r.version
          LIMIT $3
      ) r ON true

@@ -346,32 +346,25 @@ fn read_page(
             version: to_u64(r.get(5)?),
         })
     };
-    let mut changes = if full {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT collection, key, value, updated_at, client_id, version FROM records
-                 WHERE user_id = ?1 AND value IS NOT NULL ORDER BY version LIMIT ?2",
-            )
-            .map_err(store_err)?;
-        let rows = stmt
-            .query_map(params![user_id, limit_plus], map_row)
-            .map_err(store_err)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(store_err)?
+    // The whole state is every stored record, tombstones included, so a client can tell
+    // what the page leaves out (gone) from what it has that is newer than the page.
+    let after = if full {
+        0
     } else {
-        let since = to_i64(since.unwrap_or(0), "cursor")?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT collection, key, value, updated_at, client_id, version FROM records
-                 WHERE user_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
-            )
-            .map_err(store_err)?;
-        let rows = stmt
-            .query_map(params![user_id, since, limit_plus], map_row)
-            .map_err(store_err)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(store_err)?
+        to_i64(since.unwrap_or(0), "cursor")?
     };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT collection, key, value, updated_at, client_id, version FROM records
+             WHERE user_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+        )
+        .map_err(store_err)?;
+    let rows = stmt
+        .query_map(params![user_id, after, limit_plus], map_row)
+        .map_err(store_err)?;
+    let mut changes = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(store_err)?;
     let more = changes.len() > limit;
     changes.truncate(limit);
     let cursor = match changes.last() {
