@@ -206,6 +206,35 @@ describe("leader", () => {
     }));
 });
 
+describe("request budget", () => {
+  test("five idle visible tabs cost one leader's polls", () =>
+    withServer(async (server) => {
+      const interval = 400;
+      const context = await browser.newContext();
+      const first = await open(context, server, { interval });
+      await signUp(first, "budget");
+      const pages = [first];
+      for (let i = 0; i < 4; i++) pages.push(await open(context, server, { interval }));
+      const counts = pages.map(countRequests);
+      const times = [];
+      for (const page of pages) page.on("request", (r) => r.url().includes("/api/user/me") && r.method() === "GET" && times.push(Date.now()));
+      await until(() => times.length >= 12, { what: "twelve pulls", timeout: 60000 });
+      // The leader's period is the interval plus a small overhead (the round trip, the idle
+      // callback); at the default 30 s interval that gives the browser's requests per hour.
+      const periodMs = (times[times.length - 1] - times[0]) / (times.length - 1);
+      const overheadMs = Math.max(0, periodMs - interval);
+      metrics.idleTabs = {
+        tabs: 5,
+        intervalMs: interval,
+        periodMs,
+        requestsPerHourAt30s: Math.round(3_600_000 / (30_000 + overheadMs)),
+      };
+      assert.equal(counts.filter((c) => c.pulls > 0).length, 1, "one leader");
+      assert.ok(counts.every((c) => c.pushes === 0 && c.other === 0));
+      await context.close();
+    }));
+});
+
 describe("multi-device", () => {
   test("a change on A reaches B at B's next poll, and at once when B is focused", () =>
     withServer(async (server) => {
