@@ -171,6 +171,70 @@ describe("cross-tab", () => {
     }));
 });
 
+describe("fallbacks", () => {
+  test("without BroadcastChannel the storage event carries changes between tabs", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      await context.addInitScript(() => {
+        delete window.BroadcastChannel;
+      });
+      const a = await open(context, server);
+      await signUp(a, "nobc");
+      const b = await open(context, server);
+      await syncedState(b);
+      const bRequests = countRequests(b);
+      await a.getByTestId("favorite-s15").click();
+      await waitPressed(b, "favorite-s15", "true", 2000);
+      assert.equal(bRequests.all, 0, `tab B made requests: ${bRequests.log}`);
+      await context.close();
+    }));
+
+  test("without Web Locks every tab still syncs", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      await context.addInitScript(() => {
+        Object.defineProperty(navigator, "locks", { value: undefined });
+      });
+      const a = await open(context, server, { interval: 500 });
+      await signUp(a, "nolocks");
+      const b = await open(context, server, { interval: 500 });
+      await syncedState(b);
+      await a.getByTestId("favorite-s16").click();
+      await waitPressed(b, "favorite-s16", "true", 2000);
+      const other = await browser.newContext();
+      const c = await open(other, server, { interval: 500 });
+      await signIn(c, "nolocks");
+      await c.getByTestId("favorite-s17").click();
+      for (const page of [a, b]) await waitPressed(page, "favorite-s17", "true", 5000);
+      await context.close();
+      await other.close();
+    }));
+
+  test("foreign or corrupt stored data is reset with a warning, never a crash", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const warnings = [];
+      await context.addInitScript(() => {
+        if (sessionStorage.getItem("seeded")) return;
+        sessionStorage.setItem("seeded", "1");
+        localStorage.setItem("sinkron:schema", "999");
+        localStorage.setItem("sinkron:v1:guest:r:favorites:s18", "{not json");
+        localStorage.setItem("sinkron:v1:session", '{"token": 5}');
+      });
+      const page = await context.newPage();
+      page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+      await page.goto(`${server.url}/`);
+      await page.getByTestId("sync-status").waitFor();
+      assert.equal(await page.getByTestId("sync-status").getAttribute("data-state"), "guest");
+      assert.equal(await pressed(page, "favorite-s18"), "false");
+      assert.ok(warnings.some((w) => w.includes("resetting")), `warnings: ${warnings}`);
+      await page.getByTestId("favorite-s18").click();
+      await page.reload();
+      await waitPressed(page, "favorite-s18");
+      await context.close();
+    }));
+});
+
 describe("leader", () => {
   test("one tab polls; when it closes or hides, another takes over", () =>
     withServer(async (server) => {
