@@ -217,7 +217,11 @@ async fn a_cursor_behind_compacted_tombstones_gets_a_reset(backend: Backend) {
             &alice.token,
             &batch(
                 "c1",
-                vec![mutation(3, "favorites", "a", json!(null), 20)],
+                vec![
+                    mutation(3, "favorites", "a", json!(null), 20),
+                    // The newest row is never compacted: one after the tombstone.
+                    mutation(4, "favorites", "c", json!({"on": true}), 21),
+                ],
                 None,
             ),
         )
@@ -236,10 +240,11 @@ async fn a_cursor_behind_compacted_tombstones_gets_a_reset(backend: Backend) {
     let changes = body["changes"].as_array().expect("changes");
     assert_eq!(
         changes.len(),
-        1,
+        2,
         "the whole state, the compacted tombstone gone: {body}"
     );
     assert_eq!(changes[0]["key"], "b");
+    assert_eq!(changes[1]["key"], "c");
     assert_eq!(body["cursor"], json!(cursor_after_delete));
     // A push answer resets the same way.
     let pushed = server

@@ -169,6 +169,7 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
         m(1, "a", Some("{}"), 10),
         m(2, "b", Some("{}"), 10),
         m(3, "a", None, 11),
+        m(4, "c", Some("{}"), 12),
     ];
     store
         .push(id, batch("c1", &writes, None))
@@ -183,10 +184,25 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
         page.reset,
         "a cursor below the deleted tombstone's version resets"
     );
-    assert_eq!(page.changes.len(), 1);
-    assert_eq!(page.changes[0].key, "b");
+    let keys: Vec<&str> = page.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["b", "c"]);
     let page = store.pull(id, Some(3), 100).await.expect("pull");
-    assert!(!page.reset && page.changes.is_empty());
+    assert!(!page.reset && page.changes.len() == 1);
+
+    // The newest row stays even when it is an old tombstone, so a whole state always ends
+    // at its cursor's version.
+    store
+        .push(id, batch("c1", &[m(5, "c", None, 13)], None))
+        .await
+        .expect("delete");
+    store.compact_tombstones(u64::MAX).await.expect("compact");
+    let whole = store.pull(id, None, 100).await.expect("pull");
+    assert_eq!(whole.cursor, 5);
+    assert_eq!(
+        whole.changes.last().map(|c| (c.key.as_str(), c.version)),
+        Some(("c", 5))
+    );
+    assert!(!store.pull(id, Some(4), 100).await.expect("pull").reset);
 }
 
 async fn client_ids_compare_bytewise_and_keys_keep_every_character(store: &dyn Store) {

@@ -144,7 +144,8 @@ pub trait Store: Send + Sync + 'static {
     /// bumps the user's version by one.
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError>;
 
-    /// Deletes tombstones stored at or before `stored_before_ms` and raises each affected
+    /// Deletes tombstones stored at or before `stored_before_ms`, except each user's newest
+    /// row (so a whole state always ends at its cursor's version), and raises each affected
     /// user's horizon to the highest version deleted. Returns how many were deleted.
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError>;
 }

@@ -675,8 +675,9 @@ impl Store for PostgresStore {
             let users: Vec<i64> = tx
                 .query(
                     "SELECT id FROM users WHERE id IN (
-                         SELECT DISTINCT user_id FROM records
-                         WHERE value IS NULL AND stored_at <= $1 LIMIT $2)
+                         SELECT DISTINCT r.user_id FROM records r JOIN users u ON u.id = r.user_id
+                         WHERE r.value IS NULL AND r.stored_at <= $1 AND r.version < u.version
+                         LIMIT $2)
                      ORDER BY id FOR NO KEY UPDATE",
                     &[&before, &COMPACTION_USERS_MAX],
                 )
@@ -692,9 +693,10 @@ impl Store for PostgresStore {
             let row = tx
                 .query_one(
                     "WITH gone AS (
-                         DELETE FROM records
-                         WHERE user_id = ANY($2) AND value IS NULL AND stored_at <= $1
-                         RETURNING user_id, version
+                         DELETE FROM records r USING users u
+                         WHERE r.user_id = ANY($2) AND u.id = r.user_id
+                           AND r.value IS NULL AND r.stored_at <= $1 AND r.version < u.version
+                         RETURNING r.user_id, r.version
                      ), highest AS (
                          SELECT user_id, MAX(version) AS version FROM gone GROUP BY user_id
                      ), raised AS (

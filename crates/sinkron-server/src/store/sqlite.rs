@@ -731,17 +731,24 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(store_err)?;
+            // Each user's newest row stays, tombstone or not: a whole state then always ends
+            // at its cursor's version, which is how a client tells what it lacks (gone) from
+            // what it holds from a newer answer.
             tx.execute(
                 "UPDATE users SET horizon = MAX(horizon, (
                      SELECT MAX(version) FROM records r
-                     WHERE r.user_id = users.id AND r.value IS NULL AND r.stored_at <= ?1))
-                 WHERE id IN (SELECT user_id FROM records WHERE value IS NULL AND stored_at <= ?1)",
+                     WHERE r.user_id = users.id AND r.value IS NULL AND r.stored_at <= ?1
+                       AND r.version < users.version))
+                 WHERE id IN (SELECT r.user_id FROM records r JOIN users u ON u.id = r.user_id
+                              WHERE r.value IS NULL AND r.stored_at <= ?1
+                                AND r.version < u.version)",
                 [before],
             )
             .map_err(store_err)?;
             let deleted = tx
                 .execute(
-                    "DELETE FROM records WHERE value IS NULL AND stored_at <= ?1",
+                    "DELETE FROM records WHERE value IS NULL AND stored_at <= ?1
+                       AND version < (SELECT version FROM users u WHERE u.id = records.user_id)",
                     [before],
                 )
                 .map_err(store_err)?;
