@@ -24,7 +24,7 @@ export interface ClientOptions {
   /** Pull the account's state right after sign-in; default true. */
   onLogin?: boolean;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
-  wasm?: Parameters<typeof init>[0];
+  wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module;
 }
 
 const LEADER_LOCK = "sinkron:leader";
@@ -46,10 +46,14 @@ export class SinkronClient {
   private tabId = "";
   private stopped = false;
 
+  // An ES private field: the wasm binding's types stay out of the published declarations.
+  readonly #engine: Sinkron;
+
   private constructor(
-    private readonly engine: Sinkron,
+    engine: Sinkron,
     private readonly options: ClientOptions,
   ) {
+    this.#engine = engine;
     this.baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
   }
 
@@ -68,22 +72,22 @@ export class SinkronClient {
   // ----- what the UI reads -----
 
   collection<V = Value>(name: string): Rec<V>[] {
-    return JSON.parse(this.engine.collection(name)) as Rec<V>[];
+    return JSON.parse(this.#engine.collection(name)) as Rec<V>[];
   }
 
   status(): Status {
-    return JSON.parse(this.engine.status()) as Status;
+    return JSON.parse(this.#engine.status()) as Status;
   }
 
   user(): Session["user"] | null {
-    const id = this.engine.user();
+    const id = this.#engine.user();
     if (id === undefined) return null;
     const session = this.storage.session();
     return session && session.user.id === id ? session.user : { id, username: "" };
   }
 
   clientId(): string {
-    return this.engine.clientId();
+    return this.#engine.clientId();
   }
 
   subscribe(listener: (changed: Changed) => void): () => void {
@@ -95,7 +99,7 @@ export class SinkronClient {
 
   /** Writes a record at once (locally and to other tabs); pushed in the background. */
   write(collection: string, key: string, value: Value | null) {
-    const error = this.engine.write(Date.now(), collection, key, value === null ? undefined : JSON.stringify(value));
+    const error = this.#engine.write(Date.now(), collection, key, value === null ? undefined : JSON.stringify(value));
     this.drain();
     if (error) throw new SinkronError(error, `write to ${collection}/${key} refused: ${error}`);
   }
@@ -114,7 +118,7 @@ export class SinkronClient {
     }
     const session = body as Session;
     this.storage.setSession(session);
-    this.engine.signIn(Date.now(), session.user.id);
+    this.#engine.signIn(Date.now(), session.user.id);
     this.drain();
     return session.user;
   }
@@ -122,7 +126,7 @@ export class SinkronClient {
   /** Signs out: flushes what is queued, wipes the user's data here and in other tabs. */
   async signOut(): Promise<void> {
     const token = this.storage.session()?.token;
-    this.engine.signOut(Date.now());
+    this.#engine.signOut(Date.now());
     this.drain();
     this.storage.setSession(null);
     if (token) {
@@ -148,7 +152,7 @@ export class SinkronClient {
   // ----- start-up -----
 
   private async restore() {
-    const e = this.engine;
+    const e = this.#engine;
     const user = this.storage.session()?.user.id ?? null;
     e.restoreUser(user ?? undefined);
     for (const r of this.storage.records(user)) {
@@ -192,7 +196,7 @@ export class SinkronClient {
       target.addEventListener(type, handler);
       this.cleanups.push(() => target.removeEventListener(type, handler));
     };
-    const e = this.engine;
+    const e = this.#engine;
     if (this.options.crossTab !== false) {
       if (typeof BroadcastChannel === "function") {
         this.channel = new BroadcastChannel(this.options.channelName ?? "sinkron");
@@ -238,7 +242,7 @@ export class SinkronClient {
     if (this.stopped) return;
     let text: string | undefined;
     const changed: Changed = { collections: [], status: false };
-    while ((text = this.engine.pollCommand()) !== undefined) {
+    while ((text = this.#engine.pollCommand()) !== undefined) {
       this.execute(JSON.parse(text) as Command, changed);
     }
     if (changed.collections === null || changed.collections.length > 0 || changed.status) {
@@ -278,10 +282,10 @@ export class SinkronClient {
   /** One timer, at the engine's next deadline; run when the browser is idle if it can. */
   private arm() {
     clearTimeout(this.timer);
-    const at = this.engine.pollTimeout();
+    const at = this.#engine.pollTimeout();
     if (at < 0 || this.stopped) return;
     const fire = () => {
-      this.engine.handleTimeout(Date.now());
+      this.#engine.handleTimeout(Date.now());
       this.drain();
     };
     this.timer = setTimeout(() => {
@@ -302,7 +306,7 @@ export class SinkronClient {
   }
 
   private receive(m: TabMessage) {
-    const e = this.engine;
+    const e = this.#engine;
     const now = Date.now();
     const scope = m.scope ?? undefined;
     const text = (v: Value | null) => (v === null ? undefined : JSON.stringify(v));
@@ -334,7 +338,7 @@ export class SinkronClient {
     if (this.options.crossTab === false || !navigator.locks) {
       // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
       queueMicrotask(() => {
-        this.engine.handleLeadership(Date.now(), true);
+        this.#engine.handleLeadership(Date.now(), true);
         this.drain();
       });
       return;
@@ -345,7 +349,7 @@ export class SinkronClient {
     navigator.locks
       .request(LEADER_LOCK, { signal: request.signal }, () => {
         this.leaderRequest = null;
-        this.engine.handleLeadership(Date.now(), true);
+        this.#engine.handleLeadership(Date.now(), true);
         this.drain();
         return new Promise<void>((release) => (this.leaderRelease = release));
       })
@@ -365,7 +369,7 @@ export class SinkronClient {
   // ----- HTTP -----
 
   private async send(c: Extract<Command, { t: "send" }>) {
-    const e = this.engine;
+    const e = this.#engine;
     const token = this.storage.session()?.token;
     const done = (reply: () => void) => {
       if (this.stopped) return;
