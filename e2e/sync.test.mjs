@@ -374,6 +374,31 @@ describe("offline", () => {
     }));
 });
 
+describe("closed tab", () => {
+  test("a new tab sends what a closed tab could not", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      const auth = await signUp(a, "orphan");
+      await a.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await context.setOffline(true);
+      await a.getByTestId("favorite-s19").click();
+      await a.getByTestId("favorite-s20").click();
+      await a.locator('[data-testid="sync-status"][data-pending="2"]').waitFor();
+      await a.close();
+      await context.setOffline(false);
+
+      const b = await open(context, server);
+      await syncedState(b);
+      const state = await server.state(auth);
+      assert.deepEqual(recordsOf(state, "favorites"), { s19: {}, s20: {} });
+      assert.equal(state.cursor, "2");
+      const outboxes = await b.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:")));
+      assert.deepEqual(outboxes, [], "the adopted outbox is emptied");
+      await context.close();
+    }));
+});
+
 describe("close-tab flush", () => {
   test("the last playback position reaches the server when the page closes", () =>
     withServer(async (server) => {

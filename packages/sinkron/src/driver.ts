@@ -162,15 +162,20 @@ export class SinkronClient {
     e.restoreCursor(this.storage.cursor(user) ?? undefined);
     // A reloaded tab keeps its client id (sessionStorage survives a reload) and resends its
     // outbox under the same ids; a duplicated tab, whose copy is still alive, gets a new id.
+    // A new tab adopts the outbox of a tab that closed before sending it (its tab lock is
+    // free), under that tab's client id, so the server still dedupes whatever did arrive.
+    // Without Web Locks a live tab cannot be told from a closed one, so nothing is adopted.
     const previous = sessionStorage.getItem(TAB_ID_KEY);
-    if (previous && (await this.claimTabId(previous))) {
-      for (const m of this.storage.outbox(user, previous)) {
+    const candidates = previous ? [previous] : navigator.locks ? this.storage.outboxOwners(user) : [];
+    for (const id of candidates) {
+      if (!(await this.claimTabId(id))) continue;
+      for (const m of this.storage.outbox(user, id)) {
         e.stageMutation(m.id, m.collection, m.key, m.value === null ? undefined : JSON.stringify(m.value), m.updatedAt);
       }
-      e.restoreOutbox(previous);
-    } else {
-      await this.claimTabId(e.clientId());
+      e.restoreOutbox(id);
+      return;
     }
+    await this.claimTabId(e.clientId());
   }
 
   /** Holds a lock named after the tab's client id for the tab's life; false if taken. */

@@ -103,6 +103,14 @@ export class DeviceStorage {
     return Array.isArray(m) ? m : [];
   }
 
+  /** The client ids that have an outbox stored in the scope. */
+  outboxOwners(scope: string | null): string[] {
+    const prefix = `${ROOT}${scopeName(scope)}:o:`;
+    return this.keys()
+      .filter((k) => k.startsWith(prefix))
+      .map((k) => k.slice(prefix.length));
+  }
+
   setOutbox(scope: string | null, clientId: string, mutations: Mutation[]) {
     const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
     if (mutations.length === 0) this.store.removeItem(key);
