@@ -235,6 +235,54 @@ describe("fallbacks", () => {
     }));
 });
 
+describe("storage quota", () => {
+  test("a full localStorage evicts the oldest history and keeps working", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // A small quota: writes that would take the stored text past 1,500 characters fail
+      // like a full localStorage does.
+      await context.addInitScript(() => {
+        const setItem = Storage.prototype.setItem;
+        Storage.prototype.setItem = function (key, value) {
+          let used = 0;
+          for (let i = 0; i < this.length; i++) {
+            const k = this.key(i);
+            if (k !== key) used += k.length + (this.getItem(k) ?? "").length;
+          }
+          if (used + key.length + String(value).length > 1500) {
+            throw new DOMException("quota", "QuotaExceededError");
+          }
+          return setItem.call(this, key, value);
+        };
+      });
+      const page = await open(context, server);
+      await signUp(page, "quota");
+      const warnings = [];
+      page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+      for (const show of ["s01", "s02", "s03", "s04"]) {
+        await openEpisodes(page, show);
+        for (let e = 1; e <= 4; e++) {
+          await page.getByTestId(`play-${show}e0${e}`).click();
+          await page.getByTestId("pause").click();
+        }
+      }
+      await syncedState(page);
+      assert.ok(warnings.some((w) => w.includes("evicted")), `warnings: ${warnings}`);
+      const stored = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":r:history:")).length);
+      assert.ok(stored > 0 && stored < 16, `stored history records: ${stored}`);
+      // Still working: a new write shows, is stored and reaches the server.
+      await page.getByTestId("favorite-s05").click();
+      await syncedState(page);
+      assert.equal(await pressed(page, "favorite-s05"), "true");
+      // A reload shows all of it again: the start pulls the whole state, as the stored
+      // cursor went with the evicted records.
+      await page.goto(`${server.url}/#/history`);
+      await syncedState(page);
+      assert.equal(await page.locator('[data-testid^="history-s"]').count(), 16);
+      await context.close();
+    }));
+});
+
 describe("leader", () => {
   test("one tab polls; when it closes or hides, another takes over", () =>
     withServer(async (server) => {

@@ -5,6 +5,7 @@
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a tab's outbox (mutations)
+//   <scope>:partial              set when the quota forced evictions: restore without a cursor
 //   msg                          the cross-tab fallback channel (storage events)
 // where <scope> is the user id, or `guest`.
 //
@@ -52,7 +53,9 @@ export class DeviceStorage {
     else this.store.removeItem(`${ROOT}session`);
   }
 
+  /** The stored cursor, unless eviction left the stored records incomplete. */
   cursor(scope: string | null): string | null {
+    if (this.store.getItem(`${ROOT}${scopeName(scope)}:partial`) !== null) return null;
     return this.store.getItem(`${ROOT}${scopeName(scope)}:c`);
   }
 
@@ -96,6 +99,7 @@ export class DeviceStorage {
   clearRecords(scope: string | null) {
     const prefix = recordPrefix(scope);
     this.removeWhere((k) => k.startsWith(prefix));
+    this.store.removeItem(`${ROOT}${scopeName(scope)}:partial`);
   }
 
   outbox(scope: string | null, clientId: string): Mutation[] {
@@ -163,6 +167,14 @@ export class DeviceStorage {
     history.sort((a, b) => a.updatedAt - b.updatedAt);
     const evict = history.slice(0, Math.max(1, Math.ceil(history.length / 4)));
     for (const r of evict) this.store.removeItem(`${recordPrefix(scope)}history:${r.key}`);
+    // The stored records are no longer everything the cursor stands for: mark the scope
+    // partial, so the next start pulls the whole state instead of believing it has it all.
+    this.store.removeItem(`${ROOT}${scopeName(scope)}:c`);
+    try {
+      this.store.setItem(`${ROOT}${scopeName(scope)}:partial`, "1");
+    } catch {
+      // Without the mark the cursor stays removed until the next pull stores it again.
+    }
     console.warn(`sinkron: storage full; evicted the ${evict.length} oldest history entries`);
     return true;
   }
