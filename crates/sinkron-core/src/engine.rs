@@ -366,7 +366,9 @@ pub struct Engine {
     next_id: u64,
     /// Every mutation id at or below this was sent at least once and must not change.
     sent_max: u64,
-    foreign: Map<RecordKey, Pending>,
+    /// A few entries at most (one per key other tabs are writing right now): a list is
+    /// smaller than another hash map in the browser build.
+    foreign: Vec<Pending>,
     /// This tab's acknowledged writes, kept in view until a reply to a request sent after
     /// the acknowledgement shows the server state (so they never flicker out of view), with
     /// the id of the request that acknowledged them.
@@ -414,7 +416,7 @@ impl Engine {
             outbox: Vec::new(),
             next_id: 1,
             sent_max: 0,
-            foreign: Map::default(),
+            foreign: Vec::new(),
             acked: Vec::new(),
             in_flight: Vec::new(),
             next_request_id: 1,
@@ -462,7 +464,7 @@ impl Engine {
             .rev()
             .map(|(_, p)| p)
             .find(|p| &p.key == key);
-        let candidates = own.into_iter().chain(acked).chain(self.foreign.get(key));
+        let candidates = own.into_iter().chain(acked).chain(self.foreign_get(key));
         for candidate in candidates {
             if best.is_none_or(|b| candidate.record.wins_over(b)) {
                 best = Some(&candidate.record);
@@ -480,7 +482,7 @@ impl Engine {
             .iter()
             .chain(self.acked.iter().map(|(_, p)| p))
             .map(|p| &p.key)
-            .chain(self.foreign.keys());
+            .chain(self.foreign.iter().map(|p| &p.key));
         let mut extra: Vec<&RecordKey> = Vec::new();
         for key in unconfirmed {
             if key.collection == collection
@@ -638,18 +640,15 @@ impl Engine {
             TabBody::Wrote { id, key, record } => {
                 self.clock.observe(record.updated_at);
                 let newer = self
-                    .foreign
-                    .get(&key)
+                    .foreign_get(&key)
                     .is_none_or(|f| record.wins_over(&f.record));
                 if newer {
-                    self.foreign.insert(
-                        key.clone(),
-                        Pending {
-                            id,
-                            key: key.clone(),
-                            record,
-                        },
-                    );
+                    self.foreign.retain(|f| f.key != key);
+                    self.foreign.push(Pending {
+                        id,
+                        key: key.clone(),
+                        record,
+                    });
                     self.notify_changed(vec![key]);
                 }
             }
@@ -673,10 +672,10 @@ impl Engine {
             TabBody::Acked { client_id, ack } => {
                 let before = self.foreign.len();
                 let mut keys = Vec::new();
-                self.foreign.retain(|key, f| {
+                self.foreign.retain(|f| {
                     let keep = !(f.record.client_id == client_id && f.id <= ack);
                     if !keep {
-                        keys.push(key.clone());
+                        keys.push(f.key.clone());
                     }
                     keep
                 });
@@ -1291,11 +1290,10 @@ impl Engine {
         // running ahead), so "holds it" is the same writer and value, whatever the stamp:
         // otherwise the unclamped copy would outrank newer writes in this view forever.
         if self
-            .foreign
-            .get(&key)
+            .foreign_get(&key)
             .is_some_and(|f| !f.record.wins_over(&record) || same_write(&f.record, &record))
         {
-            self.foreign.remove(&key);
+            self.foreign.retain(|f| f.key != key);
         }
         // Likewise this tab's acknowledged writes, once their stored copy arrives.
         let before = self.acked.len();
@@ -1338,6 +1336,11 @@ impl Engine {
             scope: self.user.clone(),
             body,
         }));
+    }
+
+    /// Another tab's unacknowledged write to `key`, if any.
+    fn foreign_get(&self, key: &RecordKey) -> Option<&Pending> {
+        self.foreign.iter().find(|f| &f.key == key)
     }
 
     fn notify_changed(&mut self, keys: Vec<RecordKey>) {
