@@ -26,6 +26,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) or `target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
 /// Runs a program in the workspace root, exiting with its status if it fails.
 fn run(name: &str, program: &str, args: &[&str]) {
     eprintln!("==> {name}: {program} {}", args.join(" "));
@@ -106,11 +114,12 @@ pub fn wasm() {
         );
     }
     let out = "packages/sinkron/src/wasm";
-    let module = "target/wasm32-unknown-unknown/wasm/sinkron_wasm.wasm";
+    let module = target_dir().join("wasm32-unknown-unknown/wasm/sinkron_wasm.wasm");
+    let module = module.to_string_lossy();
     run(
         "bindings",
         "wasm-bindgen",
-        &["--target", "web", "--out-dir", out, module],
+        &["--target", "web", "--out-dir", out, &module],
     );
     npm_install();
     let bg = format!("{out}/sinkron_wasm_bg.wasm");
@@ -183,5 +192,7 @@ pub fn e2e() {
         env!("CARGO"),
         &["build", "--bin", "sinkron"],
     );
+    // The scenarios start the binary just built, wherever the target directory is.
+    std::env::set_var("SINKRON_BIN", target_dir().join("debug/sinkron"));
     run("browser tests", "npm", &["run", "e2e"]);
 }
