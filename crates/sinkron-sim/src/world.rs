@@ -570,9 +570,11 @@ impl World {
         }
         for (key, floor) in &tab.floors {
             let view = tab.engine.get(key);
-            // Showing nothing is no older than an own delete. Anything else must be a version
-            // at least as new as the write: deletes included, since every answer carries them.
-            let deleted = floor.is_tombstone() && view.is_none();
+            // A delete reads back as nothing there, which any delete or nothing shows (a copy
+            // of an earlier delete of the same key may stand in for it until the next answer).
+            // Anything else must be a version at least as new as the write, deletes included:
+            // every answer carries them, so a live record older than the delete is caught.
+            let deleted = floor.is_tombstone() && view.is_none_or(Record::is_tombstone);
             if !deleted && view.is_none_or(|v| floor.wins_over(v)) {
                 return Err(Violation::new(
                     "read your writes",
