@@ -727,6 +727,10 @@ impl Engine {
                     self.apply_page(now, request.last_sync, page);
                     if complete {
                         self.settle_acked(|acked_by| acked_by <= request.id);
+                    } else {
+                        // The rest of the state follows in pages; a tab that does not poll
+                        // asks for them itself.
+                        self.state_wanted = !self.acked.is_empty();
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);

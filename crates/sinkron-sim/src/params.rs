@@ -44,6 +44,9 @@ pub struct Params {
     pub liveness_ms_max: u64,
     /// Events kept as text for the failure report.
     pub trace_tail: usize,
+    /// Most changes in one answer (the server's `--page-size`): small enough in some runs
+    /// that whole states and pulls come in pages (`more`).
+    pub page_size: u32,
 }
 
 impl Params {
@@ -81,6 +84,12 @@ impl Params {
             liveness_steps_max: 200_000,
             liveness_ms_max: 10 * 60_000,
             trace_tail: 60,
+            // Drawn last, so the knobs above stay what they were for every seed.
+            page_size: if rng.chance(500) {
+                rng.range(1, 8) as u32
+            } else {
+                1000
+            },
         }
     }
 
@@ -96,7 +105,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s",
+             safety={}s page={}",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -111,6 +120,7 @@ impl fmt::Display for Params {
             self.action_gap_ms_mean,
             self.fault_per_mille,
             self.safety_ms / 1000,
+            self.page_size,
         )
     }
 }

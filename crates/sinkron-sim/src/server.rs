@@ -75,12 +75,13 @@ pub struct Server {
     user_ids: Vec<UserId>,
     tokens: Vec<String>,
     models: Vec<UserModel>,
+    page_size: u32,
 }
 
 impl Server {
     /// A fresh database with `users` accounts and one token each, created through the store
     /// (password hashing is the slow part of sign-up and is not what is under test).
-    pub fn start(users: usize, now: u64, rng: &mut Rng) -> Result<Self, String> {
+    pub fn start(users: usize, page_size: u32, now: u64, rng: &mut Rng) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -96,6 +97,7 @@ impl Server {
             user_ids: Vec::new(),
             tokens: Vec::new(),
             models: (0..users).map(|_| UserModel::default()).collect(),
+            page_size,
         };
         server.restart()?;
         let store = server.store()?;
@@ -152,7 +154,11 @@ impl Server {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&self.path).map_err(|e| format!("open store: {e}"))?);
         let clock = self.clock.clone();
-        let state = AppState::new(store.clone(), Config::default())
+        let config = Config {
+            page_size: self.page_size,
+            ..Config::default()
+        };
+        let state = AppState::new(store.clone(), config)
             .with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
         self.live = Some(Live {
             store,

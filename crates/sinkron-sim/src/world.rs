@@ -147,7 +147,7 @@ impl World {
     pub fn run(seed: u64, params: Params) -> Outcome {
         let mut rng = Rng::new(seed);
         let mut trace = Trace::new(params.trace_tail);
-        let server = match Server::start(params.users, T0, &mut rng) {
+        let server = match Server::start(params.users, params.page_size, T0, &mut rng) {
             Ok(s) => s,
             Err(e) => {
                 return Outcome {

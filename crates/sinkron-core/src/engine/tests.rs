@@ -1177,3 +1177,46 @@ fn a_not_modified_answer_ends_the_wait_for_the_state() {
         next - start
     );
 }
+
+#[test]
+fn a_tab_that_does_not_poll_follows_the_pages_of_its_push_answer() {
+    let mut tab = Tab::new(13);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine
+        .handle_tab_message(tab.now, synced(None, "4", true, vec![]));
+    tab.write("e1", r#"{"p":"mine"}"#);
+    tab.drain();
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert!(matches!(request, Request::Push { .. }));
+    let first = vec![change("e0", Some("{}"), 1, "c", 5)];
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("5", first, true),
+        },
+    );
+    // Not the leader: it asks for the next page itself, with an empty push.
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Push {
+            client_id: tab.engine.client_id().to_owned(),
+            mutations: vec![],
+            last_sync: Some("5".into()),
+            keepalive: false,
+        }
+    );
+    // The write lost to a newer one: once the last page is in, the server's copy shows.
+    let rest = vec![change("e1", Some(r#"{"p":"newer"}"#), u64::MAX / 2, "z", 7)];
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("7", rest, false),
+        },
+    );
+    assert!(tab.sends().is_empty());
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"newer"}"#));
+}
