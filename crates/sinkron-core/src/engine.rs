@@ -749,8 +749,16 @@ impl Engine {
                 match request.pushed_max {
                     // A push the server will never take: drop it rather than retry forever.
                     Some(max) => self.acknowledge(max, None),
-                    // A pull with a cursor the server does not accept: start over.
+                    // A pull with a cursor the server does not accept: what we hold is not
+                    // from this server's history (a restored or replaced database, say), so
+                    // none of it can be trusted to be newer. Start over from nothing.
                     None => {
+                        self.confirmed.clear();
+                        self.commands
+                            .push_back(Command::Persist(Persist::ClearRecords {
+                                scope: self.user.clone(),
+                            }));
+                        self.commands.push_back(Command::Notify(Notice::Everything));
                         self.set_cursor(None);
                         self.pull_wanted = true;
                     }

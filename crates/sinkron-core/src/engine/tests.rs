@@ -1220,3 +1220,40 @@ fn a_tab_that_does_not_poll_follows_the_pages_of_its_push_answer() {
     assert!(tab.sends().is_empty());
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"newer"}"#));
 }
+
+#[test]
+fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let held = change("e1", Some(r#"{"p":1}"#), T0, "a", 50);
+    tab.reply(id, Reply::Pulled(page("50", vec![held], false)));
+    assert!(tab.value("e1").is_some());
+    // The server's history no longer contains cursor 50 (its database was replaced).
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("50".into())
+        }
+    );
+    tab.reply(id, Reply::Failed(Failure::Rejected { status: 400 }));
+    assert_eq!(tab.value("e1"), None, "nothing of the old history survives");
+    let commands = tab.drain();
+    assert!(commands
+        .iter()
+        .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))));
+    let full_pull = commands.iter().find_map(|c| match c {
+        Command::Send { id, request } => Some((*id, request.clone())),
+        _ => None,
+    });
+    let (id, request) = full_pull.expect("a whole-state pull follows at once");
+    assert_eq!(request, Request::Pull { last_sync: None });
+    tab.reply(
+        id,
+        Reply::Pulled(page("2", vec![change("e2", Some("{}"), T0, "b", 2)], false)),
+    );
+    assert_eq!(tab.value("e1"), None);
+    assert!(tab.value("e2").is_some());
+}
