@@ -278,6 +278,7 @@ describe("storage quota", () => {
       // cursor went with the evicted records.
       await page.goto(`${server.url}/#/history`);
       await syncedState(page);
+      await page.locator('[data-testid^="history-s"]').nth(15).waitFor();
       assert.equal(await page.locator('[data-testid^="history-s"]').count(), 16);
       await context.close();
     }));

@@ -358,6 +358,8 @@ pub struct Engine {
     /// its writes stay in view until a later answer of this tab shows that state: one must
     /// come even if there is nothing else to send.
     state_wanted: bool,
+    /// Whether the driver has reported visibility yet.
+    visibility_reported: bool,
     unauthorized: bool,
 
     confirmed: Map<RecordKey, Stored>,
@@ -410,6 +412,7 @@ impl Engine {
             leader: false,
             leadership_asked: false,
             state_wanted: false,
+            visibility_reported: false,
             unauthorized: false,
             confirmed: Map::default(),
             cursor: None,
@@ -565,9 +568,13 @@ impl Engine {
     /// The tab became visible (`true`) or hidden (`false`). Hiding flushes the outbox with a
     /// keepalive request and gives up leadership, so a hidden tab never polls and a visible
     /// one takes over.
+    /// The first report (the driver's, when the tab opens) counts as a change: a tab that
+    /// opens visible wants the current state like one that becomes visible.
     pub fn handle_visibility(&mut self, now: u64, visible: bool) {
         self.observe_time(now);
-        if self.visible == visible {
+        let first = !self.visibility_reported;
+        self.visibility_reported = true;
+        if self.visible == visible && !first {
             return self.finish(now);
         }
         self.visible = visible;
@@ -659,6 +666,8 @@ impl Engine {
                 changes,
             } => {
                 let continues = from == self.cursor;
+                // The device's leader saw the server's state: so does this tab.
+                self.last_synced_at = Some(now);
                 let keys = self.apply_changes(reset, changes);
                 if continues || reset {
                     self.set_cursor(Some(to));
@@ -685,7 +694,18 @@ impl Engine {
             }
             TabBody::PullWanted => {
                 if self.leader {
-                    self.want_pull(now);
+                    match (self.pulled_recently(now), self.cursor.clone()) {
+                        // The state was just pulled: share that instead of pulling again.
+                        (true, Some(cursor)) if self.last_synced_at.is_some() => {
+                            self.broadcast(TabBody::Synced {
+                                from: Some(cursor.clone()),
+                                to: cursor,
+                                reset: false,
+                                changes: Vec::new(),
+                            });
+                        }
+                        _ => self.want_pull(now),
+                    }
                 }
             }
         }
@@ -716,6 +736,15 @@ impl Engine {
                 self.last_synced_at = Some(now);
                 self.settle_acked(|acked_by| acked_by < request.id);
                 self.schedule_next_pull(now);
+                // The other tabs learn that the device is up to date, too.
+                if let Some(cursor) = request.last_sync {
+                    self.broadcast(TabBody::Synced {
+                        from: Some(cursor.clone()),
+                        to: cursor,
+                        reset: false,
+                        changes: Vec::new(),
+                    });
+                }
             }
             Reply::Pushed { ack, page } => {
                 self.succeeded();
@@ -1136,12 +1165,15 @@ impl Engine {
             self.broadcast(TabBody::PullWanted);
             return;
         }
-        let recent = self
-            .last_pull_at
-            .is_some_and(|t| now < t + self.config.trigger_gap_ms);
-        if !recent {
+        if !self.pulled_recently(now) {
             self.pull_wanted = true;
         }
+    }
+
+    /// Within the trigger gap of the last pull: its state is still fresh.
+    fn pulled_recently(&self, now: u64) -> bool {
+        self.last_pull_at
+            .is_some_and(|t| now < t + self.config.trigger_gap_ms)
     }
 
     fn schedule_next_pull(&mut self, now: u64) {

@@ -69,7 +69,8 @@ export function syncState(s: Status): SyncState {
   if (!s.signedIn) return "guest";
   if (!s.online || s.error === "unreachable") return "offline";
   if (s.pending > 0) return "pending";
-  if (s.syncing) return "syncing";
+  // Not "synced" before this tab has seen the server's state at least once.
+  if (s.syncing || s.lastSyncedAt === null) return "syncing";
   return "synced";
 }
 

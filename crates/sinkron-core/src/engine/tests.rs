@@ -1257,3 +1257,76 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
     assert_eq!(tab.value("e1"), None);
     assert!(tab.value("e2").is_some());
 }
+
+#[test]
+fn follower_tabs_learn_from_the_leaders_pulls_that_the_device_is_in_sync() {
+    let mut leader = Tab::leader();
+    leader.fire();
+    let (id, _) = leader.only_send();
+    leader.reply(id, Reply::NotModified);
+    let synced = Tab::broadcasts(&leader.drain())
+        .into_iter()
+        .find(|m| matches!(m.body, TabBody::Synced { .. }))
+        .expect("a 304 is shared with the other tabs");
+    assert_eq!(
+        synced.body,
+        TabBody::Synced {
+            from: Some("1".into()),
+            to: "1".into(),
+            reset: false,
+            changes: vec![]
+        }
+    );
+
+    let mut follower = Tab::new(9);
+    follower.engine.sign_in(follower.now, "u1");
+    follower.drain();
+    assert_eq!(follower.engine.status().last_synced_at, None);
+    follower.now += 5;
+    follower.engine.handle_tab_message(follower.now, synced);
+    assert_eq!(follower.engine.status().last_synced_at, Some(follower.now));
+    assert!(follower.sends().is_empty(), "without a request of its own");
+}
+
+#[test]
+fn a_tab_that_opens_visible_asks_the_leader_for_the_state() {
+    let mut tab = Tab::new(11);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine.handle_visibility(tab.now, true);
+    let asked = Tab::broadcasts(&tab.drain())
+        .iter()
+        .any(|m| m.body == TabBody::PullWanted);
+    assert!(asked, "opening is a trigger, like becoming visible");
+    tab.engine.handle_visibility(tab.now + 10, true);
+    let again = Tab::broadcasts(&tab.drain())
+        .iter()
+        .any(|m| m.body == TabBody::PullWanted);
+    assert!(!again, "a repeated report is not");
+}
+
+#[test]
+fn a_leader_that_just_pulled_answers_a_new_tab_with_its_cursor_instead_of_pulling() {
+    let mut leader = Tab::leader();
+    leader.now += 100;
+    let scope = Some("u1".to_owned());
+    leader.engine.handle_tab_message(
+        leader.now,
+        TabMessage {
+            scope,
+            body: TabBody::PullWanted,
+        },
+    );
+    let commands = leader.drain();
+    assert!(
+        commands.iter().all(|c| !matches!(c, Command::Send { .. })),
+        "no second pull"
+    );
+    let shared = Tab::broadcasts(&commands);
+    assert!(shared.iter().any(|m| m.body
+        == TabBody::Synced {
+            from: Some("1".into()),
+            to: "1".into(),
+            reset: false,
+            changes: vec![]
+        }));
+}
