@@ -331,6 +331,17 @@ struct Pending {
 }
 
 #[derive(Clone, Debug)]
+struct Acked {
+    /// The request whose answer acknowledged the write.
+    by: u64,
+    /// The first request id sent after the acknowledgement arrived. Ids order sends, not
+    /// answers: a request sent earlier (a pull beside a keepalive flush, say) may have been
+    /// answered from a state before the write.
+    after: u64,
+    pending: Pending,
+}
+
+#[derive(Clone, Debug)]
 struct InFlight {
     id: u64,
     /// The cursor the request was sent with (for pulls and pushes).
@@ -371,10 +382,10 @@ pub struct Engine {
     /// A few entries at most (one per key other tabs are writing right now): a list is
     /// smaller than another hash map in the browser build.
     foreign: Vec<Pending>,
-    /// This tab's acknowledged writes, kept in view until a reply to a request sent after
-    /// the acknowledgement shows the server state (so they never flicker out of view), with
-    /// the id of the request that acknowledged them.
-    acked: Vec<(u64, Pending)>,
+    /// This tab's acknowledged writes, kept in view until an answer shows the server state
+    /// after them (so they never flicker out of view): the acknowledging push's own answer,
+    /// or the answer to a request sent after the acknowledgement arrived.
+    acked: Vec<Acked>,
 
     in_flight: Vec<InFlight>,
     next_request_id: u64,
@@ -465,7 +476,7 @@ impl Engine {
             .acked
             .iter()
             .rev()
-            .map(|(_, p)| p)
+            .map(|a| &a.pending)
             .find(|p| &p.key == key);
         let candidates = own.into_iter().chain(acked).chain(self.foreign_get(key));
         for candidate in candidates {
@@ -483,7 +494,7 @@ impl Engine {
         let unconfirmed = self
             .outbox
             .iter()
-            .chain(self.acked.iter().map(|(_, p)| p))
+            .chain(self.acked.iter().map(|a| &a.pending))
             .map(|p| &p.key)
             .chain(self.foreign.iter().map(|p| &p.key));
         let mut extra: Vec<&RecordKey> = Vec::new();
@@ -727,14 +738,14 @@ impl Engine {
                 let complete = !page.more;
                 self.apply_page(now, request.last_sync, page);
                 if complete {
-                    self.settle_acked(|acked_by| acked_by < request.id);
+                    self.settle_acked(|a| request.id >= a.after);
                 }
             }
             Reply::NotModified => {
                 self.succeeded();
                 self.last_pull_at = Some(now);
                 self.last_synced_at = Some(now);
-                self.settle_acked(|acked_by| acked_by < request.id);
+                self.settle_acked(|a| request.id >= a.after);
                 self.schedule_next_pull(now);
                 // The other tabs learn that the device is up to date, too.
                 if let Some(cursor) = request.last_sync {
@@ -755,7 +766,7 @@ impl Engine {
                     let complete = !page.more;
                     self.apply_page(now, request.last_sync, page);
                     if complete {
-                        self.settle_acked(|acked_by| acked_by <= request.id);
+                        self.settle_acked(|a| a.by == request.id || request.id >= a.after);
                     } else {
                         // The rest of the state follows in pages; a tab that does not poll
                         // asks for them itself.
@@ -763,7 +774,7 @@ impl Engine {
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);
-                    if self.acked.iter().any(|(by, _)| *by == request.id) {
+                    if self.acked.iter().any(|a| a.by == request.id) {
                         self.state_wanted = true;
                     }
                 }
@@ -1213,7 +1224,11 @@ impl Engine {
             if p.id > ack {
                 kept.push(p);
             } else if let Some(request) = by {
-                self.acked.push((request, p));
+                self.acked.push(Acked {
+                    by: request,
+                    after: self.next_request_id,
+                    pending: p,
+                });
             }
         }
         self.outbox = kept;
@@ -1229,12 +1244,12 @@ impl Engine {
     /// Forgets acknowledged writes whose acknowledging request passes `settled` (an answer
     /// that shows the server state after them). The state is still wanted while any remain:
     /// an answer to a request sent before a write was acknowledged does not show it.
-    fn settle_acked(&mut self, settled: impl Fn(u64) -> bool) {
+    fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) {
         let mut keys = Vec::new();
-        self.acked.retain(|(by, p)| {
-            let keep = !settled(*by);
+        self.acked.retain(|a| {
+            let keep = !settled(a);
             if !keep {
-                keys.push(p.key.clone());
+                keys.push(a.pending.key.clone());
             }
             keep
         });
@@ -1342,7 +1357,7 @@ impl Engine {
         // Likewise this tab's acknowledged writes, once their stored copy arrives.
         let before = self.acked.len();
         self.acked
-            .retain(|(_, p)| !(p.key == key && same_write(&p.record, &record)));
+            .retain(|a| !(a.pending.key == key && same_write(&a.pending.record, &record)));
         if self.acked.len() != before {
             self.commands
                 .push_back(Command::Notify(Notice::Changed(vec![key.clone()])));

@@ -1330,3 +1330,37 @@ fn a_leader_that_just_pulled_answers_a_new_tab_with_its_cursor_instead_of_pullin
             changes: vec![]
         }));
 }
+
+#[test]
+fn an_answer_to_a_pull_sent_before_an_ack_arrived_does_not_settle_the_acked_write() {
+    let mut tab = Tab::new(12);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.drain();
+    tab.now += 1_000;
+    tab.write("e1", r#"{"p":"mine"}"#);
+    let mine = tab
+        .engine
+        .get(&RecordKey::new("history", "e1"))
+        .unwrap()
+        .updated_at;
+    // Hidden: the outbox goes out in a keepalive flush (no cursor yet, so a stateless ack).
+    tab.engine.handle_visibility(tab.now, false);
+    let (flush, _) = tab.only_send();
+    // Visible again, leader: a whole-state pull goes out beside the flush.
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    let (pull, request) = tab.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
+    assert!(pull > flush);
+    // The flush is acknowledged first; then the pull answers from a state before the write.
+    tab.reply(
+        flush,
+        Reply::Pushed {
+            ack: 1,
+            page: page("6", vec![], false),
+        },
+    );
+    let older = change("e1", Some(r#"{"p":"theirs"}"#), mine - 500, "b", 5);
+    tab.reply(pull, Reply::Pulled(page("5", vec![older], false)));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
+}
