@@ -72,6 +72,27 @@ pub struct Page {
     pub reset: bool,
 }
 
+impl Page {
+    /// Cuts the rows of a page query (ordered by version, at most `limit + 1` of them) into a
+    /// page: `more` when the extra row came back, and the cursor where the next pull starts —
+    /// the last returned row's version when more follow, else the user's `version`. Every
+    /// backend pages with this one rule.
+    pub fn from_rows(mut changes: Vec<Change>, limit: usize, version: u64, reset: bool) -> Page {
+        let more = changes.len() > limit;
+        changes.truncate(limit);
+        let cursor = match changes.last() {
+            Some(last) if more => last.version,
+            _ => version,
+        };
+        Page {
+            changes,
+            cursor,
+            more,
+            reset,
+        }
+    }
+}
+
 /// A validated push batch.
 #[derive(Clone, Copy, Debug)]
 pub struct PushBatch<'a> {

@@ -355,18 +355,12 @@ async fn read_page<C: GenericClient>(
             changes.push(change);
         }
     }
-    let more = changes.len() > limit;
-    changes.truncate(limit);
-    let cursor = match changes.last() {
-        Some(last) if more => last.version,
-        _ => version,
-    };
-    Ok(Page {
+    Ok(Page::from_rows(
         changes,
-        cursor,
-        more,
-        reset: full && since.is_some(),
-    })
+        limit,
+        version,
+        full && since.is_some(),
+    ))
 }
 
 /// The record columns of a [`PAGE_SQL`] row; `None` for a user without matching records.

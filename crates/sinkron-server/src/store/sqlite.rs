@@ -362,21 +362,15 @@ fn read_page(
     let rows = stmt
         .query_map(params![user_id, after, limit_plus], map_row)
         .map_err(store_err)?;
-    let mut changes = rows
+    let changes = rows
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(store_err)?;
-    let more = changes.len() > limit;
-    changes.truncate(limit);
-    let cursor = match changes.last() {
-        Some(last) if more => last.version,
-        _ => version,
-    };
-    Ok(Page {
+    Ok(Page::from_rows(
         changes,
-        cursor,
-        more,
-        reset: full && since.is_some(),
-    })
+        limit,
+        version,
+        full && since.is_some(),
+    ))
 }
 
 /// Applies one push inside the caller's transaction (a savepoint of a group commit).
