@@ -150,7 +150,8 @@ describe("cross-tab", () => {
               };
             }),
         );
-        await b.evaluate(() => new Promise((r) => setTimeout(r, 0)));
+        // Evaluations run in order: once this one returns, B's listener exists.
+        await b.evaluate(() => true);
         const sent = await a.evaluate(() => {
           const channel = new BroadcastChannel("probe");
           const t = performance.timeOrigin + performance.now();

@@ -108,8 +108,10 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
       if (changed.status || all) {
         const status = c.status();
         next.status = { ...status, state: syncState(status) };
-        next.user = c.user();
       }
+      // The user changes only at sign-in and sign-out, which the engine reports as
+      // "everything": a write (a status change) does not re-read the stored session.
+      if (all) next.user = c.user();
       set(next);
     };
 
