@@ -131,6 +131,9 @@ mod wire {
     pub struct ErrorDetail {
         pub code: String,
         pub message: String,
+        /// With `mutation_id_reused` only: the server's ack for the push's client id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ack: Option<u64>,
     }
 
     fn is_false(b: &bool) -> bool {

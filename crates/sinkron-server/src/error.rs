@@ -23,6 +23,8 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// The client's ack, for 409 `mutation_id_reused`.
+    pub ack: Option<u64>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            ack: None,
         }
     }
 
@@ -107,6 +110,17 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::IdsReused { ack } => Self {
+                ack: Some(ack),
+                ..Self::new(
+                    StatusCode::CONFLICT,
+                    "mutation_id_reused",
+                    format!(
+                        "mutation ids at or below {ack} were already used for other writes of \
+                         this clientId; number new writes above {ack}"
+                    ),
+                )
+            },
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "storage unavailable");
                 Self {
@@ -129,6 +143,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message.into_owned(),
+                ack: self.ack,
             },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {

@@ -411,13 +411,14 @@ async fn a_retried_batch_is_applied_once(backend: Backend) {
     let third = server.push_ok(&alice.token, &overlap).await;
     assert_eq!(third["ack"], 4);
     assert_eq!(third["cursor"], "4");
-    // Ids at or below the ack are skipped even with different content.
+    // A copy at or below the ack stamped no later than anything the client sent is a
+    // retry (a sent mutation never changes): skipped, whatever it carries.
     let stale = server
         .push_ok(
             &alice.token,
             &batch(
                 "c1",
-                vec![mutation(2, "history", "ep2", json!({"pos": 99}), 999)],
+                vec![mutation(2, "history", "ep2", json!({"pos": 99}), 100)],
                 None,
             ),
         )
@@ -429,6 +430,57 @@ async fn a_retried_batch_is_applied_once(backend: Backend) {
         state[&("history".into(), "ep2".into())]["value"],
         json!({"pos": 20})
     );
+}
+
+async fn reused_ids_are_refused_with_the_ack_and_nothing_is_lost(backend: Backend) {
+    let server = Server::start(backend).await;
+    let alice = server.register("alice").await;
+    let first = batch(
+        "tab",
+        vec![mutation(1, "favorites", "s01", json!({}), 1_000)],
+        None,
+    );
+    assert_eq!(server.push_ok(&alice.token, &first).await["ack"], 1);
+
+    // The same client id, numbering from 1 again (a reloaded tab that lost its numbering),
+    // with a new write stamped later than anything it sent: not a retry. Skipping it would
+    // lose it, so the whole batch is refused with the ack and nothing of it is applied.
+    let reused = batch(
+        "tab",
+        vec![
+            mutation(1, "favorites", "s02", json!({}), 2_000),
+            mutation(2, "favorites", "s03", json!({}), 2_001),
+        ],
+        None,
+    );
+    let refused = server.push(&alice.token, &reused).await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    assert_eq!(refused.error_code(), "mutation_id_reused");
+    assert_eq!(refused.json()["error"]["ack"], 1);
+    assert_eq!(server.state(&alice.token).await.len(), 1);
+
+    // Renumbered above the ack, as the engine does, both arrive.
+    let renumbered = batch(
+        "tab",
+        vec![
+            mutation(2, "favorites", "s02", json!({}), 2_000),
+            mutation(3, "favorites", "s03", json!({}), 2_001),
+        ],
+        None,
+    );
+    assert_eq!(server.push_ok(&alice.token, &renumbered).await["ack"], 3);
+    // The first batch retried late is still a retry: skipped, not refused.
+    assert_eq!(server.push_ok(&alice.token, &first).await["ack"], 3);
+    let state = server.state(&alice.token).await;
+    let keys: Vec<&str> = state.keys().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(keys, ["s01", "s02", "s03"]);
+    // Another client id is not affected by this one's ack.
+    let other = batch(
+        "phone",
+        vec![mutation(1, "favorites", "s04", json!({}), 500)],
+        None,
+    );
+    assert_eq!(server.push_ok(&alice.token, &other).await["ack"], 1);
 }
 
 async fn an_invalid_mutation_rejects_the_whole_batch(backend: Backend) {
@@ -1143,6 +1195,7 @@ on_every_backend!(
     invalid_cursors_are_400,
     full_and_incremental_pulls_carry_tombstones,
     a_retried_batch_is_applied_once,
+    reused_ids_are_refused_with_the_ack_and_nothing_is_lost,
     an_invalid_mutation_rejects_the_whole_batch,
     the_newest_write_wins_and_ties_break_by_client_id,
     timestamps_from_the_future_are_clamped,

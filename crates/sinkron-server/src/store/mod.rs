@@ -31,6 +31,11 @@ pub enum StoreError {
     /// A uniqueness rule was broken, e.g. a username that is taken.
     #[error("conflict")]
     Conflict,
+    /// A push carried ids at or below the client's ack with writes that are not retries of
+    /// what the server took under those ids ([`PushBatch::check_retries`]). Nothing was
+    /// applied.
+    #[error("mutation ids at or below the ack {ack} reused")]
+    IdsReused { ack: u64 },
     /// The backend is busy or unreachable; trying again later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -107,6 +112,52 @@ pub struct PushBatch<'a> {
     pub since: Option<u64>,
     /// Most changes in the returned page.
     pub limit: usize,
+}
+
+/// What the server remembers of a client id: the highest mutation id it took (the ack)
+/// and the highest `updatedAt`, as sent, of every mutation it took under that id (`None`
+/// for a client acknowledged before this was kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientMark {
+    pub ack: u64,
+    pub stamp_max: Option<u64>,
+}
+
+/// `updatedAt` as stored in a 64-bit signed column.
+fn stamp(m: &Mutation) -> u64 {
+    m.updated_at.min(i64::MAX as u64)
+}
+
+impl PushBatch<'_> {
+    /// Refuses a batch whose ids at or below the client's ack carry writes the server never
+    /// took under them. Every retry of a mutation the server took carries its original
+    /// `updatedAt`, at most the client's `stamp_max`; a mutation stamped later is a new write
+    /// under a reused id (a client that lost its numbering), which skipping as a retry would
+    /// lose without a trace. The client renumbers it and pushes again. Every backend applies
+    /// this one rule.
+    pub fn check_retries(&self, mark: ClientMark) -> Result<(), StoreError> {
+        let Some(stamp_max) = mark.stamp_max else {
+            return Ok(());
+        };
+        let reused = self
+            .mutations
+            .iter()
+            .any(|m| m.id <= mark.ack && stamp(m) > stamp_max);
+        if reused {
+            return Err(StoreError::IdsReused { ack: mark.ack });
+        }
+        Ok(())
+    }
+
+    /// The client's mark once this batch is taken.
+    pub fn mark_after(&self, before: ClientMark) -> ClientMark {
+        let highest = self.mutations.iter().map(|m| m.id).max().unwrap_or(0);
+        let stamps = self.mutations.iter().map(stamp).max();
+        ClientMark {
+            ack: before.ack.max(highest),
+            stamp_max: before.stamp_max.max(stamps),
+        }
+    }
 }
 
 /// What a push did.

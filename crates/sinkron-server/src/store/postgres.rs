@@ -35,15 +35,23 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
+    ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError,
+    UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "client_stamp_max",
+        include_str!("../../migrations/postgres/0002_client_stamp_max.sql"),
+    ),
+];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
 const MIGRATION_LOCK: i64 = 0x73_69_6e_6b_72_6f_6e;
@@ -77,9 +85,9 @@ const PAGE_SQL: &str = "SELECT u.version, u.horizon,
      WHERE u.id = $1";
 
 /// Locks the user's row for the rest of the push and reads the client's ack.
-const LOCK_SQL: &str = "SELECT u.version,
-            (SELECT c.ack FROM clients c WHERE c.user_id = u.id AND c.client_id = $2)
-     FROM users u WHERE u.id = $1 FOR NO KEY UPDATE";
+const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max
+     FROM users u LEFT JOIN clients c ON c.user_id = u.id AND c.client_id = $2
+     WHERE u.id = $1 FOR NO KEY UPDATE OF u";
 
 /// The stored order keys of the records a batch writes to.
 const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id
@@ -101,9 +109,10 @@ const WRITE_SQL: &str = "WITH written AS (
              stored_at = excluded.stored_at
          RETURNING 1
      ), acked AS (
-         INSERT INTO clients (user_id, client_id, ack)
-         SELECT $1, $2, $9 WHERE $10::bool
-         ON CONFLICT (user_id, client_id) DO UPDATE SET ack = excluded.ack
+         INSERT INTO clients (user_id, client_id, ack, stamp_max)
+         SELECT $1, $2, $9, $12 WHERE $10::bool
+         ON CONFLICT (user_id, client_id) DO UPDATE SET
+             ack = excluded.ack, stamp_max = excluded.stamp_max
          RETURNING 1
      )
      UPDATE users SET version = $11 WHERE id = $1 AND version < $11";
@@ -411,7 +420,12 @@ async fn apply_push(
         .ok_or(StoreError::NotFound)?;
     let mut version = to_u64(row.get(0));
     let start_version = version;
-    let ack = row.get::<_, Option<i64>>(1).map_or(0, to_u64);
+    let mark = ClientMark {
+        ack: row.get::<_, Option<i64>>(1).map_or(0, to_u64),
+        stamp_max: row.get::<_, Option<i64>>(2).map(to_u64),
+    };
+    batch.check_retries(mark)?;
+    let ack = mark.ack;
 
     let pending: Vec<_> = batch.mutations.iter().filter(|m| m.id > ack).collect();
     // What each touched record holds now, as far as newest-wins is concerned.
@@ -478,9 +492,9 @@ async fn apply_push(
         current.insert(id, incoming);
     }
 
-    let highest = batch.mutations.iter().map(|m| m.id).max().unwrap_or(0);
-    let new_ack = ack.max(highest);
-    if !writes.is_empty() || new_ack > ack {
+    let after = batch.mark_after(mark);
+    let new_ack = after.ack;
+    if !writes.is_empty() || after != mark {
         let collections: Vec<&[u8]> = writes.iter().map(|w| w.collection.as_bytes()).collect();
         let keys: Vec<&[u8]> = writes.iter().map(|w| w.key.as_bytes()).collect();
         let values: Vec<Option<&str>> = writes.iter().map(|w| w.value).collect();
@@ -488,7 +502,11 @@ async fn apply_push(
         let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
         let now = to_i64(batch.now_ms, "server time")?;
         let ack_i64 = to_i64(new_ack, "ack")?;
-        let ack_changed = new_ack > ack;
+        let ack_changed = after != mark;
+        let stamp_max = after
+            .stamp_max
+            .map(|s| to_i64(s, "updatedAt"))
+            .transpose()?;
         let version_i64 = to_i64(version, "version")?;
         let stmt = tx.prepare_cached(WRITE_SQL).await.map_err(store_err)?;
         tx.execute(
@@ -505,6 +523,7 @@ async fn apply_push(
                 &ack_i64,
                 &ack_changed,
                 &version_i64,
+                &stamp_max,
             ],
         )
         .await

@@ -26,15 +26,23 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use sinkron_core::planted::{planted, Bug};
 
 use super::{
-    OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
+    ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError,
+    UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "client_stamp_max",
+        include_str!("../../migrations/sqlite/0002_client_stamp_max.sql"),
+    ),
+];
 
 /// Read connections; WAL lets them read while the writer writes.
 const READERS: usize = 4;
@@ -385,14 +393,21 @@ fn apply_push(
         .map_err(store_err)?
         .ok_or(StoreError::NotFound)?;
     let mut version = to_u64(version);
-    let ack: u64 = tx
-        .prepare_cached("SELECT ack FROM clients WHERE user_id = ?1 AND client_id = ?2")
+    let mark = tx
+        .prepare_cached("SELECT ack, stamp_max FROM clients WHERE user_id = ?1 AND client_id = ?2")
         .and_then(|mut s| {
-            s.query_row(params![user_id, batch.client_id], |r| r.get::<_, i64>(0))
-                .optional()
+            s.query_row(params![user_id, batch.client_id], |r| {
+                Ok(ClientMark {
+                    ack: to_u64(r.get(0)?),
+                    stamp_max: r.get::<_, Option<i64>>(1)?.map(to_u64),
+                })
+            })
+            .optional()
         })
         .map_err(store_err)?
-        .map_or(0, to_u64);
+        .unwrap_or_default();
+    batch.check_retries(mark)?;
+    let ack = mark.ack;
 
     let now = to_i64(batch.now_ms, "server time")?;
     let mut applied = 0;
@@ -462,15 +477,20 @@ fn apply_push(
         applied += 1;
     }
 
-    let highest = batch.mutations.iter().map(|m| m.id).max().unwrap_or(0);
-    let new_ack = ack.max(highest);
-    if new_ack > ack {
-        let new_ack = to_i64(new_ack, "ack")?;
+    let after = batch.mark_after(mark);
+    let new_ack = after.ack;
+    if after != mark {
+        let stamp_max = after
+            .stamp_max
+            .map(|s| to_i64(s, "updatedAt"))
+            .transpose()?;
+        let ack = to_i64(new_ack, "ack")?;
         tx.prepare_cached(
-            "INSERT INTO clients (user_id, client_id, ack) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id, client_id) DO UPDATE SET ack = excluded.ack",
+            "INSERT INTO clients (user_id, client_id, ack, stamp_max) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, client_id) DO UPDATE SET
+                 ack = excluded.ack, stamp_max = excluded.stamp_max",
         )
-        .and_then(|mut s| s.execute(params![user_id, batch.client_id, new_ack]))
+        .and_then(|mut s| s.execute(params![user_id, batch.client_id, ack, stamp_max]))
         .map_err(store_err)?;
     }
     if applied > 0 {
@@ -496,6 +516,7 @@ fn copy_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::NotFound => StoreError::NotFound,
         StoreError::Conflict => StoreError::Conflict,
+        StoreError::IdsReused { ack } => StoreError::IdsReused { ack: *ack },
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Other(m) => StoreError::Other(m.clone()),
     }
