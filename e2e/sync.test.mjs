@@ -400,7 +400,7 @@ describe("offline", () => {
       await a.reload();
       await waitPressed(a, "favorite-s08");
       const outbox = await a.evaluate(() =>
-        Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => JSON.parse(localStorage.getItem(k)).length),
+        Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => JSON.parse(localStorage.getItem(k)).m.length),
       );
       assert.deepEqual(outbox, [3], "the outbox survived the reload");
 
@@ -419,6 +419,74 @@ describe("offline", () => {
       const b = await open(deviceB, server);
       await signIn(b, "offline");
       await waitPressed(b, "favorite-s09");
+      await deviceA.close();
+      await deviceB.close();
+    }));
+});
+
+describe("reload", () => {
+  /** Favourites a show and waits until the server has acknowledged it. */
+  async function favorite(page, show) {
+    await page.getByTestId(`favorite-${show}`).click();
+    await waitPressed(page, `favorite-${show}`);
+    await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+  }
+
+  test("writes after a reload reach the server and another device, whatever was acknowledged before", () =>
+    withServer(async (server) => {
+      const deviceA = await browser.newContext();
+      const a = await open(deviceA, server);
+      const auth = await signUp(a, "reloader");
+      const favorites = async () => Object.keys(recordsOf(await server.state(auth), "favorites")).sort();
+      await favorite(a, "s01");
+      await favorite(a, "s02");
+      assert.deepEqual(await favorites(), ["s01", "s02"]);
+      // Each reload keeps the tab's client id; its next writes must not reuse acknowledged ids.
+      for (const show of ["s03", "s04", "s05"]) {
+        await a.reload();
+        await syncedState(a);
+        await favorite(a, show);
+        assert.ok((await favorites()).includes(show), `${show} acknowledged but not on the server: ${await favorites()}`);
+      }
+      assert.deepEqual(await favorites(), ["s01", "s02", "s03", "s04", "s05"]);
+
+      const deviceB = await browser.newContext();
+      const b = await open(deviceB, server);
+      await signIn(b, "reloader");
+      for (const show of ["s01", "s02", "s03", "s04", "s05"]) await waitPressed(b, `favorite-${show}`);
+      await deviceA.close();
+      await deviceB.close();
+    }));
+
+  test("writes made while the API is down, across reloads, all arrive when it is back", () =>
+    withServer(async (server) => {
+      const deviceA = await browser.newContext();
+      // A short interval: retries wait at most that long once the API answers again.
+      const a = await open(deviceA, server, { interval: 1000 });
+      const auth = await signUp(a, "outage");
+      await favorite(a, "s06");
+
+      // The API is unreachable (the page itself still loads), and the page is reloaded.
+      await a.route("**/api/**", (route) => route.abort("connectionrefused"));
+      await a.reload();
+      await waitPressed(a, "favorite-s06");
+      await a.getByTestId("favorite-s07").click();
+      await a.locator('[data-testid="sync-status"][data-state="offline"][data-pending="1"]').waitFor();
+      await a.reload();
+      await waitPressed(a, "favorite-s07");
+      await a.getByTestId("favorite-s08").click();
+      await a.locator('[data-testid="sync-status"][data-pending="2"]').waitFor();
+
+      await a.unroute("**/api/**");
+      await a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      const state = await server.state(auth);
+      assert.deepEqual(Object.keys(recordsOf(state, "favorites")).sort(), ["s06", "s07", "s08"]);
+      assert.equal(state.cursor, "3", "each write applied once");
+
+      const deviceB = await browser.newContext();
+      const b = await open(deviceB, server);
+      await signIn(b, "outage");
+      for (const show of ["s06", "s07", "s08"]) await waitPressed(b, `favorite-${show}`);
       await deviceA.close();
       await deviceB.close();
     }));
@@ -443,8 +511,10 @@ describe("closed tab", () => {
       const state = await server.state(auth);
       assert.deepEqual(recordsOf(state, "favorites"), { s19: {}, s20: {} });
       assert.equal(state.cursor, "2");
-      const outboxes = await b.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:")));
-      assert.deepEqual(outboxes, [], "the adopted outbox is emptied");
+      const outboxes = await b.evaluate(() =>
+        Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => JSON.parse(localStorage.getItem(k)).m.length),
+      );
+      assert.deepEqual(outboxes, [0], "the adopted outbox is emptied (its numbering stays)");
       await context.close();
     }));
 });

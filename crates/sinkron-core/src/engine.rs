@@ -165,10 +165,14 @@ pub enum Persist {
         scope: Option<String>,
         cursor: Option<String>,
     },
-    /// Replace this tab's outbox.
+    /// Replace this tab's outbox and its numbering. Kept even when `mutations` is empty
+    /// (until the scope is wiped): a tab that reloads under the same client id restores
+    /// `next_id`, so it never reuses an id the server has already acknowledged.
     Outbox {
         scope: Option<String>,
         client_id: String,
+        /// The id the client's next write takes; every id below it has been used.
+        next_id: u64,
         mutations: Vec<Mutation>,
     },
     /// Forget everything of the scope: records, cursor, outboxes.
@@ -233,8 +237,28 @@ pub enum Failure {
     Unauthorized,
     /// 429 or 5xx: try again later, not before `Retry-After` if the server gave one.
     Unavailable { retry_after_ms: Option<u64> },
+    /// 409 `mutation_id_reused`: the push carried ids at or below the server's `ack` for
+    /// this client id with writes the server has never seen, so this client lost its
+    /// numbering. Nothing was applied; the writes are renumbered above `ack` and sent again.
+    IdsReused { ack: u64 },
     /// Any other 4xx: the request can never succeed as it is.
     Rejected { status: u16 },
+}
+
+impl Failure {
+    /// What an answer other than 200 or 304 means: the one classification every driver
+    /// uses. `status` 0 means no answer at all (a network error, or a body that could not be
+    /// read); `retry_after_ms` is the `Retry-After` header; `ack` is the `ack` field of the
+    /// error body, which only a 409 `mutation_id_reused` carries.
+    pub fn from_status(status: u16, retry_after_ms: Option<u64>, ack: Option<u64>) -> Failure {
+        match (status, ack) {
+            (0 | 408, _) => Failure::Network,
+            (401, _) => Failure::Unauthorized,
+            (409, Some(ack)) => Failure::IdsReused { ack },
+            (429 | 500..=599, _) => Failure::Unavailable { retry_after_ms },
+            _ => Failure::Rejected { status },
+        }
+    }
 }
 
 /// A message between the tabs of one device. Tabs ignore messages of another scope, so one
@@ -804,6 +828,11 @@ impl Engine {
                     }
                 }
             }
+            Reply::Failed(Failure::IdsReused { ack }) => {
+                if request.pushed_max.is_some() {
+                    self.renumber_above(ack);
+                }
+            }
             Reply::Failed(Failure::Network) => self.failed(now, None),
             Reply::Failed(Failure::Unavailable { retry_after_ms }) => {
                 self.failed(now, retry_after_ms)
@@ -936,13 +965,21 @@ impl Engine {
         self.cursor = cursor;
     }
 
-    /// Loads this tab's persisted outbox and takes over its client id and numbering, so a
-    /// reloaded tab resends its writes under the same ids and the server dedupes them. The
-    /// restored mutations may have reached the server already, so a new write never joins
-    /// them: it takes a new id (the server would skip it as a retry otherwise).
-    pub fn restore_outbox(&mut self, client_id: String, mutations: Vec<Mutation>) {
+    /// Loads a persisted outbox and takes over its client id and numbering (`next_id`, as
+    /// the last [`Persist::Outbox`] stored it), so a reloaded tab resends its writes under
+    /// the same ids, the server dedupes them, and its new writes take ids the server has
+    /// never acknowledged. The restored mutations may have reached the server already, so a
+    /// new write never joins them: it takes a new id (the server would skip it as a retry
+    /// otherwise). A driver with nothing stored for a client id restores nothing and keeps
+    /// the engine's fresh client id: an id is only ever reused together with its numbering.
+    pub fn restore_outbox(&mut self, client_id: String, next_id: u64, mutations: Vec<Mutation>) {
         self.client_id = client_id;
         self.outbox.clear();
+        self.next_id = next_id.max(1);
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::ForgottenNumbering) {
+            self.next_id = 1;
+        }
         for m in mutations {
             self.clock.observe(m.updated_at);
             self.next_id = self.next_id.max(m.id + 1);
@@ -1386,8 +1423,22 @@ impl Engine {
         self.commands.push_back(Command::Persist(Persist::Outbox {
             scope: self.user.clone(),
             client_id: self.client_id.clone(),
+            next_id: self.next_id,
             mutations: self.outbox(),
         }));
+    }
+
+    /// The server holds ids up to `ack` of this client id for other writes (this client's
+    /// numbering was lost): every pending write takes a new id above both `ack` and every id
+    /// this engine has used, and is sent again at once. Nothing is dropped, and a late copy
+    /// of the refused batch (a keepalive flush, say) is refused the same way.
+    fn renumber_above(&mut self, ack: u64) {
+        self.next_id = self.next_id.max(ack.saturating_add(1));
+        for p in &mut self.outbox {
+            p.id = self.next_id;
+            self.next_id += 1;
+        }
+        self.persist_outbox();
     }
 
     fn broadcast(&mut self, body: TabBody) {

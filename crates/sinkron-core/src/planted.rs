@@ -19,14 +19,17 @@ pub enum Bug {
     NoDedupe = 4,
     /// A pulled change drops the tab's pending write to the same key.
     PullOverwritesPending = 8,
+    /// A tab restored under its old client id forgets its numbering and starts at id 1.
+    ForgottenNumbering = 16,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
         Bug::PullOverwritesPending,
+        Bug::ForgottenNumbering,
     ];
 
     /// The name used on the command line.
@@ -36,6 +39,7 @@ impl Bug {
             Bug::TimestampCursor => "timestamp-cursor",
             Bug::NoDedupe => "no-dedupe",
             Bug::PullOverwritesPending => "pull-overwrites-pending",
+            Bug::ForgottenNumbering => "forgotten-numbering",
         }
     }
 }

@@ -15,7 +15,7 @@ use axum::http::{header, Request as HttpRequest, StatusCode};
 use axum::Router;
 use sha2::{Digest, Sha256};
 use sinkron_core::engine::Failure;
-use sinkron_core::protocol::{PullResponse, PushRequest, PushResponse};
+use sinkron_core::protocol::{ErrorBody, PullResponse, PushRequest, PushResponse};
 use sinkron_core::{Mutation, Page, Record, Reply, Request};
 use sinkron_server::store::sqlite::SqliteStore;
 use sinkron_server::store::{Store, UserId};
@@ -205,13 +205,12 @@ impl Server {
                 format!("{status}: {}", String::from_utf8_lossy(&body)),
             ));
         }
-        let failure = |status: StatusCode| match status.as_u16() {
-            401 => Failure::Unauthorized,
-            429 => Failure::Unavailable {
-                retry_after_ms: retry_after.map(|s| s * 1000),
-            },
-            408 => Failure::Network,
-            code => Failure::Rejected { status: code },
+        let failure = |status: StatusCode| {
+            let ack = serde_json::from_slice::<ErrorBody>(&body)
+                .ok()
+                .and_then(|b| b.error.ack);
+            let retry_after_ms = retry_after.map(|s| s * 1000);
+            Failure::from_status(status.as_u16(), retry_after_ms, ack)
         };
         let mut clamps = Vec::new();
         let (reply, summary) = match request {
@@ -282,6 +281,16 @@ impl Server {
                 } else {
                     // A refused batch applies nothing: the stored state must still match.
                     self.check_state(user, None)?;
+                    if let Failure::IdsReused { ack } = failure(status) {
+                        return Err(Violation::new(
+                            "7 mutation ids are never reused",
+                            format!(
+                                "the server refused a push of {client_id} as reusing ids at \
+                                 or below its ack {ack}: {}",
+                                String::from_utf8_lossy(&body)
+                            ),
+                        ));
+                    }
                     (
                         Reply::Failed(failure(status)),
                         format!("{status} {}", String::from_utf8_lossy(&body)),

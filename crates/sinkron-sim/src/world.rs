@@ -99,7 +99,8 @@ struct Lock {
 struct Scope {
     records: BTreeMap<Key, Change>,
     cursor: Option<String>,
-    outboxes: BTreeMap<String, Vec<Mutation>>,
+    /// Each client id's outbox with its numbering (the next id), kept when empty.
+    outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
 }
 
 struct Device {
@@ -140,6 +141,9 @@ pub struct World {
     keys: Vec<RecordKey>,
     /// Every clamp the server made: (client, key, stamped) → stored `updatedAt`.
     clamps: HashMap<(String, Key, u64), u64>,
+    /// Every mutation ever sent, by (client id, mutation id): an id, once sent, must always
+    /// carry the same write, or the server would skip a new write as a retry of the old.
+    sent: HashMap<(String, u64), Mutation>,
 }
 
 impl World {
@@ -192,6 +196,7 @@ impl World {
             writes: 0,
             keys,
             clamps: HashMap::new(),
+            sent: HashMap::new(),
             params,
         };
         let result = world.play();
@@ -255,7 +260,7 @@ impl World {
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
-                    self.open_tab(d, visible)?;
+                    self.open_tab(d, visible, None)?;
                 }
                 d += 1;
             }
@@ -600,6 +605,7 @@ impl World {
                 scope,
                 client_id,
                 mutations,
+                ..
             } if !mutations.is_empty() => (scope.clone(), Some(client_id.clone())),
             Persist::Outbox { scope, .. } => (scope.clone(), None),
             Persist::ClearRecords { scope }
@@ -635,14 +641,11 @@ impl World {
             Persist::Outbox {
                 scope,
                 client_id,
+                next_id,
                 mutations,
             } => {
                 let outboxes = &mut storage.entry(scope).or_default().outboxes;
-                if mutations.is_empty() {
-                    outboxes.remove(&client_id);
-                } else {
-                    outboxes.insert(client_id, mutations);
-                }
+                outboxes.insert(client_id, (next_id, mutations));
             }
             Persist::Wipe { scope } => {
                 storage.remove(&scope);
@@ -713,6 +716,7 @@ impl World {
             "d{d} t{tab_id} #{id} send {}",
             request_summary(&request)
         ));
+        self.check_ids_not_reused(d, tab_id, &request)?;
         let device = &self.devices[d];
         if !device.online {
             // fetch fails at once while the browser is offline.
@@ -767,6 +771,52 @@ impl World {
         Ok(())
     }
 
+    /// Invariant 7: a mutation id, once sent under a client id, always carries the same
+    /// write. A client that reused one (a reloaded tab that forgot its numbering) would have
+    /// its new write skipped by the server as a retry of the old one: lost without a trace.
+    fn check_ids_not_reused(
+        &mut self,
+        d: usize,
+        tab: TabId,
+        request: &Request,
+    ) -> Result<(), Violation> {
+        let Request::Push {
+            client_id,
+            mutations,
+            ..
+        } = request
+        else {
+            return Ok(());
+        };
+        for m in mutations {
+            match self.sent.get(&(client_id.clone(), m.id)) {
+                Some(earlier) if earlier != m => {
+                    return Err(Violation::new(
+                        "7 mutation ids are never reused",
+                        format!(
+                            "tab {tab} of device {d} sent mutation {} of client {client_id} as \
+                             {}/{} = {} at {}, but it was sent before as {}/{} = {} at {}",
+                            m.id,
+                            m.collection,
+                            m.key,
+                            m.value.as_deref().unwrap_or("null"),
+                            m.updated_at,
+                            earlier.collection,
+                            earlier.key,
+                            earlier.value.as_deref().unwrap_or("null"),
+                            earlier.updated_at
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.sent.insert((client_id.clone(), m.id), m.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn lock_request(&mut self, d: usize, tab: TabId) {
         let lock = &mut self.devices[d].lock;
         match lock.holder {
@@ -811,8 +861,16 @@ impl World {
     // ----- tabs -----
 
     /// Opens a tab that restores what the device stored: the session, the cursor, the
-    /// records and one outbox no live tab owns (a closed or crashed tab's).
-    fn open_tab(&mut self, d: usize, visible: bool) -> Result<(), Violation> {
+    /// records and an outbox with its numbering — the one of `previous` (the client id a
+    /// reloaded or restored tab keeps in `sessionStorage`), else one no live tab owns (a
+    /// closed or crashed tab's), as the browser driver does. Nothing stored for the id: the
+    /// tab keeps its fresh client id.
+    fn open_tab(
+        &mut self,
+        d: usize,
+        visible: bool,
+        previous: Option<String>,
+    ) -> Result<(), Violation> {
         let seed = self.rng.fork();
         let mut engine = Engine::new(Config::default(), seed);
         let user = self.devices[d].session.map(|u| self.server.user_id(u));
@@ -828,9 +886,20 @@ impl World {
             for change in scope.records.values() {
                 engine.restore_record(change.clone());
             }
-            if let Some((client_id, mutations)) =
-                scope.outboxes.iter().find(|(c, _)| !live.contains(c))
-            {
+            let stored = match &previous {
+                Some(id) => scope.outboxes.get_key_value(id),
+                // Writes to send first; else an empty one, so ids are reused (with their
+                // numbering) instead of piling up.
+                None => {
+                    let free = |c: &String| !live.contains(c);
+                    let outboxes = &scope.outboxes;
+                    outboxes
+                        .iter()
+                        .find(|(c, (_, m))| free(c) && !m.is_empty())
+                        .or_else(|| outboxes.iter().find(|(c, _)| free(c)))
+                }
+            };
+            if let Some((client_id, (next_id, mutations))) = stored {
                 for m in mutations {
                     // A write the server took (clamped) before the tab that wrote it died.
                     let clamped = self.clamps.get(&(
@@ -847,7 +916,7 @@ impl World {
                         },
                     );
                 }
-                engine.restore_outbox(client_id.clone(), mutations.clone());
+                engine.restore_outbox(client_id.clone(), *next_id, mutations.clone());
             }
         }
         let id = self.next_tab;
@@ -887,12 +956,37 @@ impl World {
         Ok(())
     }
 
-    /// A tab dies: its memory is lost, the device's storage is not.
-    fn crash_tab(&mut self, d: usize, t: usize) {
-        let id = self.devices[d].tabs[t].id;
+    /// A tab dies: its memory is lost, the device's storage is not. Sometimes the browser
+    /// restores it at once, with its `sessionStorage` (its client id).
+    fn crash_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let (id, visible) = (tab.id, tab.visible);
+        let client = tab.engine.client_id().to_owned();
         self.trace(format_args!("d{d} t{id} crashes"));
         self.devices[d].tabs.remove(t);
         self.lock_release(d, id);
+        if self.rng.chance(500) {
+            self.trace(format_args!("d{d} the browser restores tab {id}"));
+            return self.open_tab(d, visible, Some(client));
+        }
+        Ok(())
+    }
+
+    /// The user reloads a tab: the page is hidden (which flushes its outbox with a
+    /// keepalive request) and unloaded, and the new page keeps the old one's client id
+    /// (`sessionStorage` survives a reload) and restores the device's storage.
+    fn reload_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let (id, visible) = (tab.id, tab.visible);
+        let client = tab.engine.client_id().to_owned();
+        self.trace(format_args!("d{d} t{id} reloads"));
+        if visible {
+            self.devices[d].tabs[t].visible = false;
+            self.input(d, t, |e, now| e.handle_visibility(now, false))?;
+        }
+        self.devices[d].tabs.remove(t);
+        self.lock_release(d, id);
+        self.open_tab(d, visible, Some(client))
     }
 
     // ----- actions and faults (safety phase) -----
@@ -905,7 +999,7 @@ impl World {
         let tabs = self.devices[d].tabs.len();
         if tabs == 0 {
             let visible = self.rng.chance(800);
-            return self.open_tab(d, visible);
+            return self.open_tab(d, visible, None);
         }
         let t = self.rng.index(tabs);
         let roll = self.rng.range(0, 999);
@@ -921,13 +1015,11 @@ impl World {
             }
             550..=589 if tabs < self.params.tabs_max => {
                 let visible = self.rng.chance(700);
-                self.open_tab(d, visible)
+                self.open_tab(d, visible, None)
             }
-            590..=619 => self.close_tab(d, t),
-            620..=639 => {
-                self.crash_tab(d, t);
-                Ok(())
-            }
+            590..=609 => self.close_tab(d, t),
+            610..=619 => self.crash_tab(d, t),
+            620..=639 => self.reload_tab(d, t),
             640..=719 => {
                 let visible = !self.devices[d].tabs[t].visible;
                 self.set_visible(d, t, visible)
@@ -1156,7 +1248,7 @@ impl World {
                 self.set_visible(d, t, true)?;
             }
             if self.devices[d].session.is_some() && self.devices[d].tabs.is_empty() {
-                self.open_tab(d, true)?;
+                self.open_tab(d, true, None)?;
             }
             for _ in 0..self.params.tabs_max {
                 let scope = self.devices[d].session.map(|u| self.server.user_id(u));
@@ -1165,14 +1257,15 @@ impl World {
                     .iter()
                     .map(|t| t.engine.client_id().to_owned())
                     .collect();
-                let orphan = self.devices[d]
-                    .storage
-                    .get(&scope)
-                    .is_some_and(|s| s.outboxes.keys().any(|c| !live.contains(c)));
+                let orphan = self.devices[d].storage.get(&scope).is_some_and(|s| {
+                    s.outboxes
+                        .iter()
+                        .any(|(c, (_, m))| !m.is_empty() && !live.contains(c))
+                });
                 if scope.is_none() || !orphan {
                     break;
                 }
-                self.open_tab(d, true)?;
+                self.open_tab(d, true, None)?;
             }
         }
         Ok(())

@@ -45,3 +45,8 @@ fn applying_retried_mutations_again_is_caught() {
 fn a_pull_overwriting_pending_writes_is_caught() {
     finds("pull-overwrites-pending", 20);
 }
+
+#[test]
+fn a_reloaded_tab_that_forgets_its_numbering_is_caught() {
+    finds("forgotten-numbering", 10);
+}

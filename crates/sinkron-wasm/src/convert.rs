@@ -183,11 +183,13 @@ fn persist(j: &mut Json, p: &Persist) {
         Persist::Outbox {
             scope,
             client_id,
+            next_id,
             mutations,
         } => {
             j.field("t").string("outbox");
             j.field("scope").opt_string(scope.as_deref());
             j.field("clientId").string(client_id);
+            j.field("next").number(*next_id);
             j.field("mutations");
             mutation_list(j, mutations);
         }

@@ -165,11 +165,13 @@ impl Sinkron {
         }
     }
 
-    /// Restores this tab's outbox from the mutations staged with `stageMutation`.
+    /// Restores a stored outbox (the mutations staged with `stageMutation`) under its
+    /// client id, with the numbering it was stored with (`next`).
     #[wasm_bindgen(js_name = restoreOutbox)]
-    pub fn restore_outbox(&mut self, client_id: String) {
+    pub fn restore_outbox(&mut self, client_id: String, next_id: f64) {
         let mutations = core::mem::take(&mut self.staged_mutations);
-        self.engine.restore_outbox(client_id, mutations);
+        self.engine
+            .restore_outbox(client_id, ms(next_id), mutations);
     }
 
     // ----- staging of lists -----
@@ -282,17 +284,13 @@ impl Sinkron {
             .handle_reply(ms(now), ms(id), Reply::NotModified);
     }
 
-    /// A failed request: `status` 0 means no answer at all; `retry_after_ms` < 0 means none.
+    /// A failed request: `status` 0 means no answer at all; `retry_after_ms` < 0 means
+    /// none; `ack` is the error body's `ack` (a 409 `mutation_id_reused`), < 0 for none.
     #[wasm_bindgen(js_name = replyFailed)]
-    pub fn reply_failed(&mut self, now: f64, id: f64, status: u16, retry_after_ms: f64) {
-        let failure = match status {
-            0 | 408 => Failure::Network,
-            401 => Failure::Unauthorized,
-            429 | 500..=599 => Failure::Unavailable {
-                retry_after_ms: (retry_after_ms >= 0.0).then(|| ms(retry_after_ms)),
-            },
-            _ => Failure::Rejected { status },
-        };
+    pub fn reply_failed(&mut self, now: f64, id: f64, status: u16, retry_after_ms: f64, ack: f64) {
+        let retry_after_ms = (retry_after_ms >= 0.0).then(|| ms(retry_after_ms));
+        let ack = (ack >= 0.0).then(|| ms(ack));
+        let failure = Failure::from_status(status, retry_after_ms, ack);
         self.engine
             .handle_reply(ms(now), ms(id), Reply::Failed(failure));
     }

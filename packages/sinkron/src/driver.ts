@@ -161,18 +161,23 @@ export class SinkronClient {
     e.restoreRecords();
     e.restoreCursor(this.storage.cursor(user) ?? undefined);
     // A reloaded tab keeps its client id (sessionStorage survives a reload) and resends its
-    // outbox under the same ids; a duplicated tab, whose copy is still alive, gets a new id.
-    // A new tab adopts the outbox of a tab that closed before sending it (its tab lock is
-    // free), under that tab's client id, so the server still dedupes whatever did arrive.
-    // Without Web Locks a live tab cannot be told from a closed one, so nothing is adopted.
+    // outbox under the same ids, with the numbering stored beside it so that its new writes
+    // never take an id the server already acknowledged; a duplicated tab, whose copy is still
+    // alive, gets a new id. A new tab adopts the outbox of a tab that closed before sending
+    // it (its tab lock is free), under that tab's client id, so the server still dedupes
+    // whatever did arrive; failing that, a closed tab's empty outbox, so client ids are
+    // reused instead of piling up. An id with nothing stored is never taken over: without
+    // its numbering the engine keeps its fresh id. Without Web Locks a live tab cannot be
+    // told from a closed one, so nothing is adopted.
     const previous = sessionStorage.getItem(TAB_ID_KEY);
     const candidates = previous ? [previous] : navigator.locks ? this.storage.outboxOwners(user) : [];
     for (const id of candidates) {
-      if (!(await this.claimTabId(id))) continue;
-      for (const m of this.storage.outbox(user, id)) {
+      const stored = this.storage.outbox(user, id);
+      if (!stored || !(await this.claimTabId(id))) continue;
+      for (const m of stored.mutations) {
         e.stageMutation(m.id, m.collection, m.key, m.value === null ? undefined : JSON.stringify(m.value), m.updatedAt);
       }
-      e.restoreOutbox(id);
+      e.restoreOutbox(id, stored.next);
       return;
     }
     await this.claimTabId(e.clientId());
@@ -267,7 +272,7 @@ export class SinkronClient {
         return s.setCursor(c.scope, c.cursor);
       case "outbox":
         if (c.clientId !== this.tabId) void this.claimTabId(c.clientId);
-        return s.setOutbox(c.scope, c.clientId, c.mutations);
+        return s.setOutbox(c.scope, c.clientId, c.next, c.mutations);
       case "wipe":
         return s.wipe(c.scope);
       case "broadcast":
@@ -381,7 +386,7 @@ export class SinkronClient {
       reply();
       this.drain();
     };
-    if (!token) return done(() => e.replyFailed(Date.now(), c.id, 401, -1));
+    if (!token) return done(() => e.replyFailed(Date.now(), c.id, 401, -1, -1));
     const headers: Record<string, string> = { authorization: `Bearer ${token}` };
     let response: Response;
     try {
@@ -402,13 +407,16 @@ export class SinkronClient {
         });
       }
     } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1));
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1));
     }
     if (response.status === 304) return done(() => e.replyNotModified(Date.now(), c.id));
     if (!response.ok) {
       const retryAfter = Number(response.headers.get("retry-after"));
       const retryMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : -1;
-      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs));
+      // The error body's `ack` (a 409 mutation_id_reused) goes to the engine with the status.
+      const error = await response.json().catch(() => null);
+      const ack = typeof error?.error?.ack === "number" ? error.error.ack : -1;
+      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs, ack));
     }
     let body: {
       ack?: number;
@@ -421,7 +429,7 @@ export class SinkronClient {
     try {
       body = await response.json();
     } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1));
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1));
     }
     done(() => {
       for (const ch of body.changes) {

@@ -4,14 +4,15 @@
 //   session                      the signed-in session {token, user}
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
-//   <scope>:o:<clientId>         a tab's outbox (mutations)
+//   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
+//                                kept when empty so a reloaded tab never reuses an id
 //   <scope>:partial              set when the quota forced evictions: restore without a cursor
 //   msg                          the cross-tab fallback channel (storage events)
 // where <scope> is the user id, or `guest`.
 //
 // This module only reads and writes what the engine tells it to; it decides nothing.
 
-import type { Change, Mutation, Session } from "./types.js";
+import type { Change, Mutation, Session, StoredOutbox } from "./types.js";
 
 const ROOT = "sinkron:v1:";
 const SCHEMA_KEY = "sinkron:schema";
@@ -102,23 +103,35 @@ export class DeviceStorage {
     this.store.removeItem(`${ROOT}${scopeName(scope)}:partial`);
   }
 
-  outbox(scope: string | null, clientId: string): Mutation[] {
-    const m = this.readJson<Mutation[]>(`${ROOT}${scopeName(scope)}:o:${clientId}`);
-    return Array.isArray(m) ? m : [];
+  /** A client id's outbox and numbering, or null when nothing is stored for it. */
+  outbox(scope: string | null, clientId: string): StoredOutbox | null {
+    const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
+    const stored = this.readJson<{ n?: unknown; m?: unknown } | Mutation[]>(key);
+    if (stored === null) return null;
+    // An outbox stored as a bare list (before numbering was kept): its ids are above
+    // every acknowledged one, so the next id is one above its highest.
+    const mutations = Array.isArray(stored) ? stored : stored.m;
+    const next = Array.isArray(stored) ? 1 : stored.n;
+    if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) {
+      console.warn(`sinkron: dropping a corrupt stored outbox ${key}`);
+      this.store.removeItem(key);
+      return null;
+    }
+    return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
   }
 
-  /** The client ids that have an outbox stored in the scope. */
+  /** The client ids with an outbox stored in the scope: those with writes first. */
   outboxOwners(scope: string | null): string[] {
     const prefix = `${ROOT}${scopeName(scope)}:o:`;
-    return this.keys()
+    const ids = this.keys()
       .filter((k) => k.startsWith(prefix))
       .map((k) => k.slice(prefix.length));
+    const pending = (id: string) => ((this.outbox(scope, id)?.mutations.length ?? 0) > 0 ? 0 : 1);
+    return ids.sort((a, b) => pending(a) - pending(b));
   }
 
-  setOutbox(scope: string | null, clientId: string, mutations: Mutation[]) {
-    const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
-    if (mutations.length === 0) this.store.removeItem(key);
-    else this.write(key, JSON.stringify(mutations), scope);
+  setOutbox(scope: string | null, clientId: string, next: number, mutations: Mutation[]) {
+    this.write(`${ROOT}${scopeName(scope)}:o:${clientId}`, JSON.stringify({ n: next, m: mutations }), scope);
   }
 
   wipe(scope: string | null) {
@@ -182,6 +195,11 @@ export class DeviceStorage {
   private removeWhere(test: (key: string) => boolean) {
     for (const k of this.keys()) if (test(k)) this.store.removeItem(k);
   }
+}
+
+function isMutation(m: unknown): m is Mutation {
+  const x = m as Mutation;
+  return typeof x === "object" && x !== null && typeof x.id === "number" && typeof x.collection === "string" && typeof x.key === "string" && typeof x.updatedAt === "number";
 }
 
 function isQuotaError(e: unknown): boolean {

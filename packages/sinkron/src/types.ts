@@ -64,7 +64,7 @@ export type Command =
   | { t: "record"; scope: string | null; change: Change }
   | { t: "clear"; scope: string | null }
   | { t: "cursor"; scope: string | null; cursor: string | null }
-  | { t: "outbox"; scope: string | null; clientId: string; mutations: Mutation[] }
+  | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "wipe"; scope: string | null }
   | { t: "broadcast"; message: TabMessage }
   | { t: "send"; id: number; kind: "pull"; lastSync: string | null }
@@ -73,6 +73,12 @@ export type Command =
   | { t: "notify"; what: "changed"; collections: string[] }
   | { t: "notify"; what: "everything" }
   | { t: "notify"; what: "status" };
+
+/** A client id's stored outbox and numbering: the id its next write takes. */
+export interface StoredOutbox {
+  next: number;
+  mutations: Mutation[];
+}
 
 /** What changed, for subscribers: collection names, or `null` for everything. */
 export type Changed = { collections: string[] | null; status: boolean };

@@ -835,7 +835,7 @@ fn a_reloaded_tab_resends_its_outbox_under_the_same_ids() {
     let mut reloaded = Tab::new(99);
     reloaded.engine.restore_user(Some("u1".into()));
     reloaded.engine.restore_cursor(Some("1".into()));
-    reloaded.engine.restore_outbox(client.clone(), outbox);
+    reloaded.engine.restore_outbox(client.clone(), 3, outbox);
     // Left-over writes are due at once, before any leadership.
     reloaded.engine.handle_timeout(reloaded.now);
     let sends = reloaded.sends();
@@ -853,6 +853,156 @@ fn a_reloaded_tab_resends_its_outbox_under_the_same_ids() {
     assert_eq!(push, Some((client, vec![1, 2])));
     reloaded.write("e3", "{}");
     assert_eq!(reloaded.engine.outbox().last().unwrap().id, 3);
+}
+
+/// The numbering the engine last persisted for its outbox.
+fn persisted_numbering(commands: &[Command]) -> Option<(String, u64, usize)> {
+    commands.iter().rev().find_map(|c| match c {
+        Command::Persist(Persist::Outbox {
+            client_id,
+            next_id,
+            mutations,
+            ..
+        }) => Some((client_id.clone(), *next_id, mutations.len())),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_emptied_outbox_is_persisted_with_its_numbering() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.write("e2", "{}");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 2,
+            page: page("3", vec![], false),
+        },
+    );
+    let client = tab.engine.client_id().to_owned();
+    assert_eq!(persisted_numbering(&tab.drain()), Some((client, 3, 0)));
+}
+
+#[test]
+fn a_reloaded_tab_never_reuses_an_id_the_server_acknowledged() {
+    // A tab writes, the server acknowledges, and the outbox is empty again.
+    let mut first = Tab::leader();
+    first.write("s01", "{}");
+    first.fire();
+    let (id, _) = first.only_send();
+    first.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("2", vec![change("s01", Some("{}"), T0, "x", 2)], false),
+        },
+    );
+    let (client, next_id, pending) = persisted_numbering(&first.drain()).expect("persisted");
+    assert_eq!(pending, 0);
+
+    // The page reloads: same client id (sessionStorage), an empty outbox, its numbering.
+    let mut reloaded = Tab::new(99);
+    reloaded.engine.restore_user(Some("u1".into()));
+    reloaded.engine.restore_cursor(Some("2".into()));
+    reloaded
+        .engine
+        .restore_outbox(client.clone(), next_id, Vec::new());
+    reloaded.write("s02", "{}");
+    assert_eq!(reloaded.engine.client_id(), client);
+    assert_eq!(
+        reloaded
+            .engine
+            .outbox()
+            .iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "id 1 was acknowledged for another write: the server would skip s02 as its retry"
+    );
+}
+
+#[test]
+fn a_push_refused_for_reused_ids_is_renumbered_and_sent_again() {
+    // A tab whose numbering was lost (storage that could not be written) restarts at 1.
+    let mut tab = Tab::new(3);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine.restore_cursor(Some("7".into()));
+    tab.engine.restore_outbox("c1".into(), 1, Vec::new());
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::NotModified);
+    tab.write("s02", r#"{"a":1}"#);
+    tab.write("s03", r#"{"a":2}"#);
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        pushed(&request).iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    tab.reply(id, Reply::Failed(Failure::IdsReused { ack: 5 }));
+
+    // Nothing is dropped or reported: the same writes go again at once, above the ack.
+    assert_eq!(tab.engine.status().pending, 2);
+    assert_eq!(tab.engine.status().error, None);
+    assert_eq!(
+        tab.value("s02").as_deref(),
+        Some(r#"{"a":1}"#),
+        "still in view"
+    );
+    let commands = tab.drain();
+    assert_eq!(
+        persisted_numbering(&commands),
+        Some(("c1".to_owned(), 8, 2)),
+        "the new numbering is persisted"
+    );
+    let sends: Vec<Request> = commands
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Send { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 1, "sent again at once: {sends:?}");
+    let request = &sends[0];
+    let resent: Vec<(u64, &str, Option<&str>)> = pushed(request)
+        .iter()
+        .map(|m| (m.id, m.key.as_str(), m.value.as_deref()))
+        .collect();
+    assert_eq!(
+        resent,
+        vec![
+            (6, "s02", Some(r#"{"a":1}"#)),
+            (7, "s03", Some(r#"{"a":2}"#))
+        ]
+    );
+}
+
+#[test]
+fn answers_are_classified_once_for_every_driver() {
+    use Failure::*;
+    let class = |status, retry, ack| Failure::from_status(status, retry, ack);
+    assert_eq!(class(0, None, None), Network);
+    assert_eq!(class(408, None, None), Network);
+    assert_eq!(class(401, None, None), Unauthorized);
+    assert_eq!(class(409, None, Some(4)), IdsReused { ack: 4 });
+    assert_eq!(class(409, None, None), Rejected { status: 409 });
+    assert_eq!(
+        class(429, Some(3000), None),
+        Unavailable {
+            retry_after_ms: Some(3000)
+        }
+    );
+    assert_eq!(
+        class(503, None, None),
+        Unavailable {
+            retry_after_ms: None
+        }
+    );
+    assert_eq!(class(422, None, None), Rejected { status: 422 });
 }
 
 #[test]
@@ -911,7 +1061,7 @@ fn a_write_after_restoring_an_outbox_never_reuses_a_restored_id() {
         value: Some(r#"{"p":1}"#.into()),
         updated_at: T0 - 10,
     };
-    tab.engine.restore_outbox("c1".into(), vec![restored]);
+    tab.engine.restore_outbox("c1".into(), 1, vec![restored]);
     // Mutation 3 may have reached the server before the tab died: the server would skip a
     // new value under that id as a retry.
     tab.write("e1", r#"{"p":2}"#);
