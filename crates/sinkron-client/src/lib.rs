@@ -3,22 +3,25 @@
 //! A [`Device`] owns a tokio task that owns the engine (one owner, no locks around it). The
 //! task feeds the engine inputs — app calls, HTTP replies, timer deadlines — and executes the
 //! commands it drains: requests go out with reqwest, leadership is granted at once (a native
-//! device is its own only tab), broadcasts have no one to reach, and persistence stays in
-//! memory. After every step the task publishes a [`Snapshot`] of the view on a watch channel,
+//! device is its own only tab), broadcasts have no one to reach, and persistence goes to a
+//! [`Storage`] that outlives the device: a device started again on it restores the session,
+//! the records, the cursor and the outbox with its numbering, as a reloaded tab does. After
+//! every step the task publishes a [`Snapshot`] of the view on a watch channel,
 //! which is what [`Device::wait_for`] waits on: tests wait for a state, never for a time.
 //!
 //! This crate decides nothing about syncing; every policy is the core's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH, RETRY_AFTER};
 use reqwest::StatusCode;
 use sinkron_core::engine::{Failure, Page, Reply, Request, Status, WriteError};
 use sinkron_core::protocol::{
-    Credentials, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
+    Credentials, ErrorBody, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
 };
-use sinkron_core::{Command, Config, Engine, Record};
+use sinkron_core::{Change, Command, Config, Engine, Mutation, Persist, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -33,6 +36,89 @@ pub struct Options {
     pub clock_offset_ms: i64,
     /// The collections the snapshot shows.
     pub collections: Vec<String>,
+    /// Where the device keeps what must survive a restart; a new, empty one by default.
+    pub storage: Storage,
+}
+
+/// A device's durable storage (kept in memory here; an app would back it with a file): what
+/// the engine persists, and the session. Cloning shares it, so a test can stop a device and
+/// start another on the same storage, like an app that is killed and opened again.
+#[derive(Clone, Debug, Default)]
+pub struct Storage(Arc<Mutex<Stored>>);
+
+/// What a [`Storage`] holds.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub session: Option<Session>,
+    /// Per scope (the user id, or `None` for the guest).
+    pub scopes: HashMap<Option<String>, StoredScope>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StoredScope {
+    pub records: BTreeMap<(String, String), Change>,
+    pub cursor: Option<String>,
+    /// The outbox of each client id, with its numbering (the id its next write takes).
+    pub outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
+}
+
+impl Storage {
+    /// The stored state, to read or change (a test can damage it on purpose).
+    pub fn lock(&self) -> MutexGuard<'_, Stored> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn persist(&self, p: Persist) {
+        let mut stored = self.lock();
+        match p {
+            Persist::Record { scope, change } => {
+                let key = (change.collection.clone(), change.key.clone());
+                stored
+                    .scopes
+                    .entry(scope)
+                    .or_default()
+                    .records
+                    .insert(key, change);
+            }
+            Persist::ClearRecords { scope } => {
+                stored.scopes.entry(scope).or_default().records.clear();
+            }
+            Persist::Cursor { scope, cursor } => {
+                stored.scopes.entry(scope).or_default().cursor = cursor;
+            }
+            Persist::Outbox {
+                scope,
+                client_id,
+                next_id,
+                mutations,
+            } => {
+                let outboxes = &mut stored.scopes.entry(scope).or_default().outboxes;
+                outboxes.insert(client_id, (next_id, mutations));
+            }
+            Persist::Wipe { scope } => {
+                stored.scopes.remove(&scope);
+            }
+        }
+    }
+
+    /// Loads what a previous run stored into a new engine; returns the session's token.
+    fn restore(&self, engine: &mut Engine) -> Option<String> {
+        let stored = self.lock();
+        let session = stored.session.clone();
+        let user = session.as_ref().map(|s| s.user.id.clone());
+        engine.restore_user(user.clone());
+        if let Some(scope) = stored.scopes.get(&user) {
+            engine.restore_cursor(scope.cursor.clone());
+            for change in scope.records.values() {
+                engine.restore_record(change.clone());
+            }
+            // A device is one tab: it takes over the one outbox it stored.
+            if let Some((client_id, (next_id, mutations))) = scope.outboxes.iter().next() {
+                engine.restore_outbox(client_id.clone(), *next_id, mutations.clone());
+            }
+        }
+        session.map(|s| s.token)
+    }
 }
 
 impl Default for Options {
@@ -42,6 +128,7 @@ impl Default for Options {
             seed: seed_from_os(),
             clock_offset_ms: 0,
             collections: DEFAULT_COLLECTIONS.iter().map(|c| c.to_string()).collect(),
+            storage: Storage::default(),
         }
     }
 }
@@ -92,8 +179,7 @@ enum Input {
         done: oneshot::Sender<Result<(), WriteError>>,
     },
     SignIn {
-        user: String,
-        token: String,
+        session: Session,
     },
     SignOut,
     Focus,
@@ -120,12 +206,14 @@ impl Device {
             .expect("reqwest client with default TLS-less settings builds");
         let (inputs, input_rx) = mpsc::unbounded_channel();
         let (snapshot_tx, snapshots) = watch::channel(Snapshot::default());
+        let mut engine = Engine::new(options.config.clone(), options.seed);
+        let token = options.storage.restore(&mut engine);
         let driver = Driver {
-            engine: Engine::new(options.config.clone(), options.seed),
+            engine,
             options,
             base_url: base_url.clone(),
             http: http.clone(),
-            token: None,
+            token,
             snapshots: snapshot_tx,
             pulls_sent: 0,
             pushes_sent: 0,
@@ -157,8 +245,7 @@ impl Device {
     /// Signs the device in with a session obtained elsewhere.
     pub fn sign_in(&self, session: &Session) {
         self.send(Input::SignIn {
-            user: session.user.id.clone(),
-            token: session.token.clone(),
+            session: session.clone(),
         });
     }
 
@@ -265,6 +352,9 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
         let (reply_tx, mut replies) = mpsc::unbounded_channel::<(u64, Reply)>();
+        // An app that opens is in the foreground: a restored session syncs at once.
+        let now = self.now();
+        self.engine.handle_visibility(now, true);
         self.execute(&reply_tx);
         loop {
             let deadline = self.engine.poll_timeout().map(|at| self.instant_of(at));
@@ -303,13 +393,15 @@ impl Driver {
             } => {
                 let _ = done.send(self.engine.write(now, &collection, &key, value));
             }
-            Input::SignIn { user, token } => {
-                self.token = Some(token);
-                self.engine.sign_in(now, &user);
+            Input::SignIn { session } => {
+                self.token = Some(session.token.clone());
+                self.engine.sign_in(now, &session.user.id);
+                self.options.storage.lock().session = Some(session);
             }
             Input::SignOut => {
                 self.engine.sign_out(now);
                 self.token = None;
+                self.options.storage.lock().session = None;
             }
             Input::Focus => self.engine.handle_focus(now),
             Input::Online(online) => self.engine.handle_online(now, online),
@@ -345,7 +437,8 @@ impl Driver {
                     self.engine.handle_leadership(now, true);
                 }
                 Command::Leadership(false) => {}
-                Command::Persist(_) | Command::Broadcast(_) => {}
+                Command::Persist(p) => self.options.storage.persist(p),
+                Command::Broadcast(_) => {}
                 Command::Notify(_) => changed = true,
             }
         }
@@ -421,9 +514,10 @@ impl HttpCall {
                 if response.status() == StatusCode::NOT_MODIFIED {
                     return Reply::NotModified;
                 }
-                if let Some(failure) = failure_of(&response) {
-                    return Reply::Failed(failure);
-                }
+                let response = match succeeded(response).await {
+                    Ok(r) => r,
+                    Err(failure) => return Reply::Failed(failure),
+                };
                 match response.json::<PullResponse>().await {
                     Ok(body) => Reply::Pulled(Page {
                         cursor: body.cursor,
@@ -457,9 +551,10 @@ impl HttpCall {
                     Ok(r) => r,
                     Err(_) => return Reply::Failed(Failure::Network),
                 };
-                if let Some(failure) = failure_of(&response) {
-                    return Reply::Failed(failure);
-                }
+                let response = match succeeded(response).await {
+                    Ok(r) => r,
+                    Err(failure) => return Reply::Failed(failure),
+                };
                 match response.json::<PushResponse>().await {
                     Ok(body) => Reply::Pushed {
                         ack: body.ack,
@@ -478,11 +573,12 @@ impl HttpCall {
     }
 }
 
-/// Maps an error status to the engine's failure kinds; `None` for success.
-fn failure_of(response: &reqwest::Response) -> Option<Failure> {
+/// The response if it succeeded; else what its failure means to the engine (the core's one
+/// classification).
+async fn succeeded(response: reqwest::Response) -> Result<reqwest::Response, Failure> {
     let status = response.status();
     if status.is_success() {
-        return None;
+        return Ok(response);
     }
     let retry_after_ms = response
         .headers()
@@ -490,12 +586,12 @@ fn failure_of(response: &reqwest::Response) -> Option<Failure> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s.saturating_mul(1000));
-    Some(match status.as_u16() {
-        401 => Failure::Unauthorized,
-        429 | 500..=599 => Failure::Unavailable { retry_after_ms },
-        408 => Failure::Network,
-        code => Failure::Rejected { status: code },
-    })
+    let ack = response
+        .json::<ErrorBody>()
+        .await
+        .ok()
+        .and_then(|b| b.error.ack);
+    Err(Failure::from_status(status.as_u16(), retry_after_ms, ack))
 }
 
 /// A seed for a device's engine when the caller gives none.

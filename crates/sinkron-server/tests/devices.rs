@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use sinkron_client::{Device, Options, Snapshot};
+use sinkron_client::{Device, Options, Snapshot, Storage};
 use sinkron_core::Config;
 use support::{Backend, Data};
 
@@ -383,7 +383,113 @@ async fn eight_devices_push_concurrently_while_a_ninth_follows(backend: Backend)
     }
 }
 
+/// The server's favourites of a user, read with a fresh device's pull.
+async fn server_favorites(server: &Server, username: &str) -> Vec<String> {
+    let reader = Device::start(&server.url, options(90));
+    reader.login(username, "correct horse").await.unwrap();
+    let state = reader.wait_for(WAIT, synced).await.unwrap();
+    reader.stop();
+    let mut keys: Vec<String> = state.records["favorites"].keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// A device that writes `key` and waits until the server has acknowledged it.
+async fn favorite(device: &Device, key: &str) {
+    device
+        .write("favorites", key, Some(json!({})))
+        .await
+        .unwrap();
+    device
+        .wait_for(WAIT, |s| {
+            s.pending() == 0 && s.value("favorites", key).is_some()
+        })
+        .await
+        .unwrap();
+}
+
+async fn a_restarted_device_keeps_its_client_id_and_numbering(backend: Backend) {
+    let (_dir, server) = fresh(backend);
+    let storage = Storage::default();
+    let first = Device::start(
+        &server.url,
+        Options {
+            storage: storage.clone(),
+            ..options(30)
+        },
+    );
+    first.register("dana", "correct horse").await.unwrap();
+    favorite(&first, "s01").await;
+    favorite(&first, "s02").await;
+    let client = first.snapshot().client_id;
+    first.stop();
+
+    // The app is opened again on its storage: signed in, same client id, ids above 2.
+    let again = Device::start(
+        &server.url,
+        Options {
+            storage: storage.clone(),
+            ..options(31)
+        },
+    );
+    favorite(&again, "s03").await;
+    assert_eq!(again.snapshot().client_id, client);
+    assert_eq!(again.snapshot().pushes_sent, 1, "no refused push");
+    assert_eq!(
+        server_favorites(&server, "dana").await,
+        ["s01", "s02", "s03"]
+    );
+}
+
+async fn a_device_that_lost_its_numbering_still_delivers_every_write(backend: Backend) {
+    let (_dir, server) = fresh(backend);
+    let storage = Storage::default();
+    let first = Device::start(
+        &server.url,
+        Options {
+            storage: storage.clone(),
+            ..options(32)
+        },
+    );
+    first.register("erin", "correct horse").await.unwrap();
+    favorite(&first, "s01").await;
+    favorite(&first, "s02").await;
+    first.stop();
+    // The numbering did not reach the disk: the next run starts again at id 1.
+    for scope in storage.lock().scopes.values_mut() {
+        for (next_id, _) in scope.outboxes.values_mut() {
+            *next_id = 1;
+        }
+    }
+
+    let again = Device::start(
+        &server.url,
+        Options {
+            storage,
+            ..options(33)
+        },
+    );
+    // Id 1 and 2 are taken on the server: the push is refused as reusing them, the engine
+    // renumbers, and the writes arrive instead of being skipped as retries.
+    again
+        .write("favorites", "s03", Some(json!({})))
+        .await
+        .unwrap();
+    again
+        .write("favorites", "s04", Some(json!({})))
+        .await
+        .unwrap();
+    let done = again.wait_for(WAIT, synced).await.unwrap();
+    assert!(done.pushes_sent >= 2, "refused once, then sent again");
+    assert_eq!(
+        server_favorites(&server, "erin").await,
+        ["s01", "s02", "s03", "s04"]
+    );
+}
+
 on_every_backend!(
+    a_restarted_device_keeps_its_client_id_and_numbering,
+    a_device_that_lost_its_numbering_still_delivers_every_write,
     two_devices_of_one_user_converge,
     the_newest_write_wins_on_every_device,
     a_device_with_a_clock_an_hour_fast_does_not_win_over_later_writes,
