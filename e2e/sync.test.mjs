@@ -320,6 +320,81 @@ describe("leader", () => {
     }));
 });
 
+describe("leader lock", () => {
+  test("a lock granted after the tab stopped wanting it is let go, so another tab leads", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // The race made certain: a queued request for the leader lock cannot be withdrawn
+      // here, so its grant arrives after the tab was hidden, as when a hide and a grant cross.
+      await context.addInitScript(() => {
+        const request = navigator.locks.request.bind(navigator.locks);
+        navigator.locks.request = (name, options, callback) => {
+          if (name !== "sinkron:leader" || typeof options !== "object") return request(name, options, callback);
+          const { signal: _ignored, ...rest } = options;
+          return request(name, rest, callback);
+        };
+      });
+      const interval = 500;
+      const a = await open(context, server, { interval });
+      await signUp(a, "grant");
+      const b = await open(context, server, { interval });
+      await syncedState(b);
+      const [countsA, countsB] = [countRequests(a), countRequests(b)];
+      // B waits for the lock A holds; B is hidden, then A: the lock goes to hidden B.
+      await setVisible(b, false);
+      await setVisible(a, false);
+      await setVisible(a, true);
+      await until(() => countsA.pulls >= 3, { what: "A leading again", timeout: 10_000 });
+      assert.equal(countsB.pulls, 0, "hidden B never polls");
+      await setVisible(b, true);
+      const pullsOfA = countsA.pulls;
+      await until(() => countsA.pulls >= pullsOfA + 2, { what: "A still leading", timeout: 10_000 });
+      assert.equal(countsB.pulls, 0, "B waits for the lock");
+      await context.close();
+    }));
+});
+
+describe("leader cadence", () => {
+  test("the leader keeps its interval with 2 and 3 visible tabs, across hiding and new leaders", () =>
+    withServer(async (server) => {
+      const interval = 500;
+      // A pull is due every interval ± 10 %; the round trip and the wait for an idle period
+      // add a little. A stall (a missed or doubled interval) is well above this.
+      const gapMax = interval * 1.1 + 250;
+      const context = await browser.newContext();
+      const pages = [await open(context, server, { interval })];
+      await signUp(pages[0], "cadence");
+      pages.push(await open(context, server, { interval }), await open(context, server, { interval }));
+      const pulls = pages.map(() => []);
+      pages.forEach((page, i) =>
+        page.on("request", (r) => {
+          if (new URL(r.url()).pathname === "/api/user/me" && r.method() === "GET") pulls[i].push(Date.now());
+        }),
+      );
+      const started = Date.now();
+      let rounds = 0;
+      for (; rounds < 20 && Date.now() - started < 120_000; rounds++) {
+        // Every tab hides at once (the screen turns off), then 2 or 3 are shown again: the
+        // leader lock is released and taken again, often by another tab.
+        const shown = rounds % 2 === 0 ? pages.slice(0, 2) : pages;
+        await Promise.all(pages.map((p) => setVisible(p, false)));
+        for (const p of pulls) p.length = 0;
+        await Promise.all(shown.map((p) => setVisible(p, true)));
+        await until(() => pulls.some((p) => p.length >= 5), { what: `five pulls in round ${rounds}`, timeout: 10_000 });
+        const leaders = pulls.filter((p) => p.length > 0);
+        assert.equal(leaders.length, 1, `round ${rounds}: pulls per tab ${pulls.map((p) => p.length)}`);
+        const times = leaders[0];
+        const gaps = times.slice(1).map((t, i) => t - times[i]);
+        assert.ok(
+          gaps.every((g) => g <= gapMax),
+          `round ${rounds} (${shown.length} tabs): gaps between pulls ${gaps} ms, at most ${gapMax} due`,
+        );
+      }
+      assert.ok(rounds >= 10, `only ${rounds} rounds in the time bound`);
+      await context.close();
+    }));
+});
+
 describe("request budget", () => {
   test("five idle visible tabs cost one leader's polls", () =>
     withServer(async (server) => {

@@ -30,6 +30,8 @@ export interface ClientOptions {
 const LEADER_LOCK = "sinkron:leader";
 const TAB_LOCK = "sinkron:tab:";
 const TAB_ID_KEY = "sinkron:v1:tab";
+/** The most a deadline waits for an idle period. */
+const IDLE_SLACK_MS = 50;
 
 let wasmReady: Promise<unknown> | null = null;
 
@@ -289,7 +291,11 @@ export class SinkronClient {
     }
   }
 
-  /** One timer, at the engine's next deadline; run when the browser is idle if it can. */
+  /**
+   * One timer, at the engine's next deadline; run in an idle period if one comes within
+   * IDLE_SLACK_MS. Idle periods can be late by far more (a busy or background renderer gave
+   * none for ~500 ms, which halved a short poll interval), so the wait for one is bounded.
+   */
   private arm() {
     clearTimeout(this.timer);
     const at = this.#engine.pollTimeout();
@@ -299,7 +305,7 @@ export class SinkronClient {
       this.drain();
     };
     this.timer = setTimeout(() => {
-      if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: 1000 });
+      if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
       else fire();
     }, Math.max(0, at - Date.now()));
   }
@@ -358,10 +364,16 @@ export class SinkronClient {
     this.leaderRequest = request;
     navigator.locks
       .request(LEADER_LOCK, { signal: request.signal }, () => {
+        // Held until released; the release exists before the engine hears of the grant, so
+        // a grant it no longer wants (handed straight back while draining) is let go.
+        const held = new Promise<void>((release) => (this.leaderRelease = release));
         this.leaderRequest = null;
-        this.#engine.handleLeadership(Date.now(), true);
-        this.drain();
-        return new Promise<void>((release) => (this.leaderRelease = release));
+        if (this.stopped) this.dropLeadership();
+        else {
+          this.#engine.handleLeadership(Date.now(), true);
+          this.drain();
+        }
+        return held;
       })
       .catch(() => {
         // Aborted because we stopped wanting it: nothing to do.

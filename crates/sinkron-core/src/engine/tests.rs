@@ -358,6 +358,66 @@ fn the_leader_pulls_every_interval_with_jitter() {
 }
 
 #[test]
+fn other_tabs_messages_never_move_the_leaders_next_pull() {
+    let mut tab = Tab::leader();
+    let due = tab
+        .engine
+        .poll_timeout()
+        .expect("the next pull is scheduled");
+    // Between two pulls, the other tabs write, push (and share the answer) and get
+    // acknowledged: none of it may move the leader's pull.
+    let messages = [
+        TabBody::Wrote {
+            id: 1,
+            key: RecordKey::new("history", "e1"),
+            record: Record {
+                value: Some("{}".into()),
+                updated_at: T0 + 1,
+                client_id: "other".into(),
+            },
+        },
+        TabBody::Synced {
+            from: Some("1".into()),
+            to: "2".into(),
+            reset: false,
+            changes: vec![change("e1", Some("{}"), T0 + 1, "other", 2)],
+        },
+        TabBody::Acked {
+            client_id: "other".into(),
+            ack: 1,
+        },
+    ];
+    for body in messages {
+        tab.now += 5_000;
+        let message = TabMessage {
+            scope: Some("u1".into()),
+            body,
+        };
+        tab.engine.handle_tab_message(tab.now, message);
+        assert!(tab.sends().is_empty());
+        assert_eq!(tab.engine.poll_timeout(), Some(due));
+    }
+    // A tab that is focused asks for a pull: it comes at once, and the next one an
+    // interval after it.
+    tab.now += 5_000;
+    let wanted = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::PullWanted,
+    };
+    tab.engine.handle_tab_message(tab.now, wanted);
+    let (id, request) = tab.only_send();
+    assert!(matches!(request, Request::Pull { .. }));
+    tab.reply(id, Reply::NotModified);
+    let pulled = tab.now;
+    let next = tab.fire() - pulled;
+    assert!(
+        (27_000..=33_000).contains(&next),
+        "next pull {next} ms later"
+    );
+    assert!(matches!(tab.only_send().1, Request::Pull { .. }));
+}
+
+#[test]
 fn only_a_visible_signed_in_leader_pulls() {
     // Not the leader: no pulls however long we wait.
     let mut follower = Tab::new(2);
