@@ -143,9 +143,22 @@ async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart(backend: Bac
 
     let server = data.start(&[]).await;
     assert_eq!(server.state(&alice.token).await, before);
-    // The ack survived too: a retry of the same batch is still a no-op.
+    // The ack survived too: a retry of the same batch is still a no-op...
     let retried = server
         .push_ok(
+            &alice.token,
+            &batch(
+                "c1",
+                vec![mutation(1, "history", "ep1", json!({"pos": 42}), 1000)],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(retried["ack"], pushed["ack"]);
+    assert_eq!(retried["cursor"], pushed["cursor"]);
+    // ... and so did what tells a retry from a reused id: a later write under id 1 is refused.
+    let reused = server
+        .push(
             &alice.token,
             &batch(
                 "c1",
@@ -154,8 +167,8 @@ async fn acknowledged_pushes_and_sessions_survive_a_sigterm_restart(backend: Bac
             ),
         )
         .await;
-    assert_eq!(retried["ack"], pushed["ack"]);
-    assert_eq!(retried["cursor"], pushed["cursor"]);
+    assert_eq!(reused.status, 409, "{}", reused.text);
+    assert_eq!(reused.json()["error"]["ack"], 1);
     assert_eq!(server.state(&alice.token).await, before);
     server.stop().await;
 }
