@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use sinkron_core::protocol::{Credentials, Session, User};
 use tokio::sync::Semaphore;
 
+use crate::config::AuthMode;
 use crate::error::{ApiError, AppJson};
+use crate::jwt::{TokenError, TOKEN_BYTES_MAX};
 use crate::store::{StoreError, UserId};
 use crate::{now_ms, AppState};
 
@@ -126,48 +128,77 @@ impl AuthGuards {
     }
 }
 
-/// The signed-in user of a request, resolved from `Authorization: Bearer <token>`.
+/// The signed-in user of a request, resolved from `Authorization: Bearer <token>`: one of
+/// Sinkron's own tokens (built-in accounts), or a JSON Web Token of the site (JWT mode).
 #[derive(Clone, Debug)]
 pub struct AuthUser {
     pub user_id: UserId,
+    /// The user's id on the wire: a built-in account's number, or the site's `sub`.
+    pub public_id: Arc<str>,
     pub username: Arc<str>,
     /// The user's version when the request was authenticated.
     pub version: u64,
-    pub token_hash: [u8; 32],
+    /// The hash of a built-in token (what logout revokes); `None` for a site token.
+    pub token_hash: Option<[u8; 32]>,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        let token_hash = hash_token(token);
-        let session = state
-            .store
-            .session(&token_hash)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        if state.config.auth_enabled(AuthMode::Builtin) && is_builtin_token(token) {
+            let token_hash = hash_token(token);
+            let session = state
+                .store
+                .session(&token_hash)
+                .await?
+                .ok_or_else(ApiError::unauthorized)?;
+            return Ok(Self {
+                user_id: session.user_id,
+                public_id: session.user_id.to_string().into(),
+                username: session.username,
+                version: session.version,
+                token_hash: Some(token_hash),
+            });
+        }
+        let verifier = state.jwt.as_ref().ok_or_else(ApiError::unauthorized)?;
+        let subject = verifier.verify(token).map_err(|e| match e {
+            TokenError::Expired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "the token has expired; get a fresh one from the site",
+            ),
+            TokenError::Invalid(_) => ApiError::unauthorized(),
+        })?;
+        let session = state.store.subject_session(&subject, now_ms()).await?;
+        let subject: Arc<str> = subject.into();
         Ok(Self {
             user_id: session.user_id,
-            username: session.username,
+            public_id: subject.clone(),
+            username: subject,
             version: session.version,
-            token_hash,
+            token_hash: None,
         })
     }
 }
 
-/// The token of a well-formed `Bearer` header: 64 lowercase hex digits, as [`new_token`]
-/// makes them. Anything else cannot be a token, so it never reaches storage.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+/// The token of a `Bearer` header, if it has one of a sane length.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer")
-        && token.len() == 64
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= TOKEN_BYTES_MAX)
+        .then_some(token)
+}
+
+/// Whether a token has the shape of Sinkron's own: 64 lowercase hex digits, as [`new_token`]
+/// makes them. Anything else cannot be one, so it never reaches storage.
+fn is_builtin_token(token: &str) -> bool {
+    token.len() == 64
         && token
             .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    .then_some(token)
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn hash_token(token: &str) -> [u8; 32] {
@@ -333,7 +364,12 @@ async fn login(
 }
 
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
-    state.store.revoke_token(&user.token_hash).await?;
+    let Some(token_hash) = user.token_hash else {
+        return Err(ApiError::bad_request(
+            "a site token is signed out at the site, not here",
+        ));
+    };
+    state.store.revoke_token(&token_hash).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -374,13 +410,18 @@ mod tests {
             header::AUTHORIZATION,
             format!("Bearer {token}").parse().unwrap(),
         );
-        assert_eq!(bearer_token(&h), Some(token.as_str()));
+        assert_eq!(bearer(&h), Some(token.as_str()));
+        assert!(is_builtin_token(&token));
         h.insert(
             header::AUTHORIZATION,
             format!("Basic {token}").parse().unwrap(),
         );
-        assert_eq!(bearer_token(&h), None);
+        assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer short".parse().unwrap());
-        assert_eq!(bearer_token(&h), None);
+        assert_eq!(bearer(&h), Some("short"));
+        assert!(!is_builtin_token("short"));
+        let huge = format!("Bearer {}", "a".repeat(TOKEN_BYTES_MAX + 1));
+        h.insert(header::AUTHORIZATION, huge.parse().unwrap());
+        assert_eq!(bearer(&h), None);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
 
@@ -96,6 +97,59 @@ pub struct Config {
     /// `index.html` for paths it does not have. API paths are never shadowed by it.
     #[arg(long, env = "SINKRON_STATIC_DIR", value_name = "DIR")]
     pub static_dir: Option<std::path::PathBuf>,
+
+    /// How clients sign in, comma separated: `builtin` (Sinkron's own accounts:
+    /// register/login), `jwt` (tokens the site issues), or both. Default: `jwt` when a JWT
+    /// key is configured, else `builtin`. Without `builtin` the register and login routes
+    /// answer 404.
+    #[arg(
+        long,
+        env = "SINKRON_AUTH",
+        value_name = "MODES",
+        value_delimiter = ','
+    )]
+    pub auth: Vec<AuthMode>,
+
+    /// JWT mode: a file holding the HS256 secret the site signs its tokens with (at least 32
+    /// bytes; a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "SINKRON_JWT_HS256_SECRET_FILE",
+        value_name = "PATH",
+        conflicts_with_all = ["jwt_public_key_file", "jwks_file"]
+    )]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// JWT mode: a PEM public key of the site (RSA for RS256, EC for ES256/ES384, Ed25519
+    /// for EdDSA); the algorithm is pinned by the key's kind.
+    #[arg(
+        long,
+        env = "SINKRON_JWT_PUBLIC_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "jwks_file"
+    )]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWT mode: a JWKS document of the site's public keys, chosen by each token's `kid`.
+    #[arg(long, env = "SINKRON_JWKS_FILE", value_name = "PATH")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// JWT mode: the `iss` every token must carry.
+    #[arg(long, env = "SINKRON_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// JWT mode: the `aud` every token must carry (unchecked when not set).
+    #[arg(long, env = "SINKRON_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+/// A way of signing in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Sinkron's own accounts and tokens.
+    Builtin,
+    /// JSON Web Tokens issued by the site.
+    Jwt,
 }
 
 impl Default for Config {
@@ -110,6 +164,12 @@ impl Default for Config {
             tombstone_ttl_secs: 30 * 24 * 3600,
             request_timeout_secs: 30,
             static_dir: None,
+            auth: Vec::new(),
+            jwt_hs256_secret_file: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
         }
     }
 }
@@ -117,6 +177,21 @@ impl Default for Config {
 impl Config {
     pub fn page_size(&self) -> usize {
         usize::try_from(self.page_size).unwrap_or(usize::MAX)
+    }
+
+    /// Whether a JWT key is configured.
+    pub fn has_jwt_key(&self) -> bool {
+        self.jwt_hs256_secret_file.is_some()
+            || self.jwt_public_key_file.is_some()
+            || self.jwks_file.is_some()
+    }
+
+    /// Whether `mode` is on: as `--auth` says, else `jwt` with a key and `builtin` without.
+    pub fn auth_enabled(&self, mode: AuthMode) -> bool {
+        if self.auth.is_empty() {
+            return (mode == AuthMode::Jwt) == self.has_jwt_key();
+        }
+        self.auth.contains(&mode)
     }
 
     pub fn connect_options(&self) -> crate::store::ConnectOptions {
@@ -142,6 +217,12 @@ impl fmt::Debug for Config {
             .field("page_size", &self.page_size)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("auth", &self.auth)
+            .field("jwt_hs256_secret_file", &self.jwt_hs256_secret_file)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
             .finish()
     }
 }

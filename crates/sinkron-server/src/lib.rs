@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod store;
 pub mod sync;
 
@@ -50,6 +51,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// In-memory guards of the sign-in routes (hashing slots, login throttle).
     guards: Arc<auth::AuthGuards>,
+    /// The site's token keys, in JWT mode.
+    jwt: Option<Arc<jwt::JwtVerifier>>,
     /// Stamps sync answers (`serverTime`) and bounds future `updatedAt`s.
     clock: ServerClock,
 }
@@ -68,7 +71,16 @@ impl AppState {
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
+            jwt: None,
             clock: Arc::new(now_ms),
+        }))
+    }
+
+    /// The same state verifying the site's tokens with `jwt` (JWT mode).
+    pub fn with_jwt(self, jwt: Option<jwt::JwtVerifier>) -> Self {
+        Self(Arc::new(Shared {
+            jwt: jwt.map(Arc::new),
+            ..(*self.0).clone()
         }))
     }
 
@@ -96,10 +108,12 @@ pub fn now_ms() -> u64 {
 /// The whole HTTP service.
 pub fn app(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(auth::router())
         .merge(sync::router());
+    if state.config.auth_enabled(config::AuthMode::Builtin) {
+        router = router.merge(auth::router());
+    }
     let router = match &state.config.static_dir {
         // A web app: unknown `/api/…` paths still answer our JSON 404, everything else is a
         // file of the app or its `index.html` (client-side routes).

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sinkron_server::jwt::JwtVerifier;
 use sinkron_server::store::{self, Store};
 use sinkron_server::{app, now_ms, AppState, Config};
 use tracing_subscriber::EnvFilter;
@@ -87,9 +88,12 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
+    // The site's keys first: a bad key file fails before anything is opened.
+    let jwt = JwtVerifier::from_config(&config)?;
     let store = store::connect(&config.database, config.connect_options())
         .await
         .map_err(|e| e.to_string())?;
+    let state = AppState::new(store.clone(), config.clone()).with_jwt(jwt);
 
     // At start, before accepting requests, so that no client is served from tombstones that
     // this run is about to forget.
@@ -109,7 +113,7 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!(%addr, "listening");
 
-    let result = axum::serve(listener, app(AppState::new(store, config)))
+    let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"));

@@ -125,7 +125,7 @@ async fn pull(
     } = page;
     let body = PullResponse {
         user: User {
-            id: user.user_id.to_string(),
+            id: user.public_id.to_string(),
             username: user.username.to_string(),
         },
         cursor: cursor.to_string(),

@@ -31,10 +31,34 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) 
 /// Runs every check in order on one fresh store.
 pub async fn run(store: &dyn Store) {
     accounts_and_tokens(store).await;
+    site_users_are_made_once_per_subject(store).await;
     versions_acks_and_merge(store).await;
     compaction_raises_the_horizon(store).await;
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
+}
+
+async fn site_users_are_made_once_per_subject(store: &dyn Store) {
+    let first = store.subject_session("site|42", 5).await.expect("created");
+    assert_eq!((&*first.username, first.version), ("site|42", 0));
+    let again = store.subject_session("site|42", 6).await.expect("found");
+    assert_eq!(again.user_id, first.user_id);
+    let other = store.subject_session("site|43", 7).await.expect("created");
+    assert_ne!(other.user_id, first.user_id);
+    // A push to the site's user raises the version the next lookup reports.
+    let mutations = [m(1, "e1", Some("{}"), 10)];
+    store
+        .push(first.user_id, batch("c", &mutations, None))
+        .await
+        .expect("push");
+    let after = store.subject_session("site|42", 8).await.expect("found");
+    assert_eq!(after.version, 1);
+    // The built-in username space is untouched: "site|42" can still be registered.
+    assert!(store
+        .find_user_by_name("site|42")
+        .await
+        .expect("find")
+        .is_none());
 }
 
 async fn accounts_and_tokens(store: &dyn Store) {

@@ -21,6 +21,12 @@ use sinkron_core::{Change, Mutation};
 /// A user's id: the integer primary key. On the wire it is a JSON string.
 pub type UserId = i64;
 
+/// The `username` a site's user gets: `jwt:` and the subject. No built-in username can hold
+/// a `:`, so the two kinds never collide.
+pub fn subject_username(subject: &str) -> String {
+    format!("jwt:{subject}")
+}
+
 /// What can go wrong in storage. A constraint the client broke is [`StoreError::Conflict`]
 /// (it becomes a 4xx); everything else is the server's problem.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +206,11 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves a token to its user and the user's version in one call: this is the poll hot
     /// path, so backends may answer it from memory when that is safe.
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;
+
+    /// The user a verified site token names by its `sub`, created (empty) the first time the
+    /// subject is seen, with the user's version: the poll path of JWT mode. `username` is the
+    /// subject.
+    async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError>;
 
     /// Changes after `since`, or the whole state (every stored record, tombstones included)
     /// when `since` is `None` or behind the compaction horizon (then `reset`). Reads one

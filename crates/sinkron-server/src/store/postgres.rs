@@ -35,8 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError,
-    UserAccount, UserId,
+    subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store,
+    StoreError, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "client_stamp_max",
         include_str!("../../migrations/postgres/0002_client_stamp_max.sql"),
+    ),
+    (
+        3,
+        "user_subject",
+        include_str!("../../migrations/postgres/0003_user_subject.sql"),
     ),
 ];
 
@@ -661,6 +666,43 @@ impl Store for PostgresStore {
             }
         };
         Ok(row.map(|r| session_of(&r)))
+    }
+
+    async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let client = self.client().await?;
+        let find = client
+            .prepare_cached("SELECT id, version FROM users WHERE subject = $1")
+            .await
+            .map_err(store_err)?;
+        let mut row = client
+            .query_opt(&find, &[&subject])
+            .await
+            .map_err(store_err)?;
+        if row.is_none() {
+            // First sight of this subject; a concurrent first request may create it instead.
+            let create = client
+                .prepare_cached(
+                    "INSERT INTO users (username, password_hash, created_at, subject)
+                     VALUES ($1, '', $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(store_err)?;
+            client
+                .execute(&create, &[&subject_username(subject), &now, &subject])
+                .await
+                .map_err(store_err)?;
+            row = client
+                .query_opt(&find, &[&subject])
+                .await
+                .map_err(store_err)?;
+        }
+        let row = row.ok_or(StoreError::NotFound)?;
+        Ok(SessionInfo {
+            user_id: row.get(0),
+            username: subject.into(),
+            version: to_u64(row.get(1)),
+        })
     }
 
     async fn pull(

@@ -26,8 +26,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use sinkron_core::planted::{planted, Bug};
 
 use super::{
-    ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store, StoreError,
-    UserAccount, UserId,
+    subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store,
+    StoreError, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "client_stamp_max",
         include_str!("../../migrations/sqlite/0002_client_stamp_max.sql"),
+    ),
+    (
+        3,
+        "user_subject",
+        include_str!("../../migrations/sqlite/0003_user_subject.sql"),
     ),
 ];
 
@@ -58,6 +63,8 @@ struct Cache {
     tokens: HashMap<[u8; 32], (UserId, Arc<str>)>,
     /// User id → version; only ever raised.
     versions: HashMap<UserId, u64>,
+    /// A site user's subject → user id; never changes once made.
+    subjects: HashMap<Arc<str>, UserId>,
     /// Counts revocations, so a token read from the database before a concurrent revoke is
     /// not put back into the cache after the revoke evicted it.
     revocations: u64,
@@ -511,6 +518,16 @@ fn apply_push(
     })
 }
 
+/// The id and version of the site's user with this subject.
+fn find_subject(conn: &Connection, subject: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    conn.prepare_cached("SELECT id, version FROM users WHERE subject = ?1")
+        .and_then(|mut s| {
+            s.query_row([subject], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(store_err)
+}
+
 /// The same error again, for each push of a group whose commit failed.
 fn copy_err(e: &StoreError) -> StoreError {
     match e {
@@ -690,6 +707,54 @@ impl Store for SqliteStore {
             username,
             version,
         }))
+    }
+
+    async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
+        let cached = {
+            let cache = lock(&self.cache);
+            cache
+                .subjects
+                .get(subject)
+                .and_then(|id| Some((*id, *cache.versions.get(id)?)))
+        };
+        let username: Arc<str> = subject.into();
+        if let Some((user_id, version)) = cached {
+            return Ok(SessionInfo {
+                user_id,
+                username,
+                version,
+            });
+        }
+        let owned = subject.to_owned();
+        let found = self.read(move |conn| find_subject(conn, &owned)).await?;
+        let (user_id, version) = match found {
+            Some(row) => row,
+            None => {
+                let owned = subject.to_owned();
+                let now = to_i64(now_ms, "server time")?;
+                self.write(move |conn, _| {
+                    conn.prepare_cached(
+                        "INSERT INTO users (username, password_hash, created_at, subject)
+                         VALUES (?1, '', ?2, ?3) ON CONFLICT DO NOTHING",
+                    )
+                    .and_then(|mut s| s.execute(params![subject_username(&owned), now, owned]))
+                    .map_err(store_err)?;
+                    find_subject(conn, &owned)?.ok_or(StoreError::NotFound)
+                })
+                .await?
+            }
+        };
+        let mut cache = lock(&self.cache);
+        let version = cache.raise_version(user_id, to_u64(version));
+        if cache.subjects.len() >= CACHE_ENTRIES_MAX {
+            cache.subjects.clear();
+        }
+        cache.subjects.insert(username.clone(), user_id);
+        Ok(SessionInfo {
+            user_id,
+            username,
+            version,
+        })
     }
 
     async fn pull(
