@@ -13,7 +13,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
@@ -146,7 +146,27 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let token = match bearer(&parts.headers) {
+            Some(token) => token,
+            None => {
+                // The site's cookie, in cookie mode: sent by the browser on its own, so a
+                // change must prove it comes from the site (CSRF).
+                let name = state.config.jwt_cookie.as_deref();
+                let token = name
+                    .and_then(|name| cookie(&parts.headers, name))
+                    .ok_or_else(ApiError::unauthorized)?;
+                if !parts.method.is_safe()
+                    && !from_allowed_origin(&parts.headers, &state.cors_origins)
+                {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden_origin",
+                        "a change signed in by cookie must come from the site or an allowed origin",
+                    ));
+                }
+                token
+            }
+        };
         if state.config.auth_enabled(AuthMode::Builtin) && is_builtin_token(token) {
             let token_hash = hash_token(token);
             let session = state
@@ -190,6 +210,42 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= TOKEN_BYTES_MAX)
         .then_some(token)
+}
+
+/// The value of cookie `name`, if the request carries it with a sane length.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty() && v.len() <= TOKEN_BYTES_MAX)
+}
+
+/// Whether a request comes from this server's own origin or an allowed one, as a browser
+/// tells it: `Sec-Fetch-Site: same-origin`, or an `Origin` that is allowed or names this host.
+/// A request with neither header is not from a browser, so it cannot carry a victim's cookie
+/// on another site's behalf.
+fn from_allowed_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site == Some(b"same-origin") {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        Some(origin) => {
+            let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+            let authority = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, authority)| authority.as_bytes());
+            allowed.contains(origin) || (authority.is_some() && authority == host)
+        }
+        None => site.is_none(),
+    }
 }
 
 /// Whether a token has the shape of Sinkron's own: 64 lowercase hex digits, as [`new_token`]

@@ -141,6 +141,24 @@ pub struct Config {
     /// JWT mode: the `aud` every token must carry (unchecked when not set).
     #[arg(long, env = "SINKRON_JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// JWT mode: also take the site's token from this cookie (HttpOnly, set by the site on
+    /// its own domain, so the token stays out of JavaScript). A state-changing request that
+    /// signs in with it must come from this server's own origin or a `--cors-origin`, by its
+    /// `Origin` / `Sec-Fetch-Site` headers, or it is refused with 403 (CSRF).
+    #[arg(long, env = "SINKRON_JWT_COOKIE", value_name = "NAME")]
+    pub jwt_cookie: Option<String>,
+
+    /// An origin (`https://host[:port]`) whose pages may call the API: CORS answers for it
+    /// (preflight cached an hour; `ETag` and `Retry-After` readable). Repeatable; comma
+    /// separated in the environment. Other origins get no CORS headers.
+    #[arg(
+        long = "cors-origin",
+        env = "SINKRON_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 /// A way of signing in.
@@ -170,6 +188,8 @@ impl Default for Config {
             jwks_file: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_cookie: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -192,6 +212,31 @@ impl Config {
             return (mode == AuthMode::Jwt) == self.has_jwt_key();
         }
         self.auth.contains(&mode)
+    }
+
+    /// The `--cors-origin`s as header values, each checked to be an origin: `http` or
+    /// `https`, a host, an optional port, nothing else (no path, no trailing slash).
+    pub fn cors_origins(&self) -> Result<Vec<axum::http::HeaderValue>, String> {
+        self.cors_origins
+            .iter()
+            .map(|origin| {
+                let bad = || {
+                    format!(
+                        "--cors-origin {origin:?} is not an origin like https://tv.example or \
+                         http://localhost:5173"
+                    )
+                };
+                let uri: axum::http::Uri = origin.parse().map_err(|_| bad())?;
+                let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https");
+                let (Some(scheme), Some(authority)) = (scheme, uri.authority()) else {
+                    return Err(bad());
+                };
+                if format!("{scheme}://{authority}") != *origin {
+                    return Err(bad());
+                }
+                axum::http::HeaderValue::from_str(origin).map_err(|_| bad())
+            })
+            .collect()
     }
 
     pub fn connect_options(&self) -> crate::store::ConnectOptions {
@@ -223,6 +268,8 @@ impl fmt::Debug for Config {
             .field("jwks_file", &self.jwks_file)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_cookie", &self.jwt_cookie)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

@@ -65,6 +65,9 @@ impl JwtVerifier {
         if !builtin && !jwt {
             return Err("--auth names no way to sign in: use builtin, jwt or both".into());
         }
+        if config.jwt_cookie.is_some() && !jwt {
+            return Err("--jwt-cookie needs JWT mode: a key of the site and --auth jwt".into());
+        }
         let verifier = Self::load(config)?;
         match (jwt, verifier) {
             (true, None) => Err("--auth jwt needs the site's key: --jwt-hs256-secret-file, \

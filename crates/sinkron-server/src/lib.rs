@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use sinkron_core::protocol::BODY_BYTES_MAX;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::services::{ServeDir, ServeFile};
@@ -53,6 +54,9 @@ pub struct Shared {
     guards: Arc<auth::AuthGuards>,
     /// The site's token keys, in JWT mode.
     jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// The `--cors-origin`s: CORS for them, and the cross-site origins a cookie-signed change
+    /// may come from.
+    cors_origins: Arc<[HeaderValue]>,
     /// Stamps sync answers (`serverTime`) and bounds future `updatedAt`s.
     clock: ServerClock,
 }
@@ -67,7 +71,13 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        // `sinkron serve` refuses bad origins at start; a library user's are logged and left out.
+        let cors_origins = config.cors_origins().unwrap_or_else(|e| {
+            tracing::error!("{e}; no CORS");
+            Vec::new()
+        });
         Self(Arc::new(Shared {
+            cors_origins: cors_origins.into(),
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
@@ -125,7 +135,9 @@ pub fn app(state: AppState) -> Router {
             .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
         None => router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
     };
-    router
+    let cors = (!state.cors_origins.is_empty())
+        .then(|| cors(&state.cors_origins, state.config.jwt_cookie.is_some()));
+    let router = router
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })
@@ -148,7 +160,30 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
-        ]))
+            header::COOKIE,
+        ]));
+    // Outermost: a preflight is answered before routing.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the allowed origins: the API's methods and headers, `ETag` and `Retry-After`
+/// readable, preflights cached for an hour, credentials (cookies) when the token may come
+/// from one.
+fn cors(origins: &[HeaderValue], credentials: bool) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600))
+        .allow_credentials(credentials)
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
-    // The site's keys first: a bad key file fails before anything is opened.
+    // Settings first: a bad origin or key file fails before anything is opened.
+    config.cors_origins()?;
     let jwt = JwtVerifier::from_config(&config)?;
     let store = store::connect(&config.database, config.connect_options())
         .await
