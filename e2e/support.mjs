@@ -15,8 +15,8 @@ const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** A `sinkron serve` process with the demo, on its own SQLite file. */
 export class Server {
-  static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0" } = {}) {
-    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist")], {
+  static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0", args = [] } = {}) {
+    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist"), ...args], {
       env: { ...process.env, SINKRON_LOG: "warn" },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -63,12 +63,12 @@ export async function launch() {
   });
 }
 
-/** Counts the API requests of a page (at the network level), by kind. */
-export function countRequests(page) {
+/** Counts the API requests of a page (at the network level), by kind; `where` picks servers. */
+export function countRequests(page, where = () => true) {
   const counts = { pulls: 0, pushes: 0, other: 0, all: 0, log: [] };
   page.on("request", (r) => {
     const url = new URL(r.url());
-    if (!url.pathname.startsWith("/api/")) return;
+    if (!url.pathname.startsWith("/api/") || !where(url)) return;
     counts.all++;
     if (url.pathname === "/api/user/me" && r.method() === "GET") counts.pulls++;
     else if (url.pathname === "/api/user/me/changes") counts.pushes++;

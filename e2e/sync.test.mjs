@@ -616,6 +616,44 @@ describe("close-tab flush", () => {
     }));
 });
 
+describe("another origin", () => {
+  test("the demo on one origin syncs with the API on another, the close-tab flush included", async () => {
+    // Two servers on two ports are two origins: one only serves the pages, the other is the
+    // API and allows the first.
+    const site = await Server.start();
+    const api = await Server.start({ args: ["--cors-origin", site.url] });
+    try {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const onSite = countRequests(page, (url) => url.origin === site.url);
+      const onApi = countRequests(page, (url) => url.origin === api.url);
+      await page.goto(`${site.url}/?api=${encodeURIComponent(api.url)}`);
+      await page.getByTestId("sync-status").waitFor();
+      const auth = await signUp(page, "elsewhere");
+      await page.getByTestId("favorite-s12").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.deepEqual(Object.keys(recordsOf(await api.state(auth), "favorites")), ["s12"]);
+
+      // The last position reaches the API by the keepalive flush as the page closes.
+      await page.clock.install();
+      await openEpisodes(page, "s12");
+      await page.getByTestId("play-s12e01").click();
+      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
+      await page.close({ runBeforeUnload: true });
+      await until(async () => recordsOf(await api.state(auth), "history").s12e01?.position === position, {
+        what: `position ${position} on the API's server`,
+      });
+      assert.equal(onSite.all, 0, `the pages' server got API requests: ${onSite.log}`);
+      assert.ok(onApi.pulls >= 1 && onApi.pushes >= 1);
+      await context.close();
+    } finally {
+      await site.stop();
+      await api.stop();
+    }
+  });
+});
+
 describe("guest", () => {
   test("a guest makes no API requests; at sign-up the guest data joins the account", () =>
     withServer(async (server) => {

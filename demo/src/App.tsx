@@ -6,8 +6,11 @@ import { useSinkron, useUserSync } from "sinkron/react";
 import type { HistoryEntry } from "sinkron";
 import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
 
+const params = new URLSearchParams(location.search);
 /** `?interval=MS` overrides the pull interval (for demos and tests). */
-const interval = Number(new URLSearchParams(location.search).get("interval")) || 30000;
+const interval = Number(params.get("interval")) || 30000;
+/** `?api=ORIGIN`: the Sinkron server when it is not this page's origin (it must allow ours). */
+const baseUrl = params.get("api") ?? undefined;
 
 function useRoute(): string {
   const [route, setRoute] = useState(location.hash || "#/");
@@ -20,7 +23,7 @@ function useRoute(): string {
 }
 
 export function App() {
-  useUserSync({ interval, onFocus: true, onLogin: true, crossTab: true });
+  useUserSync({ interval, onFocus: true, onLogin: true, crossTab: true, baseUrl });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();
   const [playing, setPlaying] = useState<string | null>(null);
