@@ -1,30 +1,27 @@
-//! Accounts and sign-in: register, login, logout, and the [`AuthUser`] extractor every
-//! `/api/user/*` route uses.
+//! Sinkron's built-in accounts: register, login, logout (who a request is from is
+//! [`crate::authn`]'s).
 //!
 //! It owns credential rules, argon2id hashing (off the async workers, bounded by a
 //! semaphore), token issue (32 random bytes, stored only as SHA-256) and the per-username
 //! login throttle. It must not touch records or know how tokens are stored.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
 use rand::TryRngCore;
-use sha2::{Digest, Sha256};
 use sinkron_core::protocol::{Credentials, Session, User};
 use tokio::sync::Semaphore;
 
-use crate::config::AuthMode;
+use crate::authn::{hash_token, AuthUser};
 use crate::error::{ApiError, AppJson};
-use crate::jwt::{TokenError, TOKEN_BYTES_MAX};
 use crate::store::{StoreError, UserId};
 use crate::{now_ms, AppState};
 
@@ -126,139 +123,6 @@ impl AuthGuards {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(username);
     }
-}
-
-/// The signed-in user of a request, resolved from `Authorization: Bearer <token>`: one of
-/// Sinkron's own tokens (built-in accounts), or a JSON Web Token of the site (JWT mode).
-#[derive(Clone, Debug)]
-pub struct AuthUser {
-    pub user_id: UserId,
-    /// The user's id on the wire: a built-in account's number, or the site's `sub`.
-    pub public_id: Arc<str>,
-    pub username: Arc<str>,
-    /// The user's version when the request was authenticated.
-    pub version: u64,
-    /// The hash of a built-in token (what logout revokes); `None` for a site token.
-    pub token_hash: Option<[u8; 32]>,
-}
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = match bearer(&parts.headers) {
-            Some(token) => token,
-            None => {
-                // The site's cookie, in cookie mode: sent by the browser on its own, so a
-                // change must prove it comes from the site (CSRF).
-                let name = state.config.jwt_cookie.as_deref();
-                let token = name
-                    .and_then(|name| cookie(&parts.headers, name))
-                    .ok_or_else(ApiError::unauthorized)?;
-                if !parts.method.is_safe()
-                    && !from_allowed_origin(&parts.headers, &state.cors_origins)
-                {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden_origin",
-                        "a change signed in by cookie must come from the site or an allowed origin",
-                    ));
-                }
-                token
-            }
-        };
-        if state.config.auth_enabled(AuthMode::Builtin) && is_builtin_token(token) {
-            let token_hash = hash_token(token);
-            let session = state
-                .store
-                .session(&token_hash)
-                .await?
-                .ok_or_else(ApiError::unauthorized)?;
-            return Ok(Self {
-                user_id: session.user_id,
-                public_id: session.user_id.to_string().into(),
-                username: session.username,
-                version: session.version,
-                token_hash: Some(token_hash),
-            });
-        }
-        let verifier = state.jwt.as_ref().ok_or_else(ApiError::unauthorized)?;
-        let subject = verifier.verify(token).map_err(|e| match e {
-            TokenError::Expired => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_expired",
-                "the token has expired; get a fresh one from the site",
-            ),
-            TokenError::Invalid(_) => ApiError::unauthorized(),
-        })?;
-        let session = state.store.subject_session(&subject, now_ms()).await?;
-        let subject: Arc<str> = subject.into();
-        Ok(Self {
-            user_id: session.user_id,
-            public_id: subject.clone(),
-            username: subject,
-            version: session.version,
-            token_hash: None,
-        })
-    }
-}
-
-/// The token of a `Bearer` header, if it has one of a sane length.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= TOKEN_BYTES_MAX)
-        .then_some(token)
-}
-
-/// The value of cookie `name`, if the request carries it with a sane length.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
-        .filter(|v| !v.is_empty() && v.len() <= TOKEN_BYTES_MAX)
-}
-
-/// Whether a request comes from this server's own origin or an allowed one, as a browser
-/// tells it: `Sec-Fetch-Site: same-origin`, or an `Origin` that is allowed or names this host.
-/// A request with neither header is not from a browser, so it cannot carry a victim's cookie
-/// on another site's behalf.
-fn from_allowed_origin(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
-    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
-    if site == Some(b"same-origin") {
-        return true;
-    }
-    match headers.get(header::ORIGIN) {
-        Some(origin) => {
-            let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
-            let authority = origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .map(|(_, authority)| authority.as_bytes());
-            allowed.contains(origin) || (authority.is_some() && authority == host)
-        }
-        None => site.is_none(),
-    }
-}
-
-/// Whether a token has the shape of Sinkron's own: 64 lowercase hex digits, as [`new_token`]
-/// makes them. Anything else cannot be one, so it never reaches storage.
-fn is_builtin_token(token: &str) -> bool {
-    token.len() == 64
-        && token
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 fn new_token() -> Result<String, ApiError> {
@@ -456,28 +320,5 @@ mod tests {
         assert_eq!(wait, 300);
         assert!(guards.check_throttle("alice", t0).is_ok());
         assert!(guards.check_throttle("bob", t0 + LOGIN_WINDOW).is_ok());
-    }
-
-    #[test]
-    fn bearer_tokens_must_be_well_formed() {
-        let mut h = HeaderMap::new();
-        let token = "ab".repeat(32);
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
-        assert_eq!(bearer(&h), Some(token.as_str()));
-        assert!(is_builtin_token(&token));
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {token}").parse().unwrap(),
-        );
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer short".parse().unwrap());
-        assert_eq!(bearer(&h), Some("short"));
-        assert!(!is_builtin_token("short"));
-        let huge = format!("Bearer {}", "a".repeat(TOKEN_BYTES_MAX + 1));
-        h.insert(header::AUTHORIZATION, huge.parse().unwrap());
-        assert_eq!(bearer(&h), None);
     }
 }

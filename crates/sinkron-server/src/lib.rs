@@ -7,6 +7,7 @@
 //! tests can drive it with `tower::ServiceExt::oneshot`; `main.rs` only parses, opens, serves.
 
 pub mod auth;
+pub mod authn;
 pub mod config;
 pub mod error;
 pub mod jwt;
@@ -52,8 +53,11 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// In-memory guards of the sign-in routes (hashing slots, login throttle).
     guards: Arc<auth::AuthGuards>,
-    /// The site's token keys, in JWT mode.
-    jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// Sinkron's own accounts' tokens, when those accounts are on (their routes too).
+    builtin: Option<Arc<authn::BuiltinTokens>>,
+    /// Who else may sign requests in, asked in order after the built-in tokens: the site's
+    /// tokens (JWT mode), a site's own sessions (when embedded).
+    authenticators: Arc<[Arc<dyn authn::Authenticator>]>,
     /// The `--cors-origin`s: CORS for them, and the cross-site origins a cookie-signed change
     /// may come from.
     cors_origins: Arc<[HeaderValue]>,
@@ -76,20 +80,49 @@ impl AppState {
             tracing::error!("{e}; no CORS");
             Vec::new()
         });
+        let builtin = config.auth_enabled(config::AuthMode::Builtin).then(|| {
+            Arc::new(authn::BuiltinTokens {
+                store: store.clone(),
+            })
+        });
         Self(Arc::new(Shared {
+            builtin,
+            authenticators: Arc::new([]),
             cors_origins: cors_origins.into(),
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
-            jwt: None,
             clock: Arc::new(now_ms),
         }))
     }
 
-    /// The same state verifying the site's tokens with `jwt` (JWT mode).
+    /// The same state verifying the site's tokens with `jwt` (JWT mode), from the bearer
+    /// header or, with `--jwt-cookie`, the site's cookie.
     pub fn with_jwt(self, jwt: Option<jwt::JwtVerifier>) -> Self {
+        match jwt {
+            Some(verifier) => {
+                let site = authn::SiteTokens {
+                    verifier,
+                    cookie: self.config.jwt_cookie.clone(),
+                    origins: self.cors_origins.clone(),
+                };
+                self.with_authenticator(Arc::new(site))
+            }
+            None => self,
+        }
+    }
+
+    /// The same state also signing requests in with `authenticator`, asked after the ones it
+    /// has: how a site that embeds Sinkron lets its own sessions in (see [`api`]). A site
+    /// that brings its own sign-in has its own accounts, so Sinkron's built-in ones go off
+    /// unless the configuration's `auth` names `builtin`.
+    pub fn with_authenticator(self, authenticator: Arc<dyn authn::Authenticator>) -> Self {
+        let keep_builtin = !self.config.auth.is_empty();
+        let mut authenticators = self.authenticators.to_vec();
+        authenticators.push(authenticator);
         Self(Arc::new(Shared {
-            jwt: jwt.map(Arc::new),
+            builtin: self.builtin.clone().filter(|_| keep_builtin),
+            authenticators: authenticators.into(),
             ..(*self.0).clone()
         }))
     }
@@ -117,13 +150,7 @@ pub fn now_ms() -> u64 {
 
 /// The whole HTTP service.
 pub fn app(state: AppState) -> Router {
-    let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(sync::router());
-    if state.config.auth_enabled(config::AuthMode::Builtin) {
-        router = router.merge(auth::router());
-    }
+    let router = api_routes(&state).route("/healthz", get(|| async { "ok" }));
     let router = match &state.config.static_dir {
         // A web app: unknown `/api/…` paths still answer our JSON 404, everything else is a
         // file of the app or its `index.html` (client-side routes).
@@ -135,9 +162,38 @@ pub fn app(state: AppState) -> Router {
             .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
         None => router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
     };
-    let cors = (!state.cors_origins.is_empty())
-        .then(|| cors(&state.cors_origins, state.config.jwt_cookie.is_some()));
-    let router = router
+    let cors = cors_of(&state);
+    with_cors(with_layers(router, state), cors)
+}
+
+/// Sinkron's API for a site's own axum app: the sync routes (and the built-in account routes
+/// when they are on), with the limits, timeout, JSON errors and CORS of `sinkron serve`, and
+/// the site's users signed in by its own [`authn::Authenticator`]
+/// ([`AppState::with_authenticator`]). Mount it under a path of the site's, e.g.
+/// `site.nest_service("/sync", sinkron_server::api(state))`; the browser package's
+/// `baseUrl` is then `https://site.example/sync`. `examples/embedded.rs` is a whole site.
+pub fn api(state: AppState) -> Router {
+    let router =
+        api_routes(&state).fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) });
+    let cors = cors_of(&state);
+    with_cors(with_layers(router, state), cors)
+}
+
+/// The API's routes: sync, and the built-in accounts' when they are on.
+fn api_routes(state: &AppState) -> Router<AppState> {
+    let router = Router::new().merge(sync::router());
+    if state.builtin.is_some() {
+        router.merge(auth::router())
+    } else {
+        router
+    }
+}
+
+/// What every request passes through: JSON 405s, body limits, the timeout, panics as 500s,
+/// JSON errors, a span per request (method and route only), sensitive headers.
+fn with_layers(router: Router<AppState>, state: AppState) -> Router {
+    let timeout = Duration::from_secs(state.config.request_timeout_secs);
+    router
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })
@@ -161,8 +217,16 @@ pub fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
-        ]));
-    // Outermost: a preflight is answered before routing.
+        ]))
+}
+
+fn cors_of(state: &AppState) -> Option<CorsLayer> {
+    (!state.cors_origins.is_empty())
+        .then(|| cors(&state.cors_origins, state.config.jwt_cookie.is_some()))
+}
+
+/// Outermost: a preflight is answered before routing.
+fn with_cors(router: Router, cors: Option<CorsLayer>) -> Router {
     match cors {
         Some(cors) => router.layer(cors),
         None => router,

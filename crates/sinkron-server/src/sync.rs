@@ -16,7 +16,7 @@ use sinkron_core::protocol::{
 };
 use sinkron_core::Mutation;
 
-use crate::auth::AuthUser;
+use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::store::{Page, PushBatch};
 use crate::AppState;

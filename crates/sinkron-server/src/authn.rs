@@ -1,0 +1,305 @@
+//! Who is signed in on a request: the [`Authenticator`] trait, Sinkron's two implementations
+//! of it ([`BuiltinTokens`], Sinkron's own accounts; [`SiteTokens`], the site's JSON Web
+//! Tokens), and the [`AuthUser`] extractor every `/api/user/*` route uses.
+//!
+//! A site that mounts Sinkron inside its own axum app implements [`Authenticator`] over its
+//! own session lookup and hands it to [`crate::AppState::with_authenticator`]: Sinkron then
+//! keeps each of the site's users' data under the user id the site returns. It owns turning a
+//! request's credentials into an identity and the CSRF rule for ambient credentials; it must
+//! not touch records.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::jwt::{JwtVerifier, TokenError, SUBJECT_BYTES_MAX, TOKEN_BYTES_MAX};
+use crate::store::{SessionInfo, Store, StoreError, UserId};
+use crate::{now_ms, AppState};
+
+/// Who a request is from.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// One of Sinkron's built-in accounts, by its session.
+    Account {
+        session: SessionInfo,
+        /// What signing out revokes.
+        token_hash: [u8; 32],
+    },
+    /// A user of the site, by the site's own user id (1–128 bytes). Sinkron keeps that user's
+    /// data apart from every other, creating it empty the first time it sees the id.
+    Subject(String),
+}
+
+/// Why an authenticator did not sign a request in.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The request carries no credentials of this authenticator's kind: ask the next one.
+    #[error("no credentials of this kind")]
+    NotMine,
+    /// Credentials of this kind that are not valid: 401 `unauthorized`.
+    #[error("invalid credentials")]
+    Invalid,
+    /// Valid credentials that have expired: 401 `token_expired` (the client refreshes them).
+    #[error("expired credentials")]
+    Expired,
+    /// A change from another site signed in by credentials the browser sends on its own (a
+    /// cookie): 403 `forbidden_origin`.
+    #[error("a change from another origin")]
+    ForbiddenOrigin,
+    /// Storage failed while checking: 503, or 500.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Signs requests in. Implementations are asked in order; the first that does not answer
+/// [`Refusal::NotMine`] decides. Nothing an implementation returns is logged.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal>;
+}
+
+/// Sinkron's own accounts: `Authorization: Bearer` with a token issued by `/api/auth/login`
+/// (64 lowercase hex digits), stored as its SHA-256 only.
+pub struct BuiltinTokens {
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Authenticator for BuiltinTokens {
+    async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal> {
+        let token = bearer(&request.headers)
+            .filter(|t| is_builtin_token(t))
+            .ok_or(Refusal::NotMine)?;
+        let token_hash = hash_token(token);
+        let session = self
+            .store
+            .session(&token_hash)
+            .await?
+            .ok_or(Refusal::Invalid)?;
+        Ok(Identity::Account {
+            session,
+            token_hash,
+        })
+    }
+}
+
+/// The site's JSON Web Tokens (JWT mode): `Authorization: Bearer`, or the site's cookie
+/// when `cookie` is set, in which case a change must come from the site or an allowed origin.
+pub struct SiteTokens {
+    pub verifier: JwtVerifier,
+    pub cookie: Option<String>,
+    /// The origins besides the server's own that a cookie-signed change may come from.
+    pub origins: Arc<[HeaderValue]>,
+}
+
+#[async_trait]
+impl Authenticator for SiteTokens {
+    async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal> {
+        let token = match bearer(&request.headers) {
+            Some(token) => token,
+            None => {
+                let name = self.cookie.as_deref().ok_or(Refusal::NotMine)?;
+                let token = cookie(&request.headers, name).ok_or(Refusal::NotMine)?;
+                // The browser sends the cookie on its own, whoever's page asks.
+                if !request.method.is_safe()
+                    && !same_origin_or_allowed(&request.headers, &self.origins)
+                {
+                    return Err(Refusal::ForbiddenOrigin);
+                }
+                token
+            }
+        };
+        match self.verifier.verify(token) {
+            Ok(subject) => Ok(Identity::Subject(subject)),
+            Err(TokenError::Expired) => Err(Refusal::Expired),
+            Err(TokenError::Invalid(_)) => Err(Refusal::Invalid),
+        }
+    }
+}
+
+/// The signed-in user of a request, as the first [`Authenticator`] that knows it says.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    pub user_id: UserId,
+    /// The user's id on the wire: a built-in account's number, or the site's user id.
+    pub public_id: Arc<str>,
+    pub username: Arc<str>,
+    /// The user's version when the request was authenticated.
+    pub version: u64,
+    /// The hash of a built-in token (what logout revokes); `None` for the site's users.
+    pub token_hash: Option<[u8; 32]>,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let builtin = state
+            .builtin
+            .iter()
+            .map(|b| b.as_ref() as &dyn Authenticator);
+        let others = state.authenticators.iter().map(|a| a.as_ref());
+        for authenticator in builtin.chain(others) {
+            match authenticator.authenticate(parts).await {
+                Err(Refusal::NotMine) => continue,
+                Err(refusal) => return Err(refused(refusal)),
+                Ok(identity) => return Self::of(identity, state).await,
+            }
+        }
+        Err(ApiError::unauthorized())
+    }
+}
+
+impl AuthUser {
+    async fn of(identity: Identity, state: &AppState) -> Result<Self, ApiError> {
+        match identity {
+            Identity::Account {
+                session,
+                token_hash,
+            } => Ok(Self {
+                user_id: session.user_id,
+                public_id: session.user_id.to_string().into(),
+                username: session.username,
+                version: session.version,
+                token_hash: Some(token_hash),
+            }),
+            Identity::Subject(subject) => {
+                if subject.is_empty() || subject.len() > SUBJECT_BYTES_MAX {
+                    tracing::warn!(
+                        bytes = subject.len(),
+                        "an authenticator returned a user id that is not 1 to 128 bytes"
+                    );
+                    return Err(ApiError::unauthorized());
+                }
+                let session = state.store.subject_session(&subject, now_ms()).await?;
+                let subject: Arc<str> = subject.into();
+                Ok(Self {
+                    user_id: session.user_id,
+                    public_id: subject.clone(),
+                    username: subject,
+                    version: session.version,
+                    token_hash: None,
+                })
+            }
+        }
+    }
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::NotMine | Refusal::Invalid => ApiError::unauthorized(),
+        Refusal::Expired => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            "the token has expired; get a fresh one from the site",
+        ),
+        Refusal::ForbiddenOrigin => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "a change signed in by cookie must come from the site or an allowed origin",
+        ),
+        Refusal::Store(e) => e.into(),
+    }
+}
+
+/// The token of a `Bearer` header, if it has one of a sane length.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= TOKEN_BYTES_MAX)
+        .then_some(token)
+}
+
+/// The value of cookie `name`, if the request carries it with a sane length.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty() && v.len() <= TOKEN_BYTES_MAX)
+}
+
+/// Whether a request comes from this server's own origin or an allowed one, as a browser
+/// tells it: `Sec-Fetch-Site: same-origin`, or an `Origin` that is allowed or names this host.
+/// A request with neither header is not from a browser, so it cannot carry a victim's cookie
+/// on another site's behalf. An authenticator of ambient credentials (cookies) refuses a
+/// change for which this is false.
+pub fn same_origin_or_allowed(headers: &HeaderMap, allowed: &[HeaderValue]) -> bool {
+    let site = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+    if site == Some(b"same-origin") {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        Some(origin) => {
+            let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+            let authority = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, authority)| authority.as_bytes());
+            allowed.contains(origin) || (authority.is_some() && authority == host)
+        }
+        None => site.is_none(),
+    }
+}
+
+/// Whether a token has the shape of Sinkron's own: 64 lowercase hex digits, as
+/// `/api/auth/login` makes them. Anything else cannot be one, so it never reaches storage.
+pub(crate) fn is_builtin_token(token: &str) -> bool {
+    token.len() == 64
+        && token
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+pub(crate) fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_must_be_well_formed() {
+        let mut h = HeaderMap::new();
+        let token = "ab".repeat(32);
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert_eq!(bearer(&h), Some(token.as_str()));
+        assert!(is_builtin_token(&token));
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {token}").parse().unwrap(),
+        );
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer short".parse().unwrap());
+        assert_eq!(bearer(&h), Some("short"));
+        assert!(!is_builtin_token("short"));
+        let huge = format!("Bearer {}", "a".repeat(TOKEN_BYTES_MAX + 1));
+        h.insert(header::AUTHORIZATION, huge.parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; site=tok; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "site"), Some("tok"));
+        assert_eq!(cookie(&h, "sit"), None);
+        h.insert(header::COOKIE, "site=".parse().unwrap());
+        assert_eq!(cookie(&h, "site"), None);
+    }
+}
