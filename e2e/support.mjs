@@ -64,7 +64,7 @@ export async function launch() {
 }
 
 /** Counts the API requests of a page (at the network level), by kind; `where` picks servers. */
-export function countRequests(page, where = () => true) {
+export function countRequests(page, { where = () => true } = {}) {
   const counts = { pulls: 0, pushes: 0, other: 0, all: 0, log: [] };
   page.on("request", (r) => {
     const url = new URL(r.url());

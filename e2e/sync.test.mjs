@@ -625,8 +625,8 @@ describe("another origin", () => {
     try {
       const context = await browser.newContext();
       const page = await context.newPage();
-      const onSite = countRequests(page, (url) => url.origin === site.url);
-      const onApi = countRequests(page, (url) => url.origin === api.url);
+      const onSite = countRequests(page, { where: (url) => url.origin === site.url });
+      const onApi = countRequests(page, { where: (url) => url.origin === api.url });
       await page.goto(`${site.url}/?api=${encodeURIComponent(api.url)}`);
       await page.getByTestId("sync-status").waitFor();
       const auth = await signUp(page, "elsewhere");
