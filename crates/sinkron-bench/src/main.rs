@@ -7,8 +7,9 @@
 //!   served by the same axum/hyper/tokio stack as `sinkron`;
 //! * for SQLite and for PostgreSQL, the real `sinkron serve` on loopback with 10,000 users
 //!   signed in (created directly in the database, not through argon2): the no-change poll
-//!   (`304`), pushes of 1, 10 and 100 mutations, pulls of a 100- and a 1,000-change delta,
-//!   and the server's resident memory.
+//!   (`304`) with Sinkron's own tokens and with a site's JSON Web Tokens (JWT mode, HS256,
+//!   10,000 more users), pushes of 1, 10 and 100 mutations, pulls of a 100- and a
+//!   1,000-change delta, and the server's resident memory.
 //!
 //! The baseline and the polls take turns (three rounds, best of each), so that outside work
 //! on a shared machine hurts one round of each rather than one column. It prints a Markdown
@@ -332,6 +333,55 @@ async fn postgres_users(url: &str) -> Result<Vec<String>, String> {
     Ok(tokens)
 }
 
+/// The site's users of JWT mode (`site-0` …), straight into SQLite.
+fn sqlite_site_users(path: &std::path::Path) -> Result<(), String> {
+    let mut conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    for i in 0..USERS {
+        tx.execute(
+            "INSERT INTO users (username, password_hash, created_at, subject)
+             VALUES ('jwt:' || ?1, '', 0, ?1)",
+            [format!("site-{i}")],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// The same in PostgreSQL.
+async fn postgres_site_users(url: &str) -> Result<(), String> {
+    let client = pg_connect(url).await?;
+    let n = i64::try_from(USERS).map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "INSERT INTO users (username, password_hash, created_at, subject)
+             SELECT 'jwt:site-' || g, '', 0, 'site-' || g
+             FROM generate_series(0, $1::int8 - 1) g",
+            &[&n],
+        )
+        .await
+        .map_err(|e| pg_reason(&e))?;
+    client
+        .batch_execute("ANALYZE users")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// HS256 tokens of the site's users, valid for a day, signed with `secret`.
+fn site_tokens(secret: &[u8]) -> Result<Vec<String>, String> {
+    use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
+    let key = EncodingKey::from_secret(secret).map_err(|e| e.to_string())?;
+    let exp = get_current_timestamp() + 24 * 3600;
+    (0..USERS)
+        .map(|i| {
+            let claims = serde_json::json!({"sub": format!("site-{i}"), "exp": exp});
+            encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 fn bearer(token: &str) -> HeaderValue {
     HeaderValue::try_from(format!("Bearer {token}")).unwrap_or(HeaderValue::from_static(""))
 }
@@ -339,6 +389,8 @@ fn bearer(token: &str) -> HeaderValue {
 /// What one backend measured.
 struct Results {
     poll: Outcome,
+    /// The same poll with the site's JWTs.
+    site_poll: Outcome,
     push: Pushes,
     pull: Pulls,
     rss_mib: f64,
@@ -354,6 +406,8 @@ struct Deployment {
     backend: Backend,
     server: Process,
     auth: Arc<Vec<HeaderValue>>,
+    /// `Authorization` headers with the site's JWTs, one per site user.
+    site_auth: Arc<Vec<HeaderValue>>,
     pg: Option<PgDatabase>,
     dir: PathBuf,
 }
@@ -375,9 +429,20 @@ impl Deployment {
             Some(db) => db.url.clone(),
             None => format!("sqlite://{}", db_path.display()),
         };
+        // Both kinds of sign-in: Sinkron's accounts, and a site's HS256 tokens.
+        let secret = b"sinkron-bench: a shared secret of the site, 48 bytes".to_vec();
+        let secret_file = dir.join("jwt.secret");
+        std::fs::write(&secret_file, &secret).map_err(|e| e.to_string())?;
+        let secret_arg = secret_file.display().to_string();
         let mut command = Command::new(sinkron);
         command
             .args(["serve", "--addr", "127.0.0.1:0", "--database", &url])
+            .args([
+                "--auth",
+                "builtin,jwt",
+                "--jwt-hs256-secret-file",
+                &secret_arg,
+            ])
             .env("SINKRON_LOG", "warn");
         let server = Process::spawn(command)?;
         eprintln!("    {}: creating {USERS} users", backend.name());
@@ -386,10 +451,16 @@ impl Deployment {
             Backend::Postgres => postgres_users(&url).await?,
         };
         let auth = Arc::new(tokens.iter().map(|t| bearer(t)).collect());
+        match backend {
+            Backend::Sqlite => sqlite_site_users(&db_path)?,
+            Backend::Postgres => postgres_site_users(&url).await?,
+        }
+        let site_auth = Arc::new(site_tokens(&secret)?.iter().map(|t| bearer(t)).collect());
         Ok(Self {
             backend,
             server,
             auth,
+            site_auth,
             pg,
             dir,
         })
@@ -585,6 +656,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
     // a burst of outside work then hurts a round of each, not a whole column.
     let mut hello: Option<Outcome> = None;
     let mut polls: Vec<Option<Outcome>> = deployments.iter().map(|_| None).collect();
+    let mut site_polls: Vec<Option<Outcome>> = deployments.iter().map(|_| None).collect();
     for round in 1..=POLL_ROUNDS {
         eprintln!(
             "==> round {round} of {POLL_ROUNDS}: hello-world, then each backend's no-change poll"
@@ -593,16 +665,22 @@ async fn bench(settings: Settings) -> Result<(), String> {
             hello,
             hello_load(hello_server.addr, settings.secs).await?,
         ));
-        for (d, kept) in deployments.iter().zip(polls.iter_mut()) {
+        for ((d, kept), site_kept) in deployments
+            .iter()
+            .zip(polls.iter_mut())
+            .zip(site_polls.iter_mut())
+        {
             let out = poll(d.server.addr, d.auth.clone(), settings.secs).await?;
             *kept = Some(best(kept.take(), out));
+            let out = poll(d.server.addr, d.site_auth.clone(), settings.secs).await?;
+            *site_kept = Some(best(site_kept.take(), out));
         }
     }
     drop(hello_server);
     let hello = hello.ok_or("no baseline measured")?;
 
     let mut results = Vec::new();
-    for (d, poll) in deployments.into_iter().zip(polls) {
+    for ((d, poll), site_poll) in deployments.into_iter().zip(polls).zip(site_polls) {
         let rss_mib = d.server.rss_mib();
         eprintln!("==> {}: pushes and pulls", d.backend.name());
         let measured = push_and_pull(d.backend, &settings, &d.server, d.auth.clone()).await;
@@ -613,6 +691,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
             backend,
             Results {
                 poll: poll.ok_or("no poll measured")?,
+                site_poll: site_poll.ok_or("no poll measured")?,
                 push,
                 pull,
                 rss_mib,
@@ -625,6 +704,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
             .iter()
             .map(|(_, r)| {
                 r.poll.errors
+                    + r.site_poll.errors
                     + r.push.iter().map(|(_, o)| o.errors).sum::<u64>()
                     + r.pull.iter().map(|(_, o)| o.errors).sum::<u64>()
             })
@@ -690,6 +770,21 @@ fn print_table(settings: &Settings, hello: &Outcome, results: &[(Backend, Result
         },
     );
     row("poll latency p50 / p99, ms", ms(hello), &|r| ms(&r.poll));
+    row(
+        "the same poll with a site's JWT (HS256), requests/s",
+        "–".into(),
+        &|r| {
+            format!(
+                "{:.0} ({:.2} × hello, {:.2} × built-in token)",
+                r.site_poll.per_sec(),
+                r.site_poll.per_sec() / hello.per_sec(),
+                r.site_poll.per_sec() / r.poll.per_sec()
+            )
+        },
+    );
+    row("JWT poll latency p50 / p99, ms", "–".into(), &|r| {
+        ms(&r.site_poll)
+    });
     for i in 0..3 {
         let size = [1, 10, 100][i];
         row(
