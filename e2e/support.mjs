@@ -88,9 +88,9 @@ export async function until(predicate, { timeout = 15000, what = "condition" } =
   }
 }
 
-export async function open(context, server, { interval = 30000, path = "/" } = {}) {
+export async function open(context, server, { interval = 30000, path = "/", query = "" } = {}) {
   const page = await context.newPage();
-  await page.goto(`${server.url}${path}?interval=${interval}`);
+  await page.goto(`${server.url}${path}?interval=${interval}${query}`);
   await page.getByTestId("sync-status").waitFor();
   return page;
 }

@@ -395,6 +395,36 @@ describe("leader cadence", () => {
     }));
 });
 
+describe("triggers", () => {
+  test("with onFocus off, neither focus nor showing the tab again pulls", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { interval: 600_000, query: "&onFocus=0" });
+      await signUp(page, "nofocus");
+      const counts = countRequests(page);
+      await setVisible(page, false);
+      await setVisible(page, true);
+      await page.evaluate(() => window.dispatchEvent(new Event("focus")));
+      // A write after them: its push is sent after any pull they would have caused.
+      await page.getByTestId("favorite-s13").click();
+      await until(() => counts.pushes >= 1, { what: "the push" });
+      assert.equal(counts.pulls, 0, `pulls: ${counts.log}`);
+
+      // The control: by default, showing the tab again pulls (once the trigger gap is over).
+      const device = await browser.newContext();
+      const control = await open(device, server, { interval: 600_000 });
+      await signIn(control, "nofocus");
+      await control.clock.install();
+      await control.clock.runFor(5_000);
+      const shown = countRequests(control);
+      await setVisible(control, false);
+      await setVisible(control, true);
+      await until(() => shown.pulls >= 1, { what: "a pull on showing the tab" });
+      await device.close();
+      await context.close();
+    }));
+});
+
 describe("request budget", () => {
   test("five idle visible tabs cost one leader's polls", () =>
     withServer(async (server) => {

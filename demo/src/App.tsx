@@ -11,6 +11,8 @@ const params = new URLSearchParams(location.search);
 const interval = Number(params.get("interval")) || 30000;
 /** `?api=ORIGIN`: the Sinkron server when it is not this page's origin (it must allow ours). */
 const baseUrl = params.get("api") ?? undefined;
+/** `?onFocus=0`: no pull when the window gets focus or the tab is shown again. */
+const onFocus = params.get("onFocus") !== "0";
 
 function useRoute(): string {
   const [route, setRoute] = useState(location.hash || "#/");
@@ -23,7 +25,7 @@ function useRoute(): string {
 }
 
 export function App() {
-  useUserSync({ interval, onFocus: true, onLogin: true, crossTab: true, baseUrl });
+  useUserSync({ interval, onFocus, onLogin: true, crossTab: true, baseUrl });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();
   const [playing, setPlaying] = useState<string | null>(null);

@@ -98,10 +98,16 @@ pub struct Config {
     pub keepalive_bytes_max: usize,
     /// First retry delay cap after a failure; doubles with each failure in a row.
     pub backoff_base_ms: u64,
-    /// Largest retry delay cap.
+    /// Largest retry delay cap. A retry never waits longer than `interval_ms` either: a
+    /// server that is down costs each device at most what polling it would.
     pub backoff_ms_max: u64,
     /// Pull the account's state right after sign-in (else at the next interval or focus).
     pub pull_on_sign_in: bool,
+    /// Pull when the window gets focus or the tab becomes visible again (a tab that opens
+    /// still learns the state, from the leader).
+    pub pull_on_focus: bool,
+    /// Pull when the browser comes back online.
+    pub pull_on_online: bool,
 }
 
 impl Default for Config {
@@ -117,20 +123,18 @@ impl Default for Config {
             backoff_base_ms: 1_000,
             backoff_ms_max: 60_000,
             pull_on_sign_in: true,
+            pull_on_focus: true,
+            pull_on_online: true,
         }
     }
 }
 
 impl Config {
-    /// The defaults with another pull interval. Retries never wait longer than an interval:
-    /// a server that is down costs each device at most what polling it would.
+    /// The defaults with another pull interval.
     pub fn with_interval(interval_ms: u64) -> Config {
-        let defaults = Config::default();
         Config {
             interval_ms,
-            backoff_ms_max: defaults.backoff_ms_max.min(interval_ms),
-            backoff_base_ms: defaults.backoff_base_ms.min(interval_ms),
-            ..defaults
+            ..Config::default()
         }
     }
 }
@@ -613,9 +617,10 @@ impl Engine {
             return self.finish(now);
         }
         self.visible = visible;
-        if visible {
+        // Opening counts as becoming visible, focus setting or not: a new tab learns the state.
+        if visible && (first || self.config.pull_on_focus) {
             self.want_pull(now);
-        } else {
+        } else if !visible {
             self.flush_outbox();
         }
         self.finish(now);
@@ -624,7 +629,9 @@ impl Engine {
     /// The window got focus.
     pub fn handle_focus(&mut self, now: u64) {
         self.observe_time(now);
-        self.want_pull(now);
+        if self.config.pull_on_focus {
+            self.want_pull(now);
+        }
         self.finish(now);
     }
 
@@ -637,7 +644,9 @@ impl Engine {
                 // Coming back is news: retry at once instead of waiting out the backoff.
                 self.failures = 0;
                 self.retry_at = None;
-                self.want_pull(now);
+                if self.config.pull_on_online {
+                    self.want_pull(now);
+                }
             }
         }
         self.finish(now);
@@ -654,7 +663,17 @@ impl Engine {
         if self.leader != leader {
             self.leader = leader;
             if leader {
-                self.pull_wanted = true;
+                // A new leader pulls at once: it may be a tab shown again, which is a trigger
+                // like focus. With focus pulls off, a tab that pulled within the interval (it
+                // led until it was hidden) keeps that cadence instead.
+                let interval = self.config.interval_ms;
+                let cadence = self
+                    .last_pull_at
+                    .filter(|&t| !self.config.pull_on_focus && now < t.saturating_add(interval));
+                match cadence {
+                    Some(t) => self.schedule_next_pull(t),
+                    None => self.pull_wanted = true,
+                }
             } else {
                 self.pull_due = None;
             }
@@ -1243,7 +1262,9 @@ impl Engine {
     fn failed(&mut self, now: u64, retry_after_ms: Option<u64>) {
         self.failures = self.failures.saturating_add(1);
         let exponent = (self.failures - 1).min(20);
-        let cap = (self.config.backoff_base_ms << exponent).min(self.config.backoff_ms_max);
+        let cap = (self.config.backoff_base_ms << exponent)
+            .min(self.config.backoff_ms_max)
+            .min(self.config.interval_ms);
         let delay = self
             .rng
             .below_or_equal(cap)

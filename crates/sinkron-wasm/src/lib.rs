@@ -57,16 +57,24 @@ fn ms(value: f64) -> u64 {
 #[wasm_bindgen]
 impl Sinkron {
     /// A guest engine. `interval_ms` is the pull interval (0 = the default 30 s);
-    /// `pull_on_sign_in` pulls the account right after sign-in; the seed (two 32-bit halves
+    /// `pull_on_sign_in` pulls the account right after sign-in; `pull_on_focus` pulls when
+    /// the window gets focus or the tab becomes visible again; the seed (two 32-bit halves
     /// from `crypto.getRandomValues`) picks the client id and the jitter.
     #[wasm_bindgen(constructor)]
-    pub fn new(interval_ms: f64, pull_on_sign_in: bool, seed_high: u32, seed_low: u32) -> Sinkron {
+    pub fn new(
+        interval_ms: f64,
+        pull_on_sign_in: bool,
+        pull_on_focus: bool,
+        seed_high: u32,
+        seed_low: u32,
+    ) -> Sinkron {
         let mut config = if interval_ms >= 1.0 {
             Config::with_interval(ms(interval_ms))
         } else {
             Config::default()
         };
         config.pull_on_sign_in = pull_on_sign_in;
+        config.pull_on_focus = pull_on_focus;
         let seed = (u64::from(seed_high) << 32) | u64::from(seed_low);
         Sinkron {
             engine: Engine::new(config, seed),

@@ -65,7 +65,8 @@ export class SinkronClient {
     await wasmReady;
     const seed = new Uint32Array(2);
     crypto.getRandomValues(seed);
-    const client = new SinkronClient(new Sinkron(options.interval ?? 0, options.onLogin !== false, seed[0], seed[1]), options);
+    const engine = new Sinkron(options.interval ?? 0, options.onLogin !== false, options.onFocus !== false, seed[0], seed[1]);
+    const client = new SinkronClient(engine, options);
     await client.restore();
     client.wire();
     return client;
@@ -230,12 +231,10 @@ export class SinkronClient {
       e.flush(Date.now());
       this.drain();
     });
-    if (this.options.onFocus !== false) {
-      on(window, "focus", () => {
-        e.handleFocus(Date.now());
-        this.drain();
-      });
-    }
+    on(window, "focus", () => {
+      e.handleFocus(Date.now());
+      this.drain();
+    });
     on(window, "online", () => {
       e.handleOnline(Date.now(), true);
       this.drain();

@@ -458,6 +458,53 @@ fn a_non_leader_asks_the_leader_to_pull_on_focus() {
 }
 
 #[test]
+fn focus_and_online_pulls_can_be_switched_off() {
+    let config = Config {
+        pull_on_focus: false,
+        pull_on_online: false,
+        ..Config::default()
+    };
+    let mut tab = Tab::leader();
+    tab.engine = Engine::new(config, 1);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine.restore_cursor(Some("1".into()));
+    // A tab that opens still learns the state.
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::NotModified);
+    tab.drain();
+    let due = tab.engine.poll_timeout().expect("the next pull");
+    tab.now += 10_000;
+    tab.engine.handle_focus(tab.now);
+    tab.engine.handle_visibility(tab.now, false);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    // Neither the focus nor the tab showing again pulls; the leadership it regains keeps the
+    // cadence of its last pull.
+    assert!(tab.sends().is_empty());
+    assert!(tab.engine.poll_timeout().is_some_and(|t| t <= due + 3_000));
+    let due = tab.engine.poll_timeout().expect("the next pull");
+    tab.engine.handle_online(tab.now, false);
+    tab.engine.handle_online(tab.now + 1, true);
+    tab.engine.handle_focus(tab.now + 2);
+    assert!(tab.sends().is_empty(), "no pull on focus or online");
+    assert_eq!(
+        tab.engine.poll_timeout(),
+        Some(due),
+        "the interval still holds"
+    );
+}
+
+#[test]
+fn a_focus_pulls_by_default() {
+    let mut tab = Tab::leader();
+    tab.now += 10_000;
+    tab.engine.handle_focus(tab.now);
+    assert!(matches!(tab.only_send().1, Request::Pull { .. }));
+}
+
+#[test]
 fn a_burst_of_focus_events_is_one_request() {
     let mut tab = Tab::leader();
     tab.now += 10_000;
@@ -1216,9 +1263,12 @@ fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
 
 #[test]
 fn retries_never_wait_longer_than_the_pull_interval() {
-    let config = Config::with_interval(5_000);
-    assert_eq!(config.interval_ms, 5_000);
-    assert_eq!(config.backoff_ms_max, 5_000);
+    // Whatever the backoff settings say: the rule is the engine's, not a constructor's.
+    let config = Config {
+        interval_ms: 5_000,
+        backoff_ms_max: 60_000,
+        ..Config::default()
+    };
     let mut tab = Tab::leader();
     tab.engine = Engine::new(config, 1);
     tab.engine.sign_in(tab.now, "u1");
