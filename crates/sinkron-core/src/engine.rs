@@ -1412,10 +1412,13 @@ impl Engine {
         {
             self.foreign.retain(|f| f.key != key);
         }
-        // Likewise this tab's acknowledged writes, once their stored copy arrives.
+        // This tab's acknowledged writes, once their exact stored copy arrives. Not by
+        // `same_write`: an earlier write of this tab with the same value (a delete, a `{}`)
+        // matches that too, and would hide the later one. A clamped copy is settled instead
+        // by the answer that shows the state after the push (`settle_acked`).
         let before = self.acked.len();
         self.acked
-            .retain(|a| !(a.pending.key == key && same_write(&a.pending.record, &record)));
+            .retain(|a| !(a.pending.key == key && a.pending.record == record));
         if self.acked.len() != before {
             self.commands
                 .push_back(Command::Notify(Notice::Changed(vec![key.clone()])));

@@ -1214,6 +1214,60 @@ fn a_clamped_write_stops_outranking_newer_writes_once_its_stored_copy_arrives() 
 }
 
 #[test]
+fn an_older_identical_write_never_stands_in_for_an_acknowledged_one() {
+    let mut tab = Tab::leader();
+    let me = tab.engine.client_id().to_owned();
+    // Another tab's write, then this tab's later delete of the same record.
+    let wrote = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Wrote {
+            id: 1,
+            key: RecordKey::new("history", "e1"),
+            record: Record {
+                value: Some(r#"{"p":1}"#.into()),
+                updated_at: T0 + 10,
+                client_id: "other".into(),
+            },
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, wrote);
+    tab.now += 100;
+    tab.engine
+        .write(tab.now, "history", "e1", None)
+        .expect("valid delete");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    // Acknowledged; the state after it comes in pages.
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("1", vec![], true),
+        },
+    );
+    // A page brings an earlier delete of the same record by this same tab: identical in
+    // writer and value, older. It is not the acknowledged delete.
+    let old = change("e1", None, T0 - 1_000, &me, 2);
+    let synced = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some("1".into()),
+            to: "2".into(),
+            reset: false,
+            changes: vec![old],
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, synced);
+    let shown = tab.engine.get(&RecordKey::new("history", "e1")).cloned();
+    assert!(
+        shown
+            .as_ref()
+            .is_some_and(|r| r.is_tombstone() && r.updated_at > T0 + 10),
+        "the tab's own later delete stays in view, not the other tab's older write: {shown:?}"
+    );
+}
+
+#[test]
 fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
     let mut tab = Tab::new(9);
     tab.engine.sign_in(tab.now, "u1");
