@@ -408,21 +408,33 @@ async fn favorite(device: &Device, key: &str) {
         .unwrap();
 }
 
-async fn a_restarted_device_keeps_its_client_id_and_numbering(backend: Backend) {
-    let (_dir, server) = fresh(backend);
-    let storage = Storage::default();
+/// A device on `storage` that signs up as `username`, has two favourites acknowledged and is
+/// stopped (the app is killed); returns its client id.
+async fn two_acknowledged_then_killed(
+    server: &Server,
+    storage: &Storage,
+    seed: u64,
+    username: &str,
+) -> String {
     let first = Device::start(
         &server.url,
         Options {
             storage: storage.clone(),
-            ..options(30)
+            ..options(seed)
         },
     );
-    first.register("dana", "correct horse").await.unwrap();
+    first.register(username, "correct horse").await.unwrap();
     favorite(&first, "s01").await;
     favorite(&first, "s02").await;
     let client = first.snapshot().client_id;
     first.stop();
+    client
+}
+
+async fn a_restarted_device_keeps_its_client_id_and_numbering(backend: Backend) {
+    let (_dir, server) = fresh(backend);
+    let storage = Storage::default();
+    let client = two_acknowledged_then_killed(&server, &storage, 30, "dana").await;
 
     // The app is opened again on its storage: signed in, same client id, ids above 2.
     let again = Device::start(
@@ -444,17 +456,7 @@ async fn a_restarted_device_keeps_its_client_id_and_numbering(backend: Backend) 
 async fn a_device_that_lost_its_numbering_still_delivers_every_write(backend: Backend) {
     let (_dir, server) = fresh(backend);
     let storage = Storage::default();
-    let first = Device::start(
-        &server.url,
-        Options {
-            storage: storage.clone(),
-            ..options(32)
-        },
-    );
-    first.register("erin", "correct horse").await.unwrap();
-    favorite(&first, "s01").await;
-    favorite(&first, "s02").await;
-    first.stop();
+    two_acknowledged_then_killed(&server, &storage, 32, "erin").await;
     // The numbering did not reach the disk: the next run starts again at id 1.
     for scope in storage.lock().scopes.values_mut() {
         for (next_id, _) in scope.outboxes.values_mut() {
