@@ -69,9 +69,10 @@ pub struct BuiltinTokens {
     pub store: Arc<dyn Store>,
 }
 
-#[async_trait]
-impl Authenticator for BuiltinTokens {
-    async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal> {
+impl BuiltinTokens {
+    /// What [`Authenticator::authenticate`] does, callable without boxing its future: this
+    /// is the poll path of every built-in session.
+    pub async fn check(&self, request: &Parts) -> Result<Identity, Refusal> {
         let token = bearer(&request.headers)
             .filter(|t| is_builtin_token(t))
             .ok_or(Refusal::NotMine)?;
@@ -85,6 +86,13 @@ impl Authenticator for BuiltinTokens {
             session,
             token_hash,
         })
+    }
+}
+
+#[async_trait]
+impl Authenticator for BuiltinTokens {
+    async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal> {
+        self.check(request).await
     }
 }
 
@@ -139,12 +147,14 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let builtin = state
-            .builtin
-            .iter()
-            .map(|b| b.as_ref() as &dyn Authenticator);
-        let others = state.authenticators.iter().map(|a| a.as_ref());
-        for authenticator in builtin.chain(others) {
+        if let Some(builtin) = &state.builtin {
+            match builtin.check(parts).await {
+                Err(Refusal::NotMine) => {}
+                Err(refusal) => return Err(refused(refusal)),
+                Ok(identity) => return Self::of(identity, state).await,
+            }
+        }
+        for authenticator in state.authenticators.iter() {
             match authenticator.authenticate(parts).await {
                 Err(Refusal::NotMine) => continue,
                 Err(refusal) => return Err(refused(refusal)),
