@@ -126,8 +126,8 @@ export class DeviceStorage {
     const ids = this.keys()
       .filter((k) => k.startsWith(prefix))
       .map((k) => k.slice(prefix.length));
-    const pending = (id: string) => ((this.outbox(scope, id)?.mutations.length ?? 0) > 0 ? 0 : 1);
-    return ids.sort((a, b) => pending(a) - pending(b));
+    const empty = new Set(ids.filter((id) => (this.outbox(scope, id)?.mutations.length ?? 0) === 0));
+    return [...ids.filter((id) => !empty.has(id)), ...ids.filter((id) => empty.has(id))];
   }
 
   setOutbox(scope: string | null, clientId: string, next: number, mutations: Mutation[]) {
