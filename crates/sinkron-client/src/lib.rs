@@ -414,7 +414,7 @@ impl Driver {
         let mut changed = false;
         while let Some(command) = self.engine.poll_command() {
             match command {
-                Command::Send { id, request } => {
+                Command::Send { id, request, .. } => {
                     match request {
                         Request::Pull { .. } => self.pulls_sent += 1,
                         Request::Push { .. } => self.pushes_sent += 1,
@@ -586,12 +586,15 @@ async fn succeeded(response: reqwest::Response) -> Result<reqwest::Response, Fai
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s.saturating_mul(1000));
-    let ack = response
-        .json::<ErrorBody>()
-        .await
-        .ok()
-        .and_then(|b| b.error.ack);
-    Err(Failure::from_status(status.as_u16(), retry_after_ms, ack))
+    let error = response.json::<ErrorBody>().await.ok().map(|b| b.error);
+    let ack = error.as_ref().and_then(|e| e.ack);
+    let code = error.as_ref().map(|e| e.code.as_str());
+    Err(Failure::from_status(
+        status.as_u16(),
+        retry_after_ms,
+        ack,
+        code,
+    ))
 }
 
 /// A seed for a device's engine when the caller gives none.

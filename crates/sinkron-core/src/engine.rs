@@ -147,7 +147,13 @@ pub enum Command {
     /// Post to the device's other tabs.
     Broadcast(TabMessage),
     /// Send an HTTP request and report its outcome with [`Engine::handle_reply`] and this id.
-    Send { id: u64, request: Request },
+    /// With `fresh_token` the request retries one the server answered `token_expired`: the
+    /// driver asks the site's token provider for a new token instead of a cached one.
+    Send {
+        id: u64,
+        request: Request,
+        fresh_token: bool,
+    },
     /// Ask for (`true`) or give up (`false`) the device's leader lock.
     Leadership(bool),
     /// Tell the UI something changed.
@@ -239,6 +245,10 @@ pub enum Failure {
     Network,
     /// 401: the session is gone; the engine stops calling the API until the next sign-in.
     Unauthorized,
+    /// 401 `token_expired`: the site's token has expired. The engine sends the request again
+    /// at once with a fresh token (`Command::Send::fresh_token`); if that one is refused as
+    /// well, it is [`Failure::Unauthorized`]. Queued writes stay queued throughout.
+    TokenExpired,
     /// 429 or 5xx: try again later, not before `Retry-After` if the server gave one.
     Unavailable { retry_after_ms: Option<u64> },
     /// 409 `mutation_id_reused`: the push carried ids at or below the server's `ack` for
@@ -253,10 +263,17 @@ impl Failure {
     /// What an answer other than 200 or 304 means: the one classification every driver
     /// uses. `status` 0 means no answer at all (a network error, or a body that could not be
     /// read); `retry_after_ms` is the `Retry-After` header; `ack` is the `ack` field of the
-    /// error body, which only a 409 `mutation_id_reused` carries.
-    pub fn from_status(status: u16, retry_after_ms: Option<u64>, ack: Option<u64>) -> Failure {
+    /// error body, which only a 409 `mutation_id_reused` carries; `code` is the error body's
+    /// `code`, if it had one.
+    pub fn from_status(
+        status: u16,
+        retry_after_ms: Option<u64>,
+        ack: Option<u64>,
+        code: Option<&str>,
+    ) -> Failure {
         match (status, ack) {
             (0 | 408, _) => Failure::Network,
+            (401, _) if code == Some("token_expired") => Failure::TokenExpired,
             (401, _) => Failure::Unauthorized,
             (409, Some(ack)) => Failure::IdsReused { ack },
             (429 | 500..=599, _) => Failure::Unavailable { retry_after_ms },
@@ -378,6 +395,8 @@ struct InFlight {
     pushed_max: Option<u64>,
     /// A keepalive flush runs beside the regular request and its failure is ignored.
     keepalive: bool,
+    /// Sent with a token fresh from the site's provider (a retry after `token_expired`).
+    fresh_token: bool,
 }
 
 /// The sync engine of one tab. See the module documentation for how to drive it.
@@ -400,6 +419,8 @@ pub struct Engine {
     /// Whether the driver has reported visibility yet.
     visibility_reported: bool,
     unauthorized: bool,
+    /// The last request was refused with `token_expired`: the next one asks for a new token.
+    fresh_token: bool,
 
     confirmed: Map<RecordKey, Stored>,
     cursor: Option<String>,
@@ -453,6 +474,7 @@ impl Engine {
             state_wanted: false,
             visibility_reported: false,
             unauthorized: false,
+            fresh_token: false,
             confirmed: Map::default(),
             cursor: None,
             outbox: Vec::new(),
@@ -823,8 +845,17 @@ impl Engine {
                 }
             }
             Reply::Failed(_) if request.keepalive => {}
-            Reply::Failed(Failure::Unauthorized) => {
+            Reply::Failed(Failure::TokenExpired) if !request.fresh_token => {
+                // Again at once, with a new token: a push's mutations are still queued (so
+                // the push is due now), a pull is asked for again.
+                self.fresh_token = true;
+                if request.pushed_max.is_none() {
+                    self.pull_wanted = true;
+                }
+            }
+            Reply::Failed(Failure::Unauthorized | Failure::TokenExpired) => {
                 self.unauthorized = true;
+                self.fresh_token = false;
                 self.error = Some(SyncError::Unauthorized);
             }
             Reply::Failed(Failure::Rejected { status }) => {
@@ -1055,6 +1086,7 @@ impl Engine {
         self.last_synced_at = None;
         self.error = None;
         self.unauthorized = false;
+        self.fresh_token = false;
         self.state_wanted = false;
         self.commands.push_back(Command::Persist(Persist::Wipe {
             scope: previous.clone(),
@@ -1146,15 +1178,18 @@ impl Engine {
             self.last_pull_at = Some(now);
             let last_sync = self.cursor.clone();
             let id = self.next_request();
+            let fresh_token = core::mem::take(&mut self.fresh_token);
             self.in_flight.push(InFlight {
                 id,
                 last_sync: last_sync.clone(),
                 pushed_max: None,
                 keepalive: false,
+                fresh_token,
             });
             self.commands.push_back(Command::Send {
                 id,
                 request: Request::Pull { last_sync },
+                fresh_token,
             });
         }
     }
@@ -1163,11 +1198,14 @@ impl Engine {
         let pushed_max = mutations.last().map(|m| m.id);
         self.sent_max = self.sent_max.max(pushed_max.unwrap_or(0));
         let id = self.next_request();
+        // A keepalive flush beside the regular requests leaves the retry's new token to them.
+        let fresh_token = !keepalive && core::mem::take(&mut self.fresh_token);
         self.in_flight.push(InFlight {
             id,
             last_sync: last_sync.clone(),
             pushed_max,
             keepalive,
+            fresh_token,
         });
         if !keepalive {
             self.first_write_at = None;
@@ -1181,6 +1219,7 @@ impl Engine {
                 last_sync,
                 keepalive,
             },
+            fresh_token,
         });
     }
 

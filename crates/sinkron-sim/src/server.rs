@@ -206,11 +206,11 @@ impl Server {
             ));
         }
         let failure = |status: StatusCode| {
-            let ack = serde_json::from_slice::<ErrorBody>(&body)
-                .ok()
-                .and_then(|b| b.error.ack);
+            let error = serde_json::from_slice::<ErrorBody>(&body).ok();
+            let ack = error.as_ref().and_then(|b| b.error.ack);
+            let code = error.as_ref().map(|b| b.error.code.as_str());
             let retry_after_ms = retry_after.map(|s| s * 1000);
-            Failure::from_status(status.as_u16(), retry_after_ms, ack)
+            Failure::from_status(status.as_u16(), retry_after_ms, ack, code)
         };
         let mut clamps = Vec::new();
         let (reply, summary) = match request {

@@ -531,7 +531,9 @@ impl World {
                     self.persist(d, tab_id, p)?;
                 }
                 Command::Broadcast(message) => self.broadcast(d, tab_id, message),
-                Command::Send { id, request } => self.send(d, t, id, request, scope.as_deref())?,
+                Command::Send { id, request, .. } => {
+                    self.send(d, t, id, request, scope.as_deref())?
+                }
                 Command::Leadership(true) => self.lock_request(d, tab_id),
                 Command::Leadership(false) => self.lock_release(d, tab_id),
                 Command::Notify(_) => {}

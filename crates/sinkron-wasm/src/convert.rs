@@ -101,8 +101,13 @@ pub(crate) fn command(command: &Command) -> String {
             j.field("t").string("broadcast").field("message");
             tab_message(&mut j, message);
         }
-        Command::Send { id, request } => {
+        Command::Send {
+            id,
+            request,
+            fresh_token,
+        } => {
             j.field("t").string("send").field("id").number(*id);
+            j.field("freshToken").boolean(*fresh_token);
             match request {
                 Request::Pull { last_sync } => {
                     j.field("kind").string("pull");

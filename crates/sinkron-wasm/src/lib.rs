@@ -293,12 +293,21 @@ impl Sinkron {
     }
 
     /// A failed request: `status` 0 means no answer at all; `retry_after_ms` < 0 means
-    /// none; `ack` is the error body's `ack` (a 409 `mutation_id_reused`), < 0 for none.
+    /// none; `ack` is the error body's `ack` (a 409 `mutation_id_reused`), < 0 for none;
+    /// `code` is the error body's `code`, if any.
     #[wasm_bindgen(js_name = replyFailed)]
-    pub fn reply_failed(&mut self, now: f64, id: f64, status: u16, retry_after_ms: f64, ack: f64) {
+    pub fn reply_failed(
+        &mut self,
+        now: f64,
+        id: f64,
+        status: u16,
+        retry_after_ms: f64,
+        ack: f64,
+        code: Option<String>,
+    ) {
         let retry_after_ms = (retry_after_ms >= 0.0).then(|| ms(retry_after_ms));
         let ack = (ack >= 0.0).then(|| ms(ack));
-        let failure = Failure::from_status(status, retry_after_ms, ack);
+        let failure = Failure::from_status(status, retry_after_ms, ack, code.as_deref());
         self.engine
             .handle_reply(ms(now), ms(id), Reply::Failed(failure));
     }

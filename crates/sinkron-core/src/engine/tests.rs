@@ -45,7 +45,7 @@ impl Tab {
         self.drain()
             .into_iter()
             .filter_map(|c| match c {
-                Command::Send { id, request } => Some((id, request)),
+                Command::Send { id, request, .. } => Some((id, request)),
                 _ => None,
             })
             .collect()
@@ -694,6 +694,7 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
                     last_sync: None,
                     ..
                 },
+            ..
         } => Some((*id, mutations.clone())),
         _ => None,
     });
@@ -872,6 +873,95 @@ fn a_401_stops_all_requests_until_signed_in_again() {
     tab.engine.sign_in(tab.now, "u1");
     tab.engine.handle_leadership(tab.now, true);
     assert!(!tab.sends().is_empty());
+}
+
+/// The `fresh_token` flag of every request the tab sent.
+fn sends_with_token(commands: Vec<Command>) -> Vec<(u64, Request, bool)> {
+    commands
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Send {
+                id,
+                request,
+                fresh_token,
+            } => Some((id, request, fresh_token)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once_and_the_request_sent_again_at_once() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"position":10}"#);
+    tab.fire();
+    let sent = sends_with_token(tab.drain());
+    let [(id, Request::Push { ref mutations, .. }, false)] = sent[..] else {
+        panic!("one push with the cached token: {sent:?}");
+    };
+    assert_eq!(mutations.len(), 1);
+    tab.reply(id, Reply::Failed(Failure::TokenExpired));
+    // Again at once, the same write, asking the driver for a new token; no error shown.
+    let sent = sends_with_token(tab.drain());
+    let [(id, Request::Push { ref mutations, .. }, true)] = sent[..] else {
+        panic!("the push again with a fresh token: {sent:?}");
+    };
+    assert_eq!((mutations[0].id, mutations[0].key.as_str()), (1, "e1"));
+    assert_eq!(tab.engine.status().error, None);
+    assert_eq!(tab.engine.status().pending, 1);
+    tab.reply(
+        id,
+        Reply::Pushed {
+            ack: 1,
+            page: page("2", vec![], false),
+        },
+    );
+    assert_eq!(tab.engine.status().pending, 0);
+
+    // A pull refused the same way is asked for again, and the next request after that
+    // takes the cached token again.
+    tab.at(Config::default().interval_ms * 2);
+    let sent = sends_with_token(tab.drain());
+    let [(id, Request::Pull { .. }, false)] = sent[..] else {
+        panic!("a pull: {sent:?}");
+    };
+    tab.reply(id, Reply::Failed(Failure::TokenExpired));
+    let sent = sends_with_token(tab.drain());
+    let [(id, Request::Pull { .. }, true)] = sent[..] else {
+        panic!("the pull again with a fresh token: {sent:?}");
+    };
+    tab.reply(id, Reply::NotModified);
+    tab.write("e2", "{}");
+    tab.fire();
+    let sent = sends_with_token(tab.drain());
+    assert!(
+        matches!(sent[..], [(_, Request::Push { .. }, false)]),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_token_still_expired_after_a_refresh_stops_requests_and_keeps_the_writes() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::TokenExpired));
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::TokenExpired));
+    assert_eq!(tab.engine.status().error, Some(SyncError::Unauthorized));
+    assert_eq!(tab.engine.status().pending, 1);
+    tab.at(10 * 60_000);
+    assert!(tab.sends().is_empty(), "no refresh loop");
+    // The site signs the same user in again (a new token): the write goes out.
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let sent = sends_with_token(tab.drain());
+    assert!(
+        sent.iter()
+            .any(|(_, r, _)| matches!(r, Request::Push { mutations, .. } if mutations.len() == 1)),
+        "{sent:?}"
+    );
 }
 
 #[test]
@@ -1091,10 +1181,18 @@ fn a_push_refused_for_reused_ids_is_renumbered_and_sent_again() {
 #[test]
 fn answers_are_classified_once_for_every_driver() {
     use Failure::*;
-    let class = |status, retry, ack| Failure::from_status(status, retry, ack);
+    let class = |status, retry, ack| Failure::from_status(status, retry, ack, None);
     assert_eq!(class(0, None, None), Network);
     assert_eq!(class(408, None, None), Network);
     assert_eq!(class(401, None, None), Unauthorized);
+    assert_eq!(
+        Failure::from_status(401, None, None, Some("token_expired")),
+        TokenExpired
+    );
+    assert_eq!(
+        Failure::from_status(401, None, None, Some("unauthorized")),
+        Unauthorized
+    );
     assert_eq!(class(409, None, Some(4)), IdsReused { ack: 4 });
     assert_eq!(class(409, None, None), Rejected { status: 409 });
     assert_eq!(
@@ -1559,7 +1657,7 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
         .iter()
         .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))));
     let full_pull = commands.iter().find_map(|c| match c {
-        Command::Send { id, request } => Some((*id, request.clone())),
+        Command::Send { id, request, .. } => Some((*id, request.clone())),
         _ => None,
     });
     let (id, request) = full_pull.expect("a whole-state pull follows at once");
