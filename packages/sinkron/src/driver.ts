@@ -10,6 +10,14 @@ import init, { Sinkron } from "./wasm/sinkron_wasm.js";
 import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
 import type { Changed, Command, Rec, Session, Status, TabMessage, Value } from "./types.js";
 
+/**
+ * The site's token provider: its current token for this user, or `null` for a guest. Called
+ * before each request (answer from memory when you can); with `refresh: true` after the
+ * server answered `token_expired`, when a new token is needed before the request is retried.
+ * Throwing counts as the server being unreachable: the request is retried later.
+ */
+export type TokenProvider = (options: { refresh: boolean }) => Promise<string | null>;
+
 export interface ClientOptions {
   /** Where the Sinkron server is; default: this page's origin. */
   baseUrl?: string;
@@ -23,6 +31,16 @@ export interface ClientOptions {
   onFocus?: boolean;
   /** Pull the account's state right after sign-in; default true. */
   onLogin?: boolean;
+  /**
+   * Sign in by the site's own tokens (JWT mode): the user is the token's `sub`. Without it
+   * (and without `cookie`), Sinkron's own accounts (`signIn`).
+   */
+  getToken?: TokenProvider;
+  /**
+   * Sign in by the site's HttpOnly cookie (JWT mode with `--jwt-cookie`): requests carry
+   * credentials and the app says who is signed in with `signedIn(userId)`.
+   */
+  cookie?: boolean;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
   wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module;
 }
@@ -47,6 +65,8 @@ export class SinkronClient {
   private tabLockRelease: (() => void) | null = null;
   private tabId = "";
   private stopped = false;
+  /** The site's last token (token mode): what a keepalive flush on page hide sends. */
+  private lastToken: string | null = null;
 
   // An ES private field: the wasm binding's types stay out of the published declarations.
   readonly #engine: Sinkron;
@@ -69,6 +89,7 @@ export class SinkronClient {
     const client = new SinkronClient(engine, options);
     await client.restore();
     client.wire();
+    if (options.getToken) void client.followSite().catch(() => undefined);
     return client;
   }
 
@@ -126,12 +147,44 @@ export class SinkronClient {
     return session.user;
   }
 
-  /** Signs out: flushes what is queued, wipes the user's data here and in other tabs. */
+  /**
+   * The site signed a user in (token or cookie mode): this device's guest data joins the
+   * account, and syncing starts. In token mode the user is the current token's `sub` (and
+   * `userId`, when given, must match it); in cookie mode `userId` is required. Signing the
+   * same user in again resumes syncing after an `unauthorized` error.
+   */
+  async signedIn(userId?: string): Promise<Session["user"]> {
+    let id = userId;
+    if (this.options.getToken) {
+      const token = await this.options.getToken({ refresh: false });
+      if (token === null) throw new SinkronError("signed_out", "sinkron: the token provider returned no token");
+      id = subject(token);
+      if (userId !== undefined && userId !== id) {
+        throw new SinkronError("wrong_user", `sinkron: the token is for ${id}, not ${userId}`);
+      }
+      this.lastToken = token;
+    } else if (!this.options.cookie) {
+      throw new SinkronError("builtin_accounts", "sinkron: signedIn() is for the site's sign-in (getToken or cookie); use signIn()");
+    }
+    if (!id) throw new SinkronError("invalid_user", "sinkron: signedIn() needs the site's user id");
+    const user = { id, username: id };
+    this.storage.setSession({ token: "", user });
+    this.#engine.signIn(Date.now(), id);
+    this.drain();
+    return user;
+  }
+
+  /**
+   * Signs out: flushes what is queued, wipes the user's data here and in other tabs. With
+   * Sinkron's own accounts it also ends the session on the server; with the site's sign-in,
+   * the site ends its own.
+   */
   async signOut(): Promise<void> {
     const token = this.storage.session()?.token;
     this.#engine.signOut(Date.now());
     this.drain();
     this.storage.setSession(null);
+    this.lastToken = null;
     if (token) {
       await fetch(`${this.baseUrl}/api/auth/logout`, {
         method: "POST",
@@ -153,6 +206,20 @@ export class SinkronClient {
   }
 
   // ----- start-up -----
+
+  /** Token mode: makes this device follow whoever the site's token says is signed in. */
+  private async followSite() {
+    const token = await this.options.getToken!({ refresh: false });
+    if (this.stopped) return;
+    const signed = this.storage.session()?.user.id ?? null;
+    if (token === null) {
+      if (signed !== null) await this.signOut();
+    } else if (subject(token) !== signed) {
+      await this.signedIn();
+    } else {
+      this.lastToken = token;
+    }
+  }
 
   private async restore() {
     const e = this.#engine;
@@ -389,25 +456,49 @@ export class SinkronClient {
 
   // ----- HTTP -----
 
+  /**
+   * The `Authorization` header for a request: the built-in session's token, or the site's
+   * token for the signed-in user; `null` when there is none to send (answered as a 401);
+   * `undefined` in cookie mode, where the browser sends the site's cookie itself.
+   */
+  private async authorization(c: Extract<Command, { t: "send" }>): Promise<string | null | undefined> {
+    const getToken = this.options.getToken;
+    if (this.options.cookie && !getToken) return undefined;
+    if (!getToken) {
+      const token = this.storage.session()?.token;
+      return token ? `Bearer ${token}` : null;
+    }
+    // A flush on page hide cannot wait for the provider: the page may be gone by then.
+    let token = c.kind === "push" && c.keepalive && !c.freshToken ? this.lastToken : null;
+    token ??= await getToken({ refresh: c.freshToken });
+    // A token for someone else (the site switched users in another page) is never used for
+    // this user's data; `followSite` or the app's `signedIn` switches over.
+    if (token === null || subjectOrNull(token) !== this.#engine.user()) return null;
+    this.lastToken = token;
+    return `Bearer ${token}`;
+  }
+
   private async send(c: Extract<Command, { t: "send" }>) {
     const e = this.#engine;
-    const token = this.storage.session()?.token;
     const done = (reply: () => void) => {
       if (this.stopped) return;
       reply();
       this.drain();
     };
-    if (!token) return done(() => e.replyFailed(Date.now(), c.id, 401, -1, -1));
-    const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+    const headers: Record<string, string> = {};
     let response: Response;
     try {
+      const authorization = await this.authorization(c);
+      if (authorization === null) return done(() => e.replyFailed(Date.now(), c.id, 401, -1, -1, undefined));
+      if (authorization !== undefined) headers.authorization = authorization;
+      const credentials: RequestCredentials = this.options.cookie ? "include" : "same-origin";
       if (c.kind === "pull") {
         let url = `${this.baseUrl}/api/user/me`;
         if (c.lastSync !== null) {
           url += `?lastSync=${encodeURIComponent(c.lastSync)}`;
           headers["if-none-match"] = `"${c.lastSync}"`;
         }
-        response = await fetch(url, { headers, cache: "no-store" });
+        response = await fetch(url, { headers, cache: "no-store", credentials });
       } else {
         headers["content-type"] = "application/json";
         response = await fetch(`${this.baseUrl}/api/user/me/changes`, {
@@ -415,19 +506,22 @@ export class SinkronClient {
           headers,
           body: JSON.stringify(c.body),
           keepalive: c.keepalive,
+          credentials,
         });
       }
     } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1));
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1, undefined));
     }
     if (response.status === 304) return done(() => e.replyNotModified(Date.now(), c.id));
     if (!response.ok) {
       const retryAfter = Number(response.headers.get("retry-after"));
       const retryMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : -1;
-      // The error body's `ack` (a 409 mutation_id_reused) goes to the engine with the status.
-      const error = await response.json().catch(() => null);
-      const ack = typeof error?.error?.ack === "number" ? error.error.ack : -1;
-      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs, ack));
+      // The error body's `code` and `ack` (a 409 mutation_id_reused) go to the engine with
+      // the status: it tells `token_expired` from other 401s.
+      const error = (await response.json().catch(() => null))?.error;
+      const ack = typeof error?.ack === "number" ? error.ack : -1;
+      const code = typeof error?.code === "string" ? error.code : undefined;
+      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs, ack, code));
     }
     let body: {
       ack?: number;
@@ -440,7 +534,7 @@ export class SinkronClient {
     try {
       body = await response.json();
     } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1));
+      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1, undefined));
     }
     done(() => {
       for (const ch of body.changes) {
@@ -450,6 +544,27 @@ export class SinkronClient {
       if (c.kind === "pull") e.replyPulled(now, c.id, body.cursor, body.more, body.reset === true, body.serverTime);
       else e.replyPushed(now, c.id, body.ack ?? 0, body.cursor, body.more, body.reset === true, body.serverTime);
     });
+  }
+}
+
+/** The `sub` claim of a JSON Web Token: the site's user id. Not verified here (the server does). */
+export function subject(token: string): string {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = new TextDecoder().decode(Uint8Array.from(atob(payload), (ch) => ch.charCodeAt(0)));
+    const sub = JSON.parse(json).sub;
+    if (typeof sub === "string" && sub !== "") return sub;
+  } catch {
+    // Reported below.
+  }
+  throw new SinkronError("invalid_token", "sinkron: the token provider returned something that is not a JWT with a `sub`");
+}
+
+function subjectOrNull(token: string): string | null {
+  try {
+    return subject(token);
+  } catch {
+    return null;
   }
 }
 

@@ -44,7 +44,14 @@ export interface UserSyncState {
   /** 1 like, -1 dislike, 0 neither. */
   setLike(episodeId: string, value: 1 | -1 | 0): void;
   setSetting(name: string, value: Json): void;
+  /** Signs in with Sinkron's own accounts (or creates one, with `create`). */
   signIn(username: string, password: string, options?: { create?: boolean }): Promise<User>;
+  /**
+   * The site signed a user in (its own sign-in: `getToken` or `cookie`): guest data joins
+   * the account. With `getToken` the user is the token's `sub`; with `cookie`, `userId`.
+   */
+  signedIn(userId?: string): Promise<User>;
+  /** Signs out (either kind of sign-in): this device's copy of the user's data is wiped. */
   signOut(): Promise<void>;
 
   /** Starts syncing in this tab (the React hook calls it); resolves when ready. */
@@ -153,18 +160,25 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
       async signIn(username, password, options) {
         return engine().signIn(username, password, options?.create === true);
       },
+      async signedIn(userId) {
+        return engine().signedIn(userId);
+      },
       async signOut() {
         await engine().signOut();
       },
 
       start(options) {
-        starting ??= SinkronClient.start(options).then((c) => {
+        if (starting) return starting;
+        const attempt: Promise<void> = SinkronClient.start(options).then((c) => {
+          // stop() (or another start) came first: this client never runs.
+          if (starting !== attempt) return c.stop();
           client = c;
           unsubscribe = c.subscribe(read);
           read({ collections: null, status: true });
           set({ ready: true });
         });
-        return starting;
+        starting = attempt;
+        return attempt;
       },
       stop() {
         unsubscribe?.();

@@ -67,8 +67,8 @@ export type Command =
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "wipe"; scope: string | null }
   | { t: "broadcast"; message: TabMessage }
-  | { t: "send"; id: number; kind: "pull"; lastSync: string | null }
-  | { t: "send"; id: number; kind: "push"; keepalive: boolean; body: { clientId: string; mutations: Mutation[]; lastSync?: string } }
+  | { t: "send"; id: number; freshToken: boolean; kind: "pull"; lastSync: string | null }
+  | { t: "send"; id: number; freshToken: boolean; kind: "push"; keepalive: boolean; body: { clientId: string; mutations: Mutation[]; lastSync?: string } }
   | { t: "leadership"; want: boolean }
   | { t: "notify"; what: "changed"; collections: string[] }
   | { t: "notify"; what: "everything" }
