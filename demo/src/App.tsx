@@ -13,6 +13,19 @@ const interval = Number(params.get("interval")) || 30000;
 const baseUrl = params.get("api") ?? undefined;
 /** `?onFocus=0`: no pull when the window gets focus or the tab is shown again. */
 const onFocus = params.get("onFocus") !== "0";
+/**
+ * `?auth=token` or `?auth=cookie`: sign in through the site that serves this page (its own
+ * users, at `/site/login`) instead of Sinkron's accounts. With `token` Sinkron gets the site's
+ * token from `/site/token`; with `cookie` the site's HttpOnly cookie carries it.
+ */
+const siteAuth = params.get("auth") === "token" || params.get("auth") === "cookie" ? params.get("auth") : null;
+
+/** The site's token provider: its token endpoint keeps the current token, `refresh` renews it. */
+async function getToken({ refresh }: { refresh: boolean }): Promise<string | null> {
+  const response = await fetch(`/site/token${refresh ? "?refresh=1" : ""}`, { cache: "no-store" });
+  if (!response.ok) throw new Error(`the site's token endpoint answered ${response.status}`);
+  return ((await response.json()) as { token: string | null }).token;
+}
 
 function useRoute(): string {
   const [route, setRoute] = useState(location.hash || "#/");
@@ -25,7 +38,15 @@ function useRoute(): string {
 }
 
 export function App() {
-  useUserSync({ interval, onFocus, onLogin: true, crossTab: true, baseUrl });
+  useUserSync({
+    interval,
+    onFocus,
+    onLogin: true,
+    crossTab: true,
+    baseUrl,
+    getToken: siteAuth === "token" ? getToken : undefined,
+    cookie: siteAuth === "cookie",
+  });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();
   const [playing, setPlaying] = useState<string | null>(null);
@@ -94,6 +115,7 @@ function SyncStatus() {
 function Account() {
   const user = useSinkron((s) => s.user);
   const signIn = useSinkron((s) => s.signIn);
+  const signedIn = useSinkron((s) => s.signedIn);
   const signOut = useSinkron((s) => s.signOut);
   const [username, setUsername] = useState("");
   const [password, setPassword] = useState("");
@@ -104,7 +126,13 @@ function Account() {
     return (
       <div className="account">
         <span data-testid="username">{user.username || "signed in"}</span>
-        <button data-testid="logout" onClick={() => void signOut()}>
+        <button
+          data-testid="logout"
+          onClick={() => {
+            if (siteAuth) void fetch("/site/logout", { method: "POST" });
+            void signOut();
+          }}
+        >
           Sign out
         </button>
       </div>
@@ -115,7 +143,19 @@ function Account() {
     setBusy(true);
     setError(null);
     try {
-      await signIn(username, password, { create });
+      if (siteAuth) {
+        // The site's own sign-in; Sinkron follows it.
+        const response = await fetch("/site/login", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ username, password }),
+        });
+        if (!response.ok) throw new Error("wrong username or password");
+        const { user } = (await response.json()) as { user: { id: string } };
+        await signedIn(siteAuth === "cookie" ? user.id : undefined);
+      } else {
+        await signIn(username, password, { create });
+      }
       setPassword("");
     } catch (err) {
       setError(err instanceof Error ? err.message : String(err));

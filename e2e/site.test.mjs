@@ -1,0 +1,145 @@
+// The site's own sign-in in Chromium: a stand-in site with its own users issues the tokens
+// (HS256; RS256 through a JWKS document it rotates; an HttpOnly cookie), serves the demo,
+// and Sinkron, on another origin, trusts them.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Server, countRequests, launch, syncedState, waitPressed } from "./support.mjs";
+import { Site } from "./site.mjs";
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** A site and a Sinkron server in JWT mode that trusts it and allows its origin. */
+async function withSite({ alg = "HS256", cookie = null } = {}, fn) {
+  const dir = mkdtempSync(join(tmpdir(), "sinkron-site-"));
+  const site = await Site.start({ alg, cookie, dir });
+  const keys = alg === "HS256" ? ["--jwt-hs256-secret-file", site.secretFile] : ["--jwks-url", site.jwksUrl];
+  const args = ["--auth", "jwt", ...keys, "--cors-origin", site.url];
+  if (cookie) args.push("--jwt-cookie", cookie);
+  const sinkron = await Server.start({ dir, args });
+  try {
+    await fn(site, sinkron);
+  } finally {
+    await sinkron.stop();
+    await site.stop();
+  }
+}
+
+/** The demo, from the site's origin, syncing with Sinkron's. */
+async function openDemo(context, site, sinkron, { auth = "token", interval = 30000 } = {}) {
+  const page = await context.newPage();
+  await page.goto(`${site.url}/?interval=${interval}&auth=${auth}&api=${encodeURIComponent(sinkron.url)}`);
+  await page.getByTestId("sync-status").waitFor();
+  return page;
+}
+
+/** Signs in through the site's own login form. */
+async function siteSignIn(page, username) {
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill("correct horse");
+  await page.getByTestId("login-submit").click();
+  await page.getByTestId("logout").waitFor();
+  await syncedState(page);
+}
+
+const favoritesOf = (state) =>
+  state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
+
+/** Statuses of the page's answers from Sinkron, in order. */
+function answers(page, sinkron) {
+  const statuses = [];
+  page.on("response", (r) => {
+    if (r.url().startsWith(`${sinkron.url}/api/`)) statuses.push(r.status());
+  });
+  return statuses;
+}
+
+describe("the site's own sign-in", () => {
+  test("HS256: a guest's write joins the account, a second device converges, an expired token is refreshed", () =>
+    withSite({ alg: "HS256" }, async (site, sinkron) => {
+      const phone = await browser.newContext();
+      const a = await openDemo(phone, site, sinkron);
+      const statuses = answers(a, sinkron);
+      // As a guest: nothing goes to Sinkron.
+      const counts = countRequests(a);
+      await a.getByTestId("favorite-s11").click();
+      assert.equal(counts.all, 0, `a guest called the API: ${counts.log}`);
+
+      await siteSignIn(a, "ana");
+      const user = site.userId("ana");
+      assert.equal(await a.getByTestId("username").textContent(), user);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(user))), ["s11"], "the guest's write joined the account");
+
+      // A second device of the same user converges.
+      const tv = await browser.newContext();
+      const b = await openDemo(tv, site, sinkron, { interval: 300 });
+      await siteSignIn(b, "ana");
+      await waitPressed(b, "favorite-s11");
+
+      // The token the site holds expires mid-session: the write is refused with
+      // token_expired, the provider is asked for a new token, and the same write goes through.
+      const refreshes = [];
+      a.on("request", (r) => r.url().endsWith("/site/token?refresh=1") && refreshes.push(r.url()));
+      site.expire(user);
+      await a.getByTestId("favorite-s12").click();
+      await a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.equal(refreshes.length, 1, "one refresh");
+      assert.ok(statuses.includes(401), `a 401 token_expired came first: ${statuses}`);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(user))), ["s11", "s12"]);
+      await waitPressed(b, "favorite-s12");
+
+      // Signing out at the site wipes the user's data from the device.
+      await a.getByTestId("logout").click();
+      await a.getByTestId("login-submit").waitFor();
+      await waitPressed(a, "favorite-s11", "false");
+      await phone.close();
+      await tv.close();
+    }));
+
+  test("cookie mode: the site's HttpOnly cookie signs in; a push from another site's page is refused", () =>
+    withSite({ cookie: "site_token" }, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const page = await openDemo(context, site, sinkron, { auth: "cookie" });
+      await page.getByTestId("favorite-s05").click();
+      await siteSignIn(page, "cy");
+      const user = site.userId("cy");
+      assert.equal(await page.evaluate(() => document.cookie.includes("site_token")), false, "the token stays out of JavaScript");
+      await page.getByTestId("favorite-s06").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(user))), ["s05", "s06"]);
+
+      // Another page in the same browser, on an origin Sinkron does not allow, tries a push
+      // that the browser sends with the cookie.
+      const evil = createServer((_, res) => {
+        res.writeHead(200, { "content-type": "text/html" });
+        res.end("<!doctype html><title>elsewhere</title>");
+      });
+      await new Promise((resolve) => evil.listen(0, "127.0.0.1", resolve));
+      try {
+        const other = await context.newPage();
+        await other.goto(`http://127.0.0.1:${evil.address().port}/`);
+        const refused = other.waitForResponse((r) => r.url().startsWith(`${sinkron.url}/api/user/me/changes`));
+        await other.evaluate(async (api) => {
+          const body = JSON.stringify({ clientId: "evil", mutations: [{ id: 1, collection: "favorites", key: "s99", value: {}, updatedAt: Date.now() }] });
+          await fetch(`${api}/api/user/me/changes`, { method: "POST", mode: "no-cors", credentials: "include", body }).catch(() => undefined);
+        }, sinkron.url);
+        const response = await refused;
+        // 403 forbidden_origin: the browser sent the cookie (without it the answer is 401).
+        assert.equal(response.status(), 403);
+      } finally {
+        evil.closeAllConnections();
+        await new Promise((resolve) => evil.close(resolve));
+      }
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(user))), ["s05", "s06"], "nothing written");
+      await context.close();
+    }));
+});
