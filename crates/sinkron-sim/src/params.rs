@@ -26,6 +26,9 @@ pub struct Params {
     pub drop_response_per_mille: u64,
     /// Per mille of requests delivered twice.
     pub duplicate_per_mille: u64,
+    /// Per mille of requests, sent with the token the tab already had, that find it expired
+    /// (401 `token_expired`); the retry with a fresh token from the site passes.
+    pub token_expired_per_mille: u64,
     /// One-way latency bounds; each packet draws its own, so packets overtake each other.
     pub latency_ms_min: u64,
     pub latency_ms_max: u64,
@@ -90,6 +93,11 @@ impl Params {
             } else {
                 1000
             },
+            token_expired_per_mille: if rng.chance(500) {
+                rng.range(1, 300)
+            } else {
+                0
+            },
         }
     }
 
@@ -105,7 +113,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={}",
+             safety={}s page={} token_expired={}‰",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -121,6 +129,7 @@ impl fmt::Display for Params {
             self.fault_per_mille,
             self.safety_ms / 1000,
             self.page_size,
+            self.token_expired_per_mille,
         )
     }
 }

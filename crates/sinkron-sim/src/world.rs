@@ -531,9 +531,11 @@ impl World {
                     self.persist(d, tab_id, p)?;
                 }
                 Command::Broadcast(message) => self.broadcast(d, tab_id, message),
-                Command::Send { id, request, .. } => {
-                    self.send(d, t, id, request, scope.as_deref())?
-                }
+                Command::Send {
+                    id,
+                    request,
+                    fresh_token,
+                } => self.send(d, t, id, request, fresh_token, scope.as_deref())?,
                 Command::Leadership(true) => self.lock_request(d, tab_id),
                 Command::Leadership(false) => self.lock_release(d, tab_id),
                 Command::Notify(_) => {}
@@ -685,6 +687,7 @@ impl World {
         t: usize,
         id: u64,
         request: Request,
+        fresh_token: bool,
         scope: Option<&str>,
     ) -> Result<(), Violation> {
         let tab = &self.devices[d].tabs[t];
@@ -724,6 +727,26 @@ impl World {
             // fetch fails at once while the browser is offline.
             let at = self.now + 1;
             let reply = Reply::Failed(Failure::Network);
+            self.schedule(
+                at,
+                Event::Reply {
+                    tab: tab_id,
+                    id,
+                    reply,
+                },
+            );
+            return Ok(());
+        }
+        // The tab's token has expired; the site's provider hands out a fresh one on request.
+        // (No draw when the seed has no expiries: the other faults stay what they were.)
+        let expired = self.active
+            && !fresh_token
+            && self.params.token_expired_per_mille > 0
+            && self.rng.chance(self.params.token_expired_per_mille);
+        if expired {
+            self.trace(format_args!("d{d} t{tab_id} #{id} token expired"));
+            let at = self.now + self.latency() * 2;
+            let reply = Reply::Failed(Failure::TokenExpired);
             self.schedule(
                 at,
                 Event::Reply {
