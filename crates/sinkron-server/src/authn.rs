@@ -122,7 +122,7 @@ impl Authenticator for SiteTokens {
                 token
             }
         };
-        match self.verifier.verify(token) {
+        match self.verifier.verify(token).await {
             Ok(subject) => Ok(Identity::Subject(subject)),
             Err(TokenError::Expired) => Err(Refusal::Expired),
             Err(TokenError::Invalid(_)) => Err(Refusal::Invalid),

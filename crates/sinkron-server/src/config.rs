@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
 
+/// Longest `--jwks-refresh-secs`: a day.
+pub const JWKS_REFRESH_SECS_MAX: u64 = 86_400;
+
 /// Settings of `sinkron serve`.
 #[derive(Clone, clap::Args)]
 pub struct Config {
@@ -116,7 +119,7 @@ pub struct Config {
         long,
         env = "SINKRON_JWT_HS256_SECRET_FILE",
         value_name = "PATH",
-        conflicts_with_all = ["jwt_public_key_file", "jwks_file"]
+        conflicts_with_all = ["jwt_public_key_file", "jwks_file", "jwks_url"]
     )]
     pub jwt_hs256_secret_file: Option<PathBuf>,
 
@@ -126,13 +129,37 @@ pub struct Config {
         long,
         env = "SINKRON_JWT_PUBLIC_KEY_FILE",
         value_name = "PATH",
-        conflicts_with = "jwks_file"
+        conflicts_with_all = ["jwks_file", "jwks_url"]
     )]
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// JWT mode: a JWKS document of the site's public keys, chosen by each token's `kid`.
-    #[arg(long, env = "SINKRON_JWKS_FILE", value_name = "PATH")]
+    /// Read at start, then again every `--jwks-refresh-secs` and when a token names a `kid`
+    /// it does not hold, so a rotated file is picked up without a restart.
+    #[arg(
+        long,
+        env = "SINKRON_JWKS_FILE",
+        value_name = "PATH",
+        conflicts_with = "jwks_url"
+    )]
     pub jwks_file: Option<PathBuf>,
+
+    /// JWT mode: the `http://` or `https://` URL of the site's JWKS document, fetched at start
+    /// (the server does not start without it), then again like `--jwks-file`. A failed
+    /// fetch after start keeps the keys of the last good one.
+    #[arg(long, env = "SINKRON_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
+    /// JWT mode: how often the JWKS (`--jwks-file` or `--jwks-url`) is read again, in seconds
+    /// (at most a day).
+    #[arg(
+        long,
+        env = "SINKRON_JWKS_REFRESH_SECS",
+        value_name = "SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=JWKS_REFRESH_SECS_MAX)
+    )]
+    pub jwks_refresh_secs: u64,
 
     /// JWT mode: the `iss` every token must carry.
     #[arg(long, env = "SINKRON_JWT_ISSUER", value_name = "ISSUER")]
@@ -186,6 +213,8 @@ impl Default for Config {
             jwt_hs256_secret_file: None,
             jwt_public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 600,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_cookie: None,
@@ -204,6 +233,7 @@ impl Config {
         self.jwt_hs256_secret_file.is_some()
             || self.jwt_public_key_file.is_some()
             || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
     }
 
     /// Whether `mode` is on: as `--auth` says, else `jwt` with a key and `builtin` without.
@@ -246,13 +276,19 @@ impl Config {
     }
 }
 
-/// Leaves out the database URL's credentials (PostgreSQL URLs will carry a password).
+/// A URL without the credentials it may carry (`scheme://<redacted>` when it has any).
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://<redacted>"),
+        _ => url.to_owned(),
+    }
+}
+
+/// Leaves out the credentials of the database URL (PostgreSQL URLs will carry a password) and
+/// of the JWKS URL.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database = match self.database.split_once("://") {
-            Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://<redacted>"),
-            _ => self.database.clone(),
-        };
+        let database = redacted(&self.database);
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("database", &database)
@@ -266,6 +302,8 @@ impl fmt::Debug for Config {
             .field("jwt_hs256_secret_file", &self.jwt_hs256_secret_file)
             .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url.as_deref().map(redacted))
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_cookie", &self.jwt_cookie)

@@ -88,9 +88,9 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
-    // Settings first: a bad origin or key file fails before anything is opened.
+    // Settings first: a bad origin, key file or key URL fails before anything is opened.
     config.cors_origins()?;
-    let jwt = JwtVerifier::from_config(&config)?;
+    let jwt = JwtVerifier::from_config(&config).await?;
     let store = store::connect(&config.database, config.connect_options())
         .await
         .map_err(|e| e.to_string())?;

@@ -2,11 +2,14 @@
 //! is a 401 that writes nothing, and the built-in accounts go away unless asked to stay.
 //!
 //! Tokens are made here with the `jsonwebtoken` crate and the test keys in
-//! `tests/fixtures/jwt` (see its README).
+//! `tests/fixtures/jwt` (see its README). A key set served by URL comes from a small HTTP
+//! server inside the test ([`JwksSite`]) that counts how often Sinkron asks for it.
 
 mod support;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -14,6 +17,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{batch, mutation, run, Backend, Server};
+use tokio::sync::watch;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -301,22 +305,29 @@ async fn public_keys_pin_their_algorithm(backend: Backend) {
     .await;
 }
 
+/// A JWKS document of the public halves of RSA test keys, as `(key file, kid)`.
+fn jwks(keys: &[(&str, &str)]) -> Vec<u8> {
+    let keys = keys
+        .iter()
+        .map(|(name, kid)| {
+            let mut jwk = Jwk::from_encoding_key(&rsa_key(name), Algorithm::RS256).expect("jwk");
+            jwk.common.key_id = Some((*kid).into());
+            jwk
+        })
+        .collect();
+    serde_json::to_vec(&JwkSet { keys }).expect("json")
+}
+
 async fn a_key_set_picks_the_key_by_kid(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let jwk = |name: &str, kid: &str| {
-        let mut jwk = Jwk::from_encoding_key(&rsa_key(name), Algorithm::RS256).expect("jwk");
-        jwk.common.key_id = Some(kid.into());
-        jwk
-    };
-    let set = JwkSet {
-        keys: vec![
-            jwk("rsa1.key.pem", "2026-11"),
-            jwk("rsa2.key.pem", "2026-12"),
-        ],
-    };
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, serde_json::to_vec(&set).expect("json")).expect("write");
-    let server = Server::start_with(backend, &["--jwks-file", &jwks.display().to_string()]).await;
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks_file,
+        jwks(&[("rsa1.key.pem", "2026-11"), ("rsa2.key.pem", "2026-12")]),
+    )
+    .expect("write");
+    let server =
+        Server::start_with(backend, &["--jwks-file", &jwks_file.display().to_string()]).await;
     for (key, kid) in [("rsa1.key.pem", "2026-11"), ("rsa2.key.pem", "2026-12")] {
         let token = signed(Algorithm::RS256, &rsa_key(key), Some(kid), claims("k1"));
         assert_eq!(
@@ -384,13 +395,362 @@ async fn bad_jwt_settings_fail_at_start_with_one_line() {
     assert!(line.contains("/nonexistent/secret"), "{line}");
     let line = start_failure(&["--jwt-public-key-file", &path_arg("hs256.secret")]).await;
     assert!(line.contains("not a PEM public key"), "{line}");
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, vec![b' '; 2 * 1024 * 1024]).expect("write");
+    let line = start_failure(&["--jwks-file", &huge.display().to_string()]).await;
+    assert!(line.contains("larger than"), "{line}");
     let line = start_failure(&["--auth", "jwt"]).await;
     assert!(line.contains("--jwt-hs256-secret-file"), "{line}");
+    assert!(line.contains("--jwks-url"), "{line}");
     let line = start_failure(&[
         "--jwt-hs256-secret-file",
         &path_arg("hs256.secret"),
         "--jwks-file",
         &path_arg("hs256.secret"),
+    ])
+    .await;
+    assert!(line.contains("cannot be used with"), "{line}");
+}
+
+/// How the site's JWKS endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// The document.
+    Up,
+    /// 503, as a site whose servers are down behind its load balancer.
+    Unavailable,
+    /// 200 with a body that is not a JWKS document.
+    Garbage,
+    /// Nothing: the connection is closed as soon as it is accepted.
+    Down,
+}
+
+/// The site's JWKS endpoint, served from inside the test on loopback. It counts every
+/// attempt to fetch the document, answered or not.
+struct JwksSite {
+    url: String,
+    shared: Arc<SiteShared>,
+}
+
+struct SiteShared {
+    document: Mutex<Vec<u8>>,
+    answer: Mutex<Answer>,
+    attempts: watch::Sender<usize>,
+}
+
+/// Accepts the site's connections, and closes them at once while the site is down.
+struct SiteListener {
+    listener: tokio::net::TcpListener,
+    site: Arc<SiteShared>,
+}
+
+impl axum::serve::Listener for SiteListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            if *self.site.answer.lock().expect("lock") != Answer::Down {
+                return (io, addr);
+            }
+            self.site.attempts.send_modify(|n| *n += 1);
+            drop(io);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+async fn serve_jwks(
+    axum::extract::State(site): axum::extract::State<Arc<SiteShared>>,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    site.attempts.send_modify(|n| *n += 1);
+    let answer = *site.answer.lock().expect("lock");
+    match answer {
+        Answer::Up | Answer::Down => {
+            let document = site.document.lock().expect("lock").clone();
+            ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+        }
+        Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Answer::Garbage => "<html>down for maintenance</html>".into_response(),
+    }
+}
+
+impl JwksSite {
+    async fn start(document: Vec<u8>) -> Self {
+        let shared = Arc::new(SiteShared {
+            document: Mutex::new(document),
+            answer: Mutex::new(Answer::Up),
+            attempts: watch::channel(0).0,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().expect("address")
+        );
+        let app = axum::Router::new()
+            .route("/.well-known/jwks.json", axum::routing::get(serve_jwks))
+            .with_state(shared.clone());
+        let listener = SiteListener {
+            listener,
+            site: shared.clone(),
+        };
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, shared }
+    }
+
+    fn serve(&self, document: Vec<u8>) {
+        *self.shared.document.lock().expect("lock") = document;
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.shared.answer.lock().expect("lock") = answer;
+    }
+
+    fn attempts(&self) -> usize {
+        *self.shared.attempts.borrow()
+    }
+
+    /// Waits until the site has been asked `n` times in all.
+    async fn wait_for_attempts(&self, n: usize) {
+        let mut attempts = self.shared.attempts.subscribe();
+        tokio::time::timeout(Duration::from_secs(15), attempts.wait_for(|a| *a >= n))
+            .await
+            .unwrap_or_else(|_| panic!("the site was asked {} times, not {n}", self.attempts()))
+            .expect("the site is up");
+    }
+}
+
+/// A token for `k1` signed with a test key, naming `kid`.
+fn rs256(key: &str, kid: &str) -> String {
+    signed(Algorithm::RS256, &rsa_key(key), Some(kid), claims("k1"))
+}
+
+/// A kid that no key set holds.
+fn made_up_kid() -> String {
+    format!("made-up-{:016x}", rand::random::<u64>())
+}
+
+// Keys do not touch storage, so these run on one backend.
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_again_for_a_new_kid_but_not_for_every_one() {
+    let site = JwksSite::start(jwks(&[("rsa1.key.pem", "2026-11")])).await;
+    let server = Server::start_with(Backend::Sqlite, &["--jwks-url", &site.url]).await;
+    assert_eq!(site.attempts(), 1, "fetched at start");
+    let old = rs256("rsa1.key.pem", "2026-11");
+    assert_eq!(server.pull(&old, None).await.status, StatusCode::OK);
+    assert_eq!(site.attempts(), 1, "a known kid is not fetched for");
+
+    // The site rotates: its document holds the new key next to the old, new tokens name it.
+    site.serve(jwks(&[
+        ("rsa1.key.pem", "2026-11"),
+        ("rsa2.key.pem", "2026-12"),
+    ]));
+    let new = rs256("rsa2.key.pem", "2026-12");
+    let r = server.pull(&new, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the new kid, no restart: {}",
+        r.text
+    );
+    assert_eq!(site.attempts(), 2, "one fetch for the new kid");
+    assert_eq!(server.pull(&old, None).await.status, StatusCode::OK);
+
+    // Made-up kids within the cooldown, one after another and many at once: refused, and
+    // the site is not asked again.
+    assert_refused(
+        &server,
+        &rs256("rsa1.key.pem", &made_up_kid()),
+        "unauthorized",
+        "a made-up kid",
+    )
+    .await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let token = rs256("rsa1.key.pem", &made_up_kid());
+        let request = server
+            .http
+            .get(server.url("/api/user/me"))
+            .bearer_auth(token);
+        burst.spawn(support::reply(request));
+    }
+    while let Some(reply) = burst.join_next().await {
+        let reply = reply.expect("the request ran");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+        assert_eq!(reply.error_code(), "unauthorized");
+    }
+    assert_eq!(
+        site.attempts(),
+        2,
+        "no fetch for made-up kids within the cooldown"
+    );
+    assert_eq!(server.pull(&new, None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_fails_keeps_its_keys_and_the_schedule_picks_up_a_rotation() {
+    let site = JwksSite::start(jwks(&[("rsa1.key.pem", "2026-11")])).await;
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--jwks-url", &site.url, "--jwks-refresh-secs", "1"],
+    )
+    .await;
+    let old = rs256("rsa1.key.pem", "2026-11");
+    assert_eq!(server.pull(&old, None).await.status, StatusCode::OK);
+    // Spend the fetch for unknown kids (the next is 30 s away): from here on, only the
+    // schedule fetches.
+    let cooldown = std::time::Instant::now();
+    assert_refused(
+        &server,
+        &rs256("rsa1.key.pem", &made_up_kid()),
+        "unauthorized",
+        "a made-up kid",
+    )
+    .await;
+
+    for answer in [Answer::Unavailable, Answer::Garbage, Answer::Down] {
+        site.answer(answer);
+        // Two failed fetches, so the first is over (fetches take turns).
+        let seen = site.attempts();
+        site.wait_for_attempts(seen + 2).await;
+        let r = server.pull(&old, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{answer:?}: {}", r.text);
+    }
+
+    // The site is back, and has dropped the old key for a new one.
+    site.serve(jwks(&[("rsa2.key.pem", "2026-12")]));
+    site.answer(Answer::Up);
+    let new = rs256("rsa2.key.pem", "2026-12");
+    for tries in 0.. {
+        let seen = site.attempts();
+        if server.pull(&new, None).await.status == StatusCode::OK {
+            break;
+        }
+        assert!(tries < 10, "the schedule did not bring the new key in");
+        site.wait_for_attempts(seen + 1).await;
+    }
+    assert!(
+        cooldown.elapsed() < Duration::from_secs(30),
+        "the test outlasted the cooldown, so a fetch for the new kid may have done it"
+    );
+    assert_refused(&server, &old, "unauthorized", "the dropped key").await;
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_file_is_read_again_for_a_new_kid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[("rsa1.key.pem", "2026-11")])).expect("write");
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--jwks-file", &path.display().to_string()],
+    )
+    .await;
+    let old = rs256("rsa1.key.pem", "2026-11");
+    assert_eq!(server.pull(&old, None).await.status, StatusCode::OK);
+
+    // The site rotates the file: written whole beside it, then renamed over it.
+    let next = dir.path().join("jwks.json.next");
+    std::fs::write(&next, jwks(&[("rsa2.key.pem", "2026-12")])).expect("write");
+    std::fs::rename(&next, &path).expect("rename");
+    let new = rs256("rsa2.key.pem", "2026-12");
+    let r = server.pull(&new, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the new kid, no restart: {}",
+        r.text
+    );
+    assert_refused(
+        &server,
+        &old,
+        "unauthorized",
+        "the key the file no longer holds",
+    )
+    .await;
+}
+
+/// The URL of a document with no Content-Length that goes on until the connection closes:
+/// its size is known only by counting.
+async fn endless_document() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/jwks.json",
+        listener.local_addr().expect("address")
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"keys\": [";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let spaces = vec![b' '; 64 * 1024];
+                // Until the reader hangs up, or 4 MiB.
+                for _ in 0..64 {
+                    if stream.write_all(&spaces).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_jwks_url_that_cannot_be_fetched_at_start_stops_the_server() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().expect("address")
+        )
+    };
+    let line = start_failure(&["--jwks-url", &closed]).await;
+    assert!(
+        line.contains(&format!("cannot fetch the JWKS at {closed}")),
+        "{line}"
+    );
+
+    let site = JwksSite::start(b"{\"keys\": \"none\"}".to_vec()).await;
+    let line = start_failure(&["--jwks-url", &site.url]).await;
+    assert!(
+        line.contains(&format!("{} is not a JWKS document", site.url)),
+        "{line}"
+    );
+    site.answer(Answer::Unavailable);
+    let line = start_failure(&["--jwks-url", &site.url]).await;
+    assert!(line.contains("HTTP 503"), "{line}");
+    site.answer(Answer::Up);
+    site.serve(vec![b' '; 2 * 1024 * 1024]);
+    let line = start_failure(&["--jwks-url", &site.url]).await;
+    assert!(line.contains("larger than"), "{line}");
+    let endless = endless_document().await;
+    let line = start_failure(&["--jwks-url", &endless]).await;
+    assert!(line.contains("larger than"), "no Content-Length: {line}");
+
+    let line = start_failure(&["--jwks-url", "ftp://site.example/jwks.json"]).await;
+    assert!(line.contains("not an http:// or https:// URL"), "{line}");
+    let line = start_failure(&["--jwks-url", &site.url, "--jwks-file", "/x.json"]).await;
+    assert!(line.contains("cannot be used with"), "{line}");
+    let line = start_failure(&[
+        "--jwt-public-key-file",
+        &path_arg("rsa1.pub.pem"),
+        "--jwks-url",
+        &site.url,
     ])
     .await;
     assert!(line.contains("cannot be used with"), "{line}");
