@@ -105,6 +105,26 @@ describe("the site's own sign-in", () => {
       await tv.close();
     }));
 
+  test("RS256 through the site's JWKS: a key rotation is picked up without restarting Sinkron", () =>
+    withSite({ alg: "RS256" }, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const page = await openDemo(context, site, sinkron);
+      const statuses = answers(page, sinkron);
+      await siteSignIn(page, "rui");
+      await page.getByTestId("favorite-s03").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      const fetched = site.counts.jwks;
+
+      // The site rotates its key: its tokens now name a key Sinkron has not seen.
+      site.rotate();
+      await page.getByTestId("favorite-s04").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.ok(site.counts.jwks > fetched, "Sinkron fetched the key set again");
+      assert.ok(!statuses.includes(401), `no request was refused: ${statuses}`);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(site.userId("rui")))), ["s03", "s04"]);
+      await context.close();
+    }));
+
   test("cookie mode: the site's HttpOnly cookie signs in; a push from another site's page is refused", () =>
     withSite({ cookie: "site_token" }, async (site, sinkron) => {
       const context = await browser.newContext();
