@@ -76,6 +76,7 @@ fn test() {
     sim::planted(nextest);
     // Last, so the run ends with the browser scenarios' summary.
     web::demo();
+    web::package_tests();
     web::e2e();
 }
 

@@ -184,6 +184,12 @@ fn ensure_chromium() {
     }
 }
 
+/// The npm package's unit tests (node's test runner, fakes of the browser APIs, the real
+/// engine); the package must be built (`demo` builds it).
+pub fn package_tests() {
+    run("package tests", "npm", &["test", "-w", "sinkron"]);
+}
+
 /// The browser scenarios; the demo must be built (`demo`).
 pub fn e2e() {
     ensure_chromium();

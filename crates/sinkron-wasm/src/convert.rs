@@ -348,10 +348,11 @@ mod tests {
                 last_sync: None,
                 keepalive: true,
             },
+            fresh_token: false,
         };
         assert_eq!(
             command(&push),
-            r#"{"t":"send","id":7,"kind":"push","keepalive":true,"body":{"clientId":"c\"1\\\n\u0001","mutations":[{"id":18446744073709551615,"collection":"history","key":"é/😀","value":{"p":1.5},"updatedAt":0}]}}"#
+            r#"{"t":"send","id":7,"freshToken":false,"kind":"push","keepalive":true,"body":{"clientId":"c\"1\\\n\u0001","mutations":[{"id":18446744073709551615,"collection":"history","key":"é/😀","value":{"p":1.5},"updatedAt":0}]}}"#
         );
     }
 

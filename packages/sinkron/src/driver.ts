@@ -41,6 +41,8 @@ export interface ClientOptions {
    * credentials and the app says who is signed in with `signedIn(userId)`.
    */
   cookie?: boolean;
+  /** Aborting it before `start` resolves stops the client before it sends anything. */
+  signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
   wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module;
 }
@@ -88,6 +90,10 @@ export class SinkronClient {
     const engine = new Sinkron(options.interval ?? 0, options.onLogin !== false, options.onFocus !== false, seed[0], seed[1]);
     const client = new SinkronClient(engine, options);
     await client.restore();
+    if (options.signal?.aborted) {
+      client.stop();
+      return client;
+    }
     client.wire();
     if (options.getToken) void client.followSite().catch(() => undefined);
     return client;

@@ -84,6 +84,7 @@ export function syncState(s: Status): SyncState {
 export function createUserSyncStore(): StoreApi<UserSyncState> {
   let client: SinkronClient | null = null;
   let starting: Promise<void> | null = null;
+  let cancel: AbortController | null = null;
   let unsubscribe: (() => void) | null = null;
 
   return createStore<UserSyncState>()((set, get) => {
@@ -169,9 +170,11 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
 
       start(options) {
         if (starting) return starting;
-        const attempt: Promise<void> = SinkronClient.start(options).then((c) => {
+        const abort = new AbortController();
+        cancel = abort;
+        const attempt: Promise<void> = SinkronClient.start({ ...options, signal: abort.signal }).then((c) => {
           // stop() (or another start) came first: this client never runs.
-          if (starting !== attempt) return c.stop();
+          if (abort.signal.aborted) return c.stop();
           client = c;
           unsubscribe = c.subscribe(read);
           read({ collections: null, status: true });
@@ -181,6 +184,8 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
         return attempt;
       },
       stop() {
+        cancel?.abort();
+        cancel = null;
         unsubscribe?.();
         client?.stop();
         client = null;

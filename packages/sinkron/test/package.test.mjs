@@ -1,0 +1,199 @@
+// Unit tests of the browser package against fakes of the browser (see fakes.mjs) and the real
+// engine (the wasm build): the store's start/stop race, the driver executing the engine's
+// commands (storage, channel, fetch with each kind of sign-in), and storage migration and
+// eviction.
+import { beforeEach, test } from "node:test";
+import assert from "node:assert/strict";
+import { DeviceStorage } from "../dist/storage.js";
+import { SinkronClient } from "../dist/driver.js";
+import { createUserSyncStore } from "../dist/store.js";
+import { MemoryStorage, emptyPage, fakeToken, installBrowser, settle, wasm } from "./fakes.mjs";
+
+let browser;
+beforeEach(() => {
+  browser = installBrowser();
+});
+
+const options = (extra = {}) => ({ wasm, crossTab: false, interval: 30000, ...extra });
+const stored = (prefix) => [...localStorage.map.keys()].filter((k) => k.startsWith(prefix));
+const session = (id) => localStorage.setItem("sinkron:v1:session", JSON.stringify({ token: "a".repeat(64), user: { id, username: id } }));
+
+test("a stop() before start() resolves leaves no client running", async () => {
+  session("7");
+  browser.answer(() => emptyPage());
+  const store = createUserSyncStore();
+  const starting = store.getState().start(options());
+  store.getState().stop();
+  await starting;
+  // A client left running would mark the store ready and poll with the stored session.
+  await new Promise((r) => setImmediate(r));
+  assert.equal(store.getState().ready, false);
+  assert.deepEqual(browser.requests, []);
+  // Starting again works, and runs exactly one client.
+  await store.getState().start(options());
+  assert.equal(store.getState().ready, true);
+  await settle(() => browser.requests.length === 1, { what: "one pull" });
+  store.getState().stop();
+});
+
+/** Node's fake `setTimeout` and `Date` for the test: the engine's push delay passes on `tick`. */
+const fakeClock = (t) => t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_800_000_000_000 });
+
+test("the driver stores, broadcasts and pushes a write, then stores the acknowledgement", async (t) => {
+  fakeClock(t);
+  session("7");
+  browser.answer(({ url, method }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: 1, cursor: "2" } } : emptyPage()));
+  const other = new BroadcastChannel("sinkron");
+  const heard = [];
+  other.onmessage = (m) => heard.push(m.data);
+  const client = await SinkronClient.start(options({ crossTab: true }));
+  try {
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    client.write("favorites", "s01", {});
+    assert.deepEqual(client.collection("favorites").map((r) => r.key), ["s01"], "in view at once");
+    const [outboxKey] = stored("sinkron:v1:7:o:");
+    assert.equal(JSON.parse(localStorage.getItem(outboxKey)).m.length, 1, "the outbox is stored at once");
+    await settle(() => heard.some((m) => m.kind === "wrote" && m.key === "s01"), { what: "the write broadcast" });
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0, { what: "the push acknowledged" });
+    const push = browser.requests.find((r) => r.method === "POST");
+    assert.equal(push.headers.authorization, `Bearer ${"a".repeat(64)}`);
+    assert.deepEqual(push.body.mutations.map((m) => [m.id, m.collection, m.key]), [[1, "favorites", "s01"]]);
+    const outbox = JSON.parse(localStorage.getItem(outboxKey));
+    assert.deepEqual([outbox.n, outbox.m.length], [2, 0], "kept, empty, with its numbering");
+  } finally {
+    client.stop();
+    other.close();
+  }
+});
+
+test("with a token provider: the user is the token's sub, and token_expired is retried with a refreshed token", async () => {
+  const calls = [];
+  let current = fakeToken("site-ana", "old");
+  const getToken = async ({ refresh }) => {
+    calls.push(refresh);
+    if (refresh) current = fakeToken("site-ana", "new");
+    return current;
+  };
+  browser.answer(({ method, headers }) => {
+    if (headers.authorization === `Bearer ${fakeToken("site-ana", "old")}` && method === "POST") {
+      return { status: 401, body: { error: { code: "token_expired", message: "expired" } } };
+    }
+    return method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: 1 } } : emptyPage();
+  });
+  const client = await SinkronClient.start(options({ getToken }));
+  try {
+    client.write("likes", "e1", { like: 1 });
+    const user = await client.signedIn();
+    assert.deepEqual(user, { id: "site-ana", username: "site-ana" });
+    assert.equal(client.user()?.id, "site-ana");
+    await settle(() => client.status().pending === 0 && client.status().lastSyncedAt !== null, { what: "the write through" });
+    const pushes = browser.requests.filter((r) => r.method === "POST");
+    assert.deepEqual(
+      pushes.map((p) => [p.headers.authorization.includes(fakeToken("site-ana", "new").split(".")[1]), p.body.mutations.map((m) => m.key)]),
+      [
+        [false, ["e1"]],
+        [true, ["e1"]],
+      ],
+      "the same write, again, with the new token",
+    );
+    assert.ok(calls.includes(true), "the provider was asked to refresh");
+    assert.equal(client.status().error, null);
+    // The guest's write joined the account: stored under the site's user.
+    assert.equal(stored("sinkron:v1:guest:").filter((k) => k.includes(":r:")).length, 0);
+  } finally {
+    client.stop();
+  }
+});
+
+test("a token for another user is never sent for this user's data", async (t) => {
+  fakeClock(t);
+  let sub = "site-ana";
+  const client = await SinkronClient.start(options({ getToken: async () => fakeToken(sub) }));
+  browser.answer(() => emptyPage());
+  try {
+    await client.signedIn();
+    await settle(() => browser.requests.length >= 1, { what: "the first pull" });
+    sub = "site-bo"; // the site switched users in another page
+    const before = browser.requests.length;
+    client.write("favorites", "s02", {});
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().error === "unauthorized", { what: "unauthorized" });
+    assert.equal(browser.requests.length, before, "nothing sent with bo's token");
+    assert.equal(client.status().pending, 1, "the write is kept");
+  } finally {
+    client.stop();
+  }
+});
+
+test("cookie mode sends credentials and no Authorization header", async () => {
+  browser.answer(() => emptyPage());
+  const client = await SinkronClient.start(options({ cookie: true, baseUrl: "https://sync.example" }));
+  try {
+    await assert.rejects(client.signedIn(), /needs the site's user id/);
+    await client.signedIn("site-cy");
+    await settle(() => browser.requests.length >= 1, { what: "a pull" });
+    const [pull] = browser.requests;
+    assert.equal(pull.url, "https://sync.example/api/user/me");
+    assert.equal(pull.init.credentials, "include");
+    assert.equal(pull.headers.authorization, undefined);
+  } finally {
+    client.stop();
+  }
+});
+
+test("storage reads an outbox stored before numbering was kept, and drops corrupt data with a warning", () => {
+  const store = new MemoryStorage();
+  store.setItem("sinkron:schema", "1");
+  const m = (id) => ({ id, collection: "history", key: `e${id}`, value: { position: id }, updatedAt: 1000 + id });
+  store.setItem("sinkron:v1:7:o:old", JSON.stringify([m(4), m(5)]));
+  store.setItem("sinkron:v1:7:o:bad", "{not json");
+  store.setItem("sinkron:v1:7:r:history:x", JSON.stringify({ v: {}, u: "yesterday" }));
+  const storage = new DeviceStorage(store);
+  assert.deepEqual(storage.outbox("7", "old"), { next: 6, mutations: [m(4), m(5)] });
+  const warn = console.warn;
+  const warnings = [];
+  console.warn = (msg) => warnings.push(msg);
+  try {
+    assert.equal(storage.outbox("7", "bad"), null);
+    assert.deepEqual(storage.records("7"), []);
+  } finally {
+    console.warn = warn;
+  }
+  assert.equal(warnings.length, 2);
+  assert.equal(store.getItem("sinkron:v1:7:o:bad"), null);
+  assert.equal(store.getItem("sinkron:v1:7:r:history:x"), null);
+});
+
+test("stored data of another schema is reset, not misread", () => {
+  const store = new MemoryStorage();
+  store.setItem("sinkron:schema", "0");
+  store.setItem("sinkron:v1:7:c", "12");
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    new DeviceStorage(store);
+  } finally {
+    console.warn = warn;
+  }
+  assert.equal(store.getItem("sinkron:v1:7:c"), null);
+  assert.equal(store.getItem("sinkron:schema"), "1");
+});
+
+test("a full store evicts the oldest history and forgets the cursor, so the next start pulls everything", () => {
+  const store = new MemoryStorage(2500);
+  const storage = new DeviceStorage(store);
+  const change = (key, updatedAt) => ({ collection: "history", key, value: { position: 1 }, updatedAt, clientId: "c", version: updatedAt });
+  storage.setCursor("7", "40");
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    for (let i = 1; i <= 40; i++) storage.putRecord("7", change(`e${String(i).padStart(2, "0")}`, i));
+  } finally {
+    console.warn = warn;
+  }
+  const keys = storage.records("7").map((r) => r.key);
+  assert.ok(keys.includes("e40"), "the newest is kept");
+  assert.ok(!keys.includes("e01"), "the oldest was evicted");
+  assert.equal(storage.cursor("7"), null, "a partial store has no cursor");
+});
