@@ -1,8 +1,9 @@
 //! Sinkron's core: everything about syncing that must be decided exactly once.
 //!
 //! It owns the record model and the newest-wins merge ([`record`]), the client clock rule
-//! ([`clock`]), the wire types of protocol v1 ([`protocol`]) and the client sync engine, a
-//! sans-IO state machine ([`engine`]).
+//! ([`clock`]), the wire types of protocol v1 ([`protocol`]), the client sync engine, a
+//! sans-IO state machine ([`engine`]), and which stored outbox a starting tab takes over
+//! ([`adopt`]).
 //!
 //! It must not do I/O: no clock, no entropy, no threads, no async runtime, no HTTP and no
 //! storage. Time and randomness come in as arguments; what to do comes out as commands. The
@@ -18,6 +19,7 @@
 
 extern crate alloc;
 
+pub mod adopt;
 pub mod clock;
 pub mod engine;
 #[cfg(feature = "planted-bugs")]

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use sinkron_core::adopt::adoption_order;
 use sinkron_core::engine::{Failure, TabMessage};
 use sinkron_core::{
     Change, Command, Config, Engine, Mutation, Persist, Record, RecordKey, Reply, Request,
@@ -911,19 +912,18 @@ impl World {
             for change in scope.records.values() {
                 engine.restore_record(change.clone());
             }
-            let stored = match &previous {
-                Some(id) => scope.outboxes.get_key_value(id),
-                // Writes to send first; else an empty one, so ids are reused (with their
-                // numbering) instead of piling up.
-                None => {
-                    let free = |c: &String| !live.contains(c);
-                    let outboxes = &scope.outboxes;
-                    outboxes
-                        .iter()
-                        .find(|(c, (_, m))| free(c) && !m.is_empty())
-                        .or_else(|| outboxes.iter().find(|(c, _)| free(c)))
-                }
-            };
+            // The core's rule picks the order; the first whose tab is gone is taken (the
+            // browser's tab lock), as the driver does.
+            let listed: Vec<(String, usize)> = scope
+                .outboxes
+                .iter()
+                .map(|(c, (_, m))| (c.clone(), m.len()))
+                .collect();
+            let stored = adoption_order(previous.as_deref(), &listed, true)
+                .into_iter()
+                .map(|i| &listed[i].0)
+                .find(|c| !live.contains(c))
+                .and_then(|c| scope.outboxes.get_key_value(c));
             if let Some((client_id, (next_id, mutations))) = stored {
                 for m in mutations {
                     // A write the server took (clamped) before the tab that wrote it died.

@@ -173,6 +173,24 @@ impl Sinkron {
         }
     }
 
+    /// How eagerly to take over a stored outbox at start: the core's rule
+    /// (`sinkron_core::adopt::adoption_rank`); -1 never, else lower first.
+    #[wasm_bindgen(js_name = adoptionRank)]
+    pub fn adoption_rank(
+        is_previous: bool,
+        pending: u32,
+        previous_known: bool,
+        owners_known: bool,
+    ) -> i32 {
+        sinkron_core::adopt::adoption_rank(
+            is_previous,
+            pending as usize,
+            previous_known,
+            owners_known,
+        )
+        .map_or(-1, i32::from)
+    }
+
     /// Restores a stored outbox (the mutations staged with `stageMutation`) under its
     /// client id, with the numbering it was stored with (`next`).
     #[wasm_bindgen(js_name = restoreOutbox)]

@@ -8,7 +8,7 @@
 
 import init, { Sinkron } from "./wasm/sinkron_wasm.js";
 import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
-import type { Changed, Command, Rec, Session, Status, TabMessage, Value } from "./types.js";
+import type { Changed, Command, Rec, Session, Status, StoredOutbox, TabMessage, Value } from "./types.js";
 
 /**
  * The site's token provider: its current token for this user, or `null` for a guest. Called
@@ -236,20 +236,21 @@ export class SinkronClient {
     }
     e.restoreRecords();
     e.restoreCursor(this.storage.cursor(user) ?? undefined);
-    // A reloaded tab keeps its client id (sessionStorage survives a reload) and resends its
-    // outbox under the same ids, with the numbering stored beside it so that its new writes
-    // never take an id the server already acknowledged; a duplicated tab, whose copy is still
-    // alive, gets a new id. A new tab adopts the outbox of a tab that closed before sending
-    // it (its tab lock is free), under that tab's client id, so the server still dedupes
-    // whatever did arrive; failing that, a closed tab's empty outbox, so client ids are
-    // reused instead of piling up. An id with nothing stored is never taken over: without
-    // its numbering the engine keeps its fresh id. Without Web Locks a live tab cannot be
-    // told from a closed one, so nothing is adopted.
+    // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
+    // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
+    // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
+    // tell: the tab lock named after the client id is free (a duplicated tab's original is
+    // alive and holds it, so the copy gets a new id).
     const previous = sessionStorage.getItem(TAB_ID_KEY);
-    const candidates = previous ? [previous] : navigator.locks ? this.storage.outboxOwners(user) : [];
-    for (const id of candidates) {
+    const candidates: Array<{ id: string; stored: StoredOutbox; rank: number }> = [];
+    for (const id of this.storage.outboxIds(user)) {
       const stored = this.storage.outbox(user, id);
-      if (!stored || !(await this.claimTabId(id))) continue;
+      const rank = stored ? Sinkron.adoptionRank(id === previous, stored.mutations.length, previous !== null, !!navigator.locks) : -1;
+      if (stored && rank >= 0) candidates.push({ id, stored, rank });
+    }
+    // Lower rank first; `sort` is stable, so ties keep the order they were found in.
+    for (const { id, stored } of candidates.sort((a, b) => a.rank - b.rank)) {
+      if (!(await this.claimTabId(id))) continue;
       for (const m of stored.mutations) {
         e.stageMutation(m.id, m.collection, m.key, m.value === null ? undefined : JSON.stringify(m.value), m.updatedAt);
       }

@@ -120,14 +120,12 @@ export class DeviceStorage {
     return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
   }
 
-  /** The client ids with an outbox stored in the scope: those with writes first. */
-  outboxOwners(scope: string | null): string[] {
+  /** The client ids with an outbox stored in the scope. */
+  outboxIds(scope: string | null): string[] {
     const prefix = `${ROOT}${scopeName(scope)}:o:`;
-    const ids = this.keys()
+    return this.keys()
       .filter((k) => k.startsWith(prefix))
       .map((k) => k.slice(prefix.length));
-    const empty = new Set(ids.filter((id) => (this.outbox(scope, id)?.mutations.length ?? 0) === 0));
-    return [...ids.filter((id) => !empty.has(id)), ...ids.filter((id) => empty.has(id))];
   }
 
   setOutbox(scope: string | null, clientId: string, next: number, mutations: Mutation[]) {

@@ -197,3 +197,30 @@ test("a full store evicts the oldest history and forgets the cursor, so the next
   assert.ok(!keys.includes("e01"), "the oldest was evicted");
   assert.equal(storage.cursor("7"), null, "a partial store has no cursor");
 });
+
+test("a starting tab takes over a closed tab's unsent writes; a reloaded one only its own outbox", async () => {
+  session("7");
+  browser.answer(() => emptyPage());
+  const m = { id: 4, collection: "favorites", key: "s09", value: {}, updatedAt: 1000 };
+  localStorage.setItem("sinkron:v1:7:o:empty1", JSON.stringify({ n: 3, m: [] }));
+  localStorage.setItem("sinkron:v1:7:o:unsent", JSON.stringify({ n: 5, m: [m] }));
+  const fresh = await SinkronClient.start(options());
+  try {
+    assert.equal(fresh.clientId(), "unsent", "unsent writes first");
+    assert.equal(fresh.status().pending, 1);
+  } finally {
+    fresh.stop();
+  }
+  // A reload of the tab that had `empty1`: its own outbox, though another holds writes.
+  sessionStorage.setItem("sinkron:v1:tab", "empty1");
+  const reloaded = await SinkronClient.start(options());
+  try {
+    assert.equal(reloaded.clientId(), "empty1");
+    assert.equal(reloaded.status().pending, 0);
+    reloaded.write("favorites", "s10", {});
+    const stored = JSON.parse(localStorage.getItem("sinkron:v1:7:o:empty1"));
+    assert.deepEqual(stored.m.map((x) => x.id), [3], "numbering resumed at the stored next id");
+  } finally {
+    reloaded.stop();
+  }
+});
