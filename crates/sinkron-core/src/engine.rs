@@ -514,10 +514,6 @@ impl Engine {
         self.cursor.as_deref()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The newest version of a record this tab knows of, tombstones included.
     pub fn get(&self, key: &RecordKey) -> Option<&Record> {
         let mut best = self.confirmed.get(key).map(|s| &s.record);

@@ -54,17 +54,6 @@ impl Record {
     }
 }
 
-/// Merges `incoming` into `slot` by newest-wins; returns whether the slot changed.
-pub fn merge(slot: &mut Option<Record>, incoming: Record) -> bool {
-    match slot {
-        Some(current) if !incoming.wins_over(current) => false,
-        _ => {
-            *slot = Some(incoming);
-            true
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +78,15 @@ mod tests {
         assert!(!rec(Some("{}"), 5, "a").wins_over(&rec(None, 5, "b")));
     }
 
+    /// Keeps the winner of the slot and `incoming`, as every replica does; whether it changed.
+    fn merge(slot: &mut Option<Record>, incoming: Record) -> bool {
+        let wins = slot.as_ref().is_none_or(|current| incoming.wins_over(current));
+        if wins {
+            *slot = Some(incoming);
+        }
+        wins
+    }
+
     #[test]
     fn the_same_version_twice_changes_nothing() {
         let mut slot = Some(rec(Some(r#"{"p":1}"#), 7, "a"));
@@ -98,7 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn merge_is_order_independent() {
+    fn newest_wins_is_order_independent() {
         let versions = [
             rec(Some("1"), 3, "b"),
             rec(Some("2"), 3, "a"),
