@@ -1,16 +1,16 @@
 //! Sinkron's built-in accounts: register, login, logout (who a request is from is
 //! [`crate::authn`]'s).
 //!
-//! It owns credential rules, argon2id hashing (off the async workers, bounded by a
-//! semaphore), token issue (32 random bytes, stored only as SHA-256) and the per-username
-//! login throttle. It must not touch records or know how tokens are stored.
+//! It owns credential rules, the use of password hashing (argon2id on dedicated threads with
+//! a bounded queue: [`crate::password`]), token issue (32 random bytes, stored only as
+//! SHA-256) and the per-username login throttle. It must not touch records or know how
+//! tokens are stored.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::Block;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -18,10 +18,10 @@ use axum::routing::post;
 use axum::Router;
 use rand::TryRngCore;
 use sinkron_core::protocol::{Credentials, Session, User};
-use tokio::sync::Semaphore;
 
 use crate::authn::{hash_token, AuthUser};
 use crate::error::{ApiError, AppJson};
+use crate::password::{self, Busy, Hashers};
 use crate::store::{StoreError, UserId};
 use crate::{now_ms, AppState};
 
@@ -30,7 +30,7 @@ const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
 /// Failed logins per username allowed within [`LOGIN_WINDOW`].
 const LOGIN_FAILURES_MAX: usize = 10;
 const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// Hash requests allowed to wait for a hashing slot; past that a flood gets 429.
+/// Hash requests allowed to wait for a hashing thread; past that a flood gets 429.
 const HASH_QUEUE_MAX: usize = 64;
 /// Usernames tracked by the throttle before stale entries are swept.
 const THROTTLE_ENTRIES_MAX: usize = 10_000;
@@ -44,10 +44,8 @@ pub fn router() -> Router<AppState> {
 
 /// In-memory guards of the sign-in routes. Losing them on restart is harmless.
 pub struct AuthGuards {
-    /// One permit per core: argon2 is CPU-bound.
-    hashing: Semaphore,
-    /// Bounds how many requests may wait for `hashing`.
-    hash_queue: Semaphore,
+    /// One hashing thread per core (argon2 is CPU-bound), each with its own memory.
+    hashers: Hashers,
     throttle: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
@@ -55,31 +53,26 @@ impl Default for AuthGuards {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
-            hashing: Semaphore::new(cores),
-            hash_queue: Semaphore::new(HASH_QUEUE_MAX),
+            hashers: Hashers::new(cores, HASH_QUEUE_MAX),
             throttle: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl AuthGuards {
-    /// Runs CPU-heavy password work on the blocking pool, at most one per core at a time.
+    /// Runs password work on a hashing thread (with that thread's memory); 429 when too
+    /// many are already waiting.
     async fn hash_job<T: Send + 'static>(
         &self,
-        job: impl FnOnce() -> T + Send + 'static,
+        job: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _queued = self
-            .hash_queue
-            .try_acquire()
-            .map_err(|_| ApiError::rate_limited(1))?;
-        let _slot = self
-            .hashing
-            .acquire()
+        let result = self.hashers.submit(job).map_err(|busy| match busy {
+            Busy::Full => ApiError::rate_limited(1),
+            Busy::Gone => ApiError::internal("the hashing threads are gone"),
+        })?;
+        result
             .await
-            .map_err(|_| ApiError::internal("hashing semaphore closed"))?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(ApiError::internal)
+            .map_err(|_| ApiError::internal("a hashing job was dropped"))
     }
 
     /// `Err(seconds to wait)` when the username has too many recent failures.
@@ -133,32 +126,16 @@ fn new_token() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn hash_password(password: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut salt)
-        .map_err(|e| e.to_string())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
-}
-
 /// A real hash of a password nobody knows, verified against for unknown usernames so that
 /// timing does not tell which usernames exist.
-fn dummy_hash() -> &'static str {
+fn dummy_hash(memory: &mut Vec<Block>) -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        hash_password("sinkron: no such user; this password is never accepted").unwrap_or_default()
+        password::hash(
+            memory,
+            "sinkron: no such user; this password is never accepted",
+        )
+        .unwrap_or_default()
     })
 }
 
@@ -222,7 +199,7 @@ async fn register(
     let password = creds.password;
     let phc = state
         .guards
-        .hash_job(move || hash_password(&password))
+        .hash_job(move |memory| password::hash(memory, &password))
         .await?
         .map_err(ApiError::internal)?;
     let user_id = match state
@@ -266,10 +243,11 @@ async fn login(
     let password = creds.password;
     let verified = state
         .guards
-        .hash_job(move || match phc {
-            Some(phc) => verify_password(&password, &phc),
+        .hash_job(move |memory| match phc {
+            Some(phc) => password::verify(memory, &password, &phc),
             None => {
-                verify_password(&password, dummy_hash());
+                let dummy = dummy_hash(memory);
+                password::verify(memory, &password, dummy);
                 false
             }
         })

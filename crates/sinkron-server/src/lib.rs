@@ -11,6 +11,7 @@ pub mod authn;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod password;
 pub mod store;
 pub mod sync;
 

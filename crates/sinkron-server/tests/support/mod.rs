@@ -286,6 +286,11 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The server process's id (for `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
+    }
+
     /// Stops with SIGTERM and waits for a clean exit.
     pub async fn stop(mut self) -> Data {
         let pid = self.child.id().expect("the server is running");

@@ -1,0 +1,91 @@
+//! The real binary under abuse on loopback, bounded in count and time: what an attacker can
+//! make the server spend.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Backend, Server};
+use tokio::task::JoinSet;
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn a_login_flood_keeps_memory_bounded_and_gives_it_back() {
+    let server = Server::start(Backend::Sqlite).await;
+    let pid = server.pid();
+    let before = status_kib(pid, "VmRSS:");
+    // 48 clients, 5 wrong logins each, for usernames that do not exist: each one costs a
+    // full argon2id hash (as a known user's would), with every hashing slot busy throughout.
+    let mut clients = JoinSet::new();
+    for c in 0..48 {
+        let http = server.http.clone();
+        let url = server.url("/api/auth/login");
+        clients.spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..5 {
+                let body =
+                    json!({"username": format!("nobody-{c}-{i}"), "password": "not the password"});
+                let status = http
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                statuses.push(status.unwrap_or(0));
+            }
+            statuses
+        });
+    }
+    let mut refused = 0;
+    while let Some(statuses) = clients.join_next().await {
+        for status in statuses.expect("client") {
+            assert!(
+                matches!(status, 401 | 429),
+                "a wrong login answers 401 (or 429), not {status}"
+            );
+            refused += usize::from(status == 401);
+        }
+    }
+    assert!(
+        refused >= 100,
+        "most attempts were hashed and refused: {refused}"
+    );
+    let peak = status_kib(pid, "VmHWM:");
+    assert!(
+        peak < 200 * 1024,
+        "resident memory peaked at {} MiB during the flood (from {} MiB)",
+        peak / 1024,
+        before / 1024
+    );
+    // Idle hashing threads give their memory back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status_kib(pid, "VmRSS:");
+        if now < 50 * 1024 {
+            eprintln!(
+                "login flood: {refused} refused; resident {} MiB before, peak {} MiB, {} MiB after",
+                before / 1024,
+                peak / 1024,
+                now / 1024
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "resident memory still {} MiB 30 s after the flood",
+            now / 1024
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
