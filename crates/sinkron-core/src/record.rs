@@ -80,7 +80,9 @@ mod tests {
 
     /// Keeps the winner of the slot and `incoming`, as every replica does; whether it changed.
     fn merge(slot: &mut Option<Record>, incoming: Record) -> bool {
-        let wins = slot.as_ref().is_none_or(|current| incoming.wins_over(current));
+        let wins = slot
+            .as_ref()
+            .is_none_or(|current| incoming.wins_over(current));
         if wins {
             *slot = Some(incoming);
         }
