@@ -118,6 +118,10 @@ impl AuthGuards {
     }
 }
 
+/// An answer that carries a token is never kept by a cache on the way or in the browser.
+const NO_STORE: [(axum::http::HeaderName, &str); 1] =
+    [(axum::http::header::CACHE_CONTROL, "no-store")];
+
 fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng
@@ -214,6 +218,7 @@ async fn register(
     let token = issue_token(&state, user_id).await?;
     Ok((
         StatusCode::CREATED,
+        NO_STORE,
         axum::Json(session(token, user_id, creds.username)),
     ))
 }
@@ -258,7 +263,10 @@ async fn login(
     };
     state.guards.clear_failures(&creds.username);
     let token = issue_token(&state, account.id).await?;
-    Ok(axum::Json(session(token, account.id, account.username)))
+    Ok((
+        NO_STORE,
+        axum::Json(session(token, account.id, account.username)),
+    ))
 }
 
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {

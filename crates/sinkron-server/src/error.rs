@@ -166,15 +166,16 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body whose every failure is an [`ApiError`]: syntax errors are 400 `bad_request`,
-/// a well-formed body of the wrong shape is 422 `invalid_body`, too large is 413, a body
-/// declared as something other than JSON is 415. A missing content type is taken as JSON,
-/// so simple clients (and `curl -d`) work.
+/// a well-formed body of the wrong shape is 422 `invalid_body`, too large is 413, a body not
+/// declared as JSON is 415 — a missing content type included: a page of another site can
+/// send a body without one (`fetch` of a typeless `Blob` in `no-cors` mode), never with
+/// `application/json`, which needs a CORS preflight.
 pub struct AppJson<T>(pub T);
 
-/// `application/json`, `application/*+json` (parameters such as `charset` allowed), or none.
-fn declares_json_or_nothing(headers: &axum::http::HeaderMap) -> bool {
+/// `application/json` or `application/*+json` (parameters such as `charset` allowed).
+fn declares_json(headers: &axum::http::HeaderMap) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return true;
+        return false;
     };
     let Ok(value) = value.to_str() else {
         return false;
@@ -193,7 +194,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !declares_json_or_nothing(req.headers()) {
+        if !declares_json(req.headers()) {
             return Err(ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {

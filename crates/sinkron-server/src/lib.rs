@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod jwt;
 pub mod password;
+pub mod site;
 pub mod store;
 pub mod sync;
 
@@ -30,7 +31,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -151,20 +151,32 @@ pub fn now_ms() -> u64 {
 
 /// The whole HTTP service.
 pub fn app(state: AppState) -> Router {
-    let router = api_routes(&state).route("/healthz", get(|| async { "ok" }));
+    let router = api_routes(&state)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready));
     let router = match &state.config.static_dir {
-        // A web app: unknown `/api/…` paths still answer our JSON 404, everything else is a
-        // file of the app or its `index.html` (client-side routes).
+        // A web app: unknown `/api/…` paths still answer our JSON 404, everything else is
+        // the app's (`site.rs`).
         Some(dir) => router
             .route(
                 "/api/{*rest}",
                 any(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
             )
-            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+            .fallback_service(site::router(dir)),
         None => router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
     };
     let cors = cors_of(&state);
     with_cors(with_layers(router, state), cors)
+}
+
+/// `/readyz`: the process is up (that is `/healthz`) and its storage answers a lookup like
+/// the one every poll makes; 503 `unavailable` otherwise, so a load balancer sends no traffic
+/// to a node whose database is gone.
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.store.session(&[0; 32]).await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 /// Sinkron's API for a site's own axum app: the sync routes (and the built-in account routes

@@ -38,6 +38,11 @@ async fn register_login_logout_flow(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "a token is never cached"
+    );
     let body = r.json();
     let first = body["token"].as_str().expect("token").to_owned();
     assert_eq!(first.len(), 64);
@@ -64,6 +69,7 @@ async fn register_login_logout_flow(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let second = r.json()["token"].as_str().expect("token").to_owned();
     assert_ne!(first, second);
     assert_eq!(r.json()["user"], body["user"]);
@@ -1148,39 +1154,64 @@ async fn users_never_see_each_others_records(backend: Backend) {
     );
 }
 
-async fn a_body_declared_as_not_json_is_415_and_an_undeclared_one_is_json(backend: Backend) {
+async fn a_body_not_declared_as_json_is_415_and_writes_nothing(backend: Backend) {
     let server = Server::start(backend).await;
     let alice = server.register("alice").await;
     let body = batch("c1", vec![mutation(1, "likes", "k", json!({}), 5)], None).to_string();
-    let send = |content_type: Option<&'static str>| {
+    let send = |path: &str, body: String, content_type: Option<&'static str>| {
         let mut req = server
             .http
-            .post(server.url("/api/user/me/changes"))
+            .post(server.url(path))
             .bearer_auth(&alice.token)
-            .body(body.clone());
+            .body(body);
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
         reply(req)
     };
+    // None: what another site's page can send without a preflight (a typeless Blob).
     for ct in [
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data"),
+        None,
     ] {
-        let r = send(Some(ct)).await;
-        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        let r = send("/api/user/me/changes", body.clone(), ct).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
         assert_eq!(r.error_code(), "unsupported_media_type");
+        let credentials = json!({"username": "mallory", "password": "correct horse"}).to_string();
+        let r = send("/api/auth/register", credentials, ct).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "register, {ct:?}"
+        );
     }
     assert_eq!(
         server.pull_ok(&alice.token, Some("0")).await["changes"],
         json!([])
     );
+    let taken = send(
+        "/api/auth/register",
+        json!({"username": "mallory", "password": "correct horse"}).to_string(),
+        Some("application/json"),
+    )
+    .await;
     assert_eq!(
-        send(Some("application/json; charset=utf-8")).await.status,
+        taken.status,
+        StatusCode::CREATED,
+        "no account was made before"
+    );
+    assert_eq!(
+        send(
+            "/api/user/me/changes",
+            body.clone(),
+            Some("application/json; charset=utf-8")
+        )
+        .await
+        .status,
         StatusCode::OK
     );
-    assert_eq!(send(None).await.status, StatusCode::OK);
 }
 
 on_every_backend!(
@@ -1206,5 +1237,5 @@ on_every_backend!(
     pulls_page_by_the_default_page_size,
     a_small_page_size_pages_pulls_and_push_answers,
     users_never_see_each_others_records,
-    a_body_declared_as_not_json_is_415_and_an_undeclared_one_is_json,
+    a_body_not_declared_as_json_is_415_and_writes_nothing,
 );
