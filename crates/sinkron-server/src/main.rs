@@ -28,7 +28,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the sync API.
-    Serve(Config),
+    Serve(Box<Config>),
+    /// After restoring the database from a backup, with every server stopped: start its
+    /// history anew, so each device replaces its copy at its next sync instead of keeping
+    /// changes the restored database no longer has (see docs/DEPLOYMENT.md, "Backup").
+    Restored(Restored),
+}
+
+#[derive(clap::Args)]
+struct Restored {
+    /// The restored database (as for `serve`).
+    #[arg(long, env = "SINKRON_DATABASE_URL", value_name = "URL")]
+    database: String,
 }
 
 /// How often tombstones are compacted after the pass at start.
@@ -57,8 +68,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Command::Serve(config) = cli.command;
-
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SINKRON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -77,7 +86,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let work = async {
+        match cli.command {
+            Command::Serve(config) => serve(*config).await,
+            Command::Restored(restored) => mark_restored(restored).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -121,6 +136,21 @@ async fn serve(config: Config) -> Result<(), String> {
     compactor.abort();
     tracing::info!("stopped");
     result
+}
+
+async fn mark_restored(restored: Restored) -> Result<(), String> {
+    let store = store::connect(&restored.database, store::ConnectOptions { pool_size: 1 })
+        .await
+        .map_err(|e| e.to_string())?;
+    let floor = store
+        .mark_restored(now_ms().saturating_mul(1000))
+        .await
+        .map_err(|e| format!("cannot mark the database as restored: {e}"))?;
+    println!(
+        "marked as restored: versions start again at {floor}; each device replaces its copy at \
+         its next sync (writes it has not sent yet are kept and sent)"
+    );
+    Ok(())
 }
 
 async fn compact(store: &dyn Store, ttl_secs: u64) {

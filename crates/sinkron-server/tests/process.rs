@@ -3,6 +3,7 @@
 
 mod support;
 
+use reqwest::StatusCode;
 use serde_json::json;
 use support::{batch, mutation, postgres_admin_url, run, Backend, Data};
 
@@ -310,7 +311,133 @@ async fn the_environment_configures_the_server(backend: Backend) {
     }
 }
 
+/// The documented backup and restore (docs/DEPLOYMENT.md, "Backup"): an online backup, more
+/// writes that the restore then loses, `sinkron restored`, and a device that synced the lost
+/// writes: it is answered with a reset whose records are all newer than any it holds, so it
+/// keeps nothing of the lost history.
+async fn a_device_after_a_restore_is_reset_instead_of_diverging(backend: Backend) {
+    let data = Data::new(backend);
+    let server = data.start(&[]).await;
+    let alice = server.register("alice").await;
+    let first = batch(
+        "tv",
+        vec![mutation(1, "favorites", "s1", json!({}), 1_000)],
+        None,
+    );
+    server.push_ok(&alice.token, &first).await;
+    let backup = data.dir().join("backup");
+    let command = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+    };
+    let url = data.url();
+    match backend {
+        Backend::Sqlite => {
+            let into = format!("VACUUM INTO '{}'", backup.display());
+            command("sqlite3", &[data.db_path().to_str().expect("utf-8"), &into]);
+        }
+        Backend::Postgres => command(
+            "pg_dump",
+            &["-Fc", "-f", backup.to_str().expect("utf-8"), &url],
+        ),
+    }
+    // Writes after the backup, which the device pulls: the restore loses them.
+    let lost = batch(
+        "tv",
+        vec![
+            mutation(2, "favorites", "s2", json!({}), 2_000),
+            mutation(3, "favorites", "s1", json!({"pinned": true}), 3_000),
+        ],
+        None,
+    );
+    server.push_ok(&alice.token, &lost).await;
+    let device = server.pull_ok(&alice.token, None).await;
+    let device_cursor = device["cursor"].as_str().expect("cursor").to_owned();
+    let device_versions: Vec<u64> = device["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["version"].as_u64().expect("version"))
+        .collect();
+    let data = server.stop().await;
+    match backend {
+        Backend::Sqlite => {
+            for suffix in ["-wal", "-shm"] {
+                let mut side = data.db_path().into_os_string();
+                side.push(suffix);
+                let _ = std::fs::remove_file(side);
+            }
+            std::fs::copy(&backup, data.db_path()).expect("restore the file");
+        }
+        Backend::Postgres => command(
+            "pg_restore",
+            &[
+                "--clean",
+                "--if-exists",
+                "-d",
+                &url,
+                backup.to_str().expect("utf-8"),
+            ],
+        ),
+    }
+    let out = run(&["restored", "--database", &url]).await;
+    assert!(out.status.success(), "sinkron restored: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("marked as restored"));
+
+    let server = data.start(&[]).await;
+    // The lost history's cursor, and one the restored history also issued: both reset.
+    for cursor in [device_cursor.as_str(), "1"] {
+        let page = server.pull_ok(&alice.token, Some(cursor)).await;
+        assert_eq!(page["reset"], true, "cursor {cursor}: {page}");
+        let changes = page["changes"].as_array().expect("changes");
+        let keys: Vec<&str> = changes
+            .iter()
+            .map(|c| c["key"].as_str().expect("key"))
+            .collect();
+        assert_eq!(keys, ["s1"], "the restored state, whole");
+        assert_eq!(changes[0]["value"], json!({}));
+        let newest_held = device_versions.iter().max().copied().unwrap_or(0);
+        assert!(
+            changes
+                .iter()
+                .all(|c| c["version"].as_u64().expect("v") > newest_held),
+            "every record of the reset is newer than any the device holds: {page}"
+        );
+    }
+    // Syncing goes on from the new history: a write, then a 304 at its cursor.
+    let again = batch(
+        "tv",
+        vec![mutation(4, "favorites", "s3", json!({}), 4_000)],
+        None,
+    );
+    server.push_ok(&alice.token, &again).await;
+    let now = server.pull_ok(&alice.token, None).await;
+    let cursor = now["cursor"].as_str().expect("cursor");
+    assert_eq!(
+        server.pull(&alice.token, Some(cursor)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.pull_ok(&alice.token, Some(cursor)).await["changes"],
+        json!([])
+    );
+    // A user who signs up now starts from the new floor too.
+    let bob = server.register("bob").await;
+    let fresh = server.pull_ok(&bob.token, None).await;
+    let floor: u64 = fresh["cursor"]
+        .as_str()
+        .expect("cursor")
+        .parse()
+        .expect("digits");
+    assert!(floor > device_cursor.parse::<u64>().expect("digits"));
+    server.stop().await;
+}
+
 on_every_backend!(
+    a_device_after_a_restore_is_reset_instead_of_diverging,
     acknowledged_pushes_and_sessions_survive_a_sigterm_restart,
     acknowledged_pushes_survive_kill_9,
     a_cursor_behind_compacted_tombstones_gets_a_reset,

@@ -231,6 +231,23 @@ pub trait Store: Send + Sync + 'static {
     /// row (so a whole state always ends at its cursor's version), and raises each affected
     /// user's horizon to the highest version deleted. Returns how many were deleted.
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError>;
+
+    /// After a restore from backup, with no server running: makes every version of the
+    /// database (users', records', horizons) start again above every version the lost
+    /// history could have issued, and above `at_least` (the caller's clock × 1,000: at most
+    /// a thousand changes per millisecond were ever made), order kept. A device's cursor from
+    /// before is then behind its user's horizon (a reset), and the records of the reset page
+    /// are newer than any the device holds, so nothing of the lost history survives on it.
+    /// Users created later start from the new floor. Returns the floor.
+    async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError>;
+}
+
+/// The version floor after a restore: above the old floor, every stored version and
+/// `at_least`.
+pub fn restored_floor(old_floor: u64, max_version: u64, at_least: u64) -> u64 {
+    at_least
+        .max(max_version.saturating_add(1))
+        .max(old_floor.saturating_add(1))
 }
 
 /// Why storage could not be opened. Each message is one line fit for an operator.

@@ -35,8 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store,
-    StoreError, UserAccount, UserId,
+    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome,
+    SessionInfo, Store, StoreError, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "user_subject",
         include_str!("../../migrations/postgres/0003_user_subject.sql"),
+    ),
+    (
+        4,
+        "version_floor",
+        include_str!("../../migrations/postgres/0004_version_floor.sql"),
     ),
 ];
 
@@ -560,7 +565,8 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)
+                "INSERT INTO users (username, password_hash, created_at, version, horizon)
+                 SELECT $1, $2, $3, value, value FROM meta WHERE key = 'version_floor'
                  RETURNING id",
             )
             .await
@@ -683,8 +689,9 @@ impl Store for PostgresStore {
             // First sight of this subject; a concurrent first request may create it instead.
             let create = client
                 .prepare_cached(
-                    "INSERT INTO users (username, password_hash, created_at, subject)
-                     VALUES ($1, '', $2, $3) ON CONFLICT DO NOTHING",
+                    "INSERT INTO users (username, password_hash, created_at, subject, version, horizon)
+                     SELECT $1, '', $2, $3, value, value FROM meta WHERE key = 'version_floor'
+                     ON CONFLICT DO NOTHING",
                 )
                 .await
                 .map_err(store_err)?;
@@ -718,6 +725,44 @@ impl Store for PostgresStore {
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
         let mut client = self.client().await?;
         apply_push(&mut client, user_id, &batch).await
+    }
+
+    async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(store_err)?;
+        let row = tx
+            .query_one(
+                "SELECT (SELECT value FROM meta WHERE key = 'version_floor'),
+                        (SELECT COALESCE(MAX(version), 0) FROM users)",
+                &[],
+            )
+            .await
+            .map_err(store_err)?;
+        let (old, max): (i64, i64) = (row.get(0), row.get(1));
+        let floor = restored_floor(to_u64(old), to_u64(max), at_least);
+        let floor_i = to_i64(floor, "version floor")?;
+        // v ↦ v − old + floor: order kept, everything at or above the new floor.
+        tx.execute(
+            "UPDATE records SET version = GREATEST(version, $1) - $1 + $2",
+            &[&old, &floor_i],
+        )
+        .await
+        .map_err(store_err)?;
+        tx.execute(
+            "UPDATE users SET version = GREATEST(version, $1) - $1 + $2,
+                              horizon = GREATEST(horizon, $1) - $1 + $2",
+            &[&old, &floor_i],
+        )
+        .await
+        .map_err(store_err)?;
+        tx.execute(
+            "UPDATE meta SET value = $1 WHERE key = 'version_floor'",
+            &[&floor_i],
+        )
+        .await
+        .map_err(store_err)?;
+        tx.commit().await.map_err(store_err)?;
+        Ok(floor)
     }
 
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {

@@ -26,8 +26,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use sinkron_core::planted::{planted, Bug};
 
 use super::{
-    subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, SessionInfo, Store,
-    StoreError, UserAccount, UserId,
+    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome,
+    SessionInfo, Store, StoreError, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "user_subject",
         include_str!("../../migrations/sqlite/0003_user_subject.sql"),
+    ),
+    (
+        4,
+        "version_floor",
+        include_str!("../../migrations/sqlite/0004_version_floor.sql"),
     ),
 ];
 
@@ -596,7 +601,8 @@ impl Store for SqliteStore {
         let now = to_i64(now_ms, "server time")?;
         self.write(move |conn, _| {
             conn.prepare_cached(
-                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO users (username, password_hash, created_at, version, horizon)
+                 SELECT ?1, ?2, ?3, value, value FROM meta WHERE key = 'version_floor'",
             )
             .and_then(|mut s| s.insert(params![username, password_hash, now]))
             .map_err(store_err)
@@ -734,8 +740,9 @@ impl Store for SqliteStore {
                 let now = to_i64(now_ms, "server time")?;
                 self.write(move |conn, _| {
                     conn.prepare_cached(
-                        "INSERT INTO users (username, password_hash, created_at, subject)
-                         VALUES (?1, '', ?2, ?3) ON CONFLICT DO NOTHING",
+                        "INSERT INTO users (username, password_hash, created_at, subject, version, horizon)
+                         SELECT ?1, '', ?2, ?3, value, value FROM meta WHERE key = 'version_floor'
+                         ON CONFLICT DO NOTHING",
                     )
                     .and_then(|mut s| s.execute(params![subject_username(&owned), now, owned]))
                     .map_err(store_err)?;
@@ -803,6 +810,47 @@ impl Store for SqliteStore {
         answer
             .await
             .map_err(|_| StoreError::Other("the push was dropped without an outcome".into()))?
+    }
+
+    async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
+        let floor = self
+            .write(move |conn, _| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(store_err)?;
+                let (old, max): (i64, i64) = tx
+                    .query_row(
+                        "SELECT (SELECT value FROM meta WHERE key = 'version_floor'),
+                                (SELECT COALESCE(MAX(version), 0) FROM users)",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .map_err(store_err)?;
+                let floor = restored_floor(to_u64(old), to_u64(max), at_least);
+                let floor_i = to_i64(floor, "version floor")?;
+                // v ↦ v − old + floor: order kept, everything at or above the new floor.
+                tx.execute(
+                    "UPDATE records SET version = MAX(version, ?1) - ?1 + ?2",
+                    params![old, floor_i],
+                )
+                .map_err(store_err)?;
+                tx.execute(
+                    "UPDATE users SET version = MAX(version, ?1) - ?1 + ?2,
+                                      horizon = MAX(horizon, ?1) - ?1 + ?2",
+                    params![old, floor_i],
+                )
+                .map_err(store_err)?;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'version_floor'",
+                    [floor_i],
+                )
+                .map_err(store_err)?;
+                tx.commit().map_err(store_err)?;
+                Ok(floor)
+            })
+            .await?;
+        *lock(&self.cache) = Cache::default();
+        Ok(floor)
     }
 
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {
