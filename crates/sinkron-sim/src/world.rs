@@ -726,16 +726,7 @@ impl World {
         let device = &self.devices[d];
         if !device.online {
             // fetch fails at once while the browser is offline.
-            let at = self.now + 1;
-            let reply = Reply::Failed(Failure::Network);
-            self.schedule(
-                at,
-                Event::Reply {
-                    tab: tab_id,
-                    id,
-                    reply,
-                },
-            );
+            self.fail_at(self.now + 1, tab_id, id, Failure::Network);
             return Ok(());
         }
         // The tab's token has expired; the site's provider hands out a fresh one on request.
@@ -747,30 +738,18 @@ impl World {
         if expired {
             self.trace(format_args!("d{d} t{tab_id} #{id} token expired"));
             let at = self.now + self.latency() * 2;
-            let reply = Reply::Failed(Failure::TokenExpired);
-            self.schedule(
-                at,
-                Event::Reply {
-                    tab: tab_id,
-                    id,
-                    reply,
-                },
-            );
+            self.fail_at(at, tab_id, id, Failure::TokenExpired);
             return Ok(());
         }
         let lost = self.active
             && (device.partitioned || self.rng.chance(self.params.drop_request_per_mille));
         if lost {
             self.trace(format_args!("d{d} t{tab_id} #{id} request lost"));
-            let at = self.now + self.params.request_timeout_ms;
-            let reply = Reply::Failed(Failure::Network);
-            self.schedule(
-                at,
-                Event::Reply {
-                    tab: tab_id,
-                    id,
-                    reply,
-                },
+            self.fail_at(
+                self.now + self.params.request_timeout_ms,
+                tab_id,
+                id,
+                Failure::Network,
             );
             return Ok(());
         }
@@ -795,6 +774,12 @@ impl World {
             );
         }
         Ok(())
+    }
+
+    /// The request `id` of `tab` fails at `at` without reaching the server.
+    fn fail_at(&mut self, at: u64, tab: TabId, id: u64, failure: Failure) {
+        let reply = Reply::Failed(failure);
+        self.schedule(at, Event::Reply { tab, id, reply });
     }
 
     /// Invariant 7: a mutation id, once sent under a client id, always carries the same
