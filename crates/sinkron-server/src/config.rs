@@ -96,6 +96,39 @@ pub struct Config {
     )]
     pub request_timeout_secs: u64,
 
+    /// A connection that sends no complete request head for this many seconds is closed:
+    /// the slow start of a request (a half-sent header), and the idle time between two
+    /// requests of a kept-alive connection.
+    #[arg(
+        long,
+        env = "SINKRON_IDLE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value_t = 75,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// Most client connections open at once; past it new ones wait in the kernel's queue
+    /// until one closes. Default: the process's open-file limit less 64 (for the database
+    /// and logs), so a flood of idle sockets never leaves the server without file handles.
+    #[arg(
+        long,
+        env = "SINKRON_MAX_CONNECTIONS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: Option<u32>,
+
+    /// On SIGTERM or Ctrl-C, how many seconds open requests get to finish before the server
+    /// exits anyway (new connections are refused at once).
+    #[arg(
+        long,
+        env = "SINKRON_SHUTDOWN_GRACE_SECS",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    pub shutdown_grace_secs: u64,
+
     /// Serve this directory (a built web app, e.g. the demo's `demo/dist`) at `/`, with its
     /// `index.html` for paths it does not have. API paths are never shadowed by it.
     #[arg(long, env = "SINKRON_STATIC_DIR", value_name = "DIR")]
@@ -208,6 +241,9 @@ impl Default for Config {
             page_size: 1000,
             tombstone_ttl_secs: 30 * 24 * 3600,
             request_timeout_secs: 30,
+            idle_timeout_secs: 75,
+            max_connections: None,
+            shutdown_grace_secs: 10,
             static_dir: None,
             auth: Vec::new(),
             jwt_hs256_secret_file: None,
@@ -298,6 +334,9 @@ impl fmt::Debug for Config {
             .field("page_size", &self.page_size)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("auth", &self.auth)
             .field("jwt_hs256_secret_file", &self.jwt_hs256_secret_file)
             .field("jwt_public_key_file", &self.jwt_public_key_file)

@@ -11,6 +11,7 @@ pub mod authn;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod listen;
 pub mod password;
 pub mod site;
 pub mod store;

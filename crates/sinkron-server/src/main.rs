@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sinkron_server::jwt::JwtVerifier;
 use sinkron_server::store::{self, Store};
-use sinkron_server::{app, now_ms, AppState, Config};
+use sinkron_server::{app, listen, now_ms, AppState, Config};
 use tracing_subscriber::EnvFilter;
 
 /// Sinkron: keeps a signed-in user's history, favourites, likes and settings in step across
@@ -129,13 +129,20 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!(%addr, "listening");
 
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"));
+    let limits = listen::Limits {
+        max_connections: config
+            .max_connections
+            .map_or_else(listen::default_max_connections, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        grace: Duration::from_secs(config.shutdown_grace_secs),
+    };
+    tracing::debug!(?limits, "connection limits");
+    listen::serve(listener, app(state), limits, shutdown_signal()).await;
     compactor.abort();
     tracing::info!("stopped");
-    result
+    Ok(())
 }
 
 async fn mark_restored(restored: Restored) -> Result<(), String> {

@@ -89,3 +89,80 @@ async fn a_login_flood_keeps_memory_bounded_and_gives_it_back() {
     }
     server.stop().await;
 }
+
+/// Open file handles of a process.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc fd")
+        .count()
+}
+
+#[tokio::test]
+async fn idle_sockets_are_capped_and_closed_and_the_server_keeps_answering() {
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--max-connections", "4", "--idle-timeout-secs", "1"],
+    )
+    .await;
+    let pid = server.pid();
+    let before = open_files(pid);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Twenty sockets that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The server answers anyway: once the idle ones are closed, the health check is served.
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.http.get(server.url("/healthz")).send(),
+    )
+    .await
+    .expect("the health check is answered while idle sockets pile up")
+    .expect("a response");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    // At most the cap of them cost the process a file handle at any time (the rest waited
+    // in the kernel's queue), and the server closed the first ones for idling.
+    let held = open_files(pid).saturating_sub(before);
+    assert!(held <= 4, "{held} more file handles than before the flood");
+    let mut first = idle.remove(0);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut first, &mut byte),
+    )
+    .await
+    .expect("the server closes an idle socket");
+    assert_eq!(read.ok(), Some(0), "closed without a byte");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_sent_header_does_not_hold_up_shutdown() {
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--shutdown-grace-secs", "2", "--idle-timeout-secs", "120"],
+    )
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a header");
+    // The server has the partial header once a whole request behind it is answered.
+    let health = server.http.get(server.url("/healthz")).send().await;
+    assert_eq!(health.expect("health").status(), reqwest::StatusCode::OK);
+    let (status, took) = server.terminate().await;
+    assert!(status.success(), "a clean exit: {status}");
+    assert!(
+        took < Duration::from_secs(8),
+        "SIGTERM took {took:?} with a half-sent header open"
+    );
+    drop(slow);
+}

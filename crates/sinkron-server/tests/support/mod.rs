@@ -312,6 +312,16 @@ impl Server {
         self.data
     }
 
+    /// Sends SIGTERM; the exit status and how long the server took to exit.
+    pub async fn terminate(mut self) -> (ExitStatus, std::time::Duration) {
+        let started = std::time::Instant::now();
+        // SAFETY: plain FFI call with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM sent");
+        let status = self.wait().await;
+        (status, started.elapsed())
+    }
+
     async fn wait(&mut self) -> ExitStatus {
         tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
             .await
