@@ -312,10 +312,15 @@ impl Config {
     }
 }
 
-/// A URL without the credentials it may carry (`scheme://<redacted>` when it has any).
+/// A URL without the credentials it may carry (`scheme://<redacted>` when it has any): a
+/// user and password before the host, or a `password=` parameter (libpq's form).
 fn redacted(url: &str) -> String {
     match url.split_once("://") {
-        Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://<redacted>"),
+        Some((scheme, rest))
+            if rest.contains('@') || rest.to_ascii_lowercase().contains("password=") =>
+        {
+            format!("{scheme}://<redacted>")
+        }
         _ => url.to_owned(),
     }
 }
@@ -348,5 +353,35 @@ impl fmt::Debug for Config {
             .field("jwt_cookie", &self.jwt_cookie)
             .field("cors_origins", &self.cors_origins)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_carry_no_credentials() {
+        let config = Config {
+            database: "postgres://sinkron:s3cret@db/sinkron".into(),
+            jwks_url: Some("https://id.example/keys?password=hunter2".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        for url in [
+            "postgres://db/sinkron?user=sinkron&password=s3cret",
+            "postgres://db/sinkron?PASSWORD=s3cret",
+        ] {
+            assert_eq!(redacted(url), "postgres://<redacted>");
+        }
+        assert_eq!(
+            redacted("sqlite://data/sinkron.db"),
+            "sqlite://data/sinkron.db"
+        );
+        assert_eq!(redacted("sinkron.db"), "sinkron.db");
     }
 }

@@ -211,6 +211,14 @@ fn validate_mutation(
                 format!("must be at most {VALUE_BYTES_MAX} bytes of JSON text"),
             ));
         }
+        if serde_json::from_str::<Doubles>(value).is_err() {
+            return Err(invalid(
+                "value",
+                "every number must fit a double (a browser reads 1e400 as Infinity and \
+                 writes it back as null)"
+                    .into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -258,9 +266,74 @@ async fn push(
     json_response(&body, page.cursor)
 }
 
+/// A JSON value read only to check that every number in it is a finite double, as a
+/// JavaScript client will read it: serde_json refuses a number beyond the double range
+/// (`1e400`) when it parses one, which skipping a value (`IgnoredAny`, `RawValue`) does not.
+/// Nothing is allocated.
+struct Doubles;
+
+impl<'de> serde::Deserialize<'de> for Doubles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Doubles)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Doubles {
+    type Value = Doubles;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Doubles, E> {
+        Ok(Doubles)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Doubles, E> {
+        Ok(Doubles)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Doubles, E> {
+        Ok(Doubles)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Doubles, E> {
+        if v.is_finite() {
+            Ok(Doubles)
+        } else {
+            Err(E::custom("a number beyond the double range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Doubles, E> {
+        Ok(Doubles)
+    }
+    fn visit_unit<E>(self) -> Result<Doubles, E> {
+        Ok(Doubles)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Doubles, A::Error> {
+        while seq.next_element::<Doubles>()?.is_some() {}
+        Ok(Doubles)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Doubles, A::Error> {
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value::<Doubles>()?;
+        }
+        Ok(Doubles)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_beyond_the_double_range_are_refused() {
+        let fits = |text: &str| serde_json::from_str::<Doubles>(text).is_ok();
+        assert!(fits(
+            r#"{"p":1.5e300,"n":-2,"big":18446744073709551615,"s":"1e400"}"#
+        ));
+        assert!(fits(r#"{"a":[1,[2,{"b":null,"c":true}]],"1e400":0}"#));
+        assert!(!fits(r#"{"p":1e400}"#));
+        assert!(!fits(r#"{"a":[0,{"b":-1e999}]}"#));
+        assert!(!fits(r#"{"p":1e400"#), "malformed");
+    }
 
     #[test]
     fn cursors_are_decimal_and_not_ahead_of_the_user() {

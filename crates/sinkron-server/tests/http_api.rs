@@ -700,6 +700,12 @@ async fn push_limits_are_enforced_and_nothing_is_applied(backend: Backend) {
             "invalid_mutation",
         ),
         (
+            "a number beyond the double range in the value",
+            raw(r#"{"id":1,"collection":"likes","key":"k","value":{"p":[1,1e400]},"updatedAt":5}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_mutation",
+        ),
+        (
             "negative updatedAt",
             raw(r#"{"id":1,"collection":"likes","key":"k","value":{},"updatedAt":-1}"#),
             StatusCode::UNPROCESSABLE_ENTITY,
