@@ -40,6 +40,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/register", post(register))
         .route("/api/auth/login", post(login))
         .route("/api/auth/logout", post(logout))
+        .route("/api/auth/logout-all", post(logout_all))
+        .route("/api/auth/password", post(change_password))
+        .route("/api/auth/account", axum::routing::delete(delete_account))
+}
+
+/// `POST /api/auth/password`: the current password and the new one.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PasswordChange {
+    password: String,
+    new_password: String,
+}
+
+/// `DELETE /api/auth/account`: the password, to confirm.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Confirmation {
+    password: String,
 }
 
 /// In-memory guards of the sign-in routes. Losing them on restart is harmless.
@@ -270,12 +288,91 @@ async fn login(
 }
 
 async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
-    let Some(token_hash) = user.token_hash else {
-        return Err(ApiError::bad_request(
-            "a site token is signed out at the site, not here",
-        ));
-    };
+    let token_hash = own_session(&user)?;
     state.store.revoke_token(&token_hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The built-in session a request signed in with; a site's user has none here.
+fn own_session(user: &AuthUser) -> Result<[u8; 32], ApiError> {
+    user.token_hash.ok_or_else(|| {
+        ApiError::bad_request("a site's user signs out and manages the account at the site")
+    })
+}
+
+/// `POST /api/auth/logout-all`: signs out every device of the account, this one included.
+async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, ApiError> {
+    own_session(&user)?;
+    state.store.revoke_user_tokens(user.user_id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the signed-in user's password (a hash job, throttled like a login); 401
+/// `invalid_credentials` when wrong.
+async fn confirm_password(
+    state: &AppState,
+    user: &AuthUser,
+    password: String,
+) -> Result<(), ApiError> {
+    let now = Instant::now();
+    let username = user.username.to_string();
+    state
+        .guards
+        .check_throttle(&username, now)
+        .map_err(ApiError::rate_limited)?;
+    let account = state.store.find_user_by_name(&username).await?;
+    let phc = account
+        .filter(|a| a.id == user.user_id)
+        .map(|a| a.password_hash)
+        .ok_or_else(|| ApiError::internal("the signed-in account was not found"))?;
+    let verified = state
+        .guards
+        .hash_job(move |memory| password::verify(memory, &password, &phc))
+        .await?;
+    if !verified {
+        state.guards.record_failure(&username, now);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong password",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/auth/password`: a new password; every other session of the account ends.
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(change): AppJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let keep = own_session(&user)?;
+    validate_password(&change.new_password)?;
+    confirm_password(&state, &user, change.password).await?;
+    let new_password = change.new_password;
+    let phc = state
+        .guards
+        .hash_job(move |memory| password::hash(memory, &new_password))
+        .await?
+        .map_err(ApiError::internal)?;
+    state.store.set_password(user.user_id, &phc).await?;
+    state
+        .store
+        .revoke_user_tokens(user.user_id, Some(keep))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/auth/account`: erases the account and everything stored for it; every
+/// device's session ends (its next request is a 401 `unauthorized`).
+async fn delete_account(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(confirmation): AppJson<Confirmation>,
+) -> Result<StatusCode, ApiError> {
+    own_session(&user)?;
+    confirm_password(&state, &user, confirmation.password).await?;
+    state.store.delete_user(user.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1220,7 +1220,126 @@ async fn a_body_not_declared_as_json_is_415_and_writes_nothing(backend: Backend)
     );
 }
 
+/// A second session of the same account, by logging in again.
+async fn login(server: &Server, username: &str, password: &str) -> String {
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds(username, password),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "login {username}: {}", r.text);
+    r.json()["token"].as_str().expect("token").to_owned()
+}
+
+async fn sessions_end_everywhere_on_request_password_change_and_deletion(backend: Backend) {
+    let server = Server::start(backend).await;
+    let alice = server.register("alice").await;
+    let phone = login(&server, "alice", "correct horse").await;
+    let live = |token: String| {
+        let server = &server;
+        async move { server.pull(&token, None).await.status == StatusCode::OK }
+    };
+
+    // Sign out everywhere: every session ends, this one included.
+    let r = server
+        .send(Method::POST, "/api/auth/logout-all", Some(&phone), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!live(alice.token.clone()).await && !live(phone.clone()).await);
+
+    // A password change needs the current password and ends every other session.
+    let laptop = login(&server, "alice", "correct horse").await;
+    let tv = login(&server, "alice", "correct horse").await;
+    let change = |password: &str, new: &str| {
+        Some(json!({"password": password, "newPassword": new}).to_string())
+    };
+    let wrong = server
+        .send(
+            Method::POST,
+            "/api/auth/password",
+            Some(&laptop),
+            change("guess", "battery staple"),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.error_code(), "invalid_credentials");
+    let short = server
+        .send(
+            Method::POST,
+            "/api/auth/password",
+            Some(&laptop),
+            change("correct horse", "short"),
+        )
+        .await;
+    assert_eq!(short.error_code(), "invalid_password");
+    let r = server
+        .send(
+            Method::POST,
+            "/api/auth/password",
+            Some(&laptop),
+            change("correct horse", "battery staple"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(
+        live(laptop.clone()).await,
+        "the session that changed it stays"
+    );
+    assert!(!live(tv).await, "every other session ended");
+    let old = server
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            creds("alice", "correct horse"),
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    let desk = login(&server, "alice", "battery staple").await;
+
+    // Deleting the account erases it: sessions end, records go, the name is free again.
+    let push = batch(
+        "c1",
+        vec![mutation(1, "favorites", "s1", json!({}), 5)],
+        None,
+    );
+    server.push_ok(&desk, &push).await;
+    let confirm = |password: &str| Some(json!({"password": password}).to_string());
+    let wrong = server
+        .send(
+            Method::DELETE,
+            "/api/auth/account",
+            Some(&desk),
+            confirm("correct horse"),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        live(desk.clone()).await,
+        "nothing deleted on a wrong password"
+    );
+    let r = server
+        .send(
+            Method::DELETE,
+            "/api/auth/account",
+            Some(&desk),
+            confirm("battery staple"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert!(!live(desk).await && !live(laptop).await);
+    let again = server.register("alice").await;
+    assert_eq!(
+        server.pull_ok(&again.token, None).await["changes"],
+        json!([])
+    );
+}
+
 on_every_backend!(
+    sessions_end_everywhere_on_request_password_change_and_deletion,
     healthz_answers_200,
     register_login_logout_flow,
     wrong_password_and_unknown_user_get_the_same_401,

@@ -203,6 +203,21 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a token; it must stop resolving at once, on every node.
     async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
 
+    /// Ends every session of the user except `keep` (the caller's own, when given), at once
+    /// on every node; returns how many ended.
+    async fn revoke_user_tokens(
+        &self,
+        user_id: UserId,
+        keep: Option<[u8; 32]>,
+    ) -> Result<u64, StoreError>;
+
+    /// Replaces the user's password hash.
+    async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError>;
+
+    /// Erases the user: the account, every session, every record and client mark. Its
+    /// sessions stop resolving at once, on every node.
+    async fn delete_user(&self, user_id: UserId) -> Result<(), StoreError>;
+
     /// Resolves a token to its user and the user's version in one call: this is the poll hot
     /// path, so backends may answer it from memory when that is safe.
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError>;

@@ -629,6 +629,44 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn revoke_user_tokens(
+        &self,
+        user_id: UserId,
+        keep: Option<[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let keep = keep.map(|k| k.to_vec()).unwrap_or_default();
+        client
+            .execute(
+                "DELETE FROM tokens WHERE user_id = $1 AND token_hash != $2",
+                &[&user_id, &keep],
+            )
+            .await
+            .map_err(store_err)
+    }
+
+    async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE users SET password_hash = $2 WHERE id = $1",
+                &[&user_id, &password_hash],
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn delete_user(&self, user_id: UserId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        // Records, tokens and client marks go with it (ON DELETE CASCADE).
+        client
+            .execute("DELETE FROM users WHERE id = $1", &[&user_id])
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
         if self.polls.is_empty() {
             let client = self.client().await?;

@@ -662,6 +662,54 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_user_tokens(
+        &self,
+        user_id: UserId,
+        keep: Option<[u8; 32]>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn, cache| {
+            let keep_bytes = keep.map(|k| k.to_vec()).unwrap_or_default();
+            let ended = conn
+                .prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND token_hash != ?2")
+                .and_then(|mut s| s.execute(params![user_id, keep_bytes]))
+                .map_err(store_err)?;
+            let mut cache = lock(cache);
+            cache.revocations += 1;
+            cache
+                .tokens
+                .retain(|hash, (user, _)| *user != user_id || Some(*hash) == keep);
+            Ok(ended as u64)
+        })
+        .await
+    }
+
+    async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError> {
+        let password_hash = password_hash.to_owned();
+        self.write(move |conn, _| {
+            conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![user_id, password_hash]))
+                .map_err(store_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user_id: UserId) -> Result<(), StoreError> {
+        self.write(move |conn, cache| {
+            // Records, tokens and client marks go with it (ON DELETE CASCADE).
+            conn.prepare_cached("DELETE FROM users WHERE id = ?1")
+                .and_then(|mut s| s.execute([user_id]))
+                .map_err(store_err)?;
+            let mut cache = lock(cache);
+            cache.revocations += 1;
+            cache.tokens.retain(|_, (user, _)| *user != user_id);
+            cache.subjects.retain(|_, user| *user != user_id);
+            cache.versions.remove(&user_id);
+            Ok(())
+        })
+        .await
+    }
+
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
         let revocations = {
             let cache = lock(&self.cache);
