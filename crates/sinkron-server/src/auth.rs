@@ -19,7 +19,7 @@ use axum::Router;
 use rand::TryRngCore;
 use sinkron_core::protocol::{Credentials, Session, User};
 
-use crate::authn::{hash_token, AuthUser};
+use crate::authn::{hash_token, AuthUser, ClientIp};
 use crate::error::{ApiError, AppJson};
 use crate::password::{self, Busy, Hashers};
 use crate::store::{StoreError, UserId};
@@ -27,7 +27,7 @@ use crate::{now_ms, AppState};
 
 const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
 const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
-/// Failed logins per username allowed within [`LOGIN_WINDOW`].
+/// Failed logins per username and client address allowed within [`LOGIN_WINDOW`].
 const LOGIN_FAILURES_MAX: usize = 10;
 const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Hash requests allowed to wait for a hashing thread; past that a flood gets 429.
@@ -140,6 +140,16 @@ impl AuthGuards {
 const NO_STORE: [(axum::http::HeaderName, &str); 1] =
     [(axum::http::header::CACHE_CONTROL, "no-store")];
 
+/// What the login throttle counts failures by: the username, from one client address. A
+/// client that guesses one user's password is held back; the user, from elsewhere, is not
+/// (an account-wide count would let anyone lock anyone out).
+fn throttle_key(username: &str, ip: ClientIp) -> String {
+    match ip.0 {
+        Some(ip) => format!("{username} {ip}"),
+        None => username.to_owned(),
+    }
+}
+
 fn new_token() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng
@@ -243,6 +253,7 @@ async fn register(
 
 async fn login(
     State(state): State<AppState>,
+    ip: ClientIp,
     AppJson(creds): AppJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let invalid = || {
@@ -257,9 +268,10 @@ async fn login(
         return Err(invalid());
     }
     let now = Instant::now();
+    let key = throttle_key(&creds.username, ip);
     state
         .guards
-        .check_throttle(&creds.username, now)
+        .check_throttle(&key, now)
         .map_err(ApiError::rate_limited)?;
     let account = state.store.find_user_by_name(&creds.username).await?;
     let phc = account.as_ref().map(|a| a.password_hash.clone());
@@ -276,10 +288,10 @@ async fn login(
         })
         .await?;
     let Some(account) = account.filter(|_| verified) else {
-        state.guards.record_failure(&creds.username, now);
+        state.guards.record_failure(&key, now);
         return Err(invalid());
     };
-    state.guards.clear_failures(&creds.username);
+    state.guards.clear_failures(&key);
     let token = issue_token(&state, account.id).await?;
     Ok((
         NO_STORE,
@@ -312,13 +324,15 @@ async fn logout_all(State(state): State<AppState>, user: AuthUser) -> Result<Sta
 async fn confirm_password(
     state: &AppState,
     user: &AuthUser,
+    ip: ClientIp,
     password: String,
 ) -> Result<(), ApiError> {
     let now = Instant::now();
     let username = user.username.to_string();
+    let key = throttle_key(&username, ip);
     state
         .guards
-        .check_throttle(&username, now)
+        .check_throttle(&key, now)
         .map_err(ApiError::rate_limited)?;
     let account = state.store.find_user_by_name(&username).await?;
     let phc = account
@@ -330,7 +344,7 @@ async fn confirm_password(
         .hash_job(move |memory| password::verify(memory, &password, &phc))
         .await?;
     if !verified {
-        state.guards.record_failure(&username, now);
+        state.guards.record_failure(&key, now);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -344,11 +358,12 @@ async fn confirm_password(
 async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
+    ip: ClientIp,
     AppJson(change): AppJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
     let keep = own_session(&user)?;
     validate_password(&change.new_password)?;
-    confirm_password(&state, &user, change.password).await?;
+    confirm_password(&state, &user, ip, change.password).await?;
     let new_password = change.new_password;
     let phc = state
         .guards
@@ -368,10 +383,11 @@ async fn change_password(
 async fn delete_account(
     State(state): State<AppState>,
     user: AuthUser,
+    ip: ClientIp,
     AppJson(confirmation): AppJson<Confirmation>,
 ) -> Result<StatusCode, ApiError> {
     own_session(&user)?;
-    confirm_password(&state, &user, confirmation.password).await?;
+    confirm_password(&state, &user, ip, confirmation.password).await?;
     state.store.delete_user(user.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

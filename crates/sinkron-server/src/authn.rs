@@ -10,8 +10,10 @@
 
 use std::sync::Arc;
 
+use std::net::{IpAddr, SocketAddr};
+
 use async_trait::async_trait;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
@@ -127,6 +129,54 @@ impl Authenticator for SiteTokens {
             Err(TokenError::Expired) => Err(Refusal::Expired),
             Err(TokenError::Invalid(_)) => Err(Refusal::Invalid),
         }
+    }
+}
+
+/// The address a request came from: the peer, or behind a `--trusted-proxy` the nearest
+/// address in `X-Forwarded-For` that is not a trusted proxy. `None` when the server was not
+/// given the peer (a router driven without a socket, or mounted in a site's own app).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl ClientIp {
+    pub fn of(parts: &Parts, trusted: &[IpAddr]) -> Self {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return ClientIp(None);
+        };
+        let mut ip = peer.ip();
+        if trusted.contains(&ip) {
+            let forwarded = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|a| a.trim().parse::<IpAddr>())
+                .collect::<Vec<_>>();
+            // Right to left: each proxy appends the address it got the request from.
+            for address in forwarded.into_iter().rev() {
+                match address {
+                    Ok(a) if trusted.contains(&a) => ip = a,
+                    Ok(a) => {
+                        ip = a;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        ClientIp(Some(ip))
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp::of(parts, &state.config.trusted_proxies))
     }
 }
 

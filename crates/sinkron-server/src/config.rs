@@ -219,6 +219,18 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+
+    /// The address of a proxy or load balancer in front of this server: for a request from it
+    /// the client's address is taken from `X-Forwarded-For` (the nearest address that is not
+    /// a trusted proxy), so per-client limits count clients, not the proxy. Repeatable; comma
+    /// separated in the environment. Without it `X-Forwarded-For` is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SINKRON_TRUSTED_PROXIES",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// A way of signing in.
@@ -255,6 +267,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_cookie: None,
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -352,6 +365,7 @@ impl fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_cookie", &self.jwt_cookie)
             .field("cors_origins", &self.cors_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -10,13 +10,17 @@
 use std::future::Future;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::util::MapRequest;
 
 /// File handles kept for everything but client connections (database, logs, key files).
 const RESERVED_FILES: u64 = 64;
@@ -84,10 +88,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file handles, or a connection reset while queued: not fatal.
                     tracing::warn!(error = %e, "accept failed");
@@ -96,7 +100,14 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        // Every request knows the address it came from (`ConnectInfo`, for per-client limits).
+        let service = TowerToHyperService::new(MapRequest::new(
+            app.clone(),
+            move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         // No upgrades: the protocol is plain requests (no WebSockets).
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

@@ -166,3 +166,84 @@ async fn a_half_sent_header_does_not_hold_up_shutdown() {
     );
     drop(slow);
 }
+
+/// A client on another loopback address (Linux routes all of 127/8 to the loopback).
+fn client_at(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .expect("client")
+}
+
+async fn login_status(
+    client: &reqwest::Client,
+    server: &Server,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> u16 {
+    let mut request = client
+        .post(server.url("/api/auth/login"))
+        .json(&json!({"username": "alice", "password": password}));
+    if let Some(address) = forwarded_for {
+        request = request.header("x-forwarded-for", address);
+    }
+    request.send().await.expect("login").status().as_u16()
+}
+
+#[tokio::test]
+async fn guessing_a_password_locks_out_the_guesser_not_the_user() {
+    let server = Server::start(Backend::Sqlite).await;
+    server.register("alice").await;
+    let attacker = client_at([127, 0, 0, 2]);
+    for _ in 0..10 {
+        assert_eq!(
+            login_status(&attacker, &server, "not the password", None).await,
+            401
+        );
+    }
+    assert_eq!(
+        login_status(&attacker, &server, "correct horse", None).await,
+        429,
+        "the guesser waits, even with the right password"
+    );
+    // Alice, from her own address, signs in at once.
+    let alice = client_at([127, 0, 0, 3]);
+    assert_eq!(
+        login_status(&alice, &server, "correct horse", None).await,
+        200
+    );
+    // X-Forwarded-For is not trusted from a client: it cannot buy the guesser new tries.
+    assert_eq!(
+        login_status(&attacker, &server, "not the password", Some("203.0.113.9")).await,
+        429
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for() {
+    let server = Server::start_with(Backend::Sqlite, &["--trusted-proxy", "127.0.0.4"]).await;
+    server.register("alice").await;
+    let proxy = client_at([127, 0, 0, 4]);
+    for _ in 0..10 {
+        let status = login_status(&proxy, &server, "not the password", Some("203.0.113.7")).await;
+        assert_eq!(status, 401);
+    }
+    let guesser = Some("203.0.113.7");
+    assert_eq!(
+        login_status(&proxy, &server, "not the password", guesser).await,
+        429
+    );
+    // Another client through the same proxy; a spoofed first hop changes nothing.
+    let user = Some("198.51.100.1, 203.0.113.8");
+    assert_eq!(
+        login_status(&proxy, &server, "correct horse", user).await,
+        200
+    );
+    let spoofed = Some("198.51.100.2, 203.0.113.7");
+    assert_eq!(
+        login_status(&proxy, &server, "not the password", spoofed).await,
+        429
+    );
+    server.stop().await;
+}
