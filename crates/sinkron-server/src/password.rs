@@ -4,11 +4,12 @@
 //!
 //! A hash needs its 19 MiB all at once. Allocated afresh per attempt on whatever thread runs
 //! it, those buffers pile up in the allocator's per-thread arenas: a flood of wrong logins
-//! grew the server to several GB and it stayed there. Here the cost is fixed: one buffer per
-//! hashing thread (one thread per core), kept while sign-ins keep coming and dropped once
-//! the thread has been idle for [`IDLE`]. Jobs wait in a bounded queue; a full queue is the
-//! caller's 429. It owns the hashing threads and the PHC strings; it must not know about
-//! requests, users or throttles.
+//! grew the server to several GB and it stayed there. Here the cost is fixed: at most one
+//! buffer per hashing thread (one thread per core), lent from a shared pool to each job and
+//! kept while sign-ins keep coming; the first thread to wait [`IDLE`] for a job drops every
+//! buffer in the pool. Jobs wait in a bounded queue; a full queue is the caller's 429. It
+//! owns the hashing threads and the PHC strings; it must not know about requests, users or
+//! throttles.
 
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -70,12 +71,15 @@ impl Hashers {
     fn queue(&self) -> &SyncSender<Job> {
         self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::sync_channel::<Job>(self.queue_max);
-            let receiver = Arc::new(Mutex::new(receiver));
+            let shared = Arc::new(Workers {
+                receiver: Mutex::new(receiver),
+                pool: Mutex::new(Vec::new()),
+            });
             for i in 0..self.threads {
-                let receiver = receiver.clone();
+                let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("sinkron-hash-{i}"))
-                    .spawn(move || work(&receiver))
+                    .spawn(move || work(&shared))
                     .expect("spawn a hashing thread");
             }
             sender
@@ -83,18 +87,31 @@ impl Hashers {
     }
 }
 
-/// One hashing thread: takes jobs until the queue is dropped, keeping its buffer between
-/// jobs and dropping it after [`IDLE`] without one.
-fn work(receiver: &Mutex<mpsc::Receiver<Job>>) {
-    let mut memory: Vec<Block> = Vec::new();
+/// What the hashing threads share: the queue's receiving end (one thread waits on it at a
+/// time) and the buffers not in use.
+struct Workers {
+    receiver: Mutex<mpsc::Receiver<Job>>,
+    pool: Mutex<Vec<Vec<Block>>>,
+}
+
+/// One hashing thread: takes jobs until the queue is dropped, each with a buffer from the
+/// pool (given back after). Waiting [`IDLE`] without a job empties the pool, whichever
+/// thread waited: the buffers of every idle thread go.
+fn work(shared: &Workers) {
     loop {
-        let next = receiver
+        let next = shared
+            .receiver
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .recv_timeout(IDLE);
+        let pool = || shared.pool.lock().unwrap_or_else(PoisonError::into_inner);
         match next {
-            Ok(job) => job(&mut memory),
-            Err(RecvTimeoutError::Timeout) => memory = Vec::new(),
+            Ok(job) => {
+                let mut memory = pool().pop().unwrap_or_default();
+                job(&mut memory);
+                pool().push(memory);
+            }
+            Err(RecvTimeoutError::Timeout) => pool().clear(),
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
