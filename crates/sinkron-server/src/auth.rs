@@ -34,6 +34,10 @@ const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
 const HASH_QUEUE_MAX: usize = 64;
 /// Usernames tracked by the throttle before stale entries are swept.
 const THROTTLE_ENTRIES_MAX: usize = 10_000;
+/// Sign-in attempts (register or login, whatever the outcome) per client address: a steady
+/// rate and a burst (a household or an office behind one address stays well under it).
+const ATTEMPTS_PER_MINUTE: u32 = 60;
+const ATTEMPTS_BURST: u32 = 20;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -65,6 +69,9 @@ pub struct AuthGuards {
     /// One hashing thread per core (argon2 is CPU-bound), each with its own memory.
     hashers: Hashers,
     throttle: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Sign-in attempts per client address (`governor`): guessing across usernames, or
+    /// making accounts in bulk, from one client.
+    attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
 impl Default for AuthGuards {
@@ -73,6 +80,10 @@ impl Default for AuthGuards {
         Self {
             hashers: Hashers::new(cores, HASH_QUEUE_MAX),
             throttle: Mutex::new(HashMap::new()),
+            attempts: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(nonzero(ATTEMPTS_PER_MINUTE))
+                    .allow_burst(nonzero(ATTEMPTS_BURST)),
+            ),
         }
     }
 }
@@ -91,6 +102,20 @@ impl AuthGuards {
         result
             .await
             .map_err(|_| ApiError::internal("a hashing job was dropped"))
+    }
+
+    /// One sign-in attempt from `ip`: 429 with the seconds to wait past the rate. Without an
+    /// address (a router driven without a socket) nothing is counted.
+    fn attempt(&self, ip: ClientIp) -> Result<(), ApiError> {
+        use governor::clock::{Clock, DefaultClock};
+        let Some(ip) = ip.0 else { return Ok(()) };
+        if self.attempts.len() >= THROTTLE_ENTRIES_MAX {
+            self.attempts.retain_recent();
+        }
+        self.attempts.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        })
     }
 
     /// `Err(seconds to wait)` when the username has too many recent failures.
@@ -148,6 +173,10 @@ fn throttle_key(username: &str, ip: ClientIp) -> String {
         Some(ip) => format!("{username} {ip}"),
         None => username.to_owned(),
     }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 fn new_token() -> Result<String, ApiError> {
@@ -214,8 +243,10 @@ async fn issue_token(state: &AppState, user_id: UserId) -> Result<String, ApiErr
 
 async fn register(
     State(state): State<AppState>,
+    ip: ClientIp,
     AppJson(creds): AppJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.guards.attempt(ip)?;
     validate_username(&creds.username)?;
     validate_password(&creds.password)?;
     let taken = || ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken");
@@ -263,6 +294,7 @@ async fn login(
             "wrong username or password",
         )
     };
+    state.guards.attempt(ip)?;
     // A username that breaks the rules cannot exist; no need to hash or to track it.
     if validate_username(&creds.username).is_err() || validate_password(&creds.password).is_err() {
         return Err(invalid());

@@ -24,11 +24,12 @@ async fn a_login_flood_keeps_memory_bounded_and_gives_it_back() {
     let server = Server::start(Backend::Sqlite).await;
     let pid = server.pid();
     let before = status_kib(pid, "VmRSS:");
-    // 48 clients, 5 wrong logins each, for usernames that do not exist: each one costs a
-    // full argon2id hash (as a known user's would), with every hashing slot busy throughout.
+    // 48 clients, each on its own address (under the per-address rate), 5 wrong logins
+    // each, for usernames that do not exist: each one costs a full argon2id hash (as a known
+    // user's would), with every hashing slot busy throughout.
     let mut clients = JoinSet::new();
-    for c in 0..48 {
-        let http = server.http.clone();
+    for c in 0..48u8 {
+        let http = client_at([127, 0, 1, c + 1]);
         let url = server.url("/api/auth/login");
         clients.spawn(async move {
             let mut statuses = Vec::new();
@@ -245,5 +246,47 @@ async fn behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for() {
         login_status(&proxy, &server, "not the password", spoofed).await,
         429
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_sign_in_or_sign_up_without_limit() {
+    let server = Server::start(Backend::Sqlite).await;
+    let bulk = client_at([127, 0, 0, 6]);
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        // Short passwords: refused without hashing, yet each is an attempt.
+        let body = json!({"username": format!("bulk{i}"), "password": "short"});
+        let r = bulk
+            .post(server.url("/api/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .expect("header")
+                .parse()
+                .expect("seconds");
+            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 422), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Logins from that address wait too; another address signs up at once.
+    assert_eq!(
+        login_status(&bulk, &server, "correct horse", None).await,
+        429
+    );
+    let other = client_at([127, 0, 0, 7]);
+    let r = other
+        .post(server.url("/api/auth/register"))
+        .json(&json!({"username": "neighbour", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
     server.stop().await;
 }
