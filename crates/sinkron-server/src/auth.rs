@@ -3,12 +3,11 @@
 //!
 //! It owns credential rules, the use of password hashing (argon2id on dedicated threads with
 //! a bounded queue: [`crate::password`]), token issue (32 random bytes, stored only as
-//! SHA-256) and the per-username login throttle. It must not touch records or know how
-//! tokens are stored.
+//! SHA-256) and the sign-in throttles. It must not touch records or know how tokens are
+//! stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
 
 use argon2::Block;
 use axum::extract::State;
@@ -22,14 +21,15 @@ use sinkron_core::protocol::{Credentials, Session, User};
 use crate::authn::{hash_token, AuthUser, ClientIp};
 use crate::error::{ApiError, AppJson};
 use crate::password::{self, Busy, Hashers};
-use crate::store::{StoreError, UserId};
-use crate::{now_ms, AppState};
+use crate::store::{Attempts, Store, StoreError, UserId};
+use crate::AppState;
 
 const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
 const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
-/// Failed logins per username and client address allowed within [`LOGIN_WINDOW`].
-const LOGIN_FAILURES_MAX: usize = 10;
-const LOGIN_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Password checks per username and client address without a success, within a window of
+/// [`LOGIN_WINDOW_MS`]; past them that client waits for the window to end.
+const LOGIN_ATTEMPTS_MAX: u32 = 10;
+pub const LOGIN_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Hash requests allowed to wait for a hashing thread; past that a flood gets 429.
 const HASH_QUEUE_MAX: usize = 64;
 /// Usernames tracked by the throttle before stale entries are swept.
@@ -68,7 +68,9 @@ struct Confirmation {
 pub struct AuthGuards {
     /// One hashing thread per core (argon2 is CPU-bound), each with its own memory.
     hashers: Hashers,
-    throttle: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Password checks per (username, client address), when the store keeps no shared count
+    /// (one node).
+    checks: Mutex<HashMap<[u8; 32], Attempts>>,
     /// Sign-in attempts per client address (`governor`): guessing across usernames, or
     /// making accounts in bulk, from one client.
     attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
@@ -79,7 +81,7 @@ impl Default for AuthGuards {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             hashers: Hashers::new(cores, HASH_QUEUE_MAX),
-            throttle: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
             attempts: governor::RateLimiter::keyed(
                 governor::Quota::per_minute(nonzero(ATTEMPTS_PER_MINUTE))
                     .allow_burst(nonzero(ATTEMPTS_BURST)),
@@ -118,46 +120,46 @@ impl AuthGuards {
         })
     }
 
-    /// `Err(seconds to wait)` when the username has too many recent failures.
-    fn check_throttle(&self, username: &str, now: Instant) -> Result<(), u64> {
-        let mut map = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(failures) = map.get_mut(username) else {
-            return Ok(());
+    /// Counts a password check under `key` (a [`throttle_key`]) before it runs, so that
+    /// concurrent checks all count: 429 with the seconds to wait once more than
+    /// [`LOGIN_ATTEMPTS_MAX`] were made in the window without a success. The count is the
+    /// store's, shared by every node, when it keeps one; else this node's.
+    async fn begin_check(
+        &self,
+        store: &dyn Store,
+        key: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let attempts = match store.count_attempt(key, now_ms, LOGIN_WINDOW_MS).await? {
+            Some(shared) => shared,
+            None => self.count_here(key, now_ms),
         };
-        while failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= LOGIN_WINDOW)
-        {
-            failures.pop_front();
-        }
-        if failures.len() < LOGIN_FAILURES_MAX {
+        if attempts.count <= LOGIN_ATTEMPTS_MAX {
             return Ok(());
         }
-        let oldest = failures.front().copied().unwrap_or(now);
-        let wait = LOGIN_WINDOW.saturating_sub(now.duration_since(oldest));
-        Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        let ends = attempts.since_ms.saturating_add(LOGIN_WINDOW_MS);
+        Err(ApiError::rate_limited(
+            ends.saturating_sub(now_ms).div_ceil(1000).max(1),
+        ))
     }
 
-    fn record_failure(&self, username: &str, now: Instant) {
-        let mut map = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= THROTTLE_ENTRIES_MAX && !map.contains_key(username) {
-            map.retain(|_, f| {
-                f.back()
-                    .is_some_and(|t| now.duration_since(*t) < LOGIN_WINDOW)
-            });
+    fn count_here(&self, key: &[u8; 32], now_ms: u64) -> Attempts {
+        let mut map = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= THROTTLE_ENTRIES_MAX && !map.contains_key(key) {
+            map.retain(|_, a| now_ms < a.since_ms.saturating_add(LOGIN_WINDOW_MS));
         }
-        let failures = map.entry(username.to_owned()).or_default();
-        failures.push_back(now);
-        if failures.len() > LOGIN_FAILURES_MAX {
-            failures.pop_front();
-        }
+        let next = Attempts::next(map.get(key).copied(), now_ms, LOGIN_WINDOW_MS);
+        map.insert(*key, next);
+        next
     }
 
-    fn clear_failures(&self, username: &str) {
-        self.throttle
+    /// The check under `key` succeeded: its count starts again.
+    async fn checked(&self, store: &dyn Store, key: &[u8; 32]) -> Result<(), ApiError> {
+        self.checks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(username);
+            .remove(key);
+        Ok(store.clear_attempts(key).await?)
     }
 }
 
@@ -165,14 +167,16 @@ impl AuthGuards {
 const NO_STORE: [(axum::http::HeaderName, &str); 1] =
     [(axum::http::header::CACHE_CONTROL, "no-store")];
 
-/// What the login throttle counts failures by: the username, from one client address. A
-/// client that guesses one user's password is held back; the user, from elsewhere, is not
-/// (an account-wide count would let anyone lock anyone out).
-fn throttle_key(username: &str, ip: ClientIp) -> String {
-    match ip.0 {
+/// What the login throttle counts checks by: the username, from one client address (hashed,
+/// so that no address is kept in the clear). A client that guesses one user's password is
+/// held back; the user, from elsewhere, is not (an account-wide count would let anyone lock
+/// anyone out).
+fn throttle_key(username: &str, ip: ClientIp) -> [u8; 32] {
+    let key = match ip.0 {
         Some(ip) => format!("{username} {ip}"),
         None => username.to_owned(),
-    }
+    };
+    hash_token(&key)
 }
 
 fn nonzero(n: u32) -> std::num::NonZeroU32 {
@@ -236,7 +240,7 @@ async fn issue_token(state: &AppState, user_id: UserId) -> Result<String, ApiErr
     let token = new_token()?;
     state
         .store
-        .create_token(user_id, &hash_token(&token), now_ms())
+        .create_token(user_id, &hash_token(&token), state.now_ms())
         .await?;
     Ok(token)
 }
@@ -250,15 +254,8 @@ async fn register(
     validate_username(&creds.username)?;
     validate_password(&creds.password)?;
     let taken = || ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken");
-    // Saves a hash on the common case; the unique constraint still decides races.
-    if state
-        .store
-        .find_user_by_name(&creds.username)
-        .await?
-        .is_some()
-    {
-        return Err(taken());
-    }
+    // The password is hashed whether or not the name is free, so that an answer takes as
+    // long (and costs the asker as much) for a taken name as for a free one.
     let password = creds.password;
     let phc = state
         .guards
@@ -267,7 +264,7 @@ async fn register(
         .map_err(ApiError::internal)?;
     let user_id = match state
         .store
-        .create_user(&creds.username, &phc, now_ms())
+        .create_user(&creds.username, &phc, state.now_ms())
         .await
     {
         Ok(id) => id,
@@ -299,12 +296,11 @@ async fn login(
     if validate_username(&creds.username).is_err() || validate_password(&creds.password).is_err() {
         return Err(invalid());
     }
-    let now = Instant::now();
     let key = throttle_key(&creds.username, ip);
     state
         .guards
-        .check_throttle(&key, now)
-        .map_err(ApiError::rate_limited)?;
+        .begin_check(state.store.as_ref(), &key, state.now_ms())
+        .await?;
     let account = state.store.find_user_by_name(&creds.username).await?;
     let phc = account.as_ref().map(|a| a.password_hash.clone());
     let password = creds.password;
@@ -320,10 +316,9 @@ async fn login(
         })
         .await?;
     let Some(account) = account.filter(|_| verified) else {
-        state.guards.record_failure(&key, now);
         return Err(invalid());
     };
-    state.guards.clear_failures(&key);
+    state.guards.checked(state.store.as_ref(), &key).await?;
     let token = issue_token(&state, account.id).await?;
     Ok((
         NO_STORE,
@@ -359,13 +354,12 @@ async fn confirm_password(
     ip: ClientIp,
     password: String,
 ) -> Result<(), ApiError> {
-    let now = Instant::now();
     let username = user.username.to_string();
     let key = throttle_key(&username, ip);
     state
         .guards
-        .check_throttle(&key, now)
-        .map_err(ApiError::rate_limited)?;
+        .begin_check(state.store.as_ref(), &key, state.now_ms())
+        .await?;
     let account = state.store.find_user_by_name(&username).await?;
     let phc = account
         .filter(|a| a.id == user.user_id)
@@ -376,14 +370,13 @@ async fn confirm_password(
         .hash_job(move |memory| password::verify(memory, &password, &phc))
         .await?;
     if !verified {
-        state.guards.record_failure(&key, now);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "wrong password",
         ));
     }
-    Ok(())
+    state.guards.checked(state.store.as_ref(), &key).await
 }
 
 /// `POST /api/auth/password`: a new password; every other session of the account ends.
@@ -440,16 +433,42 @@ mod tests {
     }
 
     #[test]
-    fn throttle_opens_after_ten_failures_and_tells_how_long() {
+    fn attempts_count_in_a_window_that_restarts_once_it_has_passed() {
+        let first = Attempts::next(None, 1_000, 300);
+        assert_eq!(
+            first,
+            Attempts {
+                count: 1,
+                since_ms: 1_000
+            }
+        );
+        let second = Attempts::next(Some(first), 1_299, 300);
+        assert_eq!(
+            second,
+            Attempts {
+                count: 2,
+                since_ms: 1_000
+            }
+        );
+        assert_eq!(
+            Attempts::next(Some(second), 1_300, 300),
+            Attempts {
+                count: 1,
+                since_ms: 1_300
+            }
+        );
+    }
+
+    #[test]
+    fn the_eleventh_check_in_a_window_waits_for_its_end_and_other_keys_do_not() {
         let guards = AuthGuards::default();
-        let t0 = Instant::now();
-        for _ in 0..LOGIN_FAILURES_MAX {
-            assert!(guards.check_throttle("bob", t0).is_ok());
-            guards.record_failure("bob", t0);
+        let bob = throttle_key("bob", ClientIp(None));
+        for _ in 0..LOGIN_ATTEMPTS_MAX {
+            assert!(guards.count_here(&bob, 0).count <= LOGIN_ATTEMPTS_MAX);
         }
-        let wait = guards.check_throttle("bob", t0).unwrap_err();
-        assert_eq!(wait, 300);
-        assert!(guards.check_throttle("alice", t0).is_ok());
-        assert!(guards.check_throttle("bob", t0 + LOGIN_WINDOW).is_ok());
+        assert_eq!(guards.count_here(&bob, 1_000).count, LOGIN_ATTEMPTS_MAX + 1);
+        let alice = throttle_key("alice", ClientIp(None));
+        assert_eq!(guards.count_here(&alice, 1_000).count, 1);
+        assert_eq!(guards.count_here(&bob, LOGIN_WINDOW_MS).count, 1);
     }
 }

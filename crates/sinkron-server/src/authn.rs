@@ -69,12 +69,17 @@ pub trait Authenticator: Send + Sync + 'static {
 /// (64 lowercase hex digits), stored as its SHA-256 only.
 pub struct BuiltinTokens {
     pub store: Arc<dyn Store>,
+    /// A session unused for this long has ended (`--session-idle-secs`).
+    pub idle_ms: u64,
 }
 
 impl BuiltinTokens {
-    /// What [`Authenticator::authenticate`] does, callable without boxing its future: this
-    /// is the poll path of every built-in session.
-    pub async fn check(&self, request: &Parts) -> Result<Identity, Refusal> {
+    /// What [`Authenticator::authenticate`] does at `now_ms`, callable without boxing its
+    /// future: this is the poll path of every built-in session. A session unused for
+    /// [`BuiltinTokens::idle_ms`] is deleted and refused as expired; a use is recorded when
+    /// the last recorded one is a thirtieth of that old (a day, by default), so the hot path
+    /// writes about once a day per session.
+    pub async fn check(&self, request: &Parts, now_ms: u64) -> Result<Identity, Refusal> {
         let token = bearer(&request.headers)
             .filter(|t| is_builtin_token(t))
             .ok_or(Refusal::NotMine)?;
@@ -84,6 +89,14 @@ impl BuiltinTokens {
             .session(&token_hash)
             .await?
             .ok_or(Refusal::Invalid)?;
+        let idle = now_ms.saturating_sub(session.last_used_ms);
+        if idle >= self.idle_ms {
+            self.store.revoke_token(&token_hash).await?;
+            return Err(Refusal::Expired);
+        }
+        if idle >= self.idle_ms / 30 {
+            self.store.touch_token(&token_hash, now_ms).await?;
+        }
         Ok(Identity::Account {
             session,
             token_hash,
@@ -94,7 +107,7 @@ impl BuiltinTokens {
 #[async_trait]
 impl Authenticator for BuiltinTokens {
     async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal> {
-        self.check(request).await
+        self.check(request, now_ms()).await
     }
 }
 
@@ -198,7 +211,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(builtin) = &state.builtin {
-            match builtin.check(parts).await {
+            match builtin.check(parts, state.now_ms()).await {
                 Err(Refusal::NotMine) => {}
                 Err(refusal) => return Err(refused(refusal)),
                 Ok(identity) => return Self::of(identity, state).await,
@@ -236,7 +249,10 @@ impl AuthUser {
                     );
                     return Err(ApiError::unauthorized());
                 }
-                let session = state.store.subject_session(&subject, now_ms()).await?;
+                let session = state
+                    .store
+                    .subject_session(&subject, state.now_ms())
+                    .await?;
                 let subject: Arc<str> = subject.into();
                 Ok(Self {
                     user_id: session.user_id,
@@ -256,7 +272,7 @@ fn refused(refusal: Refusal) -> ApiError {
         Refusal::Expired => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "token_expired",
-            "the token has expired; get a fresh one from the site",
+            "the session has expired: sign in again, or get a fresh token from the site",
         ),
         Refusal::ForbiddenOrigin => ApiError::new(
             StatusCode::FORBIDDEN,

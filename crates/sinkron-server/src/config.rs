@@ -86,6 +86,18 @@ pub struct Config {
     )]
     pub tombstone_ttl_secs: u64,
 
+    /// A session of Sinkron's own accounts that no request has used for this many seconds
+    /// ends: its token is refused with `token_expired` (the user signs in again) and deleted.
+    /// Each use extends it.
+    #[arg(
+        long,
+        env = "SINKRON_SESSION_IDLE_SECS",
+        value_name = "SECS",
+        default_value_t = 30 * 24 * 3600,
+        value_parser = clap::value_parser!(u64).range(60..)
+    )]
+    pub session_idle_secs: u64,
+
     /// A request taking longer than this many seconds is cut off.
     #[arg(
         long,
@@ -252,6 +264,7 @@ impl Default for Config {
             max_future_ms: 60_000,
             page_size: 1000,
             tombstone_ttl_secs: 30 * 24 * 3600,
+            session_idle_secs: 30 * 24 * 3600,
             request_timeout_secs: 30,
             idle_timeout_secs: 75,
             max_connections: None,
@@ -351,6 +364,7 @@ impl fmt::Debug for Config {
             .field("max_future_ms", &self.max_future_ms)
             .field("page_size", &self.page_size)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
+            .field("session_idle_secs", &self.session_idle_secs)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("max_connections", &self.max_connections)

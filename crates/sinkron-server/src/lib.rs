@@ -85,6 +85,7 @@ impl AppState {
         let builtin = config.auth_enabled(config::AuthMode::Builtin).then(|| {
             Arc::new(authn::BuiltinTokens {
                 store: store.clone(),
+                idle_ms: config.session_idle_secs.saturating_mul(1000),
             })
         });
         Self(Arc::new(Shared {
@@ -329,6 +330,51 @@ mod tests {
         assert_eq!(body["error"]["code"], "method_not_allowed");
         let (status, _) = call(&app, get("/healthz")).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_session_unused_too_long_ends_and_each_use_extends_it() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store::open(&dir.path().join("t.db").display().to_string()).expect("store");
+        let day = 86_400_000;
+        let clock = Arc::new(AtomicU64::new(1_000 * day));
+        let now = clock.clone();
+        let config = Config {
+            session_idle_secs: 30 * 86_400,
+            ..Config::default()
+        };
+        let state =
+            AppState::new(store, config).with_clock(Arc::new(move || now.load(Ordering::Relaxed)));
+        let app = app(state);
+        let register = Request::post("/api/auth/register")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"username":"ann","password":"correct horse"}"#,
+            ))
+            .expect("request");
+        let (status, session) = call(&app, register).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let token = session["token"].as_str().expect("token").to_owned();
+        let pull = || {
+            Request::get("/api/user/me")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request")
+        };
+        // Used every 29 days, the session lives on past 30 days from its start.
+        for _ in 0..3 {
+            clock.fetch_add(29 * day, Ordering::Relaxed);
+            assert_eq!(call(&app, pull()).await.0, StatusCode::OK);
+        }
+        clock.fetch_add(30 * day, Ordering::Relaxed);
+        let (status, body) = call(&app, pull()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "token_expired");
+        // It was deleted: from now on it is unknown.
+        let (status, body) = call(&app, pull()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "unauthorized");
     }
 
     #[tokio::test]

@@ -113,8 +113,12 @@ async fn serve(config: Config) -> Result<(), String> {
 
     // At start, before accepting requests, so that no client is served from tombstones that
     // this run is about to forget.
-    compact(store.as_ref(), config.tombstone_ttl_secs).await;
-    let compactor = tokio::spawn(compact_hourly(store.clone(), config.tombstone_ttl_secs));
+    let sweep = Sweep {
+        tombstone_ttl_secs: config.tombstone_ttl_secs,
+        session_idle_secs: config.session_idle_secs,
+    };
+    sweep.run(store.as_ref()).await;
+    let compactor = tokio::spawn(sweep_hourly(store.clone(), sweep));
 
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
@@ -160,21 +164,41 @@ async fn mark_restored(restored: Restored) -> Result<(), String> {
     Ok(())
 }
 
-async fn compact(store: &dyn Store, ttl_secs: u64) {
-    let before = now_ms().saturating_sub(ttl_secs.saturating_mul(1000));
-    match store.compact_tombstones(before).await {
-        Ok(0) => {}
-        Ok(deleted) => tracing::info!(deleted, "compacted tombstones"),
-        Err(e) => tracing::error!(error = %e, "tombstone compaction failed"),
+/// What the server deletes at start and then hourly: old tombstones, sessions unused too
+/// long, ended sign-in attempt windows.
+#[derive(Clone, Copy)]
+struct Sweep {
+    tombstone_ttl_secs: u64,
+    session_idle_secs: u64,
+}
+
+impl Sweep {
+    async fn run(self, store: &dyn Store) {
+        let now = now_ms();
+        let ago = |secs: u64| now.saturating_sub(secs.saturating_mul(1000));
+        match store.compact_tombstones(ago(self.tombstone_ttl_secs)).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "compacted tombstones"),
+            Err(e) => tracing::error!(error = %e, "tombstone compaction failed"),
+        }
+        let windows_before = now.saturating_sub(sinkron_server::auth::LOGIN_WINDOW_MS);
+        match store
+            .purge_expired(ago(self.session_idle_secs), windows_before)
+            .await
+        {
+            Ok(0) => {}
+            Ok(ended) => tracing::info!(ended, "ended sessions unused too long"),
+            Err(e) => tracing::error!(error = %e, "ending unused sessions failed"),
+        }
     }
 }
 
-async fn compact_hourly(store: Arc<dyn Store>, ttl_secs: u64) {
+async fn sweep_hourly(store: Arc<dyn Store>, sweep: Sweep) {
     let start = tokio::time::Instant::now() + COMPACTION_PERIOD;
     let mut timer = tokio::time::interval_at(start, COMPACTION_PERIOD);
     loop {
         timer.tick().await;
-        compact(store.as_ref(), ttl_secs).await;
+        sweep.run(store.as_ref()).await;
     }
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Backend, Server};
+use support::{Backend, Data, Server};
 use tokio::task::JoinSet;
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
@@ -289,4 +289,52 @@ async fn one_address_cannot_sign_in_or_sign_up_without_limit() {
         .expect("register");
     assert_eq!(r.status(), 201);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_guesses_each_count_before_they_are_checked() {
+    let server = Server::start(Backend::Sqlite).await;
+    server.register("alice").await;
+    let attacker = client_at([127, 0, 0, 8]);
+    // Twenty at once (within the address's burst): only ten are checked.
+    let mut guesses = JoinSet::new();
+    for _ in 0..20 {
+        let (attacker, url) = (attacker.clone(), server.url("/api/auth/login"));
+        guesses.spawn(async move {
+            let body = json!({"username": "alice", "password": "not the password"});
+            let r = attacker.post(url).json(&body).send().await.expect("login");
+            r.status().as_u16()
+        });
+    }
+    let mut statuses = guesses.join_all().await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[401; 10], [429; 10]].concat());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn on_postgres_guesses_through_every_node_count_together() {
+    let data = Data::new(Backend::Postgres);
+    let (a, b) = (data.start(&[]).await, data.start(&[]).await);
+    a.register("alice").await;
+    let attacker = client_at([127, 0, 0, 9]);
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            login_status(&attacker, node, "not the password", None).await,
+            401
+        );
+    }
+    for node in [&a, &b] {
+        assert_eq!(
+            login_status(&attacker, node, "correct horse", None).await,
+            429,
+            "the guesser waits on every node"
+        );
+    }
+    // The user, from her own address, signs in through either node.
+    let alice = client_at([127, 0, 0, 10]);
+    assert_eq!(login_status(&alice, &b, "correct horse", None).await, 200);
+    a.stop().await;
+    b.stop().await;
 }

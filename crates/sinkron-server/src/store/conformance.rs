@@ -31,6 +31,8 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) 
 /// Runs every check in order on one fresh store.
 pub async fn run(store: &dyn Store) {
     accounts_and_tokens(store).await;
+    sessions_record_their_last_use_and_end_unused(store).await;
+    shared_attempt_counts_follow_the_window_rule(store).await;
     site_users_are_made_once_per_subject(store).await;
     versions_acks_and_merge(store).await;
     compaction_raises_the_horizon(store).await;
@@ -93,6 +95,51 @@ async fn accounts_and_tokens(store: &dyn Store) {
     );
     store.revoke_token(&token).await.expect("revoke");
     assert!(store.session(&token).await.expect("session").is_none());
+}
+
+async fn sessions_record_their_last_use_and_end_unused(store: &dyn Store) {
+    let id = store.create_user("idle", "phc", 1).await.expect("create");
+    let (old, used) = ([8u8; 32], [9u8; 32]);
+    store.create_token(id, &old, 100).await.expect("token");
+    store.create_token(id, &used, 100).await.expect("token");
+    let last_used = |s: Option<super::SessionInfo>| s.expect("valid").last_used_ms;
+    assert_eq!(last_used(store.session(&used).await.expect("session")), 100);
+    store.touch_token(&used, 5_000).await.expect("touch");
+    // Read back both through whatever the backend keeps in memory and from storage.
+    assert_eq!(
+        last_used(store.session(&used).await.expect("session")),
+        5_000
+    );
+    assert_eq!(last_used(store.session(&old).await.expect("session")), 100);
+    assert_eq!(store.purge_expired(1_000, 0).await.expect("purge"), 1);
+    assert!(store.session(&old).await.expect("session").is_none());
+    assert_eq!(
+        last_used(store.session(&used).await.expect("session")),
+        5_000
+    );
+    store.revoke_token(&used).await.expect("revoke");
+}
+
+async fn shared_attempt_counts_follow_the_window_rule(store: &dyn Store) {
+    let key = [3u8; 32];
+    let Some(first) = store.count_attempt(&key, 1_000, 300).await.expect("count") else {
+        return; // One node: the server counts in memory.
+    };
+    assert_eq!(first, super::Attempts::next(None, 1_000, 300));
+    let second = store.count_attempt(&key, 1_299, 300).await.expect("count");
+    assert_eq!(second, Some(super::Attempts::next(Some(first), 1_299, 300)));
+    let restarted = store.count_attempt(&key, 1_300, 300).await.expect("count");
+    assert_eq!(restarted, Some(super::Attempts::next(second, 1_300, 300)));
+    store.clear_attempts(&key).await.expect("clear");
+    assert_eq!(
+        store.count_attempt(&key, 1_301, 300).await.expect("count"),
+        Some(super::Attempts::next(None, 1_301, 300))
+    );
+    store.purge_expired(0, 2_000).await.expect("purge");
+    assert_eq!(
+        store.count_attempt(&key, 1_302, 300).await.expect("count"),
+        Some(super::Attempts::next(None, 1_302, 300))
+    );
 }
 
 async fn versions_acks_and_merge(store: &dyn Store) {

@@ -66,6 +66,35 @@ pub struct SessionInfo {
     pub username: Arc<str>,
     /// The user's current version, i.e. the cursor a fully synced client holds.
     pub version: u64,
+    /// When a request last came with this session's token, as last recorded by
+    /// [`Store::touch_token`] (a site's user, who has no token here: now).
+    pub last_used_ms: u64,
+}
+
+/// A sign-in throttle's count for one key: attempts in the current window, this one
+/// included, and when the window began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts {
+    pub count: u32,
+    pub since_ms: u64,
+}
+
+impl Attempts {
+    /// The count after one more attempt at `now_ms`: the window restarts once `window_ms`
+    /// has passed since it began. Every throttle counts with this one rule (the shared
+    /// counter in SQL says the same).
+    pub fn next(previous: Option<Attempts>, now_ms: u64, window_ms: u64) -> Attempts {
+        match previous {
+            Some(p) if now_ms < p.since_ms.saturating_add(window_ms) => Attempts {
+                count: p.count.saturating_add(1),
+                since_ms: p.since_ms,
+            },
+            _ => Attempts {
+                count: 1,
+                since_ms: now_ms,
+            },
+        }
+    }
 }
 
 /// One page of a pull.
@@ -200,6 +229,10 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<(), StoreError>;
 
+    /// Records that a request came with the token at `now_ms` (see
+    /// [`SessionInfo::last_used_ms`]).
+    async fn touch_token(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<(), StoreError>;
+
     /// Forgets a token; it must stop resolving at once, on every node.
     async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
 
@@ -241,6 +274,32 @@ pub trait Store: Send + Sync + 'static {
     /// client's ack are skipped, each remaining one is merged newest-wins and every winner
     /// bumps the user's version by one.
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError>;
+
+    /// Counts one sign-in attempt under `key` in a counter every node shares, atomically
+    /// ([`Attempts::next`]). `None` when the backend serves one node only: the server then
+    /// counts in memory.
+    async fn count_attempt(
+        &self,
+        _key: &[u8; 32],
+        _now_ms: u64,
+        _window_ms: u64,
+    ) -> Result<Option<Attempts>, StoreError> {
+        Ok(None)
+    }
+
+    /// Forgets the attempts counted under `key` by [`Store::count_attempt`].
+    async fn clear_attempts(&self, _key: &[u8; 32]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Deletes the sessions last used before `used_before_ms` (they stop resolving at once,
+    /// on every node) and the shared attempt windows begun before `attempts_before_ms`.
+    /// Returns how many sessions ended.
+    async fn purge_expired(
+        &self,
+        used_before_ms: u64,
+        attempts_before_ms: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Deletes tombstones stored at or before `stored_before_ms`, except each user's newest
     /// row (so a whole state always ends at its cursor's version), and raises each affected

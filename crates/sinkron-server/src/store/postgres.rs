@@ -35,8 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome,
-    SessionInfo, Store, StoreError, UserAccount, UserId,
+    restored_floor, subject_username, Attempts, ClientMark, OpenError, Page, PushBatch,
+    PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "version_floor",
         include_str!("../../migrations/postgres/0004_version_floor.sql"),
     ),
+    (
+        5,
+        "session_last_used",
+        include_str!("../../migrations/postgres/0005_session_last_used.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -73,7 +78,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 const COMPACTION_USERS_MAX: i64 = 1_000;
 
 /// The poll path: token hash → user → version, one indexed lookup each.
-const SESSION_SQL: &str = "SELECT u.id, u.username, u.version FROM tokens t
+const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at FROM tokens t
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
 
 /// A page in one statement, so the version, the horizon and the rows are one snapshot. The
@@ -403,6 +408,7 @@ fn session_of(row: &Row) -> SessionInfo {
         user_id: row.get(0),
         username: Arc::from(row.get::<_, &str>(1)),
         version: to_u64(row.get(2)),
+        last_used_ms: to_u64(row.get(3)),
     }
 }
 
@@ -605,7 +611,8 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "INSERT INTO tokens (token_hash, user_id, created_at) VALUES ($1, $2, $3)",
+                "INSERT INTO tokens (token_hash, user_id, created_at, last_used_at)
+                 VALUES ($1, $2, $3, $3)",
             )
             .await
             .map_err(store_err)?;
@@ -614,6 +621,90 @@ impl Store for PostgresStore {
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    async fn touch_token(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE tokens SET last_used_at = $2 WHERE token_hash = $1 AND last_used_at < $2",
+            )
+            .await
+            .map_err(store_err)?;
+        client
+            .execute(&stmt, &[&&token_hash[..], &now])
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn count_attempt(
+        &self,
+        key: &[u8; 32],
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Option<Attempts>, StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        // One statement, so concurrent attempts on any node each count (Attempts::next).
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO login_attempts AS a (key, attempts, since) VALUES ($1, 1, $2)
+                 ON CONFLICT (key) DO UPDATE SET
+                     attempts = CASE WHEN $2 < a.since + $3 THEN a.attempts + 1 ELSE 1 END,
+                     since = CASE WHEN $2 < a.since + $3 THEN a.since ELSE $2 END
+                 RETURNING attempts, since",
+            )
+            .await
+            .map_err(store_err)?;
+        let row = client
+            .query_one(&stmt, &[&&key[..], &now, &window])
+            .await
+            .map_err(store_err)?;
+        Ok(Some(Attempts {
+            count: u32::try_from(row.get::<_, i32>(0)).unwrap_or(u32::MAX),
+            since_ms: to_u64(row.get(1)),
+        }))
+    }
+
+    async fn clear_attempts(&self, key: &[u8; 32]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM login_attempts WHERE key = $1")
+            .await
+            .map_err(store_err)?;
+        client
+            .execute(&stmt, &[&&key[..]])
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn purge_expired(
+        &self,
+        used_before_ms: u64,
+        attempts_before_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let used_before = i64::try_from(used_before_ms).unwrap_or(i64::MAX);
+        let attempts_before = i64::try_from(attempts_before_ms).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let ended = client
+            .execute(
+                "DELETE FROM tokens WHERE last_used_at < $1",
+                &[&used_before],
+            )
+            .await
+            .map_err(store_err)?;
+        client
+            .execute(
+                "DELETE FROM login_attempts WHERE since < $1",
+                &[&attempts_before],
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(ended)
     }
 
     async fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
@@ -747,6 +838,7 @@ impl Store for PostgresStore {
             user_id: row.get(0),
             username: subject.into(),
             version: to_u64(row.get(1)),
+            last_used_ms: now_ms,
         })
     }
 

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "version_floor",
         include_str!("../../migrations/sqlite/0004_version_floor.sql"),
     ),
+    (
+        5,
+        "session_last_used",
+        include_str!("../../migrations/sqlite/0005_session_last_used.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -64,8 +69,8 @@ const CACHE_ENTRIES_MAX: usize = 100_000;
 /// Sessions and versions known to be current. See the module doc for why this is safe.
 #[derive(Default)]
 struct Cache {
-    /// Token hash → (user id, username).
-    tokens: HashMap<[u8; 32], (UserId, Arc<str>)>,
+    /// Token hash → the session (its `version` unused: [`Cache::versions`] has it).
+    tokens: HashMap<[u8; 32], SessionInfo>,
     /// User id → version; only ever raised.
     versions: HashMap<UserId, u64>,
     /// A site user's subject → user id; never changes once made.
@@ -639,10 +644,26 @@ impl Store for SqliteStore {
         let now = to_i64(now_ms, "server time")?;
         self.write(move |conn, _| {
             conn.prepare_cached(
-                "INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO tokens (token_hash, user_id, created_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?3)",
             )
             .and_then(|mut s| s.execute(params![&hash[..], user_id, now]))
             .map_err(store_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_token(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+        let hash = *token_hash;
+        let now = to_i64(now_ms, "server time")?;
+        self.write(move |conn, cache| {
+            conn.prepare_cached("UPDATE tokens SET last_used_at = ?2 WHERE token_hash = ?1")
+                .and_then(|mut s| s.execute(params![&hash[..], now]))
+                .map_err(store_err)?;
+            if let Some(session) = lock(cache).tokens.get_mut(&hash) {
+                session.last_used_ms = session.last_used_ms.max(now_ms);
+            }
             Ok(())
         })
         .await
@@ -677,7 +698,7 @@ impl Store for SqliteStore {
             cache.revocations += 1;
             cache
                 .tokens
-                .retain(|hash, (user, _)| *user != user_id || Some(*hash) == keep);
+                .retain(|hash, s| s.user_id != user_id || Some(*hash) == keep);
             Ok(ended as u64)
         })
         .await
@@ -702,7 +723,7 @@ impl Store for SqliteStore {
                 .map_err(store_err)?;
             let mut cache = lock(cache);
             cache.revocations += 1;
-            cache.tokens.retain(|_, (user, _)| *user != user_id);
+            cache.tokens.retain(|_, s| s.user_id != user_id);
             cache.subjects.retain(|_, user| *user != user_id);
             cache.versions.remove(&user_id);
             Ok(())
@@ -713,12 +734,11 @@ impl Store for SqliteStore {
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
         let revocations = {
             let cache = lock(&self.cache);
-            if let Some((user_id, username)) = cache.tokens.get(token_hash) {
-                if let Some(&version) = cache.versions.get(user_id) {
+            if let Some(session) = cache.tokens.get(token_hash) {
+                if let Some(&version) = cache.versions.get(&session.user_id) {
                     return Ok(Some(SessionInfo {
-                        user_id: *user_id,
-                        username: username.clone(),
                         version,
+                        ..session.clone()
                     }));
                 }
             }
@@ -728,7 +748,7 @@ impl Store for SqliteStore {
         let row = self
             .read(move |conn| {
                 conn.prepare_cached(
-                    "SELECT u.id, u.username, u.version FROM tokens t
+                    "SELECT u.id, u.username, u.version, t.last_used_at FROM tokens t
                      JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
                 )
                 .and_then(|mut s| {
@@ -737,6 +757,7 @@ impl Store for SqliteStore {
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
                         ))
                     })
                     .optional()
@@ -744,23 +765,23 @@ impl Store for SqliteStore {
                 .map_err(store_err)
             })
             .await?;
-        let Some((user_id, username, version)) = row else {
+        let Some((user_id, username, version, last_used)) = row else {
             return Ok(None);
         };
-        let username: Arc<str> = username.into();
         let mut cache = lock(&self.cache);
-        let version = cache.raise_version(user_id, to_u64(version));
+        let session = SessionInfo {
+            user_id,
+            username: username.into(),
+            version: cache.raise_version(user_id, to_u64(version)),
+            last_used_ms: to_u64(last_used),
+        };
         if cache.revocations == revocations {
             if cache.tokens.len() >= CACHE_ENTRIES_MAX {
                 cache.tokens.clear();
             }
-            cache.tokens.insert(hash, (user_id, username.clone()));
+            cache.tokens.insert(hash, session.clone());
         }
-        Ok(Some(SessionInfo {
-            user_id,
-            username,
-            version,
-        }))
+        Ok(Some(session))
     }
 
     async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
@@ -777,6 +798,7 @@ impl Store for SqliteStore {
                 user_id,
                 username,
                 version,
+                last_used_ms: now_ms,
             });
         }
         let owned = subject.to_owned();
@@ -809,6 +831,7 @@ impl Store for SqliteStore {
             user_id,
             username,
             version,
+            last_used_ms: now_ms,
         })
     }
 
@@ -899,6 +922,27 @@ impl Store for SqliteStore {
             .await?;
         *lock(&self.cache) = Cache::default();
         Ok(floor)
+    }
+
+    async fn purge_expired(
+        &self,
+        used_before_ms: u64,
+        _attempts_before_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let before = i64::try_from(used_before_ms).unwrap_or(i64::MAX);
+        self.write(move |conn, cache| {
+            let ended = conn
+                .prepare_cached("DELETE FROM tokens WHERE last_used_at < ?1")
+                .and_then(|mut s| s.execute([before]))
+                .map_err(store_err)?;
+            if ended > 0 {
+                let mut cache = lock(cache);
+                cache.revocations += 1;
+                cache.tokens.retain(|_, s| s.last_used_ms >= used_before_ms);
+            }
+            Ok(ended as u64)
+        })
+        .await
     }
 
     async fn compact_tombstones(&self, stored_before_ms: u64) -> Result<u64, StoreError> {
