@@ -290,8 +290,9 @@ fn sqlite_users(path: &std::path::Path) -> Result<Vec<String>, String> {
         let id = tx.last_insert_rowid();
         let token = token_of(id);
         tx.execute(
-            "INSERT INTO tokens (token_hash, user_id, created_at) VALUES (?1, ?2, 0)",
-            rusqlite::params![hash_of(&token), id],
+            "INSERT INTO tokens (token_hash, user_id, created_at, last_used_at)
+             VALUES (?1, ?2, ?3, ?3)",
+            rusqlite::params![hash_of(&token), id, now_ms()],
         )
         .map_err(|e| e.to_string())?;
         tokens.push(token);
@@ -319,9 +320,9 @@ async fn postgres_users(url: &str) -> Result<Vec<String>, String> {
     let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| hash_of(t)).collect();
     client
         .execute(
-            "INSERT INTO tokens (token_hash, user_id, created_at)
-             SELECT h, id, 0 FROM unnest($1::bytea[], $2::int8[]) AS t(h, id)",
-            &[&hashes, &ids],
+            "INSERT INTO tokens (token_hash, user_id, created_at, last_used_at)
+             SELECT h, id, $3, $3 FROM unnest($1::bytea[], $2::int8[]) AS t(h, id)",
+            &[&hashes, &ids, &now_ms()],
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -442,6 +443,13 @@ impl Deployment {
                 "builtin,jwt",
                 "--jwt-hs256-secret-file",
                 &secret_arg,
+                // Each push connection is one user pushing as fast as it can: the per-user
+                // limits are set out of reach, so they are checked (and cost what they
+                // cost) without refusing anything.
+                "--user-requests-per-minute",
+                "1000000000",
+                "--user-concurrency",
+                "1000000",
             ])
             .env("SINKRON_LOG", "warn");
         let server = Process::spawn(command)?;
@@ -811,4 +819,11 @@ fn print_table(settings: &Settings, hello: &Outcome, results: &[(Backend, Result
         "–".into(),
         &|r| format!("{:.1}", r.rss_mib),
     );
+}
+
+/// Now, in milliseconds since the Unix epoch: when the benchmark's sessions were last used.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

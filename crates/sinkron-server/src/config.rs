@@ -98,6 +98,30 @@ pub struct Config {
     )]
     pub session_idle_secs: u64,
 
+    /// Sync requests (pulls and pushes) one user may make a minute on one node, in bursts of
+    /// a fifth of it; past it the user's devices are answered 429 with `Retry-After`. 0: no
+    /// limit. A user's devices poll about twice a minute each and push at most every few
+    /// hundred milliseconds while clicked.
+    #[arg(
+        long,
+        env = "SINKRON_USER_REQUESTS_PER_MINUTE",
+        value_name = "N",
+        default_value_t = 600
+    )]
+    pub user_requests_per_minute: u32,
+
+    /// Sync requests of one user in progress at once on one node; past it, 429. Each holds
+    /// a database connection on PostgreSQL, so this bounds what one account can take from
+    /// the others.
+    #[arg(
+        long,
+        env = "SINKRON_USER_CONCURRENCY",
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub user_concurrency: u32,
+
     /// A request taking longer than this many seconds is cut off.
     #[arg(
         long,
@@ -265,6 +289,8 @@ impl Default for Config {
             page_size: 1000,
             tombstone_ttl_secs: 30 * 24 * 3600,
             session_idle_secs: 30 * 24 * 3600,
+            user_requests_per_minute: 600,
+            user_concurrency: 4,
             request_timeout_secs: 30,
             idle_timeout_secs: 75,
             max_connections: None,
@@ -365,6 +391,8 @@ impl fmt::Debug for Config {
             .field("page_size", &self.page_size)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
             .field("session_idle_secs", &self.session_idle_secs)
+            .field("user_requests_per_minute", &self.user_requests_per_minute)
+            .field("user_concurrency", &self.user_concurrency)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("max_connections", &self.max_connections)

@@ -66,6 +66,14 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    /// The same error with another message for people.
+    pub fn with_message(self, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            message: message.into(),
+            ..self
+        }
+    }
+
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self {
             retry_after: Some(retry_after_secs.max(1)),

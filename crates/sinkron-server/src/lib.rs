@@ -11,6 +11,7 @@ pub mod authn;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod limits;
 pub mod listen;
 pub mod password;
 pub mod site;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// In-memory guards of the sign-in routes (hashing slots, login throttle).
     guards: Arc<auth::AuthGuards>,
+    /// Per-user limits of the sync routes.
+    limits: Arc<limits::UserLimits>,
     /// Sinkron's own accounts' tokens, when those accounts are on (their routes too).
     builtin: Option<Arc<authn::BuiltinTokens>>,
     /// Who else may sign requests in, asked in order after the built-in tokens: the site's
@@ -88,6 +91,10 @@ impl AppState {
                 idle_ms: config.session_idle_secs.saturating_mul(1000),
             })
         });
+        let limits = Arc::new(limits::UserLimits::new(
+            config.user_requests_per_minute,
+            config.user_concurrency,
+        ));
         Self(Arc::new(Shared {
             builtin,
             authenticators: Arc::new([]),
@@ -95,6 +102,7 @@ impl AppState {
             store,
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
+            limits,
             clock: Arc::new(now_ms),
         }))
     }

@@ -99,6 +99,7 @@ async fn pull(
     user: AuthUser,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let _admitted = state.limits.admit(user.user_id)?;
     let headers = req.headers();
     let since = last_sync(req.uri().query())
         .map(|c| parse_cursor(c, user.version))
@@ -230,6 +231,7 @@ async fn push(
     user: AuthUser,
     AppJson(req): AppJson<PushRequest>,
 ) -> Result<Response, ApiError> {
+    let _admitted = state.limits.admit(user.user_id)?;
     validate_push(&req, &state.config.collections)?;
     let since = req
         .last_sync

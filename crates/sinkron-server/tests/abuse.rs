@@ -338,3 +338,90 @@ async fn on_postgres_guesses_through_every_node_count_together() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A push of one record by `token`'s user as client `client`, id `id`: its status and how
+/// long it took.
+async fn timed_push(
+    http: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    client: &str,
+    id: u64,
+) -> (u16, Duration) {
+    let body = support::batch(
+        client,
+        vec![support::mutation(
+            id,
+            "likes",
+            &format!("k{id}"),
+            json!({}),
+            id,
+        )],
+        None,
+    );
+    let started = Instant::now();
+    let r = http
+        .post(server.url("/api/user/me/changes"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("push");
+    (r.status().as_u16(), started.elapsed())
+}
+
+#[tokio::test]
+async fn one_user_flooding_pushes_is_held_back_and_others_push_as_usual() {
+    // A small pool, as one node of many would have: without a per-user limit one user's
+    // pushes (which queue on the user's row) take every connection.
+    let server = Server::start_with(Backend::Postgres, &["--db-pool-size", "4"]).await;
+    let (flooder, other) = (
+        server.register("flooder").await,
+        server.register("other").await,
+    );
+    let http = reqwest::Client::new();
+    let server = std::sync::Arc::new(server);
+    let mut flood = JoinSet::new();
+    for i in 0..100u64 {
+        let (http, server, token) = (http.clone(), server.clone(), flooder.token.clone());
+        flood.spawn(async move {
+            let mut statuses = Vec::new();
+            for j in 0..5 {
+                let id = i * 5 + j + 1;
+                statuses.push(
+                    timed_push(&http, &server, &token, &format!("f{i}"), id)
+                        .await
+                        .0,
+                );
+            }
+            statuses
+        });
+    }
+    let mut others = Vec::new();
+    for id in 1..=20 {
+        others.push(timed_push(&http, &server, &other.token, "o", id).await);
+    }
+    let flooded: Vec<u16> = flood.join_all().await.concat();
+    let refused = flooded.iter().filter(|s| **s == 429).count();
+    let mut latencies: Vec<Duration> = others.iter().map(|(_, took)| *took).collect();
+    latencies.sort_unstable();
+    eprintln!(
+        "the other user's push latency during the flood: median {:?}, max {:?}; \
+         the flooder's pushes refused: {refused} of {}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        flooded.len()
+    );
+    assert!(
+        others.iter().all(|(status, _)| *status == 200),
+        "the other user's pushes: {others:?}"
+    );
+    assert!(
+        refused > 0 && flooded.iter().all(|s| *s == 200 || *s == 429),
+        "the flooder is answered 429 past its limits, nothing else: {flooded:?}"
+    );
+    std::sync::Arc::into_inner(server)
+        .expect("one handle")
+        .stop()
+        .await;
+}

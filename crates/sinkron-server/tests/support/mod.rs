@@ -87,6 +87,15 @@ fn postgres_admin(sql: String) -> Result<(), String> {
     .map_err(|_| "the admin thread panicked".to_owned())?
 }
 
+/// Flags that lift the per-user limits, for tests that load one user on purpose (storage
+/// under concurrency), not the limits.
+pub const UNLIMITED: [&str; 4] = [
+    "--user-requests-per-minute",
+    "0",
+    "--user-concurrency",
+    "10000",
+];
+
 /// A uniquely named PostgreSQL database, dropped (with any connection left) on drop.
 pub struct PostgresDatabase {
     name: String,
