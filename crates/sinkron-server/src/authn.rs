@@ -379,3 +379,6 @@ mod tests {
         assert_eq!(cookie(&h, "site"), None);
     }
 }
+
+#[cfg(test)]
+mod props;

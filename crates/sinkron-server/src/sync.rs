@@ -378,3 +378,6 @@ mod tests {
         assert_eq!(last_sync(None), None);
     }
 }
+
+#[cfg(test)]
+mod props;
