@@ -158,23 +158,28 @@ impl ClientIp {
         };
         let mut ip = peer.ip();
         if trusted.contains(&ip) {
+            // Every entry of every line, as bytes: an entry that is not an address (whatever
+            // bytes the client put there) is a malformed hop, never skipped over.
             let forwarded = parts
                 .headers
                 .get_all("x-forwarded-for")
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|a| a.trim().parse::<IpAddr>())
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|a| {
+                    std::str::from_utf8(a)
+                        .ok()
+                        .and_then(|a| a.trim().parse::<IpAddr>().ok())
+                })
                 .collect::<Vec<_>>();
             // Right to left: each proxy appends the address it got the request from.
             for address in forwarded.into_iter().rev() {
                 match address {
-                    Ok(a) if trusted.contains(&a) => ip = a,
-                    Ok(a) => {
+                    Some(a) if trusted.contains(&a) => ip = a,
+                    Some(a) => {
                         ip = a;
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
