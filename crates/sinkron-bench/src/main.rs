@@ -59,6 +59,8 @@ impl Backend {
 struct Settings {
     secs: Duration,
     backends: Vec<Backend>,
+    /// The servers' `SINKRON_LOG`: `warn` (no line per request) unless measuring the log.
+    server_log: String,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
     let mut settings = Settings {
         secs: Duration::from_secs(5),
         backends: vec![Backend::Sqlite, Backend::Postgres],
+        server_log: "warn".into(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            ("--server-log", Some(level)) => settings.server_log = level.clone(),
             (other, _) => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -111,7 +115,7 @@ fn main() -> ExitCode {
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "error: {problem}\nusage: sinkron-bench [--secs N] [--backends sqlite,postgres]\n       sinkron-bench hello   (the baseline server)"
+        "error: {problem}\nusage: sinkron-bench [--secs N] [--backends sqlite,postgres] [--server-log LEVEL]\n       sinkron-bench hello   (the baseline server)"
     );
     ExitCode::from(2)
 }
@@ -414,7 +418,7 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(backend: Backend, sinkron: &std::path::Path) -> Result<Self, String> {
+    async fn start(backend: Backend, sinkron: &std::path::Path, log: &str) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!(
             "sinkron-bench-{}-{}",
             std::process::id(),
@@ -451,7 +455,7 @@ impl Deployment {
                 "--user-concurrency",
                 "1000000",
             ])
-            .env("SINKRON_LOG", "warn");
+            .env("SINKRON_LOG", log);
         let server = Process::spawn(command)?;
         eprintln!("    {}: creating {USERS} users", backend.name());
         let tokens = match backend {
@@ -657,7 +661,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
     let mut deployments = Vec::new();
     for &backend in &settings.backends {
         eprintln!("==> {}: starting", backend.name());
-        deployments.push(Deployment::start(backend, &sinkron).await?);
+        deployments.push(Deployment::start(backend, &sinkron, &settings.server_log).await?);
     }
 
     // Polls and the baseline take turns, and each keeps its best round: on a shared machine

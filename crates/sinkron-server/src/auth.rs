@@ -74,6 +74,8 @@ pub struct AuthGuards {
     /// Sign-in attempts per client address (`governor`): guessing across usernames, or
     /// making accounts in bulk, from one client.
     attempts: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Wrong passwords given since [`AuthGuards::take_failures`] was last called.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl Default for AuthGuards {
@@ -82,6 +84,7 @@ impl Default for AuthGuards {
         Self {
             hashers: Hashers::new(cores, HASH_QUEUE_MAX),
             checks: Mutex::new(HashMap::new()),
+            failures: std::sync::atomic::AtomicU64::new(0),
             attempts: governor::RateLimiter::keyed(
                 governor::Quota::per_minute(nonzero(ATTEMPTS_PER_MINUTE))
                     .allow_burst(nonzero(ATTEMPTS_BURST)),
@@ -151,6 +154,16 @@ impl AuthGuards {
         let next = Attempts::next(map.get(key).copied(), now_ms, LOGIN_WINDOW_MS);
         map.insert(*key, next);
         next
+    }
+
+    /// How many wrong passwords were given since the last call (the server logs it).
+    pub fn take_failures(&self) -> u64 {
+        self.failures.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn failed(&self) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The check under `key` succeeded: its count starts again.
@@ -316,6 +329,7 @@ async fn login(
         })
         .await?;
     let Some(account) = account.filter(|_| verified) else {
+        state.guards.failed();
         return Err(invalid());
     };
     state.guards.checked(state.store.as_ref(), &key).await?;
@@ -370,6 +384,7 @@ async fn confirm_password(
         .hash_job(move |memory| password::verify(memory, &password, &phc))
         .await?;
     if !verified {
+        state.guards.failed();
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",

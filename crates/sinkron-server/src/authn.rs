@@ -153,15 +153,23 @@ pub struct ClientIp(pub Option<IpAddr>);
 
 impl ClientIp {
     pub fn of(parts: &Parts, trusted: &[IpAddr]) -> Self {
-        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+        Self::of_head(&parts.extensions, &parts.headers, trusted)
+    }
+
+    /// [`ClientIp::of`] a request's extensions and headers.
+    pub fn of_head(
+        extensions: &axum::http::Extensions,
+        headers: &HeaderMap,
+        trusted: &[IpAddr],
+    ) -> Self {
+        let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
             return ClientIp(None);
         };
         let mut ip = peer.ip();
         if trusted.contains(&ip) {
             // Every entry of every line, as bytes: an entry that is not an address (whatever
             // bytes the client put there) is a malformed hop, never skipped over.
-            let forwarded = parts
-                .headers
+            let forwarded = headers
                 .get_all("x-forwarded-for")
                 .iter()
                 .flat_map(|v| v.as_bytes().split(|b| *b == b','))

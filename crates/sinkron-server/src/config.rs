@@ -122,6 +122,28 @@ pub struct Config {
     )]
     pub user_concurrency: u32,
 
+    /// Most records holding a value that one user may store; a push that would store more is
+    /// refused whole with 413 `quota_exceeded` (deletes always pass).
+    #[arg(
+        long,
+        env = "SINKRON_USER_RECORDS_MAX",
+        value_name = "N",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub user_records_max: u64,
+
+    /// Most bytes of values one user may store (64 MiB by default); past it, as with
+    /// `--user-records-max`.
+    #[arg(
+        long,
+        env = "SINKRON_USER_BYTES_MAX",
+        value_name = "BYTES",
+        default_value_t = 64 << 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub user_bytes_max: u64,
+
     /// A request taking longer than this many seconds is cut off.
     #[arg(
         long,
@@ -291,6 +313,8 @@ impl Default for Config {
             session_idle_secs: 30 * 24 * 3600,
             user_requests_per_minute: 600,
             user_concurrency: 4,
+            user_records_max: 100_000,
+            user_bytes_max: 64 << 20,
             request_timeout_secs: 30,
             idle_timeout_secs: 75,
             max_connections: None,
@@ -393,6 +417,8 @@ impl fmt::Debug for Config {
             .field("session_idle_secs", &self.session_idle_secs)
             .field("user_requests_per_minute", &self.user_requests_per_minute)
             .field("user_concurrency", &self.user_concurrency)
+            .field("user_records_max", &self.user_records_max)
+            .field("user_bytes_max", &self.user_bytes_max)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("max_connections", &self.max_connections)

@@ -129,6 +129,14 @@ impl From<StoreError> for ApiError {
                     ),
                 )
             },
+            StoreError::QuotaExceeded { what, limit } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_exceeded",
+                format!(
+                    "this push would store more than the user's quota of {limit} {what}; \
+                     delete records to make room"
+                ),
+            ),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "storage unavailable");
                 Self {

@@ -146,6 +146,11 @@ impl AppState {
         }))
     }
 
+    /// Wrong passwords given to the built-in accounts since the last call.
+    pub fn take_failed_sign_ins(&self) -> u64 {
+        self.guards.take_failures()
+    }
+
     /// The time by this state's clock.
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
@@ -213,9 +218,11 @@ fn api_routes(state: &AppState) -> Router<AppState> {
 }
 
 /// What every request passes through: JSON 405s, body limits, the timeout, panics as 500s,
-/// JSON errors, a span per request (method and route only), sensitive headers.
+/// JSON errors, one log line per request at info (method, route, client address, status,
+/// latency: never a header, a query or a body), sensitive headers.
 fn with_layers(router: Router<AppState>, state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
+    let trusted: Arc<[std::net::IpAddr]> = state.config.trusted_proxies.clone().into();
     router
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
@@ -230,13 +237,24 @@ fn with_layers(router: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(json_errors))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let path = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("<unmatched>", MatchedPath::as_str);
-            tracing::info_span!("request", method = %req.method(), path)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("<unmatched>", MatchedPath::as_str);
+                    let client = authn::ClientIp::of_head(req.extensions(), req.headers(), &trusted);
+                    match client.0 {
+                        Some(ip) => tracing::info_span!("request", method = %req.method(), route = %route, client = %ip),
+                        None => tracing::info_span!("request", method = %req.method(), route = %route),
+                    }
+                })
+                .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
+                    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                    tracing::info!(status = res.status().as_u16(), micros, "answered");
+                }),
+        )
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,

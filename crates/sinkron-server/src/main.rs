@@ -119,6 +119,7 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     sweep.run(store.as_ref()).await;
     let compactor = tokio::spawn(sweep_hourly(store.clone(), sweep));
+    let failures = tokio::spawn(count_failed_sign_ins(state.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
@@ -145,6 +146,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?limits, "connection limits");
     listen::serve(listener, app(state), limits, shutdown_signal()).await;
     compactor.abort();
+    failures.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -189,6 +191,20 @@ impl Sweep {
             Ok(0) => {}
             Ok(ended) => tracing::info!(ended, "ended sessions unused too long"),
             Err(e) => tracing::error!(error = %e, "ending unused sessions failed"),
+        }
+    }
+}
+
+/// Once a minute, how many wrong passwords were given, when any were: a guessing attack shows
+/// in the log even where each request's line is not kept.
+async fn count_failed_sign_ins(state: AppState) {
+    let period = Duration::from_secs(60);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        timer.tick().await;
+        let failed = state.take_failed_sign_ins();
+        if failed > 0 {
+            tracing::warn!(failed, "wrong passwords given in the last minute");
         }
     }
 }

@@ -18,7 +18,7 @@ use sinkron_core::Mutation;
 
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::store::{Page, PushBatch};
+use crate::store::{Page, PushBatch, Quota};
 use crate::AppState;
 
 /// Mutation ids are stored as SQLite/PostgreSQL `BIGINT`.
@@ -250,6 +250,10 @@ async fn push(
                 updated_at_max: now.saturating_add(state.config.max_future_ms),
                 since,
                 limit: state.config.page_size(),
+                quota: Quota {
+                    records: state.config.user_records_max,
+                    bytes: state.config.user_bytes_max,
+                },
             },
         )
         .await?;

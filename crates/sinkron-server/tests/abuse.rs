@@ -425,3 +425,39 @@ async fn one_user_flooding_pushes_is_held_back_and_others_push_as_usual() {
         .stop()
         .await;
 }
+
+#[tokio::test]
+async fn a_user_past_the_storage_quota_is_told_so_and_stores_nothing_of_the_push() {
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--user-records-max", "3", "--user-bytes-max", "1000"],
+    )
+    .await;
+    let (ann, bob) = (server.register("ann").await, server.register("bob").await);
+    let writes = |first: u64, count: u64, bytes: usize| {
+        let value = json!({"text": "x".repeat(bytes)});
+        let mutations = (first..first + count)
+            .map(|id| support::mutation(id, "likes", &format!("k{id}"), value.clone(), id))
+            .collect();
+        support::batch("device", mutations, None)
+    };
+    server.push_ok(&ann.token, &writes(1, 3, 10)).await;
+    let r = server.push(&ann.token, &writes(4, 1, 10)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (413, "quota_exceeded")
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("3 records")));
+    let r = server.push(&bob.token, &writes(1, 1, 2_000)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (413, "quota_exceeded")
+    );
+    // Nothing of the refused pushes is stored; Bob, within his quota, pushes as usual.
+    assert_eq!(server.state(&ann.token).await.len(), 3);
+    assert!(server.state(&bob.token).await.is_empty());
+    server.push_ok(&bob.token, &writes(2, 3, 10)).await;
+    server.stop().await;
+}

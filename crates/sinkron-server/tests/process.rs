@@ -445,3 +445,79 @@ on_every_backend!(
     a_cursor_behind_compacted_tombstones_gets_a_reset,
     the_environment_configures_the_server,
 );
+
+#[tokio::test]
+async fn each_request_is_one_info_line_with_its_client_and_never_a_token() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--database", &url])
+        .env("SINKRON_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sinkron binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let first = BufReader::new(stdout).lines().next_line().await;
+    let line = first.expect("stdout").expect("a line");
+    let base = line
+        .strip_prefix("listening on ")
+        .expect("its address")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let session: serde_json::Value = http
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"username": "ann", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("a session");
+    let token = session["token"].as_str().expect("token").to_owned();
+    let pull = |token: String| {
+        http.get(format!("{base}/api/user/me?lastSync=0"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(pull(token.clone()).await.expect("pull").status(), 200);
+    assert_eq!(pull("f".repeat(64)).await.expect("pull").status(), 401);
+    let wrong = json!({"username": "ann", "password": "not the password"});
+    let r = http
+        .post(format!("{base}/api/auth/login"))
+        .json(&wrong)
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 401);
+    child.start_kill().expect("kill");
+    let out = child.wait_with_output().await.expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line_with = |parts: &[&str]| {
+        log.lines()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_owned)
+    };
+    for (route, status) in [
+        ("route=/api/auth/register", "status=201"),
+        ("route=/api/user/me", "status=200"),
+        ("route=/api/user/me", "status=401"),
+        ("route=/api/auth/login", "status=401"),
+    ] {
+        let found = line_with(&[
+            "INFO",
+            "method=",
+            route,
+            "client=127.0.0.1",
+            status,
+            "micros=",
+        ]);
+        assert!(found.is_some(), "no line for {route} {status} in:\n{log}");
+    }
+    assert!(!log.contains(&token), "a token was logged:\n{log}");
+    assert!(!log.contains("lastSync"), "a query was logged:\n{log}");
+    assert!(!log.contains("correct horse") && !log.contains("not the password"));
+}

@@ -5,7 +5,7 @@
 
 use sinkron_core::Mutation;
 
-use super::{PushBatch, Store, StoreError};
+use super::{PushBatch, Quota, Store, StoreError};
 
 fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
     Mutation {
@@ -25,6 +25,7 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) 
         updated_at_max: 61_000,
         since,
         limit: 100,
+        quota: Quota::UNLIMITED,
     }
 }
 
@@ -38,6 +39,101 @@ pub async fn run(store: &dyn Store) {
     compaction_raises_the_horizon(store).await;
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
+    the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
+}
+
+async fn the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store: &dyn Store) {
+    let id = store.create_user("quota", "phc", 1).await.expect("create");
+    let quota = Quota {
+        records: 3,
+        bytes: 40,
+    };
+    let push = |mutations: Vec<super::Mutation>| async move {
+        let batch = PushBatch {
+            quota,
+            ..batch("q", &mutations, None)
+        };
+        store.push(id, batch).await.map(|o| o.version)
+    };
+    // Three records of 10 bytes each: 3 records, 30 bytes.
+    let ten = Some(r#"{"a":"12"}"#);
+    push(vec![
+        m(1, "a", ten, 10),
+        m(2, "b", ten, 10),
+        m(3, "c", ten, 10),
+    ])
+    .await
+    .expect("within the quota");
+    // A fourth record is past the records quota: refused whole, the batch's other write too.
+    let refused = push(vec![m(4, "a", Some("{}"), 20), m(5, "d", ten, 20)]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::QuotaExceeded {
+                what: "records",
+                limit: 3
+            })
+        ),
+        "{refused:?}"
+    );
+    // Growing a value past the bytes quota is refused; rewriting one the same size is not.
+    let big = Some(r#"{"a":"123456789012345678901"}"#);
+    assert!(matches!(
+        push(vec![m(4, "a", big, 30)]).await,
+        Err(StoreError::QuotaExceeded {
+            what: "bytes",
+            limit: 40
+        })
+    ));
+    let same = Some(r#"{"a":"34"}"#);
+    let version = push(vec![m(4, "a", same, 30)]).await.expect("no growth");
+    // A tombstone frees a record, and the freed room can be taken again.
+    push(vec![m(5, "b", None, 40)]).await.expect("a delete");
+    push(vec![m(6, "d", ten, 40)]).await.expect("room again");
+    // Nothing of the refused batches was stored.
+    let page = store.pull(id, None, 100).await.expect("pull");
+    let live: Vec<(&str, Option<&str>)> = page
+        .changes
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.as_deref()))
+        .collect();
+    assert_eq!(
+        live,
+        [("c", ten), ("a", same), ("b", None), ("d", ten)],
+        "after version {version}"
+    );
+    // Above a lowered quota, deleting still works and growing does not.
+    let lowered = Quota {
+        records: 1,
+        bytes: 40,
+    };
+    let delete = [m(7, "c", None, 50)];
+    store
+        .push(
+            id,
+            PushBatch {
+                quota: lowered,
+                ..batch("q", &delete, None)
+            },
+        )
+        .await
+        .expect("a delete above the quota");
+    let grow = [m(8, "e", Some("{}"), 50)];
+    assert!(matches!(
+        store
+            .push(
+                id,
+                PushBatch {
+                    quota: lowered,
+                    ..batch("q", &grow, None)
+                }
+            )
+            .await,
+        Err(StoreError::QuotaExceeded {
+            what: "records",
+            ..
+        })
+    ));
 }
 
 async fn site_users_are_made_once_per_subject(store: &dyn Store) {

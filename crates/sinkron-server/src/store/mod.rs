@@ -42,6 +42,10 @@ pub enum StoreError {
     /// applied.
     #[error("mutation ids at or below the ack {ack} reused")]
     IdsReused { ack: u64 },
+    /// The batch would take the user past the storage quota ([`Quota::check`]). Nothing was
+    /// applied.
+    #[error("the user's storage quota of {limit} {what} would be exceeded")]
+    QuotaExceeded { what: &'static str, limit: u64 },
     /// The backend is busy or unreachable; trying again later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -133,6 +137,79 @@ impl Page {
     }
 }
 
+/// What a user's live records take: how many hold a value, and those values' bytes.
+/// Tombstones take nothing (they are compacted away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub records: i64,
+    pub bytes: i64,
+}
+
+impl Usage {
+    /// What a record takes when it holds `value` (`None`: absent, or a tombstone).
+    pub fn of(value: Option<usize>) -> Usage {
+        match value {
+            Some(bytes) => Usage {
+                records: 1,
+                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            },
+            None => Usage::default(),
+        }
+    }
+
+    /// The change when a record that held `before` comes to hold `after`.
+    pub fn change(before: Option<usize>, after: Option<usize>) -> Usage {
+        let (b, a) = (Usage::of(before), Usage::of(after));
+        Usage {
+            records: a.records - b.records,
+            bytes: a.bytes - b.bytes,
+        }
+    }
+
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            records: self.records.saturating_add(other.records),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+/// The most a user may store. Every backend applies this one rule to a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Quota {
+    pub const UNLIMITED: Quota = Quota {
+        records: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// Refuses a batch that takes the user from `before` by `change` past the quota in a
+    /// measure that the batch grows. A batch that grows nothing (deletes, smaller values)
+    /// passes even above the quota, so a user over it (after the quota was lowered) can
+    /// always make room.
+    pub fn check(&self, before: Usage, change: Usage) -> Result<(), StoreError> {
+        let after = before.plus(change);
+        let past = |now: i64, limit: u64| u64::try_from(now).is_ok_and(|n| n > limit);
+        if change.records > 0 && past(after.records, self.records) {
+            return Err(StoreError::QuotaExceeded {
+                what: "records",
+                limit: self.records,
+            });
+        }
+        if change.bytes > 0 && past(after.bytes, self.bytes) {
+            return Err(StoreError::QuotaExceeded {
+                what: "bytes",
+                limit: self.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A validated push batch.
 #[derive(Clone, Copy, Debug)]
 pub struct PushBatch<'a> {
@@ -147,6 +224,8 @@ pub struct PushBatch<'a> {
     pub since: Option<u64>,
     /// Most changes in the returned page.
     pub limit: usize,
+    /// What the user may store at most after the batch.
+    pub quota: Quota,
 }
 
 /// What the server remembers of a client id: the highest mutation id it took (the ack)

@@ -36,7 +36,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     restored_floor, subject_username, Attempts, ClientMark, OpenError, Page, PushBatch,
-    PushOutcome, SessionInfo, Store, StoreError, UserAccount, UserId,
+    PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "session_last_used",
         include_str!("../../migrations/postgres/0005_session_last_used.sql"),
+    ),
+    (
+        6,
+        "user_usage",
+        include_str!("../../migrations/postgres/0006_user_usage.sql"),
     ),
 ];
 
@@ -100,12 +105,13 @@ const PAGE_SQL: &str = "SELECT u.version, u.horizon,
      WHERE u.id = $1";
 
 /// Locks the user's row for the rest of the push and reads the client's ack.
-const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max
+const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max, u.records, u.bytes
      FROM users u LEFT JOIN clients c ON c.user_id = u.id AND c.client_id = $2
      WHERE u.id = $1 FOR NO KEY UPDATE OF u";
 
-/// The stored order keys of the records a batch writes to.
-const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id
+/// The stored order keys of the records a batch writes to, and their values' sizes.
+const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id,
+            octet_length(r.value)
      FROM records r
      JOIN unnest($2::bytea[], $3::bytea[]) AS k(collection, key)
        ON r.collection = k.collection AND r.key = k.key
@@ -130,7 +136,8 @@ const WRITE_SQL: &str = "WITH written AS (
              ack = excluded.ack, stamp_max = excluded.stamp_max
          RETURNING 1
      )
-     UPDATE users SET version = $11 WHERE id = $1 AND version < $11";
+     UPDATE users SET version = $11, records = records + $13, bytes = bytes + $14
+     WHERE id = $1 AND version < $11";
 
 pub struct PostgresStore {
     pool: Pool,
@@ -440,12 +447,18 @@ async fn apply_push(
         ack: row.get::<_, Option<i64>>(1).map_or(0, to_u64),
         stamp_max: row.get::<_, Option<i64>>(2).map(to_u64),
     };
+    let usage = Usage {
+        records: row.get(3),
+        bytes: row.get(4),
+    };
     batch.check_retries(mark)?;
     let ack = mark.ack;
 
     let pending: Vec<_> = batch.mutations.iter().filter(|m| m.id > ack).collect();
     // What each touched record holds now, as far as newest-wins is concerned.
     let mut current: HashMap<(&str, &str), Record> = HashMap::with_capacity(pending.len());
+    // The size of each touched record's value (absent: none, or a tombstone).
+    let mut held: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
     if !pending.is_empty() {
         let collections: Vec<&[u8]> = pending.iter().map(|m| m.collection.as_bytes()).collect();
         let keys: Vec<&[u8]> = pending.iter().map(|m| m.key.as_bytes()).collect();
@@ -454,22 +467,26 @@ async fn apply_push(
             .query(&stmt, &[&user_id, &collections, &keys])
             .await
             .map_err(store_err)?;
-        let mut stored: HashMap<(Vec<u8>, Vec<u8>), Record> = HashMap::with_capacity(rows.len());
+        // (collection, key) → the record's order key and its value's size.
+        type Stored = HashMap<(Vec<u8>, Vec<u8>), (Record, Option<i32>)>;
+        let mut stored = Stored::with_capacity(rows.len());
         for row in rows {
-            stored.insert(
-                (row.get(0), row.get(1)),
-                Record {
-                    value: None,
-                    updated_at: to_u64(row.get(2)),
-                    client_id: text(row.get(3))?,
-                },
-            );
+            let record = Record {
+                value: None,
+                updated_at: to_u64(row.get(2)),
+                client_id: text(row.get(3))?,
+            };
+            stored.insert((row.get(0), row.get(1)), (record, row.get(4)));
         }
         for m in &pending {
-            if let Some(r) =
+            if let Some((r, bytes)) =
                 stored.remove(&(m.collection.as_bytes().to_vec(), m.key.as_bytes().to_vec()))
             {
-                current.insert((m.collection.as_str(), m.key.as_str()), r);
+                let id = (m.collection.as_str(), m.key.as_str());
+                current.insert(id, r);
+                if let Some(bytes) = bytes {
+                    held.insert(id, usize::try_from(bytes).unwrap_or(0));
+                }
             }
         }
     }
@@ -477,6 +494,7 @@ async fn apply_push(
     let mut writes: Vec<Write<'_>> = Vec::with_capacity(pending.len());
     let mut slot: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
     let mut applied = 0;
+    let mut change = Usage::default();
     for m in pending {
         let incoming = Record {
             value: None,
@@ -506,7 +524,14 @@ async fn apply_push(
             }
         }
         current.insert(id, incoming);
+        let size = m.value.as_ref().map(String::len);
+        change = change.plus(Usage::change(held.get(&id).copied(), size));
+        match size {
+            Some(size) => held.insert(id, size),
+            None => held.remove(&id),
+        };
     }
+    batch.quota.check(usage, change)?;
 
     let after = batch.mark_after(mark);
     let new_ack = after.ack;
@@ -540,6 +565,8 @@ async fn apply_push(
                 &ack_changed,
                 &version_i64,
                 &stamp_max,
+                &change.records,
+                &change.bytes,
             ],
         )
         .await

@@ -26,8 +26,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use sinkron_core::planted::{planted, Bug};
 
 use super::{
-    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome,
-    SessionInfo, Store, StoreError, UserAccount, UserId,
+    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, Quota,
+    SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "session_last_used",
         include_str!("../../migrations/sqlite/0005_session_last_used.sql"),
+    ),
+    (
+        6,
+        "user_usage",
+        include_str!("../../migrations/sqlite/0006_user_usage.sql"),
     ),
 ];
 
@@ -126,6 +131,7 @@ struct PushJob {
     updated_at_max: u64,
     since: Option<u64>,
     limit: usize,
+    quota: Quota,
     reply: oneshot::Sender<Result<PushOutcome, StoreError>>,
 }
 
@@ -138,6 +144,7 @@ impl PushJob {
             updated_at_max: self.updated_at_max,
             since: self.since,
             limit: self.limit,
+            quota: self.quota,
         }
     }
 }
@@ -338,6 +345,10 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+fn to_usize(v: i64) -> usize {
+    usize::try_from(v).unwrap_or(0)
+}
+
 /// Reads a page in the caller's transaction, so the version and the rows are one snapshot.
 fn read_page(
     conn: &Connection,
@@ -404,12 +415,22 @@ fn apply_push(
     user_id: UserId,
     batch: &PushBatch<'_>,
 ) -> Result<PushOutcome, StoreError> {
-    let version: i64 = tx
-        .prepare_cached("SELECT version FROM users WHERE id = ?1")
-        .and_then(|mut s| s.query_row([user_id], |r| r.get(0)).optional())
+    let (version, usage) = tx
+        .prepare_cached("SELECT version, records, bytes FROM users WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([user_id], |r| {
+                let usage = Usage {
+                    records: r.get(1)?,
+                    bytes: r.get(2)?,
+                };
+                Ok((r.get::<_, i64>(0)?, usage))
+            })
+            .optional()
+        })
         .map_err(store_err)?
         .ok_or(StoreError::NotFound)?;
     let mut version = to_u64(version);
+    let mut change = Usage::default();
     let mark = tx
         .prepare_cached("SELECT ack, stamp_max FROM clients WHERE user_id = ?1 AND client_id = ?2")
         .and_then(|mut s| {
@@ -436,22 +457,25 @@ fn apply_push(
             updated_at: m.updated_at.min(batch.updated_at_max),
             client_id: batch.client_id.to_owned(),
         };
-        let current = tx
+        let stored = tx
             .prepare_cached(
-                "SELECT updated_at, client_id FROM records
+                "SELECT updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
                  WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
             )
             .and_then(|mut s| {
                 s.query_row(params![user_id, m.collection, m.key], |r| {
-                    Ok(Record {
+                    let record = Record {
                         value: None,
                         updated_at: to_u64(r.get(0)?),
                         client_id: r.get(1)?,
-                    })
+                    };
+                    Ok((record, r.get::<_, Option<i64>>(2)?))
                 })
                 .optional()
             })
             .map_err(store_err)?;
+        let held = stored.as_ref().and_then(|(_, bytes)| *bytes).map(to_usize);
+        let current = stored.map(|(record, _)| record);
         #[cfg(feature = "planted-bugs")]
         let current = current.filter(|_| !planted(Bug::ArrivalOrder));
         if current.is_some_and(|c| !incoming.wins_over(&c)) {
@@ -492,7 +516,9 @@ fn apply_push(
         })
         .map_err(store_err)?;
         applied += 1;
+        change = change.plus(Usage::change(held, m.value.as_ref().map(String::len)));
     }
+    batch.quota.check(usage, change)?;
 
     let after = batch.mark_after(mark);
     let new_ack = after.ack;
@@ -512,9 +538,12 @@ fn apply_push(
     }
     if applied > 0 {
         let stamped = to_i64(version, "version")?;
-        tx.prepare_cached("UPDATE users SET version = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![user_id, stamped]))
-            .map_err(store_err)?;
+        tx.prepare_cached(
+            "UPDATE users SET version = ?2, records = records + ?3, bytes = bytes + ?4
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![user_id, stamped, change.records, change.bytes]))
+        .map_err(store_err)?;
     }
     let page = match batch.since {
         Some(since) => Some(read_page(tx, user_id, Some(since), batch.limit)?),
@@ -544,6 +573,10 @@ fn copy_err(e: &StoreError) -> StoreError {
         StoreError::NotFound => StoreError::NotFound,
         StoreError::Conflict => StoreError::Conflict,
         StoreError::IdsReused { ack } => StoreError::IdsReused { ack: *ack },
+        StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
+            what,
+            limit: *limit,
+        },
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Other(m) => StoreError::Other(m.clone()),
     }
@@ -862,6 +895,7 @@ impl Store for SqliteStore {
             updated_at_max: batch.updated_at_max,
             since: batch.since,
             limit: batch.limit,
+            quota: batch.quota,
             reply,
         });
         // Whoever holds the writer next commits every queued push, this one included. The
@@ -1032,6 +1066,7 @@ mod tests {
             updated_at_max: 61_000,
             since: Some(0),
             limit: 10,
+            quota: Quota::UNLIMITED,
         };
         // Queued together, so committed in one group.
         let (missing, real, again) = tokio::join!(
