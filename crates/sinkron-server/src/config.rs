@@ -144,6 +144,11 @@ pub struct Config {
     )]
     pub user_bytes_max: u64,
 
+    /// A file holding the key of the site's backend API (`/api/admin/…`), at least 32
+    /// characters (e.g. `openssl rand -hex 32`). Without it those routes answer 404.
+    #[arg(long, env = "SINKRON_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// A request taking longer than this many seconds is cut off.
     #[arg(
         long,
@@ -314,6 +319,7 @@ impl Default for Config {
             user_requests_per_minute: 600,
             user_concurrency: 4,
             user_records_max: 100_000,
+            admin_token_file: None,
             user_bytes_max: 64 << 20,
             request_timeout_secs: 30,
             idle_timeout_secs: 75,
@@ -418,6 +424,7 @@ impl fmt::Debug for Config {
             .field("user_requests_per_minute", &self.user_requests_per_minute)
             .field("user_concurrency", &self.user_concurrency)
             .field("user_records_max", &self.user_records_max)
+            .field("admin_token_file", &self.admin_token_file)
             .field("user_bytes_max", &self.user_bytes_max)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)

@@ -6,6 +6,7 @@
 //! and the server cannot disagree. [`app`] builds the whole service without a socket, so
 //! tests can drive it with `tower::ServiceExt::oneshot`; `main.rs` only parses, opens, serves.
 
+pub mod admin;
 pub mod auth;
 pub mod authn;
 pub mod config;
@@ -58,6 +59,8 @@ pub struct Shared {
     guards: Arc<auth::AuthGuards>,
     /// Per-user limits of the sync routes.
     limits: Arc<limits::UserLimits>,
+    /// The site's backend key (`--admin-token-file`): the admin routes exist with it only.
+    admin_key: Option<admin::AdminKey>,
     /// Sinkron's own accounts' tokens, when those accounts are on (their routes too).
     builtin: Option<Arc<authn::BuiltinTokens>>,
     /// Who else may sign requests in, asked in order after the built-in tokens: the site's
@@ -103,6 +106,7 @@ impl AppState {
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
             limits,
+            admin_key: None,
             clock: Arc::new(now_ms),
         }))
     }
@@ -134,6 +138,14 @@ impl AppState {
         Self(Arc::new(Shared {
             builtin: self.builtin.clone().filter(|_| keep_builtin),
             authenticators: authenticators.into(),
+            ..(*self.0).clone()
+        }))
+    }
+
+    /// The same state with the site's backend API, signed in by `key`.
+    pub fn with_admin_key(self, key: Option<admin::AdminKey>) -> Self {
+        Self(Arc::new(Shared {
+            admin_key: key,
             ..(*self.0).clone()
         }))
     }
@@ -207,14 +219,17 @@ pub fn api(state: AppState) -> Router {
     with_cors(with_layers(router, state), cors)
 }
 
-/// The API's routes: sync, and the built-in accounts' when they are on.
+/// The API's routes: sync, the built-in accounts' when they are on, the site's backend API
+/// when it has a key.
 fn api_routes(state: &AppState) -> Router<AppState> {
-    let router = Router::new().merge(sync::router());
+    let mut router = Router::new().merge(sync::router());
     if state.builtin.is_some() {
-        router.merge(auth::router())
-    } else {
-        router
+        router = router.merge(auth::router());
     }
+    if state.admin_key.is_some() {
+        router = router.merge(admin::router());
+    }
+    router
 }
 
 /// What every request passes through: JSON 405s, body limits, the timeout, panics as 500s,

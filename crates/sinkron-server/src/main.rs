@@ -106,10 +106,17 @@ async fn serve(config: Config) -> Result<(), String> {
     // Settings first: a bad origin, key file or key URL fails before anything is opened.
     config.cors_origins()?;
     let jwt = JwtVerifier::from_config(&config).await?;
+    let admin_key = config
+        .admin_token_file
+        .as_deref()
+        .map(sinkron_server::admin::AdminKey::read)
+        .transpose()?;
     let store = store::connect(&config.database, config.connect_options())
         .await
         .map_err(|e| e.to_string())?;
-    let state = AppState::new(store.clone(), config.clone()).with_jwt(jwt);
+    let state = AppState::new(store.clone(), config.clone())
+        .with_jwt(jwt)
+        .with_admin_key(admin_key);
 
     // At start, before accepting requests, so that no client is served from tombstones that
     // this run is about to forget.

@@ -18,7 +18,7 @@ use sinkron_core::Mutation;
 
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::store::{Page, PushBatch, Quota};
+use crate::store::{Page, PushBatch, Quota, UserId};
 use crate::AppState;
 
 /// Mutation ids are stored as SQLite/PostgreSQL `BIGINT`.
@@ -232,17 +232,28 @@ async fn push(
     AppJson(req): AppJson<PushRequest>,
 ) -> Result<Response, ApiError> {
     let _admitted = state.limits.admit(user.user_id)?;
-    validate_push(&req, &state.config.collections)?;
+    push_for(&state, user.user_id, user.version, &req).await
+}
+
+/// A push for `user_id`, whose version is `version`: validated whole, then applied by the
+/// store. A device's push and the site's push on a user's behalf (`admin.rs`) are this one.
+pub(crate) async fn push_for(
+    state: &AppState,
+    user_id: UserId,
+    version: u64,
+    req: &PushRequest,
+) -> Result<Response, ApiError> {
+    validate_push(req, &state.config.collections)?;
     let since = req
         .last_sync
         .as_deref()
-        .map(|c| parse_cursor(c, user.version))
+        .map(|c| parse_cursor(c, version))
         .transpose()?;
     let now = state.now_ms();
     let outcome = state
         .store
         .push(
-            user.user_id,
+            user_id,
             PushBatch {
                 client_id: &req.client_id,
                 mutations: &req.mutations,

@@ -339,6 +339,16 @@ pub trait Store: Send + Sync + 'static {
     /// subject.
     async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError>;
 
+    /// The user a site's user id names, if Sinkron has one (never creates it).
+    async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError>;
+
+    /// Erases the site's user `subject` (if stored): the user and every record, tombstone
+    /// and client mark, at once on every node, and remembers the erasure: a user made for
+    /// the same subject later starts with its version and horizon above the erased user's
+    /// last version (a device's old cursor gets a reset) and acknowledges without storing
+    /// every write stamped at or before `now_ms` (nothing comes back from an outbox).
+    async fn erase_subject(&self, subject: &str, now_ms: u64) -> Result<(), StoreError>;
+
     /// Changes after `since`, or the whole state (every stored record, tombstones included)
     /// when `since` is `None` or behind the compaction horizon (then `reset`). Reads one
     /// consistent snapshot.

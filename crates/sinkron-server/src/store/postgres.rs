@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "user_usage",
         include_str!("../../migrations/postgres/0006_user_usage.sql"),
     ),
+    (
+        7,
+        "erasures",
+        include_str!("../../migrations/postgres/0007_erasures.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -105,7 +110,7 @@ const PAGE_SQL: &str = "SELECT u.version, u.horizon,
      WHERE u.id = $1";
 
 /// Locks the user's row for the rest of the push and reads the client's ack.
-const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max, u.records, u.bytes
+const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max, u.records, u.bytes, u.writes_after
      FROM users u LEFT JOIN clients c ON c.user_id = u.id AND c.client_id = $2
      WHERE u.id = $1 FOR NO KEY UPDATE OF u";
 
@@ -451,10 +456,16 @@ async fn apply_push(
         records: row.get(3),
         bytes: row.get(4),
     };
+    let writes_after = to_u64(row.get(5));
     batch.check_retries(mark)?;
     let ack = mark.ack;
 
-    let pending: Vec<_> = batch.mutations.iter().filter(|m| m.id > ack).collect();
+    // Writes made before the user was erased are taken, not stored.
+    let pending: Vec<_> = batch
+        .mutations
+        .iter()
+        .filter(|m| m.id > ack && m.updated_at.min(batch.updated_at_max) > writes_after)
+        .collect();
     // What each touched record holds now, as far as newest-wins is concerned.
     let mut current: HashMap<(&str, &str), Record> = HashMap::with_capacity(pending.len());
     // The size of each touched record's value (absent: none, or a tombstone).
@@ -845,8 +856,16 @@ impl Store for PostgresStore {
             // First sight of this subject; a concurrent first request may create it instead.
             let create = client
                 .prepare_cached(
-                    "INSERT INTO users (username, password_hash, created_at, subject, version, horizon)
-                     SELECT $1, '', $2, $3, value, value FROM meta WHERE key = 'version_floor'
+                    // After an erasure of the subject: above its last version, and deaf to
+                    // writes from before it (0007_erasures.sql).
+                    "INSERT INTO users
+                         (username, password_hash, created_at, subject, version, horizon,
+                          writes_after)
+                     SELECT $1, '', $2, $3, GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                            GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                            COALESCE(e.erased_at, 0)
+                     FROM meta m LEFT JOIN erasures e ON e.subject = $3
+                     WHERE m.key = 'version_floor'
                      ON CONFLICT DO NOTHING",
                 )
                 .await
@@ -867,6 +886,51 @@ impl Store for PostgresStore {
             version: to_u64(row.get(1)),
             last_used_ms: now_ms,
         })
+    }
+
+    async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id FROM users WHERE subject = $1")
+            .await
+            .map_err(store_err)?;
+        let row = client
+            .query_opt(&stmt, &[&subject])
+            .await
+            .map_err(store_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn erase_subject(&self, subject: &str, now_ms: u64) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(store_err)?;
+        // The user's row first, as a push locks it: a push in progress finishes before.
+        let found = tx
+            .query_opt(
+                "SELECT id, version FROM users WHERE subject = $1 FOR UPDATE",
+                &[&subject],
+            )
+            .await
+            .map_err(store_err)?;
+        let version: i64 = found.as_ref().map_or(0, |r| r.get(1));
+        tx.execute(
+            "INSERT INTO erasures (subject, version, erased_at) VALUES ($1, $2, $3)
+             ON CONFLICT (subject) DO UPDATE SET
+                 version = GREATEST(erasures.version, excluded.version),
+                 erased_at = excluded.erased_at",
+            &[&subject, &version, &now],
+        )
+        .await
+        .map_err(store_err)?;
+        if let Some(row) = found {
+            let user_id: i64 = row.get(0);
+            // Records, tokens and client marks go with it (ON DELETE CASCADE).
+            tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
+                .await
+                .map_err(store_err)?;
+        }
+        tx.commit().await.map_err(store_err)
     }
 
     async fn pull(

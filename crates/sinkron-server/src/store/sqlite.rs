@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "user_usage",
         include_str!("../../migrations/sqlite/0006_user_usage.sql"),
     ),
+    (
+        7,
+        "erasures",
+        include_str!("../../migrations/sqlite/0007_erasures.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -415,15 +420,15 @@ fn apply_push(
     user_id: UserId,
     batch: &PushBatch<'_>,
 ) -> Result<PushOutcome, StoreError> {
-    let (version, usage) = tx
-        .prepare_cached("SELECT version, records, bytes FROM users WHERE id = ?1")
+    let (version, usage, writes_after) = tx
+        .prepare_cached("SELECT version, records, bytes, writes_after FROM users WHERE id = ?1")
         .and_then(|mut s| {
             s.query_row([user_id], |r| {
                 let usage = Usage {
                     records: r.get(1)?,
                     bytes: r.get(2)?,
                 };
-                Ok((r.get::<_, i64>(0)?, usage))
+                Ok((r.get::<_, i64>(0)?, usage, to_u64(r.get(3)?)))
             })
             .optional()
         })
@@ -457,6 +462,9 @@ fn apply_push(
             updated_at: m.updated_at.min(batch.updated_at_max),
             client_id: batch.client_id.to_owned(),
         };
+        if incoming.updated_at <= writes_after {
+            continue; // Made before the user was erased: taken, not stored.
+        }
         let stored = tx
             .prepare_cached(
                 "SELECT updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
@@ -842,9 +850,17 @@ impl Store for SqliteStore {
                 let owned = subject.to_owned();
                 let now = to_i64(now_ms, "server time")?;
                 self.write(move |conn, _| {
+                    // After an erasure of the subject: above its last version, and deaf to
+                    // writes from before it (0007_erasures.sql).
                     conn.prepare_cached(
-                        "INSERT INTO users (username, password_hash, created_at, subject, version, horizon)
-                         SELECT ?1, '', ?2, ?3, value, value FROM meta WHERE key = 'version_floor'
+                        "INSERT INTO users
+                             (username, password_hash, created_at, subject, version, horizon,
+                              writes_after)
+                         SELECT ?1, '', ?2, ?3, MAX(m.value, COALESCE(e.version + 1, 0)),
+                                MAX(m.value, COALESCE(e.version + 1, 0)),
+                                COALESCE(e.erased_at, 0)
+                         FROM meta m LEFT JOIN erasures e ON e.subject = ?3
+                         WHERE m.key = 'version_floor'
                          ON CONFLICT DO NOTHING",
                     )
                     .and_then(|mut s| s.execute(params![subject_username(&owned), now, owned]))
@@ -866,6 +882,48 @@ impl Store for SqliteStore {
             version,
             last_used_ms: now_ms,
         })
+    }
+
+    async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError> {
+        let owned = subject.to_owned();
+        let found = self.read(move |conn| find_subject(conn, &owned)).await?;
+        Ok(found.map(|(id, _)| id))
+    }
+
+    async fn erase_subject(&self, subject: &str, now_ms: u64) -> Result<(), StoreError> {
+        let owned = subject.to_owned();
+        let now = to_i64(now_ms, "server time")?;
+        self.write(move |conn, cache| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(store_err)?;
+            let found = find_subject(&tx, &owned)?;
+            let version = found.map_or(0, |(_, version)| version);
+            tx.prepare_cached(
+                "INSERT INTO erasures (subject, version, erased_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (subject) DO UPDATE SET
+                     version = MAX(erasures.version, excluded.version),
+                     erased_at = excluded.erased_at",
+            )
+            .and_then(|mut s| s.execute(params![owned, version, now]))
+            .map_err(store_err)?;
+            if let Some((user_id, _)) = found {
+                // Records, tokens and client marks go with it (ON DELETE CASCADE).
+                tx.prepare_cached("DELETE FROM users WHERE id = ?1")
+                    .and_then(|mut s| s.execute([user_id]))
+                    .map_err(store_err)?;
+            }
+            tx.commit().map_err(store_err)?;
+            if let Some((user_id, _)) = found {
+                let mut cache = lock(cache);
+                cache.revocations += 1;
+                cache.tokens.retain(|_, s| s.user_id != user_id);
+                cache.subjects.retain(|_, user| *user != user_id);
+                cache.versions.remove(&user_id);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn pull(
