@@ -144,6 +144,18 @@ pub struct Config {
     )]
     pub user_bytes_max: u64,
 
+    /// Most records holding a value one user keeps in a collection, as `NAME=N`, comma
+    /// separated: past it a push evicts the oldest (as deletions, so devices follow) rather
+    /// than refusing a play. `NAME=0` lifts the cap.
+    #[arg(
+        long,
+        env = "SINKRON_COLLECTION_CAPS",
+        value_name = "NAME=N",
+        value_delimiter = ',',
+        default_values_t = [String::from("history=1000")]
+    )]
+    pub collection_caps: Vec<String>,
+
     /// A file holding the key of the site's backend API (`/api/admin/…`), at least 32
     /// characters (e.g. `openssl rand -hex 32`). Without it those routes answer 404.
     #[arg(long, env = "SINKRON_ADMIN_TOKEN_FILE", value_name = "PATH")]
@@ -319,6 +331,7 @@ impl Default for Config {
             user_requests_per_minute: 600,
             user_concurrency: 4,
             user_records_max: 100_000,
+            collection_caps: vec!["history=1000".into()],
             admin_token_file: None,
             user_bytes_max: 64 << 20,
             request_timeout_secs: 30,
@@ -387,6 +400,27 @@ impl Config {
             .collect()
     }
 
+    /// The `--collection-caps`, checked: each names a collection clients may write to and a
+    /// count (0: no cap).
+    pub fn caps(&self) -> Result<Vec<(String, u64)>, String> {
+        let mut caps = Vec::new();
+        for cap in &self.collection_caps {
+            let bad = || format!("--collection-caps {cap:?} is not NAME=COUNT, e.g. history=1000");
+            let (name, max) = cap.split_once('=').ok_or_else(bad)?;
+            let max: u64 = max.trim().parse().map_err(|_| bad())?;
+            let name = name.trim();
+            if !self.collections.iter().any(|c| c == name) {
+                return Err(format!(
+                    "--collection-caps names {name:?}, which is not one of --collections"
+                ));
+            }
+            if max > 0 {
+                caps.push((name.to_owned(), max));
+            }
+        }
+        Ok(caps)
+    }
+
     pub fn connect_options(&self) -> crate::store::ConnectOptions {
         crate::store::ConnectOptions {
             pool_size: usize::try_from(self.db_pool_size).unwrap_or(usize::MAX),
@@ -424,6 +458,7 @@ impl fmt::Debug for Config {
             .field("user_requests_per_minute", &self.user_requests_per_minute)
             .field("user_concurrency", &self.user_concurrency)
             .field("user_records_max", &self.user_records_max)
+            .field("collection_caps", &self.collection_caps)
             .field("admin_token_file", &self.admin_token_file)
             .field("user_bytes_max", &self.user_bytes_max)
             .field("request_timeout_secs", &self.request_timeout_secs)

@@ -59,6 +59,8 @@ pub struct Shared {
     guards: Arc<auth::AuthGuards>,
     /// Per-user limits of the sync routes.
     limits: Arc<limits::UserLimits>,
+    /// The `--collection-caps`.
+    caps: Arc<[store::Cap]>,
     /// The site's backend key (`--admin-token-file`): the admin routes exist with it only.
     admin_key: Option<admin::AdminKey>,
     /// Sinkron's own accounts' tokens, when those accounts are on (their routes too).
@@ -94,6 +96,16 @@ impl AppState {
                 idle_ms: config.session_idle_secs.saturating_mul(1000),
             })
         });
+        // `sinkron serve` refuses bad caps at start; a library user's are logged and left out.
+        let caps = config
+            .caps()
+            .unwrap_or_else(|e| {
+                tracing::error!("{e}; no collection caps");
+                Vec::new()
+            })
+            .into_iter()
+            .map(|(collection, max)| store::Cap { collection, max })
+            .collect();
         let limits = Arc::new(limits::UserLimits::new(
             config.user_requests_per_minute,
             config.user_concurrency,
@@ -107,6 +119,7 @@ impl AppState {
             guards: Arc::new(auth::AuthGuards::default()),
             limits,
             admin_key: None,
+            caps,
             clock: Arc::new(now_ms),
         }))
     }

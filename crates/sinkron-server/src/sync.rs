@@ -265,6 +265,7 @@ pub(crate) async fn push_for(
                     records: state.config.user_records_max,
                     bytes: state.config.user_bytes_max,
                 },
+                caps: &state.caps,
             },
         )
         .await?;

@@ -26,6 +26,7 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) 
         since,
         limit: 100,
         quota: Quota::UNLIMITED,
+        caps: &[],
     }
 }
 
@@ -40,6 +41,82 @@ pub async fn run(store: &dyn Store) {
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
     the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
+    a_capped_collection_keeps_its_newest_records(store).await;
+}
+
+async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {
+    let id = store.create_user("capped", "phc", 1).await.expect("create");
+    let caps = &[super::Cap {
+        collection: "likes".into(),
+        max: 2,
+    }];
+    let push = |mutations: Vec<super::Mutation>| async move {
+        let batch = PushBatch {
+            caps,
+            ..batch("c", &mutations, None)
+        };
+        store.push(id, batch).await.expect("push")
+    };
+    let live = || async {
+        let page = store.pull(id, None, 100).await.expect("pull");
+        let mut keys: Vec<String> = page
+            .changes
+            .iter()
+            .filter(|c| c.value.is_some())
+            .map(|c| c.key.clone())
+            .collect();
+        keys.sort();
+        (keys, page)
+    };
+    // Three plays, one push: the oldest is evicted at once, as a tombstone with its stamp.
+    push(vec![
+        m(1, "e1", Some("{}"), 10),
+        m(2, "e2", Some("{}"), 20),
+        m(3, "e3", Some("{}"), 30),
+    ])
+    .await;
+    let (keys, page) = live().await;
+    assert_eq!(keys, ["e2", "e3"]);
+    let evicted = page
+        .changes
+        .iter()
+        .find(|c| c.key == "e1")
+        .expect("a tombstone");
+    assert_eq!((evicted.value.as_deref(), evicted.updated_at), (None, 10));
+    assert_eq!(
+        page.cursor, 4,
+        "every write and the eviction took a version"
+    );
+    // Played again later, e1 comes back and the oldest left (e2) goes.
+    push(vec![m(4, "e1", Some(r#"{"again":true}"#), 40)]).await;
+    assert_eq!(live().await.0, ["e1", "e3"]);
+    // An old write of a record (stamped before the others) is evicted at once.
+    push(vec![m(5, "e0", Some("{}"), 5)]).await;
+    assert_eq!(live().await.0, ["e1", "e3"]);
+    // Other collections are not capped.
+    let other = [super::Mutation {
+        collection: "favorites".into(),
+        ..m(6, "f", Some("{}"), 50)
+    }];
+    store
+        .push(
+            id,
+            PushBatch {
+                caps,
+                ..batch("c", &other, None)
+            },
+        )
+        .await
+        .expect("push");
+    assert_eq!(
+        store
+            .pull(id, Some(8), 100)
+            .await
+            .expect("pull")
+            .changes
+            .len(),
+        1
+    );
 }
 
 async fn the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store: &dyn Store) {

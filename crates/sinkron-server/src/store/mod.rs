@@ -210,6 +210,53 @@ impl Quota {
     }
 }
 
+/// A live record of a capped collection, as the cap orders them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub key: String,
+    pub updated_at: u64,
+    pub client_id: String,
+    /// The value's bytes.
+    pub bytes: usize,
+}
+
+/// Most records holding a value that a user keeps in one collection (history grows with
+/// every episode played). Every backend applies this one rule after a push's writes: past
+/// the cap, the oldest records (by `updatedAt`, then client id and key) become tombstones
+/// with the same `updatedAt` and client id — so devices drop them at their next pull, and a
+/// newer write of the same record (played again) wins over the tombstone as over any older
+/// write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub collection: String,
+    pub max: u64,
+}
+
+impl Cap {
+    /// Whether a user with `records` live records in all can be past this cap: a push
+    /// reads a capped collection only then.
+    pub fn may_pass(&self, records: i64) -> bool {
+        u64::try_from(records).is_ok_and(|n| n > self.max)
+    }
+
+    /// Which of `live` (every live record of the collection after the push) to evict.
+    pub fn evict(&self, mut live: Vec<Held>) -> Vec<Held> {
+        let keep = usize::try_from(self.max).unwrap_or(usize::MAX);
+        if live.len() <= keep {
+            return Vec::new();
+        }
+        live.sort_by(|a, b| {
+            (a.updated_at, a.client_id.as_bytes(), a.key.as_bytes()).cmp(&(
+                b.updated_at,
+                b.client_id.as_bytes(),
+                b.key.as_bytes(),
+            ))
+        });
+        live.truncate(live.len() - keep);
+        live
+    }
+}
+
 /// A validated push batch.
 #[derive(Clone, Copy, Debug)]
 pub struct PushBatch<'a> {
@@ -226,6 +273,19 @@ pub struct PushBatch<'a> {
     pub limit: usize,
     /// What the user may store at most after the batch.
     pub quota: Quota,
+    /// The capped collections ([`Cap`]).
+    pub caps: &'a [Cap],
+}
+
+impl PushBatch<'_> {
+    /// The caps of the collections this batch adds records to (a write of a value).
+    pub fn caps_touched(&self) -> impl Iterator<Item = &Cap> {
+        self.caps.iter().filter(|cap| {
+            self.mutations
+                .iter()
+                .any(|m| m.value.is_some() && m.collection == cap.collection)
+        })
+    }
 }
 
 /// What the server remembers of a client id: the highest mutation id it took (the ack)

@@ -35,7 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    restored_floor, subject_username, Attempts, ClientMark, OpenError, Page, PushBatch,
+    restored_floor, subject_username, Attempts, ClientMark, Held, OpenError, Page, PushBatch,
     PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
@@ -126,9 +126,9 @@ const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id
 const WRITE_SQL: &str = "WITH written AS (
          INSERT INTO records
              (user_id, collection, key, value, updated_at, client_id, version, stored_at)
-         SELECT $1, w.collection, w.key, w.value, w.updated_at, $2, w.version, $3
-         FROM unnest($4::bytea[], $5::bytea[], $6::text[], $7::int8[], $8::int8[])
-             AS w(collection, key, value, updated_at, version)
+         SELECT $1, w.collection, w.key, w.value, w.updated_at, w.client_id, w.version, $3
+         FROM unnest($4::bytea[], $5::bytea[], $6::text[], $7::int8[], $8::int8[], $15::bytea[])
+             AS w(collection, key, value, updated_at, version, client_id)
          ON CONFLICT (user_id, collection, key) DO UPDATE SET
              value = excluded.value, updated_at = excluded.updated_at,
              client_id = excluded.client_id, version = excluded.version,
@@ -430,6 +430,7 @@ struct Write<'a> {
     key: &'a str,
     value: Option<&'a str>,
     updated_at: i64,
+    client_id: &'a str,
     version: i64,
 }
 
@@ -502,6 +503,9 @@ async fn apply_push(
         }
     }
 
+    // Records a cap evicts (their collection and order key); declared before `writes`,
+    // which borrows from them.
+    let mut evicted: Vec<(&str, Held)> = Vec::new();
     let mut writes: Vec<Write<'_>> = Vec::with_capacity(pending.len());
     let mut slot: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
     let mut applied = 0;
@@ -523,6 +527,7 @@ async fn apply_push(
             key: id.1,
             value: m.value.as_deref(),
             updated_at: to_i64(incoming.updated_at, "updatedAt")?,
+            client_id: batch.client_id,
             version: to_i64(version, "version")?,
         };
         // A later winner in the same batch replaces the earlier one: only the last write of a
@@ -542,6 +547,67 @@ async fn apply_push(
             None => held.remove(&id),
         };
     }
+    for cap in batch.caps_touched() {
+        if !cap.may_pass(usage.plus(change).records) {
+            continue;
+        }
+        let rows = tx
+            .query(
+                "SELECT key, updated_at, client_id, octet_length(value) FROM records
+                 WHERE user_id = $1 AND collection = $2 AND value IS NOT NULL",
+                &[&user_id, &cap.collection.as_bytes()],
+            )
+            .await
+            .map_err(store_err)?;
+        let mut live: HashMap<String, Held> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key = text(row.get(0))?;
+            let held = Held {
+                key: key.clone(),
+                updated_at: to_u64(row.get(1)),
+                client_id: text(row.get(2))?,
+                bytes: usize::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+            };
+            live.insert(key, held);
+        }
+        // As it will be once this push's writes are in.
+        for w in writes.iter().filter(|w| w.collection == cap.collection) {
+            match w.value {
+                Some(value) => live.insert(
+                    w.key.to_owned(),
+                    Held {
+                        key: w.key.to_owned(),
+                        updated_at: to_u64(w.updated_at),
+                        client_id: w.client_id.to_owned(),
+                        bytes: value.len(),
+                    },
+                ),
+                None => live.remove(w.key),
+            };
+        }
+        let collection = cap.collection.as_str();
+        evicted.extend(
+            cap.evict(live.into_values().collect())
+                .into_iter()
+                .map(|h| (collection, h)),
+        );
+    }
+    for (collection, h) in &evicted {
+        version += 1;
+        change = change.plus(Usage::change(Some(h.bytes), None));
+        let tombstone = Write {
+            collection,
+            key: &h.key,
+            value: None,
+            updated_at: to_i64(h.updated_at, "updatedAt")?,
+            client_id: &h.client_id,
+            version: to_i64(version, "version")?,
+        };
+        match slot.get(&(*collection, h.key.as_str())) {
+            Some(&i) => writes[i] = tombstone,
+            None => writes.push(tombstone),
+        }
+    }
     batch.quota.check(usage, change)?;
 
     let after = batch.mark_after(mark);
@@ -552,6 +618,7 @@ async fn apply_push(
         let values: Vec<Option<&str>> = writes.iter().map(|w| w.value).collect();
         let updated: Vec<i64> = writes.iter().map(|w| w.updated_at).collect();
         let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
+        let writers: Vec<&[u8]> = writes.iter().map(|w| w.client_id.as_bytes()).collect();
         let now = to_i64(batch.now_ms, "server time")?;
         let ack_i64 = to_i64(new_ack, "ack")?;
         let ack_changed = after != mark;
@@ -578,6 +645,7 @@ async fn apply_push(
                 &stamp_max,
                 &change.records,
                 &change.bytes,
+                &writers,
             ],
         )
         .await

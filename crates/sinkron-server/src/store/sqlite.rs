@@ -26,8 +26,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use sinkron_core::planted::{planted, Bug};
 
 use super::{
-    restored_floor, subject_username, ClientMark, OpenError, Page, PushBatch, PushOutcome, Quota,
-    SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
+    restored_floor, subject_username, Cap, ClientMark, Held, OpenError, Page, PushBatch,
+    PushOutcome, Quota, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -137,6 +137,7 @@ struct PushJob {
     since: Option<u64>,
     limit: usize,
     quota: Quota,
+    caps: Vec<Cap>,
     reply: oneshot::Sender<Result<PushOutcome, StoreError>>,
 }
 
@@ -150,6 +151,7 @@ impl PushJob {
             since: self.since,
             limit: self.limit,
             quota: self.quota,
+            caps: &self.caps,
         }
     }
 }
@@ -526,6 +528,43 @@ fn apply_push(
         applied += 1;
         change = change.plus(Usage::change(held, m.value.as_ref().map(String::len)));
     }
+    let mut evictions = 0;
+    for cap in batch.caps_touched() {
+        if !cap.may_pass(usage.plus(change).records) {
+            continue;
+        }
+        let live = tx
+            .prepare_cached(
+                "SELECT key, updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
+                 WHERE user_id = ?1 AND collection = ?2 AND value IS NOT NULL",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![user_id, cap.collection], |r| {
+                    Ok(Held {
+                        key: r.get(0)?,
+                        updated_at: to_u64(r.get(1)?),
+                        client_id: r.get(2)?,
+                        bytes: to_usize(r.get(3)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(store_err)?;
+        for evicted in cap.evict(live) {
+            version += 1;
+            evictions += 1;
+            let stamped = to_i64(version, "version")?;
+            tx.prepare_cached(
+                "UPDATE records SET value = NULL, version = ?4, stored_at = ?5
+                 WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
+            )
+            .and_then(|mut s| {
+                s.execute(params![user_id, cap.collection, evicted.key, stamped, now])
+            })
+            .map_err(store_err)?;
+            change = change.plus(Usage::change(Some(evicted.bytes), None));
+        }
+    }
     batch.quota.check(usage, change)?;
 
     let after = batch.mark_after(mark);
@@ -544,7 +583,7 @@ fn apply_push(
         .and_then(|mut s| s.execute(params![user_id, batch.client_id, ack, stamp_max]))
         .map_err(store_err)?;
     }
-    if applied > 0 {
+    if applied + evictions > 0 {
         let stamped = to_i64(version, "version")?;
         tx.prepare_cached(
             "UPDATE users SET version = ?2, records = records + ?3, bytes = bytes + ?4
@@ -954,6 +993,7 @@ impl Store for SqliteStore {
             since: batch.since,
             limit: batch.limit,
             quota: batch.quota,
+            caps: batch.caps_touched().cloned().collect(),
             reply,
         });
         // Whoever holds the writer next commits every queued push, this one included. The
@@ -1125,6 +1165,7 @@ mod tests {
             since: Some(0),
             limit: 10,
             quota: Quota::UNLIMITED,
+            caps: &[],
         };
         // Queued together, so committed in one group.
         let (missing, real, again) = tokio::join!(
