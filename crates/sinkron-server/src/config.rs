@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
 
+/// The default cap of the `history` collection: entries a user keeps.
+pub const HISTORY_CAP: u64 = 1_000;
+
 /// Longest `--jwks-refresh-secs`: a day.
 pub const JWKS_REFRESH_SECS_MAX: u64 = 86_400;
 
@@ -146,15 +149,15 @@ pub struct Config {
 
     /// Most records holding a value one user keeps in a collection, as `NAME=N`, comma
     /// separated: past it a push evicts the oldest (as deletions, so devices follow) rather
-    /// than refusing a play. `NAME=0` lifts the cap.
+    /// than refusing a play. `NAME=0` lifts the cap. Default: `history=1000` when `history`
+    /// is one of the collections.
     #[arg(
         long,
         env = "SINKRON_COLLECTION_CAPS",
         value_name = "NAME=N",
-        value_delimiter = ',',
-        default_values_t = [String::from("history=1000")]
+        value_delimiter = ','
     )]
-    pub collection_caps: Vec<String>,
+    pub collection_caps: Option<Vec<String>>,
 
     /// A file holding the key of the site's backend API (`/api/admin/…`), at least 32
     /// characters (e.g. `openssl rand -hex 32`). Without it those routes answer 404.
@@ -331,7 +334,7 @@ impl Default for Config {
             user_requests_per_minute: 600,
             user_concurrency: 4,
             user_records_max: 100_000,
-            collection_caps: vec!["history=1000".into()],
+            collection_caps: None,
             admin_token_file: None,
             user_bytes_max: 64 << 20,
             request_timeout_secs: 30,
@@ -403,8 +406,15 @@ impl Config {
     /// The `--collection-caps`, checked: each names a collection clients may write to and a
     /// count (0: no cap).
     pub fn caps(&self) -> Result<Vec<(String, u64)>, String> {
+        let Some(given) = &self.collection_caps else {
+            let history = self.collections.iter().any(|c| c == "history");
+            return Ok(history
+                .then(|| (String::from("history"), HISTORY_CAP))
+                .into_iter()
+                .collect());
+        };
         let mut caps = Vec::new();
-        for cap in &self.collection_caps {
+        for cap in given {
             let bad = || format!("--collection-caps {cap:?} is not NAME=COUNT, e.g. history=1000");
             let (name, max) = cap.split_once('=').ok_or_else(bad)?;
             let max: u64 = max.trim().parse().map_err(|_| bad())?;
@@ -483,6 +493,23 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caps_default_to_history_when_there_is_one_and_are_checked() {
+        let with = |caps: Option<&[&str]>, collections: &[&str]| Config {
+            collection_caps: caps.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            collections: collections.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        };
+        let history = vec![("history".to_owned(), HISTORY_CAP)];
+        assert_eq!(with(None, &["history", "likes"]).caps(), Ok(history));
+        assert_eq!(with(None, &["notes"]).caps(), Ok(vec![]));
+        let given = with(Some(&["likes=5", "history=0"]), &["history", "likes"]);
+        assert_eq!(given.caps(), Ok(vec![("likes".to_owned(), 5)]));
+        assert!(with(Some(&["notes=5"]), &["likes"]).caps().is_err());
+        assert!(with(Some(&["likes"]), &["likes"]).caps().is_err());
+        assert!(with(Some(&["likes=-1"]), &["likes"]).caps().is_err());
+    }
 
     #[test]
     fn logged_urls_carry_no_credentials() {

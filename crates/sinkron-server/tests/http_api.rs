@@ -1050,7 +1050,8 @@ async fn push_records(server: &Server, token: &str, count: u64) {
     while id <= count {
         let end = (id + 499).min(count);
         let mutations = (id..=end)
-            .map(|i| mutation(i, "history", &format!("ep{i:05}"), json!({"pos": i}), 1000))
+            // Likes: history is capped (1,000 by default), likes are not.
+            .map(|i| mutation(i, "likes", &format!("ep{i:05}"), json!({"pos": i}), 1000))
             .collect();
         server.push_ok(token, &batch("bulk", mutations, None)).await;
         id = end + 1;

@@ -510,6 +510,8 @@ async fn apply_push(
     let mut slot: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
     let mut applied = 0;
     let mut change = Usage::default();
+    // The collections this push adds a record to.
+    let mut grew: Vec<&str> = Vec::new();
     for m in pending {
         let incoming = Record {
             value: None,
@@ -541,13 +543,22 @@ async fn apply_push(
         }
         current.insert(id, incoming);
         let size = m.value.as_ref().map(String::len);
-        change = change.plus(Usage::change(held.get(&id).copied(), size));
+        let before = held.get(&id).copied();
+        change = change.plus(Usage::change(before, size));
+        if before.is_none() && size.is_some() && !grew.contains(&id.0) {
+            grew.push(id.0);
+        }
         match size {
             Some(size) => held.insert(id, size),
             None => held.remove(&id),
         };
     }
-    for cap in batch.caps_touched() {
+    // Only a collection that gained a record can have passed its cap.
+    for cap in batch
+        .caps
+        .iter()
+        .filter(|c| grew.contains(&c.collection.as_str()))
+    {
         if !cap.may_pass(usage.plus(change).records) {
             continue;
         }

@@ -438,6 +438,8 @@ fn apply_push(
         .ok_or(StoreError::NotFound)?;
     let mut version = to_u64(version);
     let mut change = Usage::default();
+    // The collections this push adds a record to.
+    let mut grew: Vec<&str> = Vec::new();
     let mark = tx
         .prepare_cached("SELECT ack, stamp_max FROM clients WHERE user_id = ?1 AND client_id = ?2")
         .and_then(|mut s| {
@@ -527,9 +529,17 @@ fn apply_push(
         .map_err(store_err)?;
         applied += 1;
         change = change.plus(Usage::change(held, m.value.as_ref().map(String::len)));
+        if held.is_none() && m.value.is_some() && !grew.contains(&m.collection.as_str()) {
+            grew.push(m.collection.as_str());
+        }
     }
     let mut evictions = 0;
-    for cap in batch.caps_touched() {
+    // Only a collection that gained a record can have passed its cap.
+    for cap in batch
+        .caps
+        .iter()
+        .filter(|c| grew.contains(&c.collection.as_str()))
+    {
         if !cap.may_pass(usage.plus(change).records) {
             continue;
         }
