@@ -3,7 +3,8 @@
 // and Sinkron, on another origin, trusts them.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,12 +20,19 @@ after(async () => {
 });
 
 /** A site and a Sinkron server in JWT mode that trusts it and allows its origin. */
-async function withSite({ alg = "HS256", cookie = null } = {}, fn) {
+async function withSite({ alg = "HS256", cookie = null, admin = false } = {}, fn) {
   const dir = mkdtempSync(join(tmpdir(), "sinkron-site-"));
   const site = await Site.start({ alg, cookie, dir });
   const keys = alg === "HS256" ? ["--jwt-hs256-secret-file", site.secretFile] : ["--jwks-url", site.jwksUrl];
   const args = ["--auth", "jwt", ...keys, "--cors-origin", site.url];
   if (cookie) args.push("--jwt-cookie", cookie);
+  if (admin) {
+    // The site's backend key, for the admin API.
+    site.adminKey = randomBytes(24).toString("hex");
+    const keyFile = join(dir, "admin.key");
+    writeFileSync(keyFile, site.adminKey);
+    args.push("--admin-token-file", keyFile);
+  }
   const sinkron = await Server.start({ dir, args });
   try {
     await fn(site, sinkron);
@@ -101,6 +109,40 @@ describe("the site's own sign-in", () => {
       await a.getByTestId("logout").click();
       await a.getByTestId("login-submit").waitFor();
       await waitPressed(a, "favorite-s11", "false");
+      await phone.close();
+      await tv.close();
+    }));
+
+  test("the site erases a user: every signed-in device drops the user's data and sends none of it back", () =>
+    withSite({ alg: "HS256", admin: true }, async (site, sinkron) => {
+      const phone = await browser.newContext();
+      const tv = await browser.newContext();
+      const a = await openDemo(phone, site, sinkron, { interval: 300 });
+      const b = await openDemo(tv, site, sinkron, { interval: 300 });
+      await siteSignIn(a, "eve");
+      await siteSignIn(b, "eve");
+      const user = site.userId("eve");
+      await a.getByTestId("favorite-s07").click();
+      await waitPressed(b, "favorite-s07");
+
+      // The TV is offline with a write it has not sent when the site erases the user.
+      await tv.setOffline(true);
+      await b.getByTestId("favorite-s08").click();
+      const erased = await fetch(`${sinkron.url}/api/admin/users/${encodeURIComponent(user)}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${site.adminKey}` },
+      });
+      assert.equal(erased.status, 204);
+
+      // The phone's next poll is answered with a reset of nothing: its copy goes.
+      await waitPressed(a, "favorite-s07", "false");
+      // Back online, the TV sends its old write (taken, not stored) and drops its copy too.
+      await tv.setOffline(false);
+      await b.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await waitPressed(b, "favorite-s07", "false");
+      await waitPressed(b, "favorite-s08", "false");
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(user))), [], "nothing came back");
+      await waitPressed(a, "favorite-s08", "false");
       await phone.close();
       await tv.close();
     }));

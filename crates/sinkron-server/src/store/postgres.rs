@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "erasures",
         include_str!("../../migrations/postgres/0007_erasures.sql"),
     ),
+    (
+        8,
+        "erasure_mark",
+        include_str!("../../migrations/postgres/0008_erasure_mark.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -935,17 +940,29 @@ impl Store for PostgresStore {
             // First sight of this subject; a concurrent first request may create it instead.
             let create = client
                 .prepare_cached(
-                    // After an erasure of the subject: above its last version, and deaf to
-                    // writes from before it (0007_erasures.sql).
-                    "INSERT INTO users
-                         (username, password_hash, created_at, subject, version, horizon,
-                          writes_after)
-                     SELECT $1, '', $2, $3, GREATEST(m.value, COALESCE(e.version + 1, 0)),
-                            GREATEST(m.value, COALESCE(e.version + 1, 0)),
-                            COALESCE(e.erased_at, 0)
-                     FROM meta m LEFT JOIN erasures e ON e.subject = $3
-                     WHERE m.key = 'version_floor'
-                     ON CONFLICT DO NOTHING",
+                    // After an erasure of the subject: above its last version, deaf to
+                    // writes from before it (0007_erasures.sql), and its first version a
+                    // tombstone of the erased user's newest record, so a device's reset ends
+                    // above what it holds (0008). One statement: all of it or none.
+                    "WITH made AS (
+                         INSERT INTO users
+                             (username, password_hash, created_at, subject, version, horizon,
+                              writes_after)
+                         SELECT $1, '', $2, $3, GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                                GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                                COALESCE(e.erased_at, 0)
+                         FROM meta m LEFT JOIN erasures e ON e.subject = $3
+                         WHERE m.key = 'version_floor'
+                         ON CONFLICT DO NOTHING
+                         RETURNING id, version
+                     )
+                     INSERT INTO records
+                         (user_id, collection, key, value, updated_at, client_id, version,
+                          stored_at)
+                     SELECT made.id, e.collection, e.key, NULL, e.erased_at, ''::bytea,
+                            made.version, $2
+                     FROM made JOIN erasures e ON e.subject = $3
+                     WHERE e.collection IS NOT NULL",
                 )
                 .await
                 .map_err(store_err)?;
@@ -993,12 +1010,20 @@ impl Store for PostgresStore {
             .await
             .map_err(store_err)?;
         let version: i64 = found.as_ref().map_or(0, |r| r.get(1));
+        let user_id: Option<i64> = found.as_ref().map(|r| r.get(0));
+        // The erased user's newest record: its tombstone marks a later user's first version.
         tx.execute(
-            "INSERT INTO erasures (subject, version, erased_at) VALUES ($1, $2, $3)
+            "INSERT INTO erasures (subject, version, erased_at, collection, key)
+             SELECT $1, $2, $3, r.collection, r.key
+             FROM (SELECT 1) one
+             LEFT JOIN LATERAL (SELECT collection, key FROM records WHERE user_id = $4
+                                ORDER BY version DESC LIMIT 1) r ON true
              ON CONFLICT (subject) DO UPDATE SET
                  version = GREATEST(erasures.version, excluded.version),
-                 erased_at = excluded.erased_at",
-            &[&subject, &version, &now],
+                 erased_at = excluded.erased_at,
+                 collection = COALESCE(excluded.collection, erasures.collection),
+                 key = COALESCE(excluded.key, erasures.key)",
+            &[&subject, &version, &now, &user_id],
         )
         .await
         .map_err(store_err)?;

@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "erasures",
         include_str!("../../migrations/sqlite/0007_erasures.sql"),
     ),
+    (
+        8,
+        "erasure_mark",
+        include_str!("../../migrations/sqlite/0008_erasure_mark.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -899,10 +904,14 @@ impl Store for SqliteStore {
                 let owned = subject.to_owned();
                 let now = to_i64(now_ms, "server time")?;
                 self.write(move |conn, _| {
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(store_err)?;
                     // After an erasure of the subject: above its last version, and deaf to
                     // writes from before it (0007_erasures.sql).
-                    conn.prepare_cached(
-                        "INSERT INTO users
+                    let made = tx
+                        .prepare_cached(
+                            "INSERT INTO users
                              (username, password_hash, created_at, subject, version, horizon,
                               writes_after)
                          SELECT ?1, '', ?2, ?3, MAX(m.value, COALESCE(e.version + 1, 0)),
@@ -911,10 +920,27 @@ impl Store for SqliteStore {
                          FROM meta m LEFT JOIN erasures e ON e.subject = ?3
                          WHERE m.key = 'version_floor'
                          ON CONFLICT DO NOTHING",
-                    )
-                    .and_then(|mut s| s.execute(params![subject_username(&owned), now, owned]))
-                    .map_err(store_err)?;
-                    find_subject(conn, &owned)?.ok_or(StoreError::NotFound)
+                        )
+                        .and_then(|mut s| s.execute(params![subject_username(&owned), now, owned]))
+                        .map_err(store_err)?;
+                    if made == 1 {
+                        // Its first version is a tombstone of the erased user's newest
+                        // record, so a device's reset ends above what it holds (0008).
+                        tx.prepare_cached(
+                            "INSERT INTO records
+                                 (user_id, collection, key, value, updated_at, client_id,
+                                  version, stored_at)
+                             SELECT u.id, e.collection, e.key, NULL, e.erased_at, '',
+                                    u.version, ?2
+                             FROM users u JOIN erasures e ON e.subject = u.subject
+                             WHERE u.subject = ?1 AND e.collection IS NOT NULL",
+                        )
+                        .and_then(|mut s| s.execute(params![owned, now]))
+                        .map_err(store_err)?;
+                    }
+                    let found = find_subject(&tx, &owned)?.ok_or(StoreError::NotFound)?;
+                    tx.commit().map_err(store_err)?;
+                    Ok(found)
                 })
                 .await?
             }
@@ -948,13 +974,30 @@ impl Store for SqliteStore {
                 .map_err(store_err)?;
             let found = find_subject(&tx, &owned)?;
             let version = found.map_or(0, |(_, version)| version);
+            let newest: Option<(String, String)> = match found {
+                Some((user_id, _)) => tx
+                    .prepare_cached(
+                        "SELECT collection, key FROM records WHERE user_id = ?1
+                         ORDER BY version DESC LIMIT 1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(store_err)?,
+                None => None,
+            };
+            let (collection, key) = newest.unzip();
             tx.prepare_cached(
-                "INSERT INTO erasures (subject, version, erased_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO erasures (subject, version, erased_at, collection, key)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (subject) DO UPDATE SET
                      version = MAX(erasures.version, excluded.version),
-                     erased_at = excluded.erased_at",
+                     erased_at = excluded.erased_at,
+                     collection = COALESCE(excluded.collection, erasures.collection),
+                     key = COALESCE(excluded.key, erasures.key)",
             )
-            .and_then(|mut s| s.execute(params![owned, version, now]))
+            .and_then(|mut s| s.execute(params![owned, version, now, collection, key]))
             .map_err(store_err)?;
             if let Some((user_id, _)) = found {
                 // Records, tokens and client marks go with it (ON DELETE CASCADE).
