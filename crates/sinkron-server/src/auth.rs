@@ -346,8 +346,12 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The built-in session a request signed in with; a site's user has none here.
+/// The built-in session a request signed in with; a site's user has none here, and a deleted
+/// account's last request may not manage it.
 fn own_session(user: &AuthUser) -> Result<[u8; 32], ApiError> {
+    if user.ending {
+        return Err(ApiError::unauthorized());
+    }
     user.token_hash.ok_or_else(|| {
         ApiError::bad_request("a site's user signs out and manages the account at the site")
     })
@@ -428,7 +432,10 @@ async fn delete_account(
 ) -> Result<StatusCode, ApiError> {
     own_session(&user)?;
     confirm_password(&state, &user, ip, confirmation.password).await?;
-    state.store.delete_user(user.user_id).await?;
+    state
+        .store
+        .delete_user(user.user_id, state.now_ms())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

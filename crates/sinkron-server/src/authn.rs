@@ -94,7 +94,11 @@ impl BuiltinTokens {
             self.store.revoke_token(&token_hash).await?;
             return Err(Refusal::Expired);
         }
-        if idle >= self.idle_ms / 30 {
+        if session.ending {
+            // The account was deleted: this request, answered with its emptied state, is the
+            // session's last.
+            self.store.revoke_token(&token_hash).await?;
+        } else if idle >= self.idle_ms / 30 {
             self.store.touch_token(&token_hash, now_ms).await?;
         }
         Ok(Identity::Account {
@@ -217,6 +221,8 @@ pub struct AuthUser {
     pub version: u64,
     /// The hash of a built-in token (what logout revokes); `None` for the site's users.
     pub token_hash: Option<[u8; 32]>,
+    /// The account was deleted and this is its session's last request.
+    pub ending: bool,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -253,6 +259,7 @@ impl AuthUser {
                 username: session.username,
                 version: session.version,
                 token_hash: Some(token_hash),
+                ending: session.ending,
             }),
             Identity::Subject(subject) => {
                 if subject.is_empty() || subject.len() > SUBJECT_BYTES_MAX {
@@ -273,6 +280,7 @@ impl AuthUser {
                     username: subject,
                     version: session.version,
                     token_hash: None,
+                    ending: false,
                 })
             }
         }

@@ -1332,6 +1332,32 @@ async fn sessions_end_everywhere_on_request_password_change_and_deletion(backend
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    // Each device's next request is its session's last: the account's whole state, which
+    // holds no record (the device drops its copy), its old writes taken and not stored.
+    let last = server.pull_ok(&desk, Some("1")).await;
+    assert_eq!(last["reset"], true, "{last}");
+    let changes = last["changes"].as_array().expect("changes");
+    assert!(
+        !changes.is_empty() && changes.iter().all(|c| c["value"].is_null()),
+        "{last}"
+    );
+    let old = batch(
+        "c2",
+        vec![mutation(1, "favorites", "s2", json!({}), 5)],
+        Some("1"),
+    );
+    let last = server.push_ok(&laptop, &old).await;
+    assert_eq!(
+        (&last["ack"], &last["reset"]),
+        (&json!(1), &json!(true)),
+        "{last}"
+    );
+    assert!(last["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .all(|c| c["value"].is_null()));
+    // Then the sessions are over.
     assert!(!live(desk).await && !live(laptop).await);
     let again = server.register("alice").await;
     assert_eq!(

@@ -34,6 +34,7 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) 
 pub async fn run(store: &dyn Store) {
     accounts_and_tokens(store).await;
     sessions_record_their_last_use_and_end_unused(store).await;
+    a_deleted_accounts_sessions_answer_once_with_nothing(store).await;
     shared_attempt_counts_follow_the_window_rule(store).await;
     site_users_are_made_once_per_subject(store).await;
     versions_acks_and_merge(store).await;
@@ -291,6 +292,64 @@ async fn sessions_record_their_last_use_and_end_unused(store: &dyn Store) {
         5_000
     );
     store.revoke_token(&used).await.expect("revoke");
+}
+
+async fn a_deleted_accounts_sessions_answer_once_with_nothing(store: &dyn Store) {
+    let id = store
+        .create_user("leaving", "phc", 1)
+        .await
+        .expect("create");
+    // A write stamped 0 is a write like any other for an account never deleted.
+    let zero = [m(1, "z", Some("{}"), 0)];
+    let outcome = store.push(id, batch("z", &zero, None)).await.expect("push");
+    assert_eq!(outcome.applied, 1);
+    let token = [11u8; 32];
+    store.create_token(id, &token, 1).await.expect("token");
+    let writes = [m(1, "a", Some("{}"), 10), m(2, "b", Some("{}"), 20)];
+    store
+        .push(id, batch("c", &writes, None))
+        .await
+        .expect("push");
+    assert!(
+        !store
+            .session(&token)
+            .await
+            .expect("session")
+            .expect("valid")
+            .ending
+    );
+    store.delete_user(id, 1_000).await.expect("delete");
+    let session = store
+        .session(&token)
+        .await
+        .expect("session")
+        .expect("once more");
+    assert!(session.ending);
+    assert_eq!(session.version, 4);
+    assert!(store
+        .find_user_by_name("leaving")
+        .await
+        .expect("find")
+        .is_none());
+    // The whole state from a device's cursor: no record, one tombstone at the new version.
+    let page = store.pull(id, Some(3), 100).await.expect("pull");
+    assert!(page.reset);
+    let versions: Vec<(u64, bool)> = page
+        .changes
+        .iter()
+        .map(|c| (c.version, c.value.is_some()))
+        .collect();
+    assert_eq!(versions, [(4, false)]);
+    // An old write from the device is taken and not stored.
+    let old = [m(1, "c", Some("{}"), 500)];
+    let outcome = store.push(id, batch("d", &old, None)).await.expect("push");
+    assert_eq!((outcome.ack, outcome.applied), (1, 0));
+    store.revoke_token(&token).await.expect("revoke");
+    store.purge_expired(0, 0).await.expect("purge");
+    assert!(
+        store.pull(id, None, 100).await.is_err(),
+        "the emptied account is gone"
+    );
 }
 
 async fn shared_attempt_counts_follow_the_window_rule(store: &dyn Store) {

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "erasure_mark",
         include_str!("../../migrations/postgres/0008_erasure_mark.sql"),
     ),
+    (
+        9,
+        "ending_sessions",
+        include_str!("../../migrations/postgres/0009_ending_sessions.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -93,7 +98,8 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 const COMPACTION_USERS_MAX: i64 = 1_000;
 
 /// The poll path: token hash → user → version, one indexed lookup each.
-const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at FROM tokens t
+const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, t.ending
+     FROM tokens t
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
 
 /// A page in one statement, so the version, the horizon and the rows are one snapshot. The
@@ -426,6 +432,7 @@ fn session_of(row: &Row) -> SessionInfo {
         username: Arc::from(row.get::<_, &str>(1)),
         version: to_u64(row.get(2)),
         last_used_ms: to_u64(row.get(3)),
+        ending: row.get(4),
     }
 }
 
@@ -470,7 +477,10 @@ async fn apply_push(
     let pending: Vec<_> = batch
         .mutations
         .iter()
-        .filter(|m| m.id > ack && m.updated_at.min(batch.updated_at_max) > writes_after)
+        .filter(|m| {
+            m.id > ack
+                && (writes_after == 0 || m.updated_at.min(batch.updated_at_max) > writes_after)
+        })
         .collect();
     // What each touched record holds now, as far as newest-wins is concerned.
     let mut current: HashMap<(&str, &str), Record> = HashMap::with_capacity(pending.len());
@@ -819,6 +829,15 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(store_err)?;
+        // Deleted accounts whose devices have all had their last answer.
+        client
+            .execute(
+                "DELETE FROM users WHERE username LIKE 'deleted:%' AND password_hash = ''
+                 AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.user_id = users.id)",
+                &[],
+            )
+            .await
+            .map_err(store_err)?;
         client
             .execute(
                 "DELETE FROM login_attempts WHERE since < $1",
@@ -870,14 +889,55 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn delete_user(&self, user_id: UserId) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        // Records, tokens and client marks go with it (ON DELETE CASCADE).
-        client
-            .execute("DELETE FROM users WHERE id = $1", &[&user_id])
+    async fn delete_user(&self, user_id: UserId, now_ms: u64) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(store_err)?;
+        // The user's row first, as a push locks it: a push in progress finishes before.
+        tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+            .await
+            .map_err(store_err)?
+            .ok_or(StoreError::NotFound)?;
+        let newest = tx
+            .query_opt(
+                "SELECT collection, key FROM records WHERE user_id = $1
+                 ORDER BY version DESC LIMIT 1",
+                &[&user_id],
+            )
             .await
             .map_err(store_err)?;
-        Ok(())
+        for sql in [
+            "DELETE FROM records WHERE user_id = $1",
+            "DELETE FROM clients WHERE user_id = $1",
+            "UPDATE tokens SET ending = true WHERE user_id = $1",
+        ] {
+            tx.execute(sql, &[&user_id]).await.map_err(store_err)?;
+        }
+        // Above every version a device holds, deaf to its older writes (0009).
+        let version: i64 = tx
+            .query_one(
+                "UPDATE users SET username = 'deleted:' || id, password_hash = '',
+                     version = version + 1, horizon = version + 1, writes_after = $2,
+                     records = 0, bytes = 0
+                 WHERE id = $1 RETURNING version",
+                &[&user_id, &now],
+            )
+            .await
+            .map_err(store_err)?
+            .get(0);
+        if let Some(row) = newest {
+            let (collection, key): (&[u8], &[u8]) = (row.get(0), row.get(1));
+            tx.execute(
+                "INSERT INTO records
+                     (user_id, collection, key, value, updated_at, client_id, version,
+                      stored_at)
+                 VALUES ($1, $2, $3, NULL, $4, ''::bytea, $5, $4)",
+                &[&user_id, &collection, &key, &now, &version],
+            )
+            .await
+            .map_err(store_err)?;
+        }
+        tx.commit().await.map_err(store_err)
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
@@ -981,6 +1041,7 @@ impl Store for PostgresStore {
             username: subject.into(),
             version: to_u64(row.get(1)),
             last_used_ms: now_ms,
+            ending: false,
         })
     }
 

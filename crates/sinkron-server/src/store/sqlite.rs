@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "erasure_mark",
         include_str!("../../migrations/sqlite/0008_erasure_mark.sql"),
     ),
+    (
+        9,
+        "ending_sessions",
+        include_str!("../../migrations/sqlite/0009_ending_sessions.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -471,7 +476,7 @@ fn apply_push(
             updated_at: m.updated_at.min(batch.updated_at_max),
             client_id: batch.client_id.to_owned(),
         };
-        if incoming.updated_at <= writes_after {
+        if writes_after > 0 && incoming.updated_at <= writes_after {
             continue; // Made before the user was erased: taken, not stored.
         }
         let stored = tx
@@ -810,18 +815,62 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_user(&self, user_id: UserId) -> Result<(), StoreError> {
+    async fn delete_user(&self, user_id: UserId, now_ms: u64) -> Result<(), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
         self.write(move |conn, cache| {
-            // Records, tokens and client marks go with it (ON DELETE CASCADE).
-            conn.prepare_cached("DELETE FROM users WHERE id = ?1")
-                .and_then(|mut s| s.execute([user_id]))
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(store_err)?;
+            let newest: Option<(String, String)> = tx
+                .prepare_cached(
+                    "SELECT collection, key FROM records WHERE user_id = ?1
+                     ORDER BY version DESC LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(store_err)?;
+            for sql in [
+                "DELETE FROM records WHERE user_id = ?1",
+                "DELETE FROM clients WHERE user_id = ?1",
+                "UPDATE tokens SET ending = 1 WHERE user_id = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([user_id]))
+                    .map_err(store_err)?;
+            }
+            // Above every version a device holds, deaf to its older writes (0009).
+            let version: i64 = tx
+                .prepare_cached(
+                    "UPDATE users SET username = 'deleted:' || id, password_hash = '',
+                         version = version + 1, horizon = version + 1, writes_after = ?2,
+                         records = 0, bytes = 0
+                     WHERE id = ?1 RETURNING version",
+                )
+                .and_then(|mut s| s.query_row(params![user_id, now], |r| r.get(0)))
+                .optional()
+                .map_err(store_err)?
+                .ok_or(StoreError::NotFound)?;
+            if let Some((collection, key)) = newest {
+                tx.prepare_cached(
+                    "INSERT INTO records
+                         (user_id, collection, key, value, updated_at, client_id, version,
+                          stored_at)
+                     VALUES (?1, ?2, ?3, NULL, ?4, '', ?5, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![user_id, collection, key, now, version]))
+                .map_err(store_err)?;
+            }
             let mut cache = lock(cache);
-            cache.revocations += 1;
-            cache.tokens.retain(|_, s| s.user_id != user_id);
-            cache.subjects.retain(|_, user| *user != user_id);
-            cache.versions.remove(&user_id);
-            Ok(())
+            cache.raise_version(user_id, to_u64(version));
+            for session in cache.tokens.values_mut() {
+                if session.user_id == user_id {
+                    session.ending = true;
+                }
+            }
+            drop(cache);
+            tx.commit().map_err(store_err)
         })
         .await
     }
@@ -843,7 +892,7 @@ impl Store for SqliteStore {
         let row = self
             .read(move |conn| {
                 conn.prepare_cached(
-                    "SELECT u.id, u.username, u.version, t.last_used_at FROM tokens t
+                    "SELECT u.id, u.username, u.version, t.last_used_at, t.ending FROM tokens t
                      JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
                 )
                 .and_then(|mut s| {
@@ -853,6 +902,7 @@ impl Store for SqliteStore {
                             r.get::<_, String>(1)?,
                             r.get::<_, i64>(2)?,
                             r.get::<_, i64>(3)?,
+                            r.get::<_, bool>(4)?,
                         ))
                     })
                     .optional()
@@ -860,7 +910,7 @@ impl Store for SqliteStore {
                 .map_err(store_err)
             })
             .await?;
-        let Some((user_id, username, version, last_used)) = row else {
+        let Some((user_id, username, version, last_used, ending)) = row else {
             return Ok(None);
         };
         let mut cache = lock(&self.cache);
@@ -869,6 +919,7 @@ impl Store for SqliteStore {
             username: username.into(),
             version: cache.raise_version(user_id, to_u64(version)),
             last_used_ms: to_u64(last_used),
+            ending,
         };
         if cache.revocations == revocations {
             if cache.tokens.len() >= CACHE_ENTRIES_MAX {
@@ -894,6 +945,7 @@ impl Store for SqliteStore {
                 username,
                 version,
                 last_used_ms: now_ms,
+                ending: false,
             });
         }
         let owned = subject.to_owned();
@@ -956,6 +1008,7 @@ impl Store for SqliteStore {
             username,
             version,
             last_used_ms: now_ms,
+            ending: false,
         })
     }
 
@@ -1120,6 +1173,26 @@ impl Store for SqliteStore {
                 .prepare_cached("DELETE FROM tokens WHERE last_used_at < ?1")
                 .and_then(|mut s| s.execute([before]))
                 .map_err(store_err)?;
+            // Deleted accounts whose devices have all had their last answer. Their ids may be
+            // used again by SQLite, so nothing of them may stay in the cache.
+            let gone = conn
+                .prepare_cached(
+                    "DELETE FROM users WHERE username LIKE 'deleted:%' AND password_hash = ''
+                     AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.user_id = users.id)
+                     RETURNING id",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get::<_, i64>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(store_err)?;
+            if !gone.is_empty() {
+                let mut cache = lock(cache);
+                for user_id in gone {
+                    cache.versions.remove(&user_id);
+                    cache.subjects.retain(|_, user| *user != user_id);
+                }
+            }
             if ended > 0 {
                 let mut cache = lock(cache);
                 cache.revocations += 1;
