@@ -750,6 +750,48 @@ describe("sign-out", () => {
     }));
 });
 
+describe("account deletion", () => {
+  test("deleting the account empties every signed-in device, which sends none of its data back", () =>
+    withServer(async (server) => {
+      const phone = await browser.newContext();
+      const tv = await browser.newContext();
+      const a = await open(phone, server, { interval: 300 });
+      const token = await signUp(a, "leaving");
+      const b = await open(tv, server, { interval: 300 });
+      await signIn(b, "leaving");
+      await a.getByTestId("favorite-s09").click();
+      await waitPressed(b, "favorite-s09");
+
+      // The TV is offline with a write it has not sent when the account is deleted.
+      await tv.setOffline(true);
+      await b.getByTestId("favorite-s10").click();
+      const deleted = await fetch(`${server.url}/api/auth/account`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ password: "correct horse" }),
+      });
+      assert.equal(deleted.status, 204);
+
+      // Each device's next answer is the emptied account: its copy goes.
+      await waitPressed(a, "favorite-s09", "false");
+      await tv.setOffline(false);
+      await waitPressed(b, "favorite-s09", "false");
+      await waitPressed(b, "favorite-s10", "false");
+      // Nothing came back: the name is free, and a new account of it holds nothing.
+      const again = await fetch(`${server.url}/api/auth/register`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ username: "leaving", password: "correct horse" }),
+      });
+      assert.equal(again.status, 201);
+      const fresh = await again.json();
+      const state = await server.state(fresh.token);
+      assert.deepEqual(state.changes, []);
+      await phone.close();
+      await tv.close();
+    }));
+});
+
 describe("hidden", () => {
   test("a hidden page does not poll", () =>
     withServer(async (server) => {

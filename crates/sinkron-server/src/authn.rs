@@ -65,6 +65,10 @@ pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate(&self, request: &Parts) -> Result<Identity, Refusal>;
 }
 
+/// How long a deleted account's sessions are still answered, with the emptied account: a
+/// day, so a device that comes online within it drops its copy and its unsent writes.
+pub const DELETED_ACCOUNT_ANSWERED_MS: u64 = 24 * 3600 * 1000;
+
 /// Sinkron's own accounts: `Authorization: Bearer` with a token issued by `/api/auth/login`
 /// (64 lowercase hex digits), stored as its SHA-256 only.
 pub struct BuiltinTokens {
@@ -94,10 +98,13 @@ impl BuiltinTokens {
             self.store.revoke_token(&token_hash).await?;
             return Err(Refusal::Expired);
         }
-        if session.ending {
-            // The account was deleted: this request, answered with its emptied state, is the
-            // session's last.
-            self.store.revoke_token(&token_hash).await?;
+        if session.deleted_at > 0 {
+            // The account was deleted: for a day its devices are answered with its emptied
+            // state (they drop their copy and their unsent writes), then refused.
+            if now_ms.saturating_sub(session.deleted_at) >= DELETED_ACCOUNT_ANSWERED_MS {
+                self.store.revoke_token(&token_hash).await?;
+                return Err(Refusal::Invalid);
+            }
         } else if idle >= self.idle_ms / 30 {
             self.store.touch_token(&token_hash, now_ms).await?;
         }
@@ -221,7 +228,7 @@ pub struct AuthUser {
     pub version: u64,
     /// The hash of a built-in token (what logout revokes); `None` for the site's users.
     pub token_hash: Option<[u8; 32]>,
-    /// The account was deleted and this is its session's last request.
+    /// The account was deleted: its devices are answered with nothing for a while.
     pub ending: bool,
 }
 
@@ -259,7 +266,7 @@ impl AuthUser {
                 username: session.username,
                 version: session.version,
                 token_hash: Some(token_hash),
-                ending: session.ending,
+                ending: session.deleted_at > 0,
             }),
             Identity::Subject(subject) => {
                 if subject.is_empty() || subject.len() > SUBJECT_BYTES_MAX {

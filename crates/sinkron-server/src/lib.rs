@@ -432,6 +432,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_accounts_sessions_get_nothing_for_a_day_then_401() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store::open(&dir.path().join("t.db").display().to_string()).expect("store");
+        let clock = Arc::new(AtomicU64::new(1_000_000_000));
+        let now = clock.clone();
+        let app = app(AppState::new(store, Config::default())
+            .with_clock(Arc::new(move || now.load(Ordering::Relaxed))));
+        let register = Request::post("/api/auth/register")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"username":"ann","password":"correct horse"}"#,
+            ))
+            .expect("request");
+        let token = call(&app, register).await.1["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let with_token = |req: axum::http::request::Builder| {
+            req.header(header::AUTHORIZATION, format!("Bearer {token}"))
+        };
+        let delete = with_token(Request::delete("/api/auth/account"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"password":"correct horse"}"#))
+            .expect("request");
+        assert_eq!(call(&app, delete).await.0, StatusCode::NO_CONTENT);
+        let pull = || {
+            with_token(Request::get("/api/user/me"))
+                .body(Body::empty())
+                .expect("request")
+        };
+        clock.fetch_add(authn::DELETED_ACCOUNT_ANSWERED_MS - 1, Ordering::Relaxed);
+        let (status, body) = call(&app, pull()).await;
+        assert_eq!(
+            (status, &body["changes"]),
+            (StatusCode::OK, &serde_json::json!([]))
+        );
+        clock.fetch_add(1, Ordering::Relaxed);
+        let (status, body) = call(&app, pull()).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::UNAUTHORIZED, &serde_json::json!("unauthorized"))
+        );
+    }
+
+    #[tokio::test]
     async fn an_oversized_body_is_413_before_it_is_read() {
         let (app, _dir) = test_app();
         let req = Request::post("/api/auth/register")

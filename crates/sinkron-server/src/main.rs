@@ -192,8 +192,9 @@ impl Sweep {
             Err(e) => tracing::error!(error = %e, "tombstone compaction failed"),
         }
         let windows_before = now.saturating_sub(sinkron_server::auth::LOGIN_WINDOW_MS);
+        let deleted_before = now.saturating_sub(sinkron_server::authn::DELETED_ACCOUNT_ANSWERED_MS);
         match store
-            .purge_expired(ago(self.session_idle_secs), windows_before)
+            .purge_expired(ago(self.session_idle_secs), windows_before, deleted_before)
             .await
         {
             Ok(0) => {}

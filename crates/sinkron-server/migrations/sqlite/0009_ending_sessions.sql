@@ -1,8 +1,8 @@
--- 0009: sessions of a deleted account answer once more, with nothing.
+-- 0009: a deleted account's devices get one last day of answers, with nothing.
 --
--- Deleting one of Sinkron's own accounts erases its records and marks each of its sessions
--- `ending`: the next request with such a token is answered as the (now empty) account — a
--- reset that makes the device drop its copy, its old unsent writes taken and not stored —
--- and the token is deleted, so every later request is refused (401). The account's row
--- stays, renamed `deleted:<id>` without a password, until its last session is gone.
-ALTER TABLE tokens ADD COLUMN ending INTEGER NOT NULL DEFAULT 0;
+-- Deleting one of Sinkron's own accounts erases its records, frees its username and sets
+-- `deleted_at`. For a day after that, its sessions are still answered, as the emptied
+-- account: a device's next pull is a reset that makes it drop its copy, and its unsent writes
+-- are acknowledged and never stored (the account's `writes_after` is set past any stamp).
+-- Then its sessions are refused (401), and the hourly sweep removes the account's row.
+ALTER TABLE users ADD COLUMN deleted_at INTEGER NOT NULL DEFAULT 0;

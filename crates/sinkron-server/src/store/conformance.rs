@@ -285,7 +285,7 @@ async fn sessions_record_their_last_use_and_end_unused(store: &dyn Store) {
         5_000
     );
     assert_eq!(last_used(store.session(&old).await.expect("session")), 100);
-    assert_eq!(store.purge_expired(1_000, 0).await.expect("purge"), 1);
+    assert_eq!(store.purge_expired(1_000, 0, 0).await.expect("purge"), 1);
     assert!(store.session(&old).await.expect("session").is_none());
     assert_eq!(
         last_used(store.session(&used).await.expect("session")),
@@ -310,22 +310,14 @@ async fn a_deleted_accounts_sessions_answer_once_with_nothing(store: &dyn Store)
         .push(id, batch("c", &writes, None))
         .await
         .expect("push");
-    assert!(
-        !store
-            .session(&token)
-            .await
-            .expect("session")
-            .expect("valid")
-            .ending
+    let session = |s: Option<super::SessionInfo>| s.expect("a session");
+    assert_eq!(
+        session(store.session(&token).await.expect("session")).deleted_at,
+        0
     );
     store.delete_user(id, 1_000).await.expect("delete");
-    let session = store
-        .session(&token)
-        .await
-        .expect("session")
-        .expect("once more");
-    assert!(session.ending);
-    assert_eq!(session.version, 4);
+    let after = session(store.session(&token).await.expect("session"));
+    assert_eq!((after.deleted_at, after.version), (1_000, 4));
     assert!(store
         .find_user_by_name("leaving")
         .await
@@ -340,12 +332,18 @@ async fn a_deleted_accounts_sessions_answer_once_with_nothing(store: &dyn Store)
         .map(|c| (c.version, c.value.is_some()))
         .collect();
     assert_eq!(versions, [(4, false)]);
-    // An old write from the device is taken and not stored.
-    let old = [m(1, "c", Some("{}"), 500)];
-    let outcome = store.push(id, batch("d", &old, None)).await.expect("push");
-    assert_eq!((outcome.ack, outcome.applied), (1, 0));
-    store.revoke_token(&token).await.expect("revoke");
-    store.purge_expired(0, 0).await.expect("purge");
+    // A write from a device, old or new, is taken and not stored.
+    let sent = [m(1, "c", Some("{}"), 500), m(2, "d", Some("{}"), 5_000)];
+    let outcome = store.push(id, batch("d", &sent, None)).await.expect("push");
+    assert_eq!((outcome.ack, outcome.applied), (2, 0));
+    // The sweep removes the account, sessions and all, once its day of answers is over.
+    store.purge_expired(0, 0, 1_000).await.expect("purge");
+    assert!(
+        store.session(&token).await.expect("session").is_some(),
+        "not yet"
+    );
+    store.purge_expired(0, 0, 1_001).await.expect("purge");
+    assert!(store.session(&token).await.expect("session").is_none());
     assert!(
         store.pull(id, None, 100).await.is_err(),
         "the emptied account is gone"
@@ -367,7 +365,7 @@ async fn shared_attempt_counts_follow_the_window_rule(store: &dyn Store) {
         store.count_attempt(&key, 1_301, 300).await.expect("count"),
         Some(super::Attempts::next(None, 1_301, 300))
     );
-    store.purge_expired(0, 2_000).await.expect("purge");
+    store.purge_expired(0, 2_000, 0).await.expect("purge");
     assert_eq!(
         store.count_attempt(&key, 1_302, 300).await.expect("count"),
         Some(super::Attempts::next(None, 1_302, 300))

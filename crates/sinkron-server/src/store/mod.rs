@@ -73,8 +73,8 @@ pub struct SessionInfo {
     /// When a request last came with this session's token, as last recorded by
     /// [`Store::touch_token`] (a site's user, who has no token here: now).
     pub last_used_ms: u64,
-    /// The account was deleted: this request is the session's last ([`Store::delete_user`]).
-    pub ending: bool,
+    /// When the account was deleted ([`Store::delete_user`]), 0 while it lives.
+    pub deleted_at: u64,
 }
 
 /// A sign-in throttle's count for one key: attempts in the current window, this one
@@ -389,12 +389,12 @@ pub trait Store: Send + Sync + 'static {
     async fn set_password(&self, user_id: UserId, password_hash: &str) -> Result<(), StoreError>;
 
     /// Deletes one of Sinkron's own accounts at `now_ms`, at once on every node: its records
-    /// and client marks go, its username is freed, its password cleared. Each of its sessions
-    /// resolves once more, [`SessionInfo::ending`], as an account whose whole state (after
-    /// its last version, a reset for every device) is one tombstone of its newest record and
-    /// that takes no write stamped before `now_ms` — so each signed-in device drops its copy
-    /// and sends nothing back; the caller then revokes the token. The emptied account is
-    /// removed by [`Store::purge_expired`] once no session is left.
+    /// and client marks go, its username is freed, its password cleared, and
+    /// [`SessionInfo::deleted_at`] is set. Its sessions still resolve, to an account whose
+    /// whole state (after its last version: a reset for every device) is one tombstone of
+    /// its newest record, and which acknowledges every write without storing it — so a
+    /// signed-in device drops its copy and its outbox. [`Store::purge_expired`] removes the
+    /// account.
     async fn delete_user(&self, user_id: UserId, now_ms: u64) -> Result<(), StoreError>;
 
     /// Resolves a token to its user and the user's version in one call: this is the poll hot
@@ -450,11 +450,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the sessions last used before `used_before_ms` (they stop resolving at once,
     /// on every node), the shared attempt windows begun before `attempts_before_ms`, and
-    /// deleted accounts without a session left. Returns how many sessions ended.
+    /// the accounts deleted before `deleted_before_ms` with their sessions. Returns how many
+    /// sessions ended.
     async fn purge_expired(
         &self,
         used_before_ms: u64,
         attempts_before_ms: u64,
+        deleted_before_ms: u64,
     ) -> Result<u64, StoreError>;
 
     /// Deletes tombstones stored at or before `stored_before_ms`, except each user's newest

@@ -98,7 +98,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 const COMPACTION_USERS_MAX: i64 = 1_000;
 
 /// The poll path: token hash → user → version, one indexed lookup each.
-const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, t.ending
+const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, u.deleted_at
      FROM tokens t
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
 
@@ -432,7 +432,7 @@ fn session_of(row: &Row) -> SessionInfo {
         username: Arc::from(row.get::<_, &str>(1)),
         version: to_u64(row.get(2)),
         last_used_ms: to_u64(row.get(3)),
-        ending: row.get(4),
+        deleted_at: to_u64(row.get(4)),
     }
 }
 
@@ -818,7 +818,9 @@ impl Store for PostgresStore {
         &self,
         used_before_ms: u64,
         attempts_before_ms: u64,
+        deleted_before_ms: u64,
     ) -> Result<u64, StoreError> {
+        let deleted_before = i64::try_from(deleted_before_ms).unwrap_or(i64::MAX);
         let used_before = i64::try_from(used_before_ms).unwrap_or(i64::MAX);
         let attempts_before = i64::try_from(attempts_before_ms).unwrap_or(i64::MAX);
         let client = self.client().await?;
@@ -829,12 +831,11 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(store_err)?;
-        // Deleted accounts whose devices have all had their last answer.
+        // Deleted accounts past their last day of answers, sessions and all.
         client
             .execute(
-                "DELETE FROM users WHERE username LIKE 'deleted:%' AND password_hash = ''
-                 AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.user_id = users.id)",
-                &[],
+                "DELETE FROM users WHERE deleted_at > 0 AND deleted_at < $1",
+                &[&deleted_before],
             )
             .await
             .map_err(store_err)?;
@@ -909,15 +910,15 @@ impl Store for PostgresStore {
         for sql in [
             "DELETE FROM records WHERE user_id = $1",
             "DELETE FROM clients WHERE user_id = $1",
-            "UPDATE tokens SET ending = true WHERE user_id = $1",
         ] {
             tx.execute(sql, &[&user_id]).await.map_err(store_err)?;
         }
-        // Above every version a device holds, deaf to its older writes (0009).
+        // Above every version a device holds, storing no write (0009).
         let version: i64 = tx
             .query_one(
                 "UPDATE users SET username = 'deleted:' || id, password_hash = '',
-                     version = version + 1, horizon = version + 1, writes_after = $2,
+                     version = version + 1, horizon = version + 1,
+                     writes_after = 9223372036854775807, deleted_at = $2,
                      records = 0, bytes = 0
                  WHERE id = $1 RETURNING version",
                 &[&user_id, &now],
@@ -1041,7 +1042,7 @@ impl Store for PostgresStore {
             username: subject.into(),
             version: to_u64(row.get(1)),
             last_used_ms: now_ms,
-            ending: false,
+            deleted_at: 0,
         })
     }
 

@@ -834,17 +834,17 @@ impl Store for SqliteStore {
             for sql in [
                 "DELETE FROM records WHERE user_id = ?1",
                 "DELETE FROM clients WHERE user_id = ?1",
-                "UPDATE tokens SET ending = 1 WHERE user_id = ?1",
             ] {
                 tx.prepare_cached(sql)
                     .and_then(|mut s| s.execute([user_id]))
                     .map_err(store_err)?;
             }
-            // Above every version a device holds, deaf to its older writes (0009).
+            // Above every version a device holds, storing no write (0009).
             let version: i64 = tx
                 .prepare_cached(
                     "UPDATE users SET username = 'deleted:' || id, password_hash = '',
-                         version = version + 1, horizon = version + 1, writes_after = ?2,
+                         version = version + 1, horizon = version + 1,
+                         writes_after = 9223372036854775807, deleted_at = ?2,
                          records = 0, bytes = 0
                      WHERE id = ?1 RETURNING version",
                 )
@@ -866,7 +866,7 @@ impl Store for SqliteStore {
             cache.raise_version(user_id, to_u64(version));
             for session in cache.tokens.values_mut() {
                 if session.user_id == user_id {
-                    session.ending = true;
+                    session.deleted_at = now_ms;
                 }
             }
             drop(cache);
@@ -892,8 +892,8 @@ impl Store for SqliteStore {
         let row = self
             .read(move |conn| {
                 conn.prepare_cached(
-                    "SELECT u.id, u.username, u.version, t.last_used_at, t.ending FROM tokens t
-                     JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+                    "SELECT u.id, u.username, u.version, t.last_used_at, u.deleted_at
+                     FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
                 )
                 .and_then(|mut s| {
                     s.query_row([&hash[..]], |r| {
@@ -902,7 +902,7 @@ impl Store for SqliteStore {
                             r.get::<_, String>(1)?,
                             r.get::<_, i64>(2)?,
                             r.get::<_, i64>(3)?,
-                            r.get::<_, bool>(4)?,
+                            r.get::<_, i64>(4)?,
                         ))
                     })
                     .optional()
@@ -910,7 +910,7 @@ impl Store for SqliteStore {
                 .map_err(store_err)
             })
             .await?;
-        let Some((user_id, username, version, last_used, ending)) = row else {
+        let Some((user_id, username, version, last_used, deleted_at)) = row else {
             return Ok(None);
         };
         let mut cache = lock(&self.cache);
@@ -919,7 +919,7 @@ impl Store for SqliteStore {
             username: username.into(),
             version: cache.raise_version(user_id, to_u64(version)),
             last_used_ms: to_u64(last_used),
-            ending,
+            deleted_at: to_u64(deleted_at),
         };
         if cache.revocations == revocations {
             if cache.tokens.len() >= CACHE_ENTRIES_MAX {
@@ -945,7 +945,7 @@ impl Store for SqliteStore {
                 username,
                 version,
                 last_used_ms: now_ms,
-                ending: false,
+                deleted_at: 0,
             });
         }
         let owned = subject.to_owned();
@@ -1008,7 +1008,7 @@ impl Store for SqliteStore {
             username,
             version,
             last_used_ms: now_ms,
-            ending: false,
+            deleted_at: 0,
         })
     }
 
@@ -1166,30 +1166,32 @@ impl Store for SqliteStore {
         &self,
         used_before_ms: u64,
         _attempts_before_ms: u64,
+        deleted_before_ms: u64,
     ) -> Result<u64, StoreError> {
         let before = i64::try_from(used_before_ms).unwrap_or(i64::MAX);
+        let deleted_before = i64::try_from(deleted_before_ms).unwrap_or(i64::MAX);
         self.write(move |conn, cache| {
             let ended = conn
                 .prepare_cached("DELETE FROM tokens WHERE last_used_at < ?1")
                 .and_then(|mut s| s.execute([before]))
                 .map_err(store_err)?;
-            // Deleted accounts whose devices have all had their last answer. Their ids may be
-            // used again by SQLite, so nothing of them may stay in the cache.
+            // Deleted accounts past their last day of answers, sessions and all. Their ids may
+            // be used again by SQLite, so nothing of them may stay in the cache.
             let gone = conn
                 .prepare_cached(
-                    "DELETE FROM users WHERE username LIKE 'deleted:%' AND password_hash = ''
-                     AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.user_id = users.id)
-                     RETURNING id",
+                    "DELETE FROM users WHERE deleted_at > 0 AND deleted_at < ?1 RETURNING id",
                 )
                 .and_then(|mut s| {
-                    s.query_map([], |r| r.get::<_, i64>(0))?
+                    s.query_map([deleted_before], |r| r.get::<_, i64>(0))?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .map_err(store_err)?;
             if !gone.is_empty() {
                 let mut cache = lock(cache);
+                cache.revocations += 1;
                 for user_id in gone {
                     cache.versions.remove(&user_id);
+                    cache.tokens.retain(|_, s| s.user_id != user_id);
                     cache.subjects.retain(|_, user| *user != user_id);
                 }
             }
