@@ -280,6 +280,19 @@ pub struct PushBatch<'a> {
 }
 
 impl PushBatch<'_> {
+    /// The caps to apply after a push that added a record to each of the `grew` collections
+    /// and left the user with `usage`: only a collection that gained a record can have
+    /// passed its cap, and only if the user holds more records than the cap in all.
+    pub fn caps_to_apply<'b>(
+        &'b self,
+        grew: &'b [&str],
+        usage: Usage,
+    ) -> impl Iterator<Item = &'b Cap> {
+        self.caps.iter().filter(move |cap| {
+            grew.contains(&cap.collection.as_str()) && cap.may_pass(usage.records)
+        })
+    }
+
     /// The caps of the collections this batch adds records to (a write of a value).
     pub fn caps_touched(&self) -> impl Iterator<Item = &Cap> {
         self.caps.iter().filter(|cap| {

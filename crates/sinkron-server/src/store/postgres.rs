@@ -568,15 +568,7 @@ async fn apply_push(
             None => held.remove(&id),
         };
     }
-    // Only a collection that gained a record can have passed its cap.
-    for cap in batch
-        .caps
-        .iter()
-        .filter(|c| grew.contains(&c.collection.as_str()))
-    {
-        if !cap.may_pass(usage.plus(change).records) {
-            continue;
-        }
+    for cap in batch.caps_to_apply(&grew, usage.plus(change)) {
         let rows = tx
             .query(
                 "SELECT key, updated_at, client_id, octet_length(value) FROM records

@@ -544,15 +544,7 @@ fn apply_push(
         }
     }
     let mut evictions = 0;
-    // Only a collection that gained a record can have passed its cap.
-    for cap in batch
-        .caps
-        .iter()
-        .filter(|c| grew.contains(&c.collection.as_str()))
-    {
-        if !cap.may_pass(usage.plus(change).records) {
-            continue;
-        }
+    for cap in batch.caps_to_apply(&grew, usage.plus(change)) {
         let live = tx
             .prepare_cached(
                 "SELECT key, updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
@@ -632,6 +624,22 @@ fn find_subject(conn: &Connection, subject: &str) -> Result<Option<(i64, i64)>, 
                 .optional()
         })
         .map_err(store_err)
+}
+
+/// The collection and key of the user's newest record (by version), if any: its tombstone
+/// marks where an erased or deleted user's whole state ends.
+fn newest_record(
+    conn: &Connection,
+    user_id: UserId,
+) -> Result<Option<(String, String)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT collection, key FROM records WHERE user_id = ?1 ORDER BY version DESC LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    })
+    .map_err(store_err)
 }
 
 /// The same error again, for each push of a group whose commit failed.
@@ -821,16 +829,7 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(store_err)?;
-            let newest: Option<(String, String)> = tx
-                .prepare_cached(
-                    "SELECT collection, key FROM records WHERE user_id = ?1
-                     ORDER BY version DESC LIMIT 1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .map_err(store_err)?;
+            let newest = newest_record(&tx, user_id)?;
             for sql in [
                 "DELETE FROM records WHERE user_id = ?1",
                 "DELETE FROM clients WHERE user_id = ?1",
@@ -1027,17 +1026,8 @@ impl Store for SqliteStore {
                 .map_err(store_err)?;
             let found = find_subject(&tx, &owned)?;
             let version = found.map_or(0, |(_, version)| version);
-            let newest: Option<(String, String)> = match found {
-                Some((user_id, _)) => tx
-                    .prepare_cached(
-                        "SELECT collection, key FROM records WHERE user_id = ?1
-                         ORDER BY version DESC LIMIT 1",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()
-                    })
-                    .map_err(store_err)?,
+            let newest = match found {
+                Some((user_id, _)) => newest_record(&tx, user_id)?,
                 None => None,
             };
             let (collection, key) = newest.unzip();
