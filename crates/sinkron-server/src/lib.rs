@@ -18,6 +18,7 @@ pub mod password;
 pub mod site;
 pub mod store;
 pub mod sync;
+pub mod transfer;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -33,6 +33,12 @@ enum Command {
     /// history anew, so each device replaces its copy at its next sync instead of keeping
     /// changes the restored database no longer has (see docs/DEPLOYMENT.md, "Backup").
     Restored(Restored),
+    /// Merge a site's records from JSON Lines (`{"user","collection","key","value",
+    /// "updatedAt"}`, a null value a delete), newest wins as for a push; while servers run
+    /// (see docs/DEPLOYMENT.md, "Moving a site's existing data in").
+    Import(sinkron_server::transfer::ImportArgs),
+    /// Write the site's users' records as JSON Lines, the format `import` reads.
+    Export(sinkron_server::transfer::ExportArgs),
 }
 
 #[derive(clap::Args)]
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(config) => serve(*config).await,
             Command::Restored(restored) => mark_restored(restored).await,
+            Command::Import(args) => sinkron_server::transfer::import(args).await,
+            Command::Export(args) => sinkron_server::transfer::export(args).await,
         }
     };
     match runtime.block_on(work) {

@@ -162,7 +162,8 @@ fn validate_push(req: &PushRequest, collections: &[String]) -> Result<(), ApiErr
     Ok(())
 }
 
-fn validate_mutation(
+/// Checks one mutation (the `i`-th of a push); `sinkron import` checks each line with it.
+pub(crate) fn validate_mutation(
     i: usize,
     m: &Mutation,
     previous_id: u64,

@@ -485,6 +485,10 @@ pub trait Store: Send + Sync + 'static {
     /// are newer than any the device holds, so nothing of the lost history survives on it.
     /// Users created later start from the new floor. Returns the floor.
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError>;
+
+    /// Every site's user (JWT mode): its id and subject, in no particular order. Built-in
+    /// accounts are left out. `sinkron export` reads each one's records with [`Store::pull`].
+    async fn site_users(&self) -> Result<Vec<(UserId, String)>, StoreError>;
 }
 
 /// The version floor after a restore: above the old floor, every stored version and

@@ -1192,6 +1192,18 @@ impl Store for PostgresStore {
             deleted += to_u64(row.get(0));
         }
     }
+
+    async fn site_users(&self) -> Result<Vec<(UserId, String)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, subject FROM users WHERE subject IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,17 @@
 //! keeps the poll hot path off the database. Pushes are committed in groups: the pushes that
 //! queue while the writer is busy are applied next in one transaction, each in a savepoint
 //! of its own, so they share one fsync and a failing one takes nothing of the others along. The cache is safe only because this process is
-//! the file's sole writer: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
-//! every write goes through the one writer, which raises the cached version just before it
-//! commits (so the cache is never behind the database).
+//! the file's sole server: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
+//! every write of the server goes through the one writer, which raises the cached version just
+//! before it commits (so the cache is never behind the database).
+//!
+//! One other process may write while a server runs: `sinkron import`, which opens the file
+//! with [`SqliteStore::open_beside_server`] (no lock) and commits short batches through the
+//! same merge. The server notices another process's commits by `PRAGMA data_version` on its
+//! writer, looked at every [`WATCH_PERIOD`], and then raises every cached version to the
+//! database's; a pull raises its user's cached version to what it read, so a cursor it hands
+//! out is never refused as ahead of the user. Until the server notices, polls may be answered
+//! `304` as before the import: the imported records arrive at the next poll after that.
 //!
 //! It must not validate requests or know HTTP; blocking calls run on tokio's blocking pool,
 //! never on the async workers.
@@ -15,7 +23,8 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -85,6 +94,8 @@ const READERS: usize = 4;
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Past this many entries a cache map is dropped and refilled on demand.
 const CACHE_ENTRIES_MAX: usize = 100_000;
+/// How often a server looks for commits made by another process (`sinkron import`).
+pub const WATCH_PERIOD: Duration = Duration::from_millis(200);
 
 /// Sessions and versions known to be current. See the module doc for why this is safe.
 #[derive(Default)]
@@ -172,8 +183,9 @@ pub struct SqliteStore {
     pushes: Arc<Mutex<Vec<PushJob>>>,
     readers: Readers,
     cache: Arc<Mutex<Cache>>,
-    /// Held for the store's lifetime: the exclusive lock on `<path>.lock`.
-    _lock: File,
+    /// Held for the store's lifetime: the exclusive lock on `<path>.lock` (none for
+    /// [`SqliteStore::open_beside_server`]).
+    _lock: Option<File>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -185,34 +197,52 @@ impl SqliteStore {
     /// Opens the file (creating it if missing), locks it against other servers, applies any
     /// pending migration and opens the reader connections.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        Self::open_as(path, true)
+    }
+
+    /// Opens the file like [`SqliteStore::open`] but takes no lock, so it works beside a
+    /// running server, which notices this store's commits (see the module doc). For
+    /// `sinkron import` and `export`: it must not serve requests, as its cache does not
+    /// follow the server's writes.
+    pub fn open_beside_server(path: &Path) -> Result<Self, OpenError> {
+        Self::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, server: bool) -> Result<Self, OpenError> {
         let shown = path.display().to_string();
         let open_err = |reason: String| OpenError::Open {
             path: shown.clone(),
             reason,
         };
 
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| open_err(format!("cannot create lock file: {e}")))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked {
-                    path: shown.clone(),
-                    lock: Path::new(&lock_path).display().to_string(),
-                })
+        let lock_file = if server {
+            let mut lock_path = path.as_os_str().to_owned();
+            lock_path.push(".lock");
+            let lock_file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| open_err(format!("cannot create lock file: {e}")))?;
+            match lock_file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(OpenError::Locked {
+                        path: shown.clone(),
+                        lock: Path::new(&lock_path).display().to_string(),
+                    })
+                }
+                Err(TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
             }
-            Err(TryLockError::Error(e)) => return Err(open_err(format!("cannot lock: {e}"))),
-        }
+            Some(lock_file)
+        } else {
+            None
+        };
 
         let mut writer = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         configure(&writer).map_err(|e| open_err(e.to_string()))?;
         migrate(&mut writer).map_err(|e| open_err(e.to_string()))?;
+        let seen = data_version(&writer).map_err(|e| open_err(e.to_string()))?;
 
         let mut idle = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -226,7 +256,7 @@ impl SqliteStore {
             idle.push(conn);
         }
 
-        Ok(Self {
+        let store = Self {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             pushes: Arc::new(Mutex::new(Vec::new())),
             readers: Readers {
@@ -235,7 +265,15 @@ impl SqliteStore {
             },
             cache: Arc::new(Mutex::new(Cache::default())),
             _lock: lock_file,
-        })
+        };
+        if server {
+            let (writer, cache) = (Arc::downgrade(&store.writer), Arc::downgrade(&store.cache));
+            std::thread::Builder::new()
+                .name("sqlite-watch".into())
+                .spawn(move || watch_other_writers(&writer, &cache, seen))
+                .map_err(|e| open_err(format!("cannot start a thread: {e}")))?;
+        }
+        Ok(store)
     }
 
     /// Runs `f` on an idle reader connection, off the async workers.
@@ -1067,14 +1105,19 @@ impl Store for SqliteStore {
         since: Option<u64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.read(move |conn| {
-            // A deferred transaction: its first read fixes the WAL snapshot for the rest.
-            let tx = conn.transaction().map_err(store_err)?;
-            let page = read_page(&tx, user_id, since, limit)?;
-            tx.commit().map_err(store_err)?;
-            Ok(page)
-        })
-        .await
+        let page = self
+            .read(move |conn| {
+                // A deferred transaction: its first read fixes the WAL snapshot for the rest.
+                let tx = conn.transaction().map_err(store_err)?;
+                let page = read_page(&tx, user_id, since, limit)?;
+                tx.commit().map_err(store_err)?;
+                Ok(page)
+            })
+            .await?;
+        // What was read is committed, so this never puts the cache ahead of the database;
+        // after another process's commit it keeps the cursor handed out from being refused.
+        lock(&self.cache).raise_version(user_id, page.cursor);
+        Ok(page)
     }
 
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
@@ -1226,6 +1269,65 @@ impl Store for SqliteStore {
             Ok(u64::try_from(deleted).unwrap_or(0))
         })
         .await
+    }
+
+    async fn site_users(&self) -> Result<Vec<(UserId, String)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, subject FROM users WHERE subject IS NOT NULL")
+                .map_err(store_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(store_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(store_err)
+        })
+        .await
+    }
+}
+
+/// Changes with every commit another connection makes to the file (never with this one's).
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+/// A server's watch for another process's commits (`sinkron import`), until the store is
+/// dropped: when the file's data version moved, every user's cached version is raised to the
+/// database's. Raising (never lowering) keeps the rule that the cache is never behind the
+/// database once the watch has run, whatever a concurrent reader caches from before.
+fn watch_other_writers(
+    writer: &Weak<tokio::sync::Mutex<Connection>>,
+    cache: &Weak<Mutex<Cache>>,
+    mut seen: i64,
+) {
+    loop {
+        std::thread::sleep(WATCH_PERIOD);
+        let (Some(writer), Some(cache)) = (writer.upgrade(), cache.upgrade()) else {
+            return;
+        };
+        let conn = writer.blocking_lock();
+        let read = data_version(&conn).and_then(|now| {
+            if now == seen {
+                return Ok(None);
+            }
+            let versions = conn
+                .prepare_cached("SELECT id, version FROM users")?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((now, versions)))
+        });
+        drop(conn);
+        match read {
+            Ok(None) => {}
+            Ok(Some((now, versions))) => {
+                let mut cache = lock(&cache);
+                for (user_id, version) in versions {
+                    cache.raise_version(user_id, to_u64(version));
+                }
+                seen = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read versions another process wrote"),
+        }
     }
 }
 
