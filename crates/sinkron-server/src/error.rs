@@ -137,6 +137,16 @@ impl From<StoreError> for ApiError {
                      delete records to make room"
                 ),
             ),
+            // The user's row went under a live request (an erasure, a deleted account's
+            // last sweep): trying again finds the session gone (401) or the user made anew.
+            StoreError::NotFound => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the user changed during this request; try again",
+                )
+            },
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "storage unavailable");
                 Self {
@@ -231,5 +241,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_gone_under_a_request_is_a_retry_not_a_server_error() {
+        let e = ApiError::from(StoreError::NotFound);
+        assert_eq!(
+            (e.status, e.code, e.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1))
+        );
+        let e = ApiError::from(StoreError::Other("disk on fire".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
