@@ -14,6 +14,83 @@ pub const HISTORY_CAP: u64 = 1_000;
 /// Longest `--jwks-refresh-secs`: a day.
 pub const JWKS_REFRESH_SECS_MAX: u64 = 86_400;
 
+/// What a write must satisfy and how it is kept: the flags `sinkron serve` and `sinkron import`
+/// share, so that an imported record meets the rules a device's push does.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WriteRules {
+    /// Collections clients may write to, comma separated.
+    #[arg(
+        long,
+        env = "SINKRON_COLLECTIONS",
+        value_name = "NAMES",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_COLLECTIONS.map(String::from)
+    )]
+    pub collections: Vec<String>,
+
+    /// How far ahead of the server clock a write's `updatedAt` may be, in milliseconds; later
+    /// ones are clamped to it so a device with a fast clock cannot win forever.
+    #[arg(
+        long,
+        env = "SINKRON_MAX_FUTURE_MS",
+        value_name = "MS",
+        default_value_t = 60_000
+    )]
+    pub max_future_ms: u64,
+
+    /// Most records holding a value one user keeps in a collection, as `NAME=N`, comma
+    /// separated: past it a push evicts the oldest (as deletions, so devices follow) rather
+    /// than refusing a play. `NAME=0` lifts the cap. Default: `history=1000` when `history`
+    /// is one of the collections.
+    #[arg(
+        long,
+        env = "SINKRON_COLLECTION_CAPS",
+        value_name = "NAME=N",
+        value_delimiter = ','
+    )]
+    pub collection_caps: Option<Vec<String>>,
+}
+
+impl Default for WriteRules {
+    fn default() -> Self {
+        Self {
+            collections: DEFAULT_COLLECTIONS.map(String::from).to_vec(),
+            max_future_ms: 60_000,
+            collection_caps: None,
+        }
+    }
+}
+
+impl WriteRules {
+    /// The `--collection-caps`, checked: each names a collection clients may write to and a
+    /// count (0: no cap).
+    pub fn caps(&self) -> Result<Vec<(String, u64)>, String> {
+        let Some(given) = &self.collection_caps else {
+            let history = self.collections.iter().any(|c| c == "history");
+            return Ok(history
+                .then(|| (String::from("history"), HISTORY_CAP))
+                .into_iter()
+                .collect());
+        };
+        let mut caps = Vec::new();
+        for cap in given {
+            let bad = || format!("--collection-caps {cap:?} is not NAME=COUNT, e.g. history=1000");
+            let (name, max) = cap.split_once('=').ok_or_else(bad)?;
+            let max: u64 = max.trim().parse().map_err(|_| bad())?;
+            let name = name.trim();
+            if !self.collections.iter().any(|c| c == name) {
+                return Err(format!(
+                    "--collection-caps names {name:?}, which is not one of --collections"
+                ));
+            }
+            if max > 0 {
+                caps.push((name.to_owned(), max));
+            }
+        }
+        Ok(caps)
+    }
+}
+
 /// Settings of `sinkron serve`.
 #[derive(Clone, clap::Args)]
 pub struct Config {
@@ -49,25 +126,9 @@ pub struct Config {
     )]
     pub db_pool_size: u32,
 
-    /// Collections clients may write to, comma separated.
-    #[arg(
-        long,
-        env = "SINKRON_COLLECTIONS",
-        value_name = "NAMES",
-        value_delimiter = ',',
-        default_values_t = DEFAULT_COLLECTIONS.map(String::from)
-    )]
-    pub collections: Vec<String>,
-
-    /// How far ahead of the server clock a write's `updatedAt` may be, in milliseconds; later
-    /// ones are clamped to it so a device with a fast clock cannot win forever.
-    #[arg(
-        long,
-        env = "SINKRON_MAX_FUTURE_MS",
-        value_name = "MS",
-        default_value_t = 60_000
-    )]
-    pub max_future_ms: u64,
+    /// What a write must satisfy and how it is kept.
+    #[command(flatten)]
+    pub rules: WriteRules,
 
     /// Most changes in one pull page (and in the changes of one push answer).
     #[arg(
@@ -146,18 +207,6 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub user_bytes_max: u64,
-
-    /// Most records holding a value one user keeps in a collection, as `NAME=N`, comma
-    /// separated: past it a push evicts the oldest (as deletions, so devices follow) rather
-    /// than refusing a play. `NAME=0` lifts the cap. Default: `history=1000` when `history`
-    /// is one of the collections.
-    #[arg(
-        long,
-        env = "SINKRON_COLLECTION_CAPS",
-        value_name = "NAME=N",
-        value_delimiter = ','
-    )]
-    pub collection_caps: Option<Vec<String>>,
 
     /// A file holding the key of the site's backend API (`/api/admin/…`), at least 32
     /// characters (e.g. `openssl rand -hex 32`). Without it those routes answer 404.
@@ -326,15 +375,13 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database: "sinkron.db".into(),
             db_pool_size: 16,
-            collections: DEFAULT_COLLECTIONS.map(String::from).to_vec(),
-            max_future_ms: 60_000,
+            rules: WriteRules::default(),
             page_size: 1000,
             tombstone_ttl_secs: 30 * 24 * 3600,
             session_idle_secs: 30 * 24 * 3600,
             user_requests_per_minute: 600,
             user_concurrency: 4,
             user_records_max: 100_000,
-            collection_caps: None,
             admin_token_file: None,
             user_bytes_max: 64 << 20,
             request_timeout_secs: 30,
@@ -403,34 +450,6 @@ impl Config {
             .collect()
     }
 
-    /// The `--collection-caps`, checked: each names a collection clients may write to and a
-    /// count (0: no cap).
-    pub fn caps(&self) -> Result<Vec<(String, u64)>, String> {
-        let Some(given) = &self.collection_caps else {
-            let history = self.collections.iter().any(|c| c == "history");
-            return Ok(history
-                .then(|| (String::from("history"), HISTORY_CAP))
-                .into_iter()
-                .collect());
-        };
-        let mut caps = Vec::new();
-        for cap in given {
-            let bad = || format!("--collection-caps {cap:?} is not NAME=COUNT, e.g. history=1000");
-            let (name, max) = cap.split_once('=').ok_or_else(bad)?;
-            let max: u64 = max.trim().parse().map_err(|_| bad())?;
-            let name = name.trim();
-            if !self.collections.iter().any(|c| c == name) {
-                return Err(format!(
-                    "--collection-caps names {name:?}, which is not one of --collections"
-                ));
-            }
-            if max > 0 {
-                caps.push((name.to_owned(), max));
-            }
-        }
-        Ok(caps)
-    }
-
     pub fn connect_options(&self) -> crate::store::ConnectOptions {
         crate::store::ConnectOptions {
             pool_size: usize::try_from(self.db_pool_size).unwrap_or(usize::MAX),
@@ -460,15 +479,13 @@ impl fmt::Debug for Config {
             .field("addr", &self.addr)
             .field("database", &database)
             .field("db_pool_size", &self.db_pool_size)
-            .field("collections", &self.collections)
-            .field("max_future_ms", &self.max_future_ms)
+            .field("rules", &self.rules)
             .field("page_size", &self.page_size)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
             .field("session_idle_secs", &self.session_idle_secs)
             .field("user_requests_per_minute", &self.user_requests_per_minute)
             .field("user_concurrency", &self.user_concurrency)
             .field("user_records_max", &self.user_records_max)
-            .field("collection_caps", &self.collection_caps)
             .field("admin_token_file", &self.admin_token_file)
             .field("user_bytes_max", &self.user_bytes_max)
             .field("request_timeout_secs", &self.request_timeout_secs)
@@ -496,10 +513,10 @@ mod tests {
 
     #[test]
     fn caps_default_to_history_when_there_is_one_and_are_checked() {
-        let with = |caps: Option<&[&str]>, collections: &[&str]| Config {
+        let with = |caps: Option<&[&str]>, collections: &[&str]| WriteRules {
             collection_caps: caps.map(|c| c.iter().map(|s| s.to_string()).collect()),
             collections: collections.iter().map(|s| s.to_string()).collect(),
-            ..Config::default()
+            ..WriteRules::default()
         };
         let history = vec![("history".to_owned(), HISTORY_CAP)];
         assert_eq!(with(None, &["history", "likes"]).caps(), Ok(history));

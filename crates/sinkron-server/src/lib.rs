@@ -99,6 +99,7 @@ impl AppState {
         });
         // `sinkron serve` refuses bad caps at start; a library user's are logged and left out.
         let caps = config
+            .rules
             .caps()
             .unwrap_or_else(|e| {
                 tracing::error!("{e}; no collection caps");

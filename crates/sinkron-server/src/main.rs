@@ -113,7 +113,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
     // Settings first: a bad origin, key file or key URL fails before anything is opened.
     config.cors_origins()?;
-    config.caps()?;
+    config.rules.caps()?;
     let jwt = JwtVerifier::from_config(&config).await?;
     let admin_key = config
         .admin_token_file

@@ -244,7 +244,7 @@ pub(crate) async fn push_for(
     version: u64,
     req: &PushRequest,
 ) -> Result<Response, ApiError> {
-    validate_push(req, &state.config.collections)?;
+    validate_push(req, &state.config.rules.collections)?;
     let since = req
         .last_sync
         .as_deref()
@@ -259,7 +259,7 @@ pub(crate) async fn push_for(
                 client_id: &req.client_id,
                 mutations: &req.mutations,
                 now_ms: now,
-                updated_at_max: now.saturating_add(state.config.max_future_ms),
+                updated_at_max: now.saturating_add(state.config.rules.max_future_ms),
                 since,
                 limit: state.config.page_size(),
                 quota: Quota {

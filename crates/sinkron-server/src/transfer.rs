@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
-use sinkron_core::protocol::{Change, DEFAULT_COLLECTIONS, MUTATIONS_MAX};
+use sinkron_core::protocol::{Change, MUTATIONS_MAX};
 use sinkron_core::Mutation;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -62,36 +62,9 @@ pub struct ImportArgs {
     #[arg(long, env = "SINKRON_DATABASE_URL", value_name = "URL")]
     pub database: String,
 
-    /// Collections records may be in, comma separated (as for `serve`).
-    #[arg(
-        long,
-        env = "SINKRON_COLLECTIONS",
-        value_name = "NAMES",
-        value_delimiter = ',',
-        default_values_t = DEFAULT_COLLECTIONS.map(String::from)
-    )]
-    pub collections: Vec<String>,
-
-    /// Most records holding a value one user keeps in a collection, as `NAME=N`, comma
-    /// separated; past it the oldest become deletions, as for a push (as for `serve`; default
-    /// `history=1000` when `history` is one of the collections, `NAME=0` lifts a cap).
-    #[arg(
-        long,
-        env = "SINKRON_COLLECTION_CAPS",
-        value_name = "NAME=N",
-        value_delimiter = ','
-    )]
-    pub collection_caps: Option<Vec<String>>,
-
-    /// How far ahead of this clock an `updatedAt` may be, in milliseconds; later ones are
-    /// clamped to it, as for a push (as for `serve`).
-    #[arg(
-        long,
-        env = "SINKRON_MAX_FUTURE_MS",
-        value_name = "MS",
-        default_value_t = 60_000
-    )]
-    pub max_future_ms: u64,
+    /// The collections, caps and clock bound of `serve`: an import meets a push's rules.
+    #[command(flatten)]
+    pub rules: crate::config::WriteRules,
 
     /// Stop at the first invalid line: the lines before it are imported, none after it.
     #[arg(long)]
@@ -484,15 +457,12 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         None => (Box::new(BufReader::new(std::io::stdin())), None),
     };
     // The caps as `serve` reads them.
-    let caps: Arc<[Cap]> = crate::Config {
-        collections: args.collections.clone(),
-        collection_caps: args.collection_caps.clone(),
-        ..crate::Config::default()
-    }
-    .caps()?
-    .into_iter()
-    .map(|(collection, max)| Cap { collection, max })
-    .collect();
+    let caps: Arc<[Cap]> = args
+        .rules
+        .caps()?
+        .into_iter()
+        .map(|(collection, max)| Cap { collection, max })
+        .collect();
     let _lock = lock_sqlite_import(&args.database)?;
     let (store, users_at_once) = open(&args.database).await?;
     let mut importer = Importer {
@@ -500,7 +470,7 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         users_at_once,
         rules: Arc::new(Rules {
             now_ms: crate::now_ms(),
-            max_future_ms: args.max_future_ms,
+            max_future_ms: args.rules.max_future_ms,
             caps,
         }),
         users: HashMap::new(),
@@ -524,7 +494,7 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         bytes += n as u64;
         let parsed = match std::str::from_utf8(&buf) {
             Ok(text) if text.trim().is_empty() => continue,
-            Ok(text) => parse_line(text.trim_end_matches(['\n', '\r']), &args.collections),
+            Ok(text) => parse_line(text.trim_end_matches(['\n', '\r']), &args.rules.collections),
             Err(_) => Err("not UTF-8".to_owned()),
         };
         match parsed {
@@ -675,7 +645,9 @@ mod tests {
     use super::*;
 
     fn collections() -> Vec<String> {
-        DEFAULT_COLLECTIONS.map(String::from).to_vec()
+        sinkron_core::protocol::DEFAULT_COLLECTIONS
+            .map(String::from)
+            .to_vec()
     }
 
     #[test]
