@@ -3,30 +3,11 @@
 
 mod support;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{batch, mutation, Backend, Server};
+use support::{batch, mutation, site_token, Backend, Server};
 
 const KEY: &str = "an admin key of the site's backend, 48 characters";
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/jwt")
-        .join(name)
-}
-
-/// A site token for `sub`, valid for ten minutes.
-fn site_token(sub: &str) -> String {
-    let secret = std::fs::read_to_string(fixture("hs256.secret")).expect("secret");
-    let now = jsonwebtoken::get_current_timestamp();
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": now + 600}),
-        &EncodingKey::from_secret(secret.trim_end().as_bytes()).expect("key"),
-    )
-    .expect("token")
-}
 
 async fn server(backend: Backend) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -34,7 +15,7 @@ async fn server(backend: Backend) -> (Server, tempfile::TempDir) {
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
     let (key, secret) = (
         key_file.display().to_string(),
-        fixture("hs256.secret").display().to_string(),
+        support::hs256_secret_path().display().to_string(),
     );
     let args = [
         "--admin-token-file",

@@ -9,16 +9,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{header, StatusCode};
 use serde_json::{json, Value};
-use support::{batch, mutation, Backend, Data, Server, BIN, UNLIMITED};
+use support::{batch, mutation, site_token, Backend, Data, Server, BIN, UNLIMITED};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -27,24 +26,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a device may see `304` after an import ended.
 const PICKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn secret_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/hs256.secret")
-}
-
-/// A ten-minute token of the site for `sub`.
-fn token(sub: &str) -> String {
-    let secret = std::fs::read_to_string(secret_path()).expect("secret");
-    let now = jsonwebtoken::get_current_timestamp();
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": now + 600}),
-        &EncodingKey::from_secret(secret.trim_end().as_bytes()).expect("key"),
-    )
-    .expect("encode")
-}
-
 async fn start(data: &Data) -> Server {
-    let secret = secret_path().display().to_string();
+    let secret = support::hs256_secret_path().display().to_string();
     let mut args = vec!["--jwt-hs256-secret-file", secret.as_str()];
     args.extend_from_slice(&UNLIMITED);
     data.start(&args).await
@@ -259,7 +242,7 @@ async fn bad_lines_are_skipped_and_a_second_run_changes_nothing(backend: Backend
 
     // Again, beside a running server: nothing changes, not even a version.
     let server = start(&data).await;
-    let site0 = token("site-0");
+    let site0 = site_token("site-0");
     let before = server.pull_ok(&site0, None).await;
     let again = import(&data, &file, &[]).await;
     assert!(again.status.success(), "import: {}", text(&again.stderr));
@@ -285,7 +268,7 @@ async fn bad_lines_are_skipped_and_a_second_run_changes_nothing(backend: Backend
 async fn a_devices_newer_write_survives_an_older_import(backend: Backend) {
     let data = Data::new(backend);
     let server = start(&data).await;
-    let phone = token("site-7");
+    let phone = site_token("site-7");
     let now = now_ms();
     let pushed = server
         .push_ok(
@@ -369,7 +352,7 @@ async fn an_import_runs_beside_a_server_taking_pushes(backend: Backend) {
     let old = now_ms() - 86_400_000;
 
     // An idle device of a user who pushes nothing: it must see the import at its next poll.
-    let quiet = token("quiet");
+    let quiet = site_token("quiet");
     let quiet_cursor = server.pull_ok(&quiet, None).await["cursor"]
         .as_str()
         .expect("cursor")
@@ -406,7 +389,7 @@ async fn an_import_runs_beside_a_server_taking_pushes(backend: Backend) {
     for user in users.clone() {
         let (server, importing, during) = (server.clone(), importing.clone(), during.clone());
         devices.push(tokio::spawn(async move {
-            let device = token(&user);
+            let device = site_token(&user);
             let mut id = 0u64;
             // Every key at least once, and on until the import is over.
             loop {
@@ -459,7 +442,7 @@ async fn an_import_runs_beside_a_server_taking_pushes(backend: Backend) {
     assert!(imported >= 2_000 * 5, "{imported}");
 
     for (user, last) in users.iter().zip(last_ids) {
-        let state = server.state(&token(user)).await;
+        let state = server.state(&site_token(user)).await;
         let mut latest: BTreeMap<String, u64> = BTreeMap::new();
         for id in 1..=last {
             latest.insert(format!("dev-{}", (id - 1) % 50), id);
@@ -517,7 +500,7 @@ async fn an_export_imports_into_a_fresh_database_as_the_same_bytes(backend: Back
             .send(
                 reqwest::Method::POST,
                 "/api/user/me/changes",
-                Some(&token(user)),
+                Some(&site_token(user)),
                 Some(body),
             )
             .await;

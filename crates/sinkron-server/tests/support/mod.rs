@@ -87,6 +87,24 @@ fn postgres_admin(sql: String) -> Result<(), String> {
     .map_err(|_| "the admin thread panicked".to_owned())?
 }
 
+/// The site's HS256 secret of the JWT tests (`--jwt-hs256-secret-file`).
+pub fn hs256_secret_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/hs256.secret")
+}
+
+/// A token of the site for `sub`, valid for ten minutes, signed with that secret.
+pub fn site_token(sub: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let secret = std::fs::read_to_string(hs256_secret_path()).expect("secret");
+    let now = jsonwebtoken::get_current_timestamp();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": now + 600}),
+        &EncodingKey::from_secret(secret.trim_end().as_bytes()).expect("key"),
+    )
+    .expect("a site token")
+}
+
 /// Flags that lift the per-user limits, for tests that load one user on purpose (storage
 /// under concurrency), not the limits.
 pub const UNLIMITED: [&str; 4] = [
