@@ -1,8 +1,8 @@
 //! The browser chores: the wasm engine, the npm packages, the demo and the Chromium tests.
 //!
-//! * `wasm`: builds `sinkron-wasm` for `wasm32-unknown-unknown` (profile `wasm`), generates
-//!   the bindings with the pinned `wasm-bindgen` CLI (installed if missing), shrinks the module
-//!   with `wasm-opt` from npm's `binaryen`, and prints what Sinkron adds to a page (gzip).
+//! * `wasm`: builds `sinkron-wasm` for `wasm32-unknown-unknown` (profile `wasm`), shrinks the
+//!   module with `wasm-opt` from npm's `binaryen` into `packages/sinkron/src/wasm/sinkron.wasm`
+//!   (it needs no generated glue), and prints what Sinkron adds to a page (gzip).
 //! * `demo`: `wasm`, then the TypeScript checks and the demo's production build (`demo/dist`).
 //! * `run`: `demo`, then `sinkron serve --static-dir demo/dist` (release build).
 //! * `e2e`: the end-to-end scenarios in Debian's Chromium against the real server.
@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-/// Must equal the `wasm-bindgen` crate version in `crates/sinkron-wasm/Cargo.toml`.
-const WASM_BINDGEN: &str = "0.2.130";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// The workspace root. `cargo run` sets `CARGO_MANIFEST_DIR` at run time; the compile-time
@@ -105,24 +103,14 @@ pub fn wasm() {
             "wasm",
         ],
     );
-    let version = succeeds("wasm-bindgen", &["--version"]).unwrap_or_default();
-    if !version.contains(WASM_BINDGEN) {
-        run(
-            "wasm-bindgen CLI (once, about 2 minutes)",
-            cargo,
-            &["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN],
-        );
-    }
-    let out = "packages/sinkron/src/wasm";
-    let module = target_dir().join("wasm32-unknown-unknown/wasm/sinkron_wasm.wasm");
-    let module = module.to_string_lossy();
-    run(
-        "bindings",
-        "wasm-bindgen",
-        &["--target", "web", "--out-dir", out, &module],
-    );
     npm_install();
-    let bg = format!("{out}/sinkron_wasm_bg.wasm");
+    let out = root().join("packages/sinkron/src/wasm");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("error: could not create {}: {e}", out.display());
+        exit(1);
+    }
+    let module = target_dir().join("wasm32-unknown-unknown/wasm/sinkron_wasm.wasm");
+    let optimized = out.join("sinkron.wasm");
     run(
         "wasm-opt",
         "node_modules/.bin/wasm-opt",
@@ -134,9 +122,9 @@ pub fn wasm() {
             "--enable-mutable-globals",
             "--enable-reference-types",
             "--enable-multivalue",
-            &bg,
+            &module.to_string_lossy(),
             "-o",
-            &bg,
+            &optimized.to_string_lossy(),
         ],
     );
     run("size", "node", &["packages/sinkron/scripts/size.mjs"]);

@@ -1,4 +1,5 @@
-//! Every conversion from the engine's values to the JSON text the TypeScript driver reads.
+//! Every conversion from the engine's values to the JSON text the TypeScript driver reads
+//! (the `Command` type of `packages/sinkron/src/types.ts`).
 //!
 //! A small hand-written encoder: `serde_json` and `core::fmt` would cost more of the wasm
 //! budget than the whole engine. Record values are JSON text already and are embedded raw.
@@ -10,20 +11,20 @@ use sinkron_core::engine::{Persist, Request, Status, SyncError, TabBody, TabMess
 use sinkron_core::{Change, Command, Mutation, Notice, Record};
 
 /// A JSON text under construction.
-struct Json(String);
+pub(crate) struct Json(String);
 
 impl Json {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Json(String::with_capacity(128))
     }
 
-    fn raw(&mut self, text: &str) -> &mut Self {
+    pub(crate) fn raw(&mut self, text: &str) -> &mut Self {
         self.0.push_str(text);
         self
     }
 
     /// `"name":` (a comma first unless right after an opening brace or bracket).
-    fn field(&mut self, name: &str) -> &mut Self {
+    pub(crate) fn field(&mut self, name: &str) -> &mut Self {
         if !matches!(self.0.as_bytes().last(), Some(b'{') | Some(b'[') | None) {
             self.0.push(',');
         }
@@ -32,7 +33,7 @@ impl Json {
         self
     }
 
-    fn string(&mut self, text: &str) -> &mut Self {
+    pub(crate) fn string(&mut self, text: &str) -> &mut Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         self.0.push('"');
         for c in text.chars() {
@@ -54,7 +55,7 @@ impl Json {
         self
     }
 
-    fn opt_string(&mut self, text: Option<&str>) -> &mut Self {
+    pub(crate) fn opt_string(&mut self, text: Option<&str>) -> &mut Self {
         match text {
             Some(t) => self.string(t),
             None => self.raw("null"),
@@ -66,7 +67,7 @@ impl Json {
         self.raw(value.unwrap_or("null"))
     }
 
-    fn number(&mut self, mut n: u64) -> &mut Self {
+    pub(crate) fn number(&mut self, mut n: u64) -> &mut Self {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
@@ -87,19 +88,18 @@ impl Json {
         self.raw(if b { "true" } else { "false" })
     }
 
-    fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         self.0
     }
 }
 
-pub(crate) fn command(command: &Command) -> String {
-    let mut j = Json::new();
+pub(crate) fn command(j: &mut Json, command: &Command) {
     j.raw("{");
     match command {
-        Command::Persist(p) => persist(&mut j, p),
+        Command::Persist(p) => persist(j, p),
         Command::Broadcast(message) => {
             j.field("t").string("broadcast").field("message");
-            tab_message(&mut j, message);
+            tab_message(j, message);
         }
         Command::Send {
             id,
@@ -124,7 +124,7 @@ pub(crate) fn command(command: &Command) -> String {
                     j.field("body").raw("{");
                     j.field("clientId").string(client_id);
                     j.field("mutations");
-                    mutation_list(&mut j, mutations);
+                    mutation_list(j, mutations);
                     if let Some(cursor) = last_sync {
                         j.field("lastSync").string(cursor);
                     }
@@ -165,7 +165,6 @@ pub(crate) fn command(command: &Command) -> String {
         }
     }
     j.raw("}");
-    j.finish()
 }
 
 fn persist(j: &mut Json, p: &Persist) {
@@ -287,8 +286,7 @@ fn mutation_list(j: &mut Json, mutations: &[Mutation]) {
     j.raw("]");
 }
 
-pub(crate) fn status(status: &Status) -> String {
-    let mut j = Json::new();
+pub(crate) fn status(j: &mut Json, status: &Status) {
     j.raw("{");
     j.field("signedIn").boolean(status.signed_in);
     j.field("online").boolean(status.online);
@@ -308,11 +306,9 @@ pub(crate) fn status(status: &Status) -> String {
             SyncError::Rejected(_) => "rejected",
         }));
     j.raw("}");
-    j.finish()
 }
 
-pub(crate) fn records(records: &[(&str, &Record)]) -> String {
-    let mut j = Json::new();
+pub(crate) fn records(j: &mut Json, records: &[(&str, &Record)]) {
     j.raw("[");
     for (i, (key, record)) in records.iter().enumerate() {
         if i > 0 {
@@ -320,17 +316,22 @@ pub(crate) fn records(records: &[(&str, &Record)]) -> String {
         }
         j.raw("{");
         j.field("key").string(key);
-        record_fields(&mut j, record);
+        record_fields(j, record);
         j.raw("}");
     }
     j.raw("]");
-    j.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sinkron_core::RecordKey;
+
+    fn text(c: &Command) -> String {
+        let mut j = Json::new();
+        command(&mut j, c);
+        j.finish()
+    }
 
     #[test]
     fn strings_are_escaped_and_values_embedded_raw() {
@@ -351,7 +352,7 @@ mod tests {
             fresh_token: false,
         };
         assert_eq!(
-            command(&push),
+            text(&push),
             r#"{"t":"send","id":7,"freshToken":false,"kind":"push","keepalive":true,"body":{"clientId":"c\"1\\\n\u0001","mutations":[{"id":18446744073709551615,"collection":"history","key":"é/😀","value":{"p":1.5},"updatedAt":0}]}}"#
         );
     }
@@ -391,7 +392,7 @@ mod tests {
             ])),
             Command::Leadership(false),
         ];
-        let texts: Vec<String> = commands.iter().map(command).collect();
+        let texts: Vec<String> = commands.iter().map(text).collect();
         assert_eq!(
             texts[0],
             r#"{"t":"record","scope":"1","change":{"collection":"likes","key":"e1","value":null,"updatedAt":5,"clientId":"c","version":3}}"#

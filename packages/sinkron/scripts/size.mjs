@@ -1,13 +1,13 @@
 // Prints (and records in packages/sinkron/size.json) what Sinkron adds to a page, gzipped:
-// the wasm engine, plus the package's JavaScript (driver, store, React hook, wasm glue and
-// Zustand) bundled and minified as an app would ship it. React is the app's, not ours.
+// the wasm engine, plus the package's JavaScript (driver, store, React hook, the engine's
+// loader and Zustand) bundled and minified as an app would ship it. React is the app's, not ours.
 import { build } from "esbuild";
 import { readFileSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 
 const here = new URL("..", import.meta.url).pathname;
 const gz = (bytes) => gzipSync(bytes, { level: 9 }).length;
-const wasm = readFileSync(`${here}src/wasm/sinkron_wasm_bg.wasm`);
+const wasm = readFileSync(`${here}src/wasm/sinkron.wasm`);
 const bundle = await build({
   entryPoints: [`${here}src/react.ts`],
   bundle: true,

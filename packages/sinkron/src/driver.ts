@@ -4,11 +4,12 @@
 // the engine's. This file only carries out its commands with browser APIs (`localStorage`,
 // `BroadcastChannel` or the `storage` event, Web Locks, `fetch`, timers) and feeds browser
 // events back in (visibility, focus, online, lock grants, replies, other tabs' messages).
-// After each input it drains the engine's commands, then arms one timer for its deadline.
+// Every input is one `call` into the engine (a JSON object, the `Call` type); its answer
+// carries the result, the engine's commands and its next deadline, which arms one timer.
 
-import init, { Sinkron } from "./wasm/sinkron_wasm.js";
+import { Engine, type WasmSource } from "./engine.js";
 import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
-import type { Changed, Command, Rec, Session, Status, StoredOutbox, TabMessage, Value } from "./types.js";
+import type { Answer, Call, Changed, Command, Rec, Session, Status, TabMessage, Value } from "./types.js";
 
 /**
  * The site's token provider: its current token for this user, or `null` for a guest. Called
@@ -31,6 +32,8 @@ export interface ClientOptions {
   onFocus?: boolean;
   /** Pull the account's state right after sign-in; default true. */
   onLogin?: boolean;
+  /** Pull when the browser comes back online; default true. */
+  onOnline?: boolean;
   /**
    * Sign in by the site's own tokens (JWT mode): the user is the token's `sub`. Without it
    * (and without `cookie`), Sinkron's own accounts (`signIn`).
@@ -44,7 +47,7 @@ export interface ClientOptions {
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
-  wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module;
+  wasm?: WasmSource;
 }
 
 const LEADER_LOCK = "sinkron:leader";
@@ -53,8 +56,6 @@ const TAB_ID_KEY = "sinkron:v1:tab";
 /** The most a deadline waits for an idle period. */
 const IDLE_SLACK_MS = 50;
 
-let wasmReady: Promise<unknown> | null = null;
-
 export class SinkronClient {
   private readonly storage = new DeviceStorage();
   private readonly baseUrl: string;
@@ -62,6 +63,8 @@ export class SinkronClient {
   private readonly cleanups: Array<() => void> = [];
   private channel: BroadcastChannel | null = null;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** The deadline the timer is armed for (-1: none). */
+  private armedAt = -1;
   private leaderRequest: AbortController | null = null;
   private leaderRelease: (() => void) | null = null;
   private tabLockRelease: (() => void) | null = null;
@@ -70,11 +73,11 @@ export class SinkronClient {
   /** The site's last token (token mode): what a keepalive flush on page hide sends. */
   private lastToken: string | null = null;
 
-  // An ES private field: the wasm binding's types stay out of the published declarations.
-  readonly #engine: Sinkron;
+  // An ES private field: the engine's type stays out of the published declarations.
+  readonly #engine: Engine;
 
   private constructor(
-    engine: Sinkron,
+    engine: Engine,
     private readonly options: ClientOptions,
   ) {
     this.#engine = engine;
@@ -83,12 +86,20 @@ export class SinkronClient {
 
   /** Loads the engine and this device's stored state, and starts syncing. */
   static async start(options: ClientOptions = {}): Promise<SinkronClient> {
-    wasmReady ??= init(options.wasm ? { module_or_path: options.wasm } : undefined);
-    await wasmReady;
+    const engine = await Engine.create(options.wasm);
     const seed = new Uint32Array(2);
     crypto.getRandomValues(seed);
-    const engine = new Sinkron(options.interval ?? 0, options.onLogin !== false, options.onFocus !== false, seed[0], seed[1]);
     const client = new SinkronClient(engine, options);
+    // The switches left out take the engine's defaults.
+    client.call({
+      t: "init",
+      interval: options.interval,
+      pullOnSignIn: options.onLogin,
+      pullOnFocus: options.onFocus,
+      pullOnOnline: options.onOnline,
+      seedHigh: seed[0],
+      seedLow: seed[1],
+    });
     await client.restore();
     if (options.signal?.aborted) {
       client.stop();
@@ -102,22 +113,22 @@ export class SinkronClient {
   // ----- what the UI reads -----
 
   collection<V = Value>(name: string): Rec<V>[] {
-    return JSON.parse(this.#engine.collection(name)) as Rec<V>[];
+    return this.call<Rec<V>[]>({ t: "collection", name });
   }
 
   status(): Status {
-    return JSON.parse(this.#engine.status()) as Status;
+    return this.call<Status>({ t: "status" });
   }
 
   user(): Session["user"] | null {
-    const id = this.#engine.user();
-    if (id === undefined) return null;
+    const id = this.call<string | null>({ t: "user" });
+    if (id === null) return null;
     const session = this.storage.session();
     return session && session.user.id === id ? session.user : { id, username: "" };
   }
 
   clientId(): string {
-    return this.#engine.clientId();
+    return this.call<string>({ t: "clientId" });
   }
 
   subscribe(listener: (changed: Changed) => void): () => void {
@@ -129,9 +140,7 @@ export class SinkronClient {
 
   /** Writes a record at once (locally and to other tabs); pushed in the background. */
   write(collection: string, key: string, value: Value | null) {
-    const error = this.#engine.write(Date.now(), collection, key, value === null ? undefined : JSON.stringify(value));
-    this.drain();
-    if (error) throw new SinkronError(error, `write to ${collection}/${key} refused: ${error}`);
+    this.call({ t: "write", now: Date.now(), collection, key, value });
   }
 
   /** Signs in (or up, with `create`), merging this device's guest data into the account. */
@@ -148,8 +157,7 @@ export class SinkronClient {
     }
     const session = body as Session;
     this.storage.setSession(session);
-    this.#engine.signIn(Date.now(), session.user.id);
-    this.drain();
+    this.call({ t: "signIn", now: Date.now(), user: session.user.id });
     return session.user;
   }
 
@@ -175,8 +183,7 @@ export class SinkronClient {
     if (!id) throw new SinkronError("invalid_user", "sinkron: signedIn() needs the site's user id");
     const user = { id, username: id };
     this.storage.setSession({ token: "", user });
-    this.#engine.signIn(Date.now(), id);
-    this.drain();
+    this.call({ t: "signIn", now: Date.now(), user: id });
     return user;
   }
 
@@ -187,8 +194,7 @@ export class SinkronClient {
    */
   async signOut(): Promise<void> {
     const token = this.storage.session()?.token;
-    this.#engine.signOut(Date.now());
-    this.drain();
+    this.call({ t: "signOut", now: Date.now() });
     this.storage.setSession(null);
     this.lastToken = null;
     if (token) {
@@ -228,36 +234,27 @@ export class SinkronClient {
   }
 
   private async restore() {
-    const e = this.#engine;
     const user = this.storage.session()?.user.id ?? null;
-    e.restoreUser(user ?? undefined);
-    for (const r of this.storage.records(user)) {
-      e.stageChange(r.collection, r.key, r.value === null ? undefined : JSON.stringify(r.value), r.updatedAt, r.clientId, r.version);
-    }
-    e.restoreRecords();
-    e.restoreCursor(this.storage.cursor(user) ?? undefined);
+    this.call({ t: "restore", user, cursor: this.storage.cursor(user), records: this.storage.records(user) });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
     // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
     // tell: the tab lock named after the client id is free (a duplicated tab's original is
     // alive and holds it, so the copy gets a new id).
-    const previous = sessionStorage.getItem(TAB_ID_KEY);
-    const candidates: Array<{ id: string; stored: StoredOutbox; rank: number }> = [];
-    for (const id of this.storage.outboxIds(user)) {
-      const stored = this.storage.outbox(user, id);
-      const rank = stored ? Sinkron.adoptionRank(id === previous, stored.mutations.length, previous !== null, !!navigator.locks) : -1;
-      if (stored && rank >= 0) candidates.push({ id, stored, rank });
-    }
-    // Lower rank first; `sort` is stable, so ties keep the order they were found in.
-    for (const { id, stored } of candidates.sort((a, b) => a.rank - b.rank)) {
-      if (!(await this.claimTabId(id))) continue;
-      for (const m of stored.mutations) {
-        e.stageMutation(m.id, m.collection, m.key, m.value === null ? undefined : JSON.stringify(m.value), m.updatedAt);
-      }
-      e.restoreOutbox(id, stored.next);
+    const outboxes = new Map(this.storage.outboxIds(user).map((id) => [id, this.storage.outbox(user, id)] as const));
+    const order = this.call<string[]>({
+      t: "adoptionOrder",
+      previous: sessionStorage.getItem(TAB_ID_KEY),
+      stored: [...outboxes].flatMap(([clientId, o]) => (o ? [{ clientId, pending: o.mutations.length }] : [])),
+      ownersKnown: !!navigator.locks,
+    });
+    for (const clientId of order) {
+      if (!(await this.claimTabId(clientId))) continue;
+      const { next, mutations } = outboxes.get(clientId)!;
+      this.call({ t: "restoreOutbox", clientId, next, mutations });
       return;
     }
-    await this.claimTabId(e.clientId());
+    await this.claimTabId(this.clientId());
   }
 
   /** Holds a lock named after the tab's client id for the tab's life; false if taken. */
@@ -283,7 +280,6 @@ export class SinkronClient {
       target.addEventListener(type, handler);
       this.cleanups.push(() => target.removeEventListener(type, handler));
     };
-    const e = this.#engine;
     if (this.options.crossTab !== false) {
       if (typeof BroadcastChannel === "function") {
         this.channel = new BroadcastChannel(this.options.channelName ?? "sinkron");
@@ -296,44 +292,35 @@ export class SinkronClient {
         on(window, "storage", onStorage as () => void);
       }
     }
-    const visibility = () => {
-      e.handleVisibility(Date.now(), document.visibilityState === "visible");
-      this.drain();
-    };
+    const visibility = () => this.call({ t: "visibility", now: Date.now(), visible: document.visibilityState === "visible" });
+    const online = (online: boolean) => () => this.call({ t: "online", now: Date.now(), online });
     on(document, "visibilitychange", visibility);
-    on(window, "pagehide", () => {
-      e.flush(Date.now());
-      this.drain();
-    });
-    on(window, "focus", () => {
-      e.handleFocus(Date.now());
-      this.drain();
-    });
-    on(window, "online", () => {
-      e.handleOnline(Date.now(), true);
-      this.drain();
-    });
-    on(window, "offline", () => {
-      e.handleOnline(Date.now(), false);
-      this.drain();
-    });
-    e.handleOnline(Date.now(), navigator.onLine);
+    on(window, "pagehide", () => this.call({ t: "flush", now: Date.now() }));
+    on(window, "focus", () => this.call({ t: "focus", now: Date.now() }));
+    on(window, "online", online(true));
+    on(window, "offline", online(false));
+    online(navigator.onLine)();
     visibility();
   }
 
   // ----- the command loop -----
 
-  private drain() {
-    if (this.stopped) return;
-    let text: string | undefined;
+  /**
+   * One call into the engine: runs what it asks for, tells the subscribers what changed and
+   * arms the timer for its next deadline. A call the engine refuses (a write it does not
+   * take, a malformed input) throws, and nothing happened.
+   */
+  private call<T = null>(input: Call, body = ""): T {
+    const answer = JSON.parse(this.#engine.call(JSON.stringify(input), body)) as Answer<T>;
+    if (answer.e) throw new SinkronError(answer.e.code, `sinkron: ${answer.e.message}`);
+    if (this.stopped) return answer.r;
     const changed: Changed = { collections: [], status: false };
-    while ((text = this.#engine.pollCommand()) !== undefined) {
-      this.execute(JSON.parse(text) as Command, changed);
-    }
+    for (const command of answer.c) this.execute(command, changed);
+    this.arm(answer.at);
     if (changed.collections === null || changed.collections.length > 0 || changed.status) {
       for (const listener of this.listeners) listener(changed);
     }
-    this.arm();
+    return answer.r;
   }
 
   private execute(c: Command, changed: Changed) {
@@ -365,17 +352,19 @@ export class SinkronClient {
   }
 
   /**
-   * One timer, at the engine's next deadline; run in an idle period if one comes within
-   * IDLE_SLACK_MS. Idle periods can be late by far more (a busy or background renderer gave
-   * none for ~500 ms, which halved a short poll interval), so the wait for one is bounded.
+   * One timer, at the engine's next deadline (`at`, -1 for none); run in an idle period if
+   * one comes within IDLE_SLACK_MS. Idle periods can be late by far more (a busy or
+   * background renderer gave none for ~500 ms, which halved a short poll interval), so the
+   * wait for one is bounded.
    */
-  private arm() {
+  private arm(at: number) {
+    if (at === this.armedAt) return;
     clearTimeout(this.timer);
-    const at = this.#engine.pollTimeout();
-    if (at < 0 || this.stopped) return;
+    this.armedAt = at;
+    if (at < 0) return;
     const fire = () => {
-      this.#engine.handleTimeout(Date.now());
-      this.drain();
+      this.armedAt = -1;
+      if (!this.stopped) this.call({ t: "timeout", now: Date.now() });
     };
     this.timer = setTimeout(() => {
       if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
@@ -394,41 +383,15 @@ export class SinkronClient {
     }
   }
 
-  private receive(m: TabMessage) {
-    const e = this.#engine;
-    const now = Date.now();
-    const scope = m.scope ?? undefined;
-    const text = (v: Value | null) => (v === null ? undefined : JSON.stringify(v));
-    switch (m.kind) {
-      case "wrote":
-        e.tabWrote(now, scope, m.id, m.collection, m.key, text(m.value), m.updatedAt, m.clientId);
-        break;
-      case "synced":
-        for (const c of m.changes) e.stageChange(c.collection, c.key, text(c.value), c.updatedAt, c.clientId, c.version);
-        e.tabSynced(now, scope, m.from ?? undefined, m.to, m.reset);
-        break;
-      case "acked":
-        e.tabAcked(now, scope, m.clientId, m.ack);
-        break;
-      case "pullWanted":
-        e.tabPullWanted(now, scope);
-        break;
-      case "signedIn":
-        e.tabSignedIn(now, scope);
-        break;
-      case "signedOut":
-        e.tabSignedOut(now, scope);
-        break;
-    }
-    this.drain();
+  private receive(message: TabMessage) {
+    this.call({ t: "tab", now: Date.now(), message });
   }
 
   private askLeadership() {
     if (this.options.crossTab === false || !navigator.locks) {
       // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
       queueMicrotask(() => {
-        this.#engine.handleLeadership(Date.now(), true);
-        this.drain();
+        if (!this.stopped) this.call({ t: "leadership", now: Date.now(), leader: true });
       });
       return;
     }
@@ -442,10 +405,7 @@ export class SinkronClient {
         const held = new Promise<void>((release) => (this.leaderRelease = release));
         this.leaderRequest = null;
         if (this.stopped) this.dropLeadership();
-        else {
-          this.#engine.handleLeadership(Date.now(), true);
-          this.drain();
-        }
+        else this.call({ t: "leadership", now: Date.now(), leader: true });
         return held;
       })
       .catch(() => {
@@ -480,23 +440,22 @@ export class SinkronClient {
     token ??= await getToken({ refresh: c.freshToken });
     // A token for someone else (the site switched users in another page) is never used for
     // this user's data; `followSite` or the app's `signedIn` switches over.
-    if (token === null || subjectOrNull(token) !== this.#engine.user()) return null;
+    if (token === null || subjectOrNull(token) !== this.call<string | null>({ t: "user" })) return null;
     this.lastToken = token;
     return `Bearer ${token}`;
   }
 
+  /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */
   private async send(c: Extract<Command, { t: "send" }>) {
-    const e = this.#engine;
-    const done = (reply: () => void) => {
-      if (this.stopped) return;
-      reply();
-      this.drain();
+    const reply = (status: number, retryAfter: string | null = null, body = "") => {
+      if (!this.stopped) this.call({ t: "reply", now: Date.now(), id: c.id, kind: c.kind, status, retryAfter }, body);
     };
     const headers: Record<string, string> = {};
     let response: Response;
     try {
       const authorization = await this.authorization(c);
-      if (authorization === null) return done(() => e.replyFailed(Date.now(), c.id, 401, -1, -1, undefined));
+      // No token to send: answered as the server would.
+      if (authorization === null) return reply(401);
       if (authorization !== undefined) headers.authorization = authorization;
       const credentials: RequestCredentials = this.options.cookie ? "include" : "same-origin";
       if (c.kind === "pull") {
@@ -517,40 +476,11 @@ export class SinkronClient {
         });
       }
     } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1, undefined));
+      return reply(0);
     }
-    if (response.status === 304) return done(() => e.replyNotModified(Date.now(), c.id));
-    if (!response.ok) {
-      const retryAfter = Number(response.headers.get("retry-after"));
-      const retryMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : -1;
-      // The error body's `code` and `ack` (a 409 mutation_id_reused) go to the engine with
-      // the status: it tells `token_expired` from other 401s.
-      const error = (await response.json().catch(() => null))?.error;
-      const ack = typeof error?.ack === "number" ? error.ack : -1;
-      const code = typeof error?.code === "string" ? error.code : undefined;
-      return done(() => e.replyFailed(Date.now(), c.id, response.status, retryMs, ack, code));
-    }
-    let body: {
-      ack?: number;
-      cursor: string;
-      changes: Array<{ collection: string; key: string; value: Value | null; updatedAt: number; clientId: string; version: number }>;
-      more: boolean;
-      reset?: boolean;
-      serverTime: number;
-    };
-    try {
-      body = await response.json();
-    } catch {
-      return done(() => e.replyFailed(Date.now(), c.id, 0, -1, -1, undefined));
-    }
-    done(() => {
-      for (const ch of body.changes) {
-        e.stageChange(ch.collection, ch.key, ch.value === null ? undefined : JSON.stringify(ch.value), ch.updatedAt, ch.clientId, ch.version);
-      }
-      const now = Date.now();
-      if (c.kind === "pull") e.replyPulled(now, c.id, body.cursor, body.more, body.reset === true, body.serverTime);
-      else e.replyPushed(now, c.id, body.ack ?? 0, body.cursor, body.more, body.reset === true, body.serverTime);
-    });
+    // A body cut off on the way is an unreadable answer; the engine tells what that means.
+    const body = await response.text().catch(() => "");
+    reply(response.status, response.headers.get("retry-after"), body);
   }
 }
 

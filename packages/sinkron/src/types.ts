@@ -1,4 +1,7 @@
-// Public types of the package and the shapes of the engine's JSON commands.
+// Public types of the package, and the shapes of what goes into the engine (`Call`, decoded
+// by `crates/sinkron-wasm/src/interop.rs`) and comes out of it (`Answer` and `Command`,
+// written by `crates/sinkron-wasm/src/convert.rs`). A package test checks them against the
+// real engine.
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type Value = { [key: string]: Json };
@@ -59,6 +62,32 @@ export type TabMessage = { scope: string | null } & (
   | { kind: "signedIn" }
   | { kind: "signedOut" }
 );
+
+/** A call into the engine: an event, an action of the app, a restore, or a question. */
+export type Call =
+  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; seedHigh: number; seedLow: number }
+  | { t: "clientId" }
+  | { t: "user" }
+  | { t: "status" }
+  | { t: "collection"; name: string }
+  | { t: "write"; now: number; collection: string; key: string; value: Value | null }
+  | { t: "signIn"; now: number; user: string }
+  | { t: "signOut"; now: number }
+  | { t: "flush"; now: number }
+  | { t: "restore"; user: string | null; cursor: string | null; records: Change[] }
+  | { t: "adoptionOrder"; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
+  | { t: "restoreOutbox"; clientId: string; next: number; mutations: Mutation[] }
+  | { t: "timeout"; now: number }
+  | { t: "visibility"; now: number; visible: boolean }
+  | { t: "focus"; now: number }
+  | { t: "online"; now: number; online: boolean }
+  | { t: "leadership"; now: number; leader: boolean }
+  /** The answer to a `send`: `status` 0 for none at all; its body goes beside the call, as text. */
+  | { t: "reply"; now: number; id: number; kind: "pull" | "push"; status: number; retryAfter: string | null }
+  | { t: "tab"; now: number; message: TabMessage };
+
+/** The engine's answer to a call: its result, its commands and its next deadline (-1: none); or why it refused the call. */
+export type Answer<T> = { r: T; c: Command[]; at: number; e?: undefined } | { e: { code: string; message: string }; r?: undefined };
 
 export type Command =
   | { t: "record"; scope: string | null; change: Change }

@@ -4,7 +4,7 @@
 // node's own.
 import { readFileSync } from "node:fs";
 
-export const wasm = readFileSync(new URL("../dist/wasm/sinkron_wasm_bg.wasm", import.meta.url));
+export const wasm = readFileSync(new URL("../dist/wasm/sinkron.wasm", import.meta.url));
 
 /** A `Storage` over a Map; `quota` (in characters of keys and values) makes `setItem` throw like a full browser store. */
 export class MemoryStorage {

@@ -1,0 +1,566 @@
+//! The one door between the TypeScript driver and the engine.
+//!
+//! Every call is a JSON object `{"t": name, …}` (the `Call` type in
+//! `packages/sinkron/src/types.ts`), plus, for a `reply`, the server's answer as the raw
+//! body text. Each call is decoded here in full, with a typed error naming the bad field,
+//! before the engine sees any of it; then the engine acts, and everything it asks for comes
+//! back in the one answer:
+//!
+//! `{"r": result, "c": [command, …], "at": next deadline in ms or -1}`, or
+//! `{"e": {"code", "message"}}` when the call was refused (nothing happened then).
+//!
+//! The answer is one JSON text the driver parses once; record values pass through as the
+//! JSON text they arrived as. Decisions stay in the core: this file only reads and writes.
+
+use crate::convert::{self, Json};
+use crate::json::{self, Error, Node};
+use alloc::string::String;
+use alloc::vec::Vec;
+use sinkron_core::adopt::adoption_order;
+use sinkron_core::engine::{Failure, Page, Reply, TabBody, TabMessage, WriteError};
+use sinkron_core::{Change, Config, Engine, Mutation, Record, RecordKey};
+
+/// Runs one call on the engine in `slot` (created by the `init` call).
+pub(crate) fn call(slot: &mut Option<Engine>, input: &str, body: &str) -> String {
+    let mut j = Json::new();
+    j.raw("{\"r\":");
+    let outcome = json::parse(input).map_err(Refusal::from);
+    match outcome.and_then(|call| run(slot, &call, body, &mut j)) {
+        Ok(()) => {}
+        Err(Refusal::Invalid(e)) => {
+            return refusal("invalid_call", &[e.field, ": expected ", e.expected]);
+        }
+        Err(Refusal::Write(code)) => return refusal(code, &["the write was refused: ", code]),
+        Err(Refusal::NotStarted) => return refusal("not_started", &["no init call yet"]),
+    }
+    j.raw(",\"c\":[");
+    if let Some(engine) = slot {
+        let mut first = true;
+        while let Some(command) = engine.poll_command() {
+            if !first {
+                j.raw(",");
+            }
+            first = false;
+            convert::command(&mut j, &command);
+        }
+        j.raw("],\"at\":");
+        match engine.poll_timeout() {
+            Some(at) => j.number(at),
+            None => j.raw("-1"),
+        };
+    } else {
+        j.raw("],\"at\":-1");
+    }
+    j.raw("}");
+    j.finish()
+}
+
+enum Refusal {
+    Invalid(Error),
+    Write(&'static str),
+    NotStarted,
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Invalid(e)
+    }
+}
+
+/// `{"e":{"code","message"}}`: the parts of the message are field names and plain words,
+/// which need no escaping.
+pub(crate) fn refusal(code: &str, message: &[&str]) -> String {
+    let mut j = Json::new();
+    j.raw("{\"e\":{\"code\":\"")
+        .raw(code)
+        .raw("\",\"message\":\"");
+    for part in message {
+        j.raw(part);
+    }
+    j.raw("\"}}");
+    j.finish()
+}
+
+fn run(
+    slot: &mut Option<Engine>,
+    call: &Node<'_>,
+    body: &str,
+    j: &mut Json,
+) -> Result<(), Refusal> {
+    let name = call.str("t")?;
+    if name == "init" {
+        *slot = Some(init(call)?);
+        j.raw("null");
+        return Ok(());
+    }
+    let engine = slot.as_mut().ok_or(Refusal::NotStarted)?;
+    let now = || call.u64("now");
+    match name {
+        // ----- what the UI reads -----
+        "clientId" => {
+            j.string(engine.client_id());
+        }
+        "user" => {
+            j.opt_string(engine.user());
+        }
+        "status" => convert::status(j, &engine.status()),
+        "collection" => {
+            let name = call.str("name")?;
+            convert::records(j, &engine.collection(name));
+        }
+        // ----- what the app does -----
+        "write" => {
+            let now = now()?;
+            let collection = call.str("collection")?;
+            let key = call.str("key")?;
+            // Only an object (or null, a delete) is a record value.
+            let value = call
+                .value("value")
+                .map_err(|_| Refusal::Write(WriteError::InvalidValue.code()))?;
+            engine
+                .write(now, collection, key, value)
+                .map_err(|e| Refusal::Write(e.code()))?;
+            j.raw("null");
+        }
+        "signIn" => {
+            let user = call.str("user")?;
+            engine.sign_in(now()?, user);
+            j.raw("null");
+        }
+        "signOut" => {
+            engine.sign_out(now()?);
+            j.raw("null");
+        }
+        "flush" => {
+            engine.flush(now()?);
+            j.raw("null");
+        }
+        // ----- restoring a device's stored state, before any event -----
+        "restore" => {
+            let user = call.opt_str("user")?;
+            let cursor = call.opt_str("cursor")?;
+            let records = list(call, "records", change)?;
+            engine.restore_user(user.map(Into::into));
+            for record in records {
+                engine.restore_record(record);
+            }
+            engine.restore_cursor(cursor.map(Into::into));
+            j.raw("null");
+        }
+        "adoptionOrder" => {
+            let previous = call.opt_str("previous")?;
+            let mut stored = Vec::new();
+            for n in call.items("stored")? {
+                stored.push((n.string("clientId")?, n.u64("pending")? as usize));
+            }
+            let owners_known = call.bool("ownersKnown")?;
+            j.raw("[");
+            let order = adoption_order(previous, &stored, owners_known);
+            for (i, (id, _)) in order.iter().filter_map(|&i| stored.get(i)).enumerate() {
+                if i > 0 {
+                    j.raw(",");
+                }
+                j.string(id);
+            }
+            j.raw("]");
+        }
+        "restoreOutbox" => {
+            let client_id = call.str("clientId")?;
+            let next = call.u64("next")?;
+            let mutations = list(call, "mutations", mutation)?;
+            engine.restore_outbox(client_id.into(), next, mutations);
+            j.raw("null");
+        }
+        // ----- events -----
+        "timeout" => {
+            engine.handle_timeout(now()?);
+            j.raw("null");
+        }
+        "visibility" => {
+            let visible = call.bool("visible")?;
+            engine.handle_visibility(now()?, visible);
+            j.raw("null");
+        }
+        "focus" => {
+            engine.handle_focus(now()?);
+            j.raw("null");
+        }
+        "online" => {
+            let online = call.bool("online")?;
+            engine.handle_online(now()?, online);
+            j.raw("null");
+        }
+        "leadership" => {
+            let leader = call.bool("leader")?;
+            engine.handle_leadership(now()?, leader);
+            j.raw("null");
+        }
+        "reply" => {
+            let now = now()?;
+            let id = call.u64("id")?;
+            let reply = reply(call, body)?;
+            engine.handle_reply(now, id, reply);
+            j.raw("null");
+        }
+        "tab" => {
+            let now = now()?;
+            let message = tab_message(call.field("message")?)?;
+            engine.handle_tab_message(now, message);
+            j.raw("null");
+        }
+        _ => return Err(Error::new("t", "a call name").into()),
+    }
+    Ok(())
+}
+
+fn init(call: &Node<'_>) -> Result<Engine, Error> {
+    let mut config = match call.opt_u64("interval")? {
+        Some(interval) if interval > 0 => Config::with_interval(interval),
+        _ => Config::default(),
+    };
+    let switch = |name, default: bool| Ok(call.opt_bool(name)?.unwrap_or(default));
+    config.pull_on_sign_in = switch("pullOnSignIn", config.pull_on_sign_in)?;
+    config.pull_on_focus = switch("pullOnFocus", config.pull_on_focus)?;
+    config.pull_on_online = switch("pullOnOnline", config.pull_on_online)?;
+    // Two 32-bit halves from `crypto.getRandomValues`.
+    let seed = call.u64("seedHigh")? << 32 | call.u64("seedLow")?;
+    Ok(Engine::new(config, seed))
+}
+
+/// The server's answer to a request: `status` 0 for no answer at all, 304, a 2xx with the
+/// page in `body`, or an error with the protocol's error body.
+fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
+    let status = call.u64("status")?;
+    let push = match call.str("kind")? {
+        "push" => true,
+        "pull" => false,
+        _ => return Err(Error::new("kind", "pull or push")),
+    };
+    if status == 304 {
+        return Ok(Reply::NotModified);
+    }
+    let parsed = json::parse(body).ok();
+    if (200..300).contains(&status) {
+        // An answer that cannot be read is no answer: retried like a network failure.
+        return Ok(match parsed.as_ref().map(|b| page(b, push)) {
+            Some(Ok(reply)) => reply,
+            _ => Reply::Failed(Failure::Network),
+        });
+    }
+    let error = parsed.as_ref().and_then(|b| b.get("error"));
+    let code = error.and_then(|e| e.opt_str("code").ok()?);
+    let ack = error.and_then(|e| e.opt_u64("ack").ok()?);
+    // `Retry-After` in whole seconds (an HTTP date is not used by the server).
+    let retry_after_ms = call
+        .opt_str("retryAfter")?
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map(|s| s.saturating_mul(1000));
+    let status = u16::try_from(status).map_err(|_| Error::new("status", "an HTTP status"))?;
+    Ok(Reply::Failed(Failure::from_status(
+        status,
+        retry_after_ms,
+        ack,
+        code,
+    )))
+}
+
+fn page(body: &Node<'_>, push: bool) -> Result<Reply, Error> {
+    let page = Page {
+        cursor: body.string("cursor")?,
+        changes: list(body, "changes", change)?,
+        more: body.bool("more")?,
+        reset: body.opt_bool("reset")?.unwrap_or(false),
+        server_time: body.u64("serverTime")?,
+    };
+    Ok(if push {
+        let ack = body.opt_u64("ack")?.unwrap_or(0);
+        Reply::Pushed { ack, page }
+    } else {
+        Reply::Pulled(page)
+    })
+}
+
+fn tab_message(m: &Node<'_>) -> Result<TabMessage, Error> {
+    let scope = m.opt_str("scope")?.map(Into::into);
+    let body = match m.str("kind")? {
+        "wrote" => TabBody::Wrote {
+            id: m.u64("id")?,
+            key: RecordKey {
+                collection: m.string("collection")?,
+                key: m.string("key")?,
+            },
+            record: Record {
+                value: m.value("value")?,
+                updated_at: m.u64("updatedAt")?,
+                client_id: m.string("clientId")?,
+            },
+        },
+        "synced" => TabBody::Synced {
+            from: m.opt_str("from")?.map(Into::into),
+            to: m.string("to")?,
+            reset: m.bool("reset")?,
+            changes: list(m, "changes", change)?,
+        },
+        "acked" => TabBody::Acked {
+            client_id: m.string("clientId")?,
+            ack: m.u64("ack")?,
+        },
+        "pullWanted" => TabBody::PullWanted,
+        "signedIn" => TabBody::SignedIn,
+        "signedOut" => TabBody::SignedOut,
+        _ => return Err(Error::new("kind", "a tab message kind")),
+    };
+    Ok(TabMessage { scope, body })
+}
+
+fn change(n: &Node<'_>) -> Result<Change, Error> {
+    Ok(Change {
+        collection: n.string("collection")?,
+        key: n.string("key")?,
+        value: n.value("value")?,
+        updated_at: n.u64("updatedAt")?,
+        client_id: n.string("clientId")?,
+        version: n.u64("version")?,
+    })
+}
+
+fn mutation(n: &Node<'_>) -> Result<Mutation, Error> {
+    Ok(Mutation {
+        id: n.u64("id")?,
+        collection: n.string("collection")?,
+        key: n.string("key")?,
+        value: n.value("value")?,
+        updated_at: n.u64("updatedAt")?,
+    })
+}
+
+/// The array field `name`, each item read by `read`.
+fn list<T>(
+    node: &Node<'_>,
+    name: &'static str,
+    read: fn(&Node<'_>) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
+    let mut out = Vec::new();
+    for item in node.items(name)? {
+        out.push(read(item)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn started() -> Option<Engine> {
+        let mut slot = None;
+        let answer = call(
+            &mut slot,
+            r#"{"t":"init","interval":30000,"seedHigh":4294967295,"seedLow":7}"#,
+            "",
+        );
+        assert_eq!(answer, r#"{"r":null,"c":[],"at":-1}"#);
+        slot
+    }
+
+    /// Runs a call and returns its answer's commands as `(t, the command's JSON)`, failing
+    /// on a refusal.
+    fn run_ok(slot: &mut Option<Engine>, input: &str, body: &str) -> Vec<(String, String)> {
+        let answer = call(slot, input, body);
+        let node = json::parse(&answer).unwrap();
+        assert!(node.get("e").is_none(), "{input} was refused: {answer}");
+        node.items("c")
+            .unwrap()
+            .iter()
+            .map(|c| (c.string("t").unwrap(), c.raw.into()))
+            .collect()
+    }
+
+    /// The first `send` among the commands: its id and JSON.
+    fn sent(commands: &[(String, String)]) -> (u64, String) {
+        let (_, text) = commands.iter().find(|(t, _)| t == "send").expect("a send");
+        (json::parse(text).unwrap().u64("id").unwrap(), text.clone())
+    }
+
+    fn status(slot: &mut Option<Engine>) -> String {
+        let answer = call(slot, r#"{"t":"status"}"#, "");
+        json::parse(&answer).unwrap().field("r").unwrap().raw.into()
+    }
+
+    /// A signed-in engine that has its first pull in flight: the pull's id.
+    fn pulling(slot: &mut Option<Engine>) -> u64 {
+        run_ok(
+            slot,
+            &format!(r#"{{"t":"online","now":{NOW},"online":true}}"#),
+            "",
+        );
+        run_ok(
+            slot,
+            &format!(r#"{{"t":"visibility","now":{NOW},"visible":true}}"#),
+            "",
+        );
+        let commands = run_ok(
+            slot,
+            &format!(r#"{{"t":"signIn","now":{NOW},"user":"7"}}"#),
+            "",
+        );
+        if let Some((_, leadership)) = commands.iter().find(|(t, _)| t == "leadership") {
+            assert!(leadership.contains("true"));
+            let commands = run_ok(
+                slot,
+                &format!(r#"{{"t":"leadership","now":{NOW},"leader":true}}"#),
+                "",
+            );
+            return sent(&commands).0;
+        }
+        sent(&commands).0
+    }
+
+    #[test]
+    fn a_bad_number_is_refused_and_nothing_happens() {
+        let mut slot = started();
+        let before = status(&mut slot);
+        // What `JSON.stringify` makes of NaN (null), a negative and a fraction.
+        for now in ["null", "-1", "1.5", "1e3", "9007199254740992", "\"5\""] {
+            let input = format!(
+                r#"{{"t":"write","now":{now},"collection":"likes","key":"a","value":{{}}}}"#
+            );
+            let answer = call(&mut slot, &input, "");
+            let expected = if now == "null" {
+                "now: expected a value"
+            } else {
+                "now: expected a whole number from 0 to 2^53-1"
+            };
+            assert_eq!(
+                answer,
+                format!(r#"{{"e":{{"code":"invalid_call","message":"{expected}"}}}}"#)
+            );
+        }
+        assert_eq!(status(&mut slot), before, "no write was taken");
+    }
+
+    #[test]
+    fn malformed_and_unknown_calls_are_refused_with_what_was_wrong() {
+        let mut slot = None;
+        assert_eq!(
+            call(&mut slot, r#"{"t":"status"}"#, ""),
+            r#"{"e":{"code":"not_started","message":"no init call yet"}}"#
+        );
+        let mut slot = started();
+        for (input, message) in [
+            ("{", "json: expected a JSON text"),
+            (r#"{"t":"fly"}"#, "t: expected a call name"),
+            (r#"{"now":1}"#, "t: expected a value"),
+            (
+                r#"{"t":"online","now":1,"online":"yes"}"#,
+                "online: expected true or false",
+            ),
+            (
+                r#"{"t":"restore","records":{}}"#,
+                "records: expected an array",
+            ),
+            (
+                r#"{"t":"restore","records":[{"collection":"a","key":"b","value":null,"updatedAt":1,"clientId":"c"}]}"#,
+                "version: expected a value",
+            ),
+            (
+                r#"{"t":"tab","now":1,"message":{"scope":null,"kind":"shout"}}"#,
+                "kind: expected a tab message kind",
+            ),
+            (
+                r#"{"t":"reply","now":1,"id":1,"kind":"poll","status":200}"#,
+                "kind: expected pull or push",
+            ),
+        ] {
+            let answer = call(&mut slot, input, "");
+            assert_eq!(
+                answer,
+                format!(r#"{{"e":{{"code":"invalid_call","message":"{message}"}}}}"#),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_the_engine_refuses_says_why() {
+        let mut slot = started();
+        for (value, code) in [
+            ("[1]", "invalid_value"),
+            ("\"x\"", "invalid_value"),
+            ("{}", ""),
+        ] {
+            let input = format!(
+                r#"{{"t":"write","now":{NOW},"collection":"likes","key":"a","value":{value}}}"#
+            );
+            let answer = call(&mut slot, &input, "");
+            if code.is_empty() {
+                assert!(answer.starts_with(r#"{"r":null,"c":[{"#), "{answer}");
+            } else {
+                assert_eq!(
+                    answer,
+                    format!(
+                        r#"{{"e":{{"code":"{code}","message":"the write was refused: {code}"}}}}"#
+                    )
+                );
+            }
+        }
+        let input =
+            format!(r#"{{"t":"write","now":{NOW},"collection":"","key":"a","value":null}}"#);
+        assert!(call(&mut slot, &input, "").contains(r#""code":"invalid_collection""#));
+    }
+
+    #[test]
+    fn an_answer_is_read_from_its_status_headers_and_body() {
+        // token_expired in the error body: sent again at once with a fresh token.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":401,"retryAfter":null}}"#
+        );
+        let body = r#"{"error":{"code":"token_expired","message":"expired"}}"#;
+        let (_, again) = sent(&run_ok(&mut slot, &reply, body));
+        assert!(again.contains(r#""freshToken":true"#), "{again}");
+
+        // A 200 whose body cannot be read is no answer: the device is unreachable for now.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
+        );
+        run_ok(&mut slot, &reply, r#"{"cursor":"5","changes":[],"mo"#);
+        assert!(status(&mut slot).contains(r#""error":"unreachable""#));
+
+        // A 503 with Retry-After: not asked again before it.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":503,"retryAfter":"20"}}"#
+        );
+        let answer = call(&mut slot, &reply, "");
+        let at = json::parse(&answer).unwrap().u64("at").unwrap();
+        assert!(
+            at >= NOW + 20_000,
+            "retried at {at}, before the server's 20 s"
+        );
+
+        // A 200 page: stored, and its records readable.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
+        );
+        let body = r#"{"cursor":"9","changes":[{"collection":"likes","key":"e\u00e9","value":{"on": true},"updatedAt":5,"clientId":"d","version":9}],"more":false,"serverTime":1800000000000}"#;
+        let commands = run_ok(&mut slot, &reply, body);
+        assert!(commands
+            .iter()
+            .any(|(t, c)| t == "cursor" && c.contains(r#""cursor":"9""#)));
+        let answer = call(&mut slot, r#"{"t":"collection","name":"likes"}"#, "");
+        assert_eq!(
+            json::parse(&answer).unwrap().field("r").unwrap().raw,
+            r#"[{"key":"eé","value":{"on": true},"updatedAt":5,"clientId":"d"}]"#
+        );
+    }
+}
