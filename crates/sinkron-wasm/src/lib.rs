@@ -20,6 +20,8 @@ extern crate alloc;
 mod convert;
 mod interop;
 mod json;
+#[cfg(test)]
+mod props;
 
 use alloc::string::String;
 
