@@ -6,7 +6,8 @@
 //!   Then the browser side: the wasm engine, the TypeScript checks, the demo build and the
 //!   scenarios in Debian's Chromium (`web.rs`).
 //! * `cargo xtask run` — builds the demo and serves it with the sync server on
-//!   http://127.0.0.1:8080 (`web.rs`; also `wasm`, `demo`, `e2e` on their own).
+//!   http://127.0.0.1:8080 (`web.rs`; also `wasm`, `demo`, `e2e` on their own, and `pack`,
+//!   the npm package as a tarball an app installs).
 //! * `cargo xtask sim ARGS` — the simulation's long mode, in release mode; `cargo xtask test`
 //!   also runs its planted-bug checks (`sim.rs`).
 //! * `cargo xtask bench` — the server benchmark (release build, loopback only), a Markdown
@@ -31,6 +32,7 @@ fn main() {
         Some("demo") => web::demo(),
         Some("run") => web::serve(&args.collect::<Vec<_>>()),
         Some("e2e") => web::e2e(),
+        Some("pack") => web::pack(),
         Some("help") | Some("--help") | Some("-h") | None => usage(0),
         Some(other) => {
             eprintln!("error: unknown chore `{other}`");
@@ -41,7 +43,7 @@ fn main() {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: cargo xtask <chore>\n\nchores:\n  run     build the demo and serve it with the sync server at http://127.0.0.1:8080\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)\n  wasm    build the browser engine and print its size\n  demo    build the demo site (demo/dist)\n  e2e     run the browser scenarios (after `demo`)\n  sim     run simulation seeds in release mode (--seeds N [--start S] | --seed S)"
+        "usage: cargo xtask <chore>\n\nchores:\n  run     build the demo and serve it with the sync server at http://127.0.0.1:8080\n  test    run the whole test suite (what CI runs)\n  bench   run the server benchmark (release build)\n  wasm    build the browser engine and print its size\n  demo    build the demo site (demo/dist)\n  e2e     run the browser scenarios (after `demo`)\n  pack    build the npm package into an installable tarball (target/npm)\n  sim     run simulation seeds in release mode (--seeds N [--start S] | --seed S)"
     );
     exit(code)
 }

@@ -6,6 +6,7 @@
 //! * `demo`: `wasm`, then the TypeScript checks and the demo's production build (`demo/dist`).
 //! * `run`: `demo`, then `sinkron serve --static-dir demo/dist` (release build).
 //! * `e2e`: the end-to-end scenarios in Debian's Chromium against the real server.
+//! * `pack`: `wasm`, then the npm package's build and `npm pack` into `target/npm`.
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -134,6 +135,28 @@ pub fn demo() {
     wasm();
     run("typecheck", "npm", &["run", "typecheck"]);
     run("demo build", "npm", &["run", "build", "-w", "sinkron-demo"]);
+}
+
+/// The npm package as the tarball an app installs (`npm install PATH.tgz`), in `target/npm`.
+pub fn pack() {
+    wasm();
+    run("package build", "npm", &["run", "build", "-w", "sinkron"]);
+    let out = target_dir().join("npm");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("error: could not create {}: {e}", out.display());
+        exit(1);
+    }
+    run(
+        "npm pack",
+        "npm",
+        &[
+            "pack",
+            "-w",
+            "sinkron",
+            "--pack-destination",
+            &out.to_string_lossy(),
+        ],
+    );
 }
 
 pub fn serve(extra: &[String]) {

@@ -86,6 +86,10 @@ export class SinkronClient {
 
   /** Loads the engine and this device's stored state, and starts syncing. */
   static async start(options: ClientOptions = {}): Promise<SinkronClient> {
+    // Importing is safe anywhere; syncing needs a browser's storage.
+    if (typeof localStorage === "undefined") {
+      throw new SinkronError("no_browser", "sinkron: start() needs a browser (localStorage); on a server, render without it");
+    }
     const engine = await Engine.create(options.wasm);
     const seed = new Uint32Array(2);
     crypto.getRandomValues(seed);

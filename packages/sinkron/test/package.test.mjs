@@ -224,3 +224,25 @@ test("a starting tab takes over a closed tab's unsent writes; a reloaded one onl
     reloaded.stop();
   }
 });
+
+test("outside React: the store's plain subscribe API, and a Svelte store in one line", async () => {
+  browser.answer(() => emptyPage());
+  const store = createUserSyncStore();
+  // The Svelte store contract: `subscribe(run)` calls `run` at once and on every change.
+  const svelte = { subscribe: (run) => (run(store.getState()), store.subscribe(run)) };
+  const seen = [];
+  const unsubscribe = svelte.subscribe((s) => seen.push(s.history.map((h) => h.episodeId)));
+  assert.deepEqual(seen, [[]], "called at once with the current state");
+  await store.getState().start(options());
+  try {
+    store.getState().addHistory({ episodeId: "e1", showId: "s1", position: 5 });
+    assert.deepEqual(seen.at(-1), ["e1"], "told of the write at once");
+    unsubscribe();
+    const count = seen.length;
+    store.getState().addHistory({ episodeId: "e2", showId: "s1" });
+    assert.equal(seen.length, count, "not told after unsubscribing");
+    assert.deepEqual(store.getState().history.map((h) => h.episodeId).sort(), ["e1", "e2"]);
+  } finally {
+    store.getState().stop();
+  }
+});
