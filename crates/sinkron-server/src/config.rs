@@ -186,6 +186,39 @@ pub struct Config {
     )]
     pub user_concurrency: u32,
 
+    /// The poll interval this node asks clients for while calm (seconds), in the
+    /// `Sinkron-Poll-Interval` header of every pull answer. A client never polls faster than
+    /// its own interval, whatever the server says.
+    #[arg(
+        long,
+        env = "SINKRON_POLL_INTERVAL",
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=86_400)
+    )]
+    pub poll_interval: u32,
+
+    /// The longest poll interval this node asks for when busy (seconds).
+    #[arg(
+        long,
+        env = "SINKRON_POLL_INTERVAL_MAX",
+        value_name = "SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u32).range(1..=86_400)
+    )]
+    pub poll_interval_max: u32,
+
+    /// Sync requests in flight at once on this node at which it is busy: the poll interval
+    /// it asks for doubles each busy second, and halves after ten calm ones.
+    #[arg(
+        long,
+        env = "SINKRON_POLL_BUSY_REQUESTS",
+        value_name = "N",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub poll_busy_requests: u32,
+
     /// Most records holding a value that one user may store; a push that would store more is
     /// refused whole with 413 `quota_exceeded` (deletes always pass).
     #[arg(
@@ -381,6 +414,9 @@ impl Default for Config {
             session_idle_secs: 30 * 24 * 3600,
             user_requests_per_minute: 600,
             user_concurrency: 4,
+            poll_interval: 30,
+            poll_interval_max: 300,
+            poll_busy_requests: 256,
             user_records_max: 100_000,
             admin_token_file: None,
             user_bytes_max: 64 << 20,
@@ -485,6 +521,9 @@ impl fmt::Debug for Config {
             .field("session_idle_secs", &self.session_idle_secs)
             .field("user_requests_per_minute", &self.user_requests_per_minute)
             .field("user_concurrency", &self.user_concurrency)
+            .field("poll_interval", &self.poll_interval)
+            .field("poll_interval_max", &self.poll_interval_max)
+            .field("poll_busy_requests", &self.poll_busy_requests)
             .field("user_records_max", &self.user_records_max)
             .field("admin_token_file", &self.admin_token_file)
             .field("user_bytes_max", &self.user_bytes_max)

@@ -14,6 +14,7 @@ pub mod error;
 pub mod jwt;
 pub mod limits;
 pub mod listen;
+pub mod pace;
 pub mod password;
 pub mod site;
 pub mod store;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -60,6 +61,8 @@ pub struct Shared {
     guards: Arc<auth::AuthGuards>,
     /// Per-user limits of the sync routes.
     limits: Arc<limits::UserLimits>,
+    /// The poll interval this node asks for (`Sinkron-Poll-Interval`), by its load.
+    pacer: Arc<pace::Pacer>,
     /// The `--collection-caps`.
     caps: Arc<[store::Cap]>,
     /// The site's backend key (`--admin-token-file`): the admin routes exist with it only.
@@ -112,6 +115,11 @@ impl AppState {
             config.user_requests_per_minute,
             config.user_concurrency,
         ));
+        let pacer = Arc::new(pace::Pacer::new(
+            config.poll_interval,
+            config.poll_interval_max,
+            config.poll_busy_requests,
+        ));
         Self(Arc::new(Shared {
             builtin,
             authenticators: Arc::new([]),
@@ -120,6 +128,7 @@ impl AppState {
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
             limits,
+            pacer,
             admin_key: None,
             caps,
             clock: Arc::new(now_ms),
@@ -316,7 +325,11 @@ fn cors(origins: &[HeaderValue], credentials: bool) -> CorsLayer {
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
         ])
-        .expose_headers([header::ETAG, header::RETRY_AFTER])
+        .expose_headers([
+            header::ETAG,
+            header::RETRY_AFTER,
+            HeaderName::from_static(pace::POLL_INTERVAL_HEADER),
+        ])
         .max_age(Duration::from_secs(3600))
         .allow_credentials(credentials)
 }

@@ -18,6 +18,7 @@ use sinkron_core::Mutation;
 
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
+use crate::pace::POLL_INTERVAL_HEADER;
 use crate::store::{Page, PushBatch, Quota, UserId};
 use crate::AppState;
 
@@ -100,6 +101,7 @@ async fn pull(
     req: Request,
 ) -> Result<Response, ApiError> {
     let _admitted = state.limits.admit(user.user_id)?;
+    let _counted = state.pacer.enter(state.now_ms());
     let headers = req.headers();
     let since = last_sync(req.uri().query())
         .map(|c| parse_cursor(c, user.version))
@@ -112,6 +114,8 @@ async fn pull(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache, private"),
         );
+        res.headers_mut()
+            .insert(POLL_INTERVAL_HEADER, state.pacer.header().clone());
         return Ok(res);
     }
     let page = state
@@ -135,7 +139,10 @@ async fn pull(
         reset,
         server_time: state.now_ms(),
     };
-    json_response(&body, cursor)
+    let mut res = json_response(&body, cursor)?;
+    res.headers_mut()
+        .insert(POLL_INTERVAL_HEADER, state.pacer.header().clone());
+    Ok(res)
 }
 
 /// Checks a whole batch before anything is written; the first problem rejects all of it.
@@ -233,6 +240,7 @@ async fn push(
     AppJson(req): AppJson<PushRequest>,
 ) -> Result<Response, ApiError> {
     let _admitted = state.limits.admit(user.user_id)?;
+    let _counted = state.pacer.enter(state.now_ms());
     push_for(&state, user.user_id, user.version, &req).await
 }
 

@@ -461,3 +461,97 @@ async fn a_user_past_the_storage_quota_is_told_so_and_stores_nothing_of_the_push
     server.push_ok(&bob.token, &writes(2, 3, 10)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_node_asks_clients_to_poll_less_often() {
+    // No rate limit: the load is a few users pushing as fast as they can.
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[
+            "--poll-busy-requests",
+            "6",
+            "--user-requests-per-minute",
+            "0",
+        ],
+    )
+    .await;
+    let accounts = [
+        server.register("busy-a").await,
+        server.register("busy-b").await,
+        server.register("busy-c").await,
+    ];
+    // One who only polls (the others use all their concurrency pushing).
+    let watcher = server.register("watcher").await;
+    // Calm: the base interval, on a 200 and on a 304 alike.
+    let token = watcher.token.clone();
+    let first = server.pull(&token, None).await;
+    assert_eq!(first.header("sinkron-poll-interval"), Some("30"));
+    let cursor = first.json()["cursor"].as_str().expect("cursor").to_owned();
+    let etag = format!("\"{cursor}\"");
+    let poll = || {
+        reqwest::Client::new()
+            .get(server.url(&format!("/api/user/me?lastSync={cursor}")))
+            .bearer_auth(&token)
+            .header("if-none-match", &etag)
+            .send()
+    };
+    let calm = poll().await.expect("poll");
+    assert_eq!(calm.status().as_u16(), 304);
+    assert_eq!(calm.headers()["sinkron-poll-interval"], "30");
+
+    // Busy: three users pushing four at a time (their concurrency limit) keep a dozen
+    // requests in flight, twice the threshold, until the polls say so (at most 20 s).
+    let http = reqwest::Client::new();
+    let server = std::sync::Arc::new(server);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = JoinSet::new();
+    for (u, account) in accounts.iter().enumerate() {
+        for w in 0..4u64 {
+            let (http, server, token, stop) = (
+                http.clone(),
+                server.clone(),
+                account.token.clone(),
+                stop.clone(),
+            );
+            load.spawn(async move {
+                let mut id = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    id += 1;
+                    timed_push(&http, &server, &token, &format!("w{u}-{w}"), id).await;
+                }
+            });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut asked = 30;
+    while asked == 30 && Instant::now() < deadline {
+        let r = server.pull(&token, None).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+        asked = r
+            .header("sinkron-poll-interval")
+            .expect("the header")
+            .parse()
+            .expect("seconds");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join_all().await;
+    assert!(
+        asked >= 60,
+        "a busy node asks for a longer interval, not {asked} s"
+    );
+    // Still asked for on the cheapest answer, right after the load.
+    let after = reqwest::Client::new()
+        .get(server.url(&format!("/api/user/me?lastSync={cursor}")))
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(after.status().as_u16(), 304);
+    let after: u32 = after.headers()["sinkron-poll-interval"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after >= 60, "{after}");
+}
