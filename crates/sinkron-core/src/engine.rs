@@ -21,12 +21,16 @@
 //! and no entropy (the seed comes in at construction).
 //!
 //! ## State
-//! The view of a record is the newest (by `(updatedAt, clientId)`) of three layers:
+//! The view of a record is the newest (by `(updatedAt, clientId)`) of its layers (the `view`
+//! module):
 //! * `confirmed` — what the server holds, each record tagged with the server's per-user
 //!   `version`; server data replaces it only with a higher version, so a stale reply or a late
 //!   message from another tab can never roll it back;
-//! * the `outbox` — this tab's writes not yet acknowledged, coalesced per key;
+//! * the `outbox` — this tab's writes not yet acknowledged, coalesced per key, and `acked` —
+//!   its acknowledged writes until an answer shows the server's state after them;
 //! * `foreign` — other tabs' writes not yet acknowledged, learned from their broadcasts.
+//!
+//! The driver-facing types are in `command` (re-exported here), the policies in [`Config`].
 //!
 //! Only the leader tab polls. Any tab pushes its own outbox. Every page of server data a tab
 //! receives is broadcast with the cursor it started from and the cursor it ends at, so other
@@ -37,9 +41,6 @@ use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::hash::{BuildHasherDefault, Hasher};
-
-use hashbrown::HashMap;
 
 use crate::clock::Clock;
 use crate::protocol::{
@@ -50,40 +51,13 @@ use crate::rng::Rng;
 
 mod command;
 mod config;
+mod view;
 
 pub use command::{
     Command, Failure, Notice, Page, Persist, Reply, Request, Status, SyncError, TabBody, TabMessage,
 };
 pub use config::Config;
-
-/// A deterministic hash map: the same inputs give the same iteration order on every run and
-/// every platform, which keeps simulations reproducible. Keys are the user's own record keys,
-/// so a small multiplicative hash (FxHash's) is enough, and it is a fraction of SipHash's size
-/// in WebAssembly.
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+use view::{Acked, Pending, View};
 
 /// Why a write was refused. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,30 +78,6 @@ impl WriteError {
             WriteError::ValueTooLarge => "value_too_large",
         }
     }
-}
-
-#[derive(Clone, Debug)]
-struct Stored {
-    record: Record,
-    version: u64,
-}
-
-#[derive(Clone, Debug)]
-struct Pending {
-    id: u64,
-    key: RecordKey,
-    record: Record,
-}
-
-#[derive(Clone, Debug)]
-struct Acked {
-    /// The request whose answer acknowledged the write.
-    by: u64,
-    /// The first request id sent after the acknowledgement arrived. Ids order sends, not
-    /// answers: a request sent earlier (a pull beside a keepalive flush, say) may have been
-    /// answered from a state before the write.
-    after: u64,
-    pending: Pending,
 }
 
 #[derive(Clone, Debug)]
@@ -166,19 +116,11 @@ pub struct Engine {
     /// The last request was refused with `token_expired`: the next one asks for a new token.
     fresh_token: bool,
 
-    confirmed: Map<RecordKey, Stored>,
+    view: View,
     cursor: Option<String>,
-    outbox: Vec<Pending>,
     next_id: u64,
     /// Every mutation id at or below this was sent at least once and must not change.
     sent_max: u64,
-    /// A few entries at most (one per key other tabs are writing right now): a list is
-    /// smaller than another hash map in the browser build.
-    foreign: Vec<Pending>,
-    /// This tab's acknowledged writes, kept in view until an answer shows the server state
-    /// after them (so they never flicker out of view): the acknowledging push's own answer,
-    /// or the answer to a request sent after the acknowledgement arrived.
-    acked: Vec<Acked>,
 
     in_flight: Vec<InFlight>,
     next_request_id: u64,
@@ -219,13 +161,10 @@ impl Engine {
             visibility_reported: false,
             unauthorized: false,
             fresh_token: false,
-            confirmed: Map::default(),
+            view: View::default(),
             cursor: None,
-            outbox: Vec::new(),
             next_id: 1,
             sent_max: 0,
-            foreign: Vec::new(),
-            acked: Vec::new(),
             in_flight: Vec::new(),
             next_request_id: 1,
             pull_due: None,
@@ -260,49 +199,12 @@ impl Engine {
 
     /// The newest version of a record this tab knows of, tombstones included.
     pub fn get(&self, key: &RecordKey) -> Option<&Record> {
-        let mut best = self.confirmed.get(key).map(|s| &s.record);
-        let own = self.outbox.iter().rev().find(|p| &p.key == key);
-        let acked = self
-            .acked
-            .iter()
-            .rev()
-            .map(|a| &a.pending)
-            .find(|p| &p.key == key);
-        let candidates = own.into_iter().chain(acked).chain(self.foreign_get(key));
-        for candidate in candidates {
-            if best.is_none_or(|b| candidate.record.wins_over(b)) {
-                best = Some(&candidate.record);
-            }
-        }
-        best
+        self.view.get(key)
     }
 
     /// The live records of a collection (tombstones left out), in no particular order.
     pub fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
-        let mut out: Vec<(&str, &Record)> = Vec::new();
-        // Each key once: confirmed keys first, then unconfirmed ones not seen before.
-        let unconfirmed = self
-            .outbox
-            .iter()
-            .chain(self.acked.iter().map(|a| &a.pending))
-            .map(|p| &p.key)
-            .chain(self.foreign.iter().map(|p| &p.key));
-        let mut extra: Vec<&RecordKey> = Vec::new();
-        for key in unconfirmed {
-            if key.collection == collection
-                && !self.confirmed.contains_key(key)
-                && !extra.contains(&key)
-            {
-                extra.push(key);
-            }
-        }
-        let confirmed = self.confirmed.keys().filter(|k| k.collection == collection);
-        for key in confirmed.chain(extra) {
-            if let Some(record) = self.get(key).filter(|r| !r.is_tombstone()) {
-                out.push((key.key.as_str(), record));
-            }
-        }
-        out
+        self.view.collection(collection)
     }
 
     pub fn status(&self) -> Status {
@@ -311,7 +213,7 @@ impl Engine {
             online: self.online,
             visible: self.visible,
             leader: self.leader,
-            pending: self.outbox.len(),
+            pending: self.view.outbox.len(),
             syncing: !self.in_flight.is_empty(),
             last_synced_at: self.last_synced_at,
             error: self.error.clone(),
@@ -320,7 +222,7 @@ impl Engine {
 
     /// This tab's unacknowledged mutations, oldest first.
     pub fn outbox(&self) -> Vec<Mutation> {
-        self.outbox.iter().map(Pending::mutation).collect()
+        self.view.outbox()
     }
 
     // ----- poll -----
@@ -343,7 +245,7 @@ impl Engine {
             }
         }
         if self.state_wanted
-            && self.outbox.is_empty()
+            && self.view.outbox.is_empty()
             && self.api_usable()
             && (self.can_pull() || self.cursor.is_some())
         {
@@ -462,16 +364,7 @@ impl Engine {
             TabBody::SignedOut => {}
             TabBody::Wrote { id, key, record } => {
                 self.clock.observe(record.updated_at);
-                let newer = self
-                    .foreign_get(&key)
-                    .is_none_or(|f| record.wins_over(&f.record));
-                if newer {
-                    self.foreign.retain(|f| f.key != key);
-                    self.foreign.push(Pending {
-                        id,
-                        key: key.clone(),
-                        record,
-                    });
+                if self.view.hear_write(id, &key, record) {
                     self.notify_changed(vec![key]);
                 }
             }
@@ -495,18 +388,8 @@ impl Engine {
                 }
             }
             TabBody::Acked { client_id, ack } => {
-                let before = self.foreign.len();
-                let mut keys = Vec::new();
-                self.foreign.retain(|f| {
-                    let keep = !(f.record.client_id == client_id && f.id <= ack);
-                    if !keep {
-                        keys.push(f.key.clone());
-                    }
-                    keep
-                });
-                if self.foreign.len() != before {
-                    self.notify_changed(keys);
-                }
+                let keys = self.view.hear_ack(&client_id, ack);
+                self.notify_changed(keys);
             }
             TabBody::PullWanted => {
                 if self.leader {
@@ -575,11 +458,11 @@ impl Engine {
                     } else {
                         // The rest of the state follows in pages; a tab that does not poll
                         // asks for them itself.
-                        self.state_wanted = !self.acked.is_empty();
+                        self.state_wanted = !self.view.acked.is_empty();
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);
-                    if self.acked.iter().any(|a| a.by == request.id) {
+                    if self.view.acked.iter().any(|a| a.by == request.id) {
                         self.state_wanted = true;
                     }
                 }
@@ -607,7 +490,7 @@ impl Engine {
                     // from this server's history (a restored or replaced database, say), so
                     // none of it can be trusted to be newer. Start over from nothing.
                     None => {
-                        self.confirmed.clear();
+                        self.view.clear_confirmed();
                         self.commands
                             .push_back(Command::Persist(Persist::ClearRecords {
                                 scope: self.user.clone(),
@@ -652,7 +535,7 @@ impl Engine {
         let key = RecordKey::new(collection, key);
         let sent_max = self.sent_max;
         // Coalesce with the queued write to the same key unless that one was already sent.
-        let id = match self.outbox.iter_mut().rev().find(|p| p.key == key) {
+        let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
             Some(p) if p.id > sent_max => {
                 p.record = record.clone();
                 p.id
@@ -660,7 +543,7 @@ impl Engine {
             _ => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.outbox.push(Pending {
+                self.view.outbox.push(Pending {
                     id,
                     key: key.clone(),
                     record: record.clone(),
@@ -730,7 +613,7 @@ impl Engine {
         }
         let mut bytes = 64 + self.client_id.len();
         let mut mutations = Vec::new();
-        for p in &self.outbox {
+        for p in &self.view.outbox {
             bytes += p.approximate_bytes();
             if bytes > self.config.keepalive_bytes_max || mutations.len() == MUTATIONS_MAX {
                 break;
@@ -764,7 +647,7 @@ impl Engine {
     /// the engine's fresh client id: an id is only ever reused together with its numbering.
     pub fn restore_outbox(&mut self, client_id: String, next_id: u64, mutations: Vec<Mutation>) {
         self.client_id = client_id;
-        self.outbox.clear();
+        self.view.outbox.clear();
         self.next_id = next_id.max(1);
         #[cfg(feature = "planted-bugs")]
         if crate::planted::planted(crate::planted::Bug::ForgottenNumbering) {
@@ -774,7 +657,7 @@ impl Engine {
             self.clock.observe(m.updated_at);
             self.next_id = self.next_id.max(m.id + 1);
             self.sent_max = self.sent_max.max(m.id);
-            self.outbox.push(Pending {
+            self.view.outbox.push(Pending {
                 id: m.id,
                 key: RecordKey::new(m.collection, m.key),
                 record: Record {
@@ -814,9 +697,7 @@ impl Engine {
         let previous = self.user.take();
         let was_guest = previous.is_none();
         self.in_flight.clear();
-        self.confirmed.clear();
-        self.foreign.clear();
-        self.acked.clear();
+        self.view.clear_all_but_outbox();
         self.cursor = None;
         self.pull_due = None;
         self.pull_wanted = false;
@@ -834,7 +715,7 @@ impl Engine {
         if was_guest && user.is_some() {
             // The guest's own writes move into the account.
         } else {
-            self.outbox.clear();
+            self.view.outbox.clear();
             self.client_id = self.rng.client_id();
             self.next_id = 1;
             self.sent_max = 0;
@@ -888,6 +769,7 @@ impl Engine {
         }
         if self.can_push() && self.push_due().is_some_and(|t| t <= now) {
             let mutations: Vec<Mutation> = self
+                .view
                 .outbox
                 .iter()
                 .take(self.config.push_batch_max.min(MUTATIONS_MAX))
@@ -903,7 +785,7 @@ impl Engine {
             self.pull_wanted = true;
         }
         // Cleared only by an answer that carries the state, so a lost request is retried.
-        if self.state_wanted && self.outbox.is_empty() && self.api_usable() {
+        if self.state_wanted && self.view.outbox.is_empty() && self.api_usable() {
             if self.can_pull() {
                 self.pull_wanted = true;
             } else if let Some(cursor) = self.cursor.clone() {
@@ -978,7 +860,7 @@ impl Engine {
     }
 
     fn can_push(&self) -> bool {
-        self.api_usable() && !self.outbox.is_empty()
+        self.api_usable() && !self.view.outbox.is_empty()
     }
 
     fn can_pull(&self) -> bool {
@@ -989,7 +871,7 @@ impl Engine {
     /// than the first one; at once for writes left over from before (a restart, a sign-in,
     /// a failed push).
     fn push_due(&self) -> Option<u64> {
-        if self.outbox.is_empty() {
+        if self.view.outbox.is_empty() {
             return None;
         }
         let due = match (self.first_write_at, self.last_write_at) {
@@ -1055,21 +937,11 @@ impl Engine {
     /// Drops this tab's mutations up to `ack` and tells the other tabs. Writes the server
     /// took (`by` is the acknowledging request) stay in view until its state is known.
     fn acknowledge(&mut self, ack: u64, by: Option<u64>) {
-        let before = self.outbox.len();
-        let mut kept = Vec::with_capacity(self.outbox.len());
-        for p in self.outbox.drain(..) {
-            if p.id > ack {
-                kept.push(p);
-            } else if let Some(request) = by {
-                self.acked.push(Acked {
-                    by: request,
-                    after: self.next_request_id,
-                    pending: p,
-                });
-            }
-        }
-        self.outbox = kept;
-        if self.outbox.len() != before {
+        let after = self.next_request_id;
+        if self
+            .view
+            .acknowledge(ack, by.map(|request| (request, after)))
+        {
             self.persist_outbox();
             self.broadcast(TabBody::Acked {
                 client_id: self.client_id.clone(),
@@ -1082,15 +954,8 @@ impl Engine {
     /// that shows the server state after them). The state is still wanted while any remain:
     /// an answer to a request sent before a write was acknowledged does not show it.
     fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) {
-        let mut keys = Vec::new();
-        self.acked.retain(|a| {
-            let keep = !settled(a);
-            if !keep {
-                keys.push(a.pending.key.clone());
-            }
-            keep
-        });
-        self.state_wanted = !self.acked.is_empty();
+        let keys = self.view.settle_acked(settled);
+        self.state_wanted = !self.view.acked.is_empty();
         self.notify_changed(keys);
     }
 
@@ -1128,22 +993,15 @@ impl Engine {
     fn apply_changes(&mut self, reset: bool, changes: Vec<Change>) -> Vec<RecordKey> {
         if reset {
             let covered = changes.iter().map(|c| c.version).max().unwrap_or(0);
-            self.confirmed.retain(|_, s| s.version > covered);
+            self.view.reset_below(covered);
             self.commands
                 .push_back(Command::Persist(Persist::ClearRecords {
                     scope: self.user.clone(),
                 }));
-            for (key, stored) in &self.confirmed {
+            for change in self.view.confirmed_changes() {
                 self.commands.push_back(Command::Persist(Persist::Record {
                     scope: self.user.clone(),
-                    change: Change {
-                        collection: key.collection.clone(),
-                        key: key.key.clone(),
-                        value: stored.record.value.clone(),
-                        updated_at: stored.record.updated_at,
-                        client_id: stored.record.client_id.clone(),
-                        version: stored.version,
-                    },
+                    change,
                 }));
             }
         }
@@ -1162,54 +1020,17 @@ impl Engine {
         keys
     }
 
-    /// Stores a server change unless a later version is already confirmed.
+    /// Stores a server change unless a later version is already confirmed; an acknowledged
+    /// write of this tab that it settles leaves the view.
     fn store_change(&mut self, change: Change) -> bool {
-        let key = RecordKey::new(change.collection, change.key);
-        if self
-            .confirmed
-            .get(&key)
-            .is_some_and(|s| s.version >= change.version)
-        {
-            return false;
-        }
-        let record = Record {
-            value: change.value,
-            updated_at: change.updated_at,
-            client_id: change.client_id,
-        };
-        #[cfg(feature = "planted-bugs")]
-        if crate::planted::planted(crate::planted::Bug::PullOverwritesPending) {
-            self.outbox.retain(|p| p.key != key);
-        }
-        // Another tab's write is settled once the server holds it or something newer. The
-        // server may hold it with an earlier `updatedAt` (clamped: it was stamped by a clock
-        // running ahead), so "holds it" is the same writer and value, whatever the stamp:
-        // otherwise the unclamped copy would outrank newer writes in this view forever.
-        if self
-            .foreign_get(&key)
-            .is_some_and(|f| !f.record.wins_over(&record) || same_write(&f.record, &record))
-        {
-            self.foreign.retain(|f| f.key != key);
-        }
-        // This tab's acknowledged writes, once their exact stored copy arrives. Not by
-        // `same_write`: an earlier write of this tab with the same value (a delete, a `{}`)
-        // matches that too, and would hide the later one. A clamped copy is settled instead
-        // by the answer that shows the state after the push (`settle_acked`).
-        let before = self.acked.len();
-        self.acked
-            .retain(|a| !(a.pending.key == key && a.pending.record == record));
-        if self.acked.len() != before {
+        let key = RecordKey::new(change.collection.as_str(), change.key.as_str());
+        let acked = self.view.acked.len();
+        let stored = self.view.store(change);
+        if self.view.acked.len() != acked {
             self.commands
-                .push_back(Command::Notify(Notice::Changed(vec![key.clone()])));
+                .push_back(Command::Notify(Notice::Changed(vec![key])));
         }
-        self.confirmed.insert(
-            key,
-            Stored {
-                record,
-                version: change.version,
-            },
-        );
-        true
+        stored
     }
 
     fn set_cursor(&mut self, cursor: Option<String>) {
@@ -1237,7 +1058,7 @@ impl Engine {
     /// of the refused batch (a keepalive flush, say) is refused the same way.
     fn renumber_above(&mut self, ack: u64) {
         self.next_id = self.next_id.max(ack.saturating_add(1));
-        for p in &mut self.outbox {
+        for p in &mut self.view.outbox {
             p.id = self.next_id;
             self.next_id += 1;
         }
@@ -1251,44 +1072,12 @@ impl Engine {
         }));
     }
 
-    /// Another tab's unacknowledged write to `key`, if any.
-    fn foreign_get(&self, key: &RecordKey) -> Option<&Pending> {
-        self.foreign.iter().find(|f| &f.key == key)
-    }
-
     fn notify_changed(&mut self, keys: Vec<RecordKey>) {
         if !keys.is_empty() {
             self.commands
                 .push_back(Command::Notify(Notice::Changed(keys)));
         }
     }
-}
-
-impl Pending {
-    fn mutation(&self) -> Mutation {
-        Mutation {
-            id: self.id,
-            collection: self.key.collection.clone(),
-            key: self.key.key.clone(),
-            value: self.record.value.clone(),
-            updated_at: self.record.updated_at,
-        }
-    }
-
-    /// The size of this mutation in a JSON body, roughly but never below the real size.
-    fn approximate_bytes(&self) -> usize {
-        96 + self.key.collection.len()
-            + self.key.key.len() * 6
-            + self.record.value.as_ref().map_or(4, String::len)
-    }
-}
-
-/// Whether `stored` is `written` as the server keeps it: the same writer and value; the
-/// server may have clamped the timestamp.
-fn same_write(written: &Record, stored: &Record) -> bool {
-    written.client_id == stored.client_id
-        && written.value == stored.value
-        && stored.updated_at <= written.updated_at
 }
 
 /// The same limits the server enforces, checked before anything is queued.
