@@ -32,6 +32,15 @@
 //!
 //! The driver-facing types are in `command` (re-exported here), the policies in [`Config`].
 //!
+//! ## Deadlines
+//! Every deadline (push, pull, poll, the state after a push, the retry's backoff) is one entry
+//! of a timer table (the `timers` module), set where it is decided: a write arms the push, an
+//! answer plans the next poll, a failure the backoff, losing the leader lock stops the poll.
+//! [`Engine::poll_timeout`] is the earliest entry that can act; at the end of every input the
+//! engine sends for the first one that is due. Both ask one predicate when an entry can act,
+//! so the engine never asks to be woken for nothing, and a request it wants always has a
+//! deadline.
+//!
 //! Only the leader tab polls. Any tab pushes its own outbox. Every page of server data a tab
 //! receives is broadcast with the cursor it started from and the cursor it ends at, so other
 //! tabs apply it without a request and adopt the cursor when it continues their own.
@@ -51,12 +60,14 @@ use crate::rng::Rng;
 
 mod command;
 mod config;
+mod timers;
 mod view;
 
 pub use command::{
     Command, Failure, Notice, Page, Persist, Reply, Request, Status, SyncError, TabBody, TabMessage,
 };
 pub use config::Config;
+use timers::{Timer, TimerTable};
 use view::{Acked, Pending, View};
 
 /// Why a write was refused. Nothing was changed.
@@ -106,10 +117,6 @@ pub struct Engine {
     leader: bool,
     /// Whether we currently hold or wait for the leader lock.
     leadership_asked: bool,
-    /// A push was acknowledged without the server's state (it was sent without a cursor), so
-    /// its writes stay in view until a later answer of this tab shows that state: one must
-    /// come even if there is nothing else to send.
-    state_wanted: bool,
     /// Whether the driver has reported visibility yet.
     visibility_reported: bool,
     unauthorized: bool,
@@ -124,13 +131,12 @@ pub struct Engine {
 
     in_flight: Vec<InFlight>,
     next_request_id: u64,
-    pull_due: Option<u64>,
-    pull_wanted: bool,
+    /// Every deadline: see `timers`.
+    timers: TimerTable,
     last_pull_at: Option<u64>,
+    /// The first write of the burst the next push takes: a push never waits much longer.
     first_write_at: Option<u64>,
-    last_write_at: Option<u64>,
     failures: u32,
-    retry_at: Option<u64>,
     last_synced_at: Option<u64>,
     error: Option<SyncError>,
 
@@ -157,7 +163,6 @@ impl Engine {
             online: true,
             leader: false,
             leadership_asked: false,
-            state_wanted: false,
             visibility_reported: false,
             unauthorized: false,
             fresh_token: false,
@@ -167,13 +172,10 @@ impl Engine {
             sent_max: 0,
             in_flight: Vec::new(),
             next_request_id: 1,
-            pull_due: None,
-            pull_wanted: false,
+            timers: TimerTable::default(),
             last_pull_at: None,
             first_write_at: None,
-            last_write_at: None,
             failures: 0,
-            retry_at: None,
             last_synced_at: None,
             error: None,
             commands: VecDeque::new(),
@@ -232,37 +234,16 @@ impl Engine {
         self.commands.pop_front()
     }
 
-    /// When [`Engine::handle_timeout`] should be called next, if ever.
+    /// When [`Engine::handle_timeout`] should be called next, if ever: the earliest deadline
+    /// in the timer table of a timer that can act.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.regular_in_flight() {
-            return None;
-        }
-        let mut deadline: Option<u64> = None;
-        let mut consider = |t: u64| deadline = Some(deadline.map_or(t, |d| d.min(t)));
-        if self.can_push() {
-            if let Some(t) = self.push_due() {
-                consider(t);
-            }
-        }
-        if self.state_wanted
-            && self.view.outbox.is_empty()
-            && self.api_usable()
-            && (self.can_pull() || self.cursor.is_some())
-        {
-            consider(self.retry_at.unwrap_or(0));
-        }
-        if self.can_pull() {
-            if self.pull_wanted {
-                consider(self.retry_at.unwrap_or(0));
-            } else if let Some(t) = self.pull_due {
-                consider(t.max(self.retry_at.unwrap_or(0)));
-            }
-        }
-        deadline
+        self.timers.next(|timer| self.ready(timer))
     }
 
     // ----- handle -----
 
+    /// The deadline from [`Engine::poll_timeout`] has come: sends what is due. Waking early
+    /// is harmless.
     pub fn handle_timeout(&mut self, now: u64) {
         self.observe_time(now);
         self.finish(now);
@@ -307,7 +288,7 @@ impl Engine {
             if online {
                 // Coming back is news: retry at once instead of waiting out the backoff.
                 self.failures = 0;
-                self.retry_at = None;
+                self.timers.stop(Timer::Retry);
                 if self.config.pull_on_online {
                     self.want_pull(now);
                 }
@@ -335,11 +316,11 @@ impl Engine {
                     .last_pull_at
                     .filter(|&t| !self.config.pull_on_focus && now < t.saturating_add(interval));
                 match cadence {
-                    Some(t) => self.schedule_next_pull(t),
-                    None => self.pull_wanted = true,
+                    Some(t) => self.plan_poll(t),
+                    None => self.timers.set(Timer::Pull, 0),
                 }
             } else {
-                self.pull_due = None;
+                self.timers.stop(Timer::Poll);
             }
         }
         self.finish(now);
@@ -434,7 +415,7 @@ impl Engine {
                 self.last_pull_at = Some(now);
                 self.last_synced_at = Some(now);
                 self.settle_acked(|a| request.id >= a.after);
-                self.schedule_next_pull(now);
+                self.plan_poll(now);
                 // The other tabs learn that the device is up to date, too.
                 if let Some(cursor) = request.last_sync {
                     self.broadcast(TabBody::Synced {
@@ -458,12 +439,12 @@ impl Engine {
                     } else {
                         // The rest of the state follows in pages; a tab that does not poll
                         // asks for them itself.
-                        self.state_wanted = !self.view.acked.is_empty();
+                        self.want_state(!self.view.acked.is_empty());
                     }
                 } else {
                     self.clock.sync_to_server(now, page.server_time);
                     if self.view.acked.iter().any(|a| a.by == request.id) {
-                        self.state_wanted = true;
+                        self.want_state(true);
                     }
                 }
             }
@@ -473,7 +454,7 @@ impl Engine {
                 // the push is due now), a pull is asked for again.
                 self.fresh_token = true;
                 if request.pushed_max.is_none() {
-                    self.pull_wanted = true;
+                    self.timers.set(Timer::Pull, 0);
                 }
             }
             Reply::Failed(Failure::Unauthorized | Failure::TokenExpired) => {
@@ -497,7 +478,7 @@ impl Engine {
                             }));
                         self.commands.push_back(Command::Notify(Notice::Everything));
                         self.set_cursor(None);
-                        self.pull_wanted = true;
+                        self.timers.set(Timer::Pull, 0);
                     }
                 }
             }
@@ -558,8 +539,10 @@ impl Engine {
             record,
         });
         self.notify_changed(vec![key]);
-        self.first_write_at.get_or_insert(now);
-        self.last_write_at = Some(now);
+        // Shortly after the last write, but never much later than the first one.
+        let first = *self.first_write_at.get_or_insert(now);
+        let due = (now + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max);
+        self.timers.set(Timer::Push, due);
         self.finish(now);
         Ok(())
     }
@@ -573,7 +556,7 @@ impl Engine {
             if self.unauthorized {
                 self.unauthorized = false;
                 self.error = None;
-                self.pull_wanted = true;
+                self.timers.set(Timer::Pull, 0);
             }
             return self.finish(now);
         }
@@ -667,6 +650,8 @@ impl Engine {
                 },
             });
         }
+        // Writes left over from before are due at once.
+        self.push_leftovers();
     }
 
     /// Loads the signed-in user persisted by the driver (before any other input).
@@ -681,12 +666,10 @@ impl Engine {
     /// push, retry and pull for an hour, and treat every trigger as "just pulled".
     fn observe_time(&mut self, now: u64) {
         if let Some(back) = self.last_now.and_then(|last| last.checked_sub(now)) {
+            self.timers.shift_back(back);
             let shift = |t: &mut Option<u64>| *t = t.map(|t| t.saturating_sub(back));
-            shift(&mut self.pull_due);
             shift(&mut self.last_pull_at);
             shift(&mut self.first_write_at);
-            shift(&mut self.last_write_at);
-            shift(&mut self.retry_at);
             shift(&mut self.last_synced_at);
         }
         self.last_now = Some(now);
@@ -699,16 +682,13 @@ impl Engine {
         self.in_flight.clear();
         self.view.clear_all_but_outbox();
         self.cursor = None;
-        self.pull_due = None;
-        self.pull_wanted = false;
+        self.timers = TimerTable::default();
         self.last_pull_at = None;
         self.failures = 0;
-        self.retry_at = None;
         self.last_synced_at = None;
         self.error = None;
         self.unauthorized = false;
         self.fresh_token = false;
-        self.state_wanted = false;
         self.commands.push_back(Command::Persist(Persist::Wipe {
             scope: previous.clone(),
         }));
@@ -719,15 +699,12 @@ impl Engine {
             self.client_id = self.rng.client_id();
             self.next_id = 1;
             self.sent_max = 0;
-            self.first_write_at = None;
-            self.last_write_at = None;
         }
+        // What is still queued (the guest's writes, carried into the account) is due at once.
+        self.push_leftovers();
         self.user = user;
-        if self.user.is_some() {
-            // The guest's writes are due at once.
-            self.first_write_at = None;
-            self.last_write_at = None;
-            self.pull_wanted = self.config.pull_on_sign_in;
+        if self.user.is_some() && self.config.pull_on_sign_in {
+            self.timers.set(Timer::Pull, 0);
         }
         self.persist_outbox();
         self.commands.push_back(Command::Notify(Notice::Everything));
@@ -735,7 +712,7 @@ impl Engine {
 
     fn finish(&mut self, now: u64) {
         self.sync_leadership();
-        self.schedule(now);
+        self.fire_due(now);
         let status = self.status();
         if self.last_status.as_ref() != Some(&status) {
             self.last_status = Some(status);
@@ -751,69 +728,101 @@ impl Engine {
             self.commands.push_back(Command::Leadership(want));
             if !want {
                 self.leader = false;
-                self.pull_due = None;
+                self.timers.stop(Timer::Poll);
             }
         }
     }
 
-    /// Sends the next request if one is due.
-    fn schedule(&mut self, now: u64) {
+    /// Whether `timer` can act now: firing it sends a request. Nothing is sent while a
+    /// regular request is in flight (its answer decides what comes next), and nothing without
+    /// a signed-in user, a connection and a session. The one place that says when each timer
+    /// counts: [`Engine::poll_timeout`] and [`Engine::fire_due`] both ask it.
+    fn ready(&self, timer: Timer) -> bool {
         if self.regular_in_flight() {
-            return;
+            return false;
         }
-        if self.can_pull() && !self.pull_wanted && self.pull_due.is_none() {
-            self.schedule_next_pull(now);
+        match timer {
+            Timer::Push => self.can_push(),
+            // With writes queued, their push carries the state. A tab that does not poll
+            // asks with an empty push, which needs the cursor the state continues.
+            Timer::State => {
+                self.view.outbox.is_empty()
+                    && self.api_usable()
+                    && (self.can_pull() || self.cursor.is_some())
+            }
+            Timer::Pull | Timer::Poll => self.can_pull(),
+            // A hold on the others, never due itself.
+            Timer::Retry => false,
         }
-        if self.retry_at.is_some_and(|t| now < t) {
-            return;
+    }
+
+    /// Sends the request that is due, if one is. A leader that can pull and has no pull
+    /// planned (after a failed pull, say, or a sign-in that does not pull) plans its next
+    /// poll first.
+    fn fire_due(&mut self, now: u64) {
+        let planned = self.timers.is_set(Timer::Pull) || self.timers.is_set(Timer::Poll);
+        if !planned && self.ready(Timer::Poll) {
+            self.plan_poll(now);
         }
-        if self.can_push() && self.push_due().is_some_and(|t| t <= now) {
-            let mutations: Vec<Mutation> = self
-                .view
-                .outbox
-                .iter()
-                .take(self.config.push_batch_max.min(MUTATIONS_MAX))
-                .map(Pending::mutation)
-                .collect();
-            // A tab that has never pulled learns the account's state first, so its own
-            // writes do not flicker out of view between the push and the pull.
-            if self.cursor.is_some() || !self.can_pull() {
+        if let Some(timer) = self.timers.expired(now, |timer| self.ready(timer)) {
+            self.fire(timer, now);
+        }
+    }
+
+    /// Sends the request `timer` stands for; it is ready and due.
+    fn fire(&mut self, timer: Timer, now: u64) {
+        match timer {
+            Timer::Push => {
+                // A tab that has never pulled learns the account's state first, so its own
+                // writes do not flicker out of view between the push and the pull.
+                if self.cursor.is_none() && self.can_pull() {
+                    return self.send_pull(now);
+                }
+                let mutations: Vec<Mutation> = self
+                    .view
+                    .outbox
+                    .iter()
+                    .take(self.config.push_batch_max.min(MUTATIONS_MAX))
+                    .map(Pending::mutation)
+                    .collect();
                 let last_sync = self.cursor.clone();
                 self.send_push(mutations, last_sync, false);
-                return;
             }
-            self.pull_wanted = true;
-        }
-        // Cleared only by an answer that carries the state, so a lost request is retried.
-        if self.state_wanted && self.view.outbox.is_empty() && self.api_usable() {
-            if self.can_pull() {
-                self.pull_wanted = true;
-            } else if let Some(cursor) = self.cursor.clone() {
-                // Not the leader: an empty push with our cursor answers with the state.
-                self.send_push(Vec::new(), Some(cursor), false);
-                return;
+            // The timer stays set until an answer carries the state, so a lost request is
+            // retried.
+            Timer::State => {
+                if self.can_pull() {
+                    self.send_pull(now);
+                } else {
+                    // Not the leader: an empty push with our cursor answers with the state.
+                    let last_sync = self.cursor.clone();
+                    self.send_push(Vec::new(), last_sync, false);
+                }
             }
+            Timer::Pull | Timer::Poll => self.send_pull(now),
+            Timer::Retry => {}
         }
-        if self.can_pull() && (self.pull_wanted || self.pull_due.is_some_and(|t| t <= now)) {
-            self.pull_wanted = false;
-            self.pull_due = None;
-            self.last_pull_at = Some(now);
-            let last_sync = self.cursor.clone();
-            let id = self.next_request();
-            let fresh_token = core::mem::take(&mut self.fresh_token);
-            self.in_flight.push(InFlight {
-                id,
-                last_sync: last_sync.clone(),
-                pushed_max: None,
-                keepalive: false,
-                fresh_token,
-            });
-            self.commands.push_back(Command::Send {
-                id,
-                request: Request::Pull { last_sync },
-                fresh_token,
-            });
-        }
+    }
+
+    fn send_pull(&mut self, now: u64) {
+        self.timers.stop(Timer::Pull);
+        self.timers.stop(Timer::Poll);
+        self.last_pull_at = Some(now);
+        let last_sync = self.cursor.clone();
+        let id = self.next_request();
+        let fresh_token = core::mem::take(&mut self.fresh_token);
+        self.in_flight.push(InFlight {
+            id,
+            last_sync: last_sync.clone(),
+            pushed_max: None,
+            keepalive: false,
+            fresh_token,
+        });
+        self.commands.push_back(Command::Send {
+            id,
+            request: Request::Pull { last_sync },
+            fresh_token,
+        });
     }
 
     fn send_push(&mut self, mutations: Vec<Mutation>, last_sync: Option<String>, keepalive: bool) {
@@ -830,8 +839,9 @@ impl Engine {
             fresh_token,
         });
         if !keepalive {
-            self.first_write_at = None;
-            self.last_write_at = None;
+            // What this push leaves queued (more than a batch, or all of it if it fails) goes
+            // at once after its answer.
+            self.push_leftovers();
         }
         self.commands.push_back(Command::Send {
             id,
@@ -867,20 +877,15 @@ impl Engine {
         self.api_usable() && self.visible && self.leader
     }
 
-    /// When the outbox should be pushed: shortly after the last write, but never much later
-    /// than the first one; at once for writes left over from before (a restart, a sign-in,
-    /// a failed push).
-    fn push_due(&self) -> Option<u64> {
+    /// Everything queued is due at once: writes left over from before (a restart, a
+    /// sign-in) or by the last push.
+    fn push_leftovers(&mut self) {
+        self.first_write_at = None;
         if self.view.outbox.is_empty() {
-            return None;
+            self.timers.stop(Timer::Push);
+        } else {
+            self.timers.set(Timer::Push, 0);
         }
-        let due = match (self.first_write_at, self.last_write_at) {
-            (Some(first), Some(last)) => {
-                (last + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max)
-            }
-            _ => 0,
-        };
-        Some(due.max(self.retry_at.unwrap_or(0)))
     }
 
     /// A trigger (focus, visibility, online, sign-in): pull now, unless a pull just happened.
@@ -894,7 +899,7 @@ impl Engine {
             return;
         }
         if !self.pulled_recently(now) {
-            self.pull_wanted = true;
+            self.timers.set(Timer::Pull, 0);
         }
     }
 
@@ -904,16 +909,26 @@ impl Engine {
             .is_some_and(|t| now < t + self.config.trigger_gap_ms)
     }
 
-    fn schedule_next_pull(&mut self, now: u64) {
+    /// The leader's next background pull: an interval after `from`, give or take the jitter.
+    fn plan_poll(&mut self, from: u64) {
         let interval = self.config.interval_ms;
         let spread = interval * self.config.interval_jitter_percent / 100;
         let jittered = interval - spread + self.rng.below_or_equal(2 * spread);
-        self.pull_due = Some(now + jittered);
+        self.timers.set(Timer::Poll, from + jittered);
+    }
+
+    /// Asks for the server's state after an acknowledged push, or stops asking.
+    fn want_state(&mut self, wanted: bool) {
+        if wanted {
+            self.timers.set(Timer::State, 0);
+        } else {
+            self.timers.stop(Timer::State);
+        }
     }
 
     fn succeeded(&mut self) {
         self.failures = 0;
-        self.retry_at = None;
+        self.timers.stop(Timer::Retry);
         if matches!(self.error, Some(SyncError::Unreachable)) {
             self.error = None;
         }
@@ -930,18 +945,18 @@ impl Engine {
             .rng
             .below_or_equal(cap)
             .max(retry_after_ms.unwrap_or(0));
-        self.retry_at = Some(now + delay);
+        self.timers.set(Timer::Retry, now + delay);
         self.error = Some(SyncError::Unreachable);
     }
 
     /// Drops this tab's mutations up to `ack` and tells the other tabs. Writes the server
     /// took (`by` is the acknowledging request) stay in view until its state is known.
     fn acknowledge(&mut self, ack: u64, by: Option<u64>) {
-        let after = self.next_request_id;
-        if self
-            .view
-            .acknowledge(ack, by.map(|request| (request, after)))
-        {
+        let by = by.map(|request| (request, self.next_request_id));
+        if self.view.acknowledge(ack, by) {
+            if self.view.outbox.is_empty() {
+                self.timers.stop(Timer::Push);
+            }
             self.persist_outbox();
             self.broadcast(TabBody::Acked {
                 client_id: self.client_id.clone(),
@@ -955,7 +970,7 @@ impl Engine {
     /// an answer to a request sent before a write was acknowledged does not show it.
     fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) {
         let keys = self.view.settle_acked(settled);
-        self.state_wanted = !self.view.acked.is_empty();
+        self.want_state(!self.view.acked.is_empty());
         self.notify_changed(keys);
     }
 
@@ -978,9 +993,9 @@ impl Engine {
             self.notify_changed(keys);
         }
         if page.more {
-            self.pull_wanted = true;
+            self.timers.set(Timer::Pull, 0);
         } else {
-            self.schedule_next_pull(now);
+            self.plan_poll(now);
         }
     }
 
