@@ -83,7 +83,7 @@ impl TimerTable {
 
     /// The earliest time a timer fires among those `ready` to act, if any: the engine's
     /// `poll_timeout`.
-    pub(super) fn next(&self, ready: impl Fn(Timer) -> bool) -> Option<u64> {
+    pub(super) fn next(&self, ready: &dyn Fn(Timer) -> bool) -> Option<u64> {
         Timer::ALL
             .into_iter()
             .filter(|&t| t != Timer::Retry && ready(t))
@@ -93,7 +93,7 @@ impl TimerTable {
 
     /// The first timer, in order of precedence, that is `ready` to act and whose time has
     /// come by `now`.
-    pub(super) fn expired(&self, now: u64, ready: impl Fn(Timer) -> bool) -> Option<Timer> {
+    pub(super) fn expired(&self, now: u64, ready: &dyn Fn(Timer) -> bool) -> Option<Timer> {
         Timer::ALL.into_iter().find(|&t| {
             t != Timer::Retry && ready(t) && self.fires_at(t).is_some_and(|at| at <= now)
         })
@@ -107,27 +107,27 @@ mod tests {
     #[test]
     fn the_next_deadline_is_the_earliest_ready_one_held_by_the_retry() {
         let mut table = TimerTable::default();
-        assert_eq!(table.next(|_| true), None);
+        assert_eq!(table.next(&|_| true), None);
         table.set(Timer::Poll, 500);
         table.set(Timer::Push, 300);
-        assert_eq!(table.next(|_| true), Some(300));
-        assert_eq!(table.next(|t| t != Timer::Push), Some(500));
+        assert_eq!(table.next(&|_| true), Some(300));
+        assert_eq!(table.next(&|t| t != Timer::Push), Some(500));
         table.set(Timer::Retry, 400);
-        assert_eq!(table.next(|_| true), Some(400));
-        assert_eq!(table.expired(399, |_| true), None);
-        assert_eq!(table.expired(400, |_| true), Some(Timer::Push));
-        assert_eq!(table.expired(500, |t| t != Timer::Push), Some(Timer::Poll));
+        assert_eq!(table.next(&|_| true), Some(400));
+        assert_eq!(table.expired(399, &|_| true), None);
+        assert_eq!(table.expired(400, &|_| true), Some(Timer::Push));
+        assert_eq!(table.expired(500, &|t| t != Timer::Push), Some(Timer::Poll));
         table.stop(Timer::Retry);
         table.stop(Timer::Push);
-        assert_eq!(table.next(|_| true), Some(500));
+        assert_eq!(table.next(&|_| true), Some(500));
     }
 
     #[test]
     fn a_retry_alone_is_no_deadline() {
         let mut table = TimerTable::default();
         table.set(Timer::Retry, 100);
-        assert_eq!(table.next(|_| true), None);
-        assert_eq!(table.expired(1_000, |_| true), None);
+        assert_eq!(table.next(&|_| true), None);
+        assert_eq!(table.expired(1_000, &|_| true), None);
     }
 
     #[test]
@@ -136,8 +136,8 @@ mod tests {
         table.set(Timer::Poll, 10);
         table.set(Timer::Pull, 0);
         table.set(Timer::State, 0);
-        assert_eq!(table.expired(10, |_| true), Some(Timer::State));
-        assert_eq!(table.expired(10, |t| t != Timer::State), Some(Timer::Pull));
+        assert_eq!(table.expired(10, &|_| true), Some(Timer::State));
+        assert_eq!(table.expired(10, &|t| t != Timer::State), Some(Timer::Pull));
     }
 
     #[test]
