@@ -1,6 +1,7 @@
 //! Property tests of the core: the laws of the newest-wins merge (on `Record` alone and in the
-//! engine's merged view) and, with the `serde` feature, the protocol's wire types (decoding
-//! never panics, encoding then decoding gives the value back).
+//! engine's merged view), the engine's deadlines (waking at one always sends, a wanted request
+//! always has one) and, with the `serde` feature, the protocol's wire types (decoding never
+//! panics, encoding then decoding gives the value back).
 //!
 //! Case counts are small so the whole file runs in a few seconds in debug builds; set
 //! `PROPTEST_CASES` to run every property longer. A failure found here is kept as a plain
@@ -9,8 +10,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use sinkron_core::engine::{TabBody, TabMessage};
-use sinkron_core::{Change, Config, Engine, Record, RecordKey};
+use sinkron_core::engine::{Failure, SyncError, TabBody, TabMessage};
+use sinkron_core::{
+    Change, Command, Config, Engine, Page, Persist, Record, RecordKey, Reply, Request,
+};
 
 /// `cases` runs per property, unless `PROPTEST_CASES` asks for another number.
 fn config(cases: u32) -> ProptestConfig {
@@ -315,6 +318,321 @@ fn an_older_write_of_the_same_value_from_the_server_rolls_the_view_back() {
             Some(r#"{"v":1}"#),
             "after the server's version {version}"
         );
+    }
+}
+
+// ----- the engine's deadlines -----
+
+/// What a driver can report to the engine, in any order.
+#[derive(Clone, Debug)]
+enum Input {
+    /// The driver's timer fires at the engine's deadline.
+    Wake,
+    /// Time passes and the driver wakes the engine anyway (early, or late).
+    Later(u64),
+    /// The device clock is set back.
+    ClockBack(u64),
+    Write(u8, bool),
+    Visibility(bool),
+    Focus,
+    Online(bool),
+    /// The leader lock is granted (whether or not the engine still asks for it).
+    Grant,
+    SignIn(bool),
+    SignOut,
+    Flush,
+    /// The answer to one of the requests in flight (picked by the index).
+    Answer(prop::sample::Index, Outcome),
+    /// Another tab of the device asks the leader to pull, or signs in or out.
+    Tab(u8),
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Ok {
+        more: bool,
+        reset: bool,
+        changed: bool,
+    },
+    NotModified,
+    Network,
+    Unavailable(Option<u64>),
+    Unauthorized,
+    TokenExpired,
+    Rejected,
+    IdsReused,
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    let outcome = prop_oneof![
+        6 => (any::<bool>(), prop::bool::weighted(0.1), any::<bool>())
+            .prop_map(|(more, reset, changed)| Outcome::Ok { more, reset, changed }),
+        2 => Just(Outcome::NotModified),
+        3 => Just(Outcome::Network),
+        2 => prop::option::of(0u64..90_000).prop_map(Outcome::Unavailable),
+        1 => Just(Outcome::Unauthorized),
+        1 => Just(Outcome::TokenExpired),
+        1 => Just(Outcome::Rejected),
+        1 => Just(Outcome::IdsReused),
+    ];
+    prop_oneof![
+        8 => Just(Input::Wake),
+        3 => prop_oneof![0u64..1_000, 0u64..120_000].prop_map(Input::Later),
+        1 => (1u64..7_200_000).prop_map(Input::ClockBack),
+        6 => (0u8..4, prop::bool::weighted(0.2)).prop_map(|(k, delete)| Input::Write(k, delete)),
+        2 => any::<bool>().prop_map(Input::Visibility),
+        1 => Just(Input::Focus),
+        2 => prop::bool::weighted(0.7).prop_map(Input::Online),
+        3 => Just(Input::Grant),
+        2 => prop::bool::weighted(0.8).prop_map(Input::SignIn),
+        1 => Just(Input::SignOut),
+        1 => Just(Input::Flush),
+        10 => (any::<prop::sample::Index>(), outcome).prop_map(|(i, o)| Input::Answer(i, o)),
+        1 => (0u8..3).prop_map(Input::Tab),
+    ]
+}
+
+/// A request the engine sent and the driver has not answered yet.
+#[derive(Debug)]
+struct Sent {
+    id: u64,
+    request: Request,
+}
+
+/// A driver of one tab on a fake clock: it keeps the leader lock and the requests in flight
+/// and answers them as told, like the browser's.
+struct Driver {
+    engine: Engine,
+    now: u64,
+    in_flight: Vec<Sent>,
+    lock_asked: bool,
+    lock_held: bool,
+    version: u64,
+    /// Requests sent by the last input.
+    sent: Vec<Request>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        let mut driver = Driver {
+            engine: Engine::new(Config::default(), 3),
+            now: 1_700_000_000_000,
+            in_flight: Vec::new(),
+            lock_asked: false,
+            lock_held: false,
+            version: 0,
+            sent: Vec::new(),
+        };
+        let now = driver.now;
+        driver.engine.handle_visibility(now, true);
+        driver.drain();
+        driver
+    }
+
+    fn drain(&mut self) {
+        self.sent.clear();
+        while let Some(command) = self.engine.poll_command() {
+            match command {
+                Command::Send { id, request, .. } => {
+                    self.sent.push(request.clone());
+                    self.in_flight.push(Sent { id, request });
+                }
+                Command::Leadership(asked) => {
+                    self.lock_asked = asked;
+                    self.lock_held &= asked;
+                }
+                // A new scope: the engine forgets what it had in flight.
+                Command::Persist(Persist::Wipe { .. }) => self.in_flight.clear(),
+                _ => {}
+            }
+        }
+    }
+
+    fn page(&mut self, more: bool, reset: bool, changed: bool) -> Page {
+        let mut changes = Vec::new();
+        if changed {
+            self.version += 1;
+            changes.push(Change {
+                collection: "likes".into(),
+                key: format!("e{}", self.version % 4),
+                value: Some(r#"{"v":1}"#.into()),
+                updated_at: self.now,
+                client_id: "other".into(),
+                version: self.version,
+            });
+        }
+        Page {
+            cursor: self.version.to_string(),
+            changes,
+            more,
+            reset,
+            server_time: self.now,
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now;
+        match input {
+            Input::Wake => match self.engine.poll_timeout() {
+                Some(deadline) => {
+                    self.now = now.max(deadline);
+                    self.engine.handle_timeout(self.now);
+                }
+                None => return,
+            },
+            Input::Later(ms) => {
+                self.now += ms;
+                self.engine.handle_timeout(self.now);
+            }
+            Input::ClockBack(ms) => {
+                self.now -= ms;
+                self.engine.handle_timeout(self.now);
+            }
+            Input::Write(key, delete) => {
+                let value = (!delete).then(|| r#"{"p":1}"#.to_owned());
+                self.engine
+                    .write(now, "likes", &format!("e{key}"), value)
+                    .expect("a valid write");
+            }
+            Input::Visibility(visible) => self.engine.handle_visibility(now, visible),
+            Input::Focus => self.engine.handle_focus(now),
+            Input::Online(online) => self.engine.handle_online(now, online),
+            Input::Grant => {
+                if self.lock_held {
+                    return;
+                }
+                self.lock_held = true;
+                self.engine.handle_leadership(now, true);
+            }
+            Input::SignIn(same) => self.engine.sign_in(now, if same { "u1" } else { "u2" }),
+            Input::SignOut => self.engine.sign_out(now),
+            Input::Flush => self.engine.flush(now),
+            Input::Answer(index, outcome) => {
+                if self.in_flight.is_empty() {
+                    return;
+                }
+                let sent = self.in_flight.remove(index.index(self.in_flight.len()));
+                let pushed_max = match &sent.request {
+                    Request::Push { mutations, .. } => Some(mutations.last().map_or(0, |m| m.id)),
+                    Request::Pull { .. } => None,
+                };
+                let reply = match (outcome, pushed_max) {
+                    (
+                        Outcome::Ok {
+                            more,
+                            reset,
+                            changed,
+                        },
+                        None,
+                    ) => Reply::Pulled(self.page(more, reset, changed)),
+                    (
+                        Outcome::Ok {
+                            more,
+                            reset,
+                            changed,
+                        },
+                        Some(ack),
+                    ) => Reply::Pushed {
+                        ack,
+                        page: self.page(more, reset, changed),
+                    },
+                    (Outcome::NotModified, None) => Reply::NotModified,
+                    (Outcome::NotModified, Some(_)) => Reply::Failed(Failure::Network),
+                    (Outcome::Network, _) => Reply::Failed(Failure::Network),
+                    (Outcome::Unavailable(retry_after_ms), _) => {
+                        Reply::Failed(Failure::Unavailable { retry_after_ms })
+                    }
+                    (Outcome::Unauthorized, _) => Reply::Failed(Failure::Unauthorized),
+                    (Outcome::TokenExpired, _) => Reply::Failed(Failure::TokenExpired),
+                    (Outcome::Rejected, _) => Reply::Failed(Failure::Rejected { status: 400 }),
+                    (Outcome::IdsReused, ack) => Reply::Failed(Failure::IdsReused {
+                        ack: ack.unwrap_or(0) + 1,
+                    }),
+                };
+                self.engine.handle_reply(now, sent.id, reply);
+            }
+            Input::Tab(kind) => {
+                let user = self.engine.user().map(str::to_owned);
+                let (scope, body) = match kind {
+                    0 => (user, TabBody::PullWanted),
+                    1 => (user, TabBody::SignedOut),
+                    _ => (Some("u2".to_owned()), TabBody::SignedIn),
+                };
+                self.engine
+                    .handle_tab_message(now, TabMessage { scope, body });
+            }
+        }
+        self.drain();
+    }
+
+    fn regular_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|s| {
+            !matches!(
+                s.request,
+                Request::Push {
+                    keepalive: true,
+                    ..
+                }
+            )
+        })
+    }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// The deadline the engine gives is the one it acts on, whatever happened before: woken
+    /// at it, it sends a request (it never asks to be woken for nothing, so it cannot spin);
+    /// after any input, its deadline has not passed yet (what was due went out); and while
+    /// it could send, a write waiting or a poll to make always has a deadline (it cannot
+    /// stall). Only the visible leader pulls.
+    #[test]
+    fn every_deadline_sends_and_every_wanted_request_has_one(
+        inputs in prop::collection::vec(input(), 1..120)
+    ) {
+        let mut driver = Driver::new();
+        for (step, input) in inputs.into_iter().enumerate() {
+            let wake = matches!(input, Input::Wake);
+            let deadline = driver.engine.poll_timeout();
+            driver.input(input.clone());
+            let now = driver.now;
+            let status = driver.engine.status();
+            let next = driver.engine.poll_timeout();
+            if wake && deadline.is_some() {
+                prop_assert!(
+                    !driver.sent.is_empty(),
+                    "step {}: woken at its deadline {:?} (now {}), the engine sent nothing; \
+                     its next deadline is {:?}; {:?}",
+                    step, deadline, now, next, status
+                );
+            }
+            prop_assert!(
+                next.is_none_or(|t| t > now),
+                "step {} ({:?}): the deadline {:?} has passed (now {}) but nothing went out; {:?}",
+                step, input, next, now, status
+            );
+            let usable = status.signed_in
+                && status.online
+                && status.error != Some(SyncError::Unauthorized)
+                && !driver.regular_in_flight();
+            if usable && (status.pending > 0 || (status.leader && status.visible)) {
+                prop_assert!(
+                    next.is_some(),
+                    "step {} ({:?}): the engine could send ({} pending, leader {}) but has no \
+                     deadline; {:?}",
+                    step, input, status.pending, status.leader, status
+                );
+            }
+            for request in &driver.sent {
+                if let Request::Pull { .. } = request {
+                    prop_assert!(
+                        status.leader && status.visible && driver.lock_held,
+                        "step {}: a pull from a tab that is not the visible leader; {:?}",
+                        step, status
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -724,7 +724,7 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
     tab.reply(id, Reply::Pulled(page("5", account, false)));
     assert!(tab.value("acct").is_some() && tab.value("g1").is_some());
     assert!(
-        tab.engine.acked.is_empty(),
+        tab.engine.view.acked.is_empty(),
         "the pull settled the acknowledged write"
     );
 }

@@ -1,0 +1,217 @@
+//! What passes between the engine and its driver: the commands it asks for ([`Command`] and
+//! what they carry), the outcomes the driver reports back ([`Reply`], [`Failure`]), the
+//! messages between tabs ([`TabMessage`]) and what the UI shows ([`Status`]).
+//!
+//! Plain data: no decision lives here, except [`Failure::from_status`], the one place an HTTP
+//! answer becomes a failure kind.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::protocol::{Change, Mutation};
+use crate::record::{Record, RecordKey};
+
+#[cfg(doc)]
+use super::Engine;
+
+/// What the engine asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Write to this device's durable storage (shared by the device's tabs).
+    Persist(Persist),
+    /// Post to the device's other tabs.
+    Broadcast(TabMessage),
+    /// Send an HTTP request and report its outcome with [`Engine::handle_reply`] and this id.
+    /// With `fresh_token` the request retries one the server answered `token_expired`: the
+    /// driver asks the site's token provider for a new token instead of a cached one.
+    Send {
+        id: u64,
+        request: Request,
+        fresh_token: bool,
+    },
+    /// Ask for (`true`) or give up (`false`) the device's leader lock.
+    Leadership(bool),
+    /// Tell the UI something changed.
+    Notify(Notice),
+}
+
+/// Storage writes. `scope` is the signed-in user's id, or `None` for the guest's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Store a confirmed record (tombstones included).
+    Record {
+        scope: Option<String>,
+        change: Change,
+    },
+    /// Drop every confirmed record of the scope (a `reset` follows).
+    ClearRecords { scope: Option<String> },
+    /// Store the pull cursor.
+    Cursor {
+        scope: Option<String>,
+        cursor: Option<String>,
+    },
+    /// Replace this tab's outbox and its numbering. Kept even when `mutations` is empty
+    /// (until the scope is wiped): a tab that reloads under the same client id restores
+    /// `next_id`, so it never reuses an id the server has already acknowledged.
+    Outbox {
+        scope: Option<String>,
+        client_id: String,
+        /// The id the client's next write takes; every id below it has been used.
+        next_id: u64,
+        mutations: Vec<Mutation>,
+    },
+    /// Forget everything of the scope: records, cursor, outboxes.
+    Wipe { scope: Option<String> },
+}
+
+/// What the UI should re-read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// These records' view may have changed.
+    Changed(Vec<RecordKey>),
+    /// Every record may have changed (sign-in, sign-out, reset).
+    Everything,
+    /// [`Engine::status`] changed.
+    Status,
+}
+
+/// An HTTP request the engine wants sent. The driver adds the bearer token; for a pull with
+/// a cursor it also sends `If-None-Match: "<cursor>"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `GET /api/user/me[?lastSync=cursor]`
+    Pull { last_sync: Option<String> },
+    /// `POST /api/user/me/changes`
+    Push {
+        client_id: String,
+        mutations: Vec<Mutation>,
+        last_sync: Option<String>,
+        /// Send with `fetch(..., {keepalive: true})`: the page is being hidden or closed.
+        keepalive: bool,
+    },
+}
+
+/// A page of server state, from a pull or a push answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub cursor: String,
+    pub changes: Vec<Change>,
+    pub more: bool,
+    pub reset: bool,
+    pub server_time: u64,
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// 200 to a pull.
+    Pulled(Page),
+    /// 200 to a push.
+    Pushed { ack: u64, page: Page },
+    /// 304 to a pull: nothing changed.
+    NotModified,
+    /// No answer (network error, timeout) or an error status.
+    Failed(Failure),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No HTTP answer at all.
+    Network,
+    /// 401: the session is gone; the engine stops calling the API until the next sign-in.
+    Unauthorized,
+    /// 401 `token_expired`: the site's token has expired. The engine sends the request again
+    /// at once with a fresh token (`Command::Send::fresh_token`); if that one is refused as
+    /// well, it is [`Failure::Unauthorized`]. Queued writes stay queued throughout.
+    TokenExpired,
+    /// 429 or 5xx: try again later, not before `Retry-After` if the server gave one.
+    Unavailable { retry_after_ms: Option<u64> },
+    /// 409 `mutation_id_reused`: the push carried ids at or below the server's `ack` for
+    /// this client id with writes the server has never seen, so this client lost its
+    /// numbering. Nothing was applied; the writes are renumbered above `ack` and sent again.
+    IdsReused { ack: u64 },
+    /// Any other 4xx: the request can never succeed as it is.
+    Rejected { status: u16 },
+}
+
+impl Failure {
+    /// What an answer other than 200 or 304 means: the one classification every driver
+    /// uses. `status` 0 means no answer at all (a network error, or a body that could not be
+    /// read); `retry_after_ms` is the `Retry-After` header; `ack` is the `ack` field of the
+    /// error body, which only a 409 `mutation_id_reused` carries; `code` is the error body's
+    /// `code`, if it had one.
+    pub fn from_status(
+        status: u16,
+        retry_after_ms: Option<u64>,
+        ack: Option<u64>,
+        code: Option<&str>,
+    ) -> Failure {
+        match (status, ack) {
+            (0 | 408, _) => Failure::Network,
+            (401, _) if code == Some("token_expired") => Failure::TokenExpired,
+            (401, _) => Failure::Unauthorized,
+            (409, Some(ack)) => Failure::IdsReused { ack },
+            (429 | 500..=599, _) => Failure::Unavailable { retry_after_ms },
+            _ => Failure::Rejected { status },
+        }
+    }
+}
+
+/// A message between the tabs of one device. Tabs ignore messages of another scope, so one
+/// user's records never reach a tab showing another user (or a guest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TabMessage {
+    pub scope: Option<String>,
+    pub body: TabBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TabBody {
+    /// A tab wrote a record (optimistically; not acknowledged yet).
+    Wrote {
+        id: u64,
+        key: RecordKey,
+        record: Record,
+    },
+    /// A tab received server state: the changes after cursor `from`, up to cursor `to`.
+    Synced {
+        from: Option<String>,
+        to: String,
+        reset: bool,
+        changes: Vec<Change>,
+    },
+    /// The server acknowledged a tab's mutations up to `ack`.
+    Acked { client_id: String, ack: u64 },
+    /// A tab that is not the leader was focused: the leader should pull.
+    PullWanted,
+    /// A tab signed in; every tab of the device follows.
+    SignedIn,
+    /// A tab signed out; every tab of the device wipes the user's data.
+    SignedOut,
+}
+
+/// What the sync status UI shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub signed_in: bool,
+    pub online: bool,
+    pub visible: bool,
+    pub leader: bool,
+    /// Writes of this tab not yet acknowledged by the server.
+    pub pending: usize,
+    /// A request is on its way.
+    pub syncing: bool,
+    /// When this tab last received server state (local time).
+    pub last_synced_at: Option<u64>,
+    pub error: Option<SyncError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncError {
+    /// The server did not answer; the engine is retrying with backoff.
+    Unreachable,
+    /// The session ended (401); sign in again.
+    Unauthorized,
+    /// The server refused a push with this status; those writes were dropped.
+    Rejected(u16),
+}

@@ -1,0 +1,64 @@
+//! The engine's policies: how often the leader pulls, how long a push waits, how retries back
+//! off, and which events pull.
+
+/// The engine's policies. Every duration is in milliseconds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Time between background pulls of the leader tab.
+    pub interval_ms: u64,
+    /// Random spread of each interval, in percent either way, so tabs and devices do not
+    /// pull in lockstep.
+    pub interval_jitter_percent: u64,
+    /// A focus, visibility, online or sign-in trigger within this long after the last pull
+    /// is dropped: a burst of such events costs one request.
+    pub trigger_gap_ms: u64,
+    /// A push waits this long after the last write, so a burst of writes is one request.
+    pub push_delay_ms: u64,
+    /// ... but a steady stream of writes never delays a push longer than this.
+    pub push_wait_ms_max: u64,
+    /// Most mutations in one push.
+    pub push_batch_max: usize,
+    /// Budget of a `keepalive` flush body; browsers refuse keepalive bodies above 64 KiB.
+    pub keepalive_bytes_max: usize,
+    /// First retry delay cap after a failure; doubles with each failure in a row.
+    pub backoff_base_ms: u64,
+    /// Largest retry delay cap. A retry never waits longer than `interval_ms` either: a
+    /// server that is down costs each device at most what polling it would.
+    pub backoff_ms_max: u64,
+    /// Pull the account's state right after sign-in (else at the next interval or focus).
+    pub pull_on_sign_in: bool,
+    /// Pull when the window gets focus or the tab becomes visible again (a tab that opens
+    /// still learns the state, from the leader).
+    pub pull_on_focus: bool,
+    /// Pull when the browser comes back online.
+    pub pull_on_online: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval_ms: 30_000,
+            interval_jitter_percent: 10,
+            trigger_gap_ms: 2_000,
+            push_delay_ms: 300,
+            push_wait_ms_max: 3_000,
+            push_batch_max: 100,
+            keepalive_bytes_max: 60 * 1024,
+            backoff_base_ms: 1_000,
+            backoff_ms_max: 60_000,
+            pull_on_sign_in: true,
+            pull_on_focus: true,
+            pull_on_online: true,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults with another pull interval.
+    pub fn with_interval(interval_ms: u64) -> Config {
+        Config {
+            interval_ms,
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The merged view: what one tab shows, the newest (by `(updatedAt, clientId)`) of its layers.
+//!
+//! * `confirmed`: what the server holds, each record tagged with the server's per-user
+//!   `version`; server data replaces it only with a higher version, so a stale reply or a late
+//!   message from another tab can never roll it back;
+//! * `outbox`: this tab's writes not yet acknowledged, coalesced per key;
+//! * `acked`: this tab's acknowledged writes, kept until an answer shows the server state
+//!   after them, so they never flicker out of view;
+//! * `foreign`: other tabs' writes not yet acknowledged, learned from their broadcasts.
+//!
+//! The view decides what each layer holds and what a reader sees; it emits nothing. The
+//! engine decides when to send, persist and notify.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::hash::{BuildHasherDefault, Hasher};
+
+use hashbrown::HashMap;
+
+use crate::protocol::{Change, Mutation};
+use crate::record::{Record, RecordKey};
+
+/// A deterministic hash map: the same inputs give the same iteration order on every run and
+/// every platform, which keeps simulations reproducible. Keys are the user's own record keys,
+/// so a small multiplicative hash (FxHash's) is enough, and it is a fraction of SipHash's size
+/// in WebAssembly.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A record the server holds, with the version it holds it at.
+#[derive(Clone, Debug)]
+struct Confirmed {
+    record: Record,
+    version: u64,
+}
+
+/// A write not yet acknowledged: this tab's, or another tab's.
+#[derive(Clone, Debug)]
+pub(super) struct Pending {
+    pub(super) id: u64,
+    pub(super) key: RecordKey,
+    pub(super) record: Record,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Acked {
+    /// The request whose answer acknowledged the write.
+    pub(super) by: u64,
+    /// The first request id sent after the acknowledgement arrived. Ids order sends, not
+    /// answers: a request sent earlier (a pull beside a keepalive flush, say) may have been
+    /// answered from a state before the write.
+    pub(super) after: u64,
+    pub(super) pending: Pending,
+}
+
+/// The layers of one tab's records. See the module documentation.
+#[derive(Debug, Default)]
+pub(super) struct View {
+    confirmed: Map<RecordKey, Confirmed>,
+    pub(super) outbox: Vec<Pending>,
+    /// A few entries at most (one per key other tabs are writing right now): a list is
+    /// smaller than another hash map in the browser build.
+    pub(super) foreign: Vec<Pending>,
+    /// This tab's acknowledged writes, kept in view until an answer shows the server state
+    /// after them (so they never flicker out of view): the acknowledging push's own answer,
+    /// or the answer to a request sent after the acknowledgement arrived.
+    pub(super) acked: Vec<Acked>,
+}
+
+impl View {
+    /// The newest version of a record this tab knows of, tombstones included.
+    pub(super) fn get(&self, key: &RecordKey) -> Option<&Record> {
+        let mut best = self.confirmed.get(key).map(|s| &s.record);
+        let own = self.outbox.iter().rev().find(|p| &p.key == key);
+        let acked = self
+            .acked
+            .iter()
+            .rev()
+            .map(|a| &a.pending)
+            .find(|p| &p.key == key);
+        let candidates = own.into_iter().chain(acked).chain(self.foreign_get(key));
+        for candidate in candidates {
+            if best.is_none_or(|b| candidate.record.wins_over(b)) {
+                best = Some(&candidate.record);
+            }
+        }
+        best
+    }
+
+    /// The live records of a collection (tombstones left out), in no particular order.
+    pub(super) fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
+        let mut out: Vec<(&str, &Record)> = Vec::new();
+        // Each key once: confirmed keys first, then unconfirmed ones not seen before.
+        let unconfirmed = self
+            .outbox
+            .iter()
+            .chain(self.acked.iter().map(|a| &a.pending))
+            .map(|p| &p.key)
+            .chain(self.foreign.iter().map(|p| &p.key));
+        let mut extra: Vec<&RecordKey> = Vec::new();
+        for key in unconfirmed {
+            if key.collection == collection
+                && !self.confirmed.contains_key(key)
+                && !extra.contains(&key)
+            {
+                extra.push(key);
+            }
+        }
+        let confirmed = self.confirmed.keys().filter(|k| k.collection == collection);
+        for key in confirmed.chain(extra) {
+            if let Some(record) = self.get(key).filter(|r| !r.is_tombstone()) {
+                out.push((key.key.as_str(), record));
+            }
+        }
+        out
+    }
+
+    /// This tab's unacknowledged mutations, oldest first.
+    pub(super) fn outbox(&self) -> Vec<Mutation> {
+        self.outbox.iter().map(Pending::mutation).collect()
+    }
+
+    /// Every confirmed record, as the change that stores it.
+    pub(super) fn confirmed_changes(&self) -> impl Iterator<Item = Change> + '_ {
+        self.confirmed.iter().map(|(key, stored)| Change {
+            collection: key.collection.clone(),
+            key: key.key.clone(),
+            value: stored.record.value.clone(),
+            updated_at: stored.record.updated_at,
+            client_id: stored.record.client_id.clone(),
+            version: stored.version,
+        })
+    }
+
+    /// Forgets what the server holds (a cursor it refused: none of it can be trusted).
+    pub(super) fn clear_confirmed(&mut self) {
+        self.confirmed.clear();
+    }
+
+    /// Forgets every layer but this tab's own unsent writes.
+    pub(super) fn clear_all_but_outbox(&mut self) {
+        self.confirmed.clear();
+        self.foreign.clear();
+        self.acked.clear();
+    }
+
+    /// Stores a server change unless a later version is already confirmed; returns whether
+    /// it was stored. Writes it shows the server holds leave the other layers.
+    pub(super) fn store(&mut self, change: Change) -> bool {
+        let key = RecordKey::new(change.collection, change.key);
+        if self
+            .confirmed
+            .get(&key)
+            .is_some_and(|s| s.version >= change.version)
+        {
+            return false;
+        }
+        let record = Record {
+            value: change.value,
+            updated_at: change.updated_at,
+            client_id: change.client_id,
+        };
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::PullOverwritesPending) {
+            self.outbox.retain(|p| p.key != key);
+        }
+        // Another tab's write is settled once the server holds it or something newer. The
+        // server may hold it with an earlier `updatedAt` (clamped: it was stamped by a clock
+        // running ahead), so "holds it" is the same writer and value, whatever the stamp:
+        // otherwise the unclamped copy would outrank newer writes in this view forever.
+        if self
+            .foreign_get(&key)
+            .is_some_and(|f| !f.record.wins_over(&record) || same_write(&f.record, &record))
+        {
+            self.foreign.retain(|f| f.key != key);
+        }
+        // This tab's acknowledged writes, once their exact stored copy arrives. Not by
+        // `same_write`: an earlier write of this tab with the same value (a delete, a `{}`)
+        // matches that too, and would hide the later one. A clamped copy is settled instead
+        // by the answer that shows the state after the push (`settle_acked`).
+        self.acked
+            .retain(|a| !(a.pending.key == key && a.pending.record == record));
+        self.confirmed.insert(
+            key,
+            Confirmed {
+                record,
+                version: change.version,
+            },
+        );
+        true
+    }
+
+    /// A reset up to `covered` (the highest version of a whole state): drops what it covers.
+    /// A record held above it came from a newer answer and stays.
+    pub(super) fn reset_below(&mut self, covered: u64) {
+        self.confirmed.retain(|_, s| s.version > covered);
+    }
+
+    /// Another tab wrote a record; returns whether it replaced the other tabs' write held
+    /// for the key (it is newer, or there was none).
+    pub(super) fn hear_write(&mut self, id: u64, key: &RecordKey, record: Record) -> bool {
+        let newer = self
+            .foreign_get(key)
+            .is_none_or(|f| record.wins_over(&f.record));
+        if newer {
+            self.foreign.retain(|f| &f.key != key);
+            self.foreign.push(Pending {
+                id,
+                key: key.clone(),
+                record,
+            });
+        }
+        newer
+    }
+
+    /// Another tab's writes up to `ack` were acknowledged; returns the keys they held.
+    pub(super) fn hear_ack(&mut self, client_id: &str, ack: u64) -> Vec<RecordKey> {
+        let mut keys = Vec::new();
+        self.foreign.retain(|f| {
+            let keep = !(f.record.client_id == client_id && f.id <= ack);
+            if !keep {
+                keys.push(f.key.clone());
+            }
+            keep
+        });
+        keys
+    }
+
+    /// Drops this tab's writes up to `ack`; returns whether any were dropped. Writes the
+    /// server took (`by`: the acknowledging request, and the next request id) stay in view
+    /// until its state is known.
+    pub(super) fn acknowledge(&mut self, ack: u64, by: Option<(u64, u64)>) -> bool {
+        let before = self.outbox.len();
+        let mut kept = Vec::with_capacity(self.outbox.len());
+        for p in self.outbox.drain(..) {
+            if p.id > ack {
+                kept.push(p);
+            } else if let Some((request, after)) = by {
+                self.acked.push(Acked {
+                    by: request,
+                    after,
+                    pending: p,
+                });
+            }
+        }
+        self.outbox = kept;
+        self.outbox.len() != before
+    }
+
+    /// Forgets acknowledged writes whose acknowledging request passes `settled` (an answer
+    /// that shows the server state after them); returns their keys.
+    pub(super) fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) -> Vec<RecordKey> {
+        let mut keys = Vec::new();
+        self.acked.retain(|a| {
+            let keep = !settled(a);
+            if !keep {
+                keys.push(a.pending.key.clone());
+            }
+            keep
+        });
+        keys
+    }
+
+    /// Another tab's unacknowledged write to `key`, if any.
+    fn foreign_get(&self, key: &RecordKey) -> Option<&Pending> {
+        self.foreign.iter().find(|f| &f.key == key)
+    }
+}
+
+impl Pending {
+    pub(super) fn mutation(&self) -> Mutation {
+        Mutation {
+            id: self.id,
+            collection: self.key.collection.clone(),
+            key: self.key.key.clone(),
+            value: self.record.value.clone(),
+            updated_at: self.record.updated_at,
+        }
+    }
+
+    /// The size of this mutation in a JSON body, roughly but never below the real size.
+    pub(super) fn approximate_bytes(&self) -> usize {
+        96 + self.key.collection.len()
+            + self.key.key.len() * 6
+            + self.record.value.as_ref().map_or(4, String::len)
+    }
+}
+
+/// Whether `stored` is `written` as the server keeps it: the same writer and value; the
+/// server may have clamped the timestamp.
+fn same_write(written: &Record, stored: &Record) -> bool {
+    written.client_id == stored.client_id
+        && written.value == stored.value
+        && stored.updated_at <= written.updated_at
+}

@@ -1,0 +1,297 @@
+//! What happens to the world in the safety phase, drawn only from the run's `rng` and traced:
+//! user actions (writes of the kinds the product has, tabs opened, closed, crashed, reloaded,
+//! shown and hidden, focus, sign-in and sign-out, going offline) and faults (a partition, a
+//! server crash, a device clock jump). Faults on the wire are decided where they happen, in
+//! `World::send` and `World::deliver`. `heal` ends the phase.
+
+use sinkron_core::RecordKey;
+
+use super::{Event, World};
+use crate::Violation;
+
+impl World {
+    pub(super) fn action(&mut self) -> Result<(), Violation> {
+        if self.rng.chance(self.params.fault_per_mille) {
+            return self.fault();
+        }
+        let d = self.rng.index(self.devices.len());
+        let tabs = self.devices[d].tabs.len();
+        if tabs == 0 {
+            let visible = self.rng.chance(800);
+            return self.open_tab(d, visible, None);
+        }
+        let t = self.rng.index(tabs);
+        let roll = self.rng.range(0, 999);
+        match roll {
+            0..=549 => {
+                // Users act in the tab they look at, if there is one.
+                let t = self.devices[d]
+                    .tabs
+                    .iter()
+                    .position(|tab| tab.visible)
+                    .unwrap_or(t);
+                self.user_write(d, t)
+            }
+            550..=589 if tabs < self.params.tabs_max => {
+                let visible = self.rng.chance(700);
+                self.open_tab(d, visible, None)
+            }
+            590..=609 => self.close_tab(d, t),
+            610..=619 => self.crash_tab(d, t),
+            620..=639 => self.reload_tab(d, t),
+            640..=719 => {
+                let visible = !self.devices[d].tabs[t].visible;
+                self.set_visible(d, t, visible)
+            }
+            720..=759 => {
+                // The whole device is hidden (screen off) or shown again.
+                let visible = self.devices[d].tabs.iter().all(|tab| !tab.visible);
+                self.trace(format_args!("d{d} all tabs visible={visible}"));
+                for t in 0..self.devices[d].tabs.len() {
+                    self.set_visible(d, t, visible)?;
+                }
+                Ok(())
+            }
+            760..=809 => {
+                let id = self.devices[d].tabs[t].id;
+                self.trace(format_args!("d{d} t{id} focus"));
+                self.set_visible(d, t, true)?;
+                self.input(d, t, |e, now| e.handle_focus(now))
+            }
+            810..=849 => {
+                let online = !self.devices[d].online;
+                self.set_online(d, online)
+            }
+            850..=899 => self.sign_in(d, t),
+            900..=924 => {
+                if self.devices[d].tabs[t].engine.user().is_none() {
+                    return Ok(());
+                }
+                let id = self.devices[d].tabs[t].id;
+                self.trace(format_args!("d{d} t{id} signs out"));
+                self.devices[d].session = None;
+                self.input(d, t, |e, now| e.sign_out(now))
+            }
+            _ => self.user_write(d, t),
+        }
+    }
+
+    pub(super) fn set_visible(
+        &mut self,
+        d: usize,
+        t: usize,
+        visible: bool,
+    ) -> Result<(), Violation> {
+        let tab = &mut self.devices[d].tabs[t];
+        if tab.visible == visible {
+            return Ok(());
+        }
+        tab.visible = visible;
+        let id = tab.id;
+        self.trace(format_args!("d{d} t{id} visible={visible}"));
+        self.input(d, t, |e, now| e.handle_visibility(now, visible))
+    }
+
+    pub(super) fn set_online(&mut self, d: usize, online: bool) -> Result<(), Violation> {
+        self.devices[d].online = online;
+        self.trace(format_args!("d{d} online={online}"));
+        for t in 0..self.devices[d].tabs.len() {
+            self.input(d, t, |e, now| e.handle_online(now, online))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn sign_in(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let device = &self.devices[d];
+        let user = if self.rng.chance(self.params.shared_sign_in_per_mille) {
+            self.rng.index(self.params.users)
+        } else {
+            device.owner
+        };
+        if device.session == Some(user)
+            && device.tabs[t].engine.user() == Some(self.server.user_id(user).as_str())
+        {
+            return Ok(());
+        }
+        let id = device.tabs[t].id;
+        let user_id = self.server.user_id(user);
+        self.trace(format_args!(
+            "d{d} t{id} signs in as user {user} (id {user_id})"
+        ));
+        self.devices[d].session = Some(user);
+        self.input(d, t, |e, now| e.sign_in(now, &user_id))
+    }
+
+    /// A user action: a write of the kinds the product has.
+    pub(super) fn user_write(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let kind = self.rng.range(0, 99);
+        let e = self.rng.range(0, 7);
+        let writes: Vec<(String, String, Option<String>)> = match kind {
+            0..=44 => {
+                if self.rng.chance(50) {
+                    self.devices[d].playing = e;
+                }
+                let playing = self.devices[d].playing;
+                let position = self.rng.range(0, 3_600);
+                vec![(
+                    "history".into(),
+                    format!("ep-{playing}"),
+                    Some(format!(r#"{{"position":{position}}}"#)),
+                )]
+            }
+            45..=51 => vec![("history".into(), format!("ep-{e}"), None)],
+            52..=54 => {
+                let engine = &self.devices[d].tabs[t].engine;
+                engine
+                    .collection("history")
+                    .into_iter()
+                    .map(|(k, _)| ("history".to_owned(), k.to_owned(), None))
+                    .collect()
+            }
+            55..=74 => {
+                let key = format!("show-{}", e % 5);
+                let on = self.devices[d].tabs[t]
+                    .engine
+                    .get(&RecordKey::new("favorites", key.as_str()))
+                    .is_some_and(|r| r.value.is_some());
+                let value = (!on).then(|| r#"{"on":true}"#.to_owned());
+                vec![("favorites".into(), key, value)]
+            }
+            75..=89 => {
+                let v = if self.rng.chance(500) { 1 } else { -1 };
+                vec![(
+                    "likes".into(),
+                    format!("ep-{e}"),
+                    Some(format!(r#"{{"v":{v}}}"#)),
+                )]
+            }
+            _ => {
+                let setting = ["quality", "autoplay", "subtitles"][(e % 3) as usize];
+                let value = self.rng.range(0, 4);
+                vec![(
+                    "settings".into(),
+                    setting.to_owned(),
+                    Some(format!(r#"{{"value":{value}}}"#)),
+                )]
+            }
+        };
+        for (collection, key, value) in writes {
+            self.writes += 1;
+            // Every value is unique, so a report can tell versions apart.
+            let value = value.map(|v| format!(r#"{{"w":{},{}"#, self.writes, &v[1..]));
+            let id = self.devices[d].tabs[t].id;
+            self.trace(format_args!(
+                "d{d} t{id} write {collection}/{key} = {}",
+                value.as_deref().unwrap_or("null")
+            ));
+            let local = self.local(d);
+            let tab = &mut self.devices[d].tabs[t];
+            let before = tab.engine.user().map(str::to_owned);
+            tab.engine
+                .write(local, &collection, &key, value)
+                .map_err(|e| Violation::new("sim", format!("write refused: {}", e.code())))?;
+            let record_key = RecordKey::new(collection, key);
+            if let Some(own) = tab.engine.get(&record_key).cloned() {
+                if tab.floors_client != tab.engine.client_id() {
+                    tab.floors.clear();
+                    tab.floors_client = tab.engine.client_id().to_owned();
+                }
+                tab.floors.insert(record_key, own);
+            }
+            self.drain(d, t, before)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn fault(&mut self) -> Result<(), Violation> {
+        let d = self.rng.index(self.devices.len());
+        match self.rng.range(0, 9) {
+            0..=3 => {
+                if self.devices[d].partitioned {
+                    return Ok(());
+                }
+                let until = self.now + self.rng.range(5_000, 60_000);
+                self.devices[d].partitioned = true;
+                self.trace(format_args!(
+                    "FAULT d{d} partitioned for {} s",
+                    (until - self.now) / 1000
+                ));
+                self.schedule(until, Event::Heal { device: d });
+                Ok(())
+            }
+            4..=5 => {
+                if !self.server.is_up() {
+                    return Ok(());
+                }
+                let until = self.now + self.rng.range(500, 20_000);
+                self.trace(format_args!(
+                    "FAULT server crashes, down {} ms",
+                    until - self.now
+                ));
+                self.server.crash();
+                self.schedule(until, Event::Restart);
+                Ok(())
+            }
+            _ => {
+                let skew = self.devices[d].skew_ms;
+                let hour = 3_600_000;
+                let new = if self.rng.chance(750) {
+                    self.rng.range_i64(-hour, skew)
+                } else {
+                    self.rng.range_i64(skew, hour)
+                };
+                self.devices[d].skew_ms = new;
+                self.trace(format_args!("FAULT d{d} clock jumps {} ms", new - skew));
+                Ok(())
+            }
+        }
+    }
+
+    // ----- liveness -----
+
+    /// Ends the safety phase: no more writes or faults, the server up, every device online,
+    /// connected and visible, and a tab open wherever the device holds a session or writes no
+    /// live tab owns.
+    pub(super) fn heal(&mut self) -> Result<(), Violation> {
+        self.active = false;
+        self.trace(format_args!(
+            "HEAL: faults off, writes off, everyone online and visible"
+        ));
+        if !self.server.is_up() {
+            self.server
+                .restart()
+                .map_err(|e| Violation::new("sim", e))?;
+            self.server.check_all()?;
+        }
+        for d in 0..self.devices.len() {
+            self.devices[d].partitioned = false;
+            if !self.devices[d].online {
+                self.set_online(d, true)?;
+            }
+            for t in 0..self.devices[d].tabs.len() {
+                self.set_visible(d, t, true)?;
+            }
+            if self.devices[d].session.is_some() && self.devices[d].tabs.is_empty() {
+                self.open_tab(d, true, None)?;
+            }
+            for _ in 0..self.params.tabs_max {
+                let scope = self.devices[d].session.map(|u| self.server.user_id(u));
+                let live: Vec<String> = self.devices[d]
+                    .tabs
+                    .iter()
+                    .map(|t| t.engine.client_id().to_owned())
+                    .collect();
+                let orphan = self.devices[d].storage.get(&scope).is_some_and(|s| {
+                    s.outboxes
+                        .iter()
+                        .any(|(c, (_, m))| !m.is_empty() && !live.contains(c))
+                });
+                if scope.is_none() || !orphan {
+                    break;
+                }
+                self.open_tab(d, true, None)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! The invariants the world checks as it runs (`DESIGN.md`): isolation of scopes (5) on every
+//! view and every stored record, read-your-writes per tab, who may send and pull (6), mutation
+//! ids never reused (7); and, after healing, convergence (1): every signed-in tab and device
+//! shows exactly the server's state. The server's own invariants (2, 3, 4) are checked in
+//! `server.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sinkron_core::{Persist, Record, Request};
+
+use super::{Event, TabId, World};
+use crate::server::{show, Key};
+use crate::Violation;
+
+/// Which scope a record may be in: a user's account, or one device's guest data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ScopeTag {
+    User(usize),
+    Guest(usize),
+}
+
+impl World {
+    pub(super) fn scope_tag(&self, d: usize, scope: Option<&str>) -> Result<ScopeTag, Violation> {
+        match scope {
+            None => Ok(ScopeTag::Guest(d)),
+            Some(u) => self
+                .server
+                .user_index(u)
+                .map(ScopeTag::User)
+                .ok_or_else(|| Violation::new("5 isolation", format!("unknown user id {u}"))),
+        }
+    }
+
+    pub(super) fn allowed(&self, client_id: &str, tag: ScopeTag) -> bool {
+        self.clients
+            .get(client_id)
+            .is_some_and(|tags| tags.contains(&tag))
+    }
+
+    /// Invariant 5 on the tab's view, and read-your-writes.
+    pub(super) fn check_view(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let tag = self.scope_tag(d, tab.engine.user())?;
+        for key in &self.keys {
+            if let Some(record) = tab.engine.get(key) {
+                if !self.allowed(&record.client_id, tag) {
+                    return Err(Violation::new(
+                        "5 isolation",
+                        format!(
+                            "tab {} of device {d} in scope {tag:?} shows {}/{} = {} written in \
+                             another scope ({:?})",
+                            tab.id,
+                            key.collection,
+                            key.key,
+                            show(Some(record)),
+                            self.clients.get(&record.client_id)
+                        ),
+                    ));
+                }
+            }
+        }
+        let tab = &mut self.devices[d].tabs[t];
+        if tab.floors_client != tab.engine.client_id() {
+            tab.floors.clear();
+            tab.floors_client = tab.engine.client_id().to_owned();
+        }
+        for (key, floor) in &tab.floors {
+            let view = tab.engine.get(key);
+            // A delete reads back as nothing there, which any delete or nothing shows (a copy
+            // of an earlier delete of the same key may stand in for it until the next answer).
+            // Anything else must be a version at least as new as the write, deletes included:
+            // every answer carries them, so a live record older than the delete is caught.
+            let deleted = floor.is_tombstone() && view.is_none_or(Record::is_tombstone);
+            if !deleted && view.is_none_or(|v| floor.wins_over(v)) {
+                return Err(Violation::new(
+                    "read your writes",
+                    format!(
+                        "tab {} of device {d} wrote {}/{} = {} but shows {}",
+                        tab.id,
+                        key.collection,
+                        key.key,
+                        show(Some(floor)),
+                        show(view)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariant 5 on what a tab stores: a write of a client only in the scopes that client
+    /// has been in.
+    pub(super) fn check_persist(&self, d: usize, tab: TabId, p: &Persist) -> Result<(), Violation> {
+        let (scope, client) = match p {
+            Persist::Record { scope, change } => (scope.clone(), Some(change.client_id.clone())),
+            // An empty outbox holds nothing of anyone's.
+            Persist::Outbox {
+                scope,
+                client_id,
+                mutations,
+                ..
+            } if !mutations.is_empty() => (scope.clone(), Some(client_id.clone())),
+            Persist::Outbox { scope, .. } => (scope.clone(), None),
+            Persist::ClearRecords { scope }
+            | Persist::Cursor { scope, .. }
+            | Persist::Wipe { scope } => (scope.clone(), None),
+        };
+        if let Some(client) = client {
+            let tag = self.scope_tag(d, scope.as_deref())?;
+            if !self.allowed(&client, tag) {
+                return Err(Violation::new(
+                    "5 isolation",
+                    format!(
+                        "tab {tab} of device {d} persists data of client {client} ({:?}) in \
+                         scope {tag:?}",
+                        self.clients.get(&client)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariant 6: only a signed-in tab sends (its request belongs to `scope`, the user it
+    /// had when it sent), and only the visible holder of its device's lock pulls. Returns the
+    /// sender's user id.
+    pub(super) fn check_request<'a>(
+        &self,
+        d: usize,
+        t: usize,
+        request: &Request,
+        scope: Option<&'a str>,
+    ) -> Result<&'a str, Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let tab_id = tab.id;
+        let Some(user_id) = scope else {
+            return Err(Violation::new(
+                "6 guests make no requests",
+                format!("guest tab {tab_id} of device {d} sent {request:?}"),
+            ));
+        };
+        if let Request::Pull { .. } = request {
+            if !tab.visible {
+                return Err(Violation::new(
+                    "6 hidden tabs do not poll",
+                    format!("hidden tab {tab_id} of device {d} pulled"),
+                ));
+            }
+            let holder = self.devices[d].lock.holder.map(|h| h.0);
+            if holder != Some(tab_id) {
+                return Err(Violation::new(
+                    "6 one poller per device",
+                    format!("tab {tab_id} of device {d} pulled; the lock holder is {holder:?}"),
+                ));
+            }
+        }
+        Ok(user_id)
+    }
+
+    /// Invariant 7: a mutation id, once sent under a client id, always carries the same
+    /// write. A client that reused one (a reloaded tab that forgot its numbering) would have
+    /// its new write skipped by the server as a retry of the old one: lost without a trace.
+    pub(super) fn check_ids_not_reused(
+        &mut self,
+        d: usize,
+        tab: TabId,
+        request: &Request,
+    ) -> Result<(), Violation> {
+        let Request::Push {
+            client_id,
+            mutations,
+            ..
+        } = request
+        else {
+            return Ok(());
+        };
+        for m in mutations {
+            match self.sent.get(&(client_id.clone(), m.id)) {
+                Some(earlier) if earlier != m => {
+                    return Err(Violation::new(
+                        "7 mutation ids are never reused",
+                        format!(
+                            "tab {tab} of device {d} sent mutation {} of client {client_id} as \
+                             {}/{} = {} at {}, but it was sent before as {}/{} = {} at {}",
+                            m.id,
+                            m.collection,
+                            m.key,
+                            m.value.as_deref().unwrap_or("null"),
+                            m.updated_at,
+                            earlier.collection,
+                            earlier.key,
+                            earlier.value.as_deref().unwrap_or("null"),
+                            earlier.updated_at
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.sent.insert((client_id.clone(), m.id), m.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- liveness -----
+
+    /// `Some(())` once nothing is in flight, nothing is pending, and every signed-in tab and
+    /// device shows exactly the server's state of its user.
+    pub(super) fn converged(&mut self) -> Result<Option<()>, Violation> {
+        let quiet = self
+            .events
+            .values()
+            .all(|e| matches!(e, Event::Heal { .. } | Event::Restart));
+        if !quiet {
+            return Ok(None);
+        }
+        for device in &self.devices {
+            for tab in &device.tabs {
+                let status = tab.engine.status();
+                if status.signed_in && (status.pending > 0 || status.syncing) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self.divergence_detail()?.is_none().then_some(()))
+    }
+
+    pub(super) fn divergence(&mut self) -> Result<String, Violation> {
+        let busy: Vec<String> = self
+            .devices
+            .iter()
+            .enumerate()
+            .flat_map(|(d, device)| {
+                device.tabs.iter().filter_map(move |tab| {
+                    let s = tab.engine.status();
+                    (s.signed_in && (s.pending > 0 || s.syncing)).then(|| {
+                        format!(
+                            "d{d} t{}: {} pending, syncing={} ({:?})",
+                            tab.id, s.pending, s.syncing, s.error
+                        )
+                    })
+                })
+            })
+            .collect();
+        let detail = self.divergence_detail()?;
+        Ok(match (detail, busy.is_empty()) {
+            (Some(d), true) => d,
+            (Some(d), false) => format!("{d}; busy: {}", busy.join("; ")),
+            (None, false) => format!("busy: {}", busy.join("; ")),
+            (None, true) => "messages still in flight".to_owned(),
+        })
+    }
+
+    /// The first difference between a signed-in tab (or its device's storage) and the server.
+    pub(super) fn divergence_detail(&mut self) -> Result<Option<String>, Violation> {
+        let mut states: HashMap<usize, BTreeMap<Key, Record>> = HashMap::new();
+        let live = |r: Option<&Record>| r.filter(|r| r.value.is_some()).cloned();
+        for (d, device) in self.devices.iter().enumerate() {
+            for tab in &device.tabs {
+                let Some(user_id) = tab.engine.user() else {
+                    continue;
+                };
+                let user = self
+                    .server
+                    .user_index(user_id)
+                    .ok_or_else(|| Violation::new("sim", "unknown user"))?;
+                if let std::collections::hash_map::Entry::Vacant(e) = states.entry(user) {
+                    e.insert(self.server.stored(user)?);
+                }
+                let server = &states[&user];
+                for key in &self.keys {
+                    let k = (key.collection.clone(), key.key.clone());
+                    let want = live(server.get(&k));
+                    let got = live(tab.engine.get(key));
+                    if want != got {
+                        return Ok(Some(format!(
+                            "tab {} of device {d} (user {user}) shows {}/{} = {}, server has {}",
+                            tab.id,
+                            key.collection,
+                            key.key,
+                            show(got.as_ref()),
+                            show(want.as_ref())
+                        )));
+                    }
+                }
+                let stored = device
+                    .storage
+                    .get(&Some(user_id.to_owned()))
+                    .map(|s| &s.records);
+                for key in &self.keys {
+                    let k = (key.collection.clone(), key.key.clone());
+                    let want = live(server.get(&k));
+                    let got = stored
+                        .and_then(|r| r.get(&k))
+                        .map(|c| Record {
+                            value: c.value.clone(),
+                            updated_at: c.updated_at,
+                            client_id: c.client_id.clone(),
+                        })
+                        .filter(|r| r.value.is_some());
+                    if want != got {
+                        return Ok(Some(format!(
+                            "storage of device {d} (user {user}) holds {}/{} = {}, server has {}",
+                            key.collection,
+                            key.key,
+                            show(got.as_ref()),
+                            show(want.as_ref())
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,291 @@
+//! The device model: what a browser gives the tabs of one device. Each device has a
+//! `localStorage` (one [`Scope`] per signed-in user or guest, written by `Command::Persist`,
+//! read by every tab that opens), a `BroadcastChannel` (each sender's messages in order, with
+//! a little jitter) and a Web Lock (one holder, a queue, released on `Leadership(false)`,
+//! close or crash). Tabs open restoring what the device stored, close hidden first (a
+//! keepalive flush), crash losing their memory but not the storage, and reload under the
+//! same client id, as the browser driver does.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use sinkron_core::adopt::adoption_order;
+use sinkron_core::engine::TabMessage;
+use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
+
+use super::{Event, TabId, World};
+use crate::server::Key;
+use crate::Violation;
+
+pub(super) struct Tab {
+    pub(super) id: TabId,
+    pub(super) engine: Engine,
+    pub(super) visible: bool,
+    /// Read-your-writes: this tab's latest own write per key (lowered when the server clamps
+    /// it). The view must never show anything older.
+    pub(super) floors: HashMap<RecordKey, Record>,
+    /// The client id the floors belong to; a new client id (sign-out) drops them.
+    pub(super) floors_client: String,
+    pub(super) spin_at: u64,
+    pub(super) spins: u32,
+    /// The driver's timer (`setTimeout`), armed after every input for the engine's deadline:
+    /// it runs on true time, so a device clock jumping later does not move it.
+    pub(super) wake_at: Option<u64>,
+}
+
+/// A device's Web Lock: one holder, the others queue.
+#[derive(Default)]
+pub(super) struct Lock {
+    pub(super) holder: Option<(TabId, u64)>,
+    pub(super) waiting: VecDeque<TabId>,
+    pub(super) grants: u64,
+}
+
+/// One scope of a device's `localStorage`.
+#[derive(Default, Debug)]
+pub(super) struct Scope {
+    pub(super) records: BTreeMap<Key, Change>,
+    pub(super) cursor: Option<String>,
+    /// Each client id's outbox with its numbering (the next id), kept when empty.
+    pub(super) outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
+}
+
+pub(super) struct Device {
+    pub(super) owner: usize,
+    pub(super) skew_ms: i64,
+    pub(super) online: bool,
+    pub(super) partitioned: bool,
+    /// The signed-in user the app keeps in `localStorage` (restored by new tabs).
+    pub(super) session: Option<usize>,
+    pub(super) tabs: Vec<Tab>,
+    pub(super) storage: BTreeMap<Option<String>, Scope>,
+    pub(super) lock: Lock,
+    /// The episode this device is playing (its hot key).
+    pub(super) playing: u64,
+}
+
+impl World {
+    /// Carries out `Command::Persist` on the device's `localStorage`, after invariant 5.
+    pub(super) fn persist(&mut self, d: usize, tab: TabId, p: Persist) -> Result<(), Violation> {
+        self.check_persist(d, tab, &p)?;
+        let storage = &mut self.devices[d].storage;
+        match p {
+            Persist::Record { scope, change } => {
+                storage
+                    .entry(scope)
+                    .or_default()
+                    .records
+                    .insert((change.collection.clone(), change.key.clone()), change);
+            }
+            Persist::ClearRecords { scope } => {
+                storage.entry(scope).or_default().records.clear();
+            }
+            Persist::Cursor { scope, cursor } => storage.entry(scope).or_default().cursor = cursor,
+            Persist::Outbox {
+                scope,
+                client_id,
+                next_id,
+                mutations,
+            } => {
+                let outboxes = &mut storage.entry(scope).or_default().outboxes;
+                outboxes.insert(client_id, (next_id, mutations));
+            }
+            Persist::Wipe { scope } => {
+                storage.remove(&scope);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn broadcast(&mut self, d: usize, from: TabId, message: TabMessage) {
+        let receivers: Vec<TabId> = self.devices[d]
+            .tabs
+            .iter()
+            .map(|t| t.id)
+            .filter(|&id| id != from)
+            .collect();
+        for to in receivers {
+            let jitter = self.rng.range(0, 3);
+            let last = self.channel_last.get(&(from, to)).copied().unwrap_or(0);
+            let at = (self.now + jitter).max(last);
+            self.channel_last.insert((from, to), at);
+            self.schedule(
+                at,
+                Event::Message {
+                    tab: to,
+                    message: message.clone(),
+                },
+            );
+        }
+    }
+
+    pub(super) fn lock_request(&mut self, d: usize, tab: TabId) {
+        let lock = &mut self.devices[d].lock;
+        match lock.holder {
+            None => self.grant(d, tab),
+            Some((holder, _)) if holder == tab => {}
+            Some(_) => {
+                if !lock.waiting.contains(&tab) {
+                    lock.waiting.push_back(tab);
+                }
+            }
+        }
+    }
+
+    pub(super) fn lock_release(&mut self, d: usize, tab: TabId) {
+        let lock = &mut self.devices[d].lock;
+        if lock.holder.is_some_and(|h| h.0 == tab) {
+            lock.holder = None;
+            if let Some(next) = lock.waiting.pop_front() {
+                self.grant(d, next);
+            }
+        } else {
+            lock.waiting.retain(|&w| w != tab);
+        }
+    }
+
+    pub(super) fn grant(&mut self, d: usize, tab: TabId) {
+        let lock = &mut self.devices[d].lock;
+        lock.grants += 1;
+        let grant = lock.grants;
+        lock.holder = Some((tab, grant));
+        let at = self.now + self.rng.range(0, 3);
+        self.schedule(
+            at,
+            Event::Grant {
+                device: d,
+                tab,
+                grant,
+            },
+        );
+    }
+
+    // ----- tabs -----
+
+    /// Opens a tab that restores what the device stored: the session, the cursor, the
+    /// records and an outbox with its numbering — the one of `previous` (the client id a
+    /// reloaded or restored tab keeps in `sessionStorage`), else one no live tab owns (a
+    /// closed or crashed tab's), as the browser driver does. Nothing stored for the id: the
+    /// tab keeps its fresh client id.
+    pub(super) fn open_tab(
+        &mut self,
+        d: usize,
+        visible: bool,
+        previous: Option<String>,
+    ) -> Result<(), Violation> {
+        let seed = self.rng.fork();
+        let mut engine = Engine::new(Config::default(), seed);
+        let user = self.devices[d].session.map(|u| self.server.user_id(u));
+        engine.restore_user(user.clone());
+        let live: Vec<String> = self.devices[d]
+            .tabs
+            .iter()
+            .map(|t| t.engine.client_id().to_owned())
+            .collect();
+        let mut floors = HashMap::new();
+        if let Some(scope) = self.devices[d].storage.get(&user) {
+            engine.restore_cursor(scope.cursor.clone());
+            for change in scope.records.values() {
+                engine.restore_record(change.clone());
+            }
+            // The core's rule picks the order; the first whose tab is gone is taken (the
+            // browser's tab lock), as the driver does.
+            let listed: Vec<(String, usize)> = scope
+                .outboxes
+                .iter()
+                .map(|(c, (_, m))| (c.clone(), m.len()))
+                .collect();
+            let stored = adoption_order(previous.as_deref(), &listed, true)
+                .into_iter()
+                .map(|i| &listed[i].0)
+                .find(|c| !live.contains(c))
+                .and_then(|c| scope.outboxes.get_key_value(c));
+            if let Some((client_id, (next_id, mutations))) = stored {
+                for m in mutations {
+                    // A write the server took (clamped) before the tab that wrote it died.
+                    let clamped = self.clamps.get(&(
+                        client_id.clone(),
+                        (m.collection.clone(), m.key.clone()),
+                        m.updated_at,
+                    ));
+                    floors.insert(
+                        RecordKey::new(&m.collection, &m.key),
+                        Record {
+                            value: m.value.clone(),
+                            updated_at: clamped.copied().unwrap_or(m.updated_at),
+                            client_id: client_id.clone(),
+                        },
+                    );
+                }
+                engine.restore_outbox(client_id.clone(), *next_id, mutations.clone());
+            }
+        }
+        let id = self.next_tab;
+        self.next_tab += 1;
+        let floors_client = engine.client_id().to_owned();
+        self.trace(format_args!(
+            "d{d} t{id} opens (user {user:?}, client {floors_client}, {} restored writes)",
+            floors.len()
+        ));
+        self.devices[d].tabs.push(Tab {
+            id,
+            engine,
+            visible,
+            floors,
+            floors_client,
+            spin_at: 0,
+            spins: 0,
+            wake_at: None,
+        });
+        let t = self.devices[d].tabs.len() - 1;
+        let online = self.devices[d].online;
+        self.input(d, t, |e, now| {
+            e.handle_online(now, online);
+            e.handle_visibility(now, visible);
+        })
+    }
+
+    /// Closes a tab the way a browser does: it is hidden first (which flushes its outbox
+    /// with a keepalive request), then it is gone and its lock is released.
+    pub(super) fn close_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let id = self.devices[d].tabs[t].id;
+        self.trace(format_args!("d{d} t{id} closes"));
+        self.devices[d].tabs[t].visible = false;
+        self.input(d, t, |e, now| e.handle_visibility(now, false))?;
+        self.devices[d].tabs.remove(t);
+        self.lock_release(d, id);
+        Ok(())
+    }
+
+    /// A tab dies: its memory is lost, the device's storage is not. Sometimes the browser
+    /// restores it at once, with its `sessionStorage` (its client id).
+    pub(super) fn crash_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let (id, visible) = (tab.id, tab.visible);
+        let client = tab.engine.client_id().to_owned();
+        self.trace(format_args!("d{d} t{id} crashes"));
+        self.devices[d].tabs.remove(t);
+        self.lock_release(d, id);
+        if self.rng.chance(500) {
+            self.trace(format_args!("d{d} the browser restores tab {id}"));
+            return self.open_tab(d, visible, Some(client));
+        }
+        Ok(())
+    }
+
+    /// The user reloads a tab: the page is hidden (which flushes its outbox with a
+    /// keepalive request) and unloaded, and the new page keeps the old one's client id
+    /// (`sessionStorage` survives a reload) and restores the device's storage.
+    pub(super) fn reload_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let (id, visible) = (tab.id, tab.visible);
+        let client = tab.engine.client_id().to_owned();
+        self.trace(format_args!("d{d} t{id} reloads"));
+        if visible {
+            self.devices[d].tabs[t].visible = false;
+            self.input(d, t, |e, now| e.handle_visibility(now, false))?;
+        }
+        self.devices[d].tabs.remove(t);
+        self.lock_release(d, id);
+        self.open_tab(d, visible, Some(client))
+    }
+}
