@@ -60,6 +60,8 @@ pub struct StoredScope {
     pub cursor: Option<String>,
     /// The outbox of each client id, with its numbering (the id its next write takes).
     pub outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
+    /// Records were evicted since the last whole state (`Persist::Evict`).
+    pub partial: bool,
 }
 
 impl Storage {
@@ -81,7 +83,16 @@ impl Storage {
                     .insert(key, change);
             }
             Persist::ClearRecords { scope } => {
-                stored.scopes.entry(scope).or_default().records.clear();
+                let scope = stored.scopes.entry(scope).or_default();
+                scope.records.clear();
+                scope.partial = false;
+            }
+            Persist::Evict { scope, keys } => {
+                let scope = stored.scopes.entry(scope).or_default();
+                for key in keys {
+                    scope.records.remove(&(key.collection, key.key));
+                }
+                scope.partial = true;
             }
             Persist::Cursor { scope, cursor } => {
                 stored.scopes.entry(scope).or_default().cursor = cursor;
@@ -108,7 +119,7 @@ impl Storage {
         let user = session.as_ref().map(|s| s.user.id.clone());
         engine.restore_user(user.clone());
         if let Some(scope) = stored.scopes.get(&user) {
-            engine.restore_cursor(scope.cursor.clone());
+            engine.restore_cursor(scope.cursor.clone(), !scope.partial);
             for change in scope.records.values() {
                 engine.restore_record(change.clone());
             }

@@ -70,6 +70,10 @@ pub use config::Config;
 use timers::{Timer, TimerTable};
 use view::{Acked, Pending, View};
 
+/// The collection whose oldest records leave a full device storage first: the one that
+/// grows without end (the server caps it too).
+pub const EVICTABLE: &str = "history";
+
 /// Why a write was refused. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteError {
@@ -616,9 +620,33 @@ impl Engine {
         self.store_change(change);
     }
 
-    /// Loads the persisted cursor.
-    pub fn restore_cursor(&mut self, cursor: Option<String>) {
-        self.cursor = cursor;
+    /// Loads the persisted cursor. `records_complete` is false when the stored records were
+    /// cut by a [`Persist::Evict`] since the last whole state: then the cursor no longer
+    /// stands for what the device holds, and the next pull takes the whole state instead.
+    pub fn restore_cursor(&mut self, cursor: Option<String>, records_complete: bool) {
+        self.cursor = cursor.filter(|_| records_complete);
+    }
+
+    /// The driver could not store something of `scope`: the device's storage is full. Frees
+    /// room by the core's rule: the oldest quarter (at least one) of the scope's stored
+    /// [`EVICTABLE`] records leave the storage, not the view, and the stored records are
+    /// marked incomplete, so no restart trusts the stored cursor until a whole state is
+    /// stored again ([`Persist::Evict`]). Returns whether anything was freed, after which
+    /// the driver tries again; nothing is when the scope is not this tab's or nothing of it
+    /// is left to evict.
+    pub fn handle_storage_full(&mut self, scope: Option<&str>) -> bool {
+        if scope != self.user.as_deref() {
+            return false;
+        }
+        let keys = self.view.evict_oldest(EVICTABLE);
+        if keys.is_empty() {
+            return false;
+        }
+        self.commands.push_back(Command::Persist(Persist::Evict {
+            scope: self.user.clone(),
+            keys,
+        }));
+        true
     }
 
     /// Loads a persisted outbox and takes over its client id and numbering (`next_id`, as

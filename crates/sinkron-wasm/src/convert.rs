@@ -201,6 +201,19 @@ fn persist(j: &mut Json, p: &Persist) {
             j.field("t").string("wipe");
             j.field("scope").opt_string(scope.as_deref());
         }
+        Persist::Evict { scope, keys } => {
+            j.field("t").string("evict");
+            j.field("scope").opt_string(scope.as_deref());
+            j.field("keys").raw("[");
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    j.raw(",");
+                }
+                j.raw("{").field("collection").string(&key.collection);
+                j.field("key").string(&key.key).raw("}");
+            }
+            j.raw("]");
+        }
     }
 }
 

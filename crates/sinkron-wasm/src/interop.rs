@@ -69,7 +69,7 @@ impl From<Error> for Refusal {
 
 /// `{"e":{"code","message"}}`: the parts of the message are field names and plain words,
 /// which need no escaping.
-pub(crate) fn refusal(code: &str, message: &[&str]) -> String {
+fn refusal(code: &str, message: &[&str]) -> String {
     let mut j = Json::new();
     j.raw("{\"e\":{\"code\":\"")
         .raw(code)
@@ -139,12 +139,13 @@ fn run(
         "restore" => {
             let user = call.opt_str("user")?;
             let cursor = call.opt_str("cursor")?;
+            let partial = call.bool("partial")?;
             let records = list(call, "records", change)?;
             engine.restore_user(user.map(Into::into));
             for record in records {
                 engine.restore_record(record);
             }
-            engine.restore_cursor(cursor.map(Into::into));
+            engine.restore_cursor(cursor.map(Into::into), !partial);
             j.raw("null");
         }
         "adoptionOrder" => {
@@ -170,6 +171,14 @@ fn run(
             let mutations = list(call, "mutations", mutation)?;
             engine.restore_outbox(client_id.into(), next, mutations);
             j.raw("null");
+        }
+        "storageFull" => {
+            let scope = call.opt_str("scope")?;
+            j.raw(if engine.handle_storage_full(scope) {
+                "true"
+            } else {
+                "false"
+            });
         }
         // ----- events -----
         "timeout" => {
@@ -459,11 +468,15 @@ mod tests {
                 "online: expected true or false",
             ),
             (
-                r#"{"t":"restore","records":{}}"#,
+                r#"{"t":"restore","records":[]}"#,
+                "partial: expected a value",
+            ),
+            (
+                r#"{"t":"restore","partial":false,"records":{}}"#,
                 "records: expected an array",
             ),
             (
-                r#"{"t":"restore","records":[{"collection":"a","key":"b","value":null,"updatedAt":1,"clientId":"c"}]}"#,
+                r#"{"t":"restore","partial":false,"records":[{"collection":"a","key":"b","value":null,"updatedAt":1,"clientId":"c"}]}"#,
                 "version: expected a value",
             ),
             (

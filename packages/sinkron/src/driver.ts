@@ -239,7 +239,9 @@ export class SinkronClient {
 
   private async restore() {
     const user = this.storage.session()?.user.id ?? null;
-    this.call({ t: "restore", user, cursor: this.storage.cursor(user), records: this.storage.records(user) });
+    const storage = this.storage;
+    storage.onFull = (scope) => this.call<boolean>({ t: "storageFull", scope });
+    this.call({ t: "restore", user, cursor: storage.cursor(user), partial: storage.partial(user), records: storage.records(user) });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
     // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
@@ -341,6 +343,8 @@ export class SinkronClient {
         return s.setOutbox(c.scope, c.clientId, c.next, c.mutations);
       case "wipe":
         return s.wipe(c.scope);
+      case "evict":
+        return s.evict(c.scope, c.keys);
       case "broadcast":
         return this.broadcast(c.message);
       case "send":

@@ -6,7 +6,8 @@
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
 //                                kept when empty so a reloaded tab never reuses an id
-//   <scope>:partial              set when the quota forced evictions: restore without a cursor
+//   <scope>:partial              set by an eviction, cleared with the records (the engine then
+//                                restores without the cursor)
 //   msg                          the cross-tab fallback channel (storage events)
 // where <scope> is the user id, or `guest`.
 //
@@ -23,6 +24,12 @@ export const scopeName = (scope: string | null): string => scope ?? "guest";
 const recordPrefix = (scope: string | null) => `${ROOT}${scopeName(scope)}:r:`;
 
 export class DeviceStorage {
+  /**
+   * Asked when storing something of a scope fails for lack of room: whether room was freed
+   * (the engine decides what goes, see `evict`); the write is then tried again.
+   */
+  onFull: (scope: string | null) => boolean = () => false;
+
   constructor(private readonly store: Storage = localStorage) {
     this.checkSchema();
   }
@@ -54,10 +61,13 @@ export class DeviceStorage {
     else this.store.removeItem(`${ROOT}session`);
   }
 
-  /** The stored cursor, unless eviction left the stored records incomplete. */
   cursor(scope: string | null): string | null {
-    if (this.store.getItem(`${ROOT}${scopeName(scope)}:partial`) !== null) return null;
     return this.store.getItem(`${ROOT}${scopeName(scope)}:c`);
+  }
+
+  /** Whether records of the scope were evicted since the last whole state was stored. */
+  partial(scope: string | null): boolean {
+    return this.store.getItem(`${ROOT}${scopeName(scope)}:partial`) !== null;
   }
 
   setCursor(scope: string | null, cursor: string | null) {
@@ -95,6 +105,18 @@ export class DeviceStorage {
     const key = `${recordPrefix(scope)}${change.collection}:${change.key}`;
     const text = JSON.stringify({ v: change.value, u: change.updatedAt, c: change.clientId, n: change.version });
     this.write(key, text, scope);
+  }
+
+  /** Drops stored records (the engine keeps them in view) and marks the scope partial. */
+  evict(scope: string | null, keys: Array<{ collection: string; key: string }>) {
+    for (const k of keys) this.store.removeItem(`${recordPrefix(scope)}${k.collection}:${k.key}`);
+    try {
+      this.store.setItem(`${ROOT}${scopeName(scope)}:partial`, "1");
+    } catch {
+      // No room even for the mark: drop the cursor instead, which the engine then lacks too.
+      this.store.removeItem(`${ROOT}${scopeName(scope)}:c`);
+    }
+    console.warn(`sinkron: storage full; evicted ${keys.length} stored records`);
   }
 
   clearRecords(scope: string | null) {
@@ -159,35 +181,17 @@ export class DeviceStorage {
     }
   }
 
-  /** Writes; when the quota is full, evicts the oldest history records and tries again. */
+  /** Writes; when the quota is full, asks `onFull` to free room and tries again. */
   private write(key: string, text: string, scope: string | null = null) {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         this.store.setItem(key, text);
         return;
       } catch (e) {
-        if (!isQuotaError(e) || !this.evictOldestHistory(scope)) break;
+        if (!isQuotaError(e) || !this.onFull(scope)) break;
       }
     }
     console.warn(`sinkron: could not store ${key}; it lives in memory only`);
-  }
-
-  private evictOldestHistory(scope: string | null): boolean {
-    const history = this.records(scope).filter((r) => r.collection === "history");
-    if (history.length === 0) return false;
-    history.sort((a, b) => a.updatedAt - b.updatedAt);
-    const evict = history.slice(0, Math.max(1, Math.ceil(history.length / 4)));
-    for (const r of evict) this.store.removeItem(`${recordPrefix(scope)}history:${r.key}`);
-    // The stored records are no longer everything the cursor stands for: mark the scope
-    // partial, so the next start pulls the whole state instead of believing it has it all.
-    this.store.removeItem(`${ROOT}${scopeName(scope)}:c`);
-    try {
-      this.store.setItem(`${ROOT}${scopeName(scope)}:partial`, "1");
-    } catch {
-      // Without the mark the cursor stays removed until the next pull stores it again.
-    }
-    console.warn(`sinkron: storage full; evicted the ${evict.length} oldest history entries`);
-    return true;
   }
 
   private removeWhere(test: (key: string) => boolean) {

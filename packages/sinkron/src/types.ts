@@ -74,7 +74,10 @@ export type Call =
   | { t: "signIn"; now: number; user: string }
   | { t: "signOut"; now: number }
   | { t: "flush"; now: number }
-  | { t: "restore"; user: string | null; cursor: string | null; records: Change[] }
+  /** `partial`: the stored records were cut since the last whole state (an `evict`). */
+  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[] }
+  /** Storing something of `scope` failed for lack of room; answers whether the engine freed some (then try again). */
+  | { t: "storageFull"; scope: string | null }
   | { t: "adoptionOrder"; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
   | { t: "restoreOutbox"; clientId: string; next: number; mutations: Mutation[] }
   | { t: "timeout"; now: number }
@@ -95,6 +98,8 @@ export type Command =
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "wipe"; scope: string | null }
+  /** Drop these stored records (they stay in view) and mark the scope's stored records incomplete until the next `clear`. */
+  | { t: "evict"; scope: string | null; keys: Array<{ collection: string; key: string }> }
   | { t: "broadcast"; message: TabMessage }
   | { t: "send"; id: number; freshToken: boolean; kind: "pull"; lastSync: string | null }
   | { t: "send"; id: number; freshToken: boolean; kind: "push"; keepalive: boolean; body: { clientId: string; mutations: Mutation[]; lastSync?: string } }

@@ -180,22 +180,36 @@ test("stored data of another schema is reset, not misread", () => {
   assert.equal(store.getItem("sinkron:schema"), "1");
 });
 
-test("a full store evicts the oldest history and forgets the cursor, so the next start pulls everything", () => {
-  const store = new MemoryStorage(2500);
-  const storage = new DeviceStorage(store);
-  const change = (key, updatedAt) => ({ collection: "history", key, value: { position: 1 }, updatedAt, clientId: "c", version: updatedAt });
-  storage.setCursor("7", "40");
+test("a full store gives up the oldest history, by the engine's rule, and the next start pulls everything", async () => {
+  globalThis.localStorage = new MemoryStorage(2400);
+  session("7");
+  const change = (i) => ({ collection: "history", key: `e${String(i).padStart(2, "0")}`, value: { position: 1 }, updatedAt: 1000 + i, clientId: "c", version: i });
+  const whole = { status: 200, body: { cursor: "40", changes: Array.from({ length: 40 }, (_, i) => change(i + 1)), more: false, serverTime: Date.now() } };
+  browser.answer(() => whole);
   const warn = console.warn;
   console.warn = () => {};
+  const client = await SinkronClient.start(options());
   try {
-    for (let i = 1; i <= 40; i++) storage.putRecord("7", change(`e${String(i).padStart(2, "0")}`, i));
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    assert.equal(client.collection("history").length, 40, "all of it stays in view");
   } finally {
+    client.stop();
     console.warn = warn;
   }
+  const storage = new DeviceStorage(localStorage);
   const keys = storage.records("7").map((r) => r.key);
   assert.ok(keys.includes("e40"), "the newest is kept");
   assert.ok(!keys.includes("e01"), "the oldest was evicted");
-  assert.equal(storage.cursor("7"), null, "a partial store has no cursor");
+  assert.equal(storage.partial("7"), true);
+  // The next start does not trust the stored cursor: it asks for the whole state.
+  const requests = browser.requests.length;
+  const again = await SinkronClient.start(options());
+  try {
+    await settle(() => browser.requests.length > requests, { what: "the next start's pull" });
+    assert.equal(new URL(browser.requests[requests].url, "http://x").searchParams.get("lastSync"), null);
+  } finally {
+    again.stop();
+  }
 });
 
 test("a starting tab takes over a closed tab's unsent writes; a reloaded one only its own outbox", async () => {

@@ -39,7 +39,7 @@ async function scenario() {
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
   run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, seedHigh: 1, seedLow: 2 });
-  run({ t: "restore", user: null, cursor: null, records: [change("old", 1)] });
+  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)] });
   const order = run({ t: "adoptionOrder", previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
   run({ t: "restoreOutbox", clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });
@@ -50,7 +50,9 @@ async function scenario() {
   run({ t: "signIn", now: NOW, user: "7" });
   run({ t: "leadership", now: NOW, leader: true });
   reply("push", 200, { ack: 3, cursor: "4", changes: [], more: false, serverTime: NOW });
-  reply("pull", 200, { cursor: "5", changes: [change("e2", 5)], more: false, reset: true, serverTime: NOW });
+  reply("pull", 200, { cursor: "5", changes: [change("e2", 5), { ...change("h1", 5), collection: "history" }], more: false, reset: true, serverTime: NOW });
+  // The storage is full: the engine frees room (its oldest history).
+  assert.equal(run({ t: "storageFull", scope: "7" }).r, true);
   const { at } = run({ t: "write", now: NOW + 1, collection: "likes", key: "e3", value: { on: false } });
   run({ t: "timeout", now: at });
   reply("push", 200, { ack: 4, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });

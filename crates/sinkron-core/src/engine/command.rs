@@ -62,6 +62,14 @@ pub enum Persist {
     },
     /// Forget everything of the scope: records, cursor, outboxes.
     Wipe { scope: Option<String> },
+    /// The storage is full ([`Engine::handle_storage_full`]): drop these stored records (they
+    /// stay in view) and mark the scope's stored records incomplete until the next
+    /// [`Persist::ClearRecords`]. A driver restoring a scope so marked passes
+    /// `records_complete: false` to [`Engine::restore_cursor`].
+    Evict {
+        scope: Option<String>,
+        keys: Vec<RecordKey>,
+    },
 }
 
 /// What the UI should re-read.

@@ -467,7 +467,7 @@ fn focus_and_online_pulls_can_be_switched_off() {
     let mut tab = Tab::leader();
     tab.engine = Engine::new(config, 1);
     tab.engine.restore_user(Some("u1".into()));
-    tab.engine.restore_cursor(Some("1".into()));
+    tab.engine.restore_cursor(Some("1".into()), true);
     // A tab that opens still learns the state.
     tab.engine.handle_visibility(tab.now, true);
     tab.engine.handle_leadership(tab.now, true);
@@ -1031,7 +1031,7 @@ fn a_reloaded_tab_resends_its_outbox_under_the_same_ids() {
 
     let mut reloaded = Tab::new(99);
     reloaded.engine.restore_user(Some("u1".into()));
-    reloaded.engine.restore_cursor(Some("1".into()));
+    reloaded.engine.restore_cursor(Some("1".into()), true);
     reloaded.engine.restore_outbox(client.clone(), 3, outbox);
     // Left-over writes are due at once, before any leadership.
     reloaded.engine.handle_timeout(reloaded.now);
@@ -1103,7 +1103,7 @@ fn a_reloaded_tab_never_reuses_an_id_the_server_acknowledged() {
     // The page reloads: same client id (sessionStorage), an empty outbox, its numbering.
     let mut reloaded = Tab::new(99);
     reloaded.engine.restore_user(Some("u1".into()));
-    reloaded.engine.restore_cursor(Some("2".into()));
+    reloaded.engine.restore_cursor(Some("2".into()), true);
     reloaded
         .engine
         .restore_outbox(client.clone(), next_id, Vec::new());
@@ -1126,7 +1126,7 @@ fn a_push_refused_for_reused_ids_is_renumbered_and_sent_again() {
     // A tab whose numbering was lost (storage that could not be written) restarts at 1.
     let mut tab = Tab::new(3);
     tab.engine.restore_user(Some("u1".into()));
-    tab.engine.restore_cursor(Some("7".into()));
+    tab.engine.restore_cursor(Some("7".into()), true);
     tab.engine.restore_outbox("c1".into(), 1, Vec::new());
     tab.engine.handle_visibility(tab.now, true);
     tab.engine.handle_leadership(tab.now, true);
@@ -1775,4 +1775,58 @@ fn an_answer_to_a_pull_sent_before_an_ack_arrived_does_not_settle_the_acked_writ
     let older = change("e1", Some(r#"{"p":"theirs"}"#), mine - 500, "b", 5);
     tab.reply(pull, Reply::Pulled(page("5", vec![older], false)));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
+}
+
+#[test]
+fn a_full_storage_gives_up_the_oldest_history_first_and_never_trusts_the_cursor_after() {
+    let mut tab = Tab::leader();
+    tab.at(30_000);
+    let (id, _) = tab.only_send();
+    // Eight history records (stamped 8, 7, … 1 in key order) and a like.
+    let mut changes: Vec<Change> = (1..=8)
+        .map(|i| change(&format!("e{i}"), Some("{}"), 9 - i, "c", i))
+        .collect();
+    changes.push(Change {
+        collection: "likes".into(),
+        ..change("l1", Some("{}"), 0, "c", 9)
+    });
+    tab.reply(id, Reply::Pulled(page("9", changes, false)));
+    tab.drain();
+    let evicted = |tab: &mut Tab| -> Vec<String> {
+        tab.drain()
+            .into_iter()
+            .flat_map(|c| match c {
+                Command::Persist(Persist::Evict { scope, keys }) => {
+                    assert_eq!(scope.as_deref(), Some("u1"));
+                    keys.into_iter().map(|k| k.key).collect::<Vec<_>>()
+                }
+                other => panic!("only an eviction, not {other:?}"),
+            })
+            .collect()
+    };
+    // Another scope's storage is not this tab's to free.
+    assert!(!tab.engine.handle_storage_full(None));
+    assert!(evicted(&mut tab).is_empty());
+    // A quarter of the history, oldest first; then the next oldest, never the same twice.
+    assert!(tab.engine.handle_storage_full(Some("u1")));
+    assert_eq!(evicted(&mut tab), ["e8", "e7"]);
+    assert!(tab.engine.handle_storage_full(Some("u1")));
+    assert_eq!(evicted(&mut tab), ["e6", "e5"]);
+    // They stay in view.
+    assert_eq!(tab.engine.collection("history").len(), 8);
+    for expected in [vec!["e4"], vec!["e3"], vec!["e2"], vec!["e1"]] {
+        assert!(tab.engine.handle_storage_full(Some("u1")));
+        assert_eq!(evicted(&mut tab), expected);
+    }
+    // Nothing of the history is left to give up (a like is never evicted).
+    assert!(!tab.engine.handle_storage_full(Some("u1")));
+
+    // A tab restored from storage so cut pulls the whole state, not from its cursor.
+    let mut reloaded = Tab::new(2);
+    reloaded.engine.restore_user(Some("u1".into()));
+    reloaded.engine.restore_cursor(Some("9".into()), false);
+    reloaded.engine.handle_visibility(reloaded.now, true);
+    reloaded.engine.handle_leadership(reloaded.now, true);
+    let (_, request) = reloaded.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
 }

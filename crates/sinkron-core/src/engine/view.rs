@@ -54,6 +54,9 @@ impl Hasher for FxHasher {
 struct Confirmed {
     record: Record,
     version: u64,
+    /// Dropped from the device's storage when it was full (it stays in view); never picked
+    /// again until stored again.
+    evicted: bool,
 }
 
 /// A write not yet acknowledged: this tab's, or another tab's.
@@ -166,6 +169,28 @@ impl View {
         self.acked.clear();
     }
 
+    /// What to drop from a full storage: the oldest quarter (by `updatedAt`, at least one) of
+    /// the confirmed records of `collection` still stored. They are marked evicted.
+    pub(super) fn evict_oldest(&mut self, collection: &str) -> Vec<RecordKey> {
+        let mut stored: Vec<(&RecordKey, &mut Confirmed)> = self
+            .confirmed
+            .iter_mut()
+            .filter(|(k, s)| k.collection == collection && !s.evicted)
+            .collect();
+        // Picked one by one rather than sorted: a sort would cost the browser build more
+        // than this rare moment costs in time.
+        let mut keys = Vec::new();
+        for _ in 0..stored.len().div_ceil(4) {
+            let oldest = (0..stored.len()).min_by_key(|&i| stored[i].1.record.updated_at);
+            if let Some(i) = oldest {
+                let (key, confirmed) = stored.swap_remove(i);
+                confirmed.evicted = true;
+                keys.push(key.clone());
+            }
+        }
+        keys
+    }
+
     /// Stores a server change unless a later version is already confirmed; returns whether
     /// it was stored. Writes it shows the server holds leave the other layers.
     pub(super) fn store(&mut self, change: Change) -> bool {
@@ -207,6 +232,7 @@ impl View {
             Confirmed {
                 record,
                 version: change.version,
+                evicted: false,
             },
         );
         true
@@ -216,6 +242,10 @@ impl View {
     /// A record held above it came from a newer answer and stays.
     pub(super) fn reset_below(&mut self, covered: u64) {
         self.confirmed.retain(|_, s| s.version > covered);
+        // The storage is rewritten whole after a reset.
+        for stored in self.confirmed.values_mut() {
+            stored.evicted = false;
+        }
     }
 
     /// Another tab wrote a record; returns whether it replaced the other tabs' write held

@@ -103,6 +103,7 @@ impl World {
             Persist::Outbox { scope, .. } => (scope.clone(), None),
             Persist::ClearRecords { scope }
             | Persist::Cursor { scope, .. }
+            | Persist::Evict { scope, .. }
             | Persist::Wipe { scope } => (scope.clone(), None),
         };
         if let Some(client) = client {

@@ -47,6 +47,8 @@ pub(super) struct Scope {
     pub(super) cursor: Option<String>,
     /// Each client id's outbox with its numbering (the next id), kept when empty.
     pub(super) outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
+    /// Records were evicted since the last whole state (`Persist::Evict`).
+    pub(super) partial: bool,
 }
 
 pub(super) struct Device {
@@ -77,7 +79,16 @@ impl World {
                     .insert((change.collection.clone(), change.key.clone()), change);
             }
             Persist::ClearRecords { scope } => {
-                storage.entry(scope).or_default().records.clear();
+                let scope = storage.entry(scope).or_default();
+                scope.records.clear();
+                scope.partial = false;
+            }
+            Persist::Evict { scope, keys } => {
+                let scope = storage.entry(scope).or_default();
+                for key in keys {
+                    scope.records.remove(&(key.collection, key.key));
+                }
+                scope.partial = true;
             }
             Persist::Cursor { scope, cursor } => storage.entry(scope).or_default().cursor = cursor,
             Persist::Outbox {
@@ -183,7 +194,7 @@ impl World {
             .collect();
         let mut floors = HashMap::new();
         if let Some(scope) = self.devices[d].storage.get(&user) {
-            engine.restore_cursor(scope.cursor.clone());
+            engine.restore_cursor(scope.cursor.clone(), !scope.partial);
             for change in scope.records.values() {
                 engine.restore_record(change.clone());
             }
