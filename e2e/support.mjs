@@ -13,10 +13,15 @@ mkdirSync(artifacts, { recursive: true });
 const BIN = process.env.SINKRON_BIN ?? join(root, "target/debug/sinkron");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
-/** A `sinkron serve` process with the demo, on its own SQLite file. */
+/**
+ * A `sinkron serve` process with the demo, on its own SQLite file. It asks clients to poll
+ * every second (`--poll-interval 1`, unless `args` say otherwise), so that pages opened with
+ * a short interval keep it down to a second.
+ */
 export class Server {
   static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0", args = [] } = {}) {
-    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist"), ...args], {
+    const pace = args.includes("--poll-interval") ? [] : ["--poll-interval", "1"];
+    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist"), ...pace, ...args], {
       env: { ...process.env, SINKRON_LOG: "warn" },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -26,13 +31,14 @@ export class Server {
       child.once("exit", (code) => reject(new Error(`sinkron exited with ${code} before listening`)));
     });
     const url = String(line).replace("listening on ", "").trim();
-    return new Server(child, url, dir);
+    return new Server(child, url, dir, args);
   }
 
-  constructor(child, url, dir) {
+  constructor(child, url, dir, args) {
     this.child = child;
     this.url = url;
     this.dir = dir;
+    this.args = args;
   }
 
   async stop() {
@@ -45,7 +51,7 @@ export class Server {
   /** Starts again on the same port and database file. */
   async restart() {
     await this.stop();
-    return Server.start({ dir: this.dir, addr: this.url.replace("http://", "") });
+    return Server.start({ dir: this.dir, addr: this.url.replace("http://", ""), args: this.args });
   }
 
   /** The user's state as the server holds it, read with the user's token. */

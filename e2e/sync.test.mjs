@@ -21,8 +21,8 @@ after(async () => {
 });
 
 /** Each scenario gets its own server and database. */
-async function withServer(fn) {
-  const server = await Server.start();
+async function withServer(fn, args = []) {
+  const server = await Server.start({ args });
   try {
     await fn(server);
   } finally {
@@ -289,9 +289,9 @@ describe("leader", () => {
   test("one tab polls; when it closes or hides, another takes over", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
-      const first = await open(context, server, { interval: 300 });
+      const first = await open(context, server, { interval: 1000 });
       await signUp(first, "leader");
-      const pages = [first, await open(context, server, { interval: 300 }), await open(context, server, { interval: 300 })];
+      const pages = [first, await open(context, server, { interval: 1000 }), await open(context, server, { interval: 1000 })];
       const counts = pages.map(countRequests);
       const pulls = () => counts.map((c) => c.pulls);
       const total = () => pulls().reduce((a, b) => a + b, 0);
@@ -318,6 +318,31 @@ describe("leader", () => {
       assert.ok(counts[next].pulls - hiddenAt <= 1, `the hidden tab kept polling: ${counts[next].pulls - hiddenAt}`);
       await context.close();
     }));
+});
+
+describe("the server's poll interval", () => {
+  test("a tab polls no more often than the server asks, though its own interval is shorter", () =>
+    withServer(
+      async (server) => {
+        const context = await browser.newContext();
+        const page = await open(context, server, { interval: 300 });
+        await signUp(page, "paced");
+        const pulls = [];
+        page.on("request", (r) => {
+          const url = new URL(r.url());
+          if (url.pathname === "/api/user/me" && r.method() === "GET") pulls.push(Date.now());
+        });
+        await until(() => pulls.length >= 4, { timeout: 20000, what: "four pulls" });
+        const gaps = pulls.slice(1).map((t, i) => t - pulls[i]);
+        // The server's 2 s, less its 10 % jitter; the page alone would poll every 0.3 s.
+        assert.ok(
+          gaps.every((g) => g >= 1700),
+          `gaps between pulls: ${gaps} ms`,
+        );
+        await context.close();
+      },
+      ["--poll-interval", "2"],
+    ));
 });
 
 describe("leader lock", () => {
@@ -357,7 +382,8 @@ describe("leader lock", () => {
 describe("leader cadence", () => {
   test("the leader keeps its interval with 2 and 3 visible tabs, across hiding and new leaders", () =>
     withServer(async (server) => {
-      const interval = 500;
+      // The server's second (its `--poll-interval 1` here).
+      const interval = 1000;
       // A pull is due every interval ± 10 %; the round trip and the wait for an idle period
       // add a little. A stall (a missed or doubled interval) is well above this.
       const gapMax = interval * 1.1 + 250;
@@ -373,14 +399,14 @@ describe("leader cadence", () => {
       );
       const started = Date.now();
       let rounds = 0;
-      for (; rounds < 20 && Date.now() - started < 120_000; rounds++) {
+      for (; rounds < 12 && Date.now() - started < 120_000; rounds++) {
         // Every tab hides at once (the screen turns off), then 2 or 3 are shown again: the
         // leader lock is released and taken again, often by another tab.
         const shown = rounds % 2 === 0 ? pages.slice(0, 2) : pages;
         await Promise.all(pages.map((p) => setVisible(p, false)));
         for (const p of pulls) p.length = 0;
         await Promise.all(shown.map((p) => setVisible(p, true)));
-        await until(() => pulls.some((p) => p.length >= 5), { what: `five pulls in round ${rounds}`, timeout: 10_000 });
+        await until(() => pulls.some((p) => p.length >= 4), { what: `four pulls in round ${rounds}`, timeout: 10_000 });
         const leaders = pulls.filter((p) => p.length > 0);
         assert.equal(leaders.length, 1, `round ${rounds}: pulls per tab ${pulls.map((p) => p.length)}`);
         const times = leaders[0];
@@ -390,7 +416,7 @@ describe("leader cadence", () => {
           `round ${rounds} (${shown.length} tabs): gaps between pulls ${gaps} ms, at most ${gapMax} due`,
         );
       }
-      assert.ok(rounds >= 10, `only ${rounds} rounds in the time bound`);
+      assert.ok(rounds >= 8, `only ${rounds} rounds in the time bound`);
       await context.close();
     }));
 });
@@ -428,7 +454,8 @@ describe("triggers", () => {
 describe("request budget", () => {
   test("five idle visible tabs cost one leader's polls", () =>
     withServer(async (server) => {
-      const interval = 400;
+      // The server's second (its `--poll-interval 1` here).
+      const interval = 1000;
       const context = await browser.newContext();
       const first = await open(context, server, { interval });
       await signUp(first, "budget");

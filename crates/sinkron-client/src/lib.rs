@@ -20,6 +20,7 @@ use reqwest::StatusCode;
 use sinkron_core::engine::{Failure, Page, Reply, Request, Status, WriteError};
 use sinkron_core::protocol::{
     Credentials, ErrorBody, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
+    POLL_INTERVAL_HEADER,
 };
 use sinkron_core::{Change, Command, Config, Engine, Mutation, Persist, Record};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -362,7 +363,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
-        let (reply_tx, mut replies) = mpsc::unbounded_channel::<(u64, Reply)>();
+        let (reply_tx, mut replies) = mpsc::unbounded_channel::<(u64, Reply, Option<u64>)>();
         // An app that opens is in the foreground: a restored session syncs at once.
         let now = self.now();
         self.engine.handle_visibility(now, true);
@@ -380,8 +381,11 @@ impl Driver {
                     Some(input) => self.handle_input(input),
                     None => return,
                 },
-                Some((id, reply)) = replies.recv() => {
+                Some((id, reply, poll_interval_ms)) = replies.recv() => {
                     let now = self.now();
+                    if let Some(ms) = poll_interval_ms {
+                        self.engine.handle_poll_interval(ms);
+                    }
                     self.engine.handle_reply(now, id, reply);
                 }
                 () = sleep => {
@@ -421,7 +425,7 @@ impl Driver {
     }
 
     /// Drains the engine's commands and carries them out.
-    fn execute(&mut self, replies: &mpsc::UnboundedSender<(u64, Reply)>) {
+    fn execute(&mut self, replies: &mpsc::UnboundedSender<(u64, Reply, Option<u64>)>) {
         let mut changed = false;
         while let Some(command) = self.engine.poll_command() {
             match command {
@@ -437,8 +441,8 @@ impl Driver {
                     };
                     let replies = replies.clone();
                     tokio::spawn(async move {
-                        let reply = call.run(request).await;
-                        let _ = replies.send((id, reply));
+                        let (reply, poll_interval_ms) = call.run(request).await;
+                        let _ = replies.send((id, reply, poll_interval_ms));
                     });
                     changed = true;
                 }
@@ -502,84 +506,99 @@ struct HttpCall {
 }
 
 impl HttpCall {
-    async fn run(self, request: Request) -> Reply {
+    /// The answer, with the server's `Sinkron-Poll-Interval` (in ms) when a pull's carried it.
+    async fn run(self, request: Request) -> (Reply, Option<u64>) {
         let Some(token) = self.token.as_deref() else {
-            return Reply::Failed(Failure::Unauthorized);
+            return (Reply::Failed(Failure::Unauthorized), None);
         };
-        let bearer = format!("Bearer {token}");
         match request {
-            Request::Pull { last_sync } => {
-                let mut builder = self
-                    .http
-                    .get(format!("{}/api/user/me", self.base_url))
-                    .header(AUTHORIZATION, bearer);
-                if let Some(cursor) = &last_sync {
-                    builder = builder
-                        .query(&[("lastSync", cursor)])
-                        .header(IF_NONE_MATCH, format!("\"{cursor}\""));
-                }
-                let response = match builder.send().await {
-                    Ok(r) => r,
-                    Err(_) => return Reply::Failed(Failure::Network),
-                };
-                if response.status() == StatusCode::NOT_MODIFIED {
-                    return Reply::NotModified;
-                }
-                let response = match succeeded(response).await {
-                    Ok(r) => r,
-                    Err(failure) => return Reply::Failed(failure),
-                };
-                match response.json::<PullResponse>().await {
-                    Ok(body) => Reply::Pulled(Page {
-                        cursor: body.cursor,
-                        changes: body.changes,
-                        more: body.more,
-                        reset: body.reset,
-                        server_time: body.server_time,
-                    }),
-                    Err(_) => Reply::Failed(Failure::Network),
-                }
-            }
-            Request::Push {
-                client_id,
-                mutations,
-                last_sync,
-                keepalive: _,
-            } => {
-                let body = PushRequest {
-                    client_id,
-                    mutations,
-                    last_sync,
-                };
-                let response = match self
-                    .http
-                    .post(format!("{}/api/user/me/changes", self.base_url))
-                    .header(AUTHORIZATION, bearer)
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => return Reply::Failed(Failure::Network),
-                };
-                let response = match succeeded(response).await {
-                    Ok(r) => r,
-                    Err(failure) => return Reply::Failed(failure),
-                };
-                match response.json::<PushResponse>().await {
-                    Ok(body) => Reply::Pushed {
-                        ack: body.ack,
-                        page: Page {
-                            cursor: body.cursor,
-                            changes: body.changes,
-                            more: body.more,
-                            reset: body.reset,
-                            server_time: body.server_time,
-                        },
-                    },
-                    Err(_) => Reply::Failed(Failure::Network),
-                }
-            }
+            Request::Pull { last_sync } => self.pull(token, last_sync).await,
+            push => (self.push(token, push).await, None),
+        }
+    }
+
+    async fn pull(&self, token: &str, last_sync: Option<String>) -> (Reply, Option<u64>) {
+        let mut builder = self
+            .http
+            .get(format!("{}/api/user/me", self.base_url))
+            .header(AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(cursor) = &last_sync {
+            builder = builder
+                .query(&[("lastSync", cursor)])
+                .header(IF_NONE_MATCH, format!("\"{cursor}\""));
+        }
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(_) => return (Reply::Failed(Failure::Network), None),
+        };
+        let poll_interval_ms = response
+            .headers()
+            .get(POLL_INTERVAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.saturating_mul(1000));
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return (Reply::NotModified, poll_interval_ms);
+        }
+        let response = match succeeded(response).await {
+            Ok(r) => r,
+            Err(failure) => return (Reply::Failed(failure), poll_interval_ms),
+        };
+        let reply = match response.json::<PullResponse>().await {
+            Ok(body) => Reply::Pulled(Page {
+                cursor: body.cursor,
+                changes: body.changes,
+                more: body.more,
+                reset: body.reset,
+                server_time: body.server_time,
+            }),
+            Err(_) => Reply::Failed(Failure::Network),
+        };
+        (reply, poll_interval_ms)
+    }
+
+    async fn push(&self, token: &str, request: Request) -> Reply {
+        let Request::Push {
+            client_id,
+            mutations,
+            last_sync,
+            keepalive: _,
+        } = request
+        else {
+            return Reply::Failed(Failure::Network);
+        };
+        let body = PushRequest {
+            client_id,
+            mutations,
+            last_sync,
+        };
+        let response = match self
+            .http
+            .post(format!("{}/api/user/me/changes", self.base_url))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return Reply::Failed(Failure::Network),
+        };
+        let response = match succeeded(response).await {
+            Ok(r) => r,
+            Err(failure) => return Reply::Failed(failure),
+        };
+        match response.json::<PushResponse>().await {
+            Ok(body) => Reply::Pushed {
+                ack: body.ack,
+                page: Page {
+                    cursor: body.cursor,
+                    changes: body.changes,
+                    more: body.more,
+                    reset: body.reset,
+                    server_time: body.server_time,
+                },
+            },
+            Err(_) => Reply::Failed(Failure::Network),
         }
     }
 }

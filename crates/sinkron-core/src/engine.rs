@@ -138,6 +138,8 @@ pub struct Engine {
     /// Every deadline: see `timers`.
     timers: TimerTable,
     last_pull_at: Option<u64>,
+    /// The interval the server last asked for (`Sinkron-Poll-Interval`), in ms.
+    server_interval_ms: Option<u64>,
     /// The first write of the burst the next push takes: a push never waits much longer.
     first_write_at: Option<u64>,
     failures: u32,
@@ -178,6 +180,7 @@ impl Engine {
             next_request_id: 1,
             timers: TimerTable::default(),
             last_pull_at: None,
+            server_interval_ms: None,
             first_write_at: None,
             failures: 0,
             last_synced_at: None,
@@ -315,7 +318,7 @@ impl Engine {
                 // A new leader pulls at once: it may be a tab shown again, which is a trigger
                 // like focus. With focus pulls off, a tab that pulled within the interval (it
                 // led until it was hidden) keeps that cadence instead.
-                let interval = self.config.interval_ms;
+                let interval = self.interval();
                 let cadence = self
                     .last_pull_at
                     .filter(|&t| !self.config.pull_on_focus && now < t.saturating_add(interval));
@@ -394,6 +397,14 @@ impl Engine {
             }
         }
         self.finish(now);
+    }
+
+    /// The server's `Sinkron-Poll-Interval` on an answer (converted to ms): how often it
+    /// wants to be polled. Call it before [`Engine::handle_reply`] with that answer. From the
+    /// next poll on, the leader waits the longer of its own interval and this one, at most
+    /// [`Config::interval_ms_max`], with the usual jitter; retries wait at most as long.
+    pub fn handle_poll_interval(&mut self, interval_ms: u64) {
+        self.server_interval_ms = Some(interval_ms);
     }
 
     /// The outcome of the request sent as `Command::Send { id, .. }`. Replies to requests
@@ -935,8 +946,18 @@ impl Engine {
     }
 
     /// The leader's next background pull: an interval after `from`, give or take the jitter.
+    /// The pull interval: the app's, stretched to what the server asks for (never shortened),
+    /// up to the ceiling.
+    fn interval(&self) -> u64 {
+        let asked = self
+            .server_interval_ms
+            .unwrap_or(0)
+            .min(self.config.interval_ms_max);
+        self.config.interval_ms.max(asked)
+    }
+
     fn plan_poll(&mut self, from: u64) {
-        let interval = self.config.interval_ms;
+        let interval = self.interval();
         let spread = interval * self.config.interval_jitter_percent / 100;
         let jittered = interval - spread + self.rng.below_or_equal(2 * spread);
         self.timers.set(Timer::Poll, from + jittered);
@@ -965,7 +986,7 @@ impl Engine {
         let exponent = (self.failures - 1).min(20);
         let cap = (self.config.backoff_base_ms << exponent)
             .min(self.config.backoff_ms_max)
-            .min(self.config.interval_ms);
+            .min(self.interval());
         let delay = self
             .rng
             .below_or_equal(cap)

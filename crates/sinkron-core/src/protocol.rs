@@ -21,6 +21,9 @@ pub const KEY_CHARS_MAX: usize = 128;
 pub const CLIENT_ID_CHARS_MAX: usize = 64;
 /// Longest collection name, in characters.
 pub const COLLECTION_CHARS_MAX: usize = 64;
+/// The header of a pull answer with the poll interval the server wants, in whole seconds
+/// ([`crate::Engine::handle_poll_interval`]).
+pub const POLL_INTERVAL_HEADER: &str = "sinkron-poll-interval";
 
 /// A record as the server stores it, sent in pulls and push answers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use axum::http::HeaderValue;
 
-/// The header of a pull answer: the interval the server wants, in whole seconds.
-pub const POLL_INTERVAL_HEADER: &str = "sinkron-poll-interval";
+pub use sinkron_core::protocol::POLL_INTERVAL_HEADER;
 
 /// Calm seconds in a row before the interval halves.
 const CALM_SECS: u32 = 10;

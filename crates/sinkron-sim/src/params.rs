@@ -50,6 +50,9 @@ pub struct Params {
     /// Most changes in one answer (the server's `--page-size`): small enough in some runs
     /// that whole states and pulls come in pages (`more`).
     pub page_size: u32,
+    /// The interval the server asks clients to poll at (`--poll-interval`, seconds): the
+    /// default 30 (the clients' own), or longer in some runs.
+    pub poll_interval_secs: u32,
 }
 
 impl Params {
@@ -98,6 +101,11 @@ impl Params {
             } else {
                 0
             },
+            poll_interval_secs: if rng.chance(300) {
+                rng.range(31, 180) as u32
+            } else {
+                30
+            },
         }
     }
 
@@ -113,7 +121,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} token_expired={}‰",
+             safety={}s page={} token_expired={}‰ poll={}s",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -130,6 +138,7 @@ impl fmt::Display for Params {
             self.safety_ms / 1000,
             self.page_size,
             self.token_expired_per_mille,
+            self.poll_interval_secs,
         )
     }
 }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use sinkron_core::engine::Failure;
 use sinkron_core::protocol::{ErrorBody, PullResponse, PushRequest, PushResponse};
 use sinkron_core::{Mutation, Page, Record, Reply, Request};
+use sinkron_server::pace::POLL_INTERVAL_HEADER;
 use sinkron_server::store::sqlite::SqliteStore;
 use sinkron_server::store::{Store, UserId};
 use sinkron_server::{app, AppState, Config};
@@ -56,6 +57,8 @@ pub struct Clamp {
 #[derive(Debug)]
 pub struct Served {
     pub reply: Reply,
+    /// The server's `Sinkron-Poll-Interval`, in ms, when the answer carried it.
+    pub poll_interval_ms: Option<u64>,
     pub clamps: Vec<Clamp>,
     /// A short description for the trace.
     pub summary: String,
@@ -76,12 +79,19 @@ pub struct Server {
     tokens: Vec<String>,
     models: Vec<UserModel>,
     page_size: u32,
+    poll_interval_secs: u32,
 }
 
 impl Server {
     /// A fresh database with `users` accounts and one token each, created through the store
     /// (password hashing is the slow part of sign-up and is not what is under test).
-    pub fn start(users: usize, page_size: u32, now: u64, rng: &mut Rng) -> Result<Self, String> {
+    pub fn start(
+        users: usize,
+        page_size: u32,
+        poll_interval_secs: u32,
+        now: u64,
+        rng: &mut Rng,
+    ) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -98,6 +108,7 @@ impl Server {
             tokens: Vec::new(),
             models: (0..users).map(|_| UserModel::default()).collect(),
             page_size,
+            poll_interval_secs,
         };
         server.restart()?;
         let store = server.store()?;
@@ -156,6 +167,7 @@ impl Server {
         let clock = self.clock.clone();
         let config = Config {
             page_size: self.page_size,
+            poll_interval: self.poll_interval_secs,
             // The per-user rate limit counts by the real clock, which would make a run depend
             // on how fast the machine is; the simulation's 429s come from its faults.
             user_requests_per_minute: 0,
@@ -186,20 +198,24 @@ impl Server {
         let http = build_request(token, request)
             .map_err(|e| Violation::new("sim", format!("cannot encode request: {e}")))?;
         let service = live.service.clone();
-        let (status, retry_after, body) = self
+        let (status, retry_after, poll_interval_ms, body) = self
             .runtime
             .block_on(async move {
                 let response = service.oneshot(http).await?;
                 let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let seconds = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                let retry_after = seconds(header::RETRY_AFTER.as_str());
+                let poll_interval_ms = seconds(POLL_INTERVAL_HEADER).map(|s| s * 1000);
                 let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                Ok::<_, Box<dyn std::error::Error>>((status, retry_after, body))
+                Ok::<_, Box<dyn std::error::Error>>((status, retry_after, poll_interval_ms, body))
             })
             .map_err(|e| Violation::new("sim", format!("service failed: {e}")))?;
         if status.is_server_error() {
@@ -303,6 +319,7 @@ impl Server {
         };
         Ok(Some(Served {
             reply,
+            poll_interval_ms,
             clamps,
             summary,
         }))

@@ -58,7 +58,13 @@ enum Event {
         drop_response: bool,
     },
     /// An answer, or the failure a client sees instead, reaches a tab.
-    Reply { tab: TabId, id: u64, reply: Reply },
+    /// An answer reaches a tab, with the server's poll interval if it carried one.
+    Reply {
+        tab: TabId,
+        id: u64,
+        reply: Reply,
+        poll_interval_ms: Option<u64>,
+    },
     /// A `BroadcastChannel` message reaches a tab.
     Message { tab: TabId, message: TabMessage },
     /// The device's Web Lock is granted (grant number `grant`).
@@ -107,7 +113,13 @@ impl World {
     pub fn run(seed: u64, params: Params) -> Outcome {
         let mut rng = Rng::new(seed);
         let mut trace = Trace::new(params.trace_tail);
-        let server = match Server::start(params.users, params.page_size, T0, &mut rng) {
+        let server = match Server::start(
+            params.users,
+            params.page_size,
+            params.poll_interval_secs,
+            T0,
+            &mut rng,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 return Outcome {
@@ -335,6 +347,7 @@ impl World {
                             tab,
                             id,
                             reply: Reply::Failed(Failure::Network),
+                            poll_interval_ms: None,
                         },
                     );
                     return Ok(());
@@ -364,18 +377,36 @@ impl World {
                     served.summary,
                     if lost { " (answer lost)" } else { "" }
                 ));
-                let (at, reply) = if lost {
+                let (at, reply, poll_interval_ms) = if lost {
                     (
                         self.now + self.params.request_timeout_ms,
                         Reply::Failed(Failure::Network),
+                        None,
                     )
                 } else {
-                    (self.now + self.latency(), served.reply)
+                    (
+                        self.now + self.latency(),
+                        served.reply,
+                        served.poll_interval_ms,
+                    )
                 };
-                self.schedule(at, Event::Reply { tab, id, reply });
+                self.schedule(
+                    at,
+                    Event::Reply {
+                        tab,
+                        id,
+                        reply,
+                        poll_interval_ms,
+                    },
+                );
                 Ok(())
             }
-            Event::Reply { tab, id, reply } => {
+            Event::Reply {
+                tab,
+                id,
+                reply,
+                poll_interval_ms,
+            } => {
                 let Some((d, t)) = self.find(tab) else {
                     return Ok(());
                 };
@@ -383,7 +414,12 @@ impl World {
                     "d{d} t{tab} #{id} reply {}",
                     reply_summary(&reply)
                 ));
-                self.input(d, t, |e, now| e.handle_reply(now, id, reply))
+                self.input(d, t, |e, now| {
+                    if let Some(ms) = poll_interval_ms {
+                        e.handle_poll_interval(ms);
+                    }
+                    e.handle_reply(now, id, reply)
+                })
             }
             Event::Message { tab, message } => {
                 let Some((d, t)) = self.find(tab) else {
@@ -566,7 +602,16 @@ impl World {
     /// The request `id` of `tab` fails at `at` without reaching the server.
     fn fail_at(&mut self, at: u64, tab: TabId, id: u64, failure: Failure) {
         let reply = Reply::Failed(failure);
-        self.schedule(at, Event::Reply { tab, id, reply });
+        let poll_interval_ms = None;
+        self.schedule(
+            at,
+            Event::Reply {
+                tab,
+                id,
+                reply,
+                poll_interval_ms,
+            },
+        );
     }
 }
 

@@ -208,6 +208,13 @@ fn run(
             let now = now()?;
             let id = call.u64("id")?;
             let reply = reply(call, body)?;
+            // `Sinkron-Poll-Interval`, whole seconds; anything else is not a hint.
+            let hint = call
+                .opt_str("pollInterval")?
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if let Some(seconds) = hint {
+                engine.handle_poll_interval(seconds.saturating_mul(1000));
+            }
             engine.handle_reply(now, id, reply);
             j.raw("null");
         }
@@ -557,6 +564,19 @@ mod tests {
         assert!(
             at >= NOW + 20_000,
             "retried at {at}, before the server's 20 s"
+        );
+
+        // A 304 with the server's poll interval: the next poll waits for it.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":304,"retryAfter":null,"pollInterval":"120"}}"#
+        );
+        let answer = call(&mut slot, &reply, "");
+        let at = json::parse(&answer).unwrap().u64("at").unwrap();
+        assert!(
+            at >= NOW + 108_000,
+            "polls again at {at}, before the server's 120 s"
         );
 
         // A 200 page: stored, and its records readable.

@@ -455,8 +455,10 @@ export class SinkronClient {
 
   /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */
   private async send(c: Extract<Command, { t: "send" }>) {
-    const reply = (status: number, retryAfter: string | null = null, body = "") => {
-      if (!this.stopped) this.call({ t: "reply", now: Date.now(), id: c.id, kind: c.kind, status, retryAfter }, body);
+    const reply = (status: number, headers?: Headers, body = "") => {
+      const header = (name: string) => headers?.get(name) ?? null;
+      const call = { now: Date.now(), id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") };
+      if (!this.stopped) this.call({ t: "reply", ...call }, body);
     };
     const headers: Record<string, string> = {};
     let response: Response;
@@ -488,7 +490,7 @@ export class SinkronClient {
     }
     // A body cut off on the way is an unreadable answer; the engine tells what that means.
     const body = await response.text().catch(() => "");
-    reply(response.status, response.headers.get("retry-after"), body);
+    reply(response.status, response.headers, body);
   }
 }
 

@@ -85,8 +85,8 @@ export type Call =
   | { t: "focus"; now: number }
   | { t: "online"; now: number; online: boolean }
   | { t: "leadership"; now: number; leader: boolean }
-  /** The answer to a `send`: `status` 0 for none at all; its body goes beside the call, as text. */
-  | { t: "reply"; now: number; id: number; kind: "pull" | "push"; status: number; retryAfter: string | null }
+  /** The answer to a `send`: `status` 0 for none at all, its `Retry-After` and `Sinkron-Poll-Interval` headers; its body goes beside the call, as text. */
+  | { t: "reply"; now: number; id: number; kind: "pull" | "push"; status: number; retryAfter: string | null; pollInterval: string | null }
   | { t: "tab"; now: number; message: TabMessage };
 
 /** The engine's answer to a call: its result, its commands and its next deadline (-1: none); or why it refused the call. */

@@ -34,7 +34,8 @@ async function scenario() {
   const reply = (kind, status, page, retryAfter = null) => {
     const sent = inFlight.splice(inFlight.findIndex((c) => c.kind === kind), 1)[0];
     assert.ok(sent, `a ${kind} in flight`);
-    return run({ t: "reply", now: NOW, id: sent.id, kind, status, retryAfter }, page ? JSON.stringify(page) : "");
+    const pollInterval = status === 200 || status === 304 ? "30" : null;
+    return run({ t: "reply", now: NOW, id: sent.id, kind, status, retryAfter, pollInterval }, page ? JSON.stringify(page) : "");
   };
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 

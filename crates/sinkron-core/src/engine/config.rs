@@ -4,8 +4,12 @@
 /// The engine's policies. Every duration is in milliseconds.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Time between background pulls of the leader tab.
+    /// Time between background pulls of the leader tab: the shortest, whatever the server
+    /// says.
     pub interval_ms: u64,
+    /// The longest the server's `Sinkron-Poll-Interval` may stretch the interval to
+    /// ([`crate::Engine::handle_poll_interval`]).
+    pub interval_ms_max: u64,
     /// Random spread of each interval, in percent either way, so tabs and devices do not
     /// pull in lockstep.
     pub interval_jitter_percent: u64,
@@ -22,7 +26,7 @@ pub struct Config {
     pub keepalive_bytes_max: usize,
     /// First retry delay cap after a failure; doubles with each failure in a row.
     pub backoff_base_ms: u64,
-    /// Largest retry delay cap. A retry never waits longer than `interval_ms` either: a
+    /// Largest retry delay cap. A retry never waits longer than the pull interval either: a
     /// server that is down costs each device at most what polling it would.
     pub backoff_ms_max: u64,
     /// Pull the account's state right after sign-in (else at the next interval or focus).
@@ -38,6 +42,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             interval_ms: 30_000,
+            interval_ms_max: 600_000,
             interval_jitter_percent: 10,
             trigger_gap_ms: 2_000,
             push_delay_ms: 300,

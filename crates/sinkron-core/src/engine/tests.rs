@@ -1830,3 +1830,66 @@ fn a_full_storage_gives_up_the_oldest_history_first_and_never_trusts_the_cursor_
     let (_, request) = reloaded.only_send();
     assert_eq!(request, Request::Pull { last_sync: None });
 }
+
+/// The leader's next background pull after a 304 that carried the server's interval
+/// (`hint_ms`, if any): how long after the answer it comes.
+fn next_poll_after_hint(hint_ms: Option<u64>) -> u64 {
+    let mut tab = Tab::leader();
+    tab.at(40_000);
+    let (id, _) = tab.only_send();
+    if let Some(hint) = hint_ms {
+        tab.engine.handle_poll_interval(hint);
+    }
+    tab.reply(id, Reply::NotModified);
+    tab.drain();
+    let answered = tab.now;
+    let due = tab.engine.poll_timeout().expect("the next poll");
+    // Nothing goes out before it.
+    tab.at(due - 1 - answered);
+    assert!(tab.sends().is_empty());
+    tab.fire();
+    assert!(matches!(tab.only_send().1, Request::Pull { .. }));
+    due - answered
+}
+
+#[test]
+fn the_server_can_stretch_the_poll_interval_never_shorten_it_and_only_up_to_a_ceiling() {
+    // The app's 30 s, ± 10 %.
+    assert!((27_000..=33_000).contains(&next_poll_after_hint(None)));
+    // A busy server asks for 2 minutes: it gets them (± 10 %).
+    assert!((108_000..=132_000).contains(&next_poll_after_hint(Some(120_000))));
+    // A server asking for 5 s does not make the device poll faster than its own 30 s.
+    assert!((27_000..=33_000).contains(&next_poll_after_hint(Some(5_000))));
+    // A day is cut to the ceiling, 10 minutes.
+    assert!((540_000..=660_000).contains(&next_poll_after_hint(Some(86_400_000))));
+}
+
+#[test]
+fn a_retry_never_waits_longer_than_the_interval_the_server_asked_for() {
+    let config = Config {
+        backoff_ms_max: 3_600_000,
+        ..Config::default()
+    };
+    let mut tab = Tab::leader();
+    tab.engine = Engine::new(config, 1);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    tab.engine.handle_poll_interval(120_000);
+    tab.reply(id, Reply::NotModified);
+    tab.fire();
+    let mut longest = 0;
+    for _ in 0..12 {
+        let (id, _) = tab.only_send();
+        let failed_at = tab.now;
+        tab.reply(id, Reply::Failed(Failure::Network));
+        let retry = tab.engine.poll_timeout().expect("a retry is scheduled") - failed_at;
+        assert!(retry <= 120_000 + 12_000, "waited {retry}");
+        longest = longest.max(retry);
+        tab.fire();
+    }
+    assert!(
+        longest > 30_000 + 3_000,
+        "the backoff grew past the app's interval: {longest}"
+    );
+}
