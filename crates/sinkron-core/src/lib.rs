@@ -11,8 +11,8 @@
 //! so the browser and the server can never disagree on a merge.
 //!
 //! The crate compiles to WebAssembly under a tight size budget, so the engine avoids `f64`
-//! formatting, ordered maps and sorting; serde is behind the `serde` feature, which only the
-//! server and the native client enable. It is `no_std` (with `alloc`), so the browser build
+//! formatting, tree and hash maps (its records are a sorted list) and sorting; serde is behind
+//! the `serde` feature, which only the server and the native client enable. It is `no_std` (with `alloc`), so the browser build
 //! carries none of std's panic and formatting machinery.
 
 #![cfg_attr(not(test), no_std)]

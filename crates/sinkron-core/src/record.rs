@@ -9,7 +9,7 @@ use alloc::string::String;
 use core::cmp::Ordering;
 
 /// Where a record lives: its collection (`history`, `favorites`, ...) and its key within it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordKey {
     pub collection: String,
     pub key: String,

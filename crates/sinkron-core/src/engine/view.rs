@@ -13,39 +13,74 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::hash::{BuildHasherDefault, Hasher};
-
-use hashbrown::HashMap;
 
 use crate::protocol::{Change, Mutation};
 use crate::record::{Record, RecordKey};
 
-/// A deterministic hash map: the same inputs give the same iteration order on every run and
-/// every platform, which keeps simulations reproducible. Keys are the user's own record keys,
-/// so a small multiplicative hash (FxHash's) is enough, and it is a fraction of SipHash's size
-/// in WebAssembly.
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Records by key, in a list sorted by key: found by binary search, iterated in key order
+/// (the same on every run and platform, which keeps simulations reproducible), and a
+/// fraction of a hash table's size in WebAssembly. A user's records number in the
+/// thousands at most; an insert moves at most that many entries.
+#[derive(Debug)]
+struct Map<V> {
+    entries: Vec<(RecordKey, V)>,
+}
 
-#[derive(Default)]
-struct FxHasher(u64);
+impl<V> Default for Map<V> {
+    fn default() -> Self {
+        Map {
+            entries: Vec::new(),
+        }
+    }
+}
 
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+impl<V> Map<V> {
+    fn find(&self, key: &RecordKey) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    fn get(&self, key: &RecordKey) -> Option<&V> {
+        let i = self.find(key).ok()?;
+        self.entries.get(i).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, key: &RecordKey) -> bool {
+        self.find(key).is_ok()
+    }
+
+    fn insert(&mut self, key: RecordKey, value: V) {
+        match self.find(&key) {
+            Ok(i) => {
+                if let Some(entry) = self.entries.get_mut(i) {
+                    entry.1 = value;
+                }
+            }
+            Err(i) => self.entries.insert(i, (key, value)),
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    fn iter(&self) -> impl Iterator<Item = (&RecordKey, &V)> {
+        self.entries.iter().map(|(k, v)| (k, v))
     }
 
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&RecordKey, &mut V)> {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    fn keys(&self) -> impl Iterator<Item = &RecordKey> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.iter_mut().map(|(_, v)| v)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&RecordKey, &mut V) -> bool) {
+        self.entries.retain_mut(|(k, v)| keep(k, v));
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
     }
 }
 
@@ -81,10 +116,10 @@ pub(super) struct Acked {
 /// The layers of one tab's records. See the module documentation.
 #[derive(Debug, Default)]
 pub(super) struct View {
-    confirmed: Map<RecordKey, Confirmed>,
+    confirmed: Map<Confirmed>,
     pub(super) outbox: Vec<Pending>,
     /// A few entries at most (one per key other tabs are writing right now): a list is
-    /// smaller than another hash map in the browser build.
+    /// smaller than another map in the browser build.
     pub(super) foreign: Vec<Pending>,
     /// This tab's acknowledged writes, kept in view until an answer shows the server state
     /// after them (so they never flicker out of view): the acknowledging push's own answer,
