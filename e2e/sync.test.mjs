@@ -777,6 +777,33 @@ describe("sign-out", () => {
     }));
 });
 
+describe("sign-out while offline", () => {
+  test("the session is ended on the server once it is reachable, even after a reload", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const token = await signUp(page, "goingoffline");
+      // The network goes down, and the user signs out: the page forgets the user at once.
+      await page.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await context.setOffline(true);
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      const stored = () => page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:ending") ?? "[]"));
+      assert.deepEqual(await stored(), [token], "kept until the server has it");
+      assert.equal((await fetch(`${server.url}/api/user/me`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+
+      // The page is reloaded while still offline, then the network comes back.
+      await context.setOffline(false);
+      await page.reload();
+      await page.getByTestId("login-submit").waitFor();
+      await page.unroute("**/api/**");
+      await page.evaluate(() => window.dispatchEvent(new Event("online")));
+      await until(async () => (await stored()).length === 0, { what: "the session ended" });
+      assert.equal((await fetch(`${server.url}/api/user/me`, { headers: { authorization: `Bearer ${token}` } })).status, 401);
+      await context.close();
+    }));
+});
+
 describe("account deletion", () => {
   test("deleting the account empties every signed-in device, which sends none of its data back", () =>
     withServer(async (server) => {

@@ -51,6 +51,8 @@ pub struct Storage(Arc<Mutex<Stored>>);
 #[derive(Clone, Debug, Default)]
 pub struct Stored {
     pub session: Option<Session>,
+    /// Signed-out sessions the server has not ended yet (`Persist::EndingSessions`).
+    pub ending: Vec<String>,
     /// Per scope (the user id, or `None` for the guest).
     pub scopes: HashMap<Option<String>, StoredScope>,
 }
@@ -74,6 +76,7 @@ impl Storage {
     fn persist(&self, p: Persist) {
         let mut stored = self.lock();
         match p {
+            Persist::EndingSessions { tokens } => stored.ending = tokens,
             Persist::Record { scope, change } => {
                 let key = (change.collection.clone(), change.key.clone());
                 stored
@@ -129,6 +132,7 @@ impl Storage {
                 engine.restore_outbox(client_id.clone(), *next_id, mutations.clone());
             }
         }
+        engine.restore_ending_sessions(stored.ending.clone());
         session.map(|s| s.token)
     }
 }
@@ -155,6 +159,8 @@ pub struct Snapshot {
     /// Requests this device sent so far, by kind.
     pub pulls_sent: u64,
     pub pushes_sent: u64,
+    /// Signed-out sessions the server has not ended yet.
+    pub sessions_to_end: usize,
 }
 
 impl Snapshot {
@@ -261,7 +267,8 @@ impl Device {
         });
     }
 
-    /// Signs out: flushes what is queued, wipes the user's data, becomes a guest.
+    /// Signs out: flushes what is queued, wipes the user's data, becomes a guest; the
+    /// server ends the session (again later until it answers, if it cannot now).
     pub fn sign_out(&self) {
         self.send(Input::SignOut);
     }
@@ -415,7 +422,9 @@ impl Driver {
             }
             Input::SignOut => {
                 self.engine.sign_out(now);
-                self.token = None;
+                if let Some(token) = self.token.take() {
+                    self.engine.end_session(now, token);
+                }
                 self.options.storage.lock().session = None;
             }
             Input::Focus => self.engine.handle_focus(now),
@@ -433,6 +442,7 @@ impl Driver {
                     match request {
                         Request::Pull { .. } => self.pulls_sent += 1,
                         Request::Push { .. } => self.pushes_sent += 1,
+                        Request::EndSession { .. } => {}
                     }
                     let call = HttpCall {
                         http: self.http.clone(),
@@ -452,7 +462,11 @@ impl Driver {
                     self.engine.handle_leadership(now, true);
                 }
                 Command::Leadership(false) => {}
-                Command::Persist(p) => self.options.storage.persist(p),
+                Command::Persist(p) => {
+                    // The snapshot counts the sessions still to end.
+                    changed |= matches!(p, Persist::EndingSessions { .. });
+                    self.options.storage.persist(p);
+                }
                 Command::Broadcast(_) => {}
                 Command::Notify(_) => changed = true,
             }
@@ -480,6 +494,7 @@ impl Driver {
             records,
             pulls_sent: self.pulls_sent,
             pushes_sent: self.pushes_sent,
+            sessions_to_end: self.options.storage.lock().ending.len(),
         };
         self.snapshots.send_replace(snapshot);
     }
@@ -508,12 +523,32 @@ struct HttpCall {
 impl HttpCall {
     /// The answer, with the server's `Sinkron-Poll-Interval` (in ms) when a pull's carried it.
     async fn run(self, request: Request) -> (Reply, Option<u64>) {
+        if let Request::EndSession { token } = &request {
+            return (self.end_session(token).await, None);
+        }
         let Some(token) = self.token.as_deref() else {
             return (Reply::Failed(Failure::Unauthorized), None);
         };
         match request {
             Request::Pull { last_sync } => self.pull(token, last_sync).await,
             push => (self.push(token, push).await, None),
+        }
+    }
+
+    /// `POST /api/auth/logout` with a signed-out session's token.
+    async fn end_session(&self, token: &str) -> Reply {
+        let sent = self
+            .http
+            .post(format!("{}/api/auth/logout", self.base_url))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .send()
+            .await;
+        match sent {
+            Err(_) => Reply::Failed(Failure::Network),
+            Ok(response) => match succeeded(response).await {
+                Ok(_) => Reply::Done,
+                Err(failure) => Reply::Failed(failure),
+            },
         }
     }
 

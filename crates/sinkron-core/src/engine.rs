@@ -140,6 +140,11 @@ pub struct Engine {
     last_pull_at: Option<u64>,
     /// The interval the server last asked for (`Sinkron-Poll-Interval`), in ms.
     server_interval_ms: Option<u64>,
+    /// Signed-out sessions the server has not ended yet, oldest first ([`Engine::end_session`]).
+    ending: Vec<String>,
+    /// The request ending the first of them, when one is out.
+    ending_in_flight: Option<u64>,
+    ending_failures: u32,
     /// The first write of the burst the next push takes: a push never waits much longer.
     first_write_at: Option<u64>,
     failures: u32,
@@ -181,6 +186,9 @@ impl Engine {
             timers: TimerTable::default(),
             last_pull_at: None,
             server_interval_ms: None,
+            ending: Vec::new(),
+            ending_in_flight: None,
+            ending_failures: 0,
             first_write_at: None,
             failures: 0,
             last_synced_at: None,
@@ -411,6 +419,10 @@ impl Engine {
     /// the engine no longer waits for (sent before a sign-out, say) are ignored.
     pub fn handle_reply(&mut self, now: u64, id: u64, reply: Reply) {
         self.observe_time(now);
+        if self.ending_in_flight == Some(id) {
+            self.session_ended(now, reply);
+            return self.finish(now);
+        }
         let Some(index) = self.in_flight.iter().position(|f| f.id == id) else {
             return self.finish(now);
         };
@@ -502,7 +514,8 @@ impl Engine {
                     self.renumber_above(ack);
                 }
             }
-            Reply::Failed(Failure::Network) => self.failed(now, None),
+            // An answer with nothing in it to a pull or a push is not one.
+            Reply::Failed(Failure::Network) | Reply::Done => self.failed(now, None),
             Reply::Failed(Failure::Unavailable { retry_after_ms }) => {
                 self.failed(now, retry_after_ms)
             }
@@ -595,6 +608,64 @@ impl Engine {
         self.broadcast(TabBody::SignedOut);
         self.enter(None);
         self.finish(now);
+    }
+
+    /// The session of Sinkron's own accounts that was just signed out (its `token`) is to be
+    /// ended on the server too ([`Request::EndSession`]): at once, and again with a backoff
+    /// (at most one pull interval) until the server has answered, whether or not this tab
+    /// or the page lives that long — the token is kept in the device's storage until then
+    /// ([`Persist::EndingSessions`]), and a tab that starts later takes over. An answer that
+    /// the session is gone (401) or can never be ended (another 4xx) ends the attempts too.
+    pub fn end_session(&mut self, now: u64, token: String) {
+        self.observe_time(now);
+        if !token.is_empty() && !self.ending.contains(&token) {
+            self.ending.push(token);
+            self.persist_ending();
+            self.timers.set(Timer::EndSession, now);
+        }
+        self.finish(now);
+    }
+
+    /// Loads the sessions a previous page signed out but did not get the server to end.
+    pub fn restore_ending_sessions(&mut self, tokens: Vec<String>) {
+        self.ending = tokens;
+        if !self.ending.is_empty() {
+            self.timers.set(Timer::EndSession, 0);
+        }
+    }
+
+    fn persist_ending(&mut self) {
+        self.commands
+            .push_back(Command::Persist(Persist::EndingSessions {
+                tokens: self.ending.clone(),
+            }));
+    }
+
+    /// The answer to the request ending the first session: done, or again after a backoff.
+    fn session_ended(&mut self, now: u64, reply: Reply) {
+        self.ending_in_flight = None;
+        let retry_after = match reply {
+            Reply::Failed(Failure::Network | Failure::TokenExpired) => Some(None),
+            Reply::Failed(Failure::Unavailable { retry_after_ms }) => Some(retry_after_ms),
+            _ => None,
+        };
+        match retry_after {
+            Some(retry_after_ms) => {
+                self.ending_failures = self.ending_failures.saturating_add(1);
+                let delay = self.backoff(self.ending_failures, retry_after_ms);
+                self.timers.set(Timer::EndSession, now + delay);
+            }
+            None => {
+                self.ending_failures = 0;
+                if !self.ending.is_empty() {
+                    self.ending.remove(0);
+                }
+                self.persist_ending();
+                if !self.ending.is_empty() {
+                    self.timers.set(Timer::EndSession, now);
+                }
+            }
+        }
     }
 
     /// Sends the whole outbox at once with `keepalive` (within the keepalive budget): the
@@ -780,6 +851,9 @@ impl Engine {
     /// a signed-in user, a connection and a session. The one place that says when each timer
     /// counts: [`Engine::poll_timeout`] and [`Engine::fire_due`] both ask it.
     fn ready(&self, timer: Timer) -> bool {
+        if timer == Timer::EndSession {
+            return self.online && self.ending_in_flight.is_none() && !self.ending.is_empty();
+        }
         if self.regular_in_flight() {
             return false;
         }
@@ -795,6 +869,7 @@ impl Engine {
             Timer::Pull | Timer::Poll => self.can_pull(),
             // A hold on the others, never due itself.
             Timer::Retry => false,
+            Timer::EndSession => false,
         }
     }
 
@@ -806,13 +881,23 @@ impl Engine {
         if !planned && self.ready(Timer::Poll) {
             self.plan_poll(now);
         }
-        if let Some(timer) = self.timers.expired(now, &|timer| self.ready(timer)) {
-            self.fire(timer, now);
+        // A regular request and the end of a session go out independently: at most one of
+        // each.
+        for _ in 0..2 {
+            match self.timers.expired(now, &|timer| self.ready(timer)) {
+                Some(timer) => self.fire(timer, now),
+                None => break,
+            }
         }
     }
 
-    /// Sends the request `timer` stands for; it is ready and due.
+    /// Sends the request `timer` stands for; it is ready and due. Out of line: `fire_due`
+    /// calls it twice, and two inlined copies would cost the browser build a kilobyte.
+    #[inline(never)]
     fn fire(&mut self, timer: Timer, now: u64) {
+        if timer == Timer::EndSession {
+            return self.send_end_session();
+        }
         let pull = match timer {
             // A tab that has never pulled learns the account's state first, so its own
             // writes do not flicker out of view between the push and the pull.
@@ -821,7 +906,7 @@ impl Engine {
             // stays set until an answer carries the state, so a lost request is retried.
             Timer::State => self.can_pull(),
             Timer::Pull | Timer::Poll => true,
-            Timer::Retry => return,
+            Timer::Retry | Timer::EndSession => return,
         };
         if pull {
             return self.send_pull(now);
@@ -838,6 +923,20 @@ impl Engine {
         };
         let last_sync = self.cursor.clone();
         self.send_push(mutations, last_sync, false);
+    }
+
+    fn send_end_session(&mut self) {
+        self.timers.stop(Timer::EndSession);
+        let Some(token) = self.ending.first().cloned() else {
+            return;
+        };
+        let id = self.next_request();
+        self.ending_in_flight = Some(id);
+        self.commands.push_back(Command::Send {
+            id,
+            request: Request::EndSession { token },
+            fresh_token: false,
+        });
     }
 
     fn send_pull(&mut self, now: u64) {
@@ -983,16 +1082,21 @@ impl Engine {
     /// Exponential backoff with full jitter, never sooner than the server's `Retry-After`.
     fn failed(&mut self, now: u64, retry_after_ms: Option<u64>) {
         self.failures = self.failures.saturating_add(1);
-        let exponent = (self.failures - 1).min(20);
+        let delay = self.backoff(self.failures, retry_after_ms);
+        self.timers.set(Timer::Retry, now + delay);
+        self.error = Some(SyncError::Unreachable);
+    }
+
+    /// The wait after `failures` failures in a row (at least one): full jitter under a cap
+    /// that doubles with each, at most the pull interval, never sooner than `Retry-After`.
+    fn backoff(&mut self, failures: u32, retry_after_ms: Option<u64>) -> u64 {
+        let exponent = failures.saturating_sub(1).min(20);
         let cap = (self.config.backoff_base_ms << exponent)
             .min(self.config.backoff_ms_max)
             .min(self.interval());
-        let delay = self
-            .rng
+        self.rng
             .below_or_equal(cap)
-            .max(retry_after_ms.unwrap_or(0));
-        self.timers.set(Timer::Retry, now + delay);
-        self.error = Some(SyncError::Unreachable);
+            .max(retry_after_ms.unwrap_or(0))
     }
 
     /// Drops this tab's mutations up to `ack` and tells the other tabs. Writes the server

@@ -505,16 +505,31 @@ impl Driver {
                 self.engine.handle_leadership(now, true);
             }
             Input::SignIn(same) => self.engine.sign_in(now, if same { "u1" } else { "u2" }),
-            Input::SignOut => self.engine.sign_out(now),
+            Input::SignOut => {
+                // As with Sinkron's own accounts: the server is to end the session.
+                self.engine.sign_out(now);
+                self.engine.end_session(now, format!("token-{now}"));
+            }
             Input::Flush => self.engine.flush(now),
             Input::Answer(index, outcome) => {
                 if self.in_flight.is_empty() {
                     return;
                 }
                 let sent = self.in_flight.remove(index.index(self.in_flight.len()));
+                if let Request::EndSession { .. } = &sent.request {
+                    let reply = match outcome {
+                        Outcome::Ok { .. } | Outcome::NotModified => Reply::Done,
+                        Outcome::Network => Reply::Failed(Failure::Network),
+                        Outcome::Unavailable(retry_after_ms) => {
+                            Reply::Failed(Failure::Unavailable { retry_after_ms })
+                        }
+                        _ => Reply::Failed(Failure::Unauthorized),
+                    };
+                    return self.engine.handle_reply(now, sent.id, reply);
+                }
                 let pushed_max = match &sent.request {
                     Request::Push { mutations, .. } => Some(mutations.last().map_or(0, |m| m.id)),
-                    Request::Pull { .. } => None,
+                    _ => None,
                 };
                 let reply = match (outcome, pushed_max) {
                     (

@@ -336,6 +336,42 @@ async fn sign_out_wipes_the_device_and_the_next_user_sees_nothing(backend: Backe
     assert!(next.records.values().all(|r| r.is_empty()), "{next:?}");
 }
 
+async fn a_sign_out_while_the_server_is_down_ends_the_session_once_it_is_back(backend: Backend) {
+    let (_dir, mut server) = fresh(backend);
+    let device = Device::start(&server.url, options(13));
+    let session = device.register("ivan", "password1").await.unwrap();
+    device.wait_for(WAIT, synced).await.unwrap();
+    let status = |token: String, url: String| async move {
+        reqwest::Client::new()
+            .get(format!("{url}/api/user/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+
+    server.kill();
+    device.sign_out();
+    let waiting = device
+        .wait_for(WAIT, |s| s.user.is_none() && s.sessions_to_end == 1)
+        .await
+        .expect("signed out here, the session kept to end");
+    assert!(waiting.records.values().all(|r| r.is_empty()));
+
+    server.restart();
+    device
+        .wait_for(WAIT, |s| s.sessions_to_end == 0)
+        .await
+        .expect("ended once the server is back");
+    assert_eq!(
+        status(session.token.clone(), server.url.clone())
+            .await
+            .unwrap(),
+        401,
+        "the session's token no longer works"
+    );
+}
+
 async fn eight_devices_push_concurrently_while_a_ninth_follows(backend: Backend) {
     let (_dir, server) = fresh(backend);
     let reader = Device::start(&server.url, options(100));
@@ -499,5 +535,6 @@ on_every_backend!(
     writes_made_while_the_server_was_down_are_delivered_once,
     a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in,
     sign_out_wipes_the_device_and_the_next_user_sees_nothing,
+    a_sign_out_while_the_server_is_down_ends_the_session_once_it_is_back,
     eight_devices_push_concurrently_while_a_ninth_follows,
 );

@@ -233,6 +233,12 @@ impl Server {
         };
         let mut clamps = Vec::new();
         let (reply, summary) = match request {
+            Request::EndSession { .. } => {
+                return Err(Violation::new(
+                    "sim",
+                    "a session ended: the simulation signs in with the site's tokens",
+                ));
+            }
             Request::Pull { last_sync } => {
                 if status == StatusCode::NOT_MODIFIED {
                     self.check_not_modified(user, last_sync.as_deref())?;
@@ -619,6 +625,9 @@ fn build_request(token: &str, request: &Request) -> Result<HttpRequest<Body>, St
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(bytes))
         }
+        Request::EndSession { token } => HttpRequest::post("/api/auth/logout")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty()),
     };
     http.map_err(|e| e.to_string())
 }

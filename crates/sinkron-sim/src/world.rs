@@ -618,6 +618,7 @@ impl World {
 fn request_summary(request: &Request) -> String {
     match request {
         Request::Pull { last_sync } => format!("pull lastSync={last_sync:?}"),
+        Request::EndSession { .. } => "end session".into(),
         Request::Push {
             client_id,
             mutations,
@@ -653,6 +654,7 @@ fn reply_summary(reply: &Reply) -> String {
             )
         }
         Reply::NotModified => "304".into(),
+        Reply::Done => "done".into(),
         Reply::Failed(f) => format!("failed {f:?}"),
     }
 }

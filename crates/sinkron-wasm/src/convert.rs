@@ -130,6 +130,10 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
                     }
                     j.raw("}");
                 }
+                Request::EndSession { token } => {
+                    j.field("kind").string("endSession");
+                    j.field("token").string(token);
+                }
             }
         }
         Command::Leadership(want) => {
@@ -200,6 +204,16 @@ fn persist(j: &mut Json, p: &Persist) {
         Persist::Wipe { scope } => {
             j.field("t").string("wipe");
             j.field("scope").opt_string(scope.as_deref());
+        }
+        Persist::EndingSessions { tokens } => {
+            j.field("t").string("ending").field("tokens").raw("[");
+            for (i, token) in tokens.iter().enumerate() {
+                if i > 0 {
+                    j.raw(",");
+                }
+                j.string(token);
+            }
+            j.raw("]");
         }
         Persist::Evict { scope, keys } => {
             j.field("t").string("evict");

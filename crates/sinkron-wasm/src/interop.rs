@@ -128,7 +128,13 @@ fn run(
             j.raw("null");
         }
         "signOut" => {
-            engine.sign_out(now()?);
+            let now = now()?;
+            // A session of Sinkron's own accounts, which the server is to end too.
+            let end = call.opt_str("endSession")?;
+            engine.sign_out(now);
+            if let Some(token) = end {
+                engine.end_session(now, token.into());
+            }
             j.raw("null");
         }
         "flush" => {
@@ -141,11 +147,16 @@ fn run(
             let cursor = call.opt_str("cursor")?;
             let partial = call.bool("partial")?;
             let records = list(call, "records", change)?;
+            let mut ending = Vec::new();
+            for token in call.items("ending")? {
+                ending.push(token.string_value("ending")?);
+            }
             engine.restore_user(user.map(Into::into));
             for record in records {
                 engine.restore_record(record);
             }
             engine.restore_cursor(cursor.map(Into::into), !partial);
+            engine.restore_ending_sessions(ending);
             j.raw("null");
         }
         "adoptionOrder" => {
@@ -209,11 +220,8 @@ fn run(
             let id = call.u64("id")?;
             let reply = reply(call, body)?;
             // `Sinkron-Poll-Interval`, whole seconds; anything else is not a hint.
-            let hint = call
-                .opt_str("pollInterval")?
-                .and_then(|s| s.trim().parse::<u64>().ok());
-            if let Some(seconds) = hint {
-                engine.handle_poll_interval(seconds.saturating_mul(1000));
+            if let Some(ms) = seconds_ms(call.opt_str("pollInterval")?) {
+                engine.handle_poll_interval(ms);
             }
             engine.handle_reply(now, id, reply);
             j.raw("null");
@@ -247,13 +255,17 @@ fn init(call: &Node<'_>) -> Result<Engine, Error> {
 /// page in `body`, or an error with the protocol's error body.
 fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
     let status = call.u64("status")?;
-    let push = match call.str("kind")? {
-        "push" => true,
+    let kind = call.str("kind")?;
+    let push = match kind {
+        "push" | "endSession" => true,
         "pull" => false,
-        _ => return Err(Error::new("kind", "pull or push")),
+        _ => return Err(Error::new("kind", "pull, push or endSession")),
     };
     if status == 304 {
         return Ok(Reply::NotModified);
+    }
+    if kind == "endSession" && (200..300).contains(&status) {
+        return Ok(Reply::Done);
     }
     let parsed = json::parse(body).ok();
     if (200..300).contains(&status) {
@@ -267,11 +279,7 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
     let code = error.and_then(|e| e.opt_str("code").ok()?);
     let ack = error.and_then(|e| e.opt_u64("ack").ok()?);
     // `Retry-After` in whole seconds (an HTTP date is not used by the server).
-    let retry_after_ms = call
-        .opt_str("retryAfter")?
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .filter(|&s| s > 0)
-        .map(|s| s.saturating_mul(1000));
+    let retry_after_ms = seconds_ms(call.opt_str("retryAfter")?).filter(|&ms| ms > 0);
     let status = u16::try_from(status).map_err(|_| Error::new("status", "an HTTP status"))?;
     Ok(Reply::Failed(Failure::from_status(
         status,
@@ -279,6 +287,17 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
         ack,
         code,
     )))
+}
+
+/// A header of whole seconds (`fetch` hands it trimmed), in ms; `None` for anything else.
+fn seconds_ms(header: Option<&str>) -> Option<u64> {
+    let digits = header.filter(|h| !h.is_empty() && h.len() <= 9)?;
+    digits
+        .bytes()
+        .try_fold(0u64, |n, b| {
+            b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+        })
+        .map(|s| s * 1000)
 }
 
 fn page(body: &Node<'_>, push: bool) -> Result<Reply, Error> {
@@ -492,7 +511,7 @@ mod tests {
             ),
             (
                 r#"{"t":"reply","now":1,"id":1,"kind":"poll","status":200}"#,
-                "kind: expected pull or push",
+                "kind: expected pull, push or endSession",
             ),
         ] {
             let answer = call(&mut slot, input, "");

@@ -299,6 +299,15 @@ impl<'a> Node<'a> {
         self.opt_str(name)?.ok_or(Error::new(name, "a value"))
     }
 
+    /// This node as a string (an item of the array field `name`).
+    #[inline(never)]
+    pub fn string_value(&self, name: &'static str) -> Result<String, Error> {
+        match &self.kind {
+            Kind::String(s) => Ok(s.clone()),
+            _ => Err(Error::new(name, "a string")),
+        }
+    }
+
     /// An owned copy of the string field `name`.
     #[inline(never)]
     pub fn string(&self, name: &'static str) -> Result<String, Error> {

@@ -197,17 +197,11 @@ export class SinkronClient {
    * the site ends its own.
    */
   async signOut(): Promise<void> {
-    const token = this.storage.session()?.token;
-    this.call({ t: "signOut", now: Date.now() });
+    // The built-in session's token: the engine has the server end it, until it answers.
+    const endSession = this.storage.session()?.token || null;
+    this.call({ t: "signOut", now: Date.now(), endSession });
     this.storage.setSession(null);
     this.lastToken = null;
-    if (token) {
-      await fetch(`${this.baseUrl}/api/auth/logout`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${token}` },
-        keepalive: true,
-      }).catch(() => undefined);
-    }
   }
 
   /** Stops syncing in this tab (listeners, timers, locks). */
@@ -241,7 +235,8 @@ export class SinkronClient {
     const user = this.storage.session()?.user.id ?? null;
     const storage = this.storage;
     storage.onFull = (scope) => this.call<boolean>({ t: "storageFull", scope });
-    this.call({ t: "restore", user, cursor: storage.cursor(user), partial: storage.partial(user), records: storage.records(user) });
+    const restore = { user, cursor: storage.cursor(user), partial: storage.partial(user), records: storage.records(user), ending: storage.ending() };
+    this.call({ t: "restore", ...restore });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
     // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
@@ -345,6 +340,8 @@ export class SinkronClient {
         return s.wipe(c.scope);
       case "evict":
         return s.evict(c.scope, c.keys);
+      case "ending":
+        return s.setEnding(c.tokens);
       case "broadcast":
         return this.broadcast(c.message);
       case "send":
@@ -463,6 +460,11 @@ export class SinkronClient {
     const headers: Record<string, string> = {};
     let response: Response;
     try {
+      if (c.kind === "endSession") {
+        const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true };
+        response = await fetch(`${this.baseUrl}/api/auth/logout`, init);
+        return reply(response.status, response.headers);
+      }
       const authorization = await this.authorization(c);
       // No token to send: answered as the server would.
       if (authorization === null) return reply(401);

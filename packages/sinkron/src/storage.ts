@@ -2,6 +2,7 @@
 //
 // Layout (all keys start with `sinkron:v1:`):
 //   session                      the signed-in session {token, user}
+//   ending                       signed-out sessions' tokens the server has not ended yet
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
@@ -59,6 +60,17 @@ export class DeviceStorage {
   setSession(session: Session | null) {
     if (session) this.write(`${ROOT}session`, JSON.stringify(session));
     else this.store.removeItem(`${ROOT}session`);
+  }
+
+  /** Signed-out sessions' tokens the server has not ended yet. */
+  ending(): string[] {
+    const tokens = this.readJson<unknown>(`${ROOT}ending`);
+    return Array.isArray(tokens) ? tokens.filter((t): t is string => typeof t === "string") : [];
+  }
+
+  setEnding(tokens: string[]) {
+    if (tokens.length > 0) this.write(`${ROOT}ending`, JSON.stringify(tokens));
+    else this.store.removeItem(`${ROOT}ending`);
   }
 
   cursor(scope: string | null): string | null {

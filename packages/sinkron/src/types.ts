@@ -72,10 +72,11 @@ export type Call =
   | { t: "collection"; name: string }
   | { t: "write"; now: number; collection: string; key: string; value: Value | null }
   | { t: "signIn"; now: number; user: string }
-  | { t: "signOut"; now: number }
+  /** `endSession`: the built-in session's token, for the engine to have the server end it. */
+  | { t: "signOut"; now: number; endSession: string | null }
   | { t: "flush"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
-  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[] }
+  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[] }
   /** Storing something of `scope` failed for lack of room; answers whether the engine freed some (then try again). */
   | { t: "storageFull"; scope: string | null }
   | { t: "adoptionOrder"; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
@@ -86,7 +87,7 @@ export type Call =
   | { t: "online"; now: number; online: boolean }
   | { t: "leadership"; now: number; leader: boolean }
   /** The answer to a `send`: `status` 0 for none at all, its `Retry-After` and `Sinkron-Poll-Interval` headers; its body goes beside the call, as text. */
-  | { t: "reply"; now: number; id: number; kind: "pull" | "push"; status: number; retryAfter: string | null; pollInterval: string | null }
+  | { t: "reply"; now: number; id: number; kind: "pull" | "push" | "endSession"; status: number; retryAfter: string | null; pollInterval: string | null }
   | { t: "tab"; now: number; message: TabMessage };
 
 /** The engine's answer to a call: its result, its commands and its next deadline (-1: none); or why it refused the call. */
@@ -98,11 +99,15 @@ export type Command =
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "wipe"; scope: string | null }
+  /** Store the signed-out sessions the server has not ended yet (device-wide). */
+  | { t: "ending"; tokens: string[] }
   /** Drop these stored records (they stay in view) and mark the scope's stored records incomplete until the next `clear`. */
   | { t: "evict"; scope: string | null; keys: Array<{ collection: string; key: string }> }
   | { t: "broadcast"; message: TabMessage }
   | { t: "send"; id: number; freshToken: boolean; kind: "pull"; lastSync: string | null }
   | { t: "send"; id: number; freshToken: boolean; kind: "push"; keepalive: boolean; body: { clientId: string; mutations: Mutation[]; lastSync?: string } }
+  /** `POST /api/auth/logout` with a signed-out session's `token` (keepalive). */
+  | { t: "send"; id: number; freshToken: boolean; kind: "endSession"; token: string }
   | { t: "leadership"; want: boolean }
   | { t: "notify"; what: "changed"; collections: string[] }
   | { t: "notify"; what: "everything" }

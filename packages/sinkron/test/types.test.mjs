@@ -40,7 +40,7 @@ async function scenario() {
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
   run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, seedHigh: 1, seedLow: 2 });
-  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)] });
+  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [] });
   const order = run({ t: "adoptionOrder", previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
   run({ t: "restoreOutbox", clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });
@@ -78,7 +78,8 @@ async function scenario() {
   // A tab that does not lead asks the leader to pull.
   run({ t: "leadership", now: NOW + 135_000, leader: false });
   run({ t: "focus", now: NOW + 136_000 });
-  run({ t: "signOut", now: NOW + 140_000 });
+  run({ t: "signOut", now: NOW + 140_000, endSession: "a".repeat(64) });
+  reply("endSession", 204);
   run({ t: "tab", now: NOW + 140_000, message: { scope: null, kind: "signedOut" } });
   return { calls, answers, commands: answers.flatMap((a) => a.c) };
 }

@@ -62,6 +62,9 @@ pub enum Persist {
     },
     /// Forget everything of the scope: records, cursor, outboxes.
     Wipe { scope: Option<String> },
+    /// The sessions signed out on this device that the server has not yet ended (device-wide,
+    /// not per scope), to restore with [`Engine::restore_ending_sessions`].
+    EndingSessions { tokens: Vec<String> },
     /// The storage is full ([`Engine::handle_storage_full`]): drop these stored records (they
     /// stay in view) and mark the scope's stored records incomplete until the next
     /// [`Persist::ClearRecords`]. A driver restoring a scope so marked passes
@@ -97,6 +100,9 @@ pub enum Request {
         /// Send with `fetch(..., {keepalive: true})`: the page is being hidden or closed.
         keepalive: bool,
     },
+    /// `POST /api/auth/logout` with `token` (a signed-out session of Sinkron's own
+    /// accounts), with `keepalive`: the server ends the session.
+    EndSession { token: String },
 }
 
 /// A page of server state, from a pull or a push answer.
@@ -118,6 +124,8 @@ pub enum Reply {
     Pushed { ack: u64, page: Page },
     /// 304 to a pull: nothing changed.
     NotModified,
+    /// 2xx to a request whose answer holds nothing to read ([`Request::EndSession`]).
+    Done,
     /// No answer (network error, timeout) or an error status.
     Failed(Failure),
 }

@@ -1893,3 +1893,98 @@ fn a_retry_never_waits_longer_than_the_interval_the_server_asked_for() {
         "the backoff grew past the app's interval: {longest}"
     );
 }
+
+/// The sessions a tab's `EndingSessions` persists, from its commands.
+fn ending_persisted(commands: &[Command]) -> Option<Vec<String>> {
+    commands.iter().rev().find_map(|c| match c {
+        Command::Persist(Persist::EndingSessions { tokens }) => Some(tokens.clone()),
+        _ => None,
+    })
+}
+
+fn end_session_sent(commands: &[Command]) -> Option<(u64, String)> {
+    commands.iter().find_map(|c| match c {
+        Command::Send {
+            id,
+            request: Request::EndSession { token },
+            ..
+        } => Some((*id, token.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_signed_out_session_is_ended_on_the_server_until_it_answers() {
+    let mut tab = Tab::leader();
+    tab.engine.sign_out(tab.now);
+    tab.engine.end_session(tab.now, "tok-1".into());
+    let commands = tab.drain();
+    assert_eq!(ending_persisted(&commands), Some(vec!["tok-1".to_owned()]));
+    let (id, token) = end_session_sent(&commands).expect("sent at once");
+    assert_eq!(token, "tok-1");
+    // Unreachable, then the server busy: tried again, each time within one pull interval.
+    let mut id = id;
+    for reply in [
+        Reply::Failed(Failure::Network),
+        Reply::Failed(Failure::Unavailable {
+            retry_after_ms: Some(5_000),
+        }),
+        Reply::Failed(Failure::Network),
+    ] {
+        let failed_at = tab.now;
+        tab.reply(id, reply);
+        assert!(end_session_sent(&tab.drain()).is_none(), "not at once");
+        let retry = tab.engine.poll_timeout().expect("a retry");
+        assert!(retry - failed_at <= 30_000, "waited {}", retry - failed_at);
+        tab.fire();
+        (id, _) = end_session_sent(&tab.drain()).expect("sent again");
+    }
+    // Done: forgotten, and nothing more is sent.
+    tab.reply(id, Reply::Done);
+    assert_eq!(ending_persisted(&tab.drain()), Some(vec![]));
+    assert_eq!(tab.engine.poll_timeout(), None);
+}
+
+#[test]
+fn ending_a_session_waits_for_a_connection_and_survives_a_restart() {
+    let mut tab = Tab::leader();
+    tab.engine.handle_online(tab.now, false);
+    tab.engine.sign_out(tab.now);
+    tab.engine.end_session(tab.now, "tok-1".into());
+    let commands = tab.drain();
+    assert!(
+        end_session_sent(&commands).is_none(),
+        "offline: nothing sent"
+    );
+    assert_eq!(ending_persisted(&commands), Some(vec!["tok-1".to_owned()]));
+    // The page closes; another one starts on the same storage, back online.
+    let mut next = Tab::new(2);
+    next.engine.restore_ending_sessions(vec!["tok-1".into()]);
+    next.engine.handle_online(next.now, true);
+    let (id, token) = end_session_sent(&next.drain()).expect("the new page ends it");
+    assert_eq!(token, "tok-1");
+    // A session the server no longer has (401) needs no more attempts.
+    next.reply(id, Reply::Failed(Failure::Unauthorized));
+    assert_eq!(ending_persisted(&next.drain()), Some(vec![]));
+    assert_eq!(next.engine.poll_timeout(), None);
+    assert_eq!(
+        next.engine.status().error,
+        None,
+        "the guest's status is not touched"
+    );
+}
+
+#[test]
+fn ending_a_session_waits_for_no_other_request() {
+    let mut tab = Tab::leader();
+    tab.at(30_000);
+    let (pull, _) = tab.only_send();
+    // A pull is in flight when another session (signed out elsewhere in this tab's life) is
+    // to be ended: it goes out at once all the same.
+    tab.engine.end_session(tab.now, "tok-old".into());
+    let (id, _) = end_session_sent(&tab.drain()).expect("not held by the pull");
+    tab.reply(id, Reply::Done);
+    tab.reply(pull, Reply::NotModified);
+    tab.drain();
+    assert!(tab.engine.status().signed_in);
+}

@@ -29,15 +29,19 @@ pub(super) enum Timer {
     /// The backoff after a failed request. It fires nothing itself: every other timer waits
     /// for it.
     Retry,
+    /// A signed-out session to end on the server, apart from the user's requests: it has
+    /// its own backoff and waits for no other request.
+    EndSession,
 }
 
 impl Timer {
-    const ALL: [Timer; 5] = [
+    const ALL: [Timer; 6] = [
         Timer::Push,
         Timer::State,
         Timer::Pull,
         Timer::Poll,
         Timer::Retry,
+        Timer::EndSession,
     ];
 }
 
@@ -76,7 +80,7 @@ impl TimerTable {
     fn fires_at(&self, timer: Timer) -> Option<u64> {
         let at = self.get(timer)?;
         Some(match timer {
-            Timer::Retry => at,
+            Timer::Retry | Timer::EndSession => at,
             _ => at.max(self.get(Timer::Retry).unwrap_or(0)),
         })
     }

@@ -83,6 +83,13 @@ impl World {
                 scope.records.clear();
                 scope.partial = false;
             }
+            Persist::EndingSessions { .. } => {
+                return Err(Violation::new(
+                    "sim",
+                    "a session to end: the simulation signs in with the site's tokens, which \
+                     Sinkron does not end",
+                ));
+            }
             Persist::Evict { scope, keys } => {
                 let scope = storage.entry(scope).or_default();
                 for key in keys {
