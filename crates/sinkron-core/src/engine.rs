@@ -795,7 +795,12 @@ impl Engine {
         self.in_flight.clear();
         self.view.clear_all_but_outbox();
         self.cursor = None;
+        // Every deadline was the previous user's, but ending a signed-out session goes on.
+        let ending = self.timers.get(Timer::EndSession);
         self.timers = TimerTable::default();
+        if let Some(at) = ending {
+            self.timers.set(Timer::EndSession, at);
+        }
         self.last_pull_at = None;
         self.failures = 0;
         self.last_synced_at = None;

@@ -1988,3 +1988,20 @@ fn ending_a_session_waits_for_no_other_request() {
     tab.drain();
     assert!(tab.engine.status().signed_in);
 }
+
+#[test]
+fn a_session_still_to_end_is_not_forgotten_by_the_next_sign_in() {
+    let mut tab = Tab::leader();
+    tab.engine.sign_out(tab.now);
+    tab.engine.end_session(tab.now, "tok-1".into());
+    let (id, _) = end_session_sent(&tab.drain()).expect("sent");
+    tab.reply(id, Reply::Failed(Failure::Network));
+    tab.drain();
+    // Another user signs in before the retry.
+    tab.engine.sign_in(tab.now, "u2");
+    tab.drain();
+    tab.now += 30_000;
+    tab.engine.handle_timeout(tab.now);
+    let (_, token) = end_session_sent(&tab.drain()).expect("tried again");
+    assert_eq!(token, "tok-1");
+}
