@@ -53,6 +53,8 @@ pub struct Stored {
     pub session: Option<Session>,
     /// Signed-out sessions the server has not ended yet (`Persist::EndingSessions`).
     pub ending: Vec<String>,
+    /// Scopes whose data from before Sinkron was adopted (`Persist::Adopted`).
+    pub adopted: Vec<Option<String>>,
     /// Per scope (the user id, or `None` for the guest).
     pub scopes: HashMap<Option<String>, StoredScope>,
 }
@@ -77,6 +79,7 @@ impl Storage {
         let mut stored = self.lock();
         match p {
             Persist::EndingSessions { tokens } => stored.ending = tokens,
+            Persist::Adopted { scopes } => stored.adopted = scopes,
             Persist::Record { scope, change } => {
                 let key = (change.collection.clone(), change.key.clone());
                 stored
@@ -121,6 +124,7 @@ impl Storage {
         let stored = self.lock();
         let session = stored.session.clone();
         let user = session.as_ref().map(|s| s.user.id.clone());
+        engine.restore_adopted(stored.adopted.clone());
         engine.restore_user(user.clone());
         if let Some(scope) = stored.scopes.get(&user) {
             engine.restore_cursor(scope.cursor.clone(), !scope.partial);
@@ -469,6 +473,12 @@ impl Driver {
                 }
                 Command::Broadcast(_) => {}
                 Command::Notify(_) => changed = true,
+                // A native app brings its earlier data in with `write`; there is none to
+                // hand over here.
+                Command::Adopt { scope } => {
+                    let now = self.now();
+                    let _ = self.engine.adopt(now, scope.as_deref(), Vec::new());
+                }
             }
         }
         if changed {

@@ -140,6 +140,8 @@ pub struct Engine {
     last_pull_at: Option<u64>,
     /// The interval the server last asked for (`Sinkron-Poll-Interval`), in ms.
     server_interval_ms: Option<u64>,
+    /// The scopes whose data from before Sinkron is adopted ([`Engine::adopt`]).
+    adopted: Vec<Option<String>>,
     /// Signed-out sessions the server has not ended yet, oldest first ([`Engine::end_session`]).
     ending: Vec<String>,
     /// The request ending the first of them, when one is out.
@@ -186,6 +188,7 @@ impl Engine {
             timers: TimerTable::default(),
             last_pull_at: None,
             server_interval_ms: None,
+            adopted: Vec::new(),
             ending: Vec::new(),
             ending_in_flight: None,
             ending_failures: 0,
@@ -535,13 +538,27 @@ impl Engine {
         value: Option<String>,
     ) -> Result<(), WriteError> {
         validate_write(collection, key, value.as_deref())?;
+        self.write_stamped(now, RecordKey::new(collection, key), value, None);
+        self.finish(now);
+        Ok(())
+    }
+
+    /// A write stamped by the clock, or with `stamp` (an adopted record's own time). Out of
+    /// line: inlined into both callers it would cost the browser build a kilobyte.
+    #[inline(never)]
+    fn write_stamped(
+        &mut self,
+        now: u64,
+        key: RecordKey,
+        value: Option<String>,
+        stamp: Option<u64>,
+    ) {
         self.observe_time(now);
         let record = Record {
             value,
-            updated_at: self.clock.stamp(now),
+            updated_at: stamp.unwrap_or_else(|| self.clock.stamp(now)),
             client_id: self.client_id.clone(),
         };
-        let key = RecordKey::new(collection, key);
         let sent_max = self.sent_max;
         // Coalesce with the queued write to the same key unless that one was already sent.
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
@@ -571,8 +588,6 @@ impl Engine {
         let first = *self.first_write_at.get_or_insert(now);
         let due = (now + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max);
         self.timers.set(Timer::Push, due);
-        self.finish(now);
-        Ok(())
     }
 
     /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
@@ -767,6 +782,59 @@ impl Engine {
     /// Loads the signed-in user persisted by the driver (before any other input).
     pub fn restore_user(&mut self, user: Option<String>) {
         self.user = user;
+        self.want_adoption();
+    }
+
+    /// Loads the scopes whose data from before Sinkron was adopted on this device
+    /// ([`Persist::Adopted`]); before [`Engine::restore_user`].
+    pub fn restore_adopted(&mut self, scopes: Vec<Option<String>>) {
+        self.adopted = scopes;
+    }
+
+    /// Asks the app for the scope's data from before Sinkron, unless it was adopted.
+    fn want_adoption(&mut self) {
+        if self.config.adopt_legacy && !self.adopted.contains(&self.user) {
+            self.commands.push_back(Command::Adopt {
+                scope: self.user.clone(),
+            });
+        }
+    }
+
+    /// The app's data of `scope` from before Sinkron ([`Command::Adopt`]): each record
+    /// `(key, value, updated_at)` becomes a local write stamped with its own `updated_at`
+    /// (no later than now), so it syncs and the newest write wins against what the server
+    /// already holds; the scope is then marked adopted for good ([`Persist::Adopted`]). All
+    /// or nothing: one record the engine would refuse refuses them all and nothing is marked,
+    /// so the app can be asked again. Data for a scope this tab has left is dropped (the
+    /// next tab in that scope asks again).
+    pub fn adopt(
+        &mut self,
+        now: u64,
+        scope: Option<&str>,
+        records: Vec<(RecordKey, Option<String>, Option<u64>)>,
+    ) -> Result<(), WriteError> {
+        if scope != self.user.as_deref() {
+            return Ok(());
+        }
+        for (key, value, _) in &records {
+            validate_write(&key.collection, &key.key, value.as_deref())?;
+        }
+        for (key, value, updated_at) in records {
+            let stamp = updated_at.map(|t| t.min(now));
+            // What this tab already shows for the key and is newer stays (an adopted record
+            // must not even replace a queued write).
+            let shown = self.view.get(&key).map(|r| r.updated_at);
+            if stamp.is_some_and(|t| shown.is_some_and(|s| s >= t)) {
+                continue;
+            }
+            self.write_stamped(now, key, value, stamp);
+        }
+        self.adopted.push(self.user.clone());
+        self.commands.push_back(Command::Persist(Persist::Adopted {
+            scopes: self.adopted.clone(),
+        }));
+        self.finish(now);
+        Ok(())
     }
 
     // ----- internals -----
@@ -826,6 +894,7 @@ impl Engine {
         }
         self.persist_outbox();
         self.commands.push_back(Command::Notify(Notice::Everything));
+        self.want_adoption();
     }
 
     fn finish(&mut self, now: u64) {

@@ -514,6 +514,12 @@ impl World {
                 Command::Leadership(true) => self.lock_request(d, tab_id),
                 Command::Leadership(false) => self.lock_release(d, tab_id),
                 Command::Notify(_) => {}
+                Command::Adopt { .. } => {
+                    return Err(Violation::new(
+                        "sim",
+                        "asked for data from before Sinkron: the simulation's engines adopt none",
+                    ));
+                }
             }
         }
         let local = self.local(d);

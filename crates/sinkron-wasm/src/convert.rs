@@ -136,6 +136,10 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
                 }
             }
         }
+        Command::Adopt { scope } => {
+            j.field("t").string("adopt");
+            j.field("scope").opt_string(scope.as_deref());
+        }
         Command::Leadership(want) => {
             j.field("t")
                 .string("leadership")
@@ -204,6 +208,16 @@ fn persist(j: &mut Json, p: &Persist) {
         Persist::Wipe { scope } => {
             j.field("t").string("wipe");
             j.field("scope").opt_string(scope.as_deref());
+        }
+        Persist::Adopted { scopes } => {
+            j.field("t").string("adopted").field("scopes").raw("[");
+            for (i, scope) in scopes.iter().enumerate() {
+                if i > 0 {
+                    j.raw(",");
+                }
+                j.opt_string(scope.as_deref());
+            }
+            j.raw("]");
         }
         Persist::EndingSessions { tokens } => {
             j.field("t").string("ending").field("tokens").raw("[");

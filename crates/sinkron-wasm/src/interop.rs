@@ -151,6 +151,11 @@ fn run(
             for token in call.items("ending")? {
                 ending.push(token.string_value("ending")?);
             }
+            let mut adopted = Vec::new();
+            for scope in call.items("adopted")? {
+                adopted.push(scope.opt_string_value("adopted")?);
+            }
+            engine.restore_adopted(adopted);
             engine.restore_user(user.map(Into::into));
             for record in records {
                 engine.restore_record(record);
@@ -181,6 +186,19 @@ fn run(
             let next = call.u64("next")?;
             let mutations = list(call, "mutations", mutation)?;
             engine.restore_outbox(client_id.into(), next, mutations);
+            j.raw("null");
+        }
+        "adopt" => {
+            let now = now()?;
+            let scope = call.opt_str("scope")?;
+            let mut records = Vec::new();
+            for n in call.items("records")? {
+                let key = RecordKey::new(n.str("collection")?, n.str("key")?);
+                records.push((key, n.value("value")?, n.opt_u64("updatedAt")?));
+            }
+            engine
+                .adopt(now, scope, records)
+                .map_err(|e| Refusal::Write(e.code()))?;
             j.raw("null");
         }
         "storageFull" => {
@@ -243,6 +261,7 @@ fn init(call: &Node<'_>) -> Result<Engine, Error> {
         _ => Config::default(),
     };
     let switch = |name, default: bool| Ok(call.opt_bool(name)?.unwrap_or(default));
+    config.adopt_legacy = switch("adoptLegacy", false)?;
     config.pull_on_sign_in = switch("pullOnSignIn", config.pull_on_sign_in)?;
     config.pull_on_focus = switch("pullOnFocus", config.pull_on_focus)?;
     config.pull_on_online = switch("pullOnOnline", config.pull_on_online)?;

@@ -308,6 +308,15 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// This node as a string or `null` (an item of the array field `name`).
+    #[inline(never)]
+    pub fn opt_string_value(&self, name: &'static str) -> Result<Option<String>, Error> {
+        match &self.kind {
+            Kind::Null => Ok(None),
+            _ => self.string_value(name).map(Some),
+        }
+    }
+
     /// An owned copy of the string field `name`.
     #[inline(never)]
     pub fn string(&self, name: &'static str) -> Result<String, Error> {

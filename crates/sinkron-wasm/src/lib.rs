@@ -41,6 +41,7 @@ static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> 
 
 use alloc::boxed::Box;
 use alloc::vec;
+use alloc::vec::Vec;
 use sinkron_core::Engine;
 
 /// One tab's engine, and its last answer (kept until the next call, for JavaScript to read).
@@ -72,7 +73,11 @@ pub unsafe extern "C" fn sinkron_free(sinkron: *mut Sinkron) {
 /// back.
 #[no_mangle]
 pub extern "C" fn sinkron_buffer(len: usize) -> *mut u8 {
-    Box::into_raw(vec![0u8; len].into_boxed_slice()).cast()
+    // `vec![x; n]` has a capacity of exactly `n`, which `sinkron_call` relies on.
+    let mut buffer = vec![0u8; len];
+    let at = buffer.as_mut_ptr();
+    core::mem::forget(buffer);
+    at
 }
 
 /// Runs one call: `buffer` (from [`sinkron_buffer`], `len` bytes, taken back here) holds the
@@ -89,13 +94,9 @@ pub unsafe extern "C" fn sinkron_call(
     len: usize,
     input_len: usize,
 ) -> *const u8 {
-    // SAFETY: the caller passes a live engine and a buffer `sinkron_buffer(len)` made.
-    let (sinkron, bytes) = unsafe {
-        (
-            &mut *sinkron,
-            Box::from_raw(core::ptr::slice_from_raw_parts_mut(buffer, len)),
-        )
-    };
+    // SAFETY: the caller passes a live engine and a buffer `sinkron_buffer(len)` made: a
+    // vector of length and capacity `len`.
+    let (sinkron, bytes) = unsafe { (&mut *sinkron, Vec::from_raw_parts(buffer, len, len)) };
     let (input, body) = bytes.split_at(input_len.min(len));
     // SAFETY: the caller writes UTF-8 (`TextEncoder`'s output always is) and splits it where
     // the call ends, between characters. Not checked here: the check would cost the module

@@ -9,7 +9,7 @@
 
 import { Engine, type WasmSource } from "./engine.js";
 import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
-import type { Answer, Call, Changed, Command, Rec, Session, Status, TabMessage, Value } from "./types.js";
+import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Status, TabMessage, Value } from "./types.js";
 
 /**
  * The site's token provider: its current token for this user, or `null` for a guest. Called
@@ -44,6 +44,15 @@ export interface ClientOptions {
    * credentials and the app says who is signed in with `signedIn(userId)`.
    */
   cookie?: boolean;
+  /**
+   * The app's data from before Sinkron (its old `localStorage` keys, say), for a user scope
+   * (the user id, or `null` for the guest): asked once per device and scope. The records
+   * returned (`null`: none) are written as this device's writes with their own `updatedAt`,
+   * so they sync and the newest write wins against what the server already holds. A throw,
+   * or records Sinkron refuses, is reported and nothing is adopted: it is asked again at the
+   * next start. Leave the old keys in place; they are never read again.
+   */
+  adoptLegacy?: (scope: string | null) => LegacyRecord[] | null;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
@@ -101,6 +110,7 @@ export class SinkronClient {
       pullOnSignIn: options.onLogin,
       pullOnFocus: options.onFocus,
       pullOnOnline: options.onOnline,
+      adoptLegacy: options.adoptLegacy !== undefined,
       seedHigh: seed[0],
       seedLow: seed[1],
     });
@@ -235,7 +245,14 @@ export class SinkronClient {
     const user = this.storage.session()?.user.id ?? null;
     const storage = this.storage;
     storage.onFull = (scope) => this.call<boolean>({ t: "storageFull", scope });
-    const restore = { user, cursor: storage.cursor(user), partial: storage.partial(user), records: storage.records(user), ending: storage.ending() };
+    const restore = {
+      user,
+      cursor: storage.cursor(user),
+      partial: storage.partial(user),
+      records: storage.records(user),
+      ending: storage.ending(),
+      adopted: storage.adopted(),
+    };
     this.call({ t: "restore", ...restore });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
@@ -342,6 +359,10 @@ export class SinkronClient {
         return s.evict(c.scope, c.keys);
       case "ending":
         return s.setEnding(c.tokens);
+      case "adopted":
+        return s.setAdopted(c.scopes);
+      case "adopt":
+        return this.adopt(c.scope);
       case "broadcast":
         return this.broadcast(c.message);
       case "send":
@@ -375,6 +396,18 @@ export class SinkronClient {
       if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
       else fire();
     }, Math.max(0, at - Date.now()));
+  }
+
+  /** Hands the app's data from before Sinkron to the engine (see `adoptLegacy`). */
+  private adopt(scope: string | null) {
+    let records: LegacyRecord[] | null;
+    try {
+      records = this.options.adoptLegacy?.(scope) ?? [];
+      if (!Array.isArray(records)) throw new TypeError(`not an array: ${JSON.stringify(records)}`);
+      this.call({ t: "adopt", now: Date.now(), scope, records });
+    } catch (e) {
+      console.error("sinkron: adoptLegacy failed; nothing adopted, asked again at the next start", e);
+    }
   }
 
   private broadcast(message: TabMessage) {

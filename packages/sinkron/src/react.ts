@@ -2,7 +2,7 @@
 
 import { useEffect, useRef } from "react";
 import { useStore } from "zustand";
-import type { TokenProvider } from "./driver.js";
+import type { ClientOptions, TokenProvider } from "./driver.js";
 import { userSync, type UserSyncState } from "./store.js";
 
 export interface UseUserSyncOptions {
@@ -20,20 +20,24 @@ export interface UseUserSyncOptions {
   getToken?: TokenProvider;
   /** The site's sign-in by an HttpOnly cookie; tell the store who is signed in with `signedIn`. */
   cookie?: boolean;
+  /** The app's data from before Sinkron, asked once per device and user scope (see `ClientOptions`). */
+  adoptLegacy?: ClientOptions["adoptLegacy"];
 }
 
 /** Syncs the user's data while the calling component is mounted. */
-export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false }: UseUserSyncOptions = {}) {
-  // An inline provider is a new function each render: syncing restarts only when one is
-  // added or removed, and always calls the latest.
-  const provider = useRef(getToken);
-  provider.current = getToken;
+export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy }: UseUserSyncOptions = {}) {
+  // An inline provider or adopter is a new function each render: syncing restarts only when
+  // one is added or removed, and always calls the latest.
+  const latest = useRef({ getToken, adoptLegacy });
+  latest.current = { getToken, adoptLegacy };
   const tokens = getToken !== undefined;
+  const adopts = adoptLegacy !== undefined;
   useEffect(() => {
-    const current: TokenProvider | undefined = tokens ? (o) => provider.current!(o) : undefined;
-    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie });
+    const current: TokenProvider | undefined = tokens ? (o) => latest.current.getToken!(o) : undefined;
+    const adopter: ClientOptions["adoptLegacy"] = adopts ? (scope) => latest.current.adoptLegacy!(scope) : undefined;
+    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter });
     return () => userSync.getState().stop();
-  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie]);
+  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts]);
   return useStore(userSync, (s) => s.status);
 }
 

@@ -3,6 +3,7 @@
 // Layout (all keys start with `sinkron:v1:`):
 //   session                      the signed-in session {token, user}
 //   ending                       signed-out sessions' tokens the server has not ended yet
+//   adopted                      the scopes whose data from before Sinkron was adopted
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
@@ -71,6 +72,16 @@ export class DeviceStorage {
   setEnding(tokens: string[]) {
     if (tokens.length > 0) this.write(`${ROOT}ending`, JSON.stringify(tokens));
     else this.store.removeItem(`${ROOT}ending`);
+  }
+
+  /** The scopes whose data from before Sinkron was adopted on this device. */
+  adopted(): Array<string | null> {
+    const scopes = this.readJson<unknown>(`${ROOT}adopted`);
+    return Array.isArray(scopes) ? scopes.filter((s): s is string | null => s === null || typeof s === "string") : [];
+  }
+
+  setAdopted(scopes: Array<string | null>) {
+    this.write(`${ROOT}adopted`, JSON.stringify(scopes));
   }
 
   cursor(scope: string | null): string | null {

@@ -16,6 +16,14 @@ export interface Session {
   user: User;
 }
 
+/** A record of the app's from before Sinkron, to adopt (`adoptLegacy`); `updatedAt` defaults to now. */
+export interface LegacyRecord {
+  collection: string;
+  key: string;
+  value: Value | null;
+  updatedAt?: number;
+}
+
 /** A record as the UI sees it. */
 export interface Rec<V = Value> {
   key: string;
@@ -65,7 +73,7 @@ export type TabMessage = { scope: string | null } & (
 
 /** A call into the engine: an event, an action of the app, a restore, or a question. */
 export type Call =
-  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; seedHigh: number; seedLow: number }
+  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; seedHigh: number; seedLow: number }
   | { t: "clientId" }
   | { t: "user" }
   | { t: "status" }
@@ -76,7 +84,9 @@ export type Call =
   | { t: "signOut"; now: number; endSession: string | null }
   | { t: "flush"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
-  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[] }
+  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }
+  /** The app's data of `scope` from before Sinkron, asked for by an `adopt` command. */
+  | { t: "adopt"; now: number; scope: string | null; records: LegacyRecord[] }
   /** Storing something of `scope` failed for lack of room; answers whether the engine freed some (then try again). */
   | { t: "storageFull"; scope: string | null }
   | { t: "adoptionOrder"; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
@@ -99,6 +109,10 @@ export type Command =
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "wipe"; scope: string | null }
+  /** Store the scopes whose data from before Sinkron was adopted (device-wide). */
+  | { t: "adopted"; scopes: Array<string | null> }
+  /** Ask the app (`adoptLegacy`) for the scope's data from before Sinkron. */
+  | { t: "adopt"; scope: string | null }
   /** Store the signed-out sessions the server has not ended yet (device-wide). */
   | { t: "ending"; tokens: string[] }
   /** Drop these stored records (they stay in view) and mark the scope's stored records incomplete until the next `clear`. */

@@ -260,3 +260,34 @@ test("outside React: the store's plain subscribe API, and a Svelte store in one 
     store.getState().stop();
   }
 });
+
+test("adoptLegacy: the app's old data is adopted once per scope; a throwing or malformed adopter is reported and asked again", async (t) => {
+  browser.answer(() => emptyPage());
+  const errors = [];
+  t.mock.method(console, "error", (...args) => errors.push(args.join(" ")));
+  const old = [{ collection: "history", key: "s01e01", value: { showId: "s01", position: 42 }, updatedAt: 1_700_000_000_000 }];
+  const scopes = [];
+  const run = async (adoptLegacy) => {
+    const client = await SinkronClient.start(options({ adoptLegacy }));
+    const history = client.collection("history");
+    client.stop();
+    return history;
+  };
+  // Throws: reported, nothing adopted, not marked.
+  assert.deepEqual(await run(() => { throw new Error("old format"); }), []);
+  assert.match(errors.at(-1), /adoptLegacy failed.*old format/);
+  // Malformed (a value that is not an object): reported the same way.
+  assert.deepEqual(await run(() => [{ collection: "history", key: "x", value: 5 }]), []);
+  assert.match(errors.at(-1), /adoptLegacy failed.*value: expected an object/);
+  assert.equal(localStorage.getItem("sinkron:v1:adopted"), null);
+  // Works: written with its own time, and the scope is marked.
+  const adopted = await run((scope) => (scopes.push(scope), old));
+  assert.deepEqual(
+    adopted.map((r) => [r.key, r.value, r.updatedAt]),
+    [["s01e01", { showId: "s01", position: 42 }, 1_700_000_000_000]],
+  );
+  assert.deepEqual(JSON.parse(localStorage.getItem("sinkron:v1:adopted")), [null]);
+  // Never asked again for that scope on this device.
+  await run((scope) => (scopes.push(scope), old));
+  assert.deepEqual(scopes, [null]);
+});

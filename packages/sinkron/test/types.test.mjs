@@ -39,8 +39,11 @@ async function scenario() {
   };
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
-  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, seedHigh: 1, seedLow: 2 });
-  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [] });
+  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, seedHigh: 1, seedLow: 2 });
+  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [], adopted: [] });
+  // The app's data from before: asked for at start, handed over.
+  assert.ok(answers.at(-1).c.some((c) => c.t === "adopt"));
+  run({ t: "adopt", now: NOW, scope: null, records: [{ collection: "history", key: "h0", value: { position: 3 }, updatedAt: NOW - 1000 }] });
   const order = run({ t: "adoptionOrder", previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
   run({ t: "restoreOutbox", clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });

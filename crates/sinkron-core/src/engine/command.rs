@@ -33,6 +33,10 @@ pub enum Command {
     Leadership(bool),
     /// Tell the UI something changed.
     Notify(Notice),
+    /// Ask the app for the data of `scope` it kept before Sinkron (with
+    /// [`crate::Config::adopt_legacy`], once per device and scope); hand it to
+    /// [`Engine::adopt`].
+    Adopt { scope: Option<String> },
 }
 
 /// Storage writes. `scope` is the signed-in user's id, or `None` for the guest's data.
@@ -62,6 +66,9 @@ pub enum Persist {
     },
     /// Forget everything of the scope: records, cursor, outboxes.
     Wipe { scope: Option<String> },
+    /// The user scopes whose data from before Sinkron was adopted on this device
+    /// (device-wide), to restore with [`Engine::restore_adopted`].
+    Adopted { scopes: Vec<Option<String>> },
     /// The sessions signed out on this device that the server has not yet ended (device-wide,
     /// not per scope), to restore with [`Engine::restore_ending_sessions`].
     EndingSessions { tokens: Vec<String> },

@@ -36,6 +36,9 @@ pub struct Config {
     pub pull_on_focus: bool,
     /// Pull when the browser comes back online.
     pub pull_on_online: bool,
+    /// The app adopts data it kept before Sinkron: the engine asks for it once per device
+    /// and user scope ([`crate::Command::Adopt`]).
+    pub adopt_legacy: bool,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             pull_on_sign_in: true,
             pull_on_focus: true,
             pull_on_online: true,
+            adopt_legacy: false,
         }
     }
 }

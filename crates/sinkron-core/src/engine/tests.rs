@@ -2005,3 +2005,113 @@ fn a_session_still_to_end_is_not_forgotten_by_the_next_sign_in() {
     let (_, token) = end_session_sent(&tab.drain()).expect("tried again");
     assert_eq!(token, "tok-1");
 }
+
+fn adopting() -> Tab {
+    let mut tab = Tab::new(1);
+    tab.engine = Engine::new(
+        Config {
+            adopt_legacy: true,
+            ..Config::default()
+        },
+        1,
+    );
+    tab
+}
+
+fn adopt_asked(commands: &[Command]) -> Vec<Option<String>> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Adopt { scope } => Some(scope.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn legacy(key: &str, value: &str, at: u64) -> (RecordKey, Option<String>, Option<u64>) {
+    (RecordKey::new("history", key), Some(value.into()), Some(at))
+}
+
+#[test]
+fn data_from_before_sinkron_is_asked_for_once_per_scope_and_written_with_its_own_time() {
+    let mut tab = adopting();
+    tab.engine.restore_adopted(vec![]);
+    tab.engine.restore_user(None);
+    assert_eq!(adopt_asked(&tab.drain()), [None], "the guest's, at start");
+    // A guest write since then is newer than the old copy of the same episode.
+    tab.write("e2", r#"{"position":99}"#);
+    tab.drain();
+    let old = T0 - 86_400_000;
+    tab.engine
+        .adopt(
+            tab.now,
+            None,
+            vec![
+                legacy("e1", r#"{"position":5}"#, old),
+                legacy("e2", r#"{"position":1}"#, old),
+            ],
+        )
+        .unwrap();
+    let commands = tab.drain();
+    assert!(commands.iter().any(|c| matches!(
+        c,
+        Command::Persist(Persist::Adopted { scopes }) if scopes == &[None]
+    )));
+    let e1 = tab.engine.get(&RecordKey::new("history", "e1")).unwrap();
+    assert_eq!(
+        (e1.value.as_deref(), e1.updated_at),
+        (Some(r#"{"position":5}"#), old)
+    );
+    let e2 = tab.engine.get(&RecordKey::new("history", "e2")).unwrap();
+    assert_eq!(
+        e2.value.as_deref(),
+        Some(r#"{"position":99}"#),
+        "the newer write stays"
+    );
+    // Signing in asks for the user's scope, once; signing out again asks nothing for the guest.
+    tab.engine.sign_in(tab.now, "u1");
+    assert_eq!(adopt_asked(&tab.drain()), [Some("u1".to_owned())]);
+    tab.engine.adopt(tab.now, Some("u1"), vec![]).unwrap();
+    tab.engine.sign_out(tab.now);
+    tab.engine.sign_in(tab.now, "u1");
+    assert!(adopt_asked(&tab.drain()).is_empty());
+    // A later start on this device, with the scopes stored: nothing asked.
+    let mut next = adopting();
+    next.engine.restore_adopted(vec![None, Some("u1".into())]);
+    next.engine.restore_user(Some("u1".into()));
+    assert!(adopt_asked(&next.drain()).is_empty());
+}
+
+#[test]
+fn adopted_data_is_all_or_nothing_and_a_stamp_from_the_future_is_now() {
+    let mut tab = adopting();
+    tab.engine.restore_user(None);
+    tab.drain();
+    let bad = (RecordKey::new("history", ""), Some("{}".to_owned()), None);
+    assert_eq!(
+        tab.engine
+            .adopt(tab.now, None, vec![legacy("e1", "{}", T0 - 5), bad]),
+        Err(WriteError::InvalidKey)
+    );
+    assert!(tab.engine.get(&RecordKey::new("history", "e1")).is_none());
+    assert!(!tab
+        .drain()
+        .iter()
+        .any(|c| matches!(c, Command::Persist(Persist::Adopted { .. }))));
+    // Asked again next time (nothing was marked); a stamp ahead of the clock is now.
+    tab.engine
+        .adopt(tab.now, None, vec![legacy("e1", "{}", T0 + 3_600_000)])
+        .unwrap();
+    assert_eq!(
+        tab.engine
+            .get(&RecordKey::new("history", "e1"))
+            .unwrap()
+            .updated_at,
+        tab.now
+    );
+    // Without the option the engine never asks.
+    let mut plain = Tab::new(3);
+    plain.engine.restore_user(None);
+    plain.engine.sign_in(plain.now, "u1");
+    assert!(adopt_asked(&plain.drain()).is_empty());
+}

@@ -93,7 +93,7 @@ impl World {
     pub(super) fn check_persist(&self, d: usize, tab: TabId, p: &Persist) -> Result<(), Violation> {
         let (scope, client) = match p {
             // Device-wide, and never made here (see `persist`).
-            Persist::EndingSessions { .. } => return Ok(()),
+            Persist::EndingSessions { .. } | Persist::Adopted { .. } => return Ok(()),
             Persist::Record { scope, change } => (scope.clone(), Some(change.client_id.clone())),
             // An empty outbox holds nothing of anyone's.
             Persist::Outbox {

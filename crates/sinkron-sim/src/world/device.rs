@@ -83,6 +83,12 @@ impl World {
                 scope.records.clear();
                 scope.partial = false;
             }
+            Persist::Adopted { .. } => {
+                return Err(Violation::new(
+                    "sim",
+                    "data from before Sinkron adopted: the simulation's engines adopt none",
+                ));
+            }
             Persist::EndingSessions { .. } => {
                 return Err(Violation::new(
                     "sim",
