@@ -19,7 +19,8 @@
 //! Compaction locks the users it touches before their records, in id order, like a push
 //! (one user) does, so the two never deadlock.
 //!
-//! It must not validate requests or know HTTP.
+//! It decides nothing of a push or a page: it reads the rows [`super::plan`] asks for and
+//! writes what it returns. It must not validate requests or know HTTP.
 
 use std::str::FromStr;
 use std::sync::Arc;

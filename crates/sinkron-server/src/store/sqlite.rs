@@ -17,8 +17,9 @@
 //! out is never refused as ahead of the user. Until the server notices, polls may be answered
 //! `304` as before the import: the imported records arrive at the next poll after that.
 //!
-//! It must not validate requests or know HTTP; blocking calls run on tokio's blocking pool,
-//! never on the async workers.
+//! It decides nothing of a push or a page: it reads the rows [`super::plan`] asks for and
+//! writes what it returns. It must not validate requests or know HTTP; blocking calls run on
+//! tokio's blocking pool, never on the async workers.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
