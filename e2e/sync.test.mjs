@@ -777,6 +777,50 @@ describe("sign-out", () => {
     }));
 });
 
+describe("adopting the site's old data", () => {
+  test("a guest's old rabastrin_history is adopted once, keeps its times, and joins the account", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const watchedAt = Date.now() - 7 * 86_400_000;
+      await context.addInitScript((at) => {
+        const old = [
+          { episodeId: "s03e02", position: 321, watchedAt: at },
+          { episodeId: "nope", position: 1, watchedAt: at },
+        ];
+        localStorage.setItem("rabastrin_history", JSON.stringify(old));
+      }, watchedAt);
+      const page = await open(context, server);
+      await page.goto(`${server.url}/#/history`);
+      const entry = page.getByTestId("history-s03e02");
+      await entry.waitFor();
+      assert.equal(await entry.getAttribute("data-position"), "321");
+      assert.equal(await page.locator('[data-testid^="history-"]').count(), 1, "an unknown episode is left out");
+      const stored = () =>
+        page.evaluate(() => ({
+          adopted: JSON.parse(localStorage.getItem("sinkron:v1:adopted") ?? "null"),
+          queued: Object.keys(localStorage)
+            .filter((k) => k.includes(":o:"))
+            .map((k) => JSON.parse(localStorage.getItem(k)).m.length)
+            .reduce((a, b) => a + b, 0),
+        }));
+      assert.deepEqual(await stored(), { adopted: [null], queued: 1 });
+      // Reloaded (the old key is still there): not adopted again.
+      await page.reload();
+      await entry.waitFor();
+      assert.deepEqual(await stored(), { adopted: [null], queued: 1 });
+      // Signing up carries it into the account, with the time it was watched.
+      await page.goto(`${server.url}/#/`);
+      const token = await signUp(page, "oldviewer");
+      const state = await server.state(token);
+      const history = state.changes.filter((c) => c.collection === "history");
+      assert.deepEqual(
+        history.map((c) => [c.key, c.value.position, c.updatedAt]),
+        [["s03e02", 321, watchedAt]],
+      );
+      await context.close();
+    }));
+});
+
 describe("sign-out while offline", () => {
   test("the session is ended on the server once it is reachable, even after a reload", () =>
     withServer(async (server) => {

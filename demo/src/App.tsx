@@ -3,7 +3,7 @@
 
 import { useEffect, useState, type FormEvent } from "react";
 import { useSinkron, useUserSync } from "sinkron/react";
-import type { HistoryEntry } from "sinkron";
+import type { HistoryEntry, LegacyRecord } from "sinkron";
 import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
 
 const params = new URLSearchParams(location.search);
@@ -27,6 +27,25 @@ async function getToken({ refresh }: { refresh: boolean }): Promise<string | nul
   return ((await response.json()) as { token: string | null }).token;
 }
 
+/**
+ * What this site kept before Sinkron: a `rabastrin_history` array of `{episodeId, position,
+ * watchedAt}` in `localStorage`, the guest's watch history. Adopted once into the guest's
+ * data (which joins the account at sign-in); left in place, it is never read again.
+ */
+function adoptLegacy(scope: string | null): LegacyRecord[] | null {
+  const text = scope === null ? localStorage.getItem("rabastrin_history") : null;
+  if (text === null) return null;
+  const old = JSON.parse(text) as Array<{ episodeId: string; position: number; watchedAt: number }>;
+  return old
+    .filter((h) => EPISODE_BY_ID.has(h.episodeId))
+    .map((h) => ({
+      collection: "history",
+      key: h.episodeId,
+      value: { showId: EPISODE_BY_ID.get(h.episodeId)!.showId, position: h.position },
+      updatedAt: h.watchedAt,
+    }));
+}
+
 function useRoute(): string {
   const [route, setRoute] = useState(location.hash || "#/");
   useEffect(() => {
@@ -46,6 +65,7 @@ export function App() {
     baseUrl,
     getToken: siteAuth === "token" ? getToken : undefined,
     cookie: siteAuth === "cookie",
+    adoptLegacy,
   });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();

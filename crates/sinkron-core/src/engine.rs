@@ -52,9 +52,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::clock::Clock;
-use crate::protocol::{
-    Change, Mutation, COLLECTION_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX, VALUE_BYTES_MAX,
-};
+use crate::protocol::{Change, Mutation, MUTATIONS_MAX};
 use crate::record::{Record, RecordKey};
 use crate::rng::Rng;
 
@@ -537,7 +535,7 @@ impl Engine {
         key: &str,
         value: Option<String>,
     ) -> Result<(), WriteError> {
-        validate_write(collection, key, value.as_deref())?;
+        crate::limits::check_write(collection, key, value.as_deref())?;
         self.write_stamped(now, RecordKey::new(collection, key), value, None);
         self.finish(now);
         Ok(())
@@ -817,7 +815,7 @@ impl Engine {
             return Ok(());
         }
         for (key, value, _) in &records {
-            validate_write(&key.collection, &key.key, value.as_deref())?;
+            crate::limits::check_write(&key.collection, &key.key, value.as_deref())?;
         }
         for (key, value, updated_at) in records {
             let stamp = updated_at.map(|t| t.min(now));
@@ -1317,33 +1315,6 @@ impl Engine {
                 .push_back(Command::Notify(Notice::Changed(keys)));
         }
     }
-}
-
-/// The same limits the server enforces, checked before anything is queued.
-fn validate_write(collection: &str, key: &str, value: Option<&str>) -> Result<(), WriteError> {
-    if collection.is_empty() || chars(collection) > COLLECTION_CHARS_MAX {
-        return Err(WriteError::InvalidCollection);
-    }
-    if key.is_empty() || chars(key) > KEY_CHARS_MAX {
-        return Err(WriteError::InvalidKey);
-    }
-    if let Some(text) = value {
-        if text.len() > VALUE_BYTES_MAX {
-            return Err(WriteError::ValueTooLarge);
-        }
-        // Values come from a JSON encoder; checking the braces is enough to refuse arrays,
-        // strings and numbers without carrying a JSON parser into the browser build.
-        let mut bytes = text.bytes().filter(|b| !b.is_ascii_whitespace());
-        if bytes.next() != Some(b'{') || bytes.next_back() != Some(b'}') {
-            return Err(WriteError::InvalidValue);
-        }
-    }
-    Ok(())
-}
-
-/// Characters in a UTF-8 string: the bytes that do not continue a character.
-fn chars(s: &str) -> usize {
-    s.bytes().filter(|b| b & 0xC0 != 0x80).count()
 }
 
 #[cfg(test)]

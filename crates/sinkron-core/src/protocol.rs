@@ -1,4 +1,4 @@
-//! Protocol v1: the values that cross the wire, and its limits.
+//! Protocol v1: the values that cross the wire, and its limits (kept in [`crate::limits`]).
 //!
 //! `Change` and `Mutation` are plain structs the engine uses directly; with the `serde`
 //! feature they and the request and response bodies also (de)serialize to the exact JSON of
@@ -9,18 +9,12 @@ use alloc::string::String;
 
 /// The collections a server accepts unless configured otherwise.
 pub const DEFAULT_COLLECTIONS: [&str; 4] = ["history", "favorites", "likes", "settings"];
-/// Most mutations in one push.
-pub const MUTATIONS_MAX: usize = 500;
-/// Largest request body the server reads.
-pub const BODY_BYTES_MAX: usize = 1024 * 1024;
-/// Largest record value, as JSON text.
-pub const VALUE_BYTES_MAX: usize = 4 * 1024;
-/// Longest key, in characters.
-pub const KEY_CHARS_MAX: usize = 128;
-/// Longest client id, in characters.
-pub const CLIENT_ID_CHARS_MAX: usize = 64;
-/// Longest collection name, in characters.
-pub const COLLECTION_CHARS_MAX: usize = 64;
+
+// The limits are part of protocol v1; they live beside the one check of a write against them.
+pub use crate::limits::{
+    BODY_BYTES_MAX, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX,
+    VALUE_BYTES_MAX,
+};
 /// The header of a pull answer with the poll interval the server wants, in whole seconds
 /// ([`crate::Engine::handle_poll_interval`]).
 pub const POLL_INTERVAL_HEADER: &str = "sinkron-poll-interval";

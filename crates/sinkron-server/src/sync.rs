@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
-use sinkron_core::protocol::{
-    PullResponse, PushRequest, PushResponse, User, CLIENT_ID_CHARS_MAX, KEY_CHARS_MAX,
-    MUTATIONS_MAX, VALUE_BYTES_MAX,
+use sinkron_core::engine::WriteError;
+use sinkron_core::limits::{
+    check_write, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX,
+    VALUE_BYTES_MAX,
 };
+use sinkron_core::protocol::{PullResponse, PushRequest, PushResponse, User};
 use sinkron_core::Mutation;
 
 use crate::authn::AuthUser;
@@ -203,23 +205,22 @@ pub(crate) fn validate_mutation(
             ),
         ));
     }
-    let key_chars = m.key.chars().count();
-    if key_chars == 0 || key_chars > KEY_CHARS_MAX {
-        return Err(invalid(
-            "key",
-            format!("must be 1 to {KEY_CHARS_MAX} characters"),
-        ));
-    }
+    // The engine's own check of a write (sinkron_core::limits), so the two never disagree.
+    check_write(&m.collection, &m.key, m.value.as_deref()).map_err(|e| match e {
+        WriteError::InvalidCollection => invalid(
+            "collection",
+            format!("must be 1 to {COLLECTION_CHARS_MAX} characters"),
+        ),
+        WriteError::InvalidKey => {
+            invalid("key", format!("must be 1 to {KEY_CHARS_MAX} characters"))
+        }
+        WriteError::InvalidValue => invalid("value", "must be a JSON object or null".into()),
+        WriteError::ValueTooLarge => invalid(
+            "value",
+            format!("must be at most {VALUE_BYTES_MAX} bytes of JSON text"),
+        ),
+    })?;
     if let Some(value) = &m.value {
-        if !value.trim_start().starts_with('{') {
-            return Err(invalid("value", "must be a JSON object or null".into()));
-        }
-        if value.len() > VALUE_BYTES_MAX {
-            return Err(invalid(
-                "value",
-                format!("must be at most {VALUE_BYTES_MAX} bytes of JSON text"),
-            ));
-        }
         if serde_json::from_str::<Doubles>(value).is_err() {
             return Err(invalid(
                 "value",

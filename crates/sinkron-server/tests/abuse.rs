@@ -468,6 +468,8 @@ async fn a_busy_node_asks_clients_to_poll_less_often() {
     let server = Server::start_with(
         Backend::Sqlite,
         &[
+            "--poll-interval",
+            "30",
             "--poll-busy-requests",
             "6",
             "--user-requests-per-minute",

@@ -28,7 +28,9 @@ struct Server {
 impl Server {
     fn start(database: &str, addr: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sinkron"))
+            // The devices here poll every 150 ms; the server's own default asks for 30 s.
             .args(["serve", "--addr", addr, "--database", database])
+            .args(["--poll-interval", "1"])
             .env("SINKRON_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

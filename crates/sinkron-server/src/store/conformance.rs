@@ -38,6 +38,7 @@ pub async fn run(store: &dyn Store) {
     shared_attempt_counts_follow_the_window_rule(store).await;
     site_users_are_made_once_per_subject(store).await;
     versions_acks_and_merge(store).await;
+    a_retry_is_not_applied_again_when_its_stamp_was_clamped(store).await;
     compaction_raises_the_horizon(store).await;
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
@@ -464,6 +465,25 @@ async fn versions_acks_and_merge(store: &dyn Store) {
     assert_eq!(rest.cursor, 5);
 }
 
+async fn a_retry_is_not_applied_again_when_its_stamp_was_clamped(store: &dyn Store) {
+    let id = store.create_user("fay", "phc", 1).await.expect("create");
+    let future = [m(1, "k", Some("{}"), u64::MAX)];
+    let out = store
+        .push(id, batch("c1", &future, None))
+        .await
+        .expect("push");
+    assert_eq!((out.ack, out.version, out.applied), (1, 1, 1));
+    // A second later the bound is a second higher: applied again, the write would win over
+    // its own first, clamped copy.
+    let later = PushBatch {
+        now_ms: 2_000,
+        updated_at_max: 62_000,
+        ..batch("c1", &future, None)
+    };
+    let out = store.push(id, later).await.expect("retry");
+    assert_eq!((out.ack, out.version, out.applied), (1, 1, 0));
+}
+
 async fn compaction_raises_the_horizon(store: &dyn Store) {
     let id = store.create_user("cat", "phc", 1).await.expect("create");
     let writes = [
@@ -568,4 +588,84 @@ async fn concurrent_pushes_take_distinct_versions(store: &dyn Store) {
         "no version twice, none skipped"
     );
     assert_eq!(page.cursor, 20);
+}
+
+/// The suite's teeth: with one of the store's planted bugs (`sinkron_core::planted`)
+/// switched on, the suite fails on every backend, and without it the same run passes. A
+/// planted bug holds for the whole process, so each run is a process of its own: this test
+/// binary, asked to run [`planted::suite_with_the_planted_bug`] alone.
+#[cfg(feature = "planted-bugs")]
+mod planted {
+    use std::process::Command;
+
+    use sinkron_core::planted::{plant, Bug};
+
+    use crate::store::postgres::tests::TestDatabase;
+    use crate::store::postgres::PostgresStore;
+    use crate::store::sqlite::SqliteStore;
+
+    /// The bug the run plants (by its command-line name; empty: none).
+    const BUG: &str = "SINKRON_TEST_PLANT";
+    /// `sqlite` or `postgres`.
+    const BACKEND: &str = "SINKRON_TEST_BACKEND";
+    const SUITE: &str = "store::conformance::planted::suite_with_the_planted_bug";
+
+    #[tokio::test]
+    #[ignore = "run in a process of its own by a_planted_store_bug_fails_the_suite_on_every_backend"]
+    async fn suite_with_the_planted_bug() {
+        let name = std::env::var(BUG).unwrap_or_default();
+        if !name.is_empty() {
+            let bug = Bug::ALL
+                .into_iter()
+                .find(|b| b.name() == name)
+                .unwrap_or_else(|| panic!("no planted bug is called {name:?}"));
+            plant(bug);
+        }
+        match std::env::var(BACKEND).as_deref() {
+            Ok("sqlite") => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let store = SqliteStore::open(&dir.path().join("p.db")).expect("open");
+                super::run(&store).await;
+            }
+            Ok("postgres") => {
+                let db = TestDatabase::create().await;
+                let store = PostgresStore::open(&db.url, 4).await.expect("open");
+                super::run(&store).await;
+            }
+            other => panic!("{BACKEND} names no backend: {other:?}"),
+        }
+    }
+
+    /// Runs the suite in a new process with `bug` planted on `backend`; whether it passed.
+    fn suite_passes(bug: Option<Bug>, backend: &str) -> bool {
+        let exe = std::env::current_exe().expect("the test binary");
+        let output = Command::new(exe)
+            .args([SUITE, "--exact", "--ignored", "--test-threads=1"])
+            .env(BUG, bug.map_or("", Bug::name))
+            .env(BACKEND, backend)
+            .output()
+            .expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let ran = |outcome: &str| stdout.contains(&format!("test {SUITE} ... {outcome}"));
+        assert!(
+            ran("ok") || ran("FAILED"),
+            "the suite did not run:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.status.success()
+    }
+
+    #[test]
+    fn a_planted_store_bug_fails_the_suite_on_every_backend() {
+        for backend in ["sqlite", "postgres"] {
+            assert!(suite_passes(None, backend), "{backend} without a bug");
+            for bug in [Bug::ArrivalOrder, Bug::TimestampCursor, Bug::NoDedupe] {
+                assert!(
+                    !suite_passes(Some(bug), backend),
+                    "{backend} passed the suite with {} planted",
+                    bug.name()
+                );
+            }
+        }
+    }
 }

@@ -2,13 +2,15 @@
 //! pull since a cursor, apply a push batch atomically), not SQL.
 //!
 //! It owns the storage semantics every backend must share: per-user versions, newest-wins
-//! merge, per-client acknowledgements, tombstone compaction and its horizon. It must not know
-//! HTTP, parse requests or validate input: callers hand it validated values. Only the backend
-//! modules ([`sqlite`], [`postgres`]) know SQL. The backend is chosen once, from the
-//! database URL, by [`connect`].
+//! merge, per-client acknowledgements, tombstone compaction and its horizon. The rules of a
+//! push and of a page are written once, in [`plan`], a pure module every backend calls
+//! between its reads and its writes. It must not know HTTP, parse requests or validate
+//! input: callers hand it validated values. Only the backend modules ([`sqlite`],
+//! [`postgres`]) know SQL. The backend is chosen once, from the database URL, by [`connect`].
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod plan;
 pub mod postgres;
 pub mod sqlite;
 
@@ -17,6 +19,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sinkron_core::{Change, Mutation};
+
+pub use plan::{Cap, ClientMark, Held, Quota, Usage};
 
 /// A user's id: the integer primary key. On the wire it is a JSON string.
 pub type UserId = i64;
@@ -118,147 +122,6 @@ pub struct Page {
     pub reset: bool,
 }
 
-impl Page {
-    /// Cuts the rows of a page query (ordered by version, at most `limit + 1` of them) into a
-    /// page: `more` when the extra row came back, and the cursor where the next pull starts —
-    /// the last returned row's version when more follow, else the user's `version`. Every
-    /// backend pages with this one rule.
-    pub fn from_rows(mut changes: Vec<Change>, limit: usize, version: u64, reset: bool) -> Page {
-        let more = changes.len() > limit;
-        changes.truncate(limit);
-        let cursor = match changes.last() {
-            Some(last) if more => last.version,
-            _ => version,
-        };
-        Page {
-            changes,
-            cursor,
-            more,
-            reset,
-        }
-    }
-}
-
-/// What a user's live records take: how many hold a value, and those values' bytes.
-/// Tombstones take nothing (they are compacted away).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub records: i64,
-    pub bytes: i64,
-}
-
-impl Usage {
-    /// What a record takes when it holds `value` (`None`: absent, or a tombstone).
-    pub fn of(value: Option<usize>) -> Usage {
-        match value {
-            Some(bytes) => Usage {
-                records: 1,
-                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
-            },
-            None => Usage::default(),
-        }
-    }
-
-    /// The change when a record that held `before` comes to hold `after`.
-    pub fn change(before: Option<usize>, after: Option<usize>) -> Usage {
-        let (b, a) = (Usage::of(before), Usage::of(after));
-        Usage {
-            records: a.records - b.records,
-            bytes: a.bytes - b.bytes,
-        }
-    }
-
-    pub fn plus(self, other: Usage) -> Usage {
-        Usage {
-            records: self.records.saturating_add(other.records),
-            bytes: self.bytes.saturating_add(other.bytes),
-        }
-    }
-}
-
-/// The most a user may store. Every backend applies this one rule to a push.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quota {
-    pub records: u64,
-    pub bytes: u64,
-}
-
-impl Quota {
-    pub const UNLIMITED: Quota = Quota {
-        records: u64::MAX,
-        bytes: u64::MAX,
-    };
-
-    /// Refuses a batch that takes the user from `before` by `change` past the quota in a
-    /// measure that the batch grows. A batch that grows nothing (deletes, smaller values)
-    /// passes even above the quota, so a user over it (after the quota was lowered) can
-    /// always make room.
-    pub fn check(&self, before: Usage, change: Usage) -> Result<(), StoreError> {
-        let after = before.plus(change);
-        let past = |now: i64, limit: u64| u64::try_from(now).is_ok_and(|n| n > limit);
-        if change.records > 0 && past(after.records, self.records) {
-            return Err(StoreError::QuotaExceeded {
-                what: "records",
-                limit: self.records,
-            });
-        }
-        if change.bytes > 0 && past(after.bytes, self.bytes) {
-            return Err(StoreError::QuotaExceeded {
-                what: "bytes",
-                limit: self.bytes,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// A live record of a capped collection, as the cap orders them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Held {
-    pub key: String,
-    pub updated_at: u64,
-    pub client_id: String,
-    /// The value's bytes.
-    pub bytes: usize,
-}
-
-/// Most records holding a value that a user keeps in one collection (history grows with
-/// every episode played). Every backend applies this one rule after a push's writes: past
-/// the cap, the oldest records (by `updatedAt`, then client id and key) become tombstones
-/// with the same `updatedAt` and client id — so devices drop them at their next pull, and a
-/// newer write of the same record (played again) wins over the tombstone as over any older
-/// write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cap {
-    pub collection: String,
-    pub max: u64,
-}
-
-impl Cap {
-    /// Whether a user with `records` live records in all can be past this cap: a push
-    /// reads a capped collection only then.
-    pub fn may_pass(&self, records: i64) -> bool {
-        u64::try_from(records).is_ok_and(|n| n > self.max)
-    }
-
-    /// Which of `live` (every live record of the collection after the push) to evict.
-    pub fn evict(&self, mut live: Vec<Held>) -> Vec<Held> {
-        let keep = usize::try_from(self.max).unwrap_or(usize::MAX);
-        if live.len() <= keep {
-            return Vec::new();
-        }
-        live.sort_by(|a, b| {
-            (a.updated_at, a.client_id.as_bytes(), a.key.as_bytes()).cmp(&(
-                b.updated_at,
-                b.client_id.as_bytes(),
-                b.key.as_bytes(),
-            ))
-        });
-        live.truncate(live.len() - keep);
-        live
-    }
-}
-
 /// A validated push batch.
 #[derive(Clone, Copy, Debug)]
 pub struct PushBatch<'a> {
@@ -280,19 +143,6 @@ pub struct PushBatch<'a> {
 }
 
 impl PushBatch<'_> {
-    /// The caps to apply after a push that added a record to each of the `grew` collections
-    /// and left the user with `usage`: only a collection that gained a record can have
-    /// passed its cap, and only if the user holds more records than the cap in all.
-    pub fn caps_to_apply<'b>(
-        &'b self,
-        grew: &'b [&str],
-        usage: Usage,
-    ) -> impl Iterator<Item = &'b Cap> {
-        self.caps.iter().filter(move |cap| {
-            grew.contains(&cap.collection.as_str()) && cap.may_pass(usage.records)
-        })
-    }
-
     /// The caps of the collections this batch adds records to (a write of a value).
     pub fn caps_touched(&self) -> impl Iterator<Item = &Cap> {
         self.caps.iter().filter(|cap| {
@@ -300,52 +150,6 @@ impl PushBatch<'_> {
                 .iter()
                 .any(|m| m.value.is_some() && m.collection == cap.collection)
         })
-    }
-}
-
-/// What the server remembers of a client id: the highest mutation id it took (the ack)
-/// and the highest `updatedAt`, as sent, of every mutation it took under that id (`None`
-/// for a client acknowledged before this was kept).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientMark {
-    pub ack: u64,
-    pub stamp_max: Option<u64>,
-}
-
-/// `updatedAt` as stored in a 64-bit signed column.
-fn stamp(m: &Mutation) -> u64 {
-    m.updated_at.min(i64::MAX as u64)
-}
-
-impl PushBatch<'_> {
-    /// Refuses a batch whose ids at or below the client's ack carry writes the server never
-    /// took under them. Every retry of a mutation the server took carries its original
-    /// `updatedAt`, at most the client's `stamp_max`; a mutation stamped later is a new write
-    /// under a reused id (a client that lost its numbering), which skipping as a retry would
-    /// lose without a trace. The client renumbers it and pushes again. Every backend applies
-    /// this one rule.
-    pub fn check_retries(&self, mark: ClientMark) -> Result<(), StoreError> {
-        let Some(stamp_max) = mark.stamp_max else {
-            return Ok(());
-        };
-        let reused = self
-            .mutations
-            .iter()
-            .any(|m| m.id <= mark.ack && stamp(m) > stamp_max);
-        if reused {
-            return Err(StoreError::IdsReused { ack: mark.ack });
-        }
-        Ok(())
-    }
-
-    /// The client's mark once this batch is taken.
-    pub fn mark_after(&self, before: ClientMark) -> ClientMark {
-        let highest = self.mutations.iter().map(|m| m.id).max().unwrap_or(0);
-        let stamps = self.mutations.iter().map(stamp).max();
-        ClientMark {
-            ack: before.ack.max(highest),
-            stamp_max: before.stamp_max.max(stamps),
-        }
     }
 }
 
@@ -441,7 +245,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch and the client's acknowledgement atomically: mutations at or below the
     /// client's ack are skipped, each remaining one is merged newest-wins and every winner
-    /// bumps the user's version by one.
+    /// bumps the user's version by one. A backend decides none of it: it reads what
+    /// [`plan::Planner`] asks for and writes the plan.
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError>;
 
     /// Counts one sign-in attempt under `key` in a counter every node shares, atomically

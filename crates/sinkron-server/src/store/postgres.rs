@@ -19,9 +19,9 @@
 //! Compaction locks the users it touches before their records, in id order, like a push
 //! (one user) does, so the two never deadlock.
 //!
-//! It must not validate requests or know HTTP.
+//! It decides nothing of a push or a page: it reads the rows [`super::plan`] asks for and
+//! writes what it returns. It must not validate requests or know HTTP.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +30,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use sinkron_core::{Change, Record};
+use sinkron_core::Change;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
     restored_floor, subject_username, Attempts, ClientMark, Held, OpenError, Page, PushBatch,
     PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
@@ -104,7 +105,8 @@ const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, u
 
 /// A page in one statement, so the version, the horizon and the rows are one snapshot. The
 /// cursor `$2` is honoured when it lies between the horizon and the version; otherwise (or
-/// when NULL) the page is the whole state from the start, tombstones included.
+/// when NULL) the page is the whole state from the start, tombstones included: the rule of
+/// [`PageStart`], which `read_page` applies to what this returns.
 const PAGE_SQL: &str = "SELECT u.version, u.horizon,
             r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
      FROM users u
@@ -125,11 +127,11 @@ const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max, u.records, u.bytes
      FROM users u LEFT JOIN clients c ON c.user_id = u.id AND c.client_id = $2
      WHERE u.id = $1 FOR NO KEY UPDATE OF u";
 
-/// The stored order keys of the records a batch writes to, and their values' sizes.
-const CURRENT_SQL: &str = "SELECT r.collection, r.key, r.updated_at, r.client_id,
-            octet_length(r.value)
+/// The stored order keys of the records a batch writes to, and their values' sizes, each with
+/// its key's place in the arrays (from 1).
+const CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value)
      FROM records r
-     JOIN unnest($2::bytea[], $3::bytea[]) AS k(collection, key)
+     JOIN unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS k(collection, key, i)
        ON r.collection = k.collection AND r.key = k.key
      WHERE r.user_id = $1";
 
@@ -153,7 +155,7 @@ const WRITE_SQL: &str = "WITH written AS (
          RETURNING 1
      )
      UPDATE users SET version = $11, records = records + $13, bytes = bytes + $14
-     WHERE id = $1 AND version < $11";
+     WHERE id = $1 AND cardinality($4::bytea[]) > 0";
 
 pub struct PostgresStore {
     pool: Pool,
@@ -388,26 +390,17 @@ async fn read_page<C: GenericClient>(
         .await
         .map_err(store_err)?;
     let first = rows.first().ok_or(StoreError::NotFound)?;
-    let (version, horizon) = (to_u64(first.get(0)), to_u64(first.get(1)));
-    // The same rule as the statement's: a cursor outside [horizon, version] gets the whole
-    // state (callers reject one ahead of the version; treat it like one behind the horizon
-    // rather than answer with nothing forever).
-    let full = match since {
-        None => true,
-        Some(c) => c < horizon || c > version,
-    };
+    let version = to_u64(first.get(0));
+    // The statement starts where this rule says; it cannot call it, as the version, the
+    // horizon and the rows must come from one statement.
+    let start = PageStart::new(since, to_u64(first.get(1)), version);
     let mut changes = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Some(change) = change_of(row)? {
             changes.push(change);
         }
     }
-    Ok(Page::from_rows(
-        changes,
-        limit,
-        version,
-        full && since.is_some(),
-    ))
+    Ok(Page::from_rows(changes, limit, version, start.reset))
 }
 
 /// The record columns of a [`PAGE_SQL`] row; `None` for a user without matching records.
@@ -436,16 +429,8 @@ fn session_of(row: &Row) -> SessionInfo {
     }
 }
 
-/// The last winning write of a push to one record.
-struct Write<'a> {
-    collection: &'a str,
-    key: &'a str,
-    value: Option<&'a str>,
-    updated_at: i64,
-    client_id: &'a str,
-    version: i64,
-}
-
+/// Applies one push in a transaction: locks the user's row, reads what the [`Planner`] asks
+/// for, then writes its [`Plan`](super::plan::Plan) in one statement.
 async fn apply_push(
     client: &mut Object,
     user_id: UserId,
@@ -459,116 +444,47 @@ async fn apply_push(
         .await
         .map_err(store_err)?
         .ok_or(StoreError::NotFound)?;
-    let mut version = to_u64(row.get(0));
-    let start_version = version;
+    let user = UserState {
+        version: to_u64(row.get(0)),
+        usage: Usage {
+            records: row.get(3),
+            bytes: row.get(4),
+        },
+        writes_after: to_u64(row.get(5)),
+    };
     let mark = ClientMark {
         ack: row.get::<_, Option<i64>>(1).map_or(0, to_u64),
         stamp_max: row.get::<_, Option<i64>>(2).map(to_u64),
     };
-    let usage = Usage {
-        records: row.get(3),
-        bytes: row.get(4),
-    };
-    let writes_after = to_u64(row.get(5));
-    batch.check_retries(mark)?;
-    let ack = mark.ack;
+    let planner = Planner::new(*batch, user, mark)?;
 
-    // Writes made before the user was erased are taken, not stored.
-    let pending: Vec<_> = batch
-        .mutations
-        .iter()
-        .filter(|m| {
-            m.id > ack
-                && (writes_after == 0 || m.updated_at.min(batch.updated_at_max) > writes_after)
-        })
-        .collect();
-    // What each touched record holds now, as far as newest-wins is concerned.
-    let mut current: HashMap<(&str, &str), Record> = HashMap::with_capacity(pending.len());
-    // The size of each touched record's value (absent: none, or a tombstone).
-    let mut held: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
-    if !pending.is_empty() {
-        let collections: Vec<&[u8]> = pending.iter().map(|m| m.collection.as_bytes()).collect();
-        let keys: Vec<&[u8]> = pending.iter().map(|m| m.key.as_bytes()).collect();
+    let keys = planner.keys();
+    let mut stored: Vec<Option<Stored>> = vec![None; keys.len()];
+    if !keys.is_empty() {
+        let collections: Vec<&[u8]> = keys.iter().map(|k| k.0.as_bytes()).collect();
+        let names: Vec<&[u8]> = keys.iter().map(|k| k.1.as_bytes()).collect();
         let stmt = tx.prepare_cached(CURRENT_SQL).await.map_err(store_err)?;
         let rows = tx
-            .query(&stmt, &[&user_id, &collections, &keys])
+            .query(&stmt, &[&user_id, &collections, &names])
             .await
             .map_err(store_err)?;
-        // (collection, key) → the record's order key and its value's size.
-        type Stored = HashMap<(Vec<u8>, Vec<u8>), (Record, Option<i32>)>;
-        let mut stored = Stored::with_capacity(rows.len());
         for row in rows {
-            let record = Record {
-                value: None,
-                updated_at: to_u64(row.get(2)),
-                client_id: text(row.get(3))?,
-            };
-            stored.insert((row.get(0), row.get(1)), (record, row.get(4)));
-        }
-        for m in &pending {
-            if let Some((r, bytes)) =
-                stored.remove(&(m.collection.as_bytes().to_vec(), m.key.as_bytes().to_vec()))
-            {
-                let id = (m.collection.as_str(), m.key.as_str());
-                current.insert(id, r);
-                if let Some(bytes) = bytes {
-                    held.insert(id, usize::try_from(bytes).unwrap_or(0));
-                }
-            }
+            // The key's place in the arrays, from 1.
+            let place = usize::try_from(row.get::<_, i64>(0) - 1)
+                .ok()
+                .filter(|&i| i < stored.len())
+                .ok_or_else(|| StoreError::Other("a stored row of no key".into()))?;
+            stored[place] = Some(Stored {
+                updated_at: to_u64(row.get(1)),
+                client_id: text(row.get(2))?,
+                bytes: row
+                    .get::<_, Option<i32>>(3)
+                    .map(|b| usize::try_from(b).unwrap_or(0)),
+            });
         }
     }
-
-    // Records a cap evicts (their collection and order key); declared before `writes`,
-    // which borrows from them.
-    let mut evicted: Vec<(&str, Held)> = Vec::new();
-    let mut writes: Vec<Write<'_>> = Vec::with_capacity(pending.len());
-    let mut slot: HashMap<(&str, &str), usize> = HashMap::with_capacity(pending.len());
-    let mut applied = 0;
-    let mut change = Usage::default();
-    // The collections this push adds a record to.
-    let mut grew: Vec<&str> = Vec::new();
-    for m in pending {
-        let incoming = Record {
-            value: None,
-            updated_at: m.updated_at.min(batch.updated_at_max),
-            client_id: batch.client_id.to_owned(),
-        };
-        let id = (m.collection.as_str(), m.key.as_str());
-        if current.get(&id).is_some_and(|c| !incoming.wins_over(c)) {
-            continue;
-        }
-        version += 1;
-        applied += 1;
-        let write = Write {
-            collection: id.0,
-            key: id.1,
-            value: m.value.as_deref(),
-            updated_at: to_i64(incoming.updated_at, "updatedAt")?,
-            client_id: batch.client_id,
-            version: to_i64(version, "version")?,
-        };
-        // A later winner in the same batch replaces the earlier one: only the last write of a
-        // record is stored, with its (higher) version, as applying them one by one would.
-        match slot.get(&id) {
-            Some(&i) => writes[i] = write,
-            None => {
-                slot.insert(id, writes.len());
-                writes.push(write);
-            }
-        }
-        current.insert(id, incoming);
-        let size = m.value.as_ref().map(String::len);
-        let before = held.get(&id).copied();
-        change = change.plus(Usage::change(before, size));
-        if before.is_none() && size.is_some() && !grew.contains(&id.0) {
-            grew.push(id.0);
-        }
-        match size {
-            Some(size) => held.insert(id, size),
-            None => held.remove(&id),
-        };
-    }
-    for cap in batch.caps_to_apply(&grew, usage.plus(change)) {
+    let mut merge = planner.merge(stored);
+    for cap in merge.caps() {
         let rows = tx
             .query(
                 "SELECT key, updated_at, client_id, octet_length(value) FROM records
@@ -577,74 +493,41 @@ async fn apply_push(
             )
             .await
             .map_err(store_err)?;
-        let mut live: HashMap<String, Held> = HashMap::with_capacity(rows.len());
+        let mut live = Vec::with_capacity(rows.len());
         for row in rows {
-            let key = text(row.get(0))?;
-            let held = Held {
-                key: key.clone(),
+            live.push(Held {
+                key: text(row.get(0))?,
                 updated_at: to_u64(row.get(1)),
                 client_id: text(row.get(2))?,
                 bytes: usize::try_from(row.get::<_, i32>(3)).unwrap_or(0),
-            };
-            live.insert(key, held);
+            });
         }
-        // As it will be once this push's writes are in.
-        for w in writes.iter().filter(|w| w.collection == cap.collection) {
-            match w.value {
-                Some(value) => live.insert(
-                    w.key.to_owned(),
-                    Held {
-                        key: w.key.to_owned(),
-                        updated_at: to_u64(w.updated_at),
-                        client_id: w.client_id.to_owned(),
-                        bytes: value.len(),
-                    },
-                ),
-                None => live.remove(w.key),
-            };
-        }
-        let collection = cap.collection.as_str();
-        evicted.extend(
-            cap.evict(live.into_values().collect())
-                .into_iter()
-                .map(|h| (collection, h)),
-        );
+        merge.evict(cap, live);
     }
-    for (collection, h) in &evicted {
-        version += 1;
-        change = change.plus(Usage::change(Some(h.bytes), None));
-        let tombstone = Write {
-            collection,
-            key: &h.key,
-            value: None,
-            updated_at: to_i64(h.updated_at, "updatedAt")?,
-            client_id: &h.client_id,
-            version: to_i64(version, "version")?,
-        };
-        match slot.get(&(*collection, h.key.as_str())) {
-            Some(&i) => writes[i] = tombstone,
-            None => writes.push(tombstone),
-        }
-    }
-    batch.quota.check(usage, change)?;
+    let plan = merge.finish()?;
 
-    let after = batch.mark_after(mark);
-    let new_ack = after.ack;
-    if !writes.is_empty() || after != mark {
-        let collections: Vec<&[u8]> = writes.iter().map(|w| w.collection.as_bytes()).collect();
-        let keys: Vec<&[u8]> = writes.iter().map(|w| w.key.as_bytes()).collect();
-        let values: Vec<Option<&str>> = writes.iter().map(|w| w.value).collect();
-        let updated: Vec<i64> = writes.iter().map(|w| w.updated_at).collect();
-        let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
-        let writers: Vec<&[u8]> = writes.iter().map(|w| w.client_id.as_bytes()).collect();
+    if !plan.rows.is_empty() || plan.mark.is_some() {
+        let rows = &plan.rows;
+        let collections: Vec<&[u8]> = rows.iter().map(|w| w.collection.as_bytes()).collect();
+        let keys: Vec<&[u8]> = rows.iter().map(|w| w.key.as_bytes()).collect();
+        let values: Vec<Option<&str>> = rows.iter().map(|w| w.value).collect();
+        let updated = rows
+            .iter()
+            .map(|w| to_i64(w.updated_at, "updatedAt"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let versions = rows
+            .iter()
+            .map(|w| to_i64(w.version, "version"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let writers: Vec<&[u8]> = rows.iter().map(|w| w.client_id.as_bytes()).collect();
         let now = to_i64(batch.now_ms, "server time")?;
-        let ack_i64 = to_i64(new_ack, "ack")?;
-        let ack_changed = after != mark;
+        let after = plan.mark.unwrap_or(mark);
+        let ack = to_i64(after.ack, "ack")?;
         let stamp_max = after
             .stamp_max
             .map(|s| to_i64(s, "updatedAt"))
             .transpose()?;
-        let version_i64 = to_i64(version, "version")?;
+        let version = to_i64(plan.version, "version")?;
         let stmt = tx.prepare_cached(WRITE_SQL).await.map_err(store_err)?;
         tx.execute(
             &stmt,
@@ -657,30 +540,24 @@ async fn apply_push(
                 &values,
                 &updated,
                 &versions,
-                &ack_i64,
-                &ack_changed,
-                &version_i64,
+                &ack,
+                &plan.mark.is_some(),
+                &version,
                 &stamp_max,
-                &change.records,
-                &change.bytes,
+                &plan.usage.records,
+                &plan.usage.bytes,
                 &writers,
             ],
         )
         .await
         .map_err(store_err)?;
     }
-    debug_assert!(version >= start_version);
     let page = match batch.since {
         Some(since) => Some(read_page(&tx, user_id, Some(since), batch.limit).await?),
         None => None,
     };
     tx.commit().await.map_err(store_err)?;
-    Ok(PushOutcome {
-        ack: new_ack,
-        version,
-        applied,
-        page,
-    })
+    Ok(plan.outcome(page))
 }
 
 #[async_trait]

@@ -17,8 +17,9 @@
 //! out is never refused as ahead of the user. Until the server notices, polls may be answered
 //! `304` as before the import: the imported records arrive at the next poll after that.
 //!
-//! It must not validate requests or know HTTP; blocking calls run on tokio's blocking pool,
-//! never on the async workers.
+//! It decides nothing of a push or a page: it reads the rows [`super::plan`] asks for and
+//! writes what it returns. It must not validate requests or know HTTP; blocking calls run on
+//! tokio's blocking pool, never on the async workers.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -28,12 +29,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use sinkron_core::{Change, Mutation, Record};
+use sinkron_core::{Change, Mutation};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-#[cfg(feature = "planted-bugs")]
-use sinkron_core::planted::{planted, Bug};
-
+use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
     restored_floor, subject_username, Cap, ClientMark, Held, OpenError, Page, PushBatch,
     PushOutcome, Quota, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
@@ -419,13 +418,8 @@ fn read_page(
         })
         .map_err(store_err)?
         .ok_or(StoreError::NotFound)?;
-    let (version, horizon) = (to_u64(version), to_u64(horizon));
-    // A cursor ahead of the version cannot come from this server (callers reject it); treat
-    // it like one behind the horizon rather than answer with nothing forever.
-    let full = match since {
-        None => true,
-        Some(c) => c < horizon || c > version,
-    };
+    let version = to_u64(version);
+    let start = PageStart::new(since, to_u64(horizon), version);
     let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let map_row = |r: &rusqlite::Row<'_>| {
         Ok(Change {
@@ -437,13 +431,6 @@ fn read_page(
             version: to_u64(r.get(5)?),
         })
     };
-    // The whole state is every stored record, tombstones included, so a client can tell
-    // what the page leaves out (gone) from what it has that is newer than the page.
-    let after = if full {
-        0
-    } else {
-        to_i64(since.unwrap_or(0), "cursor")?
-    };
     let mut stmt = conn
         .prepare_cached(
             "SELECT collection, key, value, updated_at, client_id, version FROM records
@@ -451,43 +438,41 @@ fn read_page(
         )
         .map_err(store_err)?;
     let rows = stmt
-        .query_map(params![user_id, after, limit_plus], map_row)
+        .query_map(
+            params![user_id, to_i64(start.after, "cursor")?, limit_plus],
+            map_row,
+        )
         .map_err(store_err)?;
     let changes = rows
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(store_err)?;
-    Ok(Page::from_rows(
-        changes,
-        limit,
-        version,
-        full && since.is_some(),
-    ))
+    Ok(Page::from_rows(changes, limit, version, start.reset))
 }
 
-/// Applies one push inside the caller's transaction (a savepoint of a group commit).
+/// Applies one push inside the caller's transaction (a savepoint of a group commit): reads
+/// what the [`Planner`] asks for, then writes its [`Plan`](super::plan::Plan).
 fn apply_push(
     tx: &Connection,
     user_id: UserId,
     batch: &PushBatch<'_>,
 ) -> Result<PushOutcome, StoreError> {
-    let (version, usage, writes_after) = tx
+    let user = tx
         .prepare_cached("SELECT version, records, bytes, writes_after FROM users WHERE id = ?1")
         .and_then(|mut s| {
             s.query_row([user_id], |r| {
-                let usage = Usage {
-                    records: r.get(1)?,
-                    bytes: r.get(2)?,
-                };
-                Ok((r.get::<_, i64>(0)?, usage, to_u64(r.get(3)?)))
+                Ok(UserState {
+                    version: to_u64(r.get(0)?),
+                    usage: Usage {
+                        records: r.get(1)?,
+                        bytes: r.get(2)?,
+                    },
+                    writes_after: to_u64(r.get(3)?),
+                })
             })
             .optional()
         })
         .map_err(store_err)?
         .ok_or(StoreError::NotFound)?;
-    let mut version = to_u64(version);
-    let mut change = Usage::default();
-    // The collections this push adds a record to.
-    let mut grew: Vec<&str> = Vec::new();
     let mark = tx
         .prepare_cached("SELECT ack, stamp_max FROM clients WHERE user_id = ?1 AND client_id = ?2")
         .and_then(|mut s| {
@@ -501,88 +486,32 @@ fn apply_push(
         })
         .map_err(store_err)?
         .unwrap_or_default();
-    batch.check_retries(mark)?;
-    let ack = mark.ack;
+    let planner = Planner::new(*batch, user, mark)?;
 
-    let now = to_i64(batch.now_ms, "server time")?;
-    let mut applied = 0;
-    #[cfg(feature = "planted-bugs")]
-    let ack = if planted(Bug::NoDedupe) { 0 } else { ack };
-    for m in batch.mutations.iter().filter(|m| m.id > ack) {
-        let incoming = Record {
-            value: None,
-            updated_at: m.updated_at.min(batch.updated_at_max),
-            client_id: batch.client_id.to_owned(),
-        };
-        if writes_after > 0 && incoming.updated_at <= writes_after {
-            continue; // Made before the user was erased: taken, not stored.
-        }
-        let stored = tx
+    let mut stored = Vec::with_capacity(planner.keys().len());
+    if !planner.keys().is_empty() {
+        let mut stmt = tx
             .prepare_cached(
                 "SELECT updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
                  WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
             )
-            .and_then(|mut s| {
-                s.query_row(params![user_id, m.collection, m.key], |r| {
-                    let record = Record {
-                        value: None,
+            .map_err(store_err)?;
+        for (collection, key) in planner.keys() {
+            let row = stmt
+                .query_row(params![user_id, collection, key], |r| {
+                    Ok(Stored {
                         updated_at: to_u64(r.get(0)?),
                         client_id: r.get(1)?,
-                    };
-                    Ok((record, r.get::<_, Option<i64>>(2)?))
+                        bytes: r.get::<_, Option<i64>>(2)?.map(to_usize),
+                    })
                 })
                 .optional()
-            })
-            .map_err(store_err)?;
-        let held = stored.as_ref().and_then(|(_, bytes)| *bytes).map(to_usize);
-        let current = stored.map(|(record, _)| record);
-        #[cfg(feature = "planted-bugs")]
-        let current = current.filter(|_| !planted(Bug::ArrivalOrder));
-        if current.is_some_and(|c| !incoming.wins_over(&c)) {
-            continue;
-        }
-        version += 1;
-        #[allow(unused_mut)]
-        let mut row_version = version;
-        #[cfg(feature = "planted-bugs")]
-        if planted(Bug::TimestampCursor) {
-            row_version = incoming.updated_at;
-            version = (version - 1).max(row_version);
-        }
-        let (updated_at, stamped) = (
-            to_i64(incoming.updated_at, "updatedAt")?,
-            to_i64(row_version, "version")?,
-        );
-        tx.prepare_cached(
-            "INSERT INTO records
-                 (user_id, collection, key, value, updated_at, client_id, version, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (user_id, collection, key) DO UPDATE SET
-                 value = excluded.value, updated_at = excluded.updated_at,
-                 client_id = excluded.client_id, version = excluded.version,
-                 stored_at = excluded.stored_at",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                user_id,
-                m.collection,
-                m.key,
-                m.value,
-                updated_at,
-                batch.client_id,
-                stamped,
-                now,
-            ])
-        })
-        .map_err(store_err)?;
-        applied += 1;
-        change = change.plus(Usage::change(held, m.value.as_ref().map(String::len)));
-        if held.is_none() && m.value.is_some() && !grew.contains(&m.collection.as_str()) {
-            grew.push(m.collection.as_str());
+                .map_err(store_err)?;
+            stored.push(row);
         }
     }
-    let mut evictions = 0;
-    for cap in batch.caps_to_apply(&grew, usage.plus(change)) {
+    let mut merge = planner.merge(stored);
+    for cap in merge.caps() {
         let live = tx
             .prepare_cached(
                 "SELECT key, updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
@@ -600,31 +529,48 @@ fn apply_push(
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(store_err)?;
-        for evicted in cap.evict(live) {
-            version += 1;
-            evictions += 1;
-            let stamped = to_i64(version, "version")?;
-            tx.prepare_cached(
-                "UPDATE records SET value = NULL, version = ?4, stored_at = ?5
-                 WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
-            )
-            .and_then(|mut s| {
-                s.execute(params![user_id, cap.collection, evicted.key, stamped, now])
-            })
-            .map_err(store_err)?;
-            change = change.plus(Usage::change(Some(evicted.bytes), None));
-        }
+        merge.evict(cap, live);
     }
-    batch.quota.check(usage, change)?;
+    let plan = merge.finish()?;
 
-    let after = batch.mark_after(mark);
-    let new_ack = after.ack;
-    if after != mark {
-        let stamp_max = after
-            .stamp_max
-            .map(|s| to_i64(s, "updatedAt"))
-            .transpose()?;
-        let ack = to_i64(new_ack, "ack")?;
+    let now = to_i64(batch.now_ms, "server time")?;
+    if !plan.rows.is_empty() {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO records
+                     (user_id, collection, key, value, updated_at, client_id, version, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (user_id, collection, key) DO UPDATE SET
+                     value = excluded.value, updated_at = excluded.updated_at,
+                     client_id = excluded.client_id, version = excluded.version,
+                     stored_at = excluded.stored_at",
+            )
+            .map_err(store_err)?;
+        for row in &plan.rows {
+            stmt.execute(params![
+                user_id,
+                row.collection,
+                row.key,
+                row.value,
+                to_i64(row.updated_at, "updatedAt")?,
+                row.client_id,
+                to_i64(row.version, "version")?,
+                now,
+            ])
+            .map_err(store_err)?;
+        }
+        let version = to_i64(plan.version, "version")?;
+        let usage = plan.usage;
+        tx.prepare_cached(
+            "UPDATE users SET version = ?2, records = records + ?3, bytes = bytes + ?4
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![user_id, version, usage.records, usage.bytes]))
+        .map_err(store_err)?;
+    }
+    if let Some(mark) = plan.mark {
+        let stamp_max = mark.stamp_max.map(|s| to_i64(s, "updatedAt")).transpose()?;
+        let ack = to_i64(mark.ack, "ack")?;
         tx.prepare_cached(
             "INSERT INTO clients (user_id, client_id, ack, stamp_max) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (user_id, client_id) DO UPDATE SET
@@ -633,25 +579,11 @@ fn apply_push(
         .and_then(|mut s| s.execute(params![user_id, batch.client_id, ack, stamp_max]))
         .map_err(store_err)?;
     }
-    if applied + evictions > 0 {
-        let stamped = to_i64(version, "version")?;
-        tx.prepare_cached(
-            "UPDATE users SET version = ?2, records = records + ?3, bytes = bytes + ?4
-             WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![user_id, stamped, change.records, change.bytes]))
-        .map_err(store_err)?;
-    }
     let page = match batch.since {
         Some(since) => Some(read_page(tx, user_id, Some(since), batch.limit)?),
         None => None,
     };
-    Ok(PushOutcome {
-        ack: new_ack,
-        version,
-        applied,
-        page,
-    })
+    Ok(plan.outcome(page))
 }
 
 /// The id and version of the site's user with this subject.

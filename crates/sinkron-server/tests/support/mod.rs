@@ -194,13 +194,19 @@ impl Data {
         self.dir.path().to_path_buf()
     }
 
+    /// Starts `sinkron serve` on this data with `args`. Unless they say otherwise, the server
+    /// asks clients to poll every second (`--poll-interval 1`), so that the test devices'
+    /// short intervals stay short.
     pub async fn start(&self, args: &[&str]) -> Server {
         let url = self.url();
         let mut command = Command::new(BIN);
         command
             .arg("serve")
-            .args(["--addr", "127.0.0.1:0", "--database", &url])
-            .args(args);
+            .args(["--addr", "127.0.0.1:0", "--database", &url]);
+        if !args.contains(&"--poll-interval") {
+            command.args(["--poll-interval", "1"]);
+        }
+        command.args(args);
         self.spawn(command).await
     }
 

@@ -1,0 +1,572 @@
+//! The push rule and the page rule, written once for every backend.
+//!
+//! A backend reads what a push needs and hands it to a [`Planner`], which decides everything
+//! else: which mutations are retries (at or below the client's ack) and which reuse an id,
+//! the clamp of future stamps, writes made before an erasure, newest-wins, the versions, the
+//! collection caps' evictions, the storage quota and the client's new mark. The backend then
+//! writes the resulting [`Plan`] in its transaction. The steps, each fed by one kind of read:
+//!
+//! 1. [`Planner::new`] with the user's row ([`UserState`]) and the client's [`ClientMark`];
+//! 2. [`Planner::merge`] with the stored rows of the records [`Planner::keys`] names;
+//! 3. [`Merge::evict`] with the live records of each collection [`Merge::caps`] names, as
+//!    stored before the push;
+//! 4. [`Merge::finish`]: the [`Plan`], or the error that refuses the whole batch.
+//!
+//! A pull asks [`PageStart::new`] where its page starts and cuts its rows with
+//! [`Page::from_rows`].
+//!
+//! It must not do I/O or know SQL: it is tested without a database. The store's planted bugs
+//! (`sinkron_core::planted`, feature `planted-bugs`) are planted here, so they hit every
+//! backend.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use sinkron_core::{Change, Mutation, Record};
+
+#[cfg(feature = "planted-bugs")]
+use sinkron_core::planted::{planted, Bug};
+
+use super::{Page, PushBatch, PushOutcome, StoreError};
+
+/// What a user's live records take: how many hold a value, and those values' bytes.
+/// Tombstones take nothing (they are compacted away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub records: i64,
+    pub bytes: i64,
+}
+
+impl Usage {
+    /// What a record takes when it holds `value` (`None`: absent, or a tombstone).
+    pub fn of(value: Option<usize>) -> Usage {
+        match value {
+            Some(bytes) => Usage {
+                records: 1,
+                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            },
+            None => Usage::default(),
+        }
+    }
+
+    /// The change when a record that held `before` comes to hold `after`.
+    pub fn change(before: Option<usize>, after: Option<usize>) -> Usage {
+        let (b, a) = (Usage::of(before), Usage::of(after));
+        Usage {
+            records: a.records - b.records,
+            bytes: a.bytes - b.bytes,
+        }
+    }
+
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            records: self.records.saturating_add(other.records),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+/// The most a user may store. Every backend applies this one rule to a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl Quota {
+    pub const UNLIMITED: Quota = Quota {
+        records: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// Refuses a batch that takes the user from `before` by `change` past the quota in a
+    /// measure that the batch grows. A batch that grows nothing (deletes, smaller values)
+    /// passes even above the quota, so a user over it (after the quota was lowered) can
+    /// always make room.
+    pub fn check(&self, before: Usage, change: Usage) -> Result<(), StoreError> {
+        let after = before.plus(change);
+        let past = |now: i64, limit: u64| u64::try_from(now).is_ok_and(|n| n > limit);
+        if change.records > 0 && past(after.records, self.records) {
+            return Err(StoreError::QuotaExceeded {
+                what: "records",
+                limit: self.records,
+            });
+        }
+        if change.bytes > 0 && past(after.bytes, self.bytes) {
+            return Err(StoreError::QuotaExceeded {
+                what: "bytes",
+                limit: self.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A live record of a capped collection, as the cap orders them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub key: String,
+    pub updated_at: u64,
+    pub client_id: String,
+    /// The value's bytes.
+    pub bytes: usize,
+}
+
+/// Most records holding a value that a user keeps in one collection (history grows with
+/// every episode played). Every backend applies this one rule after a push's writes: past
+/// the cap, the oldest records (by `updatedAt`, then client id and key) become tombstones
+/// with the same `updatedAt` and client id — so devices drop them at their next pull, and a
+/// newer write of the same record (played again) wins over the tombstone as over any older
+/// write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cap {
+    pub collection: String,
+    pub max: u64,
+}
+
+impl Cap {
+    /// Whether a user with `records` live records in all can be past this cap: a push
+    /// reads a capped collection only then.
+    pub fn may_pass(&self, records: i64) -> bool {
+        u64::try_from(records).is_ok_and(|n| n > self.max)
+    }
+
+    /// Which of `live` (every live record of the collection after the push) to evict.
+    pub fn evict(&self, mut live: Vec<Held>) -> Vec<Held> {
+        let keep = usize::try_from(self.max).unwrap_or(usize::MAX);
+        if live.len() <= keep {
+            return Vec::new();
+        }
+        live.sort_by(|a, b| {
+            (a.updated_at, a.client_id.as_bytes(), a.key.as_bytes()).cmp(&(
+                b.updated_at,
+                b.client_id.as_bytes(),
+                b.key.as_bytes(),
+            ))
+        });
+        live.truncate(live.len() - keep);
+        live
+    }
+}
+
+/// What the server remembers of a client id: the highest mutation id it took (the ack)
+/// and the highest `updatedAt`, as sent, of every mutation it took under that id (`None`
+/// for a client acknowledged before this was kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientMark {
+    pub ack: u64,
+    pub stamp_max: Option<u64>,
+}
+
+/// `updatedAt` as stored in a 64-bit signed column.
+fn stamp(m: &Mutation) -> u64 {
+    m.updated_at.min(i64::MAX as u64)
+}
+
+impl PushBatch<'_> {
+    /// Refuses a batch whose ids at or below the client's ack carry writes the server never
+    /// took under them. Every retry of a mutation the server took carries its original
+    /// `updatedAt`, at most the client's `stamp_max`; a mutation stamped later is a new write
+    /// under a reused id (a client that lost its numbering), which skipping as a retry would
+    /// lose without a trace. The client renumbers it and pushes again.
+    pub fn check_retries(&self, mark: ClientMark) -> Result<(), StoreError> {
+        let Some(stamp_max) = mark.stamp_max else {
+            return Ok(());
+        };
+        let reused = self
+            .mutations
+            .iter()
+            .any(|m| m.id <= mark.ack && stamp(m) > stamp_max);
+        if reused {
+            return Err(StoreError::IdsReused { ack: mark.ack });
+        }
+        Ok(())
+    }
+
+    /// The client's mark once this batch is taken.
+    pub fn mark_after(&self, before: ClientMark) -> ClientMark {
+        let highest = self.mutations.iter().map(|m| m.id).max().unwrap_or(0);
+        let stamps = self.mutations.iter().map(stamp).max();
+        ClientMark {
+            ack: before.ack.max(highest),
+            stamp_max: before.stamp_max.max(stamps),
+        }
+    }
+}
+
+/// What a push reads of its user first (on PostgreSQL, locking the row).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// The user's version: the last one handed out.
+    pub version: u64,
+    /// What the user's live records take now.
+    pub usage: Usage,
+    /// After an erasure of the user's subject: writes stamped at or before this are taken and
+    /// not stored (0: none).
+    pub writes_after: u64,
+}
+
+/// A stored record as the merge sees it: its newest-wins order key and its value's size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub updated_at: u64,
+    pub client_id: String,
+    /// The value's bytes; `None` for a tombstone.
+    pub bytes: Option<usize>,
+}
+
+/// A record a push writes, replacing what is stored under its collection and key (an
+/// upsert). A plan writes each record at most once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row<'a> {
+    pub collection: &'a str,
+    pub key: Cow<'a, str>,
+    /// `None`: a tombstone.
+    pub value: Option<&'a str>,
+    pub updated_at: u64,
+    pub client_id: Cow<'a, str>,
+    pub version: u64,
+}
+
+/// What a push writes and answers, decided by [`Planner`] and [`Merge`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<'a> {
+    /// The records to write, each once: the last winning write of each record of the batch,
+    /// and the tombstones of the caps' evictions.
+    pub rows: Vec<Row<'a>>,
+    /// The user's version after the push (the user's row is written when `rows` is not
+    /// empty).
+    pub version: u64,
+    /// What the push adds to the user's usage (may be negative).
+    pub usage: Usage,
+    /// The client's new mark, when it changed.
+    pub mark: Option<ClientMark>,
+    /// The highest mutation id taken for this client, now or before.
+    pub ack: u64,
+    /// How many mutations won.
+    pub applied: usize,
+}
+
+impl Plan<'_> {
+    /// The push's outcome, with the page read after the plan was written.
+    pub fn outcome(&self, page: Option<Page>) -> PushOutcome {
+        PushOutcome {
+            ack: self.ack,
+            version: self.version,
+            applied: self.applied,
+            page,
+        }
+    }
+}
+
+/// The first step of a push: the batch, the user and the client's mark are known; the
+/// stored rows of [`Planner::keys`] are to be read.
+#[derive(Debug)]
+pub struct Planner<'a> {
+    batch: PushBatch<'a>,
+    user: UserState,
+    mark: ClientMark,
+    /// The records the batch may write, each once, in the batch's order.
+    keys: Vec<(&'a str, &'a str)>,
+    /// Each record's place in `keys`.
+    index: HashMap<(&'a str, &'a str), usize>,
+    /// The mutations to merge, with their record's place in `keys`.
+    pending: Vec<(&'a Mutation, usize)>,
+}
+
+impl<'a> Planner<'a> {
+    /// Refuses a batch that reuses ids ([`PushBatch::check_retries`]); keeps the mutations
+    /// above the client's ack that were not made before an erasure of the user.
+    pub fn new(
+        batch: PushBatch<'a>,
+        user: UserState,
+        mark: ClientMark,
+    ) -> Result<Self, StoreError> {
+        batch.check_retries(mark)?;
+        let ack = mark.ack;
+        #[cfg(feature = "planted-bugs")]
+        let ack = if planted(Bug::NoDedupe) { 0 } else { ack };
+        let mutations = batch.mutations;
+        let mut keys = Vec::with_capacity(mutations.len());
+        let mut index = HashMap::with_capacity(mutations.len());
+        let mut pending = Vec::with_capacity(mutations.len());
+        for m in mutations.iter().filter(|m| m.id > ack) {
+            // Made before the user was erased: taken, not stored.
+            if user.writes_after > 0 && batch.clamp(m) <= user.writes_after {
+                continue;
+            }
+            let id = (m.collection.as_str(), m.key.as_str());
+            let place = *index.entry(id).or_insert_with(|| {
+                keys.push(id);
+                keys.len() - 1
+            });
+            pending.push((m, place));
+        }
+        Ok(Self {
+            batch,
+            user,
+            mark,
+            keys,
+            index,
+            pending,
+        })
+    }
+
+    /// The records whose stored rows [`Planner::merge`] needs, as `(collection, key)`.
+    pub fn keys(&self) -> &[(&'a str, &'a str)] {
+        &self.keys
+    }
+
+    /// Merges the batch newest-wins with what is stored: `stored[i]` is the row of
+    /// `keys()[i]`, `None` when there is none. Each winner takes the user's next version.
+    pub fn merge(self, mut stored: Vec<Option<Stored>>) -> Merge<'a> {
+        debug_assert_eq!(stored.len(), self.keys.len(), "one answer per key");
+        stored.resize(self.keys.len(), None);
+        let mut slots: Vec<Slot> = stored
+            .into_iter()
+            .map(|s| match s {
+                Some(s) => Slot {
+                    held: s.bytes,
+                    current: Some(Record {
+                        value: None,
+                        updated_at: s.updated_at,
+                        client_id: s.client_id,
+                    }),
+                    row: None,
+                },
+                None => Slot::default(),
+            })
+            .collect();
+        let batch = self.batch;
+        let mut version = self.user.version;
+        let mut applied = 0;
+        let mut change = Usage::default();
+        let mut rows: Vec<Row<'a>> = Vec::with_capacity(self.keys.len());
+        // The collections this push adds a record to.
+        let mut grew: Vec<&'a str> = Vec::new();
+        for &(m, place) in &self.pending {
+            let incoming = Record {
+                value: None,
+                updated_at: batch.clamp(m),
+                client_id: batch.client_id.to_owned(),
+            };
+            let slot = &mut slots[place];
+            let current = slot.current.as_ref();
+            #[cfg(feature = "planted-bugs")]
+            let current = current.filter(|_| !planted(Bug::ArrivalOrder));
+            if current.is_some_and(|c| !incoming.wins_over(c)) {
+                continue;
+            }
+            version += 1;
+            applied += 1;
+            #[allow(unused_mut)]
+            let mut row_version = version;
+            #[cfg(feature = "planted-bugs")]
+            if planted(Bug::TimestampCursor) {
+                row_version = incoming.updated_at;
+                version = (version - 1).max(row_version);
+            }
+            let row = Row {
+                collection: &m.collection,
+                key: Cow::Borrowed(&m.key),
+                value: m.value.as_deref(),
+                updated_at: incoming.updated_at,
+                client_id: Cow::Borrowed(batch.client_id),
+                version: row_version,
+            };
+            // A later winner in the same batch replaces the earlier one: only the last write
+            // of a record is stored, with its (higher) version, as applying them one by one
+            // would.
+            match slot.row {
+                Some(i) => rows[i] = row,
+                None => {
+                    slot.row = Some(rows.len());
+                    rows.push(row);
+                }
+            }
+            let size = m.value.as_ref().map(String::len);
+            change = change.plus(Usage::change(slot.held, size));
+            if slot.held.is_none() && size.is_some() && !grew.contains(&m.collection.as_str()) {
+                grew.push(&m.collection);
+            }
+            slot.held = size;
+            slot.current = Some(incoming);
+        }
+        // Only a collection that gained a record can have passed its cap, and only if the
+        // user holds more records than the cap in all.
+        let records = self.user.usage.plus(change).records;
+        let caps = batch
+            .caps
+            .iter()
+            .filter(|cap| grew.contains(&cap.collection.as_str()) && cap.may_pass(records))
+            .collect();
+        Merge {
+            batch,
+            user: self.user,
+            mark: self.mark,
+            index: self.index,
+            slots,
+            rows,
+            version,
+            applied,
+            change,
+            caps,
+        }
+    }
+}
+
+/// What the merge knows of one record of the batch.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// Its newest-wins order key, as stored or as written by this batch.
+    current: Option<Record>,
+    /// Its value's bytes (`None`: absent, or a tombstone).
+    held: Option<usize>,
+    /// Its place in the plan's rows, once written.
+    row: Option<usize>,
+}
+
+/// The second step of a push: the batch is merged; the caps of [`Merge::caps`] are to be
+/// applied.
+#[derive(Debug)]
+pub struct Merge<'a> {
+    batch: PushBatch<'a>,
+    user: UserState,
+    mark: ClientMark,
+    index: HashMap<(&'a str, &'a str), usize>,
+    slots: Vec<Slot>,
+    rows: Vec<Row<'a>>,
+    version: u64,
+    applied: usize,
+    change: Usage,
+    caps: Vec<&'a Cap>,
+}
+
+impl<'a> Merge<'a> {
+    /// The caps to apply, each with [`Merge::evict`] and the collection's live records.
+    pub fn caps(&self) -> Vec<&'a Cap> {
+        self.caps.clone()
+    }
+
+    /// Applies `cap` given `live`, every record of its collection that holds a value as
+    /// stored before this push: the oldest past the cap, once this push's writes are in,
+    /// become tombstones, each taking the user's next version.
+    pub fn evict(&mut self, cap: &'a Cap, mut live: Vec<Held>) {
+        let collection = cap.collection.as_str();
+        let written: HashSet<&str> = self
+            .rows
+            .iter()
+            .filter(|r| r.collection == collection)
+            .map(|r| r.key.as_ref())
+            .collect();
+        if !written.is_empty() {
+            live.retain(|h| !written.contains(h.key.as_str()));
+            live.extend(
+                self.rows
+                    .iter()
+                    .filter(|r| r.collection == collection)
+                    .filter_map(|r| {
+                        Some(Held {
+                            key: r.key.to_string(),
+                            updated_at: r.updated_at,
+                            client_id: r.client_id.to_string(),
+                            bytes: r.value?.len(),
+                        })
+                    }),
+            );
+        }
+        for h in cap.evict(live) {
+            self.version += 1;
+            self.change = self.change.plus(Usage::change(Some(h.bytes), None));
+            let place = self.index.get(&(collection, h.key.as_str())).copied();
+            let tombstone = Row {
+                collection,
+                key: Cow::Owned(h.key),
+                value: None,
+                updated_at: h.updated_at,
+                client_id: Cow::Owned(h.client_id),
+                version: self.version,
+            };
+            match place.and_then(|p| self.slots[p].row) {
+                Some(i) => self.rows[i] = tombstone,
+                None => self.rows.push(tombstone),
+            }
+        }
+    }
+
+    /// The plan, unless the batch takes the user past the quota ([`Quota::check`]).
+    pub fn finish(self) -> Result<Plan<'a>, StoreError> {
+        self.batch.quota.check(self.user.usage, self.change)?;
+        let after = self.batch.mark_after(self.mark);
+        Ok(Plan {
+            rows: self.rows,
+            version: self.version,
+            usage: self.change,
+            mark: (after != self.mark).then_some(after),
+            ack: after.ack,
+            applied: self.applied,
+        })
+    }
+}
+
+impl PushBatch<'_> {
+    /// A mutation's `updatedAt` as stored: at most the server's bound.
+    pub fn clamp(&self, m: &Mutation) -> u64 {
+        m.updated_at.min(self.updated_at_max)
+    }
+}
+
+/// Where a page starts: after the client's cursor when it lies between the user's horizon
+/// and version; otherwise from the start, as the whole state (every stored record,
+/// tombstones included), which is a reset when a cursor was given. A cursor ahead of the
+/// version cannot come from this server (callers reject it); it is treated like one behind
+/// the horizon rather than answered with nothing forever. Every backend pages by this rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageStart {
+    /// The page holds the rows above this version.
+    pub after: u64,
+    /// The page is the whole state and the client must drop what it holds.
+    pub reset: bool,
+}
+
+impl PageStart {
+    pub fn new(since: Option<u64>, horizon: u64, version: u64) -> PageStart {
+        match since {
+            Some(cursor) if (horizon..=version).contains(&cursor) => PageStart {
+                after: cursor,
+                reset: false,
+            },
+            Some(_) => PageStart {
+                after: 0,
+                reset: true,
+            },
+            None => PageStart {
+                after: 0,
+                reset: false,
+            },
+        }
+    }
+}
+
+impl Page {
+    /// Cuts the rows of a page query (ordered by version, at most `limit + 1` of them) into a
+    /// page: `more` when the extra row came back, and the cursor where the next pull starts —
+    /// the last returned row's version when more follow, else the user's `version`.
+    pub fn from_rows(mut changes: Vec<Change>, limit: usize, version: u64, reset: bool) -> Page {
+        let more = changes.len() > limit;
+        changes.truncate(limit);
+        let cursor = match changes.last() {
+            Some(last) if more => last.version,
+            _ => version,
+        };
+        Page {
+            changes,
+            cursor,
+            more,
+            reset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,517 @@
+//! The push and page rules on their own, without a database: each test hands the planner
+//! the rows a backend would have read and looks at the plan.
+
+use super::*;
+
+fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
+    Mutation {
+        id,
+        collection: "likes".into(),
+        key: key.into(),
+        value: value.map(str::to_owned),
+        updated_at,
+    }
+}
+
+fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation]) -> PushBatch<'a> {
+    PushBatch {
+        client_id,
+        mutations,
+        now_ms: 1_000,
+        updated_at_max: 61_000,
+        since: None,
+        limit: 100,
+        quota: Quota::UNLIMITED,
+        caps: &[],
+    }
+}
+
+fn stored(updated_at: u64, client_id: &str, bytes: Option<usize>) -> Option<Stored> {
+    Some(Stored {
+        updated_at,
+        client_id: client_id.into(),
+        bytes,
+    })
+}
+
+fn user(version: u64) -> UserState {
+    UserState {
+        version,
+        ..UserState::default()
+    }
+}
+
+/// Plans a push of `batch` for a user at `user` whose records hold nothing but `rows`
+/// (`(key, stored)`), with no cap to apply.
+fn planned<'a>(
+    batch: PushBatch<'a>,
+    user: UserState,
+    mark: ClientMark,
+    rows: &[(&str, Option<Stored>)],
+) -> Result<Plan<'a>, StoreError> {
+    let planner = Planner::new(batch, user, mark)?;
+    let found = planner
+        .keys()
+        .iter()
+        .map(|(_, key)| rows.iter().find(|r| r.0 == *key).and_then(|r| r.1.clone()))
+        .collect();
+    let merge = planner.merge(found);
+    assert!(merge.caps().is_empty(), "no cap in these tests");
+    merge.finish()
+}
+
+/// `(key, value, updated_at, client_id, version)` of each row.
+fn written<'p>(plan: &'p Plan<'_>) -> Vec<(&'p str, Option<&'p str>, u64, &'p str, u64)> {
+    plan.rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.as_ref(),
+                r.value,
+                r.updated_at,
+                r.client_id.as_ref(),
+                r.version,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ids_at_or_below_the_ack_are_skipped_and_the_ack_rises_to_the_batch() {
+    let mutations = [
+        m(3, "a", Some("{}"), 10),
+        m(4, "b", Some("{}"), 10),
+        m(5, "c", None, 10),
+    ];
+    let mark = ClientMark {
+        ack: 4,
+        stamp_max: Some(10),
+    };
+    let planner = Planner::new(batch("c1", &mutations), user(7), mark).expect("planner");
+    assert_eq!(
+        planner.keys(),
+        [("likes", "c")],
+        "only what is above the ack is read"
+    );
+    let plan = planner.merge(vec![None]).finish().expect("plan");
+    assert_eq!(written(&plan), [("c", None, 10, "c1", 8)]);
+    assert_eq!((plan.ack, plan.version, plan.applied), (5, 8, 1));
+    assert_eq!(
+        plan.mark,
+        Some(ClientMark {
+            ack: 5,
+            stamp_max: Some(10)
+        })
+    );
+    // A retry of all of it writes nothing and leaves the mark as it is.
+    let again = plan_of_retry(&mutations);
+    assert!(again.rows.is_empty());
+    assert_eq!((again.ack, again.version, again.applied), (5, 8, 0));
+    assert_eq!(again.mark, None);
+}
+
+fn plan_of_retry(mutations: &[Mutation]) -> Plan<'_> {
+    let mark = ClientMark {
+        ack: 5,
+        stamp_max: Some(10),
+    };
+    planned(batch("c1", mutations), user(8), mark, &[]).expect("plan")
+}
+
+#[test]
+fn a_new_write_under_an_acknowledged_id_refuses_the_batch() {
+    let mutations = [m(2, "a", Some("{}"), 11), m(6, "b", Some("{}"), 5)];
+    let mark = ClientMark {
+        ack: 4,
+        stamp_max: Some(10),
+    };
+    assert!(matches!(
+        Planner::new(batch("c1", &mutations), user(0), mark),
+        Err(StoreError::IdsReused { ack: 4 })
+    ));
+    // A client acknowledged before stamps were kept is not checked.
+    let old = ClientMark {
+        ack: 4,
+        stamp_max: None,
+    };
+    let plan = planned(batch("c1", &mutations), user(0), old, &[]).expect("plan");
+    assert_eq!(written(&plan), [("b", Some("{}"), 5, "c1", 1)]);
+}
+
+#[test]
+fn a_future_stamp_is_clamped_to_the_servers_bound() {
+    let mutations = [m(1, "a", Some("{}"), u64::MAX), m(2, "b", None, 61_000)];
+    let plan = planned(batch("c1", &mutations), user(0), ClientMark::default(), &[]).expect("plan");
+    assert_eq!(
+        written(&plan),
+        [
+            ("a", Some("{}"), 61_000, "c1", 1),
+            ("b", None, 61_000, "c1", 2)
+        ]
+    );
+    // The mark keeps the stamps as sent (as stored: at most i64::MAX), not as clamped, so
+    // a retry is recognised whatever the clock says then.
+    assert_eq!(
+        plan.mark,
+        Some(ClientMark {
+            ack: 2,
+            stamp_max: Some(i64::MAX as u64)
+        })
+    );
+}
+
+#[test]
+fn newest_wins_by_stamp_then_client_id_and_a_tie_changes_nothing() {
+    let rows = [
+        ("older", stored(10, "zz", Some(2))),
+        ("newer", stored(30, "aa", Some(2))),
+        ("tie_lower", stored(20, "c2", Some(2))),
+        ("tie_same", stored(20, "c1", Some(2))),
+        ("tie_higher", stored(20, "c0", Some(2))),
+    ];
+    let mutations = [
+        m(1, "older", Some("{}"), 20),
+        m(2, "newer", Some("{}"), 20),
+        m(3, "tie_lower", Some("{}"), 20),
+        m(4, "tie_same", Some(r#"{"x":1}"#), 20),
+        m(5, "tie_higher", Some("{}"), 20),
+    ];
+    let plan = planned(
+        batch("c1", &mutations),
+        user(40),
+        ClientMark::default(),
+        &rows,
+    )
+    .expect("plan");
+    let keys: Vec<&str> = plan.rows.iter().map(|r| r.key.as_ref()).collect();
+    assert_eq!(keys, ["older", "tie_higher"]);
+    assert_eq!((plan.applied, plan.version, plan.ack), (2, 42, 5));
+    // Client ids compare bytewise: "é" is above "z", "Z" below "a".
+    let accented = [m(1, "k", Some("{}"), 20)];
+    let won = |client: &str, holder: &str| {
+        let rows = [("k", stored(20, holder, Some(2)))];
+        planned(
+            batch(client, &accented),
+            user(1),
+            ClientMark::default(),
+            &rows,
+        )
+        .expect("plan")
+        .applied
+            == 1
+    };
+    assert!(won("é", "z"));
+    assert!(!won("Z", "a"));
+}
+
+#[test]
+fn every_winner_takes_the_next_version_and_a_record_is_written_once() {
+    let mutations = [
+        m(1, "a", Some("{}"), 10),
+        m(2, "b", Some("{}"), 10),
+        m(3, "a", None, 11),
+        // Older than the batch's own write of "a": loses to it.
+        m(4, "a", Some("{}"), 5),
+    ];
+    let plan = planned(
+        batch("c1", &mutations),
+        user(100),
+        ClientMark::default(),
+        &[],
+    )
+    .expect("plan");
+    assert_eq!(
+        written(&plan),
+        [("a", None, 11, "c1", 103), ("b", Some("{}"), 10, "c1", 102)],
+        "the last winner of a record, with its version"
+    );
+    assert_eq!((plan.applied, plan.version), (3, 103));
+    // "a" was added and deleted again: one record of two bytes remains.
+    assert_eq!(
+        plan.usage,
+        Usage {
+            records: 1,
+            bytes: 2
+        }
+    );
+}
+
+#[test]
+fn usage_follows_what_each_record_held_and_holds() {
+    let rows = [
+        ("grown", stored(1, "c0", Some(2))),
+        ("deleted", stored(1, "c0", Some(10))),
+        ("revived", stored(1, "c0", None)),
+    ];
+    let mutations = [
+        m(1, "grown", Some(r#"{"a":1}"#), 5),
+        m(2, "deleted", None, 5),
+        m(3, "revived", Some("{}"), 5),
+        m(4, "new", Some("{}"), 5),
+    ];
+    let plan = planned(
+        batch("c1", &mutations),
+        user(9),
+        ClientMark::default(),
+        &rows,
+    )
+    .expect("plan");
+    assert_eq!(
+        plan.usage,
+        Usage {
+            records: 1,
+            bytes: 5 - 10 + 2 + 2
+        }
+    );
+}
+
+#[test]
+fn the_quota_refuses_growth_past_it_and_lets_room_be_made() {
+    let full = UserState {
+        version: 3,
+        usage: Usage {
+            records: 3,
+            bytes: 30,
+        },
+        writes_after: 0,
+    };
+    let quota = Quota {
+        records: 3,
+        bytes: 40,
+    };
+    let rows = [("a", stored(1, "c0", Some(10)))];
+    let push = |mutations: &[Mutation], quota: Quota| {
+        let batch = PushBatch {
+            quota,
+            ..batch("q", mutations)
+        };
+        planned(batch, full, ClientMark::default(), &rows).map(|p| p.version)
+    };
+    let one_more = [m(1, "d", Some("{}"), 5)];
+    assert!(matches!(
+        push(&one_more, quota),
+        Err(StoreError::QuotaExceeded {
+            what: "records",
+            limit: 3
+        })
+    ));
+    let bigger = [m(1, "a", Some(r#"{"a":"123456789012345678901"}"#), 5)];
+    assert!(matches!(
+        push(&bigger, quota),
+        Err(StoreError::QuotaExceeded {
+            what: "bytes",
+            limit: 40
+        })
+    ));
+    // Above a lowered quota, a delete passes.
+    let lowered = Quota {
+        records: 1,
+        bytes: 1,
+    };
+    assert_eq!(push(&[m(1, "a", None, 5)], lowered).ok(), Some(4));
+}
+
+#[test]
+fn writes_made_before_an_erasure_are_taken_and_not_stored() {
+    let erased = UserState {
+        version: 50,
+        usage: Usage::default(),
+        writes_after: 1_000,
+    };
+    let mutations = [m(1, "a", Some("{}"), 1_000), m(2, "b", Some("{}"), 1_001)];
+    let plan = planned(batch("c1", &mutations), erased, ClientMark::default(), &[]).expect("plan");
+    assert_eq!(written(&plan), [("b", Some("{}"), 1_001, "c1", 51)]);
+    assert_eq!(plan.ack, 2, "both are acknowledged");
+    // A stamp clamped below the mark counts as made before it.
+    let future = [m(3, "c", Some("{}"), u64::MAX)];
+    let late = PushBatch {
+        updated_at_max: 900,
+        ..batch("c1", &future)
+    };
+    let plan = planned(late, erased, ClientMark::default(), &[]).expect("plan");
+    assert!(plan.rows.is_empty());
+    assert_eq!((plan.ack, plan.version), (3, 50));
+}
+
+fn held(key: &str, updated_at: u64, bytes: usize) -> Held {
+    Held {
+        key: key.into(),
+        updated_at,
+        client_id: "c0".into(),
+        bytes,
+    }
+}
+
+#[test]
+fn past_a_cap_the_oldest_records_become_tombstones_with_their_stamps() {
+    let caps = [Cap {
+        collection: "likes".into(),
+        max: 2,
+    }];
+    let user = UserState {
+        version: 10,
+        usage: Usage {
+            records: 2,
+            bytes: 4,
+        },
+        writes_after: 0,
+    };
+    // "old" is stored, "mid" is stored and rewritten by the batch (now the newest), "new" is
+    // added: three live records, one too many.
+    let mutations = [m(1, "mid", Some("{}"), 40), m(2, "new", Some("{}"), 30)];
+    let batch = PushBatch {
+        caps: &caps,
+        ..batch("c1", &mutations)
+    };
+    let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
+    let found = planner
+        .keys()
+        .iter()
+        .map(|(_, key)| (*key == "mid").then(|| stored(20, "c0", Some(2))).flatten())
+        .collect();
+    let mut merge = planner.merge(found);
+    let caps_to_apply = merge.caps();
+    assert_eq!(caps_to_apply, [&caps[0]]);
+    merge.evict(
+        caps_to_apply[0],
+        vec![held("old", 10, 2), held("mid", 20, 2)],
+    );
+    let plan = merge.finish().expect("plan");
+    assert_eq!(
+        written(&plan),
+        [
+            ("mid", Some("{}"), 40, "c1", 11),
+            ("new", Some("{}"), 30, "c1", 12),
+            ("old", None, 10, "c0", 13),
+        ]
+    );
+    assert_eq!(
+        plan.usage,
+        Usage {
+            records: 0,
+            bytes: 0
+        }
+    );
+    assert_eq!((plan.version, plan.applied), (13, 2));
+}
+
+#[test]
+fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
+    let caps = [Cap {
+        collection: "likes".into(),
+        max: 1,
+    }];
+    let user = UserState {
+        version: 5,
+        usage: Usage {
+            records: 1,
+            bytes: 2,
+        },
+        writes_after: 0,
+    };
+    let mutations = [m(1, "old", Some("{}"), 5)];
+    let batch = PushBatch {
+        caps: &caps,
+        ..batch("c1", &mutations)
+    };
+    let mut merge = Planner::new(batch, user, ClientMark::default())
+        .expect("planner")
+        .merge(vec![None]);
+    merge.evict(&caps[0], vec![held("kept", 50, 2)]);
+    let plan = merge.finish().expect("plan");
+    assert_eq!(written(&plan), [("old", None, 5, "c1", 7)]);
+    assert_eq!((plan.version, plan.applied), (7, 1));
+    assert_eq!(plan.usage, Usage::default());
+}
+
+#[test]
+fn a_cap_is_applied_only_where_a_record_was_added_and_the_user_may_be_past_it() {
+    let caps = [
+        Cap {
+            collection: "likes".into(),
+            max: 2,
+        },
+        Cap {
+            collection: "history".into(),
+            max: 2,
+        },
+    ];
+    let caps_for = |records: i64, mutations: &[Mutation], rows: Vec<Option<Stored>>| {
+        let user = UserState {
+            version: 1,
+            usage: Usage { records, bytes: 0 },
+            writes_after: 0,
+        };
+        let batch = PushBatch {
+            caps: &caps,
+            ..batch("c1", mutations)
+        };
+        let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
+        planner
+            .merge(rows)
+            .caps()
+            .iter()
+            .map(|c| c.collection.clone())
+            .collect::<Vec<_>>()
+    };
+    let add = [m(1, "k", Some("{}"), 5)];
+    assert_eq!(caps_for(2, &add, vec![None]), ["likes"]);
+    assert!(caps_for(1, &add, vec![None]).is_empty(), "three in all fit");
+    let rewrite = [m(1, "k", Some("{}"), 5)];
+    assert!(
+        caps_for(9, &rewrite, vec![stored(1, "c0", Some(2))]).is_empty(),
+        "a rewrite adds nothing"
+    );
+    let delete = [m(1, "k", None, 5)];
+    assert!(caps_for(9, &delete, vec![None]).is_empty());
+}
+
+#[test]
+fn a_page_starts_after_a_cursor_within_the_horizon_and_the_version() {
+    let start = |since| PageStart::new(since, 10, 20);
+    assert_eq!(
+        start(None),
+        PageStart {
+            after: 0,
+            reset: false
+        }
+    );
+    for cursor in [10, 15, 20] {
+        assert_eq!(
+            start(Some(cursor)),
+            PageStart {
+                after: cursor,
+                reset: false
+            }
+        );
+    }
+    for cursor in [0, 9, 21] {
+        assert_eq!(
+            start(Some(cursor)),
+            PageStart {
+                after: 0,
+                reset: true
+            },
+            "{cursor}"
+        );
+    }
+}
+
+#[test]
+fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
+    let change = |version| Change {
+        collection: "likes".into(),
+        key: format!("k{version}"),
+        value: None,
+        updated_at: 1,
+        client_id: "c".into(),
+        version,
+    };
+    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, false);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (2, 5, true));
+    let page = Page::from_rows(vec![change(3), change(5)], 2, 9, true);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (2, 9, false));
+    assert!(page.reset);
+    let empty = Page::from_rows(Vec::new(), 2, 9, false);
+    assert_eq!((empty.cursor, empty.more), (9, false));
+}
