@@ -819,6 +819,69 @@ describe("adopting the site's old data", () => {
       );
       await context.close();
     }));
+
+  test("old data joins the account's newer data by time, and an adopter that throws leaves the old key", () =>
+    withServer(async (server) => {
+      // The account already has a newer position for one episode (watched on the TV today).
+      const tv = await browser.newContext();
+      const first = await open(tv, server);
+      const token = await signUp(first, "twodevices");
+      const now = Date.now();
+      const push = await fetch(`${server.url}/api/user/me/changes`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          clientId: "tv",
+          mutations: [{ id: 1, collection: "history", key: "s03e02", value: { showId: "s03", position: 999 }, updatedAt: now }],
+        }),
+      });
+      assert.equal(push.status, 200);
+      await tv.close();
+
+      // The phone's old data: that episode a week ago, and another one.
+      const phone = await browser.newContext();
+      const weekAgo = now - 7 * 86_400_000;
+      await phone.addInitScript((at) => {
+        if (sessionStorage.getItem("legacy-set")) return;
+        sessionStorage.setItem("legacy-set", "1");
+        const old = [
+          { episodeId: "s03e02", position: 10, watchedAt: at },
+          { episodeId: "s04e01", position: 77, watchedAt: at },
+        ];
+        localStorage.setItem("rabastrin_history", JSON.stringify(old));
+      }, weekAgo);
+      const page = await open(phone, server);
+      await page.getByTestId("login-submit").waitFor();
+      await signIn(page, "twodevices");
+      await page.goto(`${server.url}/#/history`);
+      await until(async () => (await page.getByTestId("history-s04e01").count()) === 1, { what: "the adopted episode" });
+      await until(async () => (await page.getByTestId("history-s03e02").getAttribute("data-position")) === "999", {
+        what: "the account's newer position",
+      });
+      await syncedState(page);
+      const state = await server.state(token);
+      const positions = Object.fromEntries(
+        state.changes.filter((c) => c.collection === "history").map((c) => [c.key, c.value.position]),
+      );
+      assert.deepEqual(positions, { s03e02: 999, s04e01: 77 });
+      await phone.close();
+
+      // A page whose old data cannot be read: the adopter throws; reported, the key kept,
+      // nothing marked, so a fixed page adopts it later.
+      const broken = await browser.newContext();
+      await broken.addInitScript(() => localStorage.setItem("rabastrin_history", "{not json"));
+      const errors = [];
+      const bad = await broken.newPage();
+      bad.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+      await bad.goto(`${server.url}/?interval=30000`);
+      await bad.getByTestId("sync-status").waitFor();
+      await until(() => errors.some((e) => e.includes("adoptLegacy failed")), { what: "the adopter's failure reported" });
+      assert.deepEqual(
+        await bad.evaluate(() => [localStorage.getItem("rabastrin_history"), localStorage.getItem("sinkron:v1:adopted")]),
+        ["{not json", null],
+      );
+      await broken.close();
+    }));
 });
 
 describe("sign-out while offline", () => {
