@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 ///
 /// Only stored outboxes are ranked: an id with nothing stored is never taken over, since
 /// without its numbering the tab must keep its fresh id.
-pub fn adoption_rank(
+fn adoption_rank(
     is_previous: bool,
     pending: usize,
     previous_known: bool,
@@ -36,7 +36,7 @@ pub fn adoption_rank(
     owners_known.then_some(if pending > 0 { 0 } else { 1 })
 }
 
-/// [`adoption_rank`] over a list of stored outboxes, `(client id, pending writes)`: the
+/// `adoption_rank` over a list of stored outboxes, `(client id, pending writes)`: the
 /// indices of those to try, in order.
 pub fn adoption_order(
     previous: Option<&str>,
