@@ -222,6 +222,45 @@ async fn guessing_a_password_locks_out_the_guesser_not_the_user() {
 }
 
 #[tokio::test]
+async fn a_user_signs_in_while_one_client_floods_the_login_route() {
+    let server = std::sync::Arc::new(Server::start(Backend::Sqlite).await);
+    server.register("alice").await;
+    // One client, 32 connections, wrong logins for other names as fast as it is answered,
+    // until alice has tried 10 times (bounded: at most 10 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut flood = JoinSet::new();
+    for c in 0..32u32 {
+        let (server, stop) = (server.clone(), stop.clone());
+        flood.spawn(async move {
+            let http = client_at([127, 0, 2, 1]);
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let body = json!({"username": format!("nobody-{c}-{sent}"), "password": "guess"});
+                let _ = http
+                    .post(server.url("/api/auth/login"))
+                    .json(&body)
+                    .send()
+                    .await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let alice = client_at([127, 0, 2, 2]);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(login_status(&alice, &server, "correct horse", None).await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u32 = flood.join_all().await.iter().sum();
+    let signed_in = statuses.iter().filter(|s| **s == 200).count();
+    eprintln!("alice signed in {signed_in} of 10 times while the flood sent {sent} logins");
+    assert!(sent >= 100, "the flood ran: {sent}");
+    assert_eq!(statuses, [200; 10], "every sign-in of alice's passes");
+}
+
+#[tokio::test]
 async fn behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for() {
     let server = Server::start_with(Backend::Sqlite, &["--trusted-proxy", "127.0.0.4"]).await;
     server.register("alice").await;
