@@ -590,13 +590,7 @@ impl HttpCall {
             Err(failure) => return (Reply::Failed(failure), poll_interval_ms),
         };
         let reply = match response.json::<PullResponse>().await {
-            Ok(body) => Reply::Pulled(Page {
-                cursor: body.cursor,
-                changes: body.changes,
-                more: body.more,
-                reset: body.reset,
-                server_time: body.server_time,
-            }),
+            Ok(body) => Reply::Pulled(Page::from(body)),
             Err(_) => Reply::Failed(Failure::Network),
         };
         (reply, poll_interval_ms)
@@ -635,13 +629,7 @@ impl HttpCall {
         match response.json::<PushResponse>().await {
             Ok(body) => Reply::Pushed {
                 ack: body.ack,
-                page: Page {
-                    cursor: body.cursor,
-                    changes: body.changes,
-                    more: body.more,
-                    reset: body.reset,
-                    server_time: body.server_time,
-                },
+                page: Page::from(body),
             },
             Err(_) => Reply::Failed(Failure::Network),
         }

@@ -136,6 +136,31 @@ mod wire {
     fn is_false(b: &bool) -> bool {
         !*b
     }
+
+    impl From<PullResponse> for crate::engine::Page {
+        fn from(body: PullResponse) -> Self {
+            crate::engine::Page {
+                cursor: body.cursor,
+                changes: body.changes,
+                more: body.more,
+                reset: body.reset,
+                server_time: body.server_time,
+            }
+        }
+    }
+
+    impl From<PushResponse> for crate::engine::Page {
+        /// The page of a push answer (its `ack` is read apart).
+        fn from(body: PushResponse) -> Self {
+            crate::engine::Page {
+                cursor: body.cursor,
+                changes: body.changes,
+                more: body.more,
+                reset: body.reset,
+                server_time: body.server_time,
+            }
+        }
+    }
 }
 
 /// Record values are JSON text inside the core; on the wire they are embedded as raw JSON.

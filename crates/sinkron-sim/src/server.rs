@@ -246,13 +246,7 @@ impl Server {
                 } else if status == StatusCode::OK {
                     let body: PullResponse = serde_json::from_slice(&body)
                         .map_err(|e| Violation::new("protocol", format!("pull body: {e}")))?;
-                    let page = Page {
-                        cursor: body.cursor,
-                        changes: body.changes,
-                        more: body.more,
-                        reset: body.reset,
-                        server_time: body.server_time,
-                    };
+                    let page = Page::from(body);
                     self.check_page(user, last_sync.as_deref(), &page)?;
                     let summary = format!(
                         "200 cursor={} changes={}{}",
@@ -280,29 +274,17 @@ impl Server {
                     let ack_before = self.models[user].acks.get(client_id).copied();
                     clamps = self.apply_to_model(user, client_id, mutations, now);
                     self.check_push(user, client_id, mutations, ack_before, body.ack)?;
-                    let page = Page {
-                        cursor: body.cursor,
-                        changes: body.changes,
-                        more: body.more,
-                        reset: body.reset,
-                        server_time: body.server_time,
-                    };
+                    let ack = body.ack;
+                    let page = Page::from(body);
                     if last_sync.is_some() {
                         self.check_page(user, last_sync.as_deref(), &page)?;
                     }
                     let summary = format!(
-                        "200 ack={} cursor={} changes={}",
-                        body.ack,
+                        "200 ack={ack} cursor={} changes={}",
                         page.cursor,
                         page.changes.len()
                     );
-                    (
-                        Reply::Pushed {
-                            ack: body.ack,
-                            page,
-                        },
-                        summary,
-                    )
+                    (Reply::Pushed { ack, page }, summary)
                 } else {
                     // A refused batch applies nothing: the stored state must still match.
                     self.check_state(user, None)?;
