@@ -724,24 +724,23 @@ impl Engine {
 
     /// The driver could not store something of `scope`: the device's storage is full. Frees
     /// room by the core's rule: the oldest quarter (at least one) of the scope's stored
-    /// [`EVICTABLE`] records leave the storage, not the view, and the stored records are
-    /// marked incomplete, so no restart trusts the stored cursor until a whole state is
-    /// stored again ([`Persist::Evict`]). Returns whether anything was freed, after which
-    /// the driver tries again; nothing is when the scope is not this tab's or nothing of it
-    /// is left to evict.
+    /// [`EVICTABLE`] records leave the storage, not the view. Either way the stored records
+    /// are marked incomplete ([`Persist::Evict`], with no keys when nothing could go), since
+    /// what fails to be stored is missing from them too: no restart trusts the stored cursor
+    /// until a whole state is stored again. Returns whether anything was freed, after which
+    /// the driver tries again; nothing is when nothing of the scope is left to evict, or the
+    /// scope is not this tab's (then nothing is marked: this tab does not know that scope).
     pub fn handle_storage_full(&mut self, scope: Option<&str>) -> bool {
         if scope != self.user.as_deref() {
             return false;
         }
         let keys = self.view.evict_oldest(EVICTABLE);
-        if keys.is_empty() {
-            return false;
-        }
+        let freed = !keys.is_empty();
         self.commands.push_back(Command::Persist(Persist::Evict {
             scope: self.user.clone(),
             keys,
         }));
-        true
+        freed
     }
 
     /// Loads a persisted outbox and takes over its client id and numbering (`next_id`, as
@@ -1116,7 +1115,6 @@ impl Engine {
             .is_some_and(|t| now < t + self.config.trigger_gap_ms)
     }
 
-    /// The leader's next background pull: an interval after `from`, give or take the jitter.
     /// The pull interval: the app's, stretched to what the server asks for (never shortened),
     /// up to the ceiling.
     fn interval(&self) -> u64 {
@@ -1127,6 +1125,7 @@ impl Engine {
         self.config.interval_ms.max(asked)
     }
 
+    /// The leader's next background pull: an interval after `from`, give or take the jitter.
     fn plan_poll(&mut self, from: u64) {
         let interval = self.interval();
         let spread = interval * self.config.interval_jitter_percent / 100;

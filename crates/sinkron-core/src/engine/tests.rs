@@ -1818,8 +1818,16 @@ fn a_full_storage_gives_up_the_oldest_history_first_and_never_trusts_the_cursor_
         assert!(tab.engine.handle_storage_full(Some("u1")));
         assert_eq!(evicted(&mut tab), expected);
     }
-    // Nothing of the history is left to give up (a like is never evicted).
+    // Nothing of the history is left to give up (a like is never evicted); the stored
+    // records are marked incomplete all the same (what failed to be stored is missing).
     assert!(!tab.engine.handle_storage_full(Some("u1")));
+    assert_eq!(
+        tab.drain(),
+        [Command::Persist(Persist::Evict {
+            scope: Some("u1".into()),
+            keys: vec![],
+        })]
+    );
 
     // A tab restored from storage so cut pulls the whole state, not from its cursor.
     let mut reloaded = Tab::new(2);
