@@ -341,15 +341,7 @@ impl World {
                 let Some(served) = served else {
                     self.trace(format_args!("d{device} t{tab} #{id} -> server down"));
                     let at = self.now + self.latency();
-                    self.schedule(
-                        at,
-                        Event::Reply {
-                            tab,
-                            id,
-                            reply: Reply::Failed(Failure::Network),
-                            poll_interval_ms: None,
-                        },
-                    );
+                    self.fail_at(at, tab, id, Failure::Network);
                     return Ok(());
                 };
                 for clamp in &served.clamps {
@@ -390,15 +382,7 @@ impl World {
                         served.poll_interval_ms,
                     )
                 };
-                self.schedule(
-                    at,
-                    Event::Reply {
-                        tab,
-                        id,
-                        reply,
-                        poll_interval_ms,
-                    },
-                );
+                self.reply_at(at, tab, id, reply, poll_interval_ms);
                 Ok(())
             }
             Event::Reply {
@@ -607,17 +591,26 @@ impl World {
 
     /// The request `id` of `tab` fails at `at` without reaching the server.
     fn fail_at(&mut self, at: u64, tab: TabId, id: u64, failure: Failure) {
-        let reply = Reply::Failed(failure);
-        let poll_interval_ms = None;
-        self.schedule(
-            at,
-            Event::Reply {
-                tab,
-                id,
-                reply,
-                poll_interval_ms,
-            },
-        );
+        self.reply_at(at, tab, id, Reply::Failed(failure), None);
+    }
+
+    /// The answer to request `id` of `tab` arrives at `at`, with the server's poll interval
+    /// if it carried one.
+    fn reply_at(
+        &mut self,
+        at: u64,
+        tab: TabId,
+        id: u64,
+        reply: Reply,
+        poll_interval_ms: Option<u64>,
+    ) {
+        let reply = Event::Reply {
+            tab,
+            id,
+            reply,
+            poll_interval_ms,
+        };
+        self.schedule(at, reply);
     }
 }
 
