@@ -222,10 +222,12 @@ pub fn app(state: AppState) -> Router {
 
 /// `/readyz`: the process is up (that is `/healthz`) and its storage answers a lookup like
 /// the one every poll makes; 503 `unavailable` otherwise, so a load balancer sends no traffic
-/// to a node whose database is gone.
+/// to a node whose database is gone. A PostgreSQL node that does not hear the other nodes'
+/// changes is ready all the same (its polls read the database) and says so.
 async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     match state.store.session(&[0; 32]).await {
-        Ok(_) => "ready".into_response(),
+        Ok(_) if state.store.polls_from_memory() => "ready".into_response(),
+        Ok(_) => "ready; polls read the database: change notifications are down".into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -1,8 +1,9 @@
 //! Several `sinkron serve` processes on one PostgreSQL database, as behind a load balancer:
-//! nothing a node holds in memory may matter. Devices on different nodes converge,
-//! concurrent pushes through different nodes never share a version and an incremental
-//! puller on a third node misses none, a node killed mid-load loses no acknowledged write,
-//! and a sign-out on one node is seen by every node at once.
+//! what a node holds in memory is never staler than the database. Devices on different nodes
+//! converge, concurrent pushes through different nodes never share a version and an
+//! incremental puller on a third node misses none, a node killed mid-load loses no
+//! acknowledged write; a write, a sign-out and an erasure on one node are seen by every node
+//! at once, from memory or not, even while a node's LISTEN connection is cut.
 
 mod support;
 
@@ -269,13 +270,18 @@ async fn a_node_killed_during_a_push_load_loses_no_acknowledged_write() {
 async fn a_sign_out_on_one_node_is_401_on_every_node_at_once() {
     let data = Data::new(Backend::Postgres);
     let nodes = nodes(&data).await;
+    hearing(&nodes).await;
     let alice = nodes[0].register("alice").await;
-    // Every node has served the token, so any per-node memory of it would be warm.
+    // Every node has served the token twice, so its memory of it is warm.
     let mut tags = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
         let r = node.pull(&alice.token, Some("0")).await;
         assert_eq!(r.status, StatusCode::OK);
         tags.insert(i, r.header("etag").expect("etag").to_owned());
+        assert_eq!(
+            poll(node, &alice.token, "0").await.status,
+            StatusCode::NOT_MODIFIED
+        );
     }
     let r = nodes[0]
         .send(Method::POST, "/api/auth/logout", Some(&alice.token), None)
@@ -292,5 +298,193 @@ async fn a_sign_out_on_one_node_is_401_on_every_node_at_once() {
         .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "node {i}");
         assert_eq!(r.error_code(), "unauthorized");
+    }
+}
+
+/// `GET /api/user/me?lastSync=cursor` with `If-None-Match` naming that cursor: what a synced
+/// device sends every interval.
+async fn poll(node: &Server, token: &str, cursor: &str) -> support::Reply {
+    support::reply(
+        node.http
+            .get(node.url(&format!("/api/user/me?lastSync={cursor}")))
+            .bearer_auth(token)
+            .header("if-none-match", format!("\"{cursor}\"")),
+    )
+    .await
+}
+
+/// Waits until every node answers polls from memory (its `/readyz` says plain `ready`).
+async fn hearing(nodes: &[Server]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let r = support::reply(node.http.get(node.url("/readyz"))).await;
+            if r.status == StatusCode::OK && r.text == "ready" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} never heard changes: {}",
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Writes `round` through node `round`, then polls node `round + 1` at once from the cursor
+/// before it: a 200 with the new cursor, never a 304 from a node's stale memory. Returns the
+/// new cursor.
+async fn write_and_poll_elsewhere(
+    nodes: &[Server],
+    token: &str,
+    cursor: &str,
+    round: u64,
+) -> String {
+    let i = usize::try_from(round).expect("round");
+    let (writer, reader) = (&nodes[i % NODES], &nodes[(i + 1) % NODES]);
+    // The reader knows the current version (a second poll is answered from its memory).
+    for _ in 0..2 {
+        assert_eq!(
+            poll(reader, token, cursor).await.status,
+            StatusCode::NOT_MODIFIED
+        );
+    }
+    let like = mutation(
+        round + 1,
+        "likes",
+        &format!("e{round}"),
+        json!({"at": round}),
+        1_000 + round,
+    );
+    let pushed = writer
+        .push_ok(token, &batch("phone", vec![like], None))
+        .await;
+    let r = poll(reader, token, cursor).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "round {round}: node {} answered 304 after node {} acknowledged a write",
+        (i + 1) % NODES,
+        i % NODES
+    );
+    let body = r.json();
+    assert_eq!(body["cursor"], pushed["cursor"], "round {round}");
+    body["cursor"].as_str().expect("cursor").to_owned()
+}
+
+#[tokio::test]
+async fn a_write_acknowledged_by_one_node_is_never_a_304_on_another() {
+    let data = Data::new(Backend::Postgres);
+    let nodes = nodes(&data).await;
+    hearing(&nodes).await;
+    let alice = nodes[0].register("alice").await;
+    let mut cursor = "0".to_owned();
+    for round in 0..60 {
+        cursor = write_and_poll_elsewhere(&nodes, &alice.token, &cursor, round).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_listen_connection_never_yields_a_stale_304() {
+    let data = Data::new(Backend::Postgres);
+    let nodes = nodes(&data).await;
+    hearing(&nodes).await;
+    let alice = nodes[0].register("alice").await;
+    let mut cursor = write_and_poll_elsewhere(&nodes, &alice.token, "0", 0).await;
+    let (admin, connection) =
+        tokio_postgres::connect(&support::postgres_admin_url(), tokio_postgres::NoTls)
+            .await
+            .expect("admin connection");
+    tokio::spawn(connection);
+    let mut round = 1;
+    for _ in 0..3 {
+        // Every node's memory is warm; then every node loses its LISTEN connection.
+        for node in &nodes {
+            assert_eq!(
+                poll(node, &alice.token, &cursor).await.status,
+                StatusCode::NOT_MODIFIED
+            );
+        }
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'sinkron-listen'",
+                &[&data.postgres_name().expect("postgres")],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        assert_eq!(killed, NODES as i64, "one listener per node");
+        // Whether or not a node has noticed yet, a write is seen everywhere at once.
+        for _ in 0..3 {
+            cursor = write_and_poll_elsewhere(&nodes, &alice.token, &cursor, round).await;
+            round += 1;
+        }
+        // Each node subscribes again and answers from memory, as true as before.
+        hearing(&nodes).await;
+        for _ in 0..3 {
+            cursor = write_and_poll_elsewhere(&nodes, &alice.token, &cursor, round).await;
+            round += 1;
+        }
+    }
+}
+
+/// A site erases its user through node A: a device polling node B (whose memory knew the
+/// user) gets the reset at once, never a 304.
+#[tokio::test]
+async fn an_erasure_on_one_node_is_seen_by_every_node_at_once() {
+    const KEY: &str = "an admin key of the site's backend, 48 characters";
+    let data = Data::new(Backend::Postgres);
+    let key_file = data.dir().join("admin.key");
+    std::fs::write(&key_file, KEY).expect("key file");
+    let (key, secret) = (
+        key_file.display().to_string(),
+        support::hs256_secret_path().display().to_string(),
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..NODES {
+        let args = [
+            "--admin-token-file",
+            key.as_str(),
+            "--auth",
+            "builtin,jwt",
+            "--jwt-hs256-secret-file",
+            secret.as_str(),
+        ];
+        nodes.push(data.start(&args).await);
+    }
+    hearing(&nodes).await;
+    let token = support::site_token("dana");
+    let like = mutation(1, "likes", "e1", json!({"at": 1}), 1);
+    let pushed = nodes[0]
+        .push_ok(&token, &batch("phone", vec![like], None))
+        .await;
+    let cursor = pushed["cursor"].as_str().expect("cursor").to_owned();
+    for node in &nodes {
+        for _ in 0..2 {
+            assert_eq!(
+                poll(node, &token, &cursor).await.status,
+                StatusCode::NOT_MODIFIED
+            );
+        }
+    }
+    let erased = nodes[0]
+        .send(Method::DELETE, "/api/admin/users/dana", Some(KEY), None)
+        .await;
+    assert_eq!(erased.status, StatusCode::NO_CONTENT, "{}", erased.text);
+    for (i, node) in nodes.iter().enumerate() {
+        let r = poll(node, &token, &cursor).await;
+        assert_eq!(r.status, StatusCode::OK, "node {i}");
+        let body = r.json();
+        assert_eq!(body["reset"], true, "node {i}: {body}");
+        assert!(
+            body["changes"]
+                .as_array()
+                .expect("changes")
+                .iter()
+                .all(|c| c["value"].is_null()),
+            "node {i}: {body}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod pg_cache;
 pub mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -290,6 +291,12 @@ pub trait Store: Send + Sync + 'static {
     /// are newer than any the device holds, so nothing of the lost history survives on it.
     /// Users created later start from the new floor. Returns the floor.
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError>;
+
+    /// Whether a poll whose answer has not changed is answered from memory now: on
+    /// PostgreSQL while the node hears every change ([`pg_cache`]), on SQLite always.
+    fn polls_from_memory(&self) -> bool {
+        true
+    }
 
     /// Every site's user (JWT mode): its id and subject, in no particular order. Built-in
     /// accounts are left out. `sinkron export` reads each one's records with [`Store::pull`].

@@ -34,6 +34,7 @@ use sinkron_core::Change;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
+use super::pg_cache::{Cache, Listening};
 use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
     restored_floor, subject_username, Attempts, ClientMark, Held, OpenError, Page, PushBatch,
@@ -86,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "ending_sessions",
         include_str!("../../migrations/postgres/0009_ending_sessions.sql"),
+    ),
+    (
+        10,
+        "notify",
+        include_str!("../../migrations/postgres/0010_notify.sql"),
     ),
 ];
 
@@ -164,6 +170,9 @@ pub struct PostgresStore {
     /// request. A broken one is swapped for a fresh one from the pool.
     polls: Vec<std::sync::RwLock<Arc<Object>>>,
     next_poll: std::sync::atomic::AtomicUsize,
+    /// Sessions and versions, kept true by every node's notifications ([`Cache`]).
+    cache: Arc<Cache>,
+    _listening: Listening,
 }
 
 /// A URL without its password, fit for logs and error messages.
@@ -203,6 +212,7 @@ impl PostgresStore {
             path: shown.clone(),
             reason,
         };
+        let (cache, listening) = Cache::start(config.clone());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -236,6 +246,8 @@ impl PostgresStore {
             pool,
             polls,
             next_poll: std::sync::atomic::AtomicUsize::new(0),
+            cache,
+            _listening: listening,
         })
     }
 
@@ -244,6 +256,107 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| StoreError::Unavailable(pool_reason(&e)))
+    }
+
+    /// A token's session from the database: [`SESSION_SQL`] on a shared poll connection.
+    async fn read_session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
+        if self.polls.is_empty() {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(SESSION_SQL)
+                .await
+                .map_err(store_err)?;
+            let row = client
+                .query_opt(&stmt, &[&&token_hash[..]])
+                .await
+                .map_err(store_err)?;
+            return Ok(row.map(|r| session_of(&r)));
+        }
+        let slot = &self.polls[self
+            .next_poll
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.polls.len()];
+        let client = slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let answer = async {
+            let stmt = client.prepare_cached(SESSION_SQL).await?;
+            client.query_opt(&stmt, &[&&token_hash[..]]).await
+        }
+        .await;
+        let row = match answer {
+            Ok(row) => row,
+            Err(e) => {
+                if client.is_closed() {
+                    // Replace the dead connection once; concurrent failures find it replaced.
+                    let fresh = self.client().await?;
+                    let mut current = slot
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if Arc::ptr_eq(&current, &client) {
+                        *current = Arc::new(fresh);
+                    }
+                }
+                return Err(store_err(e));
+            }
+        };
+        Ok(row.map(|r| session_of(&r)))
+    }
+
+    /// A site's subject's user and version, made the first time it is seen.
+    async fn read_subject(&self, subject: &str, now_ms: u64) -> Result<(UserId, u64), StoreError> {
+        let now = to_i64(now_ms, "server time")?;
+        let client = self.client().await?;
+        let find = client
+            .prepare_cached("SELECT id, version FROM users WHERE subject = $1")
+            .await
+            .map_err(store_err)?;
+        let mut row = client
+            .query_opt(&find, &[&subject])
+            .await
+            .map_err(store_err)?;
+        if row.is_none() {
+            // First sight of this subject; a concurrent first request may create it instead.
+            let create = client
+                .prepare_cached(
+                    // After an erasure of the subject: above its last version, deaf to
+                    // writes from before it (0007_erasures.sql), and its first version a
+                    // tombstone of the erased user's newest record, so a device's reset ends
+                    // above what it holds (0008). One statement: all of it or none.
+                    "WITH made AS (
+                         INSERT INTO users
+                             (username, password_hash, created_at, subject, version, horizon,
+                              writes_after)
+                         SELECT $1, '', $2, $3, GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                                GREATEST(m.value, COALESCE(e.version + 1, 0)),
+                                COALESCE(e.erased_at, 0)
+                         FROM meta m LEFT JOIN erasures e ON e.subject = $3
+                         WHERE m.key = 'version_floor'
+                         ON CONFLICT DO NOTHING
+                         RETURNING id, version
+                     )
+                     INSERT INTO records
+                         (user_id, collection, key, value, updated_at, client_id, version,
+                          stored_at)
+                     SELECT made.id, e.collection, e.key, NULL, e.erased_at, ''::bytea,
+                            made.version, $2
+                     FROM made JOIN erasures e ON e.subject = $3
+                     WHERE e.collection IS NOT NULL",
+                )
+                .await
+                .map_err(store_err)?;
+            client
+                .execute(&create, &[&subject_username(subject), &now, &subject])
+                .await
+                .map_err(store_err)?;
+            row = client
+                .query_opt(&find, &[&subject])
+                .await
+                .map_err(store_err)?;
+        }
+        let row = row.ok_or(StoreError::NotFound)?;
+        Ok((row.get(0), to_u64(row.get(1))))
     }
 }
 
@@ -811,108 +924,40 @@ impl Store for PostgresStore {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
-        if self.polls.is_empty() {
-            let client = self.client().await?;
-            let stmt = client
-                .prepare_cached(SESSION_SQL)
-                .await
-                .map_err(store_err)?;
-            let row = client
-                .query_opt(&stmt, &[&&token_hash[..]])
-                .await
-                .map_err(store_err)?;
-            return Ok(row.map(|r| session_of(&r)));
-        }
-        let slot = &self.polls[self
-            .next_poll
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % self.polls.len()];
-        let client = slot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let answer = async {
-            let stmt = client.prepare_cached(SESSION_SQL).await?;
-            client.query_opt(&stmt, &[&&token_hash[..]]).await
-        }
-        .await;
-        let row = match answer {
-            Ok(row) => row,
-            Err(e) => {
-                if client.is_closed() {
-                    // Replace the dead connection once; concurrent failures find it replaced.
-                    let fresh = self.client().await?;
-                    let mut current = slot
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if Arc::ptr_eq(&current, &client) {
-                        *current = Arc::new(fresh);
-                    }
-                }
-                return Err(store_err(e));
+        if self.cache.session(token_hash).is_some() && self.cache.fresh().await {
+            if let Some(session) = self.cache.session(token_hash) {
+                return Ok(Some(session));
             }
-        };
-        Ok(row.map(|r| session_of(&r)))
+        }
+        let epoch = self.cache.epoch();
+        let session = self.read_session(token_hash).await?;
+        if let (Some(epoch), Some(session)) = (epoch, &session) {
+            self.cache.remember_session(epoch, token_hash, session);
+        }
+        Ok(session)
     }
 
     async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
-        let now = to_i64(now_ms, "server time")?;
-        let client = self.client().await?;
-        let find = client
-            .prepare_cached("SELECT id, version FROM users WHERE subject = $1")
-            .await
-            .map_err(store_err)?;
-        let mut row = client
-            .query_opt(&find, &[&subject])
-            .await
-            .map_err(store_err)?;
-        if row.is_none() {
-            // First sight of this subject; a concurrent first request may create it instead.
-            let create = client
-                .prepare_cached(
-                    // After an erasure of the subject: above its last version, deaf to
-                    // writes from before it (0007_erasures.sql), and its first version a
-                    // tombstone of the erased user's newest record, so a device's reset ends
-                    // above what it holds (0008). One statement: all of it or none.
-                    "WITH made AS (
-                         INSERT INTO users
-                             (username, password_hash, created_at, subject, version, horizon,
-                              writes_after)
-                         SELECT $1, '', $2, $3, GREATEST(m.value, COALESCE(e.version + 1, 0)),
-                                GREATEST(m.value, COALESCE(e.version + 1, 0)),
-                                COALESCE(e.erased_at, 0)
-                         FROM meta m LEFT JOIN erasures e ON e.subject = $3
-                         WHERE m.key = 'version_floor'
-                         ON CONFLICT DO NOTHING
-                         RETURNING id, version
-                     )
-                     INSERT INTO records
-                         (user_id, collection, key, value, updated_at, client_id, version,
-                          stored_at)
-                     SELECT made.id, e.collection, e.key, NULL, e.erased_at, ''::bytea,
-                            made.version, $2
-                     FROM made JOIN erasures e ON e.subject = $3
-                     WHERE e.collection IS NOT NULL",
-                )
-                .await
-                .map_err(store_err)?;
-            client
-                .execute(&create, &[&subject_username(subject), &now, &subject])
-                .await
-                .map_err(store_err)?;
-            row = client
-                .query_opt(&find, &[&subject])
-                .await
-                .map_err(store_err)?;
-        }
-        let row = row.ok_or(StoreError::NotFound)?;
-        Ok(SessionInfo {
-            user_id: row.get(0),
-            username: subject.into(),
-            version: to_u64(row.get(1)),
+        let username: Arc<str> = subject.into();
+        let session = |(user_id, version)| SessionInfo {
+            user_id,
+            username: username.clone(),
+            version,
             last_used_ms: now_ms,
             deleted_at: 0,
-        })
+        };
+        if self.cache.subject(subject).is_some() && self.cache.fresh().await {
+            if let Some(found) = self.cache.subject(subject) {
+                return Ok(session(found));
+            }
+        }
+        let epoch = self.cache.epoch();
+        let (user_id, version) = self.read_subject(subject, now_ms).await?;
+        if let Some(epoch) = epoch {
+            self.cache
+                .remember_subject(epoch, &username, user_id, version);
+        }
+        Ok(session((user_id, version)))
     }
 
     async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError> {
@@ -1068,6 +1113,10 @@ impl Store for PostgresStore {
             tx.commit().await.map_err(store_err)?;
             deleted += to_u64(row.get(0));
         }
+    }
+
+    fn polls_from_memory(&self) -> bool {
+        self.cache.epoch().is_some()
     }
 
     async fn site_users(&self) -> Result<Vec<(UserId, String)>, StoreError> {

@@ -186,6 +186,11 @@ impl Data {
         }
     }
 
+    /// The PostgreSQL database's name.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|db| db.name.as_str())
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("sinkron.db")
     }

@@ -1,0 +1,499 @@
+//! A PostgreSQL node's memory of sessions and versions: a poll whose answer has not changed
+//! costs no query, on any number of nodes.
+//!
+//! Three rules keep it as true as the database:
+//!
+//! * **Told at commit.** Triggers (`migrations/postgres/0010_notify.sql`) NOTIFY every change
+//!   to a user's version, identity or sessions on the channel [`CHANNEL`]; one connection per
+//!   node LISTENs and applies them here ([`Cache::heard`]). A version is only ever raised, and
+//!   a user's version is taken from a notification even when this node never asked for it,
+//!   so a read that raced the notification cannot put an older one back.
+//! * **A barrier before an answer from memory.** A notification arrives a little after its
+//!   commit. Before a request is answered from memory, the node NOTIFYs itself on its own
+//!   channel and waits for that message to come back ([`Cache::fresh`]): PostgreSQL delivers
+//!   notifications in commit order, so by then every change committed before the request
+//!   arrived has been applied — a write acknowledged by one node, or a sign-out, is never
+//!   answered with a stale `304` by another. One round trip serves every request that
+//!   arrived while the previous one was in flight, and it touches no table.
+//! * **Dark when deaf.** While the connection is down, or a barrier takes longer than
+//!   [`LAG`], the memory is off and every request reads the database; the listener then
+//!   reconnects. The memory is emptied whenever the node (re)subscribes or forgets, and a
+//!   read that began before that (or before an invalidation) is not remembered
+//!   ([`Cache::epoch`]).
+//!
+//! Memory is bounded: past [`ENTRIES_MAX`] entries a map is emptied and refilled on demand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{SessionInfo, UserId};
+
+/// The channel every change is announced on (see `0010_notify.sql`).
+pub const CHANNEL: &str = "sinkron";
+/// The longest a barrier may take before the node stops trusting its memory.
+pub const LAG: Duration = Duration::from_millis(500);
+/// The most entries one map holds.
+pub const ENTRIES_MAX: usize = 200_000;
+/// The listener's connection's `application_name`.
+pub const APPLICATION_NAME: &str = "sinkron-listen";
+/// The first and the longest wait before the listener connects again.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A session as remembered: everything but the version, which [`Memory::versions`] holds.
+#[derive(Clone)]
+struct Identity {
+    user_id: UserId,
+    username: Arc<str>,
+    last_used_ms: u64,
+    deleted_at: u64,
+}
+
+#[derive(Default)]
+struct Memory {
+    tokens: HashMap<[u8; 32], Identity>,
+    subjects: HashMap<Arc<str>, UserId>,
+    /// Only ever raised, by a read or a notification.
+    versions: HashMap<UserId, u64>,
+    /// Raised by everything that forgets: a read that began under an older epoch is not
+    /// remembered.
+    epoch: u64,
+    /// Subscribed: notifications are being applied.
+    live: bool,
+}
+
+impl Memory {
+    fn forget_all(&mut self) {
+        self.tokens.clear();
+        self.subjects.clear();
+        self.versions.clear();
+        self.epoch += 1;
+    }
+
+    fn raise(&mut self, user_id: UserId, version: u64) -> u64 {
+        if self.versions.len() >= ENTRIES_MAX && !self.versions.contains_key(&user_id) {
+            self.forget_all();
+        }
+        let slot = self.versions.entry(user_id).or_insert(version);
+        *slot = (*slot).max(version);
+        *slot
+    }
+
+    fn forget_user(&mut self, user_id: UserId) {
+        self.versions.remove(&user_id);
+        self.tokens.retain(|_, s| s.user_id != user_id);
+        self.subjects.retain(|_, id| *id != user_id);
+        self.epoch += 1;
+    }
+}
+
+/// What the listener has heard of its own barrier pings.
+#[derive(Clone, Copy, Default)]
+struct Heard {
+    /// The highest ping that came back.
+    delivered: u64,
+    live: bool,
+}
+
+pub struct Cache {
+    memory: Mutex<Memory>,
+    /// Pings started.
+    started: Mutex<u64>,
+    /// Wakes the listener to send a ping.
+    wanted: Notify,
+    heard: watch::Sender<Heard>,
+    /// This node's own channel, for its pings.
+    channel: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Cache {
+    /// A cache kept true by a listener on `config`'s database, which runs until the returned
+    /// [`Listening`] is dropped.
+    pub fn start(mut config: tokio_postgres::Config) -> (Arc<Cache>, Listening) {
+        config.application_name(APPLICATION_NAME);
+        let cache = Arc::new(Cache {
+            memory: Mutex::default(),
+            started: Mutex::new(0),
+            wanted: Notify::new(),
+            heard: watch::Sender::new(Heard::default()),
+            channel: format!("sinkron_{:016x}", rand::random::<u64>()),
+        });
+        let task = tokio::spawn(listen(cache.clone(), config));
+        (cache, Listening(task.abort_handle()))
+    }
+
+    /// The epoch to hand back to [`Cache::remember_session`] after a read, taken before it;
+    /// `None` while the memory is off.
+    pub fn epoch(&self) -> Option<u64> {
+        let memory = lock(&self.memory);
+        memory.live.then_some(memory.epoch)
+    }
+
+    /// The session of a token, if remembered. Call [`Cache::fresh`] before trusting it.
+    pub fn session(&self, token_hash: &[u8; 32]) -> Option<SessionInfo> {
+        let memory = lock(&self.memory);
+        if !memory.live {
+            return None;
+        }
+        let id = memory.tokens.get(token_hash)?;
+        Some(SessionInfo {
+            user_id: id.user_id,
+            username: id.username.clone(),
+            version: *memory.versions.get(&id.user_id)?,
+            last_used_ms: id.last_used_ms,
+            deleted_at: id.deleted_at,
+        })
+    }
+
+    /// The user and version of a site's subject, if remembered. Call [`Cache::fresh`]
+    /// before trusting it.
+    pub fn subject(&self, subject: &str) -> Option<(UserId, u64)> {
+        let memory = lock(&self.memory);
+        if !memory.live {
+            return None;
+        }
+        let id = *memory.subjects.get(subject)?;
+        Some((id, *memory.versions.get(&id)?))
+    }
+
+    /// Remembers a session read under `epoch`, unless something was forgotten since.
+    pub fn remember_session(&self, epoch: u64, token_hash: &[u8; 32], session: &SessionInfo) {
+        let mut memory = lock(&self.memory);
+        if !memory.live || memory.epoch != epoch {
+            return;
+        }
+        memory.raise(session.user_id, session.version);
+        if memory.tokens.len() >= ENTRIES_MAX {
+            memory.tokens.clear();
+        }
+        memory.tokens.insert(
+            *token_hash,
+            Identity {
+                user_id: session.user_id,
+                username: session.username.clone(),
+                last_used_ms: session.last_used_ms,
+                deleted_at: session.deleted_at,
+            },
+        );
+    }
+
+    /// Remembers a subject's user and version read under `epoch`, unless something was
+    /// forgotten since.
+    pub fn remember_subject(&self, epoch: u64, subject: &Arc<str>, user_id: UserId, version: u64) {
+        let mut memory = lock(&self.memory);
+        if !memory.live || memory.epoch != epoch {
+            return;
+        }
+        memory.raise(user_id, version);
+        if memory.subjects.len() >= ENTRIES_MAX {
+            memory.subjects.clear();
+        }
+        memory.subjects.insert(subject.clone(), user_id);
+    }
+
+    /// Waits until every change committed before this call has been applied: true once it
+    /// has, false when the memory is off or the barrier lags past [`LAG`] (then read the
+    /// database).
+    pub async fn fresh(&self) -> bool {
+        let mut heard = self.heard.subscribe();
+        if !heard.borrow().live {
+            return false;
+        }
+        // A ping started after this point: the one after the last one started.
+        let target = *lock(&self.started) + 1;
+        self.wanted.notify_one();
+        let passed =
+            tokio::time::timeout(LAG, heard.wait_for(|h| h.delivered >= target || !h.live)).await;
+        matches!(passed, Ok(Ok(h)) if h.live && h.delivered >= target)
+    }
+
+    /// Applies one notification.
+    fn heard(&self, channel: &str, payload: &str) {
+        if channel == self.channel {
+            if let Ok(n) = payload.parse::<u64>() {
+                self.heard.send_if_modified(|h| {
+                    let later = n > h.delivered;
+                    h.delivered = h.delivered.max(n);
+                    later
+                });
+            }
+            return;
+        }
+        let mut memory = lock(&self.memory);
+        let mut words = payload.split(' ');
+        let parsed = match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("v"), Some(id), Some(version), None) => id
+                .parse()
+                .ok()
+                .zip(version.parse().ok())
+                .map(|(id, version)| {
+                    memory.raise(id, version);
+                }),
+            (Some("u"), Some(id), None, None) => id.parse().ok().map(|id| memory.forget_user(id)),
+            (Some("t"), Some(hex), None, None) => token_of(hex).map(|token| {
+                memory.tokens.remove(&token);
+                memory.epoch += 1;
+            }),
+            _ => None,
+        };
+        if parsed.is_none() {
+            // Not understood: nothing remembered can be trusted.
+            tracing::warn!(
+                payload,
+                "an unknown change notification; forgetting everything"
+            );
+            memory.forget_all();
+        }
+    }
+
+    fn go_live(&self) {
+        let mut memory = lock(&self.memory);
+        memory.forget_all();
+        memory.live = true;
+        drop(memory);
+        self.heard.send_modify(|h| h.live = true);
+    }
+
+    fn go_dark(&self) {
+        let mut memory = lock(&self.memory);
+        memory.forget_all();
+        memory.live = false;
+        drop(memory);
+        self.heard.send_modify(|h| h.live = false);
+    }
+
+    fn start_ping(&self) -> u64 {
+        let mut started = lock(&self.started);
+        *started += 1;
+        *started
+    }
+}
+
+/// A 64-digit hex token hash.
+fn token_of(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut token = [0u8; 32];
+    for (i, byte) in token.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(token)
+}
+
+/// Stops the listener when dropped (with the store that owns it).
+pub struct Listening(tokio::task::AbortHandle);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Subscribes, serves barriers until the connection fails or lags, goes dark, waits, again.
+async fn listen(cache: Arc<Cache>, config: tokio_postgres::Config) {
+    let mut wait = RECONNECT_MIN;
+    loop {
+        let (was_live, reason) = subscribed(&cache, &config).await;
+        cache.go_dark();
+        tracing::warn!(%reason, "change notifications stopped; polls read the database until they resume");
+        if was_live {
+            wait = RECONNECT_MIN;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// One subscription: returns whether it went live, and why it ended.
+async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (bool, String) {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(pair) => pair,
+        Err(e) => return (false, format!("cannot connect: {e}")),
+    };
+    let (ended, mut end) = oneshot::channel();
+    let heard = cache.clone();
+    let driver = tokio::spawn(async move {
+        let reason = loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => heard.heard(n.channel(), n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break format!("connection failed: {e}"),
+                None => break "connection closed".to_owned(),
+            }
+        };
+        let _ = ended.send(reason);
+    });
+    let _driver = Listening(driver.abort_handle());
+    let listened = client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {}", cache.channel))
+        .await;
+    if let Err(e) = listened {
+        return (false, format!("LISTEN failed: {e}"));
+    }
+    let ping = match client.prepare("SELECT pg_notify($1, $2)").await {
+        Ok(ping) => ping,
+        Err(e) => return (false, format!("cannot prepare the barrier: {e}")),
+    };
+    cache.go_live();
+    tracing::info!("listening for changes: polls are answered from memory");
+    loop {
+        tokio::select! {
+            reason = &mut end => return (true, reason.unwrap_or_default()),
+            () = cache.wanted.notified() => {}
+        }
+        let n = cache.start_ping();
+        let mut heard = cache.heard.subscribe();
+        let round = async {
+            client
+                .execute(&ping, &[&cache.channel, &n.to_string()])
+                .await
+                .map_err(|e| format!("barrier failed: {e}"))?;
+            heard
+                .wait_for(|h| h.delivered >= n)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(LAG, round).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return (true, reason),
+            Err(_) => return (true, format!("a barrier took longer than {LAG:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user_id: UserId, version: u64) -> SessionInfo {
+        SessionInfo {
+            user_id,
+            username: "alice".into(),
+            version,
+            last_used_ms: 1,
+            deleted_at: 0,
+        }
+    }
+
+    fn live() -> Cache {
+        let cache = Cache {
+            memory: Mutex::default(),
+            started: Mutex::new(0),
+            wanted: Notify::new(),
+            heard: watch::Sender::new(Heard::default()),
+            channel: "sinkron_test".into(),
+        };
+        cache.go_live();
+        cache
+    }
+
+    #[test]
+    fn a_notification_heard_during_a_read_wins_over_the_read() {
+        let cache = live();
+        let epoch = cache.epoch().unwrap();
+        // The read saw version 3; a push to 4 was announced before the read was remembered.
+        cache.heard(CHANNEL, "v 7 4");
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        assert_eq!(cache.session(&[1; 32]).unwrap().version, 4);
+        cache.heard(CHANNEL, "v 7 5");
+        assert_eq!(cache.session(&[1; 32]).unwrap().version, 5);
+        cache.heard(CHANNEL, "v 7 2");
+        assert_eq!(cache.session(&[1; 32]).unwrap().version, 5, "never lowered");
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_sign_out_is_not_remembered() {
+        let cache = live();
+        let epoch = cache.epoch().unwrap();
+        cache.heard(CHANNEL, &format!("t {}", "01".repeat(32)));
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        assert!(cache.session(&[1; 32]).is_none());
+        // A read after it is.
+        let epoch = cache.epoch().unwrap();
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        assert!(cache.session(&[1; 32]).is_some());
+        cache.heard(CHANNEL, &format!("t {}", "01".repeat(32)));
+        assert!(cache.session(&[1; 32]).is_none(), "the sign-out forgets it");
+    }
+
+    #[test]
+    fn a_user_change_forgets_the_users_sessions_and_subject() {
+        let cache = live();
+        let epoch = cache.epoch().unwrap();
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        cache.remember_session(epoch, &[2; 32], &session(8, 3));
+        cache.remember_subject(epoch, &Arc::from("s7"), 7, 3);
+        cache.heard(CHANNEL, "u 7");
+        assert!(cache.session(&[1; 32]).is_none());
+        assert!(cache.subject("s7").is_none());
+        assert_eq!(cache.session(&[2; 32]).unwrap().version, 3, "others stay");
+    }
+
+    #[test]
+    fn an_unknown_notification_forgets_everything() {
+        for payload in ["x", "v 7", "v seven 3", "t 0102", "u 7 8", ""] {
+            let cache = live();
+            let epoch = cache.epoch().unwrap();
+            cache.remember_session(epoch, &[1; 32], &session(7, 3));
+            cache.heard(CHANNEL, payload);
+            assert!(cache.session(&[1; 32]).is_none(), "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_answered_or_remembered_while_dark() {
+        let cache = live();
+        let epoch = cache.epoch().unwrap();
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        cache.go_dark();
+        assert!(cache.session(&[1; 32]).is_none());
+        assert!(cache.epoch().is_none());
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        cache.go_live();
+        assert!(
+            cache.session(&[1; 32]).is_none(),
+            "a new subscription starts empty"
+        );
+        cache.remember_session(epoch, &[1; 32], &session(7, 3));
+        assert!(
+            cache.session(&[1; 32]).is_none(),
+            "a read from before it is stale"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_barrier_waits_for_a_ping_started_after_it() {
+        let cache = Arc::new(live());
+        // Ping 1 is in flight when the request comes: it needs ping 2.
+        assert_eq!(cache.start_ping(), 1);
+        let waiting = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.fresh().await }
+        });
+        tokio::task::yield_now().await;
+        cache.heard("sinkron_test", "1");
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "ping 1 left before the request");
+        assert_eq!(cache.start_ping(), 2);
+        cache.heard("sinkron_test", "2");
+        assert!(waiting.await.unwrap());
+        // Going dark releases every waiter at once, untrusted.
+        let waiting = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.fresh().await }
+        });
+        tokio::task::yield_now().await;
+        cache.go_dark();
+        assert!(!waiting.await.unwrap());
+    }
+}
