@@ -88,11 +88,11 @@ impl BuiltinTokens {
             .filter(|t| is_builtin_token(t))
             .ok_or(Refusal::NotMine)?;
         let token_hash = hash_token(token);
-        let session = self
-            .store
-            .session(&token_hash)
-            .await?
-            .ok_or(Refusal::Invalid)?;
+        let session = match polled(request) {
+            Some(version) => self.store.polled_session(&token_hash, version).await?,
+            None => self.store.session(&token_hash).await?,
+        }
+        .ok_or(Refusal::Invalid)?;
         let idle = now_ms.saturating_sub(session.last_used_ms);
         if idle >= self.idle_ms {
             self.store.revoke_token(&token_hash).await?;
@@ -240,14 +240,14 @@ impl FromRequestParts<AppState> for AuthUser {
             match builtin.check(parts, state.now_ms()).await {
                 Err(Refusal::NotMine) => {}
                 Err(refusal) => return Err(refused(refusal)),
-                Ok(identity) => return Self::of(identity, state).await,
+                Ok(identity) => return Self::of(identity, parts, state).await,
             }
         }
         for authenticator in state.authenticators.iter() {
             match authenticator.authenticate(parts).await {
                 Err(Refusal::NotMine) => continue,
                 Err(refusal) => return Err(refused(refusal)),
-                Ok(identity) => return Self::of(identity, state).await,
+                Ok(identity) => return Self::of(identity, parts, state).await,
             }
         }
         Err(ApiError::unauthorized())
@@ -255,7 +255,7 @@ impl FromRequestParts<AppState> for AuthUser {
 }
 
 impl AuthUser {
-    async fn of(identity: Identity, state: &AppState) -> Result<Self, ApiError> {
+    async fn of(identity: Identity, parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         match identity {
             Identity::Account {
                 session,
@@ -276,10 +276,15 @@ impl AuthUser {
                     );
                     return Err(ApiError::unauthorized());
                 }
-                let session = state
-                    .store
-                    .subject_session(&subject, state.now_ms())
-                    .await?;
+                let (store, now_ms) = (&state.store, state.now_ms());
+                let session = match polled(parts) {
+                    Some(version) => {
+                        store
+                            .polled_subject_session(&subject, now_ms, version)
+                            .await?
+                    }
+                    None => store.subject_session(&subject, now_ms).await?,
+                };
                 let subject: Arc<str> = subject.into();
                 Ok(Self {
                     user_id: session.user_id,
@@ -292,6 +297,15 @@ impl AuthUser {
             }
         }
     }
+}
+
+/// The version a conditional poll names (a `GET` with `If-None-Match`): when it is the
+/// user's, the answer is a `304`, which the store may then give from memory.
+fn polled(request: &Parts) -> Option<u64> {
+    if request.method != axum::http::Method::GET {
+        return None;
+    }
+    crate::sync::named_versions(&request.headers).next()
 }
 
 fn refused(refusal: Refusal) -> ApiError {

@@ -53,24 +53,27 @@ fn last_sync(query: Option<&str>) -> Option<&str> {
         .find_map(|pair| pair.strip_prefix("lastSync="))
 }
 
-/// Whether `If-None-Match` names the current version; parses instead of formatting the tag.
-fn etag_matches(headers: &HeaderMap, version: u64) -> bool {
+/// The versions `If-None-Match` names (tags of digits only); parses instead of formatting.
+pub(crate) fn named_versions(headers: &HeaderMap) -> impl Iterator<Item = u64> + '_ {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|tag| {
+        .filter_map(|tag| {
             let tag = tag.trim();
             let tag = tag.strip_prefix("W/").unwrap_or(tag);
-            tag.strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .is_some_and(|t| {
-                    !t.is_empty()
-                        && t.bytes().all(|b| b.is_ascii_digit())
-                        && t.parse::<u64>() == Ok(version)
-                })
+            let t = tag.strip_prefix('"')?.strip_suffix('"')?;
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            t.parse::<u64>().ok()
         })
+}
+
+/// Whether `If-None-Match` names the current version.
+fn etag_matches(headers: &HeaderMap, version: u64) -> bool {
+    named_versions(headers).any(|v| v == version)
 }
 
 fn etag(cursor: u64) -> HeaderValue {

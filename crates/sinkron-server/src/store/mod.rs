@@ -224,6 +224,28 @@ pub trait Store: Send + Sync + 'static {
     /// subject.
     async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError>;
 
+    /// [`Store::session`] for a poll that names the version it holds (`If-None-Match`): when
+    /// that is the user's version the answer is a `304`, and a backend may then answer from
+    /// memory that is provably current (PostgreSQL: [`pg_cache`]).
+    async fn polled_session(
+        &self,
+        token_hash: &[u8; 32],
+        _polled: u64,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        self.session(token_hash).await
+    }
+
+    /// [`Store::subject_session`] for a poll that names the version it holds, as
+    /// [`Store::polled_session`].
+    async fn polled_subject_session(
+        &self,
+        subject: &str,
+        now_ms: u64,
+        _polled: u64,
+    ) -> Result<SessionInfo, StoreError> {
+        self.subject_session(subject, now_ms).await
+    }
+
     /// The user a site's user id names, if Sinkron has one (never creates it).
     async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError>;
 

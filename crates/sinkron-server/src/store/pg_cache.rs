@@ -3,11 +3,15 @@
 //!
 //! Three rules keep it as true as the database:
 //!
-//! * **Told at commit.** Triggers (`migrations/postgres/0010_notify.sql`) NOTIFY every change
-//!   to a user's version, identity or sessions on the channel [`CHANNEL`]; one connection per
-//!   node LISTENs and applies them here ([`Cache::heard`]). A version is only ever raised, and
-//!   a user's version is taken from a notification even when this node never asked for it,
-//!   so a read that raced the notification cannot put an older one back.
+//! * **Told at commit.** Every change to a user's sessions or identity is NOTIFYed on the
+//!   channel [`CHANNEL`] by triggers (`migrations/postgres/0010_notify.sql`); a user's new
+//!   version by the node that made it, after its commit and before it answers ([`raised`]).
+//!   One connection per node LISTENs and applies them here ([`Cache::heard`]). A version is
+//!   only ever raised, and it is taken from a notification even when this node never asked
+//!   for it, so a read that raced the notification cannot put an older one back. A node that
+//!   fails between a commit and its announcement leaves other nodes behind until the user's
+//!   next push (a retry announces too) or [`AGE_MAX`], whichever comes first; nobody was
+//!   told of that write yet.
 //! * **A barrier before an answer from memory.** A notification arrives a little after its
 //!   commit. Before a request is answered from memory, the node NOTIFYs itself on its own
 //!   channel and waits for that message to come back ([`Cache::fresh`]): PostgreSQL delivers
@@ -34,6 +38,16 @@ use super::{SessionInfo, UserId};
 
 /// The channel every change is announced on (see `0010_notify.sql`).
 pub const CHANNEL: &str = "sinkron";
+/// What every node forgets now and then, so that nothing it holds is older than this.
+pub const AGE_MAX: Duration = Duration::from_secs(300);
+/// The notification that makes every node forget everything (a restore renumbered versions).
+pub const EVERYTHING: &str = "*";
+
+/// The notification of a user's new version.
+pub fn raised(user_id: UserId, version: u64) -> String {
+    format!("v {user_id} {version}")
+}
+
 /// The longest a barrier may take before the node stops trusting its memory.
 pub const LAG: Duration = Duration::from_millis(500);
 /// The most entries one map holds.
@@ -238,6 +252,10 @@ impl Cache {
                     memory.raise(id, version);
                 }),
             (Some("u"), Some(id), None, None) => id.parse().ok().map(|id| memory.forget_user(id)),
+            (Some(EVERYTHING), None, None, None) => {
+                memory.forget_all();
+                Some(())
+            }
             (Some("t"), Some(hex), None, None) => token_of(hex).map(|token| {
                 memory.tokens.remove(&token);
                 memory.epoch += 1;
@@ -334,7 +352,11 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
     });
     let _driver = Listening(driver.abort_handle());
     let listened = client
-        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {}", cache.channel))
+        .batch_execute(&format!(
+            // A ping carries no data: its commit need not wait for the disk.
+            "SET synchronous_commit TO off; LISTEN {CHANNEL}; LISTEN {}",
+            cache.channel
+        ))
         .await;
     if let Err(e) = listened {
         return (false, format!("LISTEN failed: {e}"));
@@ -345,9 +367,14 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
     };
     cache.go_live();
     tracing::info!("listening for changes: polls are answered from memory");
+    let mut aged = tokio::time::interval_at(tokio::time::Instant::now() + AGE_MAX, AGE_MAX);
     loop {
         tokio::select! {
             reason = &mut end => return (true, reason.unwrap_or_default()),
+            _ = aged.tick() => {
+                lock(&cache.memory).forget_all();
+                continue;
+            }
             () = cache.wanted.notified() => {}
         }
         let n = cache.start_ping();
@@ -440,8 +467,8 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_notification_forgets_everything() {
-        for payload in ["x", "v 7", "v seven 3", "t 0102", "u 7 8", ""] {
+    fn an_unknown_notification_or_a_restore_forgets_everything() {
+        for payload in ["x", "v 7", "v seven 3", "t 0102", "u 7 8", "", EVERYTHING] {
             let cache = live();
             let epoch = cache.epoch().unwrap();
             cache.remember_session(epoch, &[1; 32], &session(7, 3));

@@ -34,7 +34,7 @@ use sinkron_core::Change;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-use super::pg_cache::{Cache, Listening};
+use super::pg_cache::{self, Cache, Listening};
 use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
     restored_floor, subject_username, Attempts, ClientMark, Held, OpenError, Page, PushBatch,
@@ -170,7 +170,7 @@ pub struct PostgresStore {
     /// request. A broken one is swapped for a fresh one from the pool.
     polls: Vec<std::sync::RwLock<Arc<Object>>>,
     next_poll: std::sync::atomic::AtomicUsize,
-    /// Sessions and versions, kept true by every node's notifications ([`Cache`]).
+    /// Sessions and versions, kept true by every node's notifications ([`pg_cache`]).
     cache: Arc<Cache>,
     _listening: Listening,
 }
@@ -212,7 +212,7 @@ impl PostgresStore {
             path: shown.clone(),
             reason,
         };
-        let (cache, listening) = Cache::start(config.clone());
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -234,6 +234,7 @@ impl PostgresStore {
             .await
             .map_err(|e| fail(e.to_string()))?;
         drop(client);
+        let (cache, listening) = Cache::start(listen_config);
         // A quarter of the pool, at most one per core, serves polls; the rest serves everything
         // else. A pool below 4 has none: polls then take pooled connections like the rest.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -531,6 +532,17 @@ fn change_of(row: &Row) -> Result<Option<Change>, StoreError> {
     }))
 }
 
+/// A site's user's session: the subject is its name, and it is used now.
+fn subject_info(subject: Arc<str>, user_id: UserId, version: u64, now_ms: u64) -> SessionInfo {
+    SessionInfo {
+        user_id,
+        username: subject,
+        version,
+        last_used_ms: now_ms,
+        deleted_at: 0,
+    }
+}
+
 /// A [`SESSION_SQL`] row.
 fn session_of(row: &Row) -> SessionInfo {
     SessionInfo {
@@ -540,6 +552,21 @@ fn session_of(row: &Row) -> SessionInfo {
         last_used_ms: to_u64(row.get(3)),
         deleted_at: to_u64(row.get(4)),
     }
+}
+
+/// Tells every node a user's new version (or [`pg_cache::EVERYTHING`]) after the commit that
+/// made it, in a transaction of its own: the changes the triggers of `0010_notify.sql` leave
+/// out. It writes nothing to the log, so it waits for no flush.
+async fn announce(client: &Object, payload: &str) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(store_err)?;
+    client
+        .execute(&stmt, &[&pg_cache::CHANNEL, &payload])
+        .await
+        .map_err(store_err)?;
+    Ok(())
 }
 
 /// Applies one push in a transaction: locks the user's row, reads what the [`Planner`] asks
@@ -924,11 +951,6 @@ impl Store for PostgresStore {
     }
 
     async fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionInfo>, StoreError> {
-        if self.cache.session(token_hash).is_some() && self.cache.fresh().await {
-            if let Some(session) = self.cache.session(token_hash) {
-                return Ok(Some(session));
-            }
-        }
         let epoch = self.cache.epoch();
         let session = self.read_session(token_hash).await?;
         if let (Some(epoch), Some(session)) = (epoch, &session) {
@@ -937,27 +959,44 @@ impl Store for PostgresStore {
         Ok(session)
     }
 
-    async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
-        let username: Arc<str> = subject.into();
-        let session = |(user_id, version)| SessionInfo {
-            user_id,
-            username: username.clone(),
-            version,
-            last_used_ms: now_ms,
-            deleted_at: 0,
-        };
-        if self.cache.subject(subject).is_some() && self.cache.fresh().await {
-            if let Some(found) = self.cache.subject(subject) {
-                return Ok(session(found));
+    async fn polled_session(
+        &self,
+        token_hash: &[u8; 32],
+        polled: u64,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        let current = |cache: &Cache| cache.session(token_hash).filter(|s| s.version == polled);
+        if current(&self.cache).is_some() && self.cache.fresh().await {
+            if let Some(session) = current(&self.cache) {
+                return Ok(Some(session));
             }
         }
+        self.session(token_hash).await
+    }
+
+    async fn subject_session(&self, subject: &str, now_ms: u64) -> Result<SessionInfo, StoreError> {
         let epoch = self.cache.epoch();
         let (user_id, version) = self.read_subject(subject, now_ms).await?;
+        let username: Arc<str> = subject.into();
         if let Some(epoch) = epoch {
             self.cache
                 .remember_subject(epoch, &username, user_id, version);
         }
-        Ok(session((user_id, version)))
+        Ok(subject_info(username, user_id, version, now_ms))
+    }
+
+    async fn polled_subject_session(
+        &self,
+        subject: &str,
+        now_ms: u64,
+        polled: u64,
+    ) -> Result<SessionInfo, StoreError> {
+        let current = |cache: &Cache| cache.subject(subject).filter(|s| s.1 == polled);
+        if current(&self.cache).is_some() && self.cache.fresh().await {
+            if let Some((user_id, version)) = current(&self.cache) {
+                return Ok(subject_info(subject.into(), user_id, version, now_ms));
+            }
+        }
+        self.subject_session(subject, now_ms).await
     }
 
     async fn find_subject(&self, subject: &str) -> Result<Option<UserId>, StoreError> {
@@ -1025,7 +1064,11 @@ impl Store for PostgresStore {
 
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
         let mut client = self.client().await?;
-        apply_push(&mut client, user_id, &batch).await
+        let outcome = apply_push(&mut client, user_id, &batch).await?;
+        // Also when nothing changed: a retry then heals a node that missed the announcement
+        // of a commit whose node failed before sending it.
+        announce(&client, &pg_cache::raised(user_id, outcome.version)).await?;
+        Ok(outcome)
     }
 
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
@@ -1063,6 +1106,7 @@ impl Store for PostgresStore {
         .await
         .map_err(store_err)?;
         tx.commit().await.map_err(store_err)?;
+        announce(&client, pg_cache::EVERYTHING).await?;
         Ok(floor)
     }
 
