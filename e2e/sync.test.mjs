@@ -660,9 +660,11 @@ describe("close-tab flush", () => {
       await page.clock.install();
       await openEpisodes(page, "s10");
       await page.getByTestId("play-s10e01").click();
-      // Positions advance each second; the debounced push never gets its turn before the
-      // page closes, so only the keepalive flush can deliver the last one.
-      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      // Positions advance with each second the video plays; with the page's timers stopped,
+      // the debounced push never gets its turn before the page closes, so only the
+      // keepalive flush can deliver the last one.
+      await page.locator('[data-testid="player-position"][data-position="5"]').waitFor();
+      await page.getByTestId("pause").click();
       const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
       assert.ok(position >= 5, `position ${position}`);
       await page.close({ runBeforeUnload: true });
@@ -695,7 +697,8 @@ describe("another origin", () => {
       await page.clock.install();
       await openEpisodes(page, "s12");
       await page.getByTestId("play-s12e01").click();
-      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      await page.locator('[data-testid="player-position"][data-position="5"]').waitFor();
+      await page.getByTestId("pause").click();
       const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
       await page.close({ runBeforeUnload: true });
       await until(async () => recordsOf(await api.state(auth), "history").s12e01?.position === position, {
