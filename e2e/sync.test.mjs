@@ -1006,7 +1006,8 @@ describe("screenshots", () => {
     withServer(async (server) => {
       for (const [name, viewport] of [["phone", { width: 390, height: 844 }], ["desktop", { width: 1280, height: 860 }]]) {
         const context = await browser.newContext({ viewport, deviceScaleFactor: name === "phone" ? 2 : 1 });
-        const page = await open(context, server);
+        // A poll a second, so that the sync panel shows a few 304s.
+        const page = await open(context, server, { interval: 1000 });
         await signUp(page, `shot${name}`);
         await page.getByTestId("favorite-s02").click();
         await openEpisodes(page, "s01");
@@ -1014,6 +1015,7 @@ describe("screenshots", () => {
         await page.getByTestId("play-s01e01").click();
         await page.locator('[data-testid="player-position"]:not([data-position="0"])').waitFor();
         await page.getByTestId("pause").click();
+        await page.locator('[data-testid="sync-panel"][data-not-modified="3"]').waitFor();
         await syncedState(page);
         await page.screenshot({ path: join(artifacts, `demo-${name}.png`) });
         await context.close();

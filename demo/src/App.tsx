@@ -1,11 +1,12 @@
 // Sinkron TV: a small streaming site whose personal data (history with playback position,
 // favourites, likes) syncs across tabs and devices with Sinkron.
 
-import { useEffect, useRef, useState, type FormEvent } from "react";
+import { useEffect, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { useSinkron, useUserSync } from "sinkron/react";
 import type { HistoryEntry, LegacyRecord } from "sinkron";
 import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
 import clip from "./clip.webm";
+import * as traffic from "./traffic";
 
 const params = new URLSearchParams(location.search);
 /** `?interval=MS` overrides the pull interval (for demos and tests). */
@@ -77,6 +78,7 @@ export function App() {
       <Header />
       <main>
         {playing && <Player episodeId={playing} onClose={() => setPlaying(null)} />}
+        <SyncPanel />
         {route === "#/history" ? <HistoryPage onPlay={setPlaying} /> : <Home onPlay={setPlaying} />}
       </main>
     </>
@@ -130,6 +132,47 @@ function SyncStatus() {
       <i aria-hidden="true" />
       {text}
     </div>
+  );
+}
+
+/**
+ * What this tab sent to the sync API since the page loaded, and at what rate per hour: the
+ * cost of keeping in step. Only the leader tab polls, so another tab of this browser shows
+ * its own pushes and few or no pulls.
+ */
+function SyncPanel() {
+  const { pulls, notModified, pushes } = useSyncExternalStore(traffic.subscribe, traffic.snapshot);
+  const [, tick] = useState(0);
+  useEffect(() => {
+    const t = setInterval(() => tick((n) => n + 1), 1000);
+    return () => clearInterval(t);
+  }, []);
+  // performance.now() counts from the page's load. In the first minute the sign-in's
+  // requests would read as thousands an hour: the rate waits for a minute's worth.
+  const ms = performance.now();
+  const rate = (n: number) => (ms < 60_000 ? "–/h" : `${Math.round((n * 3_600_000) / ms)}/h`);
+  const rows: Array<[string, string, number]> = [
+    ["pushes", "Pushes", pushes],
+    ["pulls", "Pulls", pulls],
+    ["not-modified", "304 (unchanged)", notModified],
+  ];
+  return (
+    <section className="traffic" data-testid="sync-panel" data-pushes={pushes} data-pulls={pulls} data-not-modified={notModified}>
+      <h2>
+        Sent by this tab <span className="meta">since it loaded; only the leader tab polls, for every tab of this browser</span>
+      </h2>
+      <dl>
+        {rows.map(([id, label, n]) => (
+          <div key={id} data-testid={`sync-${id}`}>
+            <dt>{label}</dt>
+            <dd>{n}</dd>
+            <dd className="meta" title="per hour since the page loaded">
+              {rate(n)}
+            </dd>
+          </div>
+        ))}
+      </dl>
+    </section>
   );
 }
 
