@@ -18,7 +18,7 @@ import { extname, join, normalize } from "node:path";
 const root = new URL("..", import.meta.url).pathname;
 const DIST = join(root, "demo/dist");
 const PASSWORD = "correct horse";
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".svg": "image/svg+xml" };
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".svg": "image/svg+xml", ".webm": "video/webm" };
 
 const b64url = (data) => Buffer.from(data).toString("base64url");
 

@@ -660,9 +660,11 @@ describe("close-tab flush", () => {
       await page.clock.install();
       await openEpisodes(page, "s10");
       await page.getByTestId("play-s10e01").click();
-      // Positions advance each second; the debounced push never gets its turn before the
-      // page closes, so only the keepalive flush can deliver the last one.
-      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      // Positions advance with each second the video plays; with the page's timers stopped,
+      // the debounced push never gets its turn before the page closes, so only the
+      // keepalive flush can deliver the last one.
+      await page.locator('[data-testid="player-position"][data-position="5"]').waitFor();
+      await page.getByTestId("pause").click();
       const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
       assert.ok(position >= 5, `position ${position}`);
       await page.close({ runBeforeUnload: true });
@@ -695,7 +697,8 @@ describe("another origin", () => {
       await page.clock.install();
       await openEpisodes(page, "s12");
       await page.getByTestId("play-s12e01").click();
-      for (let i = 0; i < 7; i++) await page.clock.runFor(1000);
+      await page.locator('[data-testid="player-position"][data-position="5"]').waitFor();
+      await page.getByTestId("pause").click();
       const position = Number(await page.getByTestId("player-position").getAttribute("data-position"));
       await page.close({ runBeforeUnload: true });
       await until(async () => recordsOf(await api.state(auth), "history").s12e01?.position === position, {
@@ -1003,7 +1006,8 @@ describe("screenshots", () => {
     withServer(async (server) => {
       for (const [name, viewport] of [["phone", { width: 390, height: 844 }], ["desktop", { width: 1280, height: 860 }]]) {
         const context = await browser.newContext({ viewport, deviceScaleFactor: name === "phone" ? 2 : 1 });
-        const page = await open(context, server);
+        // A poll a second, so that the sync panel shows a few 304s.
+        const page = await open(context, server, { interval: 1000 });
         await signUp(page, `shot${name}`);
         await page.getByTestId("favorite-s02").click();
         await openEpisodes(page, "s01");
@@ -1011,6 +1015,7 @@ describe("screenshots", () => {
         await page.getByTestId("play-s01e01").click();
         await page.locator('[data-testid="player-position"]:not([data-position="0"])').waitFor();
         await page.getByTestId("pause").click();
+        await page.locator('[data-testid="sync-panel"][data-not-modified="3"]').waitFor();
         await syncedState(page);
         await page.screenshot({ path: join(artifacts, `demo-${name}.png`) });
         await context.close();

@@ -1,10 +1,12 @@
 // Sinkron TV: a small streaming site whose personal data (history with playback position,
 // favourites, likes) syncs across tabs and devices with Sinkron.
 
-import { useEffect, useState, type FormEvent } from "react";
+import { useEffect, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { useSinkron, useUserSync } from "sinkron/react";
 import type { HistoryEntry, LegacyRecord } from "sinkron";
 import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
+import clip from "./clip.webm";
+import * as traffic from "./traffic";
 
 const params = new URLSearchParams(location.search);
 /** `?interval=MS` overrides the pull interval (for demos and tests). */
@@ -76,6 +78,7 @@ export function App() {
       <Header />
       <main>
         {playing && <Player episodeId={playing} onClose={() => setPlaying(null)} />}
+        <SyncPanel />
         {route === "#/history" ? <HistoryPage onPlay={setPlaying} /> : <Home onPlay={setPlaying} />}
       </main>
     </>
@@ -129,6 +132,47 @@ function SyncStatus() {
       <i aria-hidden="true" />
       {text}
     </div>
+  );
+}
+
+/**
+ * What this tab sent to the sync API since the page loaded, and at what rate per hour: the
+ * cost of keeping in step. Only the leader tab polls, so another tab of this browser shows
+ * its own pushes and few or no pulls.
+ */
+function SyncPanel() {
+  const { pulls, notModified, pushes } = useSyncExternalStore(traffic.subscribe, traffic.snapshot);
+  const [, tick] = useState(0);
+  useEffect(() => {
+    const t = setInterval(() => tick((n) => n + 1), 1000);
+    return () => clearInterval(t);
+  }, []);
+  // performance.now() counts from the page's load. In the first minute the sign-in's
+  // requests would read as thousands an hour: the rate waits for a minute's worth.
+  const ms = performance.now();
+  const rate = (n: number) => (ms < 60_000 ? "–/h" : `${Math.round((n * 3_600_000) / ms)}/h`);
+  const rows: Array<[string, string, number]> = [
+    ["pushes", "Pushes", pushes],
+    ["pulls", "Pulls", pulls],
+    ["not-modified", "304 (unchanged)", notModified],
+  ];
+  return (
+    <section className="traffic" data-testid="sync-panel" data-pushes={pushes} data-pulls={pulls} data-not-modified={notModified}>
+      <h2>
+        Sent by this tab <span className="meta">since it loaded; only the leader tab polls, for every tab of this browser</span>
+      </h2>
+      <dl>
+        {rows.map(([id, label, n]) => (
+          <div key={id} data-testid={`sync-${id}`}>
+            <dt>{label}</dt>
+            <dd>{n}</dd>
+            <dd className="meta" title="per hour since the page loaded">
+              {rate(n)}
+            </dd>
+          </div>
+        ))}
+      </dl>
+    </section>
   );
 }
 
@@ -317,6 +361,15 @@ function EpisodeRow({ episode, onPlay }: { episode: Episode; onPlay: (id: string
   );
 }
 
+/** Seconds a seek button moves the episode. */
+const SEEK_STEP = 10;
+
+/**
+ * The player: a short clip (`clip.webm`, 6 s) loops for an episode that lasts minutes. The
+ * position is the episode's, held by the store: the clip's playing time advances it, one
+ * write per second played (`updateProgress`, which the store coalesces and pushes), so a
+ * paused or stalled video does not. Seeking sets the episode's position, not the clip's.
+ */
 function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void }) {
   const episode = EPISODE_BY_ID.get(episodeId)!;
   const show = SHOW_BY_ID.get(episode.showId)!;
@@ -325,35 +378,88 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   const updateProgress = useSinkron((s) => s.updateProgress);
   const [paused, setPaused] = useState(false);
   const position = entry?.position ?? 0;
+  const video = useRef<HTMLVideoElement>(null);
+  // The clip time last seen, and the seconds played since the last write.
+  const played = useRef({ at: 0, seconds: 0 });
+  // The timeupdate handler reads the latest position, not the one of its render.
+  const latest = useRef(position);
+  latest.current = position;
 
   useEffect(() => {
     if (!entry) addHistory({ episodeId, showId: episode.showId, position: 0, duration: episode.duration });
+    played.current = { at: video.current?.currentTime ?? 0, seconds: 0 };
     setPaused(false);
     // Only when the episode changes: resuming keeps the stored position.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [episodeId]);
 
   useEffect(() => {
-    if (paused) return;
-    const t = setInterval(() => {
-      const current = entry?.position ?? 0;
-      if (current < episode.duration) updateProgress(episodeId, current + 1);
-    }, 1000);
-    return () => clearInterval(t);
-  }, [paused, episodeId, entry?.position, episode.duration, updateProgress]);
+    const v = video.current;
+    if (!v) return;
+    if (paused) v.pause();
+    // Refused without a user's gesture in some browsers (the clip is muted, so rarely).
+    else v.play().catch(() => setPaused(true));
+  }, [paused, episodeId]);
+
+  const onTimeUpdate = () => {
+    const v = video.current!;
+    let delta = v.currentTime - played.current.at;
+    played.current.at = v.currentTime;
+    // The clip looped: the time to its end, then from its start.
+    if (delta < 0 && Number.isFinite(v.duration)) delta += v.duration;
+    // Playback advances by a quarter second per event at most; anything else is a jump.
+    if (v.paused || !(delta > 0 && delta < 2)) return;
+    played.current.seconds += delta;
+    const whole = Math.floor(played.current.seconds);
+    if (whole < 1) return;
+    played.current.seconds -= whole;
+    const next = Math.min(episode.duration, latest.current + whole);
+    updateProgress(episodeId, next);
+    if (next >= episode.duration) setPaused(true);
+  };
+
+  const seek = (to: number) => {
+    played.current.seconds = 0;
+    updateProgress(episodeId, Math.max(0, Math.min(episode.duration, Math.round(to))));
+  };
 
   return (
     <section className="player" data-testid="player">
-      <Artwork show={show} />
+      <div className="screen">
+        <video
+          ref={video}
+          data-testid="player-video"
+          src={clip}
+          muted
+          loop
+          playsInline
+          onTimeUpdate={onTimeUpdate}
+          onPlay={() => setPaused(false)}
+          onPause={() => setPaused(true)}
+        />
+        <span>{show.title}</span>
+      </div>
       <div>
         <h2>
           {show.title} · E{episode.number} {episode.title}
         </h2>
-        <progress max={episode.duration} value={position} />
+        <input
+          type="range"
+          data-testid="player-seek"
+          aria-label="Position in the episode"
+          min={0}
+          max={episode.duration}
+          step={1}
+          value={position}
+          onChange={(e) => seek(Number(e.target.value))}
+        />
         <p className="meta" data-testid="player-position" data-position={position}>
           {clock(position)} / {clock(episode.duration)}
         </p>
         <div className="actions">
+          <button data-testid="seek-back" aria-label={`Back ${SEEK_STEP} seconds`} onClick={() => seek(position - SEEK_STEP)}>
+            −{SEEK_STEP} s
+          </button>
           {paused ? (
             <button data-testid="resume" onClick={() => setPaused(false)}>
               ▶ Play
@@ -363,6 +469,9 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
               ❚❚ Pause
             </button>
           )}
+          <button data-testid="seek-forward" aria-label={`Forward ${SEEK_STEP} seconds`} onClick={() => seek(position + SEEK_STEP)}>
+            +{SEEK_STEP} s
+          </button>
           <button onClick={onClose}>Close</button>
         </div>
       </div>

@@ -1,4 +1,5 @@
-// The demo's catalogue: 20 shows with 4–8 episodes each, generated (no outside assets).
+// The demo's catalogue: 20 shows with distinct titles and 4–8 episodes each, generated (no
+// outside assets).
 // Show ids are `s01`…`s20`; episode ids are `<showId>e<NN>`, e.g. `s03e02`.
 
 export interface Episode {
@@ -40,7 +41,9 @@ export const SHOWS: Show[] = Array.from({ length: 20 }, (_, i) => {
   const hue = Math.floor(r() * 360);
   return {
     id,
-    title: `${FIRST[i % FIRST.length]} ${SECOND[(i * 3) % SECOND.length]}`,
+    // The second word steps by 3 (coprime with 10, so the first ten are a permutation) and
+    // moves one further for the second ten: show i and i + 10 share a first word, never a title.
+    title: `${FIRST[i % FIRST.length]} ${SECOND[(i * 3 + Math.floor(i / FIRST.length)) % SECOND.length]}`,
     genre: GENRES[i % GENRES.length],
     year: 2015 + Math.floor(r() * 11),
     colors: [`hsl(${hue} 70% 45%)`, `hsl(${(hue + 60) % 360} 80% 25%)`],

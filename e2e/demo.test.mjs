@@ -1,0 +1,182 @@
+// The demo shows it, in Chromium: a real video drives the episode's synced position, the
+// catalogue's 20 shows are distinct, and the sync panel counts what the network saw.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Server, countRequests, launch, open, openEpisodes, signUp, syncedState, until } from "./support.mjs";
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+async function withServer(fn) {
+  const server = await Server.start();
+  try {
+    await fn(server);
+  } finally {
+    await server.stop();
+  }
+}
+
+const recordsOf = (state, collection) =>
+  Object.fromEntries(state.changes.filter((c) => c.collection === collection && c.value !== null).map((c) => [c.key, c.value]));
+
+/** The position the player shows (the store's, as `data-position`). */
+const shown = async (page) => Number(await page.getByTestId("player-position").getAttribute("data-position"));
+
+/** Resolves once the player shows exactly `position`. */
+const showing = (page, position, timeout = 15000) =>
+  page.locator(`[data-testid="player-position"][data-position="${position}"]`).waitFor({ timeout });
+
+/** The clip's state in the page. */
+const clip = (page) =>
+  page.getByTestId("player-video").evaluate((v) => ({ paused: v.paused, time: v.currentTime, duration: v.duration, src: v.currentSrc }));
+
+/** Resolves after `n` more pull answers: about `n` poll intervals of the page's own time. */
+async function pulls(page, n) {
+  for (let i = 0; i < n; i++) {
+    await page.waitForResponse((r) => new URL(r.url()).pathname === "/api/user/me" && r.request().method() === "GET");
+  }
+}
+
+describe("player", () => {
+  test("the video's playback advances the episode's position; pause stops it, a seek sets it, a reload resumes it", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // A poll a second: the pulls below mark the passing of the page's time.
+      const page = await open(context, server, { interval: 1000 });
+      const auth = await signUp(page, "viewer");
+      await openEpisodes(page, "s05");
+      await page.getByTestId("play-s05e01").click();
+
+      // The clip plays (muted, looping) and the position follows it, past the end of the
+      // 6-second clip: it is the episode's position, not the clip's time.
+      await page.waitForFunction(() => {
+        const v = document.querySelector('[data-testid="player-video"]');
+        return v && !v.paused && v.currentTime > 0;
+      });
+      const playing = await clip(page);
+      assert.match(playing.src, /\/assets\/clip-[\w-]+\.webm$/);
+      assert.ok(Math.abs(playing.duration - 6) < 0.1, `the clip lasts 6 s: ${playing.duration}`);
+      await showing(page, 2);
+      const [from, fromAt] = [await shown(page), await page.evaluate(() => performance.now())];
+      await showing(page, 8);
+      const [to, toAt] = [await shown(page), await page.evaluate(() => performance.now())];
+      const seconds = (toAt - fromAt) / 1000;
+      // About a second of position a second: not more (the video cannot play faster), and
+      // not much less (a busy machine may stall the video, and with it the position).
+      const rate = (to - from) / seconds;
+      assert.ok(rate > 0.5 && rate < 1.3, `${to - from} s of position in ${seconds.toFixed(2)} s of playback`);
+      assert.ok((await clip(page)).time < 6);
+      // At twice the speed, two seconds of position a second: the video's time drives it,
+      // not the page's clock.
+      await page.getByTestId("player-video").evaluate((v) => (v.playbackRate = 2));
+      const [fast, fastAt] = [await shown(page), await page.evaluate(() => performance.now())];
+      await showing(page, fast + 8);
+      const fastSeconds = (await page.evaluate(() => performance.now()) - fastAt) / 1000;
+      assert.ok(8 / fastSeconds > 1.3, `8 s of position in ${fastSeconds.toFixed(2)} s at twice the speed`);
+      await page.getByTestId("player-video").evaluate((v) => (v.playbackRate = 1));
+
+      // Pause: the video stops, and so does the position, while the page's time goes on.
+      await page.getByTestId("pause").click();
+      await page.getByTestId("resume").waitFor();
+      assert.equal((await clip(page)).paused, true, "the video is paused");
+      const held = await shown(page);
+      await pulls(page, 3);
+      assert.equal(await shown(page), held, "the position held while paused");
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.equal(recordsOf(await server.state(auth), "history").s05e01.position, held);
+
+      // Seek: the buttons move it by 10 s, the range input sets it; the server gets it.
+      await page.getByTestId("seek-forward").click();
+      await showing(page, held + 10);
+      await page.getByTestId("seek-forward").click();
+      await showing(page, held + 20);
+      await page.getByTestId("seek-back").click();
+      await showing(page, held + 10);
+      await page.getByTestId("player-seek").fill("600");
+      await showing(page, 600);
+      await until(async () => recordsOf(await server.state(auth), "history").s05e01.position === 600, { what: "position 600 on the server" });
+
+      // Play again: the position goes on from the seek.
+      await page.getByTestId("resume").click();
+      await showing(page, 601);
+      await showing(page, 602);
+      await page.getByTestId("pause").click();
+      const stored = await shown(page);
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+
+      // A reload: the episode resumes at the stored position, and plays on from there.
+      await page.reload();
+      await syncedState(page);
+      await page.getByTestId(`continue-s05e01`).click();
+      await page.getByTestId("pause").waitFor();
+      await showing(page, stored + 1);
+      await showing(page, stored + 2);
+      assert.equal((await clip(page)).paused, false);
+      await context.close();
+    }));
+});
+
+describe("catalogue", () => {
+  test("the 20 shows have 20 distinct titles", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const titles = await page.locator('[data-testid^="title-s"]').allTextContents();
+      assert.equal(titles.length, 20);
+      assert.equal(new Set(titles).size, 20, `repeated: ${titles.filter((t, i) => titles.indexOf(t) !== i)}`);
+      await context.close();
+    }));
+});
+
+describe("sync panel", () => {
+  test("the panel counts the pushes, pulls and 304s the network saw", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      // From before the page loads, as the panel counts.
+      const counts = countRequests(page);
+      const answered = { pulls: 0, notModified: 0, pushes: 0 };
+      page.on("response", (r) => {
+        const path = new URL(r.url()).pathname;
+        if (path === "/api/user/me" && r.request().method() === "GET") {
+          answered.pulls++;
+          if (r.status() === 304) answered.notModified++;
+        } else if (path === "/api/user/me/changes") answered.pushes++;
+      });
+      const seen = () => ({ pushes: counts.pushes, pulls: counts.pulls, notModified: answered.notModified });
+      await page.goto(`${server.url}/?interval=1000`);
+      await page.getByTestId("sync-status").waitFor();
+      await signUp(page, "counter");
+      await page.getByTestId("favorite-s03").click();
+      await openEpisodes(page, "s03");
+      await page.getByTestId("play-s03e01").click();
+      await page.locator('[data-testid="player-position"][data-position="2"]').waitFor();
+      await page.getByTestId("pause").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await until(() => seen().notModified >= 3, { what: "three 304s" });
+
+      // The page keeps polling, so compare at a moment when every answer seen has arrived.
+      const panel = () =>
+        page.getByTestId("sync-panel").evaluate((p) => ({
+          pushes: Number(p.dataset.pushes),
+          pulls: Number(p.dataset.pulls),
+          notModified: Number(p.dataset.notModified),
+        }));
+      let last;
+      await until(
+        async () => {
+          last = { panel: await panel(), seen: seen(), inFlight: counts.pulls + counts.pushes - answered.pulls - answered.pushes };
+          return last.inFlight === 0 && JSON.stringify(last.panel) === JSON.stringify(last.seen);
+        },
+        { what: "the panel to match the network", timeout: 10000 },
+      ).catch((e) => assert.fail(`${e.message}: ${JSON.stringify(last)}`));
+      assert.ok(last.seen.pushes >= 1 && last.seen.pulls > last.seen.notModified, JSON.stringify(last.seen));
+      assert.match(await page.getByTestId("sync-panel").textContent(), /only the leader tab polls/);
+      await context.close();
+    }));
+});
