@@ -219,6 +219,26 @@ pub struct Config {
     )]
     pub poll_busy_requests: u32,
 
+    /// The push channel: `sse` serves `GET /api/user/me/events`, a stream that pokes a
+    /// browser to pull when its user's data changed (on any node); `off` answers it 404.
+    #[arg(
+        long,
+        env = "SINKRON_POKE",
+        value_name = "CHANNEL",
+        default_value = "off"
+    )]
+    pub poke: Poke,
+
+    /// Most open poke streams on this node (each holds a connection); past it, 429.
+    #[arg(
+        long,
+        env = "SINKRON_POKE_STREAMS_MAX",
+        value_name = "N",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub poke_streams_max: u32,
+
     /// Most records holding a value that one user may store; a push that would store more is
     /// refused whole with 413 `quota_exceeded` (deletes always pass).
     #[arg(
@@ -393,6 +413,16 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
+/// The push channel (`--poke`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Poke {
+    /// None: clients poll.
+    #[default]
+    Off,
+    /// Server-Sent Events on `GET /api/user/me/events`.
+    Sse,
+}
+
 /// A way of signing in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -417,6 +447,8 @@ impl Default for Config {
             poll_interval: 30,
             poll_interval_max: 300,
             poll_busy_requests: 256,
+            poke: Poke::Off,
+            poke_streams_max: 10_000,
             user_records_max: 100_000,
             admin_token_file: None,
             user_bytes_max: 64 << 20,
@@ -524,6 +556,8 @@ impl fmt::Debug for Config {
             .field("poll_interval", &self.poll_interval)
             .field("poll_interval_max", &self.poll_interval_max)
             .field("poll_busy_requests", &self.poll_busy_requests)
+            .field("poke", &self.poke)
+            .field("poke_streams_max", &self.poke_streams_max)
             .field("user_records_max", &self.user_records_max)
             .field("admin_token_file", &self.admin_token_file)
             .field("user_bytes_max", &self.user_bytes_max)

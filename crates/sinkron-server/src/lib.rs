@@ -16,6 +16,7 @@ pub mod limits;
 pub mod listen;
 pub mod pace;
 pub mod password;
+pub mod poke;
 pub mod site;
 pub mod store;
 pub mod sync;
@@ -77,6 +78,8 @@ pub struct Shared {
     cors_origins: Arc<[HeaderValue]>,
     /// Stamps sync answers (`serverTime`) and bounds future `updatedAt`s.
     clock: ServerClock,
+    /// The push channel's streams, with `--poke sse`.
+    pub pokes: Option<Arc<poke::Pokes>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -120,6 +123,17 @@ impl AppState {
             config.poll_interval_max,
             config.poll_busy_requests,
         ));
+        let pokes = (config.poke == config::Poke::Sse).then(|| {
+            let pokes = Arc::new(poke::Pokes::new(
+                usize::try_from(config.poke_streams_max).unwrap_or(usize::MAX),
+            ));
+            // Every node's commits, where the store hears them (PostgreSQL).
+            let told = pokes.clone();
+            store.on_version_raised(Arc::new(move |user_id, version| {
+                told.poke(user_id, version);
+            }));
+            pokes
+        });
         Self(Arc::new(Shared {
             builtin,
             authenticators: Arc::new([]),
@@ -132,6 +146,7 @@ impl AppState {
             admin_key: None,
             caps,
             clock: Arc::new(now_ms),
+            pokes,
         }))
     }
 
@@ -249,6 +264,9 @@ pub fn api(state: AppState) -> Router {
 /// when it has a key.
 fn api_routes(state: &AppState) -> Router<AppState> {
     let mut router = Router::new().merge(sync::router());
+    if state.pokes.is_some() {
+        router = router.merge(poke::router());
+    }
     if state.builtin.is_some() {
         router = router.merge(auth::router());
     }

@@ -160,7 +160,15 @@ async fn serve(config: Config) -> Result<(), String> {
         grace: Duration::from_secs(config.shutdown_grace_secs),
     };
     tracing::debug!(?limits, "connection limits");
-    listen::serve(listener, app(state), limits, shutdown_signal()).await;
+    let pokes = state.pokes.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open poke streams would hold their connections through the grace period.
+        if let Some(pokes) = pokes {
+            pokes.close();
+        }
+    };
+    listen::serve(listener, app(state), limits, shutdown).await;
     compactor.abort();
     failures.abort();
     tracing::info!("stopped");

@@ -282,6 +282,9 @@ pub(crate) async fn push_for(
             },
         )
         .await?;
+    if let Some(pokes) = &state.pokes {
+        pokes.poke(user_id, outcome.version);
+    }
     let page = outcome.page.unwrap_or(Page {
         cursor: outcome.version,
         ..Page::default()

@@ -23,6 +23,9 @@ use sinkron_core::{Change, Mutation};
 
 pub use plan::{Cap, ClientMark, Held, Quota, Usage};
 
+/// Told a user and the user's new version ([`Store::on_version_raised`]).
+pub type VersionHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
+
 /// A user's id: the integer primary key. On the wire it is a JSON string.
 pub type UserId = i64;
 
@@ -313,6 +316,11 @@ pub trait Store: Send + Sync + 'static {
     /// are newer than any the device holds, so nothing of the lost history survives on it.
     /// Users created later start from the new floor. Returns the floor.
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError>;
+
+    /// Calls `hook` with a user and a new version whenever this store hears of a commit that
+    /// raised it, made by any node (PostgreSQL: the announcements of [`pg_cache`]). A backend
+    /// that serves one node hears nothing here: the push handler tells its node itself.
+    fn on_version_raised(&self, _hook: VersionHook) {}
 
     /// Whether a poll whose answer has not changed is answered from memory now: on
     /// PostgreSQL while the node hears every change ([`pg_cache`]), on SQLite always.

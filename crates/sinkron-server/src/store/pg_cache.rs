@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{SessionInfo, UserId};
+use super::{SessionInfo, UserId, VersionHook};
 
 /// The channel every change is announced on (see `0010_notify.sql`).
 pub const CHANNEL: &str = "sinkron";
@@ -122,6 +122,8 @@ pub struct Cache {
     heard: watch::Sender<Heard>,
     /// This node's own channel, for its pings.
     channel: String,
+    /// Told every version heard (the push channel's pokes).
+    raised: std::sync::OnceLock<VersionHook>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +141,7 @@ impl Cache {
             wanted: Notify::new(),
             heard: watch::Sender::new(Heard::default()),
             channel: format!("sinkron_{:016x}", rand::random::<u64>()),
+            raised: std::sync::OnceLock::new(),
         });
         let task = tokio::spawn(listen(cache.clone(), config));
         (cache, Listening(task.abort_handle()))
@@ -213,6 +216,11 @@ impl Cache {
         memory.subjects.insert(subject.clone(), user_id);
     }
 
+    /// Calls `hook` with every version heard from now on (once; a second hook is ignored).
+    pub fn on_raised(&self, hook: VersionHook) {
+        let _ = self.raised.set(hook);
+    }
+
     /// Waits until every change committed before this call has been applied: true once it
     /// has, false when the memory is off or the barrier lags past [`LAG`] (then read the
     /// database).
@@ -250,6 +258,9 @@ impl Cache {
                 .zip(version.parse().ok())
                 .map(|(id, version)| {
                     memory.raise(id, version);
+                    if let Some(hook) = self.raised.get() {
+                        hook(id, version);
+                    }
                 }),
             (Some("u"), Some(id), None, None) => id.parse().ok().map(|id| memory.forget_user(id)),
             (Some(EVERYTHING), None, None, None) => {
@@ -419,6 +430,7 @@ mod tests {
             wanted: Notify::new(),
             heard: watch::Sender::new(Heard::default()),
             channel: "sinkron_test".into(),
+            raised: std::sync::OnceLock::new(),
         };
         cache.go_live();
         cache

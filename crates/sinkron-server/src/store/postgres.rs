@@ -1159,6 +1159,10 @@ impl Store for PostgresStore {
         }
     }
 
+    fn on_version_raised(&self, hook: super::VersionHook) {
+        self.cache.on_raised(hook);
+    }
+
     fn polls_from_memory(&self) -> bool {
         self.cache.epoch().is_some()
     }
