@@ -21,6 +21,7 @@ use sinkron_core::Mutation;
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::pace::POLL_INTERVAL_HEADER;
+use crate::store::plan::WHOLE_STATE;
 use crate::store::{Page, PushBatch, Quota, UserId};
 use crate::AppState;
 
@@ -33,14 +34,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/user/me/changes", post(push))
 }
 
-/// A cursor is the user's version in decimal. Anything else, or one ahead of the user, was
-/// not issued by this server.
+/// A cursor is the user's version in decimal, or a place inside a whole state sent in pages
+/// ([`WHOLE_STATE`] plus a version). Anything else, or one ahead of the user, was not issued
+/// by this server.
 fn parse_cursor(text: &str, version: u64) -> Result<u64, ApiError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::invalid_cursor());
     }
     match text.parse::<u64>() {
         Ok(c) if c <= version => Ok(c),
+        Ok(c) if c >= WHOLE_STATE && c - WHOLE_STATE <= version => Ok(c),
         _ => Err(ApiError::invalid_cursor()),
     }
 }

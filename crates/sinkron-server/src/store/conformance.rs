@@ -40,6 +40,7 @@ pub async fn run(store: &dyn Store) {
     versions_acks_and_merge(store).await;
     a_retry_is_not_applied_again_when_its_stamp_was_clamped(store).await;
     compaction_raises_the_horizon(store).await;
+    a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(store).await;
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
     the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
@@ -524,6 +525,49 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
         Some(("c", 5))
     );
     assert!(!store.pull(id, Some(4), 100).await.expect("pull").reset);
+}
+
+/// Tombstones compacted above the end of a whole state's first page: each next page goes on
+/// from where the last one ended (a cursor below the horizon would start the whole state
+/// again, for ever), and the pages together are the whole state.
+async fn a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(store: &dyn Store) {
+    let id = store.create_user("pager", "phc", 1).await.expect("create");
+    // Versions 1–4 live, 5 and 6 deleted (tombstones at 7 and 8), 9 live: horizon 8.
+    let writes = [
+        m(1, "a", Some("{}"), 10),
+        m(2, "b", Some("{}"), 10),
+        m(3, "c", Some("{}"), 10),
+        m(4, "d", Some("{}"), 10),
+        m(5, "e", Some("{}"), 10),
+        m(6, "f", Some("{}"), 10),
+        m(7, "e", None, 11),
+        m(8, "f", None, 11),
+        m(9, "g", Some("{}"), 12),
+    ];
+    store
+        .push(id, batch("c1", &writes, None))
+        .await
+        .expect("push");
+    assert!(store.compact_tombstones(1_000).await.expect("compact") >= 2);
+    for (since, reset) in [(None, false), (Some(1), true)] {
+        let mut page = store.pull(id, since, 2).await.expect("pull");
+        assert_eq!(page.reset, reset);
+        let mut keys: Vec<String> = page.changes.iter().map(|c| c.key.clone()).collect();
+        for _ in 0..10 {
+            if !page.more {
+                break;
+            }
+            page = store
+                .pull(id, Some(page.cursor), 2)
+                .await
+                .expect("next page");
+            assert!(!page.reset, "{since:?}: a next page starts nothing again");
+            keys.extend(page.changes.iter().map(|c| c.key.clone()));
+        }
+        assert!(!page.more, "{since:?}: the pages end");
+        assert_eq!(page.cursor, 9, "{since:?}");
+        assert_eq!(keys, ["a", "b", "c", "d", "g"], "{since:?}");
+    }
 }
 
 async fn client_ids_compare_bytewise_and_keys_keep_every_character(store: &dyn Store) {

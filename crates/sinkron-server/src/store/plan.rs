@@ -527,35 +527,70 @@ pub struct PageStart {
     pub after: u64,
     /// The page is the whole state and the client must drop what it holds.
     pub reset: bool,
+    /// The page is (part of) the whole state: a cursor into it is a [`WHOLE_STATE`] cursor.
+    pub whole: bool,
 }
+
+/// Cursors at or above this name a place inside a whole state being sent in pages: the rows
+/// above `cursor - WHOLE_STATE`, whatever the compaction horizon. Without them a whole state
+/// whose page ended below the horizon would be started again at each next page, for ever
+/// (the cursor of a page is its last row's version, which may lie below the horizon when
+/// tombstones above it were compacted). Versions never come near 2^62; cursors are opaque to
+/// clients.
+pub const WHOLE_STATE: u64 = 1 << 62;
 
 impl PageStart {
     pub fn new(since: Option<u64>, horizon: u64, version: u64) -> PageStart {
         match since {
+            Some(cursor) if cursor >= WHOLE_STATE && cursor - WHOLE_STATE <= version => PageStart {
+                after: cursor - WHOLE_STATE,
+                reset: false,
+                whole: true,
+            },
             Some(cursor) if (horizon..=version).contains(&cursor) => PageStart {
                 after: cursor,
                 reset: false,
+                whole: false,
             },
             Some(_) => PageStart {
                 after: 0,
                 reset: true,
+                whole: true,
             },
             None => PageStart {
                 after: 0,
                 reset: false,
+                whole: true,
             },
         }
     }
 }
 
 impl Page {
+    /// A version the user is known to have reached: the cursor, or the version inside a
+    /// [`WHOLE_STATE`] cursor (which is no version itself).
+    pub fn version_seen(&self) -> u64 {
+        if self.cursor >= WHOLE_STATE {
+            self.cursor - WHOLE_STATE
+        } else {
+            self.cursor
+        }
+    }
+
     /// Cuts the rows of a page query (ordered by version, at most `limit + 1` of them) into a
     /// page: `more` when the extra row came back, and the cursor where the next pull starts —
-    /// the last returned row's version when more follow, else the user's `version`.
-    pub fn from_rows(mut changes: Vec<Change>, limit: usize, version: u64, reset: bool) -> Page {
+    /// the last returned row's version when more follow (a [`WHOLE_STATE`] cursor inside a
+    /// whole state), else the user's `version`.
+    pub fn from_rows(
+        mut changes: Vec<Change>,
+        limit: usize,
+        version: u64,
+        start: PageStart,
+    ) -> Page {
         let more = changes.len() > limit;
         changes.truncate(limit);
         let cursor = match changes.last() {
+            Some(last) if more && start.whole => last.version + WHOLE_STATE,
             Some(last) if more => last.version,
             _ => version,
         };
@@ -563,7 +598,7 @@ impl Page {
             changes,
             cursor,
             more,
-            reset,
+            reset: start.reset,
         }
     }
 }

@@ -110,19 +110,24 @@ const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, u
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
 
 /// A page in one statement, so the version, the horizon and the rows are one snapshot. The
-/// cursor `$2` is honoured when it lies between the horizon and the version; otherwise (or
-/// when NULL) the page is the whole state from the start, tombstones included: the rule of
+/// cursor `$2` is honoured when it lies between the horizon and the version, or names a place
+/// in a whole state ([`WHOLE_STATE`](super::plan::WHOLE_STATE), 2^62); otherwise (or when
+/// NULL) the page is the whole state from the start, tombstones included: the rule of
 /// [`PageStart`], which `read_page` applies to what this returns.
 const PAGE_SQL: &str = "SELECT u.version, u.horizon,
             r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
      FROM users u
-     CROSS JOIN LATERAL (SELECT COALESCE($2::int8 >= u.horizon AND $2::int8 <= u.version, false)
-                         AS incremental) f
+     CROSS JOIN LATERAL (SELECT CASE
+                 WHEN $2::int8 >= 4611686018427387904
+                      AND $2::int8 - 4611686018427387904 <= u.version
+                     THEN $2::int8 - 4611686018427387904
+                 WHEN $2::int8 >= u.horizon AND $2::int8 <= u.version THEN $2::int8
+                 ELSE 0 END AS after) f
      LEFT JOIN LATERAL (
          SELECT r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
          FROM records r
          WHERE r.user_id = u.id
-           AND r.version > CASE WHEN f.incremental THEN $2::int8 ELSE 0 END
+           AND r.version > f.after
          ORDER BY r.version
          LIMIT $3
      ) r ON true
@@ -514,7 +519,7 @@ async fn read_page<C: GenericClient>(
             changes.push(change);
         }
     }
-    Ok(Page::from_rows(changes, limit, version, start.reset))
+    Ok(Page::from_rows(changes, limit, version, start))
 }
 
 /// The record columns of a [`PAGE_SQL`] row; `None` for a user without matching records.

@@ -446,7 +446,7 @@ fn read_page(
     let changes = rows
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(store_err)?;
-    Ok(Page::from_rows(changes, limit, version, start.reset))
+    Ok(Page::from_rows(changes, limit, version, start))
 }
 
 /// Applies one push inside the caller's transaction (a savepoint of a group commit): reads
@@ -1048,7 +1048,7 @@ impl Store for SqliteStore {
             .await?;
         // What was read is committed, so this never puts the cache ahead of the database;
         // after another process's commit it keeps the cursor handed out from being refused.
-        lock(&self.cache).raise_version(user_id, page.cursor);
+        lock(&self.cache).raise_version(user_id, page.version_seen());
         Ok(page)
     }
 

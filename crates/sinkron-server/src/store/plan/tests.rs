@@ -469,31 +469,33 @@ fn a_cap_is_applied_only_where_a_record_was_added_and_the_user_may_be_past_it() 
 #[test]
 fn a_page_starts_after_a_cursor_within_the_horizon_and_the_version() {
     let start = |since| PageStart::new(since, 10, 20);
-    assert_eq!(
-        start(None),
+    let (incremental, whole, reset) = (
+        |after| PageStart {
+            after,
+            reset: false,
+            whole: false,
+        },
+        |after| PageStart {
+            after,
+            reset: false,
+            whole: true,
+        },
         PageStart {
             after: 0,
-            reset: false
-        }
+            reset: true,
+            whole: true,
+        },
     );
+    assert_eq!(start(None), whole(0));
     for cursor in [10, 15, 20] {
-        assert_eq!(
-            start(Some(cursor)),
-            PageStart {
-                after: cursor,
-                reset: false
-            }
-        );
+        assert_eq!(start(Some(cursor)), incremental(cursor));
     }
-    for cursor in [0, 9, 21] {
-        assert_eq!(
-            start(Some(cursor)),
-            PageStart {
-                after: 0,
-                reset: true
-            },
-            "{cursor}"
-        );
+    for cursor in [0, 9, 21, WHOLE_STATE - 1, WHOLE_STATE + 21, u64::MAX] {
+        assert_eq!(start(Some(cursor)), reset, "{cursor}");
+    }
+    // Inside a whole state, below the horizon too.
+    for after in [0, 5, 9, 10, 20] {
+        assert_eq!(start(Some(WHOLE_STATE + after)), whole(after), "{after}");
     }
 }
 
@@ -507,11 +509,18 @@ fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
         client_id: "c".into(),
         version,
     };
-    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, false);
+    let incremental = PageStart::new(Some(2), 0, 9);
+    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, incremental);
     assert_eq!((page.changes.len(), page.cursor, page.more), (2, 5, true));
-    let page = Page::from_rows(vec![change(3), change(5)], 2, 9, true);
+    let reset = PageStart::new(Some(1), 2, 9);
+    let page = Page::from_rows(vec![change(3), change(5)], 2, 9, reset);
     assert_eq!((page.changes.len(), page.cursor, page.more), (2, 9, false));
     assert!(page.reset);
-    let empty = Page::from_rows(Vec::new(), 2, 9, false);
+    // A whole state in pages goes on from its last row, whatever the horizon.
+    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, reset);
+    assert_eq!((page.cursor, page.more), (WHOLE_STATE + 5, true));
+    let next = PageStart::new(Some(page.cursor), 7, 9);
+    assert_eq!((next.after, next.reset, next.whole), (5, false, true));
+    let empty = Page::from_rows(Vec::new(), 2, 9, incremental);
     assert_eq!((empty.cursor, empty.more), (9, false));
 }
