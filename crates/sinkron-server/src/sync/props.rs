@@ -175,26 +175,38 @@ fn decode_push(body: Vec<u8>) -> Result<PushRequest, ApiError> {
 proptest! {
     #![proptest_config(config(1024))]
 
+    /// Versions stay below [`WHOLE_STATE`] (2^62): a cursor is a decimal version up to the
+    /// user's, or a place inside a whole state (2^62 + a version up to the user's).
     #[test]
     fn cursors_are_exactly_the_decimal_versions_up_to_the_users(
-        text in prop_oneof![".{0,24}", "[+-]?[0-9]{1,22}", "[0-9 ]{0,4}"],
-        version in prop_oneof![any::<u64>(), 0u64..100],
+        text in prop_oneof![
+            ".{0,24}",
+            "[+-]?[0-9]{1,22}",
+            "[0-9 ]{0,4}",
+            "461168601842738[0-9]{4}",
+        ],
+        version in prop_oneof![0..WHOLE_STATE, 0u64..100],
     ) {
         let expected = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
             .then(|| text.parse::<u64>().ok())
             .flatten()
-            .filter(|c| *c <= version);
+            .filter(|c| {
+                *c <= version || (*c >= WHOLE_STATE && *c - WHOLE_STATE <= version)
+            });
         prop_assert_eq!(parse_cursor(&text, version).ok(), expected);
     }
 
     #[test]
-    fn issued_cursors_parse_back(cursor in any::<u64>(), ahead in 1u64..10) {
-        // The server issues cursors up to the user's version, as `u64::to_string`.
+    fn issued_cursors_parse_back(cursor in 0..WHOLE_STATE, ahead in 1u64..10) {
+        // The server issues cursors up to the user's version, as `u64::to_string`, and inside
+        // a whole state 2^62 plus a version up to the user's.
         prop_assert_eq!(parse_cursor(&cursor.to_string(), cursor).ok(), Some(cursor));
-        prop_assert_eq!(parse_cursor(&cursor.to_string(), u64::MAX).ok(), Some(cursor));
-        if let Some(past) = cursor.checked_add(ahead) {
-            prop_assert!(parse_cursor(&past.to_string(), cursor).is_err());
-        }
+        prop_assert_eq!(parse_cursor(&cursor.to_string(), WHOLE_STATE - 1).ok(), Some(cursor));
+        let inside = WHOLE_STATE + cursor;
+        prop_assert_eq!(parse_cursor(&inside.to_string(), cursor).ok(), Some(inside));
+        let past = cursor + ahead;
+        prop_assert!(parse_cursor(&past.to_string(), cursor).is_err());
+        prop_assert!(parse_cursor(&(WHOLE_STATE + past).to_string(), cursor).is_err());
     }
 
     #[test]
