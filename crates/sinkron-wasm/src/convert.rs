@@ -81,6 +81,11 @@ impl Json {
         self.raw(if b { "true" } else { "false" })
     }
 
+    /// The bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub(crate) fn finish(self) -> String {
         self.0
     }
