@@ -53,7 +53,14 @@ pub fn adoption_order(
     };
     let mut order = Vec::new();
     for wanted in 0..=1 {
-        order.extend((0..stored.len()).filter(|&i| rank(&stored[i]) == Some(wanted)));
+        // Positions by `enumerate`, not indexing: no bounds-check panic in the browser build.
+        order.extend(
+            stored
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| rank(s) == Some(wanted))
+                .map(|(i, _)| i),
+        );
     }
     order
 }

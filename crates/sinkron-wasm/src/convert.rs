@@ -67,25 +67,23 @@ impl Json {
         self.raw(value.unwrap_or("null"))
     }
 
-    pub(crate) fn number(&mut self, mut n: u64) -> &mut Self {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+    pub(crate) fn number(&mut self, n: u64) -> &mut Self {
+        // The leading digits first, by recursion (at most 20 deep): a digit buffer's
+        // indexing would link a bounds-check panic and its message into the module.
+        if n >= 10 {
+            self.number(n / 10);
         }
-        for &d in &digits[i..] {
-            self.0.push(d as char);
-        }
+        self.0.push(char::from(b'0' + (n % 10) as u8));
         self
     }
 
     fn boolean(&mut self, b: bool) -> &mut Self {
         self.raw(if b { "true" } else { "false" })
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub(crate) fn finish(self) -> String {

@@ -24,8 +24,14 @@ use sinkron_core::{Change, Config, Engine, Mutation, Record, RecordKey};
 pub(crate) fn call(slot: &mut Option<Engine>, input: &str, body: &str) -> String {
     let mut j = Json::new();
     j.raw("{\"r\":");
+    let start = j.len();
     let outcome = json::parse(input).map_err(Refusal::from);
     match outcome.and_then(|call| run(slot, &call, body, &mut j)) {
+        // A call without a result (most have none) writes nothing: its `null` is written
+        // here once rather than in every such call (smaller module).
+        Ok(()) if j.len() == start => {
+            j.raw("null");
+        }
         Ok(()) => {}
         Err(Refusal::Invalid(e)) => {
             return refusal("invalid_call", &[e.field, ": expected ", e.expected]);
@@ -81,6 +87,7 @@ fn refusal(code: &str, message: &[&str]) -> String {
     j.finish()
 }
 
+/// Decodes and runs one call; writes its result to `j`, nothing when it has none.
 fn run(
     slot: &mut Option<Engine>,
     call: &Node<'_>,
@@ -90,7 +97,6 @@ fn run(
     let name = call.str("t")?;
     if name == "init" {
         *slot = Some(init(call)?);
-        j.raw("null");
         return Ok(());
     }
     let engine = slot.as_mut().ok_or(Refusal::NotStarted)?;
@@ -120,12 +126,10 @@ fn run(
             engine
                 .write(now, collection, key, value)
                 .map_err(|e| Refusal::Write(e.code()))?;
-            j.raw("null");
         }
         "signIn" => {
             let user = call.str("user")?;
             engine.sign_in(now()?, user);
-            j.raw("null");
         }
         "signOut" => {
             let now = now()?;
@@ -135,11 +139,9 @@ fn run(
             if let Some(token) = end {
                 engine.end_session(now, token.into());
             }
-            j.raw("null");
         }
         "flush" => {
             engine.flush(now()?);
-            j.raw("null");
         }
         // ----- restoring a device's stored state, before any event -----
         "restore" => {
@@ -162,7 +164,6 @@ fn run(
             }
             engine.restore_cursor(cursor.map(Into::into), !partial);
             engine.restore_ending_sessions(ending);
-            j.raw("null");
         }
         "adoptionOrder" => {
             let previous = call.opt_str("previous")?;
@@ -186,7 +187,6 @@ fn run(
             let next = call.u64("next")?;
             let mutations = list(call, "mutations", mutation)?;
             engine.restore_outbox(client_id.into(), next, mutations);
-            j.raw("null");
         }
         "adopt" => {
             let now = now()?;
@@ -199,7 +199,6 @@ fn run(
             engine
                 .adopt(now, scope, records)
                 .map_err(|e| Refusal::Write(e.code()))?;
-            j.raw("null");
         }
         "storageFull" => {
             let scope = call.opt_str("scope")?;
@@ -212,26 +211,21 @@ fn run(
         // ----- events -----
         "timeout" => {
             engine.handle_timeout(now()?);
-            j.raw("null");
         }
         "visibility" => {
             let visible = call.bool("visible")?;
             engine.handle_visibility(now()?, visible);
-            j.raw("null");
         }
         "focus" => {
             engine.handle_focus(now()?);
-            j.raw("null");
         }
         "online" => {
             let online = call.bool("online")?;
             engine.handle_online(now()?, online);
-            j.raw("null");
         }
         "leadership" => {
             let leader = call.bool("leader")?;
             engine.handle_leadership(now()?, leader);
-            j.raw("null");
         }
         "reply" => {
             let now = now()?;
@@ -242,13 +236,11 @@ fn run(
                 engine.handle_poll_interval(ms);
             }
             engine.handle_reply(now, id, reply);
-            j.raw("null");
         }
         "tab" => {
             let now = now()?;
             let message = tab_message(call.field("message")?)?;
             engine.handle_tab_message(now, message);
-            j.raw("null");
         }
         _ => return Err(Error::new("t", "a call name").into()),
     }

@@ -23,7 +23,10 @@ sizes.totalGzip = sizes.wasmGzip + sizes.jsGzip;
 const kb = (n) => `${(n / 1024).toFixed(1)} kB`;
 console.log(`sinkron size: wasm ${kb(sizes.wasm)} (${kb(sizes.wasmGzip)} gzip), js ${kb(sizes.js)} (${kb(sizes.jsGzip)} gzip), total ${kb(sizes.totalGzip)} gzip`);
 writeFileSync(`${here}size.json`, JSON.stringify(sizes, null, 2) + "\n");
-if (sizes.totalGzip > 30 * 1024) {
-  console.error("error: Sinkron adds more than 30 kB gzip to a page");
+// The ceiling sits a little above the size last measured (29,732 bytes, BENCHMARKS.md), so
+// a gain once made is kept; raise it only on purpose.
+const CEILING = 30_000;
+if (sizes.totalGzip > CEILING) {
+  console.error(`error: Sinkron adds ${sizes.totalGzip} bytes gzip to a page, more than its ${CEILING}`);
   process.exit(1);
 }

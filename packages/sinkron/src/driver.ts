@@ -66,31 +66,31 @@ const TAB_ID_KEY = "sinkron:v1:tab";
 const IDLE_SLACK_MS = 50;
 
 export class SinkronClient {
-  private readonly storage = new DeviceStorage();
-  private readonly baseUrl: string;
-  private readonly listeners = new Set<(changed: Changed) => void>();
-  private readonly cleanups: Array<() => void> = [];
-  private channel: BroadcastChannel | null = null;
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  // Private members are ES `#` names: a minifier shortens them, while TypeScript's `private`
+  // names ship whole (0.15 kB gzip of the bundle). They also stay out of the declarations.
+  readonly #storage = new DeviceStorage();
+  readonly #baseUrl: string;
+  readonly #listeners = new Set<(changed: Changed) => void>();
+  readonly #cleanups: Array<() => void> = [];
+  #channel: BroadcastChannel | null = null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
   /** The deadline the timer is armed for (-1: none). */
-  private armedAt = -1;
-  private leaderRequest: AbortController | null = null;
-  private leaderRelease: (() => void) | null = null;
-  private tabLockRelease: (() => void) | null = null;
-  private tabId = "";
-  private stopped = false;
+  #armedAt = -1;
+  #leaderRequest: AbortController | null = null;
+  #leaderRelease: (() => void) | null = null;
+  #tabLockRelease: (() => void) | null = null;
+  #tabId = "";
+  #stopped = false;
   /** The site's last token (token mode): what a keepalive flush on page hide sends. */
-  private lastToken: string | null = null;
+  #lastToken: string | null = null;
 
-  // An ES private field: the engine's type stays out of the published declarations.
   readonly #engine: Engine;
+  readonly #options: ClientOptions;
 
-  private constructor(
-    engine: Engine,
-    private readonly options: ClientOptions,
-  ) {
+  private constructor(engine: Engine, options: ClientOptions) {
     this.#engine = engine;
-    this.baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
+    this.#options = options;
+    this.#baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
   }
 
   /** Loads the engine and this device's stored state, and starts syncing. */
@@ -104,7 +104,7 @@ export class SinkronClient {
     crypto.getRandomValues(seed);
     const client = new SinkronClient(engine, options);
     // The switches left out take the engine's defaults.
-    client.call({
+    client.#call({
       t: "init",
       interval: options.interval,
       pullOnSignIn: options.onLogin,
@@ -114,52 +114,52 @@ export class SinkronClient {
       seedHigh: seed[0],
       seedLow: seed[1],
     });
-    await client.restore();
+    await client.#restore();
     if (options.signal?.aborted) {
       client.stop();
       return client;
     }
-    client.wire();
-    if (options.getToken) void client.followSite().catch(() => undefined);
+    client.#wire();
+    if (options.getToken) void client.#followSite().catch(() => undefined);
     return client;
   }
 
   // ----- what the UI reads -----
 
   collection<V = Value>(name: string): Rec<V>[] {
-    return this.call<Rec<V>[]>({ t: "collection", name });
+    return this.#call<Rec<V>[]>({ t: "collection", name });
   }
 
   status(): Status {
-    return this.call<Status>({ t: "status" });
+    return this.#call<Status>({ t: "status" });
   }
 
   user(): Session["user"] | null {
-    const id = this.call<string | null>({ t: "user" });
+    const id = this.#call<string | null>({ t: "user" });
     if (id === null) return null;
-    const session = this.storage.session();
+    const session = this.#storage.session();
     return session && session.user.id === id ? session.user : { id, username: "" };
   }
 
   clientId(): string {
-    return this.call<string>({ t: "clientId" });
+    return this.#call<string>({ t: "clientId" });
   }
 
   subscribe(listener: (changed: Changed) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   // ----- what the UI does -----
 
   /** Writes a record at once (locally and to other tabs); pushed in the background. */
   write(collection: string, key: string, value: Value | null) {
-    this.call({ t: "write", now: Date.now(), collection, key, value });
+    this.#call({ t: "write", now: Date.now(), collection, key, value });
   }
 
   /** Signs in (or up, with `create`), merging this device's guest data into the account. */
   async signIn(username: string, password: string, create = false): Promise<Session["user"]> {
-    const response = await fetch(`${this.baseUrl}/api/auth/${create ? "register" : "login"}`, {
+    const response = await fetch(`${this.#baseUrl}/api/auth/${create ? "register" : "login"}`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ username, password }),
@@ -170,8 +170,8 @@ export class SinkronClient {
       throw new SinkronError(error.code, error.message);
     }
     const session = body as Session;
-    this.storage.setSession(session);
-    this.call({ t: "signIn", now: Date.now(), user: session.user.id });
+    this.#storage.setSession(session);
+    this.#call({ t: "signIn", now: Date.now(), user: session.user.id });
     return session.user;
   }
 
@@ -183,21 +183,21 @@ export class SinkronClient {
    */
   async signedIn(userId?: string): Promise<Session["user"]> {
     let id = userId;
-    if (this.options.getToken) {
-      const token = await this.options.getToken({ refresh: false });
+    if (this.#options.getToken) {
+      const token = await this.#options.getToken({ refresh: false });
       if (token === null) throw new SinkronError("signed_out", "sinkron: the token provider returned no token");
       id = subject(token);
       if (userId !== undefined && userId !== id) {
         throw new SinkronError("wrong_user", `sinkron: the token is for ${id}, not ${userId}`);
       }
-      this.lastToken = token;
-    } else if (!this.options.cookie) {
+      this.#lastToken = token;
+    } else if (!this.#options.cookie) {
       throw new SinkronError("builtin_accounts", "sinkron: signedIn() is for the site's sign-in (getToken or cookie); use signIn()");
     }
     if (!id) throw new SinkronError("invalid_user", "sinkron: signedIn() needs the site's user id");
     const user = { id, username: id };
-    this.storage.setSession({ token: "", user });
-    this.call({ t: "signIn", now: Date.now(), user: id });
+    this.#storage.setSession({ token: "", user });
+    this.#call({ t: "signIn", now: Date.now(), user: id });
     return user;
   }
 
@@ -208,43 +208,43 @@ export class SinkronClient {
    */
   async signOut(): Promise<void> {
     // The built-in session's token: the engine has the server end it, until it answers.
-    const endSession = this.storage.session()?.token || null;
-    this.call({ t: "signOut", now: Date.now(), endSession });
-    this.storage.setSession(null);
-    this.lastToken = null;
+    const endSession = this.#storage.session()?.token || null;
+    this.#call({ t: "signOut", now: Date.now(), endSession });
+    this.#storage.setSession(null);
+    this.#lastToken = null;
   }
 
   /** Stops syncing in this tab (listeners, timers, locks). */
   stop() {
-    this.stopped = true;
-    clearTimeout(this.timer);
-    for (const cleanup of this.cleanups.splice(0)) cleanup();
-    this.leaderRequest?.abort();
-    this.leaderRelease?.();
-    this.tabLockRelease?.();
-    this.channel?.close();
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    for (const cleanup of this.#cleanups.splice(0)) cleanup();
+    this.#leaderRequest?.abort();
+    this.#leaderRelease?.();
+    this.#tabLockRelease?.();
+    this.#channel?.close();
   }
 
   // ----- start-up -----
 
   /** Token mode: makes this device follow whoever the site's token says is signed in. */
-  private async followSite() {
-    const token = await this.options.getToken!({ refresh: false });
-    if (this.stopped) return;
-    const signed = this.storage.session()?.user.id ?? null;
+  async #followSite() {
+    const token = await this.#options.getToken!({ refresh: false });
+    if (this.#stopped) return;
+    const signed = this.#storage.session()?.user.id ?? null;
     if (token === null) {
       if (signed !== null) await this.signOut();
     } else if (subject(token) !== signed) {
       await this.signedIn();
     } else {
-      this.lastToken = token;
+      this.#lastToken = token;
     }
   }
 
-  private async restore() {
-    const user = this.storage.session()?.user.id ?? null;
-    const storage = this.storage;
-    storage.onFull = (scope) => this.call<boolean>({ t: "storageFull", scope });
+  async #restore() {
+    const user = this.#storage.session()?.user.id ?? null;
+    const storage = this.#storage;
+    storage.onFull = (scope) => this.#call<boolean>({ t: "storageFull", scope });
     const restore = {
       user,
       cursor: storage.cursor(user),
@@ -253,33 +253,33 @@ export class SinkronClient {
       ending: storage.ending(),
       adopted: storage.adopted(),
     };
-    this.call({ t: "restore", ...restore });
+    this.#call({ t: "restore", ...restore });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
     // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
     // tell: the tab lock named after the client id is free (a duplicated tab's original is
     // alive and holds it, so the copy gets a new id).
-    const outboxes = new Map(this.storage.outboxIds(user).map((id) => [id, this.storage.outbox(user, id)] as const));
-    const order = this.call<string[]>({
+    const outboxes = new Map(this.#storage.outboxIds(user).map((id) => [id, this.#storage.outbox(user, id)] as const));
+    const order = this.#call<string[]>({
       t: "adoptionOrder",
       previous: sessionStorage.getItem(TAB_ID_KEY),
       stored: [...outboxes].flatMap(([clientId, o]) => (o ? [{ clientId, pending: o.mutations.length }] : [])),
       ownersKnown: !!navigator.locks,
     });
     for (const clientId of order) {
-      if (!(await this.claimTabId(clientId))) continue;
+      if (!(await this.#claimTabId(clientId))) continue;
       const { next, mutations } = outboxes.get(clientId)!;
-      this.call({ t: "restoreOutbox", clientId, next, mutations });
+      this.#call({ t: "restoreOutbox", clientId, next, mutations });
       return;
     }
-    await this.claimTabId(this.clientId());
+    await this.#claimTabId(this.clientId());
   }
 
   /** Holds a lock named after the tab's client id for the tab's life; false if taken. */
-  private async claimTabId(id: string): Promise<boolean> {
-    this.tabLockRelease?.();
-    this.tabLockRelease = null;
-    this.tabId = id;
+  async #claimTabId(id: string): Promise<boolean> {
+    this.#tabLockRelease?.();
+    this.#tabLockRelease = null;
+    this.#tabId = id;
     sessionStorage.setItem(TAB_ID_KEY, id);
     if (!navigator.locks) return true;
     return new Promise<boolean>((claimed) => {
@@ -287,34 +287,34 @@ export class SinkronClient {
         .request(TAB_LOCK + id, { ifAvailable: true }, (lock) => {
           claimed(lock !== null);
           if (!lock) return undefined;
-          return new Promise<void>((release) => (this.tabLockRelease = release));
+          return new Promise<void>((release) => (this.#tabLockRelease = release));
         })
         .catch(() => claimed(true));
     });
   }
 
-  private wire() {
+  #wire() {
     const on = (target: EventTarget, type: string, handler: () => void) => {
       target.addEventListener(type, handler);
-      this.cleanups.push(() => target.removeEventListener(type, handler));
+      this.#cleanups.push(() => target.removeEventListener(type, handler));
     };
-    if (this.options.crossTab !== false) {
+    if (this.#options.crossTab !== false) {
       if (typeof BroadcastChannel === "function") {
-        this.channel = new BroadcastChannel(this.options.channelName ?? "sinkron");
-        this.channel.onmessage = (m) => this.receive(m.data as TabMessage);
+        this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
+        this.#channel.onmessage = (m) => this.#receive(m.data as TabMessage);
       } else {
         const onStorage = (ev: Event) => {
           const s = ev as StorageEvent;
-          if (s.key === MESSAGE_KEY && s.newValue) this.receive(JSON.parse(s.newValue).message as TabMessage);
+          if (s.key === MESSAGE_KEY && s.newValue) this.#receive(JSON.parse(s.newValue).message as TabMessage);
         };
         on(window, "storage", onStorage as () => void);
       }
     }
-    const visibility = () => this.call({ t: "visibility", now: Date.now(), visible: document.visibilityState === "visible" });
-    const online = (online: boolean) => () => this.call({ t: "online", now: Date.now(), online });
+    const visibility = () => this.#call({ t: "visibility", now: Date.now(), visible: document.visibilityState === "visible" });
+    const online = (online: boolean) => () => this.#call({ t: "online", now: Date.now(), online });
     on(document, "visibilitychange", visibility);
-    on(window, "pagehide", () => this.call({ t: "flush", now: Date.now() }));
-    on(window, "focus", () => this.call({ t: "focus", now: Date.now() }));
+    on(window, "pagehide", () => this.#call({ t: "flush", now: Date.now() }));
+    on(window, "focus", () => this.#call({ t: "focus", now: Date.now() }));
     on(window, "online", online(true));
     on(window, "offline", online(false));
     online(navigator.onLine)();
@@ -328,21 +328,21 @@ export class SinkronClient {
    * arms the timer for its next deadline. A call the engine refuses (a write it does not
    * take, a malformed input) throws, and nothing happened.
    */
-  private call<T = null>(input: Call, body = ""): T {
+  #call<T = null>(input: Call, body = ""): T {
     const answer = JSON.parse(this.#engine.call(JSON.stringify(input), body)) as Answer<T>;
     if (answer.e) throw new SinkronError(answer.e.code, `sinkron: ${answer.e.message}`);
-    if (this.stopped) return answer.r;
+    if (this.#stopped) return answer.r;
     const changed: Changed = { collections: [], status: false };
-    for (const command of answer.c) this.execute(command, changed);
-    this.arm(answer.at);
+    for (const command of answer.c) this.#execute(command, changed);
+    this.#arm(answer.at);
     if (changed.collections === null || changed.collections.length > 0 || changed.status) {
-      for (const listener of this.listeners) listener(changed);
+      for (const listener of this.#listeners) listener(changed);
     }
     return answer.r;
   }
 
-  private execute(c: Command, changed: Changed) {
-    const s = this.storage;
+  #execute(c: Command, changed: Changed) {
+    const s = this.#storage;
     switch (c.t) {
       case "record":
         return s.putRecord(c.scope, c.change);
@@ -351,7 +351,7 @@ export class SinkronClient {
       case "cursor":
         return s.setCursor(c.scope, c.cursor);
       case "outbox":
-        if (c.clientId !== this.tabId) void this.claimTabId(c.clientId);
+        if (c.clientId !== this.#tabId) void this.#claimTabId(c.clientId);
         return s.setOutbox(c.scope, c.clientId, c.next, c.mutations);
       case "wipe":
         return s.wipe(c.scope);
@@ -362,13 +362,13 @@ export class SinkronClient {
       case "adopted":
         return s.setAdopted(c.scopes);
       case "adopt":
-        return this.adopt(c.scope);
+        return this.#adopt(c.scope);
       case "broadcast":
-        return this.broadcast(c.message);
+        return this.#broadcast(c.message);
       case "send":
-        return void this.send(c);
+        return void this.#send(c);
       case "leadership":
-        return c.want ? this.askLeadership() : this.dropLeadership();
+        return c.want ? this.#askLeadership() : this.#dropLeadership();
       case "notify":
         if (c.what === "status") changed.status = true;
         else if (c.what === "everything") changed.collections = null;
@@ -383,37 +383,37 @@ export class SinkronClient {
    * background renderer gave none for ~500 ms, which halved a short poll interval), so the
    * wait for one is bounded.
    */
-  private arm(at: number) {
-    if (at === this.armedAt) return;
-    clearTimeout(this.timer);
-    this.armedAt = at;
+  #arm(at: number) {
+    if (at === this.#armedAt) return;
+    clearTimeout(this.#timer);
+    this.#armedAt = at;
     if (at < 0) return;
     const fire = () => {
-      this.armedAt = -1;
-      if (!this.stopped) this.call({ t: "timeout", now: Date.now() });
+      this.#armedAt = -1;
+      if (!this.#stopped) this.#call({ t: "timeout", now: Date.now() });
     };
-    this.timer = setTimeout(() => {
+    this.#timer = setTimeout(() => {
       if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
       else fire();
     }, Math.max(0, at - Date.now()));
   }
 
   /** Hands the app's data from before Sinkron to the engine (see `adoptLegacy`). */
-  private adopt(scope: string | null) {
+  #adopt(scope: string | null) {
     let records: LegacyRecord[] | null;
     try {
-      records = this.options.adoptLegacy?.(scope) ?? [];
+      records = this.#options.adoptLegacy?.(scope) ?? [];
       if (!Array.isArray(records)) throw new TypeError(`not an array: ${JSON.stringify(records)}`);
-      this.call({ t: "adopt", now: Date.now(), scope, records });
+      this.#call({ t: "adopt", now: Date.now(), scope, records });
     } catch (e) {
       console.error("sinkron: adoptLegacy failed; nothing adopted, asked again at the next start", e);
     }
   }
 
-  private broadcast(message: TabMessage) {
-    if (this.options.crossTab === false) return;
-    if (this.channel) {
-      this.channel.postMessage(message);
+  #broadcast(message: TabMessage) {
+    if (this.#options.crossTab === false) return;
+    if (this.#channel) {
+      this.#channel.postMessage(message);
     } else {
       // The `storage` event fires in the other tabs only; a nonce makes every write an event.
       localStorage.setItem(MESSAGE_KEY, JSON.stringify({ message, nonce: Math.random() }));
@@ -421,29 +421,29 @@ export class SinkronClient {
     }
   }
 
-  private receive(message: TabMessage) {
-    this.call({ t: "tab", now: Date.now(), message });
+  #receive(message: TabMessage) {
+    this.#call({ t: "tab", now: Date.now(), message });
   }
 
-  private askLeadership() {
-    if (this.options.crossTab === false || !navigator.locks) {
+  #askLeadership() {
+    if (this.#options.crossTab === false || !navigator.locks) {
       // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
       queueMicrotask(() => {
-        if (!this.stopped) this.call({ t: "leadership", now: Date.now(), leader: true });
+        if (!this.#stopped) this.#call({ t: "leadership", now: Date.now(), leader: true });
       });
       return;
     }
-    if (this.leaderRequest || this.leaderRelease) return;
+    if (this.#leaderRequest || this.#leaderRelease) return;
     const request = new AbortController();
-    this.leaderRequest = request;
+    this.#leaderRequest = request;
     navigator.locks
       .request(LEADER_LOCK, { signal: request.signal }, () => {
         // Held until released; the release exists before the engine hears of the grant, so
         // a grant it no longer wants (handed straight back while draining) is let go.
-        const held = new Promise<void>((release) => (this.leaderRelease = release));
-        this.leaderRequest = null;
-        if (this.stopped) this.dropLeadership();
-        else this.call({ t: "leadership", now: Date.now(), leader: true });
+        const held = new Promise<void>((release) => (this.#leaderRelease = release));
+        this.#leaderRequest = null;
+        if (this.#stopped) this.#dropLeadership();
+        else this.#call({ t: "leadership", now: Date.now(), leader: true });
         return held;
       })
       .catch(() => {
@@ -451,11 +451,11 @@ export class SinkronClient {
       });
   }
 
-  private dropLeadership() {
-    this.leaderRequest?.abort();
-    this.leaderRequest = null;
-    const release = this.leaderRelease;
-    this.leaderRelease = null;
+  #dropLeadership() {
+    this.#leaderRequest?.abort();
+    this.#leaderRequest = null;
+    const release = this.#leaderRelease;
+    this.#leaderRelease = null;
     release?.();
   }
 
@@ -466,45 +466,45 @@ export class SinkronClient {
    * token for the signed-in user; `null` when there is none to send (answered as a 401);
    * `undefined` in cookie mode, where the browser sends the site's cookie itself.
    */
-  private async authorization(c: Extract<Command, { t: "send" }>): Promise<string | null | undefined> {
-    const getToken = this.options.getToken;
-    if (this.options.cookie && !getToken) return undefined;
+  async #authorization(c: Extract<Command, { t: "send" }>): Promise<string | null | undefined> {
+    const getToken = this.#options.getToken;
+    if (this.#options.cookie && !getToken) return undefined;
     if (!getToken) {
-      const token = this.storage.session()?.token;
+      const token = this.#storage.session()?.token;
       return token ? `Bearer ${token}` : null;
     }
     // A flush on page hide cannot wait for the provider: the page may be gone by then.
-    let token = c.kind === "push" && c.keepalive && !c.freshToken ? this.lastToken : null;
+    let token = c.kind === "push" && c.keepalive && !c.freshToken ? this.#lastToken : null;
     token ??= await getToken({ refresh: c.freshToken });
     // A token for someone else (the site switched users in another page) is never used for
     // this user's data; `followSite` or the app's `signedIn` switches over.
-    if (token === null || subjectOrNull(token) !== this.call<string | null>({ t: "user" })) return null;
-    this.lastToken = token;
+    if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
+    this.#lastToken = token;
     return `Bearer ${token}`;
   }
 
   /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */
-  private async send(c: Extract<Command, { t: "send" }>) {
+  async #send(c: Extract<Command, { t: "send" }>) {
     const reply = (status: number, headers?: Headers, body = "") => {
       const header = (name: string) => headers?.get(name) ?? null;
       const call = { now: Date.now(), id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") };
-      if (!this.stopped) this.call({ t: "reply", ...call }, body);
+      if (!this.#stopped) this.#call({ t: "reply", ...call }, body);
     };
     const headers: Record<string, string> = {};
     let response: Response;
     try {
       if (c.kind === "endSession") {
         const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true };
-        response = await fetch(`${this.baseUrl}/api/auth/logout`, init);
+        response = await fetch(`${this.#baseUrl}/api/auth/logout`, init);
         return reply(response.status, response.headers);
       }
-      const authorization = await this.authorization(c);
+      const authorization = await this.#authorization(c);
       // No token to send: answered as the server would.
       if (authorization === null) return reply(401);
       if (authorization !== undefined) headers.authorization = authorization;
-      const credentials: RequestCredentials = this.options.cookie ? "include" : "same-origin";
+      const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
       if (c.kind === "pull") {
-        let url = `${this.baseUrl}/api/user/me`;
+        let url = `${this.#baseUrl}/api/user/me`;
         if (c.lastSync !== null) {
           url += `?lastSync=${encodeURIComponent(c.lastSync)}`;
           headers["if-none-match"] = `"${c.lastSync}"`;
@@ -512,7 +512,7 @@ export class SinkronClient {
         response = await fetch(url, { headers, cache: "no-store", credentials });
       } else {
         headers["content-type"] = "application/json";
-        response = await fetch(`${this.baseUrl}/api/user/me/changes`, {
+        response = await fetch(`${this.#baseUrl}/api/user/me/changes`, {
           method: "POST",
           headers,
           body: JSON.stringify(c.body),

@@ -41,11 +41,14 @@ const collected = new FinalizationRegistry<() => void>((free) => free());
 
 /** One tab's engine in the module. */
 export class Engine {
-  private readonly handle: number;
+  // ES `#` names, which a minifier shortens.
+  readonly #handle: number;
+  readonly #x: Exports;
 
-  private constructor(private readonly x: Exports) {
+  private constructor(x: Exports) {
     const handle = x.sinkron_new();
-    this.handle = handle;
+    this.#x = x;
+    this.#handle = handle;
     collected.register(this, () => x.sinkron_free(handle));
   }
 
@@ -55,7 +58,7 @@ export class Engine {
 
   /** One call: its JSON text and, for a reply, the server's body; answers with JSON text. */
   call(input: string, body: string): string {
-    const x = this.x;
+    const x = this.#x;
     const head = encoder.encode(input);
     const tail = encoder.encode(body);
     const len = head.length + tail.length;
@@ -63,8 +66,8 @@ export class Engine {
     const bytes = new Uint8Array(x.memory.buffer, buffer, len);
     bytes.set(head);
     bytes.set(tail, head.length);
-    const answer = x.sinkron_call(this.handle, buffer, len, head.length);
+    const answer = x.sinkron_call(this.#handle, buffer, len, head.length);
     // The call may have grown the memory: look at it anew.
-    return decoder.decode(new Uint8Array(x.memory.buffer, answer, x.sinkron_answer_len(this.handle)));
+    return decoder.decode(new Uint8Array(x.memory.buffer, answer, x.sinkron_answer_len(this.#handle)));
   }
 }

@@ -32,71 +32,75 @@ export class DeviceStorage {
    */
   onFull: (scope: string | null) => boolean = () => false;
 
-  constructor(private readonly store: Storage = localStorage) {
-    this.checkSchema();
+  // Private members are ES `#` names, which a minifier shortens.
+  readonly #store: Storage;
+
+  constructor(store: Storage = localStorage) {
+    this.#store = store;
+    this.#checkSchema();
   }
 
   /** Foreign or corrupt data is reset with a warning, never a crash. */
-  private checkSchema() {
+  #checkSchema() {
     try {
-      const schema = this.store.getItem(SCHEMA_KEY);
+      const schema = this.#store.getItem(SCHEMA_KEY);
       if (schema === SCHEMA) return;
       if (schema !== null) {
         console.warn(`sinkron: stored data has schema ${schema}, expected ${SCHEMA}; resetting it`);
-        this.removeWhere((k) => k.startsWith(ROOT));
+        this.#removeWhere((k) => k.startsWith(ROOT));
       }
-      this.store.setItem(SCHEMA_KEY, SCHEMA);
+      this.#store.setItem(SCHEMA_KEY, SCHEMA);
     } catch (e) {
       console.warn("sinkron: localStorage is unavailable; data will not survive a reload", e);
     }
   }
 
   session(): Session | null {
-    const s = this.readJson<Session>(`${ROOT}session`);
+    const s = this.#readJson<Session>(`${ROOT}session`);
     if (s && typeof s.token === "string" && s.user && typeof s.user.id === "string") return s;
-    if (s) this.store.removeItem(`${ROOT}session`);
+    if (s) this.#store.removeItem(`${ROOT}session`);
     return null;
   }
 
   setSession(session: Session | null) {
-    if (session) this.write(`${ROOT}session`, JSON.stringify(session));
-    else this.store.removeItem(`${ROOT}session`);
+    if (session) this.#write(`${ROOT}session`, JSON.stringify(session));
+    else this.#store.removeItem(`${ROOT}session`);
   }
 
   /** Signed-out sessions' tokens the server has not ended yet. */
   ending(): string[] {
-    const tokens = this.readJson<unknown>(`${ROOT}ending`);
+    const tokens = this.#readJson<unknown>(`${ROOT}ending`);
     return Array.isArray(tokens) ? tokens.filter((t): t is string => typeof t === "string") : [];
   }
 
   setEnding(tokens: string[]) {
-    if (tokens.length > 0) this.write(`${ROOT}ending`, JSON.stringify(tokens));
-    else this.store.removeItem(`${ROOT}ending`);
+    if (tokens.length > 0) this.#write(`${ROOT}ending`, JSON.stringify(tokens));
+    else this.#store.removeItem(`${ROOT}ending`);
   }
 
   /** The scopes whose data from before Sinkron was adopted on this device. */
   adopted(): Array<string | null> {
-    const scopes = this.readJson<unknown>(`${ROOT}adopted`);
+    const scopes = this.#readJson<unknown>(`${ROOT}adopted`);
     return Array.isArray(scopes) ? scopes.filter((s): s is string | null => s === null || typeof s === "string") : [];
   }
 
   setAdopted(scopes: Array<string | null>) {
-    this.write(`${ROOT}adopted`, JSON.stringify(scopes));
+    this.#write(`${ROOT}adopted`, JSON.stringify(scopes));
   }
 
   cursor(scope: string | null): string | null {
-    return this.store.getItem(`${ROOT}${scopeName(scope)}:c`);
+    return this.#store.getItem(`${ROOT}${scopeName(scope)}:c`);
   }
 
   /** Whether records of the scope were evicted since the last whole state was stored. */
   partial(scope: string | null): boolean {
-    return this.store.getItem(`${ROOT}${scopeName(scope)}:partial`) !== null;
+    return this.#store.getItem(`${ROOT}${scopeName(scope)}:partial`) !== null;
   }
 
   setCursor(scope: string | null, cursor: string | null) {
     const key = `${ROOT}${scopeName(scope)}:c`;
-    if (cursor === null) this.store.removeItem(key);
-    else this.write(key, cursor);
+    if (cursor === null) this.#store.removeItem(key);
+    else this.#write(key, cursor);
   }
 
   records(scope: string | null): Change[] {
@@ -106,10 +110,10 @@ export class DeviceStorage {
       if (!key.startsWith(prefix)) continue;
       const rest = key.slice(prefix.length);
       const split = rest.indexOf(":");
-      const r = this.readJson<{ v: unknown; u: number; c: string; n: number }>(key);
+      const r = this.#readJson<{ v: unknown; u: number; c: string; n: number }>(key);
       if (split < 0 || !r || typeof r.u !== "number" || typeof r.c !== "string" || typeof r.n !== "number") {
         console.warn(`sinkron: dropping a corrupt stored record ${key}`);
-        this.store.removeItem(key);
+        this.#store.removeItem(key);
         continue;
       }
       out.push({
@@ -127,31 +131,31 @@ export class DeviceStorage {
   putRecord(scope: string | null, change: Change) {
     const key = `${recordPrefix(scope)}${change.collection}:${change.key}`;
     const text = JSON.stringify({ v: change.value, u: change.updatedAt, c: change.clientId, n: change.version });
-    this.write(key, text, scope);
+    this.#write(key, text, scope);
   }
 
   /** Drops stored records (the engine keeps them in view) and marks the scope partial. */
   evict(scope: string | null, keys: Array<{ collection: string; key: string }>) {
-    for (const k of keys) this.store.removeItem(`${recordPrefix(scope)}${k.collection}:${k.key}`);
+    for (const k of keys) this.#store.removeItem(`${recordPrefix(scope)}${k.collection}:${k.key}`);
     try {
-      this.store.setItem(`${ROOT}${scopeName(scope)}:partial`, "1");
+      this.#store.setItem(`${ROOT}${scopeName(scope)}:partial`, "1");
     } catch {
       // No room even for the mark: drop the cursor instead, which the engine then lacks too.
-      this.store.removeItem(`${ROOT}${scopeName(scope)}:c`);
+      this.#store.removeItem(`${ROOT}${scopeName(scope)}:c`);
     }
     console.warn(`sinkron: storage full; evicted ${keys.length} stored records`);
   }
 
   clearRecords(scope: string | null) {
     const prefix = recordPrefix(scope);
-    this.removeWhere((k) => k.startsWith(prefix));
-    this.store.removeItem(`${ROOT}${scopeName(scope)}:partial`);
+    this.#removeWhere((k) => k.startsWith(prefix));
+    this.#store.removeItem(`${ROOT}${scopeName(scope)}:partial`);
   }
 
   /** A client id's outbox and numbering, or null when nothing is stored for it. */
   outbox(scope: string | null, clientId: string): StoredOutbox | null {
     const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
-    const stored = this.readJson<{ n?: unknown; m?: unknown } | Mutation[]>(key);
+    const stored = this.#readJson<{ n?: unknown; m?: unknown } | Mutation[]>(key);
     if (stored === null) return null;
     // An outbox stored as a bare list (before numbering was kept): its ids are above
     // every acknowledged one, so the next id is one above its highest.
@@ -159,7 +163,7 @@ export class DeviceStorage {
     const next = Array.isArray(stored) ? 1 : stored.n;
     if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) {
       console.warn(`sinkron: dropping a corrupt stored outbox ${key}`);
-      this.store.removeItem(key);
+      this.#store.removeItem(key);
       return null;
     }
     return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
@@ -174,41 +178,41 @@ export class DeviceStorage {
   }
 
   setOutbox(scope: string | null, clientId: string, next: number, mutations: Mutation[]) {
-    this.write(`${ROOT}${scopeName(scope)}:o:${clientId}`, JSON.stringify({ n: next, m: mutations }), scope);
+    this.#write(`${ROOT}${scopeName(scope)}:o:${clientId}`, JSON.stringify({ n: next, m: mutations }), scope);
   }
 
   wipe(scope: string | null) {
     const prefix = `${ROOT}${scopeName(scope)}:`;
-    this.removeWhere((k) => k.startsWith(prefix));
+    this.#removeWhere((k) => k.startsWith(prefix));
   }
 
   /** Every key this library owns, for tests and debugging. */
   keys(): string[] {
     const keys: string[] = [];
-    for (let i = 0; i < this.store.length; i++) {
-      const k = this.store.key(i);
+    for (let i = 0; i < this.#store.length; i++) {
+      const k = this.#store.key(i);
       if (k !== null && k.startsWith(ROOT)) keys.push(k);
     }
     return keys;
   }
 
-  private readJson<T>(key: string): T | null {
-    const text = this.store.getItem(key);
+  #readJson<T>(key: string): T | null {
+    const text = this.#store.getItem(key);
     if (text === null) return null;
     try {
       return JSON.parse(text) as T;
     } catch {
       console.warn(`sinkron: dropping corrupt stored data at ${key}`);
-      this.store.removeItem(key);
+      this.#store.removeItem(key);
       return null;
     }
   }
 
   /** Writes; when the quota is full, asks `onFull` to free room and tries again. */
-  private write(key: string, text: string, scope: string | null = null) {
+  #write(key: string, text: string, scope: string | null = null) {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        this.store.setItem(key, text);
+        this.#store.setItem(key, text);
         return;
       } catch (e) {
         if (!isQuotaError(e) || !this.onFull(scope)) break;
@@ -217,8 +221,8 @@ export class DeviceStorage {
     console.warn(`sinkron: could not store ${key}; it lives in memory only`);
   }
 
-  private removeWhere(test: (key: string) => boolean) {
-    for (const k of this.keys()) if (test(k)) this.store.removeItem(k);
+  #removeWhere(test: (key: string) => boolean) {
+    for (const k of this.keys()) if (test(k)) this.#store.removeItem(k);
   }
 }
 

@@ -216,7 +216,12 @@ impl View {
         // than this rare moment costs in time.
         let mut keys = Vec::new();
         for _ in 0..stored.len().div_ceil(4) {
-            let oldest = (0..stored.len()).min_by_key(|&i| stored[i].1.record.updated_at);
+            // By `enumerate`, not indexing: no bounds-check panic in the browser build.
+            let oldest = stored
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, s))| s.record.updated_at)
+                .map(|(i, _)| i);
             if let Some(i) = oldest {
                 let (key, confirmed) = stored.swap_remove(i);
                 confirmed.evicted = true;
