@@ -159,6 +159,49 @@ impl Server {
         self.live = None;
     }
 
+    /// Compacts the tombstones stored before `before_ms`, as the server's hourly sweep does;
+    /// returns how many went. A device whose cursor is behind the new horizon gets a reset.
+    /// The model forgets the tombstones the store no longer holds (after that, an older
+    /// write to such a key wins again, on both); a live record gone is a violation. Returns
+    /// how many went, and each user's keys whose tombstone went.
+    pub fn compact(&mut self, before_ms: u64) -> Result<(u64, Vec<(usize, Key)>), Violation> {
+        let store = self.store().map_err(|e| Violation::new("sim", e))?;
+        let gone = self
+            .runtime
+            .block_on(store.compact_tombstones(before_ms))
+            .map_err(|e| Violation::new("sim", format!("compaction: {e}")))?;
+        let mut forgotten = Vec::new();
+        for user in 0..self.models.len() {
+            let stored = self.stored(user)?;
+            let model = &mut self.models[user];
+            let newest = model.version;
+            for (key, (record, version)) in &model.records {
+                if stored.contains_key(key) {
+                    continue;
+                }
+                if record.value.is_some() || *version >= newest {
+                    return Err(Violation::new(
+                        "2 newest write wins, nothing lost",
+                        format!(
+                            "compaction removed {}/{} ({}, version {version} of {newest})",
+                            key.0,
+                            key.1,
+                            show(Some(record))
+                        ),
+                    ));
+                }
+            }
+            model.records.retain(|key, _| {
+                let kept = stored.contains_key(key);
+                if !kept {
+                    forgotten.push((user, key.clone()));
+                }
+                kept
+            });
+        }
+        Ok((gone, forgotten))
+    }
+
     /// Opens the database file again (the lock of the dead process is released by then).
     pub fn restart(&mut self) -> Result<(), String> {
         self.live = None;

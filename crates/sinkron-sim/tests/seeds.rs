@@ -63,3 +63,24 @@ fn different_seeds_give_different_runs() {
         sinkron_sim::run(2).trace_hash
     );
 }
+
+/// Compaction as a server fault, which makes devices behind the horizon take resets in pages.
+/// Ignored until the engine keeps what a paged reset has not covered yet: `apply_changes`
+/// drops confirmed records at or below each reset page's highest version, so a record held
+/// at a version that a later page of the same whole state carries shows as nothing until
+/// that page arrives (seen: the reset page of another tab's push answer,
+/// `synced 46 -> 2^62+51 reset`, dropped the tab's own `likes/ep-7`). Run it with
+/// `cargo nextest run -p sinkron-sim --test seeds --run-ignored only`.
+#[test]
+#[ignore = "a paged reset drops records before its later pages arrive"]
+fn every_invariant_holds_with_compaction() {
+    let mut failed = Vec::new();
+    for seed in 0..SEEDS {
+        let mut params = sinkron_sim::Params::from_seed(seed);
+        params.compaction = true;
+        if let Some(violation) = sinkron_sim::run_with(seed, params).violation {
+            failed.push(format!("seed {seed}: {violation}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}

@@ -204,6 +204,9 @@ impl World {
     }
 
     pub(super) fn fault(&mut self) -> Result<(), Violation> {
+        if self.params.compaction && self.rng.chance(100) {
+            return self.compact();
+        }
         let d = self.rng.index(self.devices.len());
         match self.rng.range(0, 9) {
             0..=3 => {
@@ -245,6 +248,34 @@ impl World {
                 Ok(())
             }
         }
+    }
+
+    /// The server's sweep, with a short retention: tombstones of the last seconds go too, so
+    /// devices behind them get a reset.
+    fn compact(&mut self) -> Result<(), Violation> {
+        if !self.server.is_up() {
+            return Ok(());
+        }
+        let before = self.now.saturating_sub(self.rng.range(0, 30_000));
+        let (gone, forgotten) = self.server.compact(before)?;
+        self.trace(format_args!(
+            "FAULT server compacts tombstones stored before {before}: {gone} gone"
+        ));
+        // A write's read-back rests on the tombstones newer than it: once one of them is
+        // compacted, nothing there, or an older write that came after, is right.
+        for (user, (collection, key)) in forgotten {
+            let record_key = RecordKey::new(collection, key);
+            for device in &mut self.devices {
+                for tab in &mut device.tabs {
+                    let of_user =
+                        tab.engine.user().and_then(|id| self.server.user_index(id)) == Some(user);
+                    if of_user {
+                        tab.floors.remove(&record_key);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     // ----- liveness -----
