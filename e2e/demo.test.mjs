@@ -2,7 +2,7 @@
 // catalogue's 20 shows are distinct, and the sync panel counts what the network saw.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Server, countRequests, launch, open, openEpisodes, signUp, syncedState, until } from "./support.mjs";
+import { countRequests, launch, open, openEpisodes, recordsOf, signUp, syncedState, until, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -12,17 +12,6 @@ after(async () => {
   await browser?.close();
 });
 
-async function withServer(fn) {
-  const server = await Server.start();
-  try {
-    await fn(server);
-  } finally {
-    await server.stop();
-  }
-}
-
-const recordsOf = (state, collection) =>
-  Object.fromEntries(state.changes.filter((c) => c.collection === collection && c.value !== null).map((c) => [c.key, c.value]));
 
 /** The position the player shows (the store's, as `data-position`). */
 const shown = async (page) => Number(await page.getByTestId("player-position").getAttribute("data-position"));

@@ -148,3 +148,17 @@ export function percentile(values, p) {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
+
+/** Runs `fn` with a server and database of its own, stopped afterwards whatever happens. */
+export async function withServer(fn, args = []) {
+  const server = await Server.start({ args });
+  try {
+    await fn(server);
+  } finally {
+    await server.stop();
+  }
+}
+
+/** The live records of one collection in a pulled state, by key. */
+export const recordsOf = (state, collection) =>
+  Object.fromEntries(state.changes.filter((c) => c.collection === collection && c.value !== null).map((c) => [c.key, c.value]));

@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   Server, artifacts, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
-  signIn, signUp, syncedState, token, until, waitPressed,
+  recordsOf, signIn, signUp, syncedState, token, until, waitPressed, withServer,
 } from "./support.mjs";
 
 let browser;
@@ -20,18 +20,6 @@ after(async () => {
   console.log("metrics:", JSON.stringify(metrics));
 });
 
-/** Each scenario gets its own server and database. */
-async function withServer(fn, args = []) {
-  const server = await Server.start({ args });
-  try {
-    await fn(server);
-  } finally {
-    await server.stop();
-  }
-}
-
-const recordsOf = (state, collection) =>
-  Object.fromEntries(state.changes.filter((c) => c.collection === collection && c.value !== null).map((c) => [c.key, c.value]));
 
 describe("optimistic writes", () => {
   test("a favourite shows at once and is stored while the server is slow", () =>
