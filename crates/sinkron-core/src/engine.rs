@@ -52,7 +52,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::clock::Clock;
-use crate::protocol::{Change, Mutation, MUTATIONS_MAX};
+use crate::protocol::{Change, Mutation, MUTATIONS_MAX, WHOLE_STATE};
 use crate::record::{Record, RecordKey};
 use crate::rng::Rng;
 
@@ -106,6 +106,46 @@ struct InFlight {
     fresh_token: bool,
 }
 
+/// A cursor as a number, when it is a decimal one (the server's are). Folded by hand: the
+/// standard parser costs the browser build more than all of this rule.
+fn cursor_number(cursor: &str) -> Option<u64> {
+    if cursor.is_empty() {
+        return None;
+    }
+    cursor.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit < 10).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// Whether a cursor names a place inside a whole state sent in pages ([`WHOLE_STATE`]).
+fn inside_whole(cursor: &str) -> bool {
+    cursor_number(cursor).is_some_and(|c| c >= WHOLE_STATE)
+}
+
+/// A whole state arriving in pages (see `Engine::apply_changes`).
+#[derive(Debug)]
+struct Whole {
+    /// The cursor of its latest page, which its next page continues from.
+    at: String,
+    /// The highest version among its rows so far.
+    top: u64,
+}
+
+/// Where a page of server changes stands: the cursor it was asked from (`None`: the whole
+/// state), its own cursor, whether it starts a whole state (`reset`) and whether pages
+/// follow, and whether this tab would move its cursor to it (outside a whole state).
+struct PageOf<'a> {
+    from: Option<&'a str>,
+    to: &'a str,
+    reset: bool,
+    more: bool,
+    adopted: bool,
+    /// Another tab's message: what the whole state it ended dropped.
+    gone: Option<&'a [RecordKey]>,
+}
+
 /// The sync engine of one tab. See the module documentation for how to drive it.
 #[derive(Debug)]
 pub struct Engine {
@@ -127,6 +167,8 @@ pub struct Engine {
 
     view: View,
     cursor: Option<String>,
+    /// The whole state being received, while its pages arrive.
+    whole: Option<Whole>,
     next_id: u64,
     /// Every mutation id at or below this was sent at least once and must not change.
     sent_max: u64,
@@ -179,6 +221,7 @@ impl Engine {
             fresh_token: false,
             view: View::default(),
             cursor: None,
+            whole: None,
             next_id: 1,
             sent_max: 0,
             in_flight: Vec::new(),
@@ -369,16 +412,24 @@ impl Engine {
                 from,
                 to,
                 reset,
+                more,
                 changes,
+                gone,
             } => {
                 let continues = from == self.cursor;
                 // The device's leader saw the server's state: so does this tab.
                 self.last_synced_at = Some(now);
-                let keys = self.apply_changes(reset, changes);
-                if continues || reset {
-                    self.set_cursor(Some(to));
-                }
-                if reset {
+                let of = PageOf {
+                    from: from.as_deref(),
+                    to: &to,
+                    reset,
+                    more,
+                    adopted: continues || reset,
+                    gone: gone.as_deref(),
+                };
+                let (keys, gone) = self.apply_changes(of, changes);
+                let ended = gone.is_some();
+                if ended {
                     self.commands.push_back(Command::Notify(Notice::Everything));
                 } else {
                     self.notify_changed(keys);
@@ -392,12 +443,17 @@ impl Engine {
                 if self.leader {
                     match (self.pulled_recently(now), self.cursor.clone()) {
                         // The state was just pulled: share that instead of pulling again.
-                        (true, Some(cursor)) if self.last_synced_at.is_some() => {
+                        // Not inside a whole state: its cursor is no state to share.
+                        (true, Some(cursor))
+                            if self.last_synced_at.is_some() && self.whole.is_none() =>
+                        {
                             self.broadcast(TabBody::Synced {
                                 from: Some(cursor.clone()),
                                 to: cursor,
                                 reset: false,
+                                more: false,
                                 changes: Vec::new(),
+                                gone: None,
                             });
                         }
                         _ => self.want_pull(now),
@@ -450,7 +506,9 @@ impl Engine {
                         from: Some(cursor.clone()),
                         to: cursor,
                         reset: false,
+                        more: false,
                         changes: Vec::new(),
+                        gone: None,
                     });
                 }
             }
@@ -719,7 +777,9 @@ impl Engine {
     /// cut by a [`Persist::Evict`] since the last whole state: then the cursor no longer
     /// stands for what the device holds, and the next pull takes the whole state instead.
     pub fn restore_cursor(&mut self, cursor: Option<String>, records_complete: bool) {
-        self.cursor = cursor.filter(|_| records_complete);
+        // A place inside a whole state (stored by an older version) continues one whose
+        // first pages this tab did not see: start it again instead.
+        self.cursor = cursor.filter(|c| records_complete && !inside_whole(c));
     }
 
     /// The driver could not store something of `scope`: the device's storage is full. Frees
@@ -1199,16 +1259,26 @@ impl Engine {
         self.clock.sync_to_server(now, page.server_time);
         // A pull without a cursor is the whole state: it replaces whatever we had.
         let reset = page.reset || from.is_none();
-        let keys = self.apply_changes(reset, page.changes.clone());
-        self.set_cursor(Some(page.cursor.clone()));
+        let of = PageOf {
+            from: from.as_deref(),
+            to: &page.cursor,
+            reset,
+            more: page.more,
+            adopted: true,
+            gone: None,
+        };
+        let (keys, gone) = self.apply_changes(of, page.changes.clone());
+        let ended = gone.is_some();
         self.broadcast(TabBody::Synced {
             from,
             to: page.cursor,
             reset,
+            more: page.more,
             changes: page.changes,
+            gone,
         });
         self.last_synced_at = Some(now);
-        if reset {
+        if ended {
             self.commands.push_back(Command::Notify(Notice::Everything));
         } else {
             self.notify_changed(keys);
@@ -1220,16 +1290,81 @@ impl Engine {
         }
     }
 
-    /// Applies server changes to the confirmed layer; returns the keys touched.
+    /// Applies a page of server changes to the confirmed layer and moves the cursor to it
+    /// when it should; returns the keys touched, and when the page ended a whole state, the
+    /// keys it dropped (everything may have changed).
     ///
-    /// A `reset` page is the whole state, tombstones included, up to its highest version: a
-    /// record it lacks at or below that version is gone (compacted). One we hold above it
-    /// came from a newer answer (a reply or another tab's message can be older than what we
-    /// hold) and stays, like any record against an older version.
-    fn apply_changes(&mut self, reset: bool, changes: Vec<Change>) -> Vec<RecordKey> {
-        if reset {
-            let covered = changes.iter().map(|c| c.version).max().unwrap_or(0);
-            self.view.reset_below(covered);
+    /// A whole state (a `reset`, or the answer to a pull without a cursor) may come in pages,
+    /// continuing from one another's cursors. Only once its last page has arrived is it
+    /// known what it lacks: then each record none of its pages held is dropped (compacted on
+    /// the server), unless held at a version above the state's (it came from a newer answer;
+    /// answers and other tabs' messages can arrive out of order). Records stay until then,
+    /// so a record whose row sits on a later page never vanishes from view between pages.
+    ///
+    /// The cursor is inside a whole state only while this tab follows it, and is never
+    /// stored there (see `set_cursor`). A page of another whole state is applied, but does
+    /// not move the cursor; a page outside any whole state that the cursor moves to gives it
+    /// up (the next pull from that cursor starts a new one if it must). The tab whose answer
+    /// ends a whole state tells the others what it dropped (`gone`): every other tab drops
+    /// the same (at versions up to that state's) and moves its cursor there, giving up its
+    /// own if it followed another.
+    ///
+    /// A record deleted while its whole state arrives, whose tombstone is compacted before
+    /// the page that would carry it, would stay: the server's `--tombstone-ttl-secs` (30 days
+    /// by default) must be far longer than any whole state takes to arrive.
+    fn apply_changes(
+        &mut self,
+        page: PageOf<'_>,
+        changes: Vec<Change>,
+    ) -> (Vec<RecordKey>, Option<Vec<RecordKey>>) {
+        // Part of the whole state followed: a page continuing from its latest page's cursor.
+        // A copy of an earlier page (answers and messages can come twice) is not, and needs
+        // not be: a record new since its first copy sits on a later page.
+        let part = page.reset
+            || self
+                .whole
+                .as_ref()
+                .is_some_and(|w| Some(w.at.as_str()) == page.from);
+        let inside = inside_whole(page.to);
+        if page.reset {
+            self.view.begin_whole();
+            self.whole = Some(Whole {
+                at: String::new(),
+                top: 0,
+            });
+        } else if !part && !inside && page.adopted {
+            self.whole = None;
+        }
+        let keys = self.store_changes(changes, part);
+        // The last page's cursor is the server's version of the state (see PROTOCOL.md).
+        let version = cursor_number(page.to).filter(|v| *v < WHOLE_STATE);
+        let gone = match self.whole.as_mut().filter(|_| part) {
+            Some(whole) if page.more => {
+                page.to.clone_into(&mut whole.at);
+                None
+            }
+            Some(whole) => {
+                let covered = version.unwrap_or(0).max(whole.top);
+                self.whole = None;
+                Some(self.view.end_whole(covered))
+            }
+            // Another tab's last page of a whole state this tab does not follow: it holds
+            // what this tab's own would (every tab hears every page), so this tab takes it
+            // instead (a tab hidden in the middle of its own would never end it).
+            None => match page.gone {
+                Some(gone) if !page.more => {
+                    self.whole = None;
+                    self.view.drop_gone(gone, version.unwrap_or(u64::MAX));
+                    // Only the tab whose answer ended it tells the others.
+                    Some(Vec::new())
+                }
+                _ => None,
+            },
+        };
+        if part || gone.is_some() || (page.adopted && !inside) {
+            self.set_cursor(Some(page.to.to_owned()));
+        }
+        if gone.is_some() {
             self.commands
                 .push_back(Command::Persist(Persist::ClearRecords {
                     scope: self.user.clone(),
@@ -1241,16 +1376,29 @@ impl Engine {
                 }));
             }
         }
+        (keys, gone)
+    }
+
+    /// Stores server changes, and persists those stored; returns their keys. `whole`: they
+    /// are a page of the whole state followed.
+    fn store_changes(&mut self, changes: Vec<Change>, whole: bool) -> Vec<RecordKey> {
         let mut keys = Vec::new();
         for change in changes {
             self.clock.observe(change.updated_at);
             let key = RecordKey::new(change.collection.as_str(), change.key.as_str());
+            let version = change.version;
             if self.store_change(change.clone()) {
                 self.commands.push_back(Command::Persist(Persist::Record {
                     scope: self.user.clone(),
                     change,
                 }));
-                keys.push(key);
+                keys.push(key.clone());
+            }
+            if whole {
+                self.view.seen_in_whole(&key);
+                if let Some(whole) = &mut self.whole {
+                    whole.top = whole.top.max(version);
+                }
             }
         }
         keys
@@ -1269,9 +1417,15 @@ impl Engine {
         stored
     }
 
+    /// Moves the cursor. Inside a whole state the stored cursor stays where it was: a tab
+    /// reloaded or opened between its pages starts it again, or learns its end from the tab
+    /// that ends it, rather than ending it without knowing what its first pages held.
     fn set_cursor(&mut self, cursor: Option<String>) {
         if self.cursor != cursor {
             self.cursor = cursor.clone();
+            if cursor.as_deref().is_some_and(inside_whole) {
+                return;
+            }
             self.commands.push_back(Command::Persist(Persist::Cursor {
                 scope: self.user.clone(),
                 cursor,

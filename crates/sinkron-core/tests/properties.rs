@@ -239,6 +239,8 @@ proptest! {
                         from: None,
                         to: "1".into(),
                         reset: false,
+                        more: false,
+                        gone: None,
                         changes: vec![Change {
                             collection: key.collection,
                             key: key.key,
@@ -309,6 +311,8 @@ fn an_older_write_of_the_same_value_from_the_server_rolls_the_view_back() {
             from: None,
             to: version.to_string(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![change],
         };
         engine.handle_tab_message(2, TabMessage { scope: None, body });

@@ -54,9 +54,7 @@ pub struct Params {
     /// default 30 (the clients' own), or longer in some runs.
     pub poll_interval_secs: u32,
     /// Whether the server's faults include compacting tombstones (with a retention of
-    /// seconds), so devices behind the horizon get resets. Off in every seed for now: a reset
-    /// in pages still drops records before its later pages arrive (the ignored test in
-    /// `tests/seeds.rs`).
+    /// seconds), so devices behind the horizon get resets, whole states in pages among them.
     pub compaction: bool,
 }
 
@@ -111,7 +109,7 @@ impl Params {
             } else {
                 30
             },
-            compaction: false,
+            compaction: rng.chance(400),
         }
     }
 
@@ -127,7 +125,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} token_expired={}‰ poll={}s",
+             safety={}s page={} token_expired={}‰ poll={}s compaction={}",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -145,6 +143,7 @@ impl fmt::Display for Params {
             self.page_size,
             self.token_expired_per_mille,
             self.poll_interval_secs,
+            self.compaction,
         )
     }
 }

@@ -225,6 +225,7 @@ impl World {
                     storage: BTreeMap::new(),
                     lock: Lock::default(),
                     playing,
+                    whole_since: None,
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
@@ -671,11 +672,17 @@ fn message_summary(message: &TabMessage) -> String {
             from,
             to,
             reset,
+            more,
             changes,
+            gone,
         } => format!(
-            "synced {from:?}->{to}{} changes={}",
+            "synced {from:?}->{to}{}{} changes={}{}",
             if *reset { " reset" } else { "" },
-            changes.len()
+            if *more { " more" } else { "" },
+            changes.len(),
+            gone.as_ref()
+                .map(|g| format!(" gone={}", g.len()))
+                .unwrap_or_default()
         ),
         TabBody::Acked { client_id, ack } => format!("acked {client_id} {ack}"),
         TabBody::PullWanted => "pull wanted".into(),

@@ -8,7 +8,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use sinkron_core::engine::{Persist, Request, Status, SyncError, TabBody, TabMessage};
-use sinkron_core::{Change, Command, Mutation, Notice, Record};
+use sinkron_core::{Change, Command, Mutation, Notice, Record, RecordKey};
 
 /// A JSON text under construction.
 pub(crate) struct Json(String);
@@ -230,17 +230,23 @@ fn persist(j: &mut Json, p: &Persist) {
         Persist::Evict { scope, keys } => {
             j.field("t").string("evict");
             j.field("scope").opt_string(scope.as_deref());
-            j.field("keys").raw("[");
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    j.raw(",");
-                }
-                j.raw("{").field("collection").string(&key.collection);
-                j.field("key").string(&key.key).raw("}");
-            }
-            j.raw("]");
+            j.field("keys");
+            key_list(j, keys);
         }
     }
+}
+
+/// `[{"collection", "key"}, …]`.
+fn key_list(j: &mut Json, keys: &[RecordKey]) {
+    j.raw("[");
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.raw("{").field("collection").string(&key.collection);
+        j.field("key").string(&key.key).raw("}");
+    }
+    j.raw("]");
 }
 
 fn tab_message(j: &mut Json, message: &TabMessage) {
@@ -258,12 +264,15 @@ fn tab_message(j: &mut Json, message: &TabMessage) {
             from,
             to,
             reset,
+            more,
             changes,
+            gone,
         } => {
             j.string("synced");
             j.field("from").opt_string(from.as_deref());
             j.field("to").string(to);
             j.field("reset").boolean(*reset);
+            j.field("more").boolean(*more);
             j.field("changes").raw("[");
             for (i, change) in changes.iter().enumerate() {
                 if i > 0 {
@@ -272,6 +281,10 @@ fn tab_message(j: &mut Json, message: &TabMessage) {
                 change_object(j, change);
             }
             j.raw("]");
+            if let Some(gone) = gone {
+                j.field("gone");
+                key_list(j, gone);
+            }
         }
         TabBody::Acked { client_id, ack } => {
             j.string("acked");
@@ -421,7 +434,9 @@ mod tests {
                     from: None,
                     to: "3".into(),
                     reset: true,
+                    more: false,
                     changes: vec![change.clone(), change],
+                    gone: Some(vec![RecordKey::new("likes", "x")]),
                 },
             }),
             Command::Notify(Notice::Changed(vec![
@@ -437,7 +452,8 @@ mod tests {
             r#"{"t":"record","scope":"1","change":{"collection":"likes","key":"e1","value":null,"updatedAt":5,"clientId":"c","version":3}}"#
         );
         assert_eq!(texts[1], r#"{"t":"cursor","scope":null,"cursor":null}"#);
-        assert!(texts[2].starts_with(r#"{"t":"broadcast","message":{"scope":"1","kind":"synced","from":null,"to":"3","reset":true,"changes":[{"#));
+        assert!(texts[2].starts_with(r#"{"t":"broadcast","message":{"scope":"1","kind":"synced","from":null,"to":"3","reset":true,"more":false,"changes":[{"#));
+        assert!(texts[2].ends_with(r#"],"gone":[{"collection":"likes","key":"x"}]}}"#));
         assert_eq!(
             texts[3],
             r#"{"t":"notify","what":"changed","collections":["likes","history"]}"#

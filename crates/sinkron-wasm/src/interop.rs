@@ -193,8 +193,7 @@ fn run(
             let scope = call.opt_str("scope")?;
             let mut records = Vec::new();
             for n in call.items("records")? {
-                let key = RecordKey::new(n.str("collection")?, n.str("key")?);
-                records.push((key, n.value("value")?, n.opt_u64("updatedAt")?));
+                records.push((record_key(n)?, n.value("value")?, n.opt_u64("updatedAt")?));
             }
             engine
                 .adopt(now, scope, records)
@@ -346,7 +345,13 @@ fn tab_message(m: &Node<'_>) -> Result<TabMessage, Error> {
             from: m.opt_str("from")?.map(Into::into),
             to: m.string("to")?,
             reset: m.bool("reset")?,
+            // Absent from a tab of an older version: its pages were applied as they came.
+            more: m.opt_bool("more")?.unwrap_or(false),
             changes: list(m, "changes", change)?,
+            gone: match m.get("gone") {
+                Some(_) => Some(list(m, "gone", record_key)?),
+                None => None,
+            },
         },
         "acked" => TabBody::Acked {
             client_id: m.string("clientId")?,
@@ -379,6 +384,10 @@ fn mutation(n: &Node<'_>) -> Result<Mutation, Error> {
         value: n.value("value")?,
         updated_at: n.u64("updatedAt")?,
     })
+}
+
+fn record_key(n: &Node<'_>) -> Result<RecordKey, Error> {
+    Ok(RecordKey::new(n.str("collection")?, n.str("key")?))
 }
 
 /// The array field `name`, each item read by `read`.

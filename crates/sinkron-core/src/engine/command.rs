@@ -197,11 +197,16 @@ pub enum TabBody {
         record: Record,
     },
     /// A tab received server state: the changes after cursor `from`, up to cursor `to`.
+    /// `reset`: the first page of a whole state; `more`: pages follow; `gone`, on the last
+    /// page of a whole state: the records it dropped (in none of its pages), which a tab
+    /// that did not see its first pages drops too.
     Synced {
         from: Option<String>,
         to: String,
         reset: bool,
+        more: bool,
         changes: Vec<Change>,
+        gone: Option<Vec<RecordKey>>,
     },
     /// The server acknowledged a tab's mutations up to `ack`.
     Acked { client_id: String, ack: u64 },

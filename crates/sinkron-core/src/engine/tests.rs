@@ -380,6 +380,8 @@ fn other_tabs_messages_never_move_the_leaders_next_pull() {
             from: Some("1".into()),
             to: "2".into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![change("e1", Some("{}"), T0 + 1, "other", 2)],
         },
         TabBody::Acked {
@@ -601,6 +603,8 @@ fn pulled_changes_never_overwrite_a_newer_pending_write() {
             from: Some("1".into()),
             to: to.into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![c],
         },
     };
@@ -633,6 +637,8 @@ fn stale_server_data_never_rolls_back_a_later_version() {
             from: Some(from.into()),
             to: to.into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![c],
         },
     };
@@ -795,6 +801,8 @@ fn tabs_ignore_messages_of_another_user() {
                 from: None,
                 to: "3".into(),
                 reset: true,
+                more: false,
+                gone: None,
                 changes: vec![change("y", Some("{}"), 1, "c", 3)],
             },
         },
@@ -834,6 +842,8 @@ fn another_tabs_write_shows_until_its_ack_and_then_the_server_state() {
                 from: Some("1".into()),
                 to: "2".into(),
                 reset: false,
+                more: false,
+                gone: None,
                 changes: vec![change("e1", Some(r#"{"p":1}"#), T0 + 5, "other", 2)],
             },
         },
@@ -1299,6 +1309,8 @@ fn a_clamped_write_stops_outranking_newer_writes_once_its_stored_copy_arrives() 
             from: Some(from.into()),
             to: to.into(),
             reset: false,
+            more: false,
+            gone: None,
             changes,
         },
     };
@@ -1352,6 +1364,8 @@ fn an_older_identical_write_never_stands_in_for_an_acknowledged_one() {
             from: Some("1".into()),
             to: "2".into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![old],
         },
     };
@@ -1396,6 +1410,8 @@ fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
             from: None,
             to: "4".into(),
             reset: true,
+            more: false,
+            gone: None,
             changes: vec![],
         },
     };
@@ -1446,6 +1462,8 @@ fn synced(from: Option<&str>, to: &str, reset: bool, changes: Vec<Change>) -> Ta
             from: from.map(str::to_owned),
             to: to.into(),
             reset,
+            more: false,
+            gone: None,
             changes,
         },
     }
@@ -1686,6 +1704,8 @@ fn follower_tabs_learn_from_the_leaders_pulls_that_the_device_is_in_sync() {
             from: Some("1".into()),
             to: "1".into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![]
         }
     );
@@ -1739,6 +1759,8 @@ fn a_leader_that_just_pulled_answers_a_new_tab_with_its_cursor_instead_of_pullin
             from: Some("1".into()),
             to: "1".into(),
             reset: false,
+            more: false,
+            gone: None,
             changes: vec![]
         }));
 }
@@ -2122,4 +2144,177 @@ fn adopted_data_is_all_or_nothing_and_a_stamp_from_the_future_is_now() {
     plain.engine.restore_user(None);
     plain.engine.sign_in(plain.now, "u1");
     assert!(adopt_asked(&plain.drain()).is_empty());
+}
+
+/// The leader holding `a` (version 3) and `x` (version 2), as a pull from cursor "3"
+/// left them.
+fn leader_holding_a_and_x() -> Tab {
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let held = vec![
+        change("x", Some(r#"{"v":"x"}"#), 1, "c", 2),
+        change("a", Some(r#"{"v":"a"}"#), 2, "c", 3),
+    ];
+    tab.reply(id, Reply::Pulled(page("3", held, false)));
+    tab.drain();
+    tab
+}
+
+fn stored_cursors(commands: &[Command]) -> Vec<Option<String>> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Persist(Persist::Cursor { cursor, .. }) => Some(cursor.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_whole_state_in_pages_drops_nothing_before_its_last_page() {
+    let mut tab = leader_holding_a_and_x();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    // The first page of a reset: `a` has moved on to version 15, on the next page; `x` was
+    // deleted and its tombstone compacted.
+    let inside = (WHOLE_STATE + 9).to_string();
+    let mut first = page(&inside, vec![change("b", Some("{}"), 3, "c", 9)], true);
+    first.reset = true;
+    tab.reply(id, Reply::Pulled(first));
+    assert_eq!(tab.value("a").as_deref(), Some(r#"{"v":"a"}"#), "kept");
+    assert!(tab.value("x").is_some(), "not known to be gone yet");
+    let commands = tab.drain();
+    assert_eq!(stored_cursors(&commands), Vec::<Option<String>>::new());
+    assert!(!commands
+        .iter()
+        .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))));
+    let (id, request) = commands
+        .iter()
+        .find_map(|c| match c {
+            Command::Send { id, request, .. } => Some((*id, request.clone())),
+            _ => None,
+        })
+        .expect("the next page is asked for");
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some(inside.clone())
+        }
+    );
+    tab.reply(
+        id,
+        Reply::Pulled(page(
+            "20",
+            vec![change("a", Some(r#"{"v":"a2"}"#), 4, "c", 15)],
+            false,
+        )),
+    );
+    assert_eq!(tab.value("a").as_deref(), Some(r#"{"v":"a2"}"#));
+    assert_eq!(tab.value("b").as_deref(), Some("{}"));
+    assert_eq!(tab.value("x"), None, "in none of its pages: gone");
+    let commands = tab.drain();
+    assert_eq!(stored_cursors(&commands), vec![Some("20".to_owned())]);
+    let gone = Tab::broadcasts(&commands)
+        .into_iter()
+        .find_map(|m| match m.body {
+            TabBody::Synced { gone, .. } => gone,
+            _ => None,
+        });
+    assert_eq!(gone, Some(vec![RecordKey::new("history", "x")]));
+}
+
+#[test]
+fn a_whole_state_covers_every_version_up_to_its_cursor() {
+    let mut tab = leader_holding_a_and_x();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    // Everything was deleted and compacted: the reset holds no record at all, at version 10.
+    let mut reset = page("10", vec![], false);
+    reset.reset = true;
+    tab.reply(id, Reply::Pulled(reset));
+    assert_eq!(tab.value("a"), None);
+    assert_eq!(tab.value("x"), None);
+}
+
+#[test]
+fn a_tab_opened_inside_a_whole_state_drops_what_its_end_says_is_gone() {
+    let mut tab = Tab::new(3);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine
+        .restore_record(change("x", Some("{}"), 1, "c", 2));
+    tab.engine
+        .restore_record(change("y", Some("{}"), 1, "c", 30));
+    tab.engine.restore_cursor(Some("2".into()), true);
+    let gone = vec![
+        RecordKey::new("history", "x"),
+        RecordKey::new("history", "y"),
+    ];
+    let last = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some((WHOLE_STATE + 9).to_string()),
+            to: "20".into(),
+            reset: false,
+            more: false,
+            changes: vec![change("b", Some("{}"), 3, "c", 12)],
+            gone: Some(gone),
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, last);
+    assert_eq!(tab.value("x"), None);
+    assert_eq!(
+        tab.value("y").as_deref(),
+        Some("{}"),
+        "newer than the state"
+    );
+    assert_eq!(tab.value("b").as_deref(), Some("{}"));
+    assert_eq!(stored_cursors(&tab.drain()), vec![Some("20".to_owned())]);
+}
+
+#[test]
+fn a_stored_cursor_inside_a_whole_state_starts_it_again() {
+    let mut tab = Tab::new(4);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine
+        .restore_cursor(Some((WHOLE_STATE + 9).to_string()), true);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    let (_, request) = tab.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
+}
+
+#[test]
+fn a_late_page_of_a_whole_state_given_up_moves_nothing() {
+    let mut tab = leader_holding_a_and_x();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let mut first = page(&(WHOLE_STATE + 9).to_string(), vec![], true);
+    first.reset = true;
+    tab.reply(id, Reply::Pulled(first));
+    let (next, _) = tab.only_send();
+    // Meanwhile another tab ends a whole state of its own: this tab takes it instead.
+    let ended = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some((WHOLE_STATE + 7).to_string()),
+            to: "20".into(),
+            reset: false,
+            more: false,
+            changes: vec![],
+            gone: Some(vec![]),
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, ended);
+    // The answer to this tab's own next page arrives late: a place in the whole state it
+    // gave up, which it must not pull on from.
+    let late = page(&(WHOLE_STATE + 12).to_string(), vec![], true);
+    tab.reply(next, Reply::Pulled(late));
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("20".into())
+        }
+    );
 }

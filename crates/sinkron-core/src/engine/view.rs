@@ -44,6 +44,11 @@ impl<V> Map<V> {
         self.entries.get(i).map(|(_, v)| v)
     }
 
+    fn get_mut(&mut self, key: &RecordKey) -> Option<&mut V> {
+        let i = self.find(key).ok()?;
+        self.entries.get_mut(i).map(|(_, v)| v)
+    }
+
     fn contains_key(&self, key: &RecordKey) -> bool {
         self.find(key).is_ok()
     }
@@ -92,6 +97,8 @@ struct Confirmed {
     /// Dropped from the device's storage when it was full (it stays in view); never picked
     /// again until stored again.
     evicted: bool,
+    /// A page of the whole state being received holds the key ([`View::begin_whole`]).
+    whole: bool,
 }
 
 /// A write not yet acknowledged: this tab's, or another tab's.
@@ -273,16 +280,53 @@ impl View {
                 record,
                 version: change.version,
                 evicted: false,
+                whole: false,
             },
         );
         true
     }
 
-    /// A reset up to `covered` (the highest version of a whole state): drops what it covers.
-    /// A record held above it came from a newer answer and stays.
-    pub(super) fn reset_below(&mut self, covered: u64) {
-        self.confirmed.retain(|_, s| s.version > covered);
-        // The storage is rewritten whole after a reset.
+    /// A whole state starts arriving (in pages): no key is known to be in it yet.
+    pub(super) fn begin_whole(&mut self) {
+        for stored in self.confirmed.values_mut() {
+            stored.whole = false;
+        }
+    }
+
+    /// A page of the whole state holds the key: it is in the server state, at this version or
+    /// at the newer one we hold.
+    pub(super) fn seen_in_whole(&mut self, key: &RecordKey) {
+        if let Some(stored) = self.confirmed.get_mut(key) {
+            stored.whole = true;
+        }
+    }
+
+    /// The whole state has arrived, up to the server's version `covered`: drops every record
+    /// none of its pages held, unless held above `covered` (it came from a newer answer).
+    /// Returns the keys dropped.
+    pub(super) fn end_whole(&mut self, covered: u64) -> Vec<RecordKey> {
+        let mut gone = Vec::new();
+        self.confirmed.retain(|key, s| {
+            let keep = s.whole || s.version > covered;
+            if !keep {
+                gone.push(key.clone());
+            }
+            keep
+        });
+        self.stored_whole();
+        gone
+    }
+
+    /// Another tab received the last page of a whole state: drops what it found gone, unless
+    /// held above `covered`.
+    pub(super) fn drop_gone(&mut self, gone: &[RecordKey], covered: u64) {
+        self.confirmed
+            .retain(|key, s| s.version > covered || !gone.contains(key));
+        self.stored_whole();
+    }
+
+    /// The storage is rewritten whole after a whole state.
+    fn stored_whole(&mut self) {
         for stored in self.confirmed.values_mut() {
             stored.evicted = false;
         }

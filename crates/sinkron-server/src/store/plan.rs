@@ -535,9 +535,8 @@ pub struct PageStart {
 /// above `cursor - WHOLE_STATE`, whatever the compaction horizon. Without them a whole state
 /// whose page ended below the horizon would be started again at each next page, for ever
 /// (the cursor of a page is its last row's version, which may lie below the horizon when
-/// tombstones above it were compacted). Versions never come near 2^62; cursors are opaque to
-/// clients.
-pub const WHOLE_STATE: u64 = 1 << 62;
+/// tombstones above it were compacted).
+pub use sinkron_core::protocol::WHOLE_STATE;
 
 impl PageStart {
     pub fn new(since: Option<u64>, horizon: u64, version: u64) -> PageStart {

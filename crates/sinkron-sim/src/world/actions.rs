@@ -256,7 +256,14 @@ impl World {
         if !self.server.is_up() {
             return Ok(());
         }
-        let before = self.now.saturating_sub(self.rng.range(0, 30_000));
+        // A real server keeps tombstones for days, far longer than any whole state takes to
+        // arrive: none deleted since a device began receiving one goes (the engine relies on
+        // it: see `Engine::apply_changes`).
+        let receiving = self.devices.iter().filter_map(|d| d.whole_since).min();
+        let before = self
+            .now
+            .saturating_sub(self.rng.range(0, 30_000))
+            .min(receiving.unwrap_or(u64::MAX));
         let (gone, forgotten) = self.server.compact(before)?;
         self.trace(format_args!(
             "FAULT server compacts tombstones stored before {before}: {gone} gone"

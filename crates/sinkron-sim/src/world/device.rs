@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use sinkron_core::adopt::adoption_order;
-use sinkron_core::engine::TabMessage;
+use sinkron_core::engine::{TabBody, TabMessage};
 use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
 
 use super::{Event, TabId, World};
@@ -63,6 +63,8 @@ pub(super) struct Device {
     pub(super) lock: Lock,
     /// The episode this device is playing (its hot key).
     pub(super) playing: u64,
+    /// When a tab of this device began receiving a whole state that no tab has ended yet.
+    pub(super) whole_since: Option<u64>,
 }
 
 impl World {
@@ -121,6 +123,14 @@ impl World {
     }
 
     pub(super) fn broadcast(&mut self, d: usize, from: TabId, message: TabMessage) {
+        if let TabBody::Synced { reset, gone, .. } = &message.body {
+            let device = &mut self.devices[d];
+            if gone.is_some() {
+                device.whole_since = None;
+            } else if *reset {
+                device.whole_since.get_or_insert(self.now);
+            }
+        }
         let receivers: Vec<TabId> = self.devices[d]
             .tabs
             .iter()
