@@ -1364,7 +1364,9 @@ impl Engine {
         if part || gone.is_some() || (page.adopted && !inside) {
             self.set_cursor(Some(page.to.to_owned()));
         }
-        if gone.is_some() {
+        // The tab that dropped records rewrites the storage without them (every record it
+        // stored came through a page, so with nothing dropped the storage is already right).
+        if gone.as_ref().is_some_and(|g| !g.is_empty()) {
             self.commands
                 .push_back(Command::Persist(Persist::ClearRecords {
                     scope: self.user.clone(),

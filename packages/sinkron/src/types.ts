@@ -64,7 +64,7 @@ export interface Mutation {
 
 export type TabMessage = { scope: string | null } & (
   | { kind: "wrote"; id: number; collection: string; key: string; value: Value | null; updatedAt: number; clientId: string }
-  | { kind: "synced"; from: string | null; to: string; reset: boolean; more: boolean; changes: Change[]; gone?: { collection: string; key: string }[] }
+  | { kind: "synced"; from: string | null; to: string; reset: boolean; more?: boolean; changes: Change[]; gone?: { collection: string; key: string }[] }
   | { kind: "acked"; clientId: string; ack: number }
   | { kind: "pullWanted" }
   | { kind: "signedIn" }

@@ -69,7 +69,8 @@ async function scenario() {
   reply("pull", 503, null, "10");
   for (const message of [
     { scope: "7", kind: "wrote", id: 1, collection: "likes", key: "t1", value: { on: true }, updatedAt: NOW, clientId: "tab2" },
-    { scope: "7", kind: "synced", from: "6", to: "8", reset: false, changes: [change("t2", 8)] },
+    // Another tab's whole state, which lacks what this tab holds: dropped (a "clear").
+    { scope: "7", kind: "synced", from: "6", to: "8", reset: true, more: false, changes: [change("t2", 8)] },
     { scope: "7", kind: "acked", clientId: "tab2", ack: 1 },
     { scope: "7", kind: "pullWanted" },
     { scope: "7", kind: "signedIn" },
