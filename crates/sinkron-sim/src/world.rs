@@ -24,7 +24,7 @@ mod actions;
 mod checks;
 mod device;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sinkron_core::engine::{Failure, TabMessage};
 use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request};
@@ -103,6 +103,10 @@ pub struct World {
     keys: Vec<RecordKey>,
     /// Every clamp the server made: (client, key, stamped) → stored `updatedAt`.
     clamps: HashMap<(String, Key, u64), u64>,
+    /// Writes kept in a device's storage (an outbox) when a tombstone of their key was
+    /// compacted, by (client, key, stamped): a tab that restores one has no read-back floor
+    /// for it (see `World::compact`).
+    unfloored: HashSet<(String, Key, u64)>,
     /// Every mutation ever sent, by (client id, mutation id): an id, once sent, must always
     /// carry the same write, or the server would skip a new write as a retry of the old.
     sent: HashMap<(String, u64), Mutation>,
@@ -164,6 +168,7 @@ impl World {
             writes: 0,
             keys,
             clamps: HashMap::new(),
+            unfloored: HashSet::new(),
             sent: HashMap::new(),
             params,
         };

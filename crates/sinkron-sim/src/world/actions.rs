@@ -271,6 +271,26 @@ impl World {
         // A write's read-back rests on the tombstones newer than it: once one of them is
         // compacted, nothing there, or an older write that came after, is right.
         for (user, (collection, key)) in forgotten {
+            // So do the writes of that key waiting in storage, for a tab that restores them.
+            let user_id = self.server.user_id(user);
+            for device in &self.devices {
+                for (scope, stored) in &device.storage {
+                    if scope.as_ref().is_some_and(|s| *s != user_id) {
+                        continue;
+                    }
+                    for (client_id, (_, mutations)) in &stored.outboxes {
+                        for m in mutations {
+                            if m.collection == collection && m.key == key {
+                                self.unfloored.insert((
+                                    client_id.clone(),
+                                    (collection.clone(), key.clone()),
+                                    m.updated_at,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
             let record_key = RecordKey::new(collection, key);
             for device in &mut self.devices {
                 for tab in &mut device.tabs {

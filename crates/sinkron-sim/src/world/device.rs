@@ -235,12 +235,16 @@ impl World {
                 .and_then(|c| scope.outboxes.get_key_value(c));
             if let Some((client_id, (next_id, mutations))) = stored {
                 for m in mutations {
-                    // A write the server took (clamped) before the tab that wrote it died.
-                    let clamped = self.clamps.get(&(
+                    let write = (
                         client_id.clone(),
                         (m.collection.clone(), m.key.clone()),
                         m.updated_at,
-                    ));
+                    );
+                    if self.unfloored.contains(&write) {
+                        continue;
+                    }
+                    // A write the server took (clamped) before the tab that wrote it died.
+                    let clamped = self.clamps.get(&write);
                     floors.insert(
                         RecordKey::new(&m.collection, &m.key),
                         Record {
