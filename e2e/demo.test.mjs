@@ -2,7 +2,7 @@
 // catalogue's 20 shows are distinct, and the sync panel counts what the network saw.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { countRequests, launch, open, openEpisodes, recordsOf, signUp, syncedState, until, withServer } from "./support.mjs";
+import { countRequests, launch, open, openEpisodes, recordsOf, signIn, signUp, syncedState, until, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -107,6 +107,55 @@ describe("player", () => {
       await showing(page, stored + 2);
       assert.equal((await clip(page)).paused, false);
       await context.close();
+    }));
+});
+
+describe("playback costs almost nothing", () => {
+  test("while a video plays its position is pushed once per hot interval, a pause sends it at once, and another device follows", () =>
+    withServer(async (server) => {
+      // The position is pushed every 5 s at most here (30 s by default), so 20 s of playback
+      // show the rule: one push per second played without it.
+      const HOT = 5;
+      const deviceA = await browser.newContext();
+      const a = await open(deviceA, server, { query: `&hot=${HOT * 1000}` });
+      const auth = await signUp(a, "watcher");
+      const deviceB = await browser.newContext();
+      // The other device polls every second: its pulls are this test's clock.
+      const b = await open(deviceB, server, { interval: 1000 });
+      await signIn(b, "watcher");
+      // B shows the history page, with each entry's position.
+      await b.evaluate(() => (location.hash = "#/history"));
+      await b.getByTestId("history").waitFor();
+      await openEpisodes(a, "s07");
+      const counts = countRequests(a, { where: (url) => url.pathname === "/api/user/me/changes" });
+      await a.getByTestId("play-s07e01").click();
+      await showing(a, 1);
+
+      // At each of B's pulls: how far B's copy of the position is behind A's.
+      const onB = () => b.locator('[data-testid="history-s07e01"]').evaluateAll((els) => Number(els[0]?.dataset.position ?? 0));
+      let worst = 0;
+      let played = 0;
+      while (played < 20) {
+        await pulls(b, 1);
+        played = await shown(a);
+        worst = Math.max(worst, played - (await onB()));
+      }
+      const pushes = counts.pushes;
+      played = await shown(a);
+      // One push as it starts, then one per 5 s of playback (and one spare for a slow start).
+      assert.ok(pushes <= Math.floor(played / HOT) + 2, `${pushes} pushes in ${played} s of playback: ${counts.log.join(", ")}`);
+      assert.ok(pushes >= 2, `${pushes} pushes in ${played} s of playback`);
+      // Never more than the hot interval and one poll behind, with a second to spare.
+      assert.ok(worst <= HOT + 2, `device B was ${worst} s behind`);
+
+      // A pause sends the position at once: B has it exactly, by its next pulls.
+      await a.getByTestId("pause").click();
+      await a.getByTestId("resume").waitFor();
+      const held = await shown(a);
+      await b.locator(`[data-testid="history-s07e01"][data-position="${held}"]`).waitFor({ timeout: 5000 });
+      assert.equal(recordsOf(await server.state(auth), "history").s07e01.position, held);
+      await deviceA.close();
+      await deviceB.close();
     }));
 });
 

@@ -11,6 +11,9 @@ import * as traffic from "./traffic";
 const params = new URLSearchParams(location.search);
 /** `?interval=MS` overrides the pull interval (for demos and tests). */
 const interval = Number(params.get("interval")) || 30000;
+/** `?hot=MS` overrides how often at most the playing position is pushed (default 30 s). */
+const hotEvery = Number(params.get("hot"));
+const hot = hotEvery > 0 ? { history: hotEvery } : undefined;
 /** `?api=ORIGIN`: the Sinkron server when it is not this page's origin (it must allow ours). */
 const baseUrl = params.get("api") ?? undefined;
 /** `?onFocus=0`: no pull when the window gets focus or the tab is shown again. */
@@ -68,6 +71,7 @@ export function App() {
     getToken: siteAuth === "token" ? getToken : undefined,
     cookie: siteAuth === "cookie",
     adoptLegacy,
+    hot,
   });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();
@@ -367,8 +371,10 @@ const SEEK_STEP = 10;
 /**
  * The player: a short clip (`clip.webm`, 6 s) loops for an episode that lasts minutes. The
  * position is the episode's, held by the store: the clip's playing time advances it, one
- * write per second played (`updateProgress`, which the store coalesces and pushes), so a
- * paused or stalled video does not. Seeking sets the episode's position, not the clip's.
+ * write per second played (`updateProgress`: it shows at once, here and in other tabs, and is
+ * pushed every 30 s at most while it plays), so a paused or stalled video does not. A pause,
+ * a seek and closing the player push it at once (`syncNow`). Seeking sets the episode's
+ * position, not the clip's.
  */
 function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void }) {
   const episode = EPISODE_BY_ID.get(episodeId)!;
@@ -376,6 +382,7 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   const entry = useSinkron((s) => s.history.find((h) => h.episodeId === episodeId));
   const addHistory = useSinkron((s) => s.addHistory);
   const updateProgress = useSinkron((s) => s.updateProgress);
+  const syncNow = useSinkron((s) => s.syncNow);
   const [paused, setPaused] = useState(false);
   const position = entry?.position ?? 0;
   const video = useRef<HTMLVideoElement>(null);
@@ -396,10 +403,17 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   useEffect(() => {
     const v = video.current;
     if (!v) return;
-    if (paused) v.pause();
+    if (paused) {
+      v.pause();
+      // While it plays, the position is pushed every 30 s at most; a pause sends it now.
+      syncNow();
+    }
     // Refused without a user's gesture in some browsers (the clip is muted, so rarely).
     else v.play().catch(() => setPaused(true));
-  }, [paused, episodeId]);
+  }, [paused, episodeId, syncNow]);
+
+  // Closing the player sends the position now too.
+  useEffect(() => () => syncNow(), [syncNow]);
 
   const onTimeUpdate = () => {
     const v = video.current!;
@@ -421,6 +435,8 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   const seek = (to: number) => {
     played.current.seconds = 0;
     updateProgress(episodeId, Math.max(0, Math.min(episode.duration, Math.round(to))));
+    // Sent at once (the steps of a drag along the bar as one push).
+    syncNow();
   };
 
   return (

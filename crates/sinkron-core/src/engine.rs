@@ -66,7 +66,7 @@ pub use command::{
 };
 pub use config::Config;
 use timers::{Timer, TimerTable};
-use view::{Acked, Pending, View};
+use view::{Pending, View};
 
 /// The collection whose oldest records leave a full device storage first: the one that
 /// grows without end (the server caps it too).
@@ -182,13 +182,17 @@ pub struct Engine {
     server_interval_ms: Option<u64>,
     /// The scopes whose data from before Sinkron is adopted ([`Engine::adopt`]).
     adopted: Vec<Option<String>>,
-    /// Signed-out sessions the server has not ended yet, oldest first ([`Engine::end_session`]).
+    /// Signed-out sessions the server has not ended yet, oldest first ([`Engine::end_session`]);
+    /// the newest is ended first.
     ending: Vec<String>,
-    /// The request ending the first of them, when one is out.
+    /// The request ending the newest of them, when one is out.
     ending_in_flight: Option<u64>,
     ending_failures: u32,
     /// The first write of the burst the next push takes: a push never waits much longer.
+    /// Hot writes (`Config::hot`) are not part of bursts.
     first_write_at: Option<u64>,
+    /// When the last push carrying hot writes was sent.
+    hot_sent_at: Option<u64>,
     failures: u32,
     last_synced_at: Option<u64>,
     error: Option<SyncError>,
@@ -234,6 +238,7 @@ impl Engine {
             ending_in_flight: None,
             ending_failures: 0,
             first_write_at: None,
+            hot_sent_at: None,
             failures: 0,
             last_synced_at: None,
             error: None,
@@ -345,9 +350,13 @@ impl Engine {
         if self.online != online {
             self.online = online;
             if online {
-                // Coming back is news: retry at once instead of waiting out the backoff.
+                // Coming back is news: retry at once instead of waiting out the backoff, and
+                // push what waited, hot writes included.
                 self.failures = 0;
                 self.timers.stop(Timer::Retry);
+                if !self.view.outbox.is_empty() {
+                    self.timers.set(Timer::Push, 0);
+                }
                 if self.config.pull_on_online {
                     self.want_pull(now);
                 }
@@ -427,7 +436,7 @@ impl Engine {
                     adopted: continues || reset,
                     gone: gone.as_deref(),
                 };
-                let (keys, gone) = self.apply_changes(of, changes);
+                let (keys, gone) = self.apply_changes(of, &changes);
                 let ended = gone.is_some();
                 if ended {
                     self.commands.push_back(Command::Notify(Notice::Everything));
@@ -491,14 +500,14 @@ impl Engine {
                 let complete = !page.more;
                 self.apply_page(now, request.last_sync, page);
                 if complete {
-                    self.settle_acked(|a| request.id >= a.after);
+                    self.settle_acked(None, request.id);
                 }
             }
             Reply::NotModified => {
                 self.succeeded();
                 self.last_pull_at = Some(now);
                 self.last_synced_at = Some(now);
-                self.settle_acked(|a| request.id >= a.after);
+                self.settle_acked(None, request.id);
                 self.plan_poll(now);
                 // The other tabs learn that the device is up to date, too.
                 if let Some(cursor) = request.last_sync {
@@ -521,7 +530,7 @@ impl Engine {
                     let complete = !page.more;
                     self.apply_page(now, request.last_sync, page);
                     if complete {
-                        self.settle_acked(|a| a.by == request.id || request.id >= a.after);
+                        self.settle_acked(Some(request.id), request.id);
                     } else {
                         // The rest of the state follows in pages; a tab that does not poll
                         // asks for them itself.
@@ -639,11 +648,51 @@ impl Engine {
             key: key.clone(),
             record,
         });
+        let hot = self.hot_every(&key.collection);
         self.notify_changed(vec![key]);
-        // Shortly after the last write, but never much later than the first one.
-        let first = *self.first_write_at.get_or_insert(now);
-        let due = (now + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max);
-        self.timers.set(Timer::Push, due);
+        match hot {
+            // Shortly after the last write, but never much later than the first one.
+            None => {
+                let first = *self.first_write_at.get_or_insert(now);
+                let due =
+                    (now + self.config.push_delay_ms).min(first + self.config.push_wait_ms_max);
+                self.timers.set(Timer::Push, due);
+            }
+            // A hot write goes an interval after the last push that carried one, unless a push
+            // is planned sooner (another write's, a retry's, what a push left), which takes it.
+            Some(every) => {
+                let earliest = self.hot_sent_at.map_or(0, |sent| sent + every);
+                let due = (now + self.config.push_delay_ms).max(earliest);
+                if self.timers.get(Timer::Push).is_none_or(|set| set > due) {
+                    self.timers.set(Timer::Push, due);
+                }
+            }
+        }
+    }
+
+    /// How often at most a push carries writes of `collection`, if they are hot.
+    fn hot_every(&self, collection: &str) -> Option<u64> {
+        self.config
+            .hot
+            .iter()
+            .find(|(c, _)| c == collection)
+            .map(|(_, every)| *every)
+    }
+
+    /// Pushes what is queued, hot writes included, as if none were hot: after the usual
+    /// short wait (`Config::push_delay_ms`, so the steps of a drag along a seek bar are one
+    /// push). The app calls it at the moments that matter: a pause, a seek, the end of an
+    /// episode.
+    pub fn push_now(&mut self, now: u64) {
+        self.observe_time(now);
+        if !self.view.outbox.is_empty() {
+            let soon = now + self.config.push_delay_ms;
+            let due = self
+                .first_write_at
+                .map_or(soon, |first| soon.min(first + self.config.push_wait_ms_max));
+            self.timers.set(Timer::Push, due);
+        }
+        self.finish(now);
     }
 
     /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
@@ -728,9 +777,8 @@ impl Engine {
             }
             None => {
                 self.ending_failures = 0;
-                if !self.ending.is_empty() {
-                    self.ending.remove(0);
-                }
+                // Newest first (`pop`: no `Vec::remove` in the browser build).
+                self.ending.pop();
                 self.persist_ending();
                 if !self.ending.is_empty() {
                     self.timers.set(Timer::EndSession, now);
@@ -908,6 +956,7 @@ impl Engine {
             let shift = |t: &mut Option<u64>| *t = t.map(|t| t.saturating_sub(back));
             shift(&mut self.last_pull_at);
             shift(&mut self.first_write_at);
+            shift(&mut self.hot_sent_at);
             shift(&mut self.last_synced_at);
         }
         self.last_now = Some(now);
@@ -1058,7 +1107,7 @@ impl Engine {
 
     fn send_end_session(&mut self) {
         self.timers.stop(Timer::EndSession);
-        let Some(token) = self.ending.first().cloned() else {
+        let Some(token) = self.ending.last().cloned() else {
             return;
         };
         let id = self.next_request();
@@ -1092,6 +1141,12 @@ impl Engine {
     }
 
     fn send_push(&mut self, mutations: Vec<Mutation>, last_sync: Option<String>, keepalive: bool) {
+        if mutations
+            .iter()
+            .any(|m| self.hot_every(&m.collection).is_some())
+        {
+            self.hot_sent_at = self.last_now;
+        }
         let pushed_max = mutations.last().map(|m| m.id);
         self.sent_max = self.sent_max.max(pushed_max.unwrap_or(0));
         let id = self.next_request();
@@ -1246,11 +1301,12 @@ impl Engine {
         }
     }
 
-    /// Forgets acknowledged writes whose acknowledging request passes `settled` (an answer
-    /// that shows the server state after them). The state is still wanted while any remain:
-    /// an answer to a request sent before a write was acknowledged does not show it.
-    fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) {
-        let keys = self.view.settle_acked(settled);
+    /// Forgets the acknowledged writes that an answer to request `sent` shows the server
+    /// state after: those it acknowledged itself (`by`), and those acknowledged before it
+    /// was sent. The state is still wanted while any remain: an answer to a request sent
+    /// before a write was acknowledged does not show it.
+    fn settle_acked(&mut self, by: Option<u64>, sent: u64) {
+        let keys = self.view.settle_acked(by, sent);
         self.want_state(!self.view.acked.is_empty());
         self.notify_changed(keys);
     }
@@ -1267,7 +1323,7 @@ impl Engine {
             adopted: true,
             gone: None,
         };
-        let (keys, gone) = self.apply_changes(of, page.changes.clone());
+        let (keys, gone) = self.apply_changes(of, &page.changes);
         let ended = gone.is_some();
         self.broadcast(TabBody::Synced {
             from,
@@ -1315,7 +1371,7 @@ impl Engine {
     fn apply_changes(
         &mut self,
         page: PageOf<'_>,
-        changes: Vec<Change>,
+        changes: &[Change],
     ) -> (Vec<RecordKey>, Option<Vec<RecordKey>>) {
         // Part of the whole state followed: a page continuing from its latest page's cursor.
         // A copy of an earlier page (answers and messages can come twice) is not, and needs
@@ -1383,7 +1439,7 @@ impl Engine {
 
     /// Stores server changes, and persists those stored; returns their keys. `whole`: they
     /// are a page of the whole state followed.
-    fn store_changes(&mut self, changes: Vec<Change>, whole: bool) -> Vec<RecordKey> {
+    fn store_changes(&mut self, changes: &[Change], whole: bool) -> Vec<RecordKey> {
         let mut keys = Vec::new();
         for change in changes {
             self.clock.observe(change.updated_at);
@@ -1392,7 +1448,7 @@ impl Engine {
             if self.store_change(change.clone()) {
                 self.commands.push_back(Command::Persist(Persist::Record {
                     scope: self.user.clone(),
-                    change,
+                    change: change.clone(),
                 }));
                 keys.push(key.clone());
             }

@@ -143,6 +143,9 @@ fn run(
         "flush" => {
             engine.flush(now()?);
         }
+        "pushNow" => {
+            engine.push_now(now()?);
+        }
         // ----- restoring a device's stored state, before any event -----
         "restore" => {
             let user = call.opt_str("user")?;
@@ -256,6 +259,12 @@ fn init(call: &Node<'_>) -> Result<Engine, Error> {
     config.pull_on_sign_in = switch("pullOnSignIn", config.pull_on_sign_in)?;
     config.pull_on_focus = switch("pullOnFocus", config.pull_on_focus)?;
     config.pull_on_online = switch("pullOnOnline", config.pull_on_online)?;
+    // The app's hot collections replace the preset (`[]`: none).
+    if call.get("hot").is_some() {
+        config.hot = list(call, "hot", |n| {
+            Ok((n.string("collection")?, n.u64("every")?))
+        })?;
+    }
     // Two 32-bit halves from `crypto.getRandomValues`.
     let seed = call.u64("seedHigh")? << 32 | call.u64("seedLow")?;
     Ok(Engine::new(config, seed))

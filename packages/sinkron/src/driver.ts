@@ -53,6 +53,12 @@ export interface ClientOptions {
    * next start. Leave the old keys in place; they are never read again.
    */
   adoptLegacy?: (scope: string | null) => LegacyRecord[] | null;
+  /**
+   * Hot collections: collection → how often at most (ms) a push carries their writes while
+   * they keep coming; default `{ history: 30000 }` (the playback position). Every write still
+   * shows at once here and in other tabs; `pushNow()` sends them at once.
+   */
+  hot?: Record<string, number>;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
@@ -111,6 +117,7 @@ export class SinkronClient {
       pullOnFocus: options.onFocus,
       pullOnOnline: options.onOnline,
       adoptLegacy: options.adoptLegacy !== undefined,
+      hot: options.hot && Object.entries(options.hot).map(([collection, every]) => ({ collection, every })),
       seedHigh: seed[0],
       seedLow: seed[1],
     });
@@ -155,6 +162,11 @@ export class SinkronClient {
   /** Writes a record at once (locally and to other tabs); pushed in the background. */
   write(collection: string, key: string, value: Value | null) {
     this.#call({ t: "write", now: Date.now(), collection, key, value });
+  }
+
+  /** Pushes what is queued now, hot writes included (see `hot`): at a pause, a seek, the end of an episode. */
+  pushNow() {
+    this.#call({ t: "pushNow", now: Date.now() });
   }
 
   /** Signs in (or up, with `create`), merging this device's guest data into the account. */

@@ -22,22 +22,28 @@ export interface UseUserSyncOptions {
   cookie?: boolean;
   /** The app's data from before Sinkron, asked once per device and user scope (see `ClientOptions`). */
   adoptLegacy?: ClientOptions["adoptLegacy"];
+  /** Hot collections and how often at most their writes are pushed (default `{ history: 30000 }`; see `ClientOptions`). */
+  hot?: ClientOptions["hot"];
 }
 
 /** Syncs the user's data while the calling component is mounted. */
-export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy }: UseUserSyncOptions = {}) {
+export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot }: UseUserSyncOptions = {}) {
   // An inline provider or adopter is a new function each render: syncing restarts only when
   // one is added or removed, and always calls the latest.
   const latest = useRef({ getToken, adoptLegacy });
   latest.current = { getToken, adoptLegacy };
   const tokens = getToken !== undefined;
   const adopts = adoptLegacy !== undefined;
+  // An inline object is new each render: syncing restarts only when its content changes.
+  const hotKey = JSON.stringify(hot);
   useEffect(() => {
     const current: TokenProvider | undefined = tokens ? (o) => latest.current.getToken!(o) : undefined;
     const adopter: ClientOptions["adoptLegacy"] = adopts ? (scope) => latest.current.adoptLegacy!(scope) : undefined;
-    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter });
+    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot });
     return () => userSync.getState().stop();
-  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts]);
+    // `hot` by its content (`hotKey`): an equal object is no change.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey]);
   return useStore(userSync, (s) => s.status);
 }
 

@@ -44,6 +44,11 @@ export interface UserSyncState {
   /** 1 like, -1 dislike, 0 neither. */
   setLike(episodeId: string, value: 1 | -1 | 0): void;
   setSetting(name: string, value: Json): void;
+  /**
+   * Pushes what is queued now: call it at a pause, a seek or the end of an episode. While a
+   * video plays, its position (`updateProgress`) is pushed at most every 30 s.
+   */
+  syncNow(): void;
   /** Signs in with Sinkron's own accounts (or creates one, with `create`). */
   signIn(username: string, password: string, options?: { create?: boolean }): Promise<User>;
   /**
@@ -157,6 +162,10 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
       },
       setSetting(name, value) {
         engine().write("settings", name, { value });
+      },
+      syncNow() {
+        // Also from a component's cleanup, after a stop: nothing then.
+        client?.pushNow();
       },
       async signIn(username, password, options) {
         return engine().signIn(username, password, options?.create === true);

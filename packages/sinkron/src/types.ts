@@ -73,7 +73,7 @@ export type TabMessage = { scope: string | null } & (
 
 /** A call into the engine: an event, an action of the app, a restore, or a question. */
 export type Call =
-  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; seedHigh: number; seedLow: number }
+  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; hot?: { collection: string; every: number }[]; seedHigh: number; seedLow: number }
   | { t: "clientId" }
   | { t: "user" }
   | { t: "status" }
@@ -83,6 +83,7 @@ export type Call =
   /** `endSession`: the built-in session's token, for the engine to have the server end it. */
   | { t: "signOut"; now: number; endSession: string | null }
   | { t: "flush"; now: number }
+  | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
   | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }
   /** The app's data of `scope` from before Sinkron, asked for by an `adopt` command. */

@@ -39,7 +39,7 @@ async function scenario() {
   };
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
-  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, seedHigh: 1, seedLow: 2 });
+  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, hot: [{ collection: "history", every: 30000 }], seedHigh: 1, seedLow: 2 });
   run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [], adopted: [] });
   // The app's data from before: asked for at start, handed over.
   assert.ok(answers.at(-1).c.some((c) => c.t === "adopt"));
@@ -61,6 +61,7 @@ async function scenario() {
   run({ t: "timeout", now: at });
   reply("push", 200, { ack: 4, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });
   run({ t: "write", now: NOW + 3, collection: "likes", key: "e4", value: { on: false } });
+  run({ t: "pushNow", now: NOW + 3 });
   run({ t: "flush", now: NOW + 3 });
   reply("push", 200, { ack: 5, cursor: "7", changes: [], more: false, serverTime: NOW + 3 });
   run({ t: "focus", now: NOW + 60_000 });

@@ -1,6 +1,10 @@
 //! The engine's policies: how often the leader pulls, how long a push waits, how retries back
 //! off, and which events pull.
 
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
 /// The engine's policies. Every duration is in milliseconds.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -20,6 +24,13 @@ pub struct Config {
     pub push_delay_ms: u64,
     /// ... but a steady stream of writes never delays a push longer than this.
     pub push_wait_ms_max: u64,
+    /// Collections whose writes are hot, with how often at most (ms) a push carries them
+    /// while they keep coming: a playback position, written every second while a video plays,
+    /// costs one push per this interval instead of one per write. A hot write still reaches
+    /// the view, the storage and the other tabs at once, and goes with any push sooner (a
+    /// write to another collection, [`crate::Engine::push_now`] at a pause or a seek, the
+    /// page being hidden, coming back online, signing out).
+    pub hot: Vec<(String, u64)>,
     /// Most mutations in one push.
     pub push_batch_max: usize,
     /// Budget of a `keepalive` flush body; browsers refuse keepalive bodies above 64 KiB.
@@ -50,6 +61,7 @@ impl Default for Config {
             trigger_gap_ms: 2_000,
             push_delay_ms: 300,
             push_wait_ms_max: 3_000,
+            hot: vec![(String::from("history"), 30_000)],
             push_batch_max: 100,
             keepalive_bytes_max: 60 * 1024,
             backoff_base_ms: 1_000,

@@ -12,9 +12,18 @@ struct Tab {
 }
 
 impl Tab {
+    /// A fresh engine whose writes (to `history`) are not hot: the policies of bursts.
     fn new(seed: u64) -> Self {
+        let config = Config {
+            hot: Vec::new(),
+            ..Config::default()
+        };
+        Tab::with(config, seed)
+    }
+
+    fn with(config: Config, seed: u64) -> Self {
         Tab {
-            engine: Engine::new(Config::default(), seed),
+            engine: Engine::new(config, seed),
             now: T0,
             commands: Vec::new(),
         }
@@ -2317,4 +2326,157 @@ fn a_late_page_of_a_whole_state_given_up_moves_nothing() {
             last_sync: Some("20".into())
         }
     );
+}
+
+/// A visible leader signed in as `u1` with the default policies (`history` is hot), its first
+/// pull answered.
+fn hot_leader() -> Tab {
+    let mut tab = Tab::with(Config::default(), 21);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+    tab.drain();
+    tab
+}
+
+/// Answers every request sent so far at once (pulls: nothing changed); returns how many
+/// pushes there were.
+fn answer_pushes(tab: &mut Tab) -> usize {
+    let mut pushes = 0;
+    loop {
+        let sends = tab.sends();
+        if sends.is_empty() {
+            return pushes;
+        }
+        for (id, request) in sends {
+            let answer = match &request {
+                Request::Push { mutations, .. } => {
+                    pushes += 1;
+                    let ack = mutations.last().map_or(0, |m| m.id);
+                    Reply::Pushed {
+                        ack,
+                        page: page("1", vec![], false),
+                    }
+                }
+                _ => Reply::NotModified,
+            };
+            tab.reply(id, answer);
+        }
+    }
+}
+
+/// Plays for `secs` seconds: a position written every second (the clock moving by quarter
+/// seconds), each push answered at once. Returns the pushes sent.
+fn play(tab: &mut Tab, secs: u64) -> usize {
+    let mut pushes = 0;
+    for s in 0..secs {
+        for _ in 0..4 {
+            tab.at(250);
+            pushes += answer_pushes(tab);
+        }
+        tab.write("ep-1", &format!(r#"{{"position":{s}}}"#));
+        pushes += answer_pushes(tab);
+    }
+    pushes
+}
+
+#[test]
+fn a_playback_position_is_pushed_once_per_hot_interval_while_it_plays() {
+    let mut tab = hot_leader();
+    // Ten minutes of playback: one push when it starts, then one every 30 s.
+    let pushes = play(&mut tab, 600);
+    assert!(
+        (20..=21).contains(&pushes),
+        "{pushes} pushes in ten minutes"
+    );
+    // Every position reached the view and the other tabs at once all the same.
+    assert_eq!(tab.value("ep-1").as_deref(), Some(r#"{"position":599}"#));
+}
+
+#[test]
+fn another_write_takes_the_waiting_position_with_it_at_once() {
+    let mut tab = hot_leader();
+    play(&mut tab, 5);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":5}"#);
+    tab.engine
+        .write(tab.now, "likes", "ep-1", Some(r#"{"v":1}"#.into()))
+        .expect("valid write");
+    let due = tab.engine.poll_timeout().expect("a push planned");
+    assert!(due <= tab.now + 300, "the like waits only the debounce");
+    tab.fire();
+    let (_, request) = tab.only_send();
+    let keys: Vec<&str> = pushed(&request)
+        .iter()
+        .map(|m| m.collection.as_str())
+        .collect();
+    assert_eq!(keys, ["history", "likes"]);
+}
+
+#[test]
+fn a_pause_or_a_seek_pushes_the_position_at_once() {
+    let mut tab = hot_leader();
+    play(&mut tab, 5);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":42}"#);
+    assert!(tab.sends().is_empty());
+    assert!(
+        tab.engine.poll_timeout().unwrap() > tab.now + 20_000,
+        "waits for its interval"
+    );
+    // A seek bar dragged: each step asks again, and the drag is one push once let go.
+    tab.engine.push_now(tab.now);
+    tab.at(200);
+    tab.write("ep-1", r#"{"position":43}"#);
+    tab.engine.push_now(tab.now);
+    assert!(tab.sends().is_empty());
+    tab.at(300);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        pushed(&request)[0].value.as_deref(),
+        Some(r#"{"position":43}"#)
+    );
+}
+
+#[test]
+fn coming_back_online_pushes_the_position_at_once() {
+    let mut tab = hot_leader();
+    play(&mut tab, 5);
+    tab.engine.handle_online(tab.now, false);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":6}"#);
+    assert!(tab.sends().is_empty());
+    tab.at(1_000);
+    tab.engine.handle_online(tab.now, true);
+    tab.engine.handle_timeout(tab.now);
+    let pushes: Vec<_> = tab
+        .sends()
+        .into_iter()
+        .filter(|(_, r)| matches!(r, Request::Push { .. }))
+        .collect();
+    assert_eq!(pushes.len(), 1);
+}
+
+#[test]
+fn a_clock_jumping_backwards_does_not_hold_the_next_position_push() {
+    let mut tab = hot_leader();
+    play(&mut tab, 3);
+    // Paused: the position is sent, nothing waits.
+    tab.engine.push_now(tab.now);
+    tab.at(300);
+    assert_eq!(answer_pushes(&mut tab), 1);
+    // The device's clock is set back an hour while the video plays.
+    tab.now -= 3_600_000;
+    tab.engine.handle_timeout(tab.now);
+    answer_pushes(&mut tab);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":9}"#);
+    // Pushed within its interval, as on a clock that keeps time.
+    let mut pushes = answer_pushes(&mut tab);
+    for _ in 0..31 {
+        tab.at(1_000);
+        pushes += answer_pushes(&mut tab);
+    }
+    assert_eq!(pushes, 1);
 }

@@ -266,7 +266,7 @@ impl View {
             .foreign_get(&key)
             .is_some_and(|f| !f.record.wins_over(&record) || same_write(&f.record, &record))
         {
-            self.foreign.retain(|f| f.key != key);
+            self.forget_foreign(&key);
         }
         // This tab's acknowledged writes, once their exact stored copy arrives. Not by
         // `same_write`: an earlier write of this tab with the same value (a delete, a `{}`)
@@ -320,9 +320,10 @@ impl View {
     /// Another tab received the last page of a whole state: drops what it found gone, unless
     /// held above `covered`.
     pub(super) fn drop_gone(&mut self, gone: &[RecordKey], covered: u64) {
-        self.confirmed
-            .retain(|key, s| s.version > covered || !gone.contains(key));
-        self.stored_whole();
+        for (key, stored) in self.confirmed.iter_mut() {
+            stored.whole = !gone.contains(key);
+        }
+        self.end_whole(covered);
     }
 
     /// The storage is rewritten whole after a whole state.
@@ -339,7 +340,7 @@ impl View {
             .foreign_get(key)
             .is_none_or(|f| record.wins_over(&f.record));
         if newer {
-            self.foreign.retain(|f| &f.key != key);
+            self.forget_foreign(key);
             self.foreign.push(Pending {
                 id,
                 key: key.clone(),
@@ -368,7 +369,7 @@ impl View {
     pub(super) fn acknowledge(&mut self, ack: u64, by: Option<(u64, u64)>) -> bool {
         let before = self.outbox.len();
         let mut kept = Vec::with_capacity(self.outbox.len());
-        for p in self.outbox.drain(..) {
+        for p in core::mem::take(&mut self.outbox) {
             if p.id > ack {
                 kept.push(p);
             } else if let Some((request, after)) = by {
@@ -383,18 +384,23 @@ impl View {
         self.outbox.len() != before
     }
 
-    /// Forgets acknowledged writes whose acknowledging request passes `settled` (an answer
-    /// that shows the server state after them); returns their keys.
-    pub(super) fn settle_acked(&mut self, settled: impl Fn(&Acked) -> bool) -> Vec<RecordKey> {
+    /// Forgets the acknowledged writes an answer to request `sent` shows the server state
+    /// after (acknowledged by it, `by`, or before it was sent); returns their keys. Numbers,
+    /// not a closure: each closure would be another copy of this in the browser build.
+    pub(super) fn settle_acked(&mut self, by: Option<u64>, sent: u64) -> Vec<RecordKey> {
         let mut keys = Vec::new();
         self.acked.retain(|a| {
-            let keep = !settled(a);
+            let keep = !(by == Some(a.by) || sent >= a.after);
             if !keep {
                 keys.push(a.pending.key.clone());
             }
             keep
         });
         keys
+    }
+
+    fn forget_foreign(&mut self, key: &RecordKey) {
+        self.foreign.retain(|f| &f.key != key);
     }
 
     /// Another tab's unacknowledged write to `key`, if any.
