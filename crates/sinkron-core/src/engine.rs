@@ -166,6 +166,9 @@ pub struct Engine {
     fresh_token: bool,
 
     view: View,
+    /// Records of this scope were evicted from the storage (`Persist::Evict`) since it was
+    /// last written whole.
+    storage_cut: bool,
     cursor: Option<String>,
     /// The whole state being received, while its pages arrive.
     whole: Option<Whole>,
@@ -224,6 +227,7 @@ impl Engine {
             unauthorized: false,
             fresh_token: false,
             view: View::default(),
+            storage_cut: false,
             cursor: None,
             whole: None,
             next_id: 1,
@@ -828,6 +832,7 @@ impl Engine {
         // A place inside a whole state (stored by an older version) continues one whose
         // first pages this tab did not see: start it again instead.
         self.cursor = cursor.filter(|c| records_complete && !inside_whole(c));
+        self.storage_cut = !records_complete;
     }
 
     /// The driver could not store something of `scope`: the device's storage is full. Frees
@@ -844,6 +849,7 @@ impl Engine {
         }
         let keys = self.view.evict_oldest(EVICTABLE);
         let freed = !keys.is_empty();
+        self.storage_cut = true;
         self.commands.push_back(Command::Persist(Persist::Evict {
             scope: self.user.clone(),
             keys,
@@ -1420,9 +1426,15 @@ impl Engine {
         if part || gone.is_some() || (page.adopted && !inside) {
             self.set_cursor(Some(page.to.to_owned()));
         }
-        // The tab that dropped records rewrites the storage without them (every record it
-        // stored came through a page, so with nothing dropped the storage is already right).
-        if gone.as_ref().is_some_and(|g| !g.is_empty()) {
+        // The tab that ended it rewrites the storage when it dropped records, or when the
+        // storage lacks some (`Persist::Evict`): else every record it stored came through a
+        // page, and the storage is right already. Another tab's end is that tab's to write.
+        if page.gone.is_none()
+            && gone
+                .as_ref()
+                .is_some_and(|g| !g.is_empty() || self.storage_cut)
+        {
+            self.storage_cut = false;
             self.commands
                 .push_back(Command::Persist(Persist::ClearRecords {
                     scope: self.user.clone(),

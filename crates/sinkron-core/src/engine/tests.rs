@@ -1860,14 +1860,45 @@ fn a_full_storage_gives_up_the_oldest_history_first_and_never_trusts_the_cursor_
         })]
     );
 
+    // The next whole state, the same records: the storage is written whole again.
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let mut same: Vec<Change> = (1..=8)
+        .map(|i| change(&format!("e{i}"), Some("{}"), 9 - i, "c", i))
+        .collect();
+    same.push(Change {
+        collection: "likes".into(),
+        ..change("l1", Some("{}"), 0, "c", 9)
+    });
+    let mut again = page("9", same, false);
+    again.reset = true;
+    tab.reply(id, Reply::Pulled(again));
+    let commands = tab.drain();
+    let clear = commands
+        .iter()
+        .position(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. })))
+        .expect("the storage is cleared");
+    let rewritten = commands[clear..]
+        .iter()
+        .filter(|c| matches!(c, Command::Persist(Persist::Record { .. })))
+        .count();
+    assert_eq!(rewritten, 9, "every record, the evicted ones too");
+
     // A tab restored from storage so cut pulls the whole state, not from its cursor.
     let mut reloaded = Tab::new(2);
     reloaded.engine.restore_user(Some("u1".into()));
     reloaded.engine.restore_cursor(Some("9".into()), false);
     reloaded.engine.handle_visibility(reloaded.now, true);
     reloaded.engine.handle_leadership(reloaded.now, true);
-    let (_, request) = reloaded.only_send();
+    let (id, request) = reloaded.only_send();
     assert_eq!(request, Request::Pull { last_sync: None });
+    // ... and stores it whole, which makes the storage complete again.
+    let state = vec![change("e1", Some("{}"), 8, "c", 1)];
+    reloaded.reply(id, Reply::Pulled(page("9", state, false)));
+    assert!(reloaded
+        .drain()
+        .iter()
+        .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))));
 }
 
 /// The leader's next background pull after a 304 that carried the server's interval

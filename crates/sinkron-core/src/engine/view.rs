@@ -303,7 +303,8 @@ impl View {
 
     /// The whole state has arrived, up to the server's version `covered`: drops every record
     /// none of its pages held, unless held above `covered` (it came from a newer answer).
-    /// Returns the keys dropped.
+    /// Returns the keys dropped. The storage is rewritten whole after it (see
+    /// `Engine::apply_changes`), or had nothing evicted.
     pub(super) fn end_whole(&mut self, covered: u64) -> Vec<RecordKey> {
         let mut gone = Vec::new();
         self.confirmed.retain(|key, s| {
@@ -311,9 +312,9 @@ impl View {
             if !keep {
                 gone.push(key.clone());
             }
+            s.evicted = false;
             keep
         });
-        self.stored_whole();
         gone
     }
 
@@ -324,13 +325,6 @@ impl View {
             stored.whole = !gone.contains(key);
         }
         self.end_whole(covered);
-    }
-
-    /// The storage is rewritten whole after a whole state.
-    fn stored_whole(&mut self) {
-        for stored in self.confirmed.values_mut() {
-            stored.evicted = false;
-        }
     }
 
     /// Another tab wrote a record; returns whether it replaced the other tabs' write held
