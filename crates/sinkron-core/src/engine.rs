@@ -704,12 +704,14 @@ impl Engine {
     pub fn sign_in(&mut self, now: u64, user: &str) {
         self.observe_time(now);
         if self.user.as_deref() == Some(user) {
-            // Signing in again after a 401 resumes syncing with the queued writes intact.
-            if self.unauthorized {
-                self.unauthorized = false;
-                self.error = None;
-                self.timers.set(Timer::Pull, 0);
-            }
+            // Signing in again (after a 401, say) syncs at once with the queued writes
+            // intact. What was sent before may have gone with an ended session: its answers
+            // (a 401 still on its way) are ignored, and it is sent again.
+            self.in_flight.clear();
+            self.unauthorized = false;
+            self.error = None;
+            self.timers.set(Timer::Pull, 0);
+            self.push_leftovers();
             return self.finish(now);
         }
         if self.user.is_some() {

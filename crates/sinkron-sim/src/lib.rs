@@ -1,7 +1,8 @@
 //! Sinkron's deterministic simulation: many users, devices and tabs, each tab running the real
 //! [`sinkron_core::Engine`], against the real server ([`sinkron_server::app`] over SQLite), with
-//! lost, duplicated, delayed and reordered messages, partitions, server and tab crashes and
-//! wrong clocks — all decided by one `u64` seed, so any failure replays exactly.
+//! lost, duplicated, delayed and reordered messages, partitions, server and tab crashes, wrong
+//! clocks, tombstone compaction and sessions ended elsewhere — all decided by one `u64` seed,
+//! so any failure replays exactly.
 //!
 //! It owns the simulated world — the network, each device's `localStorage`, `BroadcastChannel`
 //! and Web Lock, the virtual clock — and the invariants of `DESIGN.md`, checked at every step

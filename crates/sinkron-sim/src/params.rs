@@ -56,6 +56,10 @@ pub struct Params {
     /// Whether the server's faults include compacting tombstones (with a retention of
     /// seconds), so devices behind the horizon get resets, whole states in pages among them.
     pub compaction: bool,
+    /// Whether the site may end a device's session elsewhere (the user signed out on another
+    /// page of the site, a password change): that device's requests are refused with 401
+    /// until the user signs in again on it.
+    pub revocation: bool,
 }
 
 impl Params {
@@ -110,6 +114,7 @@ impl Params {
                 30
             },
             compaction: rng.chance(400),
+            revocation: rng.chance(300),
         }
     }
 
@@ -125,7 +130,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} token_expired={}‰ poll={}s compaction={}",
+             safety={}s page={} token_expired={}‰ poll={}s compaction={} revocation={}",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -144,6 +149,7 @@ impl fmt::Display for Params {
             self.token_expired_per_mille,
             self.poll_interval_secs,
             self.compaction,
+            self.revocation,
         )
     }
 }

@@ -231,6 +231,7 @@ impl World {
                     lock: Lock::default(),
                     playing,
                     whole_since: None,
+                    revoked: None,
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
@@ -548,6 +549,23 @@ impl World {
             self.fail_at(self.now + 1, tab_id, id, Failure::Network);
             return Ok(());
         }
+        // A session ended elsewhere: refused until the user signs in again. A 401 stops the
+        // tab's requests (it keeps its writes), so each tab sends only what it had started.
+        if let Some(sent) = self.devices[d].revoked.as_mut() {
+            let count = sent.entry(tab_id).or_insert(0);
+            *count += 1;
+            if *count > 3 {
+                return Err(Violation::new(
+                    "8 a 401 stops requests",
+                    format!("d{d} t{tab_id} sent {count} requests after its session ended"),
+                ));
+            }
+            self.trace(format_args!("d{d} t{tab_id} #{id} 401: session ended"));
+            let at = self.now + self.latency();
+            self.fail_at(at, tab_id, id, Failure::Unauthorized);
+            return Ok(());
+        }
+        let device = &self.devices[d];
         // The tab's token has expired; the site's provider hands out a fresh one on request.
         // (No draw when the seed has no expiries: the other faults stay what they were.)
         let expired = self.active

@@ -65,7 +65,7 @@ fn different_seeds_give_different_runs() {
 }
 
 /// The seeds checked include compaction (so resets), with small pages in some (so whole
-/// states in pages).
+/// states in pages), and sessions ended elsewhere (so 401s).
 #[test]
 fn the_seeds_compact_tombstones_and_page_whole_states() {
     let params: Vec<_> = (0..SEEDS).map(sinkron_sim::Params::from_seed).collect();
@@ -78,5 +78,10 @@ fn the_seeds_compact_tombstones_and_page_whole_states() {
     assert!(
         paged >= 20,
         "{paged} of {SEEDS} seeds compact with small pages"
+    );
+    let revoking = params.iter().filter(|p| p.revocation).count();
+    assert!(
+        revoking >= 40,
+        "{revoking} of {SEEDS} seeds end sessions elsewhere"
     );
 }

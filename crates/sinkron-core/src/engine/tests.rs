@@ -894,6 +894,33 @@ fn a_401_stops_all_requests_until_signed_in_again() {
     assert!(!tab.sends().is_empty());
 }
 
+#[test]
+fn a_401_sent_before_signing_in_again_is_the_old_sessions() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.fire();
+    let (old, _) = tab.only_send();
+    // The site ended the session elsewhere; the user signs in again before the refusal of
+    // the push sent meanwhile arrives.
+    tab.engine.sign_in(tab.now, "u1");
+    let resent = tab.sends();
+    tab.reply(old, Reply::Failed(Failure::Unauthorized));
+    assert_eq!(tab.engine.status().error, None);
+    let pushed: Vec<_> = resent
+        .iter()
+        .filter(|(_, r)| matches!(r, Request::Push { .. }))
+        .collect();
+    assert_eq!(pushed.len(), 1, "the write goes again: {resent:?}");
+    tab.reply(
+        pushed[0].0,
+        Reply::Pushed {
+            ack: 1,
+            page: page("2", vec![], false),
+        },
+    );
+    assert_eq!(tab.engine.status().pending, 0);
+}
+
 /// The `fresh_token` flag of every request the tab sent.
 fn sends_with_token(commands: Vec<Command>) -> Vec<(u64, Request, bool)> {
     commands

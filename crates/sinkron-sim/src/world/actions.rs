@@ -109,9 +109,14 @@ impl World {
             device.owner
         };
         if device.session == Some(user)
+            && device.revoked.is_none()
             && device.tabs[t].engine.user() == Some(self.server.user_id(user).as_str())
         {
             return Ok(());
+        }
+        if device.revoked.is_some() {
+            // Signing in again on this device: every tab resumes, with its writes.
+            return self.sign_in_again(d);
         }
         let id = device.tabs[t].id;
         let user_id = self.server.user_id(user);
@@ -120,6 +125,33 @@ impl World {
         ));
         self.devices[d].session = Some(user);
         self.input(d, t, |e, now| e.sign_in(now, &user_id))
+    }
+
+    /// The user signs in again on a device whose session the site ended: each tab resumes.
+    fn sign_in_again(&mut self, d: usize) -> Result<(), Violation> {
+        self.devices[d].revoked = None;
+        let Some(user) = self.devices[d].session else {
+            return Ok(());
+        };
+        let user_id = self.server.user_id(user);
+        self.trace(format_args!("d{d} signs in again as user {user}"));
+        for t in 0..self.devices[d].tabs.len() {
+            if self.devices[d].tabs[t].engine.user() == Some(user_id.as_str()) {
+                self.input(d, t, |e, now| e.sign_in(now, &user_id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The site ends a signed-in device's session elsewhere.
+    fn revoke(&mut self) -> Result<(), Violation> {
+        let d = self.rng.index(self.devices.len());
+        if self.devices[d].session.is_none() || self.devices[d].revoked.is_some() {
+            return Ok(());
+        }
+        self.trace(format_args!("FAULT the site ends d{d}'s session elsewhere"));
+        self.devices[d].revoked = Some(std::collections::HashMap::new());
+        Ok(())
     }
 
     /// A user action: a write of the kinds the product has.
@@ -206,6 +238,9 @@ impl World {
     pub(super) fn fault(&mut self) -> Result<(), Violation> {
         if self.params.compaction && self.rng.chance(100) {
             return self.compact();
+        }
+        if self.params.revocation && self.rng.chance(100) {
+            return self.revoke();
         }
         let d = self.rng.index(self.devices.len());
         match self.rng.range(0, 9) {
@@ -323,6 +358,9 @@ impl World {
         }
         for d in 0..self.devices.len() {
             self.devices[d].partitioned = false;
+            if self.devices[d].revoked.is_some() {
+                self.sign_in_again(d)?;
+            }
             if !self.devices[d].online {
                 self.set_online(d, true)?;
             }

@@ -65,6 +65,9 @@ pub(super) struct Device {
     pub(super) playing: u64,
     /// When a tab of this device began receiving a whole state that no tab has ended yet.
     pub(super) whole_since: Option<u64>,
+    /// The site ended this device's session elsewhere: its requests are refused (401) until
+    /// the user signs in again here; how many each tab sent since.
+    pub(super) revoked: Option<HashMap<TabId, u32>>,
 }
 
 impl World {
