@@ -119,9 +119,10 @@ fn cursor_number(cursor: &str) -> Option<u64> {
     })
 }
 
-/// Whether a cursor names a place inside a whole state sent in pages ([`WHOLE_STATE`]).
+/// Whether a cursor names a place inside a whole state sent in pages ([`WHOLE_STATE`]): 19
+/// digits or more (2^62 has 19; versions, below 2^53, at most 16).
 fn inside_whole(cursor: &str) -> bool {
-    cursor_number(cursor).is_some_and(|c| c >= WHOLE_STATE)
+    cursor.len() > 18
 }
 
 /// A whole state arriving in pages (see `Engine::apply_changes`).
@@ -178,6 +179,8 @@ pub struct Engine {
 
     in_flight: Vec<InFlight>,
     next_request_id: u64,
+    /// The first request sent since the user last signed in again as the same user.
+    signed_in_from: u64,
     /// Every deadline: see `timers`.
     timers: TimerTable,
     last_pull_at: Option<u64>,
@@ -234,6 +237,7 @@ impl Engine {
             sent_max: 0,
             in_flight: Vec::new(),
             next_request_id: 1,
+            signed_in_from: 0,
             timers: TimerTable::default(),
             last_pull_at: None,
             server_interval_ms: None,
@@ -556,10 +560,14 @@ impl Engine {
                     self.timers.set(Timer::Pull, 0);
                 }
             }
+            // A refusal of what was sent before the user signed in again is the ended
+            // session's: what that carried goes again, with the new one.
             Reply::Failed(Failure::Unauthorized | Failure::TokenExpired) => {
-                self.unauthorized = true;
-                self.fresh_token = false;
-                self.error = Some(SyncError::Unauthorized);
+                if request.id >= self.signed_in_from {
+                    self.unauthorized = true;
+                    self.fresh_token = false;
+                    self.error = Some(SyncError::Unauthorized);
+                }
             }
             Reply::Failed(Failure::Rejected { status }) => {
                 self.error = Some(SyncError::Rejected(status));
@@ -704,14 +712,14 @@ impl Engine {
     pub fn sign_in(&mut self, now: u64, user: &str) {
         self.observe_time(now);
         if self.user.as_deref() == Some(user) {
-            // Signing in again (after a 401, say) syncs at once with the queued writes
-            // intact. What was sent before may have gone with an ended session: its answers
-            // (a 401 still on its way) are ignored, and it is sent again.
-            self.in_flight.clear();
-            self.unauthorized = false;
-            self.error = None;
-            self.timers.set(Timer::Pull, 0);
-            self.push_leftovers();
+            // Signing in again after a 401 resumes syncing with the queued writes intact. A
+            // 401 to a request sent before is the ended session's (see `handle_reply`).
+            self.signed_in_from = self.next_request_id;
+            if self.unauthorized {
+                self.unauthorized = false;
+                self.error = None;
+                self.timers.set(Timer::Pull, 0);
+            }
             return self.finish(now);
         }
         if self.user.is_some() {

@@ -903,22 +903,24 @@ fn a_401_sent_before_signing_in_again_is_the_old_sessions() {
     // The site ended the session elsewhere; the user signs in again before the refusal of
     // the push sent meanwhile arrives.
     tab.engine.sign_in(tab.now, "u1");
-    let resent = tab.sends();
+    assert!(
+        tab.sends().is_empty(),
+        "a sign-in as the same user sends nothing itself"
+    );
     tab.reply(old, Reply::Failed(Failure::Unauthorized));
-    assert_eq!(tab.engine.status().error, None);
-    let pushed: Vec<_> = resent
-        .iter()
-        .filter(|(_, r)| matches!(r, Request::Push { .. }))
-        .collect();
-    assert_eq!(pushed.len(), 1, "the write goes again: {resent:?}");
+    assert_ne!(tab.engine.status().error, Some(SyncError::Unauthorized));
+    // Sent again at once, with the new session, and taken.
+    let (id, request) = tab.only_send();
+    assert_eq!(pushed(&request).len(), 1);
     tab.reply(
-        pushed[0].0,
+        id,
         Reply::Pushed {
             ack: 1,
             page: page("2", vec![], false),
         },
     );
     assert_eq!(tab.engine.status().pending, 0);
+    assert_eq!(tab.engine.status().error, None);
 }
 
 /// The `fresh_token` flag of every request the tab sent.
