@@ -562,6 +562,12 @@ impl Engine {
             }
             // A refusal of what was sent before the user signed in again is the ended
             // session's: what that carried goes again, with the new one.
+            #[cfg(feature = "planted-bugs")]
+            Reply::Failed(Failure::Unauthorized | Failure::TokenExpired)
+                if crate::planted::planted(crate::planted::Bug::RetryAfterUnauthorized) =>
+            {
+                self.failed(now, None)
+            }
             Reply::Failed(Failure::Unauthorized | Failure::TokenExpired) => {
                 if request.id >= self.signed_in_from {
                     self.unauthorized = true;

@@ -21,15 +21,18 @@ pub enum Bug {
     PullOverwritesPending = 8,
     /// A tab restored under its old client id forgets its numbering and starts at id 1.
     ForgottenNumbering = 16,
+    /// A 401 does not stop the tab: it retries as after a network failure.
+    RetryAfterUnauthorized = 32,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
         Bug::PullOverwritesPending,
         Bug::ForgottenNumbering,
+        Bug::RetryAfterUnauthorized,
     ];
 
     /// The name used on the command line.
@@ -40,6 +43,7 @@ impl Bug {
             Bug::NoDedupe => "no-dedupe",
             Bug::PullOverwritesPending => "pull-overwrites-pending",
             Bug::ForgottenNumbering => "forgotten-numbering",
+            Bug::RetryAfterUnauthorized => "retry-after-401",
         }
     }
 }

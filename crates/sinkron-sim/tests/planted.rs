@@ -50,3 +50,8 @@ fn a_pull_overwriting_pending_writes_is_caught() {
 fn a_reloaded_tab_that_forgets_its_numbering_is_caught() {
     finds("forgotten-numbering", 10);
 }
+
+#[test]
+fn a_401_that_does_not_stop_the_tab_is_caught() {
+    finds("retry-after-401", 40);
+}
