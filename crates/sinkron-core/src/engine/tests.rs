@@ -122,6 +122,14 @@ fn page(cursor: &str, changes: Vec<Change>, more: bool) -> Page {
     }
 }
 
+/// A push's answer: taken up to `ack`, nothing else changed, at `cursor`.
+fn taken(ack: u64, cursor: &str) -> Reply {
+    Reply::Pushed {
+        ack,
+        page: page(cursor, vec![], false),
+    }
+}
+
 fn change(key: &str, value: Option<&str>, updated_at: u64, client: &str, version: u64) -> Change {
     Change {
         collection: "history".into(),
@@ -185,13 +193,7 @@ fn a_write_after_its_key_was_sent_gets_a_new_id() {
         tab.engine.outbox().iter().map(|m| m.id).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("2", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "2"));
     assert_eq!(tab.engine.outbox().len(), 1);
     tab.fire();
     let (_, request) = tab.only_send();
@@ -235,22 +237,10 @@ fn big_outboxes_are_pushed_in_capped_batches() {
     tab.fire();
     let (id, request) = tab.only_send();
     assert_eq!(pushed(&request).len(), 100);
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 100,
-            page: page("101", vec![], false),
-        },
-    );
+    tab.reply(id, taken(100, "101"));
     let (id, request) = tab.only_send();
     assert_eq!(pushed(&request)[0].id, 101);
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 200,
-            page: page("201", vec![], false),
-        },
-    );
+    tab.reply(id, taken(200, "201"));
     let (_, request) = tab.only_send();
     assert_eq!(pushed(&request).len(), 50);
 }
@@ -717,13 +707,7 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
     assert_eq!(mutations[0].key, "g1");
     tab.engine.handle_leadership(tab.now, true);
     assert!(tab.sends().is_empty(), "one request at a time");
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("5", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "5"));
     assert_eq!(tab.engine.status().pending, 0);
     assert_eq!(
         tab.value("g1").as_deref(),
@@ -912,13 +896,7 @@ fn a_401_sent_before_signing_in_again_is_the_old_sessions() {
     // Sent again at once, with the new session, and taken.
     let (id, request) = tab.only_send();
     assert_eq!(pushed(&request).len(), 1);
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("2", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "2"));
     assert_eq!(tab.engine.status().pending, 0);
     assert_eq!(tab.engine.status().error, None);
 }
@@ -957,13 +935,7 @@ fn an_expired_token_is_refreshed_once_and_the_request_sent_again_at_once() {
     assert_eq!((mutations[0].id, mutations[0].key.as_str()), (1, "e1"));
     assert_eq!(tab.engine.status().error, None);
     assert_eq!(tab.engine.status().pending, 1);
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("2", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "2"));
     assert_eq!(tab.engine.status().pending, 0);
 
     // A pull refused the same way is asked for again, and the next request after that
@@ -1120,13 +1092,7 @@ fn an_emptied_outbox_is_persisted_with_its_numbering() {
     tab.write("e2", "{}");
     tab.fire();
     let (id, _) = tab.only_send();
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 2,
-            page: page("3", vec![], false),
-        },
-    );
+    tab.reply(id, taken(2, "3"));
     let client = tab.engine.client_id().to_owned();
     assert_eq!(persisted_numbering(&tab.drain()), Some((client, 3, 0)));
 }
@@ -1434,13 +1400,7 @@ fn a_write_acknowledged_without_state_is_followed_by_a_request_for_the_state() {
             ..
         }
     ));
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("5", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "5"));
     tab.drain();
     let reset = TabMessage {
         scope: Some("u1".into()),
@@ -1589,13 +1549,7 @@ fn an_answer_to_a_request_sent_before_a_stateless_ack_still_asks_for_the_state()
             ..
         }
     ));
-    tab.reply(
-        push,
-        Reply::Pushed {
-            ack: 1,
-            page: page("3", vec![], false),
-        },
-    );
+    tab.reply(push, taken(1, "3"));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
     // The pull was answered before the push was applied: it does not show the stored write.
     tab.reply(pull, Reply::Pulled(page("2", vec![], false)));
@@ -1620,13 +1574,7 @@ fn a_not_modified_answer_ends_the_wait_for_the_state() {
     tab.drain();
     tab.fire();
     let (id, _) = tab.only_send();
-    tab.reply(
-        id,
-        Reply::Pushed {
-            ack: 1,
-            page: page("5", vec![], false),
-        },
-    );
+    tab.reply(id, taken(1, "5"));
     tab.engine
         .handle_tab_message(tab.now, synced(None, "5", true, vec![]));
     let (id, _) = tab.only_send();
@@ -1825,13 +1773,7 @@ fn an_answer_to_a_pull_sent_before_an_ack_arrived_does_not_settle_the_acked_writ
     assert_eq!(request, Request::Pull { last_sync: None });
     assert!(pull > flush);
     // The flush is acknowledged first; then the pull answers from a state before the write.
-    tab.reply(
-        flush,
-        Reply::Pushed {
-            ack: 1,
-            page: page("6", vec![], false),
-        },
-    );
+    tab.reply(flush, taken(1, "6"));
     let older = change("e1", Some(r#"{"p":"theirs"}"#), mine - 500, "b", 5);
     tab.reply(pull, Reply::Pulled(page("5", vec![older], false)));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"mine"}"#));
@@ -2414,10 +2356,7 @@ fn answer_pushes(tab: &mut Tab) -> usize {
                 Request::Push { mutations, .. } => {
                     pushes += 1;
                     let ack = mutations.last().map_or(0, |m| m.id);
-                    Reply::Pushed {
-                        ack,
-                        page: page("1", vec![], false),
-                    }
+                    taken(ack, "1")
                 }
                 _ => Reply::NotModified,
             };
