@@ -13,7 +13,7 @@
 //! JSON text they arrived as. Decisions stay in the core: this file only reads and writes.
 
 use crate::convert::{self, Json};
-use crate::json::{self, Error, Node};
+use crate::json::{self, invalid, Invalid, Node};
 use alloc::string::String;
 use alloc::vec::Vec;
 use sinkron_core::adopt::adoption_order;
@@ -33,7 +33,8 @@ pub(crate) fn call(slot: &mut Option<Engine>, input: &str, body: &str) -> String
             j.raw("null");
         }
         Ok(()) => {}
-        Err(Refusal::Invalid(e)) => {
+        Err(Refusal::Invalid) => {
+            let e = json::last_error();
             return refusal("invalid_call", &[e.field, ": expected ", e.expected]);
         }
         Err(Refusal::Write(code)) => return refusal(code, &["the write was refused: ", code]),
@@ -62,14 +63,15 @@ pub(crate) fn call(slot: &mut Option<Engine>, input: &str, body: &str) -> String
 }
 
 enum Refusal {
-    Invalid(Error),
+    /// The call could not be read: [`json::last_error`] says why.
+    Invalid,
     Write(&'static str),
     NotStarted,
 }
 
-impl From<Error> for Refusal {
-    fn from(e: Error) -> Self {
-        Refusal::Invalid(e)
+impl From<Invalid> for Refusal {
+    fn from(_: Invalid) -> Self {
+        Refusal::Invalid
     }
 }
 
@@ -244,12 +246,12 @@ fn run(
             let message = tab_message(call.field("message")?)?;
             engine.handle_tab_message(now, message);
         }
-        _ => return Err(Error::new("t", "a call name").into()),
+        _ => return Err(invalid("t", "a call name").into()),
     }
     Ok(())
 }
 
-fn init(call: &Node<'_>) -> Result<Engine, Error> {
+fn init(call: &Node<'_>) -> Result<Engine, Invalid> {
     let mut config = match call.opt_u64("interval")? {
         Some(interval) if interval > 0 => Config::with_interval(interval),
         _ => Config::default(),
@@ -272,13 +274,13 @@ fn init(call: &Node<'_>) -> Result<Engine, Error> {
 
 /// The server's answer to a request: `status` 0 for no answer at all, 304, a 2xx with the
 /// page in `body`, or an error with the protocol's error body.
-fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
+fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Invalid> {
     let status = call.u64("status")?;
     let kind = call.str("kind")?;
     let push = match kind {
         "push" | "endSession" => true,
         "pull" => false,
-        _ => return Err(Error::new("kind", "pull, push or endSession")),
+        _ => return Err(invalid("kind", "pull, push or endSession")),
     };
     if status == 304 {
         return Ok(Reply::NotModified);
@@ -299,7 +301,7 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Error> {
     let ack = error.and_then(|e| e.opt_u64("ack").ok()?);
     // `Retry-After` in whole seconds (an HTTP date is not used by the server).
     let retry_after_ms = seconds_ms(call.opt_str("retryAfter")?).filter(|&ms| ms > 0);
-    let status = u16::try_from(status).map_err(|_| Error::new("status", "an HTTP status"))?;
+    let status = u16::try_from(status).map_err(|_| invalid("status", "an HTTP status"))?;
     Ok(Reply::Failed(Failure::from_status(
         status,
         retry_after_ms,
@@ -319,7 +321,7 @@ fn seconds_ms(header: Option<&str>) -> Option<u64> {
         .map(|s| s * 1000)
 }
 
-fn page(body: &Node<'_>, push: bool) -> Result<Reply, Error> {
+fn page(body: &Node<'_>, push: bool) -> Result<Reply, Invalid> {
     let page = Page {
         cursor: body.string("cursor")?,
         changes: list(body, "changes", change)?,
@@ -335,7 +337,7 @@ fn page(body: &Node<'_>, push: bool) -> Result<Reply, Error> {
     })
 }
 
-fn tab_message(m: &Node<'_>) -> Result<TabMessage, Error> {
+fn tab_message(m: &Node<'_>) -> Result<TabMessage, Invalid> {
     let scope = m.opt_str("scope")?.map(Into::into);
     let body = match m.str("kind")? {
         "wrote" => TabBody::Wrote {
@@ -369,12 +371,12 @@ fn tab_message(m: &Node<'_>) -> Result<TabMessage, Error> {
         "pullWanted" => TabBody::PullWanted,
         "signedIn" => TabBody::SignedIn,
         "signedOut" => TabBody::SignedOut,
-        _ => return Err(Error::new("kind", "a tab message kind")),
+        _ => return Err(invalid("kind", "a tab message kind")),
     };
     Ok(TabMessage { scope, body })
 }
 
-fn change(n: &Node<'_>) -> Result<Change, Error> {
+fn change(n: &Node<'_>) -> Result<Change, Invalid> {
     Ok(Change {
         collection: n.string("collection")?,
         key: n.string("key")?,
@@ -385,7 +387,7 @@ fn change(n: &Node<'_>) -> Result<Change, Error> {
     })
 }
 
-fn mutation(n: &Node<'_>) -> Result<Mutation, Error> {
+fn mutation(n: &Node<'_>) -> Result<Mutation, Invalid> {
     Ok(Mutation {
         id: n.u64("id")?,
         collection: n.string("collection")?,
@@ -395,7 +397,7 @@ fn mutation(n: &Node<'_>) -> Result<Mutation, Error> {
     })
 }
 
-fn record_key(n: &Node<'_>) -> Result<RecordKey, Error> {
+fn record_key(n: &Node<'_>) -> Result<RecordKey, Invalid> {
     Ok(RecordKey::new(n.str("collection")?, n.str("key")?))
 }
 
@@ -403,8 +405,8 @@ fn record_key(n: &Node<'_>) -> Result<RecordKey, Error> {
 fn list<T>(
     node: &Node<'_>,
     name: &'static str,
-    read: fn(&Node<'_>) -> Result<T, Error>,
-) -> Result<Vec<T>, Error> {
+    read: fn(&Node<'_>) -> Result<T, Invalid>,
+) -> Result<Vec<T>, Invalid> {
     let mut out = Vec::new();
     for item in node.items(name)? {
         out.push(read(item)?);

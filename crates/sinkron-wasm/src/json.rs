@@ -10,6 +10,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 /// The largest integer a JavaScript number holds exactly.
 const SAFE_INTEGER_MAX: u64 = (1 << 53) - 1;
@@ -18,16 +19,56 @@ const DEPTH_MAX: usize = 64;
 
 /// Why an input could not be read: the field (or `json` for the text itself) and what it
 /// should have been.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Error {
     pub field: &'static str,
     pub expected: &'static str,
 }
 
-impl Error {
-    pub fn new(field: &'static str, expected: &'static str) -> Error {
-        Error { field, expected }
+/// An input could not be read; [`last_error`] says why. Zero-sized, so a `Result` of the
+/// reader is no bigger than an `Option` and each `?` copies nothing: carrying the reason in
+/// every `Result` instead cost the module 0.9 kB gzip. Made only by [`invalid`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Invalid(());
+
+/// Refuses an input: records why, for [`last_error`].
+#[inline(never)]
+pub(crate) fn invalid(field: &'static str, expected: &'static str) -> Invalid {
+    LAST.with(|last| last.set(Error { field, expected }));
+    Invalid(())
+}
+
+/// Why the last [`Invalid`] was made.
+pub(crate) fn last_error() -> Error {
+    LAST.with(Cell::get)
+}
+
+const NO_ERROR: Error = Error {
+    field: "",
+    expected: "",
+};
+
+// The browser's module runs on one thread (its allocator assumes so too); tests run on many.
+#[cfg(target_arch = "wasm32")]
+struct Last(Cell<Error>);
+
+// SAFETY: WebAssembly in a page without threads runs this module on one thread only.
+#[cfg(target_arch = "wasm32")]
+unsafe impl Sync for Last {}
+
+#[cfg(target_arch = "wasm32")]
+impl Last {
+    fn with<R>(&self, f: impl FnOnce(&Cell<Error>) -> R) -> R {
+        f(&self.0)
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+static LAST: Last = Last(Cell::new(NO_ERROR));
+
+#[cfg(not(target_arch = "wasm32"))]
+std::thread_local! {
+    static LAST: Cell<Error> = const { Cell::new(NO_ERROR) };
 }
 
 /// A parsed JSON value with its source text.
@@ -48,13 +89,13 @@ enum Kind<'a> {
 }
 
 /// Parses a whole JSON text.
-pub(crate) fn parse(text: &str) -> Result<Node<'_>, Error> {
+pub(crate) fn parse(text: &str) -> Result<Node<'_>, Invalid> {
     let mut parser = Parser { text, at: 0 };
     let node = parser.value(0);
     parser.space();
     match node {
         Some(node) if parser.at == text.len() => Ok(node),
-        _ => Err(Error::new("json", "a JSON text")),
+        _ => Err(invalid("json", "a JSON text")),
     }
 }
 
@@ -243,12 +284,12 @@ impl<'a> Node<'a> {
 
     /// The field `name`, which must be there.
     #[inline(never)]
-    pub fn field(&self, name: &'static str) -> Result<&Node<'a>, Error> {
-        self.get(name).ok_or(Error::new(name, "a value"))
+    pub fn field(&self, name: &'static str) -> Result<&Node<'a>, Invalid> {
+        self.get(name).ok_or_else(|| invalid(name, "a value"))
     }
 
     #[inline(never)]
-    pub fn opt_u64(&self, name: &'static str) -> Result<Option<u64>, Error> {
+    pub fn opt_u64(&self, name: &'static str) -> Result<Option<u64>, Invalid> {
         let Some(node) = self.get(name) else {
             return Ok(None);
         };
@@ -261,56 +302,56 @@ impl<'a> Node<'a> {
         if whole && n <= SAFE_INTEGER_MAX {
             Ok(Some(n))
         } else {
-            Err(Error::new(name, "a whole number from 0 to 2^53-1"))
+            Err(invalid(name, "a whole number from 0 to 2^53-1"))
         }
     }
 
     /// A whole number from 0 to 2^53-1 (milliseconds, ids, versions).
     #[inline(never)]
-    pub fn u64(&self, name: &'static str) -> Result<u64, Error> {
-        self.opt_u64(name)?.ok_or(Error::new(name, "a value"))
+    pub fn u64(&self, name: &'static str) -> Result<u64, Invalid> {
+        self.opt_u64(name)?.ok_or_else(|| invalid(name, "a value"))
     }
 
     #[inline(never)]
-    pub fn opt_bool(&self, name: &'static str) -> Result<Option<bool>, Error> {
+    pub fn opt_bool(&self, name: &'static str) -> Result<Option<bool>, Invalid> {
         match self.get(name).map(|n| &n.kind) {
             None => Ok(None),
             Some(Kind::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(Error::new(name, "true or false")),
+            Some(_) => Err(invalid(name, "true or false")),
         }
     }
 
     #[inline(never)]
-    pub fn bool(&self, name: &'static str) -> Result<bool, Error> {
-        self.opt_bool(name)?.ok_or(Error::new(name, "a value"))
+    pub fn bool(&self, name: &'static str) -> Result<bool, Invalid> {
+        self.opt_bool(name)?.ok_or_else(|| invalid(name, "a value"))
     }
 
     #[inline(never)]
-    pub fn opt_str(&self, name: &'static str) -> Result<Option<&str>, Error> {
+    pub fn opt_str(&self, name: &'static str) -> Result<Option<&str>, Invalid> {
         match self.get(name).map(|n| &n.kind) {
             None => Ok(None),
             Some(Kind::String(s)) => Ok(Some(s)),
-            Some(_) => Err(Error::new(name, "a string")),
+            Some(_) => Err(invalid(name, "a string")),
         }
     }
 
     #[inline(never)]
-    pub fn str(&self, name: &'static str) -> Result<&str, Error> {
-        self.opt_str(name)?.ok_or(Error::new(name, "a value"))
+    pub fn str(&self, name: &'static str) -> Result<&str, Invalid> {
+        self.opt_str(name)?.ok_or_else(|| invalid(name, "a value"))
     }
 
     /// This node as a string (an item of the array field `name`).
     #[inline(never)]
-    pub fn string_value(&self, name: &'static str) -> Result<String, Error> {
+    pub fn string_value(&self, name: &'static str) -> Result<String, Invalid> {
         match &self.kind {
             Kind::String(s) => Ok(s.clone()),
-            _ => Err(Error::new(name, "a string")),
+            _ => Err(invalid(name, "a string")),
         }
     }
 
     /// This node as a string or `null` (an item of the array field `name`).
     #[inline(never)]
-    pub fn opt_string_value(&self, name: &'static str) -> Result<Option<String>, Error> {
+    pub fn opt_string_value(&self, name: &'static str) -> Result<Option<String>, Invalid> {
         match &self.kind {
             Kind::Null => Ok(None),
             _ => self.string_value(name).map(Some),
@@ -319,28 +360,28 @@ impl<'a> Node<'a> {
 
     /// An owned copy of the string field `name`.
     #[inline(never)]
-    pub fn string(&self, name: &'static str) -> Result<String, Error> {
+    pub fn string(&self, name: &'static str) -> Result<String, Invalid> {
         self.str(name).map(Into::into)
     }
 
     /// The array field `name` (absent or `null` is empty).
     #[inline(never)]
-    pub fn items(&self, name: &'static str) -> Result<&[Node<'a>], Error> {
+    pub fn items(&self, name: &'static str) -> Result<&[Node<'a>], Invalid> {
         match self.get(name).map(|n| &n.kind) {
             None => Ok(&[]),
             Some(Kind::Array(items)) => Ok(items),
-            Some(_) => Err(Error::new(name, "an array")),
+            Some(_) => Err(invalid(name, "an array")),
         }
     }
 
     /// A record value: an object's JSON text as it arrived, or `None` for `null` (a
     /// tombstone).
     #[inline(never)]
-    pub fn value(&self, name: &'static str) -> Result<Option<String>, Error> {
+    pub fn value(&self, name: &'static str) -> Result<Option<String>, Invalid> {
         match self.get(name) {
             None => Ok(None),
             Some(node) if matches!(node.kind, Kind::Object(_)) => Ok(Some(node.raw.into())),
-            Some(_) => Err(Error::new(name, "an object or null")),
+            Some(_) => Err(invalid(name, "an object or null")),
         }
     }
 }
@@ -348,6 +389,17 @@ impl<'a> Node<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read's outcome with the reason of a refusal.
+    fn why<T>(read: Result<T, Invalid>) -> Result<T, Error> {
+        read.map_err(|_| last_error())
+    }
+
+    impl Error {
+        fn new(field: &'static str, expected: &'static str) -> Error {
+            Error { field, expected }
+        }
+    }
 
     #[test]
     fn values_keep_their_text_and_strings_are_unescaped() {
@@ -362,8 +414,11 @@ mod tests {
         assert_eq!(node.str("s").unwrap(), "q\"\\/\né😀");
         assert_eq!(node.value("n"), Ok(None));
         assert_eq!(node.opt_str("missing"), Ok(None));
-        assert_eq!(node.str("n"), Err(Error::new("n", "a value")));
-        assert_eq!(node.value("s"), Err(Error::new("s", "an object or null")));
+        assert_eq!(why(node.str("n")), Err(Error::new("n", "a value")));
+        assert_eq!(
+            why(node.value("s")),
+            Err(Error::new("s", "an object or null"))
+        );
         assert_eq!(node.items("missing").map(<[_]>::len), Ok(0));
     }
 
@@ -376,12 +431,12 @@ mod tests {
         assert_eq!(node.u64("ok"), Ok(9_007_199_254_740_991));
         for name in ["big", "neg", "frac", "exp", "s", "b"] {
             assert_eq!(
-                node.u64(name),
+                why(node.u64(name)),
                 Err(Error::new(name, "a whole number from 0 to 2^53-1"))
             );
         }
         assert_eq!(node.bool("b"), Ok(true));
-        assert_eq!(node.bool("ok"), Err(Error::new("ok", "true or false")));
+        assert_eq!(why(node.bool("ok")), Err(Error::new("ok", "true or false")));
     }
 
     #[test]
