@@ -1,5 +1,5 @@
 // Test support: the real `sinkron` server on loopback and Debian's Chromium via playwright-core.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,14 +14,15 @@ const BIN = process.env.SINKRON_BIN ?? join(root, "target/debug/sinkron");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /**
- * A `sinkron serve` process with the demo, on its own SQLite file. It asks clients to poll
- * every second (`--poll-interval 1`, unless `args` say otherwise), so that pages opened with
- * a short interval keep it down to a second.
+ * A `sinkron serve` process with the demo, on its own SQLite file (or on `database`, a
+ * PostgreSQL URL other nodes may share). It asks clients to poll every second
+ * (`--poll-interval 1`, unless `args` say otherwise), so that pages opened with a short
+ * interval keep it down to a second.
  */
 export class Server {
-  static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0", args = [] } = {}) {
+  static async start({ dir = mkdtempSync(join(tmpdir(), "sinkron-e2e-")), addr = "127.0.0.1:0", args = [], database = join(dir, "e2e.db") } = {}) {
     const pace = args.includes("--poll-interval") ? [] : ["--poll-interval", "1"];
-    const child = spawn(BIN, ["serve", "--addr", addr, "--database", join(dir, "e2e.db"), "--static-dir", join(root, "demo/dist"), ...pace, ...args], {
+    const child = spawn(BIN, ["serve", "--addr", addr, "--database", database, "--static-dir", join(root, "demo/dist"), ...pace, ...args], {
       env: { ...process.env, SINKRON_LOG: "warn" },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -31,14 +32,15 @@ export class Server {
       child.once("exit", (code) => reject(new Error(`sinkron exited with ${code} before listening`)));
     });
     const url = String(line).replace("listening on ", "").trim();
-    return new Server(child, url, dir, args);
+    return new Server(child, url, dir, args, database);
   }
 
-  constructor(child, url, dir, args) {
+  constructor(child, url, dir, args, database) {
     this.child = child;
     this.url = url;
     this.dir = dir;
     this.args = args;
+    this.database = database;
   }
 
   async stop() {
@@ -51,7 +53,7 @@ export class Server {
   /** Starts again on the same port and database file. */
   async restart() {
     await this.stop();
-    return Server.start({ dir: this.dir, addr: this.url.replace("http://", ""), args: this.args });
+    return Server.start({ dir: this.dir, addr: this.url.replace("http://", ""), args: this.args, database: this.database });
   }
 
   /** The user's state as the server holds it, read with the user's token. */
@@ -71,13 +73,14 @@ export async function launch() {
 
 /** Counts the API requests of a page (at the network level), by kind; `where` picks servers. */
 export function countRequests(page, { where = () => true } = {}) {
-  const counts = { pulls: 0, pushes: 0, other: 0, all: 0, log: [] };
+  const counts = { pulls: 0, pushes: 0, events: 0, other: 0, all: 0, log: [] };
   page.on("request", (r) => {
     const url = new URL(r.url());
     if (!url.pathname.startsWith("/api/") || !where(url)) return;
     counts.all++;
     if (url.pathname === "/api/user/me" && r.method() === "GET") counts.pulls++;
     else if (url.pathname === "/api/user/me/changes") counts.pushes++;
+    else if (url.pathname === "/api/user/me/events") counts.events++;
     else counts.other++;
     counts.log.push(`${r.method()} ${url.pathname}${url.search}`);
   });
@@ -156,6 +159,21 @@ export async function withServer(fn, args = []) {
     await fn(server);
   } finally {
     await server.stop();
+  }
+}
+
+/** The local PostgreSQL (trust auth), as the server tests use it; `SINKRON_TEST_POSTGRES_URL` overrides. */
+const PG_ADMIN = process.env.SINKRON_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** Runs `fn` with the URL of a fresh PostgreSQL database, dropped afterwards. */
+export async function withPostgres(fn) {
+  const name = `sinkron_e2e_${process.pid}_${Date.now()}`;
+  const psql = (sql) => execFileSync("psql", [PG_ADMIN, "-qc", sql], { stdio: ["ignore", "ignore", "inherit"] });
+  psql(`CREATE DATABASE ${name}`);
+  try {
+    await fn(PG_ADMIN.replace(/\/[^/]*$/, `/${name}`));
+  } finally {
+    psql(`DROP DATABASE ${name} WITH (FORCE)`);
   }
 }
 

@@ -14,6 +14,8 @@ const interval = Number(params.get("interval")) || 30000;
 /** `?hot=MS` overrides how often at most the playing position is pushed (default 30 s). */
 const hotEvery = Number(params.get("hot"));
 const hot = hotEvery > 0 ? { history: hotEvery } : undefined;
+/** `?pokes=1`: hold the server's poke stream (a server run with `--poke sse`). */
+const pokes = params.get("pokes") === "1";
 /** `?api=ORIGIN`: the Sinkron server when it is not this page's origin (it must allow ours). */
 const baseUrl = params.get("api") ?? undefined;
 /** `?onFocus=0`: no pull when the window gets focus or the tab is shown again. */
@@ -72,6 +74,7 @@ export function App() {
     cookie: siteAuth === "cookie",
     adoptLegacy,
     hot,
+    pokes,
   });
   const ready = useSinkron((s) => s.ready);
   const route = useRoute();

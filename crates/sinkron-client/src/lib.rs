@@ -466,6 +466,8 @@ impl Driver {
                     self.engine.handle_leadership(now, true);
                 }
                 Command::Leadership(false) => {}
+                // The native client polls: its engines are built without `Config::pokes`.
+                Command::Pokes(_) => {}
                 Command::Persist(p) => {
                     // The snapshot counts the sessions still to end.
                     changed |= matches!(p, Persist::EndingSessions { .. });

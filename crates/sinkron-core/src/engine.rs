@@ -147,6 +147,19 @@ struct PageOf<'a> {
     gone: Option<&'a [RecordKey]>,
 }
 
+/// Where the poke stream stands ([`Config::pokes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Closed,
+    /// The driver holds it open.
+    Open,
+    /// It ended unasked for: opened again after the server's next answer to a request, so a
+    /// stream that cannot stay open costs no more than polling.
+    Ended,
+    /// The server has no poke stream (404): never again in this tab.
+    Refused,
+}
+
 /// The sync engine of one tab. See the module documentation for how to drive it.
 #[derive(Debug)]
 pub struct Engine {
@@ -202,6 +215,10 @@ pub struct Engine {
     failures: u32,
     last_synced_at: Option<u64>,
     error: Option<SyncError>,
+    /// The poke stream ([`Config::pokes`]).
+    stream: Stream,
+    /// The highest version a poke announced since the last pull was sent.
+    poked: u64,
 
     commands: VecDeque<Command>,
     last_status: Option<Status>,
@@ -250,6 +267,8 @@ impl Engine {
             failures: 0,
             last_synced_at: None,
             error: None,
+            stream: Stream::Closed,
+            poked: 0,
             commands: VecDeque::new(),
             last_status: None,
             last_now: None,
@@ -487,6 +506,32 @@ impl Engine {
     /// [`Config::interval_ms_max`], with the usual jitter; retries wait at most as long.
     pub fn handle_poll_interval(&mut self, interval_ms: u64) {
         self.server_interval_ms = Some(interval_ms);
+    }
+
+    /// The poke stream says the user's version is now `version`. The leader pulls unless its
+    /// cursor is there already (a poke for its own push, say); with a request in flight, it
+    /// waits for that answer first.
+    pub fn handle_poke(&mut self, now: u64, version: u64) {
+        self.observe_time(now);
+        if self.stream == Stream::Open {
+            self.poked = self.poked.max(version);
+        }
+        self.finish(now);
+    }
+
+    /// The poke stream ended without [`Command::Pokes`]`(false)`, with the HTTP status of its
+    /// answer (0: none, or cut off). Pulls go on as before; the stream is opened again after
+    /// the server's next answer, or never, if the server has none (404).
+    pub fn handle_pokes_ended(&mut self, now: u64, status: u16) {
+        self.observe_time(now);
+        if self.stream == Stream::Open {
+            self.stream = if status == 404 {
+                Stream::Refused
+            } else {
+                Stream::Ended
+            };
+        }
+        self.finish(now);
     }
 
     /// The outcome of the request sent as `Command::Send { id, .. }`. Replies to requests
@@ -988,6 +1033,14 @@ impl Engine {
     fn enter(&mut self, user: Option<String>) {
         let previous = self.user.take();
         let was_guest = previous.is_none();
+        // The stream was the previous user's.
+        if self.stream == Stream::Open {
+            self.commands.push_back(Command::Pokes(false));
+        }
+        if self.stream != Stream::Refused {
+            self.stream = Stream::Closed;
+        }
+        self.poked = 0;
         self.in_flight.clear();
         self.view.clear_all_but_outbox();
         self.cursor = None;
@@ -1027,6 +1080,7 @@ impl Engine {
 
     fn finish(&mut self, now: u64) {
         self.sync_leadership();
+        self.sync_pokes();
         self.fire_due(now);
         let status = self.status();
         if self.last_status.as_ref() != Some(&status) {
@@ -1045,6 +1099,20 @@ impl Engine {
                 self.leader = false;
                 self.timers.stop(Timer::Poll);
             }
+        }
+    }
+
+    /// Holds the poke stream open while this tab pulls for the device, and pulls once a poke
+    /// names a version above the cursor and no answer that may carry it is awaited.
+    fn sync_pokes(&mut self) {
+        let want = self.config.pokes && self.can_pull();
+        if want && self.stream == Stream::Closed || !want && self.stream == Stream::Open {
+            self.stream = if want { Stream::Open } else { Stream::Closed };
+            self.commands.push_back(Command::Pokes(want));
+        }
+        let cursor = self.cursor.as_deref().and_then(cursor_number).unwrap_or(0);
+        if self.stream == Stream::Open && self.poked > cursor && !self.regular_in_flight() {
+            self.timers.set(Timer::Pull, 0);
         }
     }
 
@@ -1145,6 +1213,7 @@ impl Engine {
         self.timers.stop(Timer::Pull);
         self.timers.stop(Timer::Poll);
         self.last_pull_at = Some(now);
+        self.poked = 0;
         let last_sync = self.cursor.clone();
         let id = self.next_request();
         let fresh_token = core::mem::take(&mut self.fresh_token);
@@ -1280,6 +1349,9 @@ impl Engine {
     }
 
     fn succeeded(&mut self) {
+        if self.stream == Stream::Ended {
+            self.stream = Stream::Closed;
+        }
         self.failures = 0;
         self.timers.stop(Timer::Retry);
         if matches!(self.error, Some(SyncError::Unreachable)) {

@@ -505,6 +505,12 @@ impl World {
                 Command::Leadership(true) => self.lock_request(d, tab_id),
                 Command::Leadership(false) => self.lock_release(d, tab_id),
                 Command::Notify(_) => {}
+                Command::Pokes(_) => {
+                    return Err(Violation::new(
+                        "sim",
+                        "opened a poke stream: the simulation's engines are built without pokes",
+                    ));
+                }
                 Command::Adopt { .. } => {
                     return Err(Violation::new(
                         "sim",

@@ -144,6 +144,9 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
                 .field("want")
                 .boolean(*want);
         }
+        Command::Pokes(on) => {
+            j.field("t").string("pokes").field("on").boolean(*on);
+        }
         Command::Notify(notice) => {
             j.field("t").string("notify").field("what");
             match notice {

@@ -241,6 +241,14 @@ fn run(
             }
             engine.handle_reply(now, id, reply);
         }
+        // A poke's `version`, or, without one, the stream's end with its answer's `status`.
+        "poke" => {
+            let now = now()?;
+            match call.opt_u64("version")? {
+                Some(version) => engine.handle_poke(now, version),
+                None => engine.handle_pokes_ended(now, call.u64("status")? as u16),
+            }
+        }
         "tab" => {
             let now = now()?;
             let message = tab_message(call.field("message")?)?;
@@ -261,6 +269,7 @@ fn init(call: &Node<'_>) -> Result<Engine, Invalid> {
     config.pull_on_sign_in = switch("pullOnSignIn", config.pull_on_sign_in)?;
     config.pull_on_focus = switch("pullOnFocus", config.pull_on_focus)?;
     config.pull_on_online = switch("pullOnOnline", config.pull_on_online)?;
+    config.pokes = switch("pokes", false)?;
     // The app's hot collections replace the preset (`[]`: none).
     if call.get("hot").is_some() {
         config.hot = list(call, "hot", |n| {
@@ -645,5 +654,46 @@ mod tests {
             json::parse(&answer).unwrap().field("r").unwrap().raw,
             r#"[{"key":"eé","value":{"on": true},"updatedAt":5,"clientId":"d"}]"#
         );
+    }
+
+    #[test]
+    fn the_poke_stream_is_asked_for_and_its_pokes_and_end_are_read() {
+        let mut slot = None;
+        let init = r#"{"t":"init","pokes":true,"seedHigh":1,"seedLow":7}"#;
+        run_ok(&mut slot, init, "");
+        for input in [
+            format!(r#"{{"t":"online","now":{NOW},"online":true}}"#),
+            format!(r#"{{"t":"visibility","now":{NOW},"visible":true}}"#),
+            format!(r#"{{"t":"signIn","now":{NOW},"user":"7"}}"#),
+        ] {
+            run_ok(&mut slot, &input, "");
+        }
+        // Leading, the tab holds the stream.
+        let leader = format!(r#"{{"t":"leadership","now":{NOW},"leader":true}}"#);
+        let commands = run_ok(&mut slot, &leader, "");
+        assert!(
+            commands
+                .iter()
+                .any(|(_, c)| c == r#"{"t":"pokes","on":true}"#),
+            "{commands:?}"
+        );
+        let (id, _) = sent(&commands);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
+        );
+        let body = r#"{"cursor":"3","changes":[],"more":false,"serverTime":1}"#;
+        run_ok(&mut slot, &reply, body);
+        // A version above the cursor: a pull at once.
+        let poke = format!(r#"{{"t":"poke","now":{NOW},"version":4}}"#);
+        let (_, pull) = sent(&run_ok(&mut slot, &poke, ""));
+        assert!(pull.contains(r#""lastSync":"3""#), "{pull}");
+        // The end, with its status; without either, refused.
+        run_ok(
+            &mut slot,
+            &format!(r#"{{"t":"poke","now":{NOW},"status":404}}"#),
+            "",
+        );
+        let bare = format!(r#"{{"t":"poke","now":{NOW}}}"#);
+        assert!(call(&mut slot, &bare, "").contains("status: expected a value"));
     }
 }

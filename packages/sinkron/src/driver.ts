@@ -59,6 +59,12 @@ export interface ClientOptions {
    * shows at once here and in other tabs; `pushNow()` sends them at once.
    */
   hot?: Record<string, number>;
+  /**
+   * The server's poke stream (a server run with `--poke sse`): the visible leader tab holds
+   * one stream and pulls as soon as another device writes. Polling goes on as without it;
+   * default false.
+   */
+  pokes?: boolean;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
@@ -83,6 +89,8 @@ export class SinkronClient {
   /** The deadline the timer is armed for (-1: none). */
   #armedAt = -1;
   #leaderRequest: AbortController | null = null;
+  /** The open poke stream's. */
+  #pokes: AbortController | null = null;
   #leaderRelease: (() => void) | null = null;
   #tabLockRelease: (() => void) | null = null;
   #tabId = "";
@@ -117,6 +125,7 @@ export class SinkronClient {
       pullOnFocus: options.onFocus,
       pullOnOnline: options.onOnline,
       adoptLegacy: options.adoptLegacy !== undefined,
+      pokes: options.pokes,
       hot: options.hot && Object.entries(options.hot).map(([collection, every]) => ({ collection, every })),
       seedHigh: seed[0],
       seedLow: seed[1],
@@ -232,6 +241,7 @@ export class SinkronClient {
     clearTimeout(this.#timer);
     for (const cleanup of this.#cleanups.splice(0)) cleanup();
     this.#leaderRequest?.abort();
+    this.#pokes?.abort();
     this.#leaderRelease?.();
     this.#tabLockRelease?.();
     this.#channel?.close();
@@ -381,6 +391,10 @@ export class SinkronClient {
         return void this.#send(c);
       case "leadership":
         return c.want ? this.#askLeadership() : this.#dropLeadership();
+      case "pokes":
+        this.#pokes?.abort();
+        this.#pokes = null;
+        return void (c.on && this.#listen());
       case "notify":
         if (c.what === "status") changed.status = true;
         else if (c.what === "everything") changed.collections = null;
@@ -478,7 +492,7 @@ export class SinkronClient {
    * token for the signed-in user; `null` when there is none to send (answered as a 401);
    * `undefined` in cookie mode, where the browser sends the site's cookie itself.
    */
-  async #authorization(c: Extract<Command, { t: "send" }>): Promise<string | null | undefined> {
+  async #authorization(c: { kind: string; freshToken: boolean; keepalive?: boolean }): Promise<string | null | undefined> {
     const getToken = this.#options.getToken;
     if (this.#options.cookie && !getToken) return undefined;
     if (!getToken) {
@@ -486,13 +500,48 @@ export class SinkronClient {
       return token ? `Bearer ${token}` : null;
     }
     // A flush on page hide cannot wait for the provider: the page may be gone by then.
-    let token = c.kind === "push" && c.keepalive && !c.freshToken ? this.#lastToken : null;
+    let token = c.keepalive && !c.freshToken ? this.#lastToken : null;
     token ??= await getToken({ refresh: c.freshToken });
     // A token for someone else (the site switched users in another page) is never used for
     // this user's data; `followSite` or the app's `signedIn` switches over.
     if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
     this.#lastToken = token;
     return `Bearer ${token}`;
+  }
+
+  /**
+   * Holds the poke stream open: each `data:` line is a version for the engine. A stream that
+   * ends by itself is reported with its status; one the engine closed is not.
+   */
+  async #listen() {
+    const stream = new AbortController();
+    this.#pokes = stream;
+    const poke = (fields: { version?: number; status?: number }) => {
+      if (this.#pokes === stream && !this.#stopped) this.#call({ t: "poke", now: Date.now(), ...fields });
+    };
+    let status = 0;
+    try {
+      const authorization = await this.#authorization({ kind: "pull", freshToken: false });
+      const headers: Record<string, string> = authorization ? { authorization } : {};
+      const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
+      const response = await fetch(`${this.#baseUrl}/api/user/me/events`, { headers, credentials, cache: "no-store", signal: stream.signal });
+      status = response.status;
+      if (response.ok && response.body) {
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let text = "";
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          const lines = (text + value).split("\n");
+          text = lines.pop()!;
+          for (const line of lines) if (line.startsWith("data:")) poke({ version: +line.slice(5) });
+        }
+      }
+    } catch {
+      // Cut off, or closed by the engine (then not reported).
+    }
+    poke({ status });
+    if (this.#pokes === stream) this.#pokes = null;
   }
 
   /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */

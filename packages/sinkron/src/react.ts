@@ -24,10 +24,12 @@ export interface UseUserSyncOptions {
   adoptLegacy?: ClientOptions["adoptLegacy"];
   /** Hot collections and how often at most their writes are pushed (default `{ history: 30000 }`; see `ClientOptions`). */
   hot?: ClientOptions["hot"];
+  /** Hold the server's poke stream from the visible leader tab (a server run with `--poke sse`; default false). */
+  pokes?: boolean;
 }
 
 /** Syncs the user's data while the calling component is mounted. */
-export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot }: UseUserSyncOptions = {}) {
+export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot, pokes = false }: UseUserSyncOptions = {}) {
   // An inline provider or adopter is a new function each render: syncing restarts only when
   // one is added or removed, and always calls the latest.
   const latest = useRef({ getToken, adoptLegacy });
@@ -39,11 +41,11 @@ export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, 
   useEffect(() => {
     const current: TokenProvider | undefined = tokens ? (o) => latest.current.getToken!(o) : undefined;
     const adopter: ClientOptions["adoptLegacy"] = adopts ? (scope) => latest.current.adoptLegacy!(scope) : undefined;
-    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot });
+    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot, pokes });
     return () => userSync.getState().stop();
     // `hot` by its content (`hotKey`): an equal object is no change.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey]);
+  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey, pokes]);
   return useStore(userSync, (s) => s.status);
 }
 

@@ -73,7 +73,7 @@ export type TabMessage = { scope: string | null } & (
 
 /** A call into the engine: an event, an action of the app, a restore, or a question. */
 export type Call =
-  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; hot?: { collection: string; every: number }[]; seedHigh: number; seedLow: number }
+  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; pokes?: boolean; hot?: { collection: string; every: number }[]; seedHigh: number; seedLow: number }
   | { t: "clientId" }
   | { t: "user" }
   | { t: "status" }
@@ -99,7 +99,9 @@ export type Call =
   | { t: "leadership"; now: number; leader: boolean }
   /** The answer to a `send`: `status` 0 for none at all, its `Retry-After` and `Sinkron-Poll-Interval` headers; its body goes beside the call, as text. */
   | { t: "reply"; now: number; id: number; kind: "pull" | "push" | "endSession"; status: number; retryAfter: string | null; pollInterval: string | null }
-  | { t: "tab"; now: number; message: TabMessage };
+  | { t: "tab"; now: number; message: TabMessage }
+  /** A poke's `version`; without one, the poke stream ended unasked, its answer's `status` (0: none). */
+  | { t: "poke"; now: number; version?: number; status?: number };
 
 /** The engine's answer to a call: its result, its commands and its next deadline (-1: none); or why it refused the call. */
 export type Answer<T> = { r: T; c: Command[]; at: number; e?: undefined } | { e: { code: string; message: string }; r?: undefined };
@@ -124,6 +126,8 @@ export type Command =
   /** `POST /api/auth/logout` with a signed-out session's `token` (keepalive). */
   | { t: "send"; id: number; freshToken: boolean; kind: "endSession"; token: string }
   | { t: "leadership"; want: boolean }
+  /** Open (`on`) or close the poke stream, `GET /api/user/me/events`. */
+  | { t: "pokes"; on: boolean }
   | { t: "notify"; what: "changed"; collections: string[] }
   | { t: "notify"; what: "everything" }
   | { t: "notify"; what: "status" };

@@ -39,7 +39,7 @@ async function scenario() {
   };
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
-  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, hot: [{ collection: "history", every: 30000 }], seedHigh: 1, seedLow: 2 });
+  run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, pokes: true, hot: [{ collection: "history", every: 30000 }], seedHigh: 1, seedLow: 2 });
   run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [], adopted: [] });
   // The app's data from before: asked for at start, handed over.
   assert.ok(answers.at(-1).c.some((c) => c.t === "adopt"));
@@ -68,6 +68,10 @@ async function scenario() {
   reply("pull", 304);
   run({ t: "focus", now: NOW + 120_000 });
   reply("pull", 503, null, "10");
+  // The poke stream (opened when this tab began to lead): a poke, then its end.
+  assert.ok(commands(answers).some((c) => c.t === "pokes" && c.on));
+  run({ t: "poke", now: NOW + 121_000, version: 9 });
+  run({ t: "poke", now: NOW + 122_000, status: 0 });
   for (const message of [
     { scope: "7", kind: "wrote", id: 1, collection: "likes", key: "t1", value: { on: true }, updatedAt: NOW, clientId: "tab2" },
     // Another tab's whole state, which lacks what this tab holds: dropped (a "clear").
@@ -86,8 +90,10 @@ async function scenario() {
   run({ t: "signOut", now: NOW + 140_000, endSession: "a".repeat(64) });
   reply("endSession", 204);
   run({ t: "tab", now: NOW + 140_000, message: { scope: null, kind: "signedOut" } });
-  return { calls, answers, commands: answers.flatMap((a) => a.c) };
+  return { calls, answers, commands: commands(answers) };
 }
+
+const commands = (answers) => answers.flatMap((a) => a.c);
 
 /** `{tag: [samples]}` of a list, by the field `tag`. */
 const byTag = (list, tag) => {

@@ -31,6 +31,11 @@ pub enum Command {
     },
     /// Ask for (`true`) or give up (`false`) the device's leader lock.
     Leadership(bool),
+    /// Open (`true`) or close (`false`) the poke stream, `GET /api/user/me/events` with the
+    /// user's credentials ([`crate::Config::pokes`]). Report each poke's version with
+    /// [`Engine::handle_poke`], and a stream that ends unasked for with
+    /// [`Engine::handle_pokes_ended`].
+    Pokes(bool),
     /// Tell the UI something changed.
     Notify(Notice),
     /// Ask the app for the data of `scope` it kept before Sinkron (with

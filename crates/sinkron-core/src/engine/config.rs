@@ -50,6 +50,10 @@ pub struct Config {
     /// The app adopts data it kept before Sinkron: the engine asks for it once per device
     /// and user scope ([`crate::Command::Adopt`]).
     pub adopt_legacy: bool,
+    /// Hold the server's poke stream open from the visible leader tab
+    /// ([`crate::Command::Pokes`]; a server run with `--poke sse`): the leader pulls as soon
+    /// as the user's version rises elsewhere. Polling goes on as without it.
+    pub pokes: bool,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             pull_on_focus: true,
             pull_on_online: true,
             adopt_legacy: false,
+            pokes: false,
         }
     }
 }

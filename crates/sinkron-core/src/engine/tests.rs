@@ -2479,3 +2479,129 @@ fn a_clock_jumping_backwards_does_not_hold_the_next_position_push() {
     }
     assert_eq!(pushes, 1);
 }
+
+// ----- the poke stream -----
+
+/// A leader like [`Tab::leader`] built with `Config::pokes`, its stream open.
+fn poked_leader() -> Tab {
+    let config = Config {
+        pokes: true,
+        hot: Vec::new(),
+        ..Config::default()
+    };
+    let mut tab = Tab::with(config, 1);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.drain();
+    tab.engine.handle_leadership(tab.now, true);
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Pokes(true)), "{commands:?}");
+    let (id, _, _) = sends_with_token(commands).remove(0);
+    tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+    tab.drain();
+    tab
+}
+
+#[test]
+fn only_a_visible_signed_in_leader_holds_the_poke_stream() {
+    // Off by default: no stream, ever.
+    let mut plain = Tab::leader();
+    plain.engine.handle_poke(plain.now, 9);
+    let commands = plain.drain();
+    assert!(!commands.iter().any(|c| matches!(c, Command::Pokes(_))));
+    assert!(sends_with_token(commands).is_empty(), "pokes are off");
+
+    let mut tab = poked_leader();
+    tab.engine.handle_visibility(tab.now, false);
+    assert!(tab.drain().contains(&Command::Pokes(false)));
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    assert!(tab.drain().contains(&Command::Pokes(true)));
+    // A sign-out closes it; the stream was the user's.
+    tab.engine.sign_out(tab.now);
+    assert!(tab.drain().contains(&Command::Pokes(false)));
+}
+
+#[test]
+fn a_poke_above_the_cursor_pulls_at_once_and_one_at_it_does_not() {
+    let mut tab = poked_leader();
+    // The version this tab already holds (its own push's, say): nothing to do.
+    tab.engine.handle_poke(tab.now, 1);
+    assert!(tab.sends().is_empty());
+    // Another device wrote: pull now, not at the next poll, trigger gap or not.
+    tab.engine.handle_poke(tab.now, 2);
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("1".into())
+        }
+    );
+    tab.reply(id, Reply::Pulled(page("2", vec![], false)));
+    assert!(tab.sends().is_empty(), "the pull answered the poke");
+}
+
+#[test]
+fn a_poke_during_a_push_waits_for_its_answer() {
+    let mut tab = poked_leader();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.fire();
+    let (id, _) = tab.only_send();
+    // The push's own version, announced before its answer came back.
+    tab.engine.handle_poke(tab.now, 2);
+    assert!(tab.sends().is_empty(), "a request is in flight");
+    tab.reply(id, taken(1, "2"));
+    assert!(
+        tab.sends().is_empty(),
+        "the answer reached the poked version"
+    );
+    // A poke that a pull in flight may have missed is pulled after it.
+    tab.engine.handle_focus(tab.now + 5_000);
+    let (pull, _) = tab.only_send();
+    tab.engine.handle_poke(tab.now, 4);
+    tab.reply(pull, Reply::Pulled(page("3", vec![], false)));
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("3".into())
+        }
+    );
+}
+
+#[test]
+fn a_poke_pulls_once_even_if_the_answer_stays_below_it() {
+    let mut tab = poked_leader();
+    tab.engine.handle_poke(tab.now, 7);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::NotModified);
+    assert!(tab.sends().is_empty(), "no loop of pulls");
+    assert!(tab.engine.poll_timeout().unwrap() >= tab.now + 27_000);
+}
+
+#[test]
+fn an_ended_stream_opens_again_after_the_next_answer_and_a_404_never() {
+    let mut tab = poked_leader();
+    tab.engine.handle_pokes_ended(tab.now, 0);
+    let commands = tab.drain();
+    assert!(!commands.contains(&Command::Pokes(true)), "not at once");
+    assert!(
+        sends_with_token(commands).is_empty(),
+        "polling goes on as it was"
+    );
+    // The next poll is answered: the stream opens again.
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::NotModified);
+    assert!(tab.drain().contains(&Command::Pokes(true)));
+    // A server without pokes: never asked again.
+    tab.engine.handle_pokes_ended(tab.now, 404);
+    for _ in 0..3 {
+        tab.fire();
+        let (id, _) = tab.only_send();
+        tab.reply(id, Reply::NotModified);
+        assert!(!tab.drain().contains(&Command::Pokes(true)));
+    }
+    // A poke reported after the stream ended moves nothing.
+    tab.engine.handle_poke(tab.now, 99);
+    assert!(tab.sends().is_empty());
+}
