@@ -913,7 +913,7 @@ fn expected_winners(writes: &[(String, String, u64, String, Value)]) -> BTreeMap
 
 async fn concurrent_pushers_and_an_incremental_puller_converge_missing_nothing(backend: Backend) {
     // One user loaded at once on purpose: storage under concurrency, not the limits.
-    let server = Arc::new(Server::start_with(backend, &support::UNLIMITED).await);
+    let server = Arc::new(Server::start(backend).await);
     let alice = server.register("alice").await;
     const PUSHERS: usize = 8;
     const BATCHES: u64 = 15;
@@ -1002,7 +1002,7 @@ async fn concurrent_pushers_and_an_incremental_puller_converge_missing_nothing(b
 }
 
 async fn contested_keys_converge_to_the_newest_write(backend: Backend) {
-    let server = Arc::new(Server::start_with(backend, &support::UNLIMITED).await);
+    let server = Arc::new(Server::start(backend).await);
     let alice = server.register("alice").await;
     let mut tasks = Vec::new();
     for p in 0..8u64 {
@@ -1162,6 +1162,61 @@ async fn users_never_see_each_others_records(backend: Backend) {
         b[&("favorites".into(), "show".into())]["value"],
         json!({"b": 1})
     );
+}
+
+/// Pushes of many users at once through one node (committed in groups on both backends):
+/// each lands in its own user's records and each answer is its own.
+async fn concurrent_pushes_of_many_users_each_get_their_own_answer(backend: Backend) {
+    // Within the sign-in burst one address may make.
+    const USERS: usize = 16;
+    let server = Arc::new(Server::start(backend).await);
+    let mut tokens = Vec::new();
+    for u in 0..USERS {
+        tokens.push(server.register(&format!("user{u}")).await.token);
+    }
+    for round in 1..=2u64 {
+        let pushes: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .map(|(u, token)| {
+                let (server, token) = (server.clone(), token.clone());
+                tokio::spawn(async move {
+                    // The same client id, collection and keys for every user.
+                    let m = mutation(round, "favorites", &format!("k{round}"), json!({"u": u}), 5);
+                    let last = (round - 1).to_string();
+                    server
+                        .push_ok(&token, &batch("c1", vec![m], Some(&last)))
+                        .await
+                })
+            })
+            .collect();
+        for (u, push) in pushes.into_iter().enumerate() {
+            let answer = push.await.expect("pusher");
+            assert_eq!(answer["ack"], round, "user {u}, round {round}");
+            assert_eq!(
+                answer["cursor"],
+                round.to_string(),
+                "user {u}, round {round}"
+            );
+            let changes = answer["changes"].as_array().expect("changes");
+            assert_eq!(changes.len(), 1, "user {u}, round {round}: {changes:?}");
+            assert_eq!(changes[0]["key"], format!("k{round}"));
+            assert_eq!(
+                changes[0]["value"],
+                json!({"u": u}),
+                "user {u}, round {round}"
+            );
+        }
+    }
+    for (u, token) in tokens.iter().enumerate() {
+        let state = server.state(token).await;
+        let values: Vec<_> = state.values().map(|c| c["value"].clone()).collect();
+        assert_eq!(
+            values,
+            [json!({"u": u}), json!({"u": u})],
+            "user {u}'s records"
+        );
+    }
 }
 
 async fn a_body_not_declared_as_json_is_415_and_writes_nothing(backend: Backend) {
@@ -1403,4 +1458,5 @@ on_every_backend!(
     a_small_page_size_pages_pulls_and_push_answers,
     users_never_see_each_others_records,
     a_body_not_declared_as_json_is_415_and_writes_nothing,
+    concurrent_pushes_of_many_users_each_get_their_own_answer,
 );

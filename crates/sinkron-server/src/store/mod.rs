@@ -157,6 +157,81 @@ impl PushBatch<'_> {
     }
 }
 
+/// A push waiting for a group commit (SQLite's writer, a PostgreSQL node's committers),
+/// with where to send its outcome. It owns a copy of the batch (at most 1 MiB), so the
+/// commit runs in a task of its own and a request dropped meanwhile cannot strand it.
+struct PushJob {
+    user_id: UserId,
+    client_id: String,
+    mutations: Vec<Mutation>,
+    now_ms: u64,
+    updated_at_max: u64,
+    since: Option<u64>,
+    limit: usize,
+    quota: Quota,
+    caps: Vec<Cap>,
+    reply: tokio::sync::oneshot::Sender<Result<PushOutcome, StoreError>>,
+}
+
+impl PushJob {
+    /// The job and where its outcome arrives.
+    fn new(user_id: UserId, batch: &PushBatch<'_>) -> (Self, PushAnswer) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Self {
+            user_id,
+            client_id: batch.client_id.to_owned(),
+            mutations: batch.mutations.to_vec(),
+            now_ms: batch.now_ms,
+            updated_at_max: batch.updated_at_max,
+            since: batch.since,
+            limit: batch.limit,
+            quota: batch.quota,
+            caps: batch.caps_touched().cloned().collect(),
+            reply,
+        };
+        (job, PushAnswer(answer))
+    }
+
+    fn batch(&self) -> PushBatch<'_> {
+        PushBatch {
+            client_id: &self.client_id,
+            mutations: &self.mutations,
+            now_ms: self.now_ms,
+            updated_at_max: self.updated_at_max,
+            since: self.since,
+            limit: self.limit,
+            quota: self.quota,
+            caps: &self.caps,
+        }
+    }
+}
+
+/// The outcome of a [`PushJob`], once its group is committed.
+struct PushAnswer(tokio::sync::oneshot::Receiver<Result<PushOutcome, StoreError>>);
+
+impl PushAnswer {
+    async fn wait(self) -> Result<PushOutcome, StoreError> {
+        self.0
+            .await
+            .map_err(|_| StoreError::Other("the push was dropped without an outcome".into()))?
+    }
+}
+
+/// The same error again, for each push of a group whose commit failed.
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::IdsReused { ack } => StoreError::IdsReused { ack: *ack },
+        StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
+            what,
+            limit: *limit,
+        },
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Other(m) => StoreError::Other(m.clone()),
+    }
+}
+
 /// What a push did.
 #[derive(Clone, Debug)]
 pub struct PushOutcome {

@@ -7,7 +7,7 @@
 //!
 //! * **One user's pushes are serialised by the user's row.** A push starts by locking
 //!   `users` (`FOR NO KEY UPDATE`), then reads the records it merges with, writes, raises
-//!   `users.version` and commits. Under READ COMMITTED each statement after the lock sees
+//!   `users.version` and commits (with the other pushes of its group). Under READ COMMITTED each statement after the lock sees
 //!   everything committed before it, so versions are handed out in commit order: a
 //!   transaction that commits version `v` committed every version below `v` before it.
 //! * **A pull is one statement.** The user's version and horizon and the page of records are
@@ -16,29 +16,45 @@
 //!   commit later. (Reading the version and the rows in two READ COMMITTED statements could
 //!   pair a cursor with rows from different moments, and a client would skip a change.)
 //!
-//! Compaction locks the users it touches before their records, in id order, like a push
-//! (one user) does, so the two never deadlock.
+//! Pushes are committed in groups: the pushes queued on a node while its committers are busy
+//! ([`GROUPS_IN_FLIGHT`] at a time, each on a pooled connection) are applied next in one
+//! transaction — at most [`GROUP_PUSHES_MAX`] of them and [`GROUP_MUTATIONS_MAX`] mutations —
+//! with one statement per step for all of them (lock the users' rows in id order, read the
+//! stored records, read the capped collections, write), so a group costs about as many round
+//! trips and one WAL flush as a single push did. Pushes of one user in a group apply one after
+//! the other in arrival order, in waves (the first push of each user, then the second, …),
+//! each seeing the ones before it. A push the plan refuses writes nothing and fails alone; a
+//! statement that fails rolls the group back and its pushes are applied again one at a time.
+//! A push is answered once its group has committed, and the group's new versions are then
+//! announced (`NOTIFY`, never inside the push transaction: PostgreSQL serialises the commits
+//! of transactions that notify).
+//!
+//! Compaction locks the users it touches before their records, in id order, like a group of
+//! pushes does, so the two never deadlock.
 //!
 //! It decides nothing of a push or a page: it reads the rows [`super::plan`] asks for and
 //! writes what it returns. It must not validate requests or know HTTP.
 
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Transaction,
 };
 use sinkron_core::Change;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::pg_cache::{self, Cache, Listening};
-use super::plan::{PageStart, Planner, Stored, UserState};
+use super::plan::{PageStart, Plan, Planner, Stored, UserState};
 use super::{
-    restored_floor, subject_username, Attempts, ClientMark, Held, OpenError, Page, PushBatch,
-    PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
+    copy_err, restored_floor, subject_username, Attempts, Cap, ClientMark, Held, OpenError, Page,
+    PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -168,8 +184,80 @@ const WRITE_SQL: &str = "WITH written AS (
      UPDATE users SET version = $11, records = records + $13, bytes = bytes + $14
      WHERE id = $1 AND cardinality($4::bytea[]) > 0";
 
+/// Most pushes one group commit takes: each adds its statements' rows, and the group holds
+/// every one of its users' row locks until it commits.
+const GROUP_PUSHES_MAX: usize = 32;
+/// Most mutations one group commit takes (a group takes its first push whatever its size).
+const GROUP_MUTATIONS_MAX: usize = 2_000;
+/// Group commits in flight at once on one node, each on a pooled connection: while one
+/// waits for its flush, the next is formed and applied.
+const GROUPS_IN_FLIGHT: usize = 2;
+
+/// Locks the rows of a wave's users, in id order (so two groups never deadlock), and reads
+/// each push's client's ack. `i` is the push's place in the arrays, from 1.
+const GROUP_LOCK_SQL: &str =
+    "SELECT p.i, u.version, c.ack, c.stamp_max, u.records, u.bytes, u.writes_after
+     FROM unnest($1::int8[], $2::bytea[]) WITH ORDINALITY AS p(user_id, client_id, i)
+     JOIN users u ON u.id = p.user_id
+     LEFT JOIN clients c ON c.user_id = u.id AND c.client_id = p.client_id
+     ORDER BY u.id FOR NO KEY UPDATE OF u";
+
+/// [`CURRENT_SQL`] for every push of a wave: each key with its user.
+const GROUP_CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value)
+     FROM unnest($1::int8[], $2::bytea[], $3::bytea[]) WITH ORDINALITY AS k(user_id, collection, key, i)
+     JOIN records r ON r.user_id = k.user_id AND r.collection = k.collection AND r.key = k.key";
+
+/// The live records of each capped collection a wave's pushes may take past its cap.
+const GROUP_LIVE_SQL: &str = "SELECT c.i, r.key, r.updated_at, r.client_id, octet_length(r.value)
+     FROM unnest($1::int8[], $2::bytea[]) WITH ORDINALITY AS c(user_id, collection, i)
+     JOIN records r ON r.user_id = c.user_id AND r.collection = c.collection
+     WHERE r.value IS NOT NULL";
+
+/// [`WRITE_SQL`] for every push of a wave: the records, the clients' marks, the users'
+/// versions and usage.
+const GROUP_WRITE_SQL: &str = "WITH written AS (
+         INSERT INTO records
+             (user_id, collection, key, value, updated_at, client_id, version, stored_at)
+         SELECT w.user_id, w.collection, w.key, w.value, w.updated_at, w.client_id, w.version,
+                w.stored_at
+         FROM unnest($1::int8[], $2::bytea[], $3::bytea[], $4::text[], $5::int8[], $6::int8[],
+                     $7::bytea[], $8::int8[])
+             AS w(user_id, collection, key, value, updated_at, version, client_id, stored_at)
+         ON CONFLICT (user_id, collection, key) DO UPDATE SET
+             value = excluded.value, updated_at = excluded.updated_at,
+             client_id = excluded.client_id, version = excluded.version,
+             stored_at = excluded.stored_at
+         RETURNING 1
+     ), acked AS (
+         INSERT INTO clients (user_id, client_id, ack, stamp_max)
+         SELECT a.user_id, a.client_id, a.ack, a.stamp_max
+         FROM unnest($9::int8[], $10::bytea[], $11::int8[], $12::int8[])
+             AS a(user_id, client_id, ack, stamp_max)
+         ON CONFLICT (user_id, client_id) DO UPDATE SET
+             ack = excluded.ack, stamp_max = excluded.stamp_max
+         RETURNING 1
+     )
+     UPDATE users u SET version = v.version, records = u.records + v.records,
+                        bytes = u.bytes + v.bytes
+     FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::int8[])
+         AS v(id, version, records, bytes)
+     WHERE u.id = v.id";
+
+/// Group commits made, and those applied again one push at a time.
+#[derive(Default)]
+struct GroupCounts {
+    made: AtomicU64,
+    one_by_one: AtomicU64,
+}
+
 pub struct PostgresStore {
     pool: Pool,
+    /// Pushes not yet taken by a group commit, in arrival order.
+    pushes: Arc<Mutex<VecDeque<PushJob>>>,
+    /// One permit per group commit in flight ([`GROUPS_IN_FLIGHT`]).
+    committers: Arc<tokio::sync::Semaphore>,
+    /// Counts of group commits, for the tests.
+    groups: Arc<GroupCounts>,
     /// Connections shared by every poll: their queries are pipelined (many requests in one
     /// write, many answers in one read), which costs far fewer wake-ups than a connection per
     /// request. A broken one is swapped for a fresh one from the pool.
@@ -250,6 +338,9 @@ impl PostgresStore {
         }
         Ok(Self {
             pool,
+            pushes: Arc::default(),
+            committers: Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT)),
+            groups: Arc::default(),
             polls,
             next_poll: std::sync::atomic::AtomicUsize::new(0),
             cache,
@@ -364,6 +455,11 @@ impl PostgresStore {
         let row = row.ok_or(StoreError::NotFound)?;
         Ok((row.get(0), to_u64(row.get(1))))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The queue stays consistent even if a holder panicked: every update is one step.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn first_line(e: &dyn std::fmt::Display) -> String {
@@ -569,6 +665,392 @@ async fn announce(client: &Object, payload: &str) -> Result<(), StoreError> {
         .map_err(store_err)?;
     client
         .execute(&stmt, &[&pg_cache::CHANNEL, &payload])
+        .await
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// Takes the next group off the queue: pushes in arrival order, at most [`GROUP_PUSHES_MAX`]
+/// and [`GROUP_MUTATIONS_MAX`] mutations (but always the first).
+fn take_group(queue: &mut VecDeque<PushJob>) -> Vec<PushJob> {
+    let mut group = Vec::new();
+    let mut mutations = 0;
+    while let Some(job) = queue.front() {
+        let more = mutations + job.mutations.len();
+        if group.len() == GROUP_PUSHES_MAX || (!group.is_empty() && more > GROUP_MUTATIONS_MAX) {
+            break;
+        }
+        mutations = more;
+        group.extend(queue.pop_front());
+    }
+    group
+}
+
+/// Commits a group of pushes on a pooled connection, announces the users' new versions and
+/// answers each push.
+async fn commit_group(pool: &Pool, jobs: Vec<PushJob>, counts: &GroupCounts) {
+    let outcomes = match pool.get().await {
+        Ok(mut client) => {
+            let mut outcomes = apply_group(&mut client, &jobs, counts).await;
+            // Also when nothing changed: a retry then heals a node that missed the
+            // announcement of a commit whose node failed before sending it.
+            let payloads: Vec<String> = jobs
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(job, o)| {
+                    Some(pg_cache::raised(job.user_id, o.as_ref().ok()?.version))
+                })
+                .collect();
+            if !payloads.is_empty() {
+                if let Err(e) = announce_all(&client, &payloads).await {
+                    for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                        *o = Err(copy_err(&e));
+                    }
+                }
+            }
+            outcomes
+        }
+        Err(e) => {
+            let e = StoreError::Unavailable(pool_reason(&e));
+            jobs.iter().map(|_| Err(copy_err(&e))).collect()
+        }
+    };
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        let _ = job.reply.send(outcome);
+    }
+}
+
+/// Applies a group of pushes in one transaction, one outcome per push in the group's order.
+/// A push refused by the plan (ids reused, quota, no such user) writes nothing and takes
+/// nothing of the others along. A statement that fails rolls the group back, and its pushes
+/// are applied again one at a time, each in a transaction of its own, so one push's failure
+/// is its own. A failed commit is every push's failure.
+async fn apply_group(
+    client: &mut Object,
+    jobs: &[PushJob],
+    counts: &GroupCounts,
+) -> Vec<Result<PushOutcome, StoreError>> {
+    let batches: Vec<PushBatch<'_>> = jobs.iter().map(PushJob::batch).collect();
+    let users: Vec<UserId> = jobs.iter().map(|j| j.user_id).collect();
+    let failed = {
+        let tried = async {
+            let tx = client.transaction().await.map_err(store_err)?;
+            let outcomes = apply_waves(&tx, &users, &batches).await?;
+            Ok::<_, StoreError>((tx, outcomes))
+        }
+        .await;
+        match tried {
+            Ok((tx, outcomes)) => {
+                return match tx.commit().await {
+                    Ok(()) => outcomes,
+                    Err(e) => {
+                        let e = store_err(e);
+                        jobs.iter().map(|_| Err(copy_err(&e))).collect()
+                    }
+                };
+            }
+            Err(e) => e,
+        }
+    };
+    if jobs.len() == 1 {
+        return vec![Err(failed)];
+    }
+    counts.one_by_one.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        pushes = jobs.len(),
+        error = %failed,
+        "a group of pushes failed; applying them one at a time"
+    );
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (user_id, batch) in users.iter().zip(&batches) {
+        outcomes.push(apply_push(client, *user_id, batch).await);
+    }
+    outcomes
+}
+
+/// Applies a group in waves inside its transaction: the first push of each user, then the
+/// second of each user that has one, and so on, so each user's pushes apply in arrival order
+/// and each sees the ones before it.
+async fn apply_waves(
+    tx: &Transaction<'_>,
+    users: &[UserId],
+    batches: &[PushBatch<'_>],
+) -> Result<Vec<Result<PushOutcome, StoreError>>, StoreError> {
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    let mut pushes_of: HashMap<UserId, usize> = HashMap::new();
+    for (i, user_id) in users.iter().enumerate() {
+        let k = pushes_of.entry(*user_id).or_insert(0);
+        if waves.len() == *k {
+            waves.push(Vec::new());
+        }
+        waves[*k].push(i);
+        *k += 1;
+    }
+    let mut outcomes: Vec<Option<Result<PushOutcome, StoreError>>> =
+        users.iter().map(|_| None).collect();
+    for wave in &waves {
+        apply_wave(tx, users, batches, wave, &mut outcomes).await?;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::Other("a push without an outcome".into()))))
+        .collect())
+}
+
+/// A row's place (`i`, from 1) in a statement's arrays of `len` entries.
+fn place_of(row: &Row, len: usize) -> Result<usize, StoreError> {
+    usize::try_from(row.get::<_, i64>(0) - 1)
+        .ok()
+        .filter(|&i| i < len)
+        .ok_or_else(|| StoreError::Other("a row of no place".into()))
+}
+
+/// Applies one wave: pushes of different users, with one statement for each step of all of
+/// them ([`GROUP_LOCK_SQL`], [`GROUP_CURRENT_SQL`], [`GROUP_LIVE_SQL`], [`GROUP_WRITE_SQL`]),
+/// then the pages of those that asked for one.
+async fn apply_wave<'a>(
+    tx: &Transaction<'_>,
+    users: &[UserId],
+    batches: &[PushBatch<'a>],
+    wave: &[usize],
+    outcomes: &mut [Option<Result<PushOutcome, StoreError>>],
+) -> Result<(), StoreError> {
+    // 1. The users' rows, locked, and the clients' marks.
+    let ids: Vec<UserId> = wave.iter().map(|&p| users[p]).collect();
+    let clients: Vec<&[u8]> = wave
+        .iter()
+        .map(|&p| batches[p].client_id.as_bytes())
+        .collect();
+    let stmt = tx.prepare_cached(GROUP_LOCK_SQL).await.map_err(store_err)?;
+    let mut found: Vec<Option<(UserState, ClientMark)>> = vec![None; wave.len()];
+    for row in tx
+        .query(&stmt, &[&ids, &clients])
+        .await
+        .map_err(store_err)?
+    {
+        found[place_of(&row, wave.len())?] = Some((
+            UserState {
+                version: to_u64(row.get(1)),
+                usage: Usage {
+                    records: row.get(4),
+                    bytes: row.get(5),
+                },
+                writes_after: to_u64(row.get(6)),
+            },
+            ClientMark {
+                ack: row.get::<_, Option<i64>>(2).map_or(0, to_u64),
+                stamp_max: row.get::<_, Option<i64>>(3).map(to_u64),
+            },
+        ));
+    }
+    // (push, its planner) of the pushes still going.
+    let mut planners: Vec<(usize, Planner<'a>)> = Vec::with_capacity(wave.len());
+    for (&p, found) in wave.iter().zip(found) {
+        let planned = found
+            .ok_or(StoreError::NotFound)
+            .and_then(|(user, mark)| Planner::new(batches[p], user, mark));
+        match planned {
+            Ok(planner) => planners.push((p, planner)),
+            Err(e) => outcomes[p] = Some(Err(e)),
+        }
+    }
+
+    // 2. The stored rows of the records they write.
+    let mut owners: Vec<(usize, usize)> = Vec::new();
+    let (mut key_users, mut collections, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, (p, planner)) in planners.iter().enumerate() {
+        for (place, (collection, key)) in planner.keys().iter().enumerate() {
+            owners.push((n, place));
+            key_users.push(users[*p]);
+            collections.push(collection.as_bytes());
+            names.push(key.as_bytes());
+        }
+    }
+    let mut stored: Vec<Vec<Option<Stored>>> = planners
+        .iter()
+        .map(|(_, planner)| vec![None; planner.keys().len()])
+        .collect();
+    if !owners.is_empty() {
+        let stmt = tx
+            .prepare_cached(GROUP_CURRENT_SQL)
+            .await
+            .map_err(store_err)?;
+        let rows = tx
+            .query(&stmt, &[&key_users, &collections, &names])
+            .await
+            .map_err(store_err)?;
+        for row in rows {
+            let (n, place) = owners[place_of(&row, owners.len())?];
+            stored[n][place] = Some(Stored {
+                updated_at: to_u64(row.get(1)),
+                client_id: text(row.get(2))?,
+                bytes: row
+                    .get::<_, Option<i32>>(3)
+                    .map(|b| usize::try_from(b).unwrap_or(0)),
+            });
+        }
+    }
+    let mut merges: Vec<_> = planners
+        .into_iter()
+        .zip(stored)
+        .map(|((p, planner), stored)| (p, planner.merge(stored)))
+        .collect();
+
+    // 3. The live records of the capped collections they may take past their cap.
+    let capped: Vec<(usize, &Cap)> = merges
+        .iter()
+        .enumerate()
+        .flat_map(|(n, (_, merge))| merge.caps().into_iter().map(move |cap| (n, cap)))
+        .collect();
+    if !capped.is_empty() {
+        let cap_users: Vec<UserId> = capped.iter().map(|&(n, _)| users[merges[n].0]).collect();
+        let cap_collections: Vec<&[u8]> = capped
+            .iter()
+            .map(|(_, cap)| cap.collection.as_bytes())
+            .collect();
+        let stmt = tx.prepare_cached(GROUP_LIVE_SQL).await.map_err(store_err)?;
+        let rows = tx
+            .query(&stmt, &[&cap_users, &cap_collections])
+            .await
+            .map_err(store_err)?;
+        let mut live: Vec<Vec<Held>> = capped.iter().map(|_| Vec::new()).collect();
+        for row in rows {
+            live[place_of(&row, capped.len())?].push(Held {
+                key: text(row.get(1))?,
+                updated_at: to_u64(row.get(2)),
+                client_id: text(row.get(3))?,
+                bytes: usize::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+            });
+        }
+        for ((n, cap), live) in capped.into_iter().zip(live) {
+            merges[n].1.evict(cap, live);
+        }
+    }
+    let mut plans: Vec<(usize, Plan<'a>)> = Vec::with_capacity(merges.len());
+    for (p, merge) in merges {
+        match merge.finish() {
+            Ok(plan) => plans.push((p, plan)),
+            Err(e) => outcomes[p] = Some(Err(e)),
+        }
+    }
+
+    // 4. Every write of every plan in one statement.
+    write_plans(tx, users, batches, &plans).await?;
+
+    // 5. The pages asked for, read after the writes; pipelined on the connection.
+    let pages = plans.iter().map(|(p, _)| async move {
+        match batches[*p].since {
+            Some(since) => read_page(tx, users[*p], Some(since), batches[*p].limit)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    });
+    let pages = futures_util::future::join_all(pages).await;
+    for ((p, plan), page) in plans.iter().zip(pages) {
+        outcomes[*p] = Some(Ok(plan.outcome(page?)));
+    }
+    Ok(())
+}
+
+/// Writes a wave's plans with [`GROUP_WRITE_SQL`].
+async fn write_plans(
+    tx: &Transaction<'_>,
+    users: &[UserId],
+    batches: &[PushBatch<'_>],
+    plans: &[(usize, Plan<'_>)],
+) -> Result<(), StoreError> {
+    let mut rows = WaveRows::default();
+    for (p, plan) in plans {
+        let (user_id, batch) = (users[*p], &batches[*p]);
+        let now = to_i64(batch.now_ms, "server time")?;
+        for w in &plan.rows {
+            rows.user_ids.push(user_id);
+            rows.collections.push(w.collection.as_bytes());
+            rows.keys.push(w.key.as_bytes());
+            rows.values.push(w.value);
+            rows.updated.push(to_i64(w.updated_at, "updatedAt")?);
+            rows.versions.push(to_i64(w.version, "version")?);
+            rows.writers.push(w.client_id.as_bytes());
+            rows.stored_at.push(now);
+        }
+        if let Some(mark) = plan.mark {
+            rows.acked_users.push(user_id);
+            rows.acked_clients.push(batch.client_id.as_bytes());
+            rows.acks.push(to_i64(mark.ack, "ack")?);
+            rows.stamps
+                .push(mark.stamp_max.map(|s| to_i64(s, "updatedAt")).transpose()?);
+        }
+        if !plan.rows.is_empty() {
+            rows.raised_users.push(user_id);
+            rows.raised_versions.push(to_i64(plan.version, "version")?);
+            rows.records.push(plan.usage.records);
+            rows.bytes.push(plan.usage.bytes);
+        }
+    }
+    if rows.user_ids.is_empty() && rows.acked_users.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(GROUP_WRITE_SQL)
+        .await
+        .map_err(store_err)?;
+    tx.execute(
+        &stmt,
+        &[
+            &rows.user_ids,
+            &rows.collections,
+            &rows.keys,
+            &rows.values,
+            &rows.updated,
+            &rows.versions,
+            &rows.writers,
+            &rows.stored_at,
+            &rows.acked_users,
+            &rows.acked_clients,
+            &rows.acks,
+            &rows.stamps,
+            &rows.raised_users,
+            &rows.raised_versions,
+            &rows.records,
+            &rows.bytes,
+        ],
+    )
+    .await
+    .map_err(store_err)?;
+    Ok(())
+}
+
+/// The columns of [`GROUP_WRITE_SQL`]'s arrays.
+#[derive(Default)]
+struct WaveRows<'a> {
+    user_ids: Vec<UserId>,
+    collections: Vec<&'a [u8]>,
+    keys: Vec<&'a [u8]>,
+    values: Vec<Option<&'a str>>,
+    updated: Vec<i64>,
+    versions: Vec<i64>,
+    writers: Vec<&'a [u8]>,
+    stored_at: Vec<i64>,
+    acked_users: Vec<UserId>,
+    acked_clients: Vec<&'a [u8]>,
+    acks: Vec<i64>,
+    stamps: Vec<Option<i64>>,
+    raised_users: Vec<UserId>,
+    raised_versions: Vec<i64>,
+    records: Vec<i64>,
+    bytes: Vec<i64>,
+}
+
+/// Tells every node the new versions of a group's users in one statement, after the commit
+/// that made them ([`announce`]).
+async fn announce_all(client: &Object, payloads: &[String]) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .await
+        .map_err(store_err)?;
+    client
+        .execute(&stmt, &[&pg_cache::CHANNEL, &payloads])
         .await
         .map_err(store_err)?;
     Ok(())
@@ -1068,12 +1550,27 @@ impl Store for PostgresStore {
     }
 
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let outcome = apply_push(&mut client, user_id, &batch).await?;
-        // Also when nothing changed: a retry then heals a node that missed the announcement
-        // of a commit whose node failed before sending it.
-        announce(&client, &pg_cache::raised(user_id, outcome.version)).await?;
-        Ok(outcome)
+        let (job, answer) = PushJob::new(user_id, &batch);
+        lock(&self.pushes).push_back(job);
+        // The next free committer takes a group of the queued pushes, this one or others
+        // (each push starts one try, so none is left behind).
+        let (pool, pushes, committers, groups) = (
+            self.pool.clone(),
+            self.pushes.clone(),
+            self.committers.clone(),
+            self.groups.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(_permit) = committers.acquire_owned().await else {
+                return;
+            };
+            let jobs = take_group(&mut lock(&pushes));
+            if !jobs.is_empty() {
+                groups.made.fetch_add(1, Ordering::Relaxed);
+                commit_group(&pool, jobs, &groups).await;
+            }
+        });
+        answer.wait().await
     }
 
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
@@ -1188,6 +1685,8 @@ impl Store for PostgresStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::store::Quota;
+    use sinkron_core::Mutation;
 
     /// The server tests' PostgreSQL: `SINKRON_TEST_POSTGRES_URL`, else the local one with
     /// trust authentication.
@@ -1251,6 +1750,302 @@ pub(crate) mod tests {
             })
             .join();
         }
+    }
+
+    fn put(id: u64, key: &str, value: &str, updated_at: u64) -> Mutation {
+        Mutation {
+            id,
+            collection: "likes".into(),
+            key: key.into(),
+            value: Some(value.into()),
+            updated_at,
+        }
+    }
+
+    fn batch<'a>(
+        client_id: &'a str,
+        mutations: &'a [Mutation],
+        since: Option<u64>,
+    ) -> PushBatch<'a> {
+        PushBatch {
+            client_id,
+            mutations,
+            now_ms: 1_000,
+            updated_at_max: 61_000,
+            since,
+            limit: 100,
+            quota: Quota::UNLIMITED,
+            caps: &[],
+        }
+    }
+
+    /// Group commits made, and those applied again one push at a time.
+    fn groups(store: &PostgresStore) -> (u64, u64) {
+        (
+            store.groups.made.load(Ordering::Relaxed),
+            store.groups.one_by_one.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Group commits made since `before`, and those applied again one push at a time.
+    fn groups_since(store: &PostgresStore, before: (u64, u64)) -> (u64, u64) {
+        let now = groups(store);
+        (now.0 - before.0, now.1 - before.1)
+    }
+
+    #[tokio::test]
+    async fn concurrent_pushes_of_many_users_share_commits_and_each_get_their_own_answer() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        // More than a group takes.
+        let users = GROUP_PUSHES_MAX + 8;
+        let mut ids = Vec::new();
+        for u in 0..users {
+            ids.push(
+                store
+                    .create_user(&format!("u{u}"), "phc", 1)
+                    .await
+                    .expect("create"),
+            );
+        }
+        // The same keys and client id for everyone, each user's own values and stamps.
+        let stamp = |u: usize| 100 + 10 * u as u64;
+        let sent: Vec<Vec<Mutation>> = (0..users)
+            .map(|u| {
+                (0..3)
+                    .map(|i| put(i + 1, &format!("k{i}"), &format!("{{\"u\":{u}}}"), stamp(u)))
+                    .collect()
+            })
+            .collect();
+        let before = groups(&store);
+        let outcomes = futures_util::future::join_all(
+            ids.iter()
+                .zip(&sent)
+                .map(|(&id, m)| store.push(id, batch("c", m, Some(0)))),
+        )
+        .await;
+        assert_eq!(
+            groups_since(&store, before),
+            (users.div_ceil(GROUP_PUSHES_MAX) as u64, 0),
+            "queued pushes share commits, with no push applied alone"
+        );
+        for (u, outcome) in outcomes.into_iter().enumerate() {
+            let outcome = outcome.unwrap_or_else(|e| panic!("user {u}'s push: {e}"));
+            assert_eq!(
+                (outcome.applied, outcome.ack, outcome.version),
+                (3, 3, 3),
+                "user {u}"
+            );
+            let page = outcome.page.expect("a page was asked for");
+            let values: Vec<_> = page
+                .changes
+                .iter()
+                .map(|c| (c.key.as_str(), c.value.as_deref()))
+                .collect();
+            let own = format!("{{\"u\":{u}}}");
+            assert_eq!(
+                values,
+                [
+                    ("k0", Some(own.as_str())),
+                    ("k1", Some(own.as_str())),
+                    ("k2", Some(own.as_str()))
+                ],
+                "user {u}'s answer holds its own records"
+            );
+            let stored = store.pull(ids[u], None, 100).await.expect("pull");
+            assert_eq!(stored.changes, page.changes, "user {u}'s stored records");
+        }
+        // Again, merging with what each user stored: k0 newer than the user's own stored
+        // write for even users, older for odd ones (and between other users' stamps).
+        let again: Vec<Vec<Mutation>> = (0..users)
+            .map(|u| {
+                let at = if u % 2 == 0 {
+                    stamp(u) + 5
+                } else {
+                    stamp(u) - 5
+                };
+                vec![put(4, "k0", "\"again\"", at)]
+            })
+            .collect();
+        let before = groups(&store);
+        let outcomes = futures_util::future::join_all(
+            ids.iter()
+                .zip(&again)
+                .map(|(&id, m)| store.push(id, batch("c", m, Some(3)))),
+        )
+        .await;
+        assert_eq!(groups_since(&store, before).1, 0, "no push applied alone");
+        for (u, outcome) in outcomes.into_iter().enumerate() {
+            let outcome = outcome.unwrap_or_else(|e| panic!("user {u}'s second push: {e}"));
+            let won = u % 2 == 0;
+            assert_eq!(
+                (outcome.applied, outcome.ack, outcome.version),
+                (usize::from(won), 4, 3 + u64::from(won)),
+                "user {u}'s second push merged with its own records"
+            );
+            let page = outcome.page.expect("a page was asked for");
+            assert_eq!(page.changes.len(), usize::from(won), "user {u}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_push_in_a_group_fails_alone() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        let mut ids = Vec::new();
+        for u in 0..4 {
+            ids.push(
+                store
+                    .create_user(&format!("u{u}"), "phc", 1)
+                    .await
+                    .expect("create"),
+            );
+        }
+        let reused_first = [put(1, "r", "1", 5)];
+        store
+            .push(ids[3], batch("r", &reused_first, None))
+            .await
+            .expect("the first use of id 1");
+        let good = [put(1, "a", "{}", 5), put(2, "b", "{}", 6)];
+        let reused = [put(1, "r", "2", 99)];
+        let over = PushBatch {
+            quota: Quota {
+                records: 1,
+                bytes: u64::MAX,
+            },
+            ..batch("q", &good, Some(0))
+        };
+        let missing = ids.iter().max().expect("users") + 1_000;
+
+        // Refused by the plan: no such user, past the quota, ids reused.
+        let before = groups(&store);
+        let (a, none, quota, b, reuse) = tokio::join!(
+            store.push(ids[0], batch("c", &good, Some(0))),
+            store.push(missing, batch("c", &good, None)),
+            store.push(ids[2], over),
+            store.push(ids[1], batch("c", &good, Some(0))),
+            store.push(ids[3], batch("r", &reused, None)),
+        );
+        assert_eq!(
+            groups_since(&store, before),
+            (1, 0),
+            "one group, applied whole"
+        );
+        assert!(matches!(none, Err(StoreError::NotFound)), "{none:?}");
+        assert!(
+            matches!(
+                quota,
+                Err(StoreError::QuotaExceeded {
+                    what: "records",
+                    ..
+                })
+            ),
+            "{quota:?}"
+        );
+        assert!(
+            matches!(reuse, Err(StoreError::IdsReused { ack: 1 })),
+            "{reuse:?}"
+        );
+        for outcome in [a, b] {
+            let outcome = outcome.expect("a good push beside refused ones");
+            assert_eq!((outcome.applied, outcome.version), (2, 2));
+            assert_eq!(outcome.page.expect("page").changes.len(), 2);
+        }
+        assert!(
+            store
+                .pull(ids[2], None, 10)
+                .await
+                .expect("pull")
+                .changes
+                .is_empty(),
+            "the refused push wrote nothing"
+        );
+
+        // Failed by the database (PostgreSQL text holds no NUL): the group is applied again
+        // one push at a time, and only that push fails.
+        let bad = [put(3, "nul", "\"\u{0}\"", 7)];
+        let more = [put(3, "c", "{}", 7)];
+        let before = groups(&store);
+        let (a, bad, b) = tokio::join!(
+            store.push(ids[0], batch("c", &more, Some(2))),
+            store.push(ids[2], batch("q", &bad, None)),
+            store.push(ids[1], batch("c", &more, Some(2))),
+        );
+        assert_eq!(
+            groups_since(&store, before),
+            (1, 1),
+            "one group, applied again alone"
+        );
+        assert!(matches!(bad, Err(StoreError::Other(_))), "{bad:?}");
+        for outcome in [a, b] {
+            let outcome = outcome.expect("a good push beside a failing one");
+            assert_eq!((outcome.applied, outcome.ack, outcome.version), (1, 3, 3));
+            assert_eq!(outcome.page.expect("page").changes.len(), 1);
+        }
+        assert!(
+            store
+                .pull(ids[2], None, 10)
+                .await
+                .expect("pull")
+                .changes
+                .is_empty(),
+            "the failed push wrote nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn pushes_of_one_user_in_a_group_apply_in_order() {
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        let amy = store.create_user("amy", "phc", 1).await.expect("create");
+        let bob = store.create_user("bob", "phc", 1).await.expect("create");
+        let first = [put(1, "k", "1", 5)];
+        let second = [put(2, "k", "2", 6), put(3, "j", "3", 6)];
+        let other = [put(1, "k", "b", 5)];
+        let before = groups(&store);
+        let (one, theirs, two, retry) = tokio::join!(
+            store.push(amy, batch("c", &first, Some(0))),
+            store.push(bob, batch("c", &other, Some(0))),
+            store.push(amy, batch("c", &second, Some(1))),
+            store.push(amy, batch("c", &first, Some(0))),
+        );
+        assert_eq!(
+            groups_since(&store, before),
+            (1, 0),
+            "one group, applied whole"
+        );
+        let one = one.expect("first");
+        assert_eq!(
+            (one.applied, one.ack, one.version),
+            (1, 1, 1),
+            "the first push first"
+        );
+        let two = two.expect("second");
+        assert_eq!(
+            (two.applied, two.ack, two.version),
+            (2, 3, 3),
+            "then the second"
+        );
+        let page = two.page.expect("page");
+        let seen: Vec<_> = page
+            .changes
+            .iter()
+            .map(|c| (c.key.as_str(), c.version))
+            .collect();
+        assert_eq!(
+            seen,
+            [("k", 2), ("j", 3)],
+            "the second's answer is after the first"
+        );
+        let retry = retry.expect("retry");
+        assert_eq!(
+            (retry.applied, retry.ack, retry.version),
+            (0, 3, 3),
+            "the retry sees both"
+        );
+        assert_eq!(retry.page.expect("page").changes.len(), 2);
+        let theirs = theirs.expect("bob");
+        assert_eq!((theirs.applied, theirs.ack, theirs.version), (1, 1, 1));
     }
 
     #[tokio::test]

@@ -29,13 +29,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use sinkron_core::{Change, Mutation};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use sinkron_core::Change;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
-    restored_floor, subject_username, Cap, ClientMark, Held, OpenError, Page, PushBatch,
-    PushOutcome, Quota, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
+    copy_err, restored_floor, subject_username, ClientMark, Held, OpenError, Page, PushBatch,
+    PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -143,35 +143,6 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             lock(&self.idle).push(conn);
-        }
-    }
-}
-
-/// A push waiting for the writer, with where to send its outcome.
-struct PushJob {
-    user_id: UserId,
-    client_id: String,
-    mutations: Vec<Mutation>,
-    now_ms: u64,
-    updated_at_max: u64,
-    since: Option<u64>,
-    limit: usize,
-    quota: Quota,
-    caps: Vec<Cap>,
-    reply: oneshot::Sender<Result<PushOutcome, StoreError>>,
-}
-
-impl PushJob {
-    fn batch(&self) -> PushBatch<'_> {
-        PushBatch {
-            client_id: &self.client_id,
-            mutations: &self.mutations,
-            now_ms: self.now_ms,
-            updated_at_max: self.updated_at_max,
-            since: self.since,
-            limit: self.limit,
-            quota: self.quota,
-            caps: &self.caps,
         }
     }
 }
@@ -612,21 +583,6 @@ fn newest_record(
     .map_err(store_err)
 }
 
-/// The same error again, for each push of a group whose commit failed.
-fn copy_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NotFound => StoreError::NotFound,
-        StoreError::Conflict => StoreError::Conflict,
-        StoreError::IdsReused { ack } => StoreError::IdsReused { ack: *ack },
-        StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
-            what,
-            limit: *limit,
-        },
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Other(m) => StoreError::Other(m.clone()),
-    }
-}
-
 /// Applies queued pushes in one transaction, each in its own savepoint, then answers each.
 fn commit_group(conn: &mut Connection, cache: &Mutex<Cache>, jobs: Vec<PushJob>) {
     let applied = (|| {
@@ -1054,19 +1010,8 @@ impl Store for SqliteStore {
 
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
         // The writer needs owned data; a batch is at most 1 MiB, so one copy is fine.
-        let (reply, answer) = oneshot::channel();
-        lock(&self.pushes).push(PushJob {
-            user_id,
-            client_id: batch.client_id.to_owned(),
-            mutations: batch.mutations.to_vec(),
-            now_ms: batch.now_ms,
-            updated_at_max: batch.updated_at_max,
-            since: batch.since,
-            limit: batch.limit,
-            quota: batch.quota,
-            caps: batch.caps_touched().cloned().collect(),
-            reply,
-        });
+        let (job, answer) = PushJob::new(user_id, &batch);
+        lock(&self.pushes).push(job);
         // Whoever holds the writer next commits every queued push, this one included. The
         // commit runs in a task of its own, so a request dropped meanwhile cannot strand it.
         let (writer, pushes, cache) =
@@ -1081,9 +1026,7 @@ impl Store for SqliteStore {
                 .await;
             }
         });
-        answer
-            .await
-            .map_err(|_| StoreError::Other("the push was dropped without an outcome".into()))?
+        answer.wait().await
     }
 
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
@@ -1266,6 +1209,8 @@ fn watch_other_writers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Quota;
+    use sinkron_core::Mutation;
 
     #[tokio::test]
     async fn sqlite_passes_the_store_conformance_suite() {
