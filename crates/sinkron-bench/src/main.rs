@@ -33,7 +33,7 @@ use load::{MakeRequest, Outcome};
 use sha2::{Digest, Sha256};
 
 const USERS: usize = 10_000;
-/// Keep-alive connections of the throughput measurements.
+/// Keep-alive connections of the throughput measurements, unless `--connections` says.
 const CONNECTIONS: usize = 32;
 /// Connections of the pull-latency measurements.
 const PULL_CONNECTIONS: usize = 4;
@@ -61,6 +61,9 @@ struct Settings {
     backends: Vec<Backend>,
     /// The servers' `SINKRON_LOG`: `warn` (no line per request) unless measuring the log.
     server_log: String,
+    /// Keep-alive connections of the polls, the baseline and the pushes. A closed loop: with
+    /// few, a request that waits (a PostgreSQL node's confirmation round trip) idles the CPU.
+    connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         secs: Duration::from_secs(5),
         backends: vec![Backend::Sqlite, Backend::Postgres],
         server_log: "warn".into(),
+        connections: CONNECTIONS,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -91,6 +95,10 @@ fn main() -> ExitCode {
                 }
             }
             ("--server-log", Some(level)) => settings.server_log = level.clone(),
+            ("--connections", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => settings.connections = n,
+                _ => return usage(&format!("--connections takes 1 to 1024, not {n:?}")),
+            },
             (other, _) => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -115,7 +123,7 @@ fn main() -> ExitCode {
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!(
-        "error: {problem}\nusage: sinkron-bench [--secs N] [--backends sqlite,postgres] [--server-log LEVEL]\n       sinkron-bench hello   (the baseline server)"
+        "error: {problem}\nusage: sinkron-bench [--secs N] [--backends sqlite,postgres] [--connections N] [--server-log LEVEL]\n       sinkron-bench hello   (the baseline server)"
     );
     ExitCode::from(2)
 }
@@ -492,10 +500,11 @@ async fn poll(
     addr: SocketAddr,
     auth: Arc<Vec<HeaderValue>>,
     secs: Duration,
+    connections: usize,
 ) -> Result<Outcome, String> {
     let host = HeaderValue::try_from(addr.to_string()).map_err(|e| e.to_string())?;
     let make: Arc<MakeRequest> = Arc::new(move |conn, seq| {
-        let user = (conn + seq as usize * CONNECTIONS) % USERS;
+        let user = (conn + seq as usize * connections) % USERS;
         let mut req = Request::new(Full::new(Bytes::new()));
         *req.uri_mut() = hyper::Uri::from_static("/api/user/me?lastSync=0");
         let h = req.headers_mut();
@@ -506,7 +515,7 @@ async fn poll(
     });
     load::run(
         addr,
-        CONNECTIONS,
+        connections,
         WARMUP,
         secs,
         StatusCode::NOT_MODIFIED,
@@ -516,7 +525,11 @@ async fn poll(
 }
 
 /// The baseline's one route, loaded like a poll.
-async fn hello_load(addr: SocketAddr, secs: Duration) -> Result<Outcome, String> {
+async fn hello_load(
+    addr: SocketAddr,
+    secs: Duration,
+    connections: usize,
+) -> Result<Outcome, String> {
     let host = HeaderValue::try_from(addr.to_string()).map_err(|e| e.to_string())?;
     let make: Arc<MakeRequest> = Arc::new(move |_, _| {
         let mut req = Request::new(Full::new(Bytes::new()));
@@ -524,7 +537,7 @@ async fn hello_load(addr: SocketAddr, secs: Duration) -> Result<Outcome, String>
         req.headers_mut().insert(hyper::header::HOST, host.clone());
         req
     });
-    load::run(addr, CONNECTIONS, WARMUP, secs, StatusCode::OK, make).await
+    load::run(addr, connections, WARMUP, secs, StatusCode::OK, make).await
 }
 
 /// Keeps the better of two measurements of the same thing, adding up their errors.
@@ -586,7 +599,7 @@ async fn push_and_pull(
         });
         let out = load::run(
             addr,
-            CONNECTIONS,
+            settings.connections,
             WARMUP,
             settings.secs,
             StatusCode::OK,
@@ -675,16 +688,28 @@ async fn bench(settings: Settings) -> Result<(), String> {
         );
         hello = Some(best(
             hello,
-            hello_load(hello_server.addr, settings.secs).await?,
+            hello_load(hello_server.addr, settings.secs, settings.connections).await?,
         ));
         for ((d, kept), site_kept) in deployments
             .iter()
             .zip(polls.iter_mut())
             .zip(site_polls.iter_mut())
         {
-            let out = poll(d.server.addr, d.auth.clone(), settings.secs).await?;
+            let out = poll(
+                d.server.addr,
+                d.auth.clone(),
+                settings.secs,
+                settings.connections,
+            )
+            .await?;
             *kept = Some(best(kept.take(), out));
-            let out = poll(d.server.addr, d.site_auth.clone(), settings.secs).await?;
+            let out = poll(
+                d.server.addr,
+                d.site_auth.clone(),
+                settings.secs,
+                settings.connections,
+            )
+            .await?;
             *site_kept = Some(best(site_kept.take(), out));
         }
     }
@@ -751,9 +776,10 @@ fn print_table(settings: &Settings, hello: &Outcome, results: &[(Backend, Result
     let ms = |o: &Outcome| format!("{:.2} / {:.2}", o.percentile_ms(50), o.percentile_ms(99));
     println!(
         "\n{} s per measurement after 1 s of warm-up (polls and hello-world: the best of \
-         {POLL_ROUNDS} turns taken in alternation); {CONNECTIONS} keep-alive connections \
+         {POLL_ROUNDS} turns taken in alternation); {} keep-alive connections \
          ({PULL_CONNECTIONS} for pulls); {USERS} users signed in; {}.\n",
         settings.secs.as_secs(),
+        settings.connections,
         machine()
     );
     let mut header = "| measurement | hello-world |".to_owned();
