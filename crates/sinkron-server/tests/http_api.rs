@@ -913,7 +913,7 @@ fn expected_winners(writes: &[(String, String, u64, String, Value)]) -> BTreeMap
 
 async fn concurrent_pushers_and_an_incremental_puller_converge_missing_nothing(backend: Backend) {
     // One user loaded at once on purpose: storage under concurrency, not the limits.
-    let server = Arc::new(Server::start(backend).await);
+    let server = Arc::new(Server::start_with(backend, &support::UNLIMITED).await);
     let alice = server.register("alice").await;
     const PUSHERS: usize = 8;
     const BATCHES: u64 = 15;
@@ -1002,7 +1002,7 @@ async fn concurrent_pushers_and_an_incremental_puller_converge_missing_nothing(b
 }
 
 async fn contested_keys_converge_to_the_newest_write(backend: Backend) {
-    let server = Arc::new(Server::start(backend).await);
+    let server = Arc::new(Server::start_with(backend, &support::UNLIMITED).await);
     let alice = server.register("alice").await;
     let mut tasks = Vec::new();
     for p in 0..8u64 {
