@@ -84,6 +84,9 @@ fn options(seed: u64) -> Options {
             push_wait_ms_max: 50,
             backoff_base_ms: 20,
             backoff_ms_max: 200,
+            // The devices write `history` as fast as they can: no playback-paced pushes
+            // (which would hold a write that missed the first push for 30 s).
+            hot: Vec::new(),
             ..Config::default()
         },
         seed,

@@ -39,6 +39,8 @@ fn options(seed: u64) -> Options {
             push_wait_ms_max: 50,
             backoff_base_ms: 20,
             backoff_ms_max: 200,
+            // Writes to `history` as fast as they come: no playback-paced pushes.
+            hot: Vec::new(),
             ..sinkron_core::Config::default()
         },
         seed,
