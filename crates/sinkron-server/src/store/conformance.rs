@@ -7,7 +7,8 @@ use sinkron_core::Mutation;
 
 use super::{PushBatch, Quota, Store, StoreError};
 
-fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
+/// A write of `likes/key` (shared with the backends' own store tests).
+pub(crate) fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
     Mutation {
         id,
         collection: "likes".into(),
@@ -17,7 +18,13 @@ fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
     }
 }
 
-fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation], since: Option<u64>) -> PushBatch<'a> {
+/// A push of `mutations` by `client_id` with no limits (shared with the backends' own store
+/// tests).
+pub(crate) fn batch<'a>(
+    client_id: &'a str,
+    mutations: &'a [Mutation],
+    since: Option<u64>,
+) -> PushBatch<'a> {
     PushBatch {
         client_id,
         mutations,

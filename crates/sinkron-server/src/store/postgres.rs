@@ -1752,31 +1752,10 @@ pub(crate) mod tests {
         }
     }
 
-    fn put(id: u64, key: &str, value: &str, updated_at: u64) -> Mutation {
-        Mutation {
-            id,
-            collection: "likes".into(),
-            key: key.into(),
-            value: Some(value.into()),
-            updated_at,
-        }
-    }
+    use crate::store::conformance::batch;
 
-    fn batch<'a>(
-        client_id: &'a str,
-        mutations: &'a [Mutation],
-        since: Option<u64>,
-    ) -> PushBatch<'a> {
-        PushBatch {
-            client_id,
-            mutations,
-            now_ms: 1_000,
-            updated_at_max: 61_000,
-            since,
-            limit: 100,
-            quota: Quota::UNLIMITED,
-            caps: &[],
-        }
+    fn put(id: u64, key: &str, value: &str, updated_at: u64) -> Mutation {
+        crate::store::conformance::m(id, key, Some(value), updated_at)
     }
 
     /// Group commits made, and those applied again one push at a time.
