@@ -116,13 +116,21 @@ pub fn wasm() {
         "wasm-opt",
         "node_modules/.bin/wasm-opt",
         &[
-            // Measured on the gzip size (BENCHMARKS.md): a second -Oz after binaryen's
-            // flattening and re-looping, to a fixed point, finds about 0.1 kB more than one.
+            // Measured on the gzip size (BENCHMARKS.md): a function with one caller is
+            // inlined only when small (binaryen's default inlines any size: everything ends up
+            // in one 23 kB function that compresses worse); a second -Oz after binaryen's
+            // flattening and re-looping, to a fixed point, finds about 0.1 kB more than one;
+            // similar functions merged, and functions and locals ordered by use, last.
+            "--one-caller-inline-max-function-size=25",
             "-Oz",
             "--flatten",
             "--rereloop",
             "-Oz",
             "--converge",
+            "--merge-similar-functions",
+            "-Oz",
+            "--reorder-functions",
+            "--reorder-locals",
             // Rust's stack sits below the data, from 1 MiB down: the first KiB is never
             // used, so binaryen may fold constant addresses into load/store offsets.
             "--low-memory-unused",
