@@ -768,6 +768,86 @@ describe("sign-out", () => {
     }));
 });
 
+describe("signing out with writes not yet confirmed", () => {
+  /** The stored outboxes of `uid` that hold writes: how many each holds. */
+  const parked = (page, uid) =>
+    page.evaluate((uid) => Object.keys(localStorage).filter((k) => k.startsWith(`sinkron:v1:${uid}:o:`)).map((k) => JSON.parse(localStorage.getItem(k)).m.length).filter((n) => n > 0), uid);
+  const userId = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:session")).user.id);
+  /** A session of the user's own, to read the server's state after the page's has ended. */
+  const login = async (server, username) => {
+    const response = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username, password: "correct horse" }) });
+    return (await response.json()).token;
+  };
+
+  test("online, the sign-out flushes them, and nothing of the user stays on the device", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      await signUp(page, "leaving");
+      const auth = await login(server, "leaving");
+      const uid = await userId(page);
+      // The first push is held on its way: its writes are not confirmed when the user signs out.
+      let held = null;
+      await page.route("**/api/user/me/changes", (route) => (held ? route.continue() : (held = route)));
+      await page.getByTestId("favorite-s03").click();
+      await page.getByTestId("favorite-s04").click();
+      await until(() => held !== null, { what: "a push on its way" });
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      assert.equal(await pressed(page, "favorite-s03"), "false", "the guest sees none of it");
+      await until(async () => Object.keys(recordsOf(await server.state(auth), "favorites")).length === 2, { what: "the flush applied" });
+      await until(async () => (await parked(page, uid)).length === 0, { what: "the parked copy dropped" });
+      const keys = await page.evaluate(() => Object.keys(localStorage));
+      assert.deepEqual(keys.filter((k) => k.startsWith(`sinkron:v1:${uid}:`)), [], "nothing of the user is left");
+      await held.continue();
+      await context.close();
+    }));
+
+  test("offline, they stay for the account, never reach another user, and go at its next sign-in here", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      await signUp(page, "roaming");
+      const auth = await login(server, "roaming");
+      const uid = await userId(page);
+      await page.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await context.setOffline(true);
+      await page.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      await page.getByTestId("favorite-s05").click();
+      await openEpisodes(page, "s05");
+      await page.getByTestId("like-s05e01").click();
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      assert.equal(await pressed(page, "favorite-s05"), "false", "the guest sees none of it");
+      assert.deepEqual(await parked(page, uid), [2], "kept for the account");
+
+      // A reload, back online, and another user on this device: the writes are not theirs.
+      await context.setOffline(false);
+      await page.unroute("**/api/**");
+      await page.reload();
+      await page.getByTestId("login-submit").waitFor();
+      const other = await signUp(page, "borrower");
+      await page.getByTestId("favorite-s06").click();
+      await syncedState(page);
+      assert.deepEqual(recordsOf(await server.state(other), "favorites"), { s06: {} });
+      assert.deepEqual(recordsOf(await server.state(other), "likes"), {});
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      assert.deepEqual(await parked(page, uid), [2], "still kept");
+
+      // The user signs in again: they are sent, and the device keeps no copy.
+      await signIn(page, "roaming");
+      await until(async () => {
+        const state = await server.state(auth);
+        return "s05" in recordsOf(state, "favorites") && "s05e01" in recordsOf(state, "likes");
+      }, { what: "the parked writes applied" });
+      await waitPressed(page, "favorite-s05");
+      assert.deepEqual(await parked(page, uid), []);
+      assert.equal(await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m.length > 0).length), 0);
+      await context.close();
+    }));
+});
+
 describe("adopting the site's old data", () => {
   test("a guest's old rabastrin_history is adopted once, keeps its times, and joins the account", () =>
     withServer(async (server) => {

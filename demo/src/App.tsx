@@ -200,8 +200,10 @@ function Account() {
         <button
           data-testid="logout"
           onClick={() => {
-            if (siteAuth) void fetch("/site/logout", { method: "POST" });
-            void signOut();
+            // Sinkron first: its flush of what is not yet sent still carries the site's session.
+            void signOut().then(() => {
+              if (siteAuth) void fetch("/site/logout", { method: "POST" });
+            });
           }}
         >
           Sign out

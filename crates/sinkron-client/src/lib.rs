@@ -113,8 +113,27 @@ impl Storage {
                 let outboxes = &mut stored.scopes.entry(scope).or_default().outboxes;
                 outboxes.insert(client_id, (next_id, mutations));
             }
-            Persist::Wipe { scope } => {
-                stored.scopes.remove(&scope);
+            Persist::DropParked { scope, client_id } => {
+                if let Some(scope) = stored.scopes.get_mut(&Some(scope)) {
+                    scope.outboxes.remove(&client_id);
+                }
+            }
+            Persist::Wipe {
+                scope,
+                keep_pending,
+            } => {
+                let Some(gone) = stored.scopes.remove(&scope) else {
+                    return;
+                };
+                let mut outboxes = gone.outboxes;
+                outboxes.retain(|_, (_, mutations)| keep_pending && !mutations.is_empty());
+                if !outboxes.is_empty() {
+                    let parked = StoredScope {
+                        outboxes,
+                        ..StoredScope::default()
+                    };
+                    stored.scopes.insert(scope, parked);
+                }
             }
         }
     }
@@ -272,7 +291,8 @@ impl Device {
     }
 
     /// Signs out: flushes what is queued, wipes the user's data, becomes a guest; the
-    /// server ends the session (again later until it answers, if it cannot now).
+    /// server ends the session (again later until it answers, if it cannot now). Writes the
+    /// server has not confirmed stay stored for the account, sent at its next sign-in here.
     pub fn sign_out(&self) {
         self.send(Input::SignOut);
     }
@@ -360,6 +380,9 @@ impl Device {
     }
 }
 
+/// Where the answers to the requests a driver sends come back: id, reply, poll interval.
+type Replies = mpsc::UnboundedSender<(u64, Reply, Option<u64>)>;
+
 /// The task that owns the engine.
 struct Driver {
     engine: Engine,
@@ -389,7 +412,7 @@ impl Driver {
             };
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.handle_input(input),
+                    Some(input) => self.handle_input(input, &reply_tx),
                     None => return,
                 },
                 Some((id, reply, poll_interval_ms)) = replies.recv() => {
@@ -408,7 +431,7 @@ impl Driver {
         }
     }
 
-    fn handle_input(&mut self, input: Input) {
+    fn handle_input(&mut self, input: Input, replies: &Replies) {
         let now = self.now();
         match input {
             Input::Write {
@@ -420,25 +443,37 @@ impl Driver {
                 let _ = done.send(self.engine.write(now, &collection, &key, value));
             }
             Input::SignIn { session } => {
+                // Another user signed in here signs out first, with their own token.
+                if self
+                    .engine
+                    .user()
+                    .is_some_and(|user| user != session.user.id)
+                {
+                    self.sign_out(now, replies);
+                }
                 self.token = Some(session.token.clone());
                 self.engine.sign_in(now, &session.user.id);
                 self.options.storage.lock().session = Some(session);
             }
-            Input::SignOut => {
-                self.engine.sign_out(now);
-                if let Some(token) = self.token.take() {
-                    self.engine.end_session(now, token);
-                }
-                self.options.storage.lock().session = None;
-            }
+            Input::SignOut => self.sign_out(now, replies),
             Input::Focus => self.engine.handle_focus(now),
             Input::Online(online) => self.engine.handle_online(now, online),
             Input::Visible(visible) => self.engine.handle_visibility(now, visible),
         }
     }
 
+    fn sign_out(&mut self, now: u64, replies: &Replies) {
+        self.engine.sign_out(now, false);
+        // The flush of what was queued goes with the session's token, before it is dropped.
+        self.execute(replies);
+        if let Some(token) = self.token.take() {
+            self.engine.end_session(now, token);
+        }
+        self.options.storage.lock().session = None;
+    }
+
     /// Drains the engine's commands and carries them out.
-    fn execute(&mut self, replies: &mpsc::UnboundedSender<(u64, Reply, Option<u64>)>) {
+    fn execute(&mut self, replies: &Replies) {
         let mut changed = false;
         while let Some(command) = self.engine.poll_command() {
             match command {
@@ -480,6 +515,26 @@ impl Driver {
                 Command::Adopt { scope } => {
                     let now = self.now();
                     let _ = self.engine.adopt(now, scope.as_deref(), Vec::new());
+                }
+                Command::Unpark { scope } => {
+                    let parked: Vec<(String, Vec<Mutation>)> = self
+                        .options
+                        .storage
+                        .lock()
+                        .scopes
+                        .get(&Some(scope))
+                        .map(|s| {
+                            s.outboxes
+                                .iter()
+                                .filter(|(_, (_, mutations))| !mutations.is_empty())
+                                .map(|(id, (_, mutations))| (id.clone(), mutations.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for (client_id, mutations) in parked {
+                        let now = self.now();
+                        self.engine.unpark(now, client_id, mutations);
+                    }
                 }
             }
         }

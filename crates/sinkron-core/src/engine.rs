@@ -106,6 +106,18 @@ struct InFlight {
     fresh_token: bool,
 }
 
+/// The writes a tab still had queued as it left a user, flushed on the way out. They stay
+/// stored as that user's (`Persist::Wipe` keeps them) until the flush's answer confirms all
+/// of them (its `ack` reaches `last`); otherwise they are sent at the user's next sign-in
+/// here, whole (a confirmed one again ties with itself: the server keeps one value).
+#[derive(Debug)]
+struct Parked {
+    request: u64,
+    scope: String,
+    client_id: String,
+    last: u64,
+}
+
 /// A cursor as a number, when it is a decimal one (the server's are). Folded by hand: the
 /// standard parser costs the browser build more than all of this rule.
 fn cursor_number(cursor: &str) -> Option<u64> {
@@ -207,6 +219,8 @@ pub struct Engine {
     /// The request ending the newest of them, when one is out.
     ending_in_flight: Option<u64>,
     ending_failures: u32,
+    /// The flush a signing-out tab sent, until it is answered ([`Engine::sign_out`]).
+    parked: Option<Parked>,
     /// The first write of the burst the next push takes: a push never waits much longer.
     /// Hot writes (`Config::hot`) are not part of bursts.
     first_write_at: Option<u64>,
@@ -262,6 +276,7 @@ impl Engine {
             ending: Vec::new(),
             ending_in_flight: None,
             ending_failures: 0,
+            parked: None,
             first_write_at: None,
             hot_sent_at: None,
             failures: 0,
@@ -429,12 +444,14 @@ impl Engine {
             TabBody::SignedIn => {
                 if let Some(user) = message.scope {
                     if !ours {
-                        self.enter(Some(user));
+                        self.park();
+                        self.enter(Some(user), false);
                     }
                 }
             }
             TabBody::SignedOut if ours && self.user.is_some() => {
-                self.enter(None);
+                self.park();
+                self.enter(None, false);
             }
             _ if !ours => {}
             TabBody::SignedOut => {}
@@ -540,6 +557,16 @@ impl Engine {
         self.observe_time(now);
         if self.ending_in_flight == Some(id) {
             self.session_ended(now, reply);
+            return self.finish(now);
+        }
+        if let Some(parked) = self.parked.take_if(|p| p.request == id) {
+            if matches!(reply, Reply::Pushed { ack, .. } if ack >= parked.last) {
+                self.commands
+                    .push_back(Command::Persist(Persist::DropParked {
+                        scope: parked.scope,
+                        client_id: parked.client_id,
+                    }));
+            }
             return self.finish(now);
         }
         let Some(index) = self.in_flight.iter().position(|f| f.id == id) else {
@@ -774,24 +801,67 @@ impl Engine {
             return self.finish(now);
         }
         if self.user.is_some() {
-            self.sign_out(now);
+            self.sign_out(now, false);
         }
-        self.enter(Some(user.to_owned()));
+        self.enter(Some(user.to_owned()), false);
         self.broadcast(TabBody::SignedIn);
+        // What was left unconfirmed when the user last signed out here goes now.
+        self.commands.push_back(Command::Unpark {
+            scope: user.to_owned(),
+        });
         self.finish(now);
     }
 
-    /// Signs out: sends what is still queued (keepalive), then wipes the user's data from
-    /// memory and storage and becomes an empty guest with a new client id. The other tabs
-    /// follow.
-    pub fn sign_out(&mut self, now: u64) {
+    /// Signs out and becomes an empty guest with a new client id; the other tabs follow.
+    /// The user's data leaves memory and storage, except the writes not yet confirmed: they
+    /// are flushed (keepalive) and, until that flush is confirmed, stay stored for the
+    /// account, to be sent at its next sign-in on this device ([`Command::Unpark`]). With
+    /// `discard` they are dropped instead. Returns how many writes this tab had queued.
+    pub fn sign_out(&mut self, now: u64, discard: bool) -> usize {
         self.observe_time(now);
-        if self.user.is_none() {
-            return self.finish(now);
+        let queued = self.view.outbox.len();
+        if self.user.is_some() {
+            if discard {
+                self.view.outbox.clear();
+            }
+            self.park();
+            self.broadcast(TabBody::SignedOut);
+            self.enter(None, discard);
         }
+        self.finish(now);
+        queued
+    }
+
+    /// Flushes what is queued as the tab leaves its user, and remembers the flush: its answer
+    /// tells which of the parked writes are confirmed ([`Parked`]).
+    fn park(&mut self) {
+        let request = self.next_request_id;
         self.flush_outbox();
-        self.broadcast(TabBody::SignedOut);
-        self.enter(None);
+        if let (Some(scope), Some(last)) = (self.user.clone(), self.view.outbox.last()) {
+            if self.next_request_id != request {
+                self.parked = Some(Parked {
+                    request,
+                    scope,
+                    client_id: self.client_id.clone(),
+                    last: last.id,
+                });
+            }
+        }
+    }
+
+    /// Takes the writes the signed-in user left parked on this device ([`Command::Unpark`]),
+    /// those of the stored outbox of `client_id`: they join this tab's queue with their own
+    /// times (a newer version of a record this tab shows stays), and the parked copy goes.
+    pub fn unpark(&mut self, now: u64, client_id: String, mutations: Vec<Mutation>) {
+        self.observe_time(now);
+        if let Some(scope) = self.user.clone().filter(|_| client_id != self.client_id) {
+            for m in mutations {
+                let key = RecordKey::new(m.collection, m.key);
+                self.take_stamped(now, key, m.value, Some(m.updated_at));
+            }
+            self.commands
+                .push_back(Command::Persist(Persist::DropParked { scope, client_id }));
+        }
         self.finish(now);
     }
 
@@ -992,14 +1062,7 @@ impl Engine {
             crate::limits::check_write(&key.collection, &key.key, value.as_deref())?;
         }
         for (key, value, updated_at) in records {
-            let stamp = updated_at.map(|t| t.min(now));
-            // What this tab already shows for the key and is newer stays (an adopted record
-            // must not even replace a queued write).
-            let shown = self.view.get(&key).map(|r| r.updated_at);
-            if stamp.is_some_and(|t| shown.is_some_and(|s| s >= t)) {
-                continue;
-            }
-            self.write_stamped(now, key, value, stamp);
+            self.take_stamped(now, key, value, updated_at);
         }
         self.adopted.push(self.user.clone());
         self.commands.push_back(Command::Persist(Persist::Adopted {
@@ -1010,6 +1073,17 @@ impl Engine {
     }
 
     // ----- internals -----
+
+    /// Writes a record that carries its own time (an adopted or a parked one), unless what
+    /// this tab shows for the key is newer: such a record must not even replace a queued
+    /// write.
+    fn take_stamped(&mut self, now: u64, key: RecordKey, value: Option<String>, at: Option<u64>) {
+        let stamp = at.map(|t| t.min(now));
+        let shown = self.view.get(&key).map(|r| r.updated_at);
+        if stamp.is_none_or(|t| shown.is_none_or(|s| s < t)) {
+            self.write_stamped(now, key, value, stamp);
+        }
+    }
 
     /// Keeps deadlines meaningful when the device clock jumps backwards: every local time the
     /// engine holds moves back with it. Otherwise a clock set back an hour would hold every
@@ -1029,8 +1103,10 @@ impl Engine {
         self.last_now = Some(now);
     }
 
-    /// Switches to `user`'s scope (or the guest's), dropping every trace of the previous one.
-    fn enter(&mut self, user: Option<String>) {
+    /// Switches to `user`'s scope (or the guest's), dropping every trace of the previous one
+    /// but its writes not yet confirmed, which stay stored for that account unless `discard`
+    /// (see [`Engine::sign_out`]).
+    fn enter(&mut self, user: Option<String>, discard: bool) {
         let previous = self.user.take();
         let was_guest = previous.is_none();
         // The stream was the previous user's.
@@ -1057,7 +1133,8 @@ impl Engine {
         self.unauthorized = false;
         self.fresh_token = false;
         self.commands.push_back(Command::Persist(Persist::Wipe {
-            scope: previous.clone(),
+            keep_pending: previous.is_some() && !discard,
+            scope: previous,
         }));
         if was_guest && user.is_some() {
             // The guest's own writes move into the account.
@@ -1122,7 +1199,11 @@ impl Engine {
     /// counts: [`Engine::poll_timeout`] and [`Engine::fire_due`] both ask it.
     fn ready(&self, timer: Timer) -> bool {
         if timer == Timer::EndSession {
-            return self.online && self.ending_in_flight.is_none() && !self.ending.is_empty();
+            // After the sign-out's flush is answered: it needs the session.
+            return self.online
+                && self.ending_in_flight.is_none()
+                && self.parked.is_none()
+                && !self.ending.is_empty();
         }
         if self.regular_in_flight() {
             return false;

@@ -511,7 +511,7 @@ impl Driver {
             Input::SignIn(same) => self.engine.sign_in(now, if same { "u1" } else { "u2" }),
             Input::SignOut => {
                 // As with Sinkron's own accounts: the server is to end the session.
-                self.engine.sign_out(now);
+                self.engine.sign_out(now, false);
                 self.engine.end_session(now, format!("token-{now}"));
             }
             Input::Flush => self.engine.flush(now),

@@ -517,6 +517,26 @@ impl World {
                         "asked for data from before Sinkron: the simulation's engines adopt none",
                     ));
                 }
+                // As the browser driver: the scope's stored outboxes that hold writes.
+                Command::Unpark { scope } => {
+                    let parked: Vec<(String, Vec<Mutation>)> = self.devices[d]
+                        .storage
+                        .get(&Some(scope))
+                        .map(|s| {
+                            s.outboxes
+                                .iter()
+                                .filter(|(_, (_, mutations))| !mutations.is_empty())
+                                .map(|(id, (_, mutations))| (id.clone(), mutations.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for (client_id, mutations) in parked {
+                        let now = self.local(d);
+                        self.devices[d].tabs[t]
+                            .engine
+                            .unpark(now, client_id, mutations);
+                    }
+                }
             }
         }
         let local = self.local(d);

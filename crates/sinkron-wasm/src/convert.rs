@@ -138,6 +138,9 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
             j.field("t").string("adopt");
             j.field("scope").opt_string(scope.as_deref());
         }
+        Command::Unpark { scope } => {
+            j.field("t").string("unpark").field("scope").string(scope);
+        }
         Command::Leadership(want) => {
             j.field("t")
                 .string("leadership")
@@ -206,9 +209,20 @@ fn persist(j: &mut Json, p: &Persist) {
             j.field("mutations");
             mutation_list(j, mutations);
         }
-        Persist::Wipe { scope } => {
+        Persist::DropParked { scope, client_id } => {
+            j.field("t")
+                .string("dropParked")
+                .field("scope")
+                .string(scope);
+            j.field("clientId").string(client_id);
+        }
+        Persist::Wipe {
+            scope,
+            keep_pending,
+        } => {
             j.field("t").string("wipe");
             j.field("scope").opt_string(scope.as_deref());
+            j.field("keepPending").boolean(*keep_pending);
         }
         Persist::Adopted { scopes } => {
             j.field("t").string("adopted").field("scopes").raw("[");

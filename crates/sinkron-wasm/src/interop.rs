@@ -137,10 +137,12 @@ fn run(
             let now = now()?;
             // A session of Sinkron's own accounts, which the server is to end too.
             let end = call.opt_str("endSession")?;
-            engine.sign_out(now);
+            // How many writes were queued: flushed, and parked unless discarded.
+            let queued = engine.sign_out(now, call.bool("discard")?);
             if let Some(token) = end {
                 engine.end_session(now, token.into());
             }
+            j.number(queued as u64);
         }
         "flush" => {
             engine.flush(now()?);
@@ -187,11 +189,16 @@ fn run(
             }
             j.raw("]");
         }
-        "restoreOutbox" => {
+        // A stored outbox: this tab's own after a reload, or one parked by a sign-out.
+        "restoreOutbox" | "unpark" => {
             let client_id = call.str("clientId")?;
             let next = call.u64("next")?;
             let mutations = list(call, "mutations", mutation)?;
-            engine.restore_outbox(client_id.into(), next, mutations);
+            if name == "unpark" {
+                engine.unpark(now()?, client_id.into(), mutations);
+            } else {
+                engine.restore_outbox(client_id.into(), next, mutations);
+            }
         }
         "adopt" => {
             let now = now()?;

@@ -95,7 +95,7 @@ export class SinkronClient {
   #tabLockRelease: (() => void) | null = null;
   #tabId = "";
   #stopped = false;
-  /** The site's last token (token mode): what a keepalive flush on page hide sends. */
+  /** The site's last token for the engine's user (token mode): what a keepalive flush sends. */
   #lastToken: string | null = null;
 
   readonly #engine: Engine;
@@ -191,6 +191,9 @@ export class SinkronClient {
       throw new SinkronError(error.code, error.message);
     }
     const session = body as Session;
+    // Another user signed in here signs out first: the flush of their writes carries their token.
+    const current = this.#call<string | null>({ t: "user" });
+    if (current !== null && current !== session.user.id) await this.signOut();
     this.#storage.setSession(session);
     this.#call({ t: "signIn", now: Date.now(), user: session.user.id });
     return session.user;
@@ -204,35 +207,41 @@ export class SinkronClient {
    */
   async signedIn(userId?: string): Promise<Session["user"]> {
     let id = userId;
+    let token: string | null = null;
     if (this.#options.getToken) {
-      const token = await this.#options.getToken({ refresh: false });
+      token = await this.#options.getToken({ refresh: false });
       if (token === null) throw new SinkronError("signed_out", "sinkron: the token provider returned no token");
       id = subject(token);
       if (userId !== undefined && userId !== id) {
         throw new SinkronError("wrong_user", `sinkron: the token is for ${id}, not ${userId}`);
       }
-      this.#lastToken = token;
     } else if (!this.#options.cookie) {
       throw new SinkronError("builtin_accounts", "sinkron: signedIn() is for the site's sign-in (getToken or cookie); use signIn()");
     }
     if (!id) throw new SinkronError("invalid_user", "sinkron: signedIn() needs the site's user id");
     const user = { id, username: id };
     this.#storage.setSession({ token: "", user });
+    // The previous user's writes are flushed with the previous user's token, then this one's.
     this.#call({ t: "signIn", now: Date.now(), user: id });
+    this.#lastToken = token;
     return user;
   }
 
   /**
-   * Signs out: flushes what is queued, wipes the user's data here and in other tabs. With
-   * Sinkron's own accounts it also ends the session on the server; with the site's sign-in,
-   * the site ends its own.
+   * Signs out: wipes the user's data here and in other tabs. Writes not yet confirmed are
+   * never lost silently: they are flushed, and until the server confirms them they stay on
+   * this device for the account, sent at its next sign-in here; with `discard` they are
+   * dropped. Resolves with how many writes this tab had queued. With Sinkron's own accounts
+   * it also ends the session on the server (after the flush); with the site's sign-in, call
+   * it before the site ends its session, so the flush still carries it.
    */
-  async signOut(): Promise<void> {
+  async signOut(options: { discard?: boolean } = {}): Promise<{ pending: number }> {
     // The built-in session's token: the engine has the server end it, until it answers.
     const endSession = this.#storage.session()?.token || null;
-    this.#call({ t: "signOut", now: Date.now(), endSession });
+    const pending = this.#call<number>({ t: "signOut", now: Date.now(), endSession, discard: options.discard === true });
     this.#storage.setSession(null);
     this.#lastToken = null;
+    return { pending };
   }
 
   /** Stops syncing in this tab (listeners, timers, locks). */
@@ -376,7 +385,19 @@ export class SinkronClient {
         if (c.clientId !== this.#tabId) void this.#claimTabId(c.clientId);
         return s.setOutbox(c.scope, c.clientId, c.next, c.mutations);
       case "wipe":
-        return s.wipe(c.scope);
+        // The user changes: the last token was the previous user's (a flush before took it).
+        this.#lastToken = null;
+        return s.wipe(c.scope, c.keepPending);
+      case "dropParked":
+        return s.dropOutbox(c.scope, c.clientId);
+      case "unpark": {
+        // Read now, before another tab's outbox can join the scope; handed over after this call.
+        for (const clientId of s.outboxIds(c.scope)) {
+          const stored = s.outbox(c.scope, clientId);
+          if (stored?.mutations.length) queueMicrotask(() => this.#stopped || this.#call({ t: "unpark", now: Date.now(), clientId, ...stored }));
+        }
+        return;
+      }
       case "evict":
         return s.evict(c.scope, c.keys);
       case "ending":
@@ -499,9 +520,11 @@ export class SinkronClient {
       const token = this.#storage.session()?.token;
       return token ? `Bearer ${token}` : null;
     }
-    // A flush on page hide cannot wait for the provider: the page may be gone by then.
-    let token = c.keepalive && !c.freshToken ? this.#lastToken : null;
-    token ??= await getToken({ refresh: c.freshToken });
+    // A flush on page hide or sign-out cannot wait for the provider: the page may be gone,
+    // the user signed out. The last token is the user's whose writes it carries.
+    const last = c.keepalive && !c.freshToken ? this.#lastToken : null;
+    if (last) return `Bearer ${last}`;
+    const token = await getToken({ refresh: c.freshToken });
     // A token for someone else (the site switched users in another page) is never used for
     // this user's data; `followSite` or the app's `signedIn` switches over.
     if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;

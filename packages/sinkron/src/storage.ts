@@ -7,7 +7,8 @@
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
-//                                kept when empty so a reloaded tab never reuses an id
+//                                kept when empty so a reloaded tab never reuses an id; one that
+//                                holds writes outlives a sign-out (parked for the account)
 //   <scope>:partial              set by an eviction, cleared with the records (the engine then
 //                                restores without the cursor)
 //   msg                          the cross-tab fallback channel (storage events)
@@ -181,9 +182,16 @@ export class DeviceStorage {
     this.#write(`${ROOT}${scopeName(scope)}:o:${clientId}`, JSON.stringify({ n: next, m: mutations }), scope);
   }
 
-  wipe(scope: string | null) {
+  /** Forgets an outbox parked by a sign-out (its client id is no tab's). */
+  dropOutbox(scope: string | null, clientId: string) {
+    this.#store.removeItem(`${ROOT}${scopeName(scope)}:o:${clientId}`);
+  }
+
+  /** Forgets the scope; with `keepPending`, but for its outboxes that hold writes. */
+  wipe(scope: string | null, keepPending = false) {
     const prefix = `${ROOT}${scopeName(scope)}:`;
-    this.#removeWhere((k) => k.startsWith(prefix));
+    const outboxes = `${prefix}o:`;
+    this.#removeWhere((k) => k.startsWith(prefix) && !(keepPending && k.startsWith(outboxes) && this.outbox(scope, k.slice(outboxes.length))?.mutations.length));
   }
 
   /** Every key this library owns, for tests and debugging. */

@@ -56,8 +56,12 @@ export interface UserSyncState {
    * the account. With `getToken` the user is the token's `sub`; with `cookie`, `userId`.
    */
   signedIn(userId?: string): Promise<User>;
-  /** Signs out (either kind of sign-in): this device's copy of the user's data is wiped. */
-  signOut(): Promise<void>;
+  /**
+   * Signs out (either kind of sign-in): this device's copy of the user's data is wiped, but
+   * writes not yet confirmed are flushed and, until confirmed, kept for the account (sent at
+   * its next sign-in here); `discard` drops them. Resolves with how many were queued here.
+   */
+  signOut(options?: { discard?: boolean }): Promise<{ pending: number }>;
 
   /** Starts syncing in this tab (the React hook calls it); resolves when ready. */
   start(options?: ClientOptions): Promise<void>;
@@ -173,8 +177,8 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
       async signedIn(userId) {
         return engine().signedIn(userId);
       },
-      async signOut() {
-        await engine().signOut();
+      async signOut(options) {
+        return engine().signOut(options);
       },
 
       start(options) {

@@ -80,8 +80,10 @@ export type Call =
   | { t: "collection"; name: string }
   | { t: "write"; now: number; collection: string; key: string; value: Value | null }
   | { t: "signIn"; now: number; user: string }
-  /** `endSession`: the built-in session's token, for the engine to have the server end it. */
-  | { t: "signOut"; now: number; endSession: string | null }
+  /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
+  | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
+  /** A stored outbox that holds writes, of the scope an `unpark` command named (one call each). */
+  | { t: "unpark"; now: number; clientId: string; next: number; mutations: Mutation[] }
   | { t: "flush"; now: number }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
@@ -111,7 +113,12 @@ export type Command =
   | { t: "clear"; scope: string | null }
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
-  | { t: "wipe"; scope: string | null }
+  /** Forget the scope, but with `keepPending` its outboxes that hold writes (parked for the account). */
+  | { t: "wipe"; scope: string | null; keepPending: boolean }
+  /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
+  | { t: "dropParked"; scope: string; clientId: string }
+  /** The user `scope` signed in here: hand the engine the scope's stored outboxes that hold writes (`unpark`). */
+  | { t: "unpark"; scope: string }
   /** Store the scopes whose data from before Sinkron was adopted (device-wide). */
   | { t: "adopted"; scopes: Array<string | null> }
   /** Ask the app (`adoptLegacy`) for the scope's data from before Sinkron. */

@@ -126,6 +126,69 @@ test("a token for another user is never sent for this user's data", async (t) =>
   }
 });
 
+test("signing out keeps unconfirmed writes for the account: the flush carries the user's last token, and they go at its next sign-in only", async (t) => {
+  fakeClock(t);
+  let sub = "site-ana";
+  let down = true;
+  browser.answer(({ method, body }) => {
+    if (method === "POST" && down) throw new TypeError("Failed to fetch");
+    const ack = body?.mutations.at(-1)?.id ?? 0;
+    return method === "POST" ? { status: 200, body: { ...emptyPage().body, ack, cursor: "2" } } : emptyPage();
+  });
+  const client = await SinkronClient.start(options({ getToken: async () => (sub ? fakeToken(sub) : null) }));
+  const pushes = (who, key) => browser.requests.filter((r) => r.method === "POST" && r.headers.authorization === `Bearer ${fakeToken(who)}` && r.body.mutations.some((m) => m.key === key));
+  const parked = () => stored("sinkron:v1:site-ana:o:").map((k) => JSON.parse(localStorage.getItem(k)).m.length);
+  try {
+    await client.signedIn();
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    client.write("favorites", "s07", {});
+    t.mock.timers.tick(1000);
+    await settle(() => pushes("site-ana", "s07").length === 1, { what: "a push that fails" });
+    sub = null; // the site has signed the user out: its provider gives no token any more
+    assert.deepEqual(await client.signOut(), { pending: 1 });
+    await settle(() => pushes("site-ana", "s07").length === 2, { what: "the flush, with ana's last token" });
+    assert.equal(pushes("site-ana", "s07")[1].init.keepalive, true);
+    await settle(() => client.status().pending === 0, { what: "a guest" });
+    assert.deepEqual(parked(), [1], "kept for ana");
+    assert.deepEqual(client.collection("favorites"), [], "the guest does not see it");
+
+    // Back up; bo signs in on this device: ana's write is not bo's.
+    down = false;
+    sub = "site-bo";
+    await client.signedIn();
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().lastSyncedAt !== null && client.user()?.id === "site-bo", { what: "bo synced" });
+    assert.equal(pushes("site-bo", "s07").length, 0);
+    assert.deepEqual(parked(), [1], "still kept for ana");
+
+    // Ana signs in again: it goes, and the device keeps no copy.
+    sub = "site-ana";
+    await client.signedIn();
+    t.mock.timers.tick(1000);
+    await settle(() => pushes("site-ana", "s07").length === 3, { what: "the parked write sent" });
+    await settle(() => client.status().pending === 0, { what: "acknowledged" });
+    assert.deepEqual(parked().filter((n) => n > 0), []);
+  } finally {
+    client.stop();
+  }
+});
+
+test("signOut({ discard: true }) sends and keeps nothing of what was queued", async () => {
+  session("7");
+  browser.answer(() => emptyPage());
+  const client = await SinkronClient.start(options());
+  try {
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    client.write("favorites", "s09", {});
+    assert.deepEqual(await client.signOut({ discard: true }), { pending: 1 });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(browser.requests.filter((r) => r.url.endsWith("/changes")).length, 0, "no flush");
+    assert.deepEqual(stored("sinkron:v1:7:"), [], "nothing of user 7 is left");
+  } finally {
+    client.stop();
+  }
+});
+
 test("cookie mode sends credentials and no Authorization header", async () => {
   browser.answer(() => emptyPage());
   const client = await SinkronClient.start(options({ cookie: true, baseUrl: "https://sync.example" }));

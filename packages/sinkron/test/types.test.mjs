@@ -87,9 +87,23 @@ async function scenario() {
   // A tab that does not lead asks the leader to pull.
   run({ t: "leadership", now: NOW + 135_000, leader: false });
   run({ t: "focus", now: NOW + 136_000 });
-  run({ t: "signOut", now: NOW + 140_000, endSession: "a".repeat(64) });
+  // Signing out with a write queued: flushed, and once confirmed no longer parked.
+  run({ t: "write", now: NOW + 139_000, collection: "likes", key: "e5", value: { on: true } });
+  assert.equal(run({ t: "signOut", now: NOW + 140_000, endSession: "a".repeat(64), discard: false }).r, 1);
+  const flush = inFlight.findLast((c) => c.kind === "push");
+  assert.equal(flush.keepalive, true);
+  inFlight.splice(inFlight.indexOf(flush), 1);
+  const confirmed = { ack: flush.body.mutations.at(-1).id, cursor: "9", changes: [], more: false, serverTime: NOW + 140_000 };
+  run({ t: "reply", now: NOW + 140_000, id: flush.id, kind: "push", status: 200, retryAfter: null, pollInterval: null }, JSON.stringify(confirmed));
+  assert.ok(answers.at(-1).c.some((c) => c.t === "dropParked" && c.scope === "7"));
   reply("endSession", 204);
   run({ t: "tab", now: NOW + 140_000, message: { scope: null, kind: "signedOut" } });
+  // Signing in again asks for what is parked, and takes it.
+  run({ t: "signIn", now: NOW + 150_000, user: "7" });
+  assert.ok(answers.at(-1).c.some((c) => c.t === "unpark" && c.scope === "7"));
+  run({ t: "unpark", now: NOW + 150_000, clientId: "gone", next: 2, mutations: [{ id: 1, collection: "likes", key: "e6", value: { on: true }, updatedAt: NOW + 100 }] });
+  assert.ok(answers.at(-1).c.some((c) => c.t === "dropParked" && c.clientId === "gone"));
+  run({ t: "signOut", now: NOW + 160_000, endSession: null, discard: true });
   return { calls, answers, commands: commands(answers) };
 }
 

@@ -42,6 +42,10 @@ pub enum Command {
     /// [`crate::Config::adopt_legacy`], once per device and scope); hand it to
     /// [`Engine::adopt`].
     Adopt { scope: Option<String> },
+    /// The user `scope` just signed in on this tab: hand [`Engine::unpark`] each stored
+    /// outbox of the scope that holds writes (parked there when the user last signed out
+    /// before they were confirmed).
+    Unpark { scope: String },
 }
 
 /// Storage writes. `scope` is the signed-in user's id, or `None` for the guest's data.
@@ -69,8 +73,17 @@ pub enum Persist {
         next_id: u64,
         mutations: Vec<Mutation>,
     },
-    /// Forget everything of the scope: records, cursor, outboxes.
-    Wipe { scope: Option<String> },
+    /// Forget the outbox `client_id` left parked in `scope` (the user signed out before its
+    /// writes were confirmed; see [`Persist::Wipe`]): they are confirmed now, or queued
+    /// again by this tab. Its client id is no tab's.
+    DropParked { scope: String, client_id: String },
+    /// Forget everything of the scope: records, cursor, outboxes — but with `keep_pending`,
+    /// the outboxes that still hold writes: the user signed out before they were confirmed,
+    /// and they are the account's, sent at its next sign-in here ([`Command::Unpark`]).
+    Wipe {
+        scope: Option<String>,
+        keep_pending: bool,
+    },
     /// The user scopes whose data from before Sinkron was adopted on this device
     /// (device-wide), to restore with [`Engine::restore_adopted`].
     Adopted { scopes: Vec<Option<String>> },

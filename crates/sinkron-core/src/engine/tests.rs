@@ -686,7 +686,10 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
     tab.drain();
     tab.engine.sign_in(tab.now, "u1");
     let commands = tab.drain();
-    assert!(commands.contains(&Command::Persist(Persist::Wipe { scope: None })));
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: None,
+        keep_pending: false
+    })));
     assert!(Tab::broadcasts(&commands)
         .iter()
         .any(|m| m.body == TabBody::SignedIn && m.scope.as_deref() == Some("u1")));
@@ -735,10 +738,15 @@ fn sign_out_wipes_everything_and_ignores_late_replies() {
     let (late, _) = tab.only_send();
     let old_client = tab.engine.client_id().to_owned();
     tab.write("e1", "{}");
-    tab.engine.sign_out(tab.now);
+    assert_eq!(
+        tab.engine.sign_out(tab.now, false),
+        1,
+        "one write was queued"
+    );
     let commands = tab.drain();
     assert!(commands.contains(&Command::Persist(Persist::Wipe {
-        scope: Some("u1".into())
+        scope: Some("u1".into()),
+        keep_pending: true
     })));
     assert!(
         commands.iter().any(|c| matches!(
@@ -1957,7 +1965,7 @@ fn end_session_sent(commands: &[Command]) -> Option<(u64, String)> {
 #[test]
 fn a_signed_out_session_is_ended_on_the_server_until_it_answers() {
     let mut tab = Tab::leader();
-    tab.engine.sign_out(tab.now);
+    tab.engine.sign_out(tab.now, false);
     tab.engine.end_session(tab.now, "tok-1".into());
     let commands = tab.drain();
     assert_eq!(ending_persisted(&commands), Some(vec!["tok-1".to_owned()]));
@@ -1990,7 +1998,7 @@ fn a_signed_out_session_is_ended_on_the_server_until_it_answers() {
 fn ending_a_session_waits_for_a_connection_and_survives_a_restart() {
     let mut tab = Tab::leader();
     tab.engine.handle_online(tab.now, false);
-    tab.engine.sign_out(tab.now);
+    tab.engine.sign_out(tab.now, false);
     tab.engine.end_session(tab.now, "tok-1".into());
     let commands = tab.drain();
     assert!(
@@ -2033,7 +2041,7 @@ fn ending_a_session_waits_for_no_other_request() {
 #[test]
 fn a_session_still_to_end_is_not_forgotten_by_the_next_sign_in() {
     let mut tab = Tab::leader();
-    tab.engine.sign_out(tab.now);
+    tab.engine.sign_out(tab.now, false);
     tab.engine.end_session(tab.now, "tok-1".into());
     let (id, _) = end_session_sent(&tab.drain()).expect("sent");
     tab.reply(id, Reply::Failed(Failure::Network));
@@ -2113,7 +2121,7 @@ fn data_from_before_sinkron_is_asked_for_once_per_scope_and_written_with_its_own
     tab.engine.sign_in(tab.now, "u1");
     assert_eq!(adopt_asked(&tab.drain()), [Some("u1".to_owned())]);
     tab.engine.adopt(tab.now, Some("u1"), vec![]).unwrap();
-    tab.engine.sign_out(tab.now);
+    tab.engine.sign_out(tab.now, false);
     tab.engine.sign_in(tab.now, "u1");
     assert!(adopt_asked(&tab.drain()).is_empty());
     // A later start on this device, with the scopes stored: nothing asked.
@@ -2517,7 +2525,7 @@ fn only_a_visible_signed_in_leader_holds_the_poke_stream() {
     tab.engine.handle_leadership(tab.now, true);
     assert!(tab.drain().contains(&Command::Pokes(true)));
     // A sign-out closes it; the stream was the user's.
-    tab.engine.sign_out(tab.now);
+    tab.engine.sign_out(tab.now, false);
     assert!(tab.drain().contains(&Command::Pokes(false)));
 }
 
@@ -2604,4 +2612,228 @@ fn an_ended_stream_opens_again_after_the_next_answer_and_a_404_never() {
     // A poke reported after the stream ended moves nothing.
     tab.engine.handle_poke(tab.now, 99);
     assert!(tab.sends().is_empty());
+}
+
+// ----- signing out with writes not yet confirmed -----
+
+/// The keepalive push a sign-out sent, if any: its id and mutations.
+fn flushed(commands: &[Command]) -> Option<(u64, Vec<Mutation>)> {
+    commands.iter().find_map(|c| match c {
+        Command::Send {
+            id,
+            request:
+                Request::Push {
+                    keepalive: true,
+                    mutations,
+                    ..
+                },
+            ..
+        } => Some((*id, mutations.clone())),
+        _ => None,
+    })
+}
+
+/// Whether the commands forget the outbox `client` parked in `scope`.
+fn dropped(commands: &[Command], scope: &str, client: &str) -> bool {
+    commands.contains(&Command::Persist(Persist::DropParked {
+        scope: scope.into(),
+        client_id: client.into(),
+    }))
+}
+
+#[test]
+fn a_confirmed_sign_out_flush_empties_the_parked_writes() {
+    let mut tab = Tab::leader();
+    let old_client = tab.engine.client_id().to_owned();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.write("e2", r#"{"p":2}"#);
+    assert_eq!(tab.engine.sign_out(tab.now, false), 2);
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: Some("u1".into()),
+        keep_pending: true
+    })));
+    let (id, mutations) = flushed(&commands).expect("flushed on the way out");
+    assert_eq!(mutations.len(), 2);
+    tab.reply(id, taken(mutations[1].id, "7"));
+    assert!(dropped(&tab.drain(), "u1", &old_client));
+    assert_eq!(tab.value("e2"), None, "the guest never shows them");
+}
+
+#[test]
+fn a_partly_confirmed_sign_out_flush_leaves_the_writes_parked() {
+    let mut tab = Tab::leader();
+    let old_client = tab.engine.client_id().to_owned();
+    tab.write("e1", "{}");
+    tab.write("e2", "{}");
+    tab.engine.sign_out(tab.now, false);
+    let (id, mutations) = flushed(&tab.drain()).expect("flushed");
+    tab.reply(id, taken(mutations[0].id, "7"));
+    assert!(!dropped(&tab.drain(), "u1", &old_client));
+}
+
+#[test]
+fn an_unanswered_sign_out_flush_leaves_the_writes_parked() {
+    let mut tab = Tab::leader();
+    let old_client = tab.engine.client_id().to_owned();
+    tab.write("e1", "{}");
+    tab.engine.sign_out(tab.now, false);
+    let (id, _) = flushed(&tab.drain()).expect("flushed");
+    tab.reply(id, Reply::Failed(Failure::Unauthorized));
+    assert!(!dropped(&tab.drain(), "u1", &old_client));
+}
+
+#[test]
+fn discarding_at_sign_out_sends_and_keeps_nothing() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    assert_eq!(tab.engine.sign_out(tab.now, true), 1);
+    let commands = tab.drain();
+    assert_eq!(flushed(&commands), None);
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: Some("u1".into()),
+        keep_pending: false
+    })));
+}
+
+#[test]
+fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
+    let mut tab = Tab::leader();
+    tab.engine.handle_online(tab.now, false);
+    let old_client = tab.engine.client_id().to_owned();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.write("e2", r#"{"p":2}"#);
+    let parked = tab
+        .engine
+        .view
+        .outbox
+        .iter()
+        .map(Pending::mutation)
+        .collect::<Vec<_>>();
+    tab.drain();
+    let written_at = parked[0].updated_at;
+    tab.engine.sign_out(tab.now, false);
+    let commands = tab.drain();
+    assert_eq!(flushed(&commands), None, "offline: nothing to send");
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: Some("u1".into()),
+        keep_pending: true
+    })));
+    // Later, back online, as a guest who writes e2 anew, then signs in again.
+    tab.now += 60_000;
+    tab.engine.handle_online(tab.now, true);
+    tab.write("e2", r#"{"guest":true}"#);
+    tab.engine.sign_in(tab.now, "u1");
+    let commands = tab.drain();
+    assert!(commands.contains(&Command::Unpark { scope: "u1".into() }));
+    let guests = commands.iter().find_map(|c| match c {
+        Command::Send {
+            id,
+            request: Request::Push { mutations, .. },
+            ..
+        } => Some((*id, mutations[0].id)),
+        _ => None,
+    });
+    let (push, guest_write) = guests.expect("the guest's write goes into the account");
+    tab.engine.unpark(tab.now, old_client.clone(), parked);
+    assert!(dropped(&tab.drain(), "u1", &old_client));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
+    assert_eq!(
+        tab.value("e2").as_deref(),
+        Some(r#"{"guest":true}"#),
+        "a newer write stays"
+    );
+    let e1 = tab
+        .engine
+        .view
+        .outbox
+        .iter()
+        .find(|p| p.key.key == "e1")
+        .expect("queued");
+    assert_eq!(e1.record.updated_at, written_at, "with its own time");
+    // It goes with the next push.
+    tab.reply(push, taken(guest_write, "4"));
+    let mut sent = Vec::new();
+    while sent.is_empty() {
+        tab.fire();
+        sent = tab
+            .sends()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Request::Push { mutations, .. } => Some(mutations),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+    }
+    assert!(sent
+        .iter()
+        .any(|m| m.key == "e1" && m.updated_at == written_at));
+}
+
+#[test]
+fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
+    let mut tab = Tab::leader();
+    tab.drain();
+    let own_id = tab.engine.client_id().to_owned();
+    let good = Mutation {
+        id: 1,
+        collection: "history".into(),
+        key: "ok".into(),
+        value: Some("{}".into()),
+        updated_at: T0,
+    };
+    let mine = Mutation {
+        key: "mine".into(),
+        ..good.clone()
+    };
+    tab.engine.unpark(tab.now, own_id.clone(), vec![mine]);
+    tab.engine.unpark(tab.now, "other".into(), vec![good]);
+    let commands = tab.drain();
+    assert!(dropped(&commands, "u1", "other"));
+    assert!(!dropped(&commands, "u1", &own_id));
+    assert_eq!(tab.engine.view.outbox.len(), 1);
+    assert_eq!(tab.value("ok").as_deref(), Some("{}"));
+    assert_eq!(
+        tab.value("mine"),
+        None,
+        "the tab's own outbox is its queue already"
+    );
+}
+
+#[test]
+fn another_tab_signed_out_flushes_and_parks_this_tabs_writes() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.drain();
+    tab.engine.handle_tab_message(
+        tab.now,
+        TabMessage {
+            scope: Some("u1".into()),
+            body: TabBody::SignedOut,
+        },
+    );
+    let commands = tab.drain();
+    assert!(flushed(&commands).is_some());
+    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+        scope: Some("u1".into()),
+        keep_pending: true
+    })));
+    assert_eq!(tab.engine.user(), None);
+}
+
+#[test]
+fn the_session_ends_only_after_the_sign_out_flush_is_answered() {
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.engine.sign_out(tab.now, false);
+    tab.engine.end_session(tab.now, "tok-1".into());
+    let commands = tab.drain();
+    let (id, _) = flushed(&commands).expect("flushed");
+    assert!(
+        end_session_sent(&commands).is_none(),
+        "not before the flush is answered: it needs the session"
+    );
+    tab.reply(id, taken(1, "3"));
+    assert!(end_session_sent(&tab.drain()).is_some());
 }

@@ -68,9 +68,13 @@ impl World {
                     return Ok(());
                 }
                 let id = self.devices[d].tabs[t].id;
-                self.trace(format_args!("d{d} t{id} signs out"));
+                // Now and then the user drops what is not yet sent, on purpose.
+                let discard = self.rng.chance(100);
+                self.trace(format_args!("d{d} t{id} signs out (discard={discard})"));
                 self.devices[d].session = None;
-                self.input(d, t, |e, now| e.sign_out(now))
+                self.input(d, t, |e, now| {
+                    e.sign_out(now, discard);
+                })
             }
             _ => self.user_write(d, t),
         }

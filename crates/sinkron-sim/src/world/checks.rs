@@ -103,10 +103,11 @@ impl World {
                 ..
             } if !mutations.is_empty() => (scope.clone(), Some(client_id.clone())),
             Persist::Outbox { scope, .. } => (scope.clone(), None),
+            Persist::DropParked { scope, .. } => (Some(scope.clone()), None),
             Persist::ClearRecords { scope }
             | Persist::Cursor { scope, .. }
             | Persist::Evict { scope, .. }
-            | Persist::Wipe { scope } => (scope.clone(), None),
+            | Persist::Wipe { scope, .. } => (scope.clone(), None),
         };
         if let Some(client) = client {
             let tag = self.scope_tag(d, scope.as_deref())?;

@@ -118,8 +118,27 @@ impl World {
                 let outboxes = &mut storage.entry(scope).or_default().outboxes;
                 outboxes.insert(client_id, (next_id, mutations));
             }
-            Persist::Wipe { scope } => {
-                storage.remove(&scope);
+            Persist::DropParked { scope, client_id } => {
+                if let Some(scope) = storage.get_mut(&Some(scope)) {
+                    scope.outboxes.remove(&client_id);
+                }
+            }
+            Persist::Wipe {
+                scope,
+                keep_pending,
+            } => {
+                // The outboxes that hold writes outlive a sign-out: they are the account's.
+                if let Some(mut gone) = storage.remove(&scope) {
+                    gone.outboxes
+                        .retain(|_, (_, mutations)| keep_pending && !mutations.is_empty());
+                    if !gone.outboxes.is_empty() {
+                        let parked = Scope {
+                            outboxes: gone.outboxes,
+                            ..Scope::default()
+                        };
+                        storage.insert(scope, parked);
+                    }
+                }
             }
         }
         Ok(())
