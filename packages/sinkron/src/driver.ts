@@ -192,8 +192,8 @@ export class SinkronClient {
     }
     const session = body as Session;
     // Another user signed in here signs out first: the flush of their writes carries their token.
-    const current = this.#call<string | null>({ t: "user" });
-    if (current !== null && current !== session.user.id) await this.signOut();
+    const current = this.user();
+    if (current && current.id !== session.user.id) await this.signOut();
     this.#storage.setSession(session);
     this.#call({ t: "signIn", now: Date.now(), user: session.user.id });
     return session.user;
@@ -238,7 +238,7 @@ export class SinkronClient {
   async signOut(options: { discard?: boolean } = {}): Promise<{ pending: number }> {
     // The built-in session's token: the engine has the server end it, until it answers.
     const endSession = this.#storage.session()?.token || null;
-    const pending = this.#call<number>({ t: "signOut", now: Date.now(), endSession, discard: options.discard === true });
+    const pending = this.#call<number>({ t: "signOut", now: Date.now(), endSession, discard: !!options.discard });
     this.#storage.setSession(null);
     this.#lastToken = null;
     return { pending };
@@ -390,14 +390,13 @@ export class SinkronClient {
         return s.wipe(c.scope, c.keepPending);
       case "dropParked":
         return s.dropOutbox(c.scope, c.clientId);
-      case "unpark": {
-        // Read now, before another tab's outbox can join the scope; handed over after this call.
+      case "unpark":
+        // Read at once, before another tab's outbox can join the scope.
         for (const clientId of s.outboxIds(c.scope)) {
           const stored = s.outbox(c.scope, clientId);
-          if (stored?.mutations.length) queueMicrotask(() => this.#stopped || this.#call({ t: "unpark", now: Date.now(), clientId, ...stored }));
+          if (stored?.mutations.length) this.#call({ t: "unpark", now: Date.now(), clientId, ...stored });
         }
         return;
-      }
       case "evict":
         return s.evict(c.scope, c.keys);
       case "ending":
@@ -522,13 +521,14 @@ export class SinkronClient {
     }
     // A flush on page hide or sign-out cannot wait for the provider: the page may be gone,
     // the user signed out. The last token is the user's whose writes it carries.
-    const last = c.keepalive && !c.freshToken ? this.#lastToken : null;
-    if (last) return `Bearer ${last}`;
-    const token = await getToken({ refresh: c.freshToken });
-    // A token for someone else (the site switched users in another page) is never used for
-    // this user's data; `followSite` or the app's `signedIn` switches over.
-    if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
-    this.#lastToken = token;
+    let token = c.keepalive && !c.freshToken ? this.#lastToken : null;
+    if (!token) {
+      token = await getToken({ refresh: c.freshToken });
+      // A token for someone else (the site switched users in another page) is never used for
+      // this user's data; `followSite` or the app's `signedIn` switches over.
+      if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
+      this.#lastToken = token;
+    }
     return `Bearer ${token}`;
   }
 
