@@ -816,11 +816,13 @@ impl Engine {
     /// The user's data leaves memory and storage, except the writes not yet confirmed: they
     /// are flushed (keepalive) and, until that flush is confirmed, stay stored for the
     /// account, to be sent at its next sign-in on this device ([`Command::Unpark`]). With
-    /// `discard` they are dropped instead. Returns how many writes this tab had queued.
+    /// `discard` they are dropped instead. Returns how many writes this tab had queued for
+    /// the user (none for a guest, whose writes stay).
     pub fn sign_out(&mut self, now: u64, discard: bool) -> usize {
         self.observe_time(now);
-        let queued = self.view.outbox.len();
+        let mut queued = 0;
         if self.user.is_some() {
+            queued = self.view.outbox.len();
             if discard {
                 self.view.outbox.clear();
             }

@@ -2684,6 +2684,16 @@ fn an_unanswered_sign_out_flush_leaves_the_writes_parked() {
 }
 
 #[test]
+fn a_guest_signing_out_keeps_its_writes_and_reports_none() {
+    let mut tab = Tab::new(3);
+    tab.write("g1", "{}");
+    tab.drain();
+    assert_eq!(tab.engine.sign_out(tab.now, false), 0);
+    assert!(tab.drain().is_empty(), "nothing to do");
+    assert_eq!(tab.value("g1").as_deref(), Some("{}"));
+}
+
+#[test]
 fn discarding_at_sign_out_sends_and_keeps_nothing() {
     let mut tab = Tab::leader();
     tab.write("e1", "{}");
