@@ -806,6 +806,10 @@ impl Engine {
         self.enter(Some(user.to_owned()), false);
         self.broadcast(TabBody::SignedIn);
         // What was left unconfirmed when the user last signed out here goes now.
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::ForgottenParked) {
+            return self.finish(now);
+        }
         self.commands.push_back(Command::Unpark {
             scope: user.to_owned(),
         });

@@ -23,16 +23,19 @@ pub enum Bug {
     ForgottenNumbering = 16,
     /// A 401 does not stop the tab: it retries as after a network failure.
     RetryAfterUnauthorized = 32,
+    /// Signing in does not take the writes an earlier sign-out left parked for the user.
+    ForgottenParked = 64,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
         Bug::PullOverwritesPending,
         Bug::ForgottenNumbering,
         Bug::RetryAfterUnauthorized,
+        Bug::ForgottenParked,
     ];
 
     /// The name used on the command line.
@@ -44,6 +47,7 @@ impl Bug {
             Bug::PullOverwritesPending => "pull-overwrites-pending",
             Bug::ForgottenNumbering => "forgotten-numbering",
             Bug::RetryAfterUnauthorized => "retry-after-401",
+            Bug::ForgottenParked => "forgotten-parked",
         }
     }
 }

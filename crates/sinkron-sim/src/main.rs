@@ -35,7 +35,7 @@ fn usage() -> ExitCode {
         "usage: sinkron-sim [--seed S | --seeds N [--start S]] [--jobs J] [--verbose] [--tail N]\n\
          \x20                  [--plant BUG --expect-failure]\n\
          BUG (needs --features planted-bugs): arrival-order, timestamp-cursor, no-dedupe,\n\
-         \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401"
+         \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked"
     );
     ExitCode::from(2)
 }

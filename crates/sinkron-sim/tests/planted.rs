@@ -55,3 +55,8 @@ fn a_reloaded_tab_that_forgets_its_numbering_is_caught() {
 fn a_401_that_does_not_stop_the_tab_is_caught() {
     finds("retry-after-401", 40);
 }
+
+#[test]
+fn a_sign_in_that_leaves_parked_writes_behind_is_caught() {
+    finds("forgotten-parked", 20);
+}

@@ -128,7 +128,8 @@ impl World {
             "d{d} t{id} signs in as user {user} (id {user_id})"
         ));
         self.devices[d].session = Some(user);
-        self.input(d, t, |e, now| e.sign_in(now, &user_id))
+        self.input(d, t, |e, now| e.sign_in(now, &user_id))?;
+        self.check_unparked(d, &user_id)
     }
 
     /// The user signs in again on a device whose session the site ended: each tab resumes.

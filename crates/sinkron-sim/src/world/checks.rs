@@ -125,6 +125,36 @@ impl World {
         Ok(())
     }
 
+    /// Nothing lost at sign-out: once a tab has signed `user` in, the device stores no writes
+    /// of the user's but the outboxes of its tabs signed in as that user. What an earlier
+    /// sign-out left parked (writes not yet confirmed) has been taken into the signing-in
+    /// tab's queue.
+    pub(super) fn check_unparked(&self, d: usize, user: &str) -> Result<(), Violation> {
+        let device = &self.devices[d];
+        let Some(scope) = device.storage.get(&Some(user.to_owned())) else {
+            return Ok(());
+        };
+        let live = |client: &str| {
+            device
+                .tabs
+                .iter()
+                .any(|t| t.engine.user() == Some(user) && t.engine.client_id() == client)
+        };
+        for (client, (_, mutations)) in &scope.outboxes {
+            if !mutations.is_empty() && !live(client) {
+                return Err(Violation::new(
+                    "nothing lost at sign-out",
+                    format!(
+                        "device {d} signed user {user} in, but {} writes of client {client} \
+                         stay parked",
+                        mutations.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Invariant 6: only a signed-in tab sends (its request belongs to `scope`, the user it
     /// had when it sent), and only the visible holder of its device's lock pulls. Returns the
     /// sender's user id.
