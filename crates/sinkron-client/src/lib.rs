@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH, RETRY_AFTER};
 use reqwest::StatusCode;
+use sinkron_core::adopt::parked;
 use sinkron_core::engine::{Failure, Page, Reply, Request, Status, WriteError};
 use sinkron_core::protocol::{
     Credentials, ErrorBody, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
@@ -517,21 +518,10 @@ impl Driver {
                     let _ = self.engine.adopt(now, scope.as_deref(), Vec::new());
                 }
                 Command::Unpark { scope } => {
-                    let parked: Vec<(String, Vec<Mutation>)> = self
-                        .options
-                        .storage
-                        .lock()
-                        .scopes
-                        .get(&Some(scope))
-                        .map(|s| {
-                            s.outboxes
-                                .iter()
-                                .filter(|(_, (_, mutations))| !mutations.is_empty())
-                                .map(|(id, (_, mutations))| (id.clone(), mutations.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for (client_id, mutations) in parked {
+                    let stored = self.options.storage.lock();
+                    let parked = stored.scopes.get(&Some(scope)).map(|s| parked(&s.outboxes));
+                    drop(stored);
+                    for (client_id, mutations) in parked.unwrap_or_default() {
                         let now = self.now();
                         self.engine.unpark(now, client_id, mutations);
                     }

@@ -8,8 +8,22 @@
 //! gone (in a browser: the first whose tab lock it gets). It owns this choice only; restoring
 //! the chosen outbox is [`crate::Engine::restore_outbox`].
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+
+use crate::protocol::Mutation;
+
+/// What a driver hands [`crate::Engine::unpark`] for a `Command::Unpark`: of a scope's stored
+/// outboxes (client id → next id and writes), those that hold writes. For drivers that keep
+/// the outboxes in a map (the native client, the simulation).
+pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<(String, Vec<Mutation>)> {
+    outboxes
+        .iter()
+        .filter(|(_, (_, mutations))| !mutations.is_empty())
+        .map(|(client_id, (_, mutations))| (client_id.clone(), mutations.clone()))
+        .collect()
+}
 
 /// How eagerly a starting tab takes over one stored outbox: `None` never, else lower first
 /// (ties in the order the driver found them).

@@ -377,6 +377,57 @@ async fn a_sign_out_while_the_server_is_down_ends_the_session_once_it_is_back(ba
     );
 }
 
+async fn writes_unsent_at_sign_out_go_at_the_next_sign_in_to_that_account_only(backend: Backend) {
+    let (_dir, server) = fresh(backend);
+    let storage = Storage::default();
+    let device = Device::start(
+        &server.url,
+        Options {
+            storage: storage.clone(),
+            ..options(14)
+        },
+    );
+    let judy = device.register("judy", "correct horse").await.unwrap();
+    device.wait_for(WAIT, synced).await.unwrap();
+    let parked = || {
+        let stored = storage.lock();
+        let scope = stored.scopes.get(&Some(judy.user.id.clone()));
+        scope.map_or(0, |s| {
+            s.outboxes.values().map(|(_, m)| m.len()).sum::<usize>()
+        })
+    };
+    device.set_online(false);
+    favorite_offline(&device, "s21").await;
+    device.sign_out();
+    device.wait_for(WAIT, |s| s.user.is_none()).await.unwrap();
+    assert_eq!(parked(), 1, "kept for judy");
+
+    // Back online, another user on this device: judy's write is not theirs.
+    device.set_online(true);
+    device.register("kim", "correct horse").await.unwrap();
+    device.wait_for(WAIT, synced).await.unwrap();
+    assert_eq!(server_favorites(&server, "kim").await, Vec::<String>::new());
+    assert_eq!(parked(), 1, "still kept for judy");
+
+    // Judy signs in again (kim is signed out first): her write arrives, and no copy stays.
+    device.login("judy", "correct horse").await.unwrap();
+    device
+        .wait_for(WAIT, |s| synced(s) && s.value("favorites", "s21").is_some())
+        .await
+        .unwrap();
+    assert_eq!(server_favorites(&server, "judy").await, ["s21"]);
+    assert_eq!(parked(), 0);
+}
+
+/// A write made while the device is offline, so it stays queued.
+async fn favorite_offline(device: &Device, key: &str) {
+    device
+        .write("favorites", key, Some(json!({})))
+        .await
+        .unwrap();
+    device.wait_for(WAIT, |s| s.pending() == 1).await.unwrap();
+}
+
 async fn eight_devices_push_concurrently_while_a_ninth_follows(backend: Backend) {
     let (_dir, server) = fresh(backend);
     let reader = Device::start(&server.url, options(100));
@@ -541,5 +592,6 @@ on_every_backend!(
     a_guest_makes_no_requests_and_its_data_joins_the_account_at_sign_in,
     sign_out_wipes_the_device_and_the_next_user_sees_nothing,
     a_sign_out_while_the_server_is_down_ends_the_session_once_it_is_back,
+    writes_unsent_at_sign_out_go_at_the_next_sign_in_to_that_account_only,
     eight_devices_push_concurrently_while_a_ninth_follows,
 );

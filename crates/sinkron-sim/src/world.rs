@@ -26,6 +26,7 @@ mod device;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use sinkron_core::adopt::parked;
 use sinkron_core::engine::{Failure, TabMessage};
 use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request};
 
@@ -519,17 +520,8 @@ impl World {
                 }
                 // As the browser driver: the scope's stored outboxes that hold writes.
                 Command::Unpark { scope } => {
-                    let parked: Vec<(String, Vec<Mutation>)> = self.devices[d]
-                        .storage
-                        .get(&Some(scope))
-                        .map(|s| {
-                            s.outboxes
-                                .iter()
-                                .filter(|(_, (_, mutations))| !mutations.is_empty())
-                                .map(|(id, (_, mutations))| (id.clone(), mutations.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let stored = self.devices[d].storage.get(&Some(scope));
+                    let parked = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
                     for (client_id, mutations) in parked {
                         let now = self.local(d);
                         self.devices[d].tabs[t]
