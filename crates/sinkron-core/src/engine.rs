@@ -221,6 +221,9 @@ pub struct Engine {
     ending_failures: u32,
     /// The flush a signing-out tab sent, until it is answered ([`Engine::sign_out`]).
     parked: Option<Parked>,
+    /// The first id of the writes [`Engine::unpark`] queued since the last sign-in: those
+    /// below it were queued before (the guest's, written after the sign-out that parked).
+    unparked_from: u64,
     /// The first write of the burst the next push takes: a push never waits much longer.
     /// Hot writes (`Config::hot`) are not part of bursts.
     first_write_at: Option<u64>,
@@ -277,6 +280,7 @@ impl Engine {
             ending_in_flight: None,
             ending_failures: 0,
             parked: None,
+            unparked_from: 0,
             first_write_at: None,
             hot_sent_at: None,
             failures: 0,
@@ -805,6 +809,7 @@ impl Engine {
         }
         self.enter(Some(user.to_owned()), false);
         self.broadcast(TabBody::SignedIn);
+        self.unparked_from = self.next_id;
         // What was left unconfirmed when the user last signed out here goes now.
         #[cfg(feature = "planted-bugs")]
         if crate::planted::planted(crate::planted::Bug::ForgottenParked) {
@@ -857,13 +862,19 @@ impl Engine {
 
     /// Takes the writes the signed-in user left parked on this device ([`Command::Unpark`]),
     /// those of the stored outbox of `client_id`: they join this tab's queue with their own
-    /// times (a newer version of a record this tab shows stays), and the parked copy goes.
+    /// times, and the parked copy goes. A write the tab queued before it signed in (as the
+    /// guest, so after the sign-out that parked these) stays, whatever the times say (a
+    /// guest's clock is not set by the server's); among parked ones, and against what the
+    /// tab shows otherwise, the newer time wins.
     pub fn unpark(&mut self, now: u64, client_id: String, mutations: Vec<Mutation>) {
         self.observe_time(now);
         if let Some(scope) = self.user.clone().filter(|_| client_id != self.client_id) {
             for m in mutations {
                 let key = RecordKey::new(m.collection, m.key);
-                self.take_stamped(now, key, m.value, Some(m.updated_at));
+                let from = self.unparked_from;
+                if self.view.queued(&key).is_none_or(|p| p.id >= from) {
+                    self.take_stamped(now, key, m.value, Some(m.updated_at));
+                }
             }
             self.commands
                 .push_back(Command::Persist(Persist::DropParked { scope, client_id }));
@@ -1068,7 +1079,7 @@ impl Engine {
             crate::limits::check_write(&key.collection, &key.key, value.as_deref())?;
         }
         for (key, value, updated_at) in records {
-            self.take_stamped(now, key, value, updated_at);
+            self.take_stamped(now, key, value, updated_at.map(|t| t.min(now)));
         }
         self.adopted.push(self.user.clone());
         self.commands.push_back(Command::Persist(Persist::Adopted {
@@ -1082,9 +1093,15 @@ impl Engine {
 
     /// Writes a record that carries its own time (an adopted or a parked one), unless what
     /// this tab shows for the key is newer: such a record must not even replace a queued
-    /// write.
-    fn take_stamped(&mut self, now: u64, key: RecordKey, value: Option<String>, at: Option<u64>) {
-        let stamp = at.map(|t| t.min(now));
+    /// write. The clock notes the time, so the tab's next write is newer still.
+    fn take_stamped(
+        &mut self,
+        now: u64,
+        key: RecordKey,
+        value: Option<String>,
+        stamp: Option<u64>,
+    ) {
+        self.clock.observe(stamp.unwrap_or(0));
         let shown = self.view.get(&key).map(|r| r.updated_at);
         if stamp.is_none_or(|t| shown.is_none_or(|s| s < t)) {
             self.write_stamped(now, key, value, stamp);

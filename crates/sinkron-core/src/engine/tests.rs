@@ -2847,3 +2847,68 @@ fn the_session_ends_only_after_the_sign_out_flush_is_answered() {
     tab.reply(id, taken(1, "3"));
     assert!(end_session_sent(&tab.drain()).is_some());
 }
+
+#[test]
+fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
+    let mut tab = Tab::new(4);
+    // The guest writes, on a clock behind the one that stamped the parked write.
+    tab.write("k", r#"{"guest":true}"#);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.drain();
+    let parked = |key: &str, updated_at: u64, value: &str| Mutation {
+        id: 1,
+        collection: "history".into(),
+        key: key.into(),
+        value: Some(value.into()),
+        updated_at,
+    };
+    let later = tab.now + 3_600_000;
+    tab.engine.unpark(
+        tab.now,
+        "gone".into(),
+        vec![
+            parked("k", later, r#"{"parked":true}"#),
+            parked("j", T0, r#"{"old":1}"#),
+        ],
+    );
+    assert_eq!(tab.value("k").as_deref(), Some(r#"{"guest":true}"#));
+    // Among parked writes of the same key the newer time wins, in either order.
+    tab.engine.unpark(
+        tab.now,
+        "other".into(),
+        vec![parked("j", T0 + 5, r#"{"new":1}"#)],
+    );
+    tab.engine.unpark(
+        tab.now,
+        "third".into(),
+        vec![parked("j", T0 + 1, r#"{"mid":1}"#)],
+    );
+    assert_eq!(tab.value("j").as_deref(), Some(r#"{"new":1}"#));
+}
+
+#[test]
+fn a_write_after_unparking_is_newer_than_what_was_unparked() {
+    let mut tab = Tab::leader();
+    let ahead = tab.now + 3_600_000;
+    let parked = Mutation {
+        id: 1,
+        collection: "history".into(),
+        key: "k".into(),
+        value: Some(r#"{"parked":true}"#.into()),
+        updated_at: ahead,
+    };
+    tab.engine.unpark(tab.now, "gone".into(), vec![parked]);
+    tab.write("k", r#"{"mine":true}"#);
+    assert_eq!(tab.value("k").as_deref(), Some(r#"{"mine":true}"#));
+    let queued = tab
+        .engine
+        .view
+        .outbox
+        .iter()
+        .find(|p| p.key.key == "k")
+        .unwrap();
+    assert!(
+        queued.record.updated_at > ahead,
+        "stamped above what the tab took"
+    );
+}

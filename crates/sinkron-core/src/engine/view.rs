@@ -135,10 +135,15 @@ pub(super) struct View {
 }
 
 impl View {
+    /// This tab's latest queued write of a record.
+    pub(super) fn queued(&self, key: &RecordKey) -> Option<&Pending> {
+        self.outbox.iter().rev().find(|p| &p.key == key)
+    }
+
     /// The newest version of a record this tab knows of, tombstones included.
     pub(super) fn get(&self, key: &RecordKey) -> Option<&Record> {
         let mut best = self.confirmed.get(key).map(|s| &s.record);
-        let own = self.outbox.iter().rev().find(|p| &p.key == key);
+        let own = self.queued(key);
         let acked = self
             .acked
             .iter()
