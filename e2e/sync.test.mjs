@@ -224,6 +224,41 @@ describe("fallbacks", () => {
     }));
 });
 
+describe("storage format", () => {
+  test("data of the previous storage format is migrated, its unsent writes included, and they reach the server", () =>
+    withServer(async (server) => {
+      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "upgrader", password: "correct horse" }) });
+      const session = await response.json();
+      const now = Date.now();
+      const outbox = [
+        { id: 1, collection: "favorites", key: "s11", value: {}, updatedAt: now - 2000 },
+        { id: 2, collection: "likes", key: "s11e01", value: { like: 1 }, updatedAt: now - 1000 },
+      ];
+      const context = await browser.newContext();
+      // A device whose tab closed with two writes unsent, stored by the previous format
+      // (schema 1: an outbox as a bare list, without its numbering).
+      await context.addInitScript(({ session, outbox }) => {
+        if (sessionStorage.getItem("seeded")) return;
+        sessionStorage.setItem("seeded", "1");
+        localStorage.setItem("sinkron:schema", "1");
+        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(outbox));
+      }, { session, outbox });
+      const page = await context.newPage();
+      const warnings = [];
+      page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+      await page.goto(`${server.url}/?interval=30000`);
+      await waitPressed(page, "favorite-s11");
+      await syncedState(page);
+      const state = await server.state(session.token);
+      assert.deepEqual(recordsOf(state, "favorites"), { s11: {} });
+      assert.deepEqual(recordsOf(state, "likes"), { s11e01: { like: 1 } });
+      assert.equal(await page.evaluate(() => localStorage.getItem("sinkron:schema")), "2");
+      assert.deepEqual(warnings.filter((w) => w.includes("resetting")), [], "nothing was reset");
+      await context.close();
+    }));
+});
+
 describe("storage quota", () => {
   test("a full localStorage evicts the oldest history and keeps working", () =>
     withServer(async (server) => {

@@ -1,6 +1,7 @@
 //! The browser chores: the wasm engine, the npm packages, the demo and the Chromium tests.
 //!
-//! * `wasm`: builds `sinkron-wasm` for `wasm32-unknown-unknown` (profile `wasm`), shrinks the
+//! * `wasm`: builds `sinkron-wasm` for `wasm32-unknown-unknown` (profile `wasm`, on the nightly
+//!   toolchain with `core` and `alloc` rebuilt under the `immediate-abort` panics), shrinks the
 //!   module with `wasm-opt` from npm's `binaryen` into `packages/sinkron/src/wasm/sinkron.wasm`
 //!   (it needs no generated glue), and prints what Sinkron adds to a page (gzip).
 //! * `demo`: `wasm`, then the TypeScript checks and the demo's production build (`demo/dist`).
@@ -35,15 +36,26 @@ fn target_dir() -> PathBuf {
 
 /// Runs a program in the workspace root, exiting with its status if it fails.
 fn run(name: &str, program: &str, args: &[&str]) {
-    eprintln!("==> {name}: {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .status();
-    match status {
+    run_command(name, Command::new(program).args(args));
+}
+
+/// Runs a prepared command in the workspace root, exiting with its status if it fails.
+fn run_command(name: &str, command: &mut Command) {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args = args.join(" ");
+    let env: String = command
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={:?} ", k.to_str()?, v?)))
+        .collect();
+    eprintln!("==> {name}: {env}{program} {args}");
+    match command.current_dir(root()).status() {
         Ok(s) if s.success() => {}
         Ok(s) => {
-            eprintln!("error: {name} failed ({program} {})", args.join(" "));
+            eprintln!("error: {name} failed ({program} {args})");
             exit(s.code().unwrap_or(1))
         }
         Err(e) => {
@@ -78,31 +90,66 @@ pub fn npm_install() {
     }
 }
 
-pub fn wasm() {
-    let installed = succeeds("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if !installed
-        .lines()
-        .any(|t| t.trim() == "wasm32-unknown-unknown")
-    {
-        run(
-            "wasm target",
+/// The toolchain of the browser build: a nightly, for `-Zbuild-std` with the
+/// `immediate-abort` panic strategy (the standard library rebuilt without its panic
+/// machinery: 0.4 kB gzip less, BENCHMARKS.md "Size"). Installed when missing; an installed
+/// nightly is used as it is, never updated here.
+const NIGHTLY: &str = "nightly";
+
+fn ensure_nightly() {
+    let has = |what: &str, name: &str| {
+        succeeds(
             "rustup",
-            &["target", "add", "wasm32-unknown-unknown"],
+            &[what, "list", "--installed", "--toolchain", NIGHTLY],
+        )
+        .is_some_and(|list| list.lines().any(|l| l.trim().starts_with(name)))
+    };
+    if succeeds("rustup", &["run", NIGHTLY, "rustc", "--version"]).is_none() {
+        run(
+            "nightly toolchain",
+            "rustup",
+            &["toolchain", "install", NIGHTLY, "--profile", "minimal"],
         );
     }
-    let cargo = env!("CARGO");
-    run(
-        "wasm build",
-        cargo,
-        &[
-            "build",
-            "-p",
-            "sinkron-wasm",
-            "--target",
+    if !has("target", "wasm32-unknown-unknown") {
+        let args = [
+            "target",
+            "add",
+            "--toolchain",
+            NIGHTLY,
             "wasm32-unknown-unknown",
-            "--profile",
-            "wasm",
-        ],
+        ];
+        run("wasm target", "rustup", &args);
+    }
+    if !has("component", "rust-src") {
+        let args = ["component", "add", "--toolchain", NIGHTLY, "rust-src"];
+        run("standard library source", "rustup", &args);
+    }
+}
+
+pub fn wasm() {
+    ensure_nightly();
+    // `RUSTFLAGS` replaces the target's flags in `.cargo/config.toml`: they are repeated
+    // here. Only the wasm build sees these; every host crate builds on the stable toolchain.
+    let flags = "-Zunstable-options -Cpanic=immediate-abort -Cllvm-args=-inline-threshold=10";
+    run_command(
+        "wasm build",
+        Command::new("cargo")
+            .args([
+                &format!("+{NIGHTLY}"),
+                "build",
+                "-p",
+                "sinkron-wasm",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--profile",
+                "wasm",
+                "-Zbuild-std=std,panic_abort",
+            ])
+            .env("RUSTFLAGS", flags)
+            // Set by the `cargo xtask` running this, for the stable toolchain.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC"),
     );
     npm_install();
     let out = root().join("packages/sinkron/src/wasm");

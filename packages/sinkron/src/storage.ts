@@ -1,4 +1,6 @@
 // The device's durable storage: `localStorage`, namespaced per user, with a schema version.
+// Data of an older schema is migrated step by step (`MIGRATIONS`), never wiped; only a schema
+// this version does not know (a newer one after a rollback, or foreign data) is reset.
 //
 // Layout (all keys start with `sinkron:v1:`):
 //   session                      the signed-in session {token, user}
@@ -20,7 +22,23 @@ import type { Change, Mutation, Session, StoredOutbox } from "./types.js";
 
 const ROOT = "sinkron:v1:";
 const SCHEMA_KEY = "sinkron:schema";
-const SCHEMA = "1";
+const SCHEMA = 2;
+
+/** `MIGRATIONS[n]` turns one key's data of schema `n` into schema `n + 1`, in place. */
+const MIGRATIONS: Array<((store: Storage, key: string) => void) | undefined> = [
+  undefined,
+  // 1 → 2: an outbox stored as a bare list of mutations (before its numbering was kept) gets
+  // its numbering: the id above its last, the highest (every id up to it may have been
+  // acknowledged).
+  (store, key) => {
+    try {
+      const m = JSON.parse(store.getItem(key)!);
+      if (key.includes(":o:") && Array.isArray(m)) store.setItem(key, JSON.stringify({ n: (m.at(-1)?.id ?? 0) + 1, m }));
+    } catch {
+      // Corrupt: dropped with a warning when read.
+    }
+  },
+];
 
 export const scopeName = (scope: string | null): string => scope ?? "guest";
 
@@ -41,16 +59,18 @@ export class DeviceStorage {
     this.#checkSchema();
   }
 
-  /** Foreign or corrupt data is reset with a warning, never a crash. */
+  /** Older data is migrated; foreign or corrupt data is reset with a warning, never a crash. */
   #checkSchema() {
     try {
-      const schema = this.#store.getItem(SCHEMA_KEY);
-      if (schema === SCHEMA) return;
-      if (schema !== null) {
-        console.warn(`sinkron: stored data has schema ${schema}, expected ${SCHEMA}; resetting it`);
+      const stored = this.#store.getItem(SCHEMA_KEY);
+      // Data stored before the schema was recorded is of the first one.
+      let schema = Number(stored ?? 1);
+      for (let step; (step = MIGRATIONS[schema]); schema++) for (const k of this.keys()) step(this.#store, k);
+      if (schema !== SCHEMA) {
+        console.warn(`sinkron: stored data has schema ${stored}, expected ${SCHEMA}; resetting it`);
         this.#removeWhere((k) => k.startsWith(ROOT));
       }
-      this.#store.setItem(SCHEMA_KEY, SCHEMA);
+      this.#store.setItem(SCHEMA_KEY, `${SCHEMA}`);
     } catch (e) {
       console.warn("sinkron: localStorage is unavailable; data will not survive a reload", e);
     }
@@ -156,12 +176,9 @@ export class DeviceStorage {
   /** A client id's outbox and numbering, or null when nothing is stored for it. */
   outbox(scope: string | null, clientId: string): StoredOutbox | null {
     const key = `${ROOT}${scopeName(scope)}:o:${clientId}`;
-    const stored = this.#readJson<{ n?: unknown; m?: unknown } | Mutation[]>(key);
+    const stored = this.#readJson<{ n?: unknown; m?: unknown }>(key);
     if (stored === null) return null;
-    // An outbox stored as a bare list (before numbering was kept): its ids are above
-    // every acknowledged one, so the next id is one above its highest.
-    const mutations = Array.isArray(stored) ? stored : stored.m;
-    const next = Array.isArray(stored) ? 1 : stored.n;
+    const { m: mutations, n: next } = stored;
     if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) {
       console.warn(`sinkron: dropping a corrupt stored outbox ${key}`);
       this.#store.removeItem(key);
@@ -188,10 +205,10 @@ export class DeviceStorage {
   }
 
   /** Forgets the scope; with `keepPending`, but for its outboxes that hold writes. */
-  wipe(scope: string | null, keepPending = false) {
+  wipe(scope: string | null, keepPending?: boolean) {
     const prefix = `${ROOT}${scopeName(scope)}:`;
     const outboxes = `${prefix}o:`;
-    this.#removeWhere((k) => k.startsWith(prefix) && !(keepPending && k.startsWith(outboxes) && this.outbox(scope, k.slice(outboxes.length))?.mutations.length));
+    this.#removeWhere((k) => k.startsWith(prefix) && !(keepPending && k.startsWith(outboxes) && this.#readJson<{ m?: unknown[] }>(k)?.m?.length));
   }
 
   /** Every key this library owns, for tests and debugging. */

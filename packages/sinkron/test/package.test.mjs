@@ -205,21 +205,28 @@ test("cookie mode sends credentials and no Authorization header", async () => {
   }
 });
 
-test("storage reads an outbox stored before numbering was kept, and drops corrupt data with a warning", () => {
+test("schema 1 is migrated, not wiped: an outbox stored before numbering was kept gets it; corrupt data is dropped with a warning", () => {
   const store = new MemoryStorage();
   store.setItem("sinkron:schema", "1");
   const m = (id) => ({ id, collection: "history", key: `e${id}`, value: { position: id }, updatedAt: 1000 + id });
   store.setItem("sinkron:v1:7:o:old", JSON.stringify([m(4), m(5)]));
+  store.setItem("sinkron:v1:7:o:new", JSON.stringify({ n: 3, m: [m(2)] }));
   store.setItem("sinkron:v1:7:o:bad", "{not json");
+  store.setItem("sinkron:v1:7:c", "12");
+  store.setItem("sinkron:v1:7:r:history:e1", JSON.stringify({ v: { position: 1 }, u: 1001, c: "c", n: 12 }));
   store.setItem("sinkron:v1:7:r:history:x", JSON.stringify({ v: {}, u: "yesterday" }));
   const storage = new DeviceStorage(store);
+  assert.equal(store.getItem("sinkron:schema"), "2");
+  assert.deepEqual(JSON.parse(store.getItem("sinkron:v1:7:o:old")), { n: 6, m: [m(4), m(5)] }, "rewritten with its numbering");
   assert.deepEqual(storage.outbox("7", "old"), { next: 6, mutations: [m(4), m(5)] });
+  assert.deepEqual(storage.outbox("7", "new"), { next: 3, mutations: [m(2)] });
+  assert.equal(storage.cursor("7"), "12");
   const warn = console.warn;
   const warnings = [];
   console.warn = (msg) => warnings.push(msg);
   try {
     assert.equal(storage.outbox("7", "bad"), null);
-    assert.deepEqual(storage.records("7"), []);
+    assert.deepEqual(storage.records("7").map((r) => r.key), ["e1"]);
   } finally {
     console.warn = warn;
   }
@@ -228,7 +235,7 @@ test("storage reads an outbox stored before numbering was kept, and drops corrup
   assert.equal(store.getItem("sinkron:v1:7:r:history:x"), null);
 });
 
-test("stored data of another schema is reset, not misread", () => {
+test("stored data of a schema this version does not know is reset, not misread", () => {
   const store = new MemoryStorage();
   store.setItem("sinkron:schema", "0");
   store.setItem("sinkron:v1:7:c", "12");
@@ -240,7 +247,7 @@ test("stored data of another schema is reset, not misread", () => {
     console.warn = warn;
   }
   assert.equal(store.getItem("sinkron:v1:7:c"), null);
-  assert.equal(store.getItem("sinkron:schema"), "1");
+  assert.equal(store.getItem("sinkron:schema"), "2");
 });
 
 test("a full store gives up the oldest history, by the engine's rule, and the next start pulls everything", async () => {
