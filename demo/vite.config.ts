@@ -12,6 +12,12 @@ export default defineConfig({
     ],
   },
   esbuild: { jsx: "automatic" },
-  build: { target: "es2022", sourcemap: false, reportCompressedSize: false },
+  build: {
+    target: "es2022",
+    sourcemap: false,
+    reportCompressedSize: false,
+    // The demo, and a page of an app with collections of its own (`custom.html`).
+    rollupOptions: { input: { main: "index.html", custom: "custom.html" } },
+  },
   server: { proxy: { "/api": "http://127.0.0.1:8080" } },
 });

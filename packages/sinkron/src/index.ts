@@ -1,4 +1,20 @@
-// Sinkron for the browser: the sync engine (Rust, WebAssembly), its driver, and a Zustand store.
+// Sinkron for the browser: the sync engine (Rust, WebAssembly), its driver, and Zustand stores of
+// the app's declared collections (or the ready-made preset).
 export { SinkronClient, SinkronError, subject, type ClientOptions, type TokenProvider } from "./driver.js";
-export { createUserSyncStore, userSync, syncState, type HistoryEntry, type SyncState, type UserSyncState } from "./store.js";
+export {
+  collection,
+  createSyncStore,
+  createUserSyncStore,
+  defineCollections,
+  presetCollections,
+  userSync,
+  syncState,
+  type Collection,
+  type Collections,
+  type HistoryEntry,
+  type SyncState,
+  type SyncStore,
+  type UserSyncState,
+  type ValueOf,
+} from "./store.js";
 export type { Changed, Json, LegacyRecord, Rec, Session, Status, User, Value } from "./types.js";

@@ -1,9 +1,11 @@
-// React binding: `useUserSync` starts and stops syncing; `useSinkron` reads the store.
+// React bindings: `useSyncStore` starts and stops a store's syncing while a component is
+// mounted; `useUserSync` does it for the preset store, and `useSinkron` reads that store.
+// Any store is read with Zustand's `useStore(store, selector)`.
 
 import { useEffect, useRef } from "react";
-import { useStore } from "zustand";
+import { useStore, type StoreApi } from "zustand";
 import type { ClientOptions, TokenProvider } from "./driver.js";
-import { userSync, type UserSyncState } from "./store.js";
+import { userSync, type Collections, type SyncStore, type UserSyncState } from "./store.js";
 
 export interface UseUserSyncOptions {
   /** Pull interval in ms for the leader tab (default 30000). */
@@ -22,14 +24,14 @@ export interface UseUserSyncOptions {
   cookie?: boolean;
   /** The app's data from before Sinkron, asked once per device and user scope (see `ClientOptions`). */
   adoptLegacy?: ClientOptions["adoptLegacy"];
-  /** Hot collections and how often at most their writes are pushed (default `{ history: 30000 }`; see `ClientOptions`). */
+  /** Hot collections and how often at most their writes are pushed (default: the collections' declarations, `{ history: 30000 }` for the preset; see `ClientOptions`). */
   hot?: ClientOptions["hot"];
   /** Hold the server's poke stream from the visible leader tab (a server run with `--poke sse`; default false). */
   pokes?: boolean;
 }
 
-/** Syncs the user's data while the calling component is mounted. */
-export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot, pokes = false }: UseUserSyncOptions = {}) {
+/** Syncs `store` while the calling component is mounted; answers its status. */
+export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "stop" | "status">>(store: StoreApi<S>, { interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot, pokes = false }: UseUserSyncOptions = {}) {
   // An inline provider or adopter is a new function each render: syncing restarts only when
   // one is added or removed, and always calls the latest.
   const latest = useRef({ getToken, adoptLegacy });
@@ -41,15 +43,20 @@ export function useUserSync({ interval = 30000, onFocus = true, onLogin = true, 
   useEffect(() => {
     const current: TokenProvider | undefined = tokens ? (o) => latest.current.getToken!(o) : undefined;
     const adopter: ClientOptions["adoptLegacy"] = adopts ? (scope) => latest.current.adoptLegacy!(scope) : undefined;
-    void userSync.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot, pokes });
-    return () => userSync.getState().stop();
+    void store.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot, pokes });
+    return () => store.getState().stop();
     // `hot` by its content (`hotKey`): an equal object is no change.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey, pokes]);
-  return useStore(userSync, (s) => s.status);
+  }, [store, interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey, pokes]);
+  return useStore(store, (s) => s.status);
 }
 
-/** Reads from the user sync store, re-rendering when the selected part changes. */
+/** Syncs the preset store (the seed's four collections) while the calling component is mounted. */
+export function useUserSync(options?: UseUserSyncOptions) {
+  return useSyncStore(userSync, options);
+}
+
+/** Reads from the preset store, re-rendering when the selected part changes. */
 export function useSinkron<T>(selector: (state: UserSyncState) => T): T {
   return useStore(userSync, selector);
 }

@@ -1,4 +1,10 @@
-// The Zustand store: the user's personal data as plain state, plus the actions that write it.
+// The Zustand stores: the user's personal data as plain state, plus the actions that write it.
+//
+// An app declares its collections (`defineCollections`) and gets a store typed from them
+// (`createSyncStore`): each collection's records by key, `put` and `remove`. The seed's four
+// collections are the ready-made preset (`presetCollections`), whose store (`userSync`, the
+// one `useUserSync` runs) adds the shapes a streaming site shows: history newest first,
+// favourites, likes, settings.
 //
 // State is re-read from the engine whenever it says something changed; actions call the
 // engine, which applies them at once (optimistic) and syncs them in the background. Nothing
@@ -6,47 +12,62 @@
 
 import { createStore, type StoreApi } from "zustand/vanilla";
 import { SinkronClient, type ClientOptions } from "./driver.js";
-import type { Changed, Json, Rec, Status, User } from "./types.js";
+import type { Changed, Json, Rec, Status, User, Value } from "./types.js";
 
-/** One watched episode: where the user stopped. Keyed by episode id. */
-export interface HistoryEntry {
-  episodeId: string;
-  showId: string;
-  /** Seconds into the episode. */
-  position: number;
-  /** Length of the episode in seconds, when known. */
-  duration?: number;
-  /** When it was last watched (the record's `updatedAt`). */
-  updatedAt: number;
+/** A collection's declaration: its value type (`collection<V>()`) and how its writes are pushed. */
+export interface Collection<V extends Value = Value> {
+  /**
+   * A hot collection (a playback position): its writes are pushed at most every `hot` ms
+   * while they keep coming, and at once by `syncNow()`; they show at once everywhere else.
+   */
+  hot?: number;
+  /** The value type, for the compiler only: never set. */
+  readonly type?: V;
 }
+
+/** Collections by name, as the server knows them (`--collections`). */
+export type Collections = Record<string, Collection<any>>;
+
+/** The value type a collection was declared with. */
+export type ValueOf<C> = C extends Collection<infer V> ? V : never;
+
+/** Declares a collection whose records hold values of type `V`. */
+export const collection = <V extends Value = Value>(options: { hot?: number } = {}): Collection<V> => options;
+
+/** Declares the app's collections; the store's state and actions are typed from them. */
+export const defineCollections = <C extends Collections>(collections: C): C => collections;
+
+/** The seed's four collections: what `useUserSync` syncs by default. */
+export const presetCollections = defineCollections({
+  /** Keyed by episode id; `position` and `duration` in seconds. Hot: the playback position. */
+  history: collection<{ showId: string; position: number; duration?: number }>({ hot: 30000 }),
+  /** Keyed by show id. */
+  favorites: collection<Record<string, never>>(),
+  /** Keyed by episode id: 1 like, -1 dislike. */
+  likes: collection<{ like: 1 | -1 }>(),
+  /** Keyed by setting name. */
+  settings: collection<{ value: Json }>(),
+});
 
 /** What the sync status UI shows. */
 export type SyncState = "guest" | "synced" | "syncing" | "pending" | "offline";
 
-export interface UserSyncState {
+/** The state and actions of a store of the collections `C`. */
+export interface SyncStore<C extends Collections> {
   /** The engine is loaded and this device's stored data restored. */
   ready: boolean;
   user: User | null;
-  /** Newest first. */
-  history: HistoryEntry[];
-  /** Favourite show ids, with when they were added. */
-  favorites: Record<string, number>;
-  /** Episode id → 1 (like) or -1 (dislike). */
-  likes: Record<string, 1 | -1>;
-  settings: Record<string, Json>;
   status: Status & { state: SyncState };
+  /** Each collection's records, by key. */
+  records: { [K in keyof C]: Record<string, Rec<ValueOf<C[K]>>> };
 
-  addHistory(item: { episodeId: string; showId: string; position?: number; duration?: number }): void;
-  updateProgress(episodeId: string, position: number): void;
-  removeHistory(episodeId: string): void;
-  clearHistory(): void;
-  toggleFavorite(showId: string): void;
-  /** 1 like, -1 dislike, 0 neither. */
-  setLike(episodeId: string, value: 1 | -1 | 0): void;
-  setSetting(name: string, value: Json): void;
+  /** Writes a record (optimistic: in the state at once, synced in the background). */
+  put<K extends keyof C & string>(collection: K, key: string, value: ValueOf<C[K]>): void;
+  /** Deletes a record. */
+  remove<K extends keyof C & string>(collection: K, key: string): void;
   /**
-   * Pushes what is queued now: call it at a pause, a seek or the end of an episode. While a
-   * video plays, its position (`updateProgress`) is pushed at most every 30 s.
+   * Pushes what is queued now, hot writes included: call it at a pause, a seek or the end
+   * of an episode.
    */
   syncNow(): void;
   /** Signs in with Sinkron's own accounts (or creates one, with `create`). */
@@ -63,13 +84,48 @@ export interface UserSyncState {
    */
   signOut(options?: { discard?: boolean }): Promise<{ pending: number }>;
 
-  /** Starts syncing in this tab (the React hook calls it); resolves when ready. */
+  /**
+   * Starts syncing in this tab (the React hooks call it); resolves when ready. `hot`
+   * defaults to the collections' declarations.
+   */
   start(options?: ClientOptions): Promise<void>;
   /** Stops syncing in this tab. */
   stop(): void;
 }
 
-const GUEST_STATUS: UserSyncState["status"] = {
+/** One watched episode: where the user stopped. Keyed by episode id. */
+export interface HistoryEntry {
+  episodeId: string;
+  showId: string;
+  /** Seconds into the episode. */
+  position: number;
+  /** Length of the episode in seconds, when known. */
+  duration?: number;
+  /** When it was last watched (the record's `updatedAt`). */
+  updatedAt: number;
+}
+
+/** The preset's store: its records, and the shapes and actions of a streaming site. */
+export interface UserSyncState extends SyncStore<typeof presetCollections> {
+  /** Newest first. */
+  history: HistoryEntry[];
+  /** Favourite show ids, with when they were added. */
+  favorites: Record<string, number>;
+  /** Episode id → 1 (like) or -1 (dislike). */
+  likes: Record<string, 1 | -1>;
+  settings: Record<string, Json>;
+
+  addHistory(item: { episodeId: string; showId: string; position?: number; duration?: number }): void;
+  updateProgress(episodeId: string, position: number): void;
+  removeHistory(episodeId: string): void;
+  clearHistory(): void;
+  toggleFavorite(showId: string): void;
+  /** 1 like, -1 dislike, 0 neither. */
+  setLike(episodeId: string, value: 1 | -1 | 0): void;
+  setSetting(name: string, value: Json): void;
+}
+
+const GUEST_STATUS: SyncStore<Collections>["status"] = {
   signedIn: false,
   online: true,
   visible: true,
@@ -90,82 +146,70 @@ export function syncState(s: Status): SyncState {
   return "synced";
 }
 
-export function createUserSyncStore(): StoreApi<UserSyncState> {
+type Set<S> = StoreApi<S>["setState"];
+
+/**
+ * A store of the collections `C`. `extend` adds state derived from the records (called with
+ * the records after every change, and the names of the collections that changed) and actions
+ * of the app's own; the preset's store is built this way.
+ */
+export function createSyncStore<C extends Collections, X extends object = {}>(
+  collections: C,
+  extend?: (set: Set<SyncStore<C> & X>, get: () => SyncStore<C> & X) => Partial<X> & { derive?(records: SyncStore<C>["records"], changed: string[]): Partial<X> },
+): StoreApi<SyncStore<C> & X> {
+  type S = SyncStore<C> & X;
   let client: SinkronClient | null = null;
   let starting: Promise<void> | null = null;
   let cancel: AbortController | null = null;
   let unsubscribe: (() => void) | null = null;
+  const names = Object.keys(collections);
+  const hot: Record<string, number> = {};
+  for (const name of names) if (collections[name].hot) hot[name] = collections[name].hot!;
 
-  return createStore<UserSyncState>()((set, get) => {
+  return createStore<S>()((set, get) => {
     const engine = () => {
-      if (!client) throw new Error("sinkron: call start() (or mount useUserSync) first");
+      if (!client) throw new Error("sinkron: call start() (or mount a sync hook) first");
       return client;
     };
+    const own = extend?.(set, get);
 
     const read = (changed: Changed) => {
       const c = engine();
-      const next: Partial<UserSyncState> = {};
-      const all = changed.collections === null;
-      const has = (name: string) => all || changed.collections!.includes(name);
-      if (has("history")) {
-        next.history = c
-          .collection<{ showId?: string; position?: number; duration?: number }>("history")
-          .map((r) => ({
-            episodeId: r.key,
-            showId: String(r.value.showId ?? ""),
-            position: Number(r.value.position ?? 0),
-            duration: typeof r.value.duration === "number" ? r.value.duration : undefined,
-            updatedAt: r.updatedAt,
-          }))
-          .sort((a, b) => b.updatedAt - a.updatedAt);
+      const which = changed.collections ?? names;
+      const records = { ...get().records };
+      const next: Partial<SyncStore<C>> = { records };
+      for (const name of which) {
+        if (!(name in collections)) continue;
+        const byKey: Record<string, Rec> = {};
+        for (const r of c.collection(name)) byKey[r.key] = r;
+        records[name as keyof C] = byKey as never;
       }
-      if (has("favorites")) next.favorites = index(c.collection("favorites"), (r) => r.updatedAt);
-      if (has("likes")) next.likes = index(c.collection<{ like?: number }>("likes"), (r) => (r.value.like === -1 ? -1 : 1));
-      if (has("settings")) next.settings = index(c.collection<{ value?: Json }>("settings"), (r) => r.value.value ?? null);
-      if (changed.status || all) {
+      if (changed.status || !changed.collections) {
         const status = c.status();
         next.status = { ...status, state: syncState(status) };
       }
       // The user changes only at sign-in and sign-out, which the engine reports as
       // "everything": a write (a status change) does not re-read the stored session.
-      if (all) next.user = c.user();
-      set(next);
+      if (!changed.collections) next.user = c.user();
+      set({ ...next, ...own?.derive?.(records, which) } as Partial<S>);
     };
 
+    const empty = {} as SyncStore<C>["records"];
+    for (const name of names) empty[name as keyof C] = {};
+    const { derive: _, ...actions } = own ?? {};
     return {
       ready: false,
       user: null,
-      history: [],
-      favorites: {},
-      likes: {},
-      settings: {},
       status: GUEST_STATUS,
+      records: empty,
+      ...own?.derive?.(empty, names),
+      ...actions,
 
-      addHistory({ episodeId, showId, position = 0, duration }) {
-        const value: Record<string, Json> = { showId, position };
-        if (duration !== undefined) value.duration = duration;
-        engine().write("history", episodeId, value);
+      put(collection, key, value) {
+        engine().write(collection, key, value);
       },
-      updateProgress(episodeId, position) {
-        const entry = get().history.find((h) => h.episodeId === episodeId);
-        const value: Record<string, Json> = { showId: entry?.showId ?? "", position };
-        if (entry?.duration !== undefined) value.duration = entry.duration;
-        engine().write("history", episodeId, value);
-      },
-      removeHistory(episodeId) {
-        engine().write("history", episodeId, null);
-      },
-      clearHistory() {
-        for (const h of get().history) engine().write("history", h.episodeId, null);
-      },
-      toggleFavorite(showId) {
-        engine().write("favorites", showId, showId in get().favorites ? null : {});
-      },
-      setLike(episodeId, value) {
-        engine().write("likes", episodeId, value === 0 ? null : { like: value });
-      },
-      setSetting(name, value) {
-        engine().write("settings", name, { value });
+      remove(collection, key) {
+        engine().write(collection, key, null);
       },
       syncNow() {
         // Also from a component's cleanup, after a stop: nothing then.
@@ -185,13 +229,13 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
         if (starting) return starting;
         const abort = new AbortController();
         cancel = abort;
-        const attempt: Promise<void> = SinkronClient.start({ ...options, signal: abort.signal }).then((c) => {
+        const attempt: Promise<void> = SinkronClient.start({ ...options, hot: options?.hot ?? hot, signal: abort.signal }).then((c) => {
           // stop() (or another start) came first: this client never runs.
           if (abort.signal.aborted) return c.stop();
           client = c;
           unsubscribe = c.subscribe(read);
           read({ collections: null, status: true });
-          set({ ready: true });
+          set({ ready: true } as Partial<S>);
         });
         starting = attempt;
         return attempt;
@@ -204,15 +248,68 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
         client = null;
         starting = null;
         unsubscribe = null;
-        set({ ready: false });
+        set({ ready: false } as Partial<S>);
       },
-    };
+    } as S;
   });
 }
 
-function index<V, T>(records: Rec<V>[], pick: (r: Rec<V>) => T): Record<string, T> {
+type Preset = typeof presetCollections;
+type PresetExtra = Omit<UserSyncState, keyof SyncStore<Preset>>;
+
+/** The preset's store: the seed's four collections in the shapes a streaming site shows. */
+export function createUserSyncStore(): StoreApi<UserSyncState> {
+  return createSyncStore<Preset, PresetExtra>(presetCollections, (_set, get) => ({
+    derive(records, changed) {
+      const next: Partial<PresetExtra> = {};
+      if (changed.includes("history")) {
+        next.history = Object.values(records.history)
+          .map((r) => ({
+            episodeId: r.key,
+            showId: String(r.value.showId ?? ""),
+            position: Number(r.value.position ?? 0),
+            duration: typeof r.value.duration === "number" ? r.value.duration : undefined,
+            updatedAt: r.updatedAt,
+          }))
+          .sort((a, b) => b.updatedAt - a.updatedAt);
+      }
+      if (changed.includes("favorites")) next.favorites = index(records.favorites, (r) => r.updatedAt);
+      if (changed.includes("likes")) next.likes = index(records.likes, (r) => (r.value.like === -1 ? -1 : 1));
+      if (changed.includes("settings")) next.settings = index(records.settings, (r) => r.value.value ?? null);
+      return next;
+    },
+    addHistory({ episodeId, showId, position = 0, duration }) {
+      // An unknown duration is left out (a write is sent as JSON).
+      get().put("history", episodeId, { showId, position, duration });
+    },
+    updateProgress(episodeId, position) {
+      const entry = get().records.history[episodeId]?.value;
+      // An unknown duration is left out (a write is sent as JSON).
+      get().put("history", episodeId, { showId: entry?.showId ?? "", position, duration: entry?.duration });
+    },
+    removeHistory(episodeId) {
+      get().remove("history", episodeId);
+    },
+    clearHistory() {
+      for (const h of get().history) get().remove("history", h.episodeId);
+    },
+    toggleFavorite(showId) {
+      if (showId in get().favorites) get().remove("favorites", showId);
+      else get().put("favorites", showId, {});
+    },
+    setLike(episodeId, value) {
+      if (value === 0) get().remove("likes", episodeId);
+      else get().put("likes", episodeId, { like: value });
+    },
+    setSetting(name, value) {
+      get().put("settings", name, { value });
+    },
+  }));
+}
+
+function index<V, T>(records: Record<string, Rec<V>>, pick: (r: Rec<V>) => T): Record<string, T> {
   const out: Record<string, T> = {};
-  for (const r of records) out[r.key] = pick(r);
+  for (const key in records) out[key] = pick(records[key]);
   return out;
 }
 

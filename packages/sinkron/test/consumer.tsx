@@ -1,7 +1,25 @@
 // Compiled against the built package (`dist`, through the package's `exports`), the way an
 // app imports it: the public types must be complete and usable.
-import { createUserSyncStore, SinkronClient, SinkronError, syncState, userSync, type HistoryEntry, type Status, type SyncState, type UserSyncState } from "sinkron";
-import { useSinkron, useUserSync } from "sinkron/react";
+import {
+  collection,
+  createSyncStore,
+  createUserSyncStore,
+  defineCollections,
+  presetCollections,
+  SinkronClient,
+  SinkronError,
+  syncState,
+  userSync,
+  type Collections,
+  type HistoryEntry,
+  type Status,
+  type SyncState,
+  type SyncStore,
+  type UserSyncState,
+  type ValueOf,
+} from "sinkron";
+import { useSinkron, useSyncStore, useUserSync } from "sinkron/react";
+import { useStore } from "zustand";
 
 export function Watching() {
   const status: Status & { state: SyncState } = useUserSync({ interval: 30000, onFocus: true, onLogin: true, crossTab: true });
@@ -34,4 +52,38 @@ export async function outsideReact(): Promise<void> {
   const unsubscribe = client.subscribe((changed) => console.log(changed.collections, changed.status));
   unsubscribe();
   console.log(syncState(client.status()), userSync.getState().ready);
+}
+
+// An app's own collections: the store's records and writes are typed from the declaration.
+const collections = defineCollections({
+  bookmarks: collection<{ url: string; note: string }>(),
+  progress: collection<{ position: number }>({ hot: 30_000 }),
+});
+const bookmarks = createSyncStore(collections);
+
+export function Bookmarks() {
+  const status = useSyncStore(bookmarks, { interval: 30000 });
+  const urls: string[] = useStore(bookmarks, (s) => Object.values(s.records.bookmarks).map((r) => r.value.url));
+  const position: number | undefined = useStore(bookmarks, (s) => s.records.progress["s01e01"]?.value.position);
+  const { put, remove } = bookmarks.getState();
+  put("bookmarks", "a", { url: "https://example.org", note: "later" });
+  put("progress", "s01e01", { position: 42 });
+  remove("bookmarks", "a");
+  // @ts-expect-error: a bookmark has a url and a note
+  put("bookmarks", "b", { position: 1 });
+  // @ts-expect-error: not a declared collection
+  put("notes", "c", { text: "x" });
+  // @ts-expect-error: a position is a number
+  const wrong: string | undefined = useStore(bookmarks, (s) => s.records.progress["x"]?.value.position);
+  const preset: UserSyncState["records"]["history"] = userSync.getState().records.history;
+  const hot: number | undefined = presetCollections.history.hot;
+  const declared: Collections = collections;
+  const value: ValueOf<(typeof collections)["progress"]> = { position: 1 };
+  const store: SyncStore<typeof collections> = bookmarks.getState();
+  console.log(wrong, preset, hot, declared, value, store.ready);
+  return (
+    <p>
+      {status.state}: {urls.join(", ")} at {position}
+    </p>
+  );
 }

@@ -6,7 +6,7 @@ import { beforeEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { DeviceStorage } from "../dist/storage.js";
 import { SinkronClient } from "../dist/driver.js";
-import { createUserSyncStore } from "../dist/store.js";
+import { collection, createSyncStore, createUserSyncStore, defineCollections } from "../dist/store.js";
 import { MemoryStorage, emptyPage, fakeToken, installBrowser, settle, wasm } from "./fakes.mjs";
 
 let browser;
@@ -64,6 +64,42 @@ test("the driver stores, broadcasts and pushes a write, then stores the acknowle
   } finally {
     client.stop();
     other.close();
+  }
+});
+
+test("a store of the app's declared collections: records by key at once, and a hot collection's writes held until syncNow()", async (t) => {
+  fakeClock(t);
+  session("7");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "9" } } : emptyPage()));
+  const store = createSyncStore(defineCollections({ bookmarks: collection(), progress: collection({ hot: 60_000 }) }));
+  assert.deepEqual(store.getState().records, { bookmarks: {}, progress: {} });
+  await store.getState().start(options());
+  try {
+    await settle(() => store.getState().status.lastSyncedAt !== null, { what: "the first pull" });
+    const posts = () => browser.requests.filter((r) => r.method === "POST").map((r) => r.body.mutations.map((m) => `${m.collection}/${m.key}/${m.value?.position}`));
+    store.getState().put("progress", "e1", { position: 5 });
+    assert.deepEqual(store.getState().records.progress.e1.value, { position: 5 }, "in the state at once");
+    t.mock.timers.tick(1000);
+    await settle(() => posts().length === 1, { what: "the first position's push" });
+    store.getState().put("progress", "e1", { position: 6 });
+    store.getState().put("progress", "e1", { position: 7 });
+    assert.deepEqual(store.getState().records.progress.e1.value, { position: 7 });
+    // Well past an ordinary write's debounce (at most 3 s), within the declared 60 s: held.
+    t.mock.timers.tick(10_000);
+    await settle(() => true);
+    assert.deepEqual(posts(), [["progress/e1/5"]]);
+    assert.equal(store.getState().status.state, "pending");
+    // A pause: pushed after the usual short wait (one push for the steps of a seek).
+    store.getState().syncNow();
+    t.mock.timers.tick(1000);
+    await settle(() => store.getState().status.pending === 0, { what: "the position pushed at syncNow()" });
+    assert.deepEqual(posts(), [["progress/e1/5"], ["progress/e1/7"]]);
+    store.getState().put("bookmarks", "a", { url: "https://example.org" });
+    assert.deepEqual(Object.keys(store.getState().records.bookmarks), ["a"]);
+    store.getState().remove("bookmarks", "a");
+    assert.deepEqual(store.getState().records.bookmarks, {}, "removed at once");
+  } finally {
+    store.getState().stop();
   }
 });
 

@@ -1,0 +1,76 @@
+// A page of an app with collections of its own: bookmarks, declared with their value type.
+// The store's `records.bookmarks` and `put("bookmarks", …)` are typed from the declaration.
+// The server must know the collection: `sinkron serve --collections
+// history,favorites,likes,settings,bookmarks`.
+import { useState } from "react";
+import { createRoot } from "react-dom/client";
+import { useStore } from "zustand";
+import { collection, createSyncStore, defineCollections } from "sinkron";
+import { useSyncStore } from "sinkron/react";
+import "./styles.css";
+
+const collections = defineCollections({
+  bookmarks: collection<{ url: string; note: string }>(),
+});
+const store = createSyncStore(collections);
+
+function Bookmarks() {
+  const status = useSyncStore(store, { interval: Number(new URLSearchParams(location.search).get("interval") ?? 30000) });
+  const user = useStore(store, (s) => s.user);
+  const bookmarks = useStore(store, (s) => s.records.bookmarks);
+  const [name, setName] = useState("");
+  const [password, setPassword] = useState("");
+  const [url, setUrl] = useState("");
+  const [note, setNote] = useState("");
+  const { signIn, signOut, put, remove } = store.getState();
+  return (
+    <main className="custom">
+      <h1>Bookmarks</h1>
+      <p data-testid="sync-status" data-state={status.state} data-pending={status.pending} data-error={status.error ?? ""}>
+        {user ? `${user.username}: ${status.state}` : "guest"}
+        {status.error ? ` (${status.error})` : ""}
+      </p>
+      {user ? (
+        <button data-testid="logout" onClick={() => void signOut()}>
+          Sign out
+        </button>
+      ) : (
+        <form
+          onSubmit={(e) => {
+            e.preventDefault();
+            const create = (e.nativeEvent as SubmitEvent).submitter?.dataset.testid === "signup-submit";
+            void signIn(name, password, { create });
+          }}
+        >
+          <input data-testid="login-username" value={name} onChange={(e) => setName(e.target.value)} placeholder="username" />
+          <input data-testid="login-password" type="password" value={password} onChange={(e) => setPassword(e.target.value)} placeholder="password" />
+          <button data-testid="signup-submit">Sign up</button>
+          <button data-testid="login-submit">Sign in</button>
+        </form>
+      )}
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          put("bookmarks", url, { url, note });
+          setUrl("");
+          setNote("");
+        }}
+      >
+        <input data-testid="url" value={url} onChange={(e) => setUrl(e.target.value)} placeholder="address" />
+        <input data-testid="note" value={note} onChange={(e) => setNote(e.target.value)} placeholder="note" />
+        <button data-testid="add">Add</button>
+      </form>
+      <ul>
+        {Object.values(bookmarks)
+          .sort((a, b) => b.updatedAt - a.updatedAt)
+          .map((b) => (
+            <li key={b.key} data-testid="bookmark" data-url={b.value.url}>
+              {b.value.url} — {b.value.note} <button onClick={() => remove("bookmarks", b.key)}>remove</button>
+            </li>
+          ))}
+      </ul>
+    </main>
+  );
+}
+
+createRoot(document.getElementById("root")!).render(<Bookmarks />);

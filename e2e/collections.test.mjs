@@ -1,0 +1,59 @@
+// An app with collections of its own (`demo/custom.html`: bookmarks, declared with
+// `defineCollections`), in Debian's Chromium against the real server.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { launch, open, recordsOf, signIn, signUp, withServer } from "./support.mjs";
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+});
+
+describe("an app's own collections", () => {
+  const BOOKMARKS = ["--collections", "history,favorites,likes,settings,bookmarks"];
+  const add = async (page, url, note) => {
+    await page.getByTestId("url").fill(url);
+    await page.getByTestId("note").fill(note);
+    await page.getByTestId("add").click();
+  };
+  const shown = (page) => page.getByTestId("bookmark").evaluateAll((items) => items.map((li) => li.dataset.url));
+
+  test("a collection declared with defineCollections syncs to another device, and the server holds it", () =>
+    withServer(async (server) => {
+      const phone = await browser.newContext();
+      const laptop = await browser.newContext();
+      const a = await open(phone, server, { path: "/custom.html", interval: 1000 });
+      const token = await signUp(a, "collector");
+      await add(a, "https://example.org/a", "read later");
+      // Optimistic: on the page before the server answers.
+      await a.locator('[data-testid="bookmark"][data-url="https://example.org/a"]').waitFor();
+      await a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      const b = await open(laptop, server, { path: "/custom.html", interval: 1000 });
+      await signIn(b, "collector");
+      await b.locator('[data-testid="bookmark"][data-url="https://example.org/a"]').waitFor();
+      await add(b, "https://example.org/b", "from the laptop");
+      await a.locator('[data-testid="bookmark"][data-url="https://example.org/b"]').waitFor({ timeout: 15000 });
+      assert.deepEqual(await shown(a), ["https://example.org/b", "https://example.org/a"]);
+      const state = await server.state(token);
+      assert.deepEqual(recordsOf(state, "bookmarks"), {
+        "https://example.org/a": { url: "https://example.org/a", note: "read later" },
+        "https://example.org/b": { url: "https://example.org/b", note: "from the laptop" },
+      });
+      await phone.close();
+      await laptop.close();
+    }, BOOKMARKS));
+
+  test("a server that does not know the collection refuses it, and the page shows the refusal", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { path: "/custom.html", interval: 1000 });
+      const token = await signUp(page, "unknown");
+      await add(page, "https://example.org/c", "refused");
+      await page.locator('[data-testid="sync-status"][data-error="rejected"]').waitFor();
+      assert.deepEqual(recordsOf(await server.state(token), "bookmarks"), {});
+      await context.close();
+    }));
+});
