@@ -3,8 +3,9 @@
 //! It owns the record model and the newest-wins merge ([`record`]), the client clock rule
 //! ([`clock`]), the wire types of protocol v1 ([`protocol`]), the client sync engine, a
 //! sans-IO state machine ([`engine`]), which stored outbox a starting tab takes over
-//! ([`adopt`]), and the limits of a write that the engine and the server both check
-//! ([`limits`]).
+//! ([`adopt`]), the limits of a write that the engine and the server both check
+//! ([`limits`]), and the per-field merge of the collections declared so ([`merge`], with
+//! the `serde` feature: the server and the simulation apply it).
 //!
 //! It must not do I/O: no clock, no entropy, no threads, no async runtime, no HTTP and no
 //! storage. Time and randomness come in as arguments; what to do comes out as commands. The
@@ -24,6 +25,8 @@ pub mod adopt;
 pub mod clock;
 pub mod engine;
 pub mod limits;
+#[cfg(feature = "serde")]
+pub mod merge;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod protocol;

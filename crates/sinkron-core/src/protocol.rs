@@ -6,6 +6,8 @@
 //! re-encoded.
 
 use alloc::string::String;
+#[cfg(feature = "serde")]
+use alloc::vec::Vec;
 
 /// The collections a server accepts unless configured otherwise.
 pub const DEFAULT_COLLECTIONS: [&str; 4] = ["history", "favorites", "likes", "settings"];
@@ -55,6 +57,34 @@ pub struct Mutation {
     #[cfg_attr(feature = "serde", serde(with = "raw_json"))]
     pub value: Option<String>,
     pub updated_at: u64,
+    /// The top-level fields this write sets, for a collection merged per field
+    /// ([`crate::merge`]): each takes its value from `value`, or is removed when `value`
+    /// lacks it. `None` (the whole-record format): every field `value` holds. Only with the
+    /// `serde` feature: the browser's engine sends whole records.
+    #[cfg(feature = "serde")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+}
+
+impl Mutation {
+    /// A write of the whole-record format.
+    pub fn new(
+        id: u64,
+        collection: String,
+        key: String,
+        value: Option<String>,
+        updated_at: u64,
+    ) -> Self {
+        Mutation {
+            id,
+            collection,
+            key,
+            value,
+            updated_at,
+            #[cfg(feature = "serde")]
+            fields: None,
+        }
+    }
 }
 
 #[cfg(feature = "serde")]

@@ -150,6 +150,7 @@ pub fn parse_line(text: &str, collections: &[String]) -> Result<(String, Mutatio
         return Err(format!("user: must be 1 to {SUBJECT_BYTES_MAX} bytes"));
     }
     let mutation = Mutation {
+        fields: None,
         id: 1,
         collection: line.collection,
         key: line.key,

@@ -408,13 +408,13 @@ mod tests {
             id: 7,
             request: Request::Push {
                 client_id: "c\"1\\\n\u{1}".into(),
-                mutations: vec![Mutation {
-                    id: 18_446_744_073_709_551_615,
-                    collection: "history".into(),
-                    key: "é/😀".into(),
-                    value: Some(r#"{"p":1.5}"#.into()),
-                    updated_at: 0,
-                }],
+                mutations: vec![Mutation::new(
+                    18_446_744_073_709_551_615,
+                    "history".into(),
+                    "é/😀".into(),
+                    Some(r#"{"p":1.5}"#.into()),
+                    0,
+                )],
                 last_sync: None,
                 keepalive: true,
             },

@@ -404,13 +404,13 @@ fn change(n: &Node<'_>) -> Result<Change, Invalid> {
 }
 
 fn mutation(n: &Node<'_>) -> Result<Mutation, Invalid> {
-    Ok(Mutation {
-        id: n.u64("id")?,
-        collection: n.string("collection")?,
-        key: n.string("key")?,
-        value: n.value("value")?,
-        updated_at: n.u64("updatedAt")?,
-    })
+    Ok(Mutation::new(
+        n.u64("id")?,
+        n.string("collection")?,
+        n.string("key")?,
+        n.value("value")?,
+        n.u64("updatedAt")?,
+    ))
 }
 
 fn record_key(n: &Node<'_>) -> Result<RecordKey, Invalid> {

@@ -1282,6 +1282,8 @@ fn a_write_after_restoring_an_outbox_never_reuses_a_restored_id() {
     let mut tab = Tab::new(5);
     tab.engine.restore_user(Some("u1".into()));
     let restored = Mutation {
+        #[cfg(feature = "serde")]
+        fields: None,
         id: 3,
         collection: "history".into(),
         key: "e1".into(),
@@ -2787,6 +2789,8 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
     tab.drain();
     let own_id = tab.engine.client_id().to_owned();
     let good = Mutation {
+        #[cfg(feature = "serde")]
+        fields: None,
         id: 1,
         collection: "history".into(),
         key: "ok".into(),
@@ -2794,6 +2798,8 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         updated_at: T0,
     };
     let mine = Mutation {
+        #[cfg(feature = "serde")]
+        fields: None,
         key: "mine".into(),
         ..good.clone()
     };
@@ -2856,6 +2862,8 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
     let parked = |key: &str, updated_at: u64, value: &str| Mutation {
+        #[cfg(feature = "serde")]
+        fields: None,
         id: 1,
         collection: "history".into(),
         key: key.into(),
@@ -2891,6 +2899,8 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
     let mut tab = Tab::leader();
     let ahead = tab.now + 3_600_000;
     let parked = Mutation {
+        #[cfg(feature = "serde")]
+        fields: None,
         id: 1,
         collection: "history".into(),
         key: "k".into(),

@@ -412,13 +412,13 @@ impl View {
 
 impl Pending {
     pub(super) fn mutation(&self) -> Mutation {
-        Mutation {
-            id: self.id,
-            collection: self.key.collection.clone(),
-            key: self.key.key.clone(),
-            value: self.record.value.clone(),
-            updated_at: self.record.updated_at,
-        }
+        Mutation::new(
+            self.id,
+            self.key.collection.clone(),
+            self.key.key.clone(),
+            self.record.value.clone(),
+            self.record.updated_at,
+        )
     }
 
     /// The size of this mutation in a JSON body, roughly but never below the real size.

@@ -10,6 +10,7 @@ use super::{PushBatch, Quota, Store, StoreError};
 /// A write of `likes/key` (shared with the backends' own store tests).
 pub(crate) fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
     Mutation {
+        fields: None,
         id,
         collection: "likes".into(),
         key: key.into(),
@@ -105,6 +106,7 @@ async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {
     assert_eq!(live().await.0, ["e1", "e3"]);
     // Other collections are not capped.
     let other = [super::Mutation {
+        fields: None,
         collection: "favorites".into(),
         ..m(6, "f", Some("{}"), 50)
     }];

@@ -1248,6 +1248,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("g.db")).expect("open");
         let id = store.create_user("amy", "phc", 1).await.expect("create");
         let mutations = [Mutation {
+            fields: None,
             id: 1,
             collection: "likes".into(),
             key: "k".into(),

@@ -86,6 +86,7 @@ fn push_with(value: Option<String>) -> PushRequest {
     PushRequest {
         client_id: "c1".into(),
         mutations: vec![Mutation {
+            fields: None,
             id: 1,
             collection: "likes".into(),
             key: "e1".into(),

@@ -5,6 +5,7 @@ use super::*;
 
 fn m(id: u64, key: &str, value: Option<&str>, updated_at: u64) -> Mutation {
     Mutation {
+        fields: None,
         id,
         collection: "likes".into(),
         key: key.into(),
