@@ -22,6 +22,10 @@ pub const KEY_CHARS_MAX: usize = 128;
 pub const CLIENT_ID_CHARS_MAX: usize = 64;
 /// Longest collection name, in characters.
 pub const COLLECTION_CHARS_MAX: usize = 64;
+/// Longest field name a write names (`Mutation::fields`), in characters.
+pub const FIELD_CHARS_MAX: usize = 64;
+/// Most fields one write names.
+pub const FIELDS_MAX: usize = 64;
 
 /// Checks one write of `value` (JSON text, or `None` to delete) to `key` in `collection`:
 /// a collection name and a key of 1 to their most characters, a value that is a JSON object

@@ -41,6 +41,10 @@ pub struct Stamps {
     /// Each field's newest write, removed fields included (absent from the value).
     #[serde(rename = "f", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, Stamp>,
+    /// In storage only: the fields a deleted record still holds (its sticky `true`s), which
+    /// its value (`null`) cannot. Empty in a [`Merged`].
+    #[serde(rename = "h", default, skip_serializing_if = "Map::is_empty")]
+    pub held: Map<String, Value>,
 }
 
 impl Stamps {
@@ -79,6 +83,50 @@ pub struct Policy {
 }
 
 impl Merged {
+    /// A record as stored: its value (`None`: a tombstone) and stamps column (`None`: stored
+    /// whole, so every field takes the record's own stamp, `own`).
+    pub fn from_stored(
+        value: Option<&str>,
+        stamps: Option<&str>,
+        own: Stamp,
+    ) -> Result<Merged, serde_json::Error> {
+        let fields: Map<String, Value> = match value {
+            Some(text) => serde_json::from_str(text)?,
+            None => Map::new(),
+        };
+        let stamps = match stamps {
+            Some(text) => serde_json::from_str(text)?,
+            None if value.is_some() => Stamps {
+                fields: fields.keys().map(|k| (k.clone(), own.clone())).collect(),
+                written: Some(own),
+                ..Stamps::default()
+            },
+            None => Stamps {
+                deleted: Some(own),
+                ..Stamps::default()
+            },
+        };
+        let mut merged = Merged { fields, stamps };
+        if value.is_none() {
+            merged.fields = core::mem::take(&mut merged.stamps.held);
+        }
+        merged.stamps.held.clear();
+        Ok(merged)
+    }
+
+    /// The record to store: its value (`None`: a tombstone) and stamps column.
+    pub fn to_stored(&self) -> Result<(Option<String>, String), serde_json::Error> {
+        let value = self.value().map(serde_json::to_string).transpose()?;
+        let stamps = if value.is_none() && !self.fields.is_empty() {
+            let mut stamps = self.stamps.clone();
+            stamps.held = self.fields.clone();
+            serde_json::to_string(&stamps)?
+        } else {
+            serde_json::to_string(&self.stamps)?
+        };
+        Ok((value, stamps))
+    }
+
     /// The value to show and send: the fields as an object while the record is live, else
     /// `None` (a tombstone).
     pub fn value(&self) -> Option<&Map<String, Value>> {

@@ -6,7 +6,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use sinkron_core::merge::Policy;
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
+
+use crate::store::FieldMerge;
 
 /// The default cap of the `history` collection: entries a user keeps.
 pub const HISTORY_CAP: u64 = 1_000;
@@ -49,6 +52,18 @@ pub struct WriteRules {
         value_delimiter = ','
     )]
     pub collection_caps: Option<Vec<String>>,
+
+    /// Collections whose records are merged field by field instead of whole, as
+    /// `NAME[:STICKY[+STICKY…]]`, comma separated: of two writes of a top-level field the newer
+    /// wins (a like on one device and a position on another both survive), and a sticky field
+    /// keeps `true` once set (e.g. `history:completed`). See PROTOCOL.md, "Per-field merge".
+    #[arg(
+        long,
+        env = "SINKRON_MERGE_FIELDS",
+        value_name = "NAME[:STICKY]",
+        value_delimiter = ','
+    )]
+    pub merge_fields: Vec<String>,
 }
 
 impl Default for WriteRules {
@@ -57,6 +72,7 @@ impl Default for WriteRules {
             collections: DEFAULT_COLLECTIONS.map(String::from).to_vec(),
             max_future_ms: 60_000,
             collection_caps: None,
+            merge_fields: Vec::new(),
         }
     }
 }
@@ -88,6 +104,43 @@ impl WriteRules {
             }
         }
         Ok(caps)
+    }
+
+    /// The `--merge-fields`, checked: each names a collection clients may write to, once,
+    /// and sticky field names of at most [`sinkron_core::limits::FIELD_CHARS_MAX`].
+    pub fn merges(&self) -> Result<Vec<FieldMerge>, String> {
+        let mut merges: Vec<FieldMerge> = Vec::new();
+        for given in &self.merge_fields {
+            let (name, sticky) = given.split_once(':').unwrap_or((given, ""));
+            let name = name.trim();
+            if !self.collections.iter().any(|c| c == name) {
+                return Err(format!(
+                    "--merge-fields names {name:?}, which is not one of --collections"
+                ));
+            }
+            if merges.iter().any(|m| m.collection == name) {
+                return Err(format!("--merge-fields names {name:?} twice"));
+            }
+            let sticky: Vec<String> = sticky
+                .split('+')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(bad) = sticky
+                .iter()
+                .find(|s| s.chars().count() > sinkron_core::limits::FIELD_CHARS_MAX)
+            {
+                return Err(format!(
+                    "--merge-fields: the field name {bad:?} is too long"
+                ));
+            }
+            merges.push(FieldMerge {
+                collection: name.to_owned(),
+                policy: Policy { sticky },
+            });
+        }
+        Ok(merges)
     }
 }
 
@@ -599,6 +652,36 @@ mod tests {
         assert!(with(Some(&["notes=5"]), &["likes"]).caps().is_err());
         assert!(with(Some(&["likes"]), &["likes"]).caps().is_err());
         assert!(with(Some(&["likes=-1"]), &["likes"]).caps().is_err());
+    }
+
+    #[test]
+    fn merge_fields_name_known_collections_once_with_their_sticky_fields() {
+        let with = |merges: &[&str]| WriteRules {
+            merge_fields: merges.iter().map(|s| s.to_string()).collect(),
+            ..WriteRules::default()
+        };
+        assert_eq!(with(&[]).merges(), Ok(vec![]));
+        let merge = |collection: &str, sticky: &[&str]| FieldMerge {
+            collection: collection.into(),
+            policy: Policy {
+                sticky: sticky.iter().map(|s| s.to_string()).collect(),
+            },
+        };
+        assert_eq!(
+            with(&["history:completed+seen", "settings"]).merges(),
+            Ok(vec![
+                merge("history", &["completed", "seen"]),
+                merge("settings", &[])
+            ])
+        );
+        let unknown = with(&["notes"]).merges().unwrap_err();
+        assert!(unknown.contains("not one of --collections"), "{unknown}");
+        let twice = with(&["likes", "likes:x"]).merges().unwrap_err();
+        assert!(twice.contains("twice"), "{twice}");
+        let long = with(&[&format!("likes:{}", "f".repeat(65))])
+            .merges()
+            .unwrap_err();
+        assert!(long.contains("too long"), "{long}");
     }
 
     #[test]

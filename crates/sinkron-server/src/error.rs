@@ -129,6 +129,19 @@ impl From<StoreError> for ApiError {
                     ),
                 )
             },
+            StoreError::MergedTooLarge {
+                collection,
+                key,
+                bytes,
+            } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_mutation",
+                format!(
+                    "mutations: {collection}/{key} merged field by field with what is stored \
+                     would hold {bytes} bytes, more than {}; remove fields from it",
+                    sinkron_core::limits::VALUE_BYTES_MAX
+                ),
+            ),
             StoreError::QuotaExceeded { what, limit } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "quota_exceeded",

@@ -66,6 +66,8 @@ pub struct Shared {
     pacer: Arc<pace::Pacer>,
     /// The `--collection-caps`.
     caps: Arc<[store::Cap]>,
+    /// The `--merge-fields`.
+    merges: Arc<[store::FieldMerge]>,
     /// The site's backend key (`--admin-token-file`): the admin routes exist with it only.
     admin_key: Option<admin::AdminKey>,
     /// Sinkron's own accounts' tokens, when those accounts are on (their routes too).
@@ -114,6 +116,10 @@ impl AppState {
             .into_iter()
             .map(|(collection, max)| store::Cap { collection, max })
             .collect();
+        let merges = config.rules.merges().unwrap_or_else(|e| {
+            tracing::error!("{e}; no collection is merged per field");
+            Vec::new()
+        });
         let limits = Arc::new(limits::UserLimits::new(
             config.user_requests_per_minute,
             config.user_concurrency,
@@ -145,6 +151,7 @@ impl AppState {
             pacer,
             admin_key: None,
             caps,
+            merges: merges.into(),
             clock: Arc::new(now_ms),
             pokes,
         }))

@@ -114,6 +114,7 @@ async fn serve(config: Config) -> Result<(), String> {
     // Settings first: a bad origin, key file or key URL fails before anything is opened.
     config.cors_origins()?;
     config.rules.caps()?;
+    config.rules.merges()?;
     let jwt = JwtVerifier::from_config(&config).await?;
     let admin_key = config
         .admin_token_file

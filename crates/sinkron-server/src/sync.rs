@@ -12,8 +12,8 @@ use axum::Router;
 use serde::Serialize;
 use sinkron_core::engine::WriteError;
 use sinkron_core::limits::{
-    check_write, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX,
-    VALUE_BYTES_MAX,
+    check_write, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, FIELDS_MAX, FIELD_CHARS_MAX,
+    KEY_CHARS_MAX, MUTATIONS_MAX, VALUE_BYTES_MAX,
 };
 use sinkron_core::protocol::{PullResponse, PushRequest, PushResponse, User};
 use sinkron_core::Mutation;
@@ -236,6 +236,30 @@ pub(crate) fn validate_mutation(
             ));
         }
     }
+    if let Some(fields) = &m.fields {
+        check_fields(fields, m.value.is_some()).map_err(|rule| invalid("fields", rule))?;
+    }
+    Ok(())
+}
+
+/// The fields a write names (`Mutation::fields`): only with a value (a delete removes the
+/// whole record), at most [`FIELDS_MAX`], each named once, by 1 to [`FIELD_CHARS_MAX`]
+/// characters.
+fn check_fields(fields: &[String], has_value: bool) -> Result<(), String> {
+    if !has_value {
+        return Err("a delete (value null) names no fields".into());
+    }
+    if fields.len() > FIELDS_MAX {
+        return Err(format!("must name at most {FIELDS_MAX} fields"));
+    }
+    for (n, name) in fields.iter().enumerate() {
+        if name.is_empty() || name.chars().count() > FIELD_CHARS_MAX {
+            return Err(format!("[{n}] must be 1 to {FIELD_CHARS_MAX} characters"));
+        }
+        if fields[..n].contains(name) {
+            return Err(format!("[{n}] names {name:?} twice"));
+        }
+    }
     Ok(())
 }
 
@@ -282,6 +306,7 @@ pub(crate) async fn push_for(
                     bytes: state.config.user_bytes_max,
                 },
                 caps: &state.caps,
+                merges: &state.merges,
             },
         )
         .await?;

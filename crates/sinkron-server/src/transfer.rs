@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use crate::jwt::SUBJECT_BYTES_MAX;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Cap, DatabaseUrl, PushBatch, Quota, Store, StoreError, UserId};
+use crate::store::{Cap, DatabaseUrl, FieldMerge, PushBatch, Quota, Store, StoreError, UserId};
 
 /// The client id imported records are written under: ties of `updatedAt` with a device's
 /// write are broken by it, as between any two clients.
@@ -224,6 +224,7 @@ struct Rules {
     max_future_ms: u64,
     /// The `--collection-caps`, applied as to a device's push.
     caps: Arc<[Cap]>,
+    merges: Arc<[FieldMerge]>,
 }
 
 impl Rules {
@@ -238,6 +239,7 @@ impl Rules {
             // The site's own data: imported whatever the quota. Usage still counts it.
             quota: Quota::UNLIMITED,
             caps: &self.caps,
+            merges: &self.merges,
         }
     }
 }
@@ -473,6 +475,7 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
             now_ms: crate::now_ms(),
             max_future_ms: args.rules.max_future_ms,
             caps,
+            merges: args.rules.merges()?.into(),
         }),
         users: HashMap::new(),
         round: HashMap::new(),

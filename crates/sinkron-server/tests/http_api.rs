@@ -1433,6 +1433,92 @@ async fn sessions_end_everywhere_on_request_password_change_and_deletion(backend
     );
 }
 
+/// `--merge-fields history:completed`: a like on the phone and a position on the TV, each a
+/// write of the fields it changed over a stale copy, both survive; `completed` stays true.
+async fn a_collection_merged_per_field_keeps_every_devices_field(backend: Backend) {
+    let server = Server::start_with(backend, &["--merge-fields", "history:completed"]).await;
+    let alice = server.register("alice").await;
+    let write = |id: u64, value: Value, at: u64, fields: &[&str]| {
+        let mut m = mutation(id, "history", "s01e01", value, at);
+        m["fields"] = json!(fields);
+        m
+    };
+    let tv = json!({"position": 10, "liked": false, "completed": false});
+    server
+        .push_ok(
+            &alice.token,
+            &batch("tv", vec![mutation(1, "history", "s01e01", tv, 10)], None),
+        )
+        .await;
+    let phone = json!({"position": 10, "liked": true, "completed": false});
+    server
+        .push_ok(
+            &alice.token,
+            &batch("phone", vec![write(1, phone, 20, &["liked"])], None),
+        )
+        .await;
+    let done = json!({"position": 1800, "liked": false, "completed": true});
+    server
+        .push_ok(
+            &alice.token,
+            &batch(
+                "tv",
+                vec![write(2, done, 30, &["position", "completed"])],
+                None,
+            ),
+        )
+        .await;
+    // An old device, whole records only, writes later from a copy of before.
+    let old = json!({"position": 12, "completed": false});
+    server
+        .push_ok(
+            &alice.token,
+            &batch("old", vec![mutation(1, "history", "s01e01", old, 40)], None),
+        )
+        .await;
+    let state = server.state(&alice.token).await;
+    let record = &state[&("history".to_owned(), "s01e01".to_owned())];
+    assert_eq!(
+        record["value"],
+        json!({"position": 12, "liked": true, "completed": true})
+    );
+    assert_eq!(
+        (record["updatedAt"].as_u64(), record["clientId"].as_str()),
+        (Some(40), Some("old"))
+    );
+    // Other collections are still merged whole.
+    for (id, at, like) in [(2, 50, 1), (3, 60, -1)] {
+        let m = mutation(id, "likes", "s01e01", json!({"like": like}), at);
+        server
+            .push_ok(&alice.token, &batch("phone", vec![m], None))
+            .await;
+    }
+    let state = server.state(&alice.token).await;
+    assert_eq!(
+        state[&("likes".to_owned(), "s01e01".to_owned())]["value"],
+        json!({"like": -1})
+    );
+    // The names a write gives are checked.
+    for (fields, value, why) in [
+        (json!(["a", "a"]), json!({"a": 1}), "twice"),
+        (json!([""]), json!({}), "characters"),
+        (json!(["b"]), Value::Null, "delete"),
+    ] {
+        let mut m = mutation(9, "history", "x", value, 70);
+        m["fields"] = fields;
+        let r = server.push(&alice.token, &batch("tv", vec![m], None)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let message = r.json()["error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_owned();
+        assert!(
+            message.starts_with("mutations[0].fields") && message.contains(why),
+            "{message}"
+        );
+    }
+}
+
 on_every_backend!(
     sessions_end_everywhere_on_request_password_change_and_deletion,
     healthz_answers_200,
@@ -1459,4 +1545,5 @@ on_every_backend!(
     users_never_see_each_others_records,
     a_body_not_declared_as_json_is_415_and_writes_nothing,
     concurrent_pushes_of_many_users_each_get_their_own_answer,
+    a_collection_merged_per_field_keeps_every_devices_field,
 );

@@ -312,3 +312,50 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_stored_record_reads_back_as_it_was_a_deleted_ones_sticky_true_included() {
+    let policy = completed();
+    let cases = [
+        merged(
+            &[w(json!({"completed": true, "p": 1}), None, 1, "a")],
+            &policy,
+        ),
+        merged(
+            &[
+                w(json!({"completed": true, "p": 1}), None, 1, "a"),
+                w(Value::Null, None, 2, "b"),
+            ],
+            &policy,
+        ),
+        merged(&[w(Value::Null, None, 2, "b")], &policy),
+    ];
+    for m in cases {
+        let (value, stamps) = m.to_stored().unwrap();
+        let back = Merged::from_stored(value.as_deref(), Some(&stamps), stamp(0, "")).unwrap();
+        assert_eq!(back, m, "{value:?} {stamps}");
+    }
+    // A deleted record holds its sticky `true` in its stamps, not in its value.
+    let deleted = merged(
+        &[
+            w(json!({"completed": true}), None, 1, "a"),
+            w(Value::Null, None, 2, "b"),
+        ],
+        &policy,
+    );
+    let (value, stamps) = deleted.to_stored().unwrap();
+    assert_eq!(value, None);
+    assert!(stamps.contains(r#""h":{"completed":true}"#), "{stamps}");
+}
+
+#[test]
+fn a_record_stored_whole_reads_as_every_field_stamped_with_its_own_stamp() {
+    let own = stamp(7, "old");
+    let m = Merged::from_stored(Some(r#"{"a":1,"b":2}"#), None, own.clone()).unwrap();
+    assert_eq!(m.stamps.fields.get("a"), Some(&own));
+    assert_eq!(m.stamps.fields.get("b"), Some(&own));
+    assert_eq!(m.stamps.written, Some(own.clone()));
+    let gone = Merged::from_stored(None, None, own.clone()).unwrap();
+    assert_eq!(gone.value(), None);
+    assert_eq!(gone.stamps.deleted, Some(own));
+}

@@ -35,6 +35,7 @@ pub(crate) fn batch<'a>(
         limit: 100,
         quota: Quota::UNLIMITED,
         caps: &[],
+        merges: &[],
     }
 }
 
@@ -53,6 +54,195 @@ pub async fn run(store: &dyn Store) {
     concurrent_pushes_take_distinct_versions(store).await;
     the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
     a_capped_collection_keeps_its_newest_records(store).await;
+    a_collection_merged_per_field_keeps_each_fields_newest_write(store).await;
+}
+
+async fn a_collection_merged_per_field_keeps_each_fields_newest_write(store: &dyn Store) {
+    let id = store.create_user("fields", "phc", 1).await.expect("create");
+    let merges = &[super::FieldMerge {
+        collection: "likes".into(),
+        policy: sinkron_core::merge::Policy {
+            sticky: vec!["completed".into()],
+        },
+    }];
+    let write = |id: u64, key: &str, value: Option<&str>, at: u64, fields: Option<&[&str]>| {
+        super::Mutation {
+            fields: fields.map(|f| f.iter().map(|s| s.to_string()).collect()),
+            ..m(id, key, value, at)
+        }
+    };
+    let push = |client: &'static str, mutations: Vec<super::Mutation>| async move {
+        let batch = PushBatch {
+            merges,
+            ..batch(client, &mutations, None)
+        };
+        store.push(id, batch).await.expect("push")
+    };
+    let record = |key: &'static str| async move {
+        let page = store.pull(id, None, 100).await.expect("pull");
+        let change = page.changes.into_iter().find(|c| c.key == key);
+        change.map(|c| (c.value, c.updated_at, c.client_id))
+    };
+    let value = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json");
+    // The TV writes the whole record; the phone, later, its like over a stale copy; the TV,
+    // later still, its position over its own copy: each names what it changed.
+    push(
+        "tv",
+        vec![write(
+            1,
+            "e1",
+            Some(r#"{"position":10,"liked":false}"#),
+            10,
+            None,
+        )],
+    )
+    .await;
+    let like = push(
+        "phone",
+        vec![write(
+            1,
+            "e1",
+            Some(r#"{"position":10,"liked":true}"#),
+            20,
+            Some(&["liked"]),
+        )],
+    )
+    .await;
+    assert_eq!((like.applied, like.ack), (1, 1));
+    push(
+        "tv",
+        vec![write(
+            2,
+            "e1",
+            Some(r#"{"position":300,"liked":false}"#),
+            30,
+            Some(&["position"]),
+        )],
+    )
+    .await;
+    let (stored, updated_at, client_id) = record("e1").await.expect("stored");
+    assert_eq!(
+        value(stored.as_deref().expect("live")),
+        value(r#"{"position":300,"liked":true}"#)
+    );
+    assert_eq!(
+        (updated_at, client_id.as_str()),
+        (30, "tv"),
+        "the newest write's stamp"
+    );
+    // A stale resume (stamped with the older copy's time) changes nothing: taken, not stored.
+    let before = store.pull(id, None, 100).await.expect("pull").cursor;
+    let resume = push(
+        "phone",
+        vec![write(
+            2,
+            "e1",
+            Some(r#"{"position":12}"#),
+            25,
+            Some(&["position"]),
+        )],
+    )
+    .await;
+    assert_eq!((resume.applied, resume.ack, resume.version), (0, 2, before));
+    // Sticky: once true, an older device's later `false` does not undo it, nor a delete.
+    push(
+        "tv",
+        vec![write(
+            3,
+            "e1",
+            Some(r#"{"completed":true}"#),
+            40,
+            Some(&["completed"]),
+        )],
+    )
+    .await;
+    push(
+        "old",
+        vec![write(
+            1,
+            "e1",
+            Some(r#"{"position":5,"completed":false}"#),
+            50,
+            None,
+        )],
+    )
+    .await;
+    let (stored, ..) = record("e1").await.expect("stored");
+    assert_eq!(
+        value(stored.as_deref().expect("live")),
+        value(r#"{"position":5,"liked":true,"completed":true}"#)
+    );
+    push("old", vec![write(2, "e1", None, 60, None)]).await;
+    assert_eq!(
+        record("e1").await.map(|r| (r.0, r.1)),
+        Some((None, 60)),
+        "a tombstone"
+    );
+    push(
+        "tv",
+        vec![write(4, "e1", Some(r#"{"position":1}"#), 70, None)],
+    )
+    .await;
+    let (stored, ..) = record("e1").await.expect("stored");
+    assert_eq!(
+        value(stored.as_deref().expect("live")),
+        value(r#"{"position":1,"completed":true}"#)
+    );
+    // A record stored whole before its collection was merged per field: every field keeps
+    // the record's stamp.
+    store
+        .push(
+            id,
+            batch(
+                "tv",
+                &[write(5, "e2", Some(r#"{"a":1,"b":2}"#), 80, None)],
+                None,
+            ),
+        )
+        .await
+        .expect("push");
+    push(
+        "phone",
+        vec![write(3, "e2", Some(r#"{"a":0,"b":3}"#), 75, Some(&["b"]))],
+    )
+    .await;
+    push(
+        "phone",
+        vec![write(4, "e2", Some(r#"{"a":0,"b":3}"#), 85, Some(&["b"]))],
+    )
+    .await;
+    let (stored, ..) = record("e2").await.expect("stored");
+    assert_eq!(
+        value(stored.as_deref().expect("live")),
+        value(r#"{"a":1,"b":3}"#)
+    );
+    // Growing past a value's most bytes, merged, is refused: nothing of the batch is taken.
+    let big = format!(
+        r#"{{"c":"{}"}}"#,
+        "x".repeat(sinkron_core::limits::VALUE_BYTES_MAX - 10)
+    );
+    let refused = store
+        .push(
+            id,
+            PushBatch {
+                merges,
+                ..batch(
+                    "phone",
+                    &[write(5, "e2", Some(&big), 90, Some(&["c"]))],
+                    None,
+                )
+            },
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::MergedTooLarge { key, .. }) if key == "e2"),
+        "{refused:?}"
+    );
+    let (stored, ..) = record("e2").await.expect("stored");
+    assert_eq!(
+        value(stored.as_deref().expect("live")),
+        value(r#"{"a":1,"b":3}"#)
+    );
 }
 
 async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sinkron_core::{Change, Mutation};
 
-pub use plan::{Cap, ClientMark, Held, Quota, Usage};
+pub use plan::{Cap, ClientMark, FieldMerge, Held, Quota, Usage};
 
 /// Told a user and the user's new version ([`Store::on_version_raised`]).
 pub type VersionHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
@@ -54,6 +54,14 @@ pub enum StoreError {
     /// applied.
     #[error("the user's storage quota of {limit} {what} would be exceeded")]
     QuotaExceeded { what: &'static str, limit: u64 },
+    /// A write of a collection merged per field would make the stored record larger than a
+    /// value may be. Nothing was applied.
+    #[error("{collection}/{key} would hold {bytes} bytes once merged")]
+    MergedTooLarge {
+        collection: String,
+        key: String,
+        bytes: usize,
+    },
     /// The backend is busy or unreachable; trying again later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -144,9 +152,18 @@ pub struct PushBatch<'a> {
     pub quota: Quota,
     /// The capped collections ([`Cap`]).
     pub caps: &'a [Cap],
+    /// The collections merged per field ([`FieldMerge`]).
+    pub merges: &'a [FieldMerge],
 }
 
 impl PushBatch<'_> {
+    /// The per-field merges of the collections this batch writes to.
+    pub fn merges_touched(&self) -> impl Iterator<Item = &FieldMerge> {
+        self.merges
+            .iter()
+            .filter(|f| self.mutations.iter().any(|m| m.collection == f.collection))
+    }
+
     /// The caps of the collections this batch adds records to (a write of a value).
     pub fn caps_touched(&self) -> impl Iterator<Item = &Cap> {
         self.caps.iter().filter(|cap| {
@@ -170,6 +187,7 @@ struct PushJob {
     limit: usize,
     quota: Quota,
     caps: Vec<Cap>,
+    merges: Vec<FieldMerge>,
     reply: tokio::sync::oneshot::Sender<Result<PushOutcome, StoreError>>,
 }
 
@@ -187,6 +205,7 @@ impl PushJob {
             limit: batch.limit,
             quota: batch.quota,
             caps: batch.caps_touched().cloned().collect(),
+            merges: batch.merges_touched().cloned().collect(),
             reply,
         };
         (job, PushAnswer(answer))
@@ -202,6 +221,7 @@ impl PushJob {
             limit: self.limit,
             quota: self.quota,
             caps: &self.caps,
+            merges: &self.merges,
         }
     }
 }
@@ -226,6 +246,15 @@ fn copy_err(e: &StoreError) -> StoreError {
         StoreError::QuotaExceeded { what, limit } => StoreError::QuotaExceeded {
             what,
             limit: *limit,
+        },
+        StoreError::MergedTooLarge {
+            collection,
+            key,
+            bytes,
+        } => StoreError::MergedTooLarge {
+            collection: collection.clone(),
+            key: key.clone(),
+            bytes: *bytes,
         },
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Other(m) => StoreError::Other(m.clone()),

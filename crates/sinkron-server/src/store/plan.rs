@@ -22,6 +22,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use sinkron_core::merge::{self, Merged, Policy, Stamp, Stamps};
 use sinkron_core::{Change, Mutation, Record};
 
 #[cfg(feature = "planted-bugs")]
@@ -149,6 +150,14 @@ impl Cap {
     }
 }
 
+/// A collection whose records are merged field by field ([`sinkron_core::merge`]), with its
+/// sticky fields. Every backend applies this one rule to a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMerge {
+    pub collection: String,
+    pub policy: Policy,
+}
+
 /// What the server remembers of a client id: the highest mutation id it took (the ack)
 /// and the highest `updatedAt`, as sent, of every mutation it took under that id (`None`
 /// for a client acknowledged before this was kept).
@@ -206,13 +215,27 @@ pub struct UserState {
     pub writes_after: u64,
 }
 
-/// A stored record as the merge sees it: its newest-wins order key and its value's size.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A stored record as the merge sees it: its newest-wins order key and its value's size; for
+/// a collection merged per field ([`PushBatch::merge_policy`]) also its value and stamps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stored {
     pub updated_at: u64,
     pub client_id: String,
     /// The value's bytes; `None` for a tombstone.
     pub bytes: Option<usize>,
+    /// The value (per-field collections only).
+    pub value: Option<String>,
+    /// The stamps column (per-field collections only; `None` for a record stored whole).
+    pub stamps: Option<String>,
+}
+
+impl Stored {
+    /// The record as the per-field merge holds it ([`Merged::from_stored`]).
+    fn merged(&self) -> Result<Merged, StoreError> {
+        let own = Stamp(self.updated_at, self.client_id.clone());
+        Merged::from_stored(self.value.as_deref(), self.stamps.as_deref(), own)
+            .map_err(|e| StoreError::Other(format!("a stored record: {e}")))
+    }
 }
 
 /// A record a push writes, replacing what is stored under its collection and key (an
@@ -222,10 +245,13 @@ pub struct Row<'a> {
     pub collection: &'a str,
     pub key: Cow<'a, str>,
     /// `None`: a tombstone.
-    pub value: Option<&'a str>,
+    pub value: Option<Cow<'a, str>>,
     pub updated_at: u64,
     pub client_id: Cow<'a, str>,
     pub version: u64,
+    /// The per-field stamps ([`Stamps`] as JSON) of a collection merged per field; `None`
+    /// for a record stored whole.
+    pub stamps: Option<String>,
 }
 
 /// What a push writes and answers, decided by [`Planner`] and [`Merge`].
@@ -318,15 +344,21 @@ impl<'a> Planner<'a> {
     }
 
     /// Merges the batch newest-wins with what is stored: `stored[i]` is the row of
-    /// `keys()[i]`, `None` when there is none. Each winner takes the user's next version.
-    pub fn merge(self, mut stored: Vec<Option<Stored>>) -> Merge<'a> {
+    /// `keys()[i]`, `None` when there is none. Each winner takes the user's next version. A
+    /// collection merged per field merges each write into the record field by field
+    /// ([`sinkron_core::merge`]); a write that changes nothing there is taken and not stored.
+    /// Refuses the batch when a merged record would grow past a value's most bytes.
+    pub fn merge(self, mut stored: Vec<Option<Stored>>) -> Result<Merge<'a>, StoreError> {
         debug_assert_eq!(stored.len(), self.keys.len(), "one answer per key");
         stored.resize(self.keys.len(), None);
-        let mut slots: Vec<Slot> = stored
-            .into_iter()
-            .map(|s| match s {
+        let batch = self.batch;
+        let mut slots = Vec::with_capacity(self.keys.len());
+        for (s, (collection, _)) in stored.into_iter().zip(&self.keys) {
+            let per_field = batch.merge_policy(collection).is_some();
+            slots.push(match s {
                 Some(s) => Slot {
                     held: s.bytes,
+                    merged: per_field.then(|| s.merged()).transpose()?,
                     current: Some(Record {
                         value: None,
                         updated_at: s.updated_at,
@@ -334,10 +366,12 @@ impl<'a> Planner<'a> {
                     }),
                     row: None,
                 },
-                None => Slot::default(),
-            })
-            .collect();
-        let batch = self.batch;
+                None => Slot {
+                    merged: per_field.then(Merged::default),
+                    ..Slot::default()
+                },
+            });
+        }
         let mut version = self.user.version;
         let mut applied = 0;
         let mut change = Usage::default();
@@ -345,18 +379,32 @@ impl<'a> Planner<'a> {
         // The collections this push adds a record to.
         let mut grew: Vec<&'a str> = Vec::new();
         for &(m, place) in &self.pending {
+            let slot = &mut slots[place];
             let incoming = Record {
                 value: None,
                 updated_at: batch.clamp(m),
                 client_id: batch.client_id.to_owned(),
             };
-            let slot = &mut slots[place];
-            let current = slot.current.as_ref();
-            #[cfg(feature = "planted-bugs")]
-            let current = current.filter(|_| !planted(Bug::ArrivalOrder));
-            if current.is_some_and(|c| !incoming.wins_over(c)) {
-                continue;
-            }
+            let (value, stamps, updated_at, client_id) = match &mut slot.merged {
+                Some(merged) => {
+                    let policy = batch.merge_policy(&m.collection).unwrap_or(&NO_POLICY);
+                    match merge_write(merged, m, &incoming, policy)? {
+                        Some(written) => written,
+                        None => continue,
+                    }
+                }
+                None => {
+                    let current = slot.current.as_ref();
+                    #[cfg(feature = "planted-bugs")]
+                    let current = current.filter(|_| !planted(Bug::ArrivalOrder));
+                    if current.is_some_and(|c| !incoming.wins_over(c)) {
+                        continue;
+                    }
+                    let value = m.value.as_deref().map(Cow::Borrowed);
+                    let client_id = Cow::Borrowed(batch.client_id);
+                    (value, None, incoming.updated_at, client_id)
+                }
+            };
             version += 1;
             applied += 1;
             #[allow(unused_mut)]
@@ -366,13 +414,20 @@ impl<'a> Planner<'a> {
                 row_version = incoming.updated_at;
                 version = (version - 1).max(row_version);
             }
+            let size = value.as_ref().map(|v| v.len());
+            slot.current = Some(Record {
+                value: None,
+                updated_at,
+                client_id: client_id.to_string(),
+            });
             let row = Row {
                 collection: &m.collection,
                 key: Cow::Borrowed(&m.key),
-                value: m.value.as_deref(),
-                updated_at: incoming.updated_at,
-                client_id: Cow::Borrowed(batch.client_id),
+                value,
+                updated_at,
+                client_id,
                 version: row_version,
+                stamps,
             };
             // A later winner in the same batch replaces the earlier one: only the last write
             // of a record is stored, with its (higher) version, as applying them one by one
@@ -384,13 +439,11 @@ impl<'a> Planner<'a> {
                     rows.push(row);
                 }
             }
-            let size = m.value.as_ref().map(String::len);
             change = change.plus(Usage::change(slot.held, size));
             if slot.held.is_none() && size.is_some() && !grew.contains(&m.collection.as_str()) {
                 grew.push(&m.collection);
             }
             slot.held = size;
-            slot.current = Some(incoming);
         }
         // Only a collection that gained a record can have passed its cap, and only if the
         // user holds more records than the cap in all.
@@ -400,7 +453,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|cap| grew.contains(&cap.collection.as_str()) && cap.may_pass(records))
             .collect();
-        Merge {
+        Ok(Merge {
             batch,
             user: self.user,
             mark: self.mark,
@@ -411,8 +464,56 @@ impl<'a> Planner<'a> {
             applied,
             change,
             caps,
+        })
+    }
+}
+
+static NO_POLICY: Policy = Policy { sticky: Vec::new() };
+
+/// What a write of a record stored with its per-field stamps leaves to store: its value, its
+/// stamps and its own newest-wins key; `None` when it changes nothing.
+type MergedRow<'a> = (Option<Cow<'a, str>>, Option<String>, u64, Cow<'a, str>);
+
+/// Merges `m` into `merged` field by field.
+fn merge_write<'a>(
+    merged: &mut Merged,
+    m: &Mutation,
+    incoming: &Record,
+    policy: &Policy,
+) -> Result<Option<MergedRow<'a>>, StoreError> {
+    let invalid = |e: serde_json::Error| StoreError::Other(format!("a pushed value: {e}"));
+    let value: Option<serde_json::Map<String, serde_json::Value>> = m
+        .value
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(invalid)?;
+    let stamp = Stamp(incoming.updated_at, incoming.client_id.clone());
+    let write = merge::Write {
+        value: value.as_ref(),
+        fields: m.fields.as_deref(),
+        stamp: &stamp,
+    };
+    if !merged.apply(write, policy) {
+        return Ok(None);
+    }
+    let (text, stamps) = merged.to_stored().map_err(invalid)?;
+    if let Some(bytes) = text.as_ref().map(String::len) {
+        if bytes > sinkron_core::limits::VALUE_BYTES_MAX {
+            return Err(StoreError::MergedTooLarge {
+                collection: m.collection.clone(),
+                key: m.key.clone(),
+                bytes,
+            });
         }
     }
+    let Stamp(updated_at, client_id) = merged.stamps.newest().cloned().unwrap_or(stamp);
+    Ok(Some((
+        text.map(Cow::Owned),
+        Some(stamps),
+        updated_at,
+        Cow::Owned(client_id),
+    )))
 }
 
 /// What the merge knows of one record of the batch.
@@ -420,6 +521,8 @@ impl<'a> Planner<'a> {
 struct Slot {
     /// Its newest-wins order key, as stored or as written by this batch.
     current: Option<Record>,
+    /// Its fields and stamps, in a collection merged per field.
+    merged: Option<Merged>,
     /// Its value's bytes (`None`: absent, or a tombstone).
     held: Option<usize>,
     /// Its place in the plan's rows, once written.
@@ -470,7 +573,7 @@ impl<'a> Merge<'a> {
                             key: r.key.to_string(),
                             updated_at: r.updated_at,
                             client_id: r.client_id.to_string(),
-                            bytes: r.value?.len(),
+                            bytes: r.value.as_ref()?.len(),
                         })
                     }),
             );
@@ -479,6 +582,14 @@ impl<'a> Merge<'a> {
             self.version += 1;
             self.change = self.change.plus(Usage::change(Some(h.bytes), None));
             let place = self.index.get(&(collection, h.key.as_str())).copied();
+            // Per field, the eviction is a delete at the record's own stamp.
+            let stamps = self.batch.merge_policy(collection).map(|_| {
+                let deleted = Stamps {
+                    deleted: Some(Stamp(h.updated_at, h.client_id.clone())),
+                    ..Stamps::default()
+                };
+                serde_json::to_string(&deleted).unwrap_or_default()
+            });
             let tombstone = Row {
                 collection,
                 key: Cow::Owned(h.key),
@@ -486,6 +597,7 @@ impl<'a> Merge<'a> {
                 updated_at: h.updated_at,
                 client_id: Cow::Owned(h.client_id),
                 version: self.version,
+                stamps,
             };
             match place.and_then(|p| self.slots[p].row) {
                 Some(i) => self.rows[i] = tombstone,
@@ -510,6 +622,14 @@ impl<'a> Merge<'a> {
 }
 
 impl PushBatch<'_> {
+    /// How `collection` is merged per field, if it is.
+    pub fn merge_policy(&self, collection: &str) -> Option<&Policy> {
+        self.merges
+            .iter()
+            .find(|f| f.collection == collection)
+            .map(|f| &f.policy)
+    }
+
     /// A mutation's `updatedAt` as stored: at most the server's bound.
     pub fn clamp(&self, m: &Mutation) -> u64 {
         m.updated_at.min(self.updated_at_max)

@@ -109,6 +109,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notify",
         include_str!("../../migrations/postgres/0010_notify.sql"),
     ),
+    (
+        11,
+        "field_stamps",
+        include_str!("../../migrations/postgres/0011_field_stamps.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -156,23 +161,28 @@ const LOCK_SQL: &str = "SELECT u.version, c.ack, c.stamp_max, u.records, u.bytes
 
 /// The stored order keys of the records a batch writes to, and their values' sizes, each with
 /// its key's place in the arrays (from 1).
-const CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value)
+const CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value),
+            CASE WHEN k.per_field THEN r.value END, CASE WHEN k.per_field THEN r.stamps END
      FROM records r
-     JOIN unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS k(collection, key, i)
+     JOIN unnest($2::bytea[], $3::bytea[], $4::bool[])
+         WITH ORDINALITY AS k(collection, key, per_field, i)
        ON r.collection = k.collection AND r.key = k.key
      WHERE r.user_id = $1";
 
 /// Every write of a push in one statement: the winning records, the ack, the version.
 const WRITE_SQL: &str = "WITH written AS (
          INSERT INTO records
-             (user_id, collection, key, value, updated_at, client_id, version, stored_at)
-         SELECT $1, w.collection, w.key, w.value, w.updated_at, w.client_id, w.version, $3
-         FROM unnest($4::bytea[], $5::bytea[], $6::text[], $7::int8[], $8::int8[], $15::bytea[])
-             AS w(collection, key, value, updated_at, version, client_id)
+             (user_id, collection, key, value, updated_at, client_id, version, stored_at,
+              stamps)
+         SELECT $1, w.collection, w.key, w.value, w.updated_at, w.client_id, w.version, $3,
+                w.stamps
+         FROM unnest($4::bytea[], $5::bytea[], $6::text[], $7::int8[], $8::int8[], $15::bytea[],
+                     $16::text[])
+             AS w(collection, key, value, updated_at, version, client_id, stamps)
          ON CONFLICT (user_id, collection, key) DO UPDATE SET
              value = excluded.value, updated_at = excluded.updated_at,
              client_id = excluded.client_id, version = excluded.version,
-             stored_at = excluded.stored_at
+             stored_at = excluded.stored_at, stamps = excluded.stamps
          RETURNING 1
      ), acked AS (
          INSERT INTO clients (user_id, client_id, ack, stamp_max)
@@ -203,8 +213,10 @@ const GROUP_LOCK_SQL: &str =
      ORDER BY u.id FOR NO KEY UPDATE OF u";
 
 /// [`CURRENT_SQL`] for every push of a wave: each key with its user.
-const GROUP_CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value)
-     FROM unnest($1::int8[], $2::bytea[], $3::bytea[]) WITH ORDINALITY AS k(user_id, collection, key, i)
+const GROUP_CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r.value),
+            CASE WHEN k.per_field THEN r.value END, CASE WHEN k.per_field THEN r.stamps END
+     FROM unnest($1::int8[], $2::bytea[], $3::bytea[], $4::bool[])
+         WITH ORDINALITY AS k(user_id, collection, key, per_field, i)
      JOIN records r ON r.user_id = k.user_id AND r.collection = k.collection AND r.key = k.key";
 
 /// The live records of each capped collection a wave's pushes may take past its cap.
@@ -217,16 +229,18 @@ const GROUP_LIVE_SQL: &str = "SELECT c.i, r.key, r.updated_at, r.client_id, octe
 /// versions and usage.
 const GROUP_WRITE_SQL: &str = "WITH written AS (
          INSERT INTO records
-             (user_id, collection, key, value, updated_at, client_id, version, stored_at)
+             (user_id, collection, key, value, updated_at, client_id, version, stored_at,
+              stamps)
          SELECT w.user_id, w.collection, w.key, w.value, w.updated_at, w.client_id, w.version,
-                w.stored_at
+                w.stored_at, w.stamps
          FROM unnest($1::int8[], $2::bytea[], $3::bytea[], $4::text[], $5::int8[], $6::int8[],
-                     $7::bytea[], $8::int8[])
-             AS w(user_id, collection, key, value, updated_at, version, client_id, stored_at)
+                     $7::bytea[], $8::int8[], $17::text[])
+             AS w(user_id, collection, key, value, updated_at, version, client_id, stored_at,
+                  stamps)
          ON CONFLICT (user_id, collection, key) DO UPDATE SET
              value = excluded.value, updated_at = excluded.updated_at,
              client_id = excluded.client_id, version = excluded.version,
-             stored_at = excluded.stored_at
+             stored_at = excluded.stored_at, stamps = excluded.stamps
          RETURNING 1
      ), acked AS (
          INSERT INTO clients (user_id, client_id, ack, stamp_max)
@@ -858,12 +872,14 @@ async fn apply_wave<'a>(
     // 2. The stored rows of the records they write.
     let mut owners: Vec<(usize, usize)> = Vec::new();
     let (mut key_users, mut collections, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let mut per_field = Vec::new();
     for (n, (p, planner)) in planners.iter().enumerate() {
         for (place, (collection, key)) in planner.keys().iter().enumerate() {
             owners.push((n, place));
             key_users.push(users[*p]);
             collections.push(collection.as_bytes());
             names.push(key.as_bytes());
+            per_field.push(batches[*p].merge_policy(collection).is_some());
         }
     }
     let mut stored: Vec<Vec<Option<Stored>>> = planners
@@ -876,25 +892,21 @@ async fn apply_wave<'a>(
             .await
             .map_err(store_err)?;
         let rows = tx
-            .query(&stmt, &[&key_users, &collections, &names])
+            .query(&stmt, &[&key_users, &collections, &names, &per_field])
             .await
             .map_err(store_err)?;
         for row in rows {
             let (n, place) = owners[place_of(&row, owners.len())?];
-            stored[n][place] = Some(Stored {
-                updated_at: to_u64(row.get(1)),
-                client_id: text(row.get(2))?,
-                bytes: row
-                    .get::<_, Option<i32>>(3)
-                    .map(|b| usize::try_from(b).unwrap_or(0)),
-            });
+            stored[n][place] = Some(stored_row(&row)?);
         }
     }
-    let mut merges: Vec<_> = planners
-        .into_iter()
-        .zip(stored)
-        .map(|((p, planner), stored)| (p, planner.merge(stored)))
-        .collect();
+    let mut merges = Vec::with_capacity(planners.len());
+    for ((p, planner), stored) in planners.into_iter().zip(stored) {
+        match planner.merge(stored) {
+            Ok(merge) => merges.push((p, merge)),
+            Err(e) => outcomes[p] = Some(Err(e)),
+        }
+    }
 
     // 3. The live records of the capped collections they may take past their cap.
     let capped: Vec<(usize, &Cap)> = merges
@@ -968,7 +980,8 @@ async fn write_plans(
             rows.user_ids.push(user_id);
             rows.collections.push(w.collection.as_bytes());
             rows.keys.push(w.key.as_bytes());
-            rows.values.push(w.value);
+            rows.values.push(w.value.as_deref());
+            rows.field_stamps.push(w.stamps.as_deref());
             rows.updated.push(to_i64(w.updated_at, "updatedAt")?);
             rows.versions.push(to_i64(w.version, "version")?);
             rows.writers.push(w.client_id.as_bytes());
@@ -1014,6 +1027,7 @@ async fn write_plans(
             &rows.raised_versions,
             &rows.records,
             &rows.bytes,
+            &rows.field_stamps,
         ],
     )
     .await
@@ -1040,6 +1054,21 @@ struct WaveRows<'a> {
     raised_versions: Vec<i64>,
     records: Vec<i64>,
     bytes: Vec<i64>,
+    /// The records' per-field stamps ([`sinkron_core::merge::Stamps`]).
+    field_stamps: Vec<Option<&'a str>>,
+}
+
+/// A row of [`CURRENT_SQL`] or [`GROUP_CURRENT_SQL`] as the push's plan reads it.
+fn stored_row(row: &tokio_postgres::Row) -> Result<Stored, StoreError> {
+    Ok(Stored {
+        updated_at: to_u64(row.get(1)),
+        client_id: text(row.get(2))?,
+        bytes: row
+            .get::<_, Option<i32>>(3)
+            .map(|b| usize::try_from(b).unwrap_or(0)),
+        value: row.get(4),
+        stamps: row.get(5),
+    })
 }
 
 /// Tells every node the new versions of a group's users in one statement, after the commit
@@ -1090,9 +1119,13 @@ async fn apply_push(
     if !keys.is_empty() {
         let collections: Vec<&[u8]> = keys.iter().map(|k| k.0.as_bytes()).collect();
         let names: Vec<&[u8]> = keys.iter().map(|k| k.1.as_bytes()).collect();
+        let per_field: Vec<bool> = keys
+            .iter()
+            .map(|k| batch.merge_policy(k.0).is_some())
+            .collect();
         let stmt = tx.prepare_cached(CURRENT_SQL).await.map_err(store_err)?;
         let rows = tx
-            .query(&stmt, &[&user_id, &collections, &names])
+            .query(&stmt, &[&user_id, &collections, &names, &per_field])
             .await
             .map_err(store_err)?;
         for row in rows {
@@ -1101,16 +1134,10 @@ async fn apply_push(
                 .ok()
                 .filter(|&i| i < stored.len())
                 .ok_or_else(|| StoreError::Other("a stored row of no key".into()))?;
-            stored[place] = Some(Stored {
-                updated_at: to_u64(row.get(1)),
-                client_id: text(row.get(2))?,
-                bytes: row
-                    .get::<_, Option<i32>>(3)
-                    .map(|b| usize::try_from(b).unwrap_or(0)),
-            });
+            stored[place] = Some(stored_row(&row)?);
         }
     }
-    let mut merge = planner.merge(stored);
+    let mut merge = planner.merge(stored)?;
     for cap in merge.caps() {
         let rows = tx
             .query(
@@ -1137,7 +1164,8 @@ async fn apply_push(
         let rows = &plan.rows;
         let collections: Vec<&[u8]> = rows.iter().map(|w| w.collection.as_bytes()).collect();
         let keys: Vec<&[u8]> = rows.iter().map(|w| w.key.as_bytes()).collect();
-        let values: Vec<Option<&str>> = rows.iter().map(|w| w.value).collect();
+        let values: Vec<Option<&str>> = rows.iter().map(|w| w.value.as_deref()).collect();
+        let stamps: Vec<Option<&str>> = rows.iter().map(|w| w.stamps.as_deref()).collect();
         let updated = rows
             .iter()
             .map(|w| to_i64(w.updated_at, "updatedAt"))
@@ -1174,6 +1202,7 @@ async fn apply_push(
                 &plan.usage.records,
                 &plan.usage.bytes,
                 &writers,
+                &stamps,
             ],
         )
         .await

@@ -85,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ending_sessions",
         include_str!("../../migrations/sqlite/0009_ending_sessions.sql"),
     ),
+    (
+        11,
+        "field_stamps",
+        include_str!("../../migrations/sqlite/0011_field_stamps.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -461,19 +466,24 @@ fn apply_push(
 
     let mut stored = Vec::with_capacity(planner.keys().len());
     if !planner.keys().is_empty() {
+        // The value and stamps only of a collection merged per field (?4).
         let mut stmt = tx
             .prepare_cached(
-                "SELECT updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
-                 WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
+                "SELECT updated_at, client_id, LENGTH(CAST(value AS BLOB)),
+                        CASE WHEN ?4 THEN value END, CASE WHEN ?4 THEN stamps END
+                 FROM records WHERE user_id = ?1 AND collection = ?2 AND key = ?3",
             )
             .map_err(store_err)?;
         for (collection, key) in planner.keys() {
+            let per_field = batch.merge_policy(collection).is_some();
             let row = stmt
-                .query_row(params![user_id, collection, key], |r| {
+                .query_row(params![user_id, collection, key, per_field], |r| {
                     Ok(Stored {
                         updated_at: to_u64(r.get(0)?),
                         client_id: r.get(1)?,
                         bytes: r.get::<_, Option<i64>>(2)?.map(to_usize),
+                        value: r.get(3)?,
+                        stamps: r.get(4)?,
                     })
                 })
                 .optional()
@@ -481,7 +491,7 @@ fn apply_push(
             stored.push(row);
         }
     }
-    let mut merge = planner.merge(stored);
+    let mut merge = planner.merge(stored)?;
     for cap in merge.caps() {
         let live = tx
             .prepare_cached(
@@ -509,12 +519,13 @@ fn apply_push(
         let mut stmt = tx
             .prepare_cached(
                 "INSERT INTO records
-                     (user_id, collection, key, value, updated_at, client_id, version, stored_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     (user_id, collection, key, value, updated_at, client_id, version, stored_at,
+                      stamps)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (user_id, collection, key) DO UPDATE SET
                      value = excluded.value, updated_at = excluded.updated_at,
                      client_id = excluded.client_id, version = excluded.version,
-                     stored_at = excluded.stored_at",
+                     stored_at = excluded.stored_at, stamps = excluded.stamps",
             )
             .map_err(store_err)?;
         for row in &plan.rows {
@@ -527,6 +538,7 @@ fn apply_push(
                 row.client_id,
                 to_i64(row.version, "version")?,
                 now,
+                row.stamps,
             ])
             .map_err(store_err)?;
         }
@@ -1264,6 +1276,7 @@ mod tests {
             limit: 10,
             quota: Quota::UNLIMITED,
             caps: &[],
+            merges: &[],
         };
         // Queued together, so committed in one group.
         let (missing, real, again) = tokio::join!(

@@ -24,6 +24,7 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation]) -> PushBatch<'a> {
         limit: 100,
         quota: Quota::UNLIMITED,
         caps: &[],
+        merges: &[],
     }
 }
 
@@ -32,6 +33,7 @@ fn stored(updated_at: u64, client_id: &str, bytes: Option<usize>) -> Option<Stor
         updated_at,
         client_id: client_id.into(),
         bytes,
+        ..Stored::default()
     })
 }
 
@@ -56,7 +58,7 @@ fn planned<'a>(
         .iter()
         .map(|(_, key)| rows.iter().find(|r| r.0 == *key).and_then(|r| r.1.clone()))
         .collect();
-    let merge = planner.merge(found);
+    let merge = planner.merge(found)?;
     assert!(merge.caps().is_empty(), "no cap in these tests");
     merge.finish()
 }
@@ -68,7 +70,7 @@ fn written<'p>(plan: &'p Plan<'_>) -> Vec<(&'p str, Option<&'p str>, u64, &'p st
         .map(|r| {
             (
                 r.key.as_ref(),
-                r.value,
+                r.value.as_deref(),
                 r.updated_at,
                 r.client_id.as_ref(),
                 r.version,
@@ -94,7 +96,11 @@ fn ids_at_or_below_the_ack_are_skipped_and_the_ack_rises_to_the_batch() {
         [("likes", "c")],
         "only what is above the ack is read"
     );
-    let plan = planner.merge(vec![None]).finish().expect("plan");
+    let plan = planner
+        .merge(vec![None])
+        .expect("merge")
+        .finish()
+        .expect("plan");
     assert_eq!(written(&plan), [("c", None, 10, "c1", 8)]);
     assert_eq!((plan.ack, plan.version, plan.applied), (5, 8, 1));
     assert_eq!(
@@ -370,7 +376,7 @@ fn past_a_cap_the_oldest_records_become_tombstones_with_their_stamps() {
         .iter()
         .map(|(_, key)| (*key == "mid").then(|| stored(20, "c0", Some(2))).flatten())
         .collect();
-    let mut merge = planner.merge(found);
+    let mut merge = planner.merge(found).expect("merge");
     let caps_to_apply = merge.caps();
     assert_eq!(caps_to_apply, [&caps[0]]);
     merge.evict(
@@ -417,7 +423,8 @@ fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
     };
     let mut merge = Planner::new(batch, user, ClientMark::default())
         .expect("planner")
-        .merge(vec![None]);
+        .merge(vec![None])
+        .expect("merge");
     merge.evict(&caps[0], vec![held("kept", 50, 2)]);
     let plan = merge.finish().expect("plan");
     assert_eq!(written(&plan), [("old", None, 5, "c1", 7)]);
@@ -450,6 +457,7 @@ fn a_cap_is_applied_only_where_a_record_was_added_and_the_user_may_be_past_it() 
         let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
         planner
             .merge(rows)
+            .expect("merge")
             .caps()
             .iter()
             .map(|c| c.collection.clone())
