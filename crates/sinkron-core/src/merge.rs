@@ -25,6 +25,9 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+#[cfg(feature = "planted-bugs")]
+use crate::planted::{planted, Bug};
+
 /// A write's place in the newest-wins order: `(updatedAt, clientId)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp(pub u64, pub String);
@@ -181,12 +184,27 @@ impl Merged {
     /// Sets field `name` to `value` (`None`: removed) at `stamp`, if that wins its register.
     fn set(&mut self, name: &str, value: Option<&Value>, stamp: &Stamp, policy: &Policy) {
         let held = self.stamps.fields.get(name);
+        #[cfg(feature = "planted-bugs")]
+        if planted(Bug::MergeTwice) && held == Some(stamp) {
+            self.fields.remove(name);
+            return;
+        }
+        #[cfg(feature = "planted-bugs")]
+        let held = held.filter(|_| !planted(Bug::MergeArrival));
+        #[cfg(feature = "planted-bugs")]
+        let deleted = self
+            .stamps
+            .deleted
+            .as_ref()
+            .filter(|_| !planted(Bug::MergeOrder));
+        #[cfg(not(feature = "planted-bugs"))]
+        let deleted = self.stamps.deleted.as_ref();
         let sticky = policy.is_sticky(name);
         // A sticky field's `true` outranks its other values, and outlives deletes.
         let wins = if sticky && is_true(value) {
             (true, Some(stamp)) > (is_true(self.fields.get(name)), held)
         } else {
-            Some(stamp) > self.stamps.deleted.as_ref()
+            Some(stamp) > deleted
                 && Some(stamp) > held
                 && !(sticky && is_true(self.fields.get(name)))
         };

@@ -5,11 +5,11 @@
 //! site is a few lines under `#[cfg(feature = "planted-bugs")]` that consult [`planted`]; a
 //! run switches one bug on with [`plant`] before it starts.
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 /// The bugs the simulation must catch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[repr(u16)]
 pub enum Bug {
     /// The server stores whatever arrives last instead of the newest write.
     ArrivalOrder = 1,
@@ -25,10 +25,17 @@ pub enum Bug {
     RetryAfterUnauthorized = 32,
     /// Signing in does not take the writes an earlier sign-out left parked for the user.
     ForgottenParked = 64,
+    /// Per-field merge, not commutative: a field's write older than a delete that arrived
+    /// before it comes back.
+    MergeOrder = 128,
+    /// Per-field merge, not idempotent: a write applied again removes the fields it set.
+    MergeTwice = 256,
+    /// Per-field merge, not newest-wins: a field takes whatever write of it arrives last.
+    MergeArrival = 512,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 10] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -36,6 +43,9 @@ impl Bug {
         Bug::ForgottenNumbering,
         Bug::RetryAfterUnauthorized,
         Bug::ForgottenParked,
+        Bug::MergeOrder,
+        Bug::MergeTwice,
+        Bug::MergeArrival,
     ];
 
     /// The name used on the command line.
@@ -48,18 +58,21 @@ impl Bug {
             Bug::ForgottenNumbering => "forgotten-numbering",
             Bug::RetryAfterUnauthorized => "retry-after-401",
             Bug::ForgottenParked => "forgotten-parked",
+            Bug::MergeOrder => "merge-order",
+            Bug::MergeTwice => "merge-twice",
+            Bug::MergeArrival => "merge-arrival",
         }
     }
 }
 
-static PLANTED: AtomicU8 = AtomicU8::new(0);
+static PLANTED: AtomicU16 = AtomicU16::new(0);
 
 /// Switches `bug` on for the rest of the process.
 pub fn plant(bug: Bug) {
-    PLANTED.fetch_or(bug as u8, Ordering::Relaxed);
+    PLANTED.fetch_or(bug as u16, Ordering::Relaxed);
 }
 
 /// Whether `bug` is switched on.
 pub fn planted(bug: Bug) -> bool {
-    PLANTED.load(Ordering::Relaxed) & bug as u8 != 0
+    PLANTED.load(Ordering::Relaxed) & bug as u16 != 0
 }

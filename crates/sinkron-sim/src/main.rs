@@ -35,7 +35,8 @@ fn usage() -> ExitCode {
         "usage: sinkron-sim [--seed S | --seeds N [--start S]] [--jobs J] [--verbose] [--tail N]\n\
          \x20                  [--plant BUG --expect-failure]\n\
          BUG (needs --features planted-bugs): arrival-order, timestamp-cursor, no-dedupe,\n\
-         \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked"
+         \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked,\n\
+         \x20   merge-order, merge-twice, merge-arrival"
     );
     ExitCode::from(2)
 }

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Request as HttpRequest, StatusCode};
 use axum::Router;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sinkron_core::engine::Failure;
+use sinkron_core::merge::{self, Merged, Policy, Stamp};
 use sinkron_core::protocol::{ErrorBody, PullResponse, PushRequest, PushResponse};
 use sinkron_core::{Mutation, Page, Record, Reply, Request};
 use sinkron_server::pace::POLL_INTERVAL_HEADER;
@@ -32,6 +34,50 @@ pub type Key = (String, String);
 /// How far ahead of its clock the server lets an `updatedAt` be (its default).
 const MAX_FUTURE_MS: u64 = 60_000;
 
+/// The collection the server merges field by field (`--merge-fields`), with its sticky field.
+pub const MERGED: &str = "history";
+const MERGE_FIELDS: &str = "history:completed";
+
+/// What a per-field write is to the model: its stamp, value and the fields it names.
+type FieldWrite = (Stamp, Option<Map<String, Value>>, Option<Vec<String>>);
+
+/// The policy of [`MERGED`] as the server reads it from [`MERGE_FIELDS`].
+fn policy() -> Policy {
+    Policy {
+        sticky: vec!["completed".into()],
+    }
+}
+
+/// The record the laws say a per-field collection holds after `writes` (in arrival order):
+/// they are folded in newest-wins order, whatever order they came in (commutative), and each
+/// twice (idempotent); each field then holds its newest write's value (per-field newest-wins,
+/// which `sinkron_core::merge` implements).
+fn merged_record(writes: &[FieldWrite]) -> Record {
+    let mut sorted: Vec<&FieldWrite> = writes.iter().collect();
+    // Stable: two writes of one stamp (a clamp) keep their order, as on the server.
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let policy = policy();
+    let mut merged = Merged::default();
+    for (stamp, value, fields) in sorted.iter().chain(sorted.iter()) {
+        let write = merge::Write {
+            value: value.as_ref(),
+            fields: fields.as_deref(),
+            stamp,
+        };
+        merged.apply(write, &policy);
+    }
+    let newest = merged
+        .stamps
+        .newest()
+        .cloned()
+        .unwrap_or(Stamp(0, String::new()));
+    Record {
+        value: merged.value().map(|v| Value::Object(v.clone()).to_string()),
+        updated_at: newest.0,
+        client_id: newest.1,
+    }
+}
+
 /// The server's state of one user, as protocol v1 defines it.
 #[derive(Debug, Default)]
 struct UserModel {
@@ -42,6 +88,9 @@ struct UserModel {
     /// Cursors the server issued on complete answers, with the model's version at the time:
     /// a cursor names one state.
     cursors: HashMap<String, u64>,
+    /// Each record of [`MERGED`]: merged as writes arrive (which tells when the server takes
+    /// a version), and every write taken, from which the laws give what it must hold.
+    merged: BTreeMap<Key, (Merged, Vec<FieldWrite>)>,
 }
 
 /// A mutation the server stored with an earlier `updatedAt` than the client stamped.
@@ -198,6 +247,9 @@ impl Server {
                 }
                 kept
             });
+            // A compacted tombstone took its stamps with it, on the server as here.
+            let records = &model.records;
+            model.merged.retain(|key, _| records.contains_key(key));
         }
         Ok((gone, forgotten))
     }
@@ -214,6 +266,10 @@ impl Server {
             // The per-user rate limit counts by the real clock, which would make a run depend
             // on how fast the machine is; the simulation's 429s come from its faults.
             user_requests_per_minute: 0,
+            rules: sinkron_server::config::WriteRules {
+                merge_fields: vec![MERGE_FIELDS.into()],
+                ..Default::default()
+            },
             ..Config::default()
         };
         let state = AppState::new(store.clone(), config)
@@ -378,6 +434,27 @@ impl Server {
                     to: updated_at,
                 });
             }
+            if m.collection == MERGED {
+                let value = m
+                    .value
+                    .as_deref()
+                    .map(|v| serde_json::from_str::<Map<String, Value>>(v).unwrap_or_default());
+                let stamp = Stamp(updated_at, client_id.to_owned());
+                let (merged, writes) = model.merged.entry(key.clone()).or_default();
+                let write = merge::Write {
+                    value: value.as_ref(),
+                    fields: m.fields.as_deref(),
+                    stamp: &stamp,
+                };
+                let changed = merged.apply(write, &policy());
+                writes.push((stamp, value, m.fields.clone()));
+                if changed {
+                    model.version += 1;
+                    let record = merged_record(writes);
+                    model.records.insert(key, (record, model.version));
+                }
+                continue;
+            }
             let incoming = Record {
                 value: m.value.clone(),
                 updated_at,
@@ -457,6 +534,12 @@ impl Server {
                         ),
                     ));
                 }
+            }
+            if key.0 == MERGED {
+                return Err(Violation::new(
+                    "2 per-field merge: in any order, once, each field its newest write",
+                    detail,
+                ));
             }
             return Err(Violation::new("2 newest write wins, nothing lost", detail));
         }

@@ -60,3 +60,18 @@ fn a_401_that_does_not_stop_the_tab_is_caught() {
 fn a_sign_in_that_leaves_parked_writes_behind_is_caught() {
     finds("forgotten-parked", 20);
 }
+
+#[test]
+fn a_per_field_merge_that_depends_on_the_order_is_caught() {
+    finds("merge-order", 20);
+}
+
+#[test]
+fn a_per_field_merge_that_changes_on_a_write_again_is_caught() {
+    finds("merge-twice", 20);
+}
+
+#[test]
+fn a_per_field_merge_by_arrival_instead_of_newest_is_caught() {
+    finds("merge-arrival", 20);
+}

@@ -169,11 +169,17 @@ impl World {
                     self.devices[d].playing = e;
                 }
                 let playing = self.devices[d].playing;
-                let position = self.rng.range(0, 3_600);
+                // History is merged field by field (`server::MERGED`): the position while
+                // playing, now and then a like or `completed` (sticky), each its own field.
+                let field = match self.rng.range(0, 10) {
+                    0..=6 => format!(r#""position":{}"#, self.rng.range(0, 3_600)),
+                    7 | 8 => format!(r#""liked":{}"#, self.rng.chance(500)),
+                    _ => format!(r#""completed":{}"#, self.rng.chance(700)),
+                };
                 vec![(
                     "history".into(),
                     format!("ep-{playing}"),
-                    Some(format!(r#"{{"position":{position}}}"#)),
+                    Some(format!("{{{field}}}")),
                 )]
             }
             45..=51 => vec![("history".into(), format!("ep-{e}"), None)],
