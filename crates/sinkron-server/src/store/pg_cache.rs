@@ -372,10 +372,6 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
     if let Err(e) = listened {
         return (false, format!("LISTEN failed: {e}"));
     }
-    let ping = match client.prepare("SELECT pg_notify($1, $2)").await {
-        Ok(ping) => ping,
-        Err(e) => return (false, format!("cannot prepare the barrier: {e}")),
-    };
     cache.go_live();
     tracing::info!("listening for changes: polls are answered from memory");
     let mut aged = tokio::time::interval_at(tokio::time::Instant::now() + AGE_MAX, AGE_MAX);
@@ -391,8 +387,9 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
         let n = cache.start_ping();
         let mut heard = cache.heard.subscribe();
         let round = async {
+            // A plain NOTIFY in the simple protocol: one message each way, no plan.
             client
-                .execute(&ping, &[&cache.channel, &n.to_string()])
+                .batch_execute(&format!("NOTIFY {}, '{n}'", cache.channel))
                 .await
                 .map_err(|e| format!("barrier failed: {e}"))?;
             heard
