@@ -243,6 +243,30 @@ async fn a_collection_merged_per_field_keeps_each_fields_newest_write(store: &dy
         value(stored.as_deref().expect("live")),
         value(r#"{"a":1,"b":3}"#)
     );
+    // Capped too: an evicted record is a delete at its own stamp, field by field as whole.
+    let caps = &[super::Cap {
+        collection: "likes".into(),
+        max: 2,
+    }];
+    let capped = |client: &'static str, mutations: Vec<super::Mutation>| async move {
+        let batch = PushBatch {
+            merges,
+            caps,
+            ..batch(client, &mutations, None)
+        };
+        store.push(id, batch).await.expect("push")
+    };
+    // e1 (70) is the oldest of three live records: evicted.
+    capped("tv", vec![write(6, "e3", Some(r#"{"a":1}"#), 100, None)]).await;
+    assert_eq!(record("e1").await.map(|r| (r.0, r.1)), Some((None, 70)));
+    // A write of a field older than the eviction stays gone; a newer one brings the record
+    // back with what it sets (the eviction forgot the rest, its sticky `true` included).
+    let b = |id, at, v: &str| vec![write(id, "e1", Some(v), at, Some(&["b"]))];
+    capped("phone", b(6, 69, r#"{"b":4}"#)).await;
+    assert_eq!(record("e1").await.map(|r| r.0), Some(None));
+    capped("phone", b(7, 110, r#"{"b":5}"#)).await;
+    let (stored, ..) = record("e1").await.expect("stored");
+    assert_eq!(value(stored.as_deref().expect("live")), value(r#"{"b":5}"#));
 }
 
 async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {

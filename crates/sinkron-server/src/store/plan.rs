@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use sinkron_core::merge::{self, Merged, Policy, Stamp, Stamps};
+use sinkron_core::merge::{self, Merged, Policy, Stamp};
 use sinkron_core::{Change, Mutation, Record};
 
 #[cfg(feature = "planted-bugs")]
@@ -582,14 +582,6 @@ impl<'a> Merge<'a> {
             self.version += 1;
             self.change = self.change.plus(Usage::change(Some(h.bytes), None));
             let place = self.index.get(&(collection, h.key.as_str())).copied();
-            // Per field, the eviction is a delete at the record's own stamp.
-            let stamps = self.batch.merge_policy(collection).map(|_| {
-                let deleted = Stamps {
-                    deleted: Some(Stamp(h.updated_at, h.client_id.clone())),
-                    ..Stamps::default()
-                };
-                serde_json::to_string(&deleted).unwrap_or_default()
-            });
             let tombstone = Row {
                 collection,
                 key: Cow::Owned(h.key),
@@ -597,7 +589,8 @@ impl<'a> Merge<'a> {
                 updated_at: h.updated_at,
                 client_id: Cow::Owned(h.client_id),
                 version: self.version,
-                stamps,
+                // A tombstone without stamps reads, per field, as a delete at its own stamp.
+                stamps: None,
             };
             match place.and_then(|p| self.slots[p].row) {
                 Some(i) => self.rows[i] = tombstone,
