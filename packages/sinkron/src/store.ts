@@ -177,7 +177,8 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
       const c = engine();
       const which = changed.collections ?? names;
       const records = { ...get().records };
-      const next: Partial<SyncStore<C>> = { records };
+      // A status change alone leaves `records` as it was (its selectors do not re-render).
+      const next: Partial<SyncStore<C>> = which.length ? { records } : {};
       for (const name of which) {
         if (!(name in collections)) continue;
         const byKey: Record<string, Rec> = {};
