@@ -94,6 +94,15 @@ test("a store of the app's declared collections: records by key at once, and a h
     t.mock.timers.tick(1000);
     await settle(() => store.getState().status.pending === 0, { what: "the position pushed at syncNow()" });
     assert.deepEqual(posts(), [["progress/e1/5"], ["progress/e1/7"]]);
+    // A status change alone (the page hidden) leaves the records as they were: a selector of
+    // them does not re-render.
+    const records = store.getState().records;
+    document.visibilityState = "hidden";
+    document.dispatchEvent(new Event("visibilitychange"));
+    await settle(() => store.getState().status.visible === false, { what: "the status hidden" });
+    assert.equal(store.getState().records, records);
+    document.visibilityState = "visible";
+    document.dispatchEvent(new Event("visibilitychange"));
     store.getState().put("bookmarks", "a", { url: "https://example.org" });
     assert.deepEqual(Object.keys(store.getState().records.bookmarks), ["a"]);
     store.getState().remove("bookmarks", "a");
