@@ -98,6 +98,10 @@ fn run(
 ) -> Result<(), Refusal> {
     let name = call.str("t")?;
     if name == "init" {
+        // Once: an engine is never replaced (nor dropped, see `lib.rs`).
+        if slot.is_some() {
+            return Err(invalid("t", "one init call").into());
+        }
         *slot = Some(init(call)?);
         return Ok(());
     }
@@ -559,6 +563,11 @@ mod tests {
             (
                 r#"{"t":"reply","now":1,"id":1,"kind":"poll","status":200}"#,
                 "kind: expected pull, push or endSession",
+            ),
+            // The engine is never replaced: a client instantiates the module anew.
+            (
+                r#"{"t":"init","seedHigh":1,"seedLow":2}"#,
+                "t: expected one init call",
             ),
         ] {
             let answer = call(&mut slot, input, "");

@@ -10,7 +10,7 @@
 //!
 //! Size matters on mobile: no serde, no `f64` formatting, no `core::fmt`, and in the browser
 //! no std at all (`alloc` only, a small allocator, a panic handler that just traps). With one
-//! text in and one out, the module needs no generated glue: it exports four plain functions
+//! text in and one out, the module needs no generated glue: it exports three plain functions
 //! and its memory, and `packages/sinkron/src/engine.ts` (a few lines) loads and calls it.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -39,35 +39,30 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 static ALLOCATOR: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> =
     unsafe { lol_alloc::AssumeSingleThreaded::new(lol_alloc::FreeListAllocator::new()) };
 
-use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use sinkron_core::Engine;
 
-/// One tab's engine, and its last answer (kept until the next call, for JavaScript to read).
-pub struct Sinkron {
+/// The engine of this instance of the module, and its last answer (kept until the next call,
+/// for JavaScript to read). Each client instantiates the module anew and so has an engine of
+/// its own, freed with its instance: the engine is never dropped, which keeps its drop code
+/// out of the module.
+struct Sinkron {
     engine: Option<Engine>,
     answer: String,
 }
 
-/// A new engine, to be started by the `init` call. Freed with [`sinkron_free`].
-#[no_mangle]
-pub extern "C" fn sinkron_new() -> *mut Sinkron {
-    Box::into_raw(Box::new(Sinkron {
-        engine: None,
-        answer: String::new(),
-    }))
-}
+struct Instance(UnsafeCell<Sinkron>);
 
-/// Frees an engine made by [`sinkron_new`].
-///
-/// # Safety
-/// `sinkron` comes from [`sinkron_new`] and is not used again.
-#[no_mangle]
-pub unsafe extern "C" fn sinkron_free(sinkron: *mut Sinkron) {
-    // SAFETY: the caller hands back the pointer `sinkron_new` made, once.
-    drop(unsafe { Box::from_raw(sinkron) });
-}
+// SAFETY: WebAssembly in a page without threads runs this module on one thread only, and on
+// the host nothing but these functions touches it.
+unsafe impl Sync for Instance {}
+
+static INSTANCE: Instance = Instance(UnsafeCell::new(Sinkron {
+    engine: None,
+    answer: String::new(),
+}));
 
 /// A buffer of `len` bytes for the caller to write a call into; [`sinkron_call`] takes it
 /// back.
@@ -81,22 +76,22 @@ pub extern "C" fn sinkron_buffer(len: usize) -> *mut u8 {
 }
 
 /// Runs one call: `buffer` (from [`sinkron_buffer`], `len` bytes, taken back here) holds the
-/// call's JSON text in its first `input_len` bytes and a reply's body in the rest. Returns where the answer is (valid until the next call on this engine); its length
-/// is [`sinkron_answer_len`].
+/// call's JSON text in its first `input_len` bytes and a reply's body in the rest. Returns
+/// where the answer is (valid until the next call); its length is [`sinkron_answer_len`].
 ///
 /// # Safety
-/// `sinkron` comes from [`sinkron_new`]; `buffer` and `len` from one [`sinkron_buffer`] call;
-/// both parts are valid UTF-8.
+/// `buffer` and `len` come from one [`sinkron_buffer`] call; both parts are valid UTF-8;
+/// calls are not made from two threads at once.
 #[no_mangle]
-pub unsafe extern "C" fn sinkron_call(
-    sinkron: *mut Sinkron,
-    buffer: *mut u8,
-    len: usize,
-    input_len: usize,
-) -> *const u8 {
-    // SAFETY: the caller passes a live engine and a buffer `sinkron_buffer(len)` made: a
-    // vector of length and capacity `len`.
-    let (sinkron, bytes) = unsafe { (&mut *sinkron, Vec::from_raw_parts(buffer, len, len)) };
+pub unsafe extern "C" fn sinkron_call(buffer: *mut u8, len: usize, input_len: usize) -> *const u8 {
+    // SAFETY: one call at a time (above); the buffer is a vector of length and capacity
+    // `len`, as `sinkron_buffer(len)` made it.
+    let (sinkron, bytes) = unsafe {
+        (
+            &mut *INSTANCE.0.get(),
+            Vec::from_raw_parts(buffer, len, len),
+        )
+    };
     let (input, body) = bytes.split_at(input_len.min(len));
     // SAFETY: the caller writes UTF-8 (`TextEncoder`'s output always is) and splits it where
     // the call ends, between characters. Not checked here: the check would cost the module
@@ -111,13 +106,12 @@ pub unsafe extern "C" fn sinkron_call(
     sinkron.answer.as_ptr()
 }
 
-/// The length in bytes of the last answer of `sinkron`.
+/// The length in bytes of the last answer.
 ///
 /// # Safety
-/// `sinkron` comes from [`sinkron_new`].
+/// Not called from two threads at once, nor during a call.
 #[no_mangle]
-pub unsafe extern "C" fn sinkron_answer_len(sinkron: *const Sinkron) -> usize {
-    // SAFETY: the caller passes a live engine.
-    let sinkron = unsafe { &*sinkron };
-    sinkron.answer.len()
+pub unsafe extern "C" fn sinkron_answer_len() -> usize {
+    // SAFETY: as the caller promises, nothing else touches the instance now.
+    unsafe { (&*INSTANCE.0.get()).answer.len() }
 }

@@ -1,7 +1,7 @@
 // Loads the engine's WebAssembly module (`crates/sinkron-wasm`) and calls it.
 //
 // The module takes one JSON text per call and answers with one, so it needs no generated
-// glue: it exports its memory and four functions, and this file copies a call's UTF-8
+// glue: it exports its memory and three functions, and this file copies a call's UTF-8
 // bytes in and the answer's out. What the texts mean is `Call` and `Answer` in types.ts.
 
 /** Where the engine's module comes from: a URL, a fetched `Response`, its bytes or a compiled module. */
@@ -9,51 +9,46 @@ export type WasmSource = string | URL | Request | Response | BufferSource | WebA
 
 interface Exports {
   memory: WebAssembly.Memory;
-  sinkron_new(): number;
-  sinkron_free(engine: number): void;
   sinkron_buffer(len: number): number;
-  sinkron_call(engine: number, buffer: number, len: number, inputLen: number): number;
-  sinkron_answer_len(engine: number): number;
+  sinkron_call(buffer: number, len: number, inputLen: number): number;
+  sinkron_answer_len(): number;
 }
 
-let loaded: Promise<Exports> | null = null;
+let compiled: Promise<WebAssembly.Module> | null = null;
 
 /** Compiles the module once per page (later sources are ignored). */
-function load(source: WasmSource = new URL("./wasm/sinkron.wasm", import.meta.url)): Promise<Exports> {
-  loaded ??= (async () => {
+function compile(source: WasmSource = new URL("./wasm/sinkron.wasm", import.meta.url)): Promise<WebAssembly.Module> {
+  compiled ??= (async () => {
     let module = source;
+    if (module instanceof WebAssembly.Module) return module;
     if (typeof module === "string" || module instanceof URL || module instanceof Request) module = await fetch(module);
     if (module instanceof Response) {
       if (!module.ok) throw new Error(`sinkron: the engine's module could not be loaded (HTTP ${module.status})`);
       module = await module.arrayBuffer();
     }
-    const result = await WebAssembly.instantiate(module as BufferSource, {});
-    const instance: WebAssembly.Instance = "instance" in result ? result.instance : result;
-    return instance.exports as unknown as Exports;
+    return WebAssembly.compile(module as BufferSource);
   })();
-  return loaded;
+  return compiled;
 }
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-// The module's memory of engines nobody can call any more (their client was collected).
-const collected = new FinalizationRegistry<() => void>((free) => free());
 
-/** One tab's engine in the module. */
+/**
+ * One tab's engine: an instance of the module of its own, whose memory goes with it when
+ * the client is collected.
+ */
 export class Engine {
-  // ES `#` names, which a minifier shortens.
-  readonly #handle: number;
+  // An ES `#` name, which a minifier shortens.
   readonly #x: Exports;
 
   private constructor(x: Exports) {
-    const handle = x.sinkron_new();
     this.#x = x;
-    this.#handle = handle;
-    collected.register(this, () => x.sinkron_free(handle));
   }
 
   static async create(source?: WasmSource): Promise<Engine> {
-    return new Engine(await load(source));
+    const instance = await WebAssembly.instantiate(await compile(source), {});
+    return new Engine(instance.exports as unknown as Exports);
   }
 
   /** One call: its JSON text and, for a reply, the server's body; answers with JSON text. */
@@ -66,8 +61,8 @@ export class Engine {
     const bytes = new Uint8Array(x.memory.buffer, buffer, len);
     bytes.set(head);
     bytes.set(tail, head.length);
-    const answer = x.sinkron_call(this.#handle, buffer, len, head.length);
+    const answer = x.sinkron_call(buffer, len, head.length);
     // The call may have grown the memory: look at it anew.
-    return decoder.decode(new Uint8Array(x.memory.buffer, answer, x.sinkron_answer_len(this.#handle)));
+    return decoder.decode(new Uint8Array(x.memory.buffer, answer, x.sinkron_answer_len()));
   }
 }
