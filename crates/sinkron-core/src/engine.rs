@@ -423,12 +423,14 @@ impl Engine {
             self.leader = leader;
             if leader {
                 // A new leader pulls at once: it may be a tab shown again, which is a trigger
-                // like focus. With focus pulls off, a tab that pulled within the interval (it
-                // led until it was hidden) keeps that cadence instead.
+                // like focus, and like focus not within the trigger gap of its last pull (a
+                // page that started from its snapshot). With focus pulls off, a tab that
+                // pulled within the interval (it led until it was hidden) keeps that cadence.
                 let interval = self.interval();
-                let cadence = self
-                    .last_pull_at
-                    .filter(|&t| !self.config.pull_on_focus && now < t.saturating_add(interval));
+                let cadence = self.last_pull_at.filter(|&t| {
+                    self.pulled_recently(now)
+                        || !self.config.pull_on_focus && now < t.saturating_add(interval)
+                });
                 match cadence {
                     Some(t) => self.plan_poll(t),
                     None => self.timers.set(Timer::Pull, 0),
@@ -519,6 +521,27 @@ impl Engine {
             }
         }
         self.finish(now);
+    }
+
+    /// The state the site's server pulled for `user` (`GET /api/user/me` without a cursor)
+    /// to render this page: when `user` is the one signed in here, it is taken as this tab's
+    /// pull of `now`, a whole state applied like any (what is stored here and newer stays),
+    /// so the page shows what it was rendered from and makes no first pull; the leader
+    /// polls from its cursor an interval later. A snapshot older than what is stored here
+    /// (a page from a cache) changes nothing stored at a newer version, deletes included
+    /// (tombstones are kept); the pull an interval later brings what it lacks. Returns
+    /// whether it was taken: a snapshot of another user, or with no one signed in here, is
+    /// not, and the leader pulls at once as without one.
+    pub fn handle_snapshot(&mut self, now: u64, user: &str, page: Page) -> bool {
+        self.observe_time(now);
+        let taken = self.user.as_deref() == Some(user);
+        if taken {
+            self.timers.stop(Timer::Pull);
+            self.last_pull_at = Some(now);
+            self.apply_page(now, None, page);
+        }
+        self.finish(now);
+        taken
     }
 
     /// The server's `Sinkron-Poll-Interval` on an answer (converted to ms): how often it
@@ -1406,16 +1429,14 @@ impl Engine {
 
     /// A trigger (focus, visibility, online, sign-in): pull now, unless a pull just happened.
     fn want_pull(&mut self, now: u64) {
-        if !self.api_usable() || !self.visible {
+        if !self.api_usable() || !self.visible || self.pulled_recently(now) {
             return;
         }
-        if !self.leader {
+        if self.leader {
+            self.timers.set(Timer::Pull, 0);
+        } else {
             // The leader pulls for the whole device.
             self.broadcast(TabBody::PullWanted);
-            return;
-        }
-        if !self.pulled_recently(now) {
-            self.timers.set(Timer::Pull, 0);
         }
     }
 

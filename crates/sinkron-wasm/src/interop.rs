@@ -242,10 +242,24 @@ fn run(
             let leader = call.bool("leader")?;
             engine.handle_leadership(now()?, leader);
         }
+        // The answer to a request; or, with `snapshot` (a user id) in place of `id`, the
+        // state the page was rendered from: the answer to a pull without a cursor that the
+        // site's server got for that user (`kind` "pull", `status` 200), taken as this tab's
+        // own pull if it is the signed-in user's (the result says whether). A snapshot that
+        // cannot be read is not taken.
         "reply" => {
             let now = now()?;
-            let id = call.u64("id")?;
+            let user = call.opt_str("snapshot")?;
+            let id = if user.is_some() { 0 } else { call.u64("id")? };
             let reply = reply(call, body)?;
+            if let Some(user) = user {
+                let taken = match reply {
+                    Reply::Pulled(page) => engine.handle_snapshot(now, user, page),
+                    _ => false,
+                };
+                j.raw(if taken { "true" } else { "false" });
+                return Ok(());
+            }
             // `Sinkron-Poll-Interval`, whole seconds; anything else is not a hint.
             if let Some(ms) = seconds_ms(call.opt_str("pollInterval")?) {
                 engine.handle_poll_interval(ms);

@@ -9,7 +9,7 @@
 
 import { Engine, type WasmSource } from "./engine.js";
 import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
-import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Status, TabMessage, Value } from "./types.js";
+import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapshot, Status, TabMessage, Value } from "./types.js";
 
 /**
  * The site's token provider: its current token for this user, or `null` for a guest. Called
@@ -65,6 +65,13 @@ export interface ClientOptions {
    * default false.
    */
   pokes?: boolean;
+  /**
+   * The state a server-rendered page was rendered from (see `Snapshot`): if it is the
+   * signed-in user's, it is this page's first pull (none is made), what this device stores
+   * and is newer kept. With the site's sign-in (`getToken`, `cookie`) its user is signed in
+   * here first, as by `signedIn`.
+   */
+  snapshot?: Snapshot;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
@@ -74,6 +81,8 @@ export interface ClientOptions {
 const LEADER_LOCK = "sinkron:leader";
 const TAB_LOCK = "sinkron:tab:";
 const TAB_ID_KEY = "sinkron:v1:tab";
+/** A call as the driver makes it: `#call` adds the time (`now`), to every call alike. */
+type Input = Call extends infer C ? (C extends unknown ? Omit<C, "now"> : never) : never;
 /** The most a deadline waits for an idle period. */
 const IDLE_SLACK_MS = 50;
 
@@ -131,6 +140,13 @@ export class SinkronClient {
       seedLow: seed[1],
     });
     await client.#restore();
+    const snapshot = options.snapshot;
+    if (snapshot) {
+      const id = snapshot.user.id;
+      // The site's sign-in signs its user in here first (Sinkron's own accounts refuse).
+      if (client.user()?.id !== id) await client.signedIn(id).catch(() => undefined);
+      client.#call({ t: "reply", snapshot: id, kind: "pull", status: 200 }, JSON.stringify(snapshot));
+    }
     if (options.signal?.aborted) {
       client.stop();
       return client;
@@ -170,12 +186,12 @@ export class SinkronClient {
 
   /** Writes a record at once (locally and to other tabs); pushed in the background. */
   write(collection: string, key: string, value: Value | null) {
-    this.#call({ t: "write", now: Date.now(), collection, key, value });
+    this.#call({ t: "write", collection, key, value });
   }
 
   /** Pushes what is queued now, hot writes included (see `hot`): at a pause, a seek, the end of an episode. */
   pushNow() {
-    this.#call({ t: "pushNow", now: Date.now() });
+    this.#call({ t: "pushNow" });
   }
 
   /** Signs in (or up, with `create`), merging this device's guest data into the account. */
@@ -195,7 +211,7 @@ export class SinkronClient {
     const current = this.user();
     if (current && current.id !== session.user.id) await this.signOut();
     this.#storage.setSession(session);
-    this.#call({ t: "signIn", now: Date.now(), user: session.user.id });
+    this.#call({ t: "signIn", user: session.user.id });
     return session.user;
   }
 
@@ -222,7 +238,7 @@ export class SinkronClient {
     const user = { id, username: id };
     this.#storage.setSession({ token: "", user });
     // The previous user's writes are flushed with the previous user's token, then this one's.
-    this.#call({ t: "signIn", now: Date.now(), user: id });
+    this.#call({ t: "signIn", user: id });
     this.#lastToken = token;
     return user;
   }
@@ -238,7 +254,7 @@ export class SinkronClient {
   async signOut(options: { discard?: boolean } = {}): Promise<{ pending: number }> {
     // The built-in session's token: the engine has the server end it, until it answers.
     const endSession = this.#storage.session()?.token || null;
-    const pending = this.#call<number>({ t: "signOut", now: Date.now(), endSession, discard: !!options.discard });
+    const pending = this.#call<number>({ t: "signOut", endSession, discard: !!options.discard });
     this.#storage.setSession(null);
     this.#lastToken = null;
     return { pending };
@@ -341,11 +357,11 @@ export class SinkronClient {
         on(window, "storage", onStorage as () => void);
       }
     }
-    const visibility = () => this.#call({ t: "visibility", now: Date.now(), visible: document.visibilityState === "visible" });
-    const online = (online: boolean) => () => this.#call({ t: "online", now: Date.now(), online });
+    const visibility = () => this.#call({ t: "visibility", visible: document.visibilityState === "visible" });
+    const online = (online: boolean) => () => this.#call({ t: "online", online });
     on(document, "visibilitychange", visibility);
-    on(window, "pagehide", () => this.#call({ t: "flush", now: Date.now() }));
-    on(window, "focus", () => this.#call({ t: "focus", now: Date.now() }));
+    on(window, "pagehide", () => this.#call({ t: "flush" }));
+    on(window, "focus", () => this.#call({ t: "focus" }));
     on(window, "online", online(true));
     on(window, "offline", online(false));
     online(navigator.onLine)();
@@ -359,8 +375,8 @@ export class SinkronClient {
    * arms the timer for its next deadline. A call the engine refuses (a write it does not
    * take, a malformed input) throws, and nothing happened.
    */
-  #call<T = null>(input: Call, body = ""): T {
-    const answer = JSON.parse(this.#engine.call(JSON.stringify(input), body)) as Answer<T>;
+  #call<T = null>(input: Input, body = ""): T {
+    const answer = JSON.parse(this.#engine.call(JSON.stringify({ ...input, now: Date.now() }), body)) as Answer<T>;
     if (answer.e) throw new SinkronError(answer.e.code, `sinkron: ${answer.e.message}`);
     if (this.#stopped) return answer.r;
     const changed: Changed = { collections: [], status: false };
@@ -394,7 +410,7 @@ export class SinkronClient {
         // Read at once, before another tab's outbox can join the scope.
         for (const clientId of s.outboxIds(c.scope)) {
           const stored = s.outbox(c.scope, clientId);
-          if (stored?.mutations.length) this.#call({ t: "unpark", now: Date.now(), clientId, ...stored });
+          if (stored?.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
         }
         return;
       case "evict":
@@ -436,7 +452,7 @@ export class SinkronClient {
     if (at < 0) return;
     const fire = () => {
       this.#armedAt = -1;
-      if (!this.#stopped) this.#call({ t: "timeout", now: Date.now() });
+      if (!this.#stopped) this.#call({ t: "timeout" });
     };
     this.#timer = setTimeout(() => {
       if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
@@ -450,7 +466,7 @@ export class SinkronClient {
     try {
       records = this.#options.adoptLegacy?.(scope) ?? [];
       if (!Array.isArray(records)) throw new TypeError(`not an array: ${JSON.stringify(records)}`);
-      this.#call({ t: "adopt", now: Date.now(), scope, records });
+      this.#call({ t: "adopt", scope, records });
     } catch (e) {
       console.error("sinkron: adoptLegacy failed; nothing adopted, asked again at the next start", e);
     }
@@ -468,14 +484,14 @@ export class SinkronClient {
   }
 
   #receive(message: TabMessage) {
-    this.#call({ t: "tab", now: Date.now(), message });
+    this.#call({ t: "tab", message });
   }
 
   #askLeadership() {
     if (this.#options.crossTab === false || !navigator.locks) {
       // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
       queueMicrotask(() => {
-        if (!this.#stopped) this.#call({ t: "leadership", now: Date.now(), leader: true });
+        if (!this.#stopped) this.#call({ t: "leadership", leader: true });
       });
       return;
     }
@@ -489,7 +505,7 @@ export class SinkronClient {
         const held = new Promise<void>((release) => (this.#leaderRelease = release));
         this.#leaderRequest = null;
         if (this.#stopped) this.#dropLeadership();
-        else this.#call({ t: "leadership", now: Date.now(), leader: true });
+        else this.#call({ t: "leadership", leader: true });
         return held;
       })
       .catch(() => {
@@ -540,7 +556,7 @@ export class SinkronClient {
     const stream = new AbortController();
     this.#pokes = stream;
     const poke = (fields: { version?: number; status?: number }) => {
-      if (this.#pokes === stream && !this.#stopped) this.#call({ t: "poke", now: Date.now(), ...fields });
+      if (this.#pokes === stream && !this.#stopped) this.#call({ t: "poke", ...fields });
     };
     let status = 0;
     try {
@@ -571,7 +587,7 @@ export class SinkronClient {
   async #send(c: Extract<Command, { t: "send" }>) {
     const reply = (status: number, headers?: Headers, body = "") => {
       const header = (name: string) => headers?.get(name) ?? null;
-      const call = { now: Date.now(), id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") };
+      const call = { id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") };
       if (!this.#stopped) this.#call({ t: "reply", ...call }, body);
     };
     const headers: Record<string, string> = {};

@@ -12,9 +12,10 @@ export {
   type Collection,
   type Collections,
   type HistoryEntry,
+  type StoreOptions,
   type SyncState,
   type SyncStore,
   type UserSyncState,
   type ValueOf,
 } from "./store.js";
-export type { Changed, Json, LegacyRecord, Rec, Session, Status, User, Value } from "./types.js";
+export type { Change, Changed, Json, LegacyRecord, Rec, Session, Snapshot, Status, User, Value } from "./types.js";

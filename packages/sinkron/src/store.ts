@@ -12,7 +12,7 @@
 
 import { createStore, type StoreApi } from "zustand/vanilla";
 import { SinkronClient, type ClientOptions } from "./driver.js";
-import type { Changed, Json, Rec, Status, User, Value } from "./types.js";
+import type { Changed, Json, Rec, Snapshot, Status, User, Value } from "./types.js";
 
 /** A collection's declaration: its value type (`collection<V>()`) and how its writes are pushed. */
 export interface Collection<V extends Value = Value> {
@@ -148,6 +148,16 @@ export function syncState(s: Status): SyncState {
 
 type Set<S> = StoreApi<S>["setState"];
 
+/** How a store starts. */
+export interface StoreOptions {
+  /**
+   * A server-rendered page's state (see `Snapshot`): the store holds it from the start, on
+   * the server and in the browser alike, so the page hydrates without a mismatch, and its
+   * first `start()` takes it as the first pull (see `ClientOptions.snapshot`).
+   */
+  snapshot?: Snapshot;
+}
+
 /**
  * A store of the collections `C`. `extend` adds state derived from the records (called with
  * the records after every change, and the names of the collections that changed) and actions
@@ -156,6 +166,7 @@ type Set<S> = StoreApi<S>["setState"];
 export function createSyncStore<C extends Collections, X extends object = {}>(
   collections: C,
   extend?: (set: Set<SyncStore<C> & X>, get: () => SyncStore<C> & X) => Partial<X> & { derive?(records: SyncStore<C>["records"], changed: string[]): Partial<X> },
+  { snapshot }: StoreOptions = {},
 ): StoreApi<SyncStore<C> & X> {
   type S = SyncStore<C> & X;
   let client: SinkronClient | null = null;
@@ -195,15 +206,18 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
       set({ ...next, ...own?.derive?.(records, which) } as Partial<S>);
     };
 
-    const empty = {} as SyncStore<C>["records"];
-    for (const name of names) empty[name as keyof C] = {};
+    const initial = {} as Record<string, Record<string, Rec>>;
+    for (const name of names) initial[name] = {};
+    // A change is a record (with its collection and version besides).
+    for (const c of snapshot?.changes ?? []) if (c.value && initial[c.collection]) initial[c.collection][c.key] = c as Rec;
+    const records = initial as SyncStore<C>["records"];
     const { derive: _, ...actions } = own ?? {};
     return {
       ready: false,
-      user: null,
-      status: GUEST_STATUS,
-      records: empty,
-      ...own?.derive?.(empty, names),
+      user: snapshot?.user ?? null,
+      status: snapshot ? { ...GUEST_STATUS, signedIn: true, state: "syncing" } : GUEST_STATUS,
+      records,
+      ...own?.derive?.(records, names),
       ...actions,
 
       put(collection, key, value) {
@@ -230,7 +244,9 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
         if (starting) return starting;
         const abort = new AbortController();
         cancel = abort;
-        const attempt: Promise<void> = SinkronClient.start({ ...options, hot: options?.hot ?? hot, signal: abort.signal }).then((c) => {
+        // The snapshot is the first start's only: a later one has newer state stored.
+        const attempt: Promise<void> = SinkronClient.start({ snapshot, ...options, hot: options?.hot ?? hot, signal: abort.signal }).then((c) => {
+          snapshot = undefined;
           // stop() (or another start) came first: this client never runs.
           if (abort.signal.aborted) return c.stop();
           client = c;
@@ -259,7 +275,7 @@ type Preset = typeof presetCollections;
 type PresetExtra = Omit<UserSyncState, keyof SyncStore<Preset>>;
 
 /** The preset's store: the seed's four collections in the shapes a streaming site shows. */
-export function createUserSyncStore(): StoreApi<UserSyncState> {
+export function createUserSyncStore(options?: StoreOptions): StoreApi<UserSyncState> {
   return createSyncStore<Preset, PresetExtra>(presetCollections, (_set, get) => ({
     derive(records, changed) {
       const next: Partial<PresetExtra> = {};
@@ -305,7 +321,7 @@ export function createUserSyncStore(): StoreApi<UserSyncState> {
     setSetting(name, value) {
       get().put("settings", name, { value });
     },
-  }));
+  }), options);
 }
 
 function index<V, T>(records: Record<string, Rec<V>>, pick: (r: Rec<V>) => T): Record<string, T> {

@@ -32,6 +32,19 @@ export interface Rec<V = Value> {
   clientId: string;
 }
 
+/**
+ * What a server-rendered page starts from: the answer to `GET /api/user/me` (no `lastSync`)
+ * that the site's server got with the signed-in user's credentials when it rendered the page.
+ */
+export interface Snapshot {
+  user: User;
+  cursor: string;
+  changes: Change[];
+  more: boolean;
+  serverTime: number;
+  reset?: boolean;
+}
+
 export interface Status {
   signedIn: boolean;
   online: boolean;
@@ -101,6 +114,8 @@ export type Call =
   | { t: "leadership"; now: number; leader: boolean }
   /** The answer to a `send`: `status` 0 for none at all, its `Retry-After` and `Sinkron-Poll-Interval` headers; its body goes beside the call, as text. */
   | { t: "reply"; now: number; id: number; kind: "pull" | "push" | "endSession"; status: number; retryAfter: string | null; pollInterval: string | null }
+  /** The state the page was rendered from (a `Snapshot`, the body), for user `snapshot`: answers whether it was taken. */
+  | { t: "reply"; now: number; snapshot: string; kind: "pull"; status: 200 }
   | { t: "tab"; now: number; message: TabMessage }
   /** A poke's `version`; without one, the poke stream ended unasked, its answer's `status` (0: none). */
   | { t: "poke"; now: number; version?: number; status?: number };

@@ -112,6 +112,48 @@ test("a store of the app's declared collections: records by key at once, and a h
   }
 });
 
+const snapshotOf = (user, cursor, changes) => ({ user: { id: user, username: user }, cursor, changes, more: false, serverTime: Date.now() });
+const historyChange = (key, position, version) => ({ collection: "history", key, value: { showId: "s1", position }, updatedAt: 1_799_999_990_000 + version, clientId: "tv", version });
+
+test("a server-rendered page starts from its snapshot: in the store before start(), and start() makes no first pull", async (t) => {
+  fakeClock(t);
+  session("7");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "6" } } : emptyPage({ cursor: "5" })));
+  const snapshot = snapshotOf("7", "5", [historyChange("ep1", 42, 5), { ...historyChange("ep2", 0, 4), value: null }]);
+  const store = createUserSyncStore({ snapshot });
+  // What a server renders, and the browser's first render (hydration) alike.
+  const shown = () => store.getState().history.map((h) => [h.episodeId, h.position]);
+  assert.deepEqual(shown(), [["ep1", 42]]);
+  assert.equal(store.getState().user.id, "7");
+  assert.equal(store.getState().status.state, "syncing");
+  await store.getState().start(options());
+  try {
+    assert.deepEqual(shown(), [["ep1", 42]], "the engine took it");
+    // A write, pushed after its short wait: the only request, sent from the snapshot's cursor.
+    store.getState().toggleFavorite("s9");
+    t.mock.timers.tick(1000);
+    await settle(() => store.getState().status.pending === 0, { what: "the write pushed" });
+    assert.deepEqual(browser.requests.map((r) => [r.method, r.body?.lastSync ?? null]), [["POST", "5"]]);
+    assert.equal(new DeviceStorage().cursor("7"), "6", "the push's answer moved the cursor on from the snapshot's");
+  } finally {
+    store.getState().stop();
+  }
+});
+
+test("a snapshot of another user than the one signed in is not taken: the page pulls at once", async () => {
+  session("7");
+  browser.answer(() => emptyPage({ cursor: "3", changes: [{ ...historyChange("mine", 1, 3) }] }));
+  const store = createUserSyncStore({ snapshot: snapshotOf("8", "5", [historyChange("theirs", 42, 5)]) });
+  await store.getState().start(options());
+  try {
+    await settle(() => store.getState().history.length === 1 && store.getState().history[0].episodeId === "mine", { what: "the pull's state" });
+    assert.equal(store.getState().user.id, "7");
+    assert.deepEqual(browser.requests.map((r) => r.method), ["GET"]);
+  } finally {
+    store.getState().stop();
+  }
+});
+
 test("with a token provider: the user is the token's sub, and token_expired is retried with a refreshed token", async () => {
   const calls = [];
   let current = fakeToken("site-ana", "old");

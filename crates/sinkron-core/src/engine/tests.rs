@@ -2922,3 +2922,93 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         "stamped above what the tab took"
     );
 }
+
+/// A reloaded page of user `u1`: its stored state (a record at version 3, cursor "3").
+fn reloaded_page() -> Tab {
+    let mut tab = Tab::new(5);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine
+        .restore_record(change("old", Some("{}"), T0 - 10, "c", 3));
+    tab.engine.restore_cursor(Some("3".into()), true);
+    tab
+}
+
+/// The tab opens: online, visible, and granted the leader lock it asks for.
+fn open(tab: &mut Tab) {
+    tab.engine.handle_online(tab.now, true);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+}
+
+#[test]
+fn a_snapshot_the_page_was_rendered_from_is_its_first_pull() {
+    let mut tab = reloaded_page();
+    let snapshot = page(
+        "9",
+        vec![change("ep1", Some(r#"{"p":5}"#), T0 - 5, "tv", 9)],
+        false,
+    );
+    assert!(tab.engine.handle_snapshot(tab.now, "u1", snapshot));
+    assert_eq!(tab.value("ep1").as_deref(), Some(r#"{"p":5}"#));
+    assert_eq!(tab.value("old"), None, "a whole state drops what it lacks");
+    assert_eq!(tab.engine.cursor(), Some("9"));
+    open(&mut tab);
+    assert_eq!(tab.sends(), vec![], "no pull at once: the snapshot is one");
+    // The next pull comes an interval (give or take the jitter) later, from its cursor.
+    let at = tab.fire();
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("9".into())
+        }
+    );
+    let interval = Config::default().interval_ms;
+    assert!(at >= T0 + interval / 2, "pulled {} ms after", at - T0);
+}
+
+#[test]
+fn a_snapshot_of_another_user_is_not_taken() {
+    let mut tab = reloaded_page();
+    let snapshot = page("9", vec![change("ep1", Some("{}"), T0 - 5, "tv", 9)], false);
+    assert!(!tab.engine.handle_snapshot(tab.now, "u2", snapshot.clone()));
+    assert_eq!(tab.value("ep1"), None);
+    assert_eq!(tab.value("old").as_deref(), Some("{}"));
+    // Nor by a guest: it says nothing of who is signed in.
+    let mut guest = Tab::new(6);
+    assert!(!guest.engine.handle_snapshot(guest.now, "u1", snapshot));
+    assert_eq!(guest.value("ep1"), None);
+    open(&mut tab);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("3".into())
+        },
+        "the page pulls at once, as without a snapshot"
+    );
+}
+
+#[test]
+fn a_snapshot_older_than_what_is_stored_changes_nothing_newer() {
+    let mut tab = reloaded_page();
+    // Stored here: "ep1" at a version above the snapshot's, and deleted "gone" (a tombstone
+    // at version 4); the snapshot (a page from a cache, rendered at version 2) has an older
+    // "ep1" and "gone" still alive, and lacks "old" (version 3).
+    tab.engine
+        .restore_record(change("ep1", Some(r#"{"p":9}"#), T0 - 1, "c", 12));
+    tab.engine
+        .restore_record(change("gone", None, T0 - 2, "c", 4));
+    let cached = page(
+        "2",
+        vec![
+            change("ep1", Some(r#"{"p":1}"#), T0 - 50, "tv", 1),
+            change("gone", Some("{}"), T0 - 50, "tv", 2),
+        ],
+        false,
+    );
+    assert!(tab.engine.handle_snapshot(tab.now, "u1", cached));
+    assert_eq!(tab.value("ep1").as_deref(), Some(r#"{"p":9}"#));
+    assert_eq!(tab.value("gone"), None, "a delete stays deleted");
+    assert_eq!(tab.value("old").as_deref(), Some("{}"));
+}
