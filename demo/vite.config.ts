@@ -16,8 +16,9 @@ export default defineConfig({
     target: "es2022",
     sourcemap: false,
     reportCompressedSize: false,
-    // The demo, and a page of an app with collections of its own (`custom.html`).
-    rollupOptions: { input: { main: "index.html", custom: "custom.html" } },
+    // The demo, a page of an app with collections of its own (`custom.html`) and a
+    // server-rendered page (`ssr.html`; its server side is built by `vite build --ssr`).
+    rollupOptions: { input: { main: "index.html", custom: "custom.html", ssr: "ssr.html" } },
   },
   server: { proxy: { "/api": "http://127.0.0.1:8080" } },
 });
