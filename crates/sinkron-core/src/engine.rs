@@ -209,6 +209,9 @@ pub struct Engine {
     /// Every deadline: see `timers`.
     timers: TimerTable,
     last_pull_at: Option<u64>,
+    /// The last pull was a server-rendered page's snapshot ([`Engine::handle_snapshot`]),
+    /// and this tab has not led since.
+    from_snapshot: bool,
     /// The interval the server last asked for (`Sinkron-Poll-Interval`), in ms.
     server_interval_ms: Option<u64>,
     /// The scopes whose data from before Sinkron is adopted ([`Engine::adopt`]).
@@ -274,6 +277,7 @@ impl Engine {
             signed_in_from: 0,
             timers: TimerTable::default(),
             last_pull_at: None,
+            from_snapshot: false,
             server_interval_ms: None,
             adopted: Vec::new(),
             ending: Vec::new(),
@@ -423,14 +427,15 @@ impl Engine {
             self.leader = leader;
             if leader {
                 // A new leader pulls at once: it may be a tab shown again, which is a trigger
-                // like focus, and like focus not within the trigger gap of its last pull (a
-                // page that started from its snapshot). With focus pulls off, a tab that
-                // pulled within the interval (it led until it was hidden) keeps that cadence.
+                // like focus (the user wants the current state, however recent the last
+                // pull). A page that started from its snapshot, or with focus pulls off a tab
+                // that pulled within the interval (it led until it was hidden), keeps that
+                // cadence instead.
                 let interval = self.interval();
-                let cadence = self.last_pull_at.filter(|&t| {
-                    self.pulled_recently(now)
-                        || !self.config.pull_on_focus && now < t.saturating_add(interval)
-                });
+                let keep = core::mem::take(&mut self.from_snapshot) || !self.config.pull_on_focus;
+                let cadence = self
+                    .last_pull_at
+                    .filter(|&t| keep && now < t.saturating_add(interval));
                 match cadence {
                     Some(t) => self.plan_poll(t),
                     None => self.timers.set(Timer::Pull, 0),
@@ -538,6 +543,7 @@ impl Engine {
         if taken {
             self.timers.stop(Timer::Pull);
             self.last_pull_at = Some(now);
+            self.from_snapshot = true;
             self.apply_page(now, None, page);
         }
         self.finish(now);

@@ -3012,3 +3012,22 @@ fn a_snapshot_older_than_what_is_stored_changes_nothing_newer() {
     assert_eq!(tab.value("gone"), None, "a delete stays deleted");
     assert_eq!(tab.value("old").as_deref(), Some("{}"));
 }
+
+#[test]
+fn a_leader_shown_again_pulls_at_once_even_just_after_its_last_pull() {
+    // Another device wrote while the screen was off for a moment: showing the tab again is
+    // the user asking for the current state, within the trigger gap or not.
+    let mut tab = Tab::leader();
+    tab.engine.handle_visibility(tab.now, false);
+    tab.drain();
+    tab.now += 500;
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("1".into())
+        }
+    );
+}
