@@ -233,6 +233,7 @@ impl World {
                     playing,
                     whole_since: None,
                     revoked: None,
+                    rendered: None,
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use sinkron_core::adopt::adoption_order;
-use sinkron_core::engine::{TabBody, TabMessage};
+use sinkron_core::engine::{Page, Reply, Request, TabBody, TabMessage};
 use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
 
 use super::{Event, TabId, World};
@@ -68,6 +68,9 @@ pub(super) struct Device {
     /// The site ended this device's session elsewhere: its requests are refused (401) until
     /// the user signs in again here; how many each tab sent since.
     pub(super) revoked: Option<HashMap<TabId, u32>>,
+    /// The last page the site's server rendered for this device (see `open_tab`): the user
+    /// it was rendered for and the state it pulled then.
+    pub(super) rendered: Option<(String, Page)>,
 }
 
 impl World {
@@ -298,10 +301,46 @@ impl World {
         });
         let t = self.devices[d].tabs.len() - 1;
         let online = self.devices[d].online;
+        let snapshot = match (previous.is_some(), self.devices[d].session) {
+            (true, Some(u)) => self.rendered(d, u)?,
+            _ => None,
+        };
         self.input(d, t, |e, now| {
+            if let Some((user, page)) = snapshot {
+                e.handle_snapshot(now, &user, page);
+            }
             e.handle_online(now, online);
             e.handle_visibility(now, visible);
         })
+    }
+
+    /// Whether a reloaded or restored page of user `u` on device `d` is server-rendered (in
+    /// one case out of four): the state the site's server pulled for the user when it
+    /// rendered the page (a whole state, checked against the model like any pull), or, in one
+    /// such case out of three, the page the browser kept from an earlier render (older, and
+    /// perhaps another user's).
+    fn rendered(&mut self, d: usize, u: usize) -> Result<Option<(String, Page)>, Violation> {
+        if !self.rng.chance(250) {
+            return Ok(None);
+        }
+        if self.rng.chance(333) && self.devices[d].rendered.is_some() {
+            self.trace(format_args!("d{d} renders a page it kept"));
+            return Ok(self.devices[d].rendered.clone());
+        }
+        let pull = Request::Pull { last_sync: None };
+        let Some(served) = self.server.serve(self.now, u, &pull)? else {
+            return Ok(None);
+        };
+        let Reply::Pulled(page) = served.reply else {
+            return Ok(None);
+        };
+        self.trace(format_args!(
+            "d{d} renders a page for u{u} at cursor {}",
+            page.cursor
+        ));
+        let rendered = (self.server.user_id(u), page);
+        self.devices[d].rendered = Some(rendered.clone());
+        Ok(Some(rendered))
     }
 
     /// Closes a tab the way a browser does: it is hidden first (which flushes its outbox
