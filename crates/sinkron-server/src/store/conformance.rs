@@ -54,6 +54,7 @@ pub async fn run(store: &dyn Store) {
     concurrent_pushes_take_distinct_versions(store).await;
     the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
     a_capped_collection_keeps_its_newest_records(store).await;
+    a_lowered_cap_evicts_the_oldest_by_stamp_then_client_and_key_bytewise(store).await;
     a_collection_merged_per_field_keeps_each_fields_newest_write(store).await;
 }
 
@@ -267,6 +268,152 @@ async fn a_collection_merged_per_field_keeps_each_fields_newest_write(store: &dy
     capped("phone", b(7, 110, r#"{"b":5}"#)).await;
     let (stored, ..) = record("e1").await.expect("stored");
     assert_eq!(value(stored.as_deref().expect("live")), value(r#"{"b":5}"#));
+}
+
+async fn a_lowered_cap_evicts_the_oldest_by_stamp_then_client_and_key_bytewise(store: &dyn Store) {
+    let id = store
+        .create_user("lowered", "phc", 1)
+        .await
+        .expect("create");
+    let push = |client: &'static str, max: u64, mutations: Vec<super::Mutation>| async move {
+        let caps = &[super::Cap {
+            collection: "likes".into(),
+            max,
+        }];
+        let batch = PushBatch {
+            caps,
+            ..batch(client, &mutations, None)
+        };
+        store.push(id, batch).await.expect("push")
+    };
+    // Six live records under a cap of 10, four of them stamped alike by two clients ("B" is
+    // below "a" bytewise, as "K" is below "k"), and a deleted one.
+    push(
+        "a",
+        10,
+        vec![m(1, "k1", Some("{}"), 10), m(2, "K2", Some("{}"), 10)],
+    )
+    .await;
+    push(
+        "B",
+        10,
+        vec![m(1, "z3", Some("{}"), 10), m(2, "old", Some("{}"), 5)],
+    )
+    .await;
+    push(
+        "a",
+        10,
+        vec![
+            m(3, "k4", Some("{}"), 10),
+            m(4, "gone", Some("{}"), 1),
+            m(5, "gone", None, 2),
+            m(6, "k5", Some("{}"), 40),
+        ],
+    )
+    .await;
+    let live = || async {
+        let mut keys: Vec<String> = store
+            .pull(id, None, 100)
+            .await
+            .expect("pull")
+            .changes
+            .into_iter()
+            .filter(|c| c.value.is_some())
+            .map(|c| c.key)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let since = |version: u64| async move {
+        store
+            .pull(id, Some(version), 100)
+            .await
+            .expect("pull")
+            .changes
+            .into_iter()
+            .map(|c| (c.key, c.updated_at, c.client_id))
+            .collect::<Vec<_>>()
+    };
+    let as_ = |k: &str, at: u64, c: &str| (k.to_owned(), at, c.to_owned());
+    // The cap lowered to 3, then a new record: seven live, four evicted, oldest first, the
+    // last of them cutting through the records stamped alike: old (5), z3 (10, "B"), then K2
+    // and k1 (10, "a", by key); k4 stays.
+    let outcome = push("a", 3, vec![m(7, "new", Some("{}"), 50)]).await;
+    assert_eq!(live().await, ["k4", "k5", "new"]);
+    assert_eq!(
+        since(outcome.version - 4).await,
+        [
+            as_("old", 5, "B"),
+            as_("z3", 10, "B"),
+            as_("K2", 10, "a"),
+            as_("k1", 10, "a"),
+        ],
+        "the evictions take the versions after the write, oldest first"
+    );
+    // A new record and a rewrite of the oldest: the rewritten one is not evicted by its old
+    // stamp; the oldest after the writes (k5) is.
+    let outcome = push(
+        "a",
+        3,
+        vec![m(8, "new2", Some("{}"), 70), m(9, "k4", Some("{}"), 80)],
+    )
+    .await;
+    assert_eq!(live().await, ["k4", "new", "new2"]);
+    assert_eq!(since(outcome.version - 1).await, [as_("k5", 40, "a")]);
+}
+
+/// The first half of a backend's own test of a wrong collection count: a user `name` with
+/// three `likes` (k1, k2, k3, oldest first); the test then sets the count wrong.
+pub(crate) async fn three_likes(store: &dyn Store, name: &str) -> super::UserId {
+    let id = store.create_user(name, "phc", 1).await.expect("create");
+    let likes = [
+        m(1, "k1", Some("{}"), 10),
+        m(2, "k2", Some("{}"), 20),
+        m(3, "k3", Some("{}"), 30),
+    ];
+    store
+        .push(id, batch("c", &likes, None))
+        .await
+        .expect("push");
+    id
+}
+
+/// User `id`'s collection counts gone wrong (SQL for either backend): not kept by a node
+/// older than 0012 (too low), too high and not adding up to the user's records, too high
+/// and adding up.
+pub(crate) fn miscounts(id: super::UserId) -> [String; 3] {
+    let high = format!("UPDATE collection_counts SET live = 50 WHERE user_id = {id}");
+    [
+        format!("DELETE FROM collection_counts WHERE user_id = {id}"),
+        high.clone(),
+        format!("{high}; UPDATE users SET records = 50 WHERE id = {id}"),
+    ]
+}
+
+/// The second half: a new like past a cap of 3 evicts only the oldest, whatever the count
+/// said; the test then checks the count is right again.
+pub(crate) async fn a_fourth_like_evicts_only_the_oldest(store: &dyn Store, id: super::UserId) {
+    let caps = &[super::Cap {
+        collection: "likes".into(),
+        max: 3,
+    }];
+    let like = [m(4, "k4", Some("{}"), 40)];
+    let batch = PushBatch {
+        caps,
+        ..batch("c", &like, None)
+    };
+    store.push(id, batch).await.expect("push");
+    let mut live: Vec<String> = store
+        .pull(id, None, 100)
+        .await
+        .expect("pull")
+        .changes
+        .into_iter()
+        .filter(|c| c.value.is_some())
+        .map(|c| c.key)
+        .collect();
+    live.sort();
+    assert_eq!(live, ["k2", "k3", "k4"]);
 }
 
 async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {

@@ -132,12 +132,10 @@ impl Cap {
         u64::try_from(records).is_ok_and(|n| n > self.max)
     }
 
-    /// Which of `live` (every live record of the collection after the push) to evict.
-    pub fn evict(&self, mut live: Vec<Held>) -> Vec<Held> {
-        let keep = usize::try_from(self.max).unwrap_or(usize::MAX);
-        if live.len() <= keep {
-            return Vec::new();
-        }
+    /// Which of `live` to evict, `excess` of them: the oldest by `updatedAt`, then client id
+    /// and key. `live` holds at least the `excess` oldest live records of the collection
+    /// after the push (it may hold more, in any order).
+    pub fn evict(&self, mut live: Vec<Held>, excess: usize) -> Vec<Held> {
         live.sort_by(|a, b| {
             (a.updated_at, a.client_id.as_bytes(), a.key.as_bytes()).cmp(&(
                 b.updated_at,
@@ -145,7 +143,7 @@ impl Cap {
                 b.key.as_bytes(),
             ))
         });
-        live.truncate(live.len() - keep);
+        live.truncate(excess);
         live
     }
 }
@@ -170,6 +168,29 @@ pub struct ClientMark {
 /// `updatedAt` as stored in a 64-bit signed column.
 fn stamp(m: &Mutation) -> u64 {
     m.updated_at.min(i64::MAX as u64)
+}
+
+/// How many records holding a value a push adds to each collection it writes (may be
+/// negative).
+#[derive(Clone, Debug, Default)]
+struct Counts<'a>(Vec<(&'a str, i64)>);
+
+impl<'a> Counts<'a> {
+    fn add(&mut self, collection: &'a str, n: i64) {
+        match self.0.iter_mut().find(|c| c.0 == collection) {
+            Some(c) => c.1 += n,
+            None => self.0.push((collection, n)),
+        }
+    }
+}
+
+/// Of the records of one collection a push touches: how many held a value before it, how many
+/// hold one after its writes, and how many it writes over a stored value.
+#[derive(Clone, Copy, Debug, Default)]
+struct Touched {
+    before: i64,
+    after: i64,
+    rewritten: i64,
 }
 
 impl PushBatch<'_> {
@@ -265,6 +286,9 @@ pub struct Plan<'a> {
     pub version: u64,
     /// What the push adds to the user's usage (may be negative).
     pub usage: Usage,
+    /// What it adds to the number of records holding a value in each collection, where that
+    /// changes (`collection_counts`, which a cap reads).
+    pub counts: Vec<(&'a str, i64)>,
     /// The client's new mark, when it changed.
     pub mark: Option<ClientMark>,
     /// The highest mutation id taken for this client, now or before.
@@ -358,6 +382,7 @@ impl<'a> Planner<'a> {
             slots.push(match s {
                 Some(s) => Slot {
                     held: s.bytes,
+                    was_held: s.bytes.is_some(),
                     merged: per_field.then(|| s.merged()).transpose()?,
                     current: Some(Record {
                         value: None,
@@ -378,6 +403,7 @@ impl<'a> Planner<'a> {
         let mut rows: Vec<Row<'a>> = Vec::with_capacity(self.keys.len());
         // The collections this push adds a record to.
         let mut grew: Vec<&'a str> = Vec::new();
+        let mut counts = Counts::default();
         for &(m, place) in &self.pending {
             let slot = &mut slots[place];
             let incoming = Record {
@@ -439,7 +465,9 @@ impl<'a> Planner<'a> {
                     rows.push(row);
                 }
             }
-            change = change.plus(Usage::change(slot.held, size));
+            let delta = Usage::change(slot.held, size);
+            change = change.plus(delta);
+            counts.add(&m.collection, delta.records);
             if slot.held.is_none() && size.is_some() && !grew.contains(&m.collection.as_str()) {
                 grew.push(&m.collection);
             }
@@ -463,6 +491,7 @@ impl<'a> Planner<'a> {
             version,
             applied,
             change,
+            counts,
             caps,
         })
     }
@@ -525,6 +554,8 @@ struct Slot {
     merged: Option<Merged>,
     /// Its value's bytes (`None`: absent, or a tombstone).
     held: Option<usize>,
+    /// Whether it held a value as stored before this push.
+    was_held: bool,
     /// Its place in the plan's rows, once written.
     row: Option<usize>,
 }
@@ -542,45 +573,65 @@ pub struct Merge<'a> {
     version: u64,
     applied: usize,
     change: Usage,
+    counts: Counts<'a>,
     caps: Vec<&'a Cap>,
 }
 
 impl<'a> Merge<'a> {
-    /// The caps to apply, each with [`Merge::evict`] and the collection's live records.
+    /// The caps to apply, each with [`Merge::unread`] and [`Merge::evict`].
     pub fn caps(&self) -> Vec<&'a Cap> {
         self.caps.clone()
     }
 
-    /// Applies `cap` given `live`, every record of its collection that holds a value as
-    /// stored before this push: the oldest past the cap, once this push's writes are in,
-    /// become tombstones, each taking the user's next version.
-    pub fn evict(&mut self, cap: &'a Cap, mut live: Vec<Held>) {
+    /// How many records hold a value in all the user's collections before this push
+    /// (`users.records`): what their counts must add up to.
+    pub fn records_before(&self) -> i64 {
+        self.user.usage.records
+    }
+
+    /// How many of the live records of `cap`'s collection, as stored before this push,
+    /// [`Merge::evict`] needs not see: given `live` of them, it needs the oldest
+    /// `live - unread` (none when that is not positive), in the cap's order. A push reads
+    /// only those, so its work does not grow with what the user keeps.
+    pub fn unread(&self, cap: &Cap) -> i64 {
+        let held = self.held_in(&cap.collection);
+        // The excess is `live - before + after - max`; each record written over a stored
+        // value may be one of the oldest read and then replaced by its write, so that many
+        // more are read.
+        i64::try_from(cap.max).unwrap_or(i64::MAX) + held.before - held.after - held.rewritten
+    }
+
+    /// Applies `cap` given `live`, how many records of its collection held a value as stored
+    /// before this push, and `oldest`, at least the oldest `live - unread` of them
+    /// ([`Merge::unread`]) in any order: the oldest past the cap, once this push's writes
+    /// are in, become tombstones, each taking the user's next version.
+    pub fn evict(&mut self, cap: &'a Cap, live: i64, mut oldest: Vec<Held>) {
         let collection = cap.collection.as_str();
+        let held = self.held_in(collection);
+        let max = i64::try_from(cap.max).unwrap_or(i64::MAX);
+        let excess = usize::try_from(live - held.before + held.after - max).unwrap_or(0);
+        if excess == 0 {
+            return;
+        }
         let written: HashSet<&str> = self
-            .rows
-            .iter()
-            .filter(|r| r.collection == collection)
+            .written_in(collection)
             .map(|r| r.key.as_ref())
             .collect();
         if !written.is_empty() {
-            live.retain(|h| !written.contains(h.key.as_str()));
-            live.extend(
-                self.rows
-                    .iter()
-                    .filter(|r| r.collection == collection)
-                    .filter_map(|r| {
-                        Some(Held {
-                            key: r.key.to_string(),
-                            updated_at: r.updated_at,
-                            client_id: r.client_id.to_string(),
-                            bytes: r.value.as_ref()?.len(),
-                        })
-                    }),
-            );
+            oldest.retain(|h| !written.contains(h.key.as_str()));
+            oldest.extend(self.written_in(collection).filter_map(|r| {
+                Some(Held {
+                    key: r.key.to_string(),
+                    updated_at: r.updated_at,
+                    client_id: r.client_id.to_string(),
+                    bytes: r.value.as_ref()?.len(),
+                })
+            }));
         }
-        for h in cap.evict(live) {
+        for h in cap.evict(oldest, excess) {
             self.version += 1;
             self.change = self.change.plus(Usage::change(Some(h.bytes), None));
+            self.counts.add(collection, -1);
             let place = self.index.get(&(collection, h.key.as_str())).copied();
             let tombstone = Row {
                 collection,
@@ -599,6 +650,25 @@ impl<'a> Merge<'a> {
         }
     }
 
+    /// What the records of `collection` this push touches hold, before and after it.
+    fn held_in(&self, collection: &str) -> Touched {
+        let slots = self
+            .index
+            .iter()
+            .filter(|((c, _), _)| *c == collection)
+            .map(|(_, &place)| &self.slots[place]);
+        slots.fold(Touched::default(), |n, slot| Touched {
+            before: n.before + i64::from(slot.was_held),
+            after: n.after + i64::from(slot.held.is_some()),
+            rewritten: n.rewritten + i64::from(slot.was_held && slot.row.is_some()),
+        })
+    }
+
+    /// The rows this push writes in `collection`.
+    fn written_in<'s>(&'s self, collection: &'s str) -> impl Iterator<Item = &'s Row<'a>> + 's {
+        self.rows.iter().filter(move |r| r.collection == collection)
+    }
+
     /// The plan, unless the batch takes the user past the quota ([`Quota::check`]).
     pub fn finish(self) -> Result<Plan<'a>, StoreError> {
         self.batch.quota.check(self.user.usage, self.change)?;
@@ -607,6 +677,7 @@ impl<'a> Merge<'a> {
             rows: self.rows,
             version: self.version,
             usage: self.change,
+            counts: self.counts.0.into_iter().filter(|c| c.1 != 0).collect(),
             mark: (after != self.mark).then_some(after),
             ack: after.ack,
             applied: self.applied,

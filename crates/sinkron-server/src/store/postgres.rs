@@ -114,6 +114,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "field_stamps",
         include_str!("../../migrations/postgres/0011_field_stamps.sql"),
     ),
+    (
+        12,
+        "cap_reads",
+        include_str!("../../migrations/postgres/0012_cap_reads.sql"),
+    ),
 ];
 
 /// The key of the advisory lock held while migrating ("sinkron" in ASCII).
@@ -169,7 +174,8 @@ const CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_length(r
        ON r.collection = k.collection AND r.key = k.key
      WHERE r.user_id = $1";
 
-/// Every write of a push in one statement: the winning records, the ack, the version.
+/// Every write of a push in one statement: the winning records, the ack, the collections'
+/// counts, the version.
 const WRITE_SQL: &str = "WITH written AS (
          INSERT INTO records
              (user_id, collection, key, value, updated_at, client_id, version, stored_at,
@@ -189,6 +195,12 @@ const WRITE_SQL: &str = "WITH written AS (
          SELECT $1, $2, $9, $12 WHERE $10::bool
          ON CONFLICT (user_id, client_id) DO UPDATE SET
              ack = excluded.ack, stamp_max = excluded.stamp_max
+         RETURNING 1
+     ), counted AS (
+         INSERT INTO collection_counts (user_id, collection, live)
+         SELECT $1, n.collection, n.live FROM unnest($17::bytea[], $18::int8[]) AS n(collection, live)
+         ON CONFLICT (user_id, collection) DO UPDATE SET
+             live = collection_counts.live + excluded.live
          RETURNING 1
      )
      UPDATE users SET version = $11, records = records + $13, bytes = bytes + $14
@@ -219,14 +231,39 @@ const GROUP_CURRENT_SQL: &str = "SELECT k.i, r.updated_at, r.client_id, octet_le
          WITH ORDINALITY AS k(user_id, collection, key, per_field, i)
      JOIN records r ON r.user_id = k.user_id AND r.collection = k.collection AND r.key = k.key";
 
-/// The live records of each capped collection a wave's pushes may take past its cap.
-const GROUP_LIVE_SQL: &str = "SELECT c.i, r.key, r.updated_at, r.client_id, octet_length(r.value)
-     FROM unnest($1::int8[], $2::bytea[]) WITH ORDINALITY AS c(user_id, collection, i)
-     JOIN records r ON r.user_id = c.user_id AND r.collection = c.collection
-     WHERE r.value IS NOT NULL";
+/// For each capped collection pushes may take past its cap (user, collection and
+/// [`Merge::unread`](super::plan::Merge::unread)), how many of its records hold a value and
+/// of all the user's collections (`collection_counts`), and the oldest records the eviction
+/// needs, in the cap's order (`records_live_age`, 0012): a row with no record when it needs
+/// none. `i` is the place in the arrays, from 1.
+const OLDEST_SQL: &str = "SELECT c.i, n.live, n.total, o.key, o.updated_at, o.client_id,
+            octet_length(o.value)
+     FROM unnest($1::int8[], $2::bytea[], $3::int8[])
+         WITH ORDINALITY AS c(user_id, collection, unread, i)
+     CROSS JOIN LATERAL (
+         SELECT COALESCE(sum(k.live) FILTER (WHERE k.collection = c.collection), 0)::int8
+                    AS live,
+                COALESCE(sum(k.live), 0)::int8 AS total
+         FROM collection_counts k WHERE k.user_id = c.user_id
+     ) n
+     LEFT JOIN LATERAL (
+         SELECT r.key, r.updated_at, r.client_id, r.value FROM records r
+         WHERE r.user_id = c.user_id AND r.collection = c.collection AND r.value IS NOT NULL
+         ORDER BY r.updated_at, r.client_id, r.key
+         LIMIT greatest(n.live - c.unread, 0)
+     ) o ON true";
 
-/// [`WRITE_SQL`] for every push of a wave: the records, the clients' marks, the users'
-/// versions and usage.
+/// Counts the records holding a value in each of a user's collections again (after
+/// [`UNCOUNT_SQL`]), and keeps those numbers.
+const RECOUNT_SQL: &str = "INSERT INTO collection_counts (user_id, collection, live)
+     SELECT $1, collection, count(*) FROM records
+     WHERE user_id = $1 AND value IS NOT NULL GROUP BY collection
+     ON CONFLICT (user_id, collection) DO UPDATE SET live = excluded.live";
+/// Before [`RECOUNT_SQL`]: a collection with no record left counts none.
+const UNCOUNT_SQL: &str = "UPDATE collection_counts SET live = 0 WHERE user_id = $1";
+
+/// [`WRITE_SQL`] for every push of a wave: the records, the clients' marks, the collections'
+/// counts, the users' versions and usage.
 const GROUP_WRITE_SQL: &str = "WITH written AS (
          INSERT INTO records
              (user_id, collection, key, value, updated_at, client_id, version, stored_at,
@@ -249,6 +286,13 @@ const GROUP_WRITE_SQL: &str = "WITH written AS (
              AS a(user_id, client_id, ack, stamp_max)
          ON CONFLICT (user_id, client_id) DO UPDATE SET
              ack = excluded.ack, stamp_max = excluded.stamp_max
+         RETURNING 1
+     ), counted AS (
+         INSERT INTO collection_counts (user_id, collection, live)
+         SELECT n.user_id, n.collection, n.live
+         FROM unnest($18::int8[], $19::bytea[], $20::int8[]) AS n(user_id, collection, live)
+         ON CONFLICT (user_id, collection) DO UPDATE SET
+             live = collection_counts.live + excluded.live
          RETURNING 1
      )
      UPDATE users u SET version = v.version, records = u.records + v.records,
@@ -632,6 +676,80 @@ async fn read_page<C: GenericClient>(
     Ok(Page::from_rows(changes, limit, version, start))
 }
 
+/// What [`read_oldest`] reads for one cap a push may take its user past.
+struct CapRead<'c> {
+    user_id: UserId,
+    cap: &'c Cap,
+    /// [`Merge::unread`](super::plan::Merge::unread).
+    unread: i64,
+    /// [`Merge::records_before`](super::plan::Merge::records_before): what the user's
+    /// collection counts must add up to.
+    records: i64,
+}
+
+/// Reads with [`OLDEST_SQL`], for each cap, how many records of its collection hold a value
+/// and the oldest the eviction needs. Counts that do not add up to the user's records (kept
+/// by a node older than 0012 during an upgrade, or edited by hand), or that promised more
+/// records than there are, are counted again ([`RECOUNT_SQL`]) rather than evicted by.
+async fn read_oldest<C: GenericClient>(
+    client: &C,
+    reads: &[CapRead<'_>],
+) -> Result<Vec<(i64, Vec<Held>)>, StoreError> {
+    let mut live = read_oldest_once(client, reads).await?;
+    for (read, (count, total, oldest)) in reads.iter().zip(&mut live) {
+        let fewer = i64::try_from(oldest.len()).unwrap_or(i64::MAX) < *count - read.unread;
+        if *total != read.records || fewer {
+            for sql in [UNCOUNT_SQL, RECOUNT_SQL] {
+                let stmt = client.prepare_cached(sql).await.map_err(store_err)?;
+                client
+                    .execute(&stmt, &[&read.user_id])
+                    .await
+                    .map_err(store_err)?;
+            }
+            tracing::warn!(
+                user_id = read.user_id,
+                total = *total,
+                "a user's collection counts were wrong: counted again"
+            );
+            let again = read_oldest_once(client, std::slice::from_ref(read)).await?;
+            (*count, *total, *oldest) = again.into_iter().next().unwrap_or_default();
+        }
+    }
+    Ok(live
+        .into_iter()
+        .map(|(count, _, oldest)| (count, oldest))
+        .collect())
+}
+
+/// One read of [`read_oldest`]: each cap's count, the user's total and the oldest records.
+async fn read_oldest_once<C: GenericClient>(
+    client: &C,
+    reads: &[CapRead<'_>],
+) -> Result<Vec<(i64, i64, Vec<Held>)>, StoreError> {
+    let users: Vec<UserId> = reads.iter().map(|r| r.user_id).collect();
+    let collections: Vec<&[u8]> = reads.iter().map(|r| r.cap.collection.as_bytes()).collect();
+    let unread: Vec<i64> = reads.iter().map(|r| r.unread).collect();
+    let stmt = client.prepare_cached(OLDEST_SQL).await.map_err(store_err)?;
+    let rows = client
+        .query(&stmt, &[&users, &collections, &unread])
+        .await
+        .map_err(store_err)?;
+    let mut live: Vec<(i64, i64, Vec<Held>)> = reads.iter().map(|_| (0, 0, Vec::new())).collect();
+    for row in rows {
+        let (count, total, oldest) = &mut live[place_of(&row, reads.len())?];
+        (*count, *total) = (row.get(1), row.get(2));
+        if let Some(key) = row.get::<_, Option<Vec<u8>>>(3) {
+            oldest.push(Held {
+                key: text(key)?,
+                updated_at: to_u64(row.get(4)),
+                client_id: text(row.get(5))?,
+                bytes: usize::try_from(row.get::<_, i32>(6)).unwrap_or(0),
+            });
+        }
+    }
+    Ok(live)
+}
+
 /// The record columns of a [`PAGE_SQL`] row; `None` for a user without matching records.
 fn change_of(row: &Row) -> Result<Option<Change>, StoreError> {
     let Some(version) = row.get::<_, Option<i64>>(7) else {
@@ -820,7 +938,7 @@ fn place_of(row: &Row, len: usize) -> Result<usize, StoreError> {
 }
 
 /// Applies one wave: pushes of different users, with one statement for each step of all of
-/// them ([`GROUP_LOCK_SQL`], [`GROUP_CURRENT_SQL`], [`GROUP_LIVE_SQL`], [`GROUP_WRITE_SQL`]),
+/// them ([`GROUP_LOCK_SQL`], [`GROUP_CURRENT_SQL`], [`OLDEST_SQL`], [`GROUP_WRITE_SQL`]),
 /// then the pages of those that asked for one.
 async fn apply_wave<'a>(
     tx: &Transaction<'_>,
@@ -915,27 +1033,18 @@ async fn apply_wave<'a>(
         .flat_map(|(n, (_, merge))| merge.caps().into_iter().map(move |cap| (n, cap)))
         .collect();
     if !capped.is_empty() {
-        let cap_users: Vec<UserId> = capped.iter().map(|&(n, _)| users[merges[n].0]).collect();
-        let cap_collections: Vec<&[u8]> = capped
+        let reads: Vec<CapRead> = capped
             .iter()
-            .map(|(_, cap)| cap.collection.as_bytes())
+            .map(|&(n, cap)| CapRead {
+                user_id: users[merges[n].0],
+                cap,
+                unread: merges[n].1.unread(cap),
+                records: merges[n].1.records_before(),
+            })
             .collect();
-        let stmt = tx.prepare_cached(GROUP_LIVE_SQL).await.map_err(store_err)?;
-        let rows = tx
-            .query(&stmt, &[&cap_users, &cap_collections])
-            .await
-            .map_err(store_err)?;
-        let mut live: Vec<Vec<Held>> = capped.iter().map(|_| Vec::new()).collect();
-        for row in rows {
-            live[place_of(&row, capped.len())?].push(Held {
-                key: text(row.get(1))?,
-                updated_at: to_u64(row.get(2)),
-                client_id: text(row.get(3))?,
-                bytes: usize::try_from(row.get::<_, i32>(4)).unwrap_or(0),
-            });
-        }
-        for ((n, cap), live) in capped.into_iter().zip(live) {
-            merges[n].1.evict(cap, live);
+        let live = read_oldest(tx, &reads).await?;
+        for ((n, cap), (live, oldest)) in capped.into_iter().zip(live) {
+            merges[n].1.evict(cap, live, oldest);
         }
     }
     let mut plans: Vec<(usize, Plan<'a>)> = Vec::with_capacity(merges.len());
@@ -1000,6 +1109,11 @@ async fn write_plans(
             rows.records.push(plan.usage.records);
             rows.bytes.push(plan.usage.bytes);
         }
+        for &(collection, added) in &plan.counts {
+            rows.counted_users.push(user_id);
+            rows.counted.push(collection.as_bytes());
+            rows.added.push(added);
+        }
     }
     if rows.user_ids.is_empty() && rows.acked_users.is_empty() {
         return Ok(());
@@ -1028,6 +1142,9 @@ async fn write_plans(
             &rows.records,
             &rows.bytes,
             &rows.field_stamps,
+            &rows.counted_users,
+            &rows.counted,
+            &rows.added,
         ],
     )
     .await
@@ -1056,6 +1173,10 @@ struct WaveRows<'a> {
     bytes: Vec<i64>,
     /// The records' per-field stamps ([`sinkron_core::merge::Stamps`]).
     field_stamps: Vec<Option<&'a str>>,
+    /// What each collection's count of records holding a value changes by.
+    counted_users: Vec<UserId>,
+    counted: Vec<&'a [u8]>,
+    added: Vec<i64>,
 }
 
 /// A row of [`CURRENT_SQL`] or [`GROUP_CURRENT_SQL`] as the push's plan reads it.
@@ -1138,25 +1259,21 @@ async fn apply_push(
         }
     }
     let mut merge = planner.merge(stored)?;
-    for cap in merge.caps() {
-        let rows = tx
-            .query(
-                "SELECT key, updated_at, client_id, octet_length(value) FROM records
-                 WHERE user_id = $1 AND collection = $2 AND value IS NOT NULL",
-                &[&user_id, &cap.collection.as_bytes()],
-            )
-            .await
-            .map_err(store_err)?;
-        let mut live = Vec::with_capacity(rows.len());
-        for row in rows {
-            live.push(Held {
-                key: text(row.get(0))?,
-                updated_at: to_u64(row.get(1)),
-                client_id: text(row.get(2))?,
-                bytes: usize::try_from(row.get::<_, i32>(3)).unwrap_or(0),
-            });
+    let caps = merge.caps();
+    if !caps.is_empty() {
+        let reads: Vec<CapRead> = caps
+            .iter()
+            .map(|&cap| CapRead {
+                user_id,
+                cap,
+                unread: merge.unread(cap),
+                records: merge.records_before(),
+            })
+            .collect();
+        let live = read_oldest(&tx, &reads).await?;
+        for (cap, (live, oldest)) in caps.into_iter().zip(live) {
+            merge.evict(cap, live, oldest);
         }
-        merge.evict(cap, live);
     }
     let plan = merge.finish()?;
 
@@ -1183,6 +1300,8 @@ async fn apply_push(
             .map(|s| to_i64(s, "updatedAt"))
             .transpose()?;
         let version = to_i64(plan.version, "version")?;
+        let counted: Vec<&[u8]> = plan.counts.iter().map(|c| c.0.as_bytes()).collect();
+        let added: Vec<i64> = plan.counts.iter().map(|c| c.1).collect();
         let stmt = tx.prepare_cached(WRITE_SQL).await.map_err(store_err)?;
         tx.execute(
             &stmt,
@@ -1203,6 +1322,8 @@ async fn apply_push(
                 &plan.usage.bytes,
                 &writers,
                 &stamps,
+                &counted,
+                &added,
             ],
         )
         .await
@@ -1434,6 +1555,7 @@ impl Store for PostgresStore {
             .map_err(store_err)?;
         for sql in [
             "DELETE FROM records WHERE user_id = $1",
+            "DELETE FROM collection_counts WHERE user_id = $1",
             "DELETE FROM clients WHERE user_id = $1",
         ] {
             tx.execute(sql, &[&user_id]).await.map_err(store_err)?;
@@ -2061,6 +2183,38 @@ pub(crate) mod tests {
         let db = TestDatabase::create().await;
         let store = PostgresStore::open(&db.url, 4).await.expect("open");
         crate::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_collection_count_is_counted_again_not_evicted_by() {
+        use crate::store::conformance::{
+            a_fourth_like_evicts_only_the_oldest, miscounts, three_likes,
+        };
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        let (admin, conn) = tokio_postgres::connect(&db.url, NoTls)
+            .await
+            .expect("admin");
+        tokio::spawn(conn);
+        for n in 0..3 {
+            let id = three_likes(&store, &format!("miscounted{n}")).await;
+            let count = || async {
+                admin
+                    .query_one(
+                        "SELECT live FROM collection_counts
+                         WHERE user_id = $1 AND collection = 'likes'",
+                        &[&id],
+                    )
+                    .await
+                    .expect("a count")
+                    .get::<_, i64>(0)
+            };
+            assert_eq!(count().await, 3, "kept by the push");
+            let miscount = &miscounts(id)[n];
+            admin.batch_execute(miscount).await.expect("set wrong");
+            a_fourth_like_evicts_only_the_oldest(&store, id).await;
+            assert_eq!(count().await, 3, "after {miscount:?}");
+        }
     }
 
     #[tokio::test]

@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "field_stamps",
         include_str!("../../migrations/sqlite/0011_field_stamps.sql"),
     ),
+    (
+        12,
+        "cap_reads",
+        include_str!("../../migrations/sqlite/0012_cap_reads.sql"),
+    ),
 ];
 
 /// Read connections; WAL lets them read while the writer writes.
@@ -493,24 +498,20 @@ fn apply_push(
     }
     let mut merge = planner.merge(stored)?;
     for cap in merge.caps() {
-        let live = tx
-            .prepare_cached(
-                "SELECT key, updated_at, client_id, LENGTH(CAST(value AS BLOB)) FROM records
-                 WHERE user_id = ?1 AND collection = ?2 AND value IS NOT NULL",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![user_id, cap.collection], |r| {
-                    Ok(Held {
-                        key: r.get(0)?,
-                        updated_at: to_u64(r.get(1)?),
-                        client_id: r.get(2)?,
-                        bytes: to_usize(r.get(3)?),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(store_err)?;
-        merge.evict(cap, live);
+        let (mut live, total) = live_count(tx, user_id, &cap.collection)?;
+        if total != merge.records_before() {
+            // Counts that do not add up to the user's records: kept by a node older than
+            // 0012 during an upgrade, or edited by hand. Count again.
+            live = recount(tx, user_id, &cap.collection)?;
+        }
+        let wanted = live - merge.unread(cap);
+        let mut oldest = oldest_live(tx, user_id, &cap.collection, wanted)?;
+        // Fewer than the count promised: count again rather than evict by a wrong number.
+        if i64::try_from(oldest.len()).unwrap_or(i64::MAX) < wanted {
+            live = recount(tx, user_id, &cap.collection)?;
+            oldest = oldest_live(tx, user_id, &cap.collection, live - merge.unread(cap))?;
+        }
+        merge.evict(cap, live, oldest);
     }
     let plan = merge.finish()?;
 
@@ -551,6 +552,14 @@ fn apply_push(
         .and_then(|mut s| s.execute(params![user_id, version, usage.records, usage.bytes]))
         .map_err(store_err)?;
     }
+    for &(collection, added) in &plan.counts {
+        tx.prepare_cached(
+            "INSERT INTO collection_counts (user_id, collection, live) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, collection) DO UPDATE SET live = live + excluded.live",
+        )
+        .and_then(|mut s| s.execute(params![user_id, collection, added]))
+        .map_err(store_err)?;
+    }
     if let Some(mark) = plan.mark {
         let stamp_max = mark.stamp_max.map(|s| to_i64(s, "updatedAt")).transpose()?;
         let ack = to_i64(mark.ack, "ack")?;
@@ -567,6 +576,74 @@ fn apply_push(
         None => None,
     };
     Ok(plan.outcome(page))
+}
+
+/// How many records of `collection` hold a value, and of all the user's collections
+/// (`collection_counts`, 0012).
+fn live_count(
+    tx: &Connection,
+    user_id: UserId,
+    collection: &str,
+) -> Result<(i64, i64), StoreError> {
+    tx.prepare_cached(
+        "SELECT COALESCE(SUM(CASE WHEN collection = ?2 THEN live END), 0), COALESCE(SUM(live), 0)
+         FROM collection_counts WHERE user_id = ?1",
+    )
+    .and_then(|mut s| s.query_row(params![user_id, collection], |r| Ok((r.get(0)?, r.get(1)?))))
+    .map_err(store_err)
+}
+
+/// Counts the records holding a value in each of the user's collections again, keeps those
+/// numbers and answers `collection`'s.
+fn recount(tx: &Connection, user_id: UserId, collection: &str) -> Result<i64, StoreError> {
+    for sql in [
+        "DELETE FROM collection_counts WHERE user_id = ?1",
+        "INSERT INTO collection_counts (user_id, collection, live)
+         SELECT user_id, collection, COUNT(*) FROM records
+         WHERE user_id = ?1 AND value IS NOT NULL GROUP BY collection",
+    ] {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute([user_id]))
+            .map_err(store_err)?;
+    }
+    let (live, total) = live_count(tx, user_id, collection)?;
+    tracing::warn!(
+        user_id,
+        total,
+        "a user's collection counts were wrong: counted again"
+    );
+    Ok(live)
+}
+
+/// The oldest `n` records of `collection` holding a value, in a cap's order
+/// (`records_live_age`, 0012).
+fn oldest_live(
+    tx: &Connection,
+    user_id: UserId,
+    collection: &str,
+    n: i64,
+) -> Result<Vec<Held>, StoreError> {
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    tx.prepare_cached(
+        "SELECT key, updated_at, client_id, LENGTH(CAST(value AS BLOB))
+         FROM records INDEXED BY records_live_age
+         WHERE user_id = ?1 AND collection = ?2 AND value IS NOT NULL
+         ORDER BY updated_at, client_id, key LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![user_id, collection, n], |r| {
+            Ok(Held {
+                key: r.get(0)?,
+                updated_at: to_u64(r.get(1)?),
+                client_id: r.get(2)?,
+                bytes: to_usize(r.get(3)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map_err(store_err)
 }
 
 /// The id and version of the site's user with this subject.
@@ -770,6 +847,7 @@ impl Store for SqliteStore {
             let newest = newest_record(&tx, user_id)?;
             for sql in [
                 "DELETE FROM records WHERE user_id = ?1",
+                "DELETE FROM collection_counts WHERE user_id = ?1",
                 "DELETE FROM clients WHERE user_id = ?1",
             ] {
                 tx.prepare_cached(sql)
@@ -1296,6 +1374,71 @@ mod tests {
         );
         let page = store.pull(id, Some(0), 10).await.expect("pull");
         assert_eq!(page.cursor, 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_collection_count_is_counted_again_not_evicted_by() {
+        use crate::store::conformance::{
+            a_fourth_like_evicts_only_the_oldest, miscounts, three_likes,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("n.db");
+        let store = SqliteStore::open(&path).expect("open");
+        for n in 0..3 {
+            let id = three_likes(&store, &format!("miscounted{n}")).await;
+            let miscount = &miscounts(id)[n];
+            let count = || {
+                Connection::open(&path)
+                    .expect("open")
+                    .query_row(
+                        "SELECT live FROM collection_counts
+                         WHERE user_id = ?1 AND collection = 'likes'",
+                        [id],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .expect("a count")
+            };
+            assert_eq!(count(), 3, "kept by the push");
+            Connection::open(&path)
+                .expect("open")
+                .execute_batch(miscount)
+                .expect("set wrong");
+            a_fourth_like_evicts_only_the_oldest(&store, id).await;
+            assert_eq!(count(), 3, "after {miscount:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn migration_0012_counts_the_records_already_stored() {
+        use crate::store::conformance::three_likes;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("o.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let id = three_likes(&store, "counted").await;
+        let gone = [crate::store::conformance::m(4, "k1", None, 50)];
+        store
+            .push(id, crate::store::conformance::batch("c", &gone, None))
+            .await
+            .expect("push");
+        drop(store);
+        // Back to the schema before 0012, its rows and all.
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "DROP TABLE collection_counts; DROP INDEX records_live_age;
+                 DELETE FROM schema_migrations WHERE version = 12;",
+            )
+            .expect("undo 0012");
+        drop(SqliteStore::open(&path).expect("migrate"));
+        let counts: Vec<(String, i64)> = Connection::open(&path)
+            .expect("open")
+            .prepare("SELECT collection, live FROM collection_counts WHERE user_id = ?1")
+            .and_then(|mut s| {
+                s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .expect("counts");
+        assert_eq!(counts, [("likes".to_owned(), 2)], "the tombstone left out");
     }
 
     #[test]

@@ -379,8 +379,12 @@ fn past_a_cap_the_oldest_records_become_tombstones_with_their_stamps() {
     let mut merge = planner.merge(found).expect("merge");
     let caps_to_apply = merge.caps();
     assert_eq!(caps_to_apply, [&caps[0]]);
+    // Two live records stored, one to evict; "mid" may be among the oldest read and is
+    // rewritten, so both are read.
+    assert_eq!(merge.unread(caps_to_apply[0]), 0);
     merge.evict(
         caps_to_apply[0],
+        2,
         vec![held("old", 10, 2), held("mid", 20, 2)],
     );
     let plan = merge.finish().expect("plan");
@@ -400,6 +404,34 @@ fn past_a_cap_the_oldest_records_become_tombstones_with_their_stamps() {
         }
     );
     assert_eq!((plan.version, plan.applied), (13, 2));
+}
+
+#[test]
+fn a_push_counts_what_each_collection_gains_and_loses() {
+    let fav = |id, key: &str, value: Option<&str>, at| Mutation {
+        collection: "favorites".into(),
+        ..m(id, key, value, at)
+    };
+    let mutations = [
+        m(1, "new", Some("{}"), 40),
+        m(2, "gone", None, 40),
+        m(3, "kept", Some(r#"{"a":1}"#), 40),
+        fav(4, "f1", Some("{}"), 50),
+        fav(5, "f2", Some("{}"), 50),
+        fav(6, "f2", None, 60),
+    ];
+    let plan = planned(
+        batch("c1", &mutations),
+        user(5),
+        ClientMark::default(),
+        &[
+            ("gone", stored(1, "c0", Some(2))),
+            ("kept", stored(1, "c0", Some(2))),
+        ],
+    )
+    .expect("plan");
+    assert_eq!(plan.counts, [("favorites", 1)], "likes: one in, one out");
+    assert_eq!(plan.usage.records, 1);
 }
 
 #[test]
@@ -425,11 +457,177 @@ fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
         .expect("planner")
         .merge(vec![None])
         .expect("merge");
-    merge.evict(&caps[0], vec![held("kept", 50, 2)]);
+    assert_eq!(merge.unread(&caps[0]), 0, "the one live record is read");
+    merge.evict(&caps[0], 1, vec![held("kept", 50, 2)]);
     let plan = merge.finish().expect("plan");
     assert_eq!(written(&plan), [("old", None, 5, "c1", 7)]);
     assert_eq!((plan.version, plan.applied), (7, 1));
     assert_eq!(plan.usage, Usage::default());
+    assert!(
+        plan.counts.is_empty(),
+        "written and evicted: {:?}",
+        plan.counts
+    );
+}
+
+#[test]
+fn past_a_cap_a_push_reads_only_the_oldest_records_whatever_the_user_keeps() {
+    let caps = [Cap {
+        collection: "likes".into(),
+        max: 1_000,
+    }];
+    let user = UserState {
+        version: 1_000,
+        usage: Usage {
+            records: 1_000,
+            bytes: 2_000,
+        },
+        writes_after: 0,
+    };
+    // A new record and a rewrite of a stored one: 1,001 live, one to evict. Of the 1,000
+    // stored, 998 need not be read: the oldest may be the rewritten one, so one more than
+    // the one evicted is read.
+    let mutations = [
+        m(1, "new", Some("{}"), 5_000),
+        m(2, "k0", Some("{}"), 5_001),
+    ];
+    let batch = PushBatch {
+        caps: &caps,
+        ..batch("c1", &mutations)
+    };
+    let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
+    let found = vec![None, stored(100, "c0", Some(2))];
+    let mut merge = planner.merge(found).expect("merge");
+    assert_eq!(merge.unread(&caps[0]), 998);
+    merge.evict(
+        &caps[0],
+        1_000,
+        vec![held("k0", 100, 2), held("k1", 101, 2)],
+    );
+    let plan = merge.finish().expect("plan");
+    assert_eq!(
+        written(&plan),
+        [
+            ("new", Some("{}"), 5_000, "c1", 1_001),
+            ("k0", Some("{}"), 5_001, "c1", 1_002),
+            ("k1", None, 101, "c0", 1_003),
+        ]
+    );
+    assert!(
+        plan.counts.is_empty(),
+        "one in, one evicted: {:?}",
+        plan.counts
+    );
+}
+
+/// A stored record in the property below: key number, `updatedAt`, client, bytes (`None`: a
+/// tombstone).
+type StoredRecord = (u8, u64, bool, Option<usize>);
+/// A pushed write: key number, `updatedAt`, whether it deletes.
+type PushedWrite = (u8, u64, bool);
+
+/// Plans a push into a capped collection holding `records`, handing the eviction either every
+/// live record (in storage order) or only the oldest [`Merge::unread`] asks for.
+fn capped_plan(max: u64, records: &[StoredRecord], writes: &[PushedWrite], all: bool) -> String {
+    let caps = [Cap {
+        collection: "likes".into(),
+        max,
+    }];
+    let client = |other: bool| if other { "c2" } else { "c0" };
+    let live: Vec<Held> = records
+        .iter()
+        .filter_map(|&(k, at, other, bytes)| {
+            Some(Held {
+                key: format!("k{k}"),
+                updated_at: at,
+                client_id: client(other).into(),
+                bytes: bytes?,
+            })
+        })
+        .collect();
+    let user = UserState {
+        version: 100,
+        usage: Usage {
+            records: i64::try_from(live.len()).expect("few"),
+            bytes: 0,
+        },
+        writes_after: 0,
+    };
+    let mutations: Vec<Mutation> = writes
+        .iter()
+        .zip(1..)
+        .map(|(&(k, at, delete), id)| m(id, &format!("k{k}"), (!delete).then_some("{}"), at))
+        .collect();
+    let batch = PushBatch {
+        caps: &caps,
+        ..batch("c1", &mutations)
+    };
+    let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
+    let found = planner
+        .keys()
+        .iter()
+        .map(|(_, key)| {
+            let r = records.iter().find(|r| format!("k{}", r.0) == *key)?;
+            stored(r.1, client(r.2), r.3)
+        })
+        .collect();
+    let mut merge = planner.merge(found).expect("merge");
+    for cap in merge.caps() {
+        let count = i64::try_from(live.len()).expect("few");
+        let oldest = if all {
+            live.clone()
+        } else {
+            let wanted = usize::try_from(count - merge.unread(cap)).unwrap_or(0);
+            caps[0].evict(live.clone(), wanted)
+        };
+        merge.evict(cap, count, oldest);
+    }
+    let plan = merge.finish().expect("plan");
+    let after = records
+        .iter()
+        .filter(|r| r.3.is_some())
+        .map(|r| format!("k{}", r.0))
+        .filter(|k| !plan.rows.iter().any(|row| row.key == k.as_str()))
+        .count()
+        + plan.rows.iter().filter(|r| r.value.is_some()).count();
+    assert!(
+        u64::try_from(after).expect("few") <= max.max(u64::try_from(live.len()).expect("few")),
+        "a push never leaves more live records than the cap or than were there"
+    );
+    format!("{:?}", written(&plan))
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() { 256 } else { 512 },
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// The eviction given only the oldest records it asks for evicts exactly what it
+        /// evicts given every live record.
+        #[test]
+        fn the_oldest_records_suffice_for_a_cap(
+            max in 0u64..8,
+            records in proptest::collection::btree_map(
+                0u8..16,
+                (0u64..20, any::<bool>(), proptest::option::weighted(0.8, 1usize..4)),
+                0..14,
+            ),
+            writes in proptest::collection::vec((0u8..20, 0u64..24, proptest::bool::weighted(0.2)), 1..6),
+        ) {
+            let records: Vec<StoredRecord> =
+                records.into_iter().map(|(k, (at, other, bytes))| (k, at, other, bytes)).collect();
+            prop_assert_eq!(
+                capped_plan(max, &records, &writes, false),
+                capped_plan(max, &records, &writes, true)
+            );
+        }
+    }
 }
 
 #[test]
