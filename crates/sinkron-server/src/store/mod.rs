@@ -237,6 +237,28 @@ impl PushAnswer {
     }
 }
 
+/// Takes the next group off a backend's queue of pushes: in arrival order, at most `pushes`
+/// of them and `mutations` mutations in all, but always the first (a push is at most
+/// [`sinkron_core::limits`]' batch). However many pushes queue up, a group's transaction, its
+/// memory and the wait of the pushes in it stay bounded.
+fn take_group(
+    queue: &mut std::collections::VecDeque<PushJob>,
+    pushes: usize,
+    mutations: usize,
+) -> Vec<PushJob> {
+    let mut group = Vec::new();
+    let mut taken = 0;
+    while let Some(job) = queue.front() {
+        let more = taken + job.mutations.len();
+        if group.len() == pushes || (!group.is_empty() && more > mutations) {
+            break;
+        }
+        taken = more;
+        group.extend(queue.pop_front());
+    }
+    group
+}
+
 /// The same error again, for each push of a group whose commit failed.
 fn copy_err(e: &StoreError) -> StoreError {
     match e {
@@ -530,6 +552,37 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_takes_pushes_in_order_up_to_its_bounds_and_always_one() {
+        let job = |n: usize| {
+            let mutations: Vec<Mutation> = (1..=n as u64)
+                .map(|id| conformance::m(id, &format!("k{id}"), None, 1))
+                .collect();
+            PushJob::new(1, &conformance::batch("c", &mutations, None)).0
+        };
+        let sizes = |group: &[PushJob]| group.iter().map(|j| j.mutations.len()).collect::<Vec<_>>();
+        let mut queue: std::collections::VecDeque<PushJob> =
+            [3, 4, 5, 9, 1, 1, 1].into_iter().map(job).collect();
+        assert_eq!(
+            sizes(&take_group(&mut queue, 10, 8)),
+            [3, 4],
+            "3 + 4 + 5 > 8"
+        );
+        assert_eq!(sizes(&take_group(&mut queue, 10, 8)), [5]);
+        assert_eq!(
+            sizes(&take_group(&mut queue, 10, 8)),
+            [9],
+            "the first, whatever its size"
+        );
+        assert_eq!(
+            sizes(&take_group(&mut queue, 2, 8)),
+            [1, 1],
+            "two pushes at most"
+        );
+        assert_eq!(sizes(&take_group(&mut queue, 2, 8)), [1]);
+        assert!(take_group(&mut queue, 2, 8).is_empty());
+    }
 
     #[test]
     fn database_urls_name_a_sqlite_file_or_a_postgres_database() {

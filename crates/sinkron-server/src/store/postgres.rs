@@ -53,8 +53,9 @@ use tokio_postgres::{NoTls, Row};
 use super::pg_cache::{self, Cache, Listening};
 use super::plan::{PageStart, Plan, Planner, Stored, UserState};
 use super::{
-    copy_err, restored_floor, subject_username, Attempts, Cap, ClientMark, Held, OpenError, Page,
-    PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
+    copy_err, restored_floor, subject_username, take_group, Attempts, Cap, ClientMark, Held,
+    OpenError, Page, PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage,
+    UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -800,22 +801,6 @@ async fn announce(client: &Object, payload: &str) -> Result<(), StoreError> {
         .await
         .map_err(store_err)?;
     Ok(())
-}
-
-/// Takes the next group off the queue: pushes in arrival order, at most [`GROUP_PUSHES_MAX`]
-/// and [`GROUP_MUTATIONS_MAX`] mutations (but always the first).
-fn take_group(queue: &mut VecDeque<PushJob>) -> Vec<PushJob> {
-    let mut group = Vec::new();
-    let mut mutations = 0;
-    while let Some(job) = queue.front() {
-        let more = mutations + job.mutations.len();
-        if group.len() == GROUP_PUSHES_MAX || (!group.is_empty() && more > GROUP_MUTATIONS_MAX) {
-            break;
-        }
-        mutations = more;
-        group.extend(queue.pop_front());
-    }
-    group
 }
 
 /// Commits a group of pushes on a pooled connection, announces the users' new versions and
@@ -1715,7 +1700,7 @@ impl Store for PostgresStore {
             let Ok(_permit) = committers.acquire_owned().await else {
                 return;
             };
-            let jobs = take_group(&mut lock(&pushes));
+            let jobs = take_group(&mut lock(&pushes), GROUP_PUSHES_MAX, GROUP_MUTATIONS_MAX);
             if !jobs.is_empty() {
                 groups.made.fetch_add(1, Ordering::Relaxed);
                 commit_group(&pool, jobs, &groups).await;

@@ -3,7 +3,8 @@
 //! It owns the SQL, the migrations in `migrations/sqlite/`, the connections (one writer, a
 //! few readers, all in WAL mode) and an in-memory cache of sessions and user versions that
 //! keeps the poll hot path off the database. Pushes are committed in groups: the pushes that
-//! queue while the writer is busy are applied next in one transaction, each in a savepoint
+//! queue while the writer is busy are applied next in one transaction (at most
+//! [`GROUP_PUSHES_MAX`] pushes and [`GROUP_MUTATIONS_MAX`] mutations), each in a savepoint
 //! of its own, so they share one fsync and a failing one takes nothing of the others along. The cache is safe only because this process is
 //! the file's sole server: [`SqliteStore::open`] takes an exclusive lock on `<path>.lock`, and
 //! every write of the server goes through the one writer, which raises the cached version just
@@ -21,7 +22,7 @@
 //! writes what it returns. It must not validate requests or know HTTP; blocking calls run on
 //! tokio's blocking pool, never on the async workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -34,8 +35,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::plan::{PageStart, Planner, Stored, UserState};
 use super::{
-    copy_err, restored_floor, subject_username, ClientMark, Held, OpenError, Page, PushBatch,
-    PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
+    copy_err, restored_floor, subject_username, take_group, ClientMark, Held, OpenError, Page,
+    PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
 };
 
 /// The schema, in order. Never edit an applied file: add the next number.
@@ -96,6 +97,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_cap_reads.sql"),
     ),
 ];
+
+/// Most pushes one group commit takes, and most mutations (a group takes its first push
+/// whatever its size): a flood of pushes is committed in bounded transactions, one after the
+/// other, rather than in one that grows with the queue.
+const GROUP_PUSHES_MAX: usize = 256;
+const GROUP_MUTATIONS_MAX: usize = 2_000;
 
 /// Read connections; WAL lets them read while the writer writes.
 const READERS: usize = 4;
@@ -160,7 +167,7 @@ impl Drop for Lease {
 pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<Connection>>,
     /// Pushes not yet taken by a group commit.
-    pushes: Arc<Mutex<Vec<PushJob>>>,
+    pushes: Arc<Mutex<VecDeque<PushJob>>>,
     readers: Readers,
     cache: Arc<Mutex<Cache>>,
     /// Held for the store's lifetime: the exclusive lock on `<path>.lock` (none for
@@ -238,7 +245,7 @@ impl SqliteStore {
 
         let store = Self {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
-            pushes: Arc::new(Mutex::new(Vec::new())),
+            pushes: Arc::new(Mutex::new(VecDeque::new())),
             readers: Readers {
                 idle: Arc::new(Mutex::new(idle)),
                 permits: Arc::new(Semaphore::new(READERS)),
@@ -1101,14 +1108,15 @@ impl Store for SqliteStore {
     async fn push(&self, user_id: UserId, batch: PushBatch<'_>) -> Result<PushOutcome, StoreError> {
         // The writer needs owned data; a batch is at most 1 MiB, so one copy is fine.
         let (job, answer) = PushJob::new(user_id, &batch);
-        lock(&self.pushes).push(job);
-        // Whoever holds the writer next commits every queued push, this one included. The
+        lock(&self.pushes).push_back(job);
+        // Whoever holds the writer next commits the next group of queued pushes (this one, or
+        // one queued earlier: every push starts a task, so none is left in the queue). The
         // commit runs in a task of its own, so a request dropped meanwhile cannot strand it.
         let (writer, pushes, cache) =
             (self.writer.clone(), self.pushes.clone(), self.cache.clone());
         tokio::spawn(async move {
             let mut conn = writer.lock_owned().await;
-            let jobs = std::mem::take(&mut *lock(&pushes));
+            let jobs = take_group(&mut lock(&pushes), GROUP_PUSHES_MAX, GROUP_MUTATIONS_MAX);
             if !jobs.is_empty() {
                 let _ = tokio::task::spawn_blocking(move || {
                     commit_group(&mut conn, &cache, jobs);
