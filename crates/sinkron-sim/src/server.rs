@@ -37,6 +37,10 @@ const MAX_FUTURE_MS: u64 = 60_000;
 /// The collection the server merges field by field (`--merge-fields`), with its sticky field.
 pub const MERGED: &str = "history";
 const MERGE_FIELDS: &str = "history:completed";
+/// A capped collection and its cap: devices like more episodes than it keeps, so pushes evict
+/// (and read the collection's count and oldest records to do it).
+pub const CAPPED: &str = "likes";
+const CAP: usize = 5;
 
 /// What a per-field write is to the model: its stamp, value and the fields it names.
 type FieldWrite = (Stamp, Option<Map<String, Value>>, Option<Vec<String>>);
@@ -268,6 +272,7 @@ impl Server {
             user_requests_per_minute: 0,
             rules: sinkron_server::config::WriteRules {
                 merge_fields: vec![MERGE_FIELDS.into()],
+                collection_caps: Some(vec![format!("{CAPPED}={CAP}")]),
                 ..Default::default()
             },
             ..Config::default()
@@ -468,6 +473,37 @@ impl Server {
                 model.version += 1;
                 model.records.insert(key, (incoming, model.version));
             }
+        }
+        // Past the cap, once the push's writes are in, the oldest live records (by
+        // `updatedAt`, then client id and key, bytewise) become tombstones with their own
+        // stamps, each taking a version (PROTOCOL.md, the collection caps).
+        let mut live: Vec<(&Key, &Record)> = model
+            .records
+            .iter()
+            .filter(|(key, (record, _))| key.0 == CAPPED && record.value.is_some())
+            .map(|(key, (record, _))| (key, record))
+            .collect();
+        live.sort_by(|a, b| {
+            (a.1.updated_at, a.1.client_id.as_bytes(), a.0 .1.as_bytes()).cmp(&(
+                b.1.updated_at,
+                b.1.client_id.as_bytes(),
+                b.0 .1.as_bytes(),
+            ))
+        });
+        let excess = live.len().saturating_sub(CAP);
+        let evicted: Vec<(Key, Record)> = live[..excess]
+            .iter()
+            .map(|(key, record)| {
+                let tombstone = Record {
+                    value: None,
+                    ..(*record).clone()
+                };
+                ((*key).clone(), tombstone)
+            })
+            .collect();
+        for (key, tombstone) in evicted {
+            model.version += 1;
+            model.records.insert(key, (tombstone, model.version));
         }
         let highest = mutations.iter().map(|m| m.id).max().unwrap_or(0);
         model.acks.insert(client_id.to_owned(), ack.max(highest));
