@@ -32,10 +32,13 @@ pub enum Bug {
     MergeTwice = 256,
     /// Per-field merge, not newest-wins: a field takes whatever write of it arrives last.
     MergeArrival = 512,
+    /// A cap reads only as many of a collection's oldest records as it evicts, forgetting
+    /// that a record the push rewrote may be among them (and is then not one to evict).
+    CapReadsTooFew = 1024,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -46,6 +49,7 @@ impl Bug {
         Bug::MergeOrder,
         Bug::MergeTwice,
         Bug::MergeArrival,
+        Bug::CapReadsTooFew,
     ];
 
     /// The name used on the command line.
@@ -61,6 +65,7 @@ impl Bug {
             Bug::MergeOrder => "merge-order",
             Bug::MergeTwice => "merge-twice",
             Bug::MergeArrival => "merge-arrival",
+            Bug::CapReadsTooFew => "cap-reads-too-few",
         }
     }
 }

@@ -75,3 +75,8 @@ fn a_per_field_merge_that_changes_on_a_write_again_is_caught() {
 fn a_per_field_merge_by_arrival_instead_of_newest_is_caught() {
     finds("merge-arrival", 20);
 }
+
+#[test]
+fn a_cap_that_reads_too_few_of_the_oldest_records_is_caught() {
+    finds("cap-reads-too-few", 20);
+}

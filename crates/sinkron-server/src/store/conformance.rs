@@ -1073,7 +1073,12 @@ mod planted {
     fn a_planted_store_bug_fails_the_suite_on_every_backend() {
         for backend in ["sqlite", "postgres"] {
             assert!(suite_passes(None, backend), "{backend} without a bug");
-            for bug in [Bug::ArrivalOrder, Bug::TimestampCursor, Bug::NoDedupe] {
+            for bug in [
+                Bug::ArrivalOrder,
+                Bug::TimestampCursor,
+                Bug::NoDedupe,
+                Bug::CapReadsTooFew,
+            ] {
                 assert!(
                     !suite_passes(Some(bug), backend),
                     "{backend} passed the suite with {} planted",

@@ -598,7 +598,13 @@ impl<'a> Merge<'a> {
         // The excess is `live - before + after - max`; each record written over a stored
         // value may be one of the oldest read and then replaced by its write, so that many
         // more are read.
-        i64::try_from(cap.max).unwrap_or(i64::MAX) + held.before - held.after - held.rewritten
+        #[allow(unused_mut)]
+        let mut rewritten = held.rewritten;
+        #[cfg(feature = "planted-bugs")]
+        if planted(Bug::CapReadsTooFew) {
+            rewritten = 0;
+        }
+        i64::try_from(cap.max).unwrap_or(i64::MAX) + held.before - held.after - rewritten
     }
 
     /// Applies `cap` given `live`, how many records of its collection held a value as stored
