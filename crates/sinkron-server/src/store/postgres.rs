@@ -2203,6 +2203,41 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn migration_0012_counts_the_records_already_stored() {
+        use crate::store::conformance::{batch, m, three_likes};
+        let db = TestDatabase::create().await;
+        let store = PostgresStore::open(&db.url, 4).await.expect("open");
+        let id = three_likes(&store, "counted").await;
+        let gone = [m(4, "k1", None, 50)];
+        store.push(id, batch("c", &gone, None)).await.expect("push");
+        drop(store);
+        let (admin, conn) = tokio_postgres::connect(&db.url, NoTls)
+            .await
+            .expect("admin");
+        tokio::spawn(conn);
+        // Back to the schema before 0012, its rows and all.
+        admin
+            .batch_execute(
+                "DROP TABLE collection_counts; DROP INDEX records_live_age;
+                 DELETE FROM schema_migrations WHERE version = 12;",
+            )
+            .await
+            .expect("undo 0012");
+        drop(PostgresStore::open(&db.url, 4).await.expect("migrate"));
+        let counts: Vec<(Vec<u8>, i64)> = admin
+            .query(
+                "SELECT collection, live FROM collection_counts WHERE user_id = $1",
+                &[&id],
+            )
+            .await
+            .expect("counts")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(counts, [(b"likes".to_vec(), 2)], "the tombstone left out");
+    }
+
+    #[tokio::test]
     async fn polls_recover_when_their_shared_connection_is_killed() {
         let db = TestDatabase::create().await;
         let store = PostgresStore::open(&db.url, 4).await.expect("open");
