@@ -612,6 +612,13 @@ impl<'a> Merge<'a> {
     /// ([`Merge::unread`]) in any order: the oldest past the cap, once this push's writes
     /// are in, become tombstones, each taking the user's next version.
     pub fn evict(&mut self, cap: &'a Cap, live: i64, mut oldest: Vec<Held>) {
+        // Fewer than it needs: the newest of them may not be among the oldest, and evicting
+        // from them could take a newer record. Evict nothing; the cap is applied again at the
+        // next push that adds a record.
+        let needed = live.min(live - self.unread(cap));
+        if i64::try_from(oldest.len()).unwrap_or(i64::MAX) < needed {
+            return;
+        }
         let collection = cap.collection.as_str();
         let held = self.held_in(collection);
         let max = i64::try_from(cap.max).unwrap_or(i64::MAX);

@@ -520,6 +520,36 @@ fn past_a_cap_a_push_reads_only_the_oldest_records_whatever_the_user_keeps() {
     );
 }
 
+#[test]
+fn handed_fewer_of_the_oldest_records_than_it_needs_a_cap_evicts_none() {
+    let caps = [Cap {
+        collection: "likes".into(),
+        max: 2,
+    }];
+    let user = UserState {
+        version: 10,
+        usage: Usage {
+            records: 2,
+            bytes: 4,
+        },
+        writes_after: 0,
+    };
+    let mutations = [m(1, "new", Some("{}"), 30)];
+    let batch = PushBatch {
+        caps: &caps,
+        ..batch("c1", &mutations)
+    };
+    let mut merge = Planner::new(batch, user, ClientMark::default())
+        .expect("planner")
+        .merge(vec![None])
+        .expect("merge");
+    // Two live records, one to evict, and it needs the oldest one: handed none.
+    assert_eq!(merge.unread(&caps[0]), 1);
+    merge.evict(&caps[0], 2, Vec::new());
+    let plan = merge.finish().expect("plan");
+    assert_eq!(written(&plan), [("new", Some("{}"), 30, "c1", 11)]);
+}
+
 /// A stored record in the property below: key number, `updatedAt`, client, bytes (`None`: a
 /// tombstone).
 type StoredRecord = (u8, u64, bool, Option<usize>);
