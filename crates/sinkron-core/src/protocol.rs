@@ -167,6 +167,10 @@ mod wire {
         /// With `mutation_id_reused` only: the server's ack for the push's client id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ack: Option<u64>,
+        /// With `invalid_mutation` from a push's checks: the `id` of the first mutation
+        /// refused, so a client can set that write aside and push the others again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mutation: Option<u64>,
     }
 
     fn is_false(b: &bool) -> bool {

@@ -905,7 +905,7 @@ mod wire {
             prop_assert_eq!((&session.token, &session.user), (&cursor, &u));
 
             let error = round_trip(&ErrorBody {
-                error: ErrorDetail { code: code.clone(), message: message.clone(), ack: error_ack },
+                error: ErrorDetail { code: code.clone(), message: message.clone(), ack: error_ack, mutation: error_ack },
             })?;
             prop_assert_eq!((&error.error.code, &error.error.message, error.error.ack), (&code, &message, error_ack));
         }

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// The client's ack, for 409 `mutation_id_reused`.
     pub ack: Option<u64>,
+    /// The refused mutation's id, for 422 `invalid_mutation` from a push's checks.
+    pub mutation: Option<u64>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             ack: None,
+            mutation: None,
         }
     }
 
@@ -183,6 +186,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message.into_owned(),
                 ack: self.ack,
+                mutation: self.mutation,
             },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {

@@ -184,24 +184,30 @@ pub(crate) fn validate_mutation(
     previous_id: u64,
     collections: &[String],
 ) -> Result<(), ApiError> {
-    let invalid = |field: &str, rule: String| {
+    let refused = |field: &str, rule: String| {
         ApiError::unprocessable(
             "invalid_mutation",
             format!("mutations[{i}].{field}: {rule}"),
         )
     };
+    // A bad id breaks the push's numbering, not one write: the error names no mutation.
     if m.id == 0 || m.id > MUTATION_ID_MAX {
-        return Err(invalid(
+        return Err(refused(
             "id",
             format!("must be from 1 to {MUTATION_ID_MAX}"),
         ));
     }
     if m.id <= previous_id {
-        return Err(invalid(
+        return Err(refused(
             "id",
             format!("must be greater than the previous id {previous_id}"),
         ));
     }
+    // Any other rule refuses this write: the error names it by its id.
+    let invalid = |field: &str, rule: String| ApiError {
+        mutation: Some(m.id),
+        ..refused(field, rule)
+    };
     if !collections.contains(&m.collection) {
         return Err(invalid(
             "collection",

@@ -515,6 +515,15 @@ async fn an_invalid_mutation_rejects_the_whole_batch(backend: Backend) {
         message.contains("mutations[1]") && message.contains("collection"),
         "{message}"
     );
+    // Named by its id too, so a client can set that write aside and push the others again;
+    // a broken numbering names no write.
+    assert_eq!(r.json()["error"]["mutation"], 2);
+    let good = || mutation(1, "likes", "good", json!({}), 5);
+    let renumbered = server
+        .push(&alice.token, &batch("c1", vec![good(), good()], None))
+        .await;
+    assert_eq!(renumbered.error_code(), "invalid_mutation");
+    assert_eq!(renumbered.json()["error"].get("mutation"), None);
     let me = server.pull_ok(&alice.token, Some("0")).await;
     assert_eq!(me["changes"], json!([]));
     assert_eq!(me["cursor"], "0");
