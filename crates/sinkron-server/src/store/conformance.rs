@@ -311,19 +311,7 @@ async fn a_lowered_cap_evicts_the_oldest_by_stamp_then_client_and_key_bytewise(s
         ],
     )
     .await;
-    let live = || async {
-        let mut keys: Vec<String> = store
-            .pull(id, None, 100)
-            .await
-            .expect("pull")
-            .changes
-            .into_iter()
-            .filter(|c| c.value.is_some())
-            .map(|c| c.key)
-            .collect();
-        keys.sort();
-        keys
-    };
+    let live = || live_keys(store, id);
     let since = |version: u64| async move {
         store
             .pull(id, Some(version), 100)
@@ -403,7 +391,12 @@ pub(crate) async fn a_fourth_like_evicts_only_the_oldest(store: &dyn Store, id: 
         ..batch("c", &like, None)
     };
     store.push(id, batch).await.expect("push");
-    let mut live: Vec<String> = store
+    assert_eq!(live_keys(store, id).await, ["k2", "k3", "k4"]);
+}
+
+/// The keys of the user's records that hold a value, sorted.
+async fn live_keys(store: &dyn Store, id: super::UserId) -> Vec<String> {
+    let mut keys: Vec<String> = store
         .pull(id, None, 100)
         .await
         .expect("pull")
@@ -412,8 +405,8 @@ pub(crate) async fn a_fourth_like_evicts_only_the_oldest(store: &dyn Store, id: 
         .filter(|c| c.value.is_some())
         .map(|c| c.key)
         .collect();
-    live.sort();
-    assert_eq!(live, ["k2", "k3", "k4"]);
+    keys.sort();
+    keys
 }
 
 async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {
