@@ -340,6 +340,23 @@ fn writes_made_before_an_erasure_are_taken_and_not_stored() {
     assert_eq!((plan.ack, plan.version), (3, 50));
 }
 
+/// A cap on `likes`.
+fn likes_capped_at(max: u64) -> [Cap; 1] {
+    [Cap {
+        collection: "likes".into(),
+        max,
+    }]
+}
+
+/// A user at `version` whose live records number `records` and take `bytes`.
+fn holding(version: u64, records: i64, bytes: i64) -> UserState {
+    UserState {
+        version,
+        usage: Usage { records, bytes },
+        writes_after: 0,
+    }
+}
+
 fn held(key: &str, updated_at: u64, bytes: usize) -> Held {
     Held {
         key: key.into(),
@@ -351,18 +368,8 @@ fn held(key: &str, updated_at: u64, bytes: usize) -> Held {
 
 #[test]
 fn past_a_cap_the_oldest_records_become_tombstones_with_their_stamps() {
-    let caps = [Cap {
-        collection: "likes".into(),
-        max: 2,
-    }];
-    let user = UserState {
-        version: 10,
-        usage: Usage {
-            records: 2,
-            bytes: 4,
-        },
-        writes_after: 0,
-    };
+    let caps = likes_capped_at(2);
+    let user = holding(10, 2, 4);
     // "old" is stored, "mid" is stored and rewritten by the batch (now the newest), "new" is
     // added: three live records, one too many.
     let mutations = [m(1, "mid", Some("{}"), 40), m(2, "new", Some("{}"), 30)];
@@ -436,18 +443,8 @@ fn a_push_counts_what_each_collection_gains_and_loses() {
 
 #[test]
 fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
-    let caps = [Cap {
-        collection: "likes".into(),
-        max: 1,
-    }];
-    let user = UserState {
-        version: 5,
-        usage: Usage {
-            records: 1,
-            bytes: 2,
-        },
-        writes_after: 0,
-    };
+    let caps = likes_capped_at(1);
+    let user = holding(5, 1, 2);
     let mutations = [m(1, "old", Some("{}"), 5)];
     let batch = PushBatch {
         caps: &caps,
@@ -472,18 +469,8 @@ fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
 
 #[test]
 fn past_a_cap_a_push_reads_only_the_oldest_records_whatever_the_user_keeps() {
-    let caps = [Cap {
-        collection: "likes".into(),
-        max: 1_000,
-    }];
-    let user = UserState {
-        version: 1_000,
-        usage: Usage {
-            records: 1_000,
-            bytes: 2_000,
-        },
-        writes_after: 0,
-    };
+    let caps = likes_capped_at(1_000);
+    let user = holding(1_000, 1_000, 2_000);
     // A new record and a rewrite of a stored one: 1,001 live, one to evict. Of the 1,000
     // stored, 998 need not be read: the oldest may be the rewritten one, so one more than
     // the one evicted is read.
@@ -522,18 +509,8 @@ fn past_a_cap_a_push_reads_only_the_oldest_records_whatever_the_user_keeps() {
 
 #[test]
 fn handed_fewer_of_the_oldest_records_than_it_needs_a_cap_evicts_none() {
-    let caps = [Cap {
-        collection: "likes".into(),
-        max: 2,
-    }];
-    let user = UserState {
-        version: 10,
-        usage: Usage {
-            records: 2,
-            bytes: 4,
-        },
-        writes_after: 0,
-    };
+    let caps = likes_capped_at(2);
+    let user = holding(10, 2, 4);
     let mutations = [m(1, "new", Some("{}"), 30)];
     let batch = PushBatch {
         caps: &caps,
