@@ -193,6 +193,22 @@ struct Touched {
     rewritten: i64,
 }
 
+impl Touched {
+    /// [`Merge::unread`] for these records.
+    fn unread(self, cap: &Cap) -> i64 {
+        // The excess is `live - before + after - max`; each record written over a stored
+        // value may be one of the oldest read and then replaced by its write, so that many
+        // more are read.
+        #[allow(unused_mut)]
+        let mut rewritten = self.rewritten;
+        #[cfg(feature = "planted-bugs")]
+        if planted(Bug::CapReadsTooFew) {
+            rewritten = 0;
+        }
+        i64::try_from(cap.max).unwrap_or(i64::MAX) + self.before - self.after - rewritten
+    }
+}
+
 impl PushBatch<'_> {
     /// Refuses a batch whose ids at or below the client's ack carry writes the server never
     /// took under them. Every retry of a mutation the server took carries its original
@@ -594,17 +610,7 @@ impl<'a> Merge<'a> {
     /// `live - unread` (none when that is not positive), in the cap's order. A push reads
     /// only those, so its work does not grow with what the user keeps.
     pub fn unread(&self, cap: &Cap) -> i64 {
-        let held = self.held_in(&cap.collection);
-        // The excess is `live - before + after - max`; each record written over a stored
-        // value may be one of the oldest read and then replaced by its write, so that many
-        // more are read.
-        #[allow(unused_mut)]
-        let mut rewritten = held.rewritten;
-        #[cfg(feature = "planted-bugs")]
-        if planted(Bug::CapReadsTooFew) {
-            rewritten = 0;
-        }
-        i64::try_from(cap.max).unwrap_or(i64::MAX) + held.before - held.after - rewritten
+        self.held_in(&cap.collection).unread(cap)
     }
 
     /// Applies `cap` given `live`, how many records of its collection held a value as stored
@@ -612,15 +618,15 @@ impl<'a> Merge<'a> {
     /// ([`Merge::unread`]) in any order: the oldest past the cap, once this push's writes
     /// are in, become tombstones, each taking the user's next version.
     pub fn evict(&mut self, cap: &'a Cap, live: i64, mut oldest: Vec<Held>) {
-        // Fewer than it needs: the newest of them may not be among the oldest, and evicting
-        // from them could take a newer record. Evict nothing; the cap is applied again at the
+        let collection = cap.collection.as_str();
+        let held = self.held_in(collection);
+        // Fewer than it needs: an older record than those handed may be missing, and evicting
+        // from them could take a newer one. Evict nothing; the cap is applied again at the
         // next push that adds a record.
-        let needed = live.min(live - self.unread(cap));
+        let needed = live.min(live - held.unread(cap));
         if i64::try_from(oldest.len()).unwrap_or(i64::MAX) < needed {
             return;
         }
-        let collection = cap.collection.as_str();
-        let held = self.held_in(collection);
         let max = i64::try_from(cap.max).unwrap_or(i64::MAX);
         let excess = usize::try_from(live - held.before + held.after - max).unwrap_or(0);
         if excess == 0 {

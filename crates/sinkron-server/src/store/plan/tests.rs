@@ -357,6 +357,24 @@ fn holding(version: u64, records: i64, bytes: i64) -> UserState {
     }
 }
 
+/// `mutations` of client `c1` under `caps`, merged with `stored` (the row of each of the
+/// batch's records, in order).
+fn capped_merge<'a>(
+    caps: &'a [Cap],
+    user: UserState,
+    mutations: &'a [Mutation],
+    stored: Vec<Option<Stored>>,
+) -> Merge<'a> {
+    let batch = PushBatch {
+        caps,
+        ..batch("c1", mutations)
+    };
+    Planner::new(batch, user, ClientMark::default())
+        .expect("planner")
+        .merge(stored)
+        .expect("merge")
+}
+
 fn held(key: &str, updated_at: u64, bytes: usize) -> Held {
     Held {
         key: key.into(),
@@ -446,14 +464,7 @@ fn an_old_write_past_a_cap_is_evicted_at_once_in_its_own_row() {
     let caps = likes_capped_at(1);
     let user = holding(5, 1, 2);
     let mutations = [m(1, "old", Some("{}"), 5)];
-    let batch = PushBatch {
-        caps: &caps,
-        ..batch("c1", &mutations)
-    };
-    let mut merge = Planner::new(batch, user, ClientMark::default())
-        .expect("planner")
-        .merge(vec![None])
-        .expect("merge");
+    let mut merge = capped_merge(&caps, user, &mutations, vec![None]);
     assert_eq!(merge.unread(&caps[0]), 0, "the one live record is read");
     merge.evict(&caps[0], 1, vec![held("kept", 50, 2)]);
     let plan = merge.finish().expect("plan");
@@ -478,13 +489,8 @@ fn past_a_cap_a_push_reads_only_the_oldest_records_whatever_the_user_keeps() {
         m(1, "new", Some("{}"), 5_000),
         m(2, "k0", Some("{}"), 5_001),
     ];
-    let batch = PushBatch {
-        caps: &caps,
-        ..batch("c1", &mutations)
-    };
-    let planner = Planner::new(batch, user, ClientMark::default()).expect("planner");
     let found = vec![None, stored(100, "c0", Some(2))];
-    let mut merge = planner.merge(found).expect("merge");
+    let mut merge = capped_merge(&caps, user, &mutations, found);
     assert_eq!(merge.unread(&caps[0]), 998);
     merge.evict(
         &caps[0],
@@ -512,14 +518,7 @@ fn handed_fewer_of_the_oldest_records_than_it_needs_a_cap_evicts_none() {
     let caps = likes_capped_at(2);
     let user = holding(10, 2, 4);
     let mutations = [m(1, "new", Some("{}"), 30)];
-    let batch = PushBatch {
-        caps: &caps,
-        ..batch("c1", &mutations)
-    };
-    let mut merge = Planner::new(batch, user, ClientMark::default())
-        .expect("planner")
-        .merge(vec![None])
-        .expect("merge");
+    let mut merge = capped_merge(&caps, user, &mutations, vec![None]);
     // Two live records, one to evict, and it needs the oldest one: handed none.
     assert_eq!(merge.unread(&caps[0]), 1);
     merge.evict(&caps[0], 2, Vec::new());
