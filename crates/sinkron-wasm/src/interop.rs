@@ -106,7 +106,8 @@ fn run(
         return Ok(());
     }
     let engine = slot.as_mut().ok_or(Refusal::NotStarted)?;
-    let now = || call.u64("now");
+    // Every call but `init` carries the time (the driver adds it to each alike).
+    let now = call.u64("now")?;
     match name {
         // ----- what the UI reads -----
         "clientId" => {
@@ -122,7 +123,6 @@ fn run(
         }
         // ----- what the app does -----
         "write" => {
-            let now = now()?;
             let collection = call.str("collection")?;
             let key = call.str("key")?;
             // Only an object (or null, a delete) is a record value.
@@ -135,10 +135,9 @@ fn run(
         }
         "signIn" => {
             let user = call.str("user")?;
-            engine.sign_in(now()?, user);
+            engine.sign_in(now, user);
         }
         "signOut" => {
-            let now = now()?;
             // A session of Sinkron's own accounts, which the server is to end too.
             let end = call.opt_str("endSession")?;
             // How many writes were queued: flushed, and parked unless discarded.
@@ -149,10 +148,10 @@ fn run(
             j.number(queued as u64);
         }
         "flush" => {
-            engine.flush(now()?);
+            engine.flush(now);
         }
         "pushNow" => {
-            engine.push_now(now()?);
+            engine.push_now(now);
         }
         // ----- restoring a device's stored state, before any event -----
         "restore" => {
@@ -199,13 +198,12 @@ fn run(
             let next = call.u64("next")?;
             let mutations = list(call, "mutations", mutation)?;
             if name == "unpark" {
-                engine.unpark(now()?, client_id.into(), mutations);
+                engine.unpark(now, client_id.into(), mutations);
             } else {
                 engine.restore_outbox(client_id.into(), next, mutations);
             }
         }
         "adopt" => {
-            let now = now()?;
             let scope = call.opt_str("scope")?;
             let mut records = Vec::new();
             for n in call.items("records")? {
@@ -225,22 +223,22 @@ fn run(
         }
         // ----- events -----
         "timeout" => {
-            engine.handle_timeout(now()?);
+            engine.handle_timeout(now);
         }
         "visibility" => {
             let visible = call.bool("visible")?;
-            engine.handle_visibility(now()?, visible);
+            engine.handle_visibility(now, visible);
         }
         "focus" => {
-            engine.handle_focus(now()?);
+            engine.handle_focus(now);
         }
         "online" => {
             let online = call.bool("online")?;
-            engine.handle_online(now()?, online);
+            engine.handle_online(now, online);
         }
         "leadership" => {
             let leader = call.bool("leader")?;
-            engine.handle_leadership(now()?, leader);
+            engine.handle_leadership(now, leader);
         }
         // The answer to a request; or, with `snapshot` (a user id) in place of `id`, the
         // state the page was rendered from: the answer to a pull without a cursor that the
@@ -248,7 +246,6 @@ fn run(
         // own pull if it is the signed-in user's (the result says whether). A snapshot that
         // cannot be read is not taken.
         "reply" => {
-            let now = now()?;
             let user = call.opt_str("snapshot")?;
             let id = if user.is_some() { 0 } else { call.u64("id")? };
             let reply = reply(call, body)?;
@@ -267,15 +264,11 @@ fn run(
             engine.handle_reply(now, id, reply);
         }
         // A poke's `version`, or, without one, the stream's end with its answer's `status`.
-        "poke" => {
-            let now = now()?;
-            match call.opt_u64("version")? {
-                Some(version) => engine.handle_poke(now, version),
-                None => engine.handle_pokes_ended(now, call.u64("status")? as u16),
-            }
-        }
+        "poke" => match call.opt_u64("version")? {
+            Some(version) => engine.handle_poke(now, version),
+            None => engine.handle_pokes_ended(now, call.u64("status")? as u16),
+        },
         "tab" => {
-            let now = now()?;
             let message = tab_message(call.field("message")?)?;
             engine.handle_tab_message(now, message);
         }
@@ -486,7 +479,7 @@ mod tests {
     }
 
     fn status(slot: &mut Option<Engine>) -> String {
-        let answer = call(slot, r#"{"t":"status"}"#, "");
+        let answer = call(slot, r#"{"t":"status","now":1}"#, "");
         json::parse(&answer).unwrap().field("r").unwrap().raw.into()
     }
 
@@ -546,28 +539,30 @@ mod tests {
     fn malformed_and_unknown_calls_are_refused_with_what_was_wrong() {
         let mut slot = None;
         assert_eq!(
-            call(&mut slot, r#"{"t":"status"}"#, ""),
+            call(&mut slot, r#"{"t":"status","now":1}"#, ""),
             r#"{"e":{"code":"not_started","message":"no init call yet"}}"#
         );
         let mut slot = started();
         for (input, message) in [
             ("{", "json: expected a JSON text"),
-            (r#"{"t":"fly"}"#, "t: expected a call name"),
+            (r#"{"t":"fly","now":1}"#, "t: expected a call name"),
             (r#"{"now":1}"#, "t: expected a value"),
+            // Every call but init carries the time.
+            (r#"{"t":"status"}"#, "now: expected a value"),
             (
                 r#"{"t":"online","now":1,"online":"yes"}"#,
                 "online: expected true or false",
             ),
             (
-                r#"{"t":"restore","records":[]}"#,
+                r#"{"t":"restore","now":1,"records":[]}"#,
                 "partial: expected a value",
             ),
             (
-                r#"{"t":"restore","partial":false,"records":{}}"#,
+                r#"{"t":"restore","now":1,"partial":false,"records":{}}"#,
                 "records: expected an array",
             ),
             (
-                r#"{"t":"restore","partial":false,"records":[{"collection":"a","key":"b","value":null,"updatedAt":1,"clientId":"c"}]}"#,
+                r#"{"t":"restore","now":1,"partial":false,"records":[{"collection":"a","key":"b","value":null,"updatedAt":1,"clientId":"c"}]}"#,
                 "version: expected a value",
             ),
             (
@@ -679,7 +674,11 @@ mod tests {
         assert!(commands
             .iter()
             .any(|(t, c)| t == "cursor" && c.contains(r#""cursor":"9""#)));
-        let answer = call(&mut slot, r#"{"t":"collection","name":"likes"}"#, "");
+        let answer = call(
+            &mut slot,
+            r#"{"t":"collection","now":1,"name":"likes"}"#,
+            "",
+        );
         assert_eq!(
             json::parse(&answer).unwrap().field("r").unwrap().raw,
             r#"[{"key":"eé","value":{"on": true},"updatedAt":5,"clientId":"d"}]"#

@@ -346,13 +346,14 @@ export class SinkronClient {
       this.#cleanups.push(() => target.removeEventListener(type, handler));
     };
     if (this.#options.crossTab !== false) {
+      const receive = (message: TabMessage) => this.#call({ t: "tab", message });
       if (typeof BroadcastChannel === "function") {
         this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
-        this.#channel.onmessage = (m) => this.#receive(m.data as TabMessage);
+        this.#channel.onmessage = (m) => receive(m.data);
       } else {
         const onStorage = (ev: Event) => {
           const s = ev as StorageEvent;
-          if (s.key === MESSAGE_KEY && s.newValue) this.#receive(JSON.parse(s.newValue).message as TabMessage);
+          if (s.key === MESSAGE_KEY && s.newValue) receive(JSON.parse(s.newValue).message);
         };
         on(window, "storage", onStorage as () => void);
       }
@@ -483,10 +484,6 @@ export class SinkronClient {
     }
   }
 
-  #receive(message: TabMessage) {
-    this.#call({ t: "tab", message });
-  }
-
   #askLeadership() {
     if (this.#options.crossTab === false || !navigator.locks) {
       // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
@@ -528,7 +525,7 @@ export class SinkronClient {
    * token for the signed-in user; `null` when there is none to send (answered as a 401);
    * `undefined` in cookie mode, where the browser sends the site's cookie itself.
    */
-  async #authorization(c: { kind: string; freshToken: boolean; keepalive?: boolean }): Promise<string | null | undefined> {
+  async #authorization(c: { freshToken: boolean; keepalive?: boolean }): Promise<string | null | undefined> {
     const getToken = this.#options.getToken;
     if (this.#options.cookie && !getToken) return undefined;
     if (!getToken) {
@@ -560,7 +557,7 @@ export class SinkronClient {
     };
     let status = 0;
     try {
-      const authorization = await this.#authorization({ kind: "pull", freshToken: false });
+      const authorization = await this.#authorization({ freshToken: false });
       const headers: Record<string, string> = authorization ? { authorization } : {};
       const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
       const response = await fetch(`${this.#baseUrl}/api/user/me/events`, { headers, credentials, cache: "no-store", signal: stream.signal });

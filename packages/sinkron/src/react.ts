@@ -31,8 +31,8 @@ export interface UseUserSyncOptions {
 }
 
 /** Syncs `store` while the calling component is mounted; answers its status. */
-export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "stop" | "status">>(store: StoreApi<S>, { interval = 30000, onFocus = true, onLogin = true, crossTab = true, baseUrl, getToken, cookie = false, adoptLegacy, hot, pokes = false }: UseUserSyncOptions = {}) {
-  // An inline provider or adopter is a new function each render: syncing restarts only when
+export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "stop" | "status">>(store: StoreApi<S>, { interval, onFocus, onLogin, crossTab, baseUrl, getToken, cookie, adoptLegacy, hot, pokes }: UseUserSyncOptions = {}) {
+  // Options left out take the client's defaults. An inline provider or adopter is a new function each render: syncing restarts only when
   // one is added or removed, and always calls the latest.
   const latest = useRef({ getToken, adoptLegacy });
   latest.current = { getToken, adoptLegacy };

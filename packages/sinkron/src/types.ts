@@ -84,13 +84,13 @@ export type TabMessage = { scope: string | null } & (
   | { kind: "signedOut" }
 );
 
-/** A call into the engine: an event, an action of the app, a restore, or a question. */
+/** A call into the engine: an event, an action of the app, a restore, or a question. Every call but `init` carries the time, `now` (ms since the epoch). */
 export type Call =
   | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; pokes?: boolean; hot?: { collection: string; every: number }[]; seedHigh: number; seedLow: number }
-  | { t: "clientId" }
-  | { t: "user" }
-  | { t: "status" }
-  | { t: "collection"; name: string }
+  | { t: "clientId"; now: number }
+  | { t: "user"; now: number }
+  | { t: "status"; now: number }
+  | { t: "collection"; now: number; name: string }
   | { t: "write"; now: number; collection: string; key: string; value: Value | null }
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
@@ -100,13 +100,13 @@ export type Call =
   | { t: "flush"; now: number }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
-  | { t: "restore"; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }
+  | { t: "restore"; now: number; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }
   /** The app's data of `scope` from before Sinkron, asked for by an `adopt` command. */
   | { t: "adopt"; now: number; scope: string | null; records: LegacyRecord[] }
   /** Storing something of `scope` failed for lack of room; answers whether the engine freed some (then try again). */
-  | { t: "storageFull"; scope: string | null }
-  | { t: "adoptionOrder"; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
-  | { t: "restoreOutbox"; clientId: string; next: number; mutations: Mutation[] }
+  | { t: "storageFull"; now: number; scope: string | null }
+  | { t: "adoptionOrder"; now: number; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
+  | { t: "restoreOutbox"; now: number; clientId: string; next: number; mutations: Mutation[] }
   | { t: "timeout"; now: number }
   | { t: "visibility"; now: number; visible: boolean }
   | { t: "focus"; now: number }

@@ -40,13 +40,13 @@ async function scenario() {
   const change = (key, version) => ({ collection: "likes", key, value: { on: true }, updatedAt: NOW - 10, clientId: "other", version });
 
   run({ t: "init", interval: 30000, pullOnSignIn: true, pullOnFocus: true, pullOnOnline: true, adoptLegacy: true, pokes: true, hot: [{ collection: "history", every: 30000 }], seedHigh: 1, seedLow: 2 });
-  run({ t: "restore", user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [], adopted: [] });
+  run({ t: "restore", now: NOW, user: null, cursor: null, partial: false, records: [change("old", 1)], ending: [], adopted: [] });
   // The app's data from before: asked for at start, handed over.
   assert.ok(answers.at(-1).c.some((c) => c.t === "adopt"));
   run({ t: "adopt", now: NOW, scope: null, records: [{ collection: "history", key: "h0", value: { position: 3 }, updatedAt: NOW - 1000 }] });
-  const order = run({ t: "adoptionOrder", previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
+  const order = run({ t: "adoptionOrder", now: NOW, previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
-  run({ t: "restoreOutbox", clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });
+  run({ t: "restoreOutbox", now: NOW, clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });
   run({ t: "online", now: NOW, online: true });
   run({ t: "visibility", now: NOW, visible: true });
   run({ t: "focus", now: NOW });
@@ -56,7 +56,7 @@ async function scenario() {
   reply("push", 200, { ack: 3, cursor: "4", changes: [], more: false, serverTime: NOW });
   reply("pull", 200, { cursor: "5", changes: [change("e2", 5), { ...change("h1", 5), collection: "history" }], more: false, reset: true, serverTime: NOW });
   // The storage is full: the engine frees room (its oldest history).
-  assert.equal(run({ t: "storageFull", scope: "7" }).r, true);
+  assert.equal(run({ t: "storageFull", now: NOW, scope: "7" }).r, true);
   const { at } = run({ t: "write", now: NOW + 1, collection: "likes", key: "e3", value: { on: false } });
   run({ t: "timeout", now: at });
   reply("push", 200, { ack: 4, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });
@@ -82,8 +82,8 @@ async function scenario() {
   ]) {
     run({ t: "tab", now: NOW + 130_000, message });
   }
-  for (const t of ["clientId", "user", "status"]) run({ t });
-  run({ t: "collection", name: "likes" });
+  for (const t of ["clientId", "user", "status"]) run({ t, now: NOW + 130_000 });
+  run({ t: "collection", now: NOW + 130_000, name: "likes" });
   // A tab that does not lead asks the leader to pull.
   run({ t: "leadership", now: NOW + 135_000, leader: false });
   run({ t: "focus", now: NOW + 136_000 });
