@@ -2,7 +2,7 @@
 // `defineCollections`), in Debian's Chromium against the real server.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, open, recordsOf, signIn, signUp, withServer } from "./support.mjs";
+import { launch, open, openEpisodes, recordsOf, signIn, signUp, waitPressed, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -56,4 +56,38 @@ describe("an app's own collections", () => {
       assert.deepEqual(recordsOf(await server.state(token), "bookmarks"), {});
       await context.close();
     }));
+
+  test("a write the server refuses is set aside, and the other writes of its push still sync", () =>
+    withServer(
+      async (server) => {
+        const context = await browser.newContext();
+        const page = await open(context, server);
+        const token = await signUp(page, "partly");
+        await openEpisodes(page, "s04");
+        const pushes = [];
+        page.on("request", (r) => {
+          if (r.method() === "POST" && new URL(r.url()).pathname === "/api/user/me/changes") pushes.push(r.postDataJSON());
+        });
+        // Offline, the three writes wait for one push: a like (a collection this server
+        // does not know) between two favourites.
+        await context.setOffline(true);
+        await page.getByTestId("favorite-s03").click();
+        await page.getByTestId("like-s04e01").click();
+        await page.getByTestId("favorite-s04").click();
+        await waitPressed(page, "like-s04e01");
+        await context.setOffline(false);
+        await page.locator('[data-testid="sync-status"][data-error="rejected"][data-pending="0"]').waitFor();
+        // The like shows no more; the favourites stay, and the server holds them.
+        await waitPressed(page, "like-s04e01", "false");
+        await waitPressed(page, "favorite-s03");
+        const state = await server.state(token);
+        assert.deepEqual(Object.keys(recordsOf(state, "favorites")).sort(), ["s03", "s04"]);
+        assert.deepEqual(recordsOf(state, "likes"), {});
+        // One push with all three, refused for the like; then the two favourites at once.
+        const sent = pushes.map((p) => p.mutations.map((m) => `${m.collection}/${m.key}`));
+        assert.deepEqual(sent, [["favorites/s03", "likes/s04e01", "favorites/s04"], ["favorites/s03", "favorites/s04"]]);
+        await context.close();
+      },
+      ["--collections", "history,favorites,settings"],
+    ));
 });

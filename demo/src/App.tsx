@@ -135,7 +135,7 @@ function SyncStatus() {
     }
   }
   return (
-    <div className={`sync sync-${status.state}`} data-testid="sync-status" data-state={status.state} data-pending={status.pending}>
+    <div className={`sync sync-${status.state}`} data-testid="sync-status" data-state={status.state} data-pending={status.pending} data-error={status.error ?? ""}>
       <i aria-hidden="true" />
       {text}
     </div>

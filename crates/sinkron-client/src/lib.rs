@@ -699,11 +699,13 @@ async fn succeeded(response: reqwest::Response) -> Result<reqwest::Response, Fai
     let error = response.json::<ErrorBody>().await.ok().map(|b| b.error);
     let ack = error.as_ref().and_then(|e| e.ack);
     let code = error.as_ref().map(|e| e.code.as_str());
+    let mutation = error.as_ref().and_then(|e| e.mutation);
     Err(Failure::from_status(
         status.as_u16(),
         retry_after_ms,
         ack,
         code,
+        mutation,
     ))
 }
 

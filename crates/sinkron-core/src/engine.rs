@@ -680,11 +680,25 @@ impl Engine {
                     self.error = Some(SyncError::Unauthorized);
                 }
             }
-            Reply::Failed(Failure::Rejected { status }) => {
+            Reply::Failed(Failure::Rejected { status, mutation }) => {
                 self.error = Some(SyncError::Rejected(status));
                 match request.pushed_max {
-                    // A push the server will never take: drop it rather than retry forever.
-                    Some(max) => self.acknowledge(max, None),
+                    Some(max) => {
+                        // The one write the server names as refused keeps its id and is
+                        // dropped with the push; the others (nothing of the push was
+                        // applied) take new ids and go again at once. Without a name, the
+                        // push is one the server will never take: dropped rather than
+                        // retried forever.
+                        let refused = mutation
+                            .filter(|&m| m <= max && self.view.outbox.iter().any(|p| p.id == m));
+                        if let Some(m) = refused {
+                            self.renumber_above(max, m);
+                        }
+                        self.acknowledge(max, None);
+                        self.push_leftovers();
+                        // What was refused shows no more.
+                        self.commands.push_back(Command::Notify(Notice::Everything));
+                    }
                     // A pull with a cursor the server does not accept: what we hold is not
                     // from this server's history (a restored or replaced database, say), so
                     // none of it can be trusted to be newer. Start over from nothing.
@@ -702,7 +716,7 @@ impl Engine {
             }
             Reply::Failed(Failure::IdsReused { ack }) => {
                 if request.pushed_max.is_some() {
-                    self.renumber_above(ack);
+                    self.renumber_above(ack, 0);
                 }
             }
             // An answer with nothing in it to a pull or a push is not one.
@@ -1734,10 +1748,11 @@ impl Engine {
     /// The server holds ids up to `ack` of this client id for other writes (this client's
     /// numbering was lost): every pending write takes a new id above both `ack` and every id
     /// this engine has used, and is sent again at once. Nothing is dropped, and a late copy
-    /// of the refused batch (a keepalive flush, say) is refused the same way.
-    fn renumber_above(&mut self, ack: u64) {
+    /// of the refused batch (a keepalive flush, say) is refused the same way. The write `but`
+    /// (one the server refused, 0 for none) keeps its id, to be dropped by an acknowledgement.
+    fn renumber_above(&mut self, ack: u64, but: u64) {
         self.next_id = self.next_id.max(ack.saturating_add(1));
-        for p in &mut self.view.outbox {
+        for p in self.view.outbox.iter_mut().filter(|p| p.id != but) {
             p.id = self.next_id;
             self.next_id += 1;
         }

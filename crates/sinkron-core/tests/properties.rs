@@ -563,7 +563,10 @@ impl Driver {
                     }
                     (Outcome::Unauthorized, _) => Reply::Failed(Failure::Unauthorized),
                     (Outcome::TokenExpired, _) => Reply::Failed(Failure::TokenExpired),
-                    (Outcome::Rejected, _) => Reply::Failed(Failure::Rejected { status: 400 }),
+                    (Outcome::Rejected, _) => Reply::Failed(Failure::Rejected {
+                        status: 400,
+                        mutation: None,
+                    }),
                     (Outcome::IdsReused, ack) => Reply::Failed(Failure::IdsReused {
                         ack: ack.unwrap_or(0) + 1,
                     }),

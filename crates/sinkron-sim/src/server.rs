@@ -333,7 +333,8 @@ impl Server {
             let ack = error.as_ref().and_then(|b| b.error.ack);
             let code = error.as_ref().map(|b| b.error.code.as_str());
             let retry_after_ms = retry_after.map(|s| s * 1000);
-            Failure::from_status(status.as_u16(), retry_after_ms, ack, code)
+            let mutation = error.as_ref().and_then(|b| b.error.mutation);
+            Failure::from_status(status.as_u16(), retry_after_ms, ack, code, mutation)
         };
         let mut clamps = Vec::new();
         let (reply, summary) = match request {

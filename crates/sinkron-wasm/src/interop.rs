@@ -326,6 +326,8 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Invalid> {
     let error = parsed.as_ref().and_then(|b| b.get("error"));
     let code = error.and_then(|e| e.opt_str("code").ok()?);
     let ack = error.and_then(|e| e.opt_u64("ack").ok()?);
+    // The write a push's 422 names as refused: set aside, the others pushed again.
+    let mutation = error.and_then(|e| e.opt_u64("mutation").ok()?);
     // `Retry-After` in whole seconds (an HTTP date is not used by the server).
     let retry_after_ms = seconds_ms(call.opt_str("retryAfter")?).filter(|&ms| ms > 0);
     let status = u16::try_from(status).map_err(|_| invalid("status", "an HTTP status"))?;
@@ -334,6 +336,7 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Invalid> {
         retry_after_ms,
         ack,
         code,
+        mutation,
     )))
 }
 
@@ -683,6 +686,49 @@ mod tests {
             json::parse(&answer).unwrap().field("r").unwrap().raw,
             r#"[{"key":"eé","value":{"on": true},"updatedAt":5,"clientId":"d"}]"#
         );
+    }
+
+    #[test]
+    fn a_push_refused_for_one_named_write_goes_again_without_it() {
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
+        );
+        run_ok(
+            &mut slot,
+            &reply,
+            r#"{"cursor":"1","changes":[],"more":false,"serverTime":1}"#,
+        );
+        for key in ["a", "b"] {
+            let write = format!(
+                r#"{{"t":"write","now":{NOW},"collection":"likes","key":"{key}","value":{{}}}}"#
+            );
+            run_ok(&mut slot, &write, "");
+        }
+        let due = format!(r#"{{"t":"timeout","now":{}}}"#, NOW + 10_000);
+        let (id, push) = sent(&run_ok(&mut slot, &due, ""));
+        let ids: Vec<u64> = json::parse(&push)
+            .unwrap()
+            .field("body")
+            .unwrap()
+            .items("mutations")
+            .unwrap()
+            .iter()
+            .map(|m| m.u64("id").unwrap())
+            .collect();
+        assert_eq!(ids.len(), 2, "{push}");
+        let reply = format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"push","status":422,"retryAfter":null}}"#
+        );
+        let body = format!(
+            r#"{{"error":{{"code":"invalid_mutation","message":"no","mutation":{}}}}}"#,
+            ids[0]
+        );
+        let (_, again) = sent(&run_ok(&mut slot, &reply, &body));
+        assert!(again.contains(r#""key":"b""#), "{again}");
+        assert!(!again.contains(r#""key":"a""#), "{again}");
+        assert!(status(&mut slot).contains(r#""error":"rejected""#));
     }
 
     #[test]

@@ -171,8 +171,10 @@ pub enum Failure {
     /// this client id with writes the server has never seen, so this client lost its
     /// numbering. Nothing was applied; the writes are renumbered above `ack` and sent again.
     IdsReused { ack: u64 },
-    /// Any other 4xx: the request can never succeed as it is.
-    Rejected { status: u16 },
+    /// Any other 4xx: the request can never succeed as it is. `mutation` is the `mutation`
+    /// field of the error body: the id of the one write of a push that the server refused
+    /// (422 `invalid_mutation`); nothing of the push was applied, so the others go again.
+    Rejected { status: u16, mutation: Option<u64> },
 }
 
 impl Failure {
@@ -180,12 +182,13 @@ impl Failure {
     /// uses. `status` 0 means no answer at all (a network error, or a body that could not be
     /// read); `retry_after_ms` is the `Retry-After` header; `ack` is the `ack` field of the
     /// error body, which only a 409 `mutation_id_reused` carries; `code` is the error body's
-    /// `code`, if it had one.
+    /// `code`, if it had one, and `mutation` its `mutation` (a refused write's id).
     pub fn from_status(
         status: u16,
         retry_after_ms: Option<u64>,
         ack: Option<u64>,
         code: Option<&str>,
+        mutation: Option<u64>,
     ) -> Failure {
         match (status, ack) {
             (0 | 408, _) => Failure::Network,
@@ -193,7 +196,7 @@ impl Failure {
             (401, _) => Failure::Unauthorized,
             (409, Some(ack)) => Failure::IdsReused { ack },
             (429 | 500..=599, _) => Failure::Unavailable { retry_after_ms },
-            _ => Failure::Rejected { status },
+            _ => Failure::Rejected { status, mutation },
         }
     }
 }

@@ -993,12 +993,96 @@ fn a_token_still_expired_after_a_refresh_stops_requests_and_keeps_the_writes() {
 }
 
 #[test]
+fn a_write_the_server_names_as_refused_is_set_aside_and_the_others_go_again_at_once() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"p":1}"#);
+    tab.write("e2", r#"{"p":2}"#);
+    tab.write("e3", r#"{"p":3}"#);
+    tab.fire();
+    let (id, request) = tab.only_send();
+    let Request::Push { mutations, .. } = request else {
+        panic!("{request:?}")
+    };
+    let refused = mutations[1].id;
+    tab.reply(
+        id,
+        Reply::Failed(Failure::Rejected {
+            status: 422,
+            mutation: Some(refused),
+        }),
+    );
+    let commands = tab.drain();
+    assert_eq!(tab.value("e2"), None, "the refused write shows no more");
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
+    assert_eq!(tab.engine.status().pending, 2);
+    assert_eq!(tab.engine.status().error, Some(SyncError::Rejected(422)));
+    assert!(commands
+        .iter()
+        .any(|c| matches!(c, Command::Notify(Notice::Everything))));
+    // The other tabs drop their copies of the push's writes, the refused one with them.
+    assert!(Tab::broadcasts(&commands)
+        .iter()
+        .any(|m| matches!(m.body, TabBody::Acked { ack, .. } if ack == mutations[2].id)));
+    // The stored outbox holds the other two.
+    let stored = commands.iter().rev().find_map(|c| match c {
+        Command::Persist(Persist::Outbox { mutations, .. }) => Some(mutations.clone()),
+        _ => None,
+    });
+    let keys = |ms: &[Mutation]| ms.iter().map(|m| m.key.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        stored.as_deref().map(keys),
+        Some(vec!["e1".to_owned(), "e3".to_owned()])
+    );
+    // Sent again at once, in the same answer, not after a backoff.
+    let again = commands.iter().find_map(|c| match c {
+        Command::Send {
+            request: Request::Push { mutations, .. },
+            ..
+        } => Some(mutations.clone()),
+        _ => None,
+    });
+    let again = again.expect("pushed again");
+    assert_eq!(keys(&again), vec!["e1".to_owned(), "e3".to_owned()]);
+    // Numbered anew, above the refused push: the acknowledgement the other tabs heard
+    // covers none of them.
+    assert!(again.iter().all(|m| m.id > mutations[2].id), "{again:?}");
+}
+
+#[test]
+fn a_refusal_naming_no_write_of_the_push_drops_the_push() {
+    for named in [None, Some(99)] {
+        let mut tab = Tab::leader();
+        tab.write("e1", "{}");
+        tab.write("e2", "{}");
+        tab.fire();
+        let (id, _) = tab.only_send();
+        let rejected = Failure::Rejected {
+            status: 422,
+            mutation: named,
+        };
+        tab.reply(id, Reply::Failed(rejected));
+        assert_eq!(tab.engine.status().pending, 0, "{named:?}");
+        assert_eq!(tab.value("e1"), None, "{named:?}");
+        assert!(tab
+            .drain()
+            .iter()
+            .any(|c| matches!(c, Command::Notify(Notice::Everything))));
+    }
+}
+
+#[test]
 fn a_rejected_push_is_dropped_instead_of_retried_forever() {
     let mut tab = Tab::leader();
     tab.write("e1", "{}");
     tab.fire();
     let (id, _) = tab.only_send();
-    tab.reply(id, Reply::Failed(Failure::Rejected { status: 422 }));
+    tab.reply(
+        id,
+        Reply::Failed(Failure::Rejected {
+            status: 422,
+            mutation: None,
+        }),
+    );
     assert_eq!(tab.engine.status().pending, 0);
     assert_eq!(tab.engine.status().error, Some(SyncError::Rejected(422)));
     let acked = Tab::broadcasts(&tab.drain());
@@ -1203,20 +1287,26 @@ fn a_push_refused_for_reused_ids_is_renumbered_and_sent_again() {
 #[test]
 fn answers_are_classified_once_for_every_driver() {
     use Failure::*;
-    let class = |status, retry, ack| Failure::from_status(status, retry, ack, None);
+    let class = |status, retry, ack| Failure::from_status(status, retry, ack, None, None);
     assert_eq!(class(0, None, None), Network);
     assert_eq!(class(408, None, None), Network);
     assert_eq!(class(401, None, None), Unauthorized);
     assert_eq!(
-        Failure::from_status(401, None, None, Some("token_expired")),
+        Failure::from_status(401, None, None, Some("token_expired"), None),
         TokenExpired
     );
     assert_eq!(
-        Failure::from_status(401, None, None, Some("unauthorized")),
+        Failure::from_status(401, None, None, Some("unauthorized"), None),
         Unauthorized
     );
     assert_eq!(class(409, None, Some(4)), IdsReused { ack: 4 });
-    assert_eq!(class(409, None, None), Rejected { status: 409 });
+    assert_eq!(
+        class(409, None, None),
+        Rejected {
+            status: 409,
+            mutation: None
+        }
+    );
     assert_eq!(
         class(429, Some(3000), None),
         Unavailable {
@@ -1229,7 +1319,20 @@ fn answers_are_classified_once_for_every_driver() {
             retry_after_ms: None
         }
     );
-    assert_eq!(class(422, None, None), Rejected { status: 422 });
+    assert_eq!(
+        class(422, None, None),
+        Rejected {
+            status: 422,
+            mutation: None
+        }
+    );
+    assert_eq!(
+        Failure::from_status(422, None, None, Some("invalid_mutation"), Some(7)),
+        Rejected {
+            status: 422,
+            mutation: Some(7)
+        }
+    );
 }
 
 #[test]
@@ -1664,7 +1767,13 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
             last_sync: Some("50".into())
         }
     );
-    tab.reply(id, Reply::Failed(Failure::Rejected { status: 400 }));
+    tab.reply(
+        id,
+        Reply::Failed(Failure::Rejected {
+            status: 400,
+            mutation: None,
+        }),
+    );
     assert_eq!(tab.value("e1"), None, "nothing of the old history survives");
     let commands = tab.drain();
     assert!(commands
