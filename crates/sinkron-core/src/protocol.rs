@@ -21,8 +21,9 @@ pub use crate::limits::{
 /// ([`crate::Engine::handle_poll_interval`]).
 pub const POLL_INTERVAL_HEADER: &str = "sinkron-poll-interval";
 
-/// Cursors at or above this name a place inside a whole state sent in pages (2^62 plus the
-/// version of the page's last row), not a version: versions stay below 2^53. Only the last
+/// Cursors at or above this name a place inside a whole state sent in pages (the version of
+/// the page's last row and the one the whole state began at, encoded by the server's
+/// `plan::WholeCursor`), not a version: versions stay below 2^53. Only the last
 /// page's cursor of a whole state is the user's version, which tells a client what the whole
 /// state covers.
 pub const WHOLE_STATE: u64 = 1 << 62;

@@ -21,7 +21,7 @@ use sinkron_core::Mutation;
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::pace::POLL_INTERVAL_HEADER;
-use crate::store::plan::WHOLE_STATE;
+use crate::store::plan::WholeCursor;
 use crate::store::{Page, PushBatch, Quota, UserId};
 use crate::AppState;
 
@@ -35,15 +35,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A cursor is the user's version in decimal, or a place inside a whole state sent in pages
-/// ([`WHOLE_STATE`] plus a version). Anything else, or one ahead of the user, was not issued
-/// by this server.
+/// (at or above [`WHOLE_STATE`](crate::store::plan::WHOLE_STATE), see [`WholeCursor`]). Anything else, or one ahead of the
+/// user, was not issued by this server.
 fn parse_cursor(text: &str, version: u64) -> Result<u64, ApiError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::invalid_cursor());
     }
     match text.parse::<u64>() {
         Ok(c) if c <= version => Ok(c),
-        Ok(c) if c >= WHOLE_STATE && c - WHOLE_STATE <= version => Ok(c),
+        Ok(c) if WholeCursor::parse(c).is_some_and(|place| place.valid(version)) => Ok(c),
         _ => Err(ApiError::invalid_cursor()),
     }
 }
@@ -418,6 +418,18 @@ mod tests {
             "99999999999999999999999",
         ] {
             assert!(parse_cursor(bad, 9).is_err(), "{bad:?}");
+        }
+        // Places in a whole state: of either form, and not past the user's version.
+        let place = |after, began| WholeCursor { after, began }.encode();
+        for (cursor, version, valid) in [
+            (place(9, Some(9)), 9, true),
+            (place(5, None), 9, true),
+            (place(10, Some(9)), 9, false),
+            (place(5, Some(10)), 9, false),
+            (place(10, None), 9, false),
+        ] {
+            let text = cursor.to_string();
+            assert_eq!(parse_cursor(&text, version).is_ok(), valid, "{text}");
         }
     }
 

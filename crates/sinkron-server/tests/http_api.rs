@@ -1073,8 +1073,10 @@ async fn pulls_page_by_the_default_page_size(backend: Backend) {
     push_records(&server, &alice.token, 1500).await;
 
     // A pull without a cursor is the whole state: the cursor of its first page names the
-    // place inside it (2^62 + 1000), not a version.
-    for (start, next) in [(None, "4611686018427388904"), (Some("0"), "1000")] {
+    // place inside it (after version 1000, of a whole state begun at 1500: 2^62 + 2^61 +
+    // 1500 * 2^32 + 1000), not a version.
+    let inside = (1u64 << 62 | 1 << 61 | 1500 << 32 | 1000).to_string();
+    for (start, next) in [(None, inside.as_str()), (Some("0"), "1000")] {
         let first = server.pull_ok(&alice.token, start).await;
         assert_eq!(first["changes"].as_array().expect("changes").len(), 1000);
         assert_eq!(first["more"], true);
@@ -1087,6 +1089,15 @@ async fn pulls_page_by_the_default_page_size(backend: Backend) {
         assert_eq!(second["cursor"], "1500");
         assert_eq!(second["changes"][0]["version"], 1001);
     }
+    // The form of servers before (2^62 + 1000, its start unknown) goes on as it did.
+    let older = server
+        .pull_ok(&alice.token, Some("4611686018427388904"))
+        .await;
+    assert_eq!(
+        (older["cursor"].as_str(), older["more"].as_bool()),
+        (Some("1500"), Some(false))
+    );
+    assert_eq!(older["changes"][0]["version"], 1001);
     assert_eq!(server.state(&alice.token).await.len(), 1500);
 }
 

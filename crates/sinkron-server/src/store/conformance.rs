@@ -50,6 +50,7 @@ pub async fn run(store: &dyn Store) {
     a_retry_is_not_applied_again_when_its_stamp_was_clamped(store).await;
     compaction_raises_the_horizon(store).await;
     a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(store).await;
+    a_whole_state_begun_before_the_horizon_starts_again(store).await;
     client_ids_compare_bytewise_and_keys_keep_every_character(store).await;
     concurrent_pushes_take_distinct_versions(store).await;
     the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(store).await;
@@ -931,6 +932,70 @@ async fn a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(stor
         assert_eq!(page.cursor, 9, "{since:?}");
         assert_eq!(keys, ["a", "b", "c", "d", "g"], "{since:?}");
     }
+}
+
+/// A page of a whole state kept from long ago (a cached server-rendered page) goes on only
+/// while no tombstone newer than the whole state's start was compacted: the delete of a
+/// record its first page held, made since, reaches the client as a tombstone on a later page;
+/// once compaction took that tombstone the record would stay on the client for ever, so the
+/// whole state starts again.
+async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) {
+    let id = store.create_user("kept", "phc", 1).await.expect("create");
+    let live = [
+        m(1, "a", Some("{}"), 10),
+        m(2, "b", Some("{}"), 10),
+        m(3, "c", Some("{}"), 10),
+        m(4, "d", Some("{}"), 10),
+    ];
+    store
+        .push(id, batch("c1", &live, None))
+        .await
+        .expect("push");
+    let first = store.pull(id, None, 2).await.expect("first page");
+    assert!(first.more);
+    // Since the first page: `a` deleted, then `e` written, at 2_000.
+    let later = [m(5, "a", None, 20), m(6, "e", Some("{}"), 20)];
+    let at_2000 = PushBatch {
+        now_ms: 2_000,
+        ..batch("c1", &later, None)
+    };
+    store.push(id, at_2000).await.expect("push");
+    let pages = |since| async move {
+        let mut page = store.pull(id, Some(since), 2).await.expect("page");
+        let reset = page.reset;
+        let mut rows: Vec<(String, bool)> = Vec::new();
+        loop {
+            rows.extend(
+                page.changes
+                    .iter()
+                    .map(|c| (c.key.clone(), c.value.is_some())),
+            );
+            if !page.more {
+                return (reset, rows);
+            }
+            page = store
+                .pull(id, Some(page.cursor), 2)
+                .await
+                .expect("next page");
+        }
+    };
+    let (reset, rows) = pages(first.cursor).await;
+    assert!(!reset);
+    assert!(
+        rows.contains(&("a".into(), false)),
+        "the delete comes: {rows:?}"
+    );
+    // Its tombstone compacted: going on from the first page would never bring the delete.
+    assert!(store.compact_tombstones(3_000).await.expect("compact") >= 1);
+    let (reset, rows) = pages(first.cursor).await;
+    assert!(reset, "the whole state starts again: {rows:?}");
+    let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["b", "c", "d", "e"]);
+    // A whole state begun since goes on from its pages as before.
+    let first = store.pull(id, None, 2).await.expect("first page");
+    let (reset, rows) = pages(first.cursor).await;
+    assert!(!reset);
+    assert_eq!(rows, [("d".into(), true), ("e".into(), true)]);
 }
 
 async fn client_ids_compare_bytewise_and_keys_keep_every_character(store: &dyn Store) {

@@ -720,10 +720,12 @@ impl PushBatch<'_> {
 }
 
 /// Where a page starts: after the client's cursor when it lies between the user's horizon
-/// and version; otherwise from the start, as the whole state (every stored record,
-/// tombstones included), which is a reset when a cursor was given. A cursor ahead of the
-/// version cannot come from this server (callers reject it); it is treated like one behind
-/// the horizon rather than answered with nothing forever. Every backend pages by this rule.
+/// and version; inside a whole state, after the place its cursor names while no tombstone
+/// newer than the whole state's start was compacted; otherwise from the start, as the whole
+/// state (every stored record, tombstones included), which is a reset when a cursor was given.
+/// A cursor ahead of the version cannot come from this server (callers reject it); it is
+/// treated like one behind the horizon rather than answered with nothing forever. Every
+/// backend pages by this rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageStart {
     /// The page holds the rows above this version.
@@ -732,38 +734,97 @@ pub struct PageStart {
     pub reset: bool,
     /// The page is (part of) the whole state: a cursor into it is a [`WHOLE_STATE`] cursor.
     pub whole: bool,
+    /// The user's version when the whole state began (its first page), when known: carried
+    /// in its cursors (see [`WholeCursor`]).
+    pub began: Option<u64>,
 }
 
 /// Cursors at or above this name a place inside a whole state being sent in pages: the rows
-/// above `cursor - WHOLE_STATE`, whatever the compaction horizon. Without them a whole state
+/// above a version, whatever the compaction horizon below it. Without them a whole state
 /// whose page ended below the horizon would be started again at each next page, for ever
 /// (the cursor of a page is its last row's version, which may lie below the horizon when
 /// tombstones above it were compacted).
 pub use sinkron_core::protocol::WHOLE_STATE;
 
+/// A place in a whole state, as its cursor names it: the rows above `after`, of a whole state
+/// that began at the user's version `began`. The cursor is `2^62 + 2^61 + began · 2^32 + after`
+/// when `began` is below 2^29 and `after` below 2^32 (every user short of half a billion
+/// versions); else, like the cursors of servers before it, `2^62 + after`, whose start is
+/// unknown. The start is what makes a page from long ago safe to go on from: the deletes
+/// since it began are on later pages as tombstones, unless compaction took them (the
+/// horizon passed `began`), and then the whole state starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WholeCursor {
+    pub after: u64,
+    pub began: Option<u64>,
+}
+
+const WITH_START: u64 = WHOLE_STATE | 1 << 61;
+const AFTER_BITS: u32 = 32;
+const BEGAN_MAX: u64 = (1 << 29) - 1;
+const AFTER_MAX: u64 = (1 << AFTER_BITS) - 1;
+
+impl WholeCursor {
+    /// The place a cursor names, if it is a whole state's.
+    pub fn parse(cursor: u64) -> Option<WholeCursor> {
+        if (WITH_START..1 << 63).contains(&cursor) {
+            Some(WholeCursor {
+                after: cursor & AFTER_MAX,
+                began: Some((cursor >> AFTER_BITS) & BEGAN_MAX),
+            })
+        } else if (WHOLE_STATE..WITH_START).contains(&cursor) {
+            Some(WholeCursor {
+                after: cursor - WHOLE_STATE,
+                began: None,
+            })
+        } else {
+            None
+        }
+    }
+
+    pub fn encode(self) -> u64 {
+        match self.began {
+            Some(began) if began <= BEGAN_MAX && self.after <= AFTER_MAX => {
+                WITH_START | began << AFTER_BITS | self.after
+            }
+            _ => WHOLE_STATE + self.after,
+        }
+    }
+
+    /// Whether this server could have issued it to a user at `version`.
+    pub fn valid(self, version: u64) -> bool {
+        self.after <= version && self.began.is_none_or(|b| b <= version)
+    }
+}
+
 impl PageStart {
     pub fn new(since: Option<u64>, horizon: u64, version: u64) -> PageStart {
+        let from_start = |reset| PageStart {
+            after: 0,
+            reset,
+            whole: true,
+            began: Some(version),
+        };
         match since {
-            Some(cursor) if cursor >= WHOLE_STATE && cursor - WHOLE_STATE <= version => PageStart {
-                after: cursor - WHOLE_STATE,
-                reset: false,
-                whole: true,
+            Some(cursor) if cursor >= WHOLE_STATE => match WholeCursor::parse(cursor) {
+                Some(place) if place.valid(version) && place.began.is_none_or(|b| b >= horizon) => {
+                    PageStart {
+                        after: place.after,
+                        reset: false,
+                        whole: true,
+                        began: place.began,
+                    }
+                }
+                _ => from_start(true),
             },
             Some(cursor) if (horizon..=version).contains(&cursor) => PageStart {
                 after: cursor,
                 reset: false,
                 whole: false,
+                began: None,
             },
-            Some(_) => PageStart {
-                after: 0,
-                reset: true,
-                whole: true,
-            },
-            None => PageStart {
-                after: 0,
-                reset: false,
-                whole: true,
-            },
+            Some(_) => from_start(true),
+            None => from_start(false),
         }
     }
 }
@@ -772,10 +833,9 @@ impl Page {
     /// A version the user is known to have reached: the cursor, or the version inside a
     /// [`WHOLE_STATE`] cursor (which is no version itself).
     pub fn version_seen(&self) -> u64 {
-        if self.cursor >= WHOLE_STATE {
-            self.cursor - WHOLE_STATE
-        } else {
-            self.cursor
+        match WholeCursor::parse(self.cursor) {
+            Some(place) => place.after.max(place.began.unwrap_or(0)),
+            None => self.cursor,
         }
     }
 
@@ -792,7 +852,11 @@ impl Page {
         let more = changes.len() > limit;
         changes.truncate(limit);
         let cursor = match changes.last() {
-            Some(last) if more && start.whole => last.version + WHOLE_STATE,
+            Some(last) if more && start.whole => WholeCursor {
+                after: last.version,
+                began: start.began,
+            }
+            .encode(),
             Some(last) if more => last.version,
             _ => version,
         };

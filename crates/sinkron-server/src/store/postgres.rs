@@ -51,7 +51,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::pg_cache::{self, Cache, Listening};
-use super::plan::{PageStart, Plan, Planner, Stored, UserState};
+use super::plan::{PageStart, Plan, Planner, Stored, UserState, WholeCursor};
 use super::{
     copy_err, restored_floor, subject_username, take_group, Attempts, Cap, ClientMark, Held,
     OpenError, Page, PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage,
@@ -136,19 +136,20 @@ const SESSION_SQL: &str = "SELECT u.id, u.username, u.version, t.last_used_at, u
      FROM tokens t
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1";
 
-/// A page in one statement, so the version, the horizon and the rows are one snapshot. The
-/// cursor `$2` is honoured when it lies between the horizon and the version, or names a place
-/// in a whole state ([`WHOLE_STATE`](super::plan::WHOLE_STATE), 2^62); otherwise (or when
-/// NULL) the page is the whole state from the start, tombstones included: the rule of
-/// [`PageStart`], which `read_page` applies to what this returns.
+/// A page in one statement, so the version, the horizon and the rows are one snapshot. A
+/// place in a whole state (`$2`, the rows after it, of a whole state begun at version `$4`,
+/// NULL when unknown: a [`WholeCursor`]) is honoured while the horizon has not passed its
+/// start; a cursor (`$5`) when it lies between the horizon and the version; otherwise (or
+/// when both are NULL) the page is the whole state from the start, tombstones included: the
+/// rule of [`PageStart`], which `read_page` applies to what this returns.
 const PAGE_SQL: &str = "SELECT u.version, u.horizon,
             r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
      FROM users u
      CROSS JOIN LATERAL (SELECT CASE
-                 WHEN $2::int8 >= 4611686018427387904
-                      AND $2::int8 - 4611686018427387904 <= u.version
-                     THEN $2::int8 - 4611686018427387904
-                 WHEN $2::int8 >= u.horizon AND $2::int8 <= u.version THEN $2::int8
+                 WHEN $2::int8 <= u.version
+                      AND ($4::int8 IS NULL OR $4::int8 BETWEEN u.horizon AND u.version)
+                     THEN $2::int8
+                 WHEN $5::int8 >= u.horizon AND $5::int8 <= u.version THEN $5::int8
                  ELSE 0 END AS after) f
      LEFT JOIN LATERAL (
          SELECT r.collection, r.key, r.value, r.updated_at, r.client_id, r.version
@@ -656,11 +657,17 @@ async fn read_page<C: GenericClient>(
     since: Option<u64>,
     limit: usize,
 ) -> Result<Page, StoreError> {
-    let since_i64 = since.map(|c| to_i64(c, "cursor")).transpose()?;
+    let place = since.and_then(WholeCursor::parse);
+    let int = |v: Option<u64>| v.map(|v| to_i64(v, "cursor")).transpose();
+    let (after, began) = (
+        int(place.map(|p| p.after))?,
+        int(place.and_then(|p| p.began))?,
+    );
+    let cursor = int(since.filter(|_| place.is_none()))?;
     let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let stmt = client.prepare_cached(PAGE_SQL).await.map_err(store_err)?;
     let rows = client
-        .query(&stmt, &[&user_id, &since_i64, &limit_plus])
+        .query(&stmt, &[&user_id, &after, &limit_plus, &began, &cursor])
         .await
         .map_err(store_err)?;
     let first = rows.first().ok_or(StoreError::NotFound)?;

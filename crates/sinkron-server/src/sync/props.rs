@@ -6,6 +6,9 @@
 //! record of failing seeds in the source tree.
 
 use super::*;
+
+/// Versions stay below 2^53 (exact in a JavaScript number).
+const VERSION_END: u64 = 1 << 53;
 use axum::body::Body;
 use axum::extract::FromRequest;
 use proptest::prelude::*;
@@ -185,29 +188,39 @@ proptest! {
             "[+-]?[0-9]{1,22}",
             "[0-9 ]{0,4}",
             "461168601842738[0-9]{4}",
+            "6917529027641[0-9]{6}",
         ],
-        version in prop_oneof![0..WHOLE_STATE, 0u64..100],
+        version in prop_oneof![0..VERSION_END, 0u64..100],
     ) {
         let expected = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
             .then(|| text.parse::<u64>().ok())
             .flatten()
             .filter(|c| {
-                *c <= version || (*c >= WHOLE_STATE && *c - WHOLE_STATE <= version)
+                *c <= version || WholeCursor::parse(*c).is_some_and(|p| p.valid(version))
             });
         prop_assert_eq!(parse_cursor(&text, version).ok(), expected);
     }
 
     #[test]
-    fn issued_cursors_parse_back(cursor in 0..WHOLE_STATE, ahead in 1u64..10) {
+    fn issued_cursors_parse_back(cursor in 0..VERSION_END, ahead in 1u64..10) {
         // The server issues cursors up to the user's version, as `u64::to_string`, and inside
-        // a whole state 2^62 plus a version up to the user's.
+        // a whole state places of the rows after a version up to the user's (with the
+        // version it began at, up to the user's too, when both fit the cursor).
         prop_assert_eq!(parse_cursor(&cursor.to_string(), cursor).ok(), Some(cursor));
-        prop_assert_eq!(parse_cursor(&cursor.to_string(), WHOLE_STATE - 1).ok(), Some(cursor));
-        let inside = WHOLE_STATE + cursor;
-        prop_assert_eq!(parse_cursor(&inside.to_string(), cursor).ok(), Some(inside));
+        prop_assert_eq!(parse_cursor(&cursor.to_string(), VERSION_END - 1).ok(), Some(cursor));
+        let place = |after, began| WholeCursor { after, began }.encode();
+        for began in [None, Some(cursor), Some(cursor / 2)] {
+            let inside = place(cursor, began);
+            prop_assert_eq!(parse_cursor(&inside.to_string(), cursor).ok(), Some(inside));
+        }
         let past = cursor + ahead;
         prop_assert!(parse_cursor(&past.to_string(), cursor).is_err());
-        prop_assert!(parse_cursor(&(WHOLE_STATE + past).to_string(), cursor).is_err());
+        prop_assert!(parse_cursor(&place(past, None).to_string(), cursor).is_err());
+        // Begun past the user's version (when the cursor can carry that start at all).
+        let begun_past = place(cursor, Some(past));
+        if begun_past != place(cursor, None) {
+            prop_assert!(parse_cursor(&begun_past.to_string(), cursor).is_err());
+        }
     }
 
     #[test]

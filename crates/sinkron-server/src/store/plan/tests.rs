@@ -682,33 +682,86 @@ fn a_cap_is_applied_only_where_a_record_was_added_and_the_user_may_be_past_it() 
 #[test]
 fn a_page_starts_after_a_cursor_within_the_horizon_and_the_version() {
     let start = |since| PageStart::new(since, 10, 20);
-    let (incremental, whole, reset) = (
-        |after| PageStart {
-            after,
-            reset: false,
-            whole: false,
-        },
-        |after| PageStart {
-            after,
-            reset: false,
-            whole: true,
-        },
-        PageStart {
-            after: 0,
-            reset: true,
-            whole: true,
-        },
-    );
-    assert_eq!(start(None), whole(0));
+    let incremental = |after| PageStart {
+        after,
+        reset: false,
+        whole: false,
+        began: None,
+    };
+    let inside = |after, began| PageStart {
+        after,
+        reset: false,
+        whole: true,
+        began,
+    };
+    let from_start = |reset| PageStart {
+        after: 0,
+        reset,
+        whole: true,
+        began: Some(20),
+    };
+    let place = |after, began| WholeCursor { after, began }.encode();
+    assert_eq!(start(None), from_start(false));
     for cursor in [10, 15, 20] {
         assert_eq!(start(Some(cursor)), incremental(cursor));
     }
     for cursor in [0, 9, 21, WHOLE_STATE - 1, WHOLE_STATE + 21, u64::MAX] {
-        assert_eq!(start(Some(cursor)), reset, "{cursor}");
+        assert_eq!(start(Some(cursor)), from_start(true), "{cursor}");
     }
-    // Inside a whole state, below the horizon too.
+    // Inside a whole state, below the horizon too, while the horizon has not passed its
+    // start (or its start is unknown: a cursor of an older server).
     for after in [0, 5, 9, 10, 20] {
-        assert_eq!(start(Some(WHOLE_STATE + after)), whole(after), "{after}");
+        assert_eq!(
+            start(Some(place(after, None))),
+            inside(after, None),
+            "{after}"
+        );
+        for began in [10, 15, 20] {
+            let place = place(after, Some(began));
+            assert_eq!(
+                start(Some(place)),
+                inside(after, Some(began)),
+                "{after} {began}"
+            );
+        }
+    }
+    // Begun before the horizon: tombstones of deletes made since may be gone, so the whole
+    // state starts again (a page kept from long ago).
+    for began in [0, 5, 9] {
+        assert_eq!(
+            start(Some(place(5, Some(began)))),
+            from_start(true),
+            "{began}"
+        );
+    }
+    // Not issued by this server: past the version.
+    assert_eq!(start(Some(place(21, Some(15)))), from_start(true));
+    assert_eq!(start(Some(place(5, Some(21)))), from_start(true));
+}
+
+#[test]
+fn a_place_in_a_whole_state_keeps_its_start_while_both_fit() {
+    for (after, began) in [
+        (0, Some(0)),
+        (5, Some(3)),
+        (u32::MAX.into(), Some((1 << 29) - 1)),
+    ] {
+        let place = WholeCursor { after, began };
+        let cursor = place.encode();
+        assert!((WHOLE_STATE..1 << 63).contains(&cursor), "{cursor}");
+        assert_eq!(WholeCursor::parse(cursor), Some(place));
+    }
+    // Past what the cursor carries, it names the place alone, as older servers did.
+    for (after, began) in [(1 << 32, Some(5)), (5, Some(1 << 29)), (7, None)] {
+        let cursor = WholeCursor { after, began }.encode();
+        assert_eq!(cursor, WHOLE_STATE + after);
+        assert_eq!(
+            WholeCursor::parse(cursor),
+            Some(WholeCursor { after, began: None })
+        );
+    }
+    for cursor in [0, WHOLE_STATE - 1, 1 << 63, u64::MAX] {
+        assert_eq!(WholeCursor::parse(cursor), None, "{cursor}");
     }
 }
 
@@ -729,11 +782,32 @@ fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
     let page = Page::from_rows(vec![change(3), change(5)], 2, 9, reset);
     assert_eq!((page.changes.len(), page.cursor, page.more), (2, 9, false));
     assert!(page.reset);
-    // A whole state in pages goes on from its last row, whatever the horizon.
+    // A whole state in pages goes on from its last row, whatever the horizon below the
+    // version it began at.
     let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, reset);
-    assert_eq!((page.cursor, page.more), (WHOLE_STATE + 5, true));
+    let place = WholeCursor {
+        after: 5,
+        began: Some(9),
+    };
+    assert_eq!((page.cursor, page.more), (place.encode(), true));
+    assert_eq!(page.version_seen(), 9);
     let next = PageStart::new(Some(page.cursor), 7, 9);
-    assert_eq!((next.after, next.reset, next.whole), (5, false, true));
+    assert_eq!(
+        (next.after, next.reset, next.whole, next.began),
+        (5, false, true, Some(9))
+    );
+    let page = Page::from_rows(vec![change(6), change(7), change(8)], 2, 12, next);
+    assert_eq!(
+        page.cursor,
+        WholeCursor {
+            after: 7,
+            began: Some(9)
+        }
+        .encode()
+    );
+    // The horizon passed its start: the whole state starts again.
+    let again = PageStart::new(Some(page.cursor), 10, 12);
+    assert_eq!((again.after, again.reset, again.began), (0, true, Some(12)));
     let empty = Page::from_rows(Vec::new(), 2, 9, incremental);
     assert_eq!((empty.cursor, empty.more), (9, false));
 }
