@@ -691,6 +691,10 @@ impl Engine {
                         // retried forever.
                         let refused = mutation
                             .filter(|&m| m <= max && self.view.outbox.iter().any(|p| p.id == m));
+                        #[cfg(feature = "planted-bugs")]
+                        let refused = refused.filter(|_| {
+                            !crate::planted::planted(crate::planted::Bug::RefusalDropsBatch)
+                        });
                         if let Some(m) = refused {
                             self.renumber_above(max, m);
                         }

@@ -35,10 +35,13 @@ pub enum Bug {
     /// A cap reads only as many of a collection's oldest records as it evicts, forgetting
     /// that a record the push rewrote may be among them (and is then not one to evict).
     CapReadsTooFew = 1024,
+    /// A push the server refused for one write it names drops the whole batch, the valid
+    /// writes with it.
+    RefusalDropsBatch = 2048,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -50,6 +53,7 @@ impl Bug {
         Bug::MergeTwice,
         Bug::MergeArrival,
         Bug::CapReadsTooFew,
+        Bug::RefusalDropsBatch,
     ];
 
     /// The name used on the command line.
@@ -66,6 +70,7 @@ impl Bug {
             Bug::MergeTwice => "merge-twice",
             Bug::MergeArrival => "merge-arrival",
             Bug::CapReadsTooFew => "cap-reads-too-few",
+            Bug::RefusalDropsBatch => "refusal-drops-batch",
         }
     }
 }

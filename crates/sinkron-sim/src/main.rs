@@ -36,7 +36,8 @@ fn usage() -> ExitCode {
          \x20                  [--plant BUG --expect-failure]\n\
          BUG (needs --features planted-bugs): arrival-order, timestamp-cursor, no-dedupe,\n\
          \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked,\n\
-         \x20   merge-order, merge-twice, merge-arrival"
+         \x20   merge-order, merge-twice, merge-arrival, cap-reads-too-few,\n\
+         \x20   refusal-drops-batch"
     );
     ExitCode::from(2)
 }

@@ -41,6 +41,9 @@ const MERGE_FIELDS: &str = "history:completed";
 /// (and read the collection's count and oldest records to do it).
 pub const CAPPED: &str = "likes";
 const CAP: usize = 5;
+/// A collection the server does not know (not among its `--collections`): every push holding
+/// a write of it is refused with 422 `invalid_mutation` naming that write, and applies nothing.
+pub const UNKNOWN: &str = "bookmarks";
 
 /// What a per-field write is to the model: its stamp, value and the fields it names.
 type FieldWrite = (Stamp, Option<Map<String, Value>>, Option<Vec<String>>);

@@ -32,7 +32,7 @@ use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request
 
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::server::{Key, Server};
+use crate::server::{Key, Server, UNKNOWN};
 use crate::trace::Trace;
 use crate::{Outcome, Violation};
 use checks::ScopeTag;
@@ -150,6 +150,10 @@ impl World {
         }
         for s in ["quality", "autoplay", "subtitles"] {
             keys.push(RecordKey::new("settings", s));
+        }
+        // Never on the server, so, in the end, on no device either.
+        for b in 0..4 {
+            keys.push(RecordKey::new(UNKNOWN, format!("bm-{b}")));
         }
         let mut world = World {
             rng,

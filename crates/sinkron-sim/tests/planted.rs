@@ -80,3 +80,8 @@ fn a_per_field_merge_by_arrival_instead_of_newest_is_caught() {
 fn a_cap_that_reads_too_few_of_the_oldest_records_is_caught() {
     finds("cap-reads-too-few", 20);
 }
+
+#[test]
+fn a_refusal_that_drops_the_whole_push_is_caught() {
+    finds("refusal-drops-batch", 200);
+}

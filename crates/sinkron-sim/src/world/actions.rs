@@ -7,7 +7,13 @@
 use sinkron_core::RecordKey;
 
 use super::{Event, World};
+use crate::server::UNKNOWN;
 use crate::Violation;
+
+/// Whether the server knows the key's collection (else it refuses every write of it).
+fn collection_known(key: &RecordKey) -> bool {
+    key.collection != UNKNOWN
+}
 
 impl World {
     pub(super) fn action(&mut self) -> Result<(), Violation> {
@@ -208,6 +214,12 @@ impl World {
                     Some(format!(r#"{{"v":{v}}}"#)),
                 )]
             }
+            // An app version ahead of its server: a write the server refuses, between others.
+            98 | 99 => vec![(
+                UNKNOWN.into(),
+                format!("bm-{}", e % 4),
+                Some(r#"{"note":"later"}"#.into()),
+            )],
             _ => {
                 let setting = ["quality", "autoplay", "subtitles"][(e % 3) as usize];
                 let value = self.rng.range(0, 4);
@@ -234,7 +246,12 @@ impl World {
                 .write(local, &collection, &key, value)
                 .map_err(|e| Violation::new("sim", format!("write refused: {}", e.code())))?;
             let record_key = RecordKey::new(collection, key);
-            if let Some(own) = tab.engine.get(&record_key).cloned() {
+            // A write the server refuses is not one to read back once refused.
+            let own = tab
+                .engine
+                .get(&record_key)
+                .filter(|_| collection_known(&record_key));
+            if let Some(own) = own.cloned() {
                 if tab.floors_client != tab.engine.client_id() {
                     tab.floors.clear();
                     tab.floors_client = tab.engine.client_id().to_owned();

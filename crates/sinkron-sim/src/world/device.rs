@@ -13,7 +13,7 @@ use sinkron_core::engine::{Page, Reply, Request, TabBody, TabMessage};
 use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
 
 use super::{Event, TabId, World};
-use crate::server::Key;
+use crate::server::{Key, UNKNOWN};
 use crate::Violation;
 
 pub(super) struct Tab {
@@ -265,7 +265,7 @@ impl World {
                         (m.collection.clone(), m.key.clone()),
                         m.updated_at,
                     );
-                    if self.unfloored.contains(&write) {
+                    if self.unfloored.contains(&write) || m.collection == UNKNOWN {
                         continue;
                     }
                     // A write the server took (clamped) before the tab that wrote it died.
