@@ -475,6 +475,13 @@ mod tests {
             .collect()
     }
 
+    /// The `reply` call of an answer to request `id` without headers.
+    fn reply_call(id: u64, kind: &str, status: u16) -> String {
+        format!(
+            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"{kind}","status":{status},"retryAfter":null}}"#
+        )
+    }
+
     /// The first `send` among the commands: its id and JSON.
     fn sent(commands: &[(String, String)]) -> (u64, String) {
         let (_, text) = commands.iter().find(|(t, _)| t == "send").expect("a send");
@@ -624,9 +631,7 @@ mod tests {
         // token_expired in the error body: sent again at once with a fresh token.
         let mut slot = started();
         let id = pulling(&mut slot);
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":401,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "pull", 401);
         let body = r#"{"error":{"code":"token_expired","message":"expired"}}"#;
         let (_, again) = sent(&run_ok(&mut slot, &reply, body));
         assert!(again.contains(r#""freshToken":true"#), "{again}");
@@ -634,9 +639,7 @@ mod tests {
         // A 200 whose body cannot be read is no answer: the device is unreachable for now.
         let mut slot = started();
         let id = pulling(&mut slot);
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "pull", 200);
         run_ok(&mut slot, &reply, r#"{"cursor":"5","changes":[],"mo"#);
         assert!(status(&mut slot).contains(r#""error":"unreachable""#));
 
@@ -669,9 +672,7 @@ mod tests {
         // A 200 page: stored, and its records readable.
         let mut slot = started();
         let id = pulling(&mut slot);
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "pull", 200);
         let body = r#"{"cursor":"9","changes":[{"collection":"likes","key":"e\u00e9","value":{"on": true},"updatedAt":5,"clientId":"d","version":9}],"more":false,"serverTime":1800000000000}"#;
         let commands = run_ok(&mut slot, &reply, body);
         assert!(commands
@@ -692,9 +693,7 @@ mod tests {
     fn a_push_refused_for_one_named_write_goes_again_without_it() {
         let mut slot = started();
         let id = pulling(&mut slot);
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "pull", 200);
         run_ok(
             &mut slot,
             &reply,
@@ -718,9 +717,7 @@ mod tests {
             .map(|m| m.u64("id").unwrap())
             .collect();
         assert_eq!(ids.len(), 2, "{push}");
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"push","status":422,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "push", 422);
         let body = format!(
             r#"{{"error":{{"code":"invalid_mutation","message":"no","mutation":{}}}}}"#,
             ids[0]
@@ -753,9 +750,7 @@ mod tests {
             "{commands:?}"
         );
         let (id, _) = sent(&commands);
-        let reply = format!(
-            r#"{{"t":"reply","now":{NOW},"id":{id},"kind":"pull","status":200,"retryAfter":null}}"#
-        );
+        let reply = reply_call(id, "pull", 200);
         let body = r#"{"cursor":"3","changes":[],"more":false,"serverTime":1}"#;
         run_ok(&mut slot, &reply, body);
         // A version above the cursor: a pull at once.
