@@ -39,6 +39,21 @@ pub(crate) fn batch<'a>(
     }
 }
 
+/// A new user `name` holding `writes`, pushed by `client`.
+async fn user_holding(
+    store: &dyn Store,
+    name: &str,
+    client: &str,
+    writes: &[Mutation],
+) -> super::UserId {
+    let id = store.create_user(name, "phc", 1).await.expect("create");
+    store
+        .push(id, batch(client, writes, None))
+        .await
+        .expect("push");
+    id
+}
+
 /// Runs every check in order on one fresh store.
 pub async fn run(store: &dyn Store) {
     accounts_and_tokens(store).await;
@@ -354,17 +369,12 @@ async fn a_lowered_cap_evicts_the_oldest_by_stamp_then_client_and_key_bytewise(s
 /// The first half of a backend's own test of a wrong collection count: a user `name` with
 /// three `likes` (k1, k2, k3, oldest first); the test then sets the count wrong.
 pub(crate) async fn three_likes(store: &dyn Store, name: &str) -> super::UserId {
-    let id = store.create_user(name, "phc", 1).await.expect("create");
     let likes = [
         m(1, "k1", Some("{}"), 10),
         m(2, "k2", Some("{}"), 20),
         m(3, "k3", Some("{}"), 30),
     ];
-    store
-        .push(id, batch("c", &likes, None))
-        .await
-        .expect("push");
-    id
+    user_holding(store, name, "c", &likes).await
 }
 
 /// User `id`'s collection counts gone wrong (SQL for either backend): not kept by a node
@@ -940,17 +950,13 @@ async fn a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(stor
 /// once compaction took that tombstone the record would stay on the client for ever, so the
 /// whole state starts again.
 async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) {
-    let id = store.create_user("kept", "phc", 1).await.expect("create");
     let live = [
         m(1, "a", Some("{}"), 10),
         m(2, "b", Some("{}"), 10),
         m(3, "c", Some("{}"), 10),
         m(4, "d", Some("{}"), 10),
     ];
-    store
-        .push(id, batch("c1", &live, None))
-        .await
-        .expect("push");
+    let id = user_holding(store, "kept", "c1", &live).await;
     let first = store.pull(id, None, 2).await.expect("first page");
     assert!(first.more);
     // Since the first page: `a` deleted, then `e` written, at 2_000.
