@@ -28,11 +28,12 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use sinkron_core::protocol::BODY_BYTES_MAX;
+use tower::util::MapResponseLayer;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -294,42 +295,49 @@ fn with_layers(router: Router<AppState>, state: AppState) -> Router {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .with_state(state)
-        // Innermost first: each `layer` wraps everything above it.
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::map_response(json_errors))
+        // One layer, so one boxed service per route: each `Router::layer` boxes every route
+        // again, and a request then clones every box inside it. Outermost first.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |req: &Request| {
-                    // Nothing is logged per request (the usual setting under load): no span,
-                    // and the client's address is not read from the headers.
-                    if !tracing::enabled!(tracing::Level::INFO) {
-                        return tracing::Span::none();
-                    }
-                    let route = req
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("<unmatched>", MatchedPath::as_str);
-                    let client = authn::ClientIp::of_head(req.extensions(), req.headers(), &trusted);
-                    match client.0 {
-                        Some(ip) => tracing::info_span!("request", method = %req.method(), route = %route, client = %ip),
-                        None => tracing::info_span!("request", method = %req.method(), route = %route),
-                    }
-                })
-                .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
-                    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                    tracing::info!(status = res.status().as_u16(), micros, "answered");
-                }),
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                ]))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(move |req: &Request| {
+                            // Nothing is logged per request (the usual setting under load): no
+                            // span, and the client's address is not read from the headers.
+                            if !tracing::enabled!(tracing::Level::INFO) {
+                                return tracing::Span::none();
+                            }
+                            let route = req
+                                .extensions()
+                                .get::<MatchedPath>()
+                                .map_or("<unmatched>", MatchedPath::as_str);
+                            let client =
+                                authn::ClientIp::of_head(req.extensions(), req.headers(), &trusted);
+                            match client.0 {
+                                Some(ip) => tracing::info_span!("request", method = %req.method(), route = %route, client = %ip),
+                                None => tracing::info_span!("request", method = %req.method(), route = %route),
+                            }
+                        })
+                        .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
+                            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                            tracing::info!(status = res.status().as_u16(), micros, "answered");
+                        }),
+                )
+                .layer(MapResponseLayer::new(json_errors))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                ))
+                // The timeout's own answer needs a body type with a default.
+                .layer(MapResponseLayer::new(with_body))
+                .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
+                .layer(DefaultBodyLimit::max(BODY_BYTES_MAX)),
         )
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]))
 }
 
 fn cors_of(state: &AppState) -> Option<CorsLayer> {
@@ -375,9 +383,22 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::internal(format!("handler panicked: {detail}")).into_response()
 }
 
+/// A response with axum's body, whatever body a layer gave it.
+fn with_body<B>(res: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    res.map(axum::body::Body::new)
+}
+
 /// Gives errors made outside our handlers (body limit, timeout, router) our JSON body, so
 /// every error a client sees has the same shape.
-async fn json_errors(res: Response) -> Response {
+fn json_errors<B>(res: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error())
         || res
@@ -385,7 +406,7 @@ async fn json_errors(res: Response) -> Response {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
     {
-        return res;
+        return with_body(res);
     }
     let allow = res.headers().get(header::ALLOW).cloned();
     let mut fixed = ApiError::from_status(status).into_response();
