@@ -13,12 +13,17 @@
 //!   next push (a retry announces too) or [`AGE_MAX`], whichever comes first; nobody was
 //!   told of that write yet.
 //! * **A barrier before an answer from memory.** A notification arrives a little after its
-//!   commit. Before a request is answered from memory, the node NOTIFYs itself on its own
-//!   channel and waits for that message to come back ([`Cache::fresh`]): PostgreSQL delivers
-//!   notifications in commit order, so by then every change committed before the request
-//!   arrived has been applied — a write acknowledged by one node, or a sign-out, is never
+//!   commit. Before a request is answered from memory, the node sends an empty query on its
+//!   listening connection and waits for the answer ([`Cache::fresh`]). A committing backend
+//!   signals the listening ones before its `COMMIT` returns, and from PostgreSQL 15 on a
+//!   backend sends the notifications it has been signalled of before it says it is ready
+//!   for the next query (`postgres.c`, before `ReadyForQuery`). So when the empty query's
+//!   answer comes, every notification committed before the request arrived came ahead of it
+//!   and has been applied — a write acknowledged by one node, or a sign-out, is never
 //!   answered with a stale `304` by another. One round trip serves every request that
-//!   arrived while the previous one was in flight, and it touches no table.
+//!   arrived while the previous one was in flight; it takes no transaction, no lock and no
+//!   other node's time. Older servers get no memory (every poll reads the database), but
+//!   their notifications still poke the push channel.
 //! * **Dark when deaf.** While the connection is down, or a barrier takes longer than
 //!   [`LAG`], the memory is off and every request reads the database; the listener then
 //!   reconnects. The memory is emptied whenever the node (re)subscribes or forgets, and a
@@ -67,12 +72,16 @@ struct Identity {
     deleted_at: u64,
 }
 
+/// Looked up twice by every poll: a fast hash (keys are token hashes, user ids and subjects
+/// the site vouched for, none of them chosen freely by a client).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Memory {
-    tokens: HashMap<[u8; 32], Identity>,
-    subjects: HashMap<Arc<str>, UserId>,
+    tokens: Map<[u8; 32], Identity>,
+    subjects: Map<Arc<str>, UserId>,
     /// Only ever raised, by a read or a notification.
-    versions: HashMap<UserId, u64>,
+    versions: Map<UserId, u64>,
     /// Raised by everything that forgets: a read that began under an older epoch is not
     /// remembered.
     epoch: u64,
@@ -105,13 +114,17 @@ impl Memory {
     }
 }
 
-/// What the listener has heard of its own barrier pings.
+/// What the listener has heard of its barrier pings.
 #[derive(Clone, Copy, Default)]
 struct Heard {
     /// The highest ping that came back.
     delivered: u64,
     live: bool,
 }
+
+/// The first PostgreSQL (`server_version_num`) that sends the notifications it was told of
+/// before answering a query: the barrier needs it.
+pub const VERSION_MIN: i64 = 150_000;
 
 pub struct Cache {
     memory: Mutex<Memory>,
@@ -120,8 +133,6 @@ pub struct Cache {
     /// Wakes the listener to send a ping.
     wanted: Notify,
     heard: watch::Sender<Heard>,
-    /// This node's own channel, for its pings.
-    channel: String,
     /// Told every version heard (the push channel's pokes).
     raised: std::sync::OnceLock<VersionHook>,
 }
@@ -140,7 +151,6 @@ impl Cache {
             started: Mutex::new(0),
             wanted: Notify::new(),
             heard: watch::Sender::new(Heard::default()),
-            channel: format!("sinkron_{:016x}", rand::random::<u64>()),
             raised: std::sync::OnceLock::new(),
         });
         let task = tokio::spawn(listen(cache.clone(), config));
@@ -237,16 +247,18 @@ impl Cache {
         matches!(passed, Ok(Ok(h)) if h.live && h.delivered >= target)
     }
 
+    /// Ping `n` came back: everything committed before it started has been applied.
+    fn delivered(&self, n: u64) {
+        self.heard.send_if_modified(|h| {
+            let later = n > h.delivered;
+            h.delivered = h.delivered.max(n);
+            later
+        });
+    }
+
     /// Applies one notification.
     fn heard(&self, channel: &str, payload: &str) {
-        if channel == self.channel {
-            if let Ok(n) = payload.parse::<u64>() {
-                self.heard.send_if_modified(|h| {
-                    let later = n > h.delivered;
-                    h.delivered = h.delivered.max(n);
-                    later
-                });
-            }
+        if channel != CHANNEL {
             return;
         }
         let mut memory = lock(&self.memory);
@@ -362,15 +374,20 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
         let _ = ended.send(reason);
     });
     let _driver = Listening(driver.abort_handle());
-    let listened = client
-        .batch_execute(&format!(
-            // A ping carries no data: its commit need not wait for the disk.
-            "SET synchronous_commit TO off; LISTEN {CHANNEL}; LISTEN {}",
-            cache.channel
-        ))
-        .await;
-    if let Err(e) = listened {
+    let version = match server_version(&client).await {
+        Ok(version) => version,
+        Err(e) => return (false, format!("cannot read the server's version: {e}")),
+    };
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return (false, format!("LISTEN failed: {e}"));
+    }
+    if version < VERSION_MIN {
+        // Heard all the same: the push channel's pokes come from these notifications.
+        tracing::warn!(
+            version,
+            "PostgreSQL before 15 gives no barrier: every poll reads the database"
+        );
+        return (true, end.await.unwrap_or_default());
     }
     cache.go_live();
     tracing::info!("listening for changes: polls are answered from memory");
@@ -385,25 +402,29 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
             () = cache.wanted.notified() => {}
         }
         let n = cache.start_ping();
-        let mut heard = cache.heard.subscribe();
-        let round = async {
-            // A plain NOTIFY in the simple protocol: one message each way, no plan.
-            client
-                .batch_execute(&format!("NOTIFY {}, '{n}'", cache.channel))
-                .await
-                .map_err(|e| format!("barrier failed: {e}"))?;
-            heard
-                .wait_for(|h| h.delivered >= n)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(LAG, round).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return (true, reason),
+        // An empty query: one message each way, nothing parsed, planned or locked. The
+        // notifications it waits for come before its answer, and the driver above applies
+        // each before it reads on.
+        match tokio::time::timeout(LAG, client.batch_execute("")).await {
+            Ok(Ok(())) => cache.delivered(n),
+            Ok(Err(e)) => return (true, format!("barrier failed: {e}")),
             Err(_) => return (true, format!("a barrier took longer than {LAG:?}")),
         }
     }
+}
+
+/// The server's `server_version_num`, e.g. 150004.
+async fn server_version(client: &tokio_postgres::Client) -> Result<i64, String> {
+    let rows = client
+        .simple_query("SHOW server_version_num")
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| "no version in the answer".to_owned())
 }
 
 #[cfg(test)]
@@ -426,7 +447,6 @@ mod tests {
             started: Mutex::new(0),
             wanted: Notify::new(),
             heard: watch::Sender::new(Heard::default()),
-            channel: "sinkron_test".into(),
             raised: std::sync::OnceLock::new(),
         };
         cache.go_live();
@@ -517,11 +537,11 @@ mod tests {
             async move { cache.fresh().await }
         });
         tokio::task::yield_now().await;
-        cache.heard("sinkron_test", "1");
+        cache.delivered(1);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "ping 1 left before the request");
         assert_eq!(cache.start_ping(), 2);
-        cache.heard("sinkron_test", "2");
+        cache.delivered(2);
         assert!(waiting.await.unwrap());
         // Going dark releases every waiter at once, untrusted.
         let waiting = tokio::spawn({
