@@ -68,13 +68,11 @@ pub fn adoption_order(
     let mut order = Vec::new();
     for wanted in 0..=1 {
         // Positions by `enumerate`, not indexing: no bounds-check panic in the browser build.
-        order.extend(
-            stored
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| rank(s) == Some(wanted))
-                .map(|(i, _)| i),
-        );
+        for (i, s) in stored.iter().enumerate() {
+            if rank(s) == Some(wanted) {
+                order.push(i);
+            }
+        }
     }
     order
 }

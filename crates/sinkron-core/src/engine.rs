@@ -338,7 +338,7 @@ impl Engine {
 
     /// This tab's unacknowledged mutations, oldest first.
     pub fn outbox(&self) -> Vec<Mutation> {
-        self.view.outbox()
+        self.view.outbox(usize::MAX)
     }
 
     // ----- poll -----
@@ -1335,11 +1335,7 @@ impl Engine {
         let mutations: Vec<Mutation> = match timer {
             Timer::Push => self
                 .view
-                .outbox
-                .iter()
-                .take(self.config.push_batch_max.min(MUTATIONS_MAX))
-                .map(Pending::mutation)
-                .collect(),
+                .outbox(self.config.push_batch_max.min(MUTATIONS_MAX)),
             _ => Vec::new(),
         };
         let last_sync = self.cursor.clone();

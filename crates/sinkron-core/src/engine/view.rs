@@ -187,9 +187,14 @@ impl View {
         out
     }
 
-    /// This tab's unacknowledged mutations, oldest first.
-    pub(super) fn outbox(&self) -> Vec<Mutation> {
-        self.outbox.iter().map(Pending::mutation).collect()
+    /// This tab's first `n` unacknowledged mutations, oldest first. (One loop for every
+    /// use: each iterator chain would be another copy in the browser build.)
+    pub(super) fn outbox(&self, n: usize) -> Vec<Mutation> {
+        let mut out = Vec::new();
+        for p in self.outbox.iter().take(n) {
+            out.push(p.mutation());
+        }
+        out
     }
 
     /// Every confirmed record, as the change that stores it.
@@ -219,25 +224,28 @@ impl View {
     /// What to drop from a full storage: the oldest quarter (by `updatedAt`, at least one) of
     /// the confirmed records of `collection` still stored. They are marked evicted.
     pub(super) fn evict_oldest(&mut self, collection: &str) -> Vec<RecordKey> {
-        let mut stored: Vec<(&RecordKey, &mut Confirmed)> = self
+        let candidate = |(k, s): &(RecordKey, Confirmed)| k.collection == collection && !s.evicted;
+        let stored = self
             .confirmed
-            .iter_mut()
-            .filter(|(k, s)| k.collection == collection && !s.evicted)
-            .collect();
+            .entries
+            .iter()
+            .filter(|e| candidate(e))
+            .count();
         // Picked one by one rather than sorted: a sort would cost the browser build more
         // than this rare moment costs in time.
         let mut keys = Vec::new();
-        for _ in 0..stored.len().div_ceil(4) {
-            // By `enumerate`, not indexing: no bounds-check panic in the browser build.
-            let oldest = stored
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (_, s))| s.record.updated_at)
-                .map(|(i, _)| i);
-            // The bound always holds; said so, `swap_remove`'s panic (its message, and a
-            // source path) leaves the browser build: 33 bytes gzip.
-            if let Some(i) = oldest.filter(|&i| i < stored.len()) {
-                let (key, confirmed) = stored.swap_remove(i);
+        for _ in 0..stored.div_ceil(4) {
+            let mut oldest: Option<&mut (RecordKey, Confirmed)> = None;
+            for entry in self.confirmed.entries.iter_mut() {
+                if candidate(entry)
+                    && oldest
+                        .as_ref()
+                        .is_none_or(|o| entry.1.record.updated_at < o.1.record.updated_at)
+                {
+                    oldest = Some(entry);
+                }
+            }
+            if let Some((key, confirmed)) = oldest {
                 confirmed.evicted = true;
                 keys.push(key.clone());
             }
