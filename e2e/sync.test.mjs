@@ -257,6 +257,39 @@ describe("storage format", () => {
       assert.deepEqual(warnings.filter((w) => w.includes("resetting")), [], "nothing was reset");
       await context.close();
     }));
+
+  test("after a rollback of the app, data of the newer storage format keeps its session and unsent writes, which reach the server", () =>
+    withServer(async (server) => {
+      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "rolledback", password: "correct horse" }) });
+      const session = await response.json();
+      const now = Date.now();
+      const outbox = { n: 3, m: [{ id: 2, collection: "favorites", key: "s12", value: {}, updatedAt: now - 1000 }] };
+      const context = await browser.newContext();
+      // What a newer version of the app left (schema 3): the session, a closed tab's unsent
+      // write, and a cached record in a format this version cannot know.
+      await context.addInitScript(({ session, outbox }) => {
+        if (sessionStorage.getItem("seeded")) return;
+        sessionStorage.setItem("seeded", "1");
+        localStorage.setItem("sinkron:schema", "3");
+        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(outbox));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:c`, "99");
+        localStorage.setItem(`sinkron:v1:${session.user.id}:r:favorites:s13`, JSON.stringify({ v: {}, u: 1, c: "x", n: 99, format: 3 }));
+      }, { session, outbox });
+      const page = await context.newPage();
+      const warnings = [];
+      page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+      await page.goto(`${server.url}/?interval=30000`);
+      await waitPressed(page, "favorite-s12");
+      await syncedState(page);
+      assert.equal(await page.getByTestId("sync-status").getAttribute("data-state"), "synced", "still signed in");
+      assert.deepEqual(recordsOf(await server.state(session.token), "favorites"), { s12: {} });
+      // The cached record the server never held is gone with the rest of the cache.
+      assert.equal(await pressed(page, "favorite-s13"), "false");
+      assert.equal(await page.evaluate(() => localStorage.getItem("sinkron:schema")), "2");
+      assert.ok(warnings.some((w) => w.includes("newer than 2")), `warnings: ${warnings}`);
+      await context.close();
+    }));
 });
 
 describe("storage quota", () => {

@@ -1,6 +1,7 @@
 // The device's durable storage: `localStorage`, namespaced per user, with a schema version.
-// Data of an older schema is migrated step by step (`MIGRATIONS`), never wiped; only a schema
-// this version does not know (a newer one after a rollback, or foreign data) is reset.
+// Data of an older schema is migrated step by step (`MIGRATIONS`), never wiped. Of a newer
+// schema (the app was rolled back) the session and the outboxes are kept, the rest (a cache
+// of the server's records) is pulled again; foreign data is reset.
 //
 // Layout (all keys start with `sinkron:v1:`):
 //   session                      the signed-in session {token, user}
@@ -67,8 +68,11 @@ export class DeviceStorage {
       let schema = Number(stored ?? 1);
       for (let step; (step = MIGRATIONS[schema]); schema++) for (const k of this.keys()) step(this.#store, k);
       if (schema !== SCHEMA) {
-        console.warn(`sinkron: stored data has schema ${stored}, expected ${SCHEMA}; resetting it`);
-        this.#removeWhere((k) => k.startsWith(ROOT));
+        // A newer schema: the app was rolled back. Its records and cursors are a cache,
+        // pulled again; the session and the outboxes (unsent writes, checked as read) stay.
+        const newer = schema > SCHEMA;
+        console.warn(`sinkron: stored data has schema ${stored}, ${newer ? "newer than" : "expected"} ${SCHEMA}; resetting ${newer ? "all but the session and unsent writes" : "it"}`);
+        this.#removeWhere((k) => !(newer && /^sinkron:v1:(session|ending|adopted)$|:o:[^:]*$/.test(k) && !k.includes(":r:")));
       }
       this.#store.setItem(SCHEMA_KEY, `${SCHEMA}`);
     } catch (e) {

@@ -337,6 +337,43 @@ test("stored data of a schema this version does not know is reset, not misread",
   assert.equal(store.getItem("sinkron:schema"), "2");
 });
 
+test("data of a newer schema (the app rolled back) keeps its session and unsent writes; the cache of records is pulled again", () => {
+  const store = new MemoryStorage();
+  store.setItem("sinkron:schema", "3");
+  const session = { token: "t", user: { id: "7", username: "ann" } };
+  const m = { id: 4, collection: "history", key: "e4", value: { position: 4 }, updatedAt: 1004 };
+  store.setItem("sinkron:v1:session", JSON.stringify(session));
+  store.setItem("sinkron:v1:ending", JSON.stringify(["old"]));
+  store.setItem("sinkron:v1:adopted", JSON.stringify([null]));
+  store.setItem("sinkron:v1:7:o:tab", JSON.stringify({ n: 5, m: [m] }));
+  store.setItem("sinkron:v1:guest:o:g", JSON.stringify({ n: 1, m: [] }));
+  store.setItem("sinkron:v1:7:c", "12");
+  store.setItem("sinkron:v1:7:partial", "1");
+  store.setItem("sinkron:v1:7:r:history:e1", JSON.stringify({ v: { position: 1 }, u: 1001, c: "c", n: 12, s: { newer: "stamps" } }));
+  // A record whose key looks like an outbox's: a record all the same.
+  store.setItem("sinkron:v1:7:r:history:ep:o:x", JSON.stringify({ v: { position: 2 }, u: 1002, c: "c", n: 12 }));
+  const warn = console.warn;
+  const warnings = [];
+  console.warn = (msg) => warnings.push(msg);
+  let storage;
+  try {
+    storage = new DeviceStorage(store);
+  } finally {
+    console.warn = warn;
+  }
+  assert.equal(store.getItem("sinkron:schema"), "2");
+  assert.deepEqual(storage.session(), session, "still signed in");
+  assert.deepEqual(storage.outbox("7", "tab"), { next: 5, mutations: [m] }, "the unsent write is kept");
+  assert.deepEqual(storage.outboxIds(null), ["g"]);
+  assert.deepEqual(storage.ending(), ["old"]);
+  assert.deepEqual(storage.adopted(), [null]);
+  assert.equal(storage.cursor("7"), null, "pulled again from the start");
+  assert.equal(storage.partial("7"), false);
+  assert.deepEqual(storage.records("7"), []);
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /schema 3, newer than 2/);
+});
+
 test("a full store gives up the oldest history, by the engine's rule, and the next start pulls everything", async () => {
   globalThis.localStorage = new MemoryStorage(2400);
   session("7");
