@@ -46,6 +46,43 @@ describe("an app's own collections", () => {
       await laptop.close();
     }, BOOKMARKS));
 
+  test("merged per field, a note edited on one device and read marked offline on another both survive", () =>
+    withServer(async (server) => {
+      const phone = await browser.newContext();
+      const laptop = await browser.newContext();
+      const a = await open(phone, server, { path: "/custom.html", interval: 1000 });
+      const token = await signUp(a, "merger");
+      const url = "https://example.org/m";
+      const item = (page, attrs) => page.locator(`[data-testid="bookmark"][data-url="${url}"]${attrs}`);
+      const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor({ timeout: 15000 });
+      await add(a, url, "first");
+      await synced(a);
+      const b = await open(laptop, server, { path: "/custom.html", interval: 1000 });
+      await signIn(b, "merger");
+      await item(b, '[data-note="first"]').waitFor();
+      const pushes = [];
+      a.on("request", (r) => {
+        if (r.method() === "POST" && new URL(r.url()).pathname === "/api/user/me/changes") pushes.push(r.postDataJSON());
+      });
+      // The phone, offline, marks it read; meanwhile the laptop edits its note.
+      await phone.setOffline(true);
+      await item(a, "").getByTestId("read").click();
+      await item(a, '[data-read="true"][data-note="first"]').waitFor();
+      await add(b, url, "edited on the laptop");
+      await synced(b);
+      await phone.setOffline(false);
+      // The phone's write is newer, but sets only `read`: the laptop's note stays.
+      await item(a, '[data-read="true"][data-note="edited on the laptop"]').waitFor({ timeout: 15000 });
+      await item(b, '[data-read="true"][data-note="edited on the laptop"]').waitFor({ timeout: 15000 });
+      assert.deepEqual(recordsOf(await server.state(token), "bookmarks"), { [url]: { url, note: "edited on the laptop", read: true } });
+      assert.deepEqual(
+        pushes.flatMap((p) => p.mutations.map((m) => m.fields)),
+        [["read"]],
+      );
+      await phone.close();
+      await laptop.close();
+    }, [...BOOKMARKS, "--merge-fields", "bookmarks"]));
+
   test("a server that does not know the collection refuses it, and the page shows the refusal", () =>
     withServer(async (server) => {
       const context = await browser.newContext();

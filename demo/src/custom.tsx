@@ -1,7 +1,9 @@
 // A page of an app with collections of its own: bookmarks, declared with their value type.
 // The store's `records.bookmarks` and `put("bookmarks", …)` are typed from the declaration.
 // The server must know the collection: `sinkron serve --collections
-// history,favorites,likes,settings,bookmarks`.
+// history,favorites,likes,settings,bookmarks`; with `--merge-fields bookmarks` it merges a
+// bookmark field by field, so a note edited on one device and "read" marked on another both
+// survive (each write names the fields it sets).
 import { useState } from "react";
 import { createRoot } from "react-dom/client";
 import { useStore } from "zustand";
@@ -10,7 +12,7 @@ import { useSyncStore } from "sinkron/react";
 import "./styles.css";
 
 const collections = defineCollections({
-  bookmarks: collection<{ url: string; note: string }>(),
+  bookmarks: collection<{ url: string; note: string; read?: boolean }>(),
 });
 const store = createSyncStore(collections);
 
@@ -51,7 +53,10 @@ function Bookmarks() {
       <form
         onSubmit={(e) => {
           e.preventDefault();
-          put("bookmarks", url, { url, note });
+          // A bookmark already here: only its note changes.
+          const known = bookmarks[url]?.value;
+          if (known) put("bookmarks", url, { ...known, note }, ["note"]);
+          else put("bookmarks", url, { url, note });
           setUrl("");
           setNote("");
         }}
@@ -64,8 +69,12 @@ function Bookmarks() {
         {Object.values(bookmarks)
           .sort((a, b) => b.updatedAt - a.updatedAt)
           .map((b) => (
-            <li key={b.key} data-testid="bookmark" data-url={b.value.url}>
-              {b.value.url} — {b.value.note} <button onClick={() => remove("bookmarks", b.key)}>remove</button>
+            <li key={b.key} data-testid="bookmark" data-url={b.value.url} data-note={b.value.note} data-read={String(!!b.value.read)}>
+              {b.value.url} — {b.value.note}{" "}
+              <button data-testid="read" onClick={() => put("bookmarks", b.key, { ...b.value, read: !b.value.read }, ["read"])}>
+                {b.value.read ? "unread" : "read"}
+              </button>{" "}
+              <button onClick={() => remove("bookmarks", b.key)}>remove</button>
             </li>
           ))}
       </ul>

@@ -80,6 +80,8 @@ pub enum WriteError {
     /// The value is not a JSON object text.
     InvalidValue,
     ValueTooLarge,
+    /// The fields a write names break [`crate::limits::check_fields`].
+    InvalidFields,
 }
 
 impl WriteError {
@@ -89,6 +91,7 @@ impl WriteError {
             WriteError::InvalidKey => "invalid_key",
             WriteError::InvalidValue => "invalid_value",
             WriteError::ValueTooLarge => "value_too_large",
+            WriteError::InvalidFields => "invalid_fields",
         }
     }
 }
@@ -743,8 +746,28 @@ impl Engine {
         key: &str,
         value: Option<String>,
     ) -> Result<(), WriteError> {
+        self.write_fields(now, collection, key, value, None)
+    }
+
+    /// A write that sets only `fields` of the record (`None`: the whole record), for a
+    /// collection the server merges field by field ([`Mutation::fields`]): the app's value
+    /// shows here at once, and on the server the other fields keep what other devices wrote.
+    /// Queued writes to one key coalesce into one that sets the union of their fields (or
+    /// the whole record when one of them did, or the union would name too many).
+    pub fn write_fields(
+        &mut self,
+        now: u64,
+        collection: &str,
+        key: &str,
+        value: Option<String>,
+        fields: Option<Vec<String>>,
+    ) -> Result<(), WriteError> {
         crate::limits::check_write(collection, key, value.as_deref())?;
-        self.write_stamped(now, RecordKey::new(collection, key), value, None);
+        if let Some(names) = &fields {
+            crate::limits::check_fields(names, value.is_some())
+                .map_err(|_| WriteError::InvalidFields)?;
+        }
+        self.write_stamped(now, RecordKey::new(collection, key), value, None, fields);
         self.finish(now);
         Ok(())
     }
@@ -758,6 +781,7 @@ impl Engine {
         key: RecordKey,
         value: Option<String>,
         stamp: Option<u64>,
+        fields: Option<Vec<String>>,
     ) {
         self.observe_time(now);
         let record = Record {
@@ -766,9 +790,10 @@ impl Engine {
             client_id: self.client_id.clone(),
         };
         let sent_max = self.sent_max;
-        // Coalesce with the queued write to the same key unless that one was already sent.
+        // Coalesce with the queued write to the same key unless that one was already sent,
+        // or sets other fields (a write of other fields goes beside it).
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
-            Some(p) if p.id > sent_max => {
+            Some(p) if p.id > sent_max && p.fields == fields => {
                 p.record = record.clone();
                 p.id
             }
@@ -779,6 +804,7 @@ impl Engine {
                     id,
                     key: key.clone(),
                     record: record.clone(),
+                    fields,
                 });
                 id
             }
@@ -920,7 +946,7 @@ impl Engine {
                 let key = RecordKey::new(m.collection, m.key);
                 let from = self.unparked_from;
                 if self.view.queued(&key).is_none_or(|p| p.id >= from) {
-                    self.take_stamped(now, key, m.value, Some(m.updated_at));
+                    self.take_stamped(now, key, m.value, Some(m.updated_at), m.fields);
                 }
             }
             self.commands
@@ -1079,6 +1105,7 @@ impl Engine {
                     updated_at: m.updated_at,
                     client_id: self.client_id.clone(),
                 },
+                fields: m.fields,
             });
         }
         // Writes left over from before are due at once.
@@ -1126,7 +1153,7 @@ impl Engine {
             crate::limits::check_write(&key.collection, &key.key, value.as_deref())?;
         }
         for (key, value, updated_at) in records {
-            self.take_stamped(now, key, value, updated_at.map(|t| t.min(now)));
+            self.take_stamped(now, key, value, updated_at.map(|t| t.min(now)), None);
         }
         self.adopted.push(self.user.clone());
         self.commands.push_back(Command::Persist(Persist::Adopted {
@@ -1147,11 +1174,12 @@ impl Engine {
         key: RecordKey,
         value: Option<String>,
         stamp: Option<u64>,
+        fields: Option<Vec<String>>,
     ) {
         self.clock.observe(stamp.unwrap_or(0));
         let shown = self.view.get(&key).map(|r| r.updated_at);
         if stamp.is_none_or(|t| shown.is_none_or(|s| s < t)) {
-            self.write_stamped(now, key, value, stamp);
+            self.write_stamped(now, key, value, stamp, fields);
         }
     }
 

@@ -9,6 +9,7 @@
 //! configuration (which collections exist) is the server's to check on top.
 
 use crate::engine::WriteError;
+use alloc::string::String;
 
 /// Most mutations in one push.
 pub const MUTATIONS_MAX: usize = 500;
@@ -47,6 +48,39 @@ pub fn check_write(collection: &str, key: &str, value: Option<&str>) -> Result<(
         }
         if text.len() > VALUE_BYTES_MAX {
             return Err(WriteError::ValueTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// Why the fields a write names were refused: the index of the name at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldsError {
+    /// A delete names no fields: it removes the whole record.
+    OnDelete,
+    TooMany,
+    /// A name of no characters or more than [`FIELD_CHARS_MAX`].
+    Name(usize),
+    /// A name given twice.
+    Twice(usize),
+}
+
+/// Checks the fields a write names ([`crate::Mutation::fields`]): only beside a value, at
+/// most [`FIELDS_MAX`], each named once, by 1 to [`FIELD_CHARS_MAX`] characters.
+pub fn check_fields(fields: &[String], has_value: bool) -> Result<(), FieldsError> {
+    if !has_value {
+        return Err(FieldsError::OnDelete);
+    }
+    if fields.len() > FIELDS_MAX {
+        return Err(FieldsError::TooMany);
+    }
+    for (n, name) in fields.iter().enumerate() {
+        if name.is_empty() || chars(name) > FIELD_CHARS_MAX {
+            return Err(FieldsError::Name(n));
+        }
+        // By `take`, not slicing: no bounds-check panic in the browser build.
+        if fields.iter().take(n).any(|f| f == name) {
+            return Err(FieldsError::Twice(n));
         }
     }
     Ok(())
@@ -106,5 +140,34 @@ mod tests {
             check_write("likes", "k", Some(&array)),
             Err(WriteError::InvalidValue)
         );
+    }
+
+    #[test]
+    fn fields_are_named_once_within_their_limits_and_only_beside_a_value() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        assert_eq!(check_fields(&names(&["liked", "\u{2603}"]), true), Ok(()));
+        assert_eq!(check_fields(&[], true), Ok(()));
+        assert_eq!(
+            check_fields(&names(&["a"]), false),
+            Err(FieldsError::OnDelete)
+        );
+        assert_eq!(
+            check_fields(&names(&["a", ""]), true),
+            Err(FieldsError::Name(1))
+        );
+        let snow = "\u{2603}".repeat(FIELD_CHARS_MAX);
+        assert_eq!(check_fields(&names(&[&snow]), true), Ok(()));
+        let over = "\u{2603}".repeat(FIELD_CHARS_MAX + 1);
+        assert_eq!(
+            check_fields(&names(&[&over]), true),
+            Err(FieldsError::Name(0))
+        );
+        assert_eq!(
+            check_fields(&names(&["a", "b", "a"]), true),
+            Err(FieldsError::Twice(2))
+        );
+        let many: Vec<String> = (0..=FIELDS_MAX).map(|n| format!("f{n}")).collect();
+        assert_eq!(check_fields(&many, true), Err(FieldsError::TooMany));
+        assert_eq!(check_fields(&many[1..], true), Ok(()));
     }
 }

@@ -6,7 +6,6 @@
 //! re-encoded.
 
 use alloc::string::String;
-#[cfg(feature = "serde")]
 use alloc::vec::Vec;
 
 /// The collections a server accepts unless configured otherwise.
@@ -60,10 +59,12 @@ pub struct Mutation {
     pub updated_at: u64,
     /// The top-level fields this write sets, for a collection merged per field
     /// ([`crate::merge`]): each takes its value from `value`, or is removed when `value`
-    /// lacks it. `None` (the whole-record format): every field `value` holds. Only with the
-    /// `serde` feature: the browser's engine sends whole records.
-    #[cfg(feature = "serde")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// lacks it. `None` (the whole-record format): every field `value` holds. Checked by
+    /// [`crate::limits::check_fields`].
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub fields: Option<Vec<String>>,
 }
 
@@ -82,7 +83,6 @@ impl Mutation {
             key,
             value,
             updated_at,
-            #[cfg(feature = "serde")]
             fields: None,
         }
     }

@@ -821,7 +821,6 @@ mod wire {
     fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<u64>(), text(), text(), value_text(), any::<u64>()).prop_map(
             |(id, collection, key, value, updated_at)| Mutation {
-                #[cfg(feature = "serde")]
                 fields: None,
                 id,
                 collection,

@@ -12,8 +12,8 @@ use axum::Router;
 use serde::Serialize;
 use sinkron_core::engine::WriteError;
 use sinkron_core::limits::{
-    check_write, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, FIELDS_MAX, FIELD_CHARS_MAX,
-    KEY_CHARS_MAX, MUTATIONS_MAX, VALUE_BYTES_MAX,
+    check_write, FieldsError, CLIENT_ID_CHARS_MAX, COLLECTION_CHARS_MAX, FIELDS_MAX,
+    FIELD_CHARS_MAX, KEY_CHARS_MAX, MUTATIONS_MAX, VALUE_BYTES_MAX,
 };
 use sinkron_core::protocol::{PullResponse, PushRequest, PushResponse, User};
 use sinkron_core::Mutation;
@@ -231,6 +231,8 @@ pub(crate) fn validate_mutation(
             "value",
             format!("must be at most {VALUE_BYTES_MAX} bytes of JSON text"),
         ),
+        // Not a rule of `check_write` (the fields are checked below).
+        WriteError::InvalidFields => invalid("fields", "are not valid".into()),
     })?;
     if let Some(value) = &m.value {
         if serde_json::from_str::<Doubles>(value).is_err() {
@@ -248,25 +250,15 @@ pub(crate) fn validate_mutation(
     Ok(())
 }
 
-/// The fields a write names (`Mutation::fields`): only with a value (a delete removes the
-/// whole record), at most [`FIELDS_MAX`], each named once, by 1 to [`FIELD_CHARS_MAX`]
-/// characters.
+/// The fields a write names (`Mutation::fields`), by the engine's rule
+/// ([`sinkron_core::limits::check_fields`]), said in words.
 fn check_fields(fields: &[String], has_value: bool) -> Result<(), String> {
-    if !has_value {
-        return Err("a delete (value null) names no fields".into());
-    }
-    if fields.len() > FIELDS_MAX {
-        return Err(format!("must name at most {FIELDS_MAX} fields"));
-    }
-    for (n, name) in fields.iter().enumerate() {
-        if name.is_empty() || name.chars().count() > FIELD_CHARS_MAX {
-            return Err(format!("[{n}] must be 1 to {FIELD_CHARS_MAX} characters"));
-        }
-        if fields[..n].contains(name) {
-            return Err(format!("[{n}] names {name:?} twice"));
-        }
-    }
-    Ok(())
+    sinkron_core::limits::check_fields(fields, has_value).map_err(|e| match e {
+        FieldsError::OnDelete => "a delete (value null) names no fields".into(),
+        FieldsError::TooMany => format!("must name at most {FIELDS_MAX} fields"),
+        FieldsError::Name(n) => format!("[{n}] must be 1 to {FIELD_CHARS_MAX} characters"),
+        FieldsError::Twice(n) => format!("[{n}] names {:?} twice", fields[n]),
+    })
 }
 
 /// `POST /api/user/me/changes`: apply a batch, answer with the ack and the changes since the

@@ -235,14 +235,8 @@ fn persist(j: &mut Json, p: &Persist) {
             j.raw("]");
         }
         Persist::EndingSessions { tokens } => {
-            j.field("t").string("ending").field("tokens").raw("[");
-            for (i, token) in tokens.iter().enumerate() {
-                if i > 0 {
-                    j.raw(",");
-                }
-                j.string(token);
-            }
-            j.raw("]");
+            j.field("t").string("ending").field("tokens");
+            string_list(j, tokens);
         }
         Persist::Evict { scope, keys } => {
             j.field("t").string("evict");
@@ -251,6 +245,18 @@ fn persist(j: &mut Json, p: &Persist) {
             key_list(j, keys);
         }
     }
+}
+
+/// `["…", …]`.
+fn string_list(j: &mut Json, items: &[String]) {
+    j.raw("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.string(item);
+    }
+    j.raw("]");
 }
 
 /// `[{"collection", "key"}, …]`.
@@ -350,6 +356,10 @@ fn mutation_list(j: &mut Json, mutations: &[Mutation]) {
         j.field("key").string(&m.key);
         j.field("value").value(m.value.as_deref());
         j.field("updatedAt").number(m.updated_at);
+        if let Some(fields) = &m.fields {
+            j.field("fields");
+            string_list(j, fields);
+        }
         j.raw("}");
     }
     j.raw("]");

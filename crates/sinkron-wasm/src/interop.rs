@@ -129,8 +129,12 @@ fn run(
             let value = call
                 .value("value")
                 .map_err(|_| Refusal::Write(WriteError::InvalidValue.code()))?;
+            // The fields it sets, for a collection merged per field (absent: all of them).
+            let fields = call
+                .opt_strings("fields")
+                .map_err(|_| Refusal::Write(WriteError::InvalidFields.code()))?;
             engine
-                .write(now, collection, key, value)
+                .write_fields(now, collection, key, value, fields)
                 .map_err(|e| Refusal::Write(e.code()))?;
         }
         "signIn" => {
@@ -159,10 +163,7 @@ fn run(
             let cursor = call.opt_str("cursor")?;
             let partial = call.bool("partial")?;
             let records = list(call, "records", change)?;
-            let mut ending = Vec::new();
-            for token in call.items("ending")? {
-                ending.push(token.string_value("ending")?);
-            }
+            let ending = call.opt_strings("ending")?.unwrap_or_default();
             let mut adopted = Vec::new();
             for scope in call.items("adopted")? {
                 adopted.push(scope.opt_string_value("adopted")?);
@@ -278,10 +279,10 @@ fn run(
 }
 
 fn init(call: &Node<'_>) -> Result<Engine, Invalid> {
-    let mut config = match call.opt_u64("interval")? {
-        Some(interval) if interval > 0 => Config::with_interval(interval),
-        _ => Config::default(),
-    };
+    let mut config = Config::default();
+    if let Some(interval) = call.opt_u64("interval")?.filter(|&ms| ms > 0) {
+        config.interval_ms = interval;
+    }
     let switch = |name, default: bool| Ok(call.opt_bool(name)?.unwrap_or(default));
     config.adopt_legacy = switch("adoptLegacy", false)?;
     config.pull_on_sign_in = switch("pullOnSignIn", config.pull_on_sign_in)?;
@@ -342,13 +343,8 @@ fn reply(call: &Node<'_>, body: &str) -> Result<Reply, Invalid> {
 
 /// A header of whole seconds (`fetch` hands it trimmed), in ms; `None` for anything else.
 fn seconds_ms(header: Option<&str>) -> Option<u64> {
-    let digits = header.filter(|h| !h.is_empty() && h.len() <= 9)?;
-    digits
-        .bytes()
-        .try_fold(0u64, |n, b| {
-            b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-        })
-        .map(|s| s * 1000)
+    // At most 2^53-1 s, so the product fits.
+    json::whole_number(header?).map(|s| s * 1000)
 }
 
 fn page(body: &Node<'_>, push: bool) -> Result<Reply, Invalid> {
@@ -418,13 +414,14 @@ fn change(n: &Node<'_>) -> Result<Change, Invalid> {
 }
 
 fn mutation(n: &Node<'_>) -> Result<Mutation, Invalid> {
-    Ok(Mutation::new(
-        n.u64("id")?,
-        n.string("collection")?,
-        n.string("key")?,
-        n.value("value")?,
-        n.u64("updatedAt")?,
-    ))
+    Ok(Mutation {
+        id: n.u64("id")?,
+        collection: n.string("collection")?,
+        key: n.string("key")?,
+        value: n.value("value")?,
+        updated_at: n.u64("updatedAt")?,
+        fields: n.opt_strings("fields")?,
+    })
 }
 
 fn record_key(n: &Node<'_>) -> Result<RecordKey, Invalid> {
@@ -624,6 +621,50 @@ mod tests {
         let input =
             format!(r#"{{"t":"write","now":{NOW},"collection":"","key":"a","value":null}}"#);
         assert!(call(&mut slot, &input, "").contains(r#""code":"invalid_collection""#));
+    }
+
+    #[test]
+    fn the_fields_a_write_sets_are_pushed_stored_and_restored() {
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        let body = r#"{"cursor":"1","changes":[],"more":false,"serverTime":1}"#;
+        run_ok(&mut slot, &reply_call(id, "pull", 200), body);
+        let write = format!(
+            r#"{{"t":"write","now":{NOW},"collection":"likes","key":"a","value":{{"on":true,"n":1}},"fields":["on"]}}"#
+        );
+        let commands = run_ok(&mut slot, &write, "");
+        let (_, outbox) = commands.iter().find(|(t, _)| t == "outbox").unwrap();
+        assert!(
+            outbox.contains(r#""updatedAt":"#) && outbox.contains(r#","fields":["on"]}"#),
+            "{outbox}"
+        );
+        let due = format!(r#"{{"t":"timeout","now":{}}}"#, NOW + 10_000);
+        let (_, push) = sent(&run_ok(&mut slot, &due, ""));
+        assert!(push.contains(r#""fields":["on"]"#), "{push}");
+
+        // A reloaded tab's outbox keeps them.
+        let mut slot = started();
+        let id = pulling(&mut slot);
+        run_ok(&mut slot, &reply_call(id, "pull", 200), body);
+        let restore = format!(
+            r#"{{"t":"restoreOutbox","now":{NOW},"clientId":"c1","next":3,"mutations":[{{"id":2,"collection":"likes","key":"a","value":{{"on":true}},"updatedAt":5,"fields":["on"]}}]}}"#
+        );
+        let mut commands = run_ok(&mut slot, &restore, "");
+        commands.extend(run_ok(&mut slot, &due, ""));
+        let (_, push) = sent(&commands);
+        assert!(push.contains(r#""fields":["on"]"#), "{push}");
+
+        // Fields that are not a list of names are refused as such.
+        for fields in [r#""on""#, "[1]", r#"["on","on"]"#] {
+            let write = format!(
+                r#"{{"t":"write","now":{NOW},"collection":"likes","key":"b","value":{{}},"fields":{fields}}}"#
+            );
+            assert_eq!(
+                call(&mut slot, &write, ""),
+                r#"{"e":{"code":"invalid_fields","message":"the write was refused: invalid_fields"}}"#,
+                "{fields}"
+            );
+        }
     }
 
     #[test]

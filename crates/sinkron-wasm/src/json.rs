@@ -71,6 +71,19 @@ std::thread_local! {
     static LAST: Cell<Error> = const { Cell::new(NO_ERROR) };
 }
 
+/// `text` as a whole number from 0 to 2^53-1 in decimal digits only (no sign, fraction or
+/// exponent), if it is one.
+pub(crate) fn whole_number(text: &str) -> Option<u64> {
+    let mut n = 0u64;
+    for digit in text.bytes() {
+        if !digit.is_ascii_digit() || n > SAFE_INTEGER_MAX {
+            return None;
+        }
+        n = n * 10 + u64::from(digit - b'0');
+    }
+    (!text.is_empty() && n <= SAFE_INTEGER_MAX).then_some(n)
+}
+
 /// A parsed JSON value with its source text.
 #[derive(Debug)]
 pub(crate) struct Node<'a> {
@@ -293,16 +306,9 @@ impl<'a> Node<'a> {
         let Some(node) = self.get(name) else {
             return Ok(None);
         };
-        let whole =
-            matches!(node.kind, Kind::Number) && node.raw.bytes().all(|b| b.is_ascii_digit());
-        let n = node.raw.bytes().fold(0u64, |n, digit| {
-            n.saturating_mul(10)
-                .saturating_add(u64::from(digit.wrapping_sub(b'0')))
-        });
-        if whole && n <= SAFE_INTEGER_MAX {
-            Ok(Some(n))
-        } else {
-            Err(invalid(name, "a whole number from 0 to 2^53-1"))
+        match whole_number(node.raw).filter(|_| matches!(node.kind, Kind::Number)) {
+            Some(n) => Ok(Some(n)),
+            None => Err(invalid(name, "a whole number from 0 to 2^53-1")),
         }
     }
 
@@ -364,6 +370,19 @@ impl<'a> Node<'a> {
         self.str(name).map(Into::into)
     }
 
+    /// The array field `name` of strings; `None` when absent or `null`.
+    #[inline(never)]
+    pub fn opt_strings(&self, name: &'static str) -> Result<Option<Vec<String>>, Invalid> {
+        if self.get(name).is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for item in self.items(name)? {
+            out.push(item.string_value(name)?);
+        }
+        Ok(Some(out))
+    }
+
     /// The array field `name` (absent or `null` is empty).
     #[inline(never)]
     pub fn items(&self, name: &'static str) -> Result<&[Node<'a>], Invalid> {
@@ -398,6 +417,25 @@ mod tests {
     impl Error {
         fn new(field: &'static str, expected: &'static str) -> Error {
             Error { field, expected }
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_plain_digits_up_to_2_pow_53_minus_1() {
+        assert_eq!(whole_number("0"), Some(0));
+        assert_eq!(whole_number("007"), Some(7));
+        assert_eq!(whole_number("9007199254740991"), Some(SAFE_INTEGER_MAX));
+        for not in [
+            "",
+            "-1",
+            "1.5",
+            "1e3",
+            " 1",
+            "+1",
+            "9007199254740992",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(whole_number(not), None, "{not:?}");
         }
     }
 

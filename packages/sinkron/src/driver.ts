@@ -184,9 +184,13 @@ export class SinkronClient {
 
   // ----- what the UI does -----
 
-  /** Writes a record at once (locally and to other tabs); pushed in the background. */
-  write(collection: string, key: string, value: Value | null) {
-    this.#call({ t: "write", collection, key, value });
+  /**
+   * Writes a record at once (locally and to other tabs); pushed in the background. With
+   * `fields`, the write sets only those fields of the record (the others keep what other
+   * devices wrote) where the server merges the collection per field (`--merge-fields`).
+   */
+  write(collection: string, key: string, value: Value | null, fields?: string[]) {
+    this.#call({ t: "write", collection, key, value, fields });
   }
 
   /** Pushes what is queued now, hot writes included (see `hot`): at a pause, a seek, the end of an episode. */

@@ -61,8 +61,12 @@ export interface SyncStore<C extends Collections> {
   /** Each collection's records, by key. */
   records: { [K in keyof C]: Record<string, Rec<ValueOf<C[K]>>> };
 
-  /** Writes a record (optimistic: in the state at once, synced in the background). */
-  put<K extends keyof C & string>(collection: K, key: string, value: ValueOf<C[K]>): void;
+  /**
+   * Writes a record (optimistic: in the state at once, synced in the background). With
+   * `fields`, it sets only those fields (a like toggled here, a position advanced on another
+   * device: both survive) where the server merges the collection per field.
+   */
+  put<K extends keyof C & string>(collection: K, key: string, value: ValueOf<C[K]>, fields?: Array<keyof ValueOf<C[K]> & string>): void;
   /** Deletes a record. */
   remove<K extends keyof C & string>(collection: K, key: string): void;
   /**
@@ -220,8 +224,8 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
       ...own?.derive?.(records, names),
       ...actions,
 
-      put(collection, key, value) {
-        engine().write(collection, key, value);
+      put(collection, key, value, fields) {
+        engine().write(collection, key, value, fields);
       },
       remove(collection, key) {
         engine().write(collection, key, null);

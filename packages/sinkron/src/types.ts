@@ -73,6 +73,8 @@ export interface Mutation {
   key: string;
   value: Value | null;
   updatedAt: number;
+  /** The fields the write sets, for a collection the server merges per field; absent: all. */
+  fields?: string[];
 }
 
 export type TabMessage = { scope: string | null } & (
@@ -91,7 +93,7 @@ export type Call =
   | { t: "user"; now: number }
   | { t: "status"; now: number }
   | { t: "collection"; now: number; name: string }
-  | { t: "write"; now: number; collection: string; key: string; value: Value | null }
+  | { t: "write"; now: number; collection: string; key: string; value: Value | null; fields?: string[] }
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }

@@ -68,6 +68,10 @@ export function Bookmarks() {
   const { put, remove } = bookmarks.getState();
   put("bookmarks", "a", { url: "https://example.org", note: "later" });
   put("progress", "s01e01", { position: 42 });
+  // Only the note: its fields are the value type's.
+  put("bookmarks", "a", { url: "https://example.org", note: "now" }, ["note"]);
+  // @ts-expect-error: a bookmark has no field "position"
+  put("bookmarks", "a", { url: "https://example.org", note: "now" }, ["position"]);
   remove("bookmarks", "a");
   // @ts-expect-error: a bookmark has a url and a note
   put("bookmarks", "b", { position: 1 });

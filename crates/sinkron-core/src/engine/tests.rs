@@ -1385,7 +1385,6 @@ fn a_write_after_restoring_an_outbox_never_reuses_a_restored_id() {
     let mut tab = Tab::new(5);
     tab.engine.restore_user(Some("u1".into()));
     let restored = Mutation {
-        #[cfg(feature = "serde")]
         fields: None,
         id: 3,
         collection: "history".into(),
@@ -2898,7 +2897,6 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
     tab.drain();
     let own_id = tab.engine.client_id().to_owned();
     let good = Mutation {
-        #[cfg(feature = "serde")]
         fields: None,
         id: 1,
         collection: "history".into(),
@@ -2907,7 +2905,6 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         updated_at: T0,
     };
     let mine = Mutation {
-        #[cfg(feature = "serde")]
         fields: None,
         key: "mine".into(),
         ..good.clone()
@@ -2971,7 +2968,6 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
     let parked = |key: &str, updated_at: u64, value: &str| Mutation {
-        #[cfg(feature = "serde")]
         fields: None,
         id: 1,
         collection: "history".into(),
@@ -3008,7 +3004,6 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
     let mut tab = Tab::leader();
     let ahead = tab.now + 3_600_000;
     let parked = Mutation {
-        #[cfg(feature = "serde")]
         fields: None,
         id: 1,
         collection: "history".into(),
@@ -3139,4 +3134,137 @@ fn a_leader_shown_again_pulls_at_once_even_just_after_its_last_pull() {
             last_sync: Some("1".into())
         }
     );
+}
+
+// ----- writes of some fields (collections merged per field) -----
+
+fn names(fields: &[&str]) -> Option<Vec<String>> {
+    Some(fields.iter().map(|f| f.to_string()).collect())
+}
+
+impl Tab {
+    fn write_fields(&mut self, key: &str, value: &str, fields: &[&str]) {
+        self.engine
+            .write_fields(
+                self.now,
+                "history",
+                key,
+                Some(value.to_owned()),
+                names(fields),
+            )
+            .expect("valid write");
+    }
+
+    /// The next push's mutations as `(key, value, fields)`.
+    fn pushed(&mut self) -> Vec<(String, Option<String>, Option<Vec<String>>)> {
+        self.fire();
+        let (_, request) = self.only_send();
+        pushed(&request)
+            .iter()
+            .map(|m| (m.key.clone(), m.value.clone(), m.fields.clone()))
+            .collect()
+    }
+}
+
+#[test]
+fn a_write_of_some_fields_is_pushed_naming_them_and_shows_its_whole_value() {
+    let mut tab = Tab::leader();
+    tab.write_fields("e1", r#"{"position":5,"liked":true}"#, &["liked"]);
+    // Here the app's value shows whole, at once.
+    assert_eq!(
+        tab.value("e1").as_deref(),
+        Some(r#"{"position":5,"liked":true}"#)
+    );
+    assert_eq!(
+        tab.pushed(),
+        vec![(
+            "e1".into(),
+            Some(r#"{"position":5,"liked":true}"#.into()),
+            names(&["liked"])
+        )]
+    );
+    // A write of the whole record names none.
+    let mut tab = Tab::leader();
+    tab.write("e2", "{}");
+    assert_eq!(tab.pushed(), vec![("e2".into(), Some("{}".into()), None)]);
+}
+
+#[test]
+fn queued_writes_of_the_same_fields_coalesce_and_writes_of_others_go_beside_them() {
+    let mut tab = Tab::leader();
+    tab.write_fields("e1", r#"{"position":5}"#, &["position"]);
+    tab.write_fields("e1", r#"{"position":6}"#, &["position"]);
+    tab.write_fields("e1", r#"{"position":6,"liked":true}"#, &["liked"]);
+    tab.write_fields("e1", r#"{"position":7,"liked":true}"#, &["position"]);
+    tab.write("e1", r#"{"position":7,"liked":false}"#);
+    assert_eq!(
+        tab.value("e1").as_deref(),
+        Some(r#"{"position":7,"liked":false}"#)
+    );
+    // In the order written: a later one wins each field it names on the server too.
+    let pushed = tab.pushed();
+    let fields: Vec<_> = pushed.iter().map(|(_, _, f)| f.clone()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            names(&["position"]),
+            names(&["liked"]),
+            names(&["position"]),
+            None
+        ]
+    );
+    assert_eq!(pushed[0].1.as_deref(), Some(r#"{"position":6}"#));
+}
+
+#[test]
+fn fields_that_break_the_rules_are_refused_and_nothing_is_queued() {
+    let mut tab = Tab::leader();
+    let long = "f".repeat(crate::limits::FIELD_CHARS_MAX + 1);
+    let many: Vec<String> = (0..=crate::limits::FIELDS_MAX)
+        .map(|n| format!("f{n}"))
+        .collect();
+    for (value, fields) in [
+        (None, names(&["a"])),
+        (Some("{}"), names(&[""])),
+        (Some("{}"), names(&[&long])),
+        (Some("{}"), names(&["a", "b", "a"])),
+        (Some("{}"), Some(many)),
+    ] {
+        let refused = tab.engine.write_fields(
+            tab.now,
+            "history",
+            "e1",
+            value.map(str::to_owned),
+            fields.clone(),
+        );
+        assert_eq!(refused, Err(WriteError::InvalidFields), "{fields:?}");
+    }
+    assert_eq!(tab.engine.outbox(), vec![]);
+    assert_eq!(tab.value("e1"), None);
+    // The most a write may name is taken.
+    let most: Vec<String> = (0..crate::limits::FIELDS_MAX)
+        .map(|n| format!("f{n}"))
+        .collect();
+    let taken = tab
+        .engine
+        .write_fields(tab.now, "history", "e1", Some("{}".into()), Some(most));
+    assert_eq!(taken, Ok(()));
+}
+
+#[test]
+fn fields_survive_a_reload_and_a_sign_out() {
+    // A reloaded tab restores its outbox with the fields of each write.
+    let mut tab = Tab::leader();
+    tab.write_fields("e1", r#"{"liked":true}"#, &["liked"]);
+    let stored = tab.engine.outbox();
+    assert_eq!(stored[0].fields, names(&["liked"]));
+    let mut reloaded = Tab::leader();
+    reloaded
+        .engine
+        .restore_outbox("c1".into(), stored[0].id + 1, stored.clone());
+    assert_eq!(reloaded.pushed()[0].2, names(&["liked"]));
+    // Parked by a sign-out and taken back at the next sign-in.
+    let mut other = Tab::leader();
+    other.engine.unpark(other.now, "gone".into(), stored);
+    assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }

@@ -72,10 +72,6 @@ impl<V> Map<V> {
         self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 
-    fn keys(&self) -> impl Iterator<Item = &RecordKey> {
-        self.entries.iter().map(|(k, _)| k)
-    }
-
     fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.entries.iter_mut().map(|(_, v)| v)
     }
@@ -107,6 +103,9 @@ pub(super) struct Pending {
     pub(super) id: u64,
     pub(super) key: RecordKey,
     pub(super) record: Record,
+    /// The fields the write sets ([`Mutation::fields`]); `None`: the whole record. Only this
+    /// tab's writes have them: another tab's are only shown here.
+    pub(super) fields: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -143,15 +142,15 @@ impl View {
     /// The newest version of a record this tab knows of, tombstones included.
     pub(super) fn get(&self, key: &RecordKey) -> Option<&Record> {
         let mut best = self.confirmed.get(key).map(|s| &s.record);
-        let own = self.queued(key);
-        let acked = self
-            .acked
-            .iter()
-            .rev()
-            .map(|a| &a.pending)
-            .find(|p| &p.key == key);
-        let candidates = own.into_iter().chain(acked).chain(self.foreign_get(key));
-        for candidate in candidates {
+        let acked = self.acked.iter().rev().find(|a| &a.pending.key == key);
+        for candidate in [
+            self.queued(key),
+            acked.map(|a| &a.pending),
+            self.foreign_get(key),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if best.is_none_or(|b| candidate.record.wins_over(b)) {
                 best = Some(&candidate.record);
             }
@@ -162,24 +161,34 @@ impl View {
     /// The live records of a collection (tombstones left out), in no particular order.
     pub(super) fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
         let mut out: Vec<(&str, &Record)> = Vec::new();
-        // Each key once: confirmed keys first, then unconfirmed ones not seen before.
-        let unconfirmed = self
-            .outbox
-            .iter()
-            .chain(self.acked.iter().map(|a| &a.pending))
-            .map(|p| &p.key)
-            .chain(self.foreign.iter().map(|p| &p.key));
-        let mut extra: Vec<&RecordKey> = Vec::new();
-        for key in unconfirmed {
-            if key.collection == collection
-                && !self.confirmed.contains_key(key)
-                && !extra.contains(&key)
-            {
-                extra.push(key);
+        // Each key once: confirmed keys first, then unconfirmed ones not seen before. Plain
+        // loops: iterator chains cost the browser build more.
+        let mut keys: Vec<&RecordKey> = Vec::new();
+        for (key, _) in &self.confirmed.entries {
+            if key.collection == collection {
+                keys.push(key);
             }
         }
-        let confirmed = self.confirmed.keys().filter(|k| k.collection == collection);
-        for key in confirmed.chain(extra) {
+        let mut unconfirmed: Vec<&Pending> = Vec::new();
+        for p in &self.outbox {
+            unconfirmed.push(p);
+        }
+        for a in &self.acked {
+            unconfirmed.push(&a.pending);
+        }
+        for p in &self.foreign {
+            unconfirmed.push(p);
+        }
+        for p in unconfirmed {
+            let key = &p.key;
+            if key.collection == collection
+                && !self.confirmed.contains_key(key)
+                && !keys.contains(&key)
+            {
+                keys.push(key);
+            }
+        }
+        for key in keys {
             if let Some(record) = self.get(key).filter(|r| !r.is_tombstone()) {
                 out.push((key.key.as_str(), record));
             }
@@ -354,6 +363,7 @@ impl View {
                 id,
                 key: key.clone(),
                 record,
+                fields: None,
             });
         }
         newer
@@ -420,20 +430,27 @@ impl View {
 
 impl Pending {
     pub(super) fn mutation(&self) -> Mutation {
-        Mutation::new(
-            self.id,
-            self.key.collection.clone(),
-            self.key.key.clone(),
-            self.record.value.clone(),
-            self.record.updated_at,
-        )
+        Mutation {
+            id: self.id,
+            collection: self.key.collection.clone(),
+            key: self.key.key.clone(),
+            value: self.record.value.clone(),
+            updated_at: self.record.updated_at,
+            fields: self.fields.clone(),
+        }
     }
 
     /// The size of this mutation in a JSON body, roughly but never below the real size.
     pub(super) fn approximate_bytes(&self) -> usize {
-        96 + self.key.collection.len()
+        let mut bytes = 96
+            + self.key.collection.len()
             + self.key.key.len() * 6
-            + self.record.value.as_ref().map_or(4, String::len)
+            + self.record.value.as_ref().map_or(4, String::len);
+        // `"fields":[…]`, each name quoted and escaped at worst.
+        for name in self.fields.iter().flatten() {
+            bytes += 12 + name.len() * 6;
+        }
+        bytes
     }
 }
 
