@@ -791,9 +791,15 @@ impl Engine {
         };
         let sent_max = self.sent_max;
         // Coalesce with the queued write to the same key unless that one was already sent,
-        // or sets other fields (a write of other fields goes beside it).
+        // sets other fields (a write of other fields goes beside it), or is a delete that
+        // this write would undo: where the server merges per field, the delete removes fields
+        // this write does not name, so both go, in order.
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
-            Some(p) if p.id > sent_max && p.fields == fields => {
+            Some(p)
+                if p.id > sent_max
+                    && p.fields == fields
+                    && (p.record.value.is_some() || record.value.is_none()) =>
+            {
                 p.record = record.clone();
                 p.id
             }

@@ -3268,3 +3268,28 @@ fn fields_survive_a_reload_and_a_sign_out() {
     other.engine.unpark(other.now, "gone".into(), stored);
     assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }
+
+#[test]
+fn a_write_after_a_queued_delete_goes_beside_it_so_the_delete_still_removes_other_fields() {
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"position":5,"liked":true}"#);
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, taken(1, "2"));
+    tab.drain();
+    tab.engine.write(tab.now, "history", "e1", None).unwrap();
+    tab.write("e1", r#"{"position":0}"#);
+    // A delete after a write replaces it: the delete removes everything anyway.
+    tab.write("e2", r#"{"position":1}"#);
+    tab.engine.write(tab.now, "history", "e2", None).unwrap();
+    let pushed: Vec<_> = tab.pushed().into_iter().map(|(k, v, _)| (k, v)).collect();
+    assert_eq!(
+        pushed,
+        vec![
+            ("e1".into(), None),
+            ("e1".into(), Some(r#"{"position":0}"#.into())),
+            ("e2".into(), None),
+        ]
+    );
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"position":0}"#));
+}
