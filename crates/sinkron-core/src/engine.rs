@@ -790,6 +790,10 @@ impl Engine {
             client_id: self.client_id.clone(),
         };
         let sent_max = self.sent_max;
+        #[cfg(feature = "planted-bugs")]
+        let any_fields = crate::planted::planted(crate::planted::Bug::CoalesceAcrossFields);
+        #[cfg(not(feature = "planted-bugs"))]
+        let any_fields = false;
         // Coalesce with the queued write to the same key unless that one was already sent,
         // sets other fields (a write of other fields goes beside it), or is a delete that
         // this write would undo: where the server merges per field, the delete removes fields
@@ -797,7 +801,7 @@ impl Engine {
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
             Some(p)
                 if p.id > sent_max
-                    && p.fields == fields
+                    && (p.fields == fields || any_fields)
                     && (p.record.value.is_some() || record.value.is_none()) =>
             {
                 p.record = record.clone();

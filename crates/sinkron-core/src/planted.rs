@@ -38,10 +38,14 @@ pub enum Bug {
     /// A push the server refused for one write it names drops the whole batch, the valid
     /// writes with it.
     RefusalDropsBatch = 2048,
+    /// A queued write takes the next write to its key whatever fields each sets, keeping
+    /// its own list: a later delete then names fields (and is refused), a later write's
+    /// other fields are not sent as set.
+    CoalesceAcrossFields = 4096,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -54,6 +58,7 @@ impl Bug {
         Bug::MergeArrival,
         Bug::CapReadsTooFew,
         Bug::RefusalDropsBatch,
+        Bug::CoalesceAcrossFields,
     ];
 
     /// The name used on the command line.
@@ -71,6 +76,7 @@ impl Bug {
             Bug::MergeArrival => "merge-arrival",
             Bug::CapReadsTooFew => "cap-reads-too-few",
             Bug::RefusalDropsBatch => "refusal-drops-batch",
+            Bug::CoalesceAcrossFields => "coalesce-across-fields",
         }
     }
 }

@@ -85,3 +85,8 @@ fn a_cap_that_reads_too_few_of_the_oldest_records_is_caught() {
 fn a_refusal_that_drops_the_whole_push_is_caught() {
     finds("refusal-drops-batch", 200);
 }
+
+#[test]
+fn coalescing_writes_of_different_fields_is_caught() {
+    finds("coalesce-across-fields", 50);
+}

@@ -169,32 +169,42 @@ impl World {
     pub(super) fn user_write(&mut self, d: usize, t: usize) -> Result<(), Violation> {
         let kind = self.rng.range(0, 99);
         let e = self.rng.range(0, 7);
-        let writes: Vec<(String, String, Option<String>)> = match kind {
+        // `Some(names)`: a write of those fields only, its value the record as the tab shows
+        // it with them set (an app's `put(…, fields)`).
+        type Write = (String, String, Option<String>, Option<Vec<String>>);
+        let writes: Vec<Write> = match kind {
             0..=44 => {
                 if self.rng.chance(50) {
                     self.devices[d].playing = e;
                 }
                 let playing = self.devices[d].playing;
                 // History is merged field by field (`server::MERGED`): the position while
-                // playing, now and then a like or `completed` (sticky), each its own field.
-                let field = match self.rng.range(0, 10) {
-                    0..=6 => format!(r#""position":{}"#, self.rng.range(0, 3_600)),
-                    7 | 8 => format!(r#""liked":{}"#, self.rng.chance(500)),
-                    _ => format!(r#""completed":{}"#, self.rng.chance(700)),
+                // playing, now and then a like or `completed` (sticky), each its own field;
+                // half of them written as the whole record holding just that field, half
+                // naming it (and the write's marker `w`) over what the tab shows.
+                let (name, field) = match self.rng.range(0, 10) {
+                    0..=6 => ("position", format!("{}", self.rng.range(0, 3_600))),
+                    7 | 8 => ("liked", format!("{}", self.rng.chance(500))),
+                    _ => ("completed", format!("{}", self.rng.chance(700))),
                 };
+                let fields = self
+                    .rng
+                    .chance(500)
+                    .then(|| vec![name.to_owned(), "w".to_owned()]);
                 vec![(
                     "history".into(),
                     format!("ep-{playing}"),
-                    Some(format!("{{{field}}}")),
+                    Some(format!(r#"{{"{name}":{field}}}"#)),
+                    fields,
                 )]
             }
-            45..=51 => vec![("history".into(), format!("ep-{e}"), None)],
+            45..=51 => vec![("history".into(), format!("ep-{e}"), None, None)],
             52..=54 => {
                 let engine = &self.devices[d].tabs[t].engine;
                 engine
                     .collection("history")
                     .into_iter()
-                    .map(|(k, _)| ("history".to_owned(), k.to_owned(), None))
+                    .map(|(k, _)| ("history".to_owned(), k.to_owned(), None, None))
                     .collect()
             }
             55..=74 => {
@@ -204,7 +214,7 @@ impl World {
                     .get(&RecordKey::new("favorites", key.as_str()))
                     .is_some_and(|r| r.value.is_some());
                 let value = (!on).then(|| r#"{"on":true}"#.to_owned());
-                vec![("favorites".into(), key, value)]
+                vec![("favorites".into(), key, value, None)]
             }
             75..=89 => {
                 let v = if self.rng.chance(500) { 1 } else { -1 };
@@ -212,6 +222,7 @@ impl World {
                     "likes".into(),
                     format!("ep-{e}"),
                     Some(format!(r#"{{"v":{v}}}"#)),
+                    None,
                 )]
             }
             // An app version ahead of its server: a write the server refuses, between others.
@@ -219,6 +230,7 @@ impl World {
                 UNKNOWN.into(),
                 format!("bm-{}", e % 4),
                 Some(r#"{"note":"later"}"#.into()),
+                None,
             )],
             _ => {
                 let setting = ["quality", "autoplay", "subtitles"][(e % 3) as usize];
@@ -227,23 +239,42 @@ impl World {
                     "settings".into(),
                     setting.to_owned(),
                     Some(format!(r#"{{"value":{value}}}"#)),
+                    None,
                 )]
             }
         };
-        for (collection, key, value) in writes {
+        for (collection, key, value, fields) in writes {
             self.writes += 1;
             // Every value is unique, so a report can tell versions apart.
-            let value = value.map(|v| format!(r#"{{"w":{},{}"#, self.writes, &v[1..]));
+            let mut value = value.map(|v| format!(r#"{{"w":{},{}"#, self.writes, &v[1..]));
+            if let (Some(set), Some(_)) = (&value, &fields) {
+                // The fields set over the record as this tab shows it.
+                let shown = self.devices[d].tabs[t]
+                    .engine
+                    .get(&RecordKey::new(collection.as_str(), key.as_str()))
+                    .and_then(|r| r.value.as_deref())
+                    .map(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>)
+                    .transpose()
+                    .map_err(|e| Violation::new("sim", format!("unreadable value: {e}")))?;
+                let mut whole = shown.unwrap_or_default();
+                let set: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(set).expect("a value the simulation wrote");
+                whole.extend(set);
+                value = Some(serde_json::Value::Object(whole).to_string());
+            }
             let id = self.devices[d].tabs[t].id;
+            let named = fields
+                .as_ref()
+                .map_or(String::new(), |f| format!(" (fields {})", f.join(",")));
             self.trace(format_args!(
-                "d{d} t{id} write {collection}/{key} = {}",
+                "d{d} t{id} write {collection}/{key} = {}{named}",
                 value.as_deref().unwrap_or("null")
             ));
             let local = self.local(d);
             let tab = &mut self.devices[d].tabs[t];
             let before = tab.engine.user().map(str::to_owned);
             tab.engine
-                .write(local, &collection, &key, value)
+                .write_fields(local, &collection, &key, value, fields)
                 .map_err(|e| Violation::new("sim", format!("write refused: {}", e.code())))?;
             let record_key = RecordKey::new(collection, key);
             // A write the server refuses is not one to read back once refused.
