@@ -218,6 +218,8 @@ enum Input {
         collection: String,
         key: String,
         value: Option<String>,
+        /// The fields it sets (`None`: the whole record).
+        fields: Option<Vec<String>>,
         done: oneshot::Sender<Result<(), WriteError>>,
     },
     SignIn {
@@ -305,11 +307,38 @@ impl Device {
         key: &str,
         value: Option<serde_json::Value>,
     ) -> Result<(), Error> {
+        self.write_input(collection, key, value.map(|v| v.to_string()), None)
+            .await
+    }
+
+    /// Writes only `fields` of a record, `value` being the whole record as this device
+    /// shows it with them set: where the server merges the collection field by field
+    /// (`--merge-fields`), the other fields keep what other devices wrote.
+    pub async fn write_fields(
+        &self,
+        collection: &str,
+        key: &str,
+        value: serde_json::Value,
+        fields: &[&str],
+    ) -> Result<(), Error> {
+        let fields = fields.iter().map(|f| (*f).to_owned()).collect();
+        self.write_input(collection, key, Some(value.to_string()), Some(fields))
+            .await
+    }
+
+    async fn write_input(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Option<String>,
+        fields: Option<Vec<String>>,
+    ) -> Result<(), Error> {
         let (done, result) = oneshot::channel();
         self.send(Input::Write {
             collection: collection.to_owned(),
             key: key.to_owned(),
-            value: value.map(|v| v.to_string()),
+            value,
+            fields,
             done,
         });
         result
@@ -439,9 +468,13 @@ impl Driver {
                 collection,
                 key,
                 value,
+                fields,
                 done,
             } => {
-                let _ = done.send(self.engine.write(now, &collection, &key, value));
+                let written = self
+                    .engine
+                    .write_fields(now, &collection, &key, value, fields);
+                let _ = done.send(written);
             }
             Input::SignIn { session } => {
                 // Another user signed in here signs out first, with their own token.

@@ -27,10 +27,15 @@ struct Server {
 
 impl Server {
     fn start(database: &str, addr: &str) -> Server {
+        Server::start_with(database, addr, &[])
+    }
+
+    fn start_with(database: &str, addr: &str, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sinkron"))
             // The devices here poll every 150 ms; the server's own default asks for 30 s.
             .args(["serve", "--addr", addr, "--database", database])
             .args(["--poll-interval", "1"])
+            .args(args)
             .env("SINKRON_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -261,6 +266,70 @@ async fn an_offline_device_catches_up_when_back_online(backend: Backend) {
     a.wait_for(WAIT, |s| s.value("likes", "ep-0").is_some())
         .await
         .unwrap();
+}
+
+async fn fields_set_on_two_devices_both_survive_where_history_merges_per_field(backend: Backend) {
+    let data = Data::new(backend);
+    let server = Server::start_with(
+        &data.url(),
+        "127.0.0.1:0",
+        &["--merge-fields", "history:completed"],
+    );
+    let a = Device::start(&server.url, options(40));
+    let b = Device::start(&server.url, options(41));
+    a.register("fiona", "password1").await.unwrap();
+    b.login("fiona", "password1").await.unwrap();
+    a.write(
+        "history",
+        "ep-1",
+        Some(json!({"position": 10, "liked": false})),
+    )
+    .await
+    .unwrap();
+    b.wait_for(WAIT, |s| s.value("history", "ep-1").is_some() && synced(s))
+        .await
+        .unwrap();
+
+    // The phone, offline, likes the episode; meanwhile the TV plays on.
+    a.set_online(false);
+    a.wait_for(WAIT, |s| s.status.as_ref().is_some_and(|st| !st.online))
+        .await
+        .unwrap();
+    a.write_fields(
+        "history",
+        "ep-1",
+        json!({"position": 10, "liked": true}),
+        &["liked"],
+    )
+    .await
+    .unwrap();
+    b.write_fields(
+        "history",
+        "ep-1",
+        json!({"position": 95, "liked": false}),
+        &["position"],
+    )
+    .await
+    .unwrap();
+    b.wait_for(WAIT, |s| s.pending() == 0).await.unwrap();
+    a.set_online(true);
+
+    // The phone's write is the newer, yet the TV's position stays: each set its own field.
+    let merged = json!({"position": 95, "liked": true});
+    a.wait_for(WAIT, |s| {
+        s.value("history", "ep-1") == Some(merged.clone()) && synced(s)
+    })
+    .await
+    .unwrap();
+    b.wait_for(WAIT, |s| s.value("history", "ep-1") == Some(merged.clone()))
+        .await
+        .unwrap();
+    // A field the server refuses to take is refused here first, and nothing is queued.
+    assert!(a
+        .write_fields("history", "ep-1", json!({}), &["liked", "liked"])
+        .await
+        .is_err());
+    assert_eq!(a.snapshot().pending(), 0);
 }
 
 async fn writes_made_while_the_server_was_down_are_delivered_once(backend: Backend) {
@@ -594,4 +663,5 @@ on_every_backend!(
     a_sign_out_while_the_server_is_down_ends_the_session_once_it_is_back,
     writes_unsent_at_sign_out_go_at_the_next_sign_in_to_that_account_only,
     eight_devices_push_concurrently_while_a_ninth_follows,
+    fields_set_on_two_devices_both_survive_where_history_merges_per_field,
 );
