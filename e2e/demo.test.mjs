@@ -159,6 +159,54 @@ describe("playback costs almost nothing", () => {
     }));
 });
 
+describe("resuming on another device", () => {
+  test("opening the player pulls first: a stale copy resumes from the other device's further progress and never writes over it", () =>
+    withServer(async (server) => {
+      const tv = await browser.newContext();
+      const a = await open(tv, server);
+      const auth = await signUp(a, "resumer");
+      await openEpisodes(a, "s06");
+      await a.getByTestId("play-s06e01").click();
+      await showing(a, 1);
+      await a.getByTestId("pause").click();
+      const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await synced(a);
+
+      // The phone signs in and holds the episode; it polls only every 10 minutes.
+      const phone = await browser.newContext();
+      const b = await open(phone, server, { interval: 600_000 });
+      await phone.clock.install();
+      await signIn(b, "resumer");
+      const copy = await b.evaluate(() => Object.keys(localStorage).find((k) => k.endsWith(":r:history:s06e01")));
+      assert.ok(copy, "the phone holds a copy of the episode");
+
+      // The TV seeks far ahead: the server has it, the phone's copy is stale.
+      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+      await synced(a);
+      const ahead = await shown(a);
+      assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
+      assert.equal(recordsOf(await server.state(auth), "history").s06e01.position, ahead);
+      // Past the few seconds in which a state just pulled counts as fresh.
+      await phone.clock.runFor(5_000);
+
+      const sent = [];
+      b.on("request", (r) => {
+        if (new URL(r.url()).pathname !== "/api/user/me/changes") return;
+        for (const m of r.postDataJSON().mutations) if (m.key === "s06e01") sent.push(m.value?.position);
+      });
+      await openEpisodes(b, "s06");
+      await b.getByTestId("play-s06e01").click();
+      // It goes on from the TV's position, not from its own copy's.
+      await showing(b, ahead + 1);
+      await b.getByTestId("pause").click();
+      await synced(b);
+      assert.ok(sent.length > 0 && sent.every((p) => p > ahead), `the phone pushed positions ${sent}, the TV was at ${ahead}`);
+      assert.ok(recordsOf(await server.state(auth), "history").s06e01.position > ahead);
+      await tv.close();
+      await phone.close();
+    }));
+});
+
 describe("catalogue", () => {
   test("the 20 shows have 20 distinct titles", () =>
     withServer(async (server) => {

@@ -399,6 +399,9 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
 
   useEffect(() => {
     if (!entry) addHistory({ episodeId, showId: episode.showId, position: 0, duration: episode.duration });
+    // Before the first position is written (a second in): the server's state, so another
+    // device's further progress is where this one resumes, not what it overwrites.
+    else syncNow();
     played.current = { at: video.current?.currentTime ?? 0, seconds: 0 };
     setPaused(false);
     // Only when the episode changes: resuming keeps the stored position.

@@ -859,10 +859,15 @@ impl Engine {
     /// Pushes what is queued, hot writes included, as if none were hot: after the usual
     /// short wait (`Config::push_delay_ms`, so the steps of a drag along a seek bar are one
     /// push). The app calls it at the moments that matter: a pause, a seek, the end of an
-    /// episode.
+    /// episode. With nothing queued it pulls instead (unless the state was just pulled), so
+    /// that what the app does next starts from the server's state: the player calls it as
+    /// it opens, and resumes from another device's further progress rather than writing
+    /// over it from a stale copy. (A push's answer brings that state too.)
     pub fn push_now(&mut self, now: u64) {
         self.observe_time(now);
-        if !self.view.outbox.is_empty() {
+        if self.view.outbox.is_empty() {
+            self.want_pull(now);
+        } else {
             let soon = now + self.config.push_delay_ms;
             let due = self
                 .first_write_at

@@ -193,7 +193,11 @@ export class SinkronClient {
     this.#call({ t: "write", collection, key, value, fields });
   }
 
-  /** Pushes what is queued now, hot writes included (see `hot`): at a pause, a seek, the end of an episode. */
+  /**
+   * Pushes what is queued now, hot writes included (see `hot`): at a pause, a seek, the end of
+   * an episode. With nothing queued it pulls (unless just pulled): call it as playback opens,
+   * so it resumes from another device's further progress, not over it.
+   */
   pushNow() {
     this.#call({ t: "pushNow" });
   }

@@ -71,7 +71,8 @@ export interface SyncStore<C extends Collections> {
   remove<K extends keyof C & string>(collection: K, key: string): void;
   /**
    * Pushes what is queued now, hot writes included: call it at a pause, a seek or the end
-   * of an episode.
+   * of an episode. With nothing queued it pulls (unless just pulled): call it as the player
+   * opens, so playback resumes from another device's further progress, not over it.
    */
   syncNow(): void;
   /** Signs in with Sinkron's own accounts (or creates one, with `create`). */

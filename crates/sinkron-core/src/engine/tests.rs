@@ -3293,3 +3293,37 @@ fn a_write_after_a_queued_delete_goes_beside_it_so_the_delete_still_removes_othe
     );
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"position":0}"#));
 }
+
+#[test]
+fn push_now_with_nothing_queued_pulls_unless_just_pulled() {
+    let mut tab = Tab::leader();
+    // Just pulled (the leader's first pull): that state is fresh.
+    tab.engine.push_now(tab.now);
+    assert_eq!(tab.sends(), vec![]);
+    tab.now += tab.engine.config.trigger_gap_ms + 1;
+    tab.engine.push_now(tab.now);
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("1".into())
+        }
+    );
+    // The answer is what the app goes on from: another device's position.
+    let theirs = change("e1", Some(r#"{"position":600}"#), T0 + 5, "tv", 2);
+    tab.reply(id, Reply::Pulled(page("2", vec![theirs], false)));
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"position":600}"#));
+
+    // A tab that does not lead asks the leader, which pulls for the device.
+    let mut other = Tab::new(9);
+    other.engine.sign_in(other.now, "u1");
+    other.engine.handle_leadership(other.now, false);
+    other.drain();
+    other.now += other.engine.config.trigger_gap_ms + 1;
+    other.engine.push_now(other.now);
+    let asked = Tab::broadcasts(&other.drain());
+    assert!(
+        asked.iter().any(|m| matches!(m.body, TabBody::PullWanted)),
+        "{asked:?}"
+    );
+}
