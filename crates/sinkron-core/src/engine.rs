@@ -752,8 +752,9 @@ impl Engine {
     /// A write that sets only `fields` of the record (`None`: the whole record), for a
     /// collection the server merges field by field ([`Mutation::fields`]): the app's value
     /// shows here at once, and on the server the other fields keep what other devices wrote.
-    /// Queued writes to one key coalesce into one that sets the union of their fields (or
-    /// the whole record when one of them did, or the union would name too many).
+    /// A write still queued for the key takes this one only when both set the same fields
+    /// (and it is not a delete this one would undo); otherwise this one is queued beside it
+    /// and sent after it.
     pub fn write_fields(
         &mut self,
         now: u64,
