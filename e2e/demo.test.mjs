@@ -205,6 +205,56 @@ describe("resuming on another device", () => {
       await tv.close();
       await phone.close();
     }));
+
+  test("opening an episode this device never saw writes nothing before the pull: the other device's progress on it survives", () =>
+    withServer(async (server) => {
+      // The phone signs in first, while the account has no history at all.
+      const phone = await browser.newContext();
+      const b = await open(phone, server, { interval: 600_000 });
+      await phone.clock.install();
+      const auth = await signUp(b, "newcomer");
+      const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await synced(b);
+
+      // The TV then watches an episode and seeks ahead: the phone has no copy of it.
+      const tv = await browser.newContext();
+      const a = await open(tv, server);
+      await signIn(a, "newcomer");
+      await openEpisodes(a, "s07");
+      await a.getByTestId("play-s07e01").click();
+      await showing(a, 1);
+      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+      await a.getByTestId("pause").click();
+      await synced(a);
+      const ahead = await shown(a);
+      assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
+      assert.equal(recordsOf(await server.state(auth), "history").s07e01.position, ahead);
+      await phone.clock.runFor(5_000);
+      assert.equal(
+        await b.evaluate(() => Object.keys(localStorage).some((k) => k.endsWith(":r:history:s07e01"))),
+        false,
+        "the phone has no copy of the episode",
+      );
+
+      const sent = [];
+      b.on("request", (r) => {
+        if (new URL(r.url()).pathname !== "/api/user/me/changes") return;
+        for (const m of r.postDataJSON().mutations) if (m.key === "s07e01") sent.push(m.value?.position);
+      });
+      await openEpisodes(b, "s07");
+      await b.getByTestId("play-s07e01").click();
+      await showing(b, ahead + 1);
+      await b.getByTestId("pause").click();
+      await synced(b);
+      assert.ok(sent.length > 0 && sent.every((p) => p > ahead), `the phone pushed positions ${sent}, the TV was at ${ahead}`);
+      const stored = recordsOf(await server.state(auth), "history").s07e01;
+      assert.ok(stored.position > ahead, `the server holds ${stored.position}`);
+      // The entry the phone's playback wrote is whole: its show and duration, not only a position.
+      assert.equal(stored.showId, "s07");
+      assert.equal(typeof stored.duration, "number");
+      await tv.close();
+      await phone.close();
+    }));
 });
 
 describe("catalogue", () => {

@@ -376,10 +376,11 @@ const SEEK_STEP = 10;
 /**
  * The player: a short clip (`clip.webm`, 6 s) loops for an episode that lasts minutes. The
  * position is the episode's, held by the store: the clip's playing time advances it, one
- * write per second played (`updateProgress`: it shows at once, here and in other tabs, and is
- * pushed every 30 s at most while it plays), so a paused or stalled video does not. A pause,
- * a seek and closing the player push it at once (`syncNow`). Seeking sets the episode's
- * position, not the clip's.
+ * write per second played (`updateProgress`; the episode's first, `addHistory`, also writes its
+ * entry, as does a pause before it: opening writes nothing, it pulls first). Each shows at once, here and in other tabs,
+ * and is pushed every 30 s at most while it plays, so a paused or stalled video writes
+ * nothing. A pause, a seek and closing the player push it at once (`syncNow`). Seeking sets
+ * the episode's position, not the clip's.
  */
 function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void }) {
   const episode = EPISODE_BY_ID.get(episodeId)!;
@@ -396,12 +397,23 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   // The timeupdate handler reads the latest position, not the one of its render.
   const latest = useRef(position);
   latest.current = position;
+  // Whether the episode has a history entry (read by the pause effect, which runs on pauses
+  // only).
+  const started = useRef(false);
+  started.current = entry !== undefined;
+
+  // The episode's position as the player moves it: the first one also writes the history
+  // entry (its show and duration).
+  const setPosition = (next: number) => {
+    if (entry) updateProgress(episodeId, next);
+    else addHistory({ episodeId, showId: episode.showId, position: next, duration: episode.duration });
+  };
 
   useEffect(() => {
-    if (!entry) addHistory({ episodeId, showId: episode.showId, position: 0, duration: episode.duration });
-    // Before the first position is written (a second in): the server's state, so another
-    // device's further progress is where this one resumes, not what it overwrites.
-    else syncNow();
+    // Before the first position is written (a second in, not on opening, even for an episode
+    // this device has no entry for): the server's state, so another device's further progress
+    // is where this one resumes, not what it overwrites.
+    syncNow();
     played.current = { at: video.current?.currentTime ?? 0, seconds: 0 };
     setPaused(false);
     // Only when the episode changes: resuming keeps the stored position.
@@ -413,6 +425,8 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
     if (!v) return;
     if (paused) {
       v.pause();
+      // Paused before its first second played: the episode is started all the same.
+      if (!started.current) setPosition(latest.current);
       // While it plays, the position is pushed every 30 s at most; a pause sends it now.
       syncNow();
     }
@@ -436,13 +450,13 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
     if (whole < 1) return;
     played.current.seconds -= whole;
     const next = Math.min(episode.duration, latest.current + whole);
-    updateProgress(episodeId, next);
+    setPosition(next);
     if (next >= episode.duration) setPaused(true);
   };
 
   const seek = (to: number) => {
     played.current.seconds = 0;
-    updateProgress(episodeId, Math.max(0, Math.min(episode.duration, Math.round(to))));
+    setPosition(Math.max(0, Math.min(episode.duration, Math.round(to))));
     // Sent at once (the steps of a drag along the bar as one push).
     syncNow();
   };
