@@ -1,7 +1,7 @@
 // Sinkron TV: a small streaming site whose personal data (history with playback position,
 // favourites, likes) syncs across tabs and devices with Sinkron.
 
-import { useEffect, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
+import { memo, useEffect, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { useSinkron, useUserSync } from "sinkron/react";
 import type { HistoryEntry, LegacyRecord } from "sinkron";
 import { EPISODE_BY_ID, SHOWS, SHOW_BY_ID, type Episode, type Show } from "./catalog";
@@ -267,12 +267,10 @@ const clock = (seconds: number) => `${Math.floor(seconds / 60)}:${String(Math.fl
 
 function Home({ onPlay }: { onPlay: (id: string) => void }) {
   const history = useSinkron((s) => s.history);
-  const favorites = useSinkron((s) => s.favorites);
   const continuing = history.filter((h) => {
     const ep = EPISODE_BY_ID.get(h.episodeId);
     return ep && h.position > 0 && h.position < ep.duration - 10;
   });
-  const favoriteShows = SHOWS.filter((s) => s.id in favorites);
   return (
     <>
       <section>
@@ -284,19 +282,7 @@ function Home({ onPlay }: { onPlay: (id: string) => void }) {
           ))}
         </div>
       </section>
-      {favoriteShows.length > 0 && (
-        <section>
-          <h2>My list</h2>
-          <div className="row" data-testid="favorites">
-            {favoriteShows.map((s) => (
-              <a key={s.id} className="mini" href={`#/show/${s.id}`} data-testid={`my-list-${s.id}`}>
-                <Artwork show={s} small />
-                {s.title}
-              </a>
-            ))}
-          </div>
-        </section>
-      )}
+      <MyList />
       <section>
         <h2>Catalogue</h2>
         <div className="grid">
@@ -306,6 +292,26 @@ function Home({ onPlay }: { onPlay: (id: string) => void }) {
         </div>
       </section>
     </>
+  );
+}
+
+/** The favourite shows: a component of its own, so a favourite renders it and one card only. */
+function MyList() {
+  const favorites = useSinkron((s) => s.favorites);
+  const shows = SHOWS.filter((s) => s.id in favorites);
+  if (shows.length === 0) return null;
+  return (
+    <section>
+      <h2>My list</h2>
+      <div className="row" data-testid="favorites">
+        {shows.map((s) => (
+          <a key={s.id} className="mini" href={`#/show/${s.id}`} data-testid={`my-list-${s.id}`}>
+            <Artwork show={s} small />
+            {s.title}
+          </a>
+        ))}
+      </div>
+    </section>
   );
 }
 
@@ -323,7 +329,9 @@ function ContinueCard({ entry, onPlay }: { entry: HistoryEntry; onPlay: (id: str
   );
 }
 
-function ShowCard({ show, onPlay }: { show: Show; onPlay: (id: string) => void }) {
+// Memoised: a change of one show's favourite renders that card only (each reads its own), not
+// the whole catalogue.
+const ShowCard = memo(function ShowCard({ show, onPlay }: { show: Show; onPlay: (id: string) => void }) {
   const favorite = useSinkron((s) => show.id in s.favorites);
   const toggleFavorite = useSinkron((s) => s.toggleFavorite);
   const [open, setOpen] = useState(false);
@@ -353,7 +361,7 @@ function ShowCard({ show, onPlay }: { show: Show; onPlay: (id: string) => void }
       </div>
     </article>
   );
-}
+});
 
 function EpisodeRow({ episode, onPlay }: { episode: Episode; onPlay: (id: string) => void }) {
   const like = useSinkron((s) => s.likes[episode.id] ?? 0);
