@@ -64,9 +64,14 @@ export class Server {
   }
 }
 
-export async function launch() {
+/**
+ * Debian's Chromium, headless. Playwright turns the back/forward cache off by default;
+ * `backForwardCache` leaves it on, as a user's browser has it.
+ */
+export async function launch({ backForwardCache = false } = {}) {
   return chromium.launch({
     executablePath: CHROMIUM,
+    ignoreDefaultArgs: backForwardCache ? ["--disable-back-forward-cache"] : [],
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
   });
 }

@@ -1,0 +1,106 @@
+// A page left and come back to with the browser's Back button: restored from the back/forward
+// cache (frozen while away, not reloaded), or reloaded when the browser evicted it. Either way
+// it shows what happened meanwhile and keeps syncing. Playwright turns the cache off by
+// default; these pages have it on, as a user's browser does.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { launch, open, pressed, recordsOf, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
+
+let browser;
+let elsewhere;
+let plain;
+before(async () => {
+  browser = await launch({ backForwardCache: true });
+  // Another site the user visits in between (no Sinkron on it).
+  plain = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title><p>elsewhere</p>"));
+  await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
+  elsewhere = `http://127.0.0.1:${plain.address().port}/`;
+});
+after(async () => {
+  await browser?.close();
+  plain?.close();
+});
+
+const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+
+/**
+ * Runs `before` on `page`, leaves it for another site at once, runs `meanwhile`, and returns
+ * with Back; whether the page came from the cache.
+ */
+async function awayAndBack(page, meanwhile = async () => {}, before = async () => {}) {
+  await page.evaluate(() => addEventListener("pageshow", (e) => (window.restoredFromCache = e.persisted)));
+  await before();
+  await page.goto(elsewhere);
+  await meanwhile();
+  // A page restored from the cache fires no load event.
+  await page.goBack({ waitUntil: "commit" });
+  await page.getByTestId("sync-status").waitFor();
+  return page.evaluate(() => window.restoredFromCache === true);
+}
+
+describe("back/forward cache", () => {
+  test("a page restored from the cache pulls at once and shows what another device wrote while it was away", () =>
+    withServer(async (server) => {
+      const phone = await browser.newContext();
+      const a = await open(phone, server);
+      await signUp(a, "returner");
+      const laptop = await browser.newContext();
+      const b = await open(laptop, server);
+      await signIn(b, "returner");
+
+      const pulls = [];
+      a.on("request", (r) => new URL(r.url()).pathname === "/api/user/me" && r.method() === "GET" && pulls.push(r.url()));
+      const restored = await awayAndBack(a, async () => {
+        await b.getByTestId("favorite-s04").click();
+        await synced(b);
+      });
+      assert.equal(restored, true, "the page came back from the back/forward cache");
+      // At once: its poll interval (30 s) is far from due.
+      await waitPressed(a, "favorite-s04", "true", 5000);
+      assert.equal(pulls.length, 1, `pulls after the restore: ${pulls}`);
+      await phone.close();
+      await laptop.close();
+    }));
+
+  test("a write made as the page is left reaches the server, and the restored page goes on syncing", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "leaver");
+      await synced(page);
+      const restored = await awayAndBack(page, async () => {
+        // The click and then leaving at once, before the push's short wait is over: the
+        // flush as the page is hidden sends it, and its answer waits in the frozen page.
+        await until(async () => "s05" in recordsOf(await server.state(auth), "favorites"), { what: "the write to reach the server" });
+      }, async () => page.getByTestId("favorite-s05").click());
+      assert.equal(restored, true, "the page came back from the back/forward cache");
+      assert.equal(await pressed(page, "favorite-s05"), "true");
+      await synced(page);
+      await page.getByTestId("favorite-s06").click();
+      await synced(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s05: {}, s06: {} });
+      await context.close();
+    }));
+
+  test("signed out in another tab while the page was away: back, it shows none of the user's data", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      await signUp(page, "sharer");
+      await page.getByTestId("favorite-s07").click();
+      await synced(page);
+      await awayAndBack(page, async () => {
+        const other = await open(context, server);
+        await other.getByTestId("logout").click();
+        await other.getByTestId("login-username").waitFor();
+        await other.close();
+      });
+      // Restored and told, or reloaded from the signed-out storage: signed out either way.
+      await page.getByTestId("login-username").waitFor();
+      assert.equal(await pressed(page, "favorite-s07"), "false");
+      const left = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":r:") || k.endsWith(":session")));
+      assert.deepEqual(left, []);
+      await context.close();
+    }));
+});
