@@ -238,6 +238,7 @@ impl World {
                     whole_since: None,
                     revoked: None,
                     rendered: None,
+                    closed: Vec::new(),
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);

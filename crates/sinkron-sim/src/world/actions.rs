@@ -1,7 +1,7 @@
 //! What happens to the world in the safety phase, drawn only from the run's `rng` and traced:
-//! user actions (writes of the kinds the product has, tabs opened, closed, crashed, reloaded,
-//! shown and hidden, focus, sign-in and sign-out, going offline) and faults (a partition, a
-//! server crash, a device clock jump). Faults on the wire are decided where they happen, in
+//! user actions (writes of the kinds the product has, tabs opened, closed, reopened, crashed,
+//! reloaded, shown and hidden, focus, sign-in and sign-out, going offline) and faults (a
+//! partition, a server crash, a device clock jump). Faults on the wire are decided where they happen, in
 //! `World::send` and `World::deliver`. `heal` ends the phase.
 
 use sinkron_core::RecordKey;
@@ -24,6 +24,10 @@ impl World {
         let tabs = self.devices[d].tabs.len();
         if tabs == 0 {
             let visible = self.rng.chance(800);
+            // The browser opened again with its last session's tabs, or a new one.
+            if self.rng.chance(500) {
+                return self.reopen_tab(d, visible);
+            }
             return self.open_tab(d, visible, None);
         }
         let t = self.rng.index(tabs);
@@ -40,6 +44,10 @@ impl World {
             }
             550..=589 if tabs < self.params.tabs_max => {
                 let visible = self.rng.chance(700);
+                // Now and then a closed tab comes back (the browser's "reopen closed tab").
+                if self.rng.chance(250) {
+                    return self.reopen_tab(d, visible);
+                }
                 self.open_tab(d, visible, None)
             }
             590..=609 => self.close_tab(d, t),
@@ -128,8 +136,13 @@ impl World {
             // Signing in again on this device: every tab resumes, with its writes.
             return self.sign_in_again(d);
         }
-        let id = device.tabs[t].id;
         let user_id = self.server.user_id(user);
+        if device.tabs[t].engine.user() == Some(user_id.as_str()) {
+            // The tab has not yet heard of a sign-out in another tab a moment ago: it shows
+            // the user signed in, so there is no sign-in to make in it.
+            return Ok(());
+        }
+        let id = device.tabs[t].id;
         self.trace(format_args!(
             "d{d} t{id} signs in as user {user} (id {user_id})"
         ));

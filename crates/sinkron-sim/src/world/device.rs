@@ -71,7 +71,14 @@ pub(super) struct Device {
     /// The last page the site's server rendered for this device (see `open_tab`): the user
     /// it was rendered for and the state it pulled then.
     pub(super) rendered: Option<(String, Page)>,
+    /// The client ids of the tabs the user closed, the last closed last (at most
+    /// [`CLOSED_KEPT`]): the browser can reopen one with its `sessionStorage` (a closed tab
+    /// restored, or the last session after the browser was closed).
+    pub(super) closed: Vec<String>,
 }
+
+/// How many closed tabs a device can reopen.
+const CLOSED_KEPT: usize = 4;
 
 impl World {
     /// Carries out `Command::Persist` on the device's `localStorage`, after invariant 5.
@@ -350,9 +357,25 @@ impl World {
         self.trace(format_args!("d{d} t{id} closes"));
         self.devices[d].tabs[t].visible = false;
         self.input(d, t, |e, now| e.handle_visibility(now, false))?;
-        self.devices[d].tabs.remove(t);
+        let tab = self.devices[d].tabs.remove(t);
         self.lock_release(d, id);
+        let closed = &mut self.devices[d].closed;
+        if closed.len() == CLOSED_KEPT {
+            closed.remove(0);
+        }
+        closed.push(tab.engine.client_id().to_owned());
         Ok(())
+    }
+
+    /// The browser reopens the tab closed last, with its `sessionStorage` (its client id): it
+    /// starts as a reload does, from the device's storage as it is now (another tab may have
+    /// taken over the closed tab's outbox and client id meanwhile).
+    pub(super) fn reopen_tab(&mut self, d: usize, visible: bool) -> Result<(), Violation> {
+        let Some(client) = self.devices[d].closed.pop() else {
+            return self.open_tab(d, visible, None);
+        };
+        self.trace(format_args!("d{d} the browser reopens the tab of {client}"));
+        self.open_tab(d, visible, Some(client))
     }
 
     /// A tab dies: its memory is lost, the device's storage is not. Sometimes the browser
