@@ -257,6 +257,39 @@ describe("resuming on another device", () => {
     }));
 });
 
+describe("a refused autoplay", () => {
+  test("the browser refusing to start the clip writes nothing: an episode opened and never played is not in the history", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // As a browser that refuses autoplay does: play() is refused until the user's gesture
+      // (`refuseAutoplay` set to false below).
+      await context.addInitScript(() => {
+        const play = HTMLMediaElement.prototype.play;
+        HTMLMediaElement.prototype.play = function () {
+          if (window.refuseAutoplay === false) return play.call(this);
+          return Promise.reject(new DOMException("autoplay refused", "NotAllowedError"));
+        };
+      });
+      const page = await open(context, server);
+      const auth = await signUp(page, "refused");
+      await openEpisodes(page, "s08");
+      await page.getByTestId("play-s08e01").click();
+      // The player shows itself paused, as the clip is.
+      await page.getByTestId("resume").waitFor();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      const queued = await page.evaluate(() => Object.entries(localStorage).filter(([k, v]) => k.includes(":o:") && v.includes("s08e01")).length);
+      assert.equal(queued, 0, "nothing queued for the episode");
+      assert.equal(recordsOf(await server.state(auth), "history").s08e01, undefined);
+      // Played by the user and paused: now it is in the history.
+      await page.evaluate(() => (window.refuseAutoplay = false));
+      await page.getByTestId("resume").click();
+      await page.getByTestId("pause").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.equal(recordsOf(await server.state(auth), "history").s08e01?.showId, "s08");
+      await context.close();
+    }));
+});
+
 describe("catalogue", () => {
   test("the 20 shows have 20 distinct titles", () =>
     withServer(async (server) => {

@@ -408,6 +408,8 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   // Whether the episode has a history entry (read by the pause effect, which runs on pauses
   // only).
   const started = useRef(false);
+  // The browser refused to start the clip (a pause that is not the user's).
+  const refused = useRef(false);
   started.current = entry !== undefined;
 
   // The episode's position as the player moves it: the first one also writes the history
@@ -423,6 +425,7 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
     // is where this one resumes, not what it overwrites.
     syncNow();
     played.current = { at: video.current?.currentTime ?? 0, seconds: 0 };
+    refused.current = false;
     setPaused(false);
     // Only when the episode changes: resuming keeps the stored position.
     // eslint-disable-next-line react-hooks/exhaustive-deps
@@ -434,12 +437,19 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
     if (paused) {
       v.pause();
       // Paused before its first second played: the episode is started all the same.
-      if (!started.current) setPosition(latest.current);
+      // (A refused autoplay is no one's pause: it writes nothing.)
+      if (!started.current && !refused.current) setPosition(latest.current);
+      refused.current = false;
       // While it plays, the position is pushed every 30 s at most; a pause sends it now.
       syncNow();
     }
     // Refused without a user's gesture in some browsers (the clip is muted, so rarely).
-    else v.play().catch(() => setPaused(true));
+    else
+      v.play().catch((e: unknown) => {
+        // Not a pause of the user's (an interrupted play() is: AbortError).
+        refused.current = e instanceof DOMException && e.name === "NotAllowedError";
+        setPaused(true);
+      });
   }, [paused, episodeId, syncNow]);
 
   // Closing the player sends the position now too.
