@@ -384,10 +384,10 @@ const SEEK_STEP = 10;
 /**
  * The player: a short clip (`clip.webm`, 6 s) loops for an episode that lasts minutes. The
  * position is the episode's, held by the store: the clip's playing time advances it, one
- * write per second played (`updateProgress`; the episode's first, `addHistory`, also writes its
- * entry, as does a pause before it: opening writes nothing, it pulls first). Each shows at once, here and in other tabs,
- * and is pushed every 30 s at most while it plays, so a paused or stalled video writes
- * nothing. A pause, a seek and closing the player push it at once (`syncNow`). Seeking sets
+ * write per second played (`updateProgress`; the episode's first, `addHistory`, also writes
+ * its entry, as does a pause before it: opening writes nothing, it pulls first). Each shows at
+ * once, here and in other tabs, and is pushed every 30 s at most while it plays, so a paused
+ * or stalled video writes nothing. A pause, a seek and closing the player push it at once (`syncNow`). Seeking sets
  * the episode's position, not the clip's.
  */
 function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void }) {
@@ -405,12 +405,8 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
   // The timeupdate handler reads the latest position, not the one of its render.
   const latest = useRef(position);
   latest.current = position;
-  // Whether the episode has a history entry (read by the pause effect, which runs on pauses
-  // only).
-  const started = useRef(false);
   // The browser refused to start the clip (a pause that is not the user's).
   const refused = useRef(false);
-  started.current = entry !== undefined;
 
   // The episode's position as the player moves it: the first one also writes the history
   // entry (its show and duration).
@@ -438,7 +434,7 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
       v.pause();
       // Paused before its first second played: the episode is started all the same.
       // (A refused autoplay is no one's pause: it writes nothing.)
-      if (!started.current && !refused.current) setPosition(latest.current);
+      if (!entry && !refused.current) setPosition(latest.current);
       refused.current = false;
       // While it plays, the position is pushed every 30 s at most; a pause sends it now.
       syncNow();
@@ -450,6 +446,8 @@ function Player({ episodeId, onClose }: { episodeId: string; onClose: () => void
         refused.current = e instanceof DOMException && e.name === "NotAllowedError";
         setPaused(true);
       });
+    // On pauses only (`entry` and `setPosition` are this render's, as the pause's).
+    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [paused, episodeId, syncNow]);
 
   // Closing the player sends the position now too.
