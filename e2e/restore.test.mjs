@@ -28,7 +28,7 @@ const synced = (page) => page.locator('[data-testid="sync-status"][data-state="s
  * Runs `before` on `page`, leaves it for another site at once, runs `meanwhile`, and returns
  * with Back; whether the page came from the cache.
  */
-async function awayAndBack(page, meanwhile = async () => {}, before = async () => {}) {
+async function awayAndBack(page, { before = async () => {}, meanwhile = async () => {} } = {}) {
   await page.evaluate(() => addEventListener("pageshow", (e) => (window.restoredFromCache = e.persisted)));
   await before();
   await page.goto(elsewhere);
@@ -51,9 +51,11 @@ describe("back/forward cache", () => {
 
       const pulls = [];
       a.on("request", (r) => new URL(r.url()).pathname === "/api/user/me" && r.method() === "GET" && pulls.push(r.url()));
-      const restored = await awayAndBack(a, async () => {
-        await b.getByTestId("favorite-s04").click();
-        await synced(b);
+      const restored = await awayAndBack(a, {
+        meanwhile: async () => {
+          await b.getByTestId("favorite-s04").click();
+          await synced(b);
+        },
       });
       assert.equal(restored, true, "the page came back from the back/forward cache");
       // At once: its poll interval (30 s) is far from due.
@@ -69,11 +71,12 @@ describe("back/forward cache", () => {
       const page = await open(context, server);
       const auth = await signUp(page, "leaver");
       await synced(page);
-      const restored = await awayAndBack(page, async () => {
-        // The click and then leaving at once, before the push's short wait is over: the
-        // flush as the page is hidden sends it, and its answer waits in the frozen page.
-        await until(async () => "s05" in recordsOf(await server.state(auth), "favorites"), { what: "the write to reach the server" });
-      }, async () => page.getByTestId("favorite-s05").click());
+      // The click and then leaving at once, before the push's short wait is over: the flush
+      // as the page is hidden sends it, and its answer waits in the frozen page.
+      const restored = await awayAndBack(page, {
+        before: () => page.getByTestId("favorite-s05").click(),
+        meanwhile: () => until(async () => "s05" in recordsOf(await server.state(auth), "favorites"), { what: "the write to reach the server" }),
+      });
       assert.equal(restored, true, "the page came back from the back/forward cache");
       assert.equal(await pressed(page, "favorite-s05"), "true");
       await synced(page);
@@ -90,11 +93,13 @@ describe("back/forward cache", () => {
       await signUp(page, "sharer");
       await page.getByTestId("favorite-s07").click();
       await synced(page);
-      await awayAndBack(page, async () => {
-        const other = await open(context, server);
-        await other.getByTestId("logout").click();
-        await other.getByTestId("login-username").waitFor();
-        await other.close();
+      await awayAndBack(page, {
+        meanwhile: async () => {
+          const other = await open(context, server);
+          await other.getByTestId("logout").click();
+          await other.getByTestId("login-username").waitFor();
+          await other.close();
+        },
       });
       // Restored and told, or reloaded from the signed-out storage: signed out either way.
       await page.getByTestId("login-username").waitFor();
