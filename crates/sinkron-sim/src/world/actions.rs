@@ -1,8 +1,8 @@
 //! What happens to the world in the safety phase, drawn only from the run's `rng` and traced:
 //! user actions (writes of the kinds the product has, tabs opened, closed, reopened, crashed,
 //! reloaded, shown and hidden, focus, sign-in and sign-out, going offline) and faults (a
-//! partition, a server crash, a device clock jump). Faults on the wire are decided where they happen, in
-//! `World::send` and `World::deliver`. `heal` ends the phase.
+//! partition, a server crash, a device clock jump). Faults on the wire are decided where they
+//! happen, in `World::send` and `World::deliver`. `heal` ends the phase.
 
 use sinkron_core::RecordKey;
 
