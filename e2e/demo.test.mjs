@@ -2,7 +2,7 @@
 // catalogue's 20 shows are distinct, and the sync panel counts what the network saw.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { countRequests, launch, open, openEpisodes, recordsOf, signIn, signUp, syncedState, until, withServer } from "./support.mjs";
+import { countRequests, launch, open, openEpisodes, recordsOf, settled, signIn, signUp, syncedState, until, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -19,6 +19,16 @@ const shown = async (page) => Number(await page.getByTestId("player-position").g
 /** Resolves once the player shows exactly `position`. */
 const showing = (page, position, timeout = 15000) =>
   page.locator(`[data-testid="player-position"][data-position="${position}"]`).waitFor({ timeout });
+
+/** The positions of `key` that `page` pushes from now on, as they are sent. */
+function pushedPositions(page, key) {
+  const sent = [];
+  page.on("request", (r) => {
+    if (new URL(r.url()).pathname !== "/api/user/me/changes") return;
+    for (const m of r.postDataJSON().mutations) if (m.key === key) sent.push(m.value?.position);
+  });
+  return sent;
+}
 
 /** The clip's state in the page. */
 const clip = (page) =>
@@ -189,11 +199,7 @@ describe("resuming on another device", () => {
       // Past the few seconds in which a state just pulled counts as fresh.
       await phone.clock.runFor(5_000);
 
-      const sent = [];
-      b.on("request", (r) => {
-        if (new URL(r.url()).pathname !== "/api/user/me/changes") return;
-        for (const m of r.postDataJSON().mutations) if (m.key === "s06e01") sent.push(m.value?.position);
-      });
+      const sent = pushedPositions(b, "s06e01");
       await openEpisodes(b, "s06");
       await b.getByTestId("play-s06e01").click();
       // It goes on from the TV's position, not from its own copy's.
@@ -213,8 +219,7 @@ describe("resuming on another device", () => {
       const b = await open(phone, server, { interval: 600_000 });
       await phone.clock.install();
       const auth = await signUp(b, "newcomer");
-      const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
-      await synced(b);
+      await settled(b);
 
       // The TV then watches an episode and seeks ahead: the phone has no copy of it.
       const tv = await browser.newContext();
@@ -225,7 +230,7 @@ describe("resuming on another device", () => {
       await showing(a, 1);
       for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
       await a.getByTestId("pause").click();
-      await synced(a);
+      await settled(a);
       const ahead = await shown(a);
       assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
       assert.equal(recordsOf(await server.state(auth), "history").s07e01.position, ahead);
@@ -236,16 +241,12 @@ describe("resuming on another device", () => {
         "the phone has no copy of the episode",
       );
 
-      const sent = [];
-      b.on("request", (r) => {
-        if (new URL(r.url()).pathname !== "/api/user/me/changes") return;
-        for (const m of r.postDataJSON().mutations) if (m.key === "s07e01") sent.push(m.value?.position);
-      });
+      const sent = pushedPositions(b, "s07e01");
       await openEpisodes(b, "s07");
       await b.getByTestId("play-s07e01").click();
       await showing(b, ahead + 1);
       await b.getByTestId("pause").click();
-      await synced(b);
+      await settled(b);
       assert.ok(sent.length > 0 && sent.every((p) => p > ahead), `the phone pushed positions ${sent}, the TV was at ${ahead}`);
       const stored = recordsOf(await server.state(auth), "history").s07e01;
       assert.ok(stored.position > ahead, `the server holds ${stored.position}`);
@@ -276,7 +277,7 @@ describe("a refused autoplay", () => {
       await page.getByTestId("play-s08e01").click();
       // The player shows itself paused, as the clip is.
       await page.getByTestId("resume").waitFor();
-      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await settled(page);
       const queued = await page.evaluate(() => Object.entries(localStorage).filter(([k, v]) => k.includes(":o:") && v.includes("s08e01")).length);
       assert.equal(queued, 0, "nothing queued for the episode");
       assert.equal(recordsOf(await server.state(auth), "history").s08e01, undefined);
@@ -284,7 +285,7 @@ describe("a refused autoplay", () => {
       await page.evaluate(() => (window.refuseAutoplay = false));
       await page.getByTestId("resume").click();
       await page.getByTestId("pause").click();
-      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      await settled(page);
       assert.equal(recordsOf(await server.state(auth), "history").s08e01?.showId, "s08");
       await context.close();
     }));

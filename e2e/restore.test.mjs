@@ -5,7 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { launch, open, pressed, recordsOf, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
+import { launch, open, pressed, recordsOf, settled, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
 
 let browser;
 let elsewhere;
@@ -21,8 +21,6 @@ after(async () => {
   await browser?.close();
   plain?.close();
 });
-
-const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
 
 /**
  * Runs `before` on `page`, leaves it for another site at once, runs `meanwhile`, and returns
@@ -54,7 +52,7 @@ describe("back/forward cache", () => {
       const restored = await awayAndBack(a, {
         meanwhile: async () => {
           await b.getByTestId("favorite-s04").click();
-          await synced(b);
+          await settled(b);
         },
       });
       assert.equal(restored, true, "the page came back from the back/forward cache");
@@ -70,7 +68,7 @@ describe("back/forward cache", () => {
       const context = await browser.newContext();
       const page = await open(context, server);
       const auth = await signUp(page, "leaver");
-      await synced(page);
+      await settled(page);
       // The click and then leaving at once, before the push's short wait is over: the flush
       // as the page is hidden sends it, and its answer waits in the frozen page.
       const restored = await awayAndBack(page, {
@@ -79,9 +77,9 @@ describe("back/forward cache", () => {
       });
       assert.equal(restored, true, "the page came back from the back/forward cache");
       assert.equal(await pressed(page, "favorite-s05"), "true");
-      await synced(page);
+      await settled(page);
       await page.getByTestId("favorite-s06").click();
-      await synced(page);
+      await settled(page);
       assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s05: {}, s06: {} });
       await context.close();
     }));
@@ -92,7 +90,7 @@ describe("back/forward cache", () => {
       const page = await open(context, server);
       await signUp(page, "sharer");
       await page.getByTestId("favorite-s07").click();
-      await synced(page);
+      await settled(page);
       await awayAndBack(page, {
         meanwhile: async () => {
           const other = await open(context, server);

@@ -130,6 +130,10 @@ export async function signIn(page, username, password = "correct horse") {
 export const syncedState = (page, timeout = 15000) =>
   page.locator('[data-testid="sync-status"][data-state="synced"]').waitFor({ timeout });
 
+/** Resolves once the page is synced with nothing pending (every write confirmed). */
+export const settled = (page, timeout = 15000) =>
+  page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor({ timeout });
+
 export const token = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:session") ?? "null")?.token ?? null);
 
 export const pressed = (page, testId) => page.getByTestId(testId).getAttribute("aria-pressed");
