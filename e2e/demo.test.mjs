@@ -256,6 +256,57 @@ describe("resuming on another device", () => {
       await tv.close();
       await phone.close();
     }));
+
+  test("offline, playback from a stale copy cannot undo the other device's progress made since", () =>
+    withServer(async (server) => {
+      const tv = await browser.newContext();
+      const a = await open(tv, server);
+      const auth = await signUp(a, "traveller");
+      await openEpisodes(a, "s08");
+      await a.getByTestId("play-s08e01").click();
+      await showing(a, 1);
+      await a.getByTestId("pause").click();
+      await settled(a);
+
+      // The phone goes on from there for a second, pauses and syncs, then loses the network
+      // (the player stays open: its clip is loaded).
+      const phone = await browser.newContext();
+      const b = await open(phone, server, { interval: 600_000 });
+      await signIn(b, "traveller");
+      await openEpisodes(b, "s08");
+      await b.getByTestId("play-s08e01").click();
+      await showing(b, 2);
+      await b.getByTestId("pause").click();
+      await settled(b);
+      const before = await shown(b);
+      assert.equal(recordsOf(await server.state(auth), "history").s08e01.position, before);
+      await phone.setOffline(true);
+
+      // The TV seeks far ahead meanwhile: the phone cannot know.
+      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+      await settled(a);
+      const ahead = await shown(a);
+      assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
+
+      // Offline, the phone plays on from its copy: its positions show at once there.
+      const sent = pushedPositions(b, "s08e01");
+      await b.getByTestId("resume").click();
+      await showing(b, before + 2);
+      await b.getByTestId("pause").click();
+      const played = await shown(b);
+      assert.ok(played < ahead, `the phone played to ${played} s`);
+
+      // Back online, its writes go (the phone loses nothing silently) but lose to the TV's
+      // later progress: they carry the time of what the phone knew, not the time they were
+      // made. The phone then shows the TV's position.
+      await phone.setOffline(false);
+      await showing(b, ahead);
+      await settled(b);
+      assert.ok(sent.includes(played), `the phone pushed ${sent}`);
+      assert.equal(recordsOf(await server.state(auth), "history").s08e01.position, ahead);
+      await tv.close();
+      await phone.close();
+    }));
 });
 
 describe("a refused autoplay", () => {

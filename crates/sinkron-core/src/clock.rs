@@ -24,6 +24,13 @@ impl Clock {
         stamp
     }
 
+    /// The stamp for a write that continues what this device knew at local time `known_ms`
+    /// (its last sync) and the copy it replaces (stamped `after`): just above both, however
+    /// late it is made, so that whatever was written elsewhere since wins over it.
+    pub fn as_of(&self, known_ms: u64, after: u64) -> u64 {
+        known_ms.saturating_add_signed(self.offset_ms).max(after) + 1
+    }
+
     /// Notes a timestamp seen on a record from elsewhere.
     pub fn observe(&mut self, updated_at: u64) {
         self.seen_max = self.seen_max.max(updated_at);

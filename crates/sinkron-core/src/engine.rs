@@ -785,9 +785,21 @@ impl Engine {
         fields: Option<Vec<String>>,
     ) {
         self.observe_time(now);
+        let hot = self.hot_every(&key.collection);
+        let updated_at = match (stamp, self.last_synced_at) {
+            (Some(stamp), _) => stamp,
+            // Offline, a hot write (the playback position, resumed from this device's copy)
+            // continues what the device knew: stamped just after its last sync and the copy
+            // it replaces, not now, so progress made elsewhere since (which this device could
+            // not see) wins over it on the server.
+            (None, Some(known)) if hot.is_some() && !self.online => self
+                .clock
+                .as_of(known, self.view.get(&key).map_or(0, |r| r.updated_at)),
+            (None, _) => self.clock.stamp(now),
+        };
         let record = Record {
             value,
-            updated_at: stamp.unwrap_or_else(|| self.clock.stamp(now)),
+            updated_at,
             client_id: self.client_id.clone(),
         };
         let sent_max = self.sent_max;
@@ -826,7 +838,6 @@ impl Engine {
             key: key.clone(),
             record,
         });
-        let hot = self.hot_every(&key.collection);
         self.notify_changed(vec![key]);
         match hot {
             // Shortly after the last write, but never much later than the first one.

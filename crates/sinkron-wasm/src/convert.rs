@@ -6,7 +6,6 @@
 //! Field names follow the wire protocol (camelCase).
 
 use alloc::string::String;
-use alloc::vec::Vec;
 use sinkron_core::engine::{Persist, Request, Status, SyncError, TabBody, TabMessage};
 use sinkron_core::{Change, Command, Mutation, Notice, Record, RecordKey};
 
@@ -155,15 +154,11 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
             match notice {
                 Notice::Changed(keys) => {
                     j.string("changed").field("collections").raw("[");
-                    let mut seen: Vec<&str> = Vec::new();
-                    for key in keys {
-                        if !seen.contains(&key.collection.as_str()) {
-                            if !seen.is_empty() {
-                                j.raw(",");
-                            }
-                            seen.push(&key.collection);
-                            j.string(&key.collection);
+                    for (i, key) in keys.iter().enumerate() {
+                        if i > 0 {
+                            j.raw(",");
                         }
+                        j.string(&key.collection);
                     }
                     j.raw("]");
                 }
@@ -483,7 +478,7 @@ mod tests {
         assert!(texts[2].ends_with(r#"],"gone":[{"collection":"likes","key":"x"}]}}"#));
         assert_eq!(
             texts[3],
-            r#"{"t":"notify","what":"changed","collections":["likes","history"]}"#
+            r#"{"t":"notify","what":"changed","collections":["likes","likes","history"]}"#
         );
         assert_eq!(texts[4], r#"{"t":"leadership","want":false}"#);
     }

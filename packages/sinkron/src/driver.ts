@@ -443,7 +443,9 @@ export class SinkronClient {
       case "notify":
         if (c.what === "status") changed.status = true;
         else if (c.what === "everything") changed.collections = null;
-        else if (c.what === "changed" && changed.collections) changed.collections.push(...c.collections);
+        // One name per record that changed: each collection once.
+        else if (c.what === "changed" && changed.collections)
+          for (const name of c.collections) if (!changed.collections.includes(name)) changed.collections.push(name);
         return;
     }
   }

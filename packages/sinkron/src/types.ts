@@ -152,6 +152,7 @@ export type Command =
   | { t: "leadership"; want: boolean }
   /** Open (`on`) or close the poke stream, `GET /api/user/me/events`. */
   | { t: "pokes"; on: boolean }
+  /** `collections`: each changed record's collection, in order (a name repeats). */
   | { t: "notify"; what: "changed"; collections: string[] }
   | { t: "notify"; what: "everything" }
   | { t: "notify"; what: "status" };

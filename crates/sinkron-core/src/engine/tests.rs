@@ -2576,6 +2576,52 @@ fn coming_back_online_pushes_the_position_at_once() {
 }
 
 #[test]
+fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_since_wins() {
+    // What this device knew at its last sync (server time T0): the TV left ep-7 at 120 s.
+    let mut tab = Tab::with(Config::default(), 21);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
+    tab.reply(id, Reply::Pulled(page("2", vec![copy], false)));
+    tab.drain();
+    // Offline ten minutes later, this device resumes from that copy and plays two seconds.
+    tab.engine.handle_online(tab.now, false);
+    tab.at(600_000);
+    tab.write("ep-7", r#"{"position":121}"#);
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":122}"#);
+    // Shown at once, as any write; stamped just after what this device knew (the sync at
+    // T0, one millisecond per write), not now: it cannot know what the TV did since.
+    let shown = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
+    let shown = shown.expect("the write shows");
+    assert_eq!(shown.value.as_deref(), Some(r#"{"position":122}"#));
+    assert_eq!(shown.updated_at, T0 + 2);
+    // A collection that is not hot is stamped now, offline or not.
+    tab.engine
+        .write(tab.now, "likes", "ep-7", Some(r#"{"like":1}"#.into()))
+        .expect("valid write");
+    let like = tab.engine.get(&RecordKey::new("likes", "ep-7")).cloned();
+    assert_eq!(like.expect("the like shows").updated_at, tab.now);
+    // Back online: the push carries the offline stamp, so the TV's progress made meanwhile
+    // (a write at T0 + 5 min) wins on the server; the next second played is stamped now.
+    tab.engine.handle_online(tab.now, true);
+    tab.engine.handle_timeout(tab.now);
+    let push = tab
+        .sends()
+        .into_iter()
+        .find(|(_, r)| matches!(r, Request::Push { .. }))
+        .expect("a push");
+    let sent = &pushed(&push.1)[0];
+    assert_eq!((sent.key.as_str(), sent.updated_at), ("ep-7", T0 + 2));
+    assert!(sent.updated_at < T0 + 300_000);
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":123}"#);
+    let now = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
+    assert_eq!(now.expect("the write shows").updated_at, tab.now);
+}
+
+#[test]
 fn a_clock_jumping_backwards_does_not_hold_the_next_position_push() {
     let mut tab = hot_leader();
     play(&mut tab, 3);
