@@ -131,7 +131,10 @@ pub fn wasm() {
     ensure_nightly();
     // `RUSTFLAGS` replaces the target's flags in `.cargo/config.toml`: they are repeated
     // here. Only the wasm build sees these; every host crate builds on the stable toolchain.
-    let flags = "-Zunstable-options -Cpanic=immediate-abort -Cllvm-args=-inline-threshold=10";
+    // No source locations or `Debug` formatting in the module either (a few bytes: nothing
+    // prints them once panics just trap).
+    let flags = "-Zunstable-options -Cpanic=immediate-abort -Cllvm-args=-inline-threshold=10 \
+                 -Zlocation-detail=none -Zfmt-debug=none";
     run_command(
         "wasm build",
         Command::new("cargo")

@@ -26,9 +26,12 @@ impl Clock {
 
     /// The stamp for a write that continues what this device knew at local time `known_ms`
     /// (its last sync) and the copy it replaces (stamped `after`): just above both, however
-    /// late it is made, so that whatever was written elsewhere since wins over it.
-    pub fn as_of(&self, known_ms: u64, after: u64) -> u64 {
-        known_ms.saturating_add_signed(self.offset_ms).max(after) + 1
+    /// late it is made, so that whatever was written elsewhere since wins over it. Seen like
+    /// any stamp: the device's later writes go above it.
+    pub fn as_of(&mut self, known_ms: u64, after: u64) -> u64 {
+        let stamp = known_ms.saturating_add_signed(self.offset_ms).max(after) + 1;
+        self.observe(stamp);
+        stamp
     }
 
     /// Notes a timestamp seen on a record from elsewhere.

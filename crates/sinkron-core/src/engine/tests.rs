@@ -2622,6 +2622,43 @@ fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_
 }
 
 #[test]
+fn a_write_after_an_offline_one_is_stamped_above_it() {
+    // The copy is stamped a minute ahead of this device's clock (another device's, clamped by
+    // the server to its clock + 60 s): the offline write goes just above it.
+    let mut tab = Tab::with(Config::default(), 21);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 + 60_000, "tv", 2);
+    tab.reply(id, Reply::Pulled(page("2", vec![copy], false)));
+    tab.engine.handle_online(tab.now, false);
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":121}"#);
+    let offline = tab
+        .engine
+        .get(&RecordKey::new("history", "ep-7"))
+        .unwrap()
+        .updated_at;
+    assert_eq!(offline, T0 + 60_001);
+    // Back online, the next second played is newer than it, as every write of a device is
+    // newer than the ones it made before.
+    tab.engine.handle_online(tab.now, true);
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":122}"#);
+    let next = tab
+        .engine
+        .get(&RecordKey::new("history", "ep-7"))
+        .cloned()
+        .unwrap();
+    assert_eq!(next.value.as_deref(), Some(r#"{"position":122}"#));
+    assert!(
+        next.updated_at > offline,
+        "{} after {offline}",
+        next.updated_at
+    );
+}
+
+#[test]
 fn a_clock_jumping_backwards_does_not_hold_the_next_position_push() {
     let mut tab = hot_leader();
     play(&mut tab, 3);
