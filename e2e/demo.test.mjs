@@ -307,6 +307,56 @@ describe("resuming on another device", () => {
       await tv.close();
       await phone.close();
     }));
+
+  test("a page reloaded without the server, then offline, plays from its stored copy and still loses to the other device's later progress", () =>
+    withServer(async (server) => {
+      const tv = await browser.newContext();
+      const a = await open(tv, server);
+      const auth = await signUp(a, "commuter");
+      await openEpisodes(a, "s09");
+      await a.getByTestId("play-s09e01").click();
+      await showing(a, 1);
+      await a.getByTestId("pause").click();
+      await settled(a);
+
+      // The phone syncs the episode, then the TV seeks far ahead.
+      const phone = await browser.newContext();
+      const b = await open(phone, server, { interval: 600_000 });
+      await signIn(b, "commuter");
+      await settled(b);
+      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+      await settled(a);
+      const ahead = await shown(a);
+      assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
+
+      // The phone's page is reloaded where the server cannot be reached: it starts from
+      // what it stored (the episode at 1 s) and never syncs. Its clip loads, paused at
+      // once, and then the device goes offline.
+      await b.route("**/api/**", (route) => route.abort());
+      await b.reload();
+      await b.getByTestId("sync-status").waitFor();
+      await openEpisodes(b, "s09");
+      await b.getByTestId("play-s09e01").click();
+      await b.getByTestId("pause").click();
+      await b.getByTestId("player-video").evaluate((v) => (v.readyState >= 3 ? null : new Promise((r) => v.addEventListener("canplay", r, { once: true }))));
+      assert.equal(await shown(b), 1, "the phone starts from its stored copy");
+      await phone.setOffline(true);
+      const sent = pushedPositions(b, "s09e01");
+      await b.getByTestId("resume").click();
+      await showing(b, 3);
+      await b.getByTestId("pause").click();
+
+      // Back online, its writes go but lose to the TV's: they carry the time of what the
+      // phone stored, not the time they were made.
+      await b.unroute("**/api/**");
+      await phone.setOffline(false);
+      await showing(b, ahead);
+      await settled(b);
+      assert.ok(sent.length > 0 && sent.every((p) => p < ahead), `the phone pushed ${sent}`);
+      assert.equal(recordsOf(await server.state(auth), "history").s09e01.position, ahead);
+      await tv.close();
+      await phone.close();
+    }));
 });
 
 describe("a refused autoplay", () => {

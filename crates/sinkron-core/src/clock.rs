@@ -24,12 +24,14 @@ impl Clock {
         stamp
     }
 
-    /// The stamp for a write that continues what this device knew at local time `known_ms`
-    /// (its last sync) and the copy it replaces (stamped `after`): just above both, however
-    /// late it is made, so that whatever was written elsewhere since wins over it. Seen like
-    /// any stamp: the device's later writes go above it.
-    pub fn as_of(&mut self, known_ms: u64, after: u64) -> u64 {
-        let stamp = known_ms.saturating_add_signed(self.offset_ms).max(after) + 1;
+    /// The stamp for a write that continues what this device knew, as of its last sync at
+    /// local time `known_ms` (`None`: none since the page opened, so as of the newest stamp
+    /// it holds), and the copy it replaces (stamped `after`): just above both, however late
+    /// it is made, so that whatever was written elsewhere since wins over it. Seen like any
+    /// stamp: the device's later writes go above it.
+    pub fn as_of(&mut self, known_ms: Option<u64>, after: u64) -> u64 {
+        let known = known_ms.map_or(self.seen_max, |t| t.saturating_add_signed(self.offset_ms));
+        let stamp = known.max(after) + 1;
         self.observe(stamp);
         stamp
     }

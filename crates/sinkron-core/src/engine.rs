@@ -786,16 +786,18 @@ impl Engine {
     ) {
         self.observe_time(now);
         let hot = self.hot_every(&key.collection);
-        let updated_at = match (stamp, self.last_synced_at) {
-            (Some(stamp), _) => stamp,
+        let updated_at = match stamp {
+            Some(stamp) => stamp,
             // Offline, a hot write (the playback position, resumed from this device's copy)
-            // continues what the device knew: stamped just after its last sync and the copy
-            // it replaces, not now, so progress made elsewhere since (which this device could
-            // not see) wins over it on the server.
-            (None, Some(known)) if hot.is_some() && !self.online => self
-                .clock
-                .as_of(known, self.view.get(&key).map_or(0, |r| r.updated_at)),
-            (None, _) => self.clock.stamp(now),
+            // continues what the device knew: stamped just after its last sync (or, opened
+            // offline, the newest stamp it holds) and the copy it replaces, not now, so
+            // progress made elsewhere since (which this device could not see) wins over it
+            // on the server.
+            None if hot.is_some() && !self.online => self.clock.as_of(
+                self.last_synced_at,
+                self.view.get(&key).map_or(0, |r| r.updated_at),
+            ),
+            None => self.clock.stamp(now),
         };
         let record = Record {
             value,

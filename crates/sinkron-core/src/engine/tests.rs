@@ -2622,6 +2622,26 @@ fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_
 }
 
 #[test]
+fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds() {
+    // A page opened without a network has not synced: what the device knew is what it
+    // stored, the newest of it a minute old (the TV's progress since is not there).
+    let mut tab = Tab::with(Config::default(), 21);
+    tab.engine.restore_user(Some("u1".into()));
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 3_600_000, "tv", 2);
+    tab.engine.restore_record(copy);
+    let other = change("ep-8", Some(r#"{"position":5}"#), T0 - 60_000, "phone", 3);
+    tab.engine.restore_record(other);
+    tab.engine.restore_cursor(Some("3".into()), true);
+    tab.engine.handle_online(tab.now, false);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.write("ep-7", r#"{"position":121}"#);
+    let shown = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
+    let shown = shown.expect("the write shows");
+    assert_eq!(shown.value.as_deref(), Some(r#"{"position":121}"#));
+    assert_eq!(shown.updated_at, T0 - 60_000 + 1);
+}
+
+#[test]
 fn a_write_after_an_offline_one_is_stamped_above_it() {
     // The copy is stamped a minute ahead of this device's clock (another device's, clamped by
     // the server to its clock + 60 s): the offline write goes just above it.
