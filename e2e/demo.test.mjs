@@ -34,6 +34,15 @@ function pushedPositions(page, key) {
 const clip = (page) =>
   page.getByTestId("player-video").evaluate((v) => ({ paused: v.paused, time: v.currentTime, duration: v.duration, src: v.currentSrc }));
 
+/** Plays the first episode of `show` from its start for a second, pauses, and waits until it is sent. */
+async function playOneSecond(page, show) {
+  await openEpisodes(page, show);
+  await page.getByTestId(`play-${show}e01`).click();
+  await showing(page, 1);
+  await page.getByTestId("pause").click();
+  await settled(page);
+}
+
 /** Resolves after `n` more pull answers: about `n` poll intervals of the page's own time. */
 async function pulls(page, n) {
   for (let i = 0; i < n; i++) {
@@ -262,11 +271,7 @@ describe("resuming on another device", () => {
       const tv = await browser.newContext();
       const a = await open(tv, server);
       const auth = await signUp(a, "traveller");
-      await openEpisodes(a, "s08");
-      await a.getByTestId("play-s08e01").click();
-      await showing(a, 1);
-      await a.getByTestId("pause").click();
-      await settled(a);
+      await playOneSecond(a, "s08");
 
       // The phone goes on from there for a second, pauses and syncs, then loses the network
       // (the player stays open: its clip is loaded).
@@ -313,11 +318,7 @@ describe("resuming on another device", () => {
       const tv = await browser.newContext();
       const a = await open(tv, server);
       const auth = await signUp(a, "commuter");
-      await openEpisodes(a, "s09");
-      await a.getByTestId("play-s09e01").click();
-      await showing(a, 1);
-      await a.getByTestId("pause").click();
-      await settled(a);
+      await playOneSecond(a, "s09");
 
       // The phone syncs the episode, then the TV seeks far ahead.
       const phone = await browser.newContext();

@@ -2451,11 +2451,17 @@ fn a_late_page_of_a_whole_state_given_up_moves_nothing() {
 /// A visible leader signed in as `u1` with the default policies (`history` is hot), its first
 /// pull answered.
 fn hot_leader() -> Tab {
+    hot_leader_holding(vec![])
+}
+
+/// [`hot_leader`] whose first pull brought `changes` (what it knew at its last sync, at
+/// server time `T0`).
+fn hot_leader_holding(changes: Vec<Change>) -> Tab {
     let mut tab = Tab::with(Config::default(), 21);
     tab.engine.sign_in(tab.now, "u1");
     tab.engine.handle_leadership(tab.now, true);
     let (id, _) = tab.only_send();
-    tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+    tab.reply(id, Reply::Pulled(page("1", changes, false)));
     tab.drain();
     tab
 }
@@ -2578,13 +2584,8 @@ fn coming_back_online_pushes_the_position_at_once() {
 #[test]
 fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_since_wins() {
     // What this device knew at its last sync (server time T0): the TV left ep-7 at 120 s.
-    let mut tab = Tab::with(Config::default(), 21);
-    tab.engine.sign_in(tab.now, "u1");
-    tab.engine.handle_leadership(tab.now, true);
-    let (id, _) = tab.only_send();
     let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
-    tab.reply(id, Reply::Pulled(page("2", vec![copy], false)));
-    tab.drain();
+    let mut tab = hot_leader_holding(vec![copy]);
     // Offline ten minutes later, this device resumes from that copy and plays two seconds.
     tab.engine.handle_online(tab.now, false);
     tab.at(600_000);
@@ -2645,12 +2646,8 @@ fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds
 fn a_write_after_an_offline_one_is_stamped_above_it() {
     // The copy is stamped a minute ahead of this device's clock (another device's, clamped by
     // the server to its clock + 60 s): the offline write goes just above it.
-    let mut tab = Tab::with(Config::default(), 21);
-    tab.engine.sign_in(tab.now, "u1");
-    tab.engine.handle_leadership(tab.now, true);
-    let (id, _) = tab.only_send();
     let copy = change("ep-7", Some(r#"{"position":120}"#), T0 + 60_000, "tv", 2);
-    tab.reply(id, Reply::Pulled(page("2", vec![copy], false)));
+    let mut tab = hot_leader_holding(vec![copy]);
     tab.engine.handle_online(tab.now, false);
     tab.at(1_000);
     tab.write("ep-7", r#"{"position":121}"#);
