@@ -2,13 +2,13 @@
 //
 // Every sync decision — what to persist, broadcast, push or pull, when, and what wins — is
 // the engine's. This file only carries out its commands with browser APIs (`localStorage`,
-// `BroadcastChannel` or the `storage` event, Web Locks, `fetch`, timers) and feeds browser
+// `BroadcastChannel`, Web Locks, `fetch`, timers) and feeds browser
 // events back in (visibility, focus, online, lock grants, replies, other tabs' messages).
 // Every input is one `call` into the engine (a JSON object, the `Call` type); its answer
 // carries the result, the engine's commands and its next deadline, which arms one timer.
 
 import { Engine, type WasmSource } from "./engine.js";
-import { DeviceStorage, MESSAGE_KEY } from "./storage.js";
+import { DeviceStorage } from "./storage.js";
 import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapshot, Status, TabMessage, Value } from "./types.js";
 
 /**
@@ -355,18 +355,11 @@ export class SinkronClient {
       target.addEventListener(type, handler);
       this.#cleanups.push(() => target.removeEventListener(type, handler));
     };
-    if (this.#options.crossTab !== false) {
-      const receive = (message: TabMessage) => this.#call({ t: "tab", message });
-      if (typeof BroadcastChannel === "function") {
-        this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
-        this.#channel.onmessage = (m) => receive(m.data);
-      } else {
-        const onStorage = (ev: Event) => {
-          const s = ev as StorageEvent;
-          if (s.key === MESSAGE_KEY && s.newValue) receive(JSON.parse(s.newValue).message);
-        };
-        on(window, "storage", onStorage as () => void);
-      }
+    // Without `BroadcastChannel` (Safari before 15.4) each tab leads and syncs on its own, as
+    // with `crossTab: false` (see `#askLeadership`).
+    if (this.#options.crossTab !== false && typeof BroadcastChannel === "function") {
+      this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
+      this.#channel.onmessage = (m) => this.#call({ t: "tab", message: m.data as TabMessage });
     }
     const visibility = () => this.#call({ t: "visibility", visible: document.visibilityState === "visible" });
     const online = (online: boolean) => () => this.#call({ t: "online", online });
@@ -486,19 +479,13 @@ export class SinkronClient {
   }
 
   #broadcast(message: TabMessage) {
-    if (this.#options.crossTab === false) return;
-    if (this.#channel) {
-      this.#channel.postMessage(message);
-    } else {
-      // The `storage` event fires in the other tabs only; a nonce makes every write an event.
-      localStorage.setItem(MESSAGE_KEY, JSON.stringify({ message, nonce: Math.random() }));
-      localStorage.removeItem(MESSAGE_KEY);
-    }
+    this.#channel?.postMessage(message);
   }
 
   #askLeadership() {
-    if (this.#options.crossTab === false || !navigator.locks) {
-      // Alone, or no Web Locks: this tab leads (the safe side: it still pulls).
+    if (this.#options.crossTab === false || !navigator.locks || typeof BroadcastChannel !== "function") {
+      // Alone, or no Web Locks or no channel to hear a leader by: this tab leads (the safe
+      // side: it still pulls).
       queueMicrotask(() => {
         if (!this.#stopped) this.#call({ t: "leadership", leader: true });
       });

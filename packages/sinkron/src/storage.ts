@@ -14,7 +14,6 @@
 //                                holds writes outlives a sign-out (parked for the account)
 //   <scope>:partial              set by an eviction, cleared with the records (the engine then
 //                                restores without the cursor)
-//   msg                          the cross-tab fallback channel (storage events)
 // where <scope> is the user id, or `guest`.
 //
 // This module only reads and writes what the engine tells it to; it decides nothing.
@@ -137,8 +136,7 @@ export class DeviceStorage {
       const split = rest.indexOf(":");
       const r = this.#readJson<{ v: unknown; u: number; c: string; n: number }>(key);
       if (split < 0 || !r || typeof r.u !== "number" || typeof r.c !== "string" || typeof r.n !== "number") {
-        console.warn(`sinkron: dropping a corrupt stored record ${key}`);
-        this.#store.removeItem(key);
+        this.#drop(key);
         continue;
       }
       out.push({
@@ -183,11 +181,7 @@ export class DeviceStorage {
     const stored = this.#readJson<{ n?: unknown; m?: unknown }>(key);
     if (stored === null) return null;
     const { m: mutations, n: next } = stored;
-    if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) {
-      console.warn(`sinkron: dropping a corrupt stored outbox ${key}`);
-      this.#store.removeItem(key);
-      return null;
-    }
+    if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) return this.#drop(key);
     return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
   }
 
@@ -231,10 +225,15 @@ export class DeviceStorage {
     try {
       return JSON.parse(text) as T;
     } catch {
-      console.warn(`sinkron: dropping corrupt stored data at ${key}`);
-      this.#store.removeItem(key);
-      return null;
+      return this.#drop(key);
     }
+  }
+
+  /** Drops what is stored at `key`, unreadable or not of its shape, with a warning. */
+  #drop(key: string): null {
+    console.warn(`sinkron: dropping corrupt stored data at ${key}`);
+    this.#store.removeItem(key);
+    return null;
   }
 
   /** Writes; when the quota is full, asks `onFull` to free room and tries again. */
@@ -264,4 +263,3 @@ function isQuotaError(e: unknown): boolean {
   return e instanceof DOMException && (e.name === "QuotaExceededError" || e.code === 22);
 }
 
-export const MESSAGE_KEY = `${ROOT}msg`;
