@@ -323,7 +323,13 @@ impl Engine {
 
     /// The live records of a collection (tombstones left out), in no particular order.
     pub fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
-        self.view.collection(collection)
+        self.view.collection(collection, None)
+    }
+
+    /// [`Engine::collection`] with `only`: that key's record alone (if live), in a list of
+    /// none or one.
+    pub fn records(&self, collection: &str, only: Option<&str>) -> Vec<(&str, &Record)> {
+        self.view.collection(collection, only)
     }
 
     pub fn status(&self) -> Status {

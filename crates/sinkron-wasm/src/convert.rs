@@ -153,12 +153,13 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
             j.field("t").string("notify").field("what");
             match notice {
                 Notice::Changed(keys) => {
-                    j.string("changed").field("collections").raw("[");
+                    j.string("changed").field("keys").raw("[");
                     for (i, key) in keys.iter().enumerate() {
                         if i > 0 {
                             j.raw(",");
                         }
-                        j.string(&key.collection);
+                        j.raw("[").string(&key.collection).raw(",").string(&key.key);
+                        j.raw("]");
                     }
                     j.raw("]");
                 }
@@ -478,7 +479,7 @@ mod tests {
         assert!(texts[2].ends_with(r#"],"gone":[{"collection":"likes","key":"x"}]}}"#));
         assert_eq!(
             texts[3],
-            r#"{"t":"notify","what":"changed","collections":["likes","likes","history"]}"#
+            r#"{"t":"notify","what":"changed","keys":[["likes","a"],["likes","b"],["history","c"]]}"#
         );
         assert_eq!(texts[4], r#"{"t":"leadership","want":false}"#);
     }

@@ -118,8 +118,9 @@ fn run(
         }
         "status" => convert::status(j, &engine.status()),
         "collection" => {
+            // With `key`, that record alone (the one a change notice named).
             let name = call.str("name")?;
-            convert::records(j, &engine.collection(name));
+            convert::records(j, &engine.records(name, call.opt_str("key")?));
         }
         // ----- what the app does -----
         "write" => {

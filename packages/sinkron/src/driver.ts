@@ -160,8 +160,9 @@ export class SinkronClient {
 
   // ----- what the UI reads -----
 
-  collection<V = Value>(name: string): Rec<V>[] {
-    return this.#call<Rec<V>[]>({ t: "collection", name });
+  /** The live records of a collection; with `key`, that one's alone (if live). */
+  collection<V = Value>(name: string, key?: string): Rec<V>[] {
+    return this.#call<Rec<V>[]>({ t: "collection", name, key });
   }
 
   status(): Status {
@@ -383,7 +384,7 @@ export class SinkronClient {
     const answer = JSON.parse(this.#engine.call(JSON.stringify({ ...input, now: Date.now() }), body)) as Answer<T>;
     if (answer.e) throw new SinkronError(answer.e.code, `sinkron: ${answer.e.message}`);
     if (this.#stopped) return answer.r;
-    const changed: Changed = { collections: [], status: false };
+    const changed: Changed = { collections: [], keys: [], status: false };
     for (const command of answer.c) this.#execute(command, changed);
     this.#arm(answer.at);
     if (changed.collections === null || changed.collections.length > 0 || changed.status) {
@@ -438,9 +439,12 @@ export class SinkronClient {
       case "notify":
         if (c.what === "status") changed.status = true;
         else if (c.what === "everything") changed.collections = null;
-        // One name per record that changed: each collection once.
-        else if (c.what === "changed" && changed.collections)
-          for (const name of c.collections) if (!changed.collections.includes(name)) changed.collections.push(name);
+        // The records that changed, and each collection once.
+        else if (changed.collections)
+          for (const key of c.keys) {
+            changed.keys.push(key);
+            if (!changed.collections.includes(key[0])) changed.collections.push(key[0]);
+          }
         return;
     }
   }

@@ -6,7 +6,8 @@
 // one `useUserSync` runs) adds the shapes a streaming site shows: history newest first,
 // favourites, likes, settings.
 //
-// State is re-read from the engine whenever it says something changed; actions call the
+// State is re-read from the engine whenever it says something changed (a write's record
+// alone, the collection's other records keeping their objects); actions call the
 // engine, which applies them at once (optimistic) and syncs them in the background. Nothing
 // here decides how or when to sync.
 
@@ -195,10 +196,13 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
       const records = { ...get().records };
       // A status change alone leaves `records` as it was (its selectors do not re-render).
       const next: Partial<SyncStore<C>> = which.length ? { records } : {};
+      // One record changed (a write, a second played): that record is read alone.
+      const one = changed.collections && changed.keys.length === 1 ? changed.keys[0][1] : undefined;
       for (const name of which) {
         if (!(name in collections)) continue;
-        const byKey: Record<string, Rec> = {};
-        for (const r of c.collection(name)) byKey[r.key] = r;
+        const byKey: Record<string, Rec> = one ? { ...records[name] } : {};
+        if (one) delete byKey[one];
+        for (const r of c.collection(name, one)) byKey[r.key] = r;
         records[name as keyof C] = byKey as never;
       }
       if (changed.status || !changed.collections) {
@@ -256,7 +260,7 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
           if (abort.signal.aborted) return c.stop();
           client = c;
           unsubscribe = c.subscribe(read);
-          read({ collections: null, status: true });
+          read({ collections: null, keys: [], status: true });
           set({ ready: true } as Partial<S>);
         });
         starting = attempt;

@@ -92,7 +92,7 @@ export type Call =
   | { t: "clientId"; now: number }
   | { t: "user"; now: number }
   | { t: "status"; now: number }
-  | { t: "collection"; now: number; name: string }
+  | { t: "collection"; now: number; name: string; key?: string }
   | { t: "write"; now: number; collection: string; key: string; value: Value | null; fields?: string[] }
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
@@ -152,8 +152,7 @@ export type Command =
   | { t: "leadership"; want: boolean }
   /** Open (`on`) or close the poke stream, `GET /api/user/me/events`. */
   | { t: "pokes"; on: boolean }
-  /** `collections`: each changed record's collection, in order (a name repeats). */
-  | { t: "notify"; what: "changed"; collections: string[] }
+  | { t: "notify"; what: "changed"; keys: [collection: string, key: string][] }
   | { t: "notify"; what: "everything" }
   | { t: "notify"; what: "status" };
 
@@ -164,4 +163,9 @@ export interface StoredOutbox {
 }
 
 /** What changed, for subscribers: collection names, or `null` for everything. */
-export type Changed = { collections: string[] | null; status: boolean };
+/**
+ * What a call changed: the collections whose records changed (`null`: maybe any, e.g. at a
+ * sign-in), those records (`[collection, key]`, when `collections` is not null), and whether
+ * the status changed.
+ */
+export type Changed = { collections: string[] | null; keys: [collection: string, key: string][]; status: boolean };

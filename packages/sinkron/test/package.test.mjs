@@ -115,6 +115,28 @@ test("a store of the app's declared collections: records by key at once, and a h
 const snapshotOf = (user, cursor, changes) => ({ user: { id: user, username: user }, cursor, changes, more: false, serverTime: Date.now() });
 const historyChange = (key, position, version) => ({ collection: "history", key, value: { showId: "s1", position }, updatedAt: 1_799_999_990_000 + version, clientId: "tv", version });
 
+test("a write re-reads its own record only: the collection's other records keep their objects", async (t) => {
+  fakeClock(t);
+  session("7");
+  const pulled = emptyPage({ changes: [historyChange("e1", 1, 1), historyChange("e2", 2, 2)] });
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "9" } } : pulled));
+  const store = createUserSyncStore();
+  await store.getState().start(options());
+  try {
+    await settle(() => Object.keys(store.getState().records.history).length === 2, { what: "the first pull" });
+    const before = store.getState().records.history;
+    store.getState().updateProgress("e1", 5);
+    const after = store.getState().records.history;
+    assert.notEqual(after, before, "the collection is a new object");
+    assert.equal(after.e1.value.position, 5);
+    assert.equal(after.e2, before.e2, "the record the write did not touch is the same object");
+    store.getState().removeHistory("e2");
+    assert.deepEqual(Object.keys(store.getState().records.history), ["e1"], "a delete read alone removes it");
+  } finally {
+    store.getState().stop();
+  }
+});
+
 test("a server-rendered page starts from its snapshot: in the store before start(), and start() makes no first pull", async (t) => {
   fakeClock(t);
   session("7");

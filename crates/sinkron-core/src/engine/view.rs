@@ -158,8 +158,9 @@ impl View {
         best
     }
 
-    /// The live records of a collection (tombstones left out), in no particular order.
-    pub(super) fn collection(&self, collection: &str) -> Vec<(&str, &Record)> {
+    /// The live records of a collection (tombstones left out), in no particular order; with
+    /// `only`, that key's alone (if live).
+    pub(super) fn collection(&self, collection: &str, only: Option<&str>) -> Vec<(&str, &Record)> {
         let mut out: Vec<(&str, &Record)> = Vec::new();
         // Each key once: confirmed keys first, then unconfirmed ones not seen before. Plain
         // loops: iterator chains cost the browser build more.
@@ -189,6 +190,9 @@ impl View {
             }
         }
         for key in keys {
+            if only.is_some_and(|k| k != key.key) {
+                continue;
+            }
             if let Some(record) = self.get(key).filter(|r| !r.is_tombstone()) {
                 out.push((key.key.as_str(), record));
             }
