@@ -95,6 +95,12 @@ impl Tab {
         self.engine.handle_reply(self.now, id, reply);
     }
 
+    /// The record of `history/key` this tab shows.
+    fn record(&self, key: &str) -> Record {
+        let shown = self.engine.get(&RecordKey::new("history", key));
+        shown.cloned().expect("a record shown")
+    }
+
     fn value(&self, key: &str) -> Option<String> {
         self.engine
             .get(&RecordKey::new("history", key))
@@ -2594,8 +2600,7 @@ fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_
     tab.write("ep-7", r#"{"position":122}"#);
     // Shown at once, as any write; stamped just after what this device knew (the sync at
     // T0, one millisecond per write), not now: it cannot know what the TV did since.
-    let shown = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
-    let shown = shown.expect("the write shows");
+    let shown = tab.record("ep-7");
     assert_eq!(shown.value.as_deref(), Some(r#"{"position":122}"#));
     assert_eq!(shown.updated_at, T0 + 2);
     // A collection that is not hot is stamped now, offline or not.
@@ -2618,8 +2623,7 @@ fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_
     assert!(sent.updated_at < T0 + 300_000);
     tab.at(1_000);
     tab.write("ep-7", r#"{"position":123}"#);
-    let now = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
-    assert_eq!(now.expect("the write shows").updated_at, tab.now);
+    assert_eq!(tab.record("ep-7").updated_at, tab.now);
 }
 
 #[test]
@@ -2636,8 +2640,7 @@ fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds
     tab.engine.handle_online(tab.now, false);
     tab.engine.handle_visibility(tab.now, true);
     tab.write("ep-7", r#"{"position":121}"#);
-    let shown = tab.engine.get(&RecordKey::new("history", "ep-7")).cloned();
-    let shown = shown.expect("the write shows");
+    let shown = tab.record("ep-7");
     assert_eq!(shown.value.as_deref(), Some(r#"{"position":121}"#));
     assert_eq!(shown.updated_at, T0 - 60_000 + 1);
 }
@@ -2651,22 +2654,14 @@ fn a_write_after_an_offline_one_is_stamped_above_it() {
     tab.engine.handle_online(tab.now, false);
     tab.at(1_000);
     tab.write("ep-7", r#"{"position":121}"#);
-    let offline = tab
-        .engine
-        .get(&RecordKey::new("history", "ep-7"))
-        .unwrap()
-        .updated_at;
+    let offline = tab.record("ep-7").updated_at;
     assert_eq!(offline, T0 + 60_001);
     // Back online, the next second played is newer than it, as every write of a device is
     // newer than the ones it made before.
     tab.engine.handle_online(tab.now, true);
     tab.at(1_000);
     tab.write("ep-7", r#"{"position":122}"#);
-    let next = tab
-        .engine
-        .get(&RecordKey::new("history", "ep-7"))
-        .cloned()
-        .unwrap();
+    let next = tab.record("ep-7");
     assert_eq!(next.value.as_deref(), Some(r#"{"position":122}"#));
     assert!(
         next.updated_at > offline,
