@@ -6,7 +6,7 @@
 // It also writes the profile to e2e/artifacts/click.cpuprofile (DevTools opens it).
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { artifacts, launch, open, percentile, Server, signUp } from "./support.mjs";
+import { artifacts, clickLatencies, launch, open, percentile, Server, signUp } from "./support.mjs";
 
 const CLICKS = 200;
 const server = await Server.start();
@@ -19,25 +19,7 @@ try {
   await cdp.send("Profiler.enable");
   await cdp.send("Profiler.setSamplingInterval", { interval: 50 });
   await cdp.send("Profiler.start");
-  const samples = await page.evaluate(async (count) => {
-    const button = document.querySelector('[data-testid="favorite-s02"]');
-    const out = [];
-    for (let i = 0; i < count; i++) {
-      const before = button.getAttribute("aria-pressed");
-      const t0 = performance.now();
-      const changed = new Promise((resolve) => {
-        const observer = new MutationObserver(() => {
-          if (button.getAttribute("aria-pressed") === before) return;
-          observer.disconnect();
-          resolve(performance.now());
-        });
-        observer.observe(button, { attributes: true });
-      });
-      button.click();
-      out.push((await changed) - t0);
-    }
-    return out;
-  }, CLICKS);
+  const samples = await clickLatencies(page, '[data-testid="favorite-s02"]', "aria-pressed", CLICKS);
   const { profile } = await cdp.send("Profiler.stop");
   writeFileSync(join(artifacts, "click.cpuprofile"), JSON.stringify(profile));
   console.log(`click → UI: p50 ${percentile(samples, 50).toFixed(2)} ms, p99 ${percentile(samples, 99).toFixed(2)} ms`);

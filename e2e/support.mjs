@@ -156,6 +156,35 @@ export async function openEpisodes(page, showId) {
   if ((await toggle.getAttribute("aria-expanded")) !== "true") await toggle.click();
 }
 
+/**
+ * Clicks `selector` in `page` `count` times, one after another; each sample is the time (ms,
+ * measured in the page) from the click until the element's `attribute` changed.
+ */
+export function clickLatencies(page, selector, attribute, count) {
+  return page.evaluate(
+    async ({ selector, attribute, count }) => {
+      const button = document.querySelector(selector);
+      const out = [];
+      for (let i = 0; i < count; i++) {
+        const before = button.getAttribute(attribute);
+        const t0 = performance.now();
+        const changed = new Promise((resolve) => {
+          const observer = new MutationObserver(() => {
+            if (button.getAttribute(attribute) === before) return;
+            observer.disconnect();
+            resolve(performance.now());
+          });
+          observer.observe(button, { attributes: true });
+        });
+        button.click();
+        out.push((await changed) - t0);
+      }
+      return out;
+    },
+    { selector, attribute, count },
+  );
+}
+
 export function percentile(values, p) {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];

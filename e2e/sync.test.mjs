@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  Server, artifacts, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
+  Server, artifacts, clickLatencies, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
   recordsOf, signIn, signUp, syncedState, token, until, waitPressed, withServer,
 } from "./support.mjs";
 
@@ -48,32 +48,8 @@ describe("optimistic writes", () => {
 
       // Latency from click to the UI showing it, measured in the page; the baseline is a
       // plain React state toggle (the episode list's aria-expanded) in the same page.
-      const clickToChange = (selector, attribute, count) =>
-        page.evaluate(
-          async ({ selector, attribute, count }) => {
-            const button = document.querySelector(selector);
-            const out = [];
-            for (let i = 0; i < count; i++) {
-              const before = button.getAttribute(attribute);
-              const t0 = performance.now();
-              const changed = new Promise((resolve) => {
-                const observer = new MutationObserver(() => {
-                  if (button.getAttribute(attribute) !== before) {
-                    observer.disconnect();
-                    resolve(performance.now());
-                  }
-                });
-                observer.observe(button, { attributes: true });
-              });
-              button.click();
-              out.push((await changed) - t0);
-            }
-            return out;
-          },
-          { selector, attribute, count },
-        );
-      const samples = await clickToChange('[data-testid="favorite-s02"]', "aria-pressed", 200);
-      const baseline = await clickToChange('[data-testid="episodes-s03"]', "aria-expanded", 200);
+      const samples = await clickLatencies(page, '[data-testid="favorite-s02"]', "aria-pressed", 200);
+      const baseline = await clickLatencies(page, '[data-testid="episodes-s03"]', "aria-expanded", 200);
       metrics.optimisticMs = {
         p50: percentile(samples, 50),
         p99: percentile(samples, 99),
