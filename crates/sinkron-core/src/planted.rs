@@ -42,10 +42,13 @@ pub enum Bug {
     /// its own list: a later delete then names fields (and is refused), a later write's
     /// other fields are not sent as set.
     CoalesceAcrossFields = 4096,
+    /// A hot write made offline is stamped now, not as of the last sync: a second of playback
+    /// from a stale copy then undoes progress another device made since.
+    OfflineStampedNow = 8192,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -59,6 +62,7 @@ impl Bug {
         Bug::CapReadsTooFew,
         Bug::RefusalDropsBatch,
         Bug::CoalesceAcrossFields,
+        Bug::OfflineStampedNow,
     ];
 
     /// The name used on the command line.
@@ -77,6 +81,7 @@ impl Bug {
             Bug::CapReadsTooFew => "cap-reads-too-few",
             Bug::RefusalDropsBatch => "refusal-drops-batch",
             Bug::CoalesceAcrossFields => "coalesce-across-fields",
+            Bug::OfflineStampedNow => "offline-stamped-now",
         }
     }
 }

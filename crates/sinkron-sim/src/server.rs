@@ -586,6 +586,23 @@ impl Server {
         Ok(())
     }
 
+    /// For one record of [`MERGED`]: the stamp of the write its field `field` holds now, and
+    /// the stamps of every write of that field the server took (a write names a field when
+    /// its list does, or, in the whole-record format, when its value holds it).
+    pub fn field_writes(&self, user: usize, key: &Key, field: &str) -> Option<(Stamp, Vec<Stamp>)> {
+        let (merged, writes) = self.models[user].merged.get(key)?;
+        let holder = merged.stamps.fields.get(field)?.clone();
+        let taken = writes
+            .iter()
+            .filter(|(_, value, fields)| match fields {
+                Some(names) => names.iter().any(|n| n == field),
+                None => value.as_ref().is_some_and(|v| v.contains_key(field)),
+            })
+            .map(|(stamp, _, _)| stamp.clone())
+            .collect();
+        Some((holder, taken))
+    }
+
     /// Checks every user's stored state (after a restart).
     pub fn check_all(&mut self) -> Result<(), Violation> {
         for user in 0..self.models.len() {

@@ -28,11 +28,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sinkron_core::adopt::parked;
 use sinkron_core::engine::{Failure, TabMessage};
+use sinkron_core::merge::Stamp;
 use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request};
 
 use crate::params::Params;
 use crate::rng::Rng;
-use crate::server::{Key, Server, UNKNOWN};
+use crate::server::{Key, Server, MERGED, UNKNOWN};
 use crate::trace::Trace;
 use crate::{Outcome, Violation};
 use checks::ScopeTag;
@@ -111,6 +112,25 @@ pub struct World {
     /// Every mutation ever sent, by (client id, mutation id): an id, once sent, must always
     /// carry the same write, or the server would skip a new write as a retry of the old.
     sent: HashMap<(String, u64), Mutation>,
+    /// Every write of a playback position (`MERGED`'s hot field), for the law that one made
+    /// offline never undoes progress made elsewhere since (`World::check_offline_position`).
+    positions: Vec<PositionWrite>,
+}
+
+/// A write of a playback position as a tab made it.
+#[derive(Debug)]
+struct PositionWrite {
+    user: usize,
+    device: usize,
+    key: Key,
+    stamp: Stamp,
+    /// True time of the write.
+    at: u64,
+    online: bool,
+    /// Made offline by a tab that had synced: the newest stamp the law lets it hold over,
+    /// the later of its last sync (in true time, plus how far ahead its corrected clock could
+    /// be) and the stamp of the copy it replaced.
+    as_of: Option<u64>,
 }
 
 impl World {
@@ -175,6 +195,7 @@ impl World {
             clamps: HashMap::new(),
             unfloored: HashSet::new(),
             sent: HashMap::new(),
+            positions: Vec::new(),
             params,
         };
         let result = world.play();
@@ -239,6 +260,7 @@ impl World {
                     revoked: None,
                     rendered: None,
                     closed: Vec::new(),
+                    lowest_skew_ms: self.params.skews_ms[d].min(0),
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
@@ -358,6 +380,11 @@ impl World {
                     self.fail_at(at, tab, id, Failure::Network);
                     return Ok(());
                 };
+                if let Request::Push { mutations, .. } = &request {
+                    for m in mutations.iter().filter(|m| m.collection == MERGED) {
+                        self.check_offline_position(user, &(m.collection.clone(), m.key.clone()))?;
+                    }
+                }
                 for clamp in &served.clamps {
                     self.clamps.insert(
                         (clamp.client_id.clone(), clamp.key.clone(), clamp.from),
@@ -486,6 +513,14 @@ impl World {
     /// Carries out a tab's commands in order. `before` is the user the tab had before the
     /// input: requests belong to it until the tab wipes its scope, then to its new user.
     fn drain(&mut self, d: usize, t: usize, before: Option<String>) -> Result<(), Violation> {
+        let ahead = self.devices[d].skew_ms - self.devices[d].lowest_skew_ms;
+        let tab = &mut self.devices[d].tabs[t];
+        // When the engine last synced, in true time: a new sync is a later local time; a
+        // clock set back moves the engine's times back with it, not the sync.
+        tab.synced = match (tab.engine.status().last_synced_at, tab.synced) {
+            (Some(local), Some((known, at, ahead))) if local <= known => Some((local, at, ahead)),
+            (local, _) => local.map(|local| (local, self.now, ahead)),
+        };
         let tab = &self.devices[d].tabs[t];
         let (tab_id, client_id) = (tab.id, tab.engine.client_id().to_owned());
         let after = tab.engine.user().map(str::to_owned);

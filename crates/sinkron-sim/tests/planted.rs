@@ -90,3 +90,8 @@ fn a_refusal_that_drops_the_whole_push_is_caught() {
 fn coalescing_writes_of_different_fields_is_caught() {
     finds("coalesce-across-fields", 50);
 }
+
+#[test]
+fn an_offline_position_stamped_now_is_caught() {
+    finds("offline-stamped-now", 150);
+}

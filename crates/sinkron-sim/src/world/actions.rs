@@ -4,10 +4,11 @@
 //! partition, a server crash, a device clock jump). Faults on the wire are decided where they
 //! happen, in `World::send` and `World::deliver`. `heal` ends the phase.
 
+use sinkron_core::merge::Stamp;
 use sinkron_core::RecordKey;
 
-use super::{Event, World};
-use crate::server::UNKNOWN;
+use super::{Event, PositionWrite, World};
+use crate::server::{MERGED, UNKNOWN};
 use crate::Violation;
 
 /// Whether the server knows the key's collection (else it refuses every write of it).
@@ -284,11 +285,49 @@ impl World {
                 value.as_deref().unwrap_or("null")
             ));
             let local = self.local(d);
+            let position = collection == MERGED
+                && match (&fields, &value) {
+                    (Some(names), _) => names.iter().any(|n| n == "position"),
+                    (None, Some(v)) => v.contains(r#""position":"#),
+                    (None, None) => false,
+                };
+            let online = self.devices[d].online;
             let tab = &mut self.devices[d].tabs[t];
             let before = tab.engine.user().map(str::to_owned);
+            let copy = tab
+                .engine
+                .get(&RecordKey::new(collection.as_str(), key.as_str()))
+                .map_or(0, |r| r.updated_at);
+            // What an offline write continues: its tab's last sync and the copy it replaces.
+            let as_of = tab
+                .synced
+                .filter(|_| !online)
+                .map(|(_, at, ahead)| at.saturating_add_signed(ahead).max(copy));
             tab.engine
                 .write_fields(local, &collection, &key, value, fields)
                 .map_err(|e| Violation::new("sim", format!("write refused: {}", e.code())))?;
+            if position {
+                let user = before.as_deref().and_then(|u| self.server.user_index(u));
+                let stamped = tab
+                    .engine
+                    .outbox()
+                    .into_iter()
+                    .rev()
+                    .find(|m| m.collection == collection && m.key == key)
+                    .map(|m| m.updated_at);
+                if let (Some(user), Some(stamped)) = (user, stamped) {
+                    self.positions.push(PositionWrite {
+                        user,
+                        device: d,
+                        key: (collection.clone(), key.clone()),
+                        stamp: Stamp(stamped, tab.engine.client_id().to_owned()),
+                        at: self.now,
+                        online,
+                        as_of,
+                    });
+                }
+            }
+            let tab = &mut self.devices[d].tabs[t];
             let record_key = RecordKey::new(collection, key);
             // A write the server refuses is not one to read back once refused.
             let own = tab
@@ -351,6 +390,7 @@ impl World {
                     self.rng.range_i64(skew, hour)
                 };
                 self.devices[d].skew_ms = new;
+                self.devices[d].lowest_skew_ms = self.devices[d].lowest_skew_ms.min(new);
                 self.trace(format_args!("FAULT d{d} clock jumps {} ms", new - skew));
                 Ok(())
             }

@@ -1,7 +1,8 @@
 //! The invariants the world checks as it runs (`DESIGN.md`): isolation of scopes (5) on every
 //! view and every stored record, read-your-writes per tab, who may send and pull (6), mutation
-//! ids never reused (7); and, after healing, convergence (1): every signed-in tab and device
-//! shows exactly the server's state. The server's own invariants (2, 3, 4) are checked in
+//! ids never reused (7), an offline position continuing what its device knew (after every
+//! push); and, after healing, convergence (1): every signed-in tab and device shows exactly
+//! the server's state. The server's own invariants (2, 3, 4) are checked in
 //! `server.rs`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -346,5 +347,51 @@ impl World {
             }
         }
         Ok(None)
+    }
+
+    /// An offline position continues what its device knew: a playback position written
+    /// offline, from the copy its tab last synced, never holds the field over one written on
+    /// another device and stamped after that sync and that copy, which the tab could not have
+    /// seen. (Stamped "after the sync" allowing for how far ahead of true time the tab's
+    /// corrected clock could be, see `Device::lowest_skew_ms`.) Checked on the record a push
+    /// wrote, as the server took it.
+    pub(super) fn check_offline_position(&self, user: usize, key: &Key) -> Result<(), Violation> {
+        let Some((holder, taken)) = self.server.field_writes(user, key, "position") else {
+            return Ok(());
+        };
+        let held = self
+            .positions
+            .iter()
+            .find(|w| w.user == user && w.key == *key && w.stamp == holder);
+        let Some((held, as_of)) = held.and_then(|w| Some((w, w.as_of?))) else {
+            return Ok(());
+        };
+        let later = self.positions.iter().find(|other| {
+            other.user == user
+                && other.key == *key
+                && other.device != held.device
+                && other.online
+                && other.stamp.0 > as_of + 1
+                && taken.contains(&other.stamp)
+        });
+        match later {
+            Some(other) => Err(Violation::new(
+                "offline writes continue what the device knew",
+                format!(
+                    "{}/{}: the position device {} wrote offline at {} (stamp {}, as of {}) \
+                     holds over device {}'s written at {} (stamp {})",
+                    key.0,
+                    key.1,
+                    held.device,
+                    held.at,
+                    held.stamp.0,
+                    as_of,
+                    other.device,
+                    other.at,
+                    other.stamp.0
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }

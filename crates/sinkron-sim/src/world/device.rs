@@ -30,6 +30,9 @@ pub(super) struct Tab {
     /// The driver's timer (`setTimeout`), armed after every input for the engine's deadline:
     /// it runs on true time, so a device clock jumping later does not move it.
     pub(super) wake_at: Option<u64>,
+    /// The engine's last sync: its local time as the engine holds it, the true time when it
+    /// happened, and how far ahead of true time the tab's corrected clock could be then.
+    pub(super) synced: Option<(u64, u64, i64)>,
 }
 
 /// A device's Web Lock: one holder, the others queue.
@@ -75,6 +78,11 @@ pub(super) struct Device {
     /// [`CLOSED_KEPT`]): the browser can reopen one with its `sessionStorage` (a closed tab
     /// restored, or the last session after the browser was closed).
     pub(super) closed: Vec<String>,
+    /// The lowest clock error the device has had (0 at most): a tab corrects its clock by
+    /// the server's time as it last heard it, perhaps before a jump forward, or never (no
+    /// correction), so its corrected clock is ahead of true time by at most `skew_ms` less
+    /// this.
+    pub(super) lowest_skew_ms: i64,
 }
 
 /// How many closed tabs a device can reopen.
@@ -305,6 +313,7 @@ impl World {
             spin_at: 0,
             spins: 0,
             wake_at: None,
+            synced: None,
         });
         let t = self.devices[d].tabs.len() - 1;
         let online = self.devices[d].online;
