@@ -7,6 +7,9 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { launch, open, pressed, recordsOf, settled, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
 
+/** The client id a page's tab holds (the driver keeps it in `sessionStorage`). */
+const tabId = (page) => page.evaluate(() => sessionStorage.getItem("sinkron:v1:tab"));
+
 let browser;
 let elsewhere;
 let plain;
@@ -23,13 +26,13 @@ after(async () => {
 });
 
 /**
- * Runs `before` on `page`, leaves it for another site at once, runs `meanwhile`, and returns
- * with Back; whether the page came from the cache.
+ * Runs `before` on `page`, leaves it at once for another site (or `to`), runs `meanwhile`, and
+ * returns with Back; whether the page came from the cache.
  */
-async function awayAndBack(page, { before = async () => {}, meanwhile = async () => {} } = {}) {
+async function awayAndBack(page, { before = async () => {}, to = elsewhere, meanwhile = async () => {} } = {}) {
   await page.evaluate(() => addEventListener("pageshow", (e) => (window.restoredFromCache = e.persisted)));
   await before();
-  await page.goto(elsewhere);
+  await page.goto(to);
   await meanwhile();
   // A page restored from the cache fires no load event.
   await page.goBack({ waitUntil: "commit" });
@@ -104,6 +107,66 @@ describe("back/forward cache", () => {
       assert.equal(await pressed(page, "favorite-s07"), "false");
       const left = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":r:") || k.endsWith(":session")));
       assert.deepEqual(left, []);
+      await context.close();
+    }));
+
+  test("left for another page of the same site and back: restored from the cache, each page under its own id, every write kept", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "pager");
+      await page.getByTestId("favorite-s01").click();
+      await settled(page);
+      const first = await tabId(page);
+      let second;
+      // A site of many pages: the next one syncs too (the Web Locks and the channel it asks
+      // for evicted the first page from the cache, as long as that page held them).
+      const restored = await awayAndBack(page, {
+        to: `${server.url}/?interval=30000&page=2`,
+        meanwhile: async () => {
+          await page.getByTestId("favorite-s02").click();
+          await settled(page);
+          second = await tabId(page);
+        },
+      });
+      assert.equal(restored, true, "the page came back from the back/forward cache");
+      assert.notEqual(second, first, "the next page took an id of its own");
+      assert.equal(await tabId(page), first, "the first page holds its id again");
+      // Back, it shows what the other page wrote, and its own writes go on.
+      await waitPressed(page, "favorite-s02", "true", 5000);
+      await page.getByTestId("favorite-s03").click();
+      await settled(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {}, s02: {}, s03: {} });
+      await context.close();
+    }));
+
+  test("its id taken over by another tab while it was away: back, the page reloads rather than reuse the id's numbering", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "lender");
+      await page.getByTestId("favorite-s01").click();
+      await settled(page);
+      const first = await tabId(page);
+      const restored = await awayAndBack(page, {
+        meanwhile: async () => {
+          // A new tab takes over the outbox of the page away (its tab lock is free) and
+          // writes under its id; then it is closed.
+          const other = await open(context, server);
+          await settled(other);
+          assert.equal(await tabId(other), first, "the new tab took over the id of the page away");
+          await other.getByTestId("favorite-s02").click();
+          await settled(other);
+          await other.close();
+        },
+      });
+      // Reloaded, it goes on with the id's numbering as the other tab left it (kept, its next
+      // write would reuse an id the server has seen, to be refused and sent again renumbered).
+      assert.equal(restored, false, "the page reloaded");
+      await settled(page);
+      await page.getByTestId("favorite-s03").click();
+      await settled(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {}, s02: {}, s03: {} });
       await context.close();
     }));
 });

@@ -152,9 +152,6 @@ fn run(
             }
             j.number(queued as u64);
         }
-        "flush" => {
-            engine.flush(now);
-        }
         "pushNow" => {
             engine.push_now(now);
         }

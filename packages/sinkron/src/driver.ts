@@ -93,6 +93,8 @@ export class SinkronClient {
   // names ship whole (0.15 kB gzip of the bundle). They also stay out of the declarations.
   readonly #storage = new DeviceStorage();
   readonly #baseUrl: string;
+  /** Tabs share one leader over a `BroadcastChannel`. */
+  readonly #shared: boolean;
   readonly #listeners = new Set<(changed: Changed) => void>();
   readonly #cleanups: Array<() => void> = [];
   #channel: BroadcastChannel | null = null;
@@ -116,6 +118,9 @@ export class SinkronClient {
     this.#engine = engine;
     this.#options = options;
     this.#baseUrl = (options.baseUrl ?? "").replace(/\/$/, "");
+    // Without `BroadcastChannel` (Safari before 15.4) each tab leads and syncs on its own, as
+    // with `crossTab: false` (see `#askLeadership`).
+    this.#shared = options.crossTab !== false && typeof BroadcastChannel === "function";
   }
 
   /** Loads the engine and this device's stored state, and starts syncing. */
@@ -352,20 +357,49 @@ export class SinkronClient {
   }
 
   #wire() {
-    const on = (target: EventTarget, type: string, handler: () => void) => {
+    const on = (target: EventTarget, type: string, handler: (e: Event) => void) => {
       target.addEventListener(type, handler);
       this.#cleanups.push(() => target.removeEventListener(type, handler));
     };
-    // Without `BroadcastChannel` (Safari before 15.4) each tab leads and syncs on its own, as
-    // with `crossTab: false` (see `#askLeadership`).
-    if (this.#options.crossTab !== false && typeof BroadcastChannel === "function") {
-      this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
-      this.#channel.onmessage = (m) => this.#call({ t: "tab", message: m.data as TabMessage });
-    }
+    const listen = () => {
+      if (this.#shared) {
+        this.#channel = new BroadcastChannel(this.#options.channelName ?? "sinkron");
+        this.#channel.onmessage = (m) => this.#call({ t: "tab", message: m.data as TabMessage });
+      }
+    };
+    listen();
     const visibility = () => this.#call({ t: "visibility", visible: document.visibilityState === "visible" });
     const online = (online: boolean) => () => this.#call({ t: "online", online });
     on(document, "visibilitychange", visibility);
-    on(window, "pagehide", () => this.#call({ t: "flush" }));
+    // The back/forward cache keeps a page only while it holds no Web Lock (Chromium evicts it
+    // when any page of the site asks for one) and hears no tab message. So a page that may be
+    // kept lets its tab lock and channel go, and leaves the page loaded next in the tab an
+    // empty `previous` (naming no outbox, so that page takes an id of its own). Shown again,
+    // it takes them back; it reloads instead, starting from what is stored, when it cannot
+    // (another tab took its id over) or when what it relies on changed meanwhile: the
+    // session (signed out or in elsewhere), or its id's numbering (another tab that took the
+    // id over wrote under it: the next write here would reuse an id the server has seen).
+    let kept = "";
+    const stored = () => JSON.stringify([this.#storage.session(), this.#storage.outbox(this.#call({ t: "user" }), this.#tabId)?.next]);
+    on(window, "pagehide", (e) => {
+      // Hidden for good, whatever visibility says yet: the outbox is flushed (keepalive)
+      // and leadership given up.
+      this.#call({ t: "visibility", visible: false });
+      if ((e as PageTransitionEvent).persisted) {
+        kept = stored();
+        this.#tabLockRelease?.();
+        this.#channel?.close();
+        // Unless the page shown next in this tab, kept itself, took its id back first.
+        if (sessionStorage.getItem(TAB_ID_KEY) === this.#tabId) sessionStorage.setItem(TAB_ID_KEY, "");
+      }
+    });
+    on(window, "pageshow", async (e) => {
+      if (!(e as PageTransitionEvent).persisted) return;
+      listen();
+      // Shown: whether or not the browser reports it (the hiding above was ours).
+      visibility();
+      if (!(await this.#claimTabId(this.#tabId)) || stored() !== kept) location.reload();
+    });
     on(window, "focus", () => this.#call({ t: "focus" }));
     on(window, "online", online(true));
     on(window, "offline", online(false));
@@ -472,11 +506,9 @@ export class SinkronClient {
 
   /** Hands the app's data from before Sinkron to the engine (see `adoptLegacy`). */
   #adopt(scope: string | null) {
-    let records: LegacyRecord[] | null;
     try {
-      records = this.#options.adoptLegacy?.(scope) ?? [];
-      if (!Array.isArray(records)) throw new TypeError(`not an array: ${JSON.stringify(records)}`);
-      this.#call({ t: "adopt", scope, records });
+      // What is not a list of records the engine refuses, saying which field was wrong.
+      this.#call({ t: "adopt", scope, records: this.#options.adoptLegacy?.(scope) ?? [] });
     } catch (e) {
       console.error("sinkron: adoptLegacy failed; nothing adopted, asked again at the next start", e);
     }
@@ -487,7 +519,7 @@ export class SinkronClient {
   }
 
   #askLeadership() {
-    if (this.#options.crossTab === false || !navigator.locks || typeof BroadcastChannel !== "function") {
+    if (!this.#shared || !navigator.locks) {
       // Alone, or no Web Locks or no channel to hear a leader by: this tab leads (the safe
       // side: it still pulls).
       queueMicrotask(() => {
@@ -639,7 +671,7 @@ export function subject(token: string): string {
   } catch {
     // Reported below.
   }
-  throw new SinkronError("invalid_token", "sinkron: the token provider returned something that is not a JWT with a `sub`");
+  throw new SinkronError("invalid_token", "sinkron: the token provider's token is not a JWT with a `sub`");
 }
 
 function subjectOrNull(token: string): string | null {

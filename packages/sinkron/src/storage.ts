@@ -70,7 +70,7 @@ export class DeviceStorage {
         // A newer schema: the app was rolled back. Its records and cursors are a cache,
         // pulled again; the session and the outboxes (unsent writes, checked as read) stay.
         const newer = schema > SCHEMA;
-        console.warn(`sinkron: stored data has schema ${stored}, ${newer ? "newer than" : "expected"} ${SCHEMA}; resetting ${newer ? "all but the session and unsent writes" : "it"}`);
+        console.warn(`sinkron: stored data has schema ${stored}, ${newer ? "newer than" : "expected"} ${SCHEMA}; resetting ${newer ? "its cached records" : "it"}`);
         this.#removeWhere((k) => !(newer && /^sinkron:v1:(session|ending|adopted)$|:o:[^:]*$/.test(k) && !k.includes(":r:")));
       }
       this.#store.setItem(SCHEMA_KEY, `${SCHEMA}`);

@@ -99,7 +99,6 @@ export type Call =
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
   /** A stored outbox that holds writes, of the scope an `unpark` command named (one call each). */
   | { t: "unpark"; now: number; clientId: string; next: number; mutations: Mutation[] }
-  | { t: "flush"; now: number }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
   | { t: "restore"; now: number; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }

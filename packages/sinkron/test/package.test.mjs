@@ -495,6 +495,9 @@ test("adoptLegacy: the app's old data is adopted once per scope; a throwing or m
   // Malformed (a value that is not an object): reported the same way.
   assert.deepEqual(await run(() => [{ collection: "history", key: "x", value: 5 }]), []);
   assert.match(errors.at(-1), /adoptLegacy failed.*value: expected an object/);
+  // Not a list at all: the same.
+  assert.deepEqual(await run(() => ({ s01e01: old[0] })), []);
+  assert.match(errors.at(-1), /adoptLegacy failed.*records: expected an array/);
   assert.equal(localStorage.getItem("sinkron:v1:adopted"), null);
   // Works: written with its own time, and the scope is marked.
   const adopted = await run((scope) => (scopes.push(scope), old));

@@ -62,7 +62,10 @@ async function scenario() {
   reply("push", 200, { ack: 4, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });
   run({ t: "write", now: NOW + 3, collection: "likes", key: "e4", value: { on: false } });
   run({ t: "pushNow", now: NOW + 3 });
-  run({ t: "flush", now: NOW + 3 });
+  // The page is hidden (or left): what is queued goes with keepalive.
+  run({ t: "visibility", now: NOW + 3, visible: false });
+  run({ t: "visibility", now: NOW + 3, visible: true });
+  run({ t: "leadership", now: NOW + 3, leader: true });
   reply("push", 200, { ack: 5, cursor: "7", changes: [], more: false, serverTime: NOW + 3 });
   run({ t: "focus", now: NOW + 60_000 });
   reply("pull", 304);
