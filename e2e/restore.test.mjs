@@ -1,5 +1,6 @@
 // A page left and come back to with the browser's Back button: restored from the back/forward
-// cache (frozen while away, not reloaded), or reloaded when the browser evicted it. Either way
+// cache (frozen while away, not reloaded), or reloaded when the browser evicted it or when the
+// page itself cannot go on (what it missed while frozen changed what is stored). Either way
 // it shows what happened meanwhile and keeps syncing. Playwright turns the cache off by
 // default; these pages have it on, as a user's browser does.
 import { after, before, describe, test } from "node:test";
@@ -120,22 +121,35 @@ describe("back/forward cache", () => {
       const first = await tabId(page);
       let second;
       // A site of many pages: the next one syncs too (the Web Locks and the channel it asks
-      // for evicted the first page from the cache, as long as that page held them).
+      // for evicted the first page from the cache, as long as that page held them), and the
+      // user only looks at it.
       const restored = await awayAndBack(page, {
         to: `${server.url}/?interval=30000&page=2`,
         meanwhile: async () => {
-          await page.getByTestId("favorite-s02").click();
           await settled(page);
+          assert.equal(await pressed(page, "favorite-s01"), "true");
           second = await tabId(page);
         },
       });
       assert.equal(restored, true, "the page came back from the back/forward cache");
       assert.notEqual(second, first, "the next page took an id of its own");
       assert.equal(await tabId(page), first, "the first page holds its id again");
-      // Back, it shows what the other page wrote, and its own writes go on.
-      await waitPressed(page, "favorite-s02", "true", 5000);
-      await page.getByTestId("favorite-s03").click();
+      await page.getByTestId("favorite-s02").click();
       await settled(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {}, s02: {} });
+
+      // Had the next page synced something new (a write of its own), this one reloads on the
+      // way back: it did not hear what the tabs said meanwhile.
+      const again = await awayAndBack(page, {
+        to: `${server.url}/?interval=30000&page=3`,
+        meanwhile: async () => {
+          await settled(page);
+          await page.getByTestId("favorite-s03").click();
+          await settled(page);
+        },
+      });
+      assert.equal(again, false, "the page reloaded");
+      await waitPressed(page, "favorite-s03", "true", 5000);
       assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {}, s02: {}, s03: {} });
       await context.close();
     }));

@@ -261,6 +261,7 @@ impl World {
                     rendered: None,
                     closed: Vec::new(),
                     lowest_skew_ms: self.params.skews_ms[d].min(0),
+                    kept: None,
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
@@ -391,7 +392,9 @@ impl World {
                         clamp.to,
                     );
                     for device in &mut self.devices {
-                        for t in &mut device.tabs {
+                        // A page in the back/forward cache too: its floors go with it.
+                        let kept = device.kept.as_mut().map(|k| &mut k.tab);
+                        for t in device.tabs.iter_mut().chain(kept) {
                             if t.floors_client != clamp.client_id {
                                 continue;
                             }
@@ -433,6 +436,15 @@ impl World {
                 poll_interval_ms,
             } => {
                 let Some((d, t)) = self.find(tab) else {
+                    // A page in the back/forward cache gets its answers when shown again.
+                    let kept = self
+                        .devices
+                        .iter_mut()
+                        .filter_map(|d| d.kept.as_mut())
+                        .find(|k| k.tab.id == tab);
+                    if let Some(kept) = kept {
+                        kept.replies.push((id, reply, poll_interval_ms));
+                    }
                     return Ok(());
                 };
                 self.trace(format_args!(

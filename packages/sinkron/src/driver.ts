@@ -375,12 +375,11 @@ export class SinkronClient {
     // when any page of the site asks for one) and hears no tab message. So a page that may be
     // kept lets its tab lock and channel go, and leaves the page loaded next in the tab an
     // empty `previous` (naming no outbox, so that page takes an id of its own). Shown again,
-    // it takes them back; it reloads instead, starting from what is stored, when it cannot
-    // (another tab took its id over) or when what it relies on changed meanwhile: the
-    // session (signed out or in elsewhere), or its id's numbering (another tab that took the
-    // id over wrote under it: the next write here would reuse an id the server has seen).
+    // it takes them back if nothing Sinkron stores changed meanwhile; else (it missed what
+    // the tabs said: a sign-out, a sync, a write, its id taken over and written under) or if
+    // another tab holds its id, it reloads and starts from what is stored.
     let kept = "";
-    const stored = () => JSON.stringify([this.#storage.session(), this.#storage.outbox(this.#call({ t: "user" }), this.#tabId)?.next]);
+    const stored = () => this.#storage.keys().map((k) => k + localStorage.getItem(k)).join();
     on(window, "pagehide", (e) => {
       // Hidden for good, whatever visibility says yet: the outbox is flushed (keepalive)
       // and leadership given up.
@@ -398,7 +397,8 @@ export class SinkronClient {
       listen();
       // Shown: whether or not the browser reports it (the hiding above was ours).
       visibility();
-      if (!(await this.#claimTabId(this.#tabId)) || stored() !== kept) location.reload();
+      // Compared first: this page's own answers that waited may change what is stored next.
+      if (stored() !== kept || !(await this.#claimTabId(this.#tabId))) location.reload();
     });
     on(window, "focus", () => this.#call({ t: "focus" }));
     on(window, "online", online(true));

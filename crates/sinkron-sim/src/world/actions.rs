@@ -78,6 +78,7 @@ impl World {
                 self.set_online(d, online)
             }
             850..=899 => self.sign_in(d, t),
+            925..=944 => self.away_and_back(d, t),
             900..=924 => {
                 if self.devices[d].tabs[t].engine.user().is_none() {
                     return Ok(());
@@ -470,6 +471,11 @@ impl World {
         }
         for d in 0..self.devices.len() {
             self.devices[d].partitioned = false;
+            // A page still in the back/forward cache is evicted: gone, as if closed (what it
+            // did not send, a tab opened below takes over).
+            if let Some(kept) = self.devices[d].kept.take() {
+                self.trace(format_args!("d{d} t{} evicted from the cache", kept.tab.id));
+            }
             if self.devices[d].revoked.is_some() {
                 self.sign_in_again(d)?;
             }

@@ -35,6 +35,20 @@ pub(super) struct Tab {
     pub(super) synced: Option<(u64, u64, i64)>,
 }
 
+/// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
+/// holding no lock and no channel (so its id is free for a tab that starts to take over);
+/// answers that arrive meanwhile wait for it.
+pub(super) struct Kept {
+    pub(super) tab: Tab,
+    /// The page loaded next in its browser tab (with an empty `previous`), while open.
+    pub(super) next_page: Option<TabId>,
+    /// What the page compares when shown again: the device's session and everything stored.
+    pub(super) session: Option<usize>,
+    pub(super) stored: String,
+    /// Answers (request id, answer, poll interval) that came while it was away.
+    pub(super) replies: Vec<(u64, Reply, Option<u64>)>,
+}
+
 /// A device's Web Lock: one holder, the others queue.
 #[derive(Default)]
 pub(super) struct Lock {
@@ -78,6 +92,8 @@ pub(super) struct Device {
     /// [`CLOSED_KEPT`]): the browser can reopen one with its `sessionStorage` (a closed tab
     /// restored, or the last session after the browser was closed).
     pub(super) closed: Vec<String>,
+    /// A page left for another page of the site and kept by the back/forward cache.
+    pub(super) kept: Option<Kept>,
     /// The lowest clock error the device has had (0 at most): a tab corrects its clock by
     /// the server's time as it last heard it, perhaps before a jump forward, or never (no
     /// correction), so its corrected clock is ahead of true time by at most `skew_ms` less
@@ -401,6 +417,93 @@ impl World {
             return self.open_tab(d, visible, Some(client));
         }
         Ok(())
+    }
+
+    /// The user leaves a tab's page for another page of the site, and later comes back with
+    /// Back: the back/forward cache keeps it meanwhile (one page per device). See
+    /// [`Kept`] and `packages/sinkron/src/driver.ts` (`#wire`).
+    pub(super) fn away_and_back(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        if self.devices[d].kept.is_some() {
+            return self.back(d);
+        }
+        let tab = &self.devices[d].tabs[t];
+        let id = tab.id;
+        self.trace(format_args!(
+            "d{d} t{id} leaves for another page of the site"
+        ));
+        // `pagehide`: hidden for good (a keepalive flush; the leader lock let go), then the
+        // tab lock and the channel.
+        self.devices[d].tabs[t].visible = false;
+        self.input(d, t, |e, now| e.handle_visibility(now, false))?;
+        let tab = self.devices[d].tabs.remove(t);
+        self.lock_release(d, id);
+        let device = &self.devices[d];
+        let stored = format!("{:?}", device.storage);
+        let session = device.session;
+        // Mostly the next page syncs too: it starts with an empty `previous`, which names no
+        // outbox.
+        let next_page = if self.rng.chance(700) {
+            self.open_tab(d, true, Some(String::new()))?;
+            self.devices[d].tabs.last().map(|t| t.id)
+        } else {
+            None
+        };
+        self.devices[d].kept = Some(Kept {
+            tab,
+            next_page,
+            session,
+            stored,
+            replies: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Back to the kept page: the page shown in its browser tab meanwhile is left (closed,
+    /// here), and the kept one is shown again. It takes its tab lock back and goes on, unless
+    /// anything stored changed meanwhile (it missed what the tabs said) or a live tab holds
+    /// its id: then it reloads.
+    pub(super) fn back(&mut self, d: usize) -> Result<(), Violation> {
+        let Some(kept) = self.devices[d].kept.take() else {
+            return Ok(());
+        };
+        if let Some(t) = kept
+            .next_page
+            .and_then(|id| self.devices[d].tabs.iter().position(|t| t.id == id))
+        {
+            self.close_tab(d, t)?;
+        }
+        let client = kept.tab.engine.client_id().to_owned();
+        let device = &self.devices[d];
+        let taken = device.tabs.iter().any(|t| t.engine.client_id() == client);
+        let changed =
+            device.session != kept.session || format!("{:?}", device.storage) != kept.stored;
+        let id = kept.tab.id;
+        if taken || changed {
+            self.trace(format_args!(
+                "d{d} t{id} back: reloads (id taken {taken}, stored state changed {changed})"
+            ));
+            return self.open_tab(d, true, Some(client));
+        }
+        self.trace(format_args!("d{d} t{id} back from the back/forward cache"));
+        self.devices[d].tabs.push(kept.tab);
+        let t = self.devices[d].tabs.len() - 1;
+        self.devices[d].tabs[t].visible = true;
+        for (request, reply, poll_interval_ms) in kept.replies {
+            self.schedule(
+                self.now,
+                Event::Reply {
+                    tab: id,
+                    id: request,
+                    reply,
+                    poll_interval_ms,
+                },
+            );
+        }
+        let online = self.devices[d].online;
+        self.input(d, t, |e, now| {
+            e.handle_online(now, online);
+            e.handle_visibility(now, true);
+        })
     }
 
     /// The user reloads a tab: the page is hidden (which flushes its outbox with a
