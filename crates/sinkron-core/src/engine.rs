@@ -770,6 +770,14 @@ impl Engine {
         fields: Option<Vec<String>>,
     ) -> Result<(), WriteError> {
         crate::limits::check_write(collection, key, value.as_deref())?;
+        // Where the core can parse (a native engine), the value is read whole: text that only
+        // looks like an object would otherwise be queued and refused by the server. (The
+        // browser's values come from its own JSON reader.)
+        #[cfg(feature = "serde")]
+        if let Some(text) = &value {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+                .map_err(|_| WriteError::InvalidValue)?;
+        }
         if let Some(names) = &fields {
             crate::limits::check_fields(names, value.is_some())
                 .map_err(|_| WriteError::InvalidFields)?;

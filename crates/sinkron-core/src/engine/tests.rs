@@ -1136,6 +1136,15 @@ fn invalid_writes_are_refused_and_change_nothing() {
         e.write(0, "history", "k", Some(big)),
         Err(WriteError::ValueTooLarge)
     );
+    // A native engine reads the value whole: braces around something else are no object.
+    #[cfg(feature = "serde")]
+    for text in ["{oops}", r#"{"a":}"#, r#"{"a":1}}"#] {
+        assert_eq!(
+            e.write(0, "history", "k", Some(text.into())),
+            Err(WriteError::InvalidValue),
+            "{text}"
+        );
+    }
     assert_eq!(e.status().pending, 0);
 }
 
