@@ -313,6 +313,51 @@ describe("resuming on another device", () => {
       await phone.close();
     }));
 
+  test("cut off while the browser says online (requests failing), playback from a stale copy still cannot undo the other device's progress", () =>
+    withServer(async (server) => {
+      const tv = await browser.newContext();
+      const a = await open(tv, server);
+      const auth = await signUp(a, "portal");
+      await playOneSecond(a, "s10");
+
+      // The phone (polling every 3 s) goes on for a second and syncs, then its requests start
+      // failing, as behind a captive portal: the browser still says online. It knows once a
+      // request has failed (its status says offline).
+      const phone = await browser.newContext();
+      const b = await open(phone, server, { interval: 3000 });
+      await signIn(b, "portal");
+      await openEpisodes(b, "s10");
+      await b.getByTestId("play-s10e01").click();
+      await showing(b, 2);
+      await b.getByTestId("pause").click();
+      await settled(b);
+      const before = await shown(b);
+      await b.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      assert.equal(await b.evaluate(() => navigator.onLine), true);
+
+      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+      await settled(a);
+      const ahead = await shown(a);
+
+      // The phone plays on from its copy.
+      const sent = pushedPositions(b, "s10e01");
+      await b.getByTestId("resume").click();
+      await showing(b, before + 2);
+      await b.getByTestId("pause").click();
+      const played = await shown(b);
+      assert.ok(played < ahead, `the phone played to ${played} s`);
+
+      // Reached again: its writes go and lose to the TV's later progress, as offline.
+      await b.unroute("**/api/**");
+      await showing(b, ahead);
+      await settled(b);
+      assert.ok(sent.includes(played), `the phone pushed ${sent}`);
+      assert.equal(recordsOf(await server.state(auth), "history").s10e01.position, ahead);
+      await tv.close();
+      await phone.close();
+    }));
+
   test("a page reloaded without the server, then offline, plays from its stored copy and still loses to the other device's later progress", () =>
     withServer(async (server) => {
       const tv = await browser.newContext();

@@ -800,19 +800,19 @@ impl Engine {
     ) {
         self.observe_time(now);
         let hot = self.hot_every(&key.collection);
+        // Offline, or unreachable: its requests failing while the browser says online (a
+        // captive portal, a dead network behind a live link).
+        let cut_off = !self.online || self.failures > 0;
         #[cfg(feature = "planted-bugs")]
-        let offline =
-            !self.online && !crate::planted::planted(crate::planted::Bug::OfflineStampedNow);
-        #[cfg(not(feature = "planted-bugs"))]
-        let offline = !self.online;
+        let cut_off = cut_off && !crate::planted::planted(crate::planted::Bug::OfflineStampedNow);
         let updated_at = match stamp {
             Some(stamp) => stamp,
-            // Offline, a hot write (the playback position, resumed from this device's copy)
+            // Cut off, a hot write (the playback position, resumed from this device's copy)
             // continues what the device knew: stamped just after its last sync (or, opened
             // offline, the newest stamp it holds) and the copy it replaces, not now, so
             // progress made elsewhere since (which this device could not see) wins over it
             // on the server.
-            None if hot.is_some() && offline => self.clock.as_of(
+            None if hot.is_some() && cut_off => self.clock.as_of(
                 self.last_synced_at,
                 self.view.get(&key).map_or(0, |r| r.updated_at),
             ),

@@ -56,8 +56,8 @@ export interface ClientOptions {
   /**
    * Hot collections: collection → how often at most (ms) a push carries their writes while
    * they keep coming; default `{ history: 30000 }` (the playback position). Every write still
-   * shows at once here and in other tabs; `pushNow()` sends them at once. Offline, they are
-   * stamped as of the last sync, so playback from a stale copy loses to progress another
+   * shows at once here and in other tabs; `pushNow()` sends them at once. Offline (or with
+   * requests failing while the browser says online), they are stamped as of the last sync, so playback from a stale copy loses to progress another
    * device made since (docs/PROTOCOL.md, "Clock").
    */
   hot?: Record<string, number>;

@@ -29,8 +29,9 @@ pub struct Config {
     /// costs one push per this interval instead of one per write. A hot write still reaches
     /// the view, the storage and the other tabs at once, and goes with any push sooner (a
     /// write to another collection, [`crate::Engine::push_now`] at a pause or a seek, the
-    /// page being hidden, coming back online, signing out). Offline, a hot write is stamped
-    /// as of the last sync ([`crate::Clock::as_of`]), not now.
+    /// page being hidden, coming back online, signing out). Offline, or with its last request
+    /// failed (cut off while the browser says online), a hot write is stamped as of the last
+    /// sync ([`crate::Clock::as_of`]), not now.
     pub hot: Vec<(String, u64)>,
     /// Most mutations in one push.
     pub push_batch_max: usize,

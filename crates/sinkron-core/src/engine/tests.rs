@@ -2636,6 +2636,36 @@ fn offline_a_position_is_stamped_as_of_the_last_sync_so_progress_made_elsewhere_
 }
 
 #[test]
+fn unreachable_while_the_browser_says_online_a_position_is_stamped_as_of_the_last_sync() {
+    // A captive portal or a dead network behind a live link: the browser says online, but
+    // this tab's requests fail. It cannot know what other devices did since its last sync
+    // any more than offline.
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
+    let mut tab = hot_leader_holding(vec![copy]);
+    tab.at(600_000);
+    tab.engine.handle_focus(tab.now);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Failed(Failure::Network));
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":121}"#);
+    assert_eq!(tab.record("ep-7").updated_at, T0 + 1);
+    // Reached again (the server's clock now this device's): stamped now.
+    tab.at(60_000);
+    tab.engine.handle_timeout(tab.now);
+    let (id, request) = tab.only_send();
+    let Request::Push { mutations, .. } = request else {
+        panic!("the retry pushes the queued position");
+    };
+    let mut answer = page("2", vec![], false);
+    answer.server_time = tab.now;
+    let ack = mutations.last().map_or(0, |m| m.id);
+    tab.reply(id, Reply::Pushed { ack, page: answer });
+    tab.at(1_000);
+    tab.write("ep-7", r#"{"position":122}"#);
+    assert_eq!(tab.record("ep-7").updated_at, tab.now);
+}
+
+#[test]
 fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds() {
     // A page opened without a network has not synced: what the device knew is what it
     // stored, the newest of it a minute old (the TV's progress since is not there).
