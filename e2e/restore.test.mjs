@@ -183,4 +183,25 @@ describe("back/forward cache", () => {
       assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s01: {}, s02: {}, s03: {} });
       await context.close();
     }));
+
+  test("offline when it was left and online again meanwhile: back from the cache, the page knows and syncs", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      await signUp(page, "wanderer");
+      await settled(page);
+      await context.setOffline(true);
+      await page.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      // Left for a page that needs no network, and the network is back before Back: no
+      // `online` event reaches a page in the cache.
+      const restored = await awayAndBack(page, {
+        to: "data:text/html,<title>away</title><p>away</p>",
+        meanwhile: () => context.setOffline(false),
+      });
+      assert.equal(restored, true, "the page came back from the back/forward cache");
+      await page.locator('[data-testid="sync-status"][data-state="synced"]').waitFor({ timeout: 5000 });
+      await page.getByTestId("favorite-s08").click();
+      await settled(page);
+      await context.close();
+    }));
 });

@@ -499,6 +499,8 @@ impl World {
                 },
             );
         }
+        // Shown again, the page hears the network as it is now (Chromium delivers the
+        // `online`/`offline` event it held while the page was frozen; `restore.test.mjs`).
         let online = self.devices[d].online;
         self.input(d, t, |e, now| {
             e.handle_online(now, online);
