@@ -43,6 +43,56 @@ async function playOneSecond(page, show) {
   await settled(page);
 }
 
+/**
+ * The TV plays a second of `show`'s first episode; the phone goes on from there for a second,
+ * pauses and syncs, then is cut off (`cut`, with the phone's context and page); the TV seeks
+ * far ahead meanwhile, which the phone cannot know. The phone plays on from its copy; once
+ * reconnected (`reconnect`) its writes go (it loses nothing silently) but lose to the TV's
+ * later progress: they carry the time of what the phone knew, not the time they were made,
+ * and the phone then shows the TV's position.
+ */
+async function staleResume(server, { user, show, interval, cut, reconnect }) {
+  const episode = `${show}e01`;
+  const tv = await browser.newContext();
+  const a = await open(tv, server);
+  const auth = await signUp(a, user);
+  await playOneSecond(a, show);
+
+  const phone = await browser.newContext();
+  const b = await open(phone, server, { interval });
+  await signIn(b, user);
+  await openEpisodes(b, show);
+  await b.getByTestId(`play-${episode}`).click();
+  await showing(b, 2);
+  await b.getByTestId("pause").click();
+  await settled(b);
+  const before = await shown(b);
+  assert.equal(recordsOf(await server.state(auth), "history")[episode].position, before);
+  await cut(phone, b);
+
+  for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
+  await settled(a);
+  const ahead = await shown(a);
+  assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
+
+  // Cut off, the phone plays on from its copy (the player stays open: its clip is loaded);
+  // its positions show at once there.
+  const sent = pushedPositions(b, episode);
+  await b.getByTestId("resume").click();
+  await showing(b, before + 2);
+  await b.getByTestId("pause").click();
+  const played = await shown(b);
+  assert.ok(played < ahead, `the phone played to ${played} s`);
+
+  await reconnect(phone, b);
+  await showing(b, ahead);
+  await settled(b);
+  assert.ok(sent.includes(played), `the phone pushed ${sent}`);
+  assert.equal(recordsOf(await server.state(auth), "history")[episode].position, ahead);
+  await tv.close();
+  await phone.close();
+}
+
 /** Resolves after `n` more pull answers: about `n` poll intervals of the page's own time. */
 async function pulls(page, n) {
   for (let i = 0; i < n; i++) {
@@ -267,96 +317,33 @@ describe("resuming on another device", () => {
     }));
 
   test("offline, playback from a stale copy cannot undo the other device's progress made since", () =>
-    withServer(async (server) => {
-      const tv = await browser.newContext();
-      const a = await open(tv, server);
-      const auth = await signUp(a, "traveller");
-      await playOneSecond(a, "s08");
-
-      // The phone goes on from there for a second, pauses and syncs, then loses the network
-      // (the player stays open: its clip is loaded).
-      const phone = await browser.newContext();
-      const b = await open(phone, server, { interval: 600_000 });
-      await signIn(b, "traveller");
-      await openEpisodes(b, "s08");
-      await b.getByTestId("play-s08e01").click();
-      await showing(b, 2);
-      await b.getByTestId("pause").click();
-      await settled(b);
-      const before = await shown(b);
-      assert.equal(recordsOf(await server.state(auth), "history").s08e01.position, before);
-      await phone.setOffline(true);
-
-      // The TV seeks far ahead meanwhile: the phone cannot know.
-      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
-      await settled(a);
-      const ahead = await shown(a);
-      assert.ok(ahead >= 30, `the TV is at ${ahead} s`);
-
-      // Offline, the phone plays on from its copy: its positions show at once there.
-      const sent = pushedPositions(b, "s08e01");
-      await b.getByTestId("resume").click();
-      await showing(b, before + 2);
-      await b.getByTestId("pause").click();
-      const played = await shown(b);
-      assert.ok(played < ahead, `the phone played to ${played} s`);
-
-      // Back online, its writes go (the phone loses nothing silently) but lose to the TV's
-      // later progress: they carry the time of what the phone knew, not the time they were
-      // made. The phone then shows the TV's position.
-      await phone.setOffline(false);
-      await showing(b, ahead);
-      await settled(b);
-      assert.ok(sent.includes(played), `the phone pushed ${sent}`);
-      assert.equal(recordsOf(await server.state(auth), "history").s08e01.position, ahead);
-      await tv.close();
-      await phone.close();
-    }));
+    withServer((server) =>
+      staleResume(server, {
+        user: "traveller",
+        show: "s08",
+        interval: 600_000,
+        cut: (phone) => phone.setOffline(true),
+        reconnect: (phone) => phone.setOffline(false),
+      }),
+    ));
 
   test("cut off while the browser says online (requests failing), playback from a stale copy still cannot undo the other device's progress", () =>
-    withServer(async (server) => {
-      const tv = await browser.newContext();
-      const a = await open(tv, server);
-      const auth = await signUp(a, "portal");
-      await playOneSecond(a, "s10");
-
-      // The phone (polling every 3 s) goes on for a second and syncs, then its requests start
-      // failing, as behind a captive portal: the browser still says online. It knows once a
-      // request has failed (its status says offline).
-      const phone = await browser.newContext();
-      const b = await open(phone, server, { interval: 3000 });
-      await signIn(b, "portal");
-      await openEpisodes(b, "s10");
-      await b.getByTestId("play-s10e01").click();
-      await showing(b, 2);
-      await b.getByTestId("pause").click();
-      await settled(b);
-      const before = await shown(b);
-      await b.route("**/api/**", (route) => route.abort("internetdisconnected"));
-      await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
-      assert.equal(await b.evaluate(() => navigator.onLine), true);
-
-      for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
-      await settled(a);
-      const ahead = await shown(a);
-
-      // The phone plays on from its copy.
-      const sent = pushedPositions(b, "s10e01");
-      await b.getByTestId("resume").click();
-      await showing(b, before + 2);
-      await b.getByTestId("pause").click();
-      const played = await shown(b);
-      assert.ok(played < ahead, `the phone played to ${played} s`);
-
-      // Reached again: its writes go and lose to the TV's later progress, as offline.
-      await b.unroute("**/api/**");
-      await showing(b, ahead);
-      await settled(b);
-      assert.ok(sent.includes(played), `the phone pushed ${sent}`);
-      assert.equal(recordsOf(await server.state(auth), "history").s10e01.position, ahead);
-      await tv.close();
-      await phone.close();
-    }));
+    withServer((server) =>
+      staleResume(server, {
+        user: "portal",
+        show: "s10",
+        // Polling every 3 s, so it retries as often once reached again.
+        interval: 3000,
+        // Its requests fail, as behind a captive portal, while the browser still says online.
+        // It knows once a request has failed (its status says offline).
+        cut: async (phone, b) => {
+          await b.route("**/api/**", (route) => route.abort("internetdisconnected"));
+          await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+          assert.equal(await b.evaluate(() => navigator.onLine), true);
+        },
+        reconnect: (phone, b) => b.unroute("**/api/**"),
+      }),
+    ));
 
   test("a page reloaded without the server, then offline, plays from its stored copy and still loses to the other device's later progress", () =>
     withServer(async (server) => {
