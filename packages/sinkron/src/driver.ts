@@ -395,10 +395,11 @@ export class SinkronClient {
     on(window, "pageshow", async (e) => {
       if (!(e as PageTransitionEvent).persisted) return;
       listen();
-      // Shown: whether or not the browser reports it (the hiding above was ours).
-      visibility();
-      // Compared first: this page's own answers that waited may change what is stored next.
+      // Compared before anything runs here: this page's own answers that waited, once
+      // handled, change what is stored.
       if (stored() !== kept || !(await this.#claimTabId(this.#tabId))) location.reload();
+      // Shown: whether or not the browser reports it (the hiding above was ours).
+      else visibility();
     });
     on(window, "focus", () => this.#call({ t: "focus" }));
     on(window, "online", online(true));
