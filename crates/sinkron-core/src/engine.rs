@@ -345,6 +345,19 @@ impl Engine {
         }
     }
 
+    /// When this tab last saw the server's state (its own sync or its leader's), on its
+    /// clock: [`Status::last_synced_at`] without building the whole status.
+    pub fn last_synced_at(&self) -> Option<u64> {
+        self.last_synced_at
+    }
+
+    /// Whether this tab counts itself cut off from the server: the browser says offline, or
+    /// its last request failed (a captive portal, a dead network behind a live link). A hot
+    /// write made then is stamped as of the last sync, not now (see `Engine::write_stamped`).
+    pub fn cut_off(&self) -> bool {
+        !self.online || self.failures > 0
+    }
+
     /// This tab's unacknowledged mutations, oldest first.
     pub fn outbox(&self) -> Vec<Mutation> {
         self.view.outbox(usize::MAX)
@@ -800,11 +813,13 @@ impl Engine {
     ) {
         self.observe_time(now);
         let hot = self.hot_every(&key.collection);
-        // Offline, or unreachable: its requests failing while the browser says online (a
-        // captive portal, a dead network behind a live link).
-        let cut_off = !self.online || self.failures > 0;
+        let cut_off = self.cut_off();
         #[cfg(feature = "planted-bugs")]
-        let cut_off = cut_off && !crate::planted::planted(crate::planted::Bug::OfflineStampedNow);
+        let cut_off = if crate::planted::planted(crate::planted::Bug::UnreachableStampedNow) {
+            !self.online
+        } else {
+            cut_off && !crate::planted::planted(crate::planted::Bug::OfflineStampedNow)
+        };
         let updated_at = match stamp {
             Some(stamp) => stamp,
             // Cut off, a hot write (the playback position, resumed from this device's copy)

@@ -45,10 +45,13 @@ pub enum Bug {
     /// A hot write made offline is stamped now, not as of the last sync: a second of playback
     /// from a stale copy then undoes progress another device made since.
     OfflineStampedNow = 8192,
+    /// A hot write made while the tab's requests fail (the browser saying online) is stamped
+    /// now: only the browser's offline flag counts as cut off.
+    UnreachableStampedNow = 16384,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -63,6 +66,7 @@ impl Bug {
         Bug::RefusalDropsBatch,
         Bug::CoalesceAcrossFields,
         Bug::OfflineStampedNow,
+        Bug::UnreachableStampedNow,
     ];
 
     /// The name used on the command line.
@@ -82,6 +86,7 @@ impl Bug {
             Bug::RefusalDropsBatch => "refusal-drops-batch",
             Bug::CoalesceAcrossFields => "coalesce-across-fields",
             Bug::OfflineStampedNow => "offline-stamped-now",
+            Bug::UnreachableStampedNow => "unreachable-stamped-now",
         }
     }
 }

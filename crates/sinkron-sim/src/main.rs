@@ -37,7 +37,8 @@ fn usage() -> ExitCode {
          BUG (needs --features planted-bugs): arrival-order, timestamp-cursor, no-dedupe,\n\
          \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked,\n\
          \x20   merge-order, merge-twice, merge-arrival, cap-reads-too-few,\n\
-         \x20   refusal-drops-batch, coalesce-across-fields, offline-stamped-now"
+         \x20   refusal-drops-batch, coalesce-across-fields, offline-stamped-now,\n\
+         \x20   unreachable-stamped-now"
     );
     ExitCode::from(2)
 }

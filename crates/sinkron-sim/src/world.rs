@@ -113,7 +113,7 @@ pub struct World {
     /// carry the same write, or the server would skip a new write as a retry of the old.
     sent: HashMap<(String, u64), Mutation>,
     /// Every write of a playback position (`MERGED`'s hot field), for the law that one made
-    /// offline never undoes progress made elsewhere since (`World::check_offline_position`).
+    /// cut off never undoes progress made elsewhere since (`World::check_offline_position`).
     positions: Vec<PositionWrite>,
 }
 
@@ -126,8 +126,10 @@ struct PositionWrite {
     stamp: Stamp,
     /// True time of the write.
     at: u64,
-    online: bool,
-    /// Made offline by a tab that had synced: the newest stamp the law lets it hold over,
+    /// Made while its tab did not count itself cut off (`Engine::cut_off`): stamped now.
+    connected: bool,
+    /// Made cut off (offline, or with its requests failing) by a tab that had synced: the
+    /// newest stamp the law lets it hold over,
     /// the later of its last sync (in true time, plus how far ahead its corrected clock could
     /// be) and the stamp of the copy it replaced.
     as_of: Option<u64>,
@@ -529,7 +531,7 @@ impl World {
         let tab = &mut self.devices[d].tabs[t];
         // When the engine last synced, in true time: a new sync is a later local time; a
         // clock set back moves the engine's times back with it, not the sync.
-        tab.synced = match (tab.engine.status().last_synced_at, tab.synced) {
+        tab.synced = match (tab.engine.last_synced_at(), tab.synced) {
             (Some(local), Some((known, at, ahead))) if local <= known => Some((local, at, ahead)),
             (local, _) => local.map(|local| (local, self.now, ahead)),
         };

@@ -95,3 +95,8 @@ fn coalescing_writes_of_different_fields_is_caught() {
 fn an_offline_position_stamped_now_is_caught() {
     finds("offline-stamped-now", 150);
 }
+
+#[test]
+fn a_position_stamped_now_while_requests_fail_is_caught() {
+    finds("unreachable-stamped-now", 150);
+}

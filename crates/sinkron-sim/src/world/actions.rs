@@ -292,17 +292,19 @@ impl World {
                     (None, Some(v)) => v.contains(r#""position":"#),
                     (None, None) => false,
                 };
-            let online = self.devices[d].online;
             let tab = &mut self.devices[d].tabs[t];
+            // Offline, or its requests failing while the browser says online: as the tab
+            // itself counts it when it stamps the write.
+            let cut_off = tab.engine.cut_off();
             let before = tab.engine.user().map(str::to_owned);
             let copy = tab
                 .engine
                 .get(&RecordKey::new(collection.as_str(), key.as_str()))
                 .map_or(0, |r| r.updated_at);
-            // What an offline write continues: its tab's last sync and the copy it replaces.
+            // What a write made cut off continues: its tab's last sync and the copy it replaces.
             let as_of = tab
                 .synced
-                .filter(|_| !online)
+                .filter(|_| cut_off)
                 .map(|(_, at, ahead)| at.saturating_add_signed(ahead).max(copy));
             tab.engine
                 .write_fields(local, &collection, &key, value, fields)
@@ -323,7 +325,7 @@ impl World {
                         key: (collection.clone(), key.clone()),
                         stamp: Stamp(stamped, tab.engine.client_id().to_owned()),
                         at: self.now,
-                        online,
+                        connected: !cut_off,
                         as_of,
                     });
                 }

@@ -349,9 +349,10 @@ impl World {
         Ok(None)
     }
 
-    /// An offline position continues what its device knew: a playback position written
-    /// offline, from the copy its tab last synced, never holds the field over one written on
-    /// another device and stamped after that sync and that copy, which the tab could not have
+    /// An offline position continues what its device knew: a playback position written cut
+    /// off (offline, or with the tab's requests failing while the browser says online), from
+    /// the copy its tab last synced, never holds the field over one written on another device
+    /// (not cut off) and stamped after that sync and that copy, which the tab could not have
     /// seen. (Stamped "after the sync" allowing for how far ahead of true time the tab's
     /// corrected clock could be, see `Device::lowest_skew_ms`.) Checked on the record a push
     /// wrote, as the server took it.
@@ -370,7 +371,7 @@ impl World {
             other.user == user
                 && other.key == *key
                 && other.device != held.device
-                && other.online
+                && other.connected
                 && other.stamp.0 > as_of + 1
                 && taken.contains(&other.stamp)
         });
@@ -378,7 +379,7 @@ impl World {
             Some(other) => Err(Violation::new(
                 "offline writes continue what the device knew",
                 format!(
-                    "{}/{}: the position device {} wrote offline at {} (stamp {}, as of {}) \
+                    "{}/{}: the position device {} wrote cut off at {} (stamp {}, as of {}) \
                      holds over device {}'s written at {} (stamp {})",
                     key.0,
                     key.1,
