@@ -1,6 +1,6 @@
 //! What happens to the world in the safety phase, drawn only from the run's `rng` and traced:
 //! user actions (writes of the kinds the product has, tabs opened, closed, reopened, crashed,
-//! reloaded, shown and hidden, focus, sign-in and sign-out, going offline) and faults (a
+//! reloaded, duplicated, shown and hidden, focus, sign-in and sign-out, going offline) and faults (a
 //! partition, a server crash, a device clock jump). Faults on the wire are decided where they
 //! happen, in `World::send` and `World::deliver`. `heal` ends the phase.
 
@@ -79,6 +79,7 @@ impl World {
             }
             850..=899 => self.sign_in(d, t),
             925..=944 => self.away_and_back(d, t),
+            945..=954 if tabs < self.params.tabs_max => self.duplicate_tab(d, t),
             900..=924 => {
                 if self.devices[d].tabs[t].engine.user().is_none() {
                     return Ok(());
@@ -490,8 +491,14 @@ impl World {
             if self.devices[d].session.is_some() && self.devices[d].tabs.is_empty() {
                 self.open_tab(d, true, None)?;
             }
-            for _ in 0..self.params.tabs_max {
-                let scope = self.devices[d].session.map(|u| self.server.user_id(u));
+            // A tab opened takes over one closed tab's outbox: as many as there are left (more
+            // than `tabs_max` once duplicated tabs added ids of their own).
+            let scope = self.devices[d].session.map(|u| self.server.user_id(u));
+            let stored = self.devices[d]
+                .storage
+                .get(&scope)
+                .map_or(0, |s| s.outboxes.len());
+            for _ in 0..stored {
                 let live: Vec<String> = self.devices[d]
                     .tabs
                     .iter()

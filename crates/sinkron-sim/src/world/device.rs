@@ -508,6 +508,17 @@ impl World {
         })
     }
 
+    /// The user duplicates a tab: the browser opens a copy with the tab's `sessionStorage`
+    /// (its client id) while the original lives and holds that id, so the copy must take an
+    /// id of its own (the tab lock, modelled in `open_tab` by skipping live tabs' ids).
+    pub(super) fn duplicate_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let (id, client) = (tab.id, tab.engine.client_id().to_owned());
+        let visible = self.rng.chance(700);
+        self.trace(format_args!("d{d} t{id} is duplicated"));
+        self.open_tab(d, visible, Some(client))
+    }
+
     /// The user reloads a tab: the page is hidden (which flushes its outbox with a
     /// keepalive request) and unloaded, and the new page keeps the old one's client id
     /// (`sessionStorage` survives a reload) and restores the device's storage.
