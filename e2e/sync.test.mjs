@@ -134,6 +134,39 @@ describe("cross-tab", () => {
       assert.equal(bRequests.all, 0, "tab B still made no request");
       await context.close();
     }));
+
+  test("a tab opened or reloaded while another holds unsent writes shows them, and drops them once undone", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      const auth = await signUp(a, "unsent");
+      // The API unreachable for the whole device (a train, a dead network): A's write stays queued.
+      await context.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await a.getByTestId("favorite-s14").click();
+      await a.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+
+      const b = await open(context, server);
+      await waitPressed(b, "favorite-s14");
+      await b.reload();
+      await b.getByTestId("sync-status").waitFor();
+      await waitPressed(b, "favorite-s14");
+      assert.equal(await b.getByTestId("sync-status").getAttribute("data-pending"), "0", "A's write, not B's");
+
+      // Back online: A sends it; then A undoes it, and B follows, keeping no copy of the old write.
+      await context.unroute("**/api/**");
+      await context.setOffline(true);
+      await context.setOffline(false);
+      await until(async () => "s14" in recordsOf(await server.state(auth), "favorites"), { what: "the write on the server" });
+      await a.locator('[data-testid="sync-status"][data-pending="0"]').waitFor();
+      await a.getByTestId("favorite-s14").click();
+      await until(async () => !("s14" in recordsOf(await server.state(auth), "favorites")), { what: "the undo on the server" });
+      await waitPressed(b, "favorite-s14", "false");
+      await b.reload();
+      await b.getByTestId("sync-status").waitFor();
+      await syncedState(b);
+      assert.equal(await pressed(b, "favorite-s14"), "false");
+      await context.close();
+    }));
 });
 
 describe("fallbacks", () => {
@@ -680,6 +713,48 @@ describe("closed tab", () => {
         Object.keys(localStorage).filter((k) => k.includes(":o:")).map((k) => JSON.parse(localStorage.getItem(k)).m.length),
       );
       assert.deepEqual(outboxes, [0], "the adopted outbox is emptied (its numbering stays)");
+      await context.close();
+    }));
+});
+
+describe("duplicated tab", () => {
+  test("a tab duplicated while it has unsent writes: the copy takes an id of its own, and every write of both reaches the server", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      const auth = await signUp(a, "twin");
+      const idA = await a.evaluate(() => sessionStorage.getItem("sinkron:v1:tab"));
+      // The API unreachable for the whole device: the writes stay queued.
+      await context.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await a.getByTestId("favorite-s11").click();
+      await a.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+
+      // The browser's "Duplicate": the copy starts with the original's sessionStorage (its
+      // client id) while the original lives and holds that id.
+      const b = await context.newPage();
+      await b.addInitScript((id) => sessionStorage.setItem("sinkron:v1:tab", id), idA);
+      await b.goto(a.url());
+      await waitPressed(b, "favorite-s11");
+      await until(async () => (await b.evaluate(() => sessionStorage.getItem("sinkron:v1:tab"))) !== idA, {
+        what: "the copy to take an id of its own",
+      });
+      // Each tab's next write: were they numbered under one id, the server would take one of
+      // them as a retry of the other.
+      await b.getByTestId("favorite-s12").click();
+      await a.getByTestId("favorite-s13").click();
+      await b.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+      await a.locator('[data-testid="sync-status"][data-pending="2"]').waitFor();
+
+      // The network back: the browser says offline and online again, which retries at once.
+      await context.unroute("**/api/**");
+      await context.setOffline(true);
+      await context.setOffline(false);
+      await until(async () => Object.keys(recordsOf(await server.state(auth), "favorites")).length === 3, {
+        what: "all three writes on the server",
+      });
+      const state = await server.state(auth);
+      assert.deepEqual(Object.keys(recordsOf(state, "favorites")).sort(), ["s11", "s12", "s13"]);
+      for (const page of [a, b]) for (const show of ["s11", "s12", "s13"]) await waitPressed(page, `favorite-${show}`);
       await context.close();
     }));
 });

@@ -178,7 +178,7 @@ fn run(
             let previous = call.opt_str("previous")?;
             let mut stored = Vec::new();
             for n in call.items("stored")? {
-                stored.push((n.string("clientId")?, n.u64("pending")? as usize));
+                stored.push((n.string("clientId")?, n.items("mutations")?.len()));
             }
             let owners_known = call.bool("ownersKnown")?;
             j.raw("[");

@@ -308,34 +308,38 @@ export class SinkronClient {
     const user = this.#storage.session()?.user.id ?? null;
     const storage = this.#storage;
     storage.onFull = (scope) => this.#call<boolean>({ t: "storageFull", scope });
-    const restore = {
+    this.#call({
+      t: "restore",
       user,
       cursor: storage.cursor(user),
       partial: storage.partial(user),
       records: storage.records(user),
       ending: storage.ending(),
       adopted: storage.adopted(),
-    };
-    this.#call({ t: "restore", ...restore });
+    });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) and only ever resumes its own; a new
     // tab tries closed tabs' outboxes, unsent writes first. "Closed" is what this driver can
     // tell: the tab lock named after the client id is free (a duplicated tab's original is
-    // alive and holds it, so the copy gets a new id).
-    const outboxes = new Map(this.#storage.outboxIds(user).map((id) => [id, this.#storage.outbox(user, id)] as const));
+    // alive and holds it, so the copy gets a new id). The other outboxes' writes (of live
+    // tabs, or closed ones not taken over yet) show in this tab until they are sent.
+    const outboxes = new Map(storage.outboxes(user));
     const order = this.#call<string[]>({
       t: "adoptionOrder",
       previous: sessionStorage.getItem(TAB_ID_KEY),
-      stored: [...outboxes].flatMap(([clientId, o]) => (o ? [{ clientId, pending: o.mutations.length }] : [])),
+      stored: [...outboxes].map(([clientId, o]) => ({ clientId, ...o })),
       ownersKnown: !!navigator.locks,
     });
-    for (const clientId of order) {
-      if (!(await this.#claimTabId(clientId))) continue;
-      const { next, mutations } = outboxes.get(clientId)!;
-      this.#call({ t: "restoreOutbox", clientId, next, mutations });
-      return;
-    }
-    await this.#claimTabId(this.clientId());
+    let taken = false;
+    for (const clientId of order)
+      if ((taken = await this.#claimTabId(clientId))) {
+        this.#call({ t: "restoreOutbox", clientId, ...outboxes.get(clientId)! });
+        break;
+      }
+    if (!taken) await this.#claimTabId(this.clientId());
+    for (const [clientId, o] of outboxes)
+      if (clientId !== this.#tabId)
+        for (const m of o.mutations) this.#call({ t: "tab", message: { kind: "wrote", scope: user, clientId, ...m } });
   }
 
   /** Holds a lock named after the tab's client id for the tab's life; false if taken. */
@@ -448,9 +452,8 @@ export class SinkronClient {
         return s.dropOutbox(c.scope, c.clientId);
       case "unpark":
         // Read at once, before another tab's outbox can join the scope.
-        for (const clientId of s.outboxIds(c.scope)) {
-          const stored = s.outbox(c.scope, clientId);
-          if (stored?.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
+        for (const [clientId, stored] of s.outboxes(c.scope)) {
+          if (stored.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
         }
         return;
       case "evict":
@@ -620,8 +623,9 @@ export class SinkronClient {
   async #send(c: Extract<Command, { t: "send" }>) {
     const reply = (status: number, headers?: Headers, body = "") => {
       const header = (name: string) => headers?.get(name) ?? null;
-      const call = { id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") };
-      if (!this.#stopped) this.#call({ t: "reply", ...call }, body);
+      if (!this.#stopped) {
+        this.#call({ t: "reply", id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") }, body);
+      }
     };
     const headers: Record<string, string> = {};
     let response: Response;

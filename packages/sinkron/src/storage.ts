@@ -185,12 +185,16 @@ export class DeviceStorage {
     return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
   }
 
-  /** The client ids with an outbox stored in the scope. */
-  outboxIds(scope: string | null): string[] {
+  /** The outboxes stored in the scope, by client id (a corrupt one is dropped with a warning). */
+  outboxes(scope: string | null): Array<[string, StoredOutbox]> {
     const prefix = `${ROOT}${scopeName(scope)}:o:`;
-    return this.keys()
-      .filter((k) => k.startsWith(prefix))
-      .map((k) => k.slice(prefix.length));
+    const found: Array<[string, StoredOutbox]> = [];
+    for (const k of this.keys()) {
+      const id = k.slice(prefix.length);
+      const outbox = k.startsWith(prefix) && this.outbox(scope, id);
+      if (outbox) found.push([id, outbox]);
+    }
+    return found;
   }
 
   setOutbox(scope: string | null, clientId: string, next: number, mutations: Mutation[]) {

@@ -106,7 +106,7 @@ export type Call =
   | { t: "adopt"; now: number; scope: string | null; records: LegacyRecord[] }
   /** Storing something of `scope` failed for lack of room; answers whether the engine freed some (then try again). */
   | { t: "storageFull"; now: number; scope: string | null }
-  | { t: "adoptionOrder"; now: number; previous: string | null; stored: Array<{ clientId: string; pending: number }>; ownersKnown: boolean }
+  | { t: "adoptionOrder"; now: number; previous: string | null; stored: Array<{ clientId: string; next: number; mutations: Mutation[] }>; ownersKnown: boolean }
   | { t: "restoreOutbox"; now: number; clientId: string; next: number; mutations: Mutation[] }
   | { t: "timeout"; now: number }
   | { t: "visibility"; now: number; visible: boolean }

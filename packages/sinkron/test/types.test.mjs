@@ -44,9 +44,10 @@ async function scenario() {
   // The app's data from before: asked for at start, handed over.
   assert.ok(answers.at(-1).c.some((c) => c.t === "adopt"));
   run({ t: "adopt", now: NOW, scope: null, records: [{ collection: "history", key: "h0", value: { position: 3 }, updatedAt: NOW - 1000 }] });
-  const order = run({ t: "adoptionOrder", now: NOW, previous: null, stored: [{ clientId: "closed", pending: 1 }], ownersKnown: true }).r;
+  const closed = { next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] };
+  const order = run({ t: "adoptionOrder", now: NOW, previous: null, stored: [{ clientId: "closed", ...closed }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
-  run({ t: "restoreOutbox", now: NOW, clientId: "closed", next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] });
+  run({ t: "restoreOutbox", now: NOW, clientId: "closed", ...closed });
   run({ t: "online", now: NOW, online: true });
   run({ t: "visibility", now: NOW, visible: true });
   run({ t: "focus", now: NOW });

@@ -272,6 +272,9 @@ impl World {
             .map(|t| t.engine.client_id().to_owned())
             .collect();
         let mut floors = HashMap::new();
+        // The other stored outboxes' writes, which the tab shows as their tabs' messages
+        // about them would have (as the driver does).
+        let mut foreign = Vec::new();
         if let Some(scope) = self.devices[d].storage.get(&user) {
             engine.restore_cursor(scope.cursor.clone(), !scope.partial);
             for change in scope.records.values() {
@@ -312,6 +315,12 @@ impl World {
                 }
                 engine.restore_outbox(client_id.clone(), *next_id, mutations.clone());
             }
+            let own = engine.client_id().to_owned();
+            for (client_id, (_, mutations)) in &scope.outboxes {
+                if *client_id != own {
+                    foreign.extend(mutations.iter().map(|m| (client_id.clone(), m.clone())));
+                }
+            }
         }
         let id = self.next_tab;
         self.next_tab += 1;
@@ -338,6 +347,19 @@ impl World {
             _ => None,
         };
         self.input(d, t, |e, now| {
+            for (client_id, m) in foreign {
+                let body = TabBody::Wrote {
+                    id: m.id,
+                    key: RecordKey::new(m.collection, m.key),
+                    record: Record {
+                        value: m.value,
+                        updated_at: m.updated_at,
+                        client_id,
+                    },
+                };
+                let scope = user.clone();
+                e.handle_tab_message(now, TabMessage { scope, body });
+            }
             if let Some((user, page)) = snapshot {
                 e.handle_snapshot(now, &user, page);
             }
