@@ -966,6 +966,37 @@ describe("signing out with writes not yet confirmed", () => {
       assert.equal(await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m.length > 0).length), 0);
       await context.close();
     }));
+
+  test("signed out in one tab while another holds unsent writes (offline): the other's are kept for the account too and go at its next sign-in", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      await signUp(a, "twotabs");
+      const auth = await login(server, "twotabs");
+      const uid = await userId(a);
+      const b = await open(context, server);
+      await syncedState(b);
+      await context.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await context.setOffline(true);
+      await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      await b.getByTestId("favorite-s07").click();
+      await b.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+
+      // The sign-out is A's; B, a guest now too, shows none of the user's data.
+      await a.getByTestId("logout").click();
+      await b.getByTestId("login-submit").waitFor();
+      assert.equal(await pressed(b, "favorite-s07"), "false", "the guest sees none of it");
+      assert.deepEqual(await parked(a, uid), [1], "B's write kept for the account");
+
+      await context.setOffline(false);
+      await context.unroute("**/api/**");
+      await signIn(a, "twotabs");
+      await until(async () => "s07" in recordsOf(await server.state(auth), "favorites"), { what: "B's parked write applied" });
+      await waitPressed(b, "favorite-s07");
+      await waitPressed(a, "favorite-s07");
+      assert.deepEqual(await parked(a, uid), []);
+      await context.close();
+    }));
 });
 
 describe("adopting the site's old data", () => {
