@@ -715,6 +715,30 @@ describe("closed tab", () => {
       assert.deepEqual(outboxes, [0], "the adopted outbox is emptied (its numbering stays)");
       await context.close();
     }));
+
+  test("a closed tab's unsent writes are sent by a tab that only reloads, when it has none of its own", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      const auth = await signUp(a, "reloader");
+      const b = await open(context, server);
+      await syncedState(b);
+      // Offline, B writes and is closed: it sends nothing, not even as it closes.
+      await context.setOffline(true);
+      await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      await b.getByTestId("favorite-s15").click();
+      await b.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+      await b.close();
+      await context.setOffline(false);
+      await syncedState(a);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), {}, "nothing of B's sent yet");
+
+      // The user goes on in A, reloading it; no tab of the site starts afresh.
+      await a.reload();
+      await until(async () => "s15" in recordsOf(await server.state(auth), "favorites"), { what: "B's write on the server" });
+      await waitPressed(a, "favorite-s15");
+      await context.close();
+    }));
 });
 
 describe("duplicated tab", () => {

@@ -25,15 +25,18 @@ pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<(String,
         .collect()
 }
 
-/// How eagerly a starting tab takes over one stored outbox: `None` never, else lower first
+/// How eagerly a starting tab takes over one stored outbox: [`NEVER`], else lower first
 /// (ties in the order the driver found them).
 ///
-/// - `previous_known`: the tab had a client id before it was reloaded or restored (kept in
-///   `sessionStorage`); `is_previous`: this outbox is that id's. Then only that one is a
-///   candidate: a reloaded tab resumes its own outbox and numbering, never another tab's.
-/// - Otherwise, when the driver can tell a closed tab from a live one (`owners_known`: Web
-///   Locks), outboxes with `pending` writes first (they must be sent), then the empty ones
-///   (to reuse an id with its numbering).
+/// - `is_previous`: this outbox is the one of the client id the tab had before it was
+///   reloaded or restored (kept in `sessionStorage`). Holding writes, it comes first: they
+///   may be on their way under their ids. Holding none, it comes after the closed tabs'
+///   unsent writes, which the tab takes first (else they would wait for a tab started
+///   afresh, which a user who only reloads never starts).
+/// - Other outboxes only when the driver can tell a closed tab from a live one
+///   (`owners_known`: Web Locks): those with `pending` writes (they must be sent), and, for
+///   a tab that had no client id before (`previous_known` false), then the empty ones (to
+///   reuse an id with its numbering).
 /// - Otherwise never: a live tab's outbox must not be taken over.
 ///
 /// Only stored outboxes are ranked: an id with nothing stored is never taken over, since
@@ -43,12 +46,18 @@ fn adoption_rank(
     pending: usize,
     previous_known: bool,
     owners_known: bool,
-) -> Option<u8> {
-    if previous_known {
-        return is_previous.then_some(0);
+) -> u8 {
+    match (is_previous, owners_known, pending > 0, previous_known) {
+        (true, _, true, _) => 0,
+        (true, ..) => 2,
+        (false, true, true, _) => 1,
+        (false, true, false, false) => 3,
+        _ => NEVER,
     }
-    owners_known.then_some(if pending > 0 { 0 } else { 1 })
 }
+
+/// The rank of an outbox never taken over.
+const NEVER: u8 = 4;
 
 /// `adoption_rank` over a list of stored outboxes, `(client id, pending writes)`: the
 /// indices of those to try, in order.
@@ -66,10 +75,10 @@ pub fn adoption_order(
         )
     };
     let mut order = Vec::new();
-    for wanted in 0..=1 {
+    for wanted in 0..NEVER {
         // Positions by `enumerate`, not indexing: no bounds-check panic in the browser build.
         for (i, s) in stored.iter().enumerate() {
-            if rank(s) == Some(wanted) {
+            if rank(s) == wanted {
                 order.push(i);
             }
         }
@@ -92,18 +101,36 @@ mod tests {
     }
 
     #[test]
-    fn a_reloaded_tab_resumes_only_its_own_outbox() {
-        let s = stored(&[("a", 3), ("b", 0), ("mine", 0)]);
+    fn a_reloaded_tab_with_writes_of_its_own_resumes_its_own_outbox_first() {
+        let s = stored(&[("a", 3), ("b", 0), ("mine", 1)]);
+        // Its own first; another's unsent writes only if another tab holds its id (a copy of
+        // a tab, which starts with the original's `sessionStorage`).
         assert_eq!(
             ids(&s, adoption_order(Some("mine"), &s, true)),
-            vec!["mine"]
+            vec!["mine", "a"]
         );
         assert_eq!(
             ids(&s, adoption_order(Some("mine"), &s, false)),
             vec!["mine"]
         );
-        // Nothing stored for it: a fresh id, not someone else's outbox.
-        assert!(adoption_order(Some("gone"), &s, true).is_empty());
+    }
+
+    #[test]
+    fn a_reloaded_tab_without_writes_takes_a_closed_tabs_unsent_writes_first() {
+        let s = stored(&[("a", 3), ("b", 0), ("mine", 0)]);
+        assert_eq!(
+            ids(&s, adoption_order(Some("mine"), &s, true)),
+            vec!["a", "mine"]
+        );
+        // Live tabs not told from closed ones: its own only.
+        assert_eq!(
+            ids(&s, adoption_order(Some("mine"), &s, false)),
+            vec!["mine"]
+        );
+        // Nothing stored for it (or an empty `previous`, a page after one kept in the
+        // back/forward cache): unsent writes, never another's empty outbox; else a fresh id.
+        assert_eq!(ids(&s, adoption_order(Some("gone"), &s, true)), vec!["a"]);
+        assert!(adoption_order(Some(""), &stored(&[("b", 0)]), true).is_empty());
     }
 
     #[test]

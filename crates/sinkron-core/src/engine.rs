@@ -1171,6 +1171,11 @@ impl Engine {
                 fields: m.fields,
             });
         }
+        // Taken over, its numbering moves on in storage: a page that held the id and comes
+        // back from the back/forward cache sees that another took it meanwhile (and reloads
+        // rather than reuse ids that one may have sent), even when nothing else changed.
+        self.next_id += 1;
+        self.persist_outbox();
         // Writes left over from before are due at once.
         self.push_leftovers();
     }

@@ -252,10 +252,12 @@ impl World {
     // ----- tabs -----
 
     /// Opens a tab that restores what the device stored: the session, the cursor, the
-    /// records and an outbox with its numbering — the one of `previous` (the client id a
-    /// reloaded or restored tab keeps in `sessionStorage`), else one no live tab owns (a
-    /// closed or crashed tab's), as the browser driver does. Nothing stored for the id: the
-    /// tab keeps its fresh client id.
+    /// records and an outbox with its numbering, the first in the core's order
+    /// (`adoption_order`: the one of `previous`, the client id a reloaded or restored tab
+    /// keeps in `sessionStorage`, when it holds writes; else a closed or crashed tab's with
+    /// writes, then its own) that no live tab owns, as the browser driver does. Nothing
+    /// taken: the tab keeps its fresh client id. The other outboxes' writes it hears as
+    /// their tabs' messages.
     pub(super) fn open_tab(
         &mut self,
         d: usize,
