@@ -184,6 +184,44 @@ describe("back/forward cache", () => {
       await context.close();
     }));
 
+  test("its unsent write sent under its id by another tab while it was away (the answer lost): back, the page reloads, and a later undo of the write is not lost", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "courier");
+      await settled(page);
+      const first = await tabId(page);
+      // The page's pushes fail (cut off): its write stays unsent.
+      await page.route("**/api/user/me/changes", (route) => route.abort("internetdisconnected"));
+      await page.getByTestId("favorite-s04").click();
+      await page.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      const restored = await awayAndBack(page, {
+        meanwhile: async () => {
+          // A new tab takes over the outbox of the page away (its tab lock is free) and sends
+          // its write under the page's id and numbering; the server takes it, but the answer
+          // never arrives (nor any other answer: nothing else it stores changes).
+          const other = await context.newPage();
+          await other.route("**/api/**", async (route) => {
+            if (route.request().url().endsWith("/changes")) await route.fetch().catch(() => undefined);
+            await route.abort("connectionreset").catch(() => undefined);
+          });
+          await other.goto(`${server.url}/?interval=30000`);
+          await until(async () => (await tabId(other)) === first, { what: "the new tab to take over the id of the page away" });
+          await until(async () => "s04" in recordsOf(await server.state(auth), "favorites"), { what: "the write on the server" });
+          await other.close();
+        },
+      });
+      assert.equal(restored, false, "the page reloaded");
+      await page.unroute("**/api/user/me/changes");
+      await settled(page);
+      // Undone: were the page to go on with its old view of what it sent, the undo would take
+      // the id the other tab sent and be skipped by the server as its retry.
+      await page.getByTestId("favorite-s04").click();
+      await settled(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), {});
+      await context.close();
+    }));
+
   test("offline when it was left and online again meanwhile: back from the cache, the page knows and syncs", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
