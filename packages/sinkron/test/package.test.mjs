@@ -428,7 +428,7 @@ test("a full store gives up the oldest history, by the engine's rule, and the ne
   }
 });
 
-test("a starting tab takes over a closed tab's unsent writes; a reloaded one only its own outbox", async () => {
+test("a starting tab takes over a closed tab's unsent writes; a reloaded one its own outbox when that holds writes", async () => {
   session("7");
   browser.answer(() => emptyPage());
   const m = { id: 4, collection: "favorites", key: "s09", value: {}, updatedAt: 1000 };
@@ -441,17 +441,28 @@ test("a starting tab takes over a closed tab's unsent writes; a reloaded one onl
   } finally {
     fresh.stop();
   }
-  // A reload of the tab that had `empty1`: its own outbox, though another holds writes.
+  // A reload of the tab that had `empty1`, which holds no writes: the closed tab's unsent
+  // writes first (a user who only reloads must still send them).
   sessionStorage.setItem("sinkron:v1:tab", "empty1");
   const reloaded = await SinkronClient.start(options());
   try {
-    assert.equal(reloaded.clientId(), "empty1");
-    assert.equal(reloaded.status().pending, 0);
-    reloaded.write("favorites", "s10", {});
-    const stored = JSON.parse(localStorage.getItem("sinkron:v1:7:o:empty1"));
-    assert.deepEqual(stored.m.map((x) => x.id), [3], "numbering resumed at the stored next id");
+    assert.equal(reloaded.clientId(), "unsent", "a closed tab's unsent writes first");
+    assert.equal(reloaded.status().pending, 1);
   } finally {
     reloaded.stop();
+  }
+  // A reload of a tab whose own outbox holds writes: its own, though another holds writes too.
+  localStorage.setItem("sinkron:v1:7:o:own", JSON.stringify({ n: 2, m: [{ ...m, id: 1, key: "s11" }] }));
+  sessionStorage.setItem("sinkron:v1:tab", "own");
+  const again = await SinkronClient.start(options());
+  try {
+    assert.equal(again.clientId(), "own");
+    assert.equal(again.status().pending, 1);
+    again.write("favorites", "s10", {});
+    const stored = JSON.parse(localStorage.getItem("sinkron:v1:7:o:own"));
+    assert.deepEqual(stored.m.map((x) => x.id), [1, 3], "numbering resumed past the stored next id (taken over: one more)");
+  } finally {
+    again.stop();
   }
 });
 

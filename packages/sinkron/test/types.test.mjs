@@ -47,6 +47,7 @@ async function scenario() {
   const closed = { next: 3, mutations: [{ id: 2, collection: "likes", key: "queued", value: null, updatedAt: NOW - 5 }] };
   const order = run({ t: "adoptionOrder", now: NOW, previous: null, stored: [{ clientId: "closed", ...closed }], ownersKnown: true }).r;
   assert.deepEqual(order, ["closed"]);
+  // Taken over, its numbering moves on: the next write is 4.
   run({ t: "restoreOutbox", now: NOW, clientId: "closed", ...closed });
   run({ t: "online", now: NOW, online: true });
   run({ t: "visibility", now: NOW, visible: true });
@@ -54,20 +55,20 @@ async function scenario() {
   run({ t: "write", now: NOW, collection: "likes", key: "e1", value: { on: true } });
   run({ t: "signIn", now: NOW, user: "7" });
   run({ t: "leadership", now: NOW, leader: true });
-  reply("push", 200, { ack: 3, cursor: "4", changes: [], more: false, serverTime: NOW });
+  reply("push", 200, { ack: 4, cursor: "4", changes: [], more: false, serverTime: NOW });
   reply("pull", 200, { cursor: "5", changes: [change("e2", 5), { ...change("h1", 5), collection: "history" }], more: false, reset: true, serverTime: NOW });
   // The storage is full: the engine frees room (its oldest history).
   assert.equal(run({ t: "storageFull", now: NOW, scope: "7" }).r, true);
   const { at } = run({ t: "write", now: NOW + 1, collection: "likes", key: "e3", value: { on: false } });
   run({ t: "timeout", now: at });
-  reply("push", 200, { ack: 4, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });
+  reply("push", 200, { ack: 5, cursor: "6", changes: [], more: false, serverTime: NOW + 2 });
   run({ t: "write", now: NOW + 3, collection: "likes", key: "e4", value: { on: false } });
   run({ t: "pushNow", now: NOW + 3 });
   // The page is hidden (or left): what is queued goes with keepalive.
   run({ t: "visibility", now: NOW + 3, visible: false });
   run({ t: "visibility", now: NOW + 3, visible: true });
   run({ t: "leadership", now: NOW + 3, leader: true });
-  reply("push", 200, { ack: 5, cursor: "7", changes: [], more: false, serverTime: NOW + 3 });
+  reply("push", 200, { ack: 6, cursor: "7", changes: [], more: false, serverTime: NOW + 3 });
   run({ t: "focus", now: NOW + 60_000 });
   reply("pull", 304);
   run({ t: "focus", now: NOW + 120_000 });
