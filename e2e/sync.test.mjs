@@ -739,6 +739,32 @@ describe("closed tab", () => {
       await waitPressed(a, "favorite-s15");
       await context.close();
     }));
+
+  test("a tab that crashes with unsent writes sends them once the browser restores it", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "crashy");
+      const id = await page.evaluate(() => sessionStorage.getItem("sinkron:v1:tab"));
+      await page.route("**/api/**", (route) => route.abort("internetdisconnected"));
+      await page.getByTestId("favorite-s16").click();
+      await page.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+      // The renderer dies (out of memory, say): no pagehide, no flush; the browser lets its
+      // locks go. (The command's answer never comes: the page it would come from is gone.)
+      const crashed = new Promise((resolve) => page.once("crash", resolve));
+      const cdp = await context.newCDPSession(page);
+      void cdp.send("Page.crash").catch(() => undefined);
+      await crashed;
+
+      // The browser restores the tab, with its sessionStorage (its client id).
+      const restored = await context.newPage();
+      await restored.addInitScript((id) => sessionStorage.setItem("sinkron:v1:tab", id), id);
+      await restored.goto(`${server.url}/?interval=30000`);
+      await until(async () => "s16" in recordsOf(await server.state(auth), "favorites"), { what: "the write on the server" });
+      assert.equal(await restored.evaluate(() => sessionStorage.getItem("sinkron:v1:tab")), id, "its own id and outbox");
+      await waitPressed(restored, "favorite-s16");
+      await context.close();
+    }));
 });
 
 describe("duplicated tab", () => {
