@@ -319,10 +319,11 @@ export class SinkronClient {
     });
     // Which stored outbox to take over is the core's rule (`adopt.rs`): a reloaded tab keeps
     // its client id (sessionStorage survives a reload) when its outbox holds writes; else it
-    // tries closed tabs' unsent writes first, as a new tab does (then empty outboxes). "Closed" is what this driver can
-    // tell: the tab lock named after the client id is free (a duplicated tab's original is
-    // alive and holds it, so the copy gets a new id). The other outboxes' writes (of live
-    // tabs, or closed ones not taken over yet) show in this tab until they are sent.
+    // tries closed tabs' unsent writes first, as a new tab does (then empty outboxes).
+    // "Closed" is what this driver can tell: the tab lock named after the client id is free
+    // (a duplicated tab's original is alive and holds it, so the copy gets a new id). The
+    // other outboxes' writes (of live tabs, or closed ones not taken over yet) show in this
+    // tab, as their tabs' messages about them would have, until they are sent.
     const outboxes = new Map(storage.outboxes(user));
     const order = this.#call<string[]>({
       t: "adoptionOrder",
