@@ -129,9 +129,8 @@ struct PositionWrite {
     /// Made while its tab did not count itself cut off (`Engine::cut_off`): stamped now.
     connected: bool,
     /// Made cut off (offline, or with its requests failing) by a tab that had synced: the
-    /// newest stamp the law lets it hold over,
-    /// the later of its last sync (in true time, plus how far ahead its corrected clock could
-    /// be) and the stamp of the copy it replaced.
+    /// newest stamp the law lets it hold over, the later of its last sync (in true time, plus
+    /// how far ahead its corrected clock could be) and the stamp of the copy it replaced.
     as_of: Option<u64>,
 }
 

@@ -340,7 +340,9 @@ export class SinkronClient {
     if (!taken) await this.#claimTabId(this.clientId());
     for (const [clientId, o] of outboxes)
       if (clientId !== this.#tabId)
-        for (const m of o.mutations) this.#call({ t: "tab", message: { kind: "wrote", scope: user, clientId, ...m } });
+        for (const m of o.mutations) {
+          this.#call({ t: "tab", message: { kind: "wrote", scope: user, clientId, ...m } });
+        }
   }
 
   /** Holds a lock named after the tab's client id for the tab's life; false if taken. */
@@ -625,7 +627,10 @@ export class SinkronClient {
     const reply = (status: number, headers?: Headers, body = "") => {
       const header = (name: string) => headers?.get(name) ?? null;
       if (!this.#stopped) {
-        this.#call({ t: "reply", id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") }, body);
+        this.#call(
+          { t: "reply", id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") },
+          body,
+        );
       }
     };
     const headers: Record<string, string> = {};

@@ -1,7 +1,7 @@
 //! What happens to the world in the safety phase, drawn only from the run's `rng` and traced:
 //! user actions (writes of the kinds the product has, tabs opened, closed, reopened, crashed,
-//! reloaded, duplicated, shown and hidden, focus, sign-in and sign-out, going offline) and faults (a
-//! partition, a server crash, a device clock jump). Faults on the wire are decided where they
+//! reloaded, duplicated, shown and hidden, focus, sign-in and sign-out, going offline) and
+//! faults (a partition, a server crash, a device clock jump). Faults on the wire are decided where they
 //! happen, in `World::send` and `World::deliver`. `heal` ends the phase.
 
 use sinkron_core::merge::Stamp;
@@ -79,7 +79,6 @@ impl World {
             }
             850..=899 => self.sign_in(d, t),
             925..=944 => self.away_and_back(d, t),
-            945..=954 if tabs < self.params.tabs_max => self.duplicate_tab(d, t),
             900..=924 => {
                 if self.devices[d].tabs[t].engine.user().is_none() {
                     return Ok(());
@@ -93,6 +92,7 @@ impl World {
                     e.sign_out(now, discard);
                 })
             }
+            945..=954 if tabs < self.params.tabs_max => self.duplicate_tab(d, t),
             _ => self.user_write(d, t),
         }
     }
