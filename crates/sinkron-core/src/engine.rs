@@ -554,14 +554,17 @@ impl Engine {
     /// to render this page: when `user` is the one signed in here, it is taken as this tab's
     /// pull of `now`, a whole state applied like any (what is stored here and newer stays),
     /// so the page shows what it was rendered from and makes no first pull; the leader
-    /// polls from its cursor an interval later. A snapshot older than what is stored here
-    /// (a page from a cache) changes nothing stored at a newer version, deletes included
-    /// (tombstones are kept); the pull an interval later brings what it lacks. Returns
-    /// whether it was taken: a snapshot of another user, or with no one signed in here, is
-    /// not, and the leader pulls at once as without one.
+    /// polls from its cursor an interval later. Returns whether it was taken: a snapshot of
+    /// another user, or with no one signed in here, is not, nor one older than the stored
+    /// cursor (a page from a cache), and the leader pulls at once as without one. An older
+    /// one taken could bring back a record deleted since whose tombstone is gone, compacted
+    /// on the server and dropped here by a whole state, and no later pull would correct it.
+    /// (A cursor is read as a number here, as for what a whole state covers; a snapshot's
+    /// cursor that is not one is taken only where no cursor that is one is stored.)
     pub fn handle_snapshot(&mut self, now: u64, user: &str, page: Page) -> bool {
         self.observe_time(now);
-        let taken = self.user.as_deref() == Some(user);
+        let taken = self.user.as_deref() == Some(user)
+            && cursor_number(&page.cursor).unwrap_or(0) >= self.cursor_version();
         if taken {
             self.timers.stop(Timer::Pull);
             self.last_pull_at = Some(now);
@@ -570,6 +573,11 @@ impl Engine {
         }
         self.finish(now);
         taken
+    }
+
+    /// The stored cursor as a version (0 for none, or one that is not a number).
+    fn cursor_version(&self) -> u64 {
+        self.cursor.as_deref().and_then(cursor_number).unwrap_or(0)
     }
 
     /// The server's `Sinkron-Poll-Interval` on an answer (converted to ms): how often it
@@ -1353,8 +1361,10 @@ impl Engine {
             self.stream = if want { Stream::Open } else { Stream::Closed };
             self.commands.push_back(Command::Pokes(want));
         }
-        let cursor = self.cursor.as_deref().and_then(cursor_number).unwrap_or(0);
-        if self.stream == Stream::Open && self.poked > cursor && !self.regular_in_flight() {
+        if self.stream == Stream::Open
+            && self.poked > self.cursor_version()
+            && !self.regular_in_flight()
+        {
             self.timers.set(Timer::Pull, 0);
         }
     }

@@ -1,9 +1,11 @@
 // React bindings: `useSyncStore` starts and stops a store's syncing while a component is
 // mounted; `useUserSync` does it for the preset store, and `useSinkron` reads that store.
-// Any store is read with Zustand's `useStore(store, selector)`.
+// Any store is read with Zustand's `useStore(store, selector)`; the package reads its own
+// through React's `useSyncExternalStore`, as that does (a page that reads nothing else with
+// Zustand's hook is spared it).
 
-import { useEffect, useRef } from "react";
-import { useStore, type StoreApi } from "zustand";
+import { useEffect, useRef, useSyncExternalStore } from "react";
+import type { StoreApi } from "zustand";
 import type { ClientOptions, TokenProvider } from "./driver.js";
 import { userSync, type Collections, type SyncStore, type UserSyncState } from "./store.js";
 
@@ -48,7 +50,7 @@ export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "s
     // `hot` by its content (`hotKey`): an equal object is no change.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [store, interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey, pokes]);
-  return useStore(store, (s) => s.status);
+  return read(store, (s) => s.status);
 }
 
 /** Syncs the preset store (the seed's four collections) while the calling component is mounted. */
@@ -58,7 +60,12 @@ export function useUserSync(options?: UseUserSyncOptions) {
 
 /** Reads from the preset store, re-rendering when the selected part changes. */
 export function useSinkron<T>(selector: (state: UserSyncState) => T): T {
-  return useStore(userSync, selector);
+  return read(userSync, selector);
 }
 
 export { userSync };
+
+/** A store's selected part, re-rendering when it changes (`Object.is`). */
+function read<S, T>(store: StoreApi<S>, selector: (state: S) => T): T {
+  return useSyncExternalStore(store.subscribe, () => selector(store.getState()), () => selector(store.getInitialState()));
+}

@@ -3245,11 +3245,14 @@ fn a_snapshot_of_another_user_is_not_taken() {
 }
 
 #[test]
-fn a_snapshot_older_than_what_is_stored_changes_nothing_newer() {
+fn a_snapshot_older_than_what_is_stored_is_not_taken() {
     let mut tab = reloaded_page();
-    // Stored here: "ep1" at a version above the snapshot's, and deleted "gone" (a tombstone
-    // at version 4); the snapshot (a page from a cache, rendered at version 2) has an older
-    // "ep1" and "gone" still alive, and lacks "old" (version 3).
+    // Stored here, at cursor 3: "ep1" at a version above the snapshot's, and deleted "gone" (a
+    // tombstone at version 4). Deleted long ago, "purged" left no trace: its tombstone was
+    // compacted on the server and dropped here by the whole state that followed. The
+    // snapshot (a page from a cache, rendered at version 2) has an older "ep1", and "gone"
+    // and "purged" still alive. Taken, nothing could ever correct "purged": every later pull
+    // continues from a cursor past its delete.
     tab.engine
         .restore_record(change("ep1", Some(r#"{"p":9}"#), T0 - 1, "c", 12));
     tab.engine
@@ -3259,13 +3262,45 @@ fn a_snapshot_older_than_what_is_stored_changes_nothing_newer() {
         vec![
             change("ep1", Some(r#"{"p":1}"#), T0 - 50, "tv", 1),
             change("gone", Some("{}"), T0 - 50, "tv", 2),
+            change("purged", Some("{}"), T0 - 60, "tv", 1),
         ],
         false,
     );
-    assert!(tab.engine.handle_snapshot(tab.now, "u1", cached));
+    assert!(!tab.engine.handle_snapshot(tab.now, "u1", cached));
+    assert_eq!(
+        tab.value("purged"),
+        None,
+        "a record deleted since stays gone"
+    );
     assert_eq!(tab.value("ep1").as_deref(), Some(r#"{"p":9}"#));
     assert_eq!(tab.value("gone"), None, "a delete stays deleted");
     assert_eq!(tab.value("old").as_deref(), Some("{}"));
+    assert_eq!(tab.engine.cursor(), Some("3"));
+    assert!(
+        tab.drain()
+            .iter()
+            .all(|c| !matches!(c, Command::Broadcast(_))),
+        "nor is it told to the other tabs"
+    );
+    open(&mut tab);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("3".into())
+        },
+        "the page pulls at once, as without a snapshot"
+    );
+}
+
+#[test]
+fn a_snapshot_at_the_stored_cursor_is_taken() {
+    let mut tab = reloaded_page();
+    let same = page("3", vec![change("old", Some("{}"), T0 - 10, "c", 3)], false);
+    assert!(tab.engine.handle_snapshot(tab.now, "u1", same));
+    assert_eq!(tab.value("old").as_deref(), Some("{}"));
+    open(&mut tab);
+    assert_eq!(tab.sends(), vec![], "no pull at once: the snapshot is one");
 }
 
 #[test]
