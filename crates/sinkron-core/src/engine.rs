@@ -316,6 +316,17 @@ impl Engine {
         self.cursor.as_deref()
     }
 
+    /// Whether this tab is receiving a whole state in pages (for the simulation's checks).
+    pub fn receiving_whole_state(&self) -> bool {
+        self.whole.is_some()
+    }
+
+    /// The copy of a record this tab holds from the server (under any write not yet
+    /// acknowledged), tombstones included: for the simulation's checks.
+    pub fn confirmed(&self, key: &RecordKey) -> Option<&Record> {
+        self.view.confirmed(key)
+    }
+
     /// The newest version of a record this tab knows of, tombstones included.
     pub fn get(&self, key: &RecordKey) -> Option<&Record> {
         self.view.get(key)
@@ -563,8 +574,7 @@ impl Engine {
     /// cursor that is not one is taken only where no cursor that is one is stored.)
     pub fn handle_snapshot(&mut self, now: u64, user: &str, page: Page) -> bool {
         self.observe_time(now);
-        let taken = self.user.as_deref() == Some(user)
-            && cursor_number(&page.cursor).unwrap_or(0) >= self.cursor_version();
+        let taken = self.user.as_deref() == Some(user) && self.not_older(&page.cursor);
         if taken {
             self.timers.stop(Timer::Pull);
             self.last_pull_at = Some(now);
@@ -573,6 +583,15 @@ impl Engine {
         }
         self.finish(now);
         taken
+    }
+
+    /// Whether `cursor` (a snapshot's) is at or past the stored one.
+    fn not_older(&self, cursor: &str) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::StaleSnapshotTaken) {
+            return true;
+        }
+        cursor_number(cursor).unwrap_or(0) >= self.cursor_version()
     }
 
     /// The stored cursor as a version (0 for none, or one that is not a number).

@@ -48,10 +48,13 @@ pub enum Bug {
     /// A hot write made while the tab's requests fail (the browser saying online) is stamped
     /// now: only the browser's offline flag counts as cut off.
     UnreachableStampedNow = 16384,
+    /// A server-rendered snapshot older than the stored cursor (a page from a cache) is
+    /// taken: a record deleted since, whose tombstone is gone, comes back for good.
+    StaleSnapshotTaken = 32768,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -67,6 +70,7 @@ impl Bug {
         Bug::CoalesceAcrossFields,
         Bug::OfflineStampedNow,
         Bug::UnreachableStampedNow,
+        Bug::StaleSnapshotTaken,
     ];
 
     /// The name used on the command line.
@@ -87,6 +91,7 @@ impl Bug {
             Bug::CoalesceAcrossFields => "coalesce-across-fields",
             Bug::OfflineStampedNow => "offline-stamped-now",
             Bug::UnreachableStampedNow => "unreachable-stamped-now",
+            Bug::StaleSnapshotTaken => "stale-snapshot-taken",
         }
     }
 }

@@ -98,6 +98,8 @@ struct UserModel {
     /// Each record of [`MERGED`]: merged as writes arrive (which tells when the server takes
     /// a version), and every write taken, from which the laws give what it must hold.
     merged: BTreeMap<Key, (Merged, Vec<FieldWrite>)>,
+    /// Records whose tombstone compaction removed, with the model's version of the delete.
+    compacted: BTreeMap<Key, u64>,
 }
 
 /// A mutation the server stored with an earlier `updatedAt` than the client stamped.
@@ -247,10 +249,12 @@ impl Server {
                     ));
                 }
             }
-            model.records.retain(|key, _| {
+            let compacted = &mut model.compacted;
+            model.records.retain(|key, (_, version)| {
                 let kept = stored.contains_key(key);
                 if !kept {
                     forgotten.push((user, key.clone()));
+                    compacted.insert(key.clone(), *version);
                 }
                 kept
             });
@@ -635,6 +639,21 @@ impl Server {
                 )
             })
             .collect())
+    }
+
+    /// What a client at `cursor` (one the server issued to `user` on a complete answer) must
+    /// hold of `key` from the server, when its last change is at or below the cursor: the
+    /// record (`Some(Some)`), or, for one whose tombstone was compacted, nothing or a
+    /// tombstone (`Some(None)`). Every later pull continues from the cursor: a `304` says
+    /// nothing changed, so what a client holds otherwise is never corrected. `None` when the
+    /// cursor says nothing of the key (a change after it, or a cursor unknown here).
+    pub fn at_cursor(&self, user: usize, cursor: &str, key: &Key) -> Option<Option<&Record>> {
+        let model = &self.models[user];
+        let at = *model.cursors.get(cursor)?;
+        match model.records.get(key) {
+            Some((record, version)) => (*version <= at).then_some(Some(record)),
+            None => model.compacted.get(key).filter(|v| **v <= at).map(|_| None),
+        }
     }
 
     /// Invariant 4 for a `304`: nothing changed after the cursor.

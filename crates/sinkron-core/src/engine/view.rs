@@ -139,6 +139,11 @@ impl View {
         self.outbox.iter().rev().find(|p| &p.key == key)
     }
 
+    /// The confirmed copy of a record (tombstones included).
+    pub(super) fn confirmed(&self, key: &RecordKey) -> Option<&Record> {
+        self.confirmed.get(key).map(|s| &s.record)
+    }
+
     /// The newest version of a record this tab knows of, tombstones included.
     pub(super) fn get(&self, key: &RecordKey) -> Option<&Record> {
         let mut best = self.confirmed.get(key).map(|s| &s.record);

@@ -38,8 +38,9 @@ impl World {
             .is_some_and(|tags| tags.contains(&tag))
     }
 
-    /// Invariant 5 on the tab's view, and read-your-writes.
+    /// Invariant 5 on the tab's view, read-your-writes, and the state at the cursor.
     pub(super) fn check_view(&mut self, d: usize, t: usize) -> Result<(), Violation> {
+        self.check_cursor(d, t)?;
         let tab = &self.devices[d].tabs[t];
         let tag = self.scope_tag(d, tab.engine.user())?;
         for key in &self.keys {
@@ -82,6 +83,49 @@ impl World {
                         key.key,
                         show(Some(floor)),
                         show(view)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a tab holds from the server is, for every record last changed at or below its
+    /// cursor, that change ([`crate::server::Server::at_cursor`]): otherwise no later pull
+    /// corrects it. Not while a tab of the device receives a whole state: the pages of one
+    /// hold records for each tab that hears them, until its end says which are gone.
+    fn check_cursor(&self, d: usize, t: usize) -> Result<(), Violation> {
+        let tabs = &self.devices[d].tabs;
+        if tabs.iter().any(|tab| tab.engine.receiving_whole_state()) {
+            return Ok(());
+        }
+        let tab = &tabs[t];
+        let (Ok(ScopeTag::User(u)), Some(cursor)) =
+            (self.scope_tag(d, tab.engine.user()), tab.engine.cursor())
+        else {
+            return Ok(());
+        };
+        for key in &self.keys {
+            let model_key = (key.collection.clone(), key.key.clone());
+            let Some(server) = self.server.at_cursor(u, cursor, &model_key) else {
+                continue;
+            };
+            let held = tab.engine.confirmed(key);
+            let same = match server {
+                Some(record) => held == Some(record),
+                None => held.is_none_or(Record::is_tombstone),
+            };
+            if !same {
+                return Err(Violation::new(
+                    "4 incremental pull misses nothing",
+                    format!(
+                        "tab {} of device {d} at cursor {cursor} holds {}/{} = {}; the server \
+                         changed it last at or before that cursor, to {}",
+                        tab.id,
+                        key.collection,
+                        key.key,
+                        show(held),
+                        server.map_or("a compacted tombstone".into(), |r| show(Some(r)))
                     ),
                 ));
             }

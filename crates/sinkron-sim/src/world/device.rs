@@ -373,7 +373,7 @@ impl World {
     /// Whether a reloaded or restored page of user `u` on device `d` is server-rendered (in
     /// one case out of four): the state the site's server pulled for the user when it
     /// rendered the page (a whole state, checked against the model like any pull), or, in one
-    /// such case out of three, the page the browser kept from an earlier render (older, and
+    /// such case out of three, a page the browser kept from an earlier render (older, and
     /// perhaps another user's).
     fn rendered(&mut self, d: usize, u: usize) -> Result<Option<(String, Page)>, Violation> {
         if !self.rng.chance(250) {
@@ -395,7 +395,11 @@ impl World {
             page.cursor
         ));
         let rendered = (self.server.user_id(u), page);
-        self.devices[d].rendered = Some(rendered.clone());
+        // The browser keeps the newest render, or half the time an older one (a page further
+        // back in the tab's history).
+        if self.devices[d].rendered.is_none() || self.rng.chance(500) {
+            self.devices[d].rendered = Some(rendered.clone());
+        }
         Ok(Some(rendered))
     }
 
