@@ -151,7 +151,8 @@ struct Whole {
 
 /// Where a page of server changes stands: the cursor it was asked from (`None`: the whole
 /// state), its own cursor, whether it starts a whole state (`reset`) and whether pages
-/// follow, and whether this tab would move its cursor to it (outside a whole state).
+/// follow, and whether this tab would move its cursor to it (outside a whole state):
+/// `adopted`, its own answers, and another tab's pages that continue from its cursor.
 struct PageOf<'a> {
     from: Option<&'a str>,
     to: &'a str,
@@ -521,7 +522,7 @@ impl Engine {
                     to: &to,
                     reset,
                     more,
-                    adopted: continues || reset,
+                    adopted: continues,
                     gone: gone.as_deref(),
                 };
                 let (keys, gone) = self.apply_changes(of, &changes);
@@ -1313,6 +1314,8 @@ impl Engine {
         self.in_flight.clear();
         self.view.clear_all_but_outbox();
         self.cursor = None;
+        // A whole state being received was the previous user's.
+        self.whole = None;
         // Every deadline was the previous user's, but ending a signed-out session goes on.
         let ending = self.timers.get(Timer::EndSession);
         self.timers = TimerTable::default();
@@ -1723,11 +1726,12 @@ impl Engine {
     ///
     /// The cursor is inside a whole state only while this tab follows it, and is never
     /// stored there (see `set_cursor`). A page of another whole state is applied, but does
-    /// not move the cursor; a page outside any whole state that the cursor moves to gives it
-    /// up (the next pull from that cursor starts a new one if it must). The tab whose answer
-    /// ends a whole state tells the others what it dropped (`gone`): every other tab drops
-    /// the same (at versions up to that state's) and moves its cursor there, giving up its
-    /// own if it followed another.
+    /// not move the cursor (nor does another tab's reset begin one while this tab receives
+    /// another, unless it continues from this tab's cursor); a page outside any whole state
+    /// that the cursor moves to gives it up (the next pull from that cursor starts a new one
+    /// if it must). The tab whose answer ends a whole state tells the others what it dropped
+    /// (`gone`): every other tab drops the same (at versions up to that state's) and moves
+    /// its cursor there, giving up its own if it followed another.
     ///
     /// A record deleted while its whole state arrives, whose tombstone is compacted before
     /// the page that would carry it, would stay: the server's `--tombstone-ttl-secs` (30 days
@@ -1740,13 +1744,19 @@ impl Engine {
         // Part of the whole state followed: a page continuing from its latest page's cursor.
         // A copy of an earlier page (answers and messages can come twice) is not, and needs
         // not be: a record new since its first copy sits on a later page.
-        let part = page.reset
-            || self
-                .whole
-                .as_ref()
-                .is_some_and(|w| Some(w.at.as_str()) == page.from);
+        let continues = self
+            .whole
+            .as_ref()
+            .is_some_and(|w| Some(w.at.as_str()) == page.from);
+        // A reset begins a whole state: this tab's own, another tab's that continues from
+        // this tab's cursor (the server began the one received again), or any when this tab
+        // receives none. Another tab's reset while this tab receives another is applied, and
+        // its end taken, as any other's page: this tab's own end still drops what its pages
+        // lacked.
+        let begin = page.reset && (page.adopted || self.whole.is_none());
+        let part = begin || continues;
         let inside = inside_whole(page.to);
-        if page.reset {
+        if begin {
             self.view.begin_whole();
             self.whole = Some(Whole {
                 at: String::new(),

@@ -2446,6 +2446,77 @@ fn a_stored_cursor_inside_a_whole_state_starts_it_again() {
 }
 
 #[test]
+fn another_tabs_reset_does_not_cut_short_the_whole_state_this_tab_receives() {
+    let mut tab = leader_holding_a_and_x();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    // Its own reset: `x` was deleted and its tombstone compacted.
+    let mut first = page(
+        &(WHOLE_STATE + 9).to_string(),
+        vec![change("b", Some("{}"), 3, "c", 9)],
+        true,
+    );
+    first.reset = true;
+    tab.reply(id, Reply::Pulled(first));
+    let (next, _) = tab.only_send();
+    // Another tab's first page of a reset of its own (it began from an older state, which
+    // still held `x`) arrives between this tab's pages.
+    let theirs = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some("1".into()),
+            to: (WHOLE_STATE + 5).to_string(),
+            reset: true,
+            more: true,
+            changes: vec![change("x", Some(r#"{"v":"x"}"#), 1, "c", 2)],
+            gone: None,
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, theirs);
+    // This tab's last page ends its own whole state, which never held `x`; the other tab may
+    // never end its own (it closes), and no pull from "20" would bring back the delete.
+    let last = page(
+        "20",
+        vec![change("a", Some(r#"{"v":"a2"}"#), 4, "c", 15)],
+        false,
+    );
+    tab.reply(next, Reply::Pulled(last));
+    assert_eq!(tab.engine.cursor(), Some("20"));
+    assert_eq!(tab.value("x"), None, "in none of its pages: gone");
+    assert_eq!(tab.value("b").as_deref(), Some("{}"));
+    assert_eq!(tab.value("a").as_deref(), Some(r#"{"v":"a2"}"#));
+}
+
+#[test]
+fn a_whole_state_received_before_a_sign_out_is_not_the_next_users() {
+    let mut tab = leader_holding_a_and_x();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let mut first = page(&(WHOLE_STATE + 9).to_string(), vec![], true);
+    first.reset = true;
+    tab.reply(id, Reply::Pulled(first));
+    tab.engine.sign_out(tab.now, false);
+    tab.engine.sign_in(tab.now, "u2");
+    tab.drain();
+    // The leader's whole state for the user signed in now: this tab follows it.
+    let inside = (WHOLE_STATE + 5).to_string();
+    let theirs = TabMessage {
+        scope: Some("u2".into()),
+        body: TabBody::Synced {
+            from: None,
+            to: inside.clone(),
+            reset: true,
+            more: true,
+            changes: vec![change("b", Some("{}"), 3, "c", 4)],
+            gone: None,
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, theirs);
+    assert_eq!(tab.engine.cursor(), Some(inside.as_str()));
+    assert_eq!(tab.value("b").as_deref(), Some("{}"));
+}
+
+#[test]
 fn a_late_page_of_a_whole_state_given_up_moves_nothing() {
     let mut tab = leader_holding_a_and_x();
     tab.fire();
