@@ -138,6 +138,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let compactor = tokio::spawn(sweep_hourly(store.clone(), sweep));
     let failures = tokio::spawn(count_failed_sign_ins(state.clone()));
 
+    // Before the address is printed: whoever reads it may stop the server at once.
+    let stop = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
@@ -163,7 +165,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?limits, "connection limits");
     let pokes = state.pokes.clone();
     let shutdown = async move {
-        shutdown_signal().await;
+        stop.await;
         // Open poke streams would hold their connections through the grace period.
         if let Some(pokes) = pokes {
             pokes.close();
@@ -244,26 +246,38 @@ async fn sweep_hourly(store: Arc<dyn Store>, sweep: Sweep) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves at SIGTERM or Ctrl-C. The handlers are installed when this is called, not when it
+/// is first awaited: a signal that comes before the accept loop first waits (one sent the
+/// moment the server says it listens) still stops it cleanly, instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (term, interrupt) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

@@ -112,6 +112,16 @@ async fn unreachable_or_misconfigured_postgres_fails_with_one_clear_line() {
     }
 }
 
+/// A SIGTERM the moment the server says it listens (an orchestrator stopping it at once) is a
+/// clean stop, not a kill: the handler is in place before the line is printed.
+#[tokio::test]
+async fn a_sigterm_right_after_listening_is_a_clean_stop() {
+    let data = Data::new(Backend::Sqlite);
+    for _ in 0..5 {
+        data.start(&[]).await.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_file_is_refused() {
     let data = Data::new(Backend::Sqlite);
