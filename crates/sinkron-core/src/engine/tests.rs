@@ -3259,6 +3259,18 @@ fn reloaded_page() -> Tab {
     tab
 }
 
+/// The reloaded page opens and pulls at once from its stored cursor ("3").
+fn pulls_at_once_as_without_a_snapshot(tab: &mut Tab) {
+    open(tab);
+    let (_, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some("3".into())
+        }
+    );
+}
+
 /// The tab opens: online, visible, and granted the leader lock it asks for.
 fn open(tab: &mut Tab) {
     tab.engine.handle_online(tab.now, true);
@@ -3304,15 +3316,7 @@ fn a_snapshot_of_another_user_is_not_taken() {
     let mut guest = Tab::new(6);
     assert!(!guest.engine.handle_snapshot(guest.now, "u1", snapshot));
     assert_eq!(guest.value("ep1"), None);
-    open(&mut tab);
-    let (_, request) = tab.only_send();
-    assert_eq!(
-        request,
-        Request::Pull {
-            last_sync: Some("3".into())
-        },
-        "the page pulls at once, as without a snapshot"
-    );
+    pulls_at_once_as_without_a_snapshot(&mut tab);
 }
 
 #[test]
@@ -3353,15 +3357,7 @@ fn a_snapshot_older_than_what_is_stored_is_not_taken() {
             .all(|c| !matches!(c, Command::Broadcast(_))),
         "nor is it told to the other tabs"
     );
-    open(&mut tab);
-    let (_, request) = tab.only_send();
-    assert_eq!(
-        request,
-        Request::Pull {
-            last_sync: Some("3".into())
-        },
-        "the page pulls at once, as without a snapshot"
-    );
+    pulls_at_once_as_without_a_snapshot(&mut tab);
 }
 
 #[test]
