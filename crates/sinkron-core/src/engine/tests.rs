@@ -2322,6 +2322,17 @@ fn leader_holding_a_and_x() -> Tab {
     tab
 }
 
+/// The leader pulls and the server answers with the first page of a reset (more follow, at
+/// the place `WHOLE_STATE + 9`) holding `changes`; returns the id of the pull of its next page.
+fn own_reset_begun(tab: &mut Tab, changes: Vec<Change>) -> u64 {
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let mut first = page(&(WHOLE_STATE + 9).to_string(), changes, true);
+    first.reset = true;
+    tab.reply(id, Reply::Pulled(first));
+    tab.only_send().0
+}
+
 fn stored_cursors(commands: &[Command]) -> Vec<Option<String>> {
     commands
         .iter()
@@ -2448,17 +2459,8 @@ fn a_stored_cursor_inside_a_whole_state_starts_it_again() {
 #[test]
 fn another_tabs_reset_does_not_cut_short_the_whole_state_this_tab_receives() {
     let mut tab = leader_holding_a_and_x();
-    tab.fire();
-    let (id, _) = tab.only_send();
     // Its own reset: `x` was deleted and its tombstone compacted.
-    let mut first = page(
-        &(WHOLE_STATE + 9).to_string(),
-        vec![change("b", Some("{}"), 3, "c", 9)],
-        true,
-    );
-    first.reset = true;
-    tab.reply(id, Reply::Pulled(first));
-    let (next, _) = tab.only_send();
+    let next = own_reset_begun(&mut tab, vec![change("b", Some("{}"), 3, "c", 9)]);
     // Another tab's first page of a reset of its own (it began from an older state, which
     // still held `x`) arrives between this tab's pages.
     let theirs = TabMessage {
@@ -2519,12 +2521,7 @@ fn a_whole_state_received_before_a_sign_out_is_not_the_next_users() {
 #[test]
 fn a_late_page_of_a_whole_state_given_up_moves_nothing() {
     let mut tab = leader_holding_a_and_x();
-    tab.fire();
-    let (id, _) = tab.only_send();
-    let mut first = page(&(WHOLE_STATE + 9).to_string(), vec![], true);
-    first.reset = true;
-    tab.reply(id, Reply::Pulled(first));
-    let (next, _) = tab.only_send();
+    let next = own_reset_begun(&mut tab, vec![]);
     // Meanwhile another tab ends a whole state of its own: this tab takes it instead.
     let ended = TabMessage {
         scope: Some("u1".into()),
