@@ -92,14 +92,14 @@ impl World {
 
     /// What a tab holds from the server is, for every record last changed at or below its
     /// cursor, that change ([`crate::server::Server::at_cursor`]): otherwise no later pull
-    /// corrects it. Not while a tab of the device receives a whole state: the pages of one
-    /// hold records for each tab that hears them, until its end says which are gone.
+    /// corrects it. Not while the tab receives a whole state: its pages hold records until
+    /// its end says which are gone. Every other tab of the device is checked meanwhile, the
+    /// ones that hear those pages included.
     fn check_cursor(&self, d: usize, t: usize) -> Result<(), Violation> {
-        let tabs = &self.devices[d].tabs;
-        if tabs.iter().any(|tab| tab.engine.receiving_whole_state()) {
+        let tab = &self.devices[d].tabs[t];
+        if tab.engine.receiving_whole_state() {
             return Ok(());
         }
-        let tab = &tabs[t];
         let (Ok(ScopeTag::User(u)), Some(cursor)) =
             (self.scope_tag(d, tab.engine.user()), tab.engine.cursor())
         else {
