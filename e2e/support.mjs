@@ -66,13 +66,14 @@ export class Server {
 
 /**
  * Debian's Chromium, headless. Playwright turns the back/forward cache off by default;
- * `backForwardCache` leaves it on, as a user's browser has it.
+ * `backForwardCache` leaves it on, as a user's browser has it. `flags` are more switches (the
+ * measurement scripts pass V8's, for comparisons).
  */
-export async function launch({ backForwardCache = false } = {}) {
+export async function launch({ backForwardCache = false, flags = [] } = {}) {
   return chromium.launch({
     executablePath: CHROMIUM,
     ignoreDefaultArgs: backForwardCache ? ["--disable-back-forward-cache"] : [],
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...flags],
   });
 }
 
