@@ -505,10 +505,11 @@ export class SinkronClient {
       this.#armedAt = -1;
       if (!this.#stopped) this.#call({ t: "timeout" });
     };
+    // A deadline already past runs at once (a negative delay is none).
     this.#timer = setTimeout(() => {
       if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
       else fire();
-    }, Math.max(0, at - Date.now()));
+    }, at - Date.now());
   }
 
   /** Hands the app's data from before Sinkron to the engine (see `adoptLegacy`). */
@@ -625,7 +626,8 @@ export class SinkronClient {
   /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */
   async #send(c: Extract<Command, { t: "send" }>) {
     const reply = (status: number, headers?: Headers, body = "") => {
-      const header = (name: string) => headers?.get(name) ?? null;
+      // An absent header is left out of the call (as `null`, which the engine takes alike).
+      const header = (name: string) => headers?.get(name);
       if (!this.#stopped) {
         this.#call(
           { t: "reply", id: c.id, kind: c.kind, status, retryAfter: header("retry-after"), pollInterval: header("sinkron-poll-interval") },

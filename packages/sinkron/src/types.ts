@@ -114,7 +114,7 @@ export type Call =
   | { t: "online"; now: number; online: boolean }
   | { t: "leadership"; now: number; leader: boolean }
   /** The answer to a `send`: `status` 0 for none at all, its `Retry-After` and `Sinkron-Poll-Interval` headers; its body goes beside the call, as text. */
-  | { t: "reply"; now: number; id: number; kind: "pull" | "push" | "endSession"; status: number; retryAfter: string | null; pollInterval: string | null }
+  | { t: "reply"; now: number; id: number; kind: "pull" | "push" | "endSession"; status: number; retryAfter?: string | null; pollInterval?: string | null }
   /** The state the page was rendered from (a `Snapshot`, the body), for user `snapshot`: answers whether it was taken. */
   | { t: "reply"; now: number; snapshot: string; kind: "pull"; status: 200 }
   | { t: "tab"; now: number; message: TabMessage }
