@@ -586,13 +586,16 @@ impl Engine {
         taken
     }
 
-    /// Whether `cursor` (a snapshot's) is at or past the stored one.
+    /// Whether `cursor` (a snapshot's) is at or past the stored one. The first page of a
+    /// whole state in pages is as new as the version the whole state began at, which its
+    /// cursor holds (`PROTOCOL.md`, Paging); one whose cursor does not say is old.
     fn not_older(&self, cursor: &str) -> bool {
         #[cfg(feature = "planted-bugs")]
         if crate::planted::planted(crate::planted::Bug::StaleSnapshotTaken) {
             return true;
         }
-        cursor_number(cursor).unwrap_or(0) >= self.cursor_version()
+        let version = cursor_number(cursor).filter(|&n| n < WHOLE_STATE);
+        version.unwrap_or(0) >= self.cursor_version()
     }
 
     /// The stored cursor as a version (0 for none, or one that is not a number).
@@ -1729,7 +1732,8 @@ impl Engine {
     /// not move the cursor (nor does another tab's reset begin one while this tab receives
     /// another, unless it continues from this tab's cursor); a page outside any whole state
     /// that the cursor moves to gives it up (the next pull from that cursor starts a new one
-    /// if it must). The tab whose answer ends a whole state tells the others what it dropped
+    /// if it must), unless it was asked from inside the whole state this tab follows, which
+    /// another tab's page moved on meanwhile. The tab whose answer ends a whole state tells the others what it dropped
     /// (`gone`): every other tab drops the same (at versions up to that state's) and moves
     /// its cursor there, giving up its own if it followed another.
     ///
@@ -1755,7 +1759,12 @@ impl Engine {
         // lacked.
         let begin = page.reset && (page.adopted || self.whole.is_none());
         let part = begin || continues;
-        let inside = inside_whole(page.to);
+        // Where this tab's own answer does not continue the whole state it follows although
+        // it was asked from inside a whole state (two requests from one page's cursor are
+        // answered apart, and another tab's answer moved the whole state on), it does not
+        // give it up: the cursor stays with the latest page, whose continuation ends it.
+        let inside = inside_whole(page.to)
+            || (!part && self.whole.is_some() && page.from.is_some_and(inside_whole));
         if begin {
             self.view.begin_whole();
             self.whole = Some(Whole {

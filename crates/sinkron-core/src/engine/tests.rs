@@ -2490,6 +2490,54 @@ fn another_tabs_reset_does_not_cut_short_the_whole_state_this_tab_receives() {
 }
 
 #[test]
+fn its_own_answer_from_a_page_another_tab_moved_on_from_does_not_end_the_whole_state() {
+    let mut tab = leader_holding_a_and_x();
+    // Its own reset: `x` was deleted and its tombstone compacted.
+    let next = own_reset_begun(&mut tab, vec![change("b", Some("{}"), 3, "c", 9)]);
+    let first = (WHOLE_STATE + 9).to_string();
+    // Another tab pushed from the same page's cursor: its answer, the next page (with the
+    // push's write), moves this tab on.
+    let second = (WHOLE_STATE + 12).to_string();
+    let theirs = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::Synced {
+            from: Some(first),
+            to: second.clone(),
+            reset: false,
+            more: true,
+            changes: vec![change("c", Some("{}"), 4, "c2", 12)],
+            gone: None,
+        },
+    };
+    tab.engine.handle_tab_message(tab.now, theirs);
+    assert_eq!(tab.engine.cursor(), Some(second.as_str()));
+    // This tab's own pull from the first page is answered apart: the state's end as it was
+    // before that push. Taken as the end, it would leave `x` (on no page) at cursor 11.
+    let apart = page(
+        "11",
+        vec![change("a", Some(r#"{"v":"a2"}"#), 4, "c", 11)],
+        false,
+    );
+    tab.reply(next, Reply::Pulled(apart));
+    assert_eq!(tab.value("a").as_deref(), Some(r#"{"v":"a2"}"#));
+    assert_eq!(tab.engine.cursor(), Some(second.as_str()));
+    assert!(tab.engine.receiving_whole_state());
+    // The next pull goes on from the latest page, and its last page ends the whole state.
+    tab.fire();
+    let (id, request) = tab.only_send();
+    assert_eq!(
+        request,
+        Request::Pull {
+            last_sync: Some(second)
+        }
+    );
+    tab.reply(id, Reply::Pulled(page("13", vec![], false)));
+    assert_eq!(tab.engine.cursor(), Some("13"));
+    assert_eq!(tab.value("x"), None, "in none of its pages: gone");
+    assert_eq!(tab.value("c").as_deref(), Some("{}"));
+}
+
+#[test]
 fn a_whole_state_received_before_a_sign_out_is_not_the_next_users() {
     let mut tab = leader_holding_a_and_x();
     tab.fire();
@@ -3355,6 +3403,55 @@ fn a_snapshot_older_than_what_is_stored_is_not_taken() {
         "nor is it told to the other tabs"
     );
     pulls_at_once_as_without_a_snapshot(&mut tab);
+}
+
+/// A page of a whole state in pages, as the server numbers its cursor (PROTOCOL.md, Paging):
+/// the version the whole state began at, and the page's last version.
+fn cursor_in_whole(began: u64, after: u64) -> String {
+    ((1u64 << 62) + (1 << 61) + (began << 32) + after).to_string()
+}
+
+#[test]
+fn a_snapshot_in_pages_is_not_taken_over_a_stored_cursor() {
+    // The first page of a whole state (the user's state is more than a page), perhaps kept
+    // from an older render: begun at version 2, below the stored cursor 3; at 3; or with a
+    // cursor that does not say (a server before that form). Its cursor is not a version, so
+    // it is not taken where a cursor is stored. "purged" was deleted since version 2 and its
+    // tombstone compacted: taken, the page's own answers from cursor 3 would give up the
+    // whole state and never drop it.
+    for cursor in [
+        cursor_in_whole(2, 1),
+        cursor_in_whole(3, 1),
+        ((1u64 << 62) + 1).to_string(),
+    ] {
+        let mut tab = reloaded_page();
+        let first = page(
+            &cursor,
+            vec![change("purged", Some("{}"), T0 - 60, "tv", 1)],
+            true,
+        );
+        assert!(
+            !tab.engine.handle_snapshot(tab.now, "u1", first),
+            "{cursor}"
+        );
+        assert_eq!(tab.value("purged"), None, "{cursor}");
+        assert_eq!(tab.value("old").as_deref(), Some("{}"));
+        pulls_at_once_as_without_a_snapshot(&mut tab);
+    }
+}
+
+#[test]
+fn a_snapshot_in_pages_is_taken_where_nothing_is_stored() {
+    let mut tab = Tab::new(5);
+    tab.engine.restore_user(Some("u1".into()));
+    let first = page(
+        &cursor_in_whole(3, 1),
+        vec![change("ep1", Some("{}"), T0 - 10, "c", 1)],
+        true,
+    );
+    assert!(tab.engine.handle_snapshot(tab.now, "u1", first));
+    assert_eq!(tab.value("ep1").as_deref(), Some("{}"));
+    assert!(tab.engine.receiving_whole_state());
 }
 
 #[test]
