@@ -505,11 +505,9 @@ export class SinkronClient {
       this.#armedAt = -1;
       if (!this.#stopped) this.#call({ t: "timeout" });
     };
-    // A deadline already past runs at once (a negative delay is none).
-    this.#timer = setTimeout(() => {
-      if (typeof requestIdleCallback === "function") requestIdleCallback(fire, { timeout: IDLE_SLACK_MS });
-      else fire();
-    }, at - Date.now());
+    // A deadline already past runs at once (a negative delay is none); without idle periods
+    // (Safari), at the deadline.
+    this.#timer = setTimeout(() => window.requestIdleCallback?.(fire, { timeout: IDLE_SLACK_MS }) ?? fire(), at - Date.now());
   }
 
   /** Hands the app's data from before Sinkron to the engine (see `adoptLegacy`). */
