@@ -709,7 +709,9 @@ impl Engine {
                     }
                 }
             }
-            Reply::Failed(_) if request.keepalive => {}
+            // A keepalive flush's failures are left to the regular requests, but for a 401: the
+            // session is over, whichever request learns it first.
+            Reply::Failed(ref f) if request.keepalive && *f != Failure::Unauthorized => {}
             Reply::Failed(Failure::TokenExpired) if !request.fresh_token => {
                 // Again at once, with a new token: a push's mutations are still queued (so
                 // the push is due now), a pull is asked for again.

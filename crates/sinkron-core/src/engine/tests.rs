@@ -893,6 +893,33 @@ fn a_401_stops_all_requests_until_signed_in_again() {
 }
 
 #[test]
+fn a_401_to_a_keepalive_flush_stops_all_requests_too() {
+    // The site ended the session elsewhere; the first request to learn it is the flush as
+    // the page is hidden. Ignored like the flush's other failures, the tab would go on
+    // sending (each answered 401) until a regular request learnt it again.
+    let mut tab = Tab::leader();
+    tab.write("e1", "{}");
+    tab.drain();
+    tab.engine.handle_visibility(tab.now, false);
+    let (id, request) = tab.only_send();
+    assert!(matches!(
+        request,
+        Request::Push {
+            keepalive: true,
+            ..
+        }
+    ));
+    tab.reply(id, Reply::Failed(Failure::Unauthorized));
+    assert_eq!(tab.engine.status().error, Some(SyncError::Unauthorized));
+    tab.engine.handle_visibility(tab.now, true);
+    tab.engine.handle_leadership(tab.now, true);
+    tab.at(10 * 60_000);
+    tab.engine.handle_visibility(tab.now, false);
+    assert!(tab.sends().is_empty());
+    assert_eq!(tab.engine.status().pending, 1, "queued writes are kept");
+}
+
+#[test]
 fn a_401_sent_before_signing_in_again_is_the_old_sessions() {
     let mut tab = Tab::leader();
     tab.write("e1", "{}");
