@@ -587,8 +587,9 @@ impl Engine {
     }
 
     /// Whether `cursor` (a snapshot's) is at or past the stored one. The first page of a
-    /// whole state in pages is as new as the version the whole state began at, which its
-    /// cursor holds (`PROTOCOL.md`, Paging); one whose cursor does not say is old.
+    /// whole state in pages names a place in it, not a version (`PROTOCOL.md`, Paging): it
+    /// counts as older than any stored cursor (reading the version the whole state began at
+    /// out of it would tell, for more bytes than the browser build has).
     fn not_older(&self, cursor: &str) -> bool {
         #[cfg(feature = "planted-bugs")]
         if crate::planted::planted(crate::planted::Bug::StaleSnapshotTaken) {
@@ -1735,9 +1736,9 @@ impl Engine {
     /// another, unless it continues from this tab's cursor); a page outside any whole state
     /// that the cursor moves to gives it up (the next pull from that cursor starts a new one
     /// if it must), unless it was asked from inside the whole state this tab follows, which
-    /// another tab's page moved on meanwhile. The tab whose answer ends a whole state tells the others what it dropped
-    /// (`gone`): every other tab drops the same (at versions up to that state's) and moves
-    /// its cursor there, giving up its own if it followed another.
+    /// another tab's page moved on meanwhile. The tab whose answer ends a whole state tells
+    /// the others what it dropped (`gone`): every other tab drops the same (at versions up to
+    /// that state's) and moves its cursor there, giving up its own if it followed another.
     ///
     /// A record deleted while its whole state arrives, whose tombstone is compacted before
     /// the page that would carry it, would stay: the server's `--tombstone-ttl-secs` (30 days
