@@ -171,7 +171,7 @@ pub fn wasm() {
             // in one 23 kB function that compresses worse); a second -Oz after binaryen's
             // flattening and re-looping, to a fixed point, finds about 0.1 kB more than one;
             // similar functions merged, and functions and locals ordered by use, last.
-            "--one-caller-inline-max-function-size=60",
+            "--one-caller-inline-max-function-size=100",
             "-Oz",
             "--flatten",
             "--rereloop",

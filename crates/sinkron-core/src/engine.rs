@@ -353,7 +353,13 @@ impl Engine {
             pending: self.view.outbox.len(),
             syncing: !self.in_flight.is_empty(),
             last_synced_at: self.last_synced_at,
-            error: self.error.clone(),
+            // Until the user signs in again, what a request still out learns later (no
+            // network, a refused push) does not hide that the session is over.
+            error: if self.unauthorized {
+                Some(SyncError::Unauthorized)
+            } else {
+                self.error.clone()
+            },
         }
     }
 
@@ -733,7 +739,6 @@ impl Engine {
                 if request.id >= self.signed_in_from {
                     self.unauthorized = true;
                     self.fresh_token = false;
-                    self.error = Some(SyncError::Unauthorized);
                 }
             }
             Reply::Failed(Failure::Rejected { status, mutation }) => {

@@ -920,6 +920,42 @@ fn a_401_to_a_keepalive_flush_stops_all_requests_too() {
 }
 
 #[test]
+fn a_401_to_a_keepalive_flush_is_not_hidden_by_a_later_failure() {
+    // A regular request still out when the flush learns the session is over fails after it
+    // (no network, or the server refuses it): the tab still says it must sign in again.
+    for late in [
+        Failure::Network,
+        Failure::Rejected {
+            status: 400,
+            mutation: None,
+        },
+    ] {
+        let mut tab = Tab::leader();
+        tab.write("e1", "{}");
+        tab.fire();
+        let (regular, _) = tab.only_send();
+        tab.write("e2", "{}");
+        tab.engine.handle_visibility(tab.now, false);
+        let (flush, request) = tab.only_send();
+        assert!(matches!(
+            request,
+            Request::Push {
+                keepalive: true,
+                ..
+            }
+        ));
+        tab.reply(flush, Reply::Failed(Failure::Unauthorized));
+        tab.reply(regular, Reply::Failed(late.clone()));
+        assert_eq!(
+            tab.engine.status().error,
+            Some(SyncError::Unauthorized),
+            "after {late:?}"
+        );
+        assert_eq!(tab.engine.poll_timeout(), None);
+    }
+}
+
+#[test]
 fn a_401_sent_before_signing_in_again_is_the_old_sessions() {
     let mut tab = Tab::leader();
     tab.write("e1", "{}");
