@@ -101,9 +101,10 @@ fn a_position_stamped_now_while_requests_fail_is_caught() {
     finds("unreachable-stamped-now", 150);
 }
 
-/// The rarest: a page kept from before a delete, loaded after its tombstone was compacted
-/// (found at seed 1303; the cursor check sees the record held at a cursor past its delete).
+/// A page kept from an earlier render, older than what its device stored, opened again:
+/// the check at a page's start sees its cursor go back (found at seed 0; before that check,
+/// only the cursor check found it, rarely: seed 1303 once, not within 1,400 seeds later).
 #[test]
 fn a_stale_server_rendered_snapshot_taken_is_caught() {
-    finds("stale-snapshot-taken", 1400);
+    finds("stale-snapshot-taken", 20);
 }

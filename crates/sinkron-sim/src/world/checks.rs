@@ -1,12 +1,13 @@
 //! The invariants the world checks as it runs (`DESIGN.md`): isolation of scopes (5) on every
 //! view and every stored record, read-your-writes per tab, who may send and pull (6), mutation
 //! ids never reused (7), an offline position continuing what its device knew (after every
-//! push); and, after healing, convergence (1): every signed-in tab and device shows exactly
+//! push), a page opening from no older state than its device stored; and, after healing, convergence (1): every signed-in tab and device shows exactly
 //! the server's state. The server's own invariants (2, 3, 4) are checked in
 //! `server.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 
+use sinkron_core::protocol::WHOLE_STATE;
 use sinkron_core::{Persist, Record, Request};
 
 use super::{Event, TabId, World};
@@ -88,6 +89,32 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// A page that opens from a server-rendered snapshot older than what its device stored
+    /// (`stored`, the version of the stored cursor: a page the browser kept from an earlier
+    /// render) does not take it: the tab would show, store and pull from an older state than
+    /// it had, and a record deleted since could come back. A snapshot whose cursor is a place
+    /// inside a whole state counts as older than any stored version.
+    pub(super) fn check_opened_from(
+        &self,
+        d: usize,
+        t: usize,
+        stored: u64,
+    ) -> Result<(), Violation> {
+        let tab = &self.devices[d].tabs[t];
+        let now = tab.engine.cursor();
+        if stored == 0 || cursor_version(now) >= stored {
+            return Ok(());
+        }
+        Err(Violation::new(
+            "a page opens from no older state than its device stored",
+            format!(
+                "tab {} of device {d} opened at cursor {} over the stored version {stored}",
+                tab.id,
+                now.unwrap_or("none")
+            ),
+        ))
     }
 
     /// What a tab holds from the server is, for every record last changed at or below its
@@ -439,4 +466,17 @@ impl World {
             None => Ok(()),
         }
     }
+}
+
+/// A cursor as the version it names: 0 for none, or for a place inside a whole state.
+pub(super) fn cursor_version(cursor: Option<&str>) -> u64 {
+    cursor
+        .filter(|c| !is_place(c))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether a cursor names a place inside a whole state sent in pages (`PROTOCOL.md`).
+fn is_place(cursor: &str) -> bool {
+    cursor.parse::<u64>().is_ok_and(|n| n >= WHOLE_STATE)
 }

@@ -12,6 +12,7 @@ use sinkron_core::adopt::adoption_order;
 use sinkron_core::engine::{Page, Reply, Request, TabBody, TabMessage};
 use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
 
+use super::checks::cursor_version;
 use super::{Event, TabId, World};
 use crate::server::{Key, UNKNOWN};
 use crate::Violation;
@@ -343,6 +344,7 @@ impl World {
             synced: None,
         });
         let t = self.devices[d].tabs.len() - 1;
+        let stored = cursor_version(self.devices[d].tabs[t].engine.cursor());
         let online = self.devices[d].online;
         let snapshot = match (previous.is_some(), self.devices[d].session) {
             (true, Some(u)) => self.rendered(d, u)?,
@@ -367,7 +369,11 @@ impl World {
             }
             e.handle_online(now, online);
             e.handle_visibility(now, visible);
-        })
+        })?;
+        if self.devices[d].tabs[t].engine.user() == user.as_deref() {
+            self.check_opened_from(d, t, stored)?;
+        }
+        Ok(())
     }
 
     /// Whether a reloaded or restored page of user `u` on device `d` is server-rendered (in
