@@ -11,6 +11,14 @@ export const artifacts = join(root, "e2e/artifacts");
 mkdirSync(artifacts, { recursive: true });
 
 const BIN = process.env.SINKRON_BIN ?? join(root, "target/debug/sinkron");
+
+// Servers still running as this process ends (a script that throws, a run stopped with
+// Ctrl-C or `kill`) are killed with it: none outlives the script that started it.
+const running = new Set();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]]) process.once(signal, () => process.exit(code));
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /**
@@ -26,6 +34,8 @@ export class Server {
       env: { ...process.env, SINKRON_LOG: "warn" },
       stdio: ["ignore", "pipe", "inherit"],
     });
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     const line = await new Promise((resolve, reject) => {
       const lines = createInterface({ input: child.stdout });
       lines.once("line", resolve);
