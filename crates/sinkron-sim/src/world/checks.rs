@@ -1,9 +1,9 @@
 //! The invariants the world checks as it runs (`DESIGN.md`): isolation of scopes (5) on every
 //! view and every stored record, read-your-writes per tab, who may send and pull (6), mutation
 //! ids never reused (7), an offline position continuing what its device knew (after every
-//! push), a page opening from no older state than its device stored; and, after healing, convergence (1): every signed-in tab and device shows exactly
-//! the server's state. The server's own invariants (2, 3, 4) are checked in
-//! `server.rs`.
+//! push), a page opening from no older state than its device stored; and, after healing,
+//! convergence (1): every signed-in tab and device shows exactly the server's state. The
+//! server's own invariants (2, 3, 4) are checked in `server.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 
