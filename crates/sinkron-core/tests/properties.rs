@@ -15,7 +15,8 @@ use sinkron_core::{
     Change, Command, Config, Engine, Page, Persist, Record, RecordKey, Reply, Request,
 };
 
-/// `cases` runs per property, unless `PROPTEST_CASES` asks for another number.
+/// `cases` runs per property, unless `PROPTEST_CASES` asks for another number; the seeds in
+/// `properties.proptest-regressions` first.
 fn config(cases: u32) -> ProptestConfig {
     let base = ProptestConfig::default();
     ProptestConfig {
@@ -24,9 +25,10 @@ fn config(cases: u32) -> ProptestConfig {
         } else {
             cases
         },
+        // Failures found once are run again first, everywhere: the file is committed.
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_TARGET_TMPDIR"),
-            "/proptest/sinkron-core-properties.txt"
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/properties.proptest-regressions"
         )))),
         ..base
     }
