@@ -11,6 +11,7 @@ export const artifacts = join(root, "e2e/artifacts");
 mkdirSync(artifacts, { recursive: true });
 
 const BIN = process.env.SINKRON_BIN ?? join(root, "target/debug/sinkron");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 // Servers still running as this process ends (a script that throws, a run stopped with
 // Ctrl-C or `kill`) are killed with it: none outlives the script that started it.
@@ -19,7 +20,6 @@ process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]]) process.once(signal, () => process.exit(code));
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /**
  * A `sinkron serve` process with the demo, on its own SQLite file (or on `database`, a

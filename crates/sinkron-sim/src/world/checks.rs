@@ -468,15 +468,11 @@ impl World {
     }
 }
 
-/// A cursor as the version it names: 0 for none, or for a place inside a whole state.
+/// A cursor as the version it names: 0 for none, or for a place inside a whole state sent in
+/// pages (`PROTOCOL.md`).
 pub(super) fn cursor_version(cursor: Option<&str>) -> u64 {
     cursor
-        .filter(|c| !is_place(c))
-        .and_then(|c| c.parse().ok())
+        .and_then(|c| c.parse::<u64>().ok())
+        .filter(|&n| n < WHOLE_STATE)
         .unwrap_or(0)
-}
-
-/// Whether a cursor names a place inside a whole state sent in pages (`PROTOCOL.md`).
-fn is_place(cursor: &str) -> bool {
-    cursor.parse::<u64>().is_ok_and(|n| n >= WHOLE_STATE)
 }
