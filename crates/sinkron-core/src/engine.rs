@@ -882,15 +882,22 @@ impl Engine {
         let any_fields = crate::planted::planted(crate::planted::Bug::CoalesceAcrossFields);
         #[cfg(not(feature = "planted-bugs"))]
         let any_fields = false;
+        // A delete removes the whole record, so it undoes every write of the key still
+        // queued: they go, and the delete is queued in their place. A record toggled while
+        // its writes wait thus queues a delete and a write at most.
+        if record.value.is_none() && !any_fields {
+            (self.view.outbox).retain(|p| p.id <= sent_max || p.key != key);
+        }
         // Coalesce with the queued write to the same key unless that one was already sent,
         // sets other fields (a write of other fields goes beside it), or is a delete that
         // this write would undo: where the server merges per field, the delete removes fields
         // this write does not name, so both go, in order.
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
             Some(p)
-                if p.id > sent_max
-                    && (p.fields == fields || any_fields)
-                    && (p.record.value.is_some() || record.value.is_none()) =>
+                if p.record.value.is_some() && p.id > sent_max && p.fields == fields
+                    || any_fields
+                        && p.id > sent_max
+                        && (p.record.value.is_some() || record.value.is_none()) =>
             {
                 p.record = record.clone();
                 p.id

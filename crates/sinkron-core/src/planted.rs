@@ -39,8 +39,9 @@ pub enum Bug {
     /// writes with it.
     RefusalDropsBatch = 2048,
     /// A queued write takes the next write to its key whatever fields each sets, keeping
-    /// its own list: a later delete then names fields (and is refused), a later write's
-    /// other fields are not sent as set.
+    /// its own list (and a delete takes the place of the last queued write only, as that
+    /// rule did): a later delete then names fields (and is refused), a later write's other
+    /// fields are not sent as set.
     CoalesceAcrossFields = 4096,
     /// A hot write made offline is stamped now, not as of the last sync: a second of playback
     /// from a stale copy then undoes progress another device made since.

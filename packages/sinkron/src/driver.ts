@@ -7,7 +7,7 @@
 // Every input is one `call` into the engine (a JSON object, the `Call` type); its answer
 // carries the result, the engine's commands and its next deadline, which arms one timer.
 
-import { Engine, type WasmSource } from "./engine.js";
+import { decoder, Engine, type WasmSource } from "./engine.js";
 import { DeviceStorage } from "./storage.js";
 import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapshot, Status, TabMessage, Value } from "./types.js";
 
@@ -676,7 +676,7 @@ export class SinkronClient {
 export function subject(token: string): string {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const json = new TextDecoder().decode(Uint8Array.from(atob(payload), (ch) => ch.charCodeAt(0)));
+    const json = decoder.decode(Uint8Array.from(atob(payload), (ch) => ch.charCodeAt(0)));
     const sub = JSON.parse(json).sub;
     if (typeof sub === "string" && sub !== "") return sub;
   } catch {

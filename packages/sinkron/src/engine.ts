@@ -32,7 +32,8 @@ function compile(source: WasmSource = new URL("./wasm/sinkron.wasm", import.meta
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+/** UTF-8 text from bytes: the engine's answers, and the driver's JWT payloads. */
+export const decoder = new TextDecoder();
 
 /**
  * One tab's engine: an instance of the module of its own, whose memory goes with it when

@@ -3705,6 +3705,40 @@ fn a_write_after_a_queued_delete_goes_beside_it_so_the_delete_still_removes_othe
 }
 
 #[test]
+fn a_record_toggled_while_its_writes_wait_queues_at_most_a_delete_and_a_write() {
+    // A favourite switched on and off while the push waits (or the server is slow): a delete
+    // undoes every write of the key queued after the first, so the outbox does not grow
+    // with each click (each click stores and sends all of it).
+    let mut tab = Tab::leader();
+    let mut other = Tab::new(2);
+    other.engine.sign_in(other.now, "u1");
+    other.drain();
+    tab.write("e1", r#"{"liked":true}"#);
+    tab.fire();
+    let (id, _) = tab.only_send();
+    tab.reply(id, taken(1, "2"));
+    tab.drain();
+    for round in 0..50 {
+        tab.engine.write(tab.now, "history", "e1", None).unwrap();
+        tab.write("e1", r#"{"liked":true}"#);
+        tab.write_fields("e1", r#"{"position":7}"#, &["position"]);
+        if round == 49 {
+            tab.engine.write(tab.now, "history", "e1", None).unwrap();
+        }
+        for message in Tab::broadcasts(&tab.drain()) {
+            other.engine.handle_tab_message(other.now, message);
+        }
+    }
+    // Every queued write goes after the confirmed one: a delete of a sent write stays.
+    let queued: Vec<_> = tab.engine.view.outbox.iter().map(|p| p.id).collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(tab.value("e1"), None);
+    assert_eq!(other.value("e1"), None);
+    let mutations = tab.pushed();
+    assert_eq!(mutations, vec![("e1".into(), None, None)]);
+}
+
+#[test]
 fn push_now_with_nothing_queued_pulls_unless_just_pulled() {
     let mut tab = Tab::leader();
     // Just pulled (the leader's first pull): that state is fresh.
