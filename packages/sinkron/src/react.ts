@@ -33,23 +33,22 @@ export interface UseUserSyncOptions {
 }
 
 /** Syncs `store` while the calling component is mounted; answers its status. */
-export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "stop" | "status">>(store: StoreApi<S>, { interval, onFocus, onLogin, crossTab, baseUrl, getToken, cookie, adoptLegacy, hot, pokes }: UseUserSyncOptions = {}) {
-  // Options left out take the client's defaults. An inline provider or adopter is a new function each render: syncing restarts only when
-  // one is added or removed, and always calls the latest.
-  const latest = useRef({ getToken, adoptLegacy });
-  latest.current = { getToken, adoptLegacy };
-  const tokens = getToken !== undefined;
-  const adopts = adoptLegacy !== undefined;
-  // An inline object is new each render: syncing restarts only when its content changes.
-  const hotKey = JSON.stringify(hot);
+export function useSyncStore<S extends Pick<SyncStore<Collections>, "start" | "stop" | "status">>(store: StoreApi<S>, options: UseUserSyncOptions = {}) {
+  // Options left out take the client's defaults. An inline provider or adopter is a new
+  // function each render, and an inline `hot` a new object: syncing restarts only when an
+  // option's content changes or a function is added or removed, and always calls the latest.
+  const latest = useRef(options);
+  latest.current = options;
+  const { getToken, adoptLegacy } = options;
+  const key = JSON.stringify({ ...options, getToken: getToken !== undefined, adoptLegacy: adoptLegacy !== undefined });
   useEffect(() => {
-    const current: TokenProvider | undefined = tokens ? (o) => latest.current.getToken!(o) : undefined;
-    const adopter: ClientOptions["adoptLegacy"] = adopts ? (scope) => latest.current.adoptLegacy!(scope) : undefined;
-    void store.getState().start({ interval, onFocus, onLogin, crossTab, baseUrl, getToken: current, cookie, adoptLegacy: adopter, hot, pokes });
+    const current: TokenProvider | undefined = getToken && ((o) => latest.current.getToken!(o));
+    const adopter: ClientOptions["adoptLegacy"] = adoptLegacy && ((scope) => latest.current.adoptLegacy!(scope));
+    void store.getState().start({ ...options, getToken: current, adoptLegacy: adopter });
     return () => store.getState().stop();
-    // `hot` by its content (`hotKey`): an equal object is no change.
+    // By `key`: the options' content, not their identity.
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [store, interval, onFocus, onLogin, crossTab, baseUrl, tokens, cookie, adopts, hotKey, pokes]);
+  }, [store, key]);
   return read(store, (s) => s.status);
 }
 
