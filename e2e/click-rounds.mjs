@@ -1,7 +1,8 @@
 // How the optimistic write's latency settles as the page's code warms up: three rounds of
-// 200 clicks on one favourite (as `sync.test.mjs` makes them), two seconds apart on one page,
-// each with its p50 and p99, its mean per 20 clicks, its six slowest clicks (ms@place) and the
-// unsent writes left in the outbox. The latency test measures the first round only.
+// 200 clicks on one favourite, two seconds apart on one page, each with its p50 and p99, its
+// mean per 20 clicks, its six slowest clicks (ms@place) and the unsent writes left in the
+// outbox. The latency test measures the first round only (there in turns with a plain React
+// toggle, ten clicks of each at a time).
 // * `--split`: each click split into the engine's calls (`sinkron_call`), `localStorage`
 //   writes, `BroadcastChannel` posts and the rest (the store, React, the DOM), as the round's
 //   means and for its slowest clicks. `--stub-storage` leaves the stored outbox unwritten and
