@@ -64,6 +64,34 @@ function useRoute(): string {
 }
 
 export function App() {
+  const ready = useSinkron((s) => s.ready);
+  const route = useRoute();
+  const [playing, setPlaying] = useState<string | null>(null);
+  return (
+    <>
+      <Sync />
+      {ready ? (
+        <>
+          <Header />
+          <main>
+            {playing && <Player episodeId={playing} onClose={() => setPlaying(null)} />}
+            <SyncPanel />
+            {route === "#/history" ? <HistoryPage onPlay={setPlaying} /> : <Home onPlay={setPlaying} />}
+          </main>
+        </>
+      ) : (
+        <div className="loading">Loading…</div>
+      )}
+    </>
+  );
+}
+
+/**
+ * Syncs while the app is mounted. A component of its own that draws nothing: the hook answers
+ * the sync status, so the component calling it renders again at each change of the status
+ * (a write's pending count, a push, a poll); here that is this one alone, not the whole app.
+ */
+function Sync() {
   useUserSync({
     interval,
     onFocus,
@@ -76,20 +104,7 @@ export function App() {
     hot,
     pokes,
   });
-  const ready = useSinkron((s) => s.ready);
-  const route = useRoute();
-  const [playing, setPlaying] = useState<string | null>(null);
-  if (!ready) return <div className="loading">Loading…</div>;
-  return (
-    <>
-      <Header />
-      <main>
-        {playing && <Player episodeId={playing} onClose={() => setPlaying(null)} />}
-        <SyncPanel />
-        {route === "#/history" ? <HistoryPage onPlay={setPlaying} /> : <Home onPlay={setPlaying} />}
-      </main>
-    </>
-  );
+  return null;
 }
 
 function Header() {
