@@ -51,7 +51,7 @@ describe("optimistic writes", () => {
       // clicks taken in turns with the favourite's (ten of each, twenty times), so both see
       // the page's code warm up and the machine's load alike. (Measured after the
       // favourite's 200, the toggle ran on a warm page: its p99 read 0.6-1.4 ms where taken
-      // alike it reads 2.6-4.3 ms on the same machine; BENCHMARKS.md.)
+      // alike it read 1.6-3.4 ms on the same machine; BENCHMARKS.md.)
       const samples = [];
       const baseline = [];
       for (let turn = 0; turn < 20; turn++) {

@@ -3707,8 +3707,8 @@ fn a_write_after_a_queued_delete_goes_beside_it_so_the_delete_still_removes_othe
 #[test]
 fn a_record_toggled_while_its_writes_wait_queues_at_most_a_delete_and_a_write() {
     // A favourite switched on and off while the push waits (or the server is slow): a delete
-    // undoes every write of the key queued after the first, so the outbox does not grow
-    // with each click (each click stores and sends all of it).
+    // drops every write of the key not yet sent, so the outbox does not grow with each click
+    // (each click stores and sends all of it).
     let mut tab = Tab::leader();
     let mut other = Tab::new(2);
     other.engine.sign_in(other.now, "u1");
@@ -3729,7 +3729,7 @@ fn a_record_toggled_while_its_writes_wait_queues_at_most_a_delete_and_a_write() 
             other.engine.handle_tab_message(other.now, message);
         }
     }
-    // Every queued write goes after the confirmed one: a delete of a sent write stays.
+    // What is left is the last delete alone (the first write was sent and confirmed).
     let queued: Vec<_> = tab.engine.view.outbox.iter().map(|p| p.id).collect();
     assert_eq!(queued.len(), 1, "{queued:?}");
     assert_eq!(tab.value("e1"), None);
