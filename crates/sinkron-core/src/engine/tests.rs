@@ -892,6 +892,26 @@ fn a_401_stops_all_requests_until_signed_in_again() {
     assert!(!tab.sends().is_empty());
 }
 
+impl Tab {
+    /// Hides the page: its one request is the keepalive flush of its queued writes, whose id
+    /// this answers.
+    fn hide_and_flush(&mut self) -> u64 {
+        self.engine.handle_visibility(self.now, false);
+        let (id, request) = self.only_send();
+        assert!(
+            matches!(
+                request,
+                Request::Push {
+                    keepalive: true,
+                    ..
+                }
+            ),
+            "{request:?}"
+        );
+        id
+    }
+}
+
 #[test]
 fn a_401_to_a_keepalive_flush_stops_all_requests_too() {
     // The site ended the session elsewhere; the first request to learn it is the flush as
@@ -900,15 +920,7 @@ fn a_401_to_a_keepalive_flush_stops_all_requests_too() {
     let mut tab = Tab::leader();
     tab.write("e1", "{}");
     tab.drain();
-    tab.engine.handle_visibility(tab.now, false);
-    let (id, request) = tab.only_send();
-    assert!(matches!(
-        request,
-        Request::Push {
-            keepalive: true,
-            ..
-        }
-    ));
+    let id = tab.hide_and_flush();
     tab.reply(id, Reply::Failed(Failure::Unauthorized));
     assert_eq!(tab.engine.status().error, Some(SyncError::Unauthorized));
     tab.engine.handle_visibility(tab.now, true);
@@ -935,15 +947,7 @@ fn a_401_to_a_keepalive_flush_is_not_hidden_by_a_later_failure() {
         tab.fire();
         let (regular, _) = tab.only_send();
         tab.write("e2", "{}");
-        tab.engine.handle_visibility(tab.now, false);
-        let (flush, request) = tab.only_send();
-        assert!(matches!(
-            request,
-            Request::Push {
-                keepalive: true,
-                ..
-            }
-        ));
+        let flush = tab.hide_and_flush();
         tab.reply(flush, Reply::Failed(Failure::Unauthorized));
         tab.reply(regular, Reply::Failed(late.clone()));
         assert_eq!(
