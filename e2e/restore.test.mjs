@@ -50,6 +50,12 @@ describe("back/forward cache", () => {
       const laptop = await browser.newContext();
       const b = await open(laptop, server);
       await signIn(b, "returner");
+      // Away for longer than the few seconds in which a pull counts as fresh (the page's
+      // clock moved on), so coming back is a reason to pull: Chromium shows the page (a
+      // `visibilitychange`) before its `pageshow`, while the page's tab channel is still
+      // closed.
+      await phone.clock.install();
+      await phone.clock.fastForward(5000);
 
       const pulls = [];
       a.on("request", (r) => new URL(r.url()).pathname === "/api/user/me" && r.method() === "GET" && pulls.push(r.url()));

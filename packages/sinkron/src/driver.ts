@@ -375,9 +375,7 @@ export class SinkronClient {
       }
     };
     listen();
-    const visibility = () => this.#call({ t: "visibility", visible: document.visibilityState === "visible" });
     const online = (online: boolean) => () => this.#call({ t: "online", online });
-    on(document, "visibilitychange", visibility);
     // The back/forward cache keeps a page only while it holds no Web Lock (Chromium evicts it
     // when any page of the site asks for one) and hears no tab message. So a page that may be
     // kept lets its tab lock and channel go, and leaves the page loaded next in the tab an
@@ -385,8 +383,13 @@ export class SinkronClient {
     // it takes them back if nothing Sinkron stores changed meanwhile; else (it missed what
     // the tabs said: a sign-out, a sync, a write, its id taken over and written under) or if
     // another tab holds its id, it reloads and starts from what is stored.
-    let kept = "";
+    // While kept (from a `pagehide` that may keep the page to its `pageshow`), the page stays
+    // hidden to the engine: Chromium reports it visible before `pageshow`, when the channel
+    // is still closed and the tab lock not taken back.
+    let kept: string | null = null;
     const stored = () => this.#storage.keys().map((k) => k + localStorage.getItem(k)).join();
+    const visibility = () => kept ?? this.#call({ t: "visibility", visible: document.visibilityState === "visible" });
+    on(document, "visibilitychange", visibility);
     on(window, "pagehide", (e) => {
       // Hidden for good, whatever visibility says yet: the outbox is flushed (keepalive)
       // and leadership given up.
@@ -406,7 +409,7 @@ export class SinkronClient {
       // handled, change what is stored.
       if (stored() !== kept || !(await this.#claimTabId(this.#tabId))) location.reload();
       // Shown: whether or not the browser reports it (the hiding above was ours).
-      else visibility();
+      else (kept = null), visibility();
     });
     on(window, "focus", () => this.#call({ t: "focus" }));
     on(window, "online", online(true));
