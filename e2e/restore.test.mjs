@@ -73,6 +73,43 @@ describe("back/forward cache", () => {
       await laptop.close();
     }));
 
+  test("restored beside another tab of the site, the page has that tab pull at once and shows what another device wrote", () =>
+    withServer(async (server) => {
+      const phone = await browser.newContext();
+      const a = await open(phone, server);
+      await signUp(a, "neighbour");
+      // The device's other tab, which leads while the page is away.
+      const beside = await open(phone, server);
+      await settled(beside);
+      const pulls = [];
+      beside.on("request", (r) => new URL(r.url()).pathname === "/api/user/me" && r.method() === "GET" && pulls.push(r.url()));
+      const laptop = await browser.newContext();
+      const b = await open(laptop, server);
+      await signIn(b, "neighbour");
+      // Past the few seconds in which a pull counts as fresh.
+      await phone.clock.install();
+      await phone.clock.fastForward(5000);
+
+      let before;
+      const restored = await awayAndBack(a, {
+        meanwhile: async () => {
+          await b.getByTestId("favorite-s09").click();
+          await settled(b);
+          // The other tab took the lead, and pulled, as the page left: that pull too is
+          // some seconds old when the page comes back.
+          await phone.clock.fastForward(5000);
+          before = pulls.length;
+        },
+      });
+      assert.equal(restored, true, "the page came back from the back/forward cache");
+      // At once, though the leader's poll interval (30 s) is far from due: the page shown
+      // again asked the leader for the state.
+      await waitPressed(a, "favorite-s09", "true", 5000);
+      assert.equal(pulls.length - before, 1, `the leader's pulls: ${pulls}`);
+      await phone.close();
+      await laptop.close();
+    }));
+
   test("a write made as the page is left reaches the server, and the restored page goes on syncing", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
