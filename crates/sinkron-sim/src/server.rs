@@ -61,7 +61,7 @@ fn policy() -> Policy {
 /// which `sinkron_core::merge` implements).
 fn merged_record(writes: &[FieldWrite]) -> Record {
     let mut sorted: Vec<&FieldWrite> = writes.iter().collect();
-    // Stable: two writes of one stamp (a clamp) keep their order, as on the server.
+    // Stable: two writes of one stamp keep their order, as on the server.
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let policy = policy();
     let mut merged = Merged::default();
@@ -436,9 +436,19 @@ impl Server {
         let model = &mut self.models[user];
         let ack = model.acks.get(client_id).copied().unwrap_or(0);
         let mut clamps = Vec::new();
+        // Past the bound, a write is stamped the bound plus one millisecond per write clamped
+        // before it in the push (never later than its own stamp): a client's writes keep
+        // their order.
+        let bound = now + MAX_FUTURE_MS;
+        let mut clamped = 0;
         for m in mutations.iter().filter(|m| m.id > ack) {
             let key = (m.collection.clone(), m.key.clone());
-            let updated_at = m.updated_at.min(now + MAX_FUTURE_MS);
+            let updated_at = if m.updated_at > bound {
+                clamped += 1;
+                m.updated_at.min(bound + clamped - 1)
+            } else {
+                m.updated_at
+            };
             if updated_at != m.updated_at {
                 clamps.push(Clamp {
                     client_id: client_id.to_owned(),

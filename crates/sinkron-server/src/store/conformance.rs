@@ -63,6 +63,7 @@ pub async fn run(store: &dyn Store) {
     site_users_are_made_once_per_subject(store).await;
     versions_acks_and_merge(store).await;
     a_retry_is_not_applied_again_when_its_stamp_was_clamped(store).await;
+    writes_of_one_key_clamped_in_one_push_keep_their_order(store).await;
     compaction_raises_the_horizon(store).await;
     a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(store).await;
     a_whole_state_begun_before_the_horizon_starts_again(store).await;
@@ -857,6 +858,40 @@ async fn a_retry_is_not_applied_again_when_its_stamp_was_clamped(store: &dyn Sto
     };
     let out = store.push(id, later).await.expect("retry");
     assert_eq!((out.ack, out.version, out.applied), (1, 1, 0));
+}
+
+async fn writes_of_one_key_clamped_in_one_push_keep_their_order(store: &dyn Store) {
+    let id = store.create_user("gus", "phc", 1).await.expect("create");
+    // A client whose stamps run ahead of the bound switches a record off and on again: both
+    // writes are clamped, and the later one must still win.
+    let toggled = [
+        m(1, "k", Some(r#"{"on":1}"#), 100_000),
+        m(2, "k", None, 100_001),
+        m(3, "j", Some("{}"), 100_002),
+        m(4, "k", Some(r#"{"on":2}"#), 100_003),
+        m(5, "i", Some("{}"), 61_001),
+    ];
+    let out = store
+        .push(id, batch("c1", &toggled, None))
+        .await
+        .expect("push");
+    assert_eq!(out.ack, 5);
+    let state = store.pull(id, None, 100).await.expect("pull");
+    let held: Vec<(&str, Option<&str>, u64)> = state
+        .changes
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.as_deref(), c.updated_at))
+        .collect();
+    // Stored at the bound and on, one millisecond per write clamped before it in the push;
+    // never later than the write's own stamp.
+    assert_eq!(
+        held,
+        [
+            ("j", Some("{}"), 61_002),
+            ("k", Some(r#"{"on":2}"#), 61_003),
+            ("i", Some("{}"), 61_001),
+        ]
+    );
 }
 
 async fn compaction_raises_the_horizon(store: &dyn Store) {

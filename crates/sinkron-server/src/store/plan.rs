@@ -420,11 +420,12 @@ impl<'a> Planner<'a> {
         // The collections this push adds a record to.
         let mut grew: Vec<&'a str> = Vec::new();
         let mut counts = Counts::default();
+        let mut clamped = 0;
         for &(m, place) in &self.pending {
             let slot = &mut slots[place];
             let incoming = Record {
                 value: None,
-                updated_at: batch.clamp(m),
+                updated_at: batch.clamp_in_order(m, &mut clamped),
                 client_id: batch.client_id.to_owned(),
             };
             let (value, stamps, updated_at, client_id) = match &mut slot.merged {
@@ -713,9 +714,24 @@ impl PushBatch<'_> {
             .map(|f| &f.policy)
     }
 
-    /// A mutation's `updatedAt` as stored: at most the server's bound.
+    /// A mutation's `updatedAt` clamped to the server's bound (to tell whether it was made
+    /// before an erasure).
     pub fn clamp(&self, m: &Mutation) -> u64 {
         m.updated_at.min(self.updated_at_max)
+    }
+
+    /// A mutation's `updatedAt` as stored, `clamped` being how many writes of the batch
+    /// before it were stamped past the bound: its own, up to the bound; past it, the bound
+    /// plus `clamped` milliseconds (never more than its own). So a client's writes keep their
+    /// order when clamped: a record switched off and on again in one push ends on, where two
+    /// equal stamps would keep the first.
+    pub fn clamp_in_order(&self, m: &Mutation, clamped: &mut u64) -> u64 {
+        if m.updated_at <= self.updated_at_max {
+            return m.updated_at;
+        }
+        let at = self.updated_at_max.saturating_add(*clamped);
+        *clamped += 1;
+        at.min(m.updated_at)
     }
 }
 
