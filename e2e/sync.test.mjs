@@ -184,6 +184,35 @@ describe("cross-tab", () => {
       assert.equal(await pressed(b, "favorite-s14"), "false");
       await context.close();
     }));
+
+  test("a tab closed with a write it could not send: the tab that leads sends it at its next pull, with no tab opened or reloaded", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // B leads (first to sign in) and polls every second; A only writes.
+      const b = await open(context, server, { interval: 1000 });
+      const auth = await signUp(b, "closer");
+      const a = await open(context, server);
+      await syncedState(a);
+      const unsent = (page) =>
+        page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m.length > 0));
+      // Offline (no request leaves, the flush as A closes neither): A's write stays stored.
+      await context.setOffline(true);
+      await a.getByTestId("favorite-s15").click();
+      await a.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+      await waitPressed(b, "favorite-s15");
+      await a.close({ runBeforeUnload: false });
+      assert.equal((await unsent(b)).length, 1, "the closed tab's outbox holds its write");
+
+      // Online again: B's next pull takes the closed tab's write over, and B pushes it.
+      const pushed = b.waitForRequest((r) => new URL(r.url()).pathname === "/api/user/me/changes" && r.postData().includes('"s15"'));
+      await context.setOffline(false);
+      await pushed;
+      await syncedState(b);
+      assert.ok("s15" in recordsOf(await server.state(auth), "favorites"), "the closed tab's write is on the server");
+      assert.equal(await pressed(b, "favorite-s15"), "true");
+      assert.deepEqual(await unsent(b), [], "no unsent write left stored");
+      await context.close();
+    }));
 });
 
 describe("fallbacks", () => {

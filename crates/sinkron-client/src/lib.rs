@@ -550,6 +550,8 @@ impl Driver {
                     let now = self.now();
                     let _ = self.engine.adopt(now, scope.as_deref(), Vec::new());
                 }
+                // Alone on its storage: every other outbox is a gone one's (a previous run's,
+                // parked by a sign-out).
                 Command::Unpark { scope } => {
                     let stored = self.options.storage.lock();
                     let parked = stored.scopes.get(&Some(scope)).map(|s| parked(&s.outboxes));

@@ -140,6 +140,10 @@ fn inside_whole(cursor: &str) -> bool {
     cursor.len() > 18
 }
 
+/// An acknowledgement of every write of a client id (a gone tab's, taken over by
+/// [`Engine::unpark`]): the largest whole number a JavaScript message carries exactly.
+const ACK_ALL: u64 = (1 << 53) - 1;
+
 /// A whole state arriving in pages (see `Engine::apply_changes`).
 #[derive(Debug)]
 struct Whole {
@@ -539,10 +543,7 @@ impl Engine {
                     self.notify_changed(keys);
                 }
             }
-            TabBody::Acked { client_id, ack } => {
-                let keys = self.view.hear_ack(&client_id, ack);
-                self.notify_changed(keys);
-            }
+            TabBody::Acked { client_id, ack } => self.hear_ack(&client_id, ack),
             TabBody::PullWanted => {
                 if self.leader {
                     match (self.pulled_recently(now), self.cursor.clone()) {
@@ -1042,15 +1043,27 @@ impl Engine {
         }
     }
 
-    /// Takes the writes the signed-in user left parked on this device ([`Command::Unpark`]),
-    /// those of the stored outbox of `client_id`: they join this tab's queue with their own
-    /// times, and the parked copy goes. A write the tab queued before it signed in (as the
-    /// guest, so after the sign-out that parked these) stays, whatever the times say (a
-    /// guest's clock is not set by the server's); among parked ones, and against what the
-    /// tab shows otherwise, the newer time wins.
+    /// Takes the writes a gone tab left stored for the signed-in user on this device
+    /// ([`Command::Unpark`]: parked by a sign-out, or unsent when it closed), those of the
+    /// stored outbox of `client_id`: they join this tab's queue with their own times, and the
+    /// stored copy goes; this tab and the others stop showing them as that tab's. (A driver
+    /// that hands them over later than the command reads the outbox of the user signed in
+    /// then.) A write the tab queued before it signed in (as the guest, so after the
+    /// sign-out that parked these) stays, whatever the times say (a guest's clock is not set
+    /// by the server's); among parked ones, and against what the tab shows otherwise, the
+    /// newer time wins.
     pub fn unpark(&mut self, now: u64, client_id: String, mutations: Vec<Mutation>) {
         self.observe_time(now);
         if let Some(scope) = self.user.clone().filter(|_| client_id != self.client_id) {
+            // This tab and the others showed them as the gone tab's writes (its messages, or
+            // its stored outbox), which that tab will never acknowledge now: shown so, they
+            // would hide the same writes taken here (then dropped with the stored copy) and
+            // stay in the other tabs' view for good.
+            self.hear_ack(&client_id, ACK_ALL);
+            self.broadcast(TabBody::Acked {
+                client_id: client_id.clone(),
+                ack: ACK_ALL,
+            });
             for m in mutations {
                 let key = RecordKey::new(m.collection, m.key);
                 let from = self.unparked_from;
@@ -1507,6 +1520,11 @@ impl Engine {
         self.timers.stop(Timer::Poll);
         self.last_pull_at = Some(now);
         self.poked = 0;
+        // The device's leader sends what closed tabs could not: it pulls while the user
+        // watches, so they go within a pull interval, not at the next start of a tab.
+        if let Some(scope) = self.user.clone() {
+            self.commands.push_back(Command::Unpark { scope });
+        }
         let last_sync = self.cursor.clone();
         let id = self.next_request();
         let fresh_token = core::mem::take(&mut self.fresh_token);
@@ -1923,6 +1941,12 @@ impl Engine {
             scope: self.user.clone(),
             body,
         }));
+    }
+
+    /// Another tab's writes up to `ack` are settled (`Acked`): they leave the view.
+    fn hear_ack(&mut self, client_id: &str, ack: u64) {
+        let keys = self.view.hear_ack(client_id, ack);
+        self.notify_changed(keys);
     }
 
     fn notify_changed(&mut self, keys: Vec<RecordKey>) {

@@ -572,15 +572,52 @@ impl World {
                         "asked for data from before Sinkron: the simulation's engines adopt none",
                     ));
                 }
-                // As the browser driver: the scope's stored outboxes that hold writes.
+                // As the browser driver: the scope's stored outboxes that hold writes and
+                // whose tab is gone (no live tab holds the id's lock: closed, crashed, or the
+                // page kept by the back/forward cache).
                 Command::Unpark { scope } => {
-                    let stored = self.devices[d].storage.get(&Some(scope));
-                    let parked = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
-                    for (client_id, mutations) in parked {
+                    let device = &self.devices[d];
+                    let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
+                    let stored = device.storage.get(&Some(scope.clone()));
+                    let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
+                    gone.retain(|(c, _)| !live(c));
+                    for (client_id, mutations) in gone {
+                        self.trace(format_args!(
+                            "d{d} t{tab_id} takes the outbox of {client_id} ({} writes: {})",
+                            mutations.len(),
+                            mutations
+                                .iter()
+                                .map(|m| format!("{}/{}@{}", m.collection, m.key, m.updated_at))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ));
                         let now = self.local(d);
-                        self.devices[d].tabs[t]
-                            .engine
-                            .unpark(now, client_id, mutations);
+                        let tab = &mut self.devices[d].tabs[t];
+                        let taken: Vec<(RecordKey, u64)> = mutations
+                            .iter()
+                            .filter(|m| m.collection != UNKNOWN)
+                            .map(|m| (RecordKey::new(&m.collection, &m.key), m.updated_at))
+                            .collect();
+                        tab.engine.unpark(now, client_id, mutations);
+                        // The writes taken are the tab's own now: it reads them back as it
+                        // does its own (one it shows replaces the floor of its own older
+                        // write; one that did not win leaves that floor).
+                        let own = tab.engine.client_id().to_owned();
+                        if tab.floors_client != own {
+                            tab.floors.clear();
+                            tab.floors_client = own.clone();
+                        }
+                        for (key, stamp) in taken {
+                            let shown = tab
+                                .engine
+                                .get(&key)
+                                .filter(|r| r.client_id == own && r.updated_at == stamp);
+                            if let Some(shown) = shown.cloned() {
+                                if tab.floors.get(&key).is_none_or(|f| shown.wins_over(f)) {
+                                    tab.floors.insert(key, shown);
+                                }
+                            }
+                        }
                     }
                 }
             }

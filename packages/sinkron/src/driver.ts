@@ -457,9 +457,14 @@ export class SinkronClient {
       case "dropParked":
         return s.dropOutbox(c.scope, c.clientId);
       case "unpark":
-        // Read at once, before another tab's outbox can join the scope.
-        for (const [clientId, stored] of s.outboxes(c.scope)) {
-          if (stored.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
+        // Each outbox whose tab is gone (its tab lock free; without Web Locks, each), read
+        // again once the lock is held: of the user signed in then, as it is then.
+        for (const [clientId] of s.outboxes(c.scope)) {
+          const take = () => {
+            const stored = s.outbox(this.#call({ t: "user" }), clientId);
+            if (stored?.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
+          };
+          navigator.locks?.request(TAB_LOCK + clientId, { ifAvailable: true }, (lock) => lock && take()) ?? take();
         }
         return;
       case "evict":

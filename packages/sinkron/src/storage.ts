@@ -182,7 +182,8 @@ export class DeviceStorage {
     if (stored === null) return null;
     const { m: mutations, n: next } = stored;
     if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) return this.#drop(key);
-    return { next: Math.max(next, ...mutations.map((m) => m.id + 1)), mutations };
+    // A numbering below the ids it holds the engine raises past them.
+    return { next, mutations };
   }
 
   /** The outboxes stored in the scope, by client id (a corrupt one is dropped with a warning). */

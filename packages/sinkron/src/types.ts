@@ -97,7 +97,7 @@ export type Call =
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
-  /** A stored outbox that holds writes, of the scope an `unpark` command named (one call each). */
+  /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each). */
   | { t: "unpark"; now: number; clientId: string; next: number; mutations: Mutation[] }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
@@ -133,7 +133,11 @@ export type Command =
   | { t: "wipe"; scope: string | null; keepPending: boolean }
   /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
   | { t: "dropParked"; scope: string; clientId: string }
-  /** The user `scope` signed in here: hand the engine the scope's stored outboxes that hold writes (`unpark`). */
+  /**
+   * Hand the engine (`unpark`) each stored outbox of `scope` that holds writes and whose tab is
+   * gone (its tab lock free; without Web Locks, each): after a sign-in here, and as the leader
+   * pulls (closed tabs' unsent writes).
+   */
   | { t: "unpark"; scope: string }
   /** Store the scopes whose data from before Sinkron was adopted (device-wide). */
   | { t: "adopted"; scopes: Array<string | null> }

@@ -42,9 +42,11 @@ pub enum Command {
     /// [`crate::Config::adopt_legacy`], once per device and scope); hand it to
     /// [`Engine::adopt`].
     Adopt { scope: Option<String> },
-    /// The user `scope` just signed in on this tab: hand [`Engine::unpark`] each stored
-    /// outbox of the scope that holds writes (parked there when the user last signed out
-    /// before they were confirmed).
+    /// Hand [`Engine::unpark`] each stored outbox of `scope` that holds writes and whose tab
+    /// is gone (its tab lock free; a driver that cannot tell hands them all): after the user
+    /// `scope` signed in on this tab (outboxes parked there when the user last signed out
+    /// before they were confirmed), and as the leader pulls (outboxes of tabs closed, or kept
+    /// by the back/forward cache, with writes they could not send).
     Unpark { scope: String },
 }
 

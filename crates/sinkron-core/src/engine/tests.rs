@@ -3334,6 +3334,72 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
 }
 
 #[test]
+fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows_them_as_that_tabs()
+{
+    let mut tab = Tab::leader();
+    // Another tab of the device wrote, could not send it (offline), and was closed: this tab
+    // heard its write and shows it as that tab's.
+    let unsent = Mutation {
+        fields: None,
+        id: 1,
+        collection: "history".into(),
+        key: "k".into(),
+        value: Some(r#"{"theirs":true}"#.into()),
+        updated_at: tab.now + 10,
+    };
+    let heard = TabBody::Wrote {
+        id: unsent.id,
+        key: RecordKey::new("history", "k"),
+        record: Record {
+            value: unsent.value.clone(),
+            updated_at: unsent.updated_at,
+            client_id: "closed".into(),
+        },
+    };
+    let scope = Some("u1".into());
+    tab.engine
+        .handle_tab_message(tab.now, TabMessage { scope, body: heard });
+    tab.drain();
+    assert_eq!(tab.value("k").as_deref(), Some(r#"{"theirs":true}"#));
+    // The next poll asks for the stored outboxes of the tabs that are gone.
+    tab.fire();
+    let commands = tab.drain();
+    let asked = Command::Unpark { scope: "u1".into() };
+    assert!(commands.contains(&asked), "{commands:?}");
+    let pull = commands.iter().find_map(|c| match c {
+        Command::Send {
+            id,
+            request: Request::Pull { .. },
+            ..
+        } => Some(*id),
+        _ => None,
+    });
+    let id = pull.expect("a pull");
+    tab.reply(id, Reply::Pulled(page("2", vec![], false)));
+    tab.drain();
+    // Handed the closed tab's outbox, it queues the write, drops the stored copy and sends
+    // it, stamped as it was written.
+    tab.engine
+        .unpark(tab.now, "closed".into(), vec![unsent.clone()]);
+    let commands = tab.drain();
+    let dropped = Command::Persist(Persist::DropParked {
+        scope: "u1".into(),
+        client_id: "closed".into(),
+    });
+    assert!(commands.contains(&dropped), "{commands:?}");
+    // The other tabs, which show the write as the closed tab's too, are told it is settled
+    // there (that tab will never say so).
+    let settled = Tab::broadcasts(&commands);
+    assert!(
+        settled.iter().any(|m| matches!(&m.body,
+            TabBody::Acked { client_id, ack } if client_id == "closed" && *ack >= unsent.id)),
+        "{settled:?}"
+    );
+    assert_eq!(tab.record("k").updated_at, unsent.updated_at);
+    assert_eq!(tab.pushed(), vec![("k".into(), unsent.value.clone(), None)]);
+}
+
+#[test]
 fn a_write_after_unparking_is_newer_than_what_was_unparked() {
     let mut tab = Tab::leader();
     let ahead = tab.now + 3_600_000;

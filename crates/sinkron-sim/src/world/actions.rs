@@ -488,30 +488,9 @@ impl World {
             for t in 0..self.devices[d].tabs.len() {
                 self.set_visible(d, t, true)?;
             }
+            // A device signed in has a tab open: its leader sends, as it pulls, what closed
+            // tabs left unsent (no tab needs to start to take their outboxes over).
             if self.devices[d].session.is_some() && self.devices[d].tabs.is_empty() {
-                self.open_tab(d, true, None)?;
-            }
-            // A tab opened takes over one closed tab's outbox: as many as there are left (more
-            // than `tabs_max` once duplicated tabs added ids of their own).
-            let scope = self.devices[d].session.map(|u| self.server.user_id(u));
-            let stored = self.devices[d]
-                .storage
-                .get(&scope)
-                .map_or(0, |s| s.outboxes.len());
-            for _ in 0..stored {
-                let live: Vec<String> = self.devices[d]
-                    .tabs
-                    .iter()
-                    .map(|t| t.engine.client_id().to_owned())
-                    .collect();
-                let orphan = self.devices[d].storage.get(&scope).is_some_and(|s| {
-                    s.outboxes
-                        .iter()
-                        .any(|(c, (_, m))| !m.is_empty() && !live.contains(c))
-                });
-                if scope.is_none() || !orphan {
-                    break;
-                }
                 self.open_tab(d, true, None)?;
             }
         }
