@@ -1059,11 +1059,17 @@ impl Engine {
             // its stored outbox), which that tab will never acknowledge now: shown so, they
             // would hide the same writes taken here (then dropped with the stored copy) and
             // stay in the other tabs' view for good.
-            self.hear_ack(&client_id, ACK_ALL);
-            self.broadcast(TabBody::Acked {
-                client_id: client_id.clone(),
-                ack: ACK_ALL,
-            });
+            #[cfg(feature = "planted-bugs")]
+            let forget = !crate::planted::planted(crate::planted::Bug::TakeoverKeepsForeign);
+            #[cfg(not(feature = "planted-bugs"))]
+            let forget = true;
+            if forget {
+                self.hear_ack(&client_id, ACK_ALL);
+                self.broadcast(TabBody::Acked {
+                    client_id: client_id.clone(),
+                    ack: ACK_ALL,
+                });
+            }
             for m in mutations {
                 let key = RecordKey::new(m.collection, m.key);
                 let from = self.unparked_from;

@@ -5,11 +5,11 @@
 //! site is a few lines under `#[cfg(feature = "planted-bugs")]` that consult [`planted`]; a
 //! run switches one bug on with [`plant`] before it starts.
 
-use core::sync::atomic::{AtomicU16, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The bugs the simulation must catch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u16)]
+#[repr(u32)]
 pub enum Bug {
     /// The server stores whatever arrives last instead of the newest write.
     ArrivalOrder = 1,
@@ -52,10 +52,17 @@ pub enum Bug {
     /// A server-rendered snapshot older than the stored cursor (a page from a cache) is
     /// taken: a record deleted since, whose tombstone is gone, comes back for good.
     StaleSnapshotTaken = 32768,
+    /// Writes of one push stamped past the server's bound are all stored at the bound: two
+    /// writes of one record, one stamp, and the first stays.
+    ClampKeepsFirst = 65536,
+    /// A tab that takes over a gone tab's unsent writes leaves them shown as that tab's, here
+    /// and in the other tabs: here they hide the writes taken (then dropped with the stored
+    /// copy), there they stay for good.
+    TakeoverKeepsForeign = 131072,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 18] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -72,6 +79,8 @@ impl Bug {
         Bug::OfflineStampedNow,
         Bug::UnreachableStampedNow,
         Bug::StaleSnapshotTaken,
+        Bug::ClampKeepsFirst,
+        Bug::TakeoverKeepsForeign,
     ];
 
     /// The name used on the command line.
@@ -93,18 +102,20 @@ impl Bug {
             Bug::OfflineStampedNow => "offline-stamped-now",
             Bug::UnreachableStampedNow => "unreachable-stamped-now",
             Bug::StaleSnapshotTaken => "stale-snapshot-taken",
+            Bug::ClampKeepsFirst => "clamp-keeps-first",
+            Bug::TakeoverKeepsForeign => "takeover-keeps-foreign",
         }
     }
 }
 
-static PLANTED: AtomicU16 = AtomicU16::new(0);
+static PLANTED: AtomicU32 = AtomicU32::new(0);
 
 /// Switches `bug` on for the rest of the process.
 pub fn plant(bug: Bug) {
-    PLANTED.fetch_or(bug as u16, Ordering::Relaxed);
+    PLANTED.fetch_or(bug as u32, Ordering::Relaxed);
 }
 
 /// Whether `bug` is switched on.
 pub fn planted(bug: Bug) -> bool {
-    PLANTED.load(Ordering::Relaxed) & bug as u16 != 0
+    PLANTED.load(Ordering::Relaxed) & bug as u32 != 0
 }

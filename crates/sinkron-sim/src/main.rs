@@ -38,7 +38,8 @@ fn usage() -> ExitCode {
          \x20   pull-overwrites-pending, forgotten-numbering, retry-after-401, forgotten-parked,\n\
          \x20   merge-order, merge-twice, merge-arrival, cap-reads-too-few,\n\
          \x20   refusal-drops-batch, coalesce-across-fields, offline-stamped-now,\n\
-         \x20   unreachable-stamped-now, stale-snapshot-taken"
+         \x20   unreachable-stamped-now, stale-snapshot-taken, clamp-keeps-first,\n\
+         \x20   takeover-keeps-foreign"
     );
     ExitCode::from(2)
 }

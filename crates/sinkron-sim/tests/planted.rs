@@ -108,3 +108,13 @@ fn a_position_stamped_now_while_requests_fail_is_caught() {
 fn a_stale_server_rendered_snapshot_taken_is_caught() {
     finds("stale-snapshot-taken", 20);
 }
+
+#[test]
+fn clamped_writes_of_one_push_stored_with_one_stamp_is_caught() {
+    finds("clamp-keeps-first", 20);
+}
+
+#[test]
+fn a_takeover_that_leaves_the_gone_tabs_writes_shown_is_caught() {
+    finds("takeover-keeps-foreign", 40);
+}

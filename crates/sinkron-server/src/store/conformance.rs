@@ -1177,6 +1177,7 @@ mod planted {
                 Bug::TimestampCursor,
                 Bug::NoDedupe,
                 Bug::CapReadsTooFew,
+                Bug::ClampKeepsFirst,
             ] {
                 assert!(
                     !suite_passes(Some(bug), backend),

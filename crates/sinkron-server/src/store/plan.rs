@@ -729,6 +729,10 @@ impl PushBatch<'_> {
         if m.updated_at <= self.updated_at_max {
             return m.updated_at;
         }
+        #[cfg(feature = "planted-bugs")]
+        if planted(Bug::ClampKeepsFirst) {
+            return self.updated_at_max;
+        }
         let at = self.updated_at_max.saturating_add(*clamped);
         *clamped += 1;
         at.min(m.updated_at)
