@@ -195,7 +195,9 @@ describe("cross-tab", () => {
       await syncedState(a);
       const unsent = (page) =>
         page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m.length > 0));
-      // Offline (no request leaves, the flush as A closes neither): A's write stays stored.
+      // Offline: A's write stays stored, unconfirmed. (Its flush as it closes may still get out:
+      // Chromium lets a closing page's keepalive request outlive the offline emulation. B
+      // sends the write all the same: A never heard the answer.)
       await context.setOffline(true);
       await a.getByTestId("favorite-s15").click();
       await a.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
