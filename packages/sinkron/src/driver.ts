@@ -397,7 +397,12 @@ export class SinkronClient {
       if ((e as PageTransitionEvent).persisted) {
         kept = stored();
         this.#tabLockRelease?.();
+        // No channel until shown again: a broadcast on a closed one throws, which would stop
+        // the engine's answer halfway (the app may still write from its own `pagehide`
+        // handler: stored, the write makes the page reload when shown, and a page that is
+        // never shown leaves it to the tab that leads).
         this.#channel?.close();
+        this.#channel = null;
         // Unless the page shown next in this tab, kept itself, took its id back first.
         if (sessionStorage.getItem(TAB_ID_KEY) === this.#tabId) sessionStorage.setItem(TAB_ID_KEY, "");
       }

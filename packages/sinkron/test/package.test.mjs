@@ -67,6 +67,32 @@ test("the driver stores, broadcasts and pushes a write, then stores the acknowle
   }
 });
 
+test("a write from the app's own pagehide handler, after the page let its channel go for the back/forward cache, is stored and does not throw", async () => {
+  session("7");
+  browser.answer(() => emptyPage());
+  const client = await SinkronClient.start(options({ crossTab: true }));
+  try {
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    // The app's listener runs after the driver's (added later), as a player saving its
+    // position as the page goes would.
+    let written = null;
+    window.addEventListener("pagehide", () => {
+      try {
+        client.write("history", "e01", { showId: "s01", position: 42 });
+        written = "stored";
+      } catch (e) {
+        written = `${e.name}: ${e.message}`;
+      }
+    });
+    window.dispatchEvent(Object.assign(new Event("pagehide"), { persisted: true }));
+    assert.equal(written, "stored");
+    const [outboxKey] = stored("sinkron:v1:7:o:");
+    assert.deepEqual(JSON.parse(localStorage.getItem(outboxKey)).m.map((m) => [m.key, m.value.position]), [["e01", 42]]);
+  } finally {
+    client.stop();
+  }
+});
+
 test("a store of the app's declared collections: records by key at once, and a hot collection's writes held until syncNow()", async (t) => {
   fakeClock(t);
   session("7");
