@@ -131,6 +131,27 @@ describe("back/forward cache", () => {
       await context.close();
     }));
 
+  test("a write the app makes from its own pagehide handler is stored without an error, and the page sends it when back", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server);
+      const auth = await signUp(page, "lastword");
+      await settled(page);
+      const errors = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      // The app's listener, added after the driver's: a click as the page goes (as a player
+      // saving its position would write), when the driver has let its tab channel go. Once:
+      // the page's reload when back (below) is a `pagehide` too.
+      await page.evaluate(() => addEventListener("pagehide", () => document.querySelector("[data-testid=favorite-s08]").click(), { once: true }));
+      // Back from the cache, the page finds what it stores changed (this write) and reloads.
+      await awayAndBack(page);
+      await waitPressed(page, "favorite-s08", "true", 5000);
+      await settled(page);
+      assert.deepEqual(recordsOf(await server.state(auth), "favorites"), { s08: {} });
+      assert.deepEqual(errors, [], "no error as the page went");
+      await context.close();
+    }));
+
   test("signed out in another tab while the page was away: back, it shows none of the user's data", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
