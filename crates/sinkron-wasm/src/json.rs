@@ -25,20 +25,43 @@ pub(crate) struct Error {
     pub expected: &'static str,
 }
 
-/// An input could not be read; [`last_error`] says why. Zero-sized, so a `Result` of the
-/// reader is no bigger than an `Option` and each `?` copies nothing: carrying the reason in
-/// every `Result` instead cost the module 0.9 kB gzip. Made only by [`invalid`].
+/// An input could not be read; [`last_error`] says why. Made only by [`check`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Invalid(());
 
-/// Refuses an input: records why, for [`last_error`].
+/// Notes that an input could not be read (the first such note of a call is the one kept).
+/// The typed reads below note it and go on with a placeholder instead of returning a
+/// `Result`: a call is read whole and then [`check`]ed once, before anything acts on it, which
+/// spares the decoder a branch (and the drops of what was read so far) at every field.
 #[inline(never)]
-pub(crate) fn invalid(field: &'static str, expected: &'static str) -> Invalid {
-    LAST.with(|last| last.set(Error { field, expected }));
+pub(crate) fn invalid(field: &'static str, expected: &'static str) {
+    LAST.with(|last| {
+        if last.get().field.is_empty() {
+            last.set(Error { field, expected });
+        }
+    });
+}
+
+/// [`invalid`], as the reason a read is refused.
+pub(crate) fn refuse(field: &'static str, expected: &'static str) -> Invalid {
+    invalid(field, expected);
     Invalid(())
 }
 
-/// Why the last [`Invalid`] was made.
+/// Whether everything read since the last [`reset`] was as expected.
+pub(crate) fn check() -> Result<(), Invalid> {
+    match last_error().field {
+        "" => Ok(()),
+        _ => Err(Invalid(())),
+    }
+}
+
+/// Forgets the notes of earlier reads (each call starts afresh).
+pub(crate) fn reset() {
+    LAST.with(|last| last.set(NO_ERROR));
+}
+
+/// Why the first read since the last [`reset`] failed.
 pub(crate) fn last_error() -> Error {
     LAST.with(Cell::get)
 }
@@ -108,7 +131,7 @@ pub(crate) fn parse(text: &str) -> Result<Node<'_>, Invalid> {
     parser.space();
     match node {
         Some(node) if parser.at == text.len() => Ok(node),
-        _ => Err(invalid("json", "a JSON text")),
+        _ => Err(refuse("json", "a JSON text")),
     }
 }
 
@@ -281,7 +304,8 @@ impl<'a> Parser<'a> {
 }
 
 // The typed reads of a field, kept out of line: there is one call per field read, and
-// inlining them all would grow the module by kilobytes.
+// inlining them all would grow the module by kilobytes. A read that fails notes why
+// ([`invalid`]) and returns a placeholder (0, "", empty, `None`): see [`check`].
 impl<'a> Node<'a> {
     /// The field `name` of an object; absent and `null` are both `None`.
     pub fn get(&self, name: &str) -> Option<&Node<'a>> {
@@ -295,123 +319,150 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// The field `name`, which must be there.
+    /// The field `name`, which must be there (`null` when it is not).
     #[inline(never)]
-    pub fn field(&self, name: &'static str) -> Result<&Node<'a>, Invalid> {
-        self.get(name).ok_or_else(|| invalid(name, "a value"))
+    pub fn field(&self, name: &'static str) -> &Node<'a> {
+        self.get(name).unwrap_or_else(|| {
+            invalid(name, "a value");
+            &NULL
+        })
     }
 
     #[inline(never)]
-    pub fn opt_u64(&self, name: &'static str) -> Result<Option<u64>, Invalid> {
-        let Some(node) = self.get(name) else {
-            return Ok(None);
-        };
-        match whole_number(node.raw).filter(|_| matches!(node.kind, Kind::Number)) {
-            Some(n) => Ok(Some(n)),
-            None => Err(invalid(name, "a whole number from 0 to 2^53-1")),
+    pub fn opt_u64(&self, name: &'static str) -> Option<u64> {
+        let node = self.get(name)?;
+        let n = whole_number(node.raw).filter(|_| matches!(node.kind, Kind::Number));
+        if n.is_none() {
+            invalid(name, "a whole number from 0 to 2^53-1");
         }
+        n
     }
 
     /// A whole number from 0 to 2^53-1 (milliseconds, ids, versions).
     #[inline(never)]
-    pub fn u64(&self, name: &'static str) -> Result<u64, Invalid> {
-        self.opt_u64(name)?.ok_or_else(|| invalid(name, "a value"))
+    pub fn u64(&self, name: &'static str) -> u64 {
+        self.opt_u64(name).unwrap_or_else(|| {
+            invalid(name, "a value");
+            0
+        })
     }
 
     #[inline(never)]
-    pub fn opt_bool(&self, name: &'static str) -> Result<Option<bool>, Invalid> {
-        match self.get(name).map(|n| &n.kind) {
-            None => Ok(None),
-            Some(Kind::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(invalid(name, "true or false")),
+    pub fn opt_bool(&self, name: &'static str) -> Option<bool> {
+        match self.get(name)?.kind {
+            Kind::Bool(b) => Some(b),
+            _ => {
+                invalid(name, "true or false");
+                None
+            }
         }
     }
 
     #[inline(never)]
-    pub fn bool(&self, name: &'static str) -> Result<bool, Invalid> {
-        self.opt_bool(name)?.ok_or_else(|| invalid(name, "a value"))
+    pub fn bool(&self, name: &'static str) -> bool {
+        self.opt_bool(name).unwrap_or_else(|| {
+            invalid(name, "a value");
+            false
+        })
     }
 
     #[inline(never)]
-    pub fn opt_str(&self, name: &'static str) -> Result<Option<&str>, Invalid> {
-        match self.get(name).map(|n| &n.kind) {
-            None => Ok(None),
-            Some(Kind::String(s)) => Ok(Some(s)),
-            Some(_) => Err(invalid(name, "a string")),
+    pub fn opt_str(&self, name: &'static str) -> Option<&str> {
+        match &self.get(name)?.kind {
+            Kind::String(s) => Some(s),
+            _ => {
+                invalid(name, "a string");
+                None
+            }
         }
     }
 
     #[inline(never)]
-    pub fn str(&self, name: &'static str) -> Result<&str, Invalid> {
-        self.opt_str(name)?.ok_or_else(|| invalid(name, "a value"))
+    pub fn str(&self, name: &'static str) -> &str {
+        self.opt_str(name).unwrap_or_else(|| {
+            invalid(name, "a value");
+            ""
+        })
     }
 
     /// This node as a string (an item of the array field `name`).
     #[inline(never)]
-    pub fn string_value(&self, name: &'static str) -> Result<String, Invalid> {
+    pub fn string_value(&self, name: &'static str) -> String {
         match &self.kind {
-            Kind::String(s) => Ok(s.clone()),
-            _ => Err(invalid(name, "a string")),
+            Kind::String(s) => s.clone(),
+            _ => {
+                invalid(name, "a string");
+                String::new()
+            }
         }
     }
 
     /// This node as a string or `null` (an item of the array field `name`).
     #[inline(never)]
-    pub fn opt_string_value(&self, name: &'static str) -> Result<Option<String>, Invalid> {
+    pub fn opt_string_value(&self, name: &'static str) -> Option<String> {
         match &self.kind {
-            Kind::Null => Ok(None),
-            _ => self.string_value(name).map(Some),
+            Kind::Null => None,
+            _ => Some(self.string_value(name)),
         }
     }
 
     /// An owned copy of the string field `name`.
     #[inline(never)]
-    pub fn string(&self, name: &'static str) -> Result<String, Invalid> {
-        self.str(name).map(Into::into)
+    pub fn string(&self, name: &'static str) -> String {
+        self.str(name).into()
     }
 
     /// The array field `name` of strings; `None` when absent or `null`.
     #[inline(never)]
-    pub fn opt_strings(&self, name: &'static str) -> Result<Option<Vec<String>>, Invalid> {
-        if self.get(name).is_none() {
-            return Ok(None);
-        }
+    pub fn opt_strings(&self, name: &'static str) -> Option<Vec<String>> {
+        self.get(name)?;
         let mut out = Vec::new();
-        for item in self.items(name)? {
-            out.push(item.string_value(name)?);
+        for item in self.items(name) {
+            out.push(item.string_value(name));
         }
-        Ok(Some(out))
+        Some(out)
     }
 
     /// The array field `name` (absent or `null` is empty).
     #[inline(never)]
-    pub fn items(&self, name: &'static str) -> Result<&[Node<'a>], Invalid> {
+    pub fn items(&self, name: &'static str) -> &[Node<'a>] {
         match self.get(name).map(|n| &n.kind) {
-            None => Ok(&[]),
-            Some(Kind::Array(items)) => Ok(items),
-            Some(_) => Err(invalid(name, "an array")),
+            None => &[],
+            Some(Kind::Array(items)) => items,
+            Some(_) => {
+                invalid(name, "an array");
+                &[]
+            }
         }
     }
 
     /// A record value: an object's JSON text as it arrived, or `None` for `null` (a
     /// tombstone).
     #[inline(never)]
-    pub fn value(&self, name: &'static str) -> Result<Option<String>, Invalid> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(node) if matches!(node.kind, Kind::Object(_)) => Ok(Some(node.raw.into())),
-            Some(_) => Err(invalid(name, "an object or null")),
+    pub fn value(&self, name: &'static str) -> Option<String> {
+        let node = self.get(name)?;
+        if !matches!(node.kind, Kind::Object(_)) {
+            invalid(name, "an object or null");
         }
+        Some(node.raw.into())
     }
 }
+
+/// What [`Node::field`] reads when the field is not there.
+static NULL: Node<'static> = Node {
+    raw: "null",
+    kind: Kind::Null,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A read's outcome with the reason of a refusal.
-    fn why<T>(read: Result<T, Invalid>) -> Result<T, Error> {
-        read.map_err(|_| last_error())
+    /// A read's outcome, checked: the value read, or the reason it was refused.
+    fn why<T>(read: impl FnOnce() -> T) -> Result<T, Error> {
+        reset();
+        let value = read();
+        check().map(|()| value).map_err(|_| last_error())
     }
 
     impl Error {
@@ -446,18 +497,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            node.value("a").unwrap().as_deref(),
-            Some(r#"{"x": [1, 2.5e-3, true]}"#)
+            why(|| node.value("a")),
+            Ok(Some(r#"{"x": [1, 2.5e-3, true]}"#.into()))
         );
-        assert_eq!(node.str("s").unwrap(), "q\"\\/\né😀");
-        assert_eq!(node.value("n"), Ok(None));
-        assert_eq!(node.opt_str("missing"), Ok(None));
-        assert_eq!(why(node.str("n")), Err(Error::new("n", "a value")));
+        assert_eq!(why(|| node.str("s")), Ok("q\"\\/\né😀"));
+        assert_eq!(why(|| node.value("n")), Ok(None));
+        assert_eq!(why(|| node.opt_str("missing")), Ok(None));
+        assert_eq!(why(|| node.str("n")), Err(Error::new("n", "a value")));
         assert_eq!(
-            why(node.value("s")),
+            why(|| node.value("s")),
             Err(Error::new("s", "an object or null"))
         );
-        assert_eq!(node.items("missing").map(<[_]>::len), Ok(0));
+        assert_eq!(why(|| node.items("missing").len()), Ok(0));
+        assert_eq!(
+            why(|| node.items("s").len()),
+            Err(Error::new("s", "an array"))
+        );
     }
 
     #[test]
@@ -466,15 +521,30 @@ mod tests {
             r#"{"ok":9007199254740991,"big":9007199254740992,"neg":-1,"frac":1.5,"exp":1e3,"s":"1","b":true}"#,
         )
         .unwrap();
-        assert_eq!(node.u64("ok"), Ok(9_007_199_254_740_991));
+        assert_eq!(why(|| node.u64("ok")), Ok(9_007_199_254_740_991));
         for name in ["big", "neg", "frac", "exp", "s", "b"] {
             assert_eq!(
-                why(node.u64(name)),
+                why(|| node.u64(name)),
                 Err(Error::new(name, "a whole number from 0 to 2^53-1"))
             );
         }
-        assert_eq!(node.bool("b"), Ok(true));
-        assert_eq!(why(node.bool("ok")), Err(Error::new("ok", "true or false")));
+        assert_eq!(why(|| node.bool("b")), Ok(true));
+        assert_eq!(
+            why(|| node.bool("ok")),
+            Err(Error::new("ok", "true or false"))
+        );
+    }
+
+    #[test]
+    fn the_first_refused_read_of_a_call_is_the_reason_given() {
+        let node = parse(r#"{"a":"x","b":1}"#).unwrap();
+        let first = why(|| (node.u64("a"), node.str("b"), node.u64("missing")));
+        assert_eq!(
+            first,
+            Err(Error::new("a", "a whole number from 0 to 2^53-1"))
+        );
+        // Reset, the next reads start afresh.
+        assert_eq!(why(|| node.u64("b")), Ok(1));
     }
 
     #[test]

@@ -110,10 +110,12 @@ proptest! {
         }
         j.raw("}");
         let text = j.finish();
+        json::reset();
         let node = json::parse(&text).unwrap();
-        prop_assert_eq!(node.u64("n"), Ok(n));
+        prop_assert_eq!(node.u64("n"), n);
         for (name, s) in names.iter().zip(&strings) {
-            prop_assert_eq!(node.str(name), Ok(s.as_str()));
+            prop_assert_eq!(node.str(name), s.as_str());
         }
+        prop_assert!(json::check().is_ok(), "{:?}", json::last_error());
     }
 }
