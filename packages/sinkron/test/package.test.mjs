@@ -340,6 +340,27 @@ test("cookie mode sends credentials and no Authorization header", async () => {
   }
 });
 
+test("stored data the engine cannot read (another version's, or damaged) is left out: the page starts and syncs the rest", async () => {
+  session("7");
+  localStorage.setItem("sinkron:schema", "2");
+  const record = (value, n) => JSON.stringify({ v: value, u: 1000, c: "old", n });
+  localStorage.setItem("sinkron:v1:7:r:likes:good", record({ like: 1 }, 1));
+  localStorage.setItem("sinkron:v1:7:r:likes:odd", record(5, 2));
+  const m = (id, key, value, updatedAt = 1000 + id) => ({ id, collection: "likes", key, value, updatedAt });
+  // This tab's own outbox (a reload) and another tab's, each with a write it cannot read.
+  sessionStorage.setItem("sinkron:v1:tab", "mine");
+  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify({ n: 3, m: [m(1, "a", { like: 1 }, -5), m(2, "b", { like: 1 })] }));
+  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: 3, m: [m(1, "c", [1]), m(2, "d", { like: -1 })] }));
+  browser.answer(() => emptyPage());
+  const client = await SinkronClient.start(options());
+  try {
+    assert.deepEqual(client.collection("likes").map((r) => r.key).sort(), ["b", "d", "good"]);
+    assert.equal(client.status().pending, 1, "this tab's readable write is queued");
+  } finally {
+    client.stop();
+  }
+});
+
 test("schema 1 is migrated, not wiped: an outbox stored before numbering was kept gets it; corrupt data is dropped with a warning", () => {
   const store = new MemoryStorage();
   store.setItem("sinkron:schema", "1");
