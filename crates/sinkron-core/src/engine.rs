@@ -885,9 +885,17 @@ impl Engine {
         let any_fields = false;
         // A delete removes the whole record, so it undoes every write of the key still
         // queued: they go, and the delete is queued in their place. A record toggled while
-        // its writes wait thus queues a delete and a write at most.
-        if record.value.is_none() && !any_fields {
-            (self.view.outbox).retain(|p| p.id <= sent_max || p.key != key);
+        // its writes wait thus queues a delete and a write at most. A write of some fields
+        // undoes the queued writes of the same fields to the key alike, wherever they are
+        // (writes of other fields between commute with it): fields written in turn queue
+        // one write per set of fields, not one per write.
+        let per_field = record.value.is_some() && fields.is_some();
+        if (record.value.is_none() || per_field) && !any_fields {
+            (self.view.outbox).retain(|p| {
+                p.id <= sent_max
+                    || p.key != key
+                    || per_field && (p.fields != fields || p.record.value.is_none())
+            });
         }
         // Coalesce with the queued write to the same key unless that one was already sent,
         // sets other fields (a write of other fields goes beside it), or is a delete that

@@ -3681,19 +3681,57 @@ fn queued_writes_of_the_same_fields_coalesce_and_writes_of_others_go_beside_them
         tab.value("e1").as_deref(),
         Some(r#"{"position":7,"liked":false}"#)
     );
-    // In the order written: a later one wins each field it names on the server too.
+    // In the order written, each set of fields once: its last write, after the others (a
+    // later one wins each field it names on the server too).
     let pushed = tab.pushed();
-    let fields: Vec<_> = pushed.iter().map(|(_, _, f)| f.clone()).collect();
+    let sent: Vec<_> = pushed
+        .iter()
+        .map(|(_, v, f)| (v.as_deref().unwrap(), f.clone()))
+        .collect();
     assert_eq!(
-        fields,
+        sent,
         vec![
-            names(&["position"]),
-            names(&["liked"]),
-            names(&["position"]),
-            None
+            (r#"{"position":6,"liked":true}"#, names(&["liked"])),
+            (r#"{"position":7,"liked":true}"#, names(&["position"])),
+            (r#"{"position":7,"liked":false}"#, None)
         ]
     );
-    assert_eq!(pushed[0].1.as_deref(), Some(r#"{"position":6}"#));
+}
+
+#[test]
+fn fields_written_in_turn_while_offline_queue_one_write_per_set_of_fields() {
+    let mut tab = Tab::leader();
+    tab.engine.handle_online(tab.now, false);
+    for i in 0..50 {
+        let value = format!(r#"{{"position":{i},"liked":{}}}"#, i % 3 == 0);
+        let field = if i % 2 == 0 { "position" } else { "liked" };
+        tab.write_fields("e1", &value, &[field]);
+        tab.now += 1000;
+    }
+    assert_eq!(tab.engine.outbox().len(), 2, "{:?}", tab.engine.outbox());
+    // Shown as last written.
+    assert_eq!(
+        tab.value("e1").as_deref(),
+        Some(r#"{"position":49,"liked":false}"#)
+    );
+    tab.engine.handle_online(tab.now, true);
+    tab.at(10_000);
+    let push = tab
+        .sends()
+        .into_iter()
+        .find(|(_, r)| matches!(r, Request::Push { .. }))
+        .expect("a push");
+    let sent: Vec<_> = pushed(&push.1)
+        .iter()
+        .map(|m| (m.value.as_deref().unwrap(), m.fields.clone()))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (r#"{"position":48,"liked":true}"#, names(&["position"])),
+            (r#"{"position":49,"liked":false}"#, names(&["liked"]))
+        ]
+    );
 }
 
 #[test]
