@@ -527,9 +527,15 @@ impl World {
     /// input: requests belong to it until the tab wipes its scope, then to its new user.
     fn drain(&mut self, d: usize, t: usize, before: Option<String>) -> Result<(), Violation> {
         let ahead = self.devices[d].skew_ms - self.devices[d].lowest_skew_ms;
+        let local = self.local(d);
         let tab = &mut self.devices[d].tabs[t];
         // When the engine last synced, in true time: a new sync is a later local time; a
-        // clock set back moves the engine's times back with it, not the sync.
+        // clock set back moves the engine's times back with it (the sync's local time too,
+        // as the engine shifts its own), not the sync.
+        if let Some((known, _, _)) = tab.synced.as_mut() {
+            *known = known.saturating_sub(tab.local_seen.saturating_sub(local));
+        }
+        tab.local_seen = local;
         tab.synced = match (tab.engine.last_synced_at(), tab.synced) {
             (Some(local), Some((known, at, ahead))) if local <= known => Some((local, at, ahead)),
             (local, _) => local.map(|local| (local, self.now, ahead)),

@@ -444,7 +444,10 @@ impl World {
             }
             let record_key = RecordKey::new(collection, key);
             for device in &mut self.devices {
-                for tab in &mut device.tabs {
+                // A page in the back/forward cache too: back, it may get a whole state that
+                // no longer holds the delete.
+                let kept = device.kept.as_mut().map(|k| &mut k.tab);
+                for tab in device.tabs.iter_mut().chain(kept) {
                     let of_user =
                         tab.engine.user().and_then(|id| self.server.user_index(id)) == Some(user);
                     if of_user {

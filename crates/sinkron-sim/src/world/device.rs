@@ -34,6 +34,9 @@ pub(super) struct Tab {
     /// The engine's last sync: its local time as the engine holds it, the true time when it
     /// happened, and how far ahead of true time the tab's corrected clock could be then.
     pub(super) synced: Option<(u64, u64, i64)>,
+    /// The local time of the tab's last input, as its engine saw it: a later input at an
+    /// earlier local time (the device's clock set back) moves the engine's times back.
+    pub(super) local_seen: u64,
 }
 
 /// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
@@ -342,6 +345,7 @@ impl World {
             spins: 0,
             wake_at: None,
             synced: None,
+            local_seen: 0,
         });
         let t = self.devices[d].tabs.len() - 1;
         let stored = cursor_version(self.devices[d].tabs[t].engine.cursor());
