@@ -575,7 +575,7 @@ impl Engine {
     /// so the page shows what it was rendered from and makes no first pull; the leader
     /// polls from its cursor an interval later. Returns whether it was taken: a snapshot of
     /// another user, or with no one signed in here, is not, nor one older than the stored
-    /// cursor (a page from a cache), and the leader pulls at once as without one. An older
+    /// cursor or records (a page from a cache), and the leader pulls at once as without one. An older
     /// one taken could bring back a record deleted since whose tombstone is gone, compacted
     /// on the server and dropped here by a whole state, and no later pull would correct it.
     /// (A cursor is read as a number here, as for what a whole state covers; a snapshot's
@@ -593,7 +593,9 @@ impl Engine {
         taken
     }
 
-    /// Whether `cursor` (a snapshot's) is at or past the stored one. The first page of a
+    /// Whether `cursor` (a snapshot's) is at or past the stored one and the version of every
+    /// record stored: with no cursor stored (none is while a whole state arrives, or after a
+    /// sign-in) the records still tell how far the device got. The first page of a
     /// whole state in pages names a place in it, not a version (`PROTOCOL.md`, Paging): it
     /// counts as older than any stored cursor (reading the version the whole state began at
     /// out of it would tell, for more bytes than the browser build has).
@@ -602,8 +604,13 @@ impl Engine {
         if crate::planted::planted(crate::planted::Bug::StaleSnapshotTaken) {
             return true;
         }
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::planted(crate::planted::Bug::SnapshotIgnoresRecords) {
+            let version = cursor_number(cursor).filter(|&n| n < WHOLE_STATE);
+            return version.unwrap_or(0) >= self.cursor_version();
+        }
         let version = cursor_number(cursor).filter(|&n| n < WHOLE_STATE);
-        version.unwrap_or(0) >= self.cursor_version()
+        version.unwrap_or(0) >= self.cursor_version().max(self.view.top_version())
     }
 
     /// The stored cursor as a version (0 for none, or one that is not a number).

@@ -59,10 +59,13 @@ pub enum Bug {
     /// and in the other tabs: here they hide the writes taken (then dropped with the stored
     /// copy), there they stay for good.
     TakeoverKeepsForeign = 131072,
+    /// A server-rendered snapshot is compared with the stored cursor alone: with none stored
+    /// (another tab receives a whole state), one older than the records stored is taken.
+    SnapshotIgnoresRecords = 262144,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -81,6 +84,7 @@ impl Bug {
         Bug::StaleSnapshotTaken,
         Bug::ClampKeepsFirst,
         Bug::TakeoverKeepsForeign,
+        Bug::SnapshotIgnoresRecords,
     ];
 
     /// The name used on the command line.
@@ -104,6 +108,7 @@ impl Bug {
             Bug::StaleSnapshotTaken => "stale-snapshot-taken",
             Bug::ClampKeepsFirst => "clamp-keeps-first",
             Bug::TakeoverKeepsForeign => "takeover-keeps-foreign",
+            Bug::SnapshotIgnoresRecords => "snapshot-ignores-records",
         }
     }
 }

@@ -3538,6 +3538,36 @@ fn a_snapshot_older_than_what_is_stored_is_not_taken() {
     pulls_at_once_as_without_a_snapshot(&mut tab);
 }
 
+#[test]
+fn a_snapshot_older_than_the_records_stored_is_not_taken_though_no_cursor_is_stored() {
+    // No cursor stored (another tab receives a whole state, whose pages are stored as they
+    // come, its cursor only at its end), but a record at version 82: the device got that far.
+    // A page kept from long ago, rendered at version 3, still holds "purged", deleted since
+    // and its tombstone compacted: taken, and ended as a whole state at 3, it would tell the
+    // other tabs to keep it, and none of them would ever drop it.
+    let mut tab = Tab::new(5);
+    tab.engine.restore_user(Some("u1".into()));
+    tab.engine
+        .restore_record(change("ep1", Some(r#"{"p":9}"#), T0 - 1, "c", 82));
+    tab.engine.restore_cursor(None, true);
+    let cached = page(
+        "3",
+        vec![change("purged", Some("{}"), T0 - 60, "tv", 1)],
+        false,
+    );
+    assert!(!tab.engine.handle_snapshot(tab.now, "u1", cached));
+    assert_eq!(tab.value("purged"), None);
+    assert_eq!(tab.engine.cursor(), None);
+    // At or past what is stored, it is taken.
+    let newer = page(
+        "82",
+        vec![change("ep1", Some(r#"{"p":9}"#), T0 - 1, "c", 82)],
+        false,
+    );
+    assert!(tab.engine.handle_snapshot(tab.now, "u1", newer));
+    assert_eq!(tab.engine.cursor(), Some("82"));
+}
+
 /// A page of a whole state in pages, as the server numbers its cursor (PROTOCOL.md, Paging):
 /// the version the whole state began at, and the page's last version.
 fn cursor_in_whole(began: u64, after: u64) -> String {

@@ -215,6 +215,17 @@ impl View {
         out
     }
 
+    /// The highest version among the confirmed records (0 for none): the device holds the
+    /// server's state at least that far, with or without a cursor stored (none is while a
+    /// whole state arrives, whose pages are stored as they come).
+    pub(super) fn top_version(&self) -> u64 {
+        let mut top = 0;
+        for (_, stored) in self.confirmed.iter() {
+            top = top.max(stored.version);
+        }
+        top
+    }
+
     /// Every confirmed record, as the change that stores it.
     pub(super) fn confirmed_changes(&self) -> impl Iterator<Item = Change> + '_ {
         self.confirmed.iter().map(|(key, stored)| Change {

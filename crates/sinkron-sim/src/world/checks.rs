@@ -92,25 +92,28 @@ impl World {
     }
 
     /// A page that opens from a server-rendered snapshot older than what its device stored
-    /// (`stored`, the version of the stored cursor: a page the browser kept from an earlier
-    /// render) does not take it: the tab would show, store and pull from an older state than
-    /// it had, and a record deleted since could come back. A snapshot whose cursor is a place
-    /// inside a whole state counts as older than any stored version.
+    /// (`stored`: the cursor the tab restored, and how far the device's state goes, that
+    /// cursor's version or a stored record's above it: a page the browser kept from an
+    /// earlier render) does not take it: the tab would show, store and pull from an older
+    /// state than it had, and a record deleted since could come back. A snapshot whose cursor
+    /// is a place inside a whole state counts as older than any stored version.
     pub(super) fn check_opened_from(
         &self,
         d: usize,
         t: usize,
-        stored: u64,
+        stored: (Option<String>, u64),
     ) -> Result<(), Violation> {
         let tab = &self.devices[d].tabs[t];
         let now = tab.engine.cursor();
-        if stored == 0 || cursor_version(now) >= stored {
+        let (restored, version) = stored;
+        let taken = now != restored.as_deref();
+        if !taken || version == 0 || cursor_version(now) >= version {
             return Ok(());
         }
         Err(Violation::new(
             "a page opens from no older state than its device stored",
             format!(
-                "tab {} of device {d} opened at cursor {} over the stored version {stored}",
+                "tab {} of device {d} opened at cursor {} over the stored version {version}",
                 tab.id,
                 now.unwrap_or("none")
             ),

@@ -348,7 +348,16 @@ impl World {
             local_seen: 0,
         });
         let t = self.devices[d].tabs.len() - 1;
-        let stored = cursor_version(self.devices[d].tabs[t].engine.cursor());
+        // How far what the device stores goes: its cursor, or where none is stored (while a
+        // tab receives a whole state, whose pages are stored as they come), its records.
+        let restored = self.devices[d].tabs[t].engine.cursor().map(str::to_owned);
+        let records_top = self.devices[d]
+            .storage
+            .get(&user)
+            .and_then(|scope| scope.records.values().map(|c| c.version).max())
+            .unwrap_or(0);
+        let version = cursor_version(restored.as_deref()).max(records_top);
+        let stored = (restored, version);
         let online = self.devices[d].online;
         let snapshot = match (previous.is_some(), self.devices[d].session) {
             (true, Some(u)) => self.rendered(d, u)?,
