@@ -3,8 +3,9 @@
 //! Every call is a JSON object `{"t": name, …}` (the `Call` type in
 //! `packages/sinkron/src/types.ts`), plus, for a `reply`, the server's answer as the raw
 //! body text. Each call is decoded here in full, with a typed error naming the bad field,
-//! before the engine sees any of it; then the engine acts, and everything it asks for comes
-//! back in the one answer:
+//! before the engine sees any of it (what the device stored, and other tabs' messages, are
+//! read leniently instead: an item the engine cannot read is left out, see [`stored`]); then
+//! the engine acts, and everything it asks for comes back in the one answer:
 //!
 //! `{"r": result, "c": [command, …], "at": next deadline in ms or -1}`, or
 //! `{"e": {"code", "message"}}` when the call was refused (nothing happened then).
