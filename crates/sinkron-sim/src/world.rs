@@ -618,7 +618,18 @@ impl World {
                                 .engine
                                 .get(&key)
                                 .filter(|r| r.client_id == own && r.updated_at == stamp);
-                            if let Some(shown) = shown.cloned() {
+                            if let Some(mut shown) = shown.cloned() {
+                                // With stamps pinned ahead, the tab's own write of the key
+                                // may carry the same stamp, sent and clamped already: read
+                                // back as the server stored it.
+                                let sent = (
+                                    own.clone(),
+                                    (key.collection.clone(), key.key.clone()),
+                                    stamp,
+                                );
+                                if let Some(&to) = self.clamps.get(&sent) {
+                                    shown.updated_at = to;
+                                }
                                 if tab.floors.get(&key).is_none_or(|f| shown.wins_over(f)) {
                                     tab.floors.insert(key, shown);
                                 }
