@@ -354,6 +354,38 @@ describe("storage format", () => {
       assert.ok(warnings.some((w) => w.includes("newer than 2")), `warnings: ${warnings}`);
       await context.close();
     }));
+
+  test("outboxes whose numbering this version cannot read (another version's, or damaged) keep their writes, which reach the server", () =>
+    withServer(async (server) => {
+      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "renumbered", password: "correct horse" }) });
+      const session = await response.json();
+      const now = Date.now();
+      const write = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: now - 1000 + id });
+      const context = await browser.newContext();
+      // The tab's own outbox before a reload, numbered with a fraction, and a closed tab's
+      // numbered with no number at all.
+      await context.addInitScript(({ session, own, closed }) => {
+        if (sessionStorage.getItem("seeded")) return;
+        sessionStorage.setItem("seeded", "1");
+        sessionStorage.setItem("sinkron:v1:tab", "own");
+        localStorage.setItem("sinkron:schema", "2");
+        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:own`, JSON.stringify(own));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(closed));
+      }, { session, own: { n: 2.5, m: [write(1, "s14")] }, closed: { n: "3", m: [write(2, "s15")] } });
+      const page = await context.newPage();
+      const errors = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      await page.goto(`${server.url}/?interval=30000`);
+      for (const key of ["s14", "s15"]) await waitPressed(page, `favorite-${key}`);
+      await syncedState(page);
+      assert.deepEqual(recordsOf(await server.state(session.token), "favorites"), { s14: {}, s15: {} });
+      const outboxes = await page.evaluate((user) => Object.keys(localStorage).filter((k) => k.startsWith(`sinkron:v1:${user}:o:`)), session.user.id);
+      assert.equal(outboxes.length, 1, `the taken ones are gone: ${outboxes}`);
+      assert.ok(!/:o:(own|closed)$/.test(outboxes[0]), `a fresh id: ${outboxes[0]}`);
+      assert.deepEqual(errors, []);
+      await context.close();
+    }));
 });
 
 describe("storage quota", () => {

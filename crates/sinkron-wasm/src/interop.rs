@@ -182,9 +182,19 @@ fn run(
         }
         "adoptionOrder" => {
             let previous = call.opt_str("previous");
-            let stored = list(call, "stored", |n| {
-                (n.string("clientId"), n.items("mutations").len())
-            });
+            // An outbox whose numbering cannot be read (another version's, or damaged) has
+            // none, and without it a tab must keep its fresh id (it could reuse ids the
+            // server acknowledged): it is not a candidate. Its writes are a closed tab's,
+            // taken over by the leader (`unpark`, which needs no numbering).
+            let mut stored = Vec::new();
+            for n in call.items("stored") {
+                if n.get("next")
+                    .and_then(|next| json::whole_number(next.raw))
+                    .is_some()
+                {
+                    stored.push((n.string("clientId"), n.items("mutations").len()));
+                }
+            }
             let owners_known = call.bool("ownersKnown");
             check()?;
             j.raw("[");
@@ -200,10 +210,12 @@ fn run(
         // A stored outbox: this tab's own after a reload, or one parked by a sign-out.
         "restoreOutbox" | "unpark" => {
             let client_id = call.string("clientId");
-            let next = call.u64("next");
+            let unpark = name == "unpark";
+            // Taken over as a closed tab's writes, an outbox's numbering is not used.
+            let next = if unpark { 0 } else { call.u64("next") };
             check()?;
             let mutations = stored(call, "mutations", mutation)?;
-            if name == "unpark" {
+            if unpark {
                 engine.unpark(now, client_id, mutations);
             } else {
                 engine.restore_outbox(client_id, next, mutations);
@@ -673,6 +685,44 @@ mod tests {
             "",
         );
         assert!(answer.starts_with(r#"{"r":null,"c":[]"#), "{answer}");
+    }
+
+    #[test]
+    fn an_outbox_whose_numbering_cannot_be_read_is_never_taken_as_a_tabs_own_but_its_writes_are_taken_over(
+    ) {
+        let mut slot = started();
+        run_ok(
+            &mut slot,
+            r#"{"t":"restore","now":1,"user":"7","cursor":null,"partial":false,"records":[]}"#,
+            "",
+        );
+        // The tab's own previous outbox, holding a write, but numbered by another version
+        // (or damaged): not a candidate, so the tab keeps a fresh id; a sound one is.
+        let write = r#"[{"id":1,"collection":"likes","key":"a","value":{"like":1},"updatedAt":5}]"#;
+        let mut probe = started();
+        let mut order = |next: &str| {
+            let input = format!(
+                r#"{{"t":"adoptionOrder","now":1,"previous":"mine","ownersKnown":true,"stored":[
+                    {{"clientId":"mine","next":{next},"mutations":{write}}}]}}"#
+            );
+            call(&mut probe, &input, "")
+        };
+        for next in ["2.5", "-1", "\"7\"", "null", "9007199254740993"] {
+            let answer = order(next);
+            assert!(answer.starts_with(r#"{"r":[],"#), "{next}: {answer}");
+        }
+        let answer = order("2");
+        assert!(answer.starts_with(r#"{"r":["mine"],"#), "{answer}");
+        // Taken over as a closed tab's: its writes are queued, whatever its numbering says.
+        let unpark = format!(
+            r#"{{"t":"unpark","now":{NOW},"clientId":"mine","next":2.5,"mutations":{write}}}"#
+        );
+        run_ok(&mut slot, &unpark, "");
+        assert!(
+            status(&mut slot).contains(r#""pending":1"#),
+            "{}",
+            status(&mut slot)
+        );
     }
 
     #[test]

@@ -181,9 +181,11 @@ export class DeviceStorage {
     const stored = this.#readJson<{ n?: unknown; m?: unknown }>(key);
     if (stored === null) return null;
     const { m: mutations, n: next } = stored;
-    if (!Array.isArray(mutations) || typeof next !== "number" || !mutations.every(isMutation)) return this.#drop(key);
-    // A numbering below the ids it holds the engine raises past them.
-    return { next, mutations };
+    if (!Array.isArray(mutations) || !mutations.every(isMutation)) return this.#drop(key);
+    // A numbering below the ids it holds the engine raises past them. One that is no whole
+    // number (another version's, or damaged; -1 here when not a number at all) is none: the
+    // engine then takes the writes over as a closed tab's, never the id.
+    return { next: typeof next === "number" ? next : -1, mutations };
   }
 
   /** The outboxes stored in the scope, by client id (a corrupt one is dropped with a warning). */

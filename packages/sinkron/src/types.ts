@@ -159,7 +159,7 @@ export type Command =
   | { t: "notify"; what: "everything" }
   | { t: "notify"; what: "status" };
 
-/** A client id's stored outbox and numbering: the id its next write takes. */
+/** A client id's stored outbox and numbering: the id its next write takes (not a whole number: none, as read from another version's or damaged data). */
 export interface StoredOutbox {
   next: number;
   mutations: Mutation[];

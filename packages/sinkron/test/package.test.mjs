@@ -361,6 +361,33 @@ test("stored data the engine cannot read (another version's, or damaged) is left
   }
 });
 
+test("an outbox whose numbering cannot be read keeps its writes: the tab takes a fresh id and sends them as a closed tab's", async (t) => {
+  fakeClock(t);
+  session("7");
+  localStorage.setItem("sinkron:schema", "2");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const m = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: 1000 + id });
+  // This tab's own outbox before a reload, and a closed tab's, each numbered by another
+  // version (or damaged): a fraction, and no number at all.
+  sessionStorage.setItem("sinkron:v1:tab", "mine");
+  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify({ n: 2.5, m: [m(1, "s01")] }));
+  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: "3", m: [m(2, "s02")] }));
+  const client = await SinkronClient.start(options());
+  try {
+    assert.ok(!["mine", "other"].includes(client.clientId()), `a fresh id, not ${client.clientId()}`);
+    assert.deepEqual(client.collection("favorites").map((r) => r.key).sort(), ["s01", "s02"]);
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    // The leader takes them over at its pull; pushed after the usual short wait.
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0, { what: "the writes pushed" });
+    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
+    assert.deepEqual(pushed.sort(), ["s01", "s02"]);
+    assert.deepEqual(stored("sinkron:v1:7:o:"), [`sinkron:v1:7:o:${client.clientId()}`], "the taken outboxes are gone");
+  } finally {
+    client.stop();
+  }
+});
+
 test("schema 1 is migrated, not wiped: an outbox stored before numbering was kept gets it; corrupt data is dropped with a warning", () => {
   const store = new MemoryStorage();
   store.setItem("sinkron:schema", "1");
