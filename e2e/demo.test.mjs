@@ -49,9 +49,10 @@ async function playOneSecond(page, show) {
  * far ahead meanwhile, which the phone cannot know. The phone plays on from its copy; once
  * reconnected (`reconnect`) its writes go (it loses nothing silently) but lose to the TV's
  * later progress: they carry the time of what the phone knew, not the time they were made,
- * and the phone then shows the TV's position.
+ * and the phone then shows the TV's position. With `beside`, the phone plays in a second
+ * window beside the one that leads (and polls), and `cut` gets that one too.
  */
-async function staleResume(server, { user, show, interval, cut, reconnect }) {
+async function staleResume(server, { user, show, interval, cut, reconnect, beside = false }) {
   const episode = `${show}e01`;
   const tv = await browser.newContext();
   const a = await open(tv, server);
@@ -59,8 +60,10 @@ async function staleResume(server, { user, show, interval, cut, reconnect }) {
   await playOneSecond(a, show);
 
   const phone = await browser.newContext();
+  const lead = beside ? await open(phone, server, { interval }) : null;
+  if (lead) await signIn(lead, user);
   const b = await open(phone, server, { interval });
-  await signIn(b, user);
+  if (!lead) await signIn(b, user);
   await openEpisodes(b, show);
   await b.getByTestId(`play-${episode}`).click();
   await showing(b, 2);
@@ -68,7 +71,7 @@ async function staleResume(server, { user, show, interval, cut, reconnect }) {
   await settled(b);
   const before = await shown(b);
   assert.equal(recordsOf(await server.state(auth), "history")[episode].position, before);
-  await cut(phone, b);
+  await cut(phone, b, lead);
 
   for (let i = 0; i < 3; i++) await a.getByTestId("seek-forward").click();
   await settled(a);
@@ -342,6 +345,24 @@ describe("resuming on another device", () => {
           assert.equal(await b.evaluate(() => navigator.onLine), true);
         },
         reconnect: (phone, b) => b.unroute("**/api/**"),
+      }),
+    ));
+
+  test("cut off while the browser says online, a window playing beside the one that leads, having made no request itself, still cannot undo the other device's progress", () =>
+    withServer((server) =>
+      staleResume(server, {
+        user: "sidebyside",
+        show: "s11",
+        interval: 3000,
+        beside: true,
+        // Every request of the phone fails; the window that leads learns it at its next poll
+        // (its status says offline), the one playing has sent nothing since.
+        cut: async (phone, b, lead) => {
+          await phone.route("**/api/**", (route) => route.abort("internetdisconnected"));
+          await lead.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+          assert.equal(await b.getByTestId("sync-status").getAttribute("data-state"), "synced");
+        },
+        reconnect: (phone) => phone.unroute("**/api/**"),
       }),
     ));
 

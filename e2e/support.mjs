@@ -51,6 +51,8 @@ export class Server {
     this.dir = dir;
     this.args = args;
     this.database = database;
+    /** When `state` last read (ms). */
+    this.lastRead = 0;
   }
 
   async stop() {
@@ -66,11 +68,25 @@ export class Server {
     return Server.start({ dir: this.dir, addr: this.url.replace("http://", ""), args: this.args, database: this.database });
   }
 
-  /** The user's state as the server holds it, read with the user's token. */
+  /**
+   * The user's state as the server holds it, read with the user's token. These reads count
+   * against the user's request limit (10 a second, bursts of 120) beside the pages' own, and
+   * tests poll them (`until`): at most 4 a second, so neither they nor the pages are
+   * answered 429; one that is anyway waits its `Retry-After` and reads again.
+   */
   async state(token) {
-    const res = await fetch(`${this.url}/api/user/me`, { headers: { authorization: `Bearer ${token}` } });
-    if (!res.ok) throw new Error(`pull failed: ${res.status}`);
-    return res.json();
+    for (let attempt = 0; ; attempt++) {
+      const wait = this.lastRead + 250 - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      this.lastRead = Date.now();
+      const res = await fetch(`${this.url}/api/user/me`, { headers: { authorization: `Bearer ${token}` } });
+      if (res.status === 429 && attempt < 3) {
+        await new Promise((r) => setTimeout(r, Number(res.headers.get("retry-after") ?? 1) * 1000));
+        continue;
+      }
+      if (!res.ok) throw new Error(`pull failed: ${res.status}`);
+      return res.json();
+    }
   }
 }
 

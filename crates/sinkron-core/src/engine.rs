@@ -241,6 +241,10 @@ pub struct Engine {
     /// When the last push carrying hot writes was sent.
     hot_sent_at: Option<u64>,
     failures: u32,
+    /// Another tab's request failed ([`TabBody::Unreachable`]) since this tab last heard
+    /// the server's state: the device is cut off, though this tab's own requests have not
+    /// failed (it may have made none).
+    told_cut_off: bool,
     last_synced_at: Option<u64>,
     error: Option<SyncError>,
     /// The poke stream ([`Config::pokes`]).
@@ -296,6 +300,7 @@ impl Engine {
             first_write_at: None,
             hot_sent_at: None,
             failures: 0,
+            told_cut_off: false,
             last_synced_at: None,
             error: None,
             stream: Stream::Closed,
@@ -374,10 +379,12 @@ impl Engine {
     }
 
     /// Whether this tab counts itself cut off from the server: the browser says offline, or
-    /// its last request failed (a captive portal, a dead network behind a live link). A hot
-    /// write made then is stamped as of the last sync, not now (see `Engine::write_stamped`).
+    /// its last request failed (a captive portal, a dead network behind a live link), or
+    /// another tab's did since this tab last heard the server's state (the leader's pulls, a
+    /// tab playing beside it that has made no request yet). A hot write made then is stamped
+    /// as of the last sync, not now (see `Engine::write_stamped`).
     pub fn cut_off(&self) -> bool {
-        !self.online || self.failures > 0
+        !self.online || self.failures > 0 || self.told_cut_off
     }
 
     /// This tab's unacknowledged mutations, oldest first.
@@ -447,6 +454,7 @@ impl Engine {
                 // Coming back is news: retry at once instead of waiting out the backoff, and
                 // push what waited, hot writes included.
                 self.failures = 0;
+                self.told_cut_off = false;
                 self.timers.stop(Timer::Retry);
                 if !self.view.outbox.is_empty() {
                     self.timers.set(Timer::Push, 0);
@@ -527,6 +535,7 @@ impl Engine {
                 let continues = from == self.cursor;
                 // The device's leader saw the server's state: so does this tab.
                 self.last_synced_at = Some(now);
+                self.told_cut_off = false;
                 let of = PageOf {
                     from: from.as_deref(),
                     to: &to,
@@ -544,13 +553,17 @@ impl Engine {
                 }
             }
             TabBody::Acked { client_id, ack } => self.hear_ack(&client_id, ack),
+            TabBody::Unreachable => self.told_cut_off = true,
             TabBody::PullWanted => {
                 if self.leader {
                     match (self.pulled_recently(now), self.cursor.clone()) {
                         // The state was just pulled: share that instead of pulling again.
-                        // Not inside a whole state: its cursor is no state to share.
+                        // Not inside a whole state: its cursor is no state to share; nor
+                        // when that pull failed (cut off, this tab has none to share).
                         (true, Some(cursor))
-                            if self.last_synced_at.is_some() && self.whole.is_none() =>
+                            if self.last_synced_at.is_some()
+                                && self.whole.is_none()
+                                && !self.cut_off() =>
                         {
                             self.broadcast(TabBody::Synced {
                                 from: Some(cursor.clone()),
@@ -1376,6 +1389,7 @@ impl Engine {
         }
         self.last_pull_at = None;
         self.failures = 0;
+        self.told_cut_off = false;
         self.last_synced_at = None;
         self.error = None;
         self.unauthorized = false;
@@ -1683,6 +1697,7 @@ impl Engine {
             self.stream = Stream::Closed;
         }
         self.failures = 0;
+        self.told_cut_off = false;
         self.timers.stop(Timer::Retry);
         if matches!(self.error, Some(SyncError::Unreachable)) {
             self.error = None;
@@ -1695,6 +1710,8 @@ impl Engine {
         let delay = self.backoff(self.failures, retry_after_ms);
         self.timers.set(Timer::Retry, now + delay);
         self.error = Some(SyncError::Unreachable);
+        // The other tabs count themselves cut off too (see `Engine::cut_off`).
+        self.broadcast(TabBody::Unreachable);
     }
 
     /// The wait after `failures` failures in a row (at least one): full jitter under a cap

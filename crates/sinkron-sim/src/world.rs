@@ -835,6 +835,7 @@ fn message_summary(message: &TabMessage) -> String {
         ),
         TabBody::Acked { client_id, ack } => format!("acked {client_id} {ack}"),
         TabBody::PullWanted => "pull wanted".into(),
+        TabBody::Unreachable => "unreachable".into(),
         TabBody::SignedIn => "signed in".into(),
         TabBody::SignedOut => "signed out".into(),
     };

@@ -313,6 +313,9 @@ fn tab_message(j: &mut Json, message: &TabMessage) {
         TabBody::PullWanted => {
             j.string("pullWanted");
         }
+        TabBody::Unreachable => {
+            j.string("unreachable");
+        }
         TabBody::SignedIn => {
             j.string("signedIn");
         }

@@ -427,6 +427,7 @@ fn tab_message(m: &Node<'_>) -> TabMessage {
             ack: m.u64("ack"),
         },
         "pullWanted" => TabBody::PullWanted,
+        "unreachable" => TabBody::Unreachable,
         "signedIn" => TabBody::SignedIn,
         "signedOut" => TabBody::SignedOut,
         _ => {

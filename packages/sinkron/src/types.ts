@@ -82,6 +82,7 @@ export type TabMessage = { scope: string | null } & (
   | { kind: "synced"; from: string | null; to: string; reset: boolean; more?: boolean; changes: Change[]; gone?: { collection: string; key: string }[] }
   | { kind: "acked"; clientId: string; ack: number }
   | { kind: "pullWanted" }
+  | { kind: "unreachable" }
   | { kind: "signedIn" }
   | { kind: "signedOut" }
 );

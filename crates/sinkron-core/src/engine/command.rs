@@ -235,6 +235,9 @@ pub enum TabBody {
     Acked { client_id: String, ack: u64 },
     /// A tab that is not the leader was focused: the leader should pull.
     PullWanted,
+    /// A tab's request failed (no answer, or an error the server gave): until a tab hears
+    /// the server's state again, every tab counts itself cut off (`Engine::cut_off`).
+    Unreachable,
     /// A tab signed in; every tab of the device follows.
     SignedIn,
     /// A tab signed out; every tab of the device wipes the user's data.

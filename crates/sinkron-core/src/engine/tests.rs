@@ -2865,6 +2865,91 @@ fn unreachable_while_the_browser_says_online_a_position_is_stamped_as_of_the_las
     assert_eq!(tab.record("ep-7").updated_at, tab.now);
 }
 
+/// Hands the tab messages among `commands` to `to`, at its time; returns the other commands.
+fn relay(commands: Vec<Command>, to: &mut Tab) -> Vec<Command> {
+    let mut rest = Vec::new();
+    for command in commands {
+        match command {
+            Command::Broadcast(message) => to.engine.handle_tab_message(to.now, message),
+            other => rest.push(other),
+        }
+    }
+    rest
+}
+
+fn only_request(commands: Vec<Command>) -> (u64, Request) {
+    let mut sends: Vec<_> = commands
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Send { id, request, .. } => Some((id, request)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sends.len(),
+        1,
+        "expected exactly one request, got {sends:?}"
+    );
+    sends.remove(0)
+}
+
+#[test]
+fn a_tab_beside_a_leader_whose_requests_fail_stamps_a_position_as_of_the_last_sync() {
+    // Two visible windows of the site: the leader polls, the other plays and has made no
+    // request of its own yet. The leader's pull failing tells it the device is cut off.
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
+    let mut player = Tab::with(Config::default(), 22);
+    player.engine.sign_in(player.now, "u1");
+    player.drain();
+    let mut leader = Tab::with(Config::default(), 21);
+    leader.engine.sign_in(leader.now, "u1");
+    leader.engine.handle_leadership(leader.now, true);
+    let (id, _) = leader.only_send();
+    leader.reply(id, Reply::Pulled(page("1", vec![copy], false)));
+    relay(leader.drain(), &mut player);
+    assert_eq!(player.engine.last_synced_at(), Some(T0));
+    // Ten minutes later the leader's pull fails: the other tab counts itself cut off too, and
+    // a position it writes is stamped just after that sync, not now.
+    for tab in [&mut leader, &mut player] {
+        tab.now += 600_000;
+    }
+    leader.engine.handle_focus(leader.now);
+    let (id, _) = only_request(relay(leader.drain(), &mut player));
+    leader.reply(id, Reply::Failed(Failure::Network));
+    assert!(!player.engine.cut_off());
+    relay(leader.drain(), &mut player);
+    assert!(player.engine.cut_off());
+    player.write("ep-7", r#"{"position":121}"#);
+    assert_eq!(player.record("ep-7").updated_at, T0 + 1);
+    // Asked to share what it just pulled, the leader has nothing to share (that pull
+    // failed): it pulls again when its backoff allows.
+    leader.engine.handle_tab_message(
+        leader.now,
+        TabMessage {
+            scope: Some("u1".into()),
+            body: TabBody::PullWanted,
+        },
+    );
+    relay(leader.drain(), &mut player);
+    assert!(
+        player.engine.cut_off(),
+        "told of a sync that did not happen"
+    );
+    leader.fire();
+    let (id, request) = only_request(relay(leader.drain(), &mut player));
+    assert!(matches!(request, Request::Pull { .. }), "{request:?}");
+    // Reached again: the leader shares the server's state, and the next position is
+    // stamped now.
+    let mut answer = page("2", vec![], false);
+    answer.server_time = leader.now;
+    leader.reply(id, Reply::Pulled(answer));
+    relay(leader.drain(), &mut player);
+    assert!(!player.engine.cut_off());
+    player.now += 1_000;
+    player.write("ep-7", r#"{"position":122}"#);
+    assert_eq!(player.record("ep-7").updated_at, player.now);
+}
+
 #[test]
 fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds() {
     // A page opened without a network has not synced: what the device knew is what it
