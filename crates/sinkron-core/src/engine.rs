@@ -364,8 +364,11 @@ impl Engine {
             last_synced_at: self.last_synced_at,
             // Until the user signs in again, what a request still out learns later (no
             // network, a refused push) does not hide that the session is over.
+            // Told that another tab's request failed, this one shows the device cut off too.
             error: if self.unauthorized {
                 Some(SyncError::Unauthorized)
+            } else if self.told_cut_off && self.error.is_none() {
+                Some(SyncError::Unreachable)
             } else {
                 self.error.clone()
             },

@@ -55,6 +55,10 @@ export interface Status {
   syncing: boolean;
   /** When this tab last received server state (ms since the epoch). */
   lastSyncedAt: number | null;
+  /**
+   * `unreachable`: this tab's last request failed, or another tab's did since this one last
+   * heard the server's state (the device is cut off while the browser may say online).
+   */
   error: null | "unreachable" | "unauthorized" | "rejected";
 }
 

@@ -2917,8 +2917,16 @@ fn a_tab_beside_a_leader_whose_requests_fail_stamps_a_position_as_of_the_last_sy
     let (id, _) = only_request(relay(leader.drain(), &mut player));
     leader.reply(id, Reply::Failed(Failure::Network));
     assert!(!player.engine.cut_off());
+    let told = player.engine.status();
     relay(leader.drain(), &mut player);
     assert!(player.engine.cut_off());
+    // Its status says so, and the app is told the status changed.
+    assert_eq!(told.error, None);
+    assert_eq!(player.engine.status().error, Some(SyncError::Unreachable));
+    assert!(player
+        .drain()
+        .iter()
+        .any(|c| matches!(c, Command::Notify(Notice::Status))));
     player.write("ep-7", r#"{"position":121}"#);
     assert_eq!(player.record("ep-7").updated_at, T0 + 1);
     // Asked to share what it just pulled, the leader has nothing to share (that pull
@@ -2945,6 +2953,7 @@ fn a_tab_beside_a_leader_whose_requests_fail_stamps_a_position_as_of_the_last_sy
     leader.reply(id, Reply::Pulled(answer));
     relay(leader.drain(), &mut player);
     assert!(!player.engine.cut_off());
+    assert_eq!(player.engine.status().error, None);
     player.now += 1_000;
     player.write("ep-7", r#"{"position":122}"#);
     assert_eq!(player.record("ep-7").updated_at, player.now);
