@@ -559,6 +559,11 @@ impl Engine {
             TabBody::Unreachable => self.told_cut_off = true,
             TabBody::PullWanted => {
                 if self.leader {
+                    // The asking tab may have just opened and not heard that the device is
+                    // cut off: told at once, not at this tab's next failure.
+                    if self.cut_off() {
+                        self.broadcast(TabBody::Unreachable);
+                    }
                     match (self.pulled_recently(now), self.cursor.clone()) {
                         // The state was just pulled: share that instead of pulling again.
                         // Not inside a whole state: its cursor is no state to share; nor

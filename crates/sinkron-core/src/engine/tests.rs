@@ -2960,6 +2960,54 @@ fn a_tab_beside_a_leader_whose_requests_fail_stamps_a_position_as_of_the_last_sy
 }
 
 #[test]
+fn a_tab_opened_while_the_leader_is_cut_off_is_told_so_at_once() {
+    // The leader synced ten minutes ago; its pull just failed, so it will not pull again
+    // before its backoff. A window opened (or reloaded) now restores what the device
+    // stored and asks for a pull: the leader tells it the device is cut off at once, so a
+    // position it plays is stamped as of what the device knew, not now.
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
+    let mut leader = Tab::with(Config::default(), 21);
+    leader.engine.sign_in(leader.now, "u1");
+    leader.engine.handle_leadership(leader.now, true);
+    let (id, _) = leader.only_send();
+    leader.reply(id, Reply::Pulled(page("2", vec![copy.clone()], false)));
+    leader.drain();
+    leader.now += 600_000;
+    leader.engine.handle_focus(leader.now);
+    let (id, _) = leader.only_send();
+    leader.reply(id, Reply::Failed(Failure::Network));
+    leader.drain();
+    let mut opened = Tab::with(Config::default(), 22);
+    opened.now = leader.now;
+    opened.engine.restore_user(Some("u1".into()));
+    opened.engine.restore_record(copy);
+    opened.engine.restore_cursor(Some("2".into()), true);
+    opened.engine.handle_visibility(opened.now, true);
+    let asked = opened.drain();
+    assert!(
+        asked.iter().any(|c| matches!(
+            c,
+            Command::Broadcast(TabMessage {
+                body: TabBody::PullWanted,
+                ..
+            })
+        )),
+        "{asked:?}"
+    );
+    assert!(!opened.engine.cut_off());
+    for command in asked {
+        if let Command::Broadcast(message) = command {
+            leader.engine.handle_tab_message(leader.now, message);
+        }
+    }
+    relay(leader.drain(), &mut opened);
+    assert!(opened.engine.cut_off(), "not told of the failed pull");
+    assert_eq!(opened.engine.status().error, Some(SyncError::Unreachable));
+    opened.write("ep-7", r#"{"position":121}"#);
+    assert_eq!(opened.record("ep-7").updated_at, T0 - 60_000 + 1);
+}
+
+#[test]
 fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds() {
     // A page opened without a network has not synced: what the device knew is what it
     // stored, the newest of it a minute old (the TV's progress since is not there).
