@@ -50,9 +50,10 @@ async function playOneSecond(page, show) {
  * reconnected (`reconnect`) its writes go (it loses nothing silently) but lose to the TV's
  * later progress: they carry the time of what the phone knew, not the time they were made,
  * and the phone then shows the TV's position. With `beside`, the phone plays in a second
- * window beside the one that leads (and polls), and `cut` gets that one too.
+ * window beside the one that leads (and polls), and `cut` gets that one too. With `reload`,
+ * the phone's window is reloaded once cut off, and plays the episode again from its stored copy.
  */
-async function staleResume(server, { user, show, interval, cut, reconnect, beside = false }) {
+async function staleResume(server, { user, show, interval, cut, reconnect, beside = false, reload = false }) {
   const episode = `${show}e01`;
   const tv = await browser.newContext();
   const a = await open(tv, server);
@@ -81,7 +82,13 @@ async function staleResume(server, { user, show, interval, cut, reconnect, besid
   // Cut off, the phone plays on from its copy (the player stays open: its clip is loaded);
   // its positions show at once there.
   const sent = pushedPositions(b, episode);
-  await b.getByTestId("resume").click();
+  if (reload) {
+    await b.reload();
+    await openEpisodes(b, show);
+    await b.getByTestId(`play-${episode}`).click();
+  } else {
+    await b.getByTestId("resume").click();
+  }
   await showing(b, before + 2);
   await b.getByTestId("pause").click();
   const played = await shown(b);
@@ -364,6 +371,22 @@ describe("resuming on another device", () => {
           await lead.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
           await b.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
           assert.deepEqual(sent, [], "the window playing made no request");
+        },
+        reconnect: (phone) => phone.unroute("**/api/**"),
+      }),
+    ));
+
+  test("cut off while the browser says online, a window reloaded beside the one that leads is told at once, and its playback still cannot undo the other device's progress", () =>
+    withServer((server) =>
+      staleResume(server, {
+        user: "reloader",
+        show: "s12",
+        interval: 3000,
+        beside: true,
+        reload: true,
+        cut: async (phone, b, lead) => {
+          await phone.route("**/api/**", (route) => route.abort("internetdisconnected"));
+          await lead.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
         },
         reconnect: (phone) => phone.unroute("**/api/**"),
       }),
