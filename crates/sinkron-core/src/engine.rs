@@ -556,7 +556,13 @@ impl Engine {
                 }
             }
             TabBody::Acked { client_id, ack } => self.hear_ack(&client_id, ack),
-            TabBody::Unreachable => self.told_cut_off = true,
+            TabBody::Unreachable => {
+                self.told_cut_off = true;
+                #[cfg(feature = "planted-bugs")]
+                if crate::planted::planted(crate::planted::Bug::UnreachableIgnored) {
+                    self.told_cut_off = false;
+                }
+            }
             TabBody::PullWanted => {
                 if self.leader {
                     // The asking tab may have just opened and not heard that the device is

@@ -62,10 +62,13 @@ pub enum Bug {
     /// A server-rendered snapshot is compared with the stored cursor alone: with none stored
     /// (another tab receives a whole state), one older than the records stored is taken.
     SnapshotIgnoresRecords = 262144,
+    /// A tab told by another that the device is cut off (`TabBody::Unreachable`) does not
+    /// count itself so: beside the leader, a position played from a stale copy is stamped now.
+    UnreachableIgnored = 524288,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -85,6 +88,7 @@ impl Bug {
         Bug::ClampKeepsFirst,
         Bug::TakeoverKeepsForeign,
         Bug::SnapshotIgnoresRecords,
+        Bug::UnreachableIgnored,
     ];
 
     /// The name used on the command line.
@@ -109,6 +113,7 @@ impl Bug {
             Bug::ClampKeepsFirst => "clamp-keeps-first",
             Bug::TakeoverKeepsForeign => "takeover-keeps-foreign",
             Bug::SnapshotIgnoresRecords => "snapshot-ignores-records",
+            Bug::UnreachableIgnored => "unreachable-ignored",
         }
     }
 }

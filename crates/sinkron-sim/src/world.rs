@@ -27,7 +27,7 @@ mod device;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sinkron_core::adopt::parked;
-use sinkron_core::engine::{Failure, TabMessage};
+use sinkron_core::engine::{Failure, TabBody, TabMessage};
 use sinkron_core::merge::Stamp;
 use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request};
 
@@ -263,6 +263,8 @@ impl World {
                     closed: Vec::new(),
                     lowest_skew_ms: self.params.skews_ms[d].min(0),
                     kept: None,
+                    cut_at: None,
+                    online_since: T0,
                 });
                 for t in 0..self.params.tabs_initial[d] {
                     let visible = t == 0 || self.rng.chance(500);
@@ -452,12 +454,25 @@ impl World {
                     "d{d} t{tab} #{id} reply {}",
                     reply_summary(&reply)
                 ));
+                let now = self.now;
+                let answered = !matches!(reply, Reply::Failed(Failure::Network));
+                let connected = !self.devices[d].tabs[t].engine.cut_off();
                 self.input(d, t, |e, now| {
                     if let Some(ms) = poll_interval_ms {
                         e.handle_poll_interval(ms);
                     }
                     e.handle_reply(now, id, reply)
-                })
+                })?;
+                let device = &mut self.devices[d];
+                let tab = &mut device.tabs[t];
+                if answered {
+                    tab.heard_at = now;
+                }
+                // This tab's own request failing cut it off: the device is cut off.
+                if connected && tab.engine.cut_off() && device.online {
+                    device.cut_at = Some((now, tab.engine.user().map(str::to_owned)));
+                }
+                Ok(())
             }
             Event::Message { tab, message } => {
                 let Some((d, t)) = self.find(tab) else {
@@ -467,6 +482,9 @@ impl World {
                     "d{d} t{tab} message {}",
                     message_summary(&message)
                 ));
+                if matches!(message.body, TabBody::Synced { .. }) {
+                    self.devices[d].tabs[t].heard_at = self.now;
+                }
                 self.input(d, t, |e, now| e.handle_tab_message(now, message))
             }
             Event::Grant { device, tab, grant } => {
@@ -540,6 +558,9 @@ impl World {
             (Some(local), Some((known, at, ahead))) if local <= known => Some((local, at, ahead)),
             (local, _) => local.map(|local| (local, self.now, ahead)),
         };
+        if tab.engine.user() != before.as_deref() {
+            tab.since = self.now;
+        }
         let tab = &self.devices[d].tabs[t];
         let (tab_id, client_id) = (tab.id, tab.engine.client_id().to_owned());
         let after = tab.engine.user().map(str::to_owned);

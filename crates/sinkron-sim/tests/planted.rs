@@ -101,6 +101,14 @@ fn a_position_stamped_now_while_requests_fail_is_caught() {
     finds("unreachable-stamped-now", 150);
 }
 
+/// Checked against the world's own account of the device being cut off, not the engine's:
+/// a tab beside one whose request failed must count itself cut off once the channel could
+/// have told it.
+#[test]
+fn a_tab_ignoring_that_its_device_is_cut_off_is_caught() {
+    finds("unreachable-ignored", 20);
+}
+
 /// A page kept from an earlier render, older than what its device stored, opened again:
 /// the check at a page's start sees its cursor go back (found at seed 0; before that check,
 /// only the cursor check found it, rarely: seed 1303 once, not within 1,400 seeds later).

@@ -7,6 +7,7 @@
 use sinkron_core::merge::Stamp;
 use sinkron_core::RecordKey;
 
+use super::device::CHANNEL_MS_MAX;
 use super::{Event, PositionWrite, World};
 use crate::server::{MERGED, UNKNOWN};
 use crate::Violation;
@@ -113,8 +114,29 @@ impl World {
         self.input(d, t, |e, now| e.handle_visibility(now, visible))
     }
 
+    /// Whether the tab must count itself cut off by the world's account, whatever its
+    /// engine says: another tab of the device, in the tab's scope, had a request fail while
+    /// the browser said online ([`Device::cut_at`]) after the tab joined that scope and last
+    /// heard the server's state, the device has not come back online since, and the
+    /// channel has had time to tell it (its messages take at most a few ms).
+    pub(super) fn told_cut_off(&self, d: usize, t: usize) -> bool {
+        let device = &self.devices[d];
+        let tab = &device.tabs[t];
+        device.cut_at.as_ref().is_some_and(|(at, scope)| {
+            scope.as_deref() == tab.engine.user()
+                && tab.since < *at
+                && tab.heard_at < *at
+                && device.online_since < *at
+                && device.online
+                && self.now >= at + CHANNEL_MS_MAX
+        })
+    }
+
     pub(super) fn set_online(&mut self, d: usize, online: bool) -> Result<(), Violation> {
         self.devices[d].online = online;
+        if online {
+            self.devices[d].online_since = self.now;
+        }
         self.trace(format_args!("d{d} online={online}"));
         for t in 0..self.devices[d].tabs.len() {
             self.input(d, t, |e, now| e.handle_online(now, online))?;
@@ -293,9 +315,22 @@ impl World {
                     (None, Some(v)) => v.contains(r#""position":"#),
                     (None, None) => false,
                 };
-            let tab = &mut self.devices[d].tabs[t];
             // Offline, or its requests failing while the browser says online: as the tab
-            // itself counts it when it stamps the write.
+            // itself counts it when it stamps the write, which must include what the world
+            // knows another tab of the device told it.
+            let told = self.told_cut_off(d, t);
+            let tab = &mut self.devices[d].tabs[t];
+            if told && !tab.engine.cut_off() {
+                let (id, (at, _)) = (tab.id, self.devices[d].cut_at.clone().unwrap_or_default());
+                return Err(Violation::new(
+                    "a tab beside one cut off counts itself cut off",
+                    format!(
+                        "d{d} t{id} writes {collection}/{key} counting itself connected, though \
+                         a request of its device failed at {at} and it has not heard the \
+                         server since"
+                    ),
+                ));
+            }
             let cut_off = tab.engine.cut_off();
             let before = tab.engine.user().map(str::to_owned);
             let copy = tab

@@ -37,6 +37,13 @@ pub(super) struct Tab {
     /// The local time of the tab's last input, as its engine saw it: a later input at an
     /// earlier local time (the device's clock set back) moves the engine's times back.
     pub(super) local_seen: u64,
+    /// When the tab last heard the server's state, in true time, as far as the world can
+    /// tell: an answer to one of its requests other than no answer at all, or another tab's
+    /// `synced` message. (For [`Device::cut_at`].)
+    pub(super) heard_at: u64,
+    /// When the tab joined the scope it is in (opened, signed in or out, back from the
+    /// back/forward cache), in true time.
+    pub(super) since: u64,
 }
 
 /// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
@@ -103,7 +110,20 @@ pub(super) struct Device {
     /// correction), so its corrected clock is ahead of true time by at most `skew_ms` less
     /// this.
     pub(super) lowest_skew_ms: i64,
+    /// The world's own account of the device being cut off while the browser says online:
+    /// when (true time) a tab's request failed with its tab counting itself connected
+    /// before, and the scope it was in. Every tab of that scope open since, that has not
+    /// heard the server's state since, must count itself cut off once the channel could
+    /// have told it (see `World::told_cut_off`): the simulation does not take the engine's
+    /// own word for a tab beside the one whose request failed.
+    pub(super) cut_at: Option<(u64, Option<String>)>,
+    /// When the device last came back online, in true time.
+    pub(super) online_since: u64,
 }
+
+/// The longest a channel message takes (its jitter is at most this, and a sender's earlier
+/// message, which it waits behind, was sent no later).
+pub(super) const CHANNEL_MS_MAX: u64 = 3;
 
 /// How many closed tabs a device can reopen.
 const CLOSED_KEPT: usize = 4;
@@ -198,7 +218,7 @@ impl World {
             .filter(|&id| id != from)
             .collect();
         for to in receivers {
-            let jitter = self.rng.range(0, 3);
+            let jitter = self.rng.range(0, CHANNEL_MS_MAX);
             let last = self.channel_last.get(&(from, to)).copied().unwrap_or(0);
             let at = (self.now + jitter).max(last);
             self.channel_last.insert((from, to), at);
@@ -346,6 +366,8 @@ impl World {
             wake_at: None,
             synced: None,
             local_seen: 0,
+            heard_at: 0,
+            since: self.now,
         });
         let t = self.devices[d].tabs.len() - 1;
         // How far what the device stores goes: its cursor, or where none is stored (while a
@@ -535,6 +557,8 @@ impl World {
         self.devices[d].tabs.push(kept.tab);
         let t = self.devices[d].tabs.len() - 1;
         self.devices[d].tabs[t].visible = true;
+        // What it was told before it was frozen is not what the world holds it to.
+        self.devices[d].tabs[t].since = self.now;
         for (request, reply, poll_interval_ms) in kept.replies {
             self.schedule(
                 self.now,
