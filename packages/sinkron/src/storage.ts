@@ -181,14 +181,16 @@ export class DeviceStorage {
     const stored = this.#readJson<{ n?: unknown; m?: unknown }>(key);
     if (stored === null) return null;
     const { m: mutations, n: next } = stored;
-    if (!Array.isArray(mutations) || !mutations.every(isMutation)) return this.#drop(key);
+    // A write of a shape the engine cannot read is left out by the engine alone, never the
+    // outbox's other writes with it.
+    if (!Array.isArray(mutations)) return this.#drop(key);
     // A numbering below the ids it holds the engine raises past them. One that is no whole
     // number (another version's, or damaged; -1 here when not a number at all) is none: the
     // engine then takes the writes over as a closed tab's, never the id.
     return { next: typeof next === "number" ? next : -1, mutations };
   }
 
-  /** The outboxes stored in the scope, by client id (a corrupt one is dropped with a warning). */
+  /** The outboxes stored in the scope, by client id (one that is no list is dropped with a warning). */
   outboxes(scope: string | null): Array<[string, StoredOutbox]> {
     const prefix = `${ROOT}${scopeName(scope)}:o:`;
     const found: Array<[string, StoredOutbox]> = [];
@@ -259,11 +261,6 @@ export class DeviceStorage {
   #removeWhere(test: (key: string) => boolean) {
     for (const k of this.keys()) if (test(k)) this.#store.removeItem(k);
   }
-}
-
-function isMutation(m: unknown): m is Mutation {
-  const x = m as Mutation;
-  return typeof x === "object" && x !== null && typeof x.id === "number" && typeof x.collection === "string" && typeof x.key === "string" && typeof x.updatedAt === "number";
 }
 
 function isQuotaError(e: unknown): boolean {

@@ -361,6 +361,31 @@ test("stored data the engine cannot read (another version's, or damaged) is left
   }
 });
 
+test("an outbox holding a write of a shape this version cannot read keeps its other writes, which are sent", async (t) => {
+  fakeClock(t);
+  session("7");
+  localStorage.setItem("sinkron:schema", "2");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const m = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: 1000 + id });
+  // This tab's own outbox before a reload and a closed tab's, each with one write of
+  // another shape (another version's, or damaged): no id, and no key at all.
+  sessionStorage.setItem("sinkron:v1:tab", "mine");
+  const { id: _, ...noId } = m(1, "s00");
+  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify({ n: 3, m: [noId, m(2, "s01")] }));
+  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: 3, m: [m(1, "s02"), { id: 2, collection: "favorites" }] }));
+  const client = await SinkronClient.start(options());
+  try {
+    assert.deepEqual(client.collection("favorites").map((r) => r.key).sort(), ["s01", "s02"]);
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0, { what: "the writes pushed" });
+    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
+    assert.deepEqual(pushed.sort(), ["s01", "s02"]);
+  } finally {
+    client.stop();
+  }
+});
+
 test("an outbox whose numbering cannot be read keeps its writes: the tab takes a fresh id and sends them as a closed tab's", async (t) => {
   fakeClock(t);
   session("7");
