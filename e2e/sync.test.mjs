@@ -386,6 +386,39 @@ describe("storage format", () => {
       assert.deepEqual(errors, []);
       await context.close();
     }));
+
+  test("an outbox holding a write of a shape this version cannot read keeps its other writes, which reach the server", () =>
+    withServer(async (server) => {
+      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "reshaped", password: "correct horse" }) });
+      const session = await response.json();
+      const now = Date.now();
+      const write = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: now - 1000 + id });
+      const context = await browser.newContext();
+      // The tab's own outbox before a reload and a closed tab's, each with one write of
+      // another shape (another version's, or damaged): no key, and an id that is text.
+      await context.addInitScript(({ session, own, closed }) => {
+        if (sessionStorage.getItem("seeded")) return;
+        sessionStorage.setItem("seeded", "1");
+        sessionStorage.setItem("sinkron:v1:tab", "own");
+        localStorage.setItem("sinkron:schema", "2");
+        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:own`, JSON.stringify(own));
+        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(closed));
+      }, {
+        session,
+        own: { n: 3, m: [{ ...write(1, "s16"), key: undefined }, write(2, "s17")] },
+        closed: { n: 3, m: [write(1, "s18"), { ...write(2, "s19"), id: "2" }] },
+      });
+      const page = await context.newPage();
+      const errors = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      await page.goto(`${server.url}/?interval=30000`);
+      for (const key of ["s17", "s18"]) await waitPressed(page, `favorite-${key}`);
+      await syncedState(page);
+      assert.deepEqual(recordsOf(await server.state(session.token), "favorites"), { s17: {}, s18: {} });
+      assert.deepEqual(errors, []);
+      await context.close();
+    }));
 });
 
 describe("storage quota", () => {
