@@ -277,6 +277,11 @@ impl Server {
             // The per-user rate limit counts by the real clock, which would make a run depend
             // on how fast the machine is; the simulation's 429s come from its faults.
             user_requests_per_minute: 0,
+            // So does the request timeout: a run paused or starved past it (a `SIGSTOP`, a
+            // busy machine) would answer 408 to a push the store then commits on its
+            // blocking thread, a lost answer the run never chose (seed 6068 once failed so,
+            // in a batch paused during a browser run, and passed alone).
+            request_timeout_secs: 365 * 24 * 3600,
             rules: sinkron_server::config::WriteRules {
                 merge_fields: vec![MERGE_FIELDS.into()],
                 collection_caps: Some(vec![format!("{CAPPED}={CAP}")]),
