@@ -567,7 +567,10 @@ impl Engine {
                 if self.leader {
                     // The asking tab may have just opened and not heard that the device is
                     // cut off: told at once, not at this tab's next failure.
-                    if self.cut_off() {
+                    let told = self.cut_off();
+                    #[cfg(feature = "planted-bugs")]
+                    let told = told && !crate::planted::planted(crate::planted::Bug::AskerNotTold);
+                    if told {
                         self.broadcast(TabBody::Unreachable);
                     }
                     match (self.pulled_recently(now), self.cursor.clone()) {

@@ -65,10 +65,13 @@ pub enum Bug {
     /// A tab told by another that the device is cut off (`TabBody::Unreachable`) does not
     /// count itself so: beside the leader, a position played from a stale copy is stamped now.
     UnreachableIgnored = 524288,
+    /// A leader cut off answers a tab's request for a pull without telling it the device is
+    /// cut off: a tab opened during the outage stamps its positions now.
+    AskerNotTold = 1048576,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -89,6 +92,7 @@ impl Bug {
         Bug::TakeoverKeepsForeign,
         Bug::SnapshotIgnoresRecords,
         Bug::UnreachableIgnored,
+        Bug::AskerNotTold,
     ];
 
     /// The name used on the command line.
@@ -114,6 +118,7 @@ impl Bug {
             Bug::TakeoverKeepsForeign => "takeover-keeps-foreign",
             Bug::SnapshotIgnoresRecords => "snapshot-ignores-records",
             Bug::UnreachableIgnored => "unreachable-ignored",
+            Bug::AskerNotTold => "asker-not-told",
         }
     }
 }

@@ -39,7 +39,8 @@ fn usage() -> ExitCode {
          \x20   merge-order, merge-twice, merge-arrival, cap-reads-too-few,\n\
          \x20   refusal-drops-batch, coalesce-across-fields, offline-stamped-now,\n\
          \x20   unreachable-stamped-now, stale-snapshot-taken, clamp-keeps-first,\n\
-         \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored"
+         \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored,\n\
+         \x20   asker-not-told"
     );
     ExitCode::from(2)
 }

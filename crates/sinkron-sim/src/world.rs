@@ -68,7 +68,11 @@ enum Event {
         poll_interval_ms: Option<u64>,
     },
     /// A `BroadcastChannel` message reaches a tab.
-    Message { tab: TabId, message: TabMessage },
+    Message {
+        tab: TabId,
+        from: TabId,
+        message: TabMessage,
+    },
     /// The device's Web Lock is granted (grant number `grant`).
     Grant {
         device: usize,
@@ -474,10 +478,23 @@ impl World {
                 }
                 Ok(())
             }
-            Event::Message { tab, message } => {
+            Event::Message { tab, from, message } => {
                 let Some((d, t)) = self.find(tab) else {
                     return Ok(());
                 };
+                // A tab asking the leader for a pull while the leader counts itself cut off
+                // must be told so (the leader's own account of itself is its own rule).
+                let leader = &self.devices[d].tabs[t].engine;
+                if matches!(message.body, TabBody::PullWanted)
+                    && leader.status().leader
+                    && leader.cut_off()
+                    && message.scope.as_deref() == leader.user()
+                {
+                    let now = self.now;
+                    if let Some(asker) = self.devices[d].tabs.iter_mut().find(|t| t.id == from) {
+                        asker.asked_at = Some(now);
+                    }
+                }
                 self.trace(format_args!(
                     "d{d} t{tab} message {}",
                     message_summary(&message)

@@ -109,6 +109,13 @@ fn a_tab_ignoring_that_its_device_is_cut_off_is_caught() {
     finds("unreachable-ignored", 20);
 }
 
+/// A tab opened during an outage asks the leader for a pull; a leader cut off that does not
+/// tell it leaves it stamping positions now.
+#[test]
+fn a_leader_not_telling_a_tab_that_asks_is_caught() {
+    finds("asker-not-told", 200);
+}
+
 /// A page kept from an earlier render, older than what its device stored, opened again:
 /// the check at a page's start sees its cursor go back (found at seed 0; before that check,
 /// only the cursor check found it, rarely: seed 1303 once, not within 1,400 seeds later).

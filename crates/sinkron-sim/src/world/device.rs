@@ -44,6 +44,9 @@ pub(super) struct Tab {
     /// When the tab joined the scope it is in (opened, signed in or out, back from the
     /// back/forward cache), in true time.
     pub(super) since: u64,
+    /// When a leader that counted itself cut off got this tab's request for a pull (which
+    /// it must answer by telling it so), in true time.
+    pub(super) asked_at: Option<u64>,
 }
 
 /// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
@@ -226,6 +229,7 @@ impl World {
                 at,
                 Event::Message {
                     tab: to,
+                    from,
                     message: message.clone(),
                 },
             );
@@ -368,6 +372,7 @@ impl World {
             local_seen: 0,
             heard_at: 0,
             since: self.now,
+            asked_at: None,
         });
         let t = self.devices[d].tabs.len() - 1;
         // How far what the device stores goes: its cursor, or where none is stored (while a
