@@ -355,28 +355,42 @@ describe("storage format", () => {
       await context.close();
     }));
 
+  /**
+   * A page of a new user `username` whose storage holds, before it loads, this tab's own
+   * outbox from before a reload (`own`, under the tab id "own") and a closed tab's (`closed`):
+   * each built by `outboxes(write)`, `write(id, key)` a favourite stamped a second ago. Returns
+   * the page, the session and the page's errors.
+   */
+  async function seeded(server, username, outboxes) {
+    const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username, password: "correct horse" }) });
+    const session = await response.json();
+    const now = Date.now();
+    const write = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: now - 1000 + id });
+    const context = await browser.newContext();
+    await context.addInitScript(({ session, own, closed }) => {
+      if (sessionStorage.getItem("seeded")) return;
+      sessionStorage.setItem("seeded", "1");
+      sessionStorage.setItem("sinkron:v1:tab", "own");
+      localStorage.setItem("sinkron:schema", "2");
+      localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
+      localStorage.setItem(`sinkron:v1:${session.user.id}:o:own`, JSON.stringify(own));
+      localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(closed));
+    }, { session, ...outboxes(write) });
+    const page = await context.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`${server.url}/?interval=30000`);
+    return { page, session, errors };
+  }
+
   test("outboxes whose numbering this version cannot read (another version's, or damaged) keep their writes, which reach the server", () =>
     withServer(async (server) => {
-      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "renumbered", password: "correct horse" }) });
-      const session = await response.json();
-      const now = Date.now();
-      const write = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: now - 1000 + id });
-      const context = await browser.newContext();
       // The tab's own outbox before a reload, numbered with a fraction, and a closed tab's
       // numbered with no number at all.
-      await context.addInitScript(({ session, own, closed }) => {
-        if (sessionStorage.getItem("seeded")) return;
-        sessionStorage.setItem("seeded", "1");
-        sessionStorage.setItem("sinkron:v1:tab", "own");
-        localStorage.setItem("sinkron:schema", "2");
-        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
-        localStorage.setItem(`sinkron:v1:${session.user.id}:o:own`, JSON.stringify(own));
-        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(closed));
-      }, { session, own: { n: 2.5, m: [write(1, "s14")] }, closed: { n: "3", m: [write(2, "s15")] } });
-      const page = await context.newPage();
-      const errors = [];
-      page.on("pageerror", (e) => errors.push(e.message));
-      await page.goto(`${server.url}/?interval=30000`);
+      const { page, session, errors } = await seeded(server, "renumbered", (write) => ({
+        own: { n: 2.5, m: [write(1, "s14")] },
+        closed: { n: "3", m: [write(2, "s15")] },
+      }));
       for (const key of ["s14", "s15"]) await waitPressed(page, `favorite-${key}`);
       await syncedState(page);
       assert.deepEqual(recordsOf(await server.state(session.token), "favorites"), { s14: {}, s15: {} });
@@ -384,40 +398,22 @@ describe("storage format", () => {
       assert.equal(outboxes.length, 1, `the taken ones are gone: ${outboxes}`);
       assert.ok(!/:o:(own|closed)$/.test(outboxes[0]), `a fresh id: ${outboxes[0]}`);
       assert.deepEqual(errors, []);
-      await context.close();
+      await page.context().close();
     }));
 
   test("an outbox holding a write of a shape this version cannot read keeps its other writes, which reach the server", () =>
     withServer(async (server) => {
-      const response = await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "reshaped", password: "correct horse" }) });
-      const session = await response.json();
-      const now = Date.now();
-      const write = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: now - 1000 + id });
-      const context = await browser.newContext();
       // The tab's own outbox before a reload and a closed tab's, each with one write of
       // another shape (another version's, or damaged): no key, and an id that is text.
-      await context.addInitScript(({ session, own, closed }) => {
-        if (sessionStorage.getItem("seeded")) return;
-        sessionStorage.setItem("seeded", "1");
-        sessionStorage.setItem("sinkron:v1:tab", "own");
-        localStorage.setItem("sinkron:schema", "2");
-        localStorage.setItem("sinkron:v1:session", JSON.stringify(session));
-        localStorage.setItem(`sinkron:v1:${session.user.id}:o:own`, JSON.stringify(own));
-        localStorage.setItem(`sinkron:v1:${session.user.id}:o:closed`, JSON.stringify(closed));
-      }, {
-        session,
+      const { page, session, errors } = await seeded(server, "reshaped", (write) => ({
         own: { n: 3, m: [{ ...write(1, "s16"), key: undefined }, write(2, "s17")] },
         closed: { n: 3, m: [write(1, "s18"), { ...write(2, "s19"), id: "2" }] },
-      });
-      const page = await context.newPage();
-      const errors = [];
-      page.on("pageerror", (e) => errors.push(e.message));
-      await page.goto(`${server.url}/?interval=30000`);
+      }));
       for (const key of ["s17", "s18"]) await waitPressed(page, `favorite-${key}`);
       await syncedState(page);
       assert.deepEqual(recordsOf(await server.state(session.token), "favorites"), { s17: {}, s18: {} });
       assert.deepEqual(errors, []);
-      await context.close();
+      await page.context().close();
     }));
 });
 

@@ -361,52 +361,59 @@ test("stored data the engine cannot read (another version's, or damaged) is left
   }
 });
 
-test("an outbox holding a write of a shape this version cannot read keeps its other writes, which are sent", async (t) => {
+/**
+ * Starts a signed-in client whose storage holds this tab's own outbox from before a reload
+ * (`mine`) and a closed tab's (`other`), each built by `outboxes(m)`, `m(id, key)` a
+ * favourite; pushes are acknowledged. Returns the client after its first pull and the keys
+ * its pushes carried once nothing is pending.
+ */
+async function startWithOutboxes(t, outboxes) {
   fakeClock(t);
   session("7");
   localStorage.setItem("sinkron:schema", "2");
   browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
   const m = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: 1000 + id });
-  // This tab's own outbox before a reload and a closed tab's, each with one write of
-  // another shape (another version's, or damaged): no id, and no key at all.
+  const { mine, other } = outboxes(m);
   sessionStorage.setItem("sinkron:v1:tab", "mine");
-  const { id: _, ...noId } = m(1, "s00");
-  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify({ n: 3, m: [noId, m(2, "s01")] }));
-  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: 3, m: [m(1, "s02"), { id: 2, collection: "favorites" }] }));
+  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify(mine));
+  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify(other));
   const client = await SinkronClient.start(options());
-  try {
-    assert.deepEqual(client.collection("favorites").map((r) => r.key).sort(), ["s01", "s02"]);
+  const shown = client.collection("favorites").map((r) => r.key).sort();
+  const pushed = async () => {
     await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    // The leader takes a closed tab's writes over at its pull; pushed after the usual short wait.
     t.mock.timers.tick(1000);
     await settle(() => client.status().pending === 0, { what: "the writes pushed" });
-    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
-    assert.deepEqual(pushed.sort(), ["s01", "s02"]);
+    return browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key)).sort();
+  };
+  return { client, shown, pushed };
+}
+
+test("an outbox holding a write of a shape this version cannot read keeps its other writes, which are sent", async (t) => {
+  // Each with one write of another shape (another version's, or damaged): no id, no key.
+  const { id: _, ...noId } = { id: 1, collection: "favorites", key: "s00", value: {}, updatedAt: 1001 };
+  const { client, shown, pushed } = await startWithOutboxes(t, (m) => ({
+    mine: { n: 3, m: [noId, m(2, "s01")] },
+    other: { n: 3, m: [m(1, "s02"), { id: 2, collection: "favorites" }] },
+  }));
+  try {
+    assert.deepEqual(shown, ["s01", "s02"]);
+    assert.deepEqual(await pushed(), ["s01", "s02"]);
   } finally {
     client.stop();
   }
 });
 
 test("an outbox whose numbering cannot be read keeps its writes: the tab takes a fresh id and sends them as a closed tab's", async (t) => {
-  fakeClock(t);
-  session("7");
-  localStorage.setItem("sinkron:schema", "2");
-  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
-  const m = (id, key) => ({ id, collection: "favorites", key, value: {}, updatedAt: 1000 + id });
-  // This tab's own outbox before a reload, and a closed tab's, each numbered by another
-  // version (or damaged): a fraction, and no number at all.
-  sessionStorage.setItem("sinkron:v1:tab", "mine");
-  localStorage.setItem("sinkron:v1:7:o:mine", JSON.stringify({ n: 2.5, m: [m(1, "s01")] }));
-  localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: "3", m: [m(2, "s02")] }));
-  const client = await SinkronClient.start(options());
+  // Each numbered by another version (or damaged): a fraction, and no number at all.
+  const { client, shown, pushed } = await startWithOutboxes(t, (m) => ({
+    mine: { n: 2.5, m: [m(1, "s01")] },
+    other: { n: "3", m: [m(2, "s02")] },
+  }));
   try {
     assert.ok(!["mine", "other"].includes(client.clientId()), `a fresh id, not ${client.clientId()}`);
-    assert.deepEqual(client.collection("favorites").map((r) => r.key).sort(), ["s01", "s02"]);
-    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
-    // The leader takes them over at its pull; pushed after the usual short wait.
-    t.mock.timers.tick(1000);
-    await settle(() => client.status().pending === 0, { what: "the writes pushed" });
-    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
-    assert.deepEqual(pushed.sort(), ["s01", "s02"]);
+    assert.deepEqual(shown, ["s01", "s02"]);
+    assert.deepEqual(await pushed(), ["s01", "s02"]);
     assert.deepEqual(stored("sinkron:v1:7:o:"), [`sinkron:v1:7:o:${client.clientId()}`], "the taken outboxes are gone");
   } finally {
     client.stop();
