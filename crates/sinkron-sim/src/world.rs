@@ -490,9 +490,9 @@ impl World {
                     && leader.cut_off()
                     && message.scope.as_deref() == leader.user()
                 {
-                    let now = self.now;
+                    let asked = Some((self.now, message.scope.clone()));
                     if let Some(asker) = self.devices[d].tabs.iter_mut().find(|t| t.id == from) {
-                        asker.asked_at = Some(now);
+                        asker.asked = asked;
                     }
                 }
                 self.trace(format_args!(

@@ -117,24 +117,24 @@ impl World {
     /// Whether the tab must count itself cut off by the world's account, whatever its
     /// engine says: another tab of the device, in the tab's scope, had a request fail while
     /// the browser said online ([`Device::cut_at`]), or a leader cut off got the tab's request
-    /// for a pull (a tab opened during the outage, `Tab::asked_at`), after the tab joined that
-    /// scope and last heard the server's state; the device has not come back online since,
-    /// and the channel has had time to tell it (its messages take at most a few ms).
+    /// for a pull of that scope (a tab opened during the outage, `Tab::asked`), after the tab
+    /// joined that scope and last heard the server's state; the device has not come back
+    /// online since, and the channel has had time to tell it (its messages take at most a
+    /// few ms).
     pub(super) fn told_cut_off(&self, d: usize, t: usize) -> bool {
         let device = &self.devices[d];
         let tab = &device.tabs[t];
-        let told = |at: u64| {
-            tab.since < at
-                && tab.heard_at < at
-                && device.online_since < at
-                && device.online
-                && self.now >= at + CHANNEL_MS_MAX
+        let told = |cut: &Option<(u64, Option<String>)>| {
+            cut.as_ref().is_some_and(|(at, scope)| {
+                scope.as_deref() == tab.engine.user()
+                    && tab.since < *at
+                    && tab.heard_at < *at
+                    && device.online_since < *at
+                    && device.online
+                    && self.now >= at + CHANNEL_MS_MAX
+            })
         };
-        let failed = device
-            .cut_at
-            .as_ref()
-            .is_some_and(|(at, scope)| scope.as_deref() == tab.engine.user() && told(*at));
-        failed || tab.asked_at.is_some_and(told)
+        told(&device.cut_at) || told(&tab.asked)
     }
 
     pub(super) fn set_online(&mut self, d: usize, online: bool) -> Result<(), Violation> {
@@ -334,7 +334,8 @@ impl World {
                          its device is cut off (a request failed at {failed:?}; a leader cut \
                          off got its request for a pull at {:?}) and it has not heard the \
                          server since",
-                        tab.id, tab.asked_at
+                        tab.id,
+                        tab.asked.as_ref().map(|(at, _)| at)
                     ),
                 ));
             }

@@ -45,8 +45,8 @@ pub(super) struct Tab {
     /// back/forward cache), in true time.
     pub(super) since: u64,
     /// When a leader that counted itself cut off got this tab's request for a pull (which
-    /// it must answer by telling it so), in true time.
-    pub(super) asked_at: Option<u64>,
+    /// it must answer by telling it so), in true time, and the scope the request was of.
+    pub(super) asked: Option<(u64, Option<String>)>,
 }
 
 /// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
@@ -372,7 +372,7 @@ impl World {
             local_seen: 0,
             heard_at: 0,
             since: self.now,
-            asked_at: None,
+            asked: None,
         });
         let t = self.devices[d].tabs.len() - 1;
         // How far what the device stores goes: its cursor, or where none is stored (while a
