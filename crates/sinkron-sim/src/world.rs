@@ -484,11 +484,11 @@ impl World {
                 };
                 // A tab asking the leader for a pull while the leader counts itself cut off
                 // must be told so (the leader's own account of itself is its own rule).
-                let leader = &self.devices[d].tabs[t].engine;
+                let receiver = &self.devices[d].tabs[t].engine;
                 if matches!(message.body, TabBody::PullWanted)
-                    && leader.status().leader
-                    && leader.cut_off()
-                    && message.scope.as_deref() == leader.user()
+                    && receiver.status().leader
+                    && receiver.cut_off()
+                    && message.scope.as_deref() == receiver.user()
                 {
                     let asked = Some((self.now, message.scope.clone()));
                     if let Some(asker) = self.devices[d].tabs.iter_mut().find(|t| t.id == from) {

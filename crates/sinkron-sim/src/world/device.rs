@@ -39,7 +39,7 @@ pub(super) struct Tab {
     pub(super) local_seen: u64,
     /// When the tab last heard the server's state, in true time, as far as the world can
     /// tell: an answer to one of its requests other than no answer at all, or another tab's
-    /// `synced` message. (For [`Device::cut_at`].)
+    /// `synced` message. (For [`Device::cut_at`] and `asked`.)
     pub(super) heard_at: u64,
     /// When the tab joined the scope it is in (opened, signed in or out, back from the
     /// back/forward cache), in true time.
@@ -115,7 +115,7 @@ pub(super) struct Device {
     pub(super) lowest_skew_ms: i64,
     /// The world's own account of the device being cut off while the browser says online:
     /// when (true time) a tab's request failed with its tab counting itself connected
-    /// before, and the scope it was in. Every tab of that scope open since, that has not
+    /// before, and the scope it was in. Every tab already in that scope then, that has not
     /// heard the server's state since, must count itself cut off once the channel could
     /// have told it (see `World::told_cut_off`): the simulation does not take the engine's
     /// own word for a tab beside the one whose request failed.
