@@ -108,7 +108,7 @@ export class SinkronClient {
   #tabLockRelease: (() => void) | null = null;
   #tabId = "";
   #stopped = false;
-  /** The site's last token for the engine's user (token mode): what a keepalive flush sends. */
+  /** The last token sent for the engine's user: what a keepalive flush sends. */
   #lastToken: string | null = null;
 
   readonly #engine: Engine;
@@ -227,6 +227,8 @@ export class SinkronClient {
     const current = this.user();
     if (current && current.id !== session.user.id) await this.signOut();
     this.#storage.setSession(session);
+    // A flush takes the new session's token, not one of this user's earlier sessions.
+    this.#lastToken = null;
     this.#call({ t: "signIn", user: session.user.id });
     return session.user;
   }
@@ -582,21 +584,46 @@ export class SinkronClient {
   async #authorization(c: { freshToken: boolean; keepalive?: boolean }): Promise<string | null | undefined> {
     const getToken = this.#options.getToken;
     if (this.#options.cookie && !getToken) return undefined;
-    if (!getToken) {
-      const token = this.#storage.session()?.token;
-      return token ? `Bearer ${token}` : null;
-    }
     // A flush on page hide or sign-out cannot wait for the provider: the page may be gone,
     // the user signed out. The last token is the user's whose writes it carries.
     let token = c.keepalive && !c.freshToken ? this.#lastToken : null;
-    if (!token) {
+    if (!token && !getToken) {
+      // The session stored for the engine's user (a flush takes the one stored).
+      token = c.keepalive ? (this.#storage.session()?.token ?? null) : await this.#sessionToken(this.#call({ t: "user" }));
+      if (token) this.#lastToken = token;
+    } else if (!token && getToken) {
       token = await getToken({ refresh: c.freshToken });
       // A token for someone else (the site switched users in another page) is never used for
       // this user's data; `followSite` or the app's `signedIn` switches over.
       if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
       this.#lastToken = token;
     }
-    return `Bearer ${token}`;
+    return token ? `Bearer ${token}` : null;
+  }
+
+  /**
+   * The built-in session's token when it is `user`'s. Another tab's sign-in reaches this one
+   * over the channel before its session does through `localStorage` (Chromium copies it
+   * between a site's tabs later, often after the channel's message): a request waits for it
+   * (its `storage` event), a second at most, rather than go without and end the session here.
+   */
+  #sessionToken(user: string | null): Promise<string | null> {
+    const stored = () => {
+      const session = this.#storage.session();
+      return session?.user.id === user ? session.token : null;
+    };
+    const token = stored();
+    if (token || user === null) return Promise.resolve(token);
+    return new Promise((resolve) => {
+      const done = () => {
+        window.removeEventListener("storage", arrived);
+        clearTimeout(timer);
+        resolve(stored());
+      };
+      const arrived = () => stored() && done();
+      const timer = setTimeout(done, 1000);
+      window.addEventListener("storage", arrived);
+    });
   }
 
   /**
