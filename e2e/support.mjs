@@ -119,12 +119,15 @@ export function countRequests(page, { where = () => true } = {}) {
   return counts;
 }
 
-/** Resolves once `predicate()` (sync or async) holds; checks every 20 ms, fails after `timeout`. */
+/**
+ * Resolves once `predicate()` (sync or async) holds; checks every 20 ms, fails after `timeout`
+ * saying `what` it waited for (a function is asked when it fails: what things were by then).
+ */
 export async function until(predicate, { timeout = 15000, what = "condition" } = {}) {
   const started = Date.now();
   for (;;) {
     if (await predicate()) return;
-    if (Date.now() - started > timeout) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() - started > timeout) throw new Error(`timed out waiting for ${typeof what === "function" ? await what() : what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -1,0 +1,336 @@
+// What real users do to pages, at random: two devices of one account, each with a few tabs,
+// favourite shows and play, pause and seek episodes while their tabs reload, close, open,
+// hide, go offline or lose the API, and sign out and in again. Whatever happened, once every
+// device is back online and signed in, every tab and the server hold the newest choice for
+// each show and the same position for each episode, and no write is left behind in any stored
+// outbox.
+//
+// The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
+// for how many per seed); a failure prints the seed and the steps taken.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withServer } from "./support.mjs";
+
+const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(Boolean).map(Number);
+const STEPS = Number(process.env.SINKRON_E2E_STEPS ?? 40);
+const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
+const PASSWORD = "correct horse";
+/** The most tabs one device holds open at once. */
+const TABS_MAX = 3;
+/**
+ * Two choices of one show in different tabs are made at least this far apart. A tab stamps a
+ * write by its clock corrected to the server's as its last answer showed it (a few milliseconds
+ * off, more on a busy machine), and above every stamp it has seen: writes this far apart are
+ * ordered by time in every tab alike, whether or not the later tab has heard of the earlier one.
+ */
+const GAP_MS = 250;
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(() => browser?.close());
+
+/** xorshift32: the same steps for the same seed. */
+function rng(seed) {
+  let s = seed >>> 0 || 1;
+  const next = () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 2 ** 32;
+  };
+  return { below: (n) => Math.floor(next() * n), pick: (items) => items[Math.floor(next() * items.length)] };
+}
+
+const status = (page) => page.getByTestId("sync-status");
+/** What the device stores of Sinkron's: outboxes whole, other values by length (for a failure's message). */
+const stored = (page) =>
+  page.evaluate(() =>
+    JSON.stringify(
+      Object.fromEntries(
+        Object.keys(localStorage)
+          .filter((k) => k.startsWith("sinkron:"))
+          .sort()
+          .map((k) => [k, k.includes(":o:") ? localStorage.getItem(k) : localStorage.getItem(k).length]),
+      ),
+    ),
+  );
+
+class Device {
+  constructor(name, context, server) {
+    this.name = name;
+    this.context = context;
+    this.server = server;
+    this.pages = [];
+    /** Tabs made hidden (a reload shows a tab again). */
+    this.hidden = new Set();
+    /** `offline`: the browser says so and nothing gets out; `cut`: the API fails while the browser says online. */
+    this.network = "online";
+    this.signedIn = false;
+    this.errors = [];
+  }
+
+  async open() {
+    const page = await open(this.context, this.server, { interval: 1000 });
+    page.on("pageerror", (e) => this.errors.push(`${this.name}: ${e.message}`));
+    // The page's last API requests and how they ended, for a failure's message.
+    const requests = [];
+    const note = (request, outcome) => {
+      const url = new URL(request.url());
+      if (!url.pathname.startsWith("/api/")) return;
+      requests.push(`${new Date().toISOString().slice(17, 23)} ${request.method()} ${url.pathname}${url.search} ${outcome}`);
+      if (requests.length > 20) requests.shift();
+    };
+    page.on("request", (request) => note(request, "sent"));
+    page.on("console", (m) => ["warning", "error"].includes(m.type()) && requests.push(`${m.type()}: ${m.text()}`));
+    page.on("requestfinished", async (request) => note(request, (await request.response())?.status()));
+    page.on("requestfailed", (request) => note(request, request.failure()?.errorText));
+    page.requests = requests;
+    this.pages.push(page);
+    if (this.signedIn) await page.getByTestId("logout").waitFor();
+    return page;
+  }
+
+  visible() {
+    return this.pages.filter((p) => !this.hidden.has(p));
+  }
+
+  async setNetwork(network) {
+    if (network === this.network) return;
+    if (this.network !== "online") await this.context.unroute("**/api/**");
+    if (this.network === "offline") await this.context.setOffline(false);
+    if (network !== "online") await this.context.route("**/api/**", (route) => route.abort("internetdisconnected"));
+    if (network === "offline") await this.context.setOffline(true);
+    this.network = network;
+  }
+}
+
+async function wander(seed, server, t) {
+  const r = rng(seed);
+  const log = [];
+  const devices = [];
+  for (const name of ["A", "B"]) devices.push(new Device(name, await browser.newContext(), server));
+  const [a, b] = devices;
+  const first = await a.open();
+  await signUp(first, "wanderer");
+  const firstOfB = await b.open();
+  await signIn(firstOfB, "wanderer");
+  a.signedIn = b.signedIn = true;
+
+  /** The newest choice per show: whether it is a favourite, in which tab, when. */
+  const chosen = new Map();
+  const actions = {
+    async choose(device) {
+      const page = r.pick(device.visible());
+      const show = r.pick(SHOWS);
+      const last = chosen.get(show);
+      const wait = last && last.page !== page ? last.at + GAP_MS - Date.now() : 0;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      // What the click chose is what the page shows once it has drawn it: an answer arriving
+      // meanwhile could change what the click toggles, not what it shows after (the write is
+      // the newest the page knows of, and nothing newer is made until the next step).
+      const now = await page.evaluate(async (id) => {
+        const button = document.querySelector(`[data-testid="${id}"]`);
+        button.click();
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        return button.getAttribute("aria-pressed");
+      }, `favorite-${show}`);
+      chosen.set(show, { favourite: now === "true", page, at: Date.now() });
+      return `${show} ${now === "true" ? "on" : "off"} in tab ${device.pages.indexOf(page)}`;
+    },
+    async play(device) {
+      const page = r.pick(device.visible());
+      const show = r.pick(SHOWS);
+      const episode = `${show}e0${1 + r.below(2)}`;
+      await openEpisodes(page, show);
+      await page.getByTestId(`play-${episode}`).click();
+      await page.getByTestId("player").waitFor();
+      return `${episode} in tab ${device.pages.indexOf(page)}`;
+    },
+    async pause(device) {
+      // A player may have stopped by itself since (a refused play, say).
+      const page = r.pick(await playing(device));
+      if (!page) return "(nothing plays now)";
+      await page.getByTestId("pause").click();
+      return `tab ${device.pages.indexOf(page)}`;
+    },
+    async seek(device) {
+      const page = r.pick(await playing(device));
+      if (!page) return "(nothing plays now)";
+      await page.getByTestId(r.pick(["seek-forward", "seek-back"])).click();
+      return `tab ${device.pages.indexOf(page)}`;
+    },
+    async reload(device) {
+      const page = r.pick(device.pages);
+      device.hidden.delete(page);
+      await page.reload();
+      await status(page).waitFor();
+      return `tab ${device.pages.indexOf(page)}`;
+    },
+    async close(device) {
+      const page = r.pick(device.pages);
+      const i = device.pages.indexOf(page);
+      device.pages.splice(i, 1);
+      device.hidden.delete(page);
+      await page.close();
+      return `tab ${i}`;
+    },
+    async open(device) {
+      await device.open();
+      return `tab ${device.pages.length - 1}`;
+    },
+    /** The browser quits and starts again (no session restore): what its storage holds stays. */
+    async restart(device) {
+      const storageState = await device.context.storageState();
+      await device.context.close();
+      const network = device.network;
+      device.context = await browser.newContext({ storageState });
+      device.pages = [];
+      device.hidden.clear();
+      device.network = "online";
+      await device.setNetwork(network);
+      if (network !== "offline") await device.open();
+      return "";
+    },
+    async hide(device) {
+      const page = r.pick(device.pages);
+      const hide = !device.hidden.has(page);
+      if (hide) device.hidden.add(page);
+      else device.hidden.delete(page);
+      await setVisible(page, !hide);
+      return `tab ${device.pages.indexOf(page)} ${hide ? "hidden" : "shown"}`;
+    },
+    async network(device) {
+      const network = r.pick(["online", "offline", "cut"].filter((n) => n !== device.network));
+      await device.setNetwork(network);
+      return network;
+    },
+    async signOut(device) {
+      await r.pick(device.visible()).getByTestId("logout").click();
+      device.signedIn = false;
+      for (const page of device.pages) await page.getByTestId("login-submit").waitFor();
+      return "";
+    },
+    async signIn(device) {
+      const page = r.pick(device.visible());
+      await page.getByTestId("login-username").fill("wanderer");
+      await page.getByTestId("login-password").fill(PASSWORD);
+      await page.getByTestId("login-submit").click();
+      device.signedIn = true;
+      for (const p of device.pages) await p.getByTestId("logout").waitFor();
+      return `in tab ${device.pages.indexOf(page)}`;
+    },
+  };
+  /** The device's visible tabs whose player plays. */
+  const playing = async (device) => {
+    const out = [];
+    for (const page of device.visible()) if (await page.getByTestId("pause").isVisible()) out.push(page);
+    return out;
+  };
+  /**
+   * What a user could do on this device now, each as often as it is listed (a page loads only
+   * with a network; choices and playback need a signed-in, visible tab).
+   */
+  const possible = async (device) => {
+    const loads = device.network !== "offline";
+    const shown = device.visible().length > 0;
+    const out = ["network"];
+    if (device.signedIn && shown) out.push(...Array(6).fill("choose"), "play", "play", "signOut");
+    if (device.signedIn && (await playing(device)).length > 0) out.push("pause", "seek");
+    if (!device.signedIn && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
+    if (loads && device.pages.length > 0) out.push("reload", "reload");
+    if (device.pages.length > 1 || (loads && device.pages.length === 1)) out.push("close");
+    if (loads && device.pages.length < TABS_MAX) out.push("open");
+    if (device.pages.length > 0) out.push("hide");
+    if (loads) out.push("restart");
+    return out;
+  };
+
+  const counts = {};
+  try {
+    for (let step = 0; step < STEPS; step++) {
+      const device = r.pick(devices);
+      const action = r.pick(await possible(device));
+      const what = await actions[action](device);
+      log.push(`${step}: ${device.name} ${action} ${what}`);
+      counts[action] = (counts[action] ?? 0) + 1;
+    }
+    t.diagnostic(`steps: ${Object.entries(counts).map(([action, n]) => `${action} ${n}`).join(", ")}`);
+
+    // Back to normal: every device online with a visible tab, signed in.
+    log.push("settle");
+    for (const device of devices) {
+      await device.setNetwork("online");
+      if (device.pages.length === 0) await device.open();
+      for (const page of device.hidden) await setVisible(page, true);
+      device.hidden.clear();
+      if (!device.signedIn) await actions.signIn(device);
+    }
+
+    for (const device of devices) for (const page of await playing(device)) await page.getByTestId("pause").click();
+
+    const expected = SHOWS.filter((s) => chosen.get(s)?.favourite).sort();
+    const shown = async (page) => {
+      const out = [];
+      for (const show of SHOWS) if ((await pressed(page, `favorite-${show}`)) === "true") out.push(show);
+      return out;
+    };
+    for (const device of devices) {
+      for (const page of device.pages) {
+        const which = `${device.name} tab ${device.pages.indexOf(page)}`;
+        await until(async () => JSON.stringify(await shown(page)) === JSON.stringify(expected), {
+          timeout: 20000,
+          what: async () => `${which} to show ${expected} (it shows ${await shown(page)})`,
+        });
+        const state = () => page.evaluate(() => {
+          const s = document.querySelector('[data-testid="sync-status"]');
+          return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
+        });
+        await until(async () => (await state()).startsWith("synced with 0 pending"), {
+          timeout: 20000,
+          what: async () => `${which} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${page.requests.join(", ")})`,
+        });
+      }
+    }
+    const login = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "wanderer", password: PASSWORD }) });
+    const state = await server.state((await login.json()).token);
+    const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
+    assert.deepEqual(onServer, expected, "the server holds the newest choice for each show");
+    // Every tab shows the positions the server holds (those under way: past the start).
+    const sorted = (entries) => JSON.stringify(entries.sort(([a], [b]) => (a < b ? -1 : 1)));
+    const positions = sorted(Object.entries(recordsOf(state, "history")).filter(([, v]) => v.position > 0).map(([k, v]) => [k, v.position]));
+    for (const device of devices) {
+      for (const page of device.pages) {
+        const shows = () =>
+          page
+            .evaluate(() => [...document.querySelectorAll('[data-testid^="continue-s"]')].map((b) => [b.dataset.testid.slice(9), b.querySelector("progress").value]))
+            .then(sorted);
+        await until(async () => (await shows()) === positions, {
+          timeout: 20000,
+          what: async () => `${device.name} tab ${device.pages.indexOf(page)} to show the positions ${positions} (it shows ${await shows()})`,
+        });
+      }
+    }
+    // No write waits in any stored outbox (a closed tab's included): everything was sent.
+    for (const device of devices) {
+      await until(
+        async () => (await device.pages[0].evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m?.length > 0))).length === 0,
+        { timeout: 20000, what: async () => `every stored outbox of ${device.name} to be empty (stored: ${await stored(device.pages[0])})` },
+      );
+    }
+    assert.deepEqual(devices.flatMap((d) => d.errors), [], "no page threw");
+  } catch (e) {
+    e.message = `seed ${seed}, steps:\n  ${log.join("\n  ")}\n${e.message}`;
+    throw e;
+  } finally {
+    for (const device of devices) await device.context.close();
+  }
+}
+
+for (const seed of SEEDS) {
+  test(`two devices used at random (seed ${seed}): every tab and the server end with the newest choices and the same positions, and no write is left behind`, (t) =>
+    withServer((server) => wander(seed, server, t)));
+}
