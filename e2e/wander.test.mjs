@@ -1,9 +1,10 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
-// hide, go offline or lose the API, and sign out and in again. Whatever happened, once every
-// device is back online and signed in, every tab and the server hold the newest choice for
-// each show and the same position for each episode, and no write is left behind in any stored
-// outbox.
+// hide, go offline or lose the API, the browser restarts, and users sign out and in again (now
+// and then as a second account, as on a shared computer). Whatever happened, once every device
+// is back online and has signed in again as each account it had, every tab and the server
+// hold each account's newest choice for each show and the same position for each episode, and
+// no write is left behind in any stored outbox.
 //
 // The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
 // for how many per seed); a failure prints the seed and the steps taken.
@@ -15,6 +16,8 @@ const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(
 const STEPS = Number(process.env.SINKRON_E2E_STEPS ?? 40);
 const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
+/** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
+const ACCOUNTS = ["wanderer", "wanderer", "sharer"];
 /** The most tabs one device holds open at once. */
 const TABS_MAX = 3;
 /**
@@ -46,6 +49,13 @@ function rng(seed) {
 }
 
 const status = (page) => page.getByTestId("sync-status");
+/** The stored outboxes holding writes: of the user signed in (`own`), or of anyone. */
+const withWrites = (page, own) =>
+  page.evaluate((own) => {
+    const user = JSON.parse(localStorage.getItem("sinkron:v1:session") ?? "null")?.user.id;
+    const prefix = own ? `sinkron:v1:${user}:o:` : "";
+    return Object.keys(localStorage).filter((k) => k.startsWith(prefix) && k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m?.length > 0);
+  }, own);
 /** What the device stores of Sinkron's: outboxes whole, other values by length (for a failure's message). */
 const stored = (page) =>
   page.evaluate(() =>
@@ -69,7 +79,9 @@ class Device {
     this.hidden = new Set();
     /** `offline`: the browser says so and nothing gets out; `cut`: the API fails while the browser says online. */
     this.network = "online";
-    this.signedIn = false;
+    /** Who is signed in (null: a guest), and who ever was here. */
+    this.account = null;
+    this.used = new Set();
     this.errors = [];
   }
 
@@ -90,7 +102,7 @@ class Device {
     page.on("requestfailed", (request) => note(request, request.failure()?.errorText));
     page.requests = requests;
     this.pages.push(page);
-    if (this.signedIn) await page.getByTestId("logout").waitFor();
+    if (this.account) await page.getByTestId("logout").waitFor();
     return page;
   }
 
@@ -116,17 +128,26 @@ async function wander(seed, server, t) {
   const [a, b] = devices;
   const first = await a.open();
   await signUp(first, "wanderer");
+  const login = async (username) => {
+    const response = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username, password: PASSWORD }) });
+    return (await response.json()).token;
+  };
+  await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
   const firstOfB = await b.open();
   await signIn(firstOfB, "wanderer");
-  a.signedIn = b.signedIn = true;
+  for (const device of devices) {
+    device.account = "wanderer";
+    device.used.add("wanderer");
+  }
 
-  /** The newest choice per show: whether it is a favourite, in which tab, when. */
-  const chosen = new Map();
+  /** Each account's newest choice per show: whether it is a favourite, in which tab, when. */
+  const chosen = new Map(ACCOUNTS.map((account) => [account, new Map()]));
   const actions = {
     async choose(device) {
       const page = r.pick(device.visible());
       const show = r.pick(SHOWS);
-      const last = chosen.get(show);
+      const choices = chosen.get(device.account);
+      const last = choices.get(show);
       const wait = last && last.page !== page ? last.at + GAP_MS - Date.now() : 0;
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       // What the click chose is what the page shows once it has drawn it: an answer arriving
@@ -138,8 +159,8 @@ async function wander(seed, server, t) {
         await new Promise((resolve) => setTimeout(resolve, 0));
         return button.getAttribute("aria-pressed");
       }, `favorite-${show}`);
-      chosen.set(show, { favourite: now === "true", page, at: Date.now() });
-      return `${show} ${now === "true" ? "on" : "off"} in tab ${device.pages.indexOf(page)}`;
+      choices.set(show, { favourite: now === "true", page, at: Date.now() });
+      return `${show} ${now === "true" ? "on" : "off"} in tab ${device.pages.indexOf(page)} as ${device.account}`;
     },
     async play(device) {
       const page = r.pick(device.visible());
@@ -210,18 +231,19 @@ async function wander(seed, server, t) {
     },
     async signOut(device) {
       await r.pick(device.visible()).getByTestId("logout").click();
-      device.signedIn = false;
+      device.account = null;
       for (const page of device.pages) await page.getByTestId("login-submit").waitFor();
       return "";
     },
-    async signIn(device) {
+    async signIn(device, account = r.pick(ACCOUNTS)) {
       const page = r.pick(device.visible());
-      await page.getByTestId("login-username").fill("wanderer");
+      await page.getByTestId("login-username").fill(account);
       await page.getByTestId("login-password").fill(PASSWORD);
       await page.getByTestId("login-submit").click();
-      device.signedIn = true;
+      device.account = account;
+      device.used.add(account);
       for (const p of device.pages) await p.getByTestId("logout").waitFor();
-      return `in tab ${device.pages.indexOf(page)}`;
+      return `as ${account} in tab ${device.pages.indexOf(page)}`;
     },
   };
   /** The device's visible tabs whose player plays. */
@@ -238,9 +260,9 @@ async function wander(seed, server, t) {
     const loads = device.network !== "offline";
     const shown = device.visible().length > 0;
     const out = ["network"];
-    if (device.signedIn && shown) out.push(...Array(6).fill("choose"), "play", "play", "signOut");
-    if (device.signedIn && (await playing(device)).length > 0) out.push("pause", "seek");
-    if (!device.signedIn && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
+    if (device.account && shown) out.push(...Array(6).fill("choose"), "play", "play", "signOut");
+    if (device.account && (await playing(device)).length > 0) out.push("pause", "seek");
+    if (!device.account && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
     if (loads && device.pages.length > 0) out.push("reload", "reload");
     if (device.pages.length > 1 || (loads && device.pages.length === 1)) out.push("close");
     if (loads && device.pages.length < TABS_MAX) out.push("open");
@@ -258,21 +280,48 @@ async function wander(seed, server, t) {
       log.push(`${step}: ${device.name} ${action} ${what}`);
       counts[action] = (counts[action] ?? 0) + 1;
     }
-    t.diagnostic(`steps: ${Object.entries(counts).map(([action, n]) => `${action} ${n}`).join(", ")}`);
+    const shared = devices.filter((d) => d.used.has("sharer")).map((d) => d.name);
+    t.diagnostic(`steps: ${Object.entries(counts).map(([action, n]) => `${action} ${n}`).join(", ")}; the second account on: ${shared.join(", ") || "none"}`);
 
-    // Back to normal: every device online with a visible tab, signed in.
+    // Back to normal: every device online with its tabs visible and nothing playing, and
+    // signed in as each account it ever had (so that what a sign-out kept for the account
+    // goes), the first last.
     log.push("settle");
+    const synced = async (device) => {
+      for (const page of await playing(device)) await page.getByTestId("pause").click();
+      for (const page of device.pages) {
+        const state = () =>
+          page.evaluate(() => {
+            const s = document.querySelector('[data-testid="sync-status"]');
+            return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
+          });
+        await until(async () => (await state()).startsWith("synced with 0 pending"), {
+          timeout: 20000,
+          what: async () =>
+            `${device.name} tab ${device.pages.indexOf(page)} as ${device.account} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${page.requests.join(", ")})`,
+        });
+      }
+      // Closed tabs' writes too: the tab that leads takes them over at its pulls.
+      await until(async () => (await withWrites(device.pages[0], true)).length === 0, {
+        timeout: 20000,
+        what: async () => `the stored outboxes of ${device.account} on ${device.name} to be empty (stored: ${await stored(device.pages[0])})`,
+      });
+    };
     for (const device of devices) {
       await device.setNetwork("online");
       if (device.pages.length === 0) await device.open();
       for (const page of device.hidden) await setVisible(page, true);
       device.hidden.clear();
-      if (!device.signedIn) await actions.signIn(device);
+      for (const account of ["sharer", "wanderer"].filter((a) => device.used.has(a) || a === "wanderer")) {
+        if (device.account !== account) {
+          if (device.account) await actions.signOut(device);
+          await actions.signIn(device, account);
+        }
+        await synced(device);
+      }
     }
 
-    for (const device of devices) for (const page of await playing(device)) await page.getByTestId("pause").click();
-
-    const expected = SHOWS.filter((s) => chosen.get(s)?.favourite).sort();
+    const expected = (account) => SHOWS.filter((s) => chosen.get(account).get(s)?.favourite).sort();
     const shown = async (page) => {
       const out = [];
       for (const show of SHOWS) if ((await pressed(page, `favorite-${show}`)) === "true") out.push(show);
@@ -280,26 +329,19 @@ async function wander(seed, server, t) {
     };
     for (const device of devices) {
       for (const page of device.pages) {
-        const which = `${device.name} tab ${device.pages.indexOf(page)}`;
-        await until(async () => JSON.stringify(await shown(page)) === JSON.stringify(expected), {
+        await until(async () => JSON.stringify(await shown(page)) === JSON.stringify(expected("wanderer")), {
           timeout: 20000,
-          what: async () => `${which} to show ${expected} (it shows ${await shown(page)})`,
-        });
-        const state = () => page.evaluate(() => {
-          const s = document.querySelector('[data-testid="sync-status"]');
-          return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
-        });
-        await until(async () => (await state()).startsWith("synced with 0 pending"), {
-          timeout: 20000,
-          what: async () => `${which} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${page.requests.join(", ")})`,
+          what: async () => `${device.name} tab ${device.pages.indexOf(page)} to show ${expected("wanderer")} (it shows ${await shown(page)})`,
         });
       }
     }
-    const login = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "wanderer", password: PASSWORD }) });
-    const state = await server.state((await login.json()).token);
-    const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
-    assert.deepEqual(onServer, expected, "the server holds the newest choice for each show");
-    // Every tab shows the positions the server holds (those under way: past the start).
+    let state;
+    for (const account of ["sharer", "wanderer"]) {
+      state = await server.state(await login(account));
+      const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
+      assert.deepEqual(onServer, expected(account), `the server holds ${account}'s newest choice for each show`);
+    }
+    // Every tab shows the positions the server holds for the account (those under way: past the start).
     const sorted = (entries) => JSON.stringify(entries.sort(([a], [b]) => (a < b ? -1 : 1)));
     const positions = sorted(Object.entries(recordsOf(state, "history")).filter(([, v]) => v.position > 0).map(([k, v]) => [k, v.position]));
     for (const device of devices) {
@@ -316,10 +358,7 @@ async function wander(seed, server, t) {
     }
     // No write waits in any stored outbox (a closed tab's included): everything was sent.
     for (const device of devices) {
-      await until(
-        async () => (await device.pages[0].evaluate(() => Object.keys(localStorage).filter((k) => k.includes(":o:") && JSON.parse(localStorage.getItem(k)).m?.length > 0))).length === 0,
-        { timeout: 20000, what: async () => `every stored outbox of ${device.name} to be empty (stored: ${await stored(device.pages[0])})` },
-      );
+      assert.deepEqual(await withWrites(device.pages[0], false), [], `no stored outbox of ${device.name} holds a write`);
     }
     assert.deepEqual(devices.flatMap((d) => d.errors), [], "no page threw");
   } catch (e) {
