@@ -1,7 +1,7 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
-// hide, go offline or lose the API, the browser restarts, and users sign out and in again (now
-// and then as a second account, as on a shared computer). Whatever happened, once every device
+// hide, go offline or lose the API, the browser restarts, the server crashes and comes back,
+// and users sign out and in again (now and then as a second account, as on a shared computer). Whatever happened, once every device
 // is back online and has signed in again as each account it had, every tab and the server
 // hold each account's newest choice for each show and the same position for each episode, and
 // no write is left behind in any stored outbox.
@@ -120,8 +120,10 @@ class Device {
   }
 }
 
-async function wander(seed, server, t) {
+async function wander(seed, started, t) {
   const r = rng(seed);
+  /** The server as it runs now: a restart is another process on the same port and database. */
+  let server = started;
   const log = [];
   const devices = [];
   for (const name of ["A", "B"]) devices.push(new Device(name, await browser.newContext(), server));
@@ -274,6 +276,14 @@ async function wander(seed, server, t) {
   const counts = {};
   try {
     for (let step = 0; step < STEPS; step++) {
+      // Now and then the server crashes and comes back (killed, its requests cut off).
+      if (r.below(25) === 0) {
+        server = await server.restart();
+        for (const device of devices) device.server = server;
+        log.push(`${step}: server restart`);
+        counts.serverRestart = (counts.serverRestart ?? 0) + 1;
+        continue;
+      }
       const device = r.pick(devices);
       const action = r.pick(await possible(device));
       const what = await actions[action](device);
@@ -366,6 +376,7 @@ async function wander(seed, server, t) {
     throw e;
   } finally {
     for (const device of devices) await device.context.close();
+    if (server !== started) await server.stop();
   }
 }
 
