@@ -98,7 +98,8 @@ class Device {
     };
     page.on("request", (request) => note(request, "sent"));
     page.on("console", (m) => ["warning", "error"].includes(m.type()) && requests.push(`${m.type()}: ${m.text()}`));
-    page.on("requestfinished", async (request) => note(request, (await request.response())?.status()));
+    // (Its response may be gone with the page.)
+    page.on("requestfinished", (request) => request.response().then((r) => note(request, r?.status()), () => undefined));
     page.on("requestfailed", (request) => note(request, request.failure()?.errorText));
     page.requests = requests;
     this.pages.push(page);
