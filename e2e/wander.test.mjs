@@ -22,11 +22,12 @@ const ACCOUNTS = ["wanderer", "wanderer", "sharer"];
 const TABS_MAX = 3;
 /**
  * Two choices of one show in different tabs are made at least this far apart. A tab stamps a
- * write by its clock corrected to the server's as its last answer showed it (a few milliseconds
- * off, more on a busy machine), and above every stamp it has seen: writes this far apart are
- * ordered by time in every tab alike, whether or not the later tab has heard of the earlier one.
+ * write by its clock corrected to the server's as its last answer showed it (off by how long
+ * that answer took to be handled: milliseconds, more on a busy machine), and above every stamp
+ * it has seen: writes this far apart are ordered by time in every tab alike, whether or not the
+ * later tab has heard of the earlier one.
  */
-const GAP_MS = 250;
+const GAP_MS = 1000;
 
 let browser;
 before(async () => {
