@@ -1,13 +1,15 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
 // hide, go offline or lose the API, the browser restarts, the server crashes and comes back,
-// and users sign out and in again (now and then as a second account, as on a shared computer). Whatever happened, once every device
-// is back online and has signed in again as each account it had, every tab and the server
-// hold each account's newest choice for each show and the same position for each episode, and
-// no write is left behind in any stored outbox.
+// and users sign out and in again (now and then as a second account, as on a shared
+// computer). Whatever happened, once every device is back online and has signed in again as
+// each account it had, every tab and the server hold each account's newest choice for each
+// show and the same position for each episode, and no write is left behind in any stored
+// outbox.
 //
 // The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
-// for how many per seed); a failure prints the seed and the steps taken.
+// for how many per seed); a failure prints the seed, the steps taken, and what the tab it
+// waited for shows, stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withServer } from "./support.mjs";
@@ -84,13 +86,15 @@ class Device {
     this.account = null;
     this.used = new Set();
     this.errors = [];
+    /** Each tab's last API requests and how they ended, and its warnings (for a failure's message). */
+    this.requests = new Map();
   }
 
   async open() {
     const page = await open(this.context, this.server, { interval: 1000 });
     page.on("pageerror", (e) => this.errors.push(`${this.name}: ${e.message}`));
-    // The page's last API requests and how they ended, for a failure's message.
     const requests = [];
+    this.requests.set(page, requests);
     const note = (request, outcome) => {
       const url = new URL(request.url());
       if (!url.pathname.startsWith("/api/")) return;
@@ -102,7 +106,6 @@ class Device {
     // (Its response may be gone with the page.)
     page.on("requestfinished", (request) => request.response().then((r) => note(request, r?.status()), () => undefined));
     page.on("requestfailed", (request) => note(request, request.failure()?.errorText));
-    page.requests = requests;
     this.pages.push(page);
     if (this.account) await page.getByTestId("logout").waitFor();
     return page;
@@ -200,6 +203,7 @@ async function wander(seed, started, t) {
       const i = device.pages.indexOf(page);
       device.pages.splice(i, 1);
       device.hidden.delete(page);
+      device.requests.delete(page);
       await page.close();
       return `tab ${i}`;
     },
@@ -215,6 +219,7 @@ async function wander(seed, started, t) {
       device.context = await browser.newContext({ storageState });
       device.pages = [];
       device.hidden.clear();
+      device.requests.clear();
       device.network = "online";
       await device.setNetwork(network);
       if (network !== "offline") await device.open();
@@ -310,7 +315,7 @@ async function wander(seed, started, t) {
         await until(async () => (await state()).startsWith("synced with 0 pending"), {
           timeout: 20000,
           what: async () =>
-            `${device.name} tab ${device.pages.indexOf(page)} as ${device.account} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${page.requests.join(", ")})`,
+            `${device.name} tab ${device.pages.indexOf(page)} as ${device.account} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${device.requests.get(page).join(", ")})`,
         });
       }
       // Closed tabs' writes too: the tab that leads takes them over at its pulls.
