@@ -1119,18 +1119,13 @@ describe("signing out with writes not yet confirmed", () => {
   const parked = (page, uid) =>
     page.evaluate((uid) => Object.keys(localStorage).filter((k) => k.startsWith(`sinkron:v1:${uid}:o:`)).map((k) => JSON.parse(localStorage.getItem(k)).m.length).filter((n) => n > 0), uid);
   const userId = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("sinkron:v1:session")).user.id);
-  /** A session of the user's own, to read the server's state after the page's has ended. */
-  const login = async (server, username) => {
-    const response = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username, password: "correct horse" }) });
-    return (await response.json()).token;
-  };
 
   test("online, the sign-out flushes them, and nothing of the user stays on the device", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
       const page = await open(context, server);
       await signUp(page, "leaving");
-      const auth = await login(server, "leaving");
+      const auth = await server.login("leaving");
       const uid = await userId(page);
       // The first push is held on its way: its writes are not confirmed when the user signs out.
       let held = null;
@@ -1154,7 +1149,7 @@ describe("signing out with writes not yet confirmed", () => {
       const context = await browser.newContext();
       const page = await open(context, server);
       await signUp(page, "roaming");
-      const auth = await login(server, "roaming");
+      const auth = await server.login("roaming");
       const uid = await userId(page);
       await page.route("**/api/**", (route) => route.abort("internetdisconnected"));
       await context.setOffline(true);
@@ -1198,7 +1193,7 @@ describe("signing out with writes not yet confirmed", () => {
       const context = await browser.newContext();
       const a = await open(context, server);
       await signUp(a, "twotabs");
-      const auth = await login(server, "twotabs");
+      const auth = await server.login("twotabs");
       const uid = await userId(a);
       const b = await open(context, server);
       await syncedState(b);

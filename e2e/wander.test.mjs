@@ -135,10 +135,6 @@ async function wander(seed, started, t) {
   const [a, b] = devices;
   const first = await a.open();
   await signUp(first, "wanderer");
-  const login = async (username) => {
-    const response = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username, password: PASSWORD }) });
-    return (await response.json()).token;
-  };
   await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
   const firstOfB = await b.open();
   await signIn(firstOfB, "wanderer");
@@ -354,7 +350,7 @@ async function wander(seed, started, t) {
     }
     let state;
     for (const account of ["sharer", "wanderer"]) {
-      state = await server.state(await login(account));
+      state = await server.state(await server.login(account, PASSWORD));
       const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
       assert.deepEqual(onServer, expected(account), `the server holds ${account}'s newest choice for each show`);
     }
