@@ -11,9 +11,12 @@
 //
 // Every user's password is "correct horse"; a username's id at the site is `site-<username>`.
 import { createHmac, generateKeyPairSync, randomBytes, sign } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
+import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
+import { Server } from "./support.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
 const DIST = join(root, "demo/dist");
@@ -161,4 +164,35 @@ export class Site {
       this.reply(res, 404, { error: "not found" });
     }
   }
+}
+
+/** A site and a Sinkron server in JWT mode that trusts it and allows its origin. */
+export async function withSite({ alg = "HS256", cookie = null, admin = false } = {}, fn) {
+  const dir = mkdtempSync(join(tmpdir(), "sinkron-site-"));
+  const site = await Site.start({ alg, cookie, dir });
+  const keys = alg === "HS256" ? ["--jwt-hs256-secret-file", site.secretFile] : ["--jwks-url", site.jwksUrl];
+  const args = ["--auth", "jwt", ...keys, "--cors-origin", site.url];
+  if (cookie) args.push("--jwt-cookie", cookie);
+  if (admin) {
+    // The site's backend key, for the admin API.
+    site.adminKey = randomBytes(24).toString("hex");
+    const keyFile = join(dir, "admin.key");
+    writeFileSync(keyFile, site.adminKey);
+    args.push("--admin-token-file", keyFile);
+  }
+  const sinkron = await Server.start({ dir, args });
+  try {
+    await fn(site, sinkron);
+  } finally {
+    await sinkron.stop();
+    await site.stop();
+  }
+}
+
+/** The demo, from the site's origin, syncing with Sinkron's. */
+export async function openDemo(context, site, sinkron, { auth = "token", interval = 30000 } = {}) {
+  const page = await context.newPage();
+  await page.goto(`${site.url}/?interval=${interval}&auth=${auth}&api=${encodeURIComponent(sinkron.url)}`);
+  await page.getByTestId("sync-status").waitFor();
+  return page;
 }

@@ -3,13 +3,9 @@
 // and Sinkron, on another origin, trusts them.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { Server, countRequests, launch, syncedState, waitPressed } from "./support.mjs";
-import { Site } from "./site.mjs";
+import { countRequests, launch, syncedState, waitPressed } from "./support.mjs";
+import { openDemo, withSite } from "./site.mjs";
 
 let browser;
 before(async () => {
@@ -18,37 +14,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
-
-/** A site and a Sinkron server in JWT mode that trusts it and allows its origin. */
-async function withSite({ alg = "HS256", cookie = null, admin = false } = {}, fn) {
-  const dir = mkdtempSync(join(tmpdir(), "sinkron-site-"));
-  const site = await Site.start({ alg, cookie, dir });
-  const keys = alg === "HS256" ? ["--jwt-hs256-secret-file", site.secretFile] : ["--jwks-url", site.jwksUrl];
-  const args = ["--auth", "jwt", ...keys, "--cors-origin", site.url];
-  if (cookie) args.push("--jwt-cookie", cookie);
-  if (admin) {
-    // The site's backend key, for the admin API.
-    site.adminKey = randomBytes(24).toString("hex");
-    const keyFile = join(dir, "admin.key");
-    writeFileSync(keyFile, site.adminKey);
-    args.push("--admin-token-file", keyFile);
-  }
-  const sinkron = await Server.start({ dir, args });
-  try {
-    await fn(site, sinkron);
-  } finally {
-    await sinkron.stop();
-    await site.stop();
-  }
-}
-
-/** The demo, from the site's origin, syncing with Sinkron's. */
-async function openDemo(context, site, sinkron, { auth = "token", interval = 30000 } = {}) {
-  const page = await context.newPage();
-  await page.goto(`${site.url}/?interval=${interval}&auth=${auth}&api=${encodeURIComponent(sinkron.url)}`);
-  await page.getByTestId("sync-status").waitFor();
-  return page;
-}
 
 /** Signs in through the site's own login form. */
 async function siteSignIn(page, username) {

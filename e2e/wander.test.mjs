@@ -2,20 +2,24 @@
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
 // hide, go offline or lose the API, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
-// computer). Whatever happened, once every device is back online and has signed in again as
+// computer). Each seed runs once with each way of signing in: Sinkron's own accounts, and the
+// site's own sign-in (a stand-in site with its own users, serving the demo on its origin) by
+// the tokens it issues or by its HttpOnly cookie. Whatever happened, once every device is back online and has signed in again as
 // each account it had, every tab and the server hold each account's newest choice for each
 // show and the same position for each episode, and no write is left behind in any stored
 // outbox.
 //
 // The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
-// for how many per seed); a failure prints the seed, the steps taken, and what the tab it
+// for how many per seed, `SINKRON_E2E_AUTH="builtin token cookie"` for the ways of signing in); a failure prints the seed, the steps taken, and what the tab it
 // waited for shows, stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withServer } from "./support.mjs";
+import { openDemo, withSite } from "./site.mjs";
 
 const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(Boolean).map(Number);
 const STEPS = Number(process.env.SINKRON_E2E_STEPS ?? 40);
+const AUTHS = (process.env.SINKRON_E2E_AUTH ?? "builtin token cookie").split(/[\s,]+/).filter(Boolean);
 const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
 /** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
@@ -73,10 +77,11 @@ const stored = (page) =>
   );
 
 class Device {
-  constructor(name, context, server) {
+  /** `opens(context)`: a new tab of the demo in that browser context, as this run serves it. */
+  constructor(name, context, opens) {
     this.name = name;
     this.context = context;
-    this.server = server;
+    this.opens = opens;
     this.pages = [];
     /** Tabs made hidden (a reload shows a tab again). */
     this.hidden = new Set();
@@ -91,13 +96,13 @@ class Device {
   }
 
   async open() {
-    const page = await open(this.context, this.server, { interval: 1000 });
+    const page = await this.opens(this.context);
     page.on("pageerror", (e) => this.errors.push(`${this.name}: ${e.message}`));
     const requests = [];
     this.requests.set(page, requests);
     const note = (request, outcome) => {
       const url = new URL(request.url());
-      if (!url.pathname.startsWith("/api/")) return;
+      if (!url.pathname.startsWith("/api/") && !url.pathname.startsWith("/site/")) return;
       requests.push(`${new Date().toISOString().slice(17, 23)} ${request.method()} ${url.pathname}${url.search} ${outcome}`);
       if (requests.length > 20) requests.shift();
     };
@@ -125,17 +130,30 @@ class Device {
   }
 }
 
-async function wander(seed, started, t) {
+/**
+ * One run: `auth` is how users sign in ("builtin": Sinkron's accounts; "token" or "cookie":
+ * the `site`'s own sign-in, the demo served from the site's origin).
+ */
+async function wander(seed, { auth, server: started, site }, t) {
   const r = rng(seed);
   /** The server as it runs now: a restart is another process on the same port and database. */
   let server = started;
+  const opens = (context) =>
+    site ? openDemo(context, site, server, { auth, interval: 1000 }) : open(context, server, { interval: 1000 });
+  /** A token of the account's, to read what the server holds for it. */
+  const tokenOf = (account) => (site ? site.token(site.userId(account)) : server.login(account, PASSWORD));
   const log = [];
   const devices = [];
-  for (const name of ["A", "B"]) devices.push(new Device(name, await browser.newContext(), server));
+  for (const name of ["A", "B"]) devices.push(new Device(name, await browser.newContext(), opens));
   const [a, b] = devices;
   const first = await a.open();
-  await signUp(first, "wanderer");
-  await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
+  if (site) {
+    // The site knows every username (each with the same password).
+    await signIn(first, "wanderer");
+  } else {
+    await signUp(first, "wanderer");
+    await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
+  }
   const firstOfB = await b.open();
   await signIn(firstOfB, "wanderer");
   for (const device of devices) {
@@ -235,7 +253,12 @@ async function wander(seed, started, t) {
       return network;
     },
     async signOut(device) {
-      await r.pick(device.visible()).getByTestId("logout").click();
+      const page = r.pick(device.visible());
+      // The site's session ends at the site once Sinkron has signed out (the demo then posts
+      // its logout): until then a tab loading would follow the site and sign in again.
+      const ended = site && page.waitForResponse((response) => new URL(response.url()).pathname === "/site/logout");
+      await page.getByTestId("logout").click();
+      await ended;
       device.account = null;
       for (const page of device.pages) await page.getByTestId("login-submit").waitFor();
       return "";
@@ -265,7 +288,9 @@ async function wander(seed, started, t) {
     const loads = device.network !== "offline";
     const shown = device.visible().length > 0;
     const out = ["network"];
-    if (device.account && shown) out.push(...Array(6).fill("choose"), "play", "play", "signOut");
+    if (device.account && shown) out.push(...Array(6).fill("choose"), "play", "play");
+    // The site's sign-out needs the site (Sinkron's keeps what it could not send, offline too).
+    if (device.account && shown && (!site || device.network !== "offline")) out.push("signOut");
     if (device.account && (await playing(device)).length > 0) out.push("pause", "seek");
     if (!device.account && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
     if (loads && device.pages.length > 0) out.push("reload", "reload");
@@ -282,7 +307,6 @@ async function wander(seed, started, t) {
       // Now and then the server crashes and comes back (killed, its requests cut off).
       if (r.below(25) === 0) {
         server = await server.restart();
-        for (const device of devices) device.server = server;
         log.push(`${step}: server restart`);
         counts.serverRestart = (counts.serverRestart ?? 0) + 1;
         continue;
@@ -350,7 +374,7 @@ async function wander(seed, started, t) {
     }
     let state;
     for (const account of ["sharer", "wanderer"]) {
-      state = await server.state(await server.login(account, PASSWORD));
+      state = await server.state(await tokenOf(account));
       const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
       assert.deepEqual(onServer, expected(account), `the server holds ${account}'s newest choice for each show`);
     }
@@ -383,7 +407,18 @@ async function wander(seed, started, t) {
   }
 }
 
-for (const seed of SEEDS) {
-  test(`two devices used at random (seed ${seed}): every tab and the server end with the newest choices and the same positions, and no write is left behind`, (t) =>
-    withServer((server) => wander(seed, server, t)));
+/** How users sign in, by `SINKRON_E2E_AUTH`'s names. */
+const SIGN_INS = {
+  builtin: { what: "Sinkron's accounts", run: (fn) => withServer((server) => fn({ auth: "builtin", server })) },
+  token: { what: "the site's tokens", run: (fn) => withSite({}, (site, server) => fn({ auth: "token", server, site })) },
+  cookie: { what: "the site's cookie", run: (fn) => withSite({ cookie: "site_token" }, (site, server) => fn({ auth: "cookie", server, site })) },
+};
+
+for (const auth of AUTHS) {
+  const signIns = SIGN_INS[auth];
+  if (!signIns) throw new Error(`SINKRON_E2E_AUTH: no sign-in "${auth}" (${Object.keys(SIGN_INS).join(", ")})`);
+  for (const seed of SEEDS) {
+    test(`two devices used at random, signed in by ${signIns.what} (seed ${seed}): every tab and the server end with the newest choices and the same positions, and no write is left behind`, (t) =>
+      signIns.run((run) => wander(seed, run, t)));
+  }
 }
