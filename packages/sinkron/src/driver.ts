@@ -587,41 +587,54 @@ export class SinkronClient {
     // A flush on page hide or sign-out cannot wait for the provider: the page may be gone,
     // the user signed out. The last token is the user's whose writes it carries.
     let token = c.keepalive && !c.freshToken ? this.#lastToken : null;
-    if (!token && !getToken) {
-      // The session stored for the engine's user (a flush takes the one stored).
-      token = c.keepalive ? (this.#storage.session()?.token ?? null) : await this.#sessionToken(this.#call({ t: "user" }));
+    if (!token) {
+      const user = this.#call<string | null>({ t: "user" });
+      let refresh = c.freshToken;
+      // The engine's user's token, the built-in session's or the provider's: never one of
+      // someone else (a sign-in or out elsewhere this tab has not heard of yet), which would
+      // carry this user's writes into their account; `followSite` or `signedIn` switches over.
+      const read = async () => {
+        const session = this.#storage.session();
+        const t = getToken ? await getToken({ refresh }) : session?.user.id === user ? session.token : null;
+        refresh = false;
+        return t && (!getToken || subjectOrNull(t) === user) ? t : null;
+      };
+      token = c.keepalive ? await read() : await this.#tokenFor(user, read);
       if (token) this.#lastToken = token;
-    } else if (!token && getToken) {
-      token = await getToken({ refresh: c.freshToken });
-      // A token for someone else (the site switched users in another page) is never used for
-      // this user's data; `followSite` or the app's `signedIn` switches over.
-      if (token === null || subjectOrNull(token) !== this.#call<string | null>({ t: "user" })) return null;
-      this.#lastToken = token;
     }
     return token ? `Bearer ${token}` : null;
   }
 
   /**
-   * The built-in session's token when it is `user`'s. Another tab's sign-in reaches this one
-   * over the channel before its session does through `localStorage` (Chromium copies it
-   * between a site's tabs later, often after the channel's message): a request waits for it
-   * (its `storage` event), a second at most, rather than go without and end the session here.
+   * `user`'s token, as `read` gives it. Another tab's sign-in reaches this one over the
+   * channel before what it stored through `localStorage` does (the built-in session, or the
+   * site's own, which a provider may read): Chromium copies storage between a site's tabs
+   * later, often after the channel's message. So `read` is asked again at each `storage`
+   * event, for a second at most, rather than the request go without and end the session here.
    */
-  #sessionToken(user: string | null): Promise<string | null> {
-    const stored = () => {
-      const session = this.#storage.session();
-      return session?.user.id === user ? session.token : null;
-    };
-    const token = stored();
-    if (token || user === null) return Promise.resolve(token);
-    return new Promise((resolve) => {
-      const done = () => {
+  async #tokenFor(user: string | null, read: () => Promise<string | null>): Promise<string | null> {
+    const token = await read();
+    if (token || user === null) return token;
+    return new Promise((resolve, reject) => {
+      let asking = false;
+      const done = (t: string | null) => {
         window.removeEventListener("storage", arrived);
         clearTimeout(timer);
-        resolve(stored());
+        resolve(t);
       };
-      const arrived = () => stored() && done();
-      const timer = setTimeout(done, 1000);
+      // (A provider that fails here is asked again; the last ask says.)
+      const arrived = () => {
+        if (asking) return;
+        asking = true;
+        read().then(
+          (t) => ((asking = false), t && done(t)),
+          () => (asking = false),
+        );
+      };
+      const timer = setTimeout(() => {
+        window.removeEventListener("storage", arrived);
+        read().then(resolve, reject);
+      }, 1000);
       window.addEventListener("storage", arrived);
     });
   }

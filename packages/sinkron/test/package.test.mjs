@@ -244,18 +244,50 @@ test("with a token provider: the user is the token's sub, and token_expired is r
 test("a token for another user is never sent for this user's data", async (t) => {
   fakeClock(t);
   let sub = "site-ana";
-  const client = await SinkronClient.start(options({ getToken: async () => fakeToken(sub) }));
+  let asked = 0;
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, fakeToken(sub)) }));
   browser.answer(() => emptyPage());
   try {
     await client.signedIn();
     await settle(() => browser.requests.length >= 1, { what: "the first pull" });
     sub = "site-bo"; // the site switched users in another page
     const before = browser.requests.length;
+    const askedBefore = asked;
     client.write("favorites", "s02", {});
+    t.mock.timers.tick(1000);
+    await settle(() => asked === askedBefore + 1, { what: "the provider asked" });
+    // Asked again as the site's storage changes, for a second: still bo's.
+    await settle(() => window.dispatchEvent(new Event("storage")) && asked === askedBefore + 2, { what: "the provider asked again at a storage event" });
     t.mock.timers.tick(1000);
     await settle(() => client.status().error === "unauthorized", { what: "unauthorized" });
     assert.equal(browser.requests.length, before, "nothing sent with bo's token");
     assert.equal(client.status().pending, 1, "the write is kept");
+  } finally {
+    client.stop();
+  }
+});
+
+test("a provider answering for nobody is asked again at the site's storage events: once it gives the user's token, the request goes", async (t) => {
+  fakeClock(t);
+  // The site's session as this tab's storage shows it (a tab that follows another tab's
+  // sign-in can hear of it before the browser has copied the site's session here).
+  let sub = "site-ana";
+  let asked = 0;
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, sub ? fakeToken(sub) : null) }));
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const pushed = () => browser.requests.filter((r) => r.method === "POST" && r.headers.authorization === `Bearer ${fakeToken("site-ana")}`);
+  try {
+    await client.signedIn();
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    sub = null;
+    const askedBefore = asked;
+    client.write("favorites", "s03", {});
+    t.mock.timers.tick(1000);
+    await settle(() => asked > askedBefore, { what: "the provider asked" });
+    sub = "site-ana"; // the site's session arrives, with its storage event
+    await settle(() => window.dispatchEvent(new Event("storage")) && pushed().length === 1, { what: "the push with ana's token" });
+    await settle(() => client.status().pending === 0, { what: "the write confirmed" });
+    assert.equal(client.status().error, null);
   } finally {
     client.stop();
   }
