@@ -10,6 +10,8 @@
 //   GET  /.well-known/jwks.json             → the public keys (RS256)
 //
 // Every user's password is "correct horse"; a username's id at the site is `site-<username>`.
+// `withSite` runs a test with a site and a Sinkron server that trusts it; `openDemo` opens the
+// demo from the site's origin.
 import { createHmac, generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
@@ -189,10 +191,10 @@ export async function withSite({ alg = "HS256", cookie = null, admin = false } =
   }
 }
 
-/** The demo, from the site's origin, syncing with Sinkron's. */
-export async function openDemo(context, site, sinkron, { auth = "token", interval = 30000 } = {}) {
+/** The demo, from the site's origin, syncing with Sinkron's; `query`: more of its options (`&keep=local`). */
+export async function openDemo(context, site, sinkron, { auth = "token", interval = 30000, query = "" } = {}) {
   const page = await context.newPage();
-  await page.goto(`${site.url}/?interval=${interval}&auth=${auth}&api=${encodeURIComponent(sinkron.url)}`);
+  await page.goto(`${site.url}/?interval=${interval}&auth=${auth}&api=${encodeURIComponent(sinkron.url)}${query}`);
   await page.getByTestId("sync-status").waitFor();
   return page;
 }

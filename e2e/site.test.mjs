@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { countRequests, launch, syncedState, waitPressed } from "./support.mjs";
+import { countRequests, launch, storageArrivesLate, syncedState, until, waitPressed } from "./support.mjs";
 import { openDemo, withSite } from "./site.mjs";
 
 let browser;
@@ -110,6 +110,25 @@ describe("the site's own sign-in", () => {
       await waitPressed(a, "favorite-s08", "false");
       await phone.close();
       await tv.close();
+    }));
+
+  test("a tab follows another tab's sign-in and sends its guest writes, though the token the site keeps in localStorage reaches it after the message", () =>
+    withSite({}, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const a = await openDemo(context, site, sinkron, { query: "&keep=local" });
+      const b = await openDemo(context, site, sinkron, { query: "&keep=local" });
+      await storageArrivesLate(b, "site:token", 300);
+      await b.getByTestId("favorite-s14").click();
+      await siteSignIn(a, "kim");
+      // B follows, and pushes its guest write into the account at once: with the account's
+      // token, which its provider gives once the site's storage reaches it, not with none
+      // (which would end the session here).
+      await b.getByTestId("logout").waitFor();
+      const user = site.userId("kim");
+      await until(async () => favoritesOf(await sinkron.state(site.token(user))).includes("s14"), { what: "B's guest write on the server" });
+      await b.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.equal(await b.getByTestId("sync-status").getAttribute("data-error"), "");
+      await context.close();
     }));
 
   test("RS256 through the site's JWKS: a key rotation is picked up without restarting Sinkron", () =>

@@ -188,6 +188,45 @@ export async function setVisible(page, visible) {
   }, visible);
 }
 
+/**
+ * Chromium copies `localStorage` between a site's tabs later than `BroadcastChannel`
+ * delivers, often after it: here made certain, what another tab writes at `key` (and its
+ * `storage` event) reaching this page `ms` after the tab that wrote it, while its own writes
+ * show at once.
+ */
+export const storageArrivesLate = (page, key, ms) =>
+  page.evaluate(
+    ({ KEY, ms }) => {
+      const { getItem, setItem, removeItem } = Storage.prototype;
+      let shown = getItem.call(localStorage, KEY);
+      Storage.prototype.getItem = function (key) {
+        return this === localStorage && key === KEY ? shown : getItem.call(this, key);
+      };
+      Storage.prototype.setItem = function (key, value) {
+        setItem.call(this, key, value);
+        if (this === localStorage && key === KEY) shown = String(value);
+      };
+      Storage.prototype.removeItem = function (key) {
+        removeItem.call(this, key);
+        if (this === localStorage && key === KEY) shown = null;
+      };
+      addEventListener(
+        "storage",
+        (e) => {
+          if (e.key !== KEY || !e.isTrusted) return;
+          e.stopImmediatePropagation();
+          const { newValue, oldValue, url } = e;
+          setTimeout(() => {
+            shown = getItem.call(localStorage, KEY);
+            dispatchEvent(new StorageEvent("storage", { key: KEY, newValue, oldValue, url, storageArea: localStorage }));
+          }, ms);
+        },
+        true,
+      );
+    },
+    { KEY: key, ms },
+  );
+
 export async function openEpisodes(page, showId) {
   const toggle = page.getByTestId(`episodes-${showId}`);
   if ((await toggle.getAttribute("aria-expanded")) !== "true") await toggle.click();

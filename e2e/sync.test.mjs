@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   Server, artifacts, clickLatencies, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
-  recordsOf, signIn, signUp, syncedState, token, until, waitPressed, withServer,
+  recordsOf, signIn, signUp, storageArrivesLate, syncedState, token, until, waitPressed, withServer,
 } from "./support.mjs";
 
 let browser;
@@ -1025,48 +1025,12 @@ describe("guest", () => {
 });
 
 describe("sign-in in another tab", () => {
-  /**
-   * Chromium copies `localStorage` between a site's tabs later than `BroadcastChannel`
-   * delivers, often after it: here made certain, the stored session (and its `storage` event)
-   * reaching this page `ms` after the tab that wrote it, while its own writes show at once.
-   */
-  const sessionArrivesLate = (page, ms) =>
-    page.evaluate((ms) => {
-      const KEY = "sinkron:v1:session";
-      const { getItem, setItem, removeItem } = Storage.prototype;
-      let shown = getItem.call(localStorage, KEY);
-      Storage.prototype.getItem = function (key) {
-        return this === localStorage && key === KEY ? shown : getItem.call(this, key);
-      };
-      Storage.prototype.setItem = function (key, value) {
-        setItem.call(this, key, value);
-        if (this === localStorage && key === KEY) shown = String(value);
-      };
-      Storage.prototype.removeItem = function (key) {
-        removeItem.call(this, key);
-        if (this === localStorage && key === KEY) shown = null;
-      };
-      addEventListener(
-        "storage",
-        (e) => {
-          if (e.key !== KEY || !e.isTrusted) return;
-          e.stopImmediatePropagation();
-          const { newValue, oldValue, url } = e;
-          setTimeout(() => {
-            shown = getItem.call(localStorage, KEY);
-            dispatchEvent(new StorageEvent("storage", { key: KEY, newValue, oldValue, url, storageArea: localStorage }));
-          }, ms);
-        },
-        true,
-      );
-    }, ms);
-
   test("a tab whose guest writes join the account as another tab signs in sends them, though the session reaches it after the message", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
       const a = await open(context, server);
       const b = await open(context, server);
-      await sessionArrivesLate(b, 300);
+      await storageArrivesLate(b, "sinkron:v1:session", 300);
       await b.getByTestId("favorite-s14").click();
       const auth = await signUp(a, "joiner");
       // B follows, and pushes its guest write into the account at once: with the session of

@@ -4,13 +4,14 @@
 // and users sign out and in again (now and then as a second account, as on a shared
 // computer). Each seed runs once with each way of signing in: Sinkron's own accounts, and the
 // site's own sign-in (a stand-in site with its own users, serving the demo on its origin) by
-// the tokens it issues or by its HttpOnly cookie. Whatever happened, once every device is back online and has signed in again as
+// the tokens it issues (asked of the site each time, or kept in `localStorage`) or by its
+// HttpOnly cookie. Whatever happened, once every device is back online and has signed in again as
 // each account it had, every tab and the server hold each account's newest choice for each
 // show and the same position for each episode, and no write is left behind in any stored
 // outbox.
 //
 // The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
-// for how many per seed, `SINKRON_E2E_AUTH="builtin token cookie"` for the ways of signing in); a failure prints the seed, the steps taken, and what the tab it
+// for how many per seed, `SINKRON_E2E_AUTH="builtin token kept cookie"` for the ways of signing in); a failure prints the seed, the steps taken, and what the tab it
 // waited for shows, stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -19,7 +20,7 @@ import { openDemo, withSite } from "./site.mjs";
 
 const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(Boolean).map(Number);
 const STEPS = Number(process.env.SINKRON_E2E_STEPS ?? 40);
-const AUTHS = (process.env.SINKRON_E2E_AUTH ?? "builtin token cookie").split(/[\s,]+/).filter(Boolean);
+const AUTHS = (process.env.SINKRON_E2E_AUTH ?? "builtin token kept cookie").split(/[\s,]+/).filter(Boolean);
 const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
 /** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
@@ -132,14 +133,14 @@ class Device {
 
 /**
  * One run: `auth` is how users sign in ("builtin": Sinkron's accounts; "token" or "cookie":
- * the `site`'s own sign-in, the demo served from the site's origin).
+ * the `site`'s own sign-in, the demo served from the site's origin with more options in `query`).
  */
-async function wander(seed, { auth, server: started, site }, t) {
+async function wander(seed, { auth, server: started, site, query }, t) {
   const r = rng(seed);
   /** The server as it runs now: a restart is another process on the same port and database. */
   let server = started;
   const opens = (context) =>
-    site ? openDemo(context, site, server, { auth, interval: 1000 }) : open(context, server, { interval: 1000 });
+    site ? openDemo(context, site, server, { auth, interval: 1000, query }) : open(context, server, { interval: 1000 });
   /** A token of the account's, to read what the server holds for it. */
   const tokenOf = (account) => (site ? site.token(site.userId(account)) : server.login(account, PASSWORD));
   const log = [];
@@ -411,6 +412,11 @@ async function wander(seed, { auth, server: started, site }, t) {
 const SIGN_INS = {
   builtin: { what: "Sinkron's accounts", run: (fn) => withServer((server) => fn({ auth: "builtin", server })) },
   token: { what: "the site's tokens", run: (fn) => withSite({}, (site, server) => fn({ auth: "token", server, site })) },
+  // The site keeps its token in `localStorage` and its provider reads it there.
+  kept: {
+    what: "the site's tokens kept in localStorage",
+    run: (fn) => withSite({}, (site, server) => fn({ auth: "token", server, site, query: "&keep=local" })),
+  },
   cookie: { what: "the site's cookie", run: (fn) => withSite({ cookie: "site_token" }, (site, server) => fn({ auth: "cookie", server, site })) },
 };
 

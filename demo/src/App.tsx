@@ -27,11 +27,33 @@ const onFocus = params.get("onFocus") !== "0";
  */
 const siteAuth = params.get("auth") === "token" || params.get("auth") === "cookie" ? params.get("auth") : null;
 
-/** The site's token provider: its token endpoint keeps the current token, `refresh` renews it. */
-async function getToken({ refresh }: { refresh: boolean }): Promise<string | null> {
+/**
+ * `?keep=local` (with `auth=token`): the site keeps its session's token in `localStorage`, as
+ * many sign-in libraries do (written at sign-in, renewed on `refresh`, removed at sign-out),
+ * and its provider reads it there. Otherwise the provider asks the site's token endpoint.
+ */
+const keepsToken = siteAuth === "token" && params.get("keep") === "local";
+const TOKEN_KEY = "site:token";
+
+/** The site's token endpoint: the session's current token, `refresh` renews it. */
+async function fetchToken(refresh: boolean): Promise<string | null> {
   const response = await fetch(`/site/token${refresh ? "?refresh=1" : ""}`, { cache: "no-store" });
   if (!response.ok) throw new Error(`the site's token endpoint answered ${response.status}`);
   return ((await response.json()) as { token: string | null }).token;
+}
+
+/** With `keep=local`: the site's session token fetched and kept (none: removed). */
+async function keepToken(refresh: boolean): Promise<void> {
+  const token = await fetchToken(refresh);
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+/** The site's token provider. */
+async function getToken({ refresh }: { refresh: boolean }): Promise<string | null> {
+  if (!keepsToken) return fetchToken(refresh);
+  if (refresh) await keepToken(true);
+  return localStorage.getItem(TOKEN_KEY);
 }
 
 /**
@@ -217,6 +239,7 @@ function Account() {
           onClick={() => {
             // Sinkron first: its flush of what is not yet sent still carries the site's session.
             void signOut().then(() => {
+              if (keepsToken) localStorage.removeItem(TOKEN_KEY);
               if (siteAuth) void fetch("/site/logout", { method: "POST" });
             });
           }}
@@ -240,6 +263,7 @@ function Account() {
         });
         if (!response.ok) throw new Error("wrong username or password");
         const { user } = (await response.json()) as { user: { id: string } };
+        if (keepsToken) await keepToken(false);
         await signedIn(siteAuth === "cookie" ? user.id : undefined);
       } else {
         await signIn(username, password, { create });
