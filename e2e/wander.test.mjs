@@ -2,25 +2,27 @@
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
 // hide, go offline or lose the API, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
-// computer). Each seed runs once with each way of signing in: Sinkron's own accounts, and the
-// site's own sign-in (a stand-in site with its own users, serving the demo on its origin) by
-// the tokens it issues (asked of the site each time, or kept in `localStorage`) or by its
-// HttpOnly cookie. Whatever happened, once every device is back online and has signed in again as
-// each account it had, every tab and the server hold each account's newest choice for each
-// show and the same position for each episode, and no write is left behind in any stored
-// outbox.
+// computer). Each seed runs once in each setup: Sinkron's own accounts on one server with
+// SQLite (`builtin`), or with each device on its own node of two sharing PostgreSQL, pokes on
+// (`nodes`); and the site's own sign-in (a stand-in site with its own users, serving the demo
+// on its origin) by the tokens it issues, asked of the site each time (`token`) or kept in
+// `localStorage` (`kept`), or by its HttpOnly cookie (`cookie`). Whatever happened, once every
+// device is back online and has signed in again as each account it had, every tab and the
+// server hold each account's newest choice for each show and the same position for each
+// episode, and no write is left behind in any stored outbox.
 //
 // The actions come from a seed (`SINKRON_E2E_SEEDS="1 2 3"` to pick them, `SINKRON_E2E_STEPS`
-// for how many per seed, `SINKRON_E2E_AUTH="builtin token kept cookie"` for the ways of signing in); a failure prints the seed, the steps taken, and what the tab it
-// waited for shows, stores and last requested.
+// for how many per seed, `SINKRON_E2E_SETUPS="builtin nodes token kept cookie"` for the
+// setups); a failure prints the seed, the steps taken, and what the tab it waited for shows,
+// stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withServer } from "./support.mjs";
+import { Server, launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withPostgres, withServer } from "./support.mjs";
 import { openDemo, withSite } from "./site.mjs";
 
 const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(Boolean).map(Number);
 const STEPS = Number(process.env.SINKRON_E2E_STEPS ?? 40);
-const AUTHS = (process.env.SINKRON_E2E_AUTH ?? "builtin token kept cookie").split(/[\s,]+/).filter(Boolean);
+const SETUPS = (process.env.SINKRON_E2E_SETUPS ?? "builtin nodes token kept cookie").split(/[\s,]+/).filter(Boolean);
 const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
 /** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
@@ -133,19 +135,24 @@ class Device {
 
 /**
  * One run: `auth` is how users sign in ("builtin": Sinkron's accounts; "token" or "cookie":
- * the `site`'s own sign-in, the demo served from the site's origin with more options in `query`).
+ * the `site`'s own sign-in, the demo served from the site's origin); `nodes`, the server each
+ * device talks to (the same one twice, or two nodes); `query`, more of the demo's options.
  */
-async function wander(seed, { auth, server: started, site, query }, t) {
+async function wander(seed, { auth, nodes, site, query = "" }, t) {
   const r = rng(seed);
-  /** The server as it runs now: a restart is another process on the same port and database. */
-  let server = started;
-  const opens = (context) =>
-    site ? openDemo(context, site, server, { auth, interval: 1000, query }) : open(context, server, { interval: 1000 });
+  /**
+   * The server node each device talks to, as it runs now (a restart is another process on the
+   * same port and database): one for both, or one each on a shared database.
+   */
+  const servers = [...nodes];
+  const server = () => servers[0];
+  const opener = (i) => (context) =>
+    site ? openDemo(context, site, servers[i], { auth, interval: 1000, query }) : open(context, servers[i], { interval: 1000, query });
   /** A token of the account's, to read what the server holds for it. */
-  const tokenOf = (account) => (site ? site.token(site.userId(account)) : server.login(account, PASSWORD));
+  const tokenOf = (account) => (site ? site.token(site.userId(account)) : server().login(account, PASSWORD));
   const log = [];
   const devices = [];
-  for (const name of ["A", "B"]) devices.push(new Device(name, await browser.newContext(), opens));
+  for (const [i, name] of ["A", "B"].entries()) devices.push(new Device(name, await browser.newContext(), opener(i)));
   const [a, b] = devices;
   const first = await a.open();
   if (site) {
@@ -153,7 +160,7 @@ async function wander(seed, { auth, server: started, site, query }, t) {
     await signIn(first, "wanderer");
   } else {
     await signUp(first, "wanderer");
-    await fetch(`${server.url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
+    await fetch(`${server().url}/api/auth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "sharer", password: PASSWORD }) });
   }
   const firstOfB = await b.open();
   await signIn(firstOfB, "wanderer");
@@ -307,8 +314,11 @@ async function wander(seed, { auth, server: started, site, query }, t) {
     for (let step = 0; step < STEPS; step++) {
       // Now and then the server crashes and comes back (killed, its requests cut off).
       if (r.below(25) === 0) {
-        server = await server.restart();
-        log.push(`${step}: server restart`);
+        // (A node of two at random.)
+        const old = servers[0] === servers[1] ? servers[0] : r.pick(servers);
+        const restarted = await old.restart();
+        for (const i of servers.keys()) if (servers[i] === old) servers[i] = restarted;
+        log.push(`${step}: server restart${servers[0] === servers[1] ? "" : ` (the node of ${devices[servers.indexOf(restarted)].name})`}`);
         counts.serverRestart = (counts.serverRestart ?? 0) + 1;
         continue;
       }
@@ -375,7 +385,7 @@ async function wander(seed, { auth, server: started, site, query }, t) {
     }
     let state;
     for (const account of ["sharer", "wanderer"]) {
-      state = await server.state(await tokenOf(account));
+      state = await server().state(await tokenOf(account));
       const onServer = state.changes.filter((c) => c.collection === "favorites" && c.value !== null).map((c) => c.key).sort();
       assert.deepEqual(onServer, expected(account), `the server holds ${account}'s newest choice for each show`);
     }
@@ -404,27 +414,41 @@ async function wander(seed, { auth, server: started, site, query }, t) {
     throw e;
   } finally {
     for (const device of devices) await device.context.close();
-    if (server !== started) await server.stop();
+    for (const node of new Set(servers)) if (!nodes.includes(node)) await node.stop();
   }
 }
 
-/** How users sign in, by `SINKRON_E2E_AUTH`'s names. */
-const SIGN_INS = {
-  builtin: { what: "Sinkron's accounts", run: (fn) => withServer((server) => fn({ auth: "builtin", server })) },
-  token: { what: "the site's tokens", run: (fn) => withSite({}, (site, server) => fn({ auth: "token", server, site })) },
+/** The setups, by `SINKRON_E2E_SETUPS`'s names: how users sign in, and the server. */
+const RUNS = {
+  builtin: { what: "Sinkron's accounts", start: (fn) => withServer((server) => fn({ auth: "builtin", nodes: [server, server] })) },
+  // Each device on its own node of two sharing a PostgreSQL database, a leader's poke stream on.
+  nodes: {
+    what: "Sinkron's accounts on two server nodes (PostgreSQL)",
+    start: (fn) =>
+      withPostgres(async (database) => {
+        const args = ["--poke", "sse"];
+        const nodes = [await Server.start({ database, args }), await Server.start({ database, args })];
+        try {
+          await fn({ auth: "builtin", nodes, query: "&pokes=1" });
+        } finally {
+          for (const node of nodes) await node.stop();
+        }
+      }),
+  },
+  token: { what: "the site's tokens", start: (fn) => withSite({}, (site, server) => fn({ auth: "token", nodes: [server, server], site })) },
   // The site keeps its token in `localStorage` and its provider reads it there.
   kept: {
     what: "the site's tokens kept in localStorage",
-    run: (fn) => withSite({}, (site, server) => fn({ auth: "token", server, site, query: "&keep=local" })),
+    start: (fn) => withSite({}, (site, server) => fn({ auth: "token", nodes: [server, server], site, query: "&keep=local" })),
   },
-  cookie: { what: "the site's cookie", run: (fn) => withSite({ cookie: "site_token" }, (site, server) => fn({ auth: "cookie", server, site })) },
+  cookie: { what: "the site's cookie", start: (fn) => withSite({ cookie: "site_token" }, (site, server) => fn({ auth: "cookie", nodes: [server, server], site })) },
 };
 
-for (const auth of AUTHS) {
-  const signIns = SIGN_INS[auth];
-  if (!signIns) throw new Error(`SINKRON_E2E_AUTH: no sign-in "${auth}" (${Object.keys(SIGN_INS).join(", ")})`);
+for (const setup of SETUPS) {
+  const run = RUNS[setup];
+  if (!run) throw new Error(`SINKRON_E2E_SETUPS: no setup "${setup}" (${Object.keys(RUNS).join(", ")})`);
   for (const seed of SEEDS) {
-    test(`two devices used at random, signed in by ${signIns.what} (seed ${seed}): every tab and the server end with the newest choices and the same positions, and no write is left behind`, (t) =>
-      signIns.run((run) => wander(seed, run, t)));
+    test(`two devices used at random, signed in by ${run.what} (seed ${seed}): every tab and the server end with the newest choices and the same positions, and no write is left behind`, (t) =>
+      run.start((how) => wander(seed, how, t)));
   }
 }
