@@ -1,6 +1,7 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
-// hide, go offline or lose the API, the browser restarts, the server crashes and comes back,
+// hide, go to another site and come back with Back (the back/forward cache on), go offline
+// or lose the API, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
 // computer). Each seed runs once in each setup: Sinkron's own accounts on one server with
 // SQLite (`builtin`), or with each device on its own node of two sharing PostgreSQL, pokes on
@@ -17,6 +18,7 @@
 // stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import { Server, launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withPostgres, withServer } from "./support.mjs";
 import { openDemo, withSite } from "./site.mjs";
 
@@ -39,10 +41,20 @@ const TABS_MAX = 3;
 const GAP_MS = 1000;
 
 let browser;
+/** Another site, for tabs to go to and come back from. */
+let plain;
+let elsewhere;
 before(async () => {
-  browser = await launch();
+  // The back/forward cache on, as a user's browser has it.
+  browser = await launch({ backForwardCache: true });
+  plain = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title><p>elsewhere</p>"));
+  await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
+  elsewhere = `http://127.0.0.1:${plain.address().port}/`;
 });
-after(() => browser?.close());
+after(async () => {
+  await browser?.close();
+  plain?.close();
+});
 
 /** xorshift32: the same steps for the same seed. */
 function rng(seed) {
@@ -88,6 +100,8 @@ class Device {
     this.pages = [];
     /** Tabs made hidden (a reload shows a tab again). */
     this.hidden = new Set();
+    /** Tabs gone to another site, to come back with Back (from the back/forward cache). */
+    this.away = new Set();
     /** `offline`: the browser says so and nothing gets out; `cut`: the API fails while the browser says online. */
     this.network = "online";
     /** Who is signed in (null: a guest), and who ever was here. */
@@ -119,8 +133,18 @@ class Device {
     return page;
   }
 
+  /** The tabs showing the demo (not away on another site). */
+  here() {
+    return this.pages.filter((p) => !this.away.has(p));
+  }
+
   visible() {
-    return this.pages.filter((p) => !this.hidden.has(p));
+    return this.here().filter((p) => !this.hidden.has(p));
+  }
+
+  /** Waits until each tab here shows the account signed in, or the sign-in form. */
+  async follow() {
+    for (const page of this.here()) await page.getByTestId(this.account ? "logout" : "login-submit").waitFor();
   }
 
   async setNetwork(network) {
@@ -214,7 +238,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       return `tab ${device.pages.indexOf(page)}`;
     },
     async reload(device) {
-      const page = r.pick(device.pages);
+      const page = r.pick(device.here());
       device.hidden.delete(page);
       await page.reload();
       await status(page).waitFor();
@@ -225,6 +249,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       const i = device.pages.indexOf(page);
       device.pages.splice(i, 1);
       device.hidden.delete(page);
+      device.away.delete(page);
       device.requests.delete(page);
       await page.close();
       return `tab ${i}`;
@@ -241,14 +266,40 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       device.context = await browser.newContext({ storageState });
       device.pages = [];
       device.hidden.clear();
+      device.away.clear();
       device.requests.clear();
       device.network = "online";
       await device.setNetwork(network);
       if (network !== "offline") await device.open();
       return "";
     },
+    /**
+     * A visible tab goes to another site and stays there (its page frozen in the
+     * back/forward cache) while the user goes on in the others, until `back`.
+     */
+    async away(device) {
+      const page = r.pick(device.visible());
+      device.away.add(page);
+      await page.evaluate(() => addEventListener("pageshow", (e) => (window.restoredFromCache = e.persisted)));
+      await page.goto(elsewhere);
+      return `tab ${device.pages.indexOf(page)}`;
+    },
+    /** Back in such a tab: the page, restored, follows whatever happened meanwhile. */
+    async back(device) {
+      const page = r.pick([...device.away]);
+      // A page restored from the cache fires no load event.
+      await page.goBack({ waitUntil: "commit" });
+      await status(page).waitFor();
+      device.away.delete(page);
+      await device.follow();
+      // Restored as it was, or loaded again (by the browser, or by the page itself when
+      // what Sinkron stores changed meanwhile).
+      const kept = await page.evaluate(() => window.restoredFromCache === true);
+      if (kept) counts.backKept = (counts.backKept ?? 0) + 1;
+      return `tab ${device.pages.indexOf(page)}${kept ? " (kept)" : " (loaded again)"}`;
+    },
     async hide(device) {
-      const page = r.pick(device.pages);
+      const page = r.pick(device.here());
       const hide = !device.hidden.has(page);
       if (hide) device.hidden.add(page);
       else device.hidden.delete(page);
@@ -268,7 +319,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       await page.getByTestId("logout").click();
       await ended;
       device.account = null;
-      for (const page of device.pages) await page.getByTestId("login-submit").waitFor();
+      await device.follow();
       return "";
     },
     async signIn(device, account = r.pick(ACCOUNTS)) {
@@ -278,7 +329,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       await page.getByTestId("login-submit").click();
       device.account = account;
       device.used.add(account);
-      for (const p of device.pages) await p.getByTestId("logout").waitFor();
+      await device.follow();
       return `as ${account} in tab ${device.pages.indexOf(page)}`;
     },
   };
@@ -301,10 +352,12 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     if (device.account && shown && (!site || device.network !== "offline")) out.push("signOut");
     if (device.account && (await playing(device)).length > 0) out.push("pause", "seek");
     if (!device.account && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
-    if (loads && device.pages.length > 0) out.push("reload", "reload");
+    if (loads && device.here().length > 0) out.push("reload", "reload");
+    if (loads && shown) out.push("away");
+    if (loads && device.away.size > 0) out.push("back", "back");
     if (device.pages.length > 1 || (loads && device.pages.length === 1)) out.push("close");
     if (loads && device.pages.length < TABS_MAX) out.push("open");
-    if (device.pages.length > 0) out.push("hide");
+    if (device.here().length > 0) out.push("hide");
     if (loads) out.push("restart");
     return out;
   };
@@ -357,6 +410,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     };
     for (const device of devices) {
       await device.setNetwork("online");
+      while (device.away.size > 0) log.push(`settle: ${device.name} back ${await actions.back(device)}`);
       if (device.pages.length === 0) await device.open();
       for (const page of device.hidden) await setVisible(page, true);
       device.hidden.clear();
