@@ -390,16 +390,19 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     log.push("settle");
     const synced = async (device) => {
       for (const page of await playing(device)) await page.getByTestId("pause").click();
+      const state = (page) =>
+        page.evaluate(() => {
+          const s = document.querySelector('[data-testid="sync-status"]');
+          return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
+        });
       for (const page of device.pages) {
-        const state = () =>
-          page.evaluate(() => {
-            const s = document.querySelector('[data-testid="sync-status"]');
-            return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
-          });
-        await until(async () => (await state()).startsWith("synced with 0 pending"), {
+        await until(async () => (await state(page)).startsWith("synced with 0 pending"), {
           timeout: 20000,
-          what: async () =>
-            `${device.name} tab ${device.pages.indexOf(page)} as ${device.account} to be synced with nothing pending (it is ${await state()}; stored: ${await stored(page)}; its last requests: ${device.requests.get(page).join(", ")})`,
+          what: async () => {
+            const tabs = [];
+            for (const [i, p] of device.pages.entries()) tabs.push(`tab ${i} is ${await state(p)}; its last requests: ${device.requests.get(p).join(", ")}`);
+            return `${device.name} tab ${device.pages.indexOf(page)} as ${device.account} to be synced with nothing pending (stored: ${await stored(page)}; ${tabs.join("; ")})`;
+          },
         });
       }
       // Closed tabs' writes too: the tab that leads takes them over at its pulls.

@@ -536,9 +536,21 @@ impl Engine {
                 gone,
             } => {
                 let continues = from == self.cursor;
-                // The device's leader saw the server's state: so does this tab.
+                // The device's leader saw the server's state: so does this tab, and what its
+                // own requests last met (it may have led through an outage) is over. Their
+                // hold (`Timer::Retry`, a server's `Retry-After`) stands.
                 self.last_synced_at = Some(now);
                 self.told_cut_off = false;
+                let over = true;
+                #[cfg(feature = "planted-bugs")]
+                let over =
+                    over && !crate::planted::planted(crate::planted::Bug::UnreachableLingers);
+                if over {
+                    self.failures = 0;
+                    if matches!(self.error, Some(SyncError::Unreachable)) {
+                        self.error = None;
+                    }
+                }
                 let of = PageOf {
                     from: from.as_deref(),
                     to: &to,

@@ -68,10 +68,13 @@ pub enum Bug {
     /// A leader cut off answers a tab's request for a pull without telling it the device is
     /// cut off: a tab opened during the outage stamps its positions now.
     AskerNotTold = 1048576,
+    /// A tab whose own requests failed (it led through an outage) keeps saying the server
+    /// cannot be reached after the device's next leader has synced.
+    UnreachableLingers = 2097152,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -93,6 +96,7 @@ impl Bug {
         Bug::SnapshotIgnoresRecords,
         Bug::UnreachableIgnored,
         Bug::AskerNotTold,
+        Bug::UnreachableLingers,
     ];
 
     /// The name used on the command line.
@@ -119,6 +123,7 @@ impl Bug {
             Bug::SnapshotIgnoresRecords => "snapshot-ignores-records",
             Bug::UnreachableIgnored => "unreachable-ignored",
             Bug::AskerNotTold => "asker-not-told",
+            Bug::UnreachableLingers => "unreachable-lingers",
         }
     }
 }

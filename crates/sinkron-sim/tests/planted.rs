@@ -116,6 +116,14 @@ fn a_leader_not_telling_a_tab_that_asks_is_caught() {
     finds("asker-not-told", 200);
 }
 
+/// A tab whose own requests failed, then another tab led: once healed, the next leader
+/// syncs, and a status still saying the server cannot be reached keeps the run from
+/// converging (first found at seed 85).
+#[test]
+fn a_tab_still_saying_unreachable_after_its_leader_synced_is_caught() {
+    finds("unreachable-lingers", 200);
+}
+
 /// A page kept from an earlier render, older than what its device stored, opened again:
 /// the check at a page's start sees its cursor go back (found at seed 0; before that check,
 /// only the cursor check found it, rarely: seed 1303 once, not within 1,400 seeds later).

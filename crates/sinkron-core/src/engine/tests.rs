@@ -2960,6 +2960,46 @@ fn a_tab_beside_a_leader_whose_requests_fail_stamps_a_position_as_of_the_last_sy
 }
 
 #[test]
+fn a_tab_whose_pulls_failed_while_it_led_is_no_longer_cut_off_once_the_next_leader_syncs() {
+    // A window led through an outage, then was hidden: another took the lead once the
+    // network came back, and syncs. The first one's own failed pulls no longer speak for
+    // the device: its status says synced, and a position it writes is stamped now.
+    let copy = change("ep-7", Some(r#"{"position":120}"#), T0 - 60_000, "tv", 2);
+    let mut former = Tab::with(Config::default(), 21);
+    former.engine.sign_in(former.now, "u1");
+    former.engine.handle_leadership(former.now, true);
+    let (id, _) = former.only_send();
+    former.reply(id, Reply::Pulled(page("1", vec![copy], false)));
+    former.drain();
+    former.now += 600_000;
+    former.engine.handle_focus(former.now);
+    let (id, _) = former.only_send();
+    former.reply(id, Reply::Failed(Failure::Network));
+    former.engine.handle_visibility(former.now, false);
+    former.engine.handle_leadership(former.now, false);
+    former.drain();
+    assert_eq!(former.engine.status().error, Some(SyncError::Unreachable));
+    assert!(former.engine.cut_off());
+
+    let mut next = Tab::with(Config::default(), 22);
+    next.now = former.now + 5_000;
+    former.now = next.now;
+    next.engine.sign_in(next.now, "u1");
+    next.engine.handle_leadership(next.now, true);
+    let (id, _) = next.only_send();
+    let mut answer = page("2", vec![], false);
+    answer.server_time = next.now;
+    next.reply(id, Reply::Pulled(answer));
+    relay(next.drain(), &mut former);
+    assert_eq!(former.engine.status().error, None);
+    assert_eq!(former.engine.last_synced_at(), Some(former.now));
+    assert!(!former.engine.cut_off());
+    former.now += 1_000;
+    former.write("ep-7", r#"{"position":121}"#);
+    assert_eq!(former.record("ep-7").updated_at, former.now);
+}
+
+#[test]
 fn a_tab_opened_while_the_leader_is_cut_off_is_told_so_at_once() {
     // The leader synced ten minutes ago; its pull just failed, so it will not pull again
     // before its backoff. A window opened (or reloaded) now restores what the device

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sinkron_core::engine::{Status, SyncError};
 use sinkron_core::protocol::WHOLE_STATE;
 use sinkron_core::{Persist, Record, Request};
 
@@ -326,8 +327,7 @@ impl World {
         }
         for device in &self.devices {
             for tab in &device.tabs {
-                let status = tab.engine.status();
-                if status.signed_in && (status.pending > 0 || status.syncing) {
+                if busy(&tab.engine.status()) {
                     return Ok(None);
                 }
             }
@@ -343,7 +343,7 @@ impl World {
             .flat_map(|(d, device)| {
                 device.tabs.iter().filter_map(move |tab| {
                     let s = tab.engine.status();
-                    (s.signed_in && (s.pending > 0 || s.syncing)).then(|| {
+                    busy(&s).then(|| {
                         format!(
                             "d{d} t{}: {} pending, syncing={} ({:?})",
                             tab.id, s.pending, s.syncing, s.error
@@ -478,4 +478,11 @@ pub(super) fn cursor_version(cursor: Option<&str>) -> u64 {
         .and_then(|c| c.parse::<u64>().ok())
         .filter(|&n| n < WHOLE_STATE)
         .unwrap_or(0)
+}
+
+/// A signed-in tab not done yet: writes to send, a request out, or a status that still says
+/// the server cannot be reached (once healed, the device's leader reaches it at its next
+/// poll, and every tab hears so).
+fn busy(s: &Status) -> bool {
+    s.signed_in && (s.pending > 0 || s.syncing || s.error == Some(SyncError::Unreachable))
 }
