@@ -501,6 +501,29 @@ describe("leader", () => {
     }));
 });
 
+describe("leader through an outage", () => {
+  test("a tab that led while the API was down, then hid, says synced again once the next leader reaches the server", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const first = await open(context, server, { interval: 1000 });
+      await signUp(first, "outlasted");
+      const second = await open(context, server, { interval: 1000 });
+      await syncedState(second);
+      const state = (page) => page.getByTestId("sync-status").getAttribute("data-state");
+      // The API goes down: the leader's pulls fail, and it says so.
+      await context.route("**/api/**", (route) => route.abort("connectionrefused"));
+      await first.locator('[data-testid="sync-status"][data-state="offline"]').waitFor();
+      // Hidden, it gives up the lead; the API comes back, and the other tab reaches it.
+      await setVisible(first, false);
+      await context.unroute("**/api/**");
+      await until(async () => (await state(second)) === "synced", { what: "the new leader's sync" });
+      await until(async () => (await state(first)) === "synced", {
+        what: async () => `the first tab to say synced, as its leader does (it says ${await state(first)})`,
+      });
+      await context.close();
+    }));
+});
+
 describe("the server's poll interval", () => {
   test("a tab polls no more often than the server asks, though its own interval is shorter", () =>
     withServer(
