@@ -5,8 +5,7 @@
 // default; these pages have it on, as a user's browser does.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { launch, open, pressed, recordsOf, settled, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
+import { anotherSite, launch, open, pressed, recordsOf, settled, signIn, signUp, until, waitPressed, withServer } from "./support.mjs";
 
 /** The client id a page's tab holds (the driver keeps it in `sessionStorage`). */
 const tabId = (page) => page.evaluate(() => sessionStorage.getItem("sinkron:v1:tab"));
@@ -16,10 +15,9 @@ let elsewhere;
 let plain;
 before(async () => {
   browser = await launch({ backForwardCache: true });
-  // Another site the user visits in between (no Sinkron on it).
-  plain = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title><p>elsewhere</p>"));
-  await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
-  elsewhere = `http://127.0.0.1:${plain.address().port}/`;
+  // Another site the user visits in between.
+  plain = await anotherSite();
+  elsewhere = plain.url;
 });
 after(async () => {
   await browser?.close();

@@ -63,6 +63,12 @@ export class Site {
     return new Promise((resolve) => this.server.close(resolve));
   }
 
+  /** Whether the site's session that `context` (a browser context) holds is still open. */
+  async signedIn(context) {
+    const sid = (await context.cookies(this.url)).find((c) => c.name === "site_session")?.value;
+    return sid !== undefined && this.sessions.has(sid);
+  }
+
   /** The site's id of a username. */
   userId(username) {
     return `site-${username}`;

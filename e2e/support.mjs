@@ -1,6 +1,7 @@
 // Test support: the real `sinkron` server on loopback and Debian's Chromium via playwright-core.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -108,6 +109,16 @@ export async function launch({ backForwardCache = false, flags = [] } = {}) {
     ignoreDefaultArgs: backForwardCache ? ["--disable-back-forward-cache"] : [],
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...flags],
   });
+}
+
+/**
+ * Another site on loopback (one plain page, no Sinkron on it), for a tab to leave for and
+ * come back from with Back: its `url`, and `close()`.
+ */
+export async function anotherSite() {
+  const server = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title><p>elsewhere</p>"));
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { url: `http://127.0.0.1:${server.address().port}/`, close: () => server.close() };
 }
 
 /** Counts the API requests of a page (at the network level), by kind; `where` picks servers. */

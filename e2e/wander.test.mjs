@@ -18,8 +18,7 @@
 // stores and last requested.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { Server, launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withPostgres, withServer } from "./support.mjs";
+import { Server, anotherSite, launch, open, openEpisodes, pressed, recordsOf, setVisible, signIn, signUp, until, withPostgres, withServer } from "./support.mjs";
 import { openDemo, withSite } from "./site.mjs";
 
 const SEEDS = (process.env.SINKRON_E2E_SEEDS ?? "1 2 3").split(/[\s,]+/).filter(Boolean).map(Number);
@@ -47,9 +46,8 @@ let elsewhere;
 before(async () => {
   // The back/forward cache on, as a user's browser has it.
   browser = await launch({ backForwardCache: true });
-  plain = createServer((_, res) => res.end("<!doctype html><title>elsewhere</title><p>elsewhere</p>"));
-  await new Promise((resolve) => plain.listen(0, "127.0.0.1", resolve));
-  elsewhere = `http://127.0.0.1:${plain.address().port}/`;
+  plain = await anotherSite();
+  elsewhere = plain.url;
 });
 after(async () => {
   await browser?.close();
@@ -289,6 +287,11 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       const page = r.pick([...device.away]);
       // A page restored from the cache fires no load event.
       await page.goBack({ waitUntil: "commit" });
+      // One that missed what the tabs said while away reloads itself at once: the user acts
+      // on what it shows then (a person takes a few hundred milliseconds to).
+      await page
+        .waitForEvent("framenavigated", { predicate: (frame) => frame === page.mainFrame(), timeout: 500 })
+        .catch(() => undefined);
       await status(page).waitFor();
       device.away.delete(page);
       await device.follow();
@@ -313,11 +316,10 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     },
     async signOut(device) {
       const page = r.pick(device.visible());
+      await page.getByTestId("logout").click();
       // The site's session ends at the site once Sinkron has signed out (the demo then posts
       // its logout): until then a tab loading would follow the site and sign in again.
-      const ended = site && page.waitForResponse((response) => new URL(response.url()).pathname === "/site/logout");
-      await page.getByTestId("logout").click();
-      await ended;
+      if (site) await until(async () => !(await site.signedIn(device.context)), { what: `the site's session on ${device.name} to end` });
       device.account = null;
       await device.follow();
       return "";

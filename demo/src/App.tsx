@@ -240,7 +240,10 @@ function Account() {
             // Sinkron first: its flush of what is not yet sent still carries the site's session.
             void signOut().then(() => {
               if (keepsToken) localStorage.removeItem(TOKEN_KEY);
-              if (siteAuth) void fetch("/site/logout", { method: "POST" });
+              // `keepalive`: it reaches the site though the page goes away at once (a page
+              // back from the back/forward cache that reloads itself, say): else the site's
+              // session would stay, and the next page follow it and sign in again.
+              if (siteAuth) void fetch("/site/logout", { method: "POST", keepalive: true });
             });
           }}
         >
