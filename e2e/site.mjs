@@ -31,9 +31,11 @@ export class Site {
   /**
    * `alg`: "HS256" (a shared secret, written to `secretFile` for Sinkron) or "RS256" (keys
    * published at `jwksUrl`). `cookie`: the name of the token cookie set at sign-in, if any.
+   * `ttl`: how long its tokens last, in seconds.
    */
-  static async start({ alg = "HS256", cookie = null, dir } = {}) {
+  static async start({ alg = "HS256", cookie = null, ttl = 600, dir } = {}) {
     const site = new Site(alg, cookie);
+    site.ttl = ttl;
     if (alg === "HS256") {
       site.secret = randomBytes(32).toString("hex");
       site.secretFile = join(dir, "site-hs256.secret");
@@ -75,7 +77,7 @@ export class Site {
   }
 
   /** A token for `userId`, valid for `ttl` seconds (negative: already expired). */
-  token(userId, ttl = 600) {
+  token(userId, ttl = this.ttl) {
     const now = Math.floor(Date.now() / 1000);
     const claims = { sub: userId, iat: now, exp: now + ttl };
     if (this.alg === "HS256") {
@@ -175,9 +177,9 @@ export class Site {
 }
 
 /** A site and a Sinkron server in JWT mode that trusts it and allows its origin. */
-export async function withSite({ alg = "HS256", cookie = null, admin = false } = {}, fn) {
+export async function withSite({ alg = "HS256", cookie = null, admin = false, ttl } = {}, fn) {
   const dir = mkdtempSync(join(tmpdir(), "sinkron-site-"));
-  const site = await Site.start({ alg, cookie, dir });
+  const site = await Site.start({ alg, cookie, ttl, dir });
   const keys = alg === "HS256" ? ["--jwt-hs256-secret-file", site.secretFile] : ["--jwks-url", site.jwksUrl];
   const args = ["--auth", "jwt", ...keys, "--cors-origin", site.url];
   if (cookie) args.push("--jwt-cookie", cookie);

@@ -37,8 +37,10 @@ function answers(page, sinkron) {
 }
 
 describe("the site's own sign-in", () => {
+  // Tokens that last 20 s: the page asks the site for one before each request (it sends a
+  // token again only while it has more than 30 s left), so the site's token is the one sent.
   test("HS256: a guest's write joins the account, a second device converges, an expired token is refreshed", () =>
-    withSite({ alg: "HS256" }, async (site, sinkron) => {
+    withSite({ alg: "HS256", ttl: 20 }, async (site, sinkron) => {
       const phone = await browser.newContext();
       const a = await openDemo(phone, site, sinkron);
       const statuses = answers(a, sinkron);
@@ -76,6 +78,24 @@ describe("the site's own sign-in", () => {
       await waitPressed(a, "favorite-s11", "false");
       await phone.close();
       await tv.close();
+    }));
+
+  test("the site's token is asked for at start and sign-in, then sent again while it lasts: not one site request per Sinkron request", () =>
+    withSite({}, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const page = await openDemo(context, site, sinkron, { interval: 300 });
+      await siteSignIn(page, "lia");
+      const asked = site.counts.token;
+      const counts = countRequests(page);
+      for (const show of ["s05", "s06", "s07"]) {
+        await page.getByTestId(`favorite-${show}`).click();
+        await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      }
+      await until(() => counts.pulls >= 3, { what: () => `pulls: ${counts.log}` });
+      assert.ok(counts.pushes >= 3, `three pushes: ${counts.log}`);
+      assert.equal(site.counts.token, asked, `the site was not asked again for ${counts.all} requests to Sinkron`);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(site.userId("lia")))), ["s05", "s06", "s07"]);
+      await context.close();
     }));
 
   test("the site erases a user: every signed-in device drops the user's data and sends none of it back", () =>
@@ -132,7 +152,7 @@ describe("the site's own sign-in", () => {
     }));
 
   test("RS256 through the site's JWKS: a key rotation is picked up without restarting Sinkron", () =>
-    withSite({ alg: "RS256" }, async (site, sinkron) => {
+    withSite({ alg: "RS256", ttl: 20 }, async (site, sinkron) => {
       const context = await browser.newContext();
       const page = await openDemo(context, site, sinkron);
       const statuses = answers(page, sinkron);

@@ -13,9 +13,11 @@ import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapsh
 
 /**
  * The site's token provider: its current token for this user, or `null` for a guest. Called
- * before each request (answer from memory when you can); with `refresh: true` after the
- * server answered `token_expired`, when a new token is needed before the request is retried.
- * Throwing counts as the server being unreachable: the request is retried later.
+ * at start, at `signedIn()` and when a request needs a token: the last token it gave for the
+ * signed-in user is sent again without asking while its `exp` is more than 30 s away. Called
+ * with `refresh: true` after the server answered `token_expired`, when a new token is needed
+ * before the request is retried. Throwing counts as the server being unreachable: the
+ * request is retried later.
  */
 export type TokenProvider = (options: { refresh: boolean }) => Promise<string | null>;
 
@@ -595,6 +597,10 @@ export class SinkronClient {
       // carry this user's writes into their account; `followSite` or `signedIn` switches over.
       const read = async () => {
         const session = this.#storage.session();
+        // The provider's last token for this user is sent again while it has half a minute
+        // left: asking before each request would cost the site a request for each of ours.
+        const last = this.#lastToken && claims(this.#lastToken);
+        if (getToken && !refresh && last && last.sub === user && Number(last.exp) * 1000 > Date.now() + 30_000) return this.#lastToken;
         const t = getToken ? await getToken({ refresh }) : session?.user.id === user ? session.token : null;
         refresh = false;
         return t && (!getToken || subjectOrNull(t) === user) ? t : null;
@@ -725,25 +731,27 @@ export class SinkronClient {
   }
 }
 
-/** The `sub` claim of a JSON Web Token: the site's user id. Not verified here (the server does). */
-export function subject(token: string): string {
+/** A JSON Web Token's claims, decoded, not verified (the server does); `null` if it is none. */
+function claims(token: string): { sub?: unknown; exp?: unknown } | null {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const json = decoder.decode(Uint8Array.from(atob(payload), (ch) => ch.charCodeAt(0)));
-    const sub = JSON.parse(json).sub;
-    if (typeof sub === "string" && sub !== "") return sub;
-  } catch {
-    // Reported below.
-  }
-  throw new SinkronError("invalid_token", "sinkron: the token provider's token is not a JWT with a `sub`");
-}
-
-function subjectOrNull(token: string): string | null {
-  try {
-    return subject(token);
+    return JSON.parse(decoder.decode(Uint8Array.from(atob(payload), (ch) => ch.charCodeAt(0))));
   } catch {
     return null;
   }
+}
+
+/** The `sub` claim of a JSON Web Token, or `null`. */
+function subjectOrNull(token: string): string | null {
+  const sub = claims(token)?.sub;
+  return typeof sub === "string" && sub !== "" ? sub : null;
+}
+
+/** The `sub` claim of a JSON Web Token: the site's user id. Not verified here (the server does). */
+export function subject(token: string): string {
+  const sub = subjectOrNull(token);
+  if (sub === null) throw new SinkronError("invalid_token", "sinkron: the token provider's token is not a JWT with a `sub`");
+  return sub;
 }
 
 /** An error with Sinkron's (or the server's) machine-readable code. */

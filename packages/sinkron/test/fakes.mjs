@@ -96,10 +96,13 @@ export async function settle(predicate, { turns = 500, what = "condition" } = {}
   throw new Error(`never happened: ${what}`);
 }
 
-/** A JWT-shaped token for `sub` (the driver reads `sub`; the server would verify it). */
-export function fakeToken(sub, tag = "") {
+/**
+ * A JWT-shaped token for `sub` (the driver reads `sub` and `exp`; the server would verify it),
+ * expiring at `exp` (seconds).
+ */
+export function fakeToken(sub, tag = "", exp = 9999999999) {
   const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  return `${part({ alg: "HS256" })}.${part({ sub, exp: 9999999999, tag })}.sig`;
+  return `${part({ alg: "HS256" })}.${part({ sub, exp, tag })}.sig`;
 }
 
 /** A pull or push answer with nothing in it. */

@@ -16,6 +16,11 @@ beforeEach(() => {
 
 const options = (extra = {}) => ({ wasm, crossTab: false, interval: 30000, ...extra });
 const stored = (prefix) => [...localStorage.map.keys()].filter((k) => k.startsWith(prefix));
+/** The claims of the token a request carried (none: `{}`). */
+const claimsOf = (request) => {
+  const token = request.headers.authorization?.split(" ")[1];
+  return token ? JSON.parse(Buffer.from(token.split(".")[1], "base64url")) : {};
+};
 const session = (id) => localStorage.setItem("sinkron:v1:session", JSON.stringify({ token: "a".repeat(64), user: { id, username: id } }));
 
 test("a stop() before start() resolves leaves no client running", async () => {
@@ -241,11 +246,45 @@ test("with a token provider: the user is the token's sub, and token_expired is r
   }
 });
 
+test("the provider's token is sent again while it has more than 30 s left; then the provider is asked for the next", async (t) => {
+  fakeClock(t);
+  let asked = 0;
+  // The site's tokens last two minutes.
+  const getToken = async () => (asked++, fakeToken("site-ana", String(asked), Math.floor(Date.now() / 1000) + 120));
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const client = await SinkronClient.start(options({ getToken }));
+  const tags = () => browser.requests.map((r) => claimsOf(r).tag);
+  try {
+    await client.signedIn();
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    const askedAtSignIn = asked;
+    for (const key of ["s01", "s02", "s03"]) {
+      client.write("favorites", key, {});
+      t.mock.timers.tick(1000);
+      await settle(() => client.status().pending === 0, { what: `${key} pushed` });
+    }
+    assert.equal(browser.requests.length, 4, `a pull and three pushes: ${browser.requests.map((r) => r.method + " " + claimsOf(r).tag)}`);
+    assert.equal(asked, askedAtSignIn, "the provider was not asked for them");
+    assert.deepEqual(new Set(tags()).size, 1, "all with the token signedIn() was given");
+    // 30 s before it expires, the next request asks the provider first, and carries its new token.
+    t.mock.timers.tick(90_000);
+    client.write("favorites", "s04", {});
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0, { what: "s04 pushed" });
+    assert.ok(asked > askedAtSignIn, "the provider was asked");
+    assert.equal(tags().at(-1), String(asked), "with the provider's newest token");
+    assert.equal(client.status().error, null);
+  } finally {
+    client.stop();
+  }
+});
+
 test("a token for another user is never sent for this user's data", async (t) => {
   fakeClock(t);
   let sub = "site-ana";
   let asked = 0;
-  const client = await SinkronClient.start(options({ getToken: async () => (asked++, fakeToken(sub)) }));
+  // Tokens 10 s from expiry: the provider is asked before each request.
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, fakeToken(sub, "", Date.now() / 1000 + 10)) }));
   browser.answer(() => emptyPage());
   try {
     await client.signedIn();
@@ -273,9 +312,11 @@ test("a provider answering for nobody is asked again at the site's storage event
   // sign-in can hear of it before the browser has copied the site's session here).
   let sub = "site-ana";
   let asked = 0;
-  const client = await SinkronClient.start(options({ getToken: async () => (asked++, sub ? fakeToken(sub) : null) }));
+  // Tokens 10 s from expiry: the provider is asked before each request.
+  const soon = () => Date.now() / 1000 + 10;
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, sub ? fakeToken(sub, "", soon()) : null) }));
   browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
-  const pushed = () => browser.requests.filter((r) => r.method === "POST" && r.headers.authorization === `Bearer ${fakeToken("site-ana")}`);
+  const pushed = () => browser.requests.filter((r) => r.method === "POST" && claimsOf(r).sub === "site-ana");
   try {
     await client.signedIn();
     await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
