@@ -21,6 +21,8 @@ const claimsOf = (request) => {
   const token = request.headers.authorization?.split(" ")[1];
   return token ? JSON.parse(Buffer.from(token.split(".")[1], "base64url")) : {};
 };
+/** A token for `sub` 10 s from expiry (none for `null`): the driver asks the provider again before each request. */
+const nearExpiry = (sub) => (sub ? fakeToken(sub, "", Date.now() / 1000 + 10) : null);
 const session = (id) => localStorage.setItem("sinkron:v1:session", JSON.stringify({ token: "a".repeat(64), user: { id, username: id } }));
 
 test("a stop() before start() resolves leaves no client running", async () => {
@@ -283,8 +285,7 @@ test("a token for another user is never sent for this user's data", async (t) =>
   fakeClock(t);
   let sub = "site-ana";
   let asked = 0;
-  // Tokens 10 s from expiry: the provider is asked before each request.
-  const client = await SinkronClient.start(options({ getToken: async () => (asked++, fakeToken(sub, "", Date.now() / 1000 + 10)) }));
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, nearExpiry(sub)) }));
   browser.answer(() => emptyPage());
   try {
     await client.signedIn();
@@ -312,9 +313,7 @@ test("a provider answering for nobody is asked again at the site's storage event
   // sign-in can hear of it before the browser has copied the site's session here).
   let sub = "site-ana";
   let asked = 0;
-  // Tokens 10 s from expiry: the provider is asked before each request.
-  const soon = () => Date.now() / 1000 + 10;
-  const client = await SinkronClient.start(options({ getToken: async () => (asked++, sub ? fakeToken(sub, "", soon()) : null) }));
+  const client = await SinkronClient.start(options({ getToken: async () => (asked++, nearExpiry(sub)) }));
   browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
   const pushed = () => browser.requests.filter((r) => r.method === "POST" && claimsOf(r).sub === "site-ana");
   try {
