@@ -37,10 +37,8 @@ function answers(page, sinkron) {
 }
 
 describe("the site's own sign-in", () => {
-  // Tokens that last 20 s: the page asks the site for one before each request (it sends a
-  // token again only while it has more than 30 s left), so the site's token is the one sent.
   test("HS256: a guest's write joins the account, a second device converges, an expired token is refreshed", () =>
-    withSite({ alg: "HS256", ttl: 20 }, async (site, sinkron) => {
+    withSite({ alg: "HS256" }, async (site, sinkron) => {
       const phone = await browser.newContext();
       const a = await openDemo(phone, site, sinkron);
       const statuses = answers(a, sinkron);
@@ -60,11 +58,18 @@ describe("the site's own sign-in", () => {
       await siteSignIn(b, "ana");
       await waitPressed(b, "favorite-s11");
 
-      // The token the site holds expires mid-session: the write is refused with
-      // token_expired, the provider is asked for a new token, and the same write goes through.
+      // The site's token expires while the page is away, and the phone's clock is two hours
+      // behind, so the page takes the token it is given on reload for one with an hour left:
+      // the server refuses it with token_expired, the provider is asked for a new token, and
+      // the request goes through again; so does the write.
       const refreshes = [];
       a.on("request", (r) => r.url().endsWith("/site/token?refresh=1") && refreshes.push(r.url()));
+      await phone.addInitScript(() => {
+        const now = Date.now;
+        Date.now = () => now() - 2 * 3600 * 1000;
+      });
       site.expire(user);
+      await a.reload();
       await a.getByTestId("favorite-s12").click();
       await a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
       assert.equal(refreshes.length, 1, "one refresh");
@@ -151,7 +156,9 @@ describe("the site's own sign-in", () => {
       await context.close();
     }));
 
-  test("RS256 through the site's JWKS: a key rotation is picked up without restarting Sinkron", () =>
+  // Tokens that last 20 s: each has 30 s or less left, so the page asks the site for a new
+  // one before each request, and the newest key signs the token sent.
+  test("RS256 through the site's JWKS: a key rotation is picked up without restarting Sinkron; a token near expiry is renewed before it is sent", () =>
     withSite({ alg: "RS256", ttl: 20 }, async (site, sinkron) => {
       const context = await browser.newContext();
       const page = await openDemo(context, site, sinkron);
@@ -160,12 +167,14 @@ describe("the site's own sign-in", () => {
       await page.getByTestId("favorite-s03").click();
       await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
       const fetched = site.counts.jwks;
+      const renewed = site.counts.refresh;
 
       // The site rotates its key: its tokens now name a key Sinkron has not seen.
       site.rotate();
       await page.getByTestId("favorite-s04").click();
       await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
       assert.ok(site.counts.jwks > fetched, "Sinkron fetched the key set again");
+      assert.ok(site.counts.refresh > renewed, "the page asked the site to renew its token");
       assert.ok(!statuses.includes(401), `no request was refused: ${statuses}`);
       assert.deepEqual(favoritesOf(await sinkron.state(site.token(site.userId("rui")))), ["s03", "s04"]);
       await context.close();

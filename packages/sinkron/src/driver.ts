@@ -15,9 +15,9 @@ import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapsh
  * The site's token provider: its current token for this user, or `null` for a guest. Called
  * at start, at `signedIn()` and when a request needs a token: the last token it gave for the
  * signed-in user is sent again without asking while its `exp` is more than 30 s away. Called
- * with `refresh: true` after the server answered `token_expired`, when a new token is needed
- * before the request is retried. Throwing counts as the server being unreachable: the
- * request is retried later.
+ * with `refresh: true` when a new token is needed: the last one it gave has 30 s or less
+ * left, or the server answered `token_expired` and the request is to be retried. Throwing
+ * counts as the server being unreachable: the request is retried later.
  */
 export type TokenProvider = (options: { refresh: boolean }) => Promise<string | null>;
 
@@ -599,8 +599,12 @@ export class SinkronClient {
         const session = this.#storage.session();
         // The provider's last token for this user is sent again while it has half a minute
         // left: asking before each request would cost the site a request for each of ours.
+        // Then the provider is asked for a new one, not the same one again.
         const last = this.#lastToken && claims(this.#lastToken);
-        if (getToken && !refresh && last && last.sub === user && Number(last.exp) * 1000 > Date.now() + 30_000) return this.#lastToken;
+        if (getToken && last && last.sub === user && typeof last.exp === "number") {
+          if (!refresh && last.exp * 1000 > Date.now() + 30_000) return this.#lastToken;
+          refresh = true;
+        }
         const t = getToken ? await getToken({ refresh }) : session?.user.id === user ? session.token : null;
         refresh = false;
         return t && (!getToken || subjectOrNull(t) === user) ? t : null;
@@ -660,9 +664,10 @@ export class SinkronClient {
       const authorization = await this.#authorization({ freshToken: false });
       const headers: Record<string, string> = authorization ? { authorization } : {};
       const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
-      const response = await fetch(`${this.#baseUrl}/api/user/me/events`, { headers, credentials, cache: "no-store", signal: stream.signal });
-      status = response.status;
-      if (response.ok && response.body) {
+      // No token to send: answered as the server would, as `#send` does.
+      const response = authorization === null ? null : await fetch(`${this.#baseUrl}/api/user/me/events`, { headers, credentials, cache: "no-store", signal: stream.signal });
+      status = response?.status ?? 401;
+      if (response?.ok && response.body) {
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let text = "";
         for (;;) {

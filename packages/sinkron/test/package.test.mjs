@@ -21,7 +21,7 @@ const claimsOf = (request) => {
   const token = request.headers.authorization?.split(" ")[1];
   return token ? JSON.parse(Buffer.from(token.split(".")[1], "base64url")) : {};
 };
-/** A token for `sub` 10 s from expiry (none for `null`): the driver asks the provider again before each request. */
+/** A token for `sub` 10 s from expiry (none for `null`): the driver asks the provider for a new one before each request. */
 const nearExpiry = (sub) => (sub ? fakeToken(sub, "", Date.now() / 1000 + 10) : null);
 const session = (id) => localStorage.setItem("sinkron:v1:session", JSON.stringify({ token: "a".repeat(64), user: { id, username: id } }));
 
@@ -248,11 +248,12 @@ test("with a token provider: the user is the token's sub, and token_expired is r
   }
 });
 
-test("the provider's token is sent again while it has more than 30 s left; then the provider is asked for the next", async (t) => {
+test("the provider's token is sent again while it has more than 30 s left; then the provider is asked for a new one", async (t) => {
   fakeClock(t);
   let asked = 0;
+  const refreshes = [];
   // The site's tokens last two minutes.
-  const getToken = async () => (asked++, fakeToken("site-ana", String(asked), Math.floor(Date.now() / 1000) + 120));
+  const getToken = async ({ refresh }) => (asked++, refreshes.push(refresh), fakeToken("site-ana", String(asked), Math.floor(Date.now() / 1000) + 120));
   browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
   const client = await SinkronClient.start(options({ getToken }));
   const tags = () => browser.requests.map((r) => claimsOf(r).tag);
@@ -268,12 +269,15 @@ test("the provider's token is sent again while it has more than 30 s left; then 
     assert.equal(browser.requests.length, 4, `a pull and three pushes: ${browser.requests.map((r) => r.method + " " + claimsOf(r).tag)}`);
     assert.equal(asked, askedAtSignIn, "the provider was not asked for them");
     assert.deepEqual(new Set(tags()).size, 1, "all with the token signedIn() was given");
-    // 30 s before it expires, the next request asks the provider first, and carries its new token.
+    assert.ok(refreshes.every((r) => r === false), `asked at start and sign-in without refresh: ${refreshes}`);
+    // 30 s before it expires, the next request asks the provider for a new token (a provider
+    // that caches its token would otherwise answer the same one), and carries it.
     t.mock.timers.tick(90_000);
     client.write("favorites", "s04", {});
     t.mock.timers.tick(1000);
     await settle(() => client.status().pending === 0, { what: "s04 pushed" });
-    assert.ok(asked > askedAtSignIn, "the provider was asked");
+    assert.equal(asked, askedAtSignIn + 1, "the provider was asked once");
+    assert.equal(refreshes.at(-1), true, "for a new token");
     assert.equal(tags().at(-1), String(asked), "with the provider's newest token");
     assert.equal(client.status().error, null);
   } finally {
@@ -302,6 +306,27 @@ test("a token for another user is never sent for this user's data", async (t) =>
     await settle(() => client.status().error === "unauthorized", { what: "unauthorized" });
     assert.equal(browser.requests.length, before, "nothing sent with bo's token");
     assert.equal(client.status().pending, 1, "the write is kept");
+  } finally {
+    client.stop();
+  }
+});
+
+test("without the user's token nothing goes out, the poke stream included", async (t) => {
+  fakeClock(t);
+  let sub = "site-ana";
+  const client = await SinkronClient.start(options({ pokes: true, getToken: async () => nearExpiry(sub) }));
+  browser.answer(() => emptyPage());
+  try {
+    const signingIn = client.signedIn();
+    sub = "site-bo"; // the site switched users in another page as this one signed ana in
+    await signingIn;
+    await settle(() => (t.mock.timers.tick(1000), client.status().error === "unauthorized"), { what: "unauthorized" });
+    assert.deepEqual(browser.requests.map((r) => r.url), [], "no pull, no poke stream");
+    // The site signs ana in again: the pull and the stream carry her token.
+    sub = "site-ana";
+    await client.signedIn();
+    await settle(() => browser.requests.some((r) => r.url.endsWith("/events")), { what: "the poke stream" });
+    assert.deepEqual(new Set(browser.requests.map((r) => claimsOf(r).sub)), new Set(["site-ana"]));
   } finally {
     client.stop();
   }
