@@ -242,10 +242,13 @@ export class SinkronClient {
    * same user in again resumes syncing after an `unauthorized` error.
    */
   async signedIn(userId?: string): Promise<Session["user"]> {
+    return this.#signedIn(userId, this.#options.getToken ? await this.#options.getToken({ refresh: false }) : null);
+  }
+
+  /** `signedIn()`, with the provider's token already asked for (`null` in cookie mode). */
+  #signedIn(userId: string | undefined, token: string | null): Session["user"] {
     let id = userId;
-    let token: string | null = null;
     if (this.#options.getToken) {
-      token = await this.#options.getToken({ refresh: false });
       if (token === null) throw new SinkronError("signed_out", "sinkron: the token provider returned no token");
       id = subject(token);
       if (userId !== undefined && userId !== id) {
@@ -302,7 +305,7 @@ export class SinkronClient {
     if (token === null) {
       if (signed !== null) await this.signOut();
     } else if (subject(token) !== signed) {
-      await this.signedIn();
+      this.#signedIn(undefined, token);
     } else {
       this.#lastToken = token;
     }
