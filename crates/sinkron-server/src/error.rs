@@ -132,19 +132,25 @@ impl From<StoreError> for ApiError {
                     ),
                 )
             },
+            // Named by its id, as the push's own checks name a write: the client sets that
+            // one aside and pushes the others again.
             StoreError::MergedTooLarge {
+                mutation,
                 collection,
                 key,
                 bytes,
-            } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_mutation",
-                format!(
-                    "mutations: {collection}/{key} merged field by field with what is stored \
-                     would hold {bytes} bytes, more than {}; remove fields from it",
-                    sinkron_core::limits::VALUE_BYTES_MAX
-                ),
-            ),
+            } => Self {
+                mutation: Some(mutation),
+                ..Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_mutation",
+                    format!(
+                        "mutations: {collection}/{key} merged field by field with what is \
+                         stored would hold {bytes} bytes, more than {}; remove fields from it",
+                        sinkron_core::limits::VALUE_BYTES_MAX
+                    ),
+                )
+            },
             StoreError::QuotaExceeded { what, limit } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "quota_exceeded",

@@ -1518,6 +1518,37 @@ async fn a_collection_merged_per_field_keeps_every_devices_field(backend: Backen
         state[&("likes".to_owned(), "s01e01".to_owned())]["value"],
         json!({"like": -1})
     );
+    // A write that would make the merged record larger than a value may be is refused by
+    // its id, so the client sets it aside and pushes the others again; nothing is applied.
+    let half = |field: &str| {
+        let mut value = json!({});
+        value[field] = json!("x".repeat(sinkron_core::limits::VALUE_BYTES_MAX / 2));
+        value
+    };
+    server
+        .push_ok(
+            &alice.token,
+            &batch("tv", vec![write(3, half("a"), 80, &["a"])], None),
+        )
+        .await;
+    let r = server
+        .push(
+            &alice.token,
+            &batch(
+                "tv",
+                vec![
+                    mutation(4, "likes", "s02e01", json!({"like": 1}), 81),
+                    write(5, half("b"), 81, &["b"]),
+                ],
+                None,
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.error_code(), "invalid_mutation");
+    assert_eq!(r.json()["error"]["mutation"], 5, "{}", r.json());
+    let state = server.state(&alice.token).await;
+    assert!(!state.contains_key(&("likes".to_owned(), "s02e01".to_owned())));
     // The names a write gives are checked.
     for (fields, value, why) in [
         (json!(["a", "a"]), json!({"a": 1}), "twice"),

@@ -58,6 +58,8 @@ pub enum StoreError {
     /// value may be. Nothing was applied.
     #[error("{collection}/{key} would hold {bytes} bytes once merged")]
     MergedTooLarge {
+        /// The id of the write that would make it so.
+        mutation: u64,
         collection: String,
         key: String,
         bytes: usize,
@@ -270,10 +272,12 @@ fn copy_err(e: &StoreError) -> StoreError {
             limit: *limit,
         },
         StoreError::MergedTooLarge {
+            mutation,
             collection,
             key,
             bytes,
         } => StoreError::MergedTooLarge {
+            mutation: *mutation,
             collection: collection.clone(),
             key: key.clone(),
             bytes: *bytes,

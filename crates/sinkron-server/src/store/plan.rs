@@ -547,6 +547,7 @@ fn merge_write<'a>(
     if let Some(bytes) = text.as_ref().map(String::len) {
         if bytes > sinkron_core::limits::VALUE_BYTES_MAX {
             return Err(StoreError::MergedTooLarge {
+                mutation: m.id,
                 collection: m.collection.clone(),
                 key: m.key.clone(),
                 bytes,
