@@ -205,7 +205,7 @@ pub struct Config {
 
     /// A session of Sinkron's own accounts that no request has used for this many seconds
     /// ends: its token is refused with `token_expired` (the user signs in again) and deleted.
-    /// Each use extends it.
+    /// Each use extends it. At least 60.
     #[arg(
         long,
         env = "SINKRON_SESSION_IDLE_SECS",
