@@ -70,6 +70,11 @@ async fn only_allowed_origins_get_cors_answers(backend: Backend) {
         Some("true")
     );
     assert_eq!(header(&allowed, "access-control-max-age"), Some("3600"));
+    // The API's methods: an app on another origin may delete its user's account too.
+    assert_eq!(
+        header(&allowed, "access-control-allow-methods"),
+        Some("GET,POST,DELETE")
+    );
     let headers = header(&allowed, "access-control-allow-headers").unwrap_or("");
     assert!(
         headers.contains("authorization") && headers.contains("content-type"),
