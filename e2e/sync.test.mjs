@@ -826,6 +826,32 @@ describe("reload", () => {
       await deviceA.close();
       await deviceB.close();
     }));
+
+  test("a proxy's error pages in front of the API neither wipe what the page shows nor drop a write", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server, { interval: 1000 });
+      const auth = await signUp(a, "proxied");
+      await favorite(a, "s06");
+
+      // A proxy in front of the API answers with its own pages: the statuses of a refusal,
+      // without the server's error body. The page retries as it would a 503.
+      const statuses = [404, 403, 400, 413];
+      let answered = 0;
+      await a.route("**/api/**", (route) =>
+        route.fulfill({ status: statuses[answered++ % statuses.length], contentType: "text/html", body: "<h1>Down for maintenance</h1>" }),
+      );
+      await a.getByTestId("favorite-s07").click();
+      await until(() => answered >= 2 * statuses.length, { what: () => `the proxy's answers: ${answered}` });
+      await waitPressed(a, "favorite-s06");
+      await waitPressed(a, "favorite-s07");
+      await a.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+
+      await a.unroute("**/api/**");
+      await a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.deepEqual(Object.keys(recordsOf(await server.state(auth), "favorites")).sort(), ["s06", "s07"]);
+      await context.close();
+    }));
 });
 
 describe("closed tab", () => {

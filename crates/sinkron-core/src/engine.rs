@@ -814,19 +814,25 @@ impl Engine {
                         // What was refused shows no more.
                         self.commands.push_back(Command::Notify(Notice::Everything));
                     }
-                    // A pull with a cursor the server does not accept: what we hold is not
-                    // from this server's history (a restored or replaced database, say), so
-                    // none of it can be trusted to be newer. Start over from nothing.
-                    None => {
-                        self.view.clear_confirmed();
-                        self.commands
-                            .push_back(Command::Persist(Persist::ClearRecords {
-                                scope: self.user.clone(),
-                            }));
-                        self.commands.push_back(Command::Notify(Notice::Everything));
-                        self.set_cursor(None);
-                        self.timers.set(Timer::Pull, 0);
-                    }
+                    // A pull the server refuses (a route or an origin it does not serve):
+                    // nothing of the copy is in question. Tried again after a backoff.
+                    None => self.failed(now, None),
+                }
+            }
+            // What we hold is not from this server's history (a replaced database, say), so
+            // none of it can be trusted to be newer: start over from nothing. A push's writes
+            // were not applied; they stay queued and go again, after the whole state.
+            Reply::Failed(Failure::CursorRefused) if request.last_sync.is_some() => {
+                self.view.clear_confirmed();
+                self.commands
+                    .push_back(Command::Persist(Persist::ClearRecords {
+                        scope: self.user.clone(),
+                    }));
+                self.commands.push_back(Command::Notify(Notice::Everything));
+                self.set_cursor(None);
+                self.timers.set(Timer::Pull, 0);
+                if request.pushed_max.is_some() {
+                    self.push_leftovers();
                 }
             }
             Reply::Failed(Failure::IdsReused { ack }) => {
@@ -834,8 +840,11 @@ impl Engine {
                     self.renumber_above(ack, 0);
                 }
             }
-            // An answer with nothing in it to a pull or a push is not one.
-            Reply::Failed(Failure::Network) | Reply::Done => self.failed(now, None),
+            // An answer with nothing in it to a pull or a push is not one; nor is a refused
+            // cursor that was never sent.
+            Reply::Failed(Failure::Network | Failure::CursorRefused) | Reply::Done => {
+                self.failed(now, None)
+            }
             Reply::Failed(Failure::Unavailable { retry_after_ms }) => {
                 self.failed(now, retry_after_ms)
             }

@@ -173,7 +173,12 @@ pub enum Failure {
     /// this client id with writes the server has never seen, so this client lost its
     /// numbering. Nothing was applied; the writes are renumbered above `ack` and sent again.
     IdsReused { ack: u64 },
-    /// Any other 4xx: the request can never succeed as it is. `mutation` is the `mutation`
+    /// 400 `invalid_cursor`: the cursor sent is not from this server's history (a replaced
+    /// database, or one restored from an older backup): the copy is dropped and the whole
+    /// state pulled; a push's writes stay queued and go again.
+    CursorRefused,
+    /// Any other 4xx of the server's (with its error `code`): the request can never succeed
+    /// as it is. `mutation` is the `mutation`
     /// field of the error body: the id of the one write of a push that the server refused
     /// (422 `invalid_mutation`); nothing of the push was applied, so the others go again.
     Rejected { status: u16, mutation: Option<u64> },
@@ -198,6 +203,10 @@ impl Failure {
             (401, _) => Failure::Unauthorized,
             (409, Some(ack)) => Failure::IdsReused { ack },
             (429 | 500..=599, _) => Failure::Unavailable { retry_after_ms },
+            (400, _) if code == Some("invalid_cursor") => Failure::CursorRefused,
+            // No error code: not the server's answer but a proxy's, a firewall's, a
+            // maintenance page's. The request may be fine: tried again later, nothing dropped.
+            _ if code.is_none() => Failure::Unavailable { retry_after_ms },
             _ => Failure::Rejected { status, mutation },
         }
     }

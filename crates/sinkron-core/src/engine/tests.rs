@@ -107,6 +107,16 @@ impl Tab {
             .and_then(|r| r.value.clone())
     }
 
+    fn sends_of(commands: &[Command]) -> Vec<(u64, Request)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Send { id, request, .. } => Some((*id, request.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn broadcasts(commands: &[Command]) -> Vec<TabMessage> {
         commands
             .iter()
@@ -1399,8 +1409,9 @@ fn answers_are_classified_once_for_every_driver() {
         Unauthorized
     );
     assert_eq!(class(409, None, Some(4)), IdsReused { ack: 4 });
+    let sinkron = |status, code| Failure::from_status(status, None, None, Some(code), None);
     assert_eq!(
-        class(409, None, None),
+        sinkron(409, "username_taken"),
         Rejected {
             status: 409,
             mutation: None
@@ -1419,12 +1430,23 @@ fn answers_are_classified_once_for_every_driver() {
         }
     );
     assert_eq!(
-        class(422, None, None),
+        sinkron(422, "invalid_mutation"),
         Rejected {
             status: 422,
             mutation: None
         }
     );
+    assert_eq!(sinkron(400, "invalid_cursor"), CursorRefused);
+    // A 4xx without the server's error code is not the server's answer (a proxy's): it is
+    // retried like a 503.
+    for status in [400, 403, 404, 409, 413, 422, 302] {
+        assert_eq!(
+            class(status, Some(2000), None),
+            Unavailable {
+                retry_after_ms: Some(2000)
+            }
+        );
+    }
     assert_eq!(
         Failure::from_status(422, None, None, Some("invalid_mutation"), Some(7)),
         Rejected {
@@ -1848,6 +1870,67 @@ fn a_tab_that_does_not_poll_follows_the_pages_of_its_push_answer() {
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":"newer"}"#));
 }
 
+/// What answers a 4xx without Sinkron's error body is not the server refusing the request: a
+/// proxy, a firewall or a load balancer's maintenance page. Nothing is dropped, and the
+/// request is tried again after a backoff, not at once.
+#[test]
+fn a_refusal_that_is_not_the_servers_keeps_the_copy_and_the_writes_and_backs_off() {
+    let foreign = |status| Reply::Failed(Failure::from_status(status, None, None, None, None));
+    let mut tab = Tab::leader();
+    tab.fire();
+    let (id, _) = tab.only_send();
+    let held = change("e1", Some(r#"{"p":1}"#), T0, "a", 50);
+    tab.reply(id, Reply::Pulled(page("50", vec![held], false)));
+    for status in [400, 403, 404] {
+        tab.fire();
+        let (id, request) = tab.only_send();
+        assert_eq!(
+            request,
+            Request::Pull {
+                last_sync: Some("50".into())
+            }
+        );
+        let asked_at = tab.now;
+        tab.reply(id, foreign(status));
+        let commands = tab.drain();
+        assert!(
+            !commands
+                .iter()
+                .any(|c| matches!(c, Command::Persist(Persist::ClearRecords { .. }))),
+            "{status}: {commands:?}"
+        );
+        assert!(
+            Tab::sends_of(&commands).is_empty(),
+            "{status}: not again at once"
+        );
+        assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
+        assert_eq!(tab.engine.status().error, Some(SyncError::Unreachable));
+        assert!(tab.engine.poll_timeout().is_some_and(|at| at > asked_at));
+    }
+    // A push refused so (a proxy's body limit, say) keeps its writes for the next try.
+    tab.write("e2", r#"{"p":2}"#);
+    let (id, request) = loop {
+        tab.fire();
+        let mut sends = tab.sends();
+        if let Some(i) = sends
+            .iter()
+            .position(|(_, r)| matches!(r, Request::Push { .. }))
+        {
+            break sends.remove(i);
+        }
+        for (id, _) in sends {
+            tab.reply(id, Reply::NotModified);
+        }
+    };
+    let Request::Push { mutations, .. } = request else {
+        unreachable!()
+    };
+    tab.reply(id, foreign(413));
+    assert_eq!(tab.engine.status().pending, 1);
+    assert_eq!(tab.value("e2").as_deref(), Some(r#"{"p":2}"#));
+    assert_eq!(tab.engine.outbox(), mutations);
+}
+
 #[test]
 fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
     let mut tab = Tab::leader();
@@ -1865,13 +1948,8 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
             last_sync: Some("50".into())
         }
     );
-    tab.reply(
-        id,
-        Reply::Failed(Failure::Rejected {
-            status: 400,
-            mutation: None,
-        }),
-    );
+    let refused = || Failure::from_status(400, None, None, Some("invalid_cursor"), None);
+    tab.reply(id, Reply::Failed(refused()));
     assert_eq!(tab.value("e1"), None, "nothing of the old history survives");
     let commands = tab.drain();
     assert!(commands
@@ -1889,6 +1967,43 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
     );
     assert_eq!(tab.value("e1"), None);
     assert!(tab.value("e2").is_some());
+    // A push with a cursor the server does not know is refused alike, with nothing applied:
+    // its writes stay queued and go again, after the whole state.
+    tab.write("e3", r#"{"p":3}"#);
+    let (id, request) = loop {
+        tab.fire();
+        let mut sends = tab.sends();
+        if let Some(i) = sends
+            .iter()
+            .position(|(_, r)| matches!(r, Request::Push { .. }))
+        {
+            break sends.remove(i);
+        }
+        for (id, _) in sends {
+            tab.reply(id, Reply::NotModified);
+        }
+    };
+    let Request::Push {
+        mutations,
+        last_sync,
+        ..
+    } = request
+    else {
+        unreachable!()
+    };
+    assert_eq!(last_sync.as_deref(), Some("2"));
+    tab.reply(id, Reply::Failed(refused()));
+    assert_eq!(tab.engine.outbox(), mutations, "the write is kept");
+    assert_eq!(tab.value("e2"), None, "the copy is dropped");
+    assert_eq!(tab.value("e3").as_deref(), Some(r#"{"p":3}"#));
+    let (id, request) = tab.only_send();
+    assert_eq!(request, Request::Pull { last_sync: None });
+    tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+    let (_, request) = tab.only_send();
+    assert!(
+        matches!(&request, Request::Push { mutations: again, last_sync, .. } if *again == mutations && last_sync.as_deref() == Some("1")),
+        "{request:?}"
+    );
 }
 
 #[test]
