@@ -71,10 +71,13 @@ pub enum Bug {
     /// A tab whose own requests failed (it led through an outage) keeps saying the server
     /// cannot be reached after the device's next leader has synced.
     UnreachableLingers = 2097152,
+    /// A 4xx without the server's error code (a proxy's page) is taken as the server's
+    /// refusal: the writes of a push it answers are dropped.
+    ProxyRefusalTaken = 4194304,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -97,6 +100,7 @@ impl Bug {
         Bug::UnreachableIgnored,
         Bug::AskerNotTold,
         Bug::UnreachableLingers,
+        Bug::ProxyRefusalTaken,
     ];
 
     /// The name used on the command line.
@@ -124,6 +128,7 @@ impl Bug {
             Bug::UnreachableIgnored => "unreachable-ignored",
             Bug::AskerNotTold => "asker-not-told",
             Bug::UnreachableLingers => "unreachable-lingers",
+            Bug::ProxyRefusalTaken => "proxy-refusal-taken",
         }
     }
 }

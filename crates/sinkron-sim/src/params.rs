@@ -60,6 +60,9 @@ pub struct Params {
     /// page of the site, a password change): that device's requests are refused with 401
     /// until the user signs in again on it.
     pub revocation: bool,
+    /// Per mille of requests a proxy in front of the server answers with an error page of its
+    /// own: a 4xx without the server's error body.
+    pub proxy_error_per_mille: u64,
 }
 
 impl Params {
@@ -115,6 +118,11 @@ impl Params {
             },
             compaction: rng.chance(400),
             revocation: rng.chance(300),
+            proxy_error_per_mille: if rng.chance(300) {
+                rng.range(1, 200)
+            } else {
+                0
+            },
         }
     }
 
@@ -130,7 +138,8 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} token_expired={}‰ poll={}s compaction={} revocation={}",
+             safety={}s page={} token_expired={}‰ poll={}s compaction={} revocation={} \
+             proxy_error={}‰",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -150,6 +159,7 @@ impl fmt::Display for Params {
             self.poll_interval_secs,
             self.compaction,
             self.revocation,
+            self.proxy_error_per_mille,
         )
     }
 }

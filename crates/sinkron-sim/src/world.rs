@@ -729,7 +729,6 @@ impl World {
             self.fail_at(at, tab_id, id, Failure::Unauthorized);
             return Ok(());
         }
-        let device = &self.devices[d];
         // The tab's token has expired; the site's provider hands out a fresh one on request.
         // (No draw when the seed has no expiries: the other faults stay what they were.)
         let expired = self.active
@@ -742,6 +741,20 @@ impl World {
             self.fail_at(at, tab_id, id, Failure::TokenExpired);
             return Ok(());
         }
+        // A proxy in front of the server answers with an error page of its own. (No draw when
+        // the seed has none: the other faults stay what they were.)
+        let proxied = self.active
+            && self.params.proxy_error_per_mille > 0
+            && self.rng.chance(self.params.proxy_error_per_mille);
+        if proxied {
+            let status = [400, 403, 404, 413][self.rng.range(0, 3) as usize];
+            self.trace(format_args!("d{d} t{tab_id} #{id} a proxy's {status} page"));
+            let at = self.now + self.latency() * 2;
+            let failure = Failure::from_status(status, None, None, None, None);
+            self.fail_at(at, tab_id, id, failure);
+            return Ok(());
+        }
+        let device = &self.devices[d];
         let lost = self.active
             && (device.partitioned || self.rng.chance(self.params.drop_request_per_mille));
         if lost {

@@ -87,6 +87,11 @@ fn a_refusal_that_drops_the_whole_push_is_caught() {
 }
 
 #[test]
+fn a_proxy_error_taken_as_the_servers_refusal_is_caught() {
+    finds("proxy-refusal-taken", 300);
+}
+
+#[test]
 fn coalescing_writes_of_different_fields_is_caught() {
     finds("coalesce-across-fields", 50);
 }

@@ -197,6 +197,10 @@ impl Failure {
         code: Option<&str>,
         mutation: Option<u64>,
     ) -> Failure {
+        #[cfg(feature = "planted-bugs")]
+        let code = code.or_else(|| {
+            crate::planted::planted(crate::planted::Bug::ProxyRefusalTaken).then_some("")
+        });
         match (status, ack) {
             (0 | 408, _) => Failure::Network,
             (401, _) if code == Some("token_expired") => Failure::TokenExpired,
