@@ -178,9 +178,9 @@ pub enum Failure {
     /// state pulled; a push's writes stay queued and go again.
     CursorRefused,
     /// Any other 4xx of the server's (with its error `code`): the request can never succeed
-    /// as it is. `mutation` is the `mutation`
-    /// field of the error body: the id of the one write of a push that the server refused
-    /// (422 `invalid_mutation`); nothing of the push was applied, so the others go again.
+    /// as it is. `mutation` is the `mutation` field of the error body: the id of the one
+    /// write of a push that the server refused (422 `invalid_mutation`); nothing of the push
+    /// was applied, so the others go again.
     Rejected { status: u16, mutation: Option<u64> },
 }
 
