@@ -258,11 +258,16 @@ export class SinkronClient {
       throw new SinkronError("builtin_accounts", "sinkron: signedIn() is for the site's sign-in (getToken or cookie); use signIn()");
     }
     if (!id) throw new SinkronError("invalid_user", "sinkron: signedIn() needs the site's user id");
+    // Another user signed in here signs out first: the flush of their writes carries their
+    // last token, or none (they stay kept for them, sent at their next sign-in here), never
+    // this user's, which would put them in this user's account.
+    const current = this.user();
+    if (current && current.id !== id) this.#signOut(false);
     const user = { id, username: id };
     this.#storage.setSession({ token: "", user });
-    // The previous user's writes are flushed with the previous user's token, then this one's.
-    this.#call({ t: "signIn", user: id });
+    // Taken by the requests the sign-in sends at once (a guest's writes joining the account).
     this.#lastToken = token;
+    this.#call({ t: "signIn", user: id });
     return user;
   }
 
@@ -275,12 +280,17 @@ export class SinkronClient {
    * it before the site ends its session, so the flush still carries it.
    */
   async signOut(options: { discard?: boolean } = {}): Promise<{ pending: number }> {
+    return { pending: this.#signOut(!!options.discard) };
+  }
+
+  /** `signOut()`: how many writes this tab had queued. */
+  #signOut(discard: boolean): number {
     // The built-in session's token: the engine has the server end it, until it answers.
     const endSession = this.#storage.session()?.token || null;
-    const pending = this.#call<number>({ t: "signOut", endSession, discard: !!options.discard });
+    const pending = this.#call<number>({ t: "signOut", endSession, discard });
     this.#storage.setSession(null);
     this.#lastToken = null;
-    return { pending };
+    return pending;
   }
 
   /** Stops syncing in this tab (listeners, timers, locks). */
@@ -463,8 +473,9 @@ export class SinkronClient {
         if (c.clientId !== this.#tabId) void this.#claimTabId(c.clientId);
         return s.setOutbox(c.scope, c.clientId, c.next, c.mutations);
       case "wipe":
-        // The user changes: the last token was the previous user's (a flush before took it).
-        this.#lastToken = null;
+        // The user changes: the last token, unless the site's for the user now signed in, was
+        // the previous user's (a flush before took it).
+        if (subjectOrNull(this.#lastToken ?? "") !== this.#call({ t: "user" })) this.#lastToken = null;
         return s.wipe(c.scope, c.keepPending);
       case "dropParked":
         return s.dropOutbox(c.scope, c.clientId);

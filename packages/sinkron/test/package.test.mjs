@@ -316,6 +316,62 @@ test("a token for another user is never sent for this user's data", async (t) =>
   }
 });
 
+test("a page that finds another user signed in at the site never sends the previous user's writes with the new user's token", async (t) => {
+  fakeClock(t);
+  let sub = "site-ana";
+  const getToken = async () => fakeToken(sub);
+  // The server is down while ana writes: her write stays queued, stored on the device.
+  browser.answer(() => ({ status: 503, body: { error: { code: "unavailable", message: "down" } } }));
+  const before = await SinkronClient.start(options({ getToken }));
+  await settle(() => before.user()?.id === "site-ana", { what: "ana signed in" });
+  before.write("favorites", "ana-only", {});
+  before.stop();
+  // The page is opened again after the site signed bo in (a shared device).
+  sub = "site-bo";
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id } } : emptyPage()));
+  const client = await SinkronClient.start(options({ getToken }));
+  try {
+    await settle(() => (t.mock.timers.tick(1000), client.user()?.id === "site-bo" && client.status().lastSyncedAt !== null), { what: "bo signed in and synced" });
+    const carried = browser.requests.filter((r) => r.body?.mutations?.some((m) => m.key === "ana-only"));
+    assert.deepEqual(carried.map((r) => claimsOf(r).sub), [], "ana's write went with bo's token");
+    // Kept for ana (this page never had her token): sent at her next sign-in here.
+    assert.equal(stored("sinkron:v1:site-ana:o:").length, 1, `ana's write kept: ${stored("sinkron:v1:")}`);
+  } finally {
+    client.stop();
+  }
+  // Ana signs in at the site again: her write goes, with her token.
+  sub = "site-ana";
+  const again = await SinkronClient.start(options({ getToken }));
+  try {
+    const sent = () => browser.requests.filter((r) => r.body?.mutations?.some((m) => m.key === "ana-only"));
+    await settle(() => (t.mock.timers.tick(1000), sent().length > 0), { what: "ana's write sent" });
+    assert.deepEqual([...new Set(sent().map((r) => claimsOf(r).sub))], ["site-ana"]);
+  } finally {
+    again.stop();
+  }
+});
+
+test("signing in with a guest's writes asks the provider once: the writes joining the account take its token", async (t) => {
+  fakeClock(t);
+  let sub = null;
+  let asked = 0;
+  const getToken = async () => (asked++, sub && fakeToken(sub));
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id } } : emptyPage()));
+  const client = await SinkronClient.start(options({ getToken }));
+  try {
+    await settle(() => asked === 1, { what: "the provider asked at start" });
+    client.write("favorites", "g1", {});
+    sub = "site-ana";
+    await client.signedIn();
+    await settle(() => (t.mock.timers.tick(1000), client.status().pending === 0 && client.status().lastSyncedAt !== null), { what: "synced" });
+    assert.equal(asked, 2, "once at start, once at sign-in");
+    const joined = browser.requests.filter((r) => r.body?.mutations?.some((m) => m.key === "g1"));
+    assert.deepEqual([...new Set(joined.map((r) => claimsOf(r).sub))], ["site-ana"]);
+  } finally {
+    client.stop();
+  }
+});
+
 test("without the user's token nothing goes out, the poke stream included", async (t) => {
   fakeClock(t);
   let sub = "site-ana";
