@@ -75,9 +75,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SINKRON_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(std::env::var("SINKRON_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -191,6 +189,18 @@ async fn mark_restored(restored: Restored) -> Result<(), String> {
          its next sync (writes it has not sent yet are kept and sent)"
     );
     Ok(())
+}
+
+/// The log filter `SINKRON_LOG` asks for (`info` without it, or when it cannot be read). The
+/// PostgreSQL driver's debug lines carry each statement's parameters (password hashes, token
+/// hashes, record values): it stays at `info` unless the variable names it.
+fn log_filter(asked: Option<&str>) -> EnvFilter {
+    let asked = asked.filter(|a| !a.trim().is_empty()).unwrap_or("info");
+    let mut filter = EnvFilter::try_new(asked).unwrap_or_else(|_| EnvFilter::new("info"));
+    if !asked.contains("tokio_postgres") {
+        filter = filter.add_directive("tokio_postgres=info".parse().expect("a valid directive"));
+    }
+    filter
 }
 
 /// What the server deletes at start and then hourly: old tombstones, sessions unused too

@@ -531,3 +531,75 @@ async fn each_request_is_one_info_line_with_its_client_and_never_a_token() {
     assert!(!log.contains("lastSync"), "a query was logged:\n{log}");
     assert!(!log.contains("correct horse") && !log.contains("not the password"));
 }
+
+/// At `SINKRON_LOG=debug` the server's own debug lines are written, but not the PostgreSQL
+/// driver's, which carry each statement's parameters: password hashes, record values.
+#[tokio::test]
+async fn debug_logs_leave_out_the_database_drivers_parameters() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let database = support::PostgresDatabase::create();
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--database",
+            &database.url,
+        ])
+        .env("SINKRON_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the sinkron binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let first = BufReader::new(stdout).lines().next_line().await;
+    let line = first.expect("stdout").expect("a line");
+    let base = line
+        .strip_prefix("listening on ")
+        .expect("its address")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let session: serde_json::Value = http
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"username": "ann", "password": "correct horse"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("a session");
+    let token = session["token"].as_str().expect("token");
+    let push = batch(
+        "c1",
+        vec![mutation(
+            1,
+            "likes",
+            "e1",
+            json!({"note": "private-note"}),
+            5,
+        )],
+        None,
+    );
+    let r = http
+        .post(format!("{base}/api/user/me/changes"))
+        .bearer_auth(token)
+        .json(&push)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), 200);
+    child.start_kill().expect("kill");
+    let out = child.wait_with_output().await.expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("DEBUG"), "debug lines are written:\n{log}");
+    assert!(
+        !log.contains("$argon2id$"),
+        "a password hash was logged:\n{log}"
+    );
+    assert!(
+        !log.contains("private-note"),
+        "a record value was logged:\n{log}"
+    );
+}

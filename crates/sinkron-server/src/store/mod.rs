@@ -474,7 +474,8 @@ pub fn restored_floor(old_floor: u64, max_version: u64, at_least: u64) -> u64 {
 /// Why storage could not be opened. Each message is one line fit for an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("unsupported database URL {0:?}: use sqlite://PATH, sqlite:///ABSOLUTE/PATH, a plain file path or postgres://USER@HOST/DB")]
+    /// The URL's scheme alone: the rest may carry a password.
+    #[error("unsupported database URL scheme \"{0}://\": use sqlite://PATH, sqlite:///ABSOLUTE/PATH, a plain file path or postgres://USER@HOST/DB")]
     UnsupportedScheme(String),
     #[error("{0}")]
     InvalidUrl(String),
@@ -522,8 +523,8 @@ impl DatabaseUrl {
             rest
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres(url.to_owned()));
-        } else if url.contains("://") {
-            return Err(OpenError::UnsupportedScheme(url.to_owned()));
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            return Err(OpenError::UnsupportedScheme(scheme.to_owned()));
         } else {
             url
         };
@@ -607,6 +608,13 @@ mod tests {
             DatabaseUrl::parse("mysql://h/db"),
             Err(OpenError::UnsupportedScheme(_))
         ));
+        // A mistyped scheme names the scheme, never the password after it.
+        let typo = DatabaseUrl::parse("postgress://ops:TypoPass1@h/db").expect_err("refused");
+        let message = typo.to_string();
+        assert!(
+            message.contains("\"postgress://\"") && !message.contains("TypoPass1"),
+            "{message}"
+        );
         assert!(matches!(
             DatabaseUrl::parse("sqlite://"),
             Err(OpenError::EmptyPath)
