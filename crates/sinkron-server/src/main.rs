@@ -64,13 +64,28 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::from(2);
             }
-            // One line: clap's first, without its usage block.
+            // One line: clap's first, with the arguments it lists (a missing `--database`),
+            // without its usage block; and the help of the command given.
             let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{line} (see 'sinkron serve --help')");
+            let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
+            let mut line = lines
+                .next()
+                .unwrap_or("error: invalid arguments")
+                .to_owned();
+            let listed = lines
+                .take_while(|l| l.starts_with(' '))
+                .map(str::trim)
+                .filter(|l| l.starts_with('-') || l.starts_with('<'));
+            for (i, argument) in listed.enumerate() {
+                line.push_str(if i == 0 { " " } else { ", " });
+                line.push_str(argument);
+            }
+            let commands = <Cli as clap::CommandFactory>::command();
+            let command = std::env::args()
+                .skip(1)
+                .find(|a| commands.get_subcommands().any(|c| c.get_name() == a))
+                .unwrap_or_else(|| "serve".to_owned());
+            eprintln!("{line} (see 'sinkron {command} --help')");
             return ExitCode::from(2);
         }
     };
@@ -177,6 +192,7 @@ async fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn mark_restored(restored: Restored) -> Result<(), String> {
+    store::existing(&restored.database).map_err(|e| e.to_string())?;
     let store = store::connect(&restored.database, store::ConnectOptions { pool_size: 1 })
         .await
         .map_err(|e| e.to_string())?;

@@ -592,6 +592,7 @@ fn write_line(
 /// `sinkron export`: every site's user (or one), in subject order, to standard output or a
 /// file; a count of what was written on standard error.
 pub async fn export(args: ExportArgs) -> Result<(), String> {
+    crate::store::existing(&args.database).map_err(|e| e.to_string())?;
     let (store, _) = open(&args.database).await?;
     let mut users = match &args.user {
         Some(_) => Vec::new(),

@@ -54,6 +54,17 @@ async fn bad_flags_fail_with_one_line() {
     assert_one_line_failure(&run(&["serve", "--bogus"]).await, "--bogus");
     assert_one_line_failure(&run(&["serve", "--addr", "nowhere"]).await, "--addr");
     assert_one_line_failure(&run(&["serve", "--page-size", "0"]).await, "--page-size");
+    // A maintenance command names what it lacks, and points at its own help.
+    for command in ["restored", "import", "export"] {
+        let out = run(&[command]).await;
+        assert_one_line_failure(&out, "--database");
+        let help = format!("sinkron {command} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&help),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test]
@@ -79,6 +90,19 @@ async fn unusable_sqlite_databases_fail_with_one_clear_line() {
     for (url, expect) in cases {
         let out = run(&["serve", "--addr", "127.0.0.1:0", "--database", &url]).await;
         assert_one_line_failure(&out, expect);
+    }
+    // A mistyped path for a command that reads or marks a database is refused: it does not
+    // pass for an empty database, and nothing is created.
+    let typo = dir.join("typo.db").display().to_string();
+    for command in [vec!["restored"], vec!["export", "-o", "/dev/null"]] {
+        let mut args = command.clone();
+        args.extend(["--database", &typo]);
+        let out = run(&args).await;
+        assert_one_line_failure(&out, "no database at");
+        assert!(
+            !dir.join("typo.db").exists(),
+            "{command:?} created the file"
+        );
     }
 }
 

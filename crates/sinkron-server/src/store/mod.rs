@@ -483,6 +483,8 @@ pub enum OpenError {
     NeedsConnect,
     #[error("empty database path")]
     EmptyPath,
+    #[error("no database at {0}: nothing was created; check the path")]
+    Missing(String),
     #[error("database {path} is in use by another sinkron server (lock file {lock})")]
     Locked { path: String, lock: String },
     #[error("cannot open database {path}: {reason}")]
@@ -511,6 +513,17 @@ impl std::fmt::Debug for DatabaseUrl {
 pub struct ConnectOptions {
     /// Most connections to PostgreSQL held at once (SQLite ignores it).
     pub pool_size: usize,
+}
+
+/// Refuses a SQLite database that does not exist, for the commands that only read or mark one
+/// (an operator's typo must not pass for an empty database).
+pub fn existing(database: &str) -> Result<(), OpenError> {
+    match DatabaseUrl::parse(database)? {
+        DatabaseUrl::Sqlite(path) if !path.exists() => {
+            Err(OpenError::Missing(path.display().to_string()))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl DatabaseUrl {
