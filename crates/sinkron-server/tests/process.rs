@@ -627,3 +627,64 @@ async fn debug_logs_leave_out_the_database_drivers_parameters() {
         "a record value was logged:\n{log}"
     );
 }
+
+/// A new user's first push past a cap evicts as the cap says and warns of nothing: the
+/// warning that collection counts were wrong is for counts edited by hand.
+#[tokio::test]
+async fn a_first_push_past_a_cap_is_no_cause_for_a_warning() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let postgres = support::PostgresDatabase::create();
+    let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
+    for url in [sqlite, postgres.url.clone()] {
+        let mut child = tokio::process::Command::new(support::BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--database", &url])
+            .args(["--collection-caps", "history=3"])
+            .env("SINKRON_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the sinkron binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let first = BufReader::new(stdout).lines().next_line().await;
+        let line = first.expect("stdout").expect("a line");
+        let base = line
+            .strip_prefix("listening on ")
+            .expect("its address")
+            .to_owned();
+        let http = reqwest::Client::new();
+        let session: serde_json::Value = http
+            .post(format!("{base}/api/auth/register"))
+            .json(&json!({"username": "ann", "password": "correct horse"}))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("a session");
+        let token = session["token"].as_str().expect("token");
+        let writes = (1..=4)
+            .map(|n| mutation(n, "history", &format!("e{n}"), json!({"p": n}), 10 + n))
+            .collect();
+        let r = http
+            .post(format!("{base}/api/user/me/changes"))
+            .bearer_auth(token)
+            .json(&batch("c1", writes, Some("0")))
+            .send()
+            .await
+            .expect("push");
+        let page: serde_json::Value = r.json().await.expect("a push answer");
+        let live = page["changes"].as_array().expect("changes").iter();
+        let kept: Vec<&str> = live
+            .filter(|c| !c["value"].is_null())
+            .map(|c| c["key"].as_str().expect("key"))
+            .collect();
+        assert_eq!(kept, ["e2", "e3", "e4"], "the oldest evicted: {page}");
+        child.start_kill().expect("kill");
+        let out = child.wait_with_output().await.expect("output");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!log.contains("counts were wrong"), "{url}:\n{log}");
+    }
+}

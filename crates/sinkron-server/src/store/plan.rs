@@ -207,6 +207,11 @@ impl Touched {
         }
         i64::try_from(cap.max).unwrap_or(i64::MAX) + self.before - self.after - rewritten
     }
+
+    /// [`Merge::needed`] for these records.
+    fn needed(self, cap: &Cap, live: i64) -> i64 {
+        (live - self.unread(cap)).clamp(0, live.max(0))
+    }
 }
 
 impl PushBatch<'_> {
@@ -615,6 +620,13 @@ impl<'a> Merge<'a> {
         self.held_in(&cap.collection).unread(cap)
     }
 
+    /// How many of the oldest live records of `cap`'s collection [`Merge::evict`] needs, given
+    /// `live` of them as stored: `live - unread`, from none to `live`. (A push whose own new
+    /// records pass the cap needs no more stored ones than there are.)
+    pub fn needed(&self, cap: &Cap, live: i64) -> i64 {
+        self.held_in(&cap.collection).needed(cap, live)
+    }
+
     /// Applies `cap` given `live`, how many records of its collection held a value as stored
     /// before this push, and `oldest`, at least the oldest `live - unread` of them
     /// ([`Merge::unread`]) in any order: the oldest past the cap, once this push's writes
@@ -625,7 +637,7 @@ impl<'a> Merge<'a> {
         // Fewer than it needs: an older record than those handed may be missing, and evicting
         // from them could take a newer one. Evict nothing; the cap is applied again at the
         // next push that adds a record.
-        let needed = live.min(live - held.unread(cap));
+        let needed = held.needed(cap, live);
         if i64::try_from(oldest.len()).unwrap_or(i64::MAX) < needed {
             return;
         }

@@ -705,7 +705,8 @@ async fn read_oldest<C: GenericClient>(
 ) -> Result<Vec<(i64, Vec<Held>)>, StoreError> {
     let mut live = read_oldest_once(client, reads).await?;
     for (read, (count, total, oldest)) in reads.iter().zip(&mut live) {
-        let fewer = i64::try_from(oldest.len()).unwrap_or(i64::MAX) < *count - read.unread;
+        let needed = (*count - read.unread).clamp(0, (*count).max(0));
+        let fewer = i64::try_from(oldest.len()).unwrap_or(i64::MAX) < needed;
         if *total != read.records || fewer {
             for sql in [UNCOUNT_SQL, RECOUNT_SQL] {
                 let stmt = client.prepare_cached(sql).await.map_err(store_err)?;

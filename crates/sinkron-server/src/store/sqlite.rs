@@ -511,12 +511,12 @@ fn apply_push(
             // 0012 during an upgrade, or edited by hand. Count again.
             live = recount(tx, user_id, &cap.collection)?;
         }
-        let wanted = live - merge.unread(cap);
+        let wanted = merge.needed(cap, live);
         let mut oldest = oldest_live(tx, user_id, &cap.collection, wanted)?;
         // Fewer than the count promised: count again rather than evict by a wrong number.
         if i64::try_from(oldest.len()).unwrap_or(i64::MAX) < wanted {
             live = recount(tx, user_id, &cap.collection)?;
-            oldest = oldest_live(tx, user_id, &cap.collection, live - merge.unread(cap))?;
+            oldest = oldest_live(tx, user_id, &cap.collection, merge.needed(cap, live))?;
         }
         merge.evict(cap, live, oldest);
     }
