@@ -78,6 +78,28 @@ impl Default for WriteRules {
 }
 
 impl WriteRules {
+    /// Every flag of these rules checked: the collections, the caps and the merges.
+    pub fn check(&self) -> Result<(), String> {
+        if self.collections.is_empty() {
+            return Err("--collections names no collection".to_owned());
+        }
+        for (i, name) in self.collections.iter().enumerate() {
+            let chars = name.chars().count();
+            if chars == 0 || chars > sinkron_core::limits::COLLECTION_CHARS_MAX {
+                return Err(format!(
+                    "--collections: {name:?} is not a collection name of 1 to {} characters",
+                    sinkron_core::limits::COLLECTION_CHARS_MAX
+                ));
+            }
+            if self.collections[..i].contains(name) {
+                return Err(format!("--collections names {name:?} twice"));
+            }
+        }
+        self.caps()?;
+        self.merges()?;
+        Ok(())
+    }
+
     /// The `--collection-caps`, checked: each names a collection clients may write to and a
     /// count (0: no cap).
     pub fn caps(&self) -> Result<Vec<(String, u64)>, String> {
@@ -652,6 +674,23 @@ mod tests {
         assert!(with(Some(&["notes=5"]), &["likes"]).caps().is_err());
         assert!(with(Some(&["likes"]), &["likes"]).caps().is_err());
         assert!(with(Some(&["likes=-1"]), &["likes"]).caps().is_err());
+    }
+
+    #[test]
+    fn collections_are_named_once_each() {
+        let with = |collections: &[&str]| WriteRules {
+            collections: collections.iter().map(|s| s.to_string()).collect(),
+            ..WriteRules::default()
+        };
+        assert_eq!(with(&["history", "likes"]).check(), Ok(()));
+        for (bad, why) in [
+            (&[][..], "no collection"),
+            (&["a", "", "b"][..], "1 to 64"),
+            (&["likes", "likes"][..], "twice"),
+        ] {
+            let refused = with(bad).check().unwrap_err();
+            assert!(refused.contains(why), "{bad:?}: {refused}");
+        }
     }
 
     #[test]

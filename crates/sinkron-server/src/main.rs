@@ -126,8 +126,13 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::debug!(?config, "starting");
     // Settings first: a bad origin, key file or key URL fails before anything is opened.
     config.cors_origins()?;
-    config.rules.caps()?;
-    config.rules.merges()?;
+    config.rules.check()?;
+    if config.poll_interval > config.poll_interval_max {
+        return Err(format!(
+            "--poll-interval {} is above --poll-interval-max {}",
+            config.poll_interval, config.poll_interval_max
+        ));
+    }
     let jwt = JwtVerifier::from_config(&config).await?;
     let admin_key = config
         .admin_token_file

@@ -459,7 +459,8 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         }
         None => (Box::new(BufReader::new(std::io::stdin())), None),
     };
-    // The caps as `serve` reads them.
+    // The rules as `serve` checks and reads them.
+    args.rules.check()?;
     let caps: Arc<[Cap]> = args
         .rules
         .caps()?

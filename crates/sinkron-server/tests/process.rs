@@ -54,6 +54,18 @@ async fn bad_flags_fail_with_one_line() {
     assert_one_line_failure(&run(&["serve", "--bogus"]).await, "--bogus");
     assert_one_line_failure(&run(&["serve", "--addr", "nowhere"]).await, "--addr");
     assert_one_line_failure(&run(&["serve", "--page-size", "0"]).await, "--page-size");
+    for (flags, expect) in [
+        (&["--collections="][..], "1 to 64 characters"),
+        (&["--collections=a,,b"][..], "--collections"),
+        (
+            &["--poll-interval", "100", "--poll-interval-max", "50"][..],
+            "above",
+        ),
+    ] {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--database", ":memory:"];
+        args.extend(flags);
+        assert_one_line_failure(&run(&args).await, expect);
+    }
     // A maintenance command names what it lacks, and points at its own help.
     for command in ["restored", "import", "export"] {
         let out = run(&[command]).await;
