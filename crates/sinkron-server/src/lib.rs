@@ -251,7 +251,14 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     match state.store.session(&[0; 32]).await {
         Ok(_) if state.store.polls_from_memory() => "ready".into_response(),
         Ok(_) => "ready; polls read the database: change notifications are down".into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            // Said for an operator, not as to a client ("busy; try again"); the cause is logged.
+            let mut error = ApiError::from(e);
+            if error.status == StatusCode::SERVICE_UNAVAILABLE {
+                error.message = "not ready: the database does not answer (the log says why)".into();
+            }
+            error.into_response()
+        }
     }
 }
 

@@ -354,13 +354,18 @@ impl Progress {
         }
     }
 
+    /// Whether a plain progress line is due: its period has passed since the last.
+    fn due(&self) -> bool {
+        self.bar.is_none() && self.last_line.elapsed() >= PLAIN_PROGRESS_PERIOD
+    }
+
     fn update(&mut self, bytes: u64, lines: u64, counts: Counts) {
         if let Some(bar) = &self.bar {
             bar.set_position(bytes);
             bar.set_message(counts.to_string());
             return;
         }
-        if self.last_line.elapsed() < PLAIN_PROGRESS_PERIOD {
+        if !self.due() {
             return;
         }
         self.last_line = Instant::now();
@@ -516,7 +521,9 @@ pub async fn import(args: ImportArgs) -> Result<(), String> {
         if importer.round_lines >= ROUND_LINES {
             importer.flush().await?;
         }
-        if line_no % 1024 == 0 {
+        // The bar every 1,024 lines; a plain line when its period has passed, whatever the
+        // count (a round's writes take seconds; lines may trickle in on standard input).
+        if line_no % 1024 == 0 || progress.due() {
             progress.update(bytes, line_no, importer.counts);
         }
     }
@@ -649,6 +656,26 @@ pub async fn export(args: ExportArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Off a terminal, a progress line is due once its period has passed, whatever the count
+    /// of lines read: the import asks after every line, not every 1,024.
+    #[test]
+    fn a_plain_progress_line_is_due_by_time() {
+        let mut progress = Progress {
+            bar: None,
+            started: Instant::now(),
+            last_line: Instant::now(),
+            total_bytes: None,
+        };
+        assert!(!progress.due());
+        progress.last_line -= PLAIN_PROGRESS_PERIOD;
+        assert!(progress.due());
+        progress.update(10, 3, Counts::default());
+        assert!(
+            !progress.due(),
+            "a line was written: the next is a period away"
+        );
+    }
 
     fn collections() -> Vec<String> {
         sinkron_core::protocol::DEFAULT_COLLECTIONS
