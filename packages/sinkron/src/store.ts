@@ -217,8 +217,10 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
 
     const initial = {} as Record<string, Record<string, Rec>>;
     for (const name of names) initial[name] = {};
-    // A change is a record (with its collection and version besides).
-    for (const c of snapshot?.changes ?? []) if (c.value && initial[c.collection]) initial[c.collection][c.key] = c as Rec;
+    // Each change as the record the engine shows for it later.
+    for (const { collection, key, value, updatedAt, clientId } of snapshot?.changes ?? []) {
+      if (value && initial[collection]) initial[collection][key] = { key, value, updatedAt, clientId };
+    }
     const records = initial as SyncStore<C>["records"];
     const { derive: _, ...actions } = own ?? {};
     return {

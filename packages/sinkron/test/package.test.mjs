@@ -181,9 +181,11 @@ test("a server-rendered page starts from its snapshot: in the store before start
   assert.deepEqual(shown(), [["ep1", 42]]);
   assert.equal(store.getState().user.id, "7");
   assert.equal(store.getState().status.state, "syncing");
+  const fromSnapshot = store.getState().records.history.ep1;
   await store.getState().start(options());
   try {
     assert.deepEqual(shown(), [["ep1", 42]], "the engine took it");
+    assert.deepEqual(store.getState().records.history.ep1, fromSnapshot, "a record of the same shape");
     // A write, pushed after its short wait: the only request, sent from the snapshot's cursor.
     store.getState().toggleFavorite("s9");
     t.mock.timers.tick(1000);
