@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { countRequests, launch, storageArrivesLate, syncedState, until, waitPressed } from "./support.mjs";
+import { countRequests, launch, settled as settledPage, storageArrivesLate, syncedState, until, waitPressed } from "./support.mjs";
 import { openDemo, withSite } from "./site.mjs";
 
 let browser;
@@ -177,6 +177,35 @@ describe("the site's own sign-in", () => {
       assert.ok(site.counts.refresh > renewed, "the page asked the site to renew its token");
       assert.ok(!statuses.includes(401), `no request was refused: ${statuses}`);
       assert.deepEqual(favoritesOf(await sinkron.state(site.token(site.userId("rui")))), ["s03", "s04"]);
+      await context.close();
+    }));
+
+  test("a shared device: the site signs another user in while one's write waits; it never reaches the other's account, and reaches its own at her next sign-in", () =>
+    withSite({}, async (site, sinkron) => {
+      const context = await browser.newContext();
+      let page = await openDemo(context, site, sinkron, { interval: 300 });
+      await siteSignIn(page, "ana");
+      // Sinkron cannot be reached: ana's write waits on the device as she closes the page.
+      await context.route(`${sinkron.url}/**`, (route) => route.abort("connectionrefused"));
+      await page.getByTestId("favorite-s05").click();
+      await page.locator('[data-testid="sync-status"][data-pending="1"]').waitFor();
+      await page.close();
+      await context.unroute(`${sinkron.url}/**`);
+      // Bo signs in at the site (its own login page, not this one), and opens the page.
+      const login = await context.request.post(`${site.url}/site/login`, { data: { username: "bo", password: "correct horse" } });
+      assert.equal(login.status(), 200);
+      page = await openDemo(context, site, sinkron, { interval: 300 });
+      const bo = site.userId("bo");
+      await until(async () => (await page.getByTestId("username").textContent()) === bo, { what: "bo signed in" });
+      await settledPage(page);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(bo))), [], "ana's write went into bo's account");
+      // Ana signs in here again: her write goes to her account, and to hers only.
+      await page.getByTestId("logout").click();
+      await page.getByTestId("login-submit").waitFor();
+      await siteSignIn(page, "ana");
+      const ana = site.userId("ana");
+      await until(async () => favoritesOf(await sinkron.state(site.token(ana))).includes("s05"), { what: "ana's write in her account" });
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(bo))), []);
       await context.close();
     }));
 
