@@ -54,7 +54,7 @@ describe("pokes", () => {
   test("a write through one node pokes the leader tab on another, which pulls at once", () =>
     withPostgres(async (database) => {
       // Clients poll every 10 minutes here: only a poke can bring a change within seconds.
-      const args = ["--poke", "sse", "--poll-interval", "600"];
+      const args = ["--poke", "sse", "--poll-interval", "600", "--poll-interval-max", "600"];
       const nodeA = await Server.start({ database, args });
       const nodeB = await Server.start({ database, args });
       try {
