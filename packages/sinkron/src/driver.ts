@@ -112,6 +112,12 @@ export class SinkronClient {
   #stopped = false;
   /** The last token sent for the engine's user: what a keepalive flush sends. */
   #lastToken: string | null = null;
+  /**
+   * Set while a switch of users in cookie mode signs the previous user out: the site's
+   * cookie is already the next user's, so nothing goes with it then (their writes stay kept
+   * for them, sent at their next sign-in here).
+   */
+  #withoutCredentials = false;
 
   readonly #engine: Engine;
   readonly #options: ClientOptions;
@@ -262,7 +268,14 @@ export class SinkronClient {
     // last token, or none (they stay kept for them, sent at their next sign-in here), never
     // this user's, which would put them in this user's account.
     const current = this.user();
-    if (current && current.id !== id) this.#signOut(false);
+    if (current && current.id !== id) {
+      this.#withoutCredentials = !!this.#options.cookie && !this.#options.getToken;
+      try {
+        this.#signOut(false);
+      } finally {
+        this.#withoutCredentials = false;
+      }
+    }
     const user = { id, username: id };
     this.#storage.setSession({ token: "", user });
     // Taken by the requests the sign-in sends at once (a guest's writes joining the account).
@@ -599,6 +612,7 @@ export class SinkronClient {
    */
   async #authorization(c: { freshToken: boolean; keepalive?: boolean }): Promise<string | null | undefined> {
     const getToken = this.#options.getToken;
+    if (this.#withoutCredentials) return null;
     if (this.#options.cookie && !getToken) return undefined;
     // A flush on page hide or sign-out cannot wait for the provider: the page may be gone,
     // the user signed out. The last token is the user's whose writes it carries.

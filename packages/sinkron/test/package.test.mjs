@@ -500,6 +500,26 @@ test("cookie mode sends credentials and no Authorization header", async () => {
   }
 });
 
+test("cookie mode: the site signing another user in never sends the previous user's writes with the new user's cookie", async (t) => {
+  fakeClock(t);
+  const client = await SinkronClient.start(options({ cookie: true }));
+  try {
+    browser.answer(() => ({ status: 503, body: { error: { code: "unavailable", message: "down" } } }));
+    await client.signedIn("site-cy");
+    client.write("favorites", "cy-only", {});
+    // The server answers again, and the site's cookie is now dee's.
+    browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id } } : emptyPage()));
+    const before = browser.requests.length;
+    await client.signedIn("site-dee");
+    await settle(() => (t.mock.timers.tick(1000), client.status().lastSyncedAt !== null), { what: "dee synced" });
+    const carried = browser.requests.slice(before).filter((r) => r.body?.mutations?.some((m) => m.key === "cy-only"));
+    assert.deepEqual(carried.length, 0, "cy's write went with dee's cookie");
+    assert.equal(stored("sinkron:v1:site-cy:o:").length, 1, `kept for cy: ${stored("sinkron:v1:")}`);
+  } finally {
+    client.stop();
+  }
+});
+
 test("stored data the engine cannot read (another version's, or damaged) is left out: the page starts and syncs the rest", async () => {
   session("7");
   localStorage.setItem("sinkron:schema", "2");
