@@ -494,36 +494,14 @@ on_every_backend!(
 
 #[tokio::test]
 async fn each_request_is_one_info_line_with_its_client_and_never_a_token() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
-    let mut child = tokio::process::Command::new(support::BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--database", &url])
-        .env("SINKRON_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the sinkron binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let first = BufReader::new(stdout).lines().next_line().await;
-    let line = first.expect("stdout").expect("a line");
-    let base = line
-        .strip_prefix("listening on ")
-        .expect("its address")
-        .to_owned();
-    let http = reqwest::Client::new();
-    let session: serde_json::Value = http
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"username": "ann", "password": "correct horse"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("a session");
-    let token = session["token"].as_str().expect("token").to_owned();
+    let server = Logged::start(&url, "info", &[]).await;
+    let (http, base, token) = (
+        server.http.clone(),
+        server.base.clone(),
+        server.token.clone(),
+    );
     let pull = |token: String| {
         http.get(format!("{base}/api/user/me?lastSync=0"))
             .bearer_auth(token)
@@ -539,9 +517,7 @@ async fn each_request_is_one_info_line_with_its_client_and_never_a_token() {
         .await
         .expect("login");
     assert_eq!(r.status(), 401);
-    child.start_kill().expect("kill");
-    let out = child.wait_with_output().await.expect("output");
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = server.log().await;
     let line_with = |parts: &[&str]| {
         log.lines()
             .find(|l| parts.iter().all(|p| l.contains(p)))
@@ -572,41 +548,8 @@ async fn each_request_is_one_info_line_with_its_client_and_never_a_token() {
 /// driver's, which carry each statement's parameters: password hashes, record values.
 #[tokio::test]
 async fn debug_logs_leave_out_the_database_drivers_parameters() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let database = support::PostgresDatabase::create();
-    let mut child = tokio::process::Command::new(support::BIN)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--database",
-            &database.url,
-        ])
-        .env("SINKRON_LOG", "debug")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the sinkron binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let first = BufReader::new(stdout).lines().next_line().await;
-    let line = first.expect("stdout").expect("a line");
-    let base = line
-        .strip_prefix("listening on ")
-        .expect("its address")
-        .to_owned();
-    let http = reqwest::Client::new();
-    let session: serde_json::Value = http
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"username": "ann", "password": "correct horse"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("a session");
-    let token = session["token"].as_str().expect("token");
+    let server = Logged::start(&database.url, "debug", &[]).await;
     let push = batch(
         "c1",
         vec![mutation(
@@ -618,17 +561,8 @@ async fn debug_logs_leave_out_the_database_drivers_parameters() {
         )],
         None,
     );
-    let r = http
-        .post(format!("{base}/api/user/me/changes"))
-        .bearer_auth(token)
-        .json(&push)
-        .send()
-        .await
-        .expect("push");
-    assert_eq!(r.status(), 200);
-    child.start_kill().expect("kill");
-    let out = child.wait_with_output().await.expect("output");
-    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(server.push(&push).await.status(), 200);
+    let log = server.log().await;
     assert!(log.contains("DEBUG"), "debug lines are written:\n{log}");
     assert!(
         !log.contains("$argon2id$"),
@@ -644,15 +578,43 @@ async fn debug_logs_leave_out_the_database_drivers_parameters() {
 /// warning that collection counts were wrong is for counts edited by hand.
 #[tokio::test]
 async fn a_first_push_past_a_cap_is_no_cause_for_a_warning() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = tempfile::tempdir().expect("temp dir");
     let postgres = support::PostgresDatabase::create();
     let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
     for url in [sqlite, postgres.url.clone()] {
+        let server = Logged::start(&url, "info", &["--collection-caps", "history=3"]).await;
+        let writes = (1..=4)
+            .map(|n| mutation(n, "history", &format!("e{n}"), json!({"p": n}), 10 + n))
+            .collect();
+        let r = server.push(&batch("c1", writes, Some("0"))).await;
+        let page: serde_json::Value = r.json().await.expect("a push answer");
+        let live = page["changes"].as_array().expect("changes").iter();
+        let kept: Vec<&str> = live
+            .filter(|c| !c["value"].is_null())
+            .map(|c| c["key"].as_str().expect("key"))
+            .collect();
+        assert_eq!(kept, ["e2", "e3", "e4"], "the oldest evicted: {page}");
+        let log = server.log().await;
+        assert!(!log.contains("counts were wrong"), "{url}:\n{log}");
+    }
+}
+
+/// A `sinkron serve` whose log is read at the end: started on `url` with `args`, at
+/// `SINKRON_LOG=log`, with an account `ann` registered.
+struct Logged {
+    child: tokio::process::Child,
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Logged {
+    async fn start(url: &str, log: &str, args: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(support::BIN)
-            .args(["serve", "--addr", "127.0.0.1:0", "--database", &url])
-            .args(["--collection-caps", "history=3"])
-            .env("SINKRON_LOG", "info")
+            .args(["serve", "--addr", "127.0.0.1:0", "--database", url])
+            .args(args)
+            .env("SINKRON_LOG", log)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -676,27 +638,30 @@ async fn a_first_push_past_a_cap_is_no_cause_for_a_warning() {
             .json()
             .await
             .expect("a session");
-        let token = session["token"].as_str().expect("token");
-        let writes = (1..=4)
-            .map(|n| mutation(n, "history", &format!("e{n}"), json!({"p": n}), 10 + n))
-            .collect();
-        let r = http
-            .post(format!("{base}/api/user/me/changes"))
-            .bearer_auth(token)
-            .json(&batch("c1", writes, Some("0")))
+        let token = session["token"].as_str().expect("token").to_owned();
+        Self {
+            child,
+            base,
+            token,
+            http,
+        }
+    }
+
+    /// Ann's push, answered.
+    async fn push(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/user/me/changes", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
             .send()
             .await
-            .expect("push");
-        let page: serde_json::Value = r.json().await.expect("a push answer");
-        let live = page["changes"].as_array().expect("changes").iter();
-        let kept: Vec<&str> = live
-            .filter(|c| !c["value"].is_null())
-            .map(|c| c["key"].as_str().expect("key"))
-            .collect();
-        assert_eq!(kept, ["e2", "e3", "e4"], "the oldest evicted: {page}");
-        child.start_kill().expect("kill");
-        let out = child.wait_with_output().await.expect("output");
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(!log.contains("counts were wrong"), "{url}:\n{log}");
+            .expect("push")
+    }
+
+    /// Stops the server; its log.
+    async fn log(mut self) -> String {
+        self.child.start_kill().expect("kill");
+        let out = self.child.wait_with_output().await.expect("output");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }

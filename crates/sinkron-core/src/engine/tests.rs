@@ -107,6 +107,23 @@ impl Tab {
             .and_then(|r| r.value.clone())
     }
 
+    /// Fires deadlines until the tab sends a push, answering its pulls with 304 meanwhile.
+    fn next_push(&mut self) -> (u64, Request) {
+        loop {
+            self.fire();
+            let mut sends = self.sends();
+            if let Some(i) = sends
+                .iter()
+                .position(|(_, r)| matches!(r, Request::Push { .. }))
+            {
+                return sends.remove(i);
+            }
+            for (id, _) in sends {
+                self.reply(id, Reply::NotModified);
+            }
+        }
+    }
+
     fn sends_of(commands: &[Command]) -> Vec<(u64, Request)> {
         commands
             .iter()
@@ -1909,19 +1926,7 @@ fn a_refusal_that_is_not_the_servers_keeps_the_copy_and_the_writes_and_backs_off
     }
     // A push refused so (a proxy's body limit, say) keeps its writes for the next try.
     tab.write("e2", r#"{"p":2}"#);
-    let (id, request) = loop {
-        tab.fire();
-        let mut sends = tab.sends();
-        if let Some(i) = sends
-            .iter()
-            .position(|(_, r)| matches!(r, Request::Push { .. }))
-        {
-            break sends.remove(i);
-        }
-        for (id, _) in sends {
-            tab.reply(id, Reply::NotModified);
-        }
-    };
+    let (id, request) = tab.next_push();
     let Request::Push { mutations, .. } = request else {
         unreachable!()
     };
@@ -1970,19 +1975,7 @@ fn a_cursor_the_server_does_not_know_drops_everything_and_starts_over() {
     // A push with a cursor the server does not know is refused alike, with nothing applied:
     // its writes stay queued and go again, after the whole state.
     tab.write("e3", r#"{"p":3}"#);
-    let (id, request) = loop {
-        tab.fire();
-        let mut sends = tab.sends();
-        if let Some(i) = sends
-            .iter()
-            .position(|(_, r)| matches!(r, Request::Push { .. }))
-        {
-            break sends.remove(i);
-        }
-        for (id, _) in sends {
-            tab.reply(id, Reply::NotModified);
-        }
-    };
+    let (id, request) = tab.next_push();
     let Request::Push {
         mutations,
         last_sync,
