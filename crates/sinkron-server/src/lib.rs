@@ -361,9 +361,8 @@ fn with_cors(router: Router, cors: Option<CorsLayer>) -> Router {
 }
 
 /// CORS for the allowed origins: the API's methods (`DELETE` for an account's deletion) and
-/// headers, `ETag` and `Retry-After`
-/// readable, preflights cached for an hour, credentials (cookies) when the token may come
-/// from one.
+/// headers, `ETag` and `Retry-After` readable, preflights cached for an hour, credentials
+/// (cookies) when the token may come from one.
 fn cors(origins: &[HeaderValue], credentials: bool) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins.iter().cloned()))

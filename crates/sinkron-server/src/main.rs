@@ -214,12 +214,16 @@ async fn mark_restored(restored: Restored) -> Result<(), String> {
 
 /// The log filter `SINKRON_LOG` asks for (`info` without it, or when it cannot be read). The
 /// PostgreSQL driver's debug lines carry each statement's parameters (password hashes, token
-/// hashes, record values): it stays at `info` unless the variable names it.
+/// hashes, record values): a filter that would let them through keeps the driver at `info`,
+/// unless it names the driver.
 fn log_filter(asked: Option<&str>) -> EnvFilter {
     let asked = asked.filter(|a| !a.trim().is_empty()).unwrap_or("info");
-    let mut filter = EnvFilter::try_new(asked).unwrap_or_else(|_| EnvFilter::new("info"));
-    if !asked.contains("tokio_postgres") {
-        filter = filter.add_directive("tokio_postgres=info".parse().expect("a valid directive"));
+    let filter = EnvFilter::try_new(asked).unwrap_or_else(|_| EnvFilter::new("info"));
+    let verbose = filter
+        .max_level_hint()
+        .is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::INFO);
+    if verbose && !asked.contains("tokio_postgres") {
+        return filter.add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     }
     filter
 }
@@ -310,5 +314,24 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             std::future::pending::<()>().await;
         }
         tracing::info!("shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_database_drivers_debug_lines_are_kept_out_unless_named() {
+        let directives = |asked: Option<&str>| log_filter(asked).to_string();
+        assert!(directives(Some("debug")).contains("tokio_postgres=info"));
+        assert!(directives(Some("info,sinkron_server=trace")).contains("tokio_postgres=info"));
+        // A quieter filter is not made louder for the driver.
+        for asked in [None, Some("info"), Some("warn"), Some("error")] {
+            assert!(!directives(asked).contains("tokio_postgres"), "{asked:?}");
+        }
+        // Named, the driver logs as asked.
+        let named = directives(Some("debug,tokio_postgres=debug"));
+        assert!(!named.contains("tokio_postgres=info"), "{named}");
     }
 }
