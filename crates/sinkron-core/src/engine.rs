@@ -53,7 +53,7 @@ use alloc::vec::Vec;
 
 use crate::clock::Clock;
 use crate::protocol::{Change, Mutation, MUTATIONS_MAX, WHOLE_STATE};
-use crate::record::{Record, RecordKey};
+use crate::record::{holds_fields_of, Record, RecordKey};
 use crate::rng::Rng;
 
 mod command;
@@ -232,9 +232,12 @@ pub struct Engine {
     ending_failures: u32,
     /// The flush a signing-out tab sent, until it is answered ([`Engine::sign_out`]).
     parked: Option<Parked>,
-    /// The first id of the writes [`Engine::unpark`] queued since the last sign-in: those
-    /// below it were queued before (the guest's, written after the sign-out that parked).
+    /// The first id of the writes queued since the last sign-in, for the takeovers it asked
+    /// for (0 once a later pull asks again): those below it were queued before (the
+    /// guest's, written after the sign-out that parked what [`Engine::unpark`] then takes).
     unparked_from: u64,
+    /// Inside [`Engine::sign_in`], which asks for the takeovers itself.
+    signing_in: bool,
     /// The first write of the burst the next push takes: a push never waits much longer.
     /// Hot writes (`Config::hot`) are not part of bursts.
     first_write_at: Option<u64>,
@@ -297,6 +300,7 @@ impl Engine {
             ending_failures: 0,
             parked: None,
             unparked_from: 0,
+            signing_in: false,
             first_write_at: None,
             hot_sent_at: None,
             failures: 0,
@@ -948,20 +952,36 @@ impl Engine {
         // (writes of other fields between commute with it): fields written in turn queue
         // one write per set of fields, not one per write.
         let per_field = record.value.is_some() && fields.is_some();
+        // (Only writes older than this one: one taken over from a gone tab may be older
+        // than what this tab queued, and goes beside it.)
         if (record.value.is_none() || per_field) && !any_fields {
             (self.view.outbox).retain(|p| {
                 p.id <= sent_max
                     || p.key != key
+                    || !record.wins_over(&p.record)
                     || per_field && (p.fields != fields || p.record.value.is_none())
             });
         }
         // Coalesce with the queued write to the same key unless that one was already sent,
         // sets other fields (a write of other fields goes beside it), or is a delete that
         // this write would undo: where the server merges per field, the delete removes fields
-        // this write does not name, so both go, in order.
+        // this write does not name, so both go, in order. A whole record there sets the
+        // fields its value holds: it takes a queued one's place only holding all of its.
+        #[cfg(feature = "planted-bugs")]
+        let any_whole = crate::planted::planted(crate::planted::Bug::WholeWritesCoalesce);
+        #[cfg(not(feature = "planted-bugs"))]
+        let any_whole = false;
+        let takes_place = |old: &str| {
+            fields.is_some()
+                || any_whole
+                || (record.value.as_deref()).is_none_or(|new| holds_fields_of(new, old))
+        };
         let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
             Some(p)
-                if p.record.value.is_some() && p.id > sent_max && p.fields == fields
+                if p.id > sent_max
+                    && p.fields == fields
+                    && record.wins_over(&p.record)
+                    && p.record.value.as_deref().is_some_and(takes_place)
                     || any_fields
                         && p.id > sent_max
                         && (p.record.value.is_some() || record.value.is_none()) =>
@@ -1067,7 +1087,10 @@ impl Engine {
         self.commands.push_back(Command::Unpark {
             scope: user.to_owned(),
         });
+        // Its own pull, if it pulls now, asks for no takeover again.
+        self.signing_in = true;
         self.finish(now);
+        self.signing_in = false;
     }
 
     /// Signs out and becomes an empty guest with a new client id; the other tabs follow.
@@ -1114,10 +1137,13 @@ impl Engine {
     /// stored outbox of `client_id`: they join this tab's queue with their own times, and the
     /// stored copy goes; this tab and the others stop showing them as that tab's. (A driver
     /// that hands them over later than the command reads the outbox of the user signed in
-    /// then.) A write the tab queued before it signed in (as the guest, so after the
-    /// sign-out that parked these) stays, whatever the times say (a guest's clock is not set
-    /// by the server's); among parked ones, and against what the tab shows otherwise, the
-    /// newer time wins.
+    /// then.) Each is sent, even one older than what the tab shows (where the server merges
+    /// per field, an older write of another field, or an older delete, still counts); the
+    /// tab shows the newest. A write the tab queued before it signed in (as the guest, so
+    /// after the sign-out that parked these) stays the newer, whatever the times say (a
+    /// guest's clock is not set by the server's): in the takeovers the sign-in asked for, a
+    /// parked write of its key is stamped just before it. (Later, what is taken over was
+    /// written signed in, after the guest's writes, and keeps its time.)
     pub fn unpark(&mut self, now: u64, client_id: String, mutations: Vec<Mutation>) {
         self.observe_time(now);
         if let Some(scope) = self.user.clone().filter(|_| client_id != self.client_id) {
@@ -1138,10 +1164,25 @@ impl Engine {
             }
             for m in mutations {
                 let key = RecordKey::new(m.collection, m.key);
-                let from = self.unparked_from;
-                if self.view.queued(&key).is_none_or(|p| p.id >= from) {
-                    self.take_stamped(now, key, m.value, Some(m.updated_at), m.fields);
+                // A write this tab queued as the guest, after the sign-out that parked these,
+                // is the newer whatever the clocks say (a guest's is not set by the server's;
+                // the guest's is sent at the sign-in): the parked write goes just before it.
+                let mut at = m.updated_at;
+                for p in &self.view.outbox {
+                    if p.key == key && p.id < self.unparked_from {
+                        at = at.min(p.record.updated_at.saturating_sub(1));
+                    }
                 }
+                // Older than what this tab shows or not: where the server merges per field,
+                // an older write of another field, or a delete, still counts.
+                #[cfg(feature = "planted-bugs")]
+                if crate::planted::planted(crate::planted::Bug::TakeoverSkipsOlder)
+                    && self.view.get(&key).is_some_and(|r| r.updated_at >= at)
+                {
+                    continue;
+                }
+                self.clock.observe(m.updated_at);
+                self.write_stamped(now, key, m.value, Some(at), m.fields);
             }
             self.commands
                 .push_back(Command::Persist(Persist::DropParked { scope, client_id }));
@@ -1364,7 +1405,7 @@ impl Engine {
 
     // ----- internals -----
 
-    /// Writes a record that carries its own time (an adopted or a parked one), unless what
+    /// Writes a record that carries its own time (an adopted one), unless what
     /// this tab shows for the key is newer: such a record must not even replace a queued
     /// write. The clock notes the time, so the tab's next write is newer still.
     fn take_stamped(
@@ -1595,7 +1636,9 @@ impl Engine {
         self.poked = 0;
         // The device's leader sends what closed tabs could not: it pulls while the user
         // watches, so they go within a pull interval, not at the next start of a tab.
-        if let Some(scope) = self.user.clone() {
+        if let Some(scope) = self.user.clone().filter(|_| !self.signing_in) {
+            // What is taken over from now on was written signed in, after the guest's writes.
+            self.unparked_from = 0;
             self.commands.push_back(Command::Unpark { scope });
         }
         let last_sync = self.cursor.clone();

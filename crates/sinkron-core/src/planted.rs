@@ -74,10 +74,17 @@ pub enum Bug {
     /// A 4xx without the server's error code (a proxy's page) is taken as the server's
     /// refusal: the writes of a push it answers are dropped.
     ProxyRefusalTaken = 4194304,
+    /// A whole record takes the place of the queued one of its key whatever fields each
+    /// holds: where the server merges per field, a field only the queued one held is never
+    /// sent.
+    WholeWritesCoalesce = 8388608,
+    /// A tab taking over a gone tab's writes skips those older than what it shows: where the
+    /// server merges per field, an older write of another field, or an older delete, is lost.
+    TakeoverSkipsOlder = 16777216,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 25] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -101,6 +108,8 @@ impl Bug {
         Bug::AskerNotTold,
         Bug::UnreachableLingers,
         Bug::ProxyRefusalTaken,
+        Bug::WholeWritesCoalesce,
+        Bug::TakeoverSkipsOlder,
     ];
 
     /// The name used on the command line.
@@ -129,6 +138,8 @@ impl Bug {
             Bug::AskerNotTold => "asker-not-told",
             Bug::UnreachableLingers => "unreachable-lingers",
             Bug::ProxyRefusalTaken => "proxy-refusal-taken",
+            Bug::WholeWritesCoalesce => "whole-writes-coalesce",
+            Bug::TakeoverSkipsOlder => "takeover-skips-older",
         }
     }
 }

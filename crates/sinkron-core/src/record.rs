@@ -6,6 +6,8 @@
 //! client id breaking ties so every replica picks the same winner.
 
 use alloc::string::String;
+#[cfg(test)]
+use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 /// Where a record lives: its collection (`history`, `favorites`, ...) and its key within it.
@@ -54,6 +56,84 @@ impl Record {
     }
 }
 
+/// Whether the record value `new` holds every top-level field `old` holds (both JSON object
+/// texts): where the server merges per field, a whole-record write sets the fields its value
+/// holds, so `new` may take the place of `old`, unsent, only then. Fields are compared as
+/// written (a name escaped another way counts as another field), and a text it cannot
+/// follow holds nothing past the break, nor is one held: a doubt keeps both writes, which
+/// is always safe. The engine parses no JSON otherwise; this reads no further than it must.
+pub(crate) fn holds_fields_of(new: &str, old: &str) -> bool {
+    let mut olds = TopFields::new(old);
+    while let Some(field) = olds.next_field() {
+        let mut news = TopFields::new(new);
+        loop {
+            match news.next_field() {
+                Some(f) if f == field => break,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+    !olds.broken
+}
+
+/// The top-level field names of a JSON object text, quotes and escapes included, as written.
+struct TopFields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    depth: u32,
+    /// A string that does not end: nothing after it is read.
+    broken: bool,
+}
+
+impl<'a> TopFields<'a> {
+    fn new(value: &'a str) -> Self {
+        TopFields {
+            bytes: value.as_bytes(),
+            at: 0,
+            depth: 0,
+            broken: false,
+        }
+    }
+
+    fn next_field(&mut self) -> Option<&'a [u8]> {
+        // At the top level, the next string is a name: after `{` or `,`.
+        let mut name = false;
+        while let Some(&b) = self.bytes.get(self.at) {
+            let start = self.at;
+            self.at += 1;
+            match b {
+                b'"' => {
+                    loop {
+                        match self.bytes.get(self.at) {
+                            Some(b'"') => break,
+                            Some(b'\\') => self.at += 2,
+                            Some(_) => self.at += 1,
+                            None => {
+                                self.broken = true;
+                                return None;
+                            }
+                        }
+                    }
+                    self.at += 1;
+                    if name && self.depth == 1 {
+                        return self.bytes.get(start..self.at);
+                    }
+                    name = false;
+                }
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    name = self.depth == 1;
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b',' => name = self.depth == 1,
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +175,44 @@ mod tests {
         assert!(!merge(&mut slot, rec(Some(r#"{"p":1}"#), 7, "a")));
         assert!(merge(&mut slot, rec(None, 8, "a")));
         assert_eq!(slot, Some(rec(None, 8, "a")));
+    }
+
+    fn fields(value: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut fields = TopFields::new(value);
+        while let Some(f) = fields.next_field() {
+            names.push(String::from_utf8_lossy(f).into_owned());
+        }
+        names
+    }
+
+    #[test]
+    fn a_value_s_top_level_fields_are_read_as_written() {
+        assert_eq!(fields("{}"), Vec::<String>::new());
+        assert_eq!(
+            fields(r#" { "a" : 1 , "b":{"c":[{"d":2}],"e":"}"}, "f\"g":[1,{"h":3}], "i":"," } "#),
+            [r#""a""#, r#""b""#, r#""f\"g""#, r#""i""#]
+        );
+        // A text it cannot follow: what came before the break.
+        assert_eq!(fields(r#"{"a":1,"b"#), [r#""a""#]);
+        assert_eq!(fields(r#"{"a":"\"#), [r#""a""#]);
+    }
+
+    #[test]
+    fn a_value_holds_another_s_fields_when_it_has_each_of_them_at_the_top() {
+        assert!(holds_fields_of(r#"{"b":2,"a":1}"#, r#"{"a":0,"b":0}"#));
+        assert!(holds_fields_of(r#"{"a":1}"#, "{}"));
+        assert!(!holds_fields_of(r#"{"a":1}"#, r#"{"a":1,"b":2}"#));
+        // Nested or inside a string is not at the top.
+        assert!(!holds_fields_of(
+            r#"{"x":{"b":1},"a":1}"#,
+            r#"{"a":1,"b":2}"#
+        ));
+        assert!(!holds_fields_of(r#"{"a":"\"b\":1"}"#, r#"{"a":1,"b":2}"#));
+        // An unreadable text holds nothing beyond where it broke, and one whose fields
+        // cannot all be read is held by none.
+        assert!(!holds_fields_of(r#"{"a":1,"b"#, r#"{"a":1,"b":2}"#));
+        assert!(!holds_fields_of(r#"{"a":1,"b":2}"#, r#"{"a":1,"b"#));
     }
 
     #[test]

@@ -40,7 +40,8 @@ fn usage() -> ExitCode {
          \x20   refusal-drops-batch, coalesce-across-fields, offline-stamped-now,\n\
          \x20   unreachable-stamped-now, stale-snapshot-taken, clamp-keeps-first,\n\
          \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored,\n\
-         \x20   asker-not-told"
+         \x20   asker-not-told, unreachable-lingers, proxy-refusal-taken,\n\
+         \x20   whole-writes-coalesce, takeover-skips-older"
     );
     ExitCode::from(2)
 }

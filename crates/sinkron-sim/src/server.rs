@@ -100,6 +100,21 @@ struct UserModel {
     merged: BTreeMap<Key, (Merged, Vec<FieldWrite>)>,
     /// Records whose tombstone compaction removed, with the model's version of the delete.
     compacted: BTreeMap<Key, u64>,
+    /// Every write taken (above its client's ack).
+    taken: Vec<Taken>,
+}
+
+/// A write the server took.
+#[derive(Debug)]
+struct Taken {
+    key: Key,
+    /// Its `updatedAt` as its client stamped it.
+    stamped: u64,
+    /// The fields it sets: those it names, else its value's; `None` for a delete.
+    sets: Option<Vec<String>>,
+    value: Option<String>,
+    /// When the server took it.
+    at: u64,
 }
 
 /// A mutation the server stored with an earlier `updatedAt` than the client stamped.
@@ -448,6 +463,19 @@ impl Server {
         let mut clamped = 0;
         for m in mutations.iter().filter(|m| m.id > ack) {
             let key = (m.collection.clone(), m.key.clone());
+            let sets = m.value.as_deref().map(|v| match &m.fields {
+                Some(names) => names.clone(),
+                None => serde_json::from_str::<Map<String, Value>>(v)
+                    .map(|value| value.keys().cloned().collect())
+                    .unwrap_or_default(),
+            });
+            model.taken.push(Taken {
+                key: key.clone(),
+                stamped: m.updated_at,
+                sets,
+                value: m.value.clone(),
+                at: now,
+            });
             let updated_at = if m.updated_at > bound {
                 clamped += 1;
                 m.updated_at.min(bound + clamped - 1)
@@ -620,6 +648,33 @@ impl Server {
             .map(|(stamp, _, _)| stamp.clone())
             .collect();
         Some((holder, taken))
+    }
+
+    /// Whether the server took a write of `key` for `user` that sets `field`, stamped `at` or
+    /// later (as its client stamped it, before any clamp): any write or delete of the key for
+    /// `""`, a delete for `"*"`, else a write naming the field (or holding it, in the
+    /// whole-record format) or a delete. Or the write itself (`value`; a delete taken after
+    /// `written`, true time), stamped earlier: a gone tab's write that a tab taking it over at
+    /// its sign-in stamps before a write it queued as the guest.
+    pub fn took(
+        &self,
+        user: usize,
+        key: &Key,
+        field: &str,
+        (at, value, written): (u64, Option<&str>, u64),
+    ) -> bool {
+        self.models[user].taken.iter().any(|t| {
+            let sets = match (field, &t.sets) {
+                ("", _) | (_, None) => true,
+                ("*", Some(_)) => false,
+                (f, Some(names)) => names.iter().any(|n| n == f),
+            };
+            let itself = match value {
+                Some(v) => t.value.as_deref() == Some(v),
+                None => t.value.is_none() && t.at >= written,
+            };
+            t.key == *key && (sets && t.stamped >= at || itself)
+        })
     }
 
     /// Checks every user's stored state (after a restart).

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sinkron_core::adopt::parked;
 use sinkron_core::engine::{Failure, TabBody, TabMessage};
 use sinkron_core::merge::Stamp;
-use sinkron_core::{Command, Engine, Mutation, Persist, RecordKey, Reply, Request};
+use sinkron_core::{Command, Engine, Mutation, Persist, Record, RecordKey, Reply, Request};
 
 use crate::params::Params;
 use crate::rng::Rng;
@@ -119,6 +119,25 @@ pub struct World {
     /// Every write of a playback position (`MERGED`'s hot field), for the law that one made
     /// cut off never undoes progress made elsewhere since (`World::check_offline_position`).
     positions: Vec<PositionWrite>,
+    /// Every write the app made in a user's account, for the law that none is lost
+    /// (`World::check_none_lost`). A sign-out that discards on purpose takes its device's
+    /// out; a compacted tombstone, the older writes of its key.
+    written: Vec<Written>,
+}
+
+/// A write the app made signed in, as its tab stamped and queued it.
+#[derive(Debug)]
+struct Written {
+    user: usize,
+    device: usize,
+    key: Key,
+    stamp: Stamp,
+    /// The fields it sets: those it names, or (the whole-record format) those its value
+    /// holds; `None` for a delete.
+    fields: Option<Vec<String>>,
+    value: Option<String>,
+    /// True time of the write.
+    at: u64,
 }
 
 /// A write of a playback position as a tab made it.
@@ -201,6 +220,7 @@ impl World {
             unfloored: HashSet::new(),
             sent: HashMap::new(),
             positions: Vec::new(),
+            written: Vec::new(),
             params,
         };
         let result = world.play();
@@ -228,7 +248,7 @@ impl World {
         loop {
             if let Some(()) = self.converged()? {
                 self.trace(format_args!("converged"));
-                return Ok(());
+                return self.check_none_lost();
             }
             if self.steps >= steps_max || self.now >= deadline {
                 let why = self.divergence()?;
@@ -644,19 +664,27 @@ impl World {
                             .collect();
                         tab.engine.unpark(now, client_id, mutations);
                         // The writes taken are the tab's own now: it reads them back as it
-                        // does its own (one it shows replaces the floor of its own older
-                        // write; one that did not win leaves that floor).
+                        // does its own (the newest it queued of the key replaces the floor of
+                        // its own older write, shown or not: it may have taken that write's
+                        // place; one that did not win leaves that floor).
                         let own = tab.engine.client_id().to_owned();
                         if tab.floors_client != own {
                             tab.floors.clear();
                             tab.floors_client = own.clone();
                         }
-                        for (key, stamp) in taken {
-                            let shown = tab
-                                .engine
-                                .get(&key)
-                                .filter(|r| r.client_id == own && r.updated_at == stamp);
-                            if let Some(mut shown) = shown.cloned() {
+                        let outbox = tab.engine.outbox();
+                        for (key, _) in taken {
+                            let queued = outbox
+                                .iter()
+                                .filter(|m| m.collection == key.collection && m.key == key.key)
+                                .map(|m| Record {
+                                    value: m.value.clone(),
+                                    updated_at: m.updated_at,
+                                    client_id: own.clone(),
+                                })
+                                .max_by(|a, b| a.order(b));
+                            if let Some(mut shown) = queued {
+                                let stamp = shown.updated_at;
                                 // With stamps pinned ahead, the tab's own write of the key
                                 // may carry the same stamp, sent and clamped already: read
                                 // back as the server stored it.

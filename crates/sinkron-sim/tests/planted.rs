@@ -154,3 +154,16 @@ fn a_takeover_that_leaves_the_gone_tabs_writes_shown_is_caught() {
 fn a_snapshot_older_than_the_records_stored_taken_is_caught() {
     finds("snapshot-ignores-records", 20);
 }
+
+/// Found only by "no write lost": the tab shows its newest write either way, and the server
+/// holds what it was sent; the field the replaced write set is simply never sent.
+#[test]
+fn a_whole_record_taking_the_place_of_one_holding_other_fields_is_caught() {
+    finds("whole-writes-coalesce", 20);
+}
+
+/// Found only by "no write lost": the gone tab's write shows nowhere once skipped.
+#[test]
+fn a_takeover_that_skips_writes_older_than_what_the_tab_shows_is_caught() {
+    finds("takeover-skips-older", 60);
+}

@@ -3609,6 +3609,19 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
         ],
     );
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"guest":true}"#));
+    // Both go, the parked one stamped just before the guest's: where the server merges per
+    // field, its other fields count.
+    let k: Vec<_> = (tab.engine.outbox().into_iter())
+        .filter(|m| m.key == "k")
+        .map(|m| (m.value.unwrap_or_default(), m.updated_at))
+        .collect();
+    assert_eq!(
+        k,
+        [
+            (r#"{"guest":true}"#.to_owned(), T0),
+            (r#"{"parked":true}"#.to_owned(), T0 - 1)
+        ]
+    );
     // Among parked writes of the same key the newer time wins, in either order.
     tab.engine.unpark(
         tab.now,
@@ -3621,6 +3634,51 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
         vec![parked("j", T0 + 1, r#"{"mid":1}"#)],
     );
     assert_eq!(tab.value("j").as_deref(), Some(r#"{"new":1}"#));
+}
+
+#[test]
+fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
+    // Where the server merges per field, an older write still counts: a like, or a delete
+    // that removes the fields set before it, is not undone by a newer write of the position.
+    let mut tab = Tab::leader();
+    tab.write_fields("k", r#"{"position":9}"#, &["position"]);
+    let mine = tab.record("k");
+    let parked =
+        |id: u64, updated_at: u64, value: Option<&str>, fields: Option<Vec<String>>| Mutation {
+            fields,
+            id,
+            collection: "history".into(),
+            key: "k".into(),
+            value: value.map(Into::into),
+            updated_at,
+        };
+    let before = mine.updated_at - 1_000;
+    tab.engine.unpark(
+        tab.now,
+        "gone".into(),
+        vec![
+            parked(1, before, None, None),
+            parked(2, before + 1, Some(r#"{"liked":true}"#), names(&["liked"])),
+            parked(
+                3,
+                before + 2,
+                Some(r#"{"position":3}"#),
+                names(&["position"]),
+            ),
+        ],
+    );
+    // Shown: the newest, this tab's own write.
+    assert_eq!(tab.record("k"), mine);
+    let sent: Vec<_> = tab.pushed().into_iter().map(|(_, v, f)| (v, f)).collect();
+    assert_eq!(
+        sent,
+        vec![
+            (Some(r#"{"position":9}"#.to_owned()), names(&["position"])),
+            (None, None),
+            (Some(r#"{"liked":true}"#.to_owned()), names(&["liked"])),
+            (Some(r#"{"position":3}"#.to_owned()), names(&["position"])),
+        ]
+    );
 }
 
 #[test]
@@ -3709,7 +3767,7 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         .view
         .outbox
         .iter()
-        .find(|p| p.key.key == "k")
+        .rfind(|p| p.key.key == "k")
         .unwrap();
     assert!(
         queued.record.updated_at > ahead,
@@ -4014,6 +4072,42 @@ fn queued_writes_of_the_same_fields_coalesce_and_writes_of_others_go_beside_them
             (r#"{"position":6,"liked":true}"#, names(&["liked"])),
             (r#"{"position":7,"liked":true}"#, names(&["position"])),
             (r#"{"position":7,"liked":false}"#, None)
+        ]
+    );
+}
+
+#[test]
+fn a_whole_record_write_takes_a_queued_ones_place_only_when_it_sets_every_field_of_it() {
+    // Where the server merges per field, a whole record sets the fields it holds: one that
+    // lacks a field of the queued write must go beside it, or that field's write is lost.
+    let mut tab = Tab::leader();
+    tab.write("e1", r#"{"position":5,"w":1}"#);
+    tab.write("e1", r#"{"liked":true,"w":2}"#);
+    // It holds every field of the one before (in another order, a string holding braces
+    // and quotes, a nested object holding the other's field): it takes its place.
+    tab.write(
+        "e1",
+        r#"{"w":3,"note":"a \"}{\" b","liked":false,"x":{"position":1}}"#,
+    );
+    // Keys are compared as written: one written another way goes beside, which is safe.
+    tab.write("e1", r#"{"\u0077":4,"note":"","liked":true,"x":{}}"#);
+    let sent: Vec<_> = tab
+        .pushed()
+        .into_iter()
+        .map(|(_, v, f)| (v.unwrap(), f))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (r#"{"position":5,"w":1}"#.to_owned(), None),
+            (
+                r#"{"w":3,"note":"a \"}{\" b","liked":false,"x":{"position":1}}"#.to_owned(),
+                None
+            ),
+            (
+                r#"{"\u0077":4,"note":"","liked":true,"x":{}}"#.to_owned(),
+                None
+            ),
         ]
     );
 }

@@ -134,31 +134,25 @@ pub(super) struct View {
 }
 
 impl View {
-    /// This tab's latest queued write of a record.
-    pub(super) fn queued(&self, key: &RecordKey) -> Option<&Pending> {
-        self.outbox.iter().rev().find(|p| &p.key == key)
-    }
-
     /// The confirmed copy of a record (tombstones included).
     pub(super) fn confirmed(&self, key: &RecordKey) -> Option<&Record> {
         self.confirmed.get(key).map(|s| &s.record)
     }
 
-    /// The newest version of a record this tab knows of, tombstones included.
+    /// The newest version of a record this tab knows of, tombstones included. (Of this
+    /// tab's writes of it, queued or acknowledged, the newest, not the last: a gone tab's
+    /// taken over may be older than one queued before them.)
     pub(super) fn get(&self, key: &RecordKey) -> Option<&Record> {
         let mut best = self.confirmed.get(key).map(|s| &s.record);
-        let acked = self.acked.iter().rev().find(|a| &a.pending.key == key);
-        for candidate in [
-            self.queued(key),
-            acked.map(|a| &a.pending),
-            self.foreign_get(key),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if best.is_none_or(|b| candidate.record.wins_over(b)) {
-                best = Some(&candidate.record);
-            }
+        // Plain loops: iterator chains cost the browser build more.
+        for p in &self.outbox {
+            newer(&mut best, p, key);
+        }
+        for a in &self.acked {
+            newer(&mut best, &a.pending, key);
+        }
+        for f in &self.foreign {
+            newer(&mut best, f, key);
         }
         best
     }
@@ -445,6 +439,13 @@ impl View {
     /// Another tab's unacknowledged write to `key`, if any.
     fn foreign_get(&self, key: &RecordKey) -> Option<&Pending> {
         self.foreign.iter().find(|f| &f.key == key)
+    }
+}
+
+/// Takes `p`'s record as `best` if it is of `key` and newer.
+fn newer<'a>(best: &mut Option<&'a Record>, p: &'a Pending, key: &RecordKey) {
+    if &p.key == key && best.is_none_or(|b| p.record.wins_over(b)) {
+        *best = Some(&p.record);
     }
 }
 

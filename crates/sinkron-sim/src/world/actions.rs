@@ -8,7 +8,7 @@ use sinkron_core::merge::Stamp;
 use sinkron_core::RecordKey;
 
 use super::device::CHANNEL_MS_MAX;
-use super::{Event, PositionWrite, World};
+use super::{Event, PositionWrite, World, Written};
 use crate::server::{MERGED, UNKNOWN};
 use crate::Violation;
 
@@ -88,6 +88,15 @@ impl World {
                 // Now and then the user drops what is not yet sent, on purpose.
                 let discard = self.rng.chance(100);
                 self.trace(format_args!("d{d} t{id} signs out (discard={discard})"));
+                if discard {
+                    // What the device had not sent goes on purpose: its writes in the account
+                    // are no longer the server's to hold (those it did send it still holds,
+                    // newer ones made elsewhere included).
+                    let user = self.devices[d].tabs[t].engine.user();
+                    let user = user.and_then(|u| self.server.user_index(u));
+                    self.written
+                        .retain(|w| Some(w.user) != user || w.device != d);
+                }
                 self.devices[d].session = None;
                 self.input(d, t, |e, now| {
                     e.sign_out(now, discard);
@@ -350,27 +359,53 @@ impl World {
                 .synced
                 .filter(|_| cut_off)
                 .map(|(_, at, ahead)| at.saturating_add_signed(ahead).max(copy));
+            let written = value.clone();
+            // The fields the write sets, as the server's merge reads it.
+            let sets = match (&value, &fields) {
+                (None, _) => None,
+                (Some(_), Some(names)) => Some(names.clone()),
+                (Some(v), None) => Some(
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v)
+                        .map_err(|e| Violation::new("sim", format!("unreadable value: {e}")))?
+                        .keys()
+                        .cloned()
+                        .collect(),
+                ),
+            };
             tab.engine
                 .write_fields(local, &collection, &key, value, fields)
                 .map_err(|e| Violation::new("sim", format!("write refused: {}", e.code())))?;
-            if position {
-                let user = before.as_deref().and_then(|u| self.server.user_index(u));
-                let stamped = tab
-                    .engine
-                    .outbox()
-                    .into_iter()
-                    .rev()
-                    .find(|m| m.collection == collection && m.key == key)
-                    .map(|m| m.updated_at);
-                if let (Some(user), Some(stamped)) = (user, stamped) {
+            let user = before.as_deref().and_then(|u| self.server.user_index(u));
+            let stamped = tab
+                .engine
+                .outbox()
+                .into_iter()
+                .rev()
+                .find(|m| m.collection == collection && m.key == key)
+                .map(|m| Stamp(m.updated_at, tab.engine.client_id().to_owned()));
+            if let (Some(user), Some(stamp)) = (user, stamped) {
+                if position {
                     self.positions.push(PositionWrite {
                         user,
                         device: d,
                         key: (collection.clone(), key.clone()),
-                        stamp: Stamp(stamped, tab.engine.client_id().to_owned()),
+                        stamp: stamp.clone(),
                         at: self.now,
                         connected: !cut_off,
                         as_of,
+                    });
+                }
+                // A write the server refuses (a collection it does not know) is no write to
+                // find there.
+                if collection != UNKNOWN {
+                    self.written.push(Written {
+                        user,
+                        device: d,
+                        key: (collection.clone(), key.clone()),
+                        stamp,
+                        fields: sets,
+                        value: written,
+                        at: self.now,
                     });
                 }
             }
@@ -485,6 +520,9 @@ impl World {
                     }
                 }
             }
+            // Its writes made before are no longer to be found there either.
+            self.written
+                .retain(|w| w.user != user || w.key.0 != collection || w.key.1 != key);
             let record_key = RecordKey::new(collection, key);
             for device in &mut self.devices {
                 // A page in the back/forward cache too: back, it may get a whole state that

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sinkron_core::engine::{Status, SyncError};
+use sinkron_core::merge::Stamp;
 use sinkron_core::protocol::WHOLE_STATE;
 use sinkron_core::{Persist, Record, Request};
 
-use super::{Event, TabId, World};
-use crate::server::{show, Key};
+use super::{Event, TabId, World, Written};
+use crate::server::{show, Key, MERGED};
 use crate::Violation;
 
 /// Which scope a record may be in: a user's account, or one device's guest data.
@@ -468,6 +469,81 @@ impl World {
             )),
             None => Ok(()),
         }
+    }
+}
+
+impl World {
+    /// No write lost: once every device has converged, the server took every write the app
+    /// made in an account, unless a newer one of the same tab replaced it before it was sent
+    /// (for a collection merged per field: each field's newest write, or a delete after it).
+    /// Checked on the newest write of each key (of each field): the server must have taken
+    /// one at least as new, as stamped (before any clamp). A write it did not take is lost
+    /// unless a device still keeps it for the account (parked by a sign-out, for the user's
+    /// next sign-in there). Floors only check what a tab still open shows: a write dropped
+    /// by a tab that took over a closed one's, or at a sign-out, shows nowhere, and only this
+    /// finds it.
+    pub(super) fn check_none_lost(&self) -> Result<(), Violation> {
+        // The newest write of each (user, key, field); a whole record's field is "".
+        let mut newest: BTreeMap<(usize, &Key, &str), &Written> = BTreeMap::new();
+        for w in &self.written {
+            let fields: Vec<&str> = match (&w.fields, w.key.0 == MERGED) {
+                (Some(names), true) => names.iter().map(String::as_str).collect(),
+                // A delete of a record merged per field: the record's own place, "*".
+                (None, true) => vec!["*"],
+                (_, false) => vec![""],
+            };
+            for field in fields {
+                let slot = newest.entry((w.user, &w.key, field)).or_insert(w);
+                if w.stamp > slot.stamp {
+                    *slot = w;
+                }
+            }
+        }
+        for (&(user, key, field), w) in &newest {
+            let at = w.stamp.0;
+            // A tab that takes a gone tab's writes over sends them under its own client id,
+            // with their times: a write is found by its time.
+            let write = (at, w.value.as_deref(), w.at);
+            if self.server.took(user, key, field, write) || self.kept(user, key, at) {
+                continue;
+            }
+            let held = (self.server.stored(user)?.get(key))
+                .map(|r| Stamp(r.updated_at, r.client_id.clone()));
+            let what = match field {
+                "" => String::new(),
+                "*" => " (a delete)".to_owned(),
+                f => format!(" (field {f})"),
+            };
+            return Err(Violation::new(
+                "no write lost",
+                format!(
+                    "user {user} {}/{}: device {} wrote at {} as {}{what}, which the server \
+                     never took: it holds {}, and no device keeps the write",
+                    key.0,
+                    key.1,
+                    w.device,
+                    w.stamp.0,
+                    w.stamp.1,
+                    held.map_or("nothing".to_owned(), |h| format!("{} as {}", h.0, h.1)),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a device keeps a write of `key` made at `at` or later, stored for `user`'s
+    /// next sign-in on it.
+    fn kept(&self, user: usize, key: &Key, at: u64) -> bool {
+        let scope = Some(self.server.user_id(user));
+        self.devices.iter().any(|device| {
+            device.storage.get(&scope).is_some_and(|stored| {
+                stored
+                    .outboxes
+                    .values()
+                    .flat_map(|(_, m)| m)
+                    .any(|m| m.collection == key.0 && m.key == key.1 && m.updated_at >= at)
+            })
+        })
     }
 }
 
