@@ -16,7 +16,7 @@ interface Exports {
 
 let compiled: Promise<WebAssembly.Module> | null = null;
 
-/** Compiles the module once per page (later sources are ignored). */
+/** Compiles the module once per page (later sources are ignored), unless that failed: the next call tries again. */
 function compile(source: WasmSource = new URL("./wasm/sinkron.wasm", import.meta.url)): Promise<WebAssembly.Module> {
   compiled ??= (async () => {
     let module = source;
@@ -27,7 +27,10 @@ function compile(source: WasmSource = new URL("./wasm/sinkron.wasm", import.meta
       module = await module.arrayBuffer();
     }
     return WebAssembly.compile(module as BufferSource);
-  })();
+  })().catch((e: unknown) => {
+    compiled = null;
+    throw e;
+  });
   return compiled;
 }
 

@@ -264,6 +264,10 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
           unsubscribe = c.subscribe(read);
           read({ collections: null, keys: [], status: true });
           set({ ready: true } as Partial<S>);
+        }, (e: unknown) => {
+          // Not loaded (a flaky network, say): the next start() tries again.
+          if (starting === attempt) starting = null;
+          throw e;
         });
         starting = attempt;
         return attempt;
