@@ -83,6 +83,39 @@ describe("an app's own collections", () => {
       await laptop.close();
     }, [...BOOKMARKS, "--merge-fields", "bookmarks"]));
 
+  test("merged per field, a crashed tab's unsent write older than what the leader shows still reaches the server", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // B leads (first to sign in) and polls every second; A only writes.
+      const b = await open(context, server, { path: "/custom.html", interval: 1000 });
+      const token = await signUp(b, "taker");
+      const a = await open(context, server, { path: "/custom.html" });
+      const url = "https://example.org/t";
+      const item = (page, attrs) => page.locator(`[data-testid="bookmark"][data-url="${url}"]${attrs}`);
+      const synced = (page) => page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor({ timeout: 15000 });
+      await add(a, url, "first");
+      await synced(a);
+      await item(b, '[data-note="first"]').waitFor();
+      // Pushes fail: A marks it read, then B edits the note, a newer write of another field;
+      // A's renderer dies (no pagehide, no flush), its write left stored.
+      let down = true;
+      await context.route("**/api/user/me/changes", (route) => (down && route.request().method() === "POST" ? route.abort() : route.continue()));
+      await item(a, "").getByTestId("read").click();
+      await item(b, '[data-read="true"]').waitFor();
+      await add(b, url, "edited");
+      await item(b, '[data-note="edited"]').waitFor();
+      const crashed = new Promise((resolve) => a.once("crash", resolve));
+      void (await context.newCDPSession(a)).send("Page.crash").catch(() => undefined);
+      await crashed;
+      // Back up: B's next pull takes the gone tab's write over. Older than what B shows, it
+      // still counts: the server merges the bookmark per field.
+      down = false;
+      await synced(b);
+      await item(b, '[data-read="true"][data-note="edited"]').waitFor({ timeout: 15000 });
+      assert.deepEqual(recordsOf(await server.state(token), "bookmarks"), { [url]: { url, note: "edited", read: true } });
+      await context.close();
+    }, [...BOOKMARKS, "--merge-fields", "bookmarks"]));
+
   test("a server that does not know the collection refuses it, and the page shows the refusal", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
