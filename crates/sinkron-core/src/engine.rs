@@ -928,8 +928,9 @@ impl Engine {
             // continues what the device knew: stamped just after its last sync (or, opened
             // offline, the newest stamp it holds) and the copy it replaces, not now, so
             // progress made elsewhere since (which this device could not see) wins over it
-            // on the server.
-            None if hot.is_some() && cut_off => self.clock.as_of(
+            // on the server. (A guest's continues nothing of an account's: stamped now, it
+            // joins the account at sign-in by its time.)
+            None if hot.is_some() && cut_off && self.user.is_some() => self.clock.as_of(
                 self.last_synced_at,
                 self.view.get(&key).map_or(0, |r| r.updated_at),
             ),

@@ -653,9 +653,10 @@ impl Server {
     /// Whether the server took a write of `key` for `user` that sets `field`, stamped `at` or
     /// later (as its client stamped it, before any clamp): any write or delete of the key for
     /// `""`, a delete for `"*"`, else a write naming the field (or holding it, in the
-    /// whole-record format) or a delete. Or the write itself (`value`; a delete taken after
-    /// `written`, true time), stamped earlier: a gone tab's write that a tab taking it over at
-    /// its sign-in stamps before a write it queued as the guest.
+    /// whole-record format) or a delete. Or, stamped earlier, the write itself (`value`), or a
+    /// delete of the key taken after it was `written` (true time), which that delete may have
+    /// replaced before it was sent: a gone tab's writes that a tab taking them over at its
+    /// sign-in stamps before a write it queued as the guest.
     pub fn took(
         &self,
         user: usize,
@@ -669,9 +670,10 @@ impl Server {
                 ("*", Some(_)) => false,
                 (f, Some(names)) => names.iter().any(|n| n == f),
             };
-            let itself = match value {
-                Some(v) => t.value.as_deref() == Some(v),
-                None => t.value.is_none() && t.at >= written,
+            let itself = match (value, &t.value) {
+                (Some(v), Some(taken)) => v == taken,
+                (_, None) => t.at >= written,
+                (None, Some(_)) => false,
             };
             t.key == *key && (sets && t.stamped >= at || itself)
         })

@@ -3175,6 +3175,17 @@ fn opened_offline_a_position_is_stamped_as_of_the_newest_record_the_device_holds
 }
 
 #[test]
+fn a_guest_s_position_written_offline_is_stamped_now() {
+    // A guest continues nothing of an account's: its position joins the account at sign-in
+    // by its time, which "as of the last sync" (never) would make the oldest there is.
+    let mut tab = Tab::with(Config::default(), 22);
+    tab.engine.handle_online(tab.now, false);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.write("ep-7", r#"{"position":121}"#);
+    assert_eq!(tab.record("ep-7").updated_at, T0);
+}
+
+#[test]
 fn a_write_after_an_offline_one_is_stamped_above_it() {
     // The copy is stamped a minute ahead of this device's clock (another device's, clamped by
     // the server to its clock + 60 s): the offline write goes just above it.
