@@ -470,14 +470,14 @@ impl World {
             None => Ok(()),
         }
     }
-}
 
-impl World {
     /// No write lost: once every device has converged, the server took every write the app
     /// made in an account, unless a newer one of the same tab replaced it before it was sent
     /// (for a collection merged per field: each field's newest write, or a delete after it).
     /// Checked on the newest write of each key (of each field): the server must have taken
-    /// one at least as new, as stamped (before any clamp). A write it did not take is lost
+    /// one at least as new, as stamped (before any clamp), or, where the guest rule stamped
+    /// it earlier at a sign-in, the write itself or a later delete (`Server::took`). A write
+    /// it did not take is lost
     /// unless a device still keeps it for the account (parked by a sign-out, for the user's
     /// next sign-in there). Floors only check what a tab still open shows: a write dropped
     /// by a tab that took over a closed one's, or at a sign-out, shows nowhere, and only this
