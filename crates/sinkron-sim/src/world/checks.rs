@@ -477,9 +477,8 @@ impl World {
     /// Checked on the newest write of each key (of each field): the server must have taken
     /// one at least as new, as stamped (before any clamp), or, where the guest rule stamped
     /// it earlier at a sign-in, the write itself or a later delete (`Server::took`). A write
-    /// it did not take is lost
-    /// unless a device still keeps it for the account (parked by a sign-out, for the user's
-    /// next sign-in there). Floors only check what a tab still open shows: a write dropped
+    /// it did not take is lost unless a device still keeps it for the account (parked by a
+    /// sign-out, for the user's next sign-in there). Floors only check what a tab still open shows: a write dropped
     /// by a tab that took over a closed one's, or at a sign-out, shows nowhere, and only this
     /// finds it.
     pub(super) fn check_none_lost(&self) -> Result<(), Violation> {
