@@ -566,7 +566,7 @@ impl Engine {
                 let (keys, gone) = self.apply_changes(of, &changes);
                 let ended = gone.is_some();
                 if ended {
-                    self.commands.push_back(Command::Notify(Notice::Everything));
+                    self.notify_everything();
                 } else {
                     self.notify_changed(keys);
                 }
@@ -816,7 +816,7 @@ impl Engine {
                         self.acknowledge(max, None);
                         self.push_leftovers();
                         // What was refused shows no more.
-                        self.commands.push_back(Command::Notify(Notice::Everything));
+                        self.notify_everything();
                     }
                     // A pull the server refuses (a route or an origin it does not serve):
                     // nothing of the copy is in question. Tried again after a backoff.
@@ -832,7 +832,7 @@ impl Engine {
                     .push_back(Command::Persist(Persist::ClearRecords {
                         scope: self.user.clone(),
                     }));
-                self.commands.push_back(Command::Notify(Notice::Everything));
+                self.notify_everything();
                 self.set_cursor(None);
                 self.timers.set(Timer::Pull, 0);
                 if request.pushed_max.is_some() {
@@ -977,7 +977,14 @@ impl Engine {
                 || any_whole
                 || (record.value.as_deref()).is_none_or(|new| holds_fields_of(new, old))
         };
-        let id = match self.view.outbox.iter_mut().rev().find(|p| p.key == key) {
+        // The last queued write to the key.
+        let mut last = None;
+        for p in &mut self.view.outbox {
+            if p.key == key {
+                last = Some(p);
+            }
+        }
+        let id = match last {
             Some(p)
                 if p.id > sent_max
                     && p.fields == fields
@@ -1493,7 +1500,7 @@ impl Engine {
             self.timers.set(Timer::Pull, 0);
         }
         self.persist_outbox();
-        self.commands.push_back(Command::Notify(Notice::Everything));
+        self.notify_everything();
         self.want_adoption();
     }
 
@@ -1858,7 +1865,7 @@ impl Engine {
         });
         self.last_synced_at = Some(now);
         if ended {
-            self.commands.push_back(Command::Notify(Notice::Everything));
+            self.notify_everything();
         } else {
             self.notify_changed(keys);
         }
@@ -2067,6 +2074,11 @@ impl Engine {
     fn hear_ack(&mut self, client_id: &str, ack: u64) {
         let keys = self.view.hear_ack(client_id, ack);
         self.notify_changed(keys);
+    }
+
+    /// Everything the app reads may have changed.
+    fn notify_everything(&mut self) {
+        self.commands.push_back(Command::Notify(Notice::Everything));
     }
 
     fn notify_changed(&mut self, keys: Vec<RecordKey>) {

@@ -22,12 +22,17 @@ impl Json {
         self
     }
 
-    /// `"name":` (a comma first unless right after an opening brace or bracket).
-    pub(crate) fn field(&mut self, name: &str) -> &mut Self {
+    /// A comma, unless right after an opening brace or bracket: before a field or an item.
+    pub(crate) fn comma(&mut self) -> &mut Self {
         if !matches!(self.0.as_bytes().last(), Some(b'{') | Some(b'[') | None) {
             self.0.push(',');
         }
-        self.string(name);
+        self
+    }
+
+    /// `"name":` (a comma first unless right after an opening brace or bracket).
+    pub(crate) fn field(&mut self, name: &str) -> &mut Self {
+        self.comma().string(name);
         self.0.push(':');
         self
     }
@@ -76,7 +81,7 @@ impl Json {
         self
     }
 
-    fn boolean(&mut self, b: bool) -> &mut Self {
+    pub(crate) fn boolean(&mut self, b: bool) -> &mut Self {
         self.raw(if b { "true" } else { "false" })
     }
 
@@ -154,10 +159,8 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
             match notice {
                 Notice::Changed(keys) => {
                     j.string("changed").field("keys").raw("[");
-                    for (i, key) in keys.iter().enumerate() {
-                        if i > 0 {
-                            j.raw(",");
-                        }
+                    for key in keys.iter() {
+                        j.comma();
                         j.raw("[").string(&key.collection).raw(",").string(&key.key);
                         j.raw("]");
                     }
@@ -222,10 +225,8 @@ fn persist(j: &mut Json, p: &Persist) {
         }
         Persist::Adopted { scopes } => {
             j.field("t").string("adopted").field("scopes").raw("[");
-            for (i, scope) in scopes.iter().enumerate() {
-                if i > 0 {
-                    j.raw(",");
-                }
+            for scope in scopes.iter() {
+                j.comma();
                 j.opt_string(scope.as_deref());
             }
             j.raw("]");
@@ -246,10 +247,8 @@ fn persist(j: &mut Json, p: &Persist) {
 /// `["…", …]`.
 fn string_list(j: &mut Json, items: &[String]) {
     j.raw("[");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            j.raw(",");
-        }
+    for item in items.iter() {
+        j.comma();
         j.string(item);
     }
     j.raw("]");
@@ -258,10 +257,8 @@ fn string_list(j: &mut Json, items: &[String]) {
 /// `[{"collection", "key"}, …]`.
 fn key_list(j: &mut Json, keys: &[RecordKey]) {
     j.raw("[");
-    for (i, key) in keys.iter().enumerate() {
-        if i > 0 {
-            j.raw(",");
-        }
+    for key in keys.iter() {
+        j.comma();
         j.raw("{").field("collection").string(&key.collection);
         j.field("key").string(&key.key).raw("}");
     }
@@ -293,10 +290,8 @@ fn tab_message(j: &mut Json, message: &TabMessage) {
             j.field("reset").boolean(*reset);
             j.field("more").boolean(*more);
             j.field("changes").raw("[");
-            for (i, change) in changes.iter().enumerate() {
-                if i > 0 {
-                    j.raw(",");
-                }
+            for change in changes.iter() {
+                j.comma();
                 change_object(j, change);
             }
             j.raw("]");
@@ -345,10 +340,8 @@ fn change_object(j: &mut Json, change: &Change) {
 
 fn mutation_list(j: &mut Json, mutations: &[Mutation]) {
     j.raw("[");
-    for (i, m) in mutations.iter().enumerate() {
-        if i > 0 {
-            j.raw(",");
-        }
+    for m in mutations.iter() {
+        j.comma();
         j.raw("{");
         j.field("id").number(m.id);
         j.field("collection").string(&m.collection);
@@ -388,10 +381,8 @@ pub(crate) fn status(j: &mut Json, status: &Status) {
 
 pub(crate) fn records(j: &mut Json, records: &[(&str, &Record)]) {
     j.raw("[");
-    for (i, (key, record)) in records.iter().enumerate() {
-        if i > 0 {
-            j.raw(",");
-        }
+    for (key, record) in records.iter() {
+        j.comma();
         j.raw("{");
         j.field("key").string(key);
         record_fields(j, record);

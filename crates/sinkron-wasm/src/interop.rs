@@ -44,13 +44,8 @@ pub(crate) fn call(slot: &mut Option<Engine>, input: &str, body: &str) -> String
     }
     j.raw(",\"c\":[");
     if let Some(engine) = slot {
-        let mut first = true;
         while let Some(command) = engine.poll_command() {
-            if !first {
-                j.raw(",");
-            }
-            first = false;
-            convert::command(&mut j, &command);
+            convert::command(j.comma(), &command);
         }
         j.raw("],\"at\":");
         match engine.poll_timeout() {
@@ -199,11 +194,8 @@ fn run(
             check()?;
             j.raw("[");
             let order = adoption_order(previous, &stored, owners_known);
-            for (i, (id, _)) in order.iter().filter_map(|&i| stored.get(i)).enumerate() {
-                if i > 0 {
-                    j.raw(",");
-                }
-                j.string(id);
+            for (id, _) in order.iter().filter_map(|&i| stored.get(i)) {
+                j.comma().string(id);
             }
             j.raw("]");
         }
@@ -234,11 +226,7 @@ fn run(
         "storageFull" => {
             let scope = call.opt_str("scope");
             check()?;
-            j.raw(if engine.handle_storage_full(scope) {
-                "true"
-            } else {
-                "false"
-            });
+            j.boolean(engine.handle_storage_full(scope));
         }
         // ----- events -----
         "timeout" => {
@@ -278,7 +266,7 @@ fn run(
                     Reply::Pulled(page) => engine.handle_snapshot(now, user, page),
                     _ => false,
                 };
-                j.raw(if taken { "true" } else { "false" });
+                j.boolean(taken);
                 return Ok(());
             }
             if let Some(ms) = interval {

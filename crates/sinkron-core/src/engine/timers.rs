@@ -88,11 +88,15 @@ impl TimerTable {
     /// The earliest time a timer fires among those `ready` to act, if any: the engine's
     /// `poll_timeout`.
     pub(super) fn next(&self, ready: &dyn Fn(Timer) -> bool) -> Option<u64> {
-        Timer::ALL
-            .into_iter()
-            .filter(|&t| t != Timer::Retry && ready(t))
-            .filter_map(|t| self.fires_at(t))
-            .min()
+        let mut next: Option<u64> = None;
+        for t in Timer::ALL {
+            if t != Timer::Retry && ready(t) {
+                if let Some(at) = self.fires_at(t) {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        next
     }
 
     /// The first timer, in order of precedence, that is `ready` to act and whose time has

@@ -248,12 +248,10 @@ impl View {
     /// the confirmed records of `collection` still stored. They are marked evicted.
     pub(super) fn evict_oldest(&mut self, collection: &str) -> Vec<RecordKey> {
         let candidate = |(k, s): &(RecordKey, Confirmed)| k.collection == collection && !s.evicted;
-        let stored = self
-            .confirmed
-            .entries
-            .iter()
-            .filter(|e| candidate(e))
-            .count();
+        let mut stored = 0;
+        for entry in &self.confirmed.entries {
+            stored += usize::from(candidate(entry));
+        }
         // Picked one by one rather than sorted: a sort would cost the browser build more
         // than this rare moment costs in time.
         let mut keys = Vec::new();
@@ -468,8 +466,10 @@ impl Pending {
             + self.key.key.len() * 6
             + self.record.value.as_ref().map_or(4, String::len);
         // `"fields":[…]`, each name quoted and escaped at worst.
-        for name in self.fields.iter().flatten() {
-            bytes += 12 + name.len() * 6;
+        if let Some(fields) = &self.fields {
+            for name in fields {
+                bytes += 12 + name.len() * 6;
+            }
         }
         bytes
     }
