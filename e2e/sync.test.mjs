@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   Server, artifacts, clickLatencies, countRequests, launch, open, openEpisodes, percentile, pressed, setVisible,
-  recordsOf, signIn, signUp, storageArrivesLate, syncedState, token, until, waitPressed, withServer,
+  recordsOf, settled, signIn, signUp, storageArrivesLate, syncedState, token, until, waitPressed, withServer,
 } from "./support.mjs";
 
 let browser;
@@ -1070,6 +1070,37 @@ describe("guest", () => {
       await waitPressed(b, "like-s11e01");
       await context.close();
       await deviceB.close();
+    }));
+});
+
+describe("guest tabs", () => {
+  test("a guest tab closed with writes while another stays open: they join the account when that one signs in", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server);
+      const b = await open(context, server);
+      await b.getByTestId("favorite-s12").click();
+      await openEpisodes(b, "s12");
+      await b.getByTestId("like-s12e01").click();
+      // A shows B's writes; then B is gone, its writes stored on the device, and A's own.
+      await waitPressed(a, "favorite-s12");
+      await b.close();
+      await a.getByTestId("favorite-s13").click();
+      const auth = await signUp(a, "gatherer");
+      await until(
+        async () => {
+          const state = await server.state(auth);
+          const favorites = recordsOf(state, "favorites");
+          return "s12" in favorites && "s13" in favorites && "s12e01" in recordsOf(state, "likes");
+        },
+        { what: "both guest tabs' writes on the server" },
+      );
+      await waitPressed(a, "favorite-s12");
+      // Nothing is left of the guest on the device, and nothing waits to be sent.
+      await settled(a);
+      const left = await a.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith("sinkron:v1:guest:")));
+      assert.deepEqual(left, []);
+      await context.close();
     }));
 });
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH, RETRY_AFTER};
 use reqwest::StatusCode;
-use sinkron_core::adopt::parked;
+use sinkron_core::adopt::{kept_by_wipe, parked};
 use sinkron_core::engine::{Failure, Page, Reply, Request, Status, WriteError};
 use sinkron_core::protocol::{
     Credentials, ErrorBody, PullResponse, PushRequest, PushResponse, Session, DEFAULT_COLLECTIONS,
@@ -76,7 +76,8 @@ impl Storage {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn persist(&self, p: Persist) {
+    /// Carries out a `Command::Persist` of an engine signed in as `user` now.
+    fn persist(&self, p: Persist, user: Option<&str>) {
         let mut stored = self.lock();
         match p {
             Persist::EndingSessions { tokens } => stored.ending = tokens,
@@ -126,14 +127,14 @@ impl Storage {
                 let Some(gone) = stored.scopes.remove(&scope) else {
                     return;
                 };
-                let mut outboxes = gone.outboxes;
-                outboxes.retain(|_, (_, mutations)| keep_pending && !mutations.is_empty());
-                if !outboxes.is_empty() {
-                    let parked = StoredScope {
-                        outboxes,
-                        ..StoredScope::default()
-                    };
-                    stored.scopes.insert(scope, parked);
+                let (scope, kept) = kept_by_wipe(scope, gone.outboxes, keep_pending, user);
+                if !kept.is_empty() {
+                    stored
+                        .scopes
+                        .entry(scope)
+                        .or_default()
+                        .outboxes
+                        .extend(kept);
                 }
             }
         }
@@ -540,7 +541,7 @@ impl Driver {
                 Command::Persist(p) => {
                     // The snapshot counts the sessions still to end.
                     changed |= matches!(p, Persist::EndingSessions { .. });
-                    self.options.storage.persist(p);
+                    self.options.storage.persist(p, self.engine.user());
                 }
                 Command::Broadcast(_) => {}
                 Command::Notify(_) => changed = true,
@@ -556,9 +557,9 @@ impl Driver {
                     let stored = self.options.storage.lock();
                     let parked = stored.scopes.get(&Some(scope)).map(|s| parked(&s.outboxes));
                     drop(stored);
-                    for (client_id, mutations) in parked.unwrap_or_default() {
+                    for (client_id, guest, mutations) in parked.unwrap_or_default() {
                         let now = self.now();
-                        self.engine.unpark(now, client_id, mutations);
+                        self.engine.unpark(now, client_id, guest, mutations);
                     }
                 }
             }

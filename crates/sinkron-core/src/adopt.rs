@@ -14,15 +14,44 @@ use alloc::vec::Vec;
 
 use crate::protocol::Mutation;
 
+/// An outbox to hand [`crate::Engine::unpark`]: its client id, whether it is the guest's
+/// (moved into the account by a sign-in, numbered 0: see `Persist::Wipe`), and its writes.
+pub type Parked = (String, bool, Vec<Mutation>);
+
 /// What a driver hands [`crate::Engine::unpark`] for a `Command::Unpark`: of a scope's stored
 /// outboxes (client id → next id and writes), those that hold writes. For drivers that keep
 /// the outboxes in a map (the native client, the simulation).
-pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<(String, Vec<Mutation>)> {
+pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<Parked> {
     outboxes
         .iter()
         .filter(|(_, (_, mutations))| !mutations.is_empty())
-        .map(|(client_id, (_, mutations))| (client_id.clone(), mutations.clone()))
+        .map(|(client_id, (next, mutations))| (client_id.clone(), *next == 0, mutations.clone()))
         .collect()
+}
+
+/// What [`Persist::Wipe`](crate::Persist::Wipe) leaves of a scope's stored outboxes, for
+/// drivers that keep them in a map (the native client, the simulation), and the scope they
+/// go to: with `keep_pending`, those that hold writes, kept in `scope`; of the guest's, those
+/// that hold writes, numbered 0, into `user`'s (the user the engine has signed in as).
+#[allow(clippy::type_complexity)]
+pub fn kept_by_wipe(
+    scope: Option<String>,
+    outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
+    keep_pending: bool,
+    user: Option<&str>,
+) -> (Option<String>, BTreeMap<String, (u64, Vec<Mutation>)>) {
+    let moved = scope.is_none();
+    #[cfg(feature = "planted-bugs")]
+    if moved && crate::planted::planted(crate::planted::Bug::GuestTabsDropped) {
+        return (scope, BTreeMap::new());
+    }
+    let mut kept = BTreeMap::new();
+    for (client_id, (next, mutations)) in outboxes {
+        if (keep_pending || moved) && !mutations.is_empty() {
+            kept.insert(client_id, (if moved { 0 } else { next }, mutations));
+        }
+    }
+    (if moved { user.map(Into::into) } else { scope }, kept)
 }
 
 /// How eagerly a starting tab takes over one stored outbox: [`NEVER`], else lower first

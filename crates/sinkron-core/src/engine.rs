@@ -511,20 +511,18 @@ impl Engine {
         self.observe_time(now);
         let ours = message.scope == self.user;
         match message.body {
-            TabBody::SignedIn => {
-                if let Some(user) = message.scope {
-                    if !ours {
-                        self.park();
-                        self.enter(Some(user), false);
-                    }
+            // Another tab signed its user in, or this tab's out: this one follows.
+            TabBody::SignedIn | TabBody::SignedOut => {
+                let to = match message.body {
+                    TabBody::SignedIn => message.scope,
+                    _ => None,
+                };
+                if to != self.user && (to.is_some() || ours) {
+                    self.park();
+                    self.enter(to, false);
                 }
             }
-            TabBody::SignedOut if ours && self.user.is_some() => {
-                self.park();
-                self.enter(None, false);
-            }
             _ if !ours => {}
-            TabBody::SignedOut => {}
             TabBody::Wrote { id, key, record } => {
                 self.clock.observe(record.updated_at);
                 if self.view.hear_write(id, &key, record) {
@@ -1067,7 +1065,8 @@ impl Engine {
     }
 
     /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
-    /// pushed into the account, then the account's state is pulled. The other tabs follow.
+    /// pushed into the account, those the guest's tabs gone left stored too (taken over
+    /// here), then the account's state is pulled. The other tabs follow.
     pub fn sign_in(&mut self, now: u64, user: &str) {
         self.observe_time(now);
         if self.user.as_deref() == Some(user) {
@@ -1151,8 +1150,11 @@ impl Engine {
     /// after the sign-out that parked these) stays the newer, whatever the times say (a
     /// guest's clock is not set by the server's): in the takeovers the sign-in asked for, a
     /// parked write of its key is stamped just before it. (Later, what is taken over was
-    /// written signed in, after the guest's writes, and keeps its time.)
-    pub fn unpark(&mut self, now: u64, client_id: String, mutations: Vec<Mutation>) {
+    /// written signed in, after the guest's writes, and keeps its time.) A `guest` outbox, one
+    /// of the guest's tabs gone that the sign-in moved into the account (stored with the
+    /// numbering 0, see [`Persist::Wipe`]), was written as the guest too, by the same clock:
+    /// its writes keep their times.
+    pub fn unpark(&mut self, now: u64, client_id: String, guest: bool, mutations: Vec<Mutation>) {
         self.observe_time(now);
         if let Some(scope) = self.user.clone().filter(|_| client_id != self.client_id) {
             // This tab and the others showed them as the gone tab's writes (its messages, or
@@ -1177,7 +1179,7 @@ impl Engine {
                 // the guest's is sent at the sign-in): the parked write goes just before it.
                 let mut at = m.updated_at;
                 for p in &self.view.outbox {
-                    if p.key == key && p.id < self.unparked_from {
+                    if p.key == key && p.id < self.unparked_from && !guest {
                         at = at.min(p.record.updated_at.saturating_sub(1));
                     }
                 }
@@ -1451,7 +1453,8 @@ impl Engine {
 
     /// Switches to `user`'s scope (or the guest's), dropping every trace of the previous one
     /// but its writes not yet confirmed, which stay stored for that account unless `discard`
-    /// (see [`Engine::sign_out`]).
+    /// (see [`Engine::sign_out`]); the guest's, this tab's and those its tabs gone left
+    /// stored, join the account.
     fn enter(&mut self, user: Option<String>, discard: bool) {
         let previous = self.user.take();
         let was_guest = previous.is_none();

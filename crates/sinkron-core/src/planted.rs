@@ -81,10 +81,13 @@ pub enum Bug {
     /// A tab taking over a gone tab's writes skips those older than what it shows: where the
     /// server merges per field, an older write of another field, or an older delete, is lost.
     TakeoverSkipsOlder = 16777216,
+    /// The guest's scope wiped at a sign-in drops the outboxes of the guest's tabs gone,
+    /// instead of moving them into the account: their writes are lost.
+    GuestTabsDropped = 33554432,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 26] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -110,6 +113,7 @@ impl Bug {
         Bug::ProxyRefusalTaken,
         Bug::WholeWritesCoalesce,
         Bug::TakeoverSkipsOlder,
+        Bug::GuestTabsDropped,
     ];
 
     /// The name used on the command line.
@@ -140,6 +144,7 @@ impl Bug {
             Bug::ProxyRefusalTaken => "proxy-refusal-taken",
             Bug::WholeWritesCoalesce => "whole-writes-coalesce",
             Bug::TakeoverSkipsOlder => "takeover-skips-older",
+            Bug::GuestTabsDropped => "guest-tabs-dropped",
         }
     }
 }

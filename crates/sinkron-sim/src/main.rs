@@ -41,7 +41,7 @@ fn usage() -> ExitCode {
          \x20   unreachable-stamped-now, stale-snapshot-taken, clamp-keeps-first,\n\
          \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored,\n\
          \x20   asker-not-told, unreachable-lingers, proxy-refusal-taken,\n\
-         \x20   whole-writes-coalesce, takeover-skips-older"
+         \x20   whole-writes-coalesce, takeover-skips-older, guest-tabs-dropped"
     );
     ExitCode::from(2)
 }

@@ -119,16 +119,18 @@ pub struct World {
     /// Every write of a playback position (`MERGED`'s hot field), for the law that one made
     /// cut off never undoes progress made elsewhere since (`World::check_offline_position`).
     positions: Vec<PositionWrite>,
-    /// Every write the app made in a user's account, for the law that none is lost
-    /// (`World::check_none_lost`). A sign-out that discards on purpose takes its device's
-    /// out; a compacted tombstone, the older writes of its key.
+    /// Every write the app made, for the law that none is lost (`World::check_none_lost`).
+    /// A sign-out that discards on purpose takes its device's out; a compacted tombstone, the
+    /// older writes of its key.
     written: Vec<Written>,
 }
 
-/// A write the app made signed in, as its tab stamped and queued it.
+/// A write the app made, as its tab stamped and queued it.
 #[derive(Debug)]
 struct Written {
-    user: usize,
+    /// The account it is in; `None` for a guest's until its device signs in, when it joins
+    /// that account (`World::sign_in`).
+    user: Option<usize>,
     device: usize,
     key: Key,
     stamp: Stamp,
@@ -613,7 +615,7 @@ impl World {
                     if matches!(p, Persist::Wipe { .. }) {
                         scope = after.clone();
                     }
-                    self.persist(d, tab_id, p)?;
+                    self.persist(d, tab_id, after.as_deref(), p)?;
                 }
                 Command::Broadcast(message) => self.broadcast(d, tab_id, message),
                 Command::Send {
@@ -644,8 +646,8 @@ impl World {
                     let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
                     let stored = device.storage.get(&Some(scope.clone()));
                     let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
-                    gone.retain(|(c, _)| !live(c));
-                    for (client_id, mutations) in gone {
+                    gone.retain(|(c, ..)| !live(c));
+                    for (client_id, guest, mutations) in gone {
                         self.trace(format_args!(
                             "d{d} t{tab_id} takes the outbox of {client_id} ({} writes: {})",
                             mutations.len(),
@@ -662,7 +664,7 @@ impl World {
                             .filter(|m| m.collection != UNKNOWN)
                             .map(|m| (RecordKey::new(&m.collection, &m.key), m.updated_at))
                             .collect();
-                        tab.engine.unpark(now, client_id, mutations);
+                        tab.engine.unpark(now, client_id, guest, mutations);
                         // The writes taken are the tab's own now: it reads them back as it
                         // does its own (the newest it queued of the key replaces the floor of
                         // its own older write, shown or not: it may have taken that write's

@@ -167,3 +167,9 @@ fn a_whole_record_taking_the_place_of_one_holding_other_fields_is_caught() {
 fn a_takeover_that_skips_writes_older_than_what_the_tab_shows_is_caught() {
     finds("takeover-skips-older", 60);
 }
+
+/// Found only by "no write lost": a gone guest tab's writes show nowhere once dropped.
+#[test]
+fn a_sign_in_that_drops_the_guest_s_tabs_gone_is_caught() {
+    finds("guest-tabs-dropped", 60);
+}

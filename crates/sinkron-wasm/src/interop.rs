@@ -203,12 +203,15 @@ fn run(
         "restoreOutbox" | "unpark" => {
             let client_id = call.string("clientId");
             let unpark = name == "unpark";
-            // Taken over as a closed tab's writes, an outbox's numbering is not used.
+            // Taken over as a closed tab's writes, an outbox's numbering is not used, but
+            // for 0: the guest's, moved into the account by a sign-in (`Persist::Wipe`).
             let next = if unpark { 0 } else { call.u64("next") };
+            let guest =
+                unpark && call.get("next").and_then(|n| json::whole_number(n.raw)) == Some(0);
             check()?;
             let mutations = stored(call, "mutations", mutation)?;
             if unpark {
-                engine.unpark(now, client_id, mutations);
+                engine.unpark(now, client_id, guest, mutations);
             } else {
                 engine.restore_outbox(client_id, next, mutations);
             }

@@ -475,6 +475,7 @@ export class SinkronClient {
 
   #execute(c: Command, changed: Changed) {
     const s = this.#storage;
+    let user: string | null;
     switch (c.t) {
       case "record":
         return s.putRecord(c.scope, c.change);
@@ -488,7 +489,10 @@ export class SinkronClient {
       case "wipe":
         // The user changes: the last token, unless the site's for the user now signed in, was
         // the previous user's (a flush before took it).
-        if (subjectOrNull(this.#lastToken ?? "") !== this.#call({ t: "user" })) this.#lastToken = null;
+        user = this.#call({ t: "user" });
+        if (subjectOrNull(this.#lastToken ?? "") !== user) this.#lastToken = null;
+        // The guest's writes join the account signed in to, numbered 0 (the guest's).
+        if (c.scope === null) for (const [id, o] of s.outboxes(null)) if (o.mutations.length) s.setOutbox(user, id, 0, o.mutations);
         return s.wipe(c.scope, c.keepPending);
       case "dropParked":
         return s.dropOutbox(c.scope, c.clientId);

@@ -11,7 +11,8 @@
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
 //                                kept when empty so a reloaded tab never reuses an id; one that
-//                                holds writes outlives a sign-out (parked for the account)
+//                                holds writes outlives a sign-out (parked for the account), and
+//                                the guest's move into the account at a sign-in (numbered 0)
 //   <scope>:partial              set by an eviction, cleared with the records (the engine then
 //                                restores without the cursor)
 // where <scope> is the user id, or `guest`.

@@ -102,7 +102,7 @@ export type Call =
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
-  /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each). */
+  /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each); `next` 0: the guest's, moved into the account by a sign-in. */
   | { t: "unpark"; now: number; clientId: string; next: number; mutations: Mutation[] }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
@@ -134,7 +134,7 @@ export type Command =
   | { t: "clear"; scope: string | null }
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
-  /** Forget the scope, but with `keepPending` its outboxes that hold writes (parked for the account). */
+  /** Forget the scope, but with `keepPending` its outboxes that hold writes: parked for the account, or the guest's (`scope` null) moved into the scope of the user the engine is signed in as now, numbered 0. */
   | { t: "wipe"; scope: string | null; keepPending: boolean }
   /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
   | { t: "dropParked"; scope: string; clientId: string }

@@ -43,10 +43,11 @@ pub enum Command {
     /// [`Engine::adopt`].
     Adopt { scope: Option<String> },
     /// Hand [`Engine::unpark`] each stored outbox of `scope` that holds writes and whose tab
-    /// is gone (its tab lock free; a driver that cannot tell hands them all): after the user
-    /// `scope` signed in on this tab (outboxes parked there when the user last signed out
-    /// before they were confirmed), and as the leader pulls (outboxes of tabs closed, or kept
-    /// by the back/forward cache, with writes they could not send).
+    /// is gone (its tab lock free; a driver that cannot tell hands them all), with its
+    /// numbering: after the user `scope` signed in on this tab (outboxes parked there when
+    /// the user last signed out before they were confirmed, and those of the guest's tabs
+    /// gone, moved there by [`Persist::Wipe`]), and as the leader pulls (outboxes of tabs
+    /// closed, or kept by the back/forward cache, with writes they could not send).
     Unpark { scope: String },
 }
 
@@ -81,7 +82,12 @@ pub enum Persist {
     DropParked { scope: String, client_id: String },
     /// Forget everything of the scope: records, cursor, outboxes — but with `keep_pending`,
     /// the outboxes that still hold writes: the user signed out before they were confirmed,
-    /// and they are the account's, sent at its next sign-in here ([`Command::Unpark`]).
+    /// and they are the account's, sent at its next sign-in here ([`Command::Unpark`]). The
+    /// guest's scope (`None`, wiped as the guest signs in) keeps none: its outboxes that hold
+    /// writes move into the account, the scope of the user the engine has signed in as when
+    /// the command is carried out, with the numbering 0 (which tells [`Engine::unpark`] they
+    /// are the guest's). The guest's tabs still open store theirs there again as they
+    /// follow; the sign-in takes over those of tabs gone.
     Wipe {
         scope: Option<String>,
         keep_pending: bool,

@@ -3490,7 +3490,8 @@ fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
         _ => None,
     });
     let (push, guest_write) = guests.expect("the guest's write goes into the account");
-    tab.engine.unpark(tab.now, old_client.clone(), parked);
+    tab.engine
+        .unpark(tab.now, old_client.clone(), false, parked);
     assert!(dropped(&tab.drain(), "u1", &old_client));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
     assert_eq!(
@@ -3544,8 +3545,10 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         key: "mine".into(),
         ..good.clone()
     };
-    tab.engine.unpark(tab.now, own_id.clone(), vec![mine]);
-    tab.engine.unpark(tab.now, "other".into(), vec![good]);
+    tab.engine
+        .unpark(tab.now, own_id.clone(), false, vec![mine]);
+    tab.engine
+        .unpark(tab.now, "other".into(), false, vec![good]);
     let commands = tab.drain();
     assert!(dropped(&commands, "u1", "other"));
     assert!(!dropped(&commands, "u1", &own_id));
@@ -3614,6 +3617,7 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.engine.unpark(
         tab.now,
         "gone".into(),
+        false,
         vec![
             parked("k", later, r#"{"parked":true}"#),
             parked("j", T0, r#"{"old":1}"#),
@@ -3637,14 +3641,56 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.engine.unpark(
         tab.now,
         "other".into(),
+        false,
         vec![parked("j", T0 + 5, r#"{"new":1}"#)],
     );
     tab.engine.unpark(
         tab.now,
         "third".into(),
+        false,
         vec![parked("j", T0 + 1, r#"{"mid":1}"#)],
     );
     assert_eq!(tab.value("j").as_deref(), Some(r#"{"new":1}"#));
+}
+
+#[test]
+fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
+    // Two guest tabs on one clock: the other wrote k after this one, then closed.
+    let mut tab = Tab::new(4);
+    tab.write("k", r#"{"mine":true}"#);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.drain();
+    let theirs = |key: &str, updated_at: u64, value: &str| Mutation {
+        fields: None,
+        id: 1,
+        collection: "history".into(),
+        key: key.into(),
+        value: Some(value.into()),
+        updated_at,
+    };
+    // Moved into the account by the sign-in (numbering 0): the guest's, not parked.
+    tab.engine.unpark(
+        tab.now,
+        "gone guest".into(),
+        true,
+        vec![
+            theirs("k", T0 + 5, r#"{"theirs":true}"#),
+            theirs("j", T0 + 2, r#"{"only":1}"#),
+        ],
+    );
+    assert_eq!(tab.value("k").as_deref(), Some(r#"{"theirs":true}"#));
+    assert_eq!(tab.value("j").as_deref(), Some(r#"{"only":1}"#));
+    let sent: Vec<_> = (tab.engine.outbox().into_iter())
+        .map(|m| (m.key, m.updated_at))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("k".to_owned(), T0),
+            ("k".to_owned(), T0 + 5),
+            ("j".to_owned(), T0 + 2)
+        ]
+    );
 }
 
 #[test]
@@ -3667,6 +3713,7 @@ fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     tab.engine.unpark(
         tab.now,
         "gone".into(),
+        false,
         vec![
             parked(1, before, None, None),
             parked(2, before + 1, Some(r#"{"liked":true}"#), names(&["liked"])),
@@ -3739,7 +3786,7 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
     // Handed the closed tab's outbox, it queues the write, drops the stored copy and sends
     // it, stamped as it was written.
     tab.engine
-        .unpark(tab.now, "closed".into(), vec![unsent.clone()]);
+        .unpark(tab.now, "closed".into(), false, vec![unsent.clone()]);
     let commands = tab.drain();
     let dropped = Command::Persist(Persist::DropParked {
         scope: "u1".into(),
@@ -3770,7 +3817,8 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         value: Some(r#"{"parked":true}"#.into()),
         updated_at: ahead,
     };
-    tab.engine.unpark(tab.now, "gone".into(), vec![parked]);
+    tab.engine
+        .unpark(tab.now, "gone".into(), false, vec![parked]);
     tab.write("k", r#"{"mine":true}"#);
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"mine":true}"#));
     let queued = tab
@@ -4208,7 +4256,7 @@ fn fields_survive_a_reload_and_a_sign_out() {
     assert_eq!(reloaded.pushed()[0].2, names(&["liked"]));
     // Parked by a sign-out and taken back at the next sign-in.
     let mut other = Tab::leader();
-    other.engine.unpark(other.now, "gone".into(), stored);
+    other.engine.unpark(other.now, "gone".into(), false, stored);
     assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }
 

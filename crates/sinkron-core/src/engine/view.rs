@@ -49,10 +49,6 @@ impl<V> Map<V> {
         self.entries.get_mut(i).map(|(_, v)| v)
     }
 
-    fn contains_key(&self, key: &RecordKey) -> bool {
-        self.find(key).is_ok()
-    }
-
     fn insert(&mut self, key: RecordKey, value: V) {
         match self.find(&key) {
             Ok(i) => {
@@ -181,10 +177,8 @@ impl View {
         }
         for p in unconfirmed {
             let key = &p.key;
-            if key.collection == collection
-                && !self.confirmed.contains_key(key)
-                && !keys.contains(&key)
-            {
+            // (`keys` holds the collection's confirmed keys already.)
+            if key.collection == collection && !keys.contains(&key) {
                 keys.push(key);
             }
         }

@@ -94,8 +94,7 @@ impl World {
                     // newer ones made elsewhere included).
                     let user = self.devices[d].tabs[t].engine.user();
                     let user = user.and_then(|u| self.server.user_index(u));
-                    self.written
-                        .retain(|w| Some(w.user) != user || w.device != d);
+                    self.written.retain(|w| w.user != user || w.device != d);
                 }
                 self.devices[d].session = None;
                 self.input(d, t, |e, now| {
@@ -186,6 +185,12 @@ impl World {
             "d{d} t{id} signs in as user {user} (id {user_id})"
         ));
         self.devices[d].session = Some(user);
+        // The guest's writes on the device join the account.
+        for w in &mut self.written {
+            if w.device == d && w.user.is_none() {
+                w.user = Some(user);
+            }
+        }
         self.input(d, t, |e, now| e.sign_in(now, &user_id))?;
         self.check_unparked(d, &user_id)
     }
@@ -383,8 +388,8 @@ impl World {
                 .rev()
                 .find(|m| m.collection == collection && m.key == key)
                 .map(|m| Stamp(m.updated_at, tab.engine.client_id().to_owned()));
-            if let (Some(user), Some(stamp)) = (user, stamped) {
-                if position {
+            if let Some(stamp) = stamped {
+                if let (Some(user), true) = (user, position) {
                     self.positions.push(PositionWrite {
                         user,
                         device: d,
@@ -395,11 +400,14 @@ impl World {
                         as_of,
                     });
                 }
+                // A guest tab that has not yet heard of its device's sign-in writes into the
+                // account it follows into.
+                let account = user.or(self.devices[d].session.filter(|_| before.is_none()));
                 // A write the server refuses (a collection it does not know) is no write to
                 // find there.
                 if collection != UNKNOWN {
                     self.written.push(Written {
-                        user,
+                        user: account,
                         device: d,
                         key: (collection.clone(), key.clone()),
                         stamp,
@@ -522,7 +530,7 @@ impl World {
             }
             // Its writes made before are no longer to be found there either.
             self.written
-                .retain(|w| w.user != user || w.key.0 != collection || w.key.1 != key);
+                .retain(|w| w.user != Some(user) || w.key.0 != collection || w.key.1 != key);
             let record_key = RecordKey::new(collection, key);
             for device in &mut self.devices {
                 // A page in the back/forward cache too: back, it may get a whole state that

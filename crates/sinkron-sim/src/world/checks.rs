@@ -203,8 +203,9 @@ impl World {
     }
 
     /// Nothing lost at sign-out: once a tab has signed `user` in, the device stores no writes
-    /// of the user's but the outboxes of its tabs signed in as that user. What an earlier
-    /// sign-out left parked (writes not yet confirmed) has been taken into the signing-in
+    /// of the user's but the outboxes of its tabs signed in as that user, or still the guest
+    /// (they follow with theirs). What an earlier sign-out left parked (writes not yet
+    /// confirmed), and what the guest's tabs gone left, has been taken into the signing-in
     /// tab's queue.
     pub(super) fn check_unparked(&self, d: usize, user: &str) -> Result<(), Violation> {
         let device = &self.devices[d];
@@ -212,10 +213,9 @@ impl World {
             return Ok(());
         };
         let live = |client: &str| {
-            device
-                .tabs
-                .iter()
-                .any(|t| t.engine.user() == Some(user) && t.engine.client_id() == client)
+            device.tabs.iter().any(|t| {
+                t.engine.user().is_none_or(|u| u == user) && t.engine.client_id() == client
+            })
         };
         for (client, (_, mutations)) in &scope.outboxes {
             if !mutations.is_empty() && !live(client) {
@@ -484,7 +484,9 @@ impl World {
     pub(super) fn check_none_lost(&self) -> Result<(), Violation> {
         // The newest write of each (user, key, field); a whole record's field is "".
         let mut newest: BTreeMap<(usize, &Key, &str), &Written> = BTreeMap::new();
+        // A guest's writes count once the device signs in (`World::sign_in`).
         for w in &self.written {
+            let Some(user) = w.user else { continue };
             let fields: Vec<&str> = match (&w.fields, w.key.0 == MERGED) {
                 (Some(names), true) => names.iter().map(String::as_str).collect(),
                 // A delete of a record merged per field: the record's own place, "*".
@@ -492,7 +494,7 @@ impl World {
                 (_, false) => vec![""],
             };
             for field in fields {
-                let slot = newest.entry((w.user, &w.key, field)).or_insert(w);
+                let slot = newest.entry((user, &w.key, field)).or_insert(w);
                 if w.stamp > slot.stamp {
                     *slot = w;
                 }
@@ -503,7 +505,7 @@ impl World {
             // A tab that takes a gone tab's writes over sends them under its own client id,
             // with their times: a write is found by its time.
             let write = (at, w.value.as_deref(), w.at);
-            if self.server.took(user, key, field, write) || self.kept(user, key, at) {
+            if self.server.took(user, key, field, write) || self.kept(user, key, write) {
                 continue;
             }
             let held = (self.server.stored(user)?.get(key))
@@ -530,17 +532,18 @@ impl World {
         Ok(())
     }
 
-    /// Whether a device keeps a write of `key` made at `at` or later, stored for `user`'s
-    /// next sign-in on it.
-    fn kept(&self, user: usize, key: &Key, at: u64) -> bool {
+    /// Whether a device keeps, stored for `user`'s next sign-in on it, a write of `key` made
+    /// at `at` or later, or the write itself (stamped earlier by the guest rule at a sign-in
+    /// since, then parked again by a sign-out).
+    fn kept(&self, user: usize, key: &Key, (at, value, _): (u64, Option<&str>, u64)) -> bool {
         let scope = Some(self.server.user_id(user));
         self.devices.iter().any(|device| {
             device.storage.get(&scope).is_some_and(|stored| {
-                stored
-                    .outboxes
-                    .values()
-                    .flat_map(|(_, m)| m)
-                    .any(|m| m.collection == key.0 && m.key == key.1 && m.updated_at >= at)
+                stored.outboxes.values().flat_map(|(_, m)| m).any(|m| {
+                    m.collection == key.0
+                        && m.key == key.1
+                        && (m.updated_at >= at || m.value.as_deref() == value)
+                })
             })
         })
     }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use sinkron_core::adopt::adoption_order;
+use sinkron_core::adopt::{adoption_order, kept_by_wipe};
 use sinkron_core::engine::{Page, Reply, Request, TabBody, TabMessage};
 use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey};
 
@@ -132,8 +132,15 @@ pub(super) const CHANNEL_MS_MAX: u64 = 3;
 const CLOSED_KEPT: usize = 4;
 
 impl World {
-    /// Carries out `Command::Persist` on the device's `localStorage`, after invariant 5.
-    pub(super) fn persist(&mut self, d: usize, tab: TabId, p: Persist) -> Result<(), Violation> {
+    /// Carries out `Command::Persist` on the device's `localStorage`, after invariant 5, for a
+    /// tab whose engine is signed in as `user` now.
+    pub(super) fn persist(
+        &mut self,
+        d: usize,
+        tab: TabId,
+        user: Option<&str>,
+        p: Persist,
+    ) -> Result<(), Violation> {
         self.check_persist(d, tab, &p)?;
         let storage = &mut self.devices[d].storage;
         match p {
@@ -188,16 +195,24 @@ impl World {
                 scope,
                 keep_pending,
             } => {
-                // The outboxes that hold writes outlive a sign-out: they are the account's.
-                if let Some(mut gone) = storage.remove(&scope) {
-                    gone.outboxes
-                        .retain(|_, (_, mutations)| keep_pending && !mutations.is_empty());
-                    if !gone.outboxes.is_empty() {
-                        let parked = Scope {
-                            outboxes: gone.outboxes,
-                            ..Scope::default()
-                        };
-                        storage.insert(scope, parked);
+                // The outboxes that hold writes outlive a sign-out: they are the account's; the
+                // guest's move into the account signed in to, and their writes with them (the
+                // client ids join its scope, where their writes may now show).
+                let moved = scope.is_none();
+                if let Some(gone) = storage.remove(&scope) {
+                    let (scope, kept) = kept_by_wipe(scope, gone.outboxes, keep_pending, user);
+                    let clients: Vec<String> = kept.keys().cloned().collect();
+                    if !kept.is_empty() {
+                        storage.entry(scope).or_default().outboxes.extend(kept);
+                    }
+                    if moved {
+                        let tag = self.scope_tag(d, user)?;
+                        for client in clients {
+                            let tags = self.clients.entry(client).or_default();
+                            if !tags.contains(&tag) {
+                                tags.push(tag);
+                            }
+                        }
                     }
                 }
             }
