@@ -88,8 +88,7 @@ export class DeviceStorage {
   }
 
   setSession(session: Session | null) {
-    if (session) this.#write(`${ROOT}session`, JSON.stringify(session));
-    else this.#store.removeItem(`${ROOT}session`);
+    this.#write(`${ROOT}session`, session && JSON.stringify(session));
   }
 
   /** Signed-out sessions' tokens the server has not ended yet. */
@@ -99,8 +98,7 @@ export class DeviceStorage {
   }
 
   setEnding(tokens: string[]) {
-    if (tokens.length > 0) this.#write(`${ROOT}ending`, JSON.stringify(tokens));
-    else this.#store.removeItem(`${ROOT}ending`);
+    this.#write(`${ROOT}ending`, tokens.length > 0 ? JSON.stringify(tokens) : null);
   }
 
   /** The scopes whose data from before Sinkron was adopted on this device. */
@@ -123,9 +121,7 @@ export class DeviceStorage {
   }
 
   setCursor(scope: string | null, cursor: string | null) {
-    const key = `${ROOT}${scopeName(scope)}:c`;
-    if (cursor === null) this.#store.removeItem(key);
-    else this.#write(key, cursor);
+    this.#write(`${ROOT}${scopeName(scope)}:c`, cursor);
   }
 
   records(scope: string | null): Change[] {
@@ -246,8 +242,9 @@ export class DeviceStorage {
     return null;
   }
 
-  /** Writes; when the quota is full, asks `onFull` to free room and tries again. */
-  #write(key: string, text: string, scope: string | null = null) {
+  /** Writes (`null`: removes); when the quota is full, asks `onFull` to free room and tries again. */
+  #write(key: string, text: string | null, scope: string | null = null) {
+    if (text === null) return this.#store.removeItem(key);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         this.#store.setItem(key, text);
