@@ -170,8 +170,10 @@ pub fn wasm() {
             // inlined only when small (binaryen's default inlines any size: everything ends up
             // in one 23 kB function that compresses worse); a second -Oz after binaryen's
             // flattening and re-looping, to a fixed point, finds about 0.1 kB more than one;
-            // similar functions merged, and functions and locals ordered by use, last.
+            // similar functions merged, and functions and locals ordered by use, last. Any
+            // function of up to 4 (binaryen's measure; its default 2) is inlined everywhere.
             "--one-caller-inline-max-function-size=100",
+            "--always-inline-max-function-size=4",
             "-Oz",
             "--flatten",
             "--rereloop",
