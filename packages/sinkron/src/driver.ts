@@ -467,7 +467,8 @@ export class SinkronClient {
     const changed: Changed = { collections: [], keys: [], status: false };
     for (const command of answer.c) this.#execute(command, changed);
     this.#arm(answer.at);
-    if (changed.collections === null || changed.collections.length > 0 || changed.status) {
+    // Everything (`null`), some records or the status changed.
+    if (changed.collections?.length !== 0 || changed.status) {
       for (const listener of this.#listeners) listener(changed);
     }
     return answer.r;
