@@ -261,7 +261,5 @@ export class DeviceStorage {
   }
 }
 
-function isQuotaError(e: unknown): boolean {
-  return e instanceof DOMException && (e.name === "QuotaExceededError" || e.code === 22);
-}
+const isQuotaError = (e: unknown): boolean => e instanceof DOMException && (e.name === "QuotaExceededError" || e.code === 22);
 
