@@ -1082,8 +1082,22 @@ describe("guest tabs", () => {
       await b.getByTestId("favorite-s12").click();
       await openEpisodes(b, "s12");
       await b.getByTestId("like-s12e01").click();
-      // A shows B's writes; then B is gone, its writes stored on the device, and A's own.
+      // A shows B's writes, and its storage holds them (Chromium copies a tab's storage to
+      // the others later than the channel's message); then B is gone.
       await waitPressed(a, "favorite-s12");
+      const stored = () =>
+        a.evaluate(() =>
+          Object.keys(localStorage)
+            .filter((k) => k.startsWith("sinkron:v1:guest:o:"))
+            .flatMap((k) => JSON.parse(localStorage.getItem(k)).m.map((m) => `${m.collection}/${m.key}`)),
+        );
+      await until(
+        async () => {
+          const writes = await stored();
+          return writes.includes("favorites/s12") && writes.includes("likes/s12e01");
+        },
+        { what: "B's writes in A's storage" },
+      );
       await b.close();
       await a.getByTestId("favorite-s13").click();
       const auth = await signUp(a, "gatherer");
