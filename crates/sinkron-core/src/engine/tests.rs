@@ -3598,6 +3598,18 @@ fn the_session_ends_only_after_the_sign_out_flush_is_answered() {
     assert!(end_session_sent(&tab.drain()).is_some());
 }
 
+/// A write of `history` as a gone tab's stored outbox holds it, for [`Engine::unpark`].
+fn stored_write(key: &str, updated_at: u64, value: &str) -> Mutation {
+    Mutation {
+        fields: None,
+        id: 1,
+        collection: "history".into(),
+        key: key.into(),
+        value: Some(value.into()),
+        updated_at,
+    }
+}
+
 #[test]
 fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     let mut tab = Tab::new(4);
@@ -3605,22 +3617,14 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.write("k", r#"{"guest":true}"#);
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
-    let parked = |key: &str, updated_at: u64, value: &str| Mutation {
-        fields: None,
-        id: 1,
-        collection: "history".into(),
-        key: key.into(),
-        value: Some(value.into()),
-        updated_at,
-    };
     let later = tab.now + 3_600_000;
     tab.engine.unpark(
         tab.now,
         "gone".into(),
         false,
         vec![
-            parked("k", later, r#"{"parked":true}"#),
-            parked("j", T0, r#"{"old":1}"#),
+            stored_write("k", later, r#"{"parked":true}"#),
+            stored_write("j", T0, r#"{"old":1}"#),
         ],
     );
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"guest":true}"#));
@@ -3642,13 +3646,13 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
         tab.now,
         "other".into(),
         false,
-        vec![parked("j", T0 + 5, r#"{"new":1}"#)],
+        vec![stored_write("j", T0 + 5, r#"{"new":1}"#)],
     );
     tab.engine.unpark(
         tab.now,
         "third".into(),
         false,
-        vec![parked("j", T0 + 1, r#"{"mid":1}"#)],
+        vec![stored_write("j", T0 + 1, r#"{"mid":1}"#)],
     );
     assert_eq!(tab.value("j").as_deref(), Some(r#"{"new":1}"#));
 }
@@ -3660,22 +3664,14 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
     tab.write("k", r#"{"mine":true}"#);
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
-    let theirs = |key: &str, updated_at: u64, value: &str| Mutation {
-        fields: None,
-        id: 1,
-        collection: "history".into(),
-        key: key.into(),
-        value: Some(value.into()),
-        updated_at,
-    };
     // Moved into the account by the sign-in (numbering 0): the guest's, not parked.
     tab.engine.unpark(
         tab.now,
         "gone guest".into(),
         true,
         vec![
-            theirs("k", T0 + 5, r#"{"theirs":true}"#),
-            theirs("j", T0 + 2, r#"{"only":1}"#),
+            stored_write("k", T0 + 5, r#"{"theirs":true}"#),
+            stored_write("j", T0 + 2, r#"{"only":1}"#),
         ],
     );
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"theirs":true}"#));
