@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -158,12 +159,14 @@ impl Authenticator for SiteTokens {
 
 /// The address a request came from: the peer, or behind a `--trusted-proxy` the nearest
 /// address in `X-Forwarded-For` that is not a trusted proxy. `None` when the server was not
-/// given the peer (a router driven without a socket, or mounted in a site's own app).
+/// given the peer (a router driven without a socket, or mounted in a site's own app). An
+/// IPv4 address seen as IPv6 (`::ffff:10.0.0.7`, the peer of a server listening on `[::]`)
+/// is taken as the IPv4 address it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl ClientIp {
-    pub fn of(parts: &Parts, trusted: &[IpAddr]) -> Self {
+    pub fn of(parts: &Parts, trusted: &[IpNet]) -> Self {
         Self::of_head(&parts.extensions, &parts.headers, trusted)
     }
 
@@ -171,13 +174,14 @@ impl ClientIp {
     pub fn of_head(
         extensions: &axum::http::Extensions,
         headers: &HeaderMap,
-        trusted: &[IpAddr],
+        trusted: &[IpNet],
     ) -> Self {
         let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
             return ClientIp(None);
         };
-        let mut ip = peer.ip();
-        if trusted.contains(&ip) {
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+        let mut ip = peer.ip().to_canonical();
+        if is_trusted(&ip) {
             // Every entry of every line, as bytes: an entry that is not an address (whatever
             // bytes the client put there) is a malformed hop, never skipped over.
             let forwarded = headers
@@ -188,12 +192,13 @@ impl ClientIp {
                     std::str::from_utf8(a)
                         .ok()
                         .and_then(|a| a.trim().parse::<IpAddr>().ok())
+                        .map(|a| a.to_canonical())
                 })
                 .collect::<Vec<_>>();
             // Right to left: each proxy appends the address it got the request from.
             for address in forwarded.into_iter().rev() {
                 match address {
-                    Some(a) if trusted.contains(&a) => ip = a,
+                    Some(a) if is_trusted(&a) => ip = a,
                     Some(a) => {
                         ip = a;
                         break;

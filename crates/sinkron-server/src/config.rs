@@ -3,9 +3,10 @@
 //! It owns parsing and defaults only; it must not open anything or hold secrets in `Debug`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use sinkron_core::merge::Policy;
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
 
@@ -475,17 +476,39 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
-    /// The address of a proxy or load balancer in front of this server: for a request from it
-    /// the client's address is taken from `X-Forwarded-For` (the nearest address that is not
-    /// a trusted proxy), so per-client limits count clients, not the proxy. Repeatable; comma
-    /// separated in the environment. Without it `X-Forwarded-For` is ignored.
+    /// A proxy or load balancer in front of this server, by its address (`10.0.0.7`) or its
+    /// network (`10.0.0.0/8`, `fd00::/8`): for a request from it the client's address is
+    /// taken from `X-Forwarded-For` (the nearest address that is not a trusted proxy), so
+    /// per-client limits count clients, not the proxy. Repeatable; comma separated in the
+    /// environment. Without it `X-Forwarded-For` is ignored.
     #[arg(
         long = "trusted-proxy",
         env = "SINKRON_TRUSTED_PROXIES",
-        value_name = "IP",
-        value_delimiter = ','
+        value_name = "IP[/BITS]",
+        value_delimiter = ',',
+        value_parser = trusted_proxy
     )]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A `--trusted-proxy`: an address (the network of it alone) or a network. An address written
+/// inside a network's bits (`10.0.0.7/8`) names that network. A network of every address
+/// (`/0`) is refused: every client could then name its own address.
+pub fn trusted_proxy(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    let net = match text.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip.to_canonical()),
+        Err(_) => text.parse::<IpNet>().map_err(|_| {
+            format!("`{text}` is neither an address (10.0.0.7) nor a network (10.0.0.0/8)")
+        })?,
+    };
+    if net.prefix_len() == 0 {
+        return Err(format!(
+            "`{text}` trusts every address: any client could choose its own; name the \
+             proxies' addresses or their network"
+        ));
+    }
+    Ok(net.trunc())
 }
 
 /// The push channel (`--poke`).
@@ -721,6 +744,34 @@ mod tests {
             .merges()
             .unwrap_err();
         assert!(long.contains("too long"), "{long}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_never_every_address() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        for (given, taken) in [
+            ("10.0.0.7", "10.0.0.7/32"),
+            (" 10.0.0.0/8 ", "10.0.0.0/8"),
+            // An address inside a network's bits names that network.
+            ("10.1.2.3/16", "10.1.0.0/16"),
+            ("fd00::1/8", "fd00::/8"),
+            ("2001:db8::7", "2001:db8::7/128"),
+            // An IPv4 address written as IPv6 is the IPv4 address, as a peer is taken.
+            ("::ffff:10.0.0.7", "10.0.0.7/32"),
+        ] {
+            assert_eq!(trusted_proxy(given), Ok(net(taken)), "{given}");
+        }
+        for (given, why) in [
+            ("", "neither an address"),
+            ("proxy.example", "neither an address"),
+            ("10.0.0.0/33", "neither an address"),
+            ("10.0.0.0/", "neither an address"),
+            ("0.0.0.0/0", "trusts every address"),
+            ("::/0", "trusts every address"),
+        ] {
+            let refused = trusted_proxy(given).unwrap_err();
+            assert!(refused.contains(why), "{given}: {refused}");
+        }
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
 /// latency: never a header, a query or a body), sensitive headers.
 fn with_layers(router: Router<AppState>, state: AppState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs);
-    let trusted: Arc<[std::net::IpAddr]> = state.config.trusted_proxies.clone().into();
+    let trusted: Arc<[ipnet::IpNet]> = state.config.trusted_proxies.clone().into();
     router
         .method_not_allowed_fallback(|| async {
             ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)

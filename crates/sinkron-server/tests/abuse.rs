@@ -289,6 +289,39 @@ async fn behind_a_trusted_proxy_clients_are_told_apart_by_x_forwarded_for() {
 }
 
 #[tokio::test]
+async fn behind_a_pool_of_proxies_named_by_their_network_a_client_is_one_client() {
+    let server = Server::start_with(Backend::Sqlite, &["--trusted-proxy", "127.0.4.0/30"]).await;
+    server.register("alice").await;
+    // A load balancer's nodes take turns: the guesser's tries count together.
+    let pool = [client_at([127, 0, 4, 1]), client_at([127, 0, 4, 2])];
+    let guesser = Some("203.0.113.7");
+    for proxy in pool.iter().cycle().take(10) {
+        assert_eq!(
+            login_status(proxy, &server, "not the password", guesser).await,
+            401
+        );
+    }
+    for proxy in &pool {
+        assert_eq!(
+            login_status(proxy, &server, "not the password", guesser).await,
+            429
+        );
+    }
+    // Another client through the pool signs in; an address outside the network is not a
+    // proxy, and what it forwards is ignored (the guesser there is itself, not 203.0.113.7).
+    assert_eq!(
+        login_status(&pool[1], &server, "correct horse", Some("203.0.113.8")).await,
+        200
+    );
+    let outside = client_at([127, 0, 4, 4]);
+    assert_eq!(
+        login_status(&outside, &server, "correct horse", guesser).await,
+        200
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn one_address_cannot_sign_in_or_sign_up_without_limit() {
     let server = Server::start(Backend::Sqlite).await;
     let bulk = client_at([127, 0, 0, 6]);

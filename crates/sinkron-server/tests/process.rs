@@ -54,6 +54,14 @@ async fn bad_flags_fail_with_one_line() {
     assert_one_line_failure(&run(&["serve", "--bogus"]).await, "--bogus");
     assert_one_line_failure(&run(&["serve", "--addr", "nowhere"]).await, "--addr");
     assert_one_line_failure(&run(&["serve", "--page-size", "0"]).await, "--page-size");
+    for (proxy, expect) in [
+        ("proxy.example", "neither an address"),
+        ("10.0.0.0/33", "neither an address"),
+        ("0.0.0.0/0", "trusts every address"),
+    ] {
+        let out = run(&["serve", "--trusted-proxy", proxy]).await;
+        assert_one_line_failure(&out, expect);
+    }
     for (flags, expect) in [
         (&["--collections="][..], "1 to 64 characters"),
         (&["--collections=a,,b"][..], "--collections"),

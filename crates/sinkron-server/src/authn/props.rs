@@ -6,6 +6,7 @@
 //! record of failing seeds in the source tree.
 
 use super::*;
+use crate::config::trusted_proxy;
 use proptest::prelude::*;
 
 /// `cases` runs per property, unless `PROPTEST_CASES` asks for another number.
@@ -54,13 +55,29 @@ fn request_parts(peer: IpAddr, forwarded: &[String]) -> Parts {
     parts
 }
 
-/// A few addresses, so hops repeat and some are trusted.
+/// A few addresses, so hops repeat and some are trusted; some IPv4 ones seen as IPv6
+/// (`::ffff:10.0.0.1`), as a server listening on `[::]` sees its IPv4 peers.
 fn address() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         (0u8..4).prop_map(|n| IpAddr::from([10, 0, 0, n])),
+        (0u8..4).prop_map(|n| IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, n).to_ipv6_mapped())),
         (0u16..3).prop_map(|n| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, n])),
         any::<[u8; 4]>().prop_map(IpAddr::from),
     ]
+}
+
+/// A `--trusted-proxy`: one of those addresses, or a small network around some of them.
+fn proxies() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        address().prop_map(|a| trusted_proxy(&a.to_string()).expect("an address")),
+        (0u8..4, 30u8..=32)
+            .prop_map(|(n, bits)| trusted_proxy(&format!("10.0.0.{n}/{bits}")).expect("a network")),
+        (126u8..=128).prop_map(|bits| trusted_proxy(&format!("fd00::/{bits}")).expect("a network")),
+    ]
+}
+
+fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip.to_canonical()))
 }
 
 /// One `X-Forwarded-For` entry: an address, as proxies write it or spaced, or junk.
@@ -136,7 +153,7 @@ proptest! {
     #[test]
     fn the_client_address_is_never_taken_past_an_untrusted_hop(
         peer in address(),
-        trusted in prop::collection::vec(address(), 0..4),
+        trusted in prop::collection::vec(proxies(), 0..4),
         forwarded in prop::collection::vec(prop::collection::vec(hop(), 0..4), 0..3),
         raw in prop::collection::vec(any::<u8>(), 0..24),
     ) {
@@ -150,14 +167,16 @@ proptest! {
         values.retain(|v| HeaderValue::from_str(v).is_ok());
         let ClientIp(ip) = ClientIp::of(&request_parts(peer, &values), &trusted);
         let ip = ip.expect("the peer is known");
-        if !trusted.contains(&peer) {
-            prop_assert_eq!(ip, peer);
-        } else if ip != peer {
+        // Whatever the client sent, an address is taken as its IPv4 form where it has one.
+        prop_assert_eq!(ip, ip.to_canonical());
+        if !is_trusted(&trusted, peer) {
+            prop_assert_eq!(ip, peer.to_canonical());
+        } else if ip != peer.to_canonical() {
             let hops: Vec<&str> = values.iter().flat_map(|v| v.split(',')).map(str::trim).collect();
-            let at = hops.iter().rposition(|h| h.parse() == Ok(ip));
+            let at = hops.iter().rposition(|h| h.parse().map(|a: IpAddr| a.to_canonical()) == Ok(ip));
             prop_assert!(at.is_some(), "{ip} is not in {hops:?}");
             for later in &hops[at.unwrap() + 1..] {
-                prop_assert!(later.parse().is_ok_and(|a| trusted.contains(&a)), "{later:?} in {hops:?}");
+                prop_assert!(later.parse().is_ok_and(|a| is_trusted(&trusted, a)), "{later:?} in {hops:?}");
             }
         }
     }
@@ -168,7 +187,7 @@ proptest! {
         proxies in prop::collection::vec((0u8..4).prop_map(|n| IpAddr::from([10, 0, 0, n])), 1..4),
         spoofed in prop::collection::vec(address(), 0..3),
     ) {
-        let trusted: Vec<IpAddr> = (0u8..4).map(|n| IpAddr::from([10, 0, 0, n])).collect();
+        let trusted = [trusted_proxy("10.0.0.0/30").expect("a network")];
         // Whatever the client wrote itself comes first; each proxy appends where it got the
         // request from, and the last proxy is the peer.
         let mut hops: Vec<String> = spoofed.iter().map(IpAddr::to_string).collect();
@@ -191,9 +210,44 @@ fn a_forwarded_entry_of_other_bytes_is_a_malformed_hop() {
     let appended = HeaderValue::from_bytes(b"\xc2\x80, 192.0.2.7").unwrap();
     let mut parts = request_parts(proxy, &[]);
     parts.headers.insert("x-forwarded-for", appended);
-    assert_eq!(ClientIp::of(&parts, &[proxy]), ClientIp(Some(client)));
+    let trusted = [IpNet::from(proxy)];
+    assert_eq!(ClientIp::of(&parts, &trusted), ClientIp(Some(client)));
     let mut parts = request_parts(proxy, &["192.0.2.9".into()]);
     let skipped = HeaderValue::from_bytes(b"\xc2\x80").unwrap();
     parts.headers.append("x-forwarded-for", skipped);
-    assert_eq!(ClientIp::of(&parts, &[proxy]), ClientIp(Some(proxy)));
+    assert_eq!(ClientIp::of(&parts, &trusted), ClientIp(Some(proxy)));
+}
+
+/// A `--trusted-proxy` network trusts each of its addresses, as a load balancer's pool is
+/// named by its subnet, and no address outside it.
+#[test]
+fn a_proxy_network_trusts_each_of_its_addresses_and_no_other() {
+    let trusted = [trusted_proxy("10.1.0.0/16").expect("a network")];
+    let client = IpAddr::from([203, 0, 113, 5]);
+    for peer in [[10, 1, 2, 3], [10, 1, 255, 254]] {
+        let parts = request_parts(IpAddr::from(peer), &["203.0.113.5, 10.1.9.9".into()]);
+        assert_eq!(
+            ClientIp::of(&parts, &trusted),
+            ClientIp(Some(client)),
+            "{peer:?}"
+        );
+    }
+    let outside = IpAddr::from([10, 2, 0, 1]);
+    let parts = request_parts(outside, &["203.0.113.5".into()]);
+    assert_eq!(ClientIp::of(&parts, &trusted), ClientIp(Some(outside)));
+}
+
+/// A server listening on `[::]` sees an IPv4 peer as `::ffff:a.b.c.d`: it is that IPv4
+/// address, both to the trusted networks and as the client counted by the limits (one client
+/// is not two because it arrived over both).
+#[test]
+fn an_ipv4_address_seen_as_ipv6_is_the_ipv4_address() {
+    let mapped = |ip: [u8; 4]| IpAddr::from(std::net::Ipv4Addr::from(ip).to_ipv6_mapped());
+    let trusted = [trusted_proxy("10.0.0.0/8").expect("a network")];
+    let parts = request_parts(mapped([10, 0, 0, 1]), &["::ffff:203.0.113.5".into()]);
+    let client = IpAddr::from([203, 0, 113, 5]);
+    assert_eq!(ClientIp::of(&parts, &trusted), ClientIp(Some(client)));
+    let direct = request_parts(mapped([192, 0, 2, 1]), &["203.0.113.9".into()]);
+    let peer = IpAddr::from([192, 0, 2, 1]);
+    assert_eq!(ClientIp::of(&direct, &trusted), ClientIp(Some(peer)));
 }
