@@ -23,8 +23,8 @@ sizes.totalGzip = sizes.wasmGzip + sizes.jsGzip;
 const kb = (n) => `${(n / 1024).toFixed(1)} kB`;
 console.log(`sinkron size: wasm ${kb(sizes.wasm)} (${kb(sizes.wasmGzip)} gzip), js ${kb(sizes.js)} (${kb(sizes.jsGzip)} gzip), total ${kb(sizes.totalGzip)} gzip`);
 writeFileSync(`${here}size.json`, JSON.stringify(sizes, null, 2) + "\n");
-// The ceiling is the hard limit, 30 kB: the size last measured is 30,135 bytes
-// (BENCHMARKS.md, "Size, trimmed"), so a gain once made is kept; raise it only on purpose.
+// The ceiling is the hard limit, 30 kB (the goal is 20 kB; the size of each change is in
+// BENCHMARKS.md, "Size, trimmed"); raise it only on purpose.
 const CEILING = 30 * 1024;
 if (sizes.totalGzip > CEILING) {
   console.error(`error: Sinkron adds ${sizes.totalGzip} bytes gzip to a page, more than its ${CEILING}`);
