@@ -3,7 +3,8 @@
 // hide, go to another site and come back with Back (the back/forward cache on), go offline
 // or lose the API, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
-// computer). Each seed runs once in each setup: Sinkron's own accounts on one server with
+// computer), and choose shows as guests, whose choices join the account they sign in to next.
+// Each seed runs once in each setup: Sinkron's own accounts on one server with
 // SQLite (`builtin`), or with each device on its own node of two sharing PostgreSQL, pokes on
 // (`nodes`); and the site's own sign-in (a stand-in site with its own users, serving the demo
 // on its origin) by the tokens it issues, asked of the site each time (`token`) or kept in
@@ -105,6 +106,8 @@ class Device {
     /** Who is signed in (null: a guest), and who ever was here. */
     this.account = null;
     this.used = new Set();
+    /** The guest's newest choice per show since the device's last sign-in or sign-out. */
+    this.guest = new Map();
     this.errors = [];
     /** Each tab's last API requests and how they ended, and its warnings (for a failure's message). */
     this.requests = new Map();
@@ -193,12 +196,14 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
 
   /** Each account's newest choice per show: whether it is a favourite, in which tab, when. */
   const chosen = new Map(ACCOUNTS.map((account) => [account, new Map()]));
+  /** The last choice of each show, by anyone (a guest's may join any account). */
+  const lastChoice = new Map();
   const actions = {
     async choose(device) {
       const page = r.pick(device.visible());
       const show = r.pick(SHOWS);
-      const choices = chosen.get(device.account);
-      const last = choices.get(show);
+      const choices = device.account ? chosen.get(device.account) : device.guest;
+      const last = lastChoice.get(show);
       const wait = last && last.page !== page ? last.at + GAP_MS - Date.now() : 0;
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       // What the click chose is what the page shows once it has drawn it: an answer arriving
@@ -210,8 +215,11 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
         await new Promise((resolve) => setTimeout(resolve, 0));
         return button.getAttribute("aria-pressed");
       }, `favorite-${show}`);
-      choices.set(show, { favourite: now === "true", page, at: Date.now() });
-      return `${show} ${now === "true" ? "on" : "off"} in tab ${device.pages.indexOf(page)} as ${device.account}`;
+      if (!device.account) counts.asGuest = (counts.asGuest ?? 0) + 1;
+      const choice = { favourite: now === "true", page, at: Date.now() };
+      choices.set(show, choice);
+      lastChoice.set(show, choice);
+      return `${show} ${now === "true" ? "on" : "off"} in tab ${device.pages.indexOf(page)} as ${device.account ?? "the guest"}`;
     },
     async play(device) {
       const page = r.pick(device.visible());
@@ -321,6 +329,8 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       // its logout): until then a tab loading would follow the site and sign in again.
       if (site) await until(async () => !(await site.signedIn(device.context)), { what: `the site's session on ${device.name} to end` });
       device.account = null;
+      // The guest starts empty: what it chose before the sign-in went to that account.
+      device.guest = new Map();
       await device.follow();
       return "";
     },
@@ -331,6 +341,10 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       await page.getByTestId("login-submit").click();
       device.account = account;
       device.used.add(account);
+      // What the guest chose joins the account: the newer of its choice and the account's.
+      const choices = chosen.get(account);
+      for (const [show, choice] of device.guest) if (!(choices.get(show)?.at > choice.at)) choices.set(show, choice);
+      device.guest = new Map();
       await device.follow();
       return `as ${account} in tab ${device.pages.indexOf(page)}`;
     },
@@ -350,6 +364,8 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     const shown = device.visible().length > 0;
     const out = ["network"];
     if (device.account && shown) out.push(...Array(6).fill("choose"), "play", "play");
+    // A guest chooses too (kept on the device, offline as well).
+    if (!device.account && shown) out.push("choose", "choose");
     // The site's sign-out needs the site (Sinkron's keeps what it could not send, offline too).
     if (device.account && shown && (!site || device.network !== "offline")) out.push("signOut");
     if (device.account && (await playing(device)).length > 0) out.push("pause", "seek");
