@@ -619,6 +619,7 @@ impl Config {
     pub fn connect_options(&self) -> crate::store::ConnectOptions {
         crate::store::ConnectOptions {
             pool_size: usize::try_from(self.db_pool_size).unwrap_or(usize::MAX),
+            serves: true,
         }
     }
 }

@@ -198,7 +198,11 @@ async fn serve(config: Config) -> Result<(), String> {
 
 async fn mark_restored(restored: Restored) -> Result<(), String> {
     store::existing(&restored.database).map_err(|e| e.to_string())?;
-    let store = store::connect(&restored.database, store::ConnectOptions { pool_size: 1 })
+    let options = store::ConnectOptions {
+        pool_size: 1,
+        serves: false,
+    };
+    let store = store::connect(&restored.database, options)
         .await
         .map_err(|e| e.to_string())?;
     let floor = store

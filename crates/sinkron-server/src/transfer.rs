@@ -176,7 +176,7 @@ async fn open(url: &str) -> Result<(Arc<dyn Store>, usize), String> {
         )),
         DatabaseUrl::Postgres(url) => Ok((
             Arc::new(
-                PostgresStore::open(&url, POOL_SIZE)
+                PostgresStore::open_for_command(&url, POOL_SIZE)
                     .await
                     .map_err(|e| e.to_string())?,
             ),

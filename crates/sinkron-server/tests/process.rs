@@ -418,6 +418,15 @@ async fn a_device_after_a_restore_is_reset_instead_of_diverging(backend: Backend
         .iter()
         .map(|c| c["version"].as_u64().expect("version"))
         .collect();
+    if backend == Backend::Postgres {
+        // Forgetting to stop a node: refused, and nothing changed (the device's cursor is
+        // still this history's). SQLite's server holds the file's lock the same way.
+        let out = run(&["restored", "--database", &url]).await;
+        assert_one_line_failure(&out, "1 server node(s) still serve this database");
+        let page = server.pull_ok(&alice.token, Some(&device_cursor)).await;
+        assert_eq!(page["changes"], json!([]), "{page}");
+        assert_ne!(page["reset"], json!(true), "{page}");
+    }
     let data = server.stop().await;
     match backend {
         Backend::Sqlite => {

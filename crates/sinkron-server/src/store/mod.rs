@@ -67,6 +67,13 @@ pub enum StoreError {
     /// The backend is busy or unreachable; trying again later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Server nodes still serve the database (`sinkron restored` on PostgreSQL): this many
+    /// hold the serving lock.
+    #[error(
+        "{0} server node(s) still serve this database; stop every node (`sinkron serve`), then \
+         run this again"
+    )]
+    Serving(u64),
     /// Anything else. The detail is for the logs only.
     #[error("storage failure: {0}")]
     Other(String),
@@ -283,6 +290,7 @@ fn copy_err(e: &StoreError) -> StoreError {
             bytes: *bytes,
         },
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Serving(nodes) => StoreError::Serving(*nodes),
         StoreError::Other(m) => StoreError::Other(m.clone()),
     }
 }
@@ -513,6 +521,10 @@ impl std::fmt::Debug for DatabaseUrl {
 pub struct ConnectOptions {
     /// Most connections to PostgreSQL held at once (SQLite ignores it).
     pub pool_size: usize,
+    /// A node serving devices (`sinkron serve`), not a command: on PostgreSQL it remembers
+    /// sessions and versions, kept true by a listener that holds the serving lock
+    /// (`pg_cache::SERVING_LOCK`) while it runs.
+    pub serves: bool,
 }
 
 /// Refuses a SQLite database that does not exist, for the commands that only read or mark one
@@ -553,8 +565,11 @@ impl DatabaseUrl {
 pub async fn connect(url: &str, options: ConnectOptions) -> Result<Arc<dyn Store>, OpenError> {
     match DatabaseUrl::parse(url)? {
         DatabaseUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path)?)),
-        DatabaseUrl::Postgres(url) => Ok(Arc::new(
+        DatabaseUrl::Postgres(url) if options.serves => Ok(Arc::new(
             postgres::PostgresStore::open(&url, options.pool_size).await?,
+        )),
+        DatabaseUrl::Postgres(url) => Ok(Arc::new(
+            postgres::PostgresStore::open_for_command(&url, options.pool_size).await?,
         )),
     }
 }

@@ -59,6 +59,10 @@ pub const LAG: Duration = Duration::from_millis(500);
 pub const ENTRIES_MAX: usize = 200_000;
 /// The listener's connection's `application_name`.
 pub const APPLICATION_NAME: &str = "sinkron-listen";
+/// The serving lock: a PostgreSQL advisory lock of two keys (`"sink"`, 1) that every node
+/// holds shared on its listener's connection while it serves, so that `sinkron restored`
+/// (which needs it alone) can tell that nodes still serve the database.
+pub const SERVING_LOCK: (i32, i32) = (0x7369_6e6b, 1);
 /// The first and the longest wait before the listener connects again.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -143,18 +147,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Cache {
     /// A cache kept true by a listener on `config`'s database, which runs until the returned
-    /// [`Listening`] is dropped.
+    /// [`Listening`] is dropped. The listener's connection holds the [`SERVING_LOCK`], shared.
     pub fn start(mut config: tokio_postgres::Config) -> (Arc<Cache>, Listening) {
         config.application_name(APPLICATION_NAME);
-        let cache = Arc::new(Cache {
+        let cache = Cache::dark();
+        let task = tokio::spawn(listen(cache.clone(), config));
+        (cache, Listening(task.abort_handle()))
+    }
+
+    /// A cache that is never live (every read goes to the database), without a listener:
+    /// for a command that serves no device (`import`, `export`, `restored`).
+    pub fn dark() -> Arc<Cache> {
+        Arc::new(Cache {
             memory: Mutex::default(),
             started: Mutex::new(0),
             wanted: Notify::new(),
             heard: watch::Sender::new(Heard::default()),
             raised: std::sync::OnceLock::new(),
-        });
-        let task = tokio::spawn(listen(cache.clone(), config));
-        (cache, Listening(task.abort_handle()))
+        })
     }
 
     /// The epoch to hand back to [`Cache::remember_session`] after a read, taken before it;
@@ -380,6 +390,12 @@ async fn subscribed(cache: &Arc<Cache>, config: &tokio_postgres::Config) -> (boo
     };
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return (false, format!("LISTEN failed: {e}"));
+    }
+    // Held as long as this connection lives (it waits while `sinkron restored` holds it).
+    let (a, b) = SERVING_LOCK;
+    let serving = format!("SELECT pg_advisory_lock_shared({a}, {b})");
+    if let Err(e) = client.batch_execute(&serving).await {
+        return (false, format!("cannot take the serving lock: {e}"));
     }
     if version < VERSION_MIN {
         // Heard all the same: the push channel's pokes come from these notifications.

@@ -325,7 +325,8 @@ pub struct PostgresStore {
     next_poll: std::sync::atomic::AtomicUsize,
     /// Sessions and versions, kept true by every node's notifications ([`pg_cache`]).
     cache: Arc<Cache>,
-    _listening: Listening,
+    /// The listener of a node serving devices (none for a command).
+    _listening: Option<Listening>,
 }
 
 /// A URL without its password, fit for logs and error messages.
@@ -348,8 +349,19 @@ fn shown(config: &tokio_postgres::Config) -> String {
 
 impl PostgresStore {
     /// Connects (a pool of at most `pool_size` connections), checks the database answers and
-    /// applies any pending migration.
+    /// applies any pending migration, for a node serving devices: it remembers sessions and
+    /// versions, kept true by a listener ([`Cache`]) whose connection holds the serving lock.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        Self::open_as(url, pool_size, true).await
+    }
+
+    /// [`PostgresStore::open`] for a command that serves no device (`import`, `export`,
+    /// `restored`): no listener, no serving lock; every read goes to the database.
+    pub async fn open_for_command(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        Self::open_as(url, pool_size, false).await
+    }
+
+    async fn open_as(url: &str, pool_size: usize, serves: bool) -> Result<Self, OpenError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             OpenError::InvalidUrl(format!("invalid PostgreSQL URL: {}", reason(&e)))
         })?;
@@ -387,7 +399,12 @@ impl PostgresStore {
             .await
             .map_err(|e| fail(e.to_string()))?;
         drop(client);
-        let (cache, listening) = Cache::start(listen_config);
+        let (cache, listening) = if serves {
+            let (cache, listening) = Cache::start(listen_config);
+            (cache, Some(listening))
+        } else {
+            (Cache::dark(), None)
+        };
         // A quarter of the pool, at most one per core, serves polls; the rest serves everything
         // else. A pool below 4 has none: polls then take pooled connections like the rest.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -569,6 +586,10 @@ impl From<tokio_postgres::Error> for MigrateError {
 /// migration rolls back whole and releases the lock.
 async fn migrate(client: &mut Object) -> Result<(), MigrateError> {
     let tx = client.transaction().await?;
+    // No `NOTICE` for what already exists (`IF NOT EXISTS … skipping`): at every start it
+    // reached the log as an info line of the driver's.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
@@ -1720,6 +1741,31 @@ impl Store for PostgresStore {
     async fn mark_restored(&self, at_least: u64) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(store_err)?;
+        // No node may serve meanwhile (each holds the serving lock shared, see `pg_cache`):
+        // one would go on handing out versions of the lost history from its memory. Held
+        // alone until the commit, so a node starting now waits before it remembers anything.
+        let (a, b) = pg_cache::SERVING_LOCK;
+        let alone: bool = tx
+            .query_one(&format!("SELECT pg_try_advisory_xact_lock({a}, {b})"), &[])
+            .await
+            .map_err(store_err)?
+            .get(0);
+        if !alone {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(DISTINCT pid) FROM pg_locks
+                          WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database
+                                WHERE datname = current_database())
+                            AND classid = {a} AND objid = {b} AND objsubid = 2 AND granted"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(store_err)?;
+            let nodes: i64 = row.get(0);
+            return Err(StoreError::Serving(to_u64(nodes)));
+        }
         let row = tx
             .query_one(
                 "SELECT (SELECT value FROM meta WHERE key = 'version_floor'),
