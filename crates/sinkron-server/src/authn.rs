@@ -241,21 +241,31 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(builtin) = &state.builtin {
-            match builtin.check(parts, state.now_ms()).await {
-                Err(Refusal::NotMine) => {}
-                Err(refusal) => return Err(refused(refusal)),
-                Ok(identity) => return Self::of(identity, parts, state).await,
+        // An address that sent too many credentials that are not valid waits before any are
+        // looked at (a lookup may read the database).
+        let ip = ClientIp::of(parts, &state.config.trusted_proxies);
+        state.refused.check(ip)?;
+        let refusal = 'asked: {
+            if let Some(builtin) = &state.builtin {
+                match builtin.check(parts, state.now_ms()).await {
+                    Err(Refusal::NotMine) => {}
+                    Err(refusal) => break 'asked refusal,
+                    Ok(identity) => return Self::of(identity, parts, state).await,
+                }
             }
-        }
-        for authenticator in state.authenticators.iter() {
-            match authenticator.authenticate(parts).await {
-                Err(Refusal::NotMine) => continue,
-                Err(refusal) => return Err(refused(refusal)),
-                Ok(identity) => return Self::of(identity, parts, state).await,
+            for authenticator in state.authenticators.iter() {
+                match authenticator.authenticate(parts).await {
+                    Err(Refusal::NotMine) => continue,
+                    Err(refusal) => break 'asked refusal,
+                    Ok(identity) => return Self::of(identity, parts, state).await,
+                }
             }
+            return Err(ApiError::unauthorized());
+        };
+        if matches!(refusal, Refusal::Invalid) {
+            state.refused.refused(ip);
         }
-        Err(ApiError::unauthorized())
+        Err(refused(refusal))
     }
 }
 

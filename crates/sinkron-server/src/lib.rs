@@ -63,6 +63,8 @@ pub struct Shared {
     guards: Arc<auth::AuthGuards>,
     /// Per-user limits of the sync routes.
     limits: Arc<limits::UserLimits>,
+    /// Credentials refused per client address.
+    refused: Arc<limits::RefusedCredentials>,
     /// The poll interval this node asks for (`Sinkron-Poll-Interval`), by its load.
     pacer: Arc<pace::Pacer>,
     /// The `--collection-caps`.
@@ -149,6 +151,7 @@ impl AppState {
             config: Arc::new(config),
             guards: Arc::new(auth::AuthGuards::default()),
             limits,
+            refused: Arc::default(),
             pacer,
             admin_key: None,
             caps,

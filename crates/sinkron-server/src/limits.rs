@@ -1,18 +1,23 @@
 //! Per-user limits on the sync routes, so that one account (a runaway client, a script with a
 //! stolen token) cannot starve the others: requests a minute (`governor`) and requests in
 //! flight at once. Past either, the answer is 429 `rate_limited` with `Retry-After`, which a
-//! client honours like any other.
+//! client honours like any other. And per client address, the credentials refused
+//! ([`RefusedCredentials`]): a client sending tokens that are not valid costs a session
+//! lookup each, and past a rate waits before any more are looked at.
 //!
-//! It owns counting per user only; it must not know what a request does. Counts are per node
-//! (they protect the node and the database connections it holds), and in memory: losing them
-//! on restart is harmless.
+//! It owns counting per user and per address only; it must not know what a request does.
+//! Counts are per node (they protect the node and the database connections it holds), and in
+//! memory: losing them on restart is harmless.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use governor::clock::{Clock, DefaultClock};
 
+use crate::authn::ClientIp;
 use crate::error::ApiError;
 use crate::store::UserId;
 
@@ -100,9 +105,127 @@ fn too_many(retry_after_secs: u64) -> ApiError {
         .with_message("too many requests for this user at once or this minute; try again later")
 }
 
+/// Whole seconds to wait, rounded up.
+fn seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// Credentials a client address may have refused a minute, and at once, before it waits.
+pub const REFUSED_PER_MINUTE: u32 = 120;
+pub const REFUSED_BURST: u32 = 60;
+const HELD: &str =
+    "too many requests with credentials that are not valid from this address; try again later";
+/// Client addresses tracked at once before the idle ones are swept. Past it a new address is
+/// not held: so many at once is a flood from many machines, which no per-address limit stops.
+const TRACKED_ADDRESSES_MAX: usize = 10_000;
+
+/// Credentials refused per client address. A client sending tokens that are not valid (guessed,
+/// forged, or a script replaying old ones) costs a session lookup each, a database read where
+/// the node does not remember the token. Past [`REFUSED_PER_MINUTE`] (bursts of
+/// [`REFUSED_BURST`]) its address is held: its requests are answered 429 with `Retry-After`
+/// before any credentials are looked at, until the rate allows one more.
+pub struct RefusedCredentials {
+    rate: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses held, and until when.
+    held: Mutex<HashMap<IpAddr, <DefaultClock as Clock>::Instant>>,
+    /// Whether any is (the one check of every request while none is).
+    any_held: AtomicBool,
+}
+
+impl Default for RefusedCredentials {
+    fn default() -> Self {
+        let rate = NonZeroU32::new(REFUSED_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(REFUSED_BURST).unwrap_or(NonZeroU32::MIN);
+        Self {
+            rate: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(rate).allow_burst(burst),
+            ),
+            held: Mutex::new(HashMap::new()),
+            any_held: AtomicBool::new(false),
+        }
+    }
+}
+
+impl RefusedCredentials {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, <DefaultClock as Clock>::Instant>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Before a request's credentials are looked at: 429 with the seconds to wait while its
+    /// address is held. Without an address (a router driven without a socket) nothing is.
+    pub fn check(&self, ip: ClientIp) -> Result<(), ApiError> {
+        let Some(ip) = ip.0.filter(|_| self.any_held.load(Ordering::Relaxed)) else {
+            return Ok(());
+        };
+        let now = DefaultClock::default().now();
+        let mut held = self.lock();
+        match held.get(&ip) {
+            Some(until) if *until > now => {
+                let wait = seconds(until.duration_since(now));
+                Err(ApiError::rate_limited(wait).with_message(HELD))
+            }
+            Some(_) => {
+                held.remove(&ip);
+                self.any_held.store(!held.is_empty(), Ordering::Relaxed);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A request's credentials were refused as not valid: counted against its address, which
+    /// is held once past the rate.
+    pub fn refused(&self, ip: ClientIp) {
+        let Some(ip) = ip.0 else { return };
+        if self.rate.len() >= TRACKED_ADDRESSES_MAX {
+            self.rate.retain_recent();
+        }
+        let Err(not_until) = self.rate.check_key(&ip) else {
+            return;
+        };
+        let mut held = self.lock();
+        if held.len() >= TRACKED_ADDRESSES_MAX {
+            let now = DefaultClock::default().now();
+            held.retain(|_, until| *until > now);
+        }
+        if held.len() < TRACKED_ADDRESSES_MAX {
+            held.insert(ip, not_until.earliest_possible());
+            self.any_held.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_past_its_refused_credentials_waits_and_others_do_not() {
+        let refused = RefusedCredentials::default();
+        let guesser = ClientIp(Some(IpAddr::from([192, 0, 2, 1])));
+        let other = ClientIp(Some(IpAddr::from([192, 0, 2, 2])));
+        // The burst, then one more counted: from then on held, before any lookup.
+        for n in 0..=REFUSED_BURST {
+            assert!(
+                refused.check(guesser).is_ok(),
+                "refusal {n} is within the burst"
+            );
+            refused.refused(guesser);
+        }
+        let held = refused.check(guesser).expect_err("held past the burst");
+        assert_eq!(held.status.as_u16(), 429);
+        assert!(
+            held.retry_after.is_some_and(|s| (1..=2).contains(&s)),
+            "{held:?}"
+        );
+        assert!(refused.check(other).is_ok(), "another address is not held");
+        assert!(
+            refused.check(ClientIp(None)).is_ok(),
+            "nor a request without an address"
+        );
+        refused.refused(other);
+        assert!(refused.check(other).is_ok(), "one refusal holds nobody");
+    }
 
     #[test]
     fn a_user_gets_so_many_requests_at_once_and_others_are_untouched() {

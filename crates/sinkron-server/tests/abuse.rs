@@ -321,6 +321,54 @@ async fn behind_a_pool_of_proxies_named_by_their_network_a_client_is_one_client(
     server.stop().await;
 }
 
+/// `GET /api/user/me` from `client` with `token`: the status and `Retry-After`.
+async fn poll_status(client: &reqwest::Client, server: &Server, token: &str) -> (u16, Option<u64>) {
+    let r = client
+        .get(server.url("/api/user/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("poll");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").parse().expect("seconds"));
+    (r.status().as_u16(), retry)
+}
+
+#[tokio::test]
+async fn an_address_sending_tokens_that_are_not_valid_waits_and_users_elsewhere_do_not() {
+    let server = Server::start(Backend::Sqlite).await;
+    let alice = server.register("alice").await;
+    // Tokens of the built-in shape that no session has: each one a session lookup.
+    let guesser = client_at([127, 0, 0, 9]);
+    let mut statuses = Vec::new();
+    for n in 0..80u32 {
+        let forged = format!("{n:064x}");
+        statuses.push(poll_status(&guesser, &server, &forged).await);
+    }
+    let refused = statuses.iter().filter(|(s, _)| *s == 401).count();
+    let held: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(
+        statuses[..60].iter().all(|(s, _)| *s == 401),
+        "{statuses:?}"
+    );
+    assert_eq!(refused + held.len(), 80, "{statuses:?}");
+    assert!(
+        held.len() >= 10,
+        "past its burst the address is held: {statuses:?}"
+    );
+    assert!(
+        held.iter()
+            .all(|(_, retry)| retry.is_some_and(|s| (1..=2).contains(&s))),
+        "{held:?}"
+    );
+    // Alice, from another address, polls as usual.
+    let elsewhere = client_at([127, 0, 0, 10]);
+    assert_eq!(poll_status(&elsewhere, &server, &alice.token).await.0, 200);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn one_address_cannot_sign_in_or_sign_up_without_limit() {
     let server = Server::start(Backend::Sqlite).await;
