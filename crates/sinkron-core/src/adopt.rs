@@ -31,8 +31,9 @@ pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<Parked> 
 
 /// What [`Persist::Wipe`](crate::Persist::Wipe) leaves of a scope's stored outboxes, for
 /// drivers that keep them in a map (the native client, the simulation), and the scope they
-/// go to: with `keep_pending`, those that hold writes, kept in `scope`; of the guest's, those
-/// that hold writes, numbered 0, into `user`'s (the user the engine has signed in as).
+/// go to: with `keep_pending`, those that hold writes, kept in `scope`; of the guest's without
+/// it (the tab that signs in), those that hold writes, numbered 0, into `user`'s (the user the
+/// engine has signed in as).
 #[allow(clippy::type_complexity)]
 pub fn kept_by_wipe(
     scope: Option<String>,
@@ -40,7 +41,7 @@ pub fn kept_by_wipe(
     keep_pending: bool,
     user: Option<&str>,
 ) -> (Option<String>, BTreeMap<String, (u64, Vec<Mutation>)>) {
-    let moved = scope.is_none();
+    let moved = scope.is_none() && !keep_pending;
     #[cfg(feature = "planted-bugs")]
     if moved && crate::planted::planted(crate::planted::Bug::GuestTabsDropped) {
         return (scope, BTreeMap::new());

@@ -519,7 +519,7 @@ impl Engine {
                 };
                 if to != self.user && (to.is_some() || ours) {
                     self.park();
-                    self.enter(to, false);
+                    self.enter(to, false, true);
                 }
             }
             _ if !ours => {}
@@ -1083,7 +1083,7 @@ impl Engine {
         if self.user.is_some() {
             self.sign_out(now, false);
         }
-        self.enter(Some(user.to_owned()), false);
+        self.enter(Some(user.to_owned()), false, false);
         self.broadcast(TabBody::SignedIn);
         self.unparked_from = self.next_id;
         // What was left unconfirmed when the user last signed out here goes now.
@@ -1116,7 +1116,7 @@ impl Engine {
             }
             self.park();
             self.broadcast(TabBody::SignedOut);
-            self.enter(None, discard);
+            self.enter(None, discard, false);
         }
         self.finish(now);
         queued
@@ -1455,7 +1455,7 @@ impl Engine {
     /// but its writes not yet confirmed, which stay stored for that account unless `discard`
     /// (see [`Engine::sign_out`]); the guest's, this tab's and those its tabs gone left
     /// stored, join the account.
-    fn enter(&mut self, user: Option<String>, discard: bool) {
+    fn enter(&mut self, user: Option<String>, discard: bool, follow: bool) {
         let previous = self.user.take();
         let was_guest = previous.is_none();
         // The stream was the previous user's.
@@ -1484,8 +1484,18 @@ impl Engine {
         self.error = None;
         self.unauthorized = false;
         self.fresh_token = false;
+        if was_guest && follow {
+            // This tab carries its own guest writes into the account (below): their stored
+            // copy goes. Another tab's stay (see `Persist::Wipe`).
+            self.commands.push_back(Command::Persist(Persist::Outbox {
+                scope: None,
+                client_id: self.client_id.clone(),
+                next_id: self.next_id,
+                mutations: Vec::new(),
+            }));
+        }
         self.commands.push_back(Command::Persist(Persist::Wipe {
-            keep_pending: previous.is_some() && !discard,
+            keep_pending: (previous.is_some() || follow) && !discard,
             scope: previous,
         }));
         if was_guest && user.is_some() {

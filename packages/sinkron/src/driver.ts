@@ -492,8 +492,9 @@ export class SinkronClient {
         // the previous user's (a flush before took it).
         user = this.#call({ t: "user" });
         if (subjectOrNull(this.#lastToken ?? "") !== user) this.#lastToken = null;
-        // The guest's writes join the account signed in to, numbered 0 (the guest's).
-        if (c.scope === null) for (const [id, o] of s.outboxes(null)) if (o.mutations.length) s.setOutbox(user, id, 0, o.mutations);
+        // The guest's writes join the account signed in to, numbered 0 (the guest's), moved by
+        // the tab that signs in (one that follows keeps them where they are).
+        if (c.scope === null && !c.keepPending) for (const [id, o] of s.outboxes(null)) if (o.mutations.length) s.setOutbox(user, id, 0, o.mutations);
         return s.wipe(c.scope, c.keepPending);
       case "dropParked":
         return s.dropOutbox(c.scope, c.clientId);

@@ -134,7 +134,7 @@ export type Command =
   | { t: "clear"; scope: string | null }
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
-  /** Forget the scope, but with `keepPending` its outboxes that hold writes: parked for the account, or the guest's (`scope` null) moved into the scope of the user the engine is signed in as now, numbered 0. */
+  /** Forget the scope, but with `keepPending` its outboxes that hold writes (parked for the account, or the guest's kept by a tab that follows a sign-in); the guest's (`scope` null) without it (the tab that signs in) moved into the scope of the user the engine is signed in as now, numbered 0. */
   | { t: "wipe"; scope: string | null; keepPending: boolean }
   /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
   | { t: "dropParked"; scope: string; clientId: string }

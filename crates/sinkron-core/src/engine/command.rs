@@ -83,11 +83,14 @@ pub enum Persist {
     /// Forget everything of the scope: records, cursor, outboxes — but with `keep_pending`,
     /// the outboxes that still hold writes: the user signed out before they were confirmed,
     /// and they are the account's, sent at its next sign-in here ([`Command::Unpark`]). The
-    /// guest's scope (`None`, wiped as the guest signs in) keeps none: its outboxes that hold
-    /// writes move into the account, the scope of the user the engine has signed in as when
-    /// the command is carried out, with the numbering 0 (which tells [`Engine::unpark`] they
-    /// are the guest's). The guest's tabs still open store theirs there again as they
-    /// follow; the sign-in takes over those of tabs gone.
+    /// guest's scope (`None`, wiped as the guest signs in), in the tab that signs in (no
+    /// `keep_pending`), keeps none: its outboxes that hold writes move into the account, the
+    /// scope of the user the engine has signed in as when the command is carried out, with
+    /// the numbering 0 (which tells [`Engine::unpark`] they are the guest's). The guest's tabs
+    /// still open store theirs there again as they follow; the sign-in takes over those of
+    /// tabs gone. A tab that follows the sign-in moves none (`keep_pending`): its view of the
+    /// storage may lag behind the signing-in tab's, and a copy it moved could overwrite a
+    /// newer one a live tab stored; it drops its own guest outbox first (an empty one).
     Wipe {
         scope: Option<String>,
         keep_pending: bool,

@@ -764,6 +764,55 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
     );
 }
 
+/// Found in Chromium (`e2e/wander.test.mjs`, seed 506, kept tokens): a guest tab following
+/// another's sign-in moved the guest's outboxes too, from its view of the storage, which lags
+/// behind the signing-in tab's. It wrote the signing-in tab's outbox back into the account
+/// with the guest's writes it held before, over the copy that tab had stored since (numbered
+/// 0, so never taken over while that tab lives). Only the tab that signs in moves them; one
+/// that follows drops its own guest outbox and keeps the others where they are.
+#[test]
+fn a_guest_tab_following_a_sign_in_moves_no_outbox_and_drops_its_own() {
+    let mut tab = Tab::new(5);
+    tab.write("g1", "{}");
+    tab.drain();
+    let own = tab.engine.client_id().to_owned();
+    let signed_in = TabMessage {
+        scope: Some("u1".into()),
+        body: TabBody::SignedIn,
+    };
+    tab.engine.handle_tab_message(tab.now, signed_in);
+    let persisted: Vec<Persist> = tab
+        .drain()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Persist(p @ (Persist::Outbox { .. } | Persist::Wipe { .. })) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mutations = |p: &Persist| match p {
+        Persist::Outbox { mutations, .. } => mutations.iter().map(|m| m.key.clone()).collect(),
+        _ => Vec::new(),
+    };
+    assert!(
+        matches!(&persisted[..], [
+            Persist::Outbox { scope: None, client_id, .. },
+            Persist::Wipe { scope: None, keep_pending: true },
+            Persist::Outbox { scope: Some(user), client_id: into, .. },
+        ] if *client_id == own && user == "u1" && *into == own),
+        "{persisted:?}"
+    );
+    assert_eq!(
+        mutations(&persisted[0]),
+        Vec::<String>::new(),
+        "its guest copy goes"
+    );
+    assert_eq!(
+        mutations(&persisted[2]),
+        ["g1"],
+        "it carries its writes itself"
+    );
+}
+
 #[test]
 fn sign_out_wipes_everything_and_ignores_late_replies() {
     let mut tab = Tab::leader();
