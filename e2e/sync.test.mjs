@@ -1116,6 +1116,26 @@ describe("guest tabs", () => {
       assert.deepEqual(left, []);
       await context.close();
     }));
+  test("a guest tab's writes that reached the guest's storage after the sign-in moved it join the account at the leader's next pull", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server, { interval: 1000 });
+      const auth = await signUp(a, "latecomer");
+      // What a guest tab leaves when it writes as the device signs in and closes before it
+      // follows (or its last write reaches this tab's storage after the sign-in's move).
+      await a.evaluate(() =>
+        localStorage.setItem(
+          "sinkron:v1:guest:o:late-guest-tab",
+          JSON.stringify({ n: 2, m: [{ id: 1, collection: "favorites", key: "s15", value: {}, updatedAt: Date.now() }] }),
+        ),
+      );
+      await until(async () => "s15" in recordsOf(await server.state(auth), "favorites"), { what: "the late guest write on the server" });
+      await waitPressed(a, "favorite-s15");
+      await settled(a);
+      const left = await a.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith("sinkron:v1:guest:")));
+      assert.deepEqual(left, []);
+      await context.close();
+    }));
 });
 
 describe("sign-in in another tab", () => {

@@ -1660,6 +1660,13 @@ impl Engine {
         if let Some(scope) = self.user.clone().filter(|_| !self.signing_in) {
             // What is taken over from now on was written signed in, after the guest's writes.
             self.unparked_from = 0;
+            // A guest tab's writes that reached the guest's scope after the sign-in moved it
+            // (written as the device signed in, its tab closed before it followed) join the
+            // account too, as the sign-in's did.
+            self.commands.push_back(Command::Persist(Persist::Wipe {
+                scope: None,
+                keep_pending: false,
+            }));
             self.commands.push_back(Command::Unpark { scope });
         }
         let last_sync = self.cursor.clone();

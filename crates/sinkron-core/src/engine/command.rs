@@ -90,7 +90,9 @@ pub enum Persist {
     /// still open store theirs there again as they follow; the sign-in takes over those of
     /// tabs gone. A tab that follows the sign-in moves none (`keep_pending`): its view of the
     /// storage may lag behind the signing-in tab's, and a copy it moved could overwrite a
-    /// newer one a live tab stored; it drops its own guest outbox first (an empty one).
+    /// newer one a live tab stored; it drops its own guest outbox first (an empty one). The
+    /// leader wipes the guest's scope so again before each [`Command::Unpark`] of its pulls:
+    /// what a guest tab wrote there after the sign-in's move joins the account too.
     Wipe {
         scope: Option<String>,
         keep_pending: bool,

@@ -3738,6 +3738,33 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
     );
 }
 
+/// A guest tab that wrote as the device signed in, and closed before it followed, left its
+/// writes in the guest's scope after the sign-in had moved the guest's outboxes (or the
+/// signing-in tab's view of the storage did not hold them yet). Each of the leader's pulls
+/// moves what is there into the account (numbered 0, the guest's) just before it asks for the
+/// outboxes of the tabs gone, which takes them over.
+#[test]
+fn the_leader_s_pulls_move_the_guest_s_leftovers_into_the_account_before_the_takeover() {
+    let mut tab = Tab::leader();
+    for _ in 0..2 {
+        tab.fire();
+        let commands = tab.drain();
+        let moves = Command::Persist(Persist::Wipe {
+            scope: None,
+            keep_pending: false,
+        });
+        let moved = commands.iter().position(|c| *c == moves);
+        let asked = (commands.iter()).position(|c| *c == Command::Unpark { scope: "u1".into() });
+        assert!(
+            matches!((moved, asked), (Some(m), Some(a)) if m < a),
+            "{commands:?}"
+        );
+        let (id, _) = Tab::sends_of(&commands).remove(0);
+        tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+        tab.drain();
+    }
+}
+
 #[test]
 fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     // Where the server merges per field, an older write still counts: a like, or a delete
