@@ -119,7 +119,7 @@ impl AuthGuards {
         }
         self.attempts.check_key(&ip).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            ApiError::rate_limited(crate::limits::seconds(wait))
         })
     }
 

@@ -92,8 +92,7 @@ impl UserLimits {
             }
             if let Err(not_until) = rate.check_key(&user) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return Err(too_many(secs));
+                return Err(too_many(seconds(wait)));
             }
         }
         Ok(admission)
@@ -105,14 +104,14 @@ fn too_many(retry_after_secs: u64) -> ApiError {
         .with_message("too many requests for this user at once or this minute; try again later")
 }
 
-/// Whole seconds to wait, rounded up.
-fn seconds(wait: std::time::Duration) -> u64 {
+/// Whole seconds to wait, rounded up (a `Retry-After`).
+pub(crate) fn seconds(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// Credentials a client address may have refused a minute, and at once, before it waits.
-pub const REFUSED_PER_MINUTE: u32 = 120;
-pub const REFUSED_BURST: u32 = 60;
+const REFUSED_PER_MINUTE: u32 = 120;
+const REFUSED_BURST: u32 = 60;
 const HELD: &str =
     "too many requests with credentials that are not valid from this address; try again later";
 /// Client addresses tracked at once before the idle ones are swept. Past it a new address is
