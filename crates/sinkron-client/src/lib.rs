@@ -115,8 +115,8 @@ impl Storage {
                 let outboxes = &mut stored.scopes.entry(scope).or_default().outboxes;
                 outboxes.insert(client_id, (next_id, mutations));
             }
-            Persist::DropParked { scope, client_id } => {
-                if let Some(scope) = stored.scopes.get_mut(&Some(scope)) {
+            Persist::DropOutbox { scope, client_id } => {
+                if let Some(scope) = stored.scopes.get_mut(&scope) {
                     scope.outboxes.remove(&client_id);
                 }
             }

@@ -31,9 +31,9 @@ pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<Parked> 
 
 /// What [`Persist::Wipe`](crate::Persist::Wipe) leaves of a scope's stored outboxes, for
 /// drivers that keep them in a map (the native client, the simulation), and the scope they
-/// go to: with `keep_pending`, those that hold writes, kept in `scope`; of the guest's without
-/// it (the tab that signs in), those that hold writes, numbered 0, into `user`'s (the user the
-/// engine has signed in as).
+/// go to: with `keep_pending`, all of them, kept in `scope`; of the guest's without it (the
+/// tab that signs in), those that hold writes, numbered 0, into `user`'s (the user the engine
+/// has signed in as).
 #[allow(clippy::type_complexity)]
 pub fn kept_by_wipe(
     scope: Option<String>,
@@ -48,7 +48,14 @@ pub fn kept_by_wipe(
     }
     let mut kept = BTreeMap::new();
     for (client_id, (next, mutations)) in outboxes {
-        if (keep_pending || moved) && !mutations.is_empty() {
+        #[cfg(feature = "planted-bugs")]
+        if keep_pending
+            && mutations.is_empty()
+            && crate::planted::planted(crate::planted::Bug::WipeDropsEmpty)
+        {
+            continue;
+        }
+        if keep_pending || (moved && !mutations.is_empty()) {
             kept.insert(client_id, (if moved { 0 } else { next }, mutations));
         }
     }
@@ -161,6 +168,34 @@ mod tests {
         // back/forward cache): unsent writes, never another's empty outbox; else a fresh id.
         assert_eq!(ids(&s, adoption_order(Some("gone"), &s, true)), vec!["a"]);
         assert!(adoption_order(Some(""), &stored(&[("b", 0)]), true).is_empty());
+    }
+
+    #[test]
+    fn a_wipe_keeping_what_waits_keeps_every_outbox_and_a_sign_in_moves_the_guest_s_writes() {
+        let write = Mutation {
+            id: 1,
+            collection: "likes".into(),
+            key: "e1".into(),
+            value: Some("{}".into()),
+            updated_at: 5,
+            fields: None,
+        };
+        let outboxes: BTreeMap<String, (u64, Vec<Mutation>)> = [
+            ("empty".to_owned(), (4, vec![])),
+            ("writes".to_owned(), (2, vec![write.clone()])),
+        ]
+        .into();
+        // A sign-out (or a tab following one, or a sign-in): every outbox stays as it is (one
+        // read as empty may hold writes another tab stored since).
+        let (to, kept) = kept_by_wipe(Some("u1".into()), outboxes.clone(), true, None);
+        assert_eq!((to.as_deref(), &kept), (Some("u1"), &outboxes));
+        // The tab that signs the guest in: those that hold writes, into the account, numbered 0.
+        let (to, kept) = kept_by_wipe(None, outboxes.clone(), false, Some("u1"));
+        let moved = [("writes".to_owned(), (0, vec![write]))].into();
+        assert_eq!((to.as_deref(), kept), (Some("u1"), moved));
+        // Discarded: none.
+        let (_, kept) = kept_by_wipe(Some("u1".into()), outboxes, false, None);
+        assert!(kept.is_empty());
     }
 
     #[test]

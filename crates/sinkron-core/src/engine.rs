@@ -707,8 +707,8 @@ impl Engine {
         if let Some(parked) = self.parked.take_if(|p| p.request == id) {
             if matches!(reply, Reply::Pushed { ack, .. } if ack >= parked.last) {
                 self.commands
-                    .push_back(Command::Persist(Persist::DropParked {
-                        scope: parked.scope,
+                    .push_back(Command::Persist(Persist::DropOutbox {
+                        scope: Some(parked.scope),
                         client_id: parked.client_id,
                     }));
             }
@@ -1195,7 +1195,10 @@ impl Engine {
                 self.write_stamped(now, key, m.value, Some(at), m.fields);
             }
             self.commands
-                .push_back(Command::Persist(Persist::DropParked { scope, client_id }));
+                .push_back(Command::Persist(Persist::DropOutbox {
+                    scope: Some(scope),
+                    client_id,
+                }));
         }
         self.finish(now);
     }
@@ -1484,18 +1487,22 @@ impl Engine {
         self.error = None;
         self.unauthorized = false;
         self.fresh_token = false;
-        if was_guest && follow {
-            // This tab carries its own guest writes into the account (below): their stored
-            // copy goes. Another tab's stay (see `Persist::Wipe`).
-            self.commands.push_back(Command::Persist(Persist::Outbox {
-                scope: None,
-                client_id: self.client_id.clone(),
-                next_id: self.next_id,
-                mutations: Vec::new(),
-            }));
+        #[cfg(feature = "planted-bugs")]
+        let follow = follow
+            && !(was_guest && crate::planted::planted(crate::planted::Bug::FollowerMovesGuest));
+        let keep_pending = (previous.is_some() || follow) && !discard;
+        // The scope's outboxes stay (see `Persist::Wipe`), but this tab's own goes unless it
+        // holds writes parked for the account; a guest tab that follows a sign-in carries its
+        // writes into the account (below), so their stored copy goes.
+        if keep_pending && (was_guest || self.view.outbox.is_empty()) {
+            self.commands
+                .push_back(Command::Persist(Persist::DropOutbox {
+                    scope: previous.clone(),
+                    client_id: self.client_id.clone(),
+                }));
         }
         self.commands.push_back(Command::Persist(Persist::Wipe {
-            keep_pending: (previous.is_some() || follow) && !discard,
+            keep_pending,
             scope: previous,
         }));
         if was_guest && user.is_some() {

@@ -84,10 +84,17 @@ pub enum Bug {
     /// The guest's scope wiped at a sign-in drops the outboxes of the guest's tabs gone,
     /// instead of moving them into the account: their writes are lost.
     GuestTabsDropped = 33554432,
+    /// A guest tab that follows another tab's sign-in moves the guest's outboxes into the
+    /// account too, from its own copy of the storage, which may lag behind the signing-in
+    /// tab's: an older copy of an outbox lands over the one stored since.
+    FollowerMovesGuest = 67108864,
+    /// A wipe that keeps the outboxes holding writes removes those it reads as empty: one
+    /// another tab filled since (a copy of the storage may lag) goes, its writes with it.
+    WipeDropsEmpty = 134217728,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 28] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -114,6 +121,8 @@ impl Bug {
         Bug::WholeWritesCoalesce,
         Bug::TakeoverSkipsOlder,
         Bug::GuestTabsDropped,
+        Bug::FollowerMovesGuest,
+        Bug::WipeDropsEmpty,
     ];
 
     /// The name used on the command line.
@@ -145,6 +154,8 @@ impl Bug {
             Bug::WholeWritesCoalesce => "whole-writes-coalesce",
             Bug::TakeoverSkipsOlder => "takeover-skips-older",
             Bug::GuestTabsDropped => "guest-tabs-dropped",
+            Bug::FollowerMovesGuest => "follower-moves-guest",
+            Bug::WipeDropsEmpty => "wipe-drops-empty",
         }
     }
 }

@@ -41,7 +41,8 @@ fn usage() -> ExitCode {
          \x20   unreachable-stamped-now, stale-snapshot-taken, clamp-keeps-first,\n\
          \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored,\n\
          \x20   asker-not-told, unreachable-lingers, proxy-refusal-taken,\n\
-         \x20   whole-writes-coalesce, takeover-skips-older, guest-tabs-dropped"
+         \x20   whole-writes-coalesce, takeover-skips-older, guest-tabs-dropped,\n\
+         \x20   follower-moves-guest, wipe-drops-empty"
     );
     ExitCode::from(2)
 }

@@ -63,6 +63,10 @@ pub struct Params {
     /// Per mille of requests a proxy in front of the server answers with an error page of its
     /// own: a 4xx without the server's error body.
     pub proxy_error_per_mille: u64,
+    /// The longest a tab's write to `localStorage` takes to reach another tab's copy of it
+    /// (0: at once). Chromium keeps a copy per renderer and copies writes between them later,
+    /// often after a `BroadcastChannel` message sent after the write (see `device::Op`).
+    pub storage_lag_ms_max: u64,
 }
 
 impl Params {
@@ -123,6 +127,7 @@ impl Params {
             } else {
                 0
             },
+            storage_lag_ms_max: if rng.chance(500) { rng.range(1, 50) } else { 0 },
         }
     }
 
@@ -139,7 +144,7 @@ impl fmt::Display for Params {
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
              safety={}s page={} token_expired={}‰ poll={}s compaction={} revocation={} \
-             proxy_error={}‰",
+             proxy_error={}‰ storage_lag={}ms",
             self.users,
             self.devices_per_user,
             self.tabs_initial,
@@ -160,6 +165,7 @@ impl fmt::Display for Params {
             self.compaction,
             self.revocation,
             self.proxy_error_per_mille,
+            self.storage_lag_ms_max,
         )
     }
 }

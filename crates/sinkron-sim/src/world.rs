@@ -83,6 +83,12 @@ enum Event {
     Restart,
     /// A device's partition heals.
     Heal { device: usize },
+    /// Another tab's write to `localStorage` (number `seq`) reaches a tab's copy of it.
+    Stored {
+        tab: TabId,
+        seq: u64,
+        op: device::Op,
+    },
 }
 
 pub struct World {
@@ -105,6 +111,10 @@ pub struct World {
     clients: HashMap<String, Vec<ScopeTag>>,
     /// Last delivery time per (sender, receiver) tab pair: a channel keeps each sender's order.
     channel_last: HashMap<(TabId, TabId), u64>,
+    /// The same for writes to `localStorage`, which reach other tabs' copies in order.
+    storage_last: HashMap<(TabId, TabId), u64>,
+    /// Writes to `localStorage` so far, which number them.
+    stored_seq: u64,
     writes: u64,
     keys: Vec<RecordKey>,
     /// Every clamp the server made: (client, key, stamped) → stored `updatedAt`.
@@ -216,6 +226,8 @@ impl World {
             active: true,
             clients: HashMap::new(),
             channel_last: HashMap::new(),
+            storage_last: HashMap::new(),
+            stored_seq: 0,
             writes: 0,
             keys,
             clamps: HashMap::new(),
@@ -554,6 +566,10 @@ impl World {
                 }
                 Ok(())
             }
+            Event::Stored { tab, seq, op } => {
+                self.stored(tab, seq, op);
+                Ok(())
+            }
         }
     }
 
@@ -644,7 +660,7 @@ impl World {
                 Command::Unpark { scope } => {
                     let device = &self.devices[d];
                     let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
-                    let stored = device.storage.get(&Some(scope.clone()));
+                    let stored = device.tabs[t].view.get(&Some(scope.clone()));
                     let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
                     gone.retain(|(c, ..)| !live(c));
                     for (client_id, guest, mutations) in gone {

@@ -173,3 +173,16 @@ fn a_takeover_that_skips_writes_older_than_what_the_tab_shows_is_caught() {
 fn a_sign_in_that_drops_the_guest_s_tabs_gone_is_caught() {
     finds("guest-tabs-dropped", 60);
 }
+
+/// Found only where other tabs' writes reach a tab's copy of the storage late
+/// (`storage_lag_ms_max`): with the storage current in every tab, 1,000 seeds pass.
+#[test]
+fn a_follower_moving_the_guest_s_outboxes_from_its_lagging_copy_is_caught() {
+    finds("follower-moves-guest", 80);
+}
+
+/// Found only where other tabs' writes reach a tab's copy of the storage late.
+#[test]
+fn a_wipe_dropping_the_outboxes_it_reads_as_empty_is_caught() {
+    finds("wipe-drops-empty", 600);
+}

@@ -208,11 +208,11 @@ fn persist(j: &mut Json, p: &Persist) {
             j.field("mutations");
             mutation_list(j, mutations);
         }
-        Persist::DropParked { scope, client_id } => {
+        Persist::DropOutbox { scope, client_id } => {
             j.field("t")
-                .string("dropParked")
+                .string("dropOutbox")
                 .field("scope")
-                .string(scope);
+                .opt_string(scope.as_deref());
             j.field("clientId").string(client_id);
         }
         Persist::Wipe {

@@ -496,7 +496,7 @@ export class SinkronClient {
         // the tab that signs in (one that follows keeps them where they are).
         if (c.scope === null && !c.keepPending) for (const [id, o] of s.outboxes(null)) if (o.mutations.length) s.setOutbox(user, id, 0, o.mutations);
         return s.wipe(c.scope, c.keepPending);
-      case "dropParked":
+      case "dropOutbox":
         return s.dropOutbox(c.scope, c.clientId);
       case "unpark":
         // Each outbox whose tab is gone (its tab lock free; without Web Locks, each), read

@@ -10,9 +10,12 @@
 //   <scope>:c                    the pull cursor
 //   <scope>:r:<collection>:<key> a confirmed record {v, u, c, n} (value, updatedAt, clientId, version)
 //   <scope>:o:<clientId>         a client id's outbox and numbering {n, m} (next id, mutations),
-//                                kept when empty so a reloaded tab never reuses an id; one that
-//                                holds writes outlives a sign-out (parked for the account), and
-//                                the guest's move into the account at a sign-in (numbered 0)
+//                                kept when empty so a reloaded tab never reuses an id; written
+//                                and removed by its own tab only (or, once that tab is gone, by
+//                                the tab that takes it over): a sign-out keeps the others, as one
+//                                read as empty may hold writes stored since; one that holds
+//                                writes outlives a sign-out (parked for the account), and the
+//                                guest's move into the account at a sign-in (numbered 0)
 //   <scope>:partial              set by an eviction, cleared with the records (the engine then
 //                                restores without the cursor)
 // where <scope> is the user id, or `guest`.
@@ -208,11 +211,13 @@ export class DeviceStorage {
     this.#store.removeItem(`${ROOT}${scopeName(scope)}:o:${clientId}`);
   }
 
-  /** Forgets the scope; with `keepPending`, but for its outboxes that hold writes. */
+  /**
+   * Forgets the scope; with `keepPending`, but for its outboxes (each tab drops its own, an
+   * outbox this tab reads as empty may hold writes another tab stored since).
+   */
   wipe(scope: string | null, keepPending?: boolean) {
     const prefix = `${ROOT}${scopeName(scope)}:`;
-    const outboxes = `${prefix}o:`;
-    this.#removeWhere((k) => k.startsWith(prefix) && !(keepPending && k.startsWith(outboxes) && this.#readJson<{ m?: unknown[] }>(k)?.m?.length));
+    this.#removeWhere((k) => k.startsWith(prefix) && !(keepPending && k.startsWith(`${prefix}o:`)));
   }
 
   /** Every key this library owns, for tests and debugging. */

@@ -137,7 +137,7 @@ export type Command =
   /** Forget the scope, but with `keepPending` its outboxes that hold writes (parked for the account, or the guest's kept by a tab that follows a sign-in); the guest's (`scope` null) without it (the tab that signs in) moved into the scope of the user the engine is signed in as now, numbered 0. */
   | { t: "wipe"; scope: string | null; keepPending: boolean }
   /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
-  | { t: "dropParked"; scope: string; clientId: string }
+  | { t: "dropOutbox"; scope: string | null; clientId: string }
   /**
    * Hand the engine (`unpark`) each stored outbox of `scope` that holds writes and whose tab is
    * gone (its tab lock free; without Web Locks, each): after a sign-in here, and as the leader

@@ -630,6 +630,41 @@ test("schema 1 is migrated, not wiped: an outbox stored before numbering was kep
   assert.equal(store.getItem("sinkron:v1:7:r:history:x"), null);
 });
 
+test("a sign-out keeps every outbox of the user (one this tab reads as empty may hold another tab's writes stored since) and drops the tab's own when it holds nothing", async (t) => {
+  // The wipe itself: every outbox stays, the rest of the scope goes.
+  const store = new MemoryStorage();
+  const storage = new DeviceStorage(store);
+  const m = { id: 1, collection: "favorites", key: "s1", value: { on: true }, updatedAt: 1000 };
+  storage.setOutbox("7", "other-empty", 3, []);
+  storage.setOutbox("7", "other-writes", 2, [m]);
+  storage.setCursor("7", "12");
+  storage.wipe("7", true);
+  assert.deepEqual(storage.outboxes("7").map(([id, o]) => [id, o.mutations.length]).sort(), [["other-empty", 0], ["other-writes", 1]]);
+  assert.equal(storage.cursor("7"), null);
+  // Discarding, nothing stays.
+  storage.wipe("7", false);
+  assert.deepEqual(storage.outboxes("7"), []);
+
+  // A tab signing out with nothing queued drops its own outbox; another tab's stays.
+  fakeClock(t);
+  session("7");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body?.mutations?.at(-1)?.id ?? 0, cursor: "2" } } : emptyPage()));
+  const client = await SinkronClient.start(options());
+  try {
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    client.write("favorites", "s01", {});
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0, { what: "the push acknowledged" });
+    const own = client.clientId();
+    localStorage.setItem("sinkron:v1:7:o:other", JSON.stringify({ n: 2, m: [] }));
+    assert.deepEqual(stored("sinkron:v1:7:o:").sort(), [`sinkron:v1:7:o:${own}`, "sinkron:v1:7:o:other"].sort(), "its own, kept when empty");
+    assert.deepEqual(await client.signOut(), { pending: 0 });
+    assert.deepEqual(stored("sinkron:v1:7:o:"), ["sinkron:v1:7:o:other"]);
+  } finally {
+    client.stop();
+  }
+});
+
 test("stored data of a schema this version does not know is reset, not misread", () => {
   const store = new MemoryStorage();
   store.setItem("sinkron:schema", "0");

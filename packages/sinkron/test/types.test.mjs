@@ -100,14 +100,14 @@ async function scenario() {
   inFlight.splice(inFlight.indexOf(flush), 1);
   const confirmed = { ack: flush.body.mutations.at(-1).id, cursor: "9", changes: [], more: false, serverTime: NOW + 140_000 };
   run({ t: "reply", now: NOW + 140_000, id: flush.id, kind: "push", status: 200, retryAfter: null, pollInterval: null }, JSON.stringify(confirmed));
-  assert.ok(answers.at(-1).c.some((c) => c.t === "dropParked" && c.scope === "7"));
+  assert.ok(answers.at(-1).c.some((c) => c.t === "dropOutbox" && c.scope === "7"));
   reply("endSession", 204);
   run({ t: "tab", now: NOW + 140_000, message: { scope: null, kind: "signedOut" } });
   // Signing in again asks for what is parked, and takes it.
   run({ t: "signIn", now: NOW + 150_000, user: "7" });
   assert.ok(answers.at(-1).c.some((c) => c.t === "unpark" && c.scope === "7"));
   run({ t: "unpark", now: NOW + 150_000, clientId: "gone", next: 2, mutations: [{ id: 1, collection: "likes", key: "e6", value: { on: true }, updatedAt: NOW + 100 }] });
-  assert.ok(answers.at(-1).c.some((c) => c.t === "dropParked" && c.clientId === "gone"));
+  assert.ok(answers.at(-1).c.some((c) => c.t === "dropOutbox" && c.clientId === "gone"));
   run({ t: "signOut", now: NOW + 160_000, endSession: null, discard: true });
   return { calls, answers, commands: commands(answers) };
 }

@@ -76,21 +76,28 @@ pub enum Persist {
         next_id: u64,
         mutations: Vec<Mutation>,
     },
-    /// Forget the outbox `client_id` left parked in `scope` (the user signed out before its
-    /// writes were confirmed; see [`Persist::Wipe`]): they are confirmed now, or queued
-    /// again by this tab. Its client id is no tab's.
-    DropParked { scope: String, client_id: String },
+    /// Forget the outbox `client_id` stored in `scope`: one left parked (the user signed out
+    /// before its writes were confirmed; see [`Persist::Wipe`]) whose writes are confirmed
+    /// now or queued again by this tab, or this tab's own as it leaves the scope (its client
+    /// id is then no tab's).
+    DropOutbox {
+        scope: Option<String>,
+        client_id: String,
+    },
     /// Forget everything of the scope: records, cursor, outboxes — but with `keep_pending`,
-    /// the outboxes that still hold writes: the user signed out before they were confirmed,
-    /// and they are the account's, sent at its next sign-in here ([`Command::Unpark`]). The
-    /// guest's scope (`None`, wiped as the guest signs in), in the tab that signs in (no
-    /// `keep_pending`), keeps none: its outboxes that hold writes move into the account, the
-    /// scope of the user the engine has signed in as when the command is carried out, with
-    /// the numbering 0 (which tells [`Engine::unpark`] they are the guest's). The guest's tabs
-    /// still open store theirs there again as they follow; the sign-in takes over those of
-    /// tabs gone. A tab that follows the sign-in moves none (`keep_pending`): its view of the
-    /// storage may lag behind the signing-in tab's, and a copy it moved could overwrite a
-    /// newer one a live tab stored; it drops its own guest outbox first (an empty one). The
+    /// every outbox: the user signed out, and those that still hold writes (not yet
+    /// confirmed) are the account's, sent at its next sign-in here ([`Command::Unpark`]); the
+    /// tab drops its own outbox itself when it holds none ([`Persist::DropOutbox`]), and each
+    /// other tab its own as it follows. A tab's copy of the storage may lag behind another
+    /// tab's (Chromium copies `localStorage` between tabs later, often after a channel
+    /// message): an outbox it sees empty may hold writes another tab stored since, and
+    /// removing it would drop them. The guest's scope (`None`, wiped as the guest signs in),
+    /// in the tab that signs in (no `keep_pending`), keeps none: its outboxes that hold writes
+    /// move into the account, the scope of the user the engine has signed in as when the
+    /// command is carried out, with the numbering 0 (which tells [`Engine::unpark`] they are
+    /// the guest's). The guest's tabs still open store theirs there again as they follow; the
+    /// sign-in takes over those of tabs gone. A tab that follows the sign-in moves none
+    /// (`keep_pending`): a copy it moved could overwrite a newer one a live tab stored. The
     /// leader wipes the guest's scope so again before each [`Command::Unpark`] of its pulls:
     /// what a guest tab wrote there after the sign-in's move joins the account too.
     Wipe {

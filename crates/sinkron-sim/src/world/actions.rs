@@ -192,7 +192,7 @@ impl World {
             }
         }
         self.input(d, t, |e, now| e.sign_in(now, &user_id))?;
-        self.check_unparked(d, &user_id)
+        self.check_unparked(d, t, &user_id)
     }
 
     /// The user signs in again on a device whose session the site ended: each tab resumes.

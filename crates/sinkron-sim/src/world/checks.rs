@@ -180,7 +180,7 @@ impl World {
                 ..
             } if !mutations.is_empty() => (scope.clone(), Some(client_id.clone())),
             Persist::Outbox { scope, .. } => (scope.clone(), None),
-            Persist::DropParked { scope, .. } => (Some(scope.clone()), None),
+            Persist::DropOutbox { scope, .. } => (scope.clone(), None),
             Persist::ClearRecords { scope }
             | Persist::Cursor { scope, .. }
             | Persist::Evict { scope, .. }
@@ -206,10 +206,11 @@ impl World {
     /// of the user's but the outboxes of its tabs signed in as that user, or still the guest
     /// (they follow with theirs). What an earlier sign-out left parked (writes not yet
     /// confirmed), and what the guest's tabs gone left, has been taken into the signing-in
-    /// tab's queue.
-    pub(super) fn check_unparked(&self, d: usize, user: &str) -> Result<(), Violation> {
+    /// tab's queue: as far as that tab (`t`) can see them (another tab's writes reach its copy
+    /// of the storage a little later; the leader takes those over as it pulls).
+    pub(super) fn check_unparked(&self, d: usize, t: usize, user: &str) -> Result<(), Violation> {
         let device = &self.devices[d];
-        let Some(scope) = device.storage.get(&Some(user.to_owned())) else {
+        let Some(scope) = device.tabs[t].view.get(&Some(user.to_owned())) else {
             return Ok(());
         };
         let live = |client: &str| {

@@ -1,6 +1,7 @@
 //! The device model: what a browser gives the tabs of one device. Each device has a
 //! `localStorage` (one [`Scope`] per signed-in user or guest, written by `Command::Persist`,
-//! read by every tab that opens), a `BroadcastChannel` (each sender's messages in order, with
+//! read by every tab that opens; each live tab reads its own copy, which other tabs' writes
+//! reach a little later, see [`Op`]), a `BroadcastChannel` (each sender's messages in order, with
 //! a little jitter) and a Web Lock (one holder, a queue, released on `Leadership(false)`,
 //! close or crash). Tabs open restoring what the device stored, close hidden first (a
 //! keepalive flush), crash losing their memory but not the storage, and reload under the
@@ -47,6 +48,12 @@ pub(super) struct Tab {
     /// When a leader that counted itself cut off got this tab's request for a pull (which
     /// it must answer by telling it so), in true time, and the scope the request was of.
     pub(super) asked: Option<(u64, Option<String>)>,
+    /// The device's `localStorage` as this tab reads it: its own writes at once, other
+    /// tabs' a little later (see [`Op`]).
+    pub(super) view: Storage,
+    /// The number of this tab's last write of each key: another tab's older write of the key,
+    /// arriving later, does not replace it (as the browser orders them).
+    pub(super) wrote: HashMap<Slot, u64>,
 }
 
 /// A page the back/forward cache keeps, as the browser driver leaves it: hidden, frozen,
@@ -71,8 +78,78 @@ pub(super) struct Lock {
     pub(super) grants: u64,
 }
 
+/// A device's `localStorage`, by scope: as the browser holds it ([`Device::storage`], what a
+/// tab that opens reads), or as one tab reads it ([`Tab::view`]).
+pub(super) type Storage = BTreeMap<Option<String>, Scope>;
+
+/// One key of `localStorage` written, or removed (`None`), as the browser driver lays them
+/// out (`packages/sinkron/src/storage.ts`). A tab's `Command::Persist` becomes these, worked
+/// out against what that tab reads (a wipe removes the keys it sees); they reach the browser's
+/// storage and the tab's own copy at once, and each other tab's copy after up to
+/// `Params::storage_lag_ms_max`, each writer's in order. So a tab may hear another tab's
+/// `BroadcastChannel` message before that tab's writes, as in Chromium.
+#[derive(Clone, Debug)]
+pub(super) enum Op {
+    Record(Option<String>, Key, Option<Change>),
+    Cursor(Option<String>, Option<String>),
+    Partial(Option<String>, bool),
+    Outbox(Option<String>, String, Option<(u64, Vec<Mutation>)>),
+}
+
+/// Which key an [`Op`] writes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Slot {
+    Record(Option<String>, Key),
+    Cursor(Option<String>),
+    Partial(Option<String>),
+    Outbox(Option<String>, String),
+}
+
+impl Op {
+    pub(super) fn slot(&self) -> Slot {
+        match self {
+            Op::Record(scope, key, _) => Slot::Record(scope.clone(), key.clone()),
+            Op::Cursor(scope, _) => Slot::Cursor(scope.clone()),
+            Op::Partial(scope, _) => Slot::Partial(scope.clone()),
+            Op::Outbox(scope, client, _) => Slot::Outbox(scope.clone(), client.clone()),
+        }
+    }
+
+    /// Writes the key into `storage`; a scope left without keys is gone.
+    pub(super) fn apply(&self, storage: &mut Storage) {
+        let name = match self {
+            Op::Record(scope, ..) | Op::Cursor(scope, _) | Op::Partial(scope, _) => scope,
+            Op::Outbox(scope, ..) => scope,
+        };
+        let scope = storage.entry(name.clone()).or_default();
+        match self {
+            Op::Record(_, key, Some(change)) => {
+                scope.records.insert(key.clone(), change.clone());
+            }
+            Op::Record(_, key, None) => {
+                scope.records.remove(key);
+            }
+            Op::Cursor(_, cursor) => scope.cursor = cursor.clone(),
+            Op::Partial(_, partial) => scope.partial = *partial,
+            Op::Outbox(_, client, Some(outbox)) => {
+                scope.outboxes.insert(client.clone(), outbox.clone());
+            }
+            Op::Outbox(_, client, None) => {
+                scope.outboxes.remove(client);
+            }
+        }
+        if scope.records.is_empty()
+            && scope.cursor.is_none()
+            && scope.outboxes.is_empty()
+            && !scope.partial
+        {
+            storage.remove(name);
+        }
+    }
+}
+
 /// One scope of a device's `localStorage`.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub(super) struct Scope {
     pub(super) records: BTreeMap<Key, Change>,
     pub(super) cursor: Option<String>,
@@ -132,8 +209,8 @@ pub(super) const CHANNEL_MS_MAX: u64 = 3;
 const CLOSED_KEPT: usize = 4;
 
 impl World {
-    /// Carries out `Command::Persist` on the device's `localStorage`, after invariant 5, for a
-    /// tab whose engine is signed in as `user` now.
+    /// Carries out `Command::Persist` of tab `tab` (signed in as `user` now), after invariant 5:
+    /// as the keys the browser driver writes, worked out against what the tab reads.
     pub(super) fn persist(
         &mut self,
         d: usize,
@@ -142,19 +219,23 @@ impl World {
         p: Persist,
     ) -> Result<(), Violation> {
         self.check_persist(d, tab, &p)?;
-        let storage = &mut self.devices[d].storage;
+        let Some(t) = self.devices[d].tabs.iter().position(|x| x.id == tab) else {
+            return Ok(());
+        };
+        let view = &self.devices[d].tabs[t].view;
+        let mut ops = Vec::new();
         match p {
             Persist::Record { scope, change } => {
-                storage
-                    .entry(scope)
-                    .or_default()
-                    .records
-                    .insert((change.collection.clone(), change.key.clone()), change);
+                let key = (change.collection.clone(), change.key.clone());
+                ops.push(Op::Record(scope, key, Some(change)));
             }
             Persist::ClearRecords { scope } => {
-                let scope = storage.entry(scope).or_default();
-                scope.records.clear();
-                scope.partial = false;
+                if let Some(stored) = view.get(&scope) {
+                    for key in stored.records.keys() {
+                        ops.push(Op::Record(scope.clone(), key.clone(), None));
+                    }
+                }
+                ops.push(Op::Partial(scope, false));
             }
             Persist::Adopted { .. } => {
                 return Err(Violation::new(
@@ -170,54 +251,106 @@ impl World {
                 ));
             }
             Persist::Evict { scope, keys } => {
-                let scope = storage.entry(scope).or_default();
                 for key in keys {
-                    scope.records.remove(&(key.collection, key.key));
+                    ops.push(Op::Record(scope.clone(), (key.collection, key.key), None));
                 }
-                scope.partial = true;
+                ops.push(Op::Partial(scope, true));
             }
-            Persist::Cursor { scope, cursor } => storage.entry(scope).or_default().cursor = cursor,
+            Persist::Cursor { scope, cursor } => ops.push(Op::Cursor(scope, cursor)),
             Persist::Outbox {
                 scope,
                 client_id,
                 next_id,
                 mutations,
-            } => {
-                let outboxes = &mut storage.entry(scope).or_default().outboxes;
-                outboxes.insert(client_id, (next_id, mutations));
-            }
-            Persist::DropParked { scope, client_id } => {
-                if let Some(scope) = storage.get_mut(&Some(scope)) {
-                    scope.outboxes.remove(&client_id);
-                }
+            } => ops.push(Op::Outbox(scope, client_id, Some((next_id, mutations)))),
+            Persist::DropOutbox { scope, client_id } => {
+                ops.push(Op::Outbox(scope, client_id, None));
             }
             Persist::Wipe {
                 scope,
                 keep_pending,
             } => {
-                // The outboxes that hold writes outlive a sign-out: they are the account's; the
-                // guest's move into the account signed in to, and their writes with them (the
-                // client ids join its scope, where their writes may now show).
-                let moved = scope.is_none();
-                if let Some(gone) = storage.remove(&scope) {
-                    let (scope, kept) = kept_by_wipe(scope, gone.outboxes, keep_pending, user);
-                    let clients: Vec<String> = kept.keys().cloned().collect();
-                    if !kept.is_empty() {
-                        storage.entry(scope).or_default().outboxes.extend(kept);
+                // The outboxes outlive a sign-out (those that hold writes are the account's;
+                // each tab drops its own); the guest's that hold writes move into the account
+                // signed in to, and their writes with them (the client ids join its scope,
+                // where their writes may now show). Every other key of the scope the tab sees
+                // goes.
+                let moved = scope.is_none() && !keep_pending;
+                if let Some(gone) = view.get(&scope).cloned() {
+                    for key in gone.records.keys() {
+                        ops.push(Op::Record(scope.clone(), key.clone(), None));
+                    }
+                    ops.push(Op::Cursor(scope.clone(), None));
+                    ops.push(Op::Partial(scope.clone(), false));
+                    let (to, kept) =
+                        kept_by_wipe(scope.clone(), gone.outboxes.clone(), keep_pending, user);
+                    for client in gone.outboxes.keys() {
+                        if to != scope || !kept.contains_key(client) {
+                            ops.push(Op::Outbox(scope.clone(), client.clone(), None));
+                        }
                     }
                     if moved {
                         let tag = self.scope_tag(d, user)?;
-                        for client in clients {
-                            let tags = self.clients.entry(client).or_default();
+                        for (client, outbox) in kept {
+                            let tags = self.clients.entry(client.clone()).or_default();
                             if !tags.contains(&tag) {
                                 tags.push(tag);
                             }
+                            ops.push(Op::Outbox(to.clone(), client, Some(outbox)));
                         }
                     }
                 }
             }
         }
+        for op in ops {
+            self.store(d, t, op);
+        }
         Ok(())
+    }
+
+    /// One key written by tab `t`: in the browser's storage and the tab's copy at once, in the
+    /// other tabs' copies after up to `storage_lag_ms_max`, each writer's in order.
+    fn store(&mut self, d: usize, t: usize, op: Op) {
+        self.stored_seq += 1;
+        let seq = self.stored_seq;
+        let lag = self.params.storage_lag_ms_max;
+        let device = &mut self.devices[d];
+        op.apply(&mut device.storage);
+        let from = device.tabs[t].id;
+        device.tabs[t].wrote.insert(op.slot(), seq);
+        op.apply(&mut device.tabs[t].view);
+        let others: Vec<TabId> = device
+            .tabs
+            .iter()
+            .map(|x| x.id)
+            .filter(|&id| id != from)
+            .collect();
+        for to in others {
+            if lag == 0 {
+                let tab = self.devices[d].tabs.iter_mut().find(|x| x.id == to);
+                if let Some(tab) = tab {
+                    op.apply(&mut tab.view);
+                }
+                continue;
+            }
+            let at = (self.now + self.rng.range(0, lag))
+                .max(self.storage_last.get(&(from, to)).copied().unwrap_or(0));
+            self.storage_last.insert((from, to), at);
+            let op = op.clone();
+            self.schedule(at, Event::Stored { tab: to, seq, op });
+        }
+    }
+
+    /// Another tab's write reaches tab `tab`'s copy of the storage, unless the tab wrote the key
+    /// since (the browser keeps the later write).
+    pub(super) fn stored(&mut self, tab: TabId, seq: u64, op: Op) {
+        let Some((d, t)) = self.find(tab) else {
+            return;
+        };
+        let tab = &mut self.devices[d].tabs[t];
+        if tab.wrote.get(&op.slot()).is_none_or(|&own| own < seq) {
+            op.apply(&mut tab.view);
+        }
     }
 
     pub(super) fn broadcast(&mut self, d: usize, from: TabId, message: TabMessage) {
@@ -374,6 +507,7 @@ impl World {
             "d{d} t{id} opens (user {user:?}, client {floors_client}, {} restored writes)",
             floors.len()
         ));
+        let view = self.devices[d].storage.clone();
         self.devices[d].tabs.push(Tab {
             id,
             engine,
@@ -388,6 +522,9 @@ impl World {
             heard_at: 0,
             since: self.now,
             asked: None,
+            // A page that starts reads the storage as the browser holds it.
+            view,
+            wrote: HashMap::new(),
         });
         let t = self.devices[d].tabs.len() - 1;
         // How far what the device stores goes: its cursor, or where none is stored (while a
@@ -577,6 +714,9 @@ impl World {
         self.devices[d].tabs.push(kept.tab);
         let t = self.devices[d].tabs.len() - 1;
         self.devices[d].tabs[t].visible = true;
+        // Nothing stored changed while it was away, as far as the page can tell: it reads on
+        // from the browser's storage.
+        self.devices[d].tabs[t].view = self.devices[d].storage.clone();
         // What it was told before it was frozen is not what the world holds it to.
         self.devices[d].tabs[t].since = self.now;
         for (request, reply, poll_interval_ms) in kept.replies {
