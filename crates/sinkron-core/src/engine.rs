@@ -1199,6 +1199,9 @@ impl Engine {
                     scope: Some(scope),
                     client_id,
                 }));
+            // Left over from a tab gone, they go at once, hot writes too (an interval's wait
+            // is for the positions of what plays here).
+            self.push_leftovers();
         }
         self.finish(now);
     }
