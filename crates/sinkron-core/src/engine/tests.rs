@@ -825,56 +825,35 @@ fn a_tab_leaving_its_user_drops_its_own_outbox_only_when_empty() {
             })
             .collect()
     };
+    let keep = Persist::Wipe {
+        scope: Some("u1".into()),
+        keep_pending: true,
+    };
+    let own_dropped = |tab: &Tab| {
+        let client_id = tab.engine.client_id().to_owned();
+        let scope = Some("u1".into());
+        [Persist::DropOutbox { scope, client_id }, keep.clone()]
+    };
     let mut tab = Tab::leader();
-    let own = tab.engine.client_id().to_owned();
+    let expected = own_dropped(&tab);
     tab.engine.sign_out(tab.now, false);
-    assert_eq!(
-        wiped(&tab.drain()),
-        [
-            Persist::DropOutbox {
-                scope: Some("u1".into()),
-                client_id: own
-            },
-            Persist::Wipe {
-                scope: Some("u1".into()),
-                keep_pending: true
-            },
-        ]
-    );
+    assert_eq!(wiped(&tab.drain()), expected);
     // With a write queued (offline), its outbox stays, parked for the account.
     let mut tab = Tab::leader();
     tab.engine.handle_online(tab.now, false);
     tab.write("e1", "{}");
     tab.drain();
     tab.engine.sign_out(tab.now, false);
-    assert_eq!(
-        wiped(&tab.drain()),
-        [Persist::Wipe {
-            scope: Some("u1".into()),
-            keep_pending: true
-        }]
-    );
+    assert_eq!(wiped(&tab.drain()), core::slice::from_ref(&keep));
     // Following another tab's sign-out alike.
     let mut tab = Tab::leader();
-    let own = tab.engine.client_id().to_owned();
+    let expected = own_dropped(&tab);
     let signed_out = TabMessage {
         scope: Some("u1".into()),
         body: TabBody::SignedOut,
     };
     tab.engine.handle_tab_message(tab.now, signed_out);
-    assert_eq!(
-        wiped(&tab.drain()),
-        [
-            Persist::DropOutbox {
-                scope: Some("u1".into()),
-                client_id: own
-            },
-            Persist::Wipe {
-                scope: Some("u1".into()),
-                keep_pending: true
-            },
-        ]
-    );
+    assert_eq!(wiped(&tab.drain()), expected);
 }
 
 #[test]

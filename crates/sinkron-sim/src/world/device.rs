@@ -319,13 +319,7 @@ impl World {
         let from = device.tabs[t].id;
         device.tabs[t].wrote.insert(op.slot(), seq);
         op.apply(&mut device.tabs[t].view);
-        let others: Vec<TabId> = device
-            .tabs
-            .iter()
-            .map(|x| x.id)
-            .filter(|&id| id != from)
-            .collect();
-        for to in others {
+        for to in self.others(d, from) {
             if lag == 0 {
                 let tab = self.devices[d].tabs.iter_mut().find(|x| x.id == to);
                 if let Some(tab) = tab {
@@ -339,6 +333,12 @@ impl World {
             let op = op.clone();
             self.schedule(at, Event::Stored { tab: to, seq, op });
         }
+    }
+
+    /// The live tabs of device `d` but `from`.
+    fn others(&self, d: usize, from: TabId) -> Vec<TabId> {
+        let tabs = self.devices[d].tabs.iter().map(|t| t.id);
+        tabs.filter(|&id| id != from).collect()
     }
 
     /// Another tab's write reaches tab `tab`'s copy of the storage, unless the tab wrote the key
@@ -362,13 +362,7 @@ impl World {
                 device.whole_since.get_or_insert(self.now);
             }
         }
-        let receivers: Vec<TabId> = self.devices[d]
-            .tabs
-            .iter()
-            .map(|t| t.id)
-            .filter(|&id| id != from)
-            .collect();
-        for to in receivers {
+        for to in self.others(d, from) {
             let jitter = self.rng.range(0, CHANNEL_MS_MAX);
             let last = self.channel_last.get(&(from, to)).copied().unwrap_or(0);
             let at = (self.now + jitter).max(last);
