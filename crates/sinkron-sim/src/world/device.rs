@@ -117,10 +117,10 @@ impl Op {
 
     /// Writes the key into `storage`; a scope left without keys is gone.
     pub(super) fn apply(&self, storage: &mut Storage) {
-        let name = match self {
-            Op::Record(scope, ..) | Op::Cursor(scope, _) | Op::Partial(scope, _) => scope,
-            Op::Outbox(scope, ..) => scope,
-        };
+        let (Op::Record(name, ..)
+        | Op::Cursor(name, _)
+        | Op::Partial(name, _)
+        | Op::Outbox(name, ..)) = self;
         let scope = storage.entry(name.clone()).or_default();
         match self {
             Op::Record(_, key, Some(change)) => {
@@ -220,7 +220,10 @@ impl World {
     ) -> Result<(), Violation> {
         self.check_persist(d, tab, &p)?;
         let Some(t) = self.devices[d].tabs.iter().position(|x| x.id == tab) else {
-            return Ok(());
+            return Err(Violation::new(
+                "sim",
+                "a tab that is not open stored something: its writes would be lost unseen",
+            ));
         };
         let view = &self.devices[d].tabs[t].view;
         let mut ops = Vec::new();
