@@ -555,11 +555,12 @@ impl Driver {
                 // parked by a sign-out).
                 Command::Unpark { scope } => {
                     let stored = self.options.storage.lock();
-                    let parked = stored.scopes.get(&Some(scope)).map(|s| parked(&s.outboxes));
+                    let parked = stored.scopes.get(&scope).map(|s| parked(&s.outboxes));
                     drop(stored);
                     for (client_id, guest, mutations) in parked.unwrap_or_default() {
                         let now = self.now();
-                        self.engine.unpark(now, client_id, guest, mutations);
+                        let scope = scope.clone();
+                        self.engine.unpark(now, scope, client_id, guest, mutations);
                     }
                 }
             }

@@ -91,10 +91,14 @@ pub enum Bug {
     /// A wipe that keeps the outboxes holding writes removes those it reads as empty: one
     /// another tab filled since (a copy of the storage may lag) goes, its writes with it.
     WipeDropsEmpty = 134217728,
+    /// The leader's pulls move the guest's outboxes into the account, from its own copy of
+    /// the storage, which may still show one a live tab has moved itself since: the older copy
+    /// lands over that tab's outbox in the account.
+    LeaderMovesGuest = 268435456,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 28] = [
+    pub const ALL: [Bug; 29] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -123,6 +127,7 @@ impl Bug {
         Bug::GuestTabsDropped,
         Bug::FollowerMovesGuest,
         Bug::WipeDropsEmpty,
+        Bug::LeaderMovesGuest,
     ];
 
     /// The name used on the command line.
@@ -156,6 +161,7 @@ impl Bug {
             Bug::GuestTabsDropped => "guest-tabs-dropped",
             Bug::FollowerMovesGuest => "follower-moves-guest",
             Bug::WipeDropsEmpty => "wipe-drops-empty",
+            Bug::LeaderMovesGuest => "leader-moves-guest",
         }
     }
 }

@@ -664,7 +664,7 @@ impl World {
                 Command::Unpark { scope } => {
                     let device = &self.devices[d];
                     let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
-                    let stored = device.tabs[t].view.get(&Some(scope.clone()));
+                    let stored = device.tabs[t].view.get(&scope);
                     let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
                     gone.retain(|(c, ..)| !live(c));
                     for (client_id, guest, mutations) in gone {
@@ -684,7 +684,8 @@ impl World {
                             .filter(|m| m.collection != UNKNOWN)
                             .map(|m| (RecordKey::new(&m.collection, &m.key), m.updated_at))
                             .collect();
-                        tab.engine.unpark(now, client_id, guest, mutations);
+                        tab.engine
+                            .unpark(now, scope.clone(), client_id, guest, mutations);
                         // The writes taken are the tab's own now: it reads them back as it
                         // does its own (the newest it queued of the key replaces the floor of
                         // its own older write, shown or not: it may have taken that write's

@@ -143,7 +143,8 @@ pub(crate) fn command(j: &mut Json, command: &Command) {
             j.field("scope").opt_string(scope.as_deref());
         }
         Command::Unpark { scope } => {
-            j.field("t").string("unpark").field("scope").string(scope);
+            j.field("t").string("unpark");
+            j.field("scope").opt_string(scope.as_deref());
         }
         Command::Leadership(want) => {
             j.field("t")

@@ -208,10 +208,12 @@ fn run(
             let next = if unpark { 0 } else { call.u64("next") };
             let guest =
                 unpark && call.get("next").and_then(|n| json::whole_number(n.raw)) == Some(0);
+            // The scope it was stored in (null: the guest's).
+            let scope = call.opt_str("scope");
             check()?;
             let mutations = stored(call, "mutations", mutation)?;
             if unpark {
-                engine.unpark(now, client_id, guest, mutations);
+                engine.unpark(now, scope.map(Into::into), client_id, guest, mutations);
             } else {
                 engine.restore_outbox(client_id, next, mutations);
             }

@@ -500,11 +500,12 @@ export class SinkronClient {
         return s.dropOutbox(c.scope, c.clientId);
       case "unpark":
         // Each outbox whose tab is gone (its tab lock free; without Web Locks, each), read
-        // again once the lock is held: of the user signed in then, as it is then.
+        // again once the lock is held, as it is then (the engine takes none of a user signed
+        // out meanwhile).
         for (const [clientId] of s.outboxes(c.scope)) {
           const take = () => {
-            const stored = s.outbox(this.#call({ t: "user" }), clientId);
-            if (stored?.mutations.length) this.#call({ t: "unpark", clientId, ...stored });
+            const stored = s.outbox(c.scope, clientId);
+            if (stored?.mutations.length) this.#call({ t: "unpark", scope: c.scope, clientId, ...stored });
           };
           navigator.locks?.request(TAB_LOCK + clientId, { ifAvailable: true }, (lock) => lock && take()) ?? take();
         }

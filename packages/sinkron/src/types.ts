@@ -103,7 +103,7 @@ export type Call =
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
   /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each); `next` 0: the guest's, moved into the account by a sign-in. */
-  | { t: "unpark"; now: number; clientId: string; next: number; mutations: Mutation[] }
+  | { t: "unpark"; now: number; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
   | { t: "restore"; now: number; user: string | null; cursor: string | null; partial: boolean; records: Change[]; ending: string[]; adopted: Array<string | null> }
@@ -140,10 +140,10 @@ export type Command =
   | { t: "dropOutbox"; scope: string | null; clientId: string }
   /**
    * Hand the engine (`unpark`) each stored outbox of `scope` that holds writes and whose tab is
-   * gone (its tab lock free; without Web Locks, each): after a sign-in here, and as the leader
-   * pulls (closed tabs' unsent writes).
+   * gone (its tab lock free; without Web Locks, each), with `scope`: after a sign-in here, and
+   * as the leader pulls (closed tabs' unsent writes, the guest's scope's too: `null`).
    */
-  | { t: "unpark"; scope: string }
+  | { t: "unpark"; scope: string | null }
   /** Store the scopes whose data from before Sinkron was adopted (device-wide). */
   | { t: "adopted"; scopes: Array<string | null> }
   /** Ask the app (`adoptLegacy`) for the scope's data from before Sinkron. */

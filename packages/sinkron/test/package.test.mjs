@@ -630,6 +630,36 @@ test("schema 1 is migrated, not wiped: an outbox stored before numbering was kep
   assert.equal(store.getItem("sinkron:v1:7:r:history:x"), null);
 });
 
+test("the leader takes over the guest outboxes of tabs gone, from the guest's scope, and moves none of a live tab's into the account", async (t) => {
+  fakeClock(t);
+  session("7");
+  localStorage.setItem("sinkron:schema", "2");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const m = (id, key) => ({ id, collection: "favorites", key, value: { on: true }, updatedAt: 1000 + id });
+  // A guest tab gone, whose last write reached the guest's scope after the sign-in moved it;
+  // and one this tab still reads there that a live tab (holding its tab lock) has moved into
+  // the account itself since, and writes to there.
+  localStorage.setItem("sinkron:v1:guest:o:gone", JSON.stringify({ n: 3, m: [m(2, "late")] }));
+  localStorage.setItem("sinkron:v1:guest:o:live", JSON.stringify({ n: 2, m: [m(1, "stale")] }));
+  const live = JSON.stringify({ n: 3, m: [m(1, "stale"), m(2, "newer")] });
+  localStorage.setItem("sinkron:v1:7:o:live", live);
+  const ownsLive = new Promise((held) => navigator.locks.request("sinkron:tab:live", {}, () => new Promise(() => held())));
+  await ownsLive;
+  const client = await SinkronClient.start(options());
+  try {
+    await settle(() => client.status().lastSyncedAt !== null, { what: "the first pull" });
+    t.mock.timers.tick(1000);
+    await settle(() => client.status().pending === 0 && browser.requests.some((r) => r.method === "POST"), { what: "the gone tab's write pushed" });
+    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
+    assert.deepEqual(pushed, ["late"]);
+    assert.equal(localStorage.getItem("sinkron:v1:guest:o:gone"), null, "taken, and dropped from the guest's scope");
+    assert.equal(localStorage.getItem("sinkron:v1:7:o:live"), live, "the live tab's outbox in the account, untouched");
+    assert.equal(localStorage.getItem("sinkron:v1:7:o:gone"), null, "nothing moved into the account");
+  } finally {
+    client.stop();
+  }
+});
+
 test("a sign-out keeps every outbox of the user (one this tab reads as empty may hold another tab's writes stored since) and drops the tab's own when it holds nothing", async (t) => {
   // The wipe itself: every outbox stays, the rest of the scope goes.
   const store = new MemoryStorage();

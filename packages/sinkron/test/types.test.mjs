@@ -106,7 +106,7 @@ async function scenario() {
   // Signing in again asks for what is parked, and takes it.
   run({ t: "signIn", now: NOW + 150_000, user: "7" });
   assert.ok(answers.at(-1).c.some((c) => c.t === "unpark" && c.scope === "7"));
-  run({ t: "unpark", now: NOW + 150_000, clientId: "gone", next: 2, mutations: [{ id: 1, collection: "likes", key: "e6", value: { on: true }, updatedAt: NOW + 100 }] });
+  run({ t: "unpark", now: NOW + 150_000, scope: "7", clientId: "gone", next: 2, mutations: [{ id: 1, collection: "likes", key: "e6", value: { on: true }, updatedAt: NOW + 100 }] });
   assert.ok(answers.at(-1).c.some((c) => c.t === "dropOutbox" && c.clientId === "gone"));
   run({ t: "signOut", now: NOW + 160_000, endSession: null, discard: true });
   return { calls, answers, commands: commands(answers) };

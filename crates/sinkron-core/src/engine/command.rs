@@ -43,12 +43,15 @@ pub enum Command {
     /// [`Engine::adopt`].
     Adopt { scope: Option<String> },
     /// Hand [`Engine::unpark`] each stored outbox of `scope` that holds writes and whose tab
-    /// is gone (its tab lock free; a driver that cannot tell hands them all), with its
-    /// numbering: after the user `scope` signed in on this tab (outboxes parked there when
-    /// the user last signed out before they were confirmed, and those of the guest's tabs
-    /// gone, moved there by [`Persist::Wipe`]), and as the leader pulls (outboxes of tabs
-    /// closed, or kept by the back/forward cache, with writes they could not send).
-    Unpark { scope: String },
+    /// is gone (its tab lock free; a driver that cannot tell hands them all), with its scope
+    /// and numbering, as stored when the lock is held: of the user's scope after the user
+    /// signed in on this tab (outboxes parked there when the user last signed out before
+    /// they were confirmed, and those of the guest's tabs gone, moved there by
+    /// [`Persist::Wipe`]), and as the leader pulls (outboxes of tabs closed, or kept by the
+    /// back/forward cache, with writes they could not send); of the guest's (`None`) as the
+    /// leader pulls too (a guest tab's writes stored after the sign-in moved the guest's
+    /// outboxes, its tab closed before it followed).
+    Unpark { scope: Option<String> },
 }
 
 /// Storage writes. `scope` is the signed-in user's id, or `None` for the guest's data.
@@ -97,9 +100,9 @@ pub enum Persist {
     /// command is carried out, with the numbering 0 (which tells [`Engine::unpark`] they are
     /// the guest's). The guest's tabs still open store theirs there again as they follow; the
     /// sign-in takes over those of tabs gone. A tab that follows the sign-in moves none
-    /// (`keep_pending`): a copy it moved could overwrite a newer one a live tab stored. The
-    /// leader wipes the guest's scope so again before each [`Command::Unpark`] of its pulls:
-    /// what a guest tab wrote there after the sign-in's move joins the account too.
+    /// (`keep_pending`): a copy it moved could overwrite a newer one a live tab stored. Nor
+    /// does the leader as it pulls: it wipes the guest's scope keeping its outboxes, and
+    /// takes over those of the guest's tabs gone ([`Command::Unpark`] of `None`).
     Wipe {
         scope: Option<String>,
         keep_pending: bool,

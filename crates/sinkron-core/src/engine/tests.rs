@@ -2967,8 +2967,13 @@ fn a_closed_tab_s_position_taken_over_goes_at_once_not_an_interval_later() {
         updated_at: tab.now - 5_000,
         fields: None,
     };
-    tab.engine
-        .unpark(tab.now, "closed".into(), false, vec![position]);
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        "closed".into(),
+        false,
+        vec![position],
+    );
     // A leftover, not part of this tab's stream of positions: sent at once, as a restored
     // outbox is (it waited 25 s more, for the interval).
     let (_, request) = tab.only_send();
@@ -3596,7 +3601,9 @@ fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
     tab.write("e2", r#"{"guest":true}"#);
     tab.engine.sign_in(tab.now, "u1");
     let commands = tab.drain();
-    assert!(commands.contains(&Command::Unpark { scope: "u1".into() }));
+    assert!(commands.contains(&Command::Unpark {
+        scope: Some("u1".into())
+    }));
     let guests = commands.iter().find_map(|c| match c {
         Command::Send {
             id,
@@ -3606,8 +3613,13 @@ fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
         _ => None,
     });
     let (push, guest_write) = guests.expect("the guest's write goes into the account");
-    tab.engine
-        .unpark(tab.now, old_client.clone(), false, parked);
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        old_client.clone(),
+        false,
+        parked,
+    );
     assert!(dropped(&tab.drain(), "u1", &old_client));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
     assert_eq!(
@@ -3663,10 +3675,20 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         key: "mine".into(),
         ..good.clone()
     };
-    tab.engine
-        .unpark(tab.now, own_id.clone(), false, vec![mine]);
-    tab.engine
-        .unpark(tab.now, "other".into(), false, vec![good]);
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        own_id.clone(),
+        false,
+        vec![mine],
+    );
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        "other".into(),
+        false,
+        vec![good],
+    );
     let commands = tab.drain();
     assert!(dropped(&commands, "u1", "other"));
     assert!(!dropped(&commands, "u1", &own_id));
@@ -3738,6 +3760,7 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     let later = tab.now + 3_600_000;
     tab.engine.unpark(
         tab.now,
+        tab.engine.user().map(Into::into),
         "gone".into(),
         false,
         vec![
@@ -3762,12 +3785,14 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     // Among parked writes of the same key the newer time wins, in either order.
     tab.engine.unpark(
         tab.now,
+        tab.engine.user().map(Into::into),
         "other".into(),
         false,
         vec![stored_write("j", T0 + 5, r#"{"new":1}"#)],
     );
     tab.engine.unpark(
         tab.now,
+        tab.engine.user().map(Into::into),
         "third".into(),
         false,
         vec![stored_write("j", T0 + 1, r#"{"mid":1}"#)],
@@ -3785,6 +3810,7 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
     // Moved into the account by the sign-in (numbering 0): the guest's, not parked.
     tab.engine.unpark(
         tab.now,
+        tab.engine.user().map(Into::into),
         "gone guest".into(),
         true,
         vec![
@@ -3813,28 +3839,6 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
 /// moves what is there into the account (numbered 0, the guest's) just before it asks for the
 /// outboxes of the tabs gone, which takes them over.
 #[test]
-fn the_leader_s_pulls_move_the_guest_s_leftovers_into_the_account_before_the_takeover() {
-    let mut tab = Tab::leader();
-    for _ in 0..2 {
-        tab.fire();
-        let commands = tab.drain();
-        let moves = Command::Persist(Persist::Wipe {
-            scope: None,
-            keep_pending: false,
-        });
-        let moved = commands.iter().position(|c| *c == moves);
-        let asked = (commands.iter()).position(|c| *c == Command::Unpark { scope: "u1".into() });
-        assert!(
-            matches!((moved, asked), (Some(m), Some(a)) if m < a),
-            "{commands:?}"
-        );
-        let (id, _) = Tab::sends_of(&commands).remove(0);
-        tab.reply(id, Reply::Pulled(page("1", vec![], false)));
-        tab.drain();
-    }
-}
-
-#[test]
 fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     // Where the server merges per field, an older write still counts: a like, or a delete
     // that removes the fields set before it, is not undone by a newer write of the position.
@@ -3853,6 +3857,7 @@ fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     let before = mine.updated_at - 1_000;
     tab.engine.unpark(
         tab.now,
+        tab.engine.user().map(Into::into),
         "gone".into(),
         false,
         vec![
@@ -3911,7 +3916,9 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
     // The next poll asks for the stored outboxes of the tabs that are gone.
     tab.fire();
     let commands = tab.drain();
-    let asked = Command::Unpark { scope: "u1".into() };
+    let asked = Command::Unpark {
+        scope: Some("u1".into()),
+    };
     assert!(commands.contains(&asked), "{commands:?}");
     let pull = commands.iter().find_map(|c| match c {
         Command::Send {
@@ -3926,8 +3933,13 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
     tab.drain();
     // Handed the closed tab's outbox, it queues the write, drops the stored copy and sends
     // it, stamped as it was written.
-    tab.engine
-        .unpark(tab.now, "closed".into(), false, vec![unsent.clone()]);
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        "closed".into(),
+        false,
+        vec![unsent.clone()],
+    );
     let commands = tab.drain();
     let dropped = Command::Persist(Persist::DropOutbox {
         scope: Some("u1".into()),
@@ -3972,8 +3984,13 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         value: Some(r#"{"parked":true}"#.into()),
         updated_at: ahead,
     };
-    tab.engine
-        .unpark(tab.now, "gone".into(), false, vec![parked]);
+    tab.engine.unpark(
+        tab.now,
+        tab.engine.user().map(Into::into),
+        "gone".into(),
+        false,
+        vec![parked],
+    );
     tab.write("k", r#"{"mine":true}"#);
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"mine":true}"#));
     let queued = tab
@@ -4414,7 +4431,13 @@ fn fields_survive_a_reload_and_a_sign_out() {
     assert_eq!(reloaded.pushed()[0].2, names(&["liked"]));
     // Parked by a sign-out and taken back at the next sign-in.
     let mut other = Tab::leader();
-    other.engine.unpark(other.now, "gone".into(), false, stored);
+    other.engine.unpark(
+        other.now,
+        other.engine.user().map(Into::into),
+        "gone".into(),
+        false,
+        stored,
+    );
     assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }
 
@@ -4509,4 +4532,71 @@ fn push_now_with_nothing_queued_pulls_unless_just_pulled() {
         asked.iter().any(|m| matches!(m.body, TabBody::PullWanted)),
         "{asked:?}"
     );
+}
+
+#[test]
+fn the_leader_takes_over_the_guest_s_tabs_gone_from_the_guest_s_scope_and_moves_no_outbox() {
+    let mut tab = Tab::leader();
+    // At each pull: what a guest tab wrote to the guest's scope after the sign-in's move joins
+    // the account, taken over from there. Its copy of the storage may still show a guest
+    // outbox a live tab has moved into the account itself since: moved again, the older copy
+    // would land over that tab's outbox.
+    for _ in 0..2 {
+        tab.fire();
+        let commands = tab.drain();
+        let wipe = Command::Persist(Persist::Wipe {
+            scope: None,
+            keep_pending: true,
+        });
+        let guest = Command::Unpark { scope: None };
+        let account = Command::Unpark {
+            scope: Some("u1".into()),
+        };
+        for asked in [wipe, guest, account] {
+            assert!(commands.contains(&asked), "{commands:?}");
+        }
+        let (id, _) = Tab::sends_of(&commands).remove(0);
+        tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+        tab.drain();
+    }
+    // Handed a gone guest tab's outbox (its own numbering, not a sign-in's 0), it takes the
+    // writes, as the guest's (they keep their times), and drops the outbox from the guest's
+    // scope.
+    let written = Mutation {
+        fields: None,
+        id: 3,
+        collection: "history".into(),
+        key: "late".into(),
+        value: Some(r#"{"on":true}"#.into()),
+        updated_at: tab.now - 5,
+    };
+    tab.engine.unpark(
+        tab.now,
+        None,
+        "gone guest".into(),
+        false,
+        vec![written.clone()],
+    );
+    let commands = tab.drain();
+    let dropped = Command::Persist(Persist::DropOutbox {
+        scope: None,
+        client_id: "gone guest".into(),
+    });
+    assert!(commands.contains(&dropped), "{commands:?}");
+    assert_eq!(tab.record("late").updated_at, written.updated_at);
+    assert_eq!(tab.value("late").as_deref(), Some(r#"{"on":true}"#));
+    // An outbox of another user's scope (signed out since it was asked for) is not taken.
+    let theirs = Mutation {
+        key: "theirs".into(),
+        ..written
+    };
+    tab.engine.unpark(
+        tab.now,
+        Some("u2".into()),
+        "gone".into(),
+        false,
+        vec![theirs],
+    );
+    assert!(tab.drain().is_empty());
+    assert_eq!(tab.value("theirs"), None);
 }
