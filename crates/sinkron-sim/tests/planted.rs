@@ -188,15 +188,19 @@ fn a_follower_moving_the_guest_s_outboxes_from_its_lagging_copy_is_caught() {
     finds("follower-moves-guest", 80);
 }
 
-/// Found only where other tabs' writes reach a tab's copy of the storage late.
+/// Found only where other tabs' writes reach a tab's copy of the storage late, and rarely:
+/// at seeds 1,147 and 3,998 of the first 3,999 (`sinkron-sim --plant wipe-drops-empty
+/// --expect-failure --seeds N`, which finds it again when a change to the simulation moves
+/// it); the seeds around the first guard it here.
 #[test]
 fn a_wipe_dropping_the_outboxes_it_reads_as_empty_is_caught() {
-    finds("wipe-drops-empty", 600);
+    finds_from("wipe-drops-empty", 1100, 100);
 }
 
 /// Found only where other tabs' writes reach a tab's copy of the storage late, and rarely: the
 /// leader's pull must come within that lag of a sign-in, beside a live guest tab that moved
-/// its own outbox. Seed 11,028 found it (the first 3,000 seeds do not), and guards it here.
+/// its own outbox. Seed 11,028 found it (the first 3,000 seeds do not), and guards it here
+/// (found again as above when a change to the simulation moves it).
 #[test]
 fn a_leader_moving_the_guest_s_outboxes_from_its_lagging_copy_is_caught() {
     finds_from("leader-moves-guest", 11028, 1);
