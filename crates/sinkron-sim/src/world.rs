@@ -115,9 +115,6 @@ pub struct World {
     storage_last: HashMap<(TabId, TabId), u64>,
     /// Writes to `localStorage` so far, which number them.
     stored_seq: u64,
-    /// A reloaded page's tab id → the new page's, which reads the same renderer's copy of the
-    /// storage (see `World::reload_tab`).
-    renamed: HashMap<TabId, TabId>,
     writes: u64,
     keys: Vec<RecordKey>,
     /// Every clamp the server made: (client, key, stamped) → stored `updatedAt`.
@@ -231,7 +228,6 @@ impl World {
             channel_last: HashMap::new(),
             storage_last: HashMap::new(),
             stored_seq: 0,
-            renamed: HashMap::new(),
             writes: 0,
             keys,
             clamps: HashMap::new(),

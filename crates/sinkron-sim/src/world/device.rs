@@ -346,11 +346,7 @@ impl World {
 
     /// Another tab's write reaches tab `tab`'s copy of the storage, unless the tab wrote the key
     /// since (the browser keeps the later write).
-    pub(super) fn stored(&mut self, mut tab: TabId, seq: u64, op: Op) {
-        // Sent to a page since reloaded: its renderer's copy is the new page's.
-        while let Some(&next) = self.renamed.get(&tab) {
-            tab = next;
-        }
+    pub(super) fn stored(&mut self, tab: TabId, seq: u64, op: Op) {
         let Some((d, t)) = self.find(tab) else {
             return;
         };
@@ -441,27 +437,6 @@ impl World {
         visible: bool,
         previous: Option<String>,
     ) -> Result<(), Violation> {
-        self.open_page(d, visible, previous, None)
-    }
-
-    /// [`World::open_tab`], the page reading `copy` (its renderer's) rather than the storage as
-    /// the browser holds it.
-    fn open_page(
-        &mut self,
-        d: usize,
-        visible: bool,
-        previous: Option<String>,
-        copy: Option<Copy>,
-    ) -> Result<(), Violation> {
-        let (source, wrote, from) = match copy {
-            Some(copy) => (copy.view, copy.wrote, Some(copy.from)),
-            None => (self.devices[d].storage.clone(), HashMap::new(), None),
-        };
-        if from.is_some() && format!("{source:?}") != format!("{:?}", self.devices[d].storage) {
-            self.trace(format_args!(
-                "d{d} the page loads in a renderer that has not yet heard every tab's writes"
-            ));
-        }
         let seed = self.rng.fork();
         let mut engine = Engine::new(Config::default(), seed);
         let user = self.devices[d].session.map(|u| self.server.user_id(u));
@@ -475,7 +450,7 @@ impl World {
         // The other stored outboxes' writes, which the tab shows as their tabs' messages
         // about them would have (as the driver does).
         let mut foreign = Vec::new();
-        if let Some(scope) = source.get(&user) {
+        if let Some(scope) = self.devices[d].storage.get(&user) {
             engine.restore_cursor(scope.cursor.clone(), !scope.partial);
             for change in scope.records.values() {
                 engine.restore_record(change.clone());
@@ -529,18 +504,7 @@ impl World {
             "d{d} t{id} opens (user {user:?}, client {floors_client}, {} restored writes)",
             floors.len()
         ));
-        // What the page reads from now on: the copy it started from, which the writes on
-        // their way to the old page reach too, in order.
-        if let Some(from) = from {
-            self.renamed.insert(from, id);
-            let last: Vec<_> = (self.storage_last.iter())
-                .filter(|((_, to), _)| *to == from)
-                .map(|(&(writer, _), &at)| (writer, at))
-                .collect();
-            for (writer, at) in last {
-                self.storage_last.insert((writer, id), at);
-            }
-        }
+        let view = self.devices[d].storage.clone();
         self.devices[d].tabs.push(Tab {
             id,
             engine,
@@ -555,14 +519,16 @@ impl World {
             heard_at: 0,
             since: self.now,
             asked: None,
-            view: source,
-            wrote,
+            // A page that starts reads the storage as the browser holds it.
+            view,
+            wrote: HashMap::new(),
         });
         let t = self.devices[d].tabs.len() - 1;
         // How far what the device stores goes: its cursor, or where none is stored (while a
         // tab receives a whole state, whose pages are stored as they come), its records.
         let restored = self.devices[d].tabs[t].engine.cursor().map(str::to_owned);
-        let records_top = (self.devices[d].tabs[t].view)
+        let records_top = self.devices[d]
+            .storage
             .get(&user)
             .and_then(|scope| scope.records.values().map(|c| c.version).max())
             .unwrap_or(0);
@@ -783,9 +749,7 @@ impl World {
 
     /// The user reloads a tab: the page is hidden (which flushes its outbox with a
     /// keepalive request) and unloaded, and the new page keeps the old one's client id
-    /// (`sessionStorage` survives a reload) and restores the device's storage as its renderer
-    /// holds it: Chromium loads it in the same process, whose copy of `localStorage` may still
-    /// miss other tabs' latest writes.
+    /// (`sessionStorage` survives a reload) and restores the device's storage.
     pub(super) fn reload_tab(&mut self, d: usize, t: usize) -> Result<(), Violation> {
         let tab = &self.devices[d].tabs[t];
         let (id, visible) = (tab.id, tab.visible);
@@ -795,22 +759,8 @@ impl World {
             self.devices[d].tabs[t].visible = false;
             self.input(d, t, |e, now| e.handle_visibility(now, false))?;
         }
-        let tab = self.devices[d].tabs.remove(t);
+        self.devices[d].tabs.remove(t);
         self.lock_release(d, id);
-        // The new page loads in the same renderer, which keeps its copy of the storage.
-        let copy = Copy {
-            from: id,
-            view: tab.view,
-            wrote: tab.wrote,
-        };
-        self.open_page(d, visible, Some(client), Some(copy))
+        self.open_tab(d, visible, Some(client))
     }
-}
-
-/// A renderer's copy of the device's `localStorage`, which a page it loads reads: as the page
-/// `from` left it, other tabs' writes still on their way to it.
-struct Copy {
-    from: TabId,
-    view: Storage,
-    wrote: HashMap<Slot, u64>,
 }
