@@ -43,6 +43,13 @@ impl Tab {
         tab
     }
 
+    /// [`Engine::unpark`] of an outbox stored in this tab's own scope.
+    fn unpark_own_scope(&mut self, client_id: String, guest: bool, mutations: Vec<Mutation>) {
+        let scope = self.engine.user().map(Into::into);
+        self.engine
+            .unpark(self.now, scope, client_id, guest, mutations);
+    }
+
     fn drain(&mut self) -> Vec<Command> {
         while let Some(c) = self.engine.poll_command() {
             self.commands.push(c);
@@ -2967,13 +2974,7 @@ fn a_closed_tab_s_position_taken_over_goes_at_once_not_an_interval_later() {
         updated_at: tab.now - 5_000,
         fields: None,
     };
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        "closed".into(),
-        false,
-        vec![position],
-    );
+    tab.unpark_own_scope("closed".into(), false, vec![position]);
     // A leftover, not part of this tab's stream of positions: sent at once, as a restored
     // outbox is (it waited 25 s more, for the interval).
     let (_, request) = tab.only_send();
@@ -3613,13 +3614,7 @@ fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
         _ => None,
     });
     let (push, guest_write) = guests.expect("the guest's write goes into the account");
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        old_client.clone(),
-        false,
-        parked,
-    );
+    tab.unpark_own_scope(old_client.clone(), false, parked);
     assert!(dropped(&tab.drain(), "u1", &old_client));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
     assert_eq!(
@@ -3675,20 +3670,8 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         key: "mine".into(),
         ..good.clone()
     };
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        own_id.clone(),
-        false,
-        vec![mine],
-    );
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        "other".into(),
-        false,
-        vec![good],
-    );
+    tab.unpark_own_scope(own_id.clone(), false, vec![mine]);
+    tab.unpark_own_scope("other".into(), false, vec![good]);
     let commands = tab.drain();
     assert!(dropped(&commands, "u1", "other"));
     assert!(!dropped(&commands, "u1", &own_id));
@@ -3758,9 +3741,7 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
     let later = tab.now + 3_600_000;
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
+    tab.unpark_own_scope(
         "gone".into(),
         false,
         vec![
@@ -3783,16 +3764,12 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
         ]
     );
     // Among parked writes of the same key the newer time wins, in either order.
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
+    tab.unpark_own_scope(
         "other".into(),
         false,
         vec![stored_write("j", T0 + 5, r#"{"new":1}"#)],
     );
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
+    tab.unpark_own_scope(
         "third".into(),
         false,
         vec![stored_write("j", T0 + 1, r#"{"mid":1}"#)],
@@ -3808,9 +3785,7 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
     // Moved into the account by the sign-in (numbering 0): the guest's, not parked.
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
+    tab.unpark_own_scope(
         "gone guest".into(),
         true,
         vec![
@@ -3855,9 +3830,7 @@ fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
             updated_at,
         };
     let before = mine.updated_at - 1_000;
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
+    tab.unpark_own_scope(
         "gone".into(),
         false,
         vec![
@@ -3933,13 +3906,7 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
     tab.drain();
     // Handed the closed tab's outbox, it queues the write, drops the stored copy and sends
     // it, stamped as it was written.
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        "closed".into(),
-        false,
-        vec![unsent.clone()],
-    );
+    tab.unpark_own_scope("closed".into(), false, vec![unsent.clone()]);
     let commands = tab.drain();
     let dropped = Command::Persist(Persist::DropOutbox {
         scope: Some("u1".into()),
@@ -3984,13 +3951,7 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         value: Some(r#"{"parked":true}"#.into()),
         updated_at: ahead,
     };
-    tab.engine.unpark(
-        tab.now,
-        tab.engine.user().map(Into::into),
-        "gone".into(),
-        false,
-        vec![parked],
-    );
+    tab.unpark_own_scope("gone".into(), false, vec![parked]);
     tab.write("k", r#"{"mine":true}"#);
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"mine":true}"#));
     let queued = tab
@@ -4431,13 +4392,7 @@ fn fields_survive_a_reload_and_a_sign_out() {
     assert_eq!(reloaded.pushed()[0].2, names(&["liked"]));
     // Parked by a sign-out and taken back at the next sign-in.
     let mut other = Tab::leader();
-    other.engine.unpark(
-        other.now,
-        other.engine.user().map(Into::into),
-        "gone".into(),
-        false,
-        stored,
-    );
+    other.unpark_own_scope("gone".into(), false, stored);
     assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }
 
