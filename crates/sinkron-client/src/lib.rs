@@ -76,8 +76,8 @@ impl Storage {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Carries out a `Command::Persist` of an engine signed in as `user` now.
-    fn persist(&self, p: Persist, user: Option<&str>) {
+    /// Carries out a `Command::Persist`.
+    fn persist(&self, p: Persist) {
         let mut stored = self.lock();
         match p {
             Persist::EndingSessions { tokens } => stored.ending = tokens,
@@ -127,14 +127,9 @@ impl Storage {
                 let Some(gone) = stored.scopes.remove(&scope) else {
                     return;
                 };
-                let (scope, kept) = kept_by_wipe(scope, gone.outboxes, keep_pending, user);
+                let kept = kept_by_wipe(gone.outboxes, keep_pending);
                 if !kept.is_empty() {
-                    stored
-                        .scopes
-                        .entry(scope)
-                        .or_default()
-                        .outboxes
-                        .extend(kept);
+                    stored.scopes.entry(scope).or_default().outboxes = kept;
                 }
             }
         }
@@ -541,7 +536,7 @@ impl Driver {
                 Command::Persist(p) => {
                     // The snapshot counts the sessions still to end.
                     changed |= matches!(p, Persist::EndingSessions { .. });
-                    self.options.storage.persist(p, self.engine.user());
+                    self.options.storage.persist(p);
                 }
                 Command::Broadcast(_) => {}
                 Command::Notify(_) => changed = true,
@@ -557,10 +552,10 @@ impl Driver {
                     let stored = self.options.storage.lock();
                     let parked = stored.scopes.get(&scope).map(|s| parked(&s.outboxes));
                     drop(stored);
-                    for (client_id, guest, mutations) in parked.unwrap_or_default() {
+                    for (client_id, mutations) in parked.unwrap_or_default() {
                         let now = self.now();
                         let scope = scope.clone();
-                        self.engine.unpark(now, scope, client_id, guest, mutations);
+                        self.engine.unpark(now, scope, client_id, mutations);
                     }
                 }
             }

@@ -14,9 +14,8 @@ use alloc::vec::Vec;
 
 use crate::protocol::Mutation;
 
-/// An outbox to hand [`crate::Engine::unpark`]: its client id, whether it is the guest's
-/// (moved into the account by a sign-in, numbered 0: see `Persist::Wipe`), and its writes.
-pub type Parked = (String, bool, Vec<Mutation>);
+/// An outbox to hand [`crate::Engine::unpark`]: its client id and its writes.
+pub type Parked = (String, Vec<Mutation>);
 
 /// What a driver hands [`crate::Engine::unpark`] for a `Command::Unpark`: of a scope's stored
 /// outboxes (client id → next id and writes), those that hold writes. For drivers that keep
@@ -25,41 +24,27 @@ pub fn parked(outboxes: &BTreeMap<String, (u64, Vec<Mutation>)>) -> Vec<Parked> 
     outboxes
         .iter()
         .filter(|(_, (_, mutations))| !mutations.is_empty())
-        .map(|(client_id, (next, mutations))| (client_id.clone(), *next == 0, mutations.clone()))
+        .map(|(client_id, (_, mutations))| (client_id.clone(), mutations.clone()))
         .collect()
 }
 
 /// What [`Persist::Wipe`](crate::Persist::Wipe) leaves of a scope's stored outboxes, for
-/// drivers that keep them in a map (the native client, the simulation), and the scope they
-/// go to: with `keep_pending`, all of them, kept in `scope`; of the guest's without it (the
-/// tab that signs in), those that hold writes, numbered 0, into `user`'s (the user the engine
-/// has signed in as).
-#[allow(clippy::type_complexity)]
+/// drivers that keep them in a map (the native client, the simulation): with
+/// `keep_pending`, all of them; without, none.
 pub fn kept_by_wipe(
-    scope: Option<String>,
     outboxes: BTreeMap<String, (u64, Vec<Mutation>)>,
     keep_pending: bool,
-    user: Option<&str>,
-) -> (Option<String>, BTreeMap<String, (u64, Vec<Mutation>)>) {
-    let moved = scope.is_none() && !keep_pending;
+) -> BTreeMap<String, (u64, Vec<Mutation>)> {
+    if !keep_pending {
+        return BTreeMap::new();
+    }
     #[cfg(feature = "planted-bugs")]
-    if moved && crate::planted::planted(crate::planted::Bug::GuestTabsDropped) {
-        return (scope, BTreeMap::new());
+    if crate::planted::planted(crate::planted::Bug::WipeDropsEmpty) {
+        let mut outboxes = outboxes;
+        outboxes.retain(|_, (_, mutations)| !mutations.is_empty());
+        return outboxes;
     }
-    let mut kept = BTreeMap::new();
-    for (client_id, (next, mutations)) in outboxes {
-        #[cfg(feature = "planted-bugs")]
-        if keep_pending
-            && mutations.is_empty()
-            && crate::planted::planted(crate::planted::Bug::WipeDropsEmpty)
-        {
-            continue;
-        }
-        if keep_pending || (moved && !mutations.is_empty()) {
-            kept.insert(client_id, (if moved { 0 } else { next }, mutations));
-        }
-    }
-    (if moved { user.map(Into::into) } else { scope }, kept)
+    outboxes
 }
 
 /// How eagerly a starting tab takes over one stored outbox: [`NEVER`], else lower first
@@ -171,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wipe_keeping_what_waits_keeps_every_outbox_and_a_sign_in_moves_the_guest_s_writes() {
+    fn a_wipe_keeping_what_waits_keeps_every_outbox_and_moves_none() {
         let write = Mutation {
             id: 1,
             collection: "likes".into(),
@@ -185,17 +170,13 @@ mod tests {
             ("writes".to_owned(), (2, vec![write.clone()])),
         ]
         .into();
-        // A sign-out (or a tab following one, or a sign-in): every outbox stays as it is (one
-        // read as empty may hold writes another tab stored since).
-        let (to, kept) = kept_by_wipe(Some("u1".into()), outboxes.clone(), true, None);
-        assert_eq!((to.as_deref(), &kept), (Some("u1"), &outboxes));
-        // The tab that signs the guest in: those that hold writes, into the account, numbered 0.
-        let (to, kept) = kept_by_wipe(None, outboxes.clone(), false, Some("u1"));
-        let moved = [("writes".to_owned(), (0, vec![write]))].into();
-        assert_eq!((to.as_deref(), kept), (Some("u1"), moved));
+        // A sign-out, a sign-in, or a tab following either: every outbox stays as it is (one
+        // read as empty may hold writes another tab stored since); none moves.
+        assert_eq!(kept_by_wipe(outboxes.clone(), true), outboxes);
+        // Of them, those that hold writes are handed over to be taken.
+        assert_eq!(parked(&outboxes), vec![("writes".to_owned(), vec![write])]);
         // Discarded: none.
-        let (_, kept) = kept_by_wipe(Some("u1".into()), outboxes, false, None);
-        assert!(kept.is_empty());
+        assert!(kept_by_wipe(outboxes, false).is_empty());
     }
 
     #[test]

@@ -519,7 +519,7 @@ impl Engine {
                 };
                 if to != self.user && (to.is_some() || ours) {
                     self.park();
-                    self.enter(to, false, true);
+                    self.enter(to, false);
                 }
             }
             _ if !ours => {}
@@ -1066,7 +1066,8 @@ impl Engine {
 
     /// Signs in as `user` (the server's user id). The guest's writes stay queued and are
     /// pushed into the account, those the guest's tabs gone left stored too (taken over
-    /// here), then the account's state is pulled. The other tabs follow.
+    /// from the guest's scope, [`Command::Unpark`] of `None`), then the account's state is
+    /// pulled. The other tabs follow.
     pub fn sign_in(&mut self, now: u64, user: &str) {
         self.observe_time(now);
         if self.user.as_deref() == Some(user) {
@@ -1083,7 +1084,9 @@ impl Engine {
         if self.user.is_some() {
             self.sign_out(now, false);
         }
-        self.enter(Some(user.to_owned()), false, false);
+        self.enter(Some(user.to_owned()), false);
+        #[cfg(feature = "planted-bugs")]
+        self.planted_guest_wipe(crate::planted::Bug::GuestTabsDropped);
         self.broadcast(TabBody::SignedIn);
         self.unparked_from = self.next_id;
         // What was left unconfirmed when the user last signed out here goes now.
@@ -1094,6 +1097,8 @@ impl Engine {
         self.commands.push_back(Command::Unpark {
             scope: Some(user.to_owned()),
         });
+        // The guest's tabs gone: their writes join the account.
+        self.commands.push_back(Command::Unpark { scope: None });
         // Its own pull, if it pulls now, asks for no takeover again.
         self.signing_in = true;
         self.finish(now);
@@ -1116,7 +1121,7 @@ impl Engine {
             }
             self.park();
             self.broadcast(TabBody::SignedOut);
-            self.enter(None, discard, false);
+            self.enter(None, discard);
         }
         self.finish(now);
         queued
@@ -1150,27 +1155,23 @@ impl Engine {
     /// after the sign-out that parked these) stays the newer, whatever the times say (a
     /// guest's clock is not set by the server's): in the takeovers the sign-in asked for, a
     /// parked write of its key is stamped just before it. (Later, what is taken over was
-    /// written signed in, after the guest's writes, and keeps its time.) A `guest` outbox, one
-    /// of the guest's tabs gone that the sign-in moved into the account (stored with the
-    /// numbering 0, see [`Persist::Wipe`]), was written as the guest too, by the same clock:
-    /// its writes keep their times; so does one of the guest's scope (`scope` `None`, taken
-    /// by the leader's pulls). `scope` is the one the outbox is stored in: one of another
-    /// user (signed out since it was asked for) is not taken.
+    /// written signed in, after the guest's writes, and keeps its time.) An outbox of the
+    /// guest's scope (`scope` `None`: a guest tab gone) was written as the guest too, by the
+    /// same clock: its writes keep their times. `scope` is the one the outbox is stored in:
+    /// one of another user (signed out since it was asked for) is not taken.
     pub fn unpark(
         &mut self,
         now: u64,
         scope: Option<String>,
         client_id: String,
-        guest: bool,
         mutations: Vec<Mutation>,
     ) {
         self.observe_time(now);
         // Of the user's scope or the guest's: not of a user signed out since it was asked for.
         let taken = scope.is_none() || scope == self.user;
         if self.user.is_some() && taken && client_id != self.client_id {
-            // Written as the guest: moved by a sign-in (the numbering 0), or still in the
-            // guest's scope.
-            let guest = guest || scope.is_none();
+            // Written as the guest.
+            let guest = scope.is_none();
             // This tab and the others showed them as the gone tab's writes (its messages, or
             // its stored outbox), which that tab will never acknowledge now: shown so, they
             // would hide the same writes taken here (then dropped with the stored copy) and
@@ -1472,7 +1473,7 @@ impl Engine {
     /// but its writes not yet confirmed, which stay stored for that account unless `discard`
     /// (see [`Engine::sign_out`]); the guest's, this tab's and those its tabs gone left
     /// stored, join the account.
-    fn enter(&mut self, user: Option<String>, discard: bool, follow: bool) {
+    fn enter(&mut self, user: Option<String>, discard: bool) {
         let previous = self.user.take();
         let was_guest = previous.is_none();
         // The stream was the previous user's.
@@ -1501,13 +1502,10 @@ impl Engine {
         self.error = None;
         self.unauthorized = false;
         self.fresh_token = false;
-        #[cfg(feature = "planted-bugs")]
-        let follow = follow
-            && !(was_guest && crate::planted::planted(crate::planted::Bug::FollowerMovesGuest));
-        let keep_pending = (previous.is_some() || follow) && !discard;
+        let keep_pending = !discard;
         // The scope's outboxes stay (see `Persist::Wipe`), but this tab's own goes unless it
-        // holds writes parked for the account; a guest tab that follows a sign-in carries its
-        // writes into the account (below), so their stored copy goes.
+        // holds writes parked for the account; a guest tab carries its writes into the
+        // account (below), so their stored copy goes.
         if keep_pending && (was_guest || self.view.outbox.is_empty()) {
             self.commands
                 .push_back(Command::Persist(Persist::DropOutbox {
@@ -1671,6 +1669,18 @@ impl Engine {
         });
     }
 
+    /// A planted bug: the guest's scope wiped with its outboxes, those of the guest's tabs gone
+    /// with them (by the tab that signs in, or the leader as it pulls).
+    #[cfg(feature = "planted-bugs")]
+    fn planted_guest_wipe(&mut self, bug: crate::planted::Bug) {
+        if crate::planted::planted(bug) {
+            self.commands.push_back(Command::Persist(Persist::Wipe {
+                scope: None,
+                keep_pending: false,
+            }));
+        }
+    }
+
     fn send_pull(&mut self, now: u64) {
         self.timers.stop(Timer::Pull);
         self.timers.stop(Timer::Poll);
@@ -1681,20 +1691,18 @@ impl Engine {
         if let Some(user) = self.user.clone().filter(|_| !self.signing_in) {
             // What is taken over from now on was written signed in, after the guest's writes.
             self.unparked_from = 0;
-            // A guest tab's writes that reached the guest's scope after the sign-in moved it
-            // (written as the device signed in, its tab closed before it followed) join the
-            // account too, taken over from there. The rest of the guest's scope goes, but its
-            // outboxes: a live guest tab carries its own into the account as it follows, and
-            // this tab's copy of the storage may still show one that tab has moved since
-            // (moved again, it overwrote the tab's outbox in the account: writes lost).
-            #[cfg(feature = "planted-bugs")]
-            let moves = crate::planted::planted(crate::planted::Bug::LeaderMovesGuest);
-            #[cfg(not(feature = "planted-bugs"))]
-            let moves = false;
+            // The guest's tabs gone since the sign-in (a guest tab's writes that reached the
+            // storage as the device signed in, its tab closed before it followed) join the
+            // account too, taken over from the guest's scope. The rest of the guest's scope
+            // goes, but its outboxes: a live guest tab carries its own into the account as it
+            // follows, and this tab's copy of the storage may still show one that tab has
+            // filled since.
             self.commands.push_back(Command::Persist(Persist::Wipe {
                 scope: None,
-                keep_pending: !moves,
+                keep_pending: true,
             }));
+            #[cfg(feature = "planted-bugs")]
+            self.planted_guest_wipe(crate::planted::Bug::LeaderDropsGuest);
             self.commands.push_back(Command::Unpark { scope: None });
             self.commands
                 .push_back(Command::Unpark { scope: Some(user) });

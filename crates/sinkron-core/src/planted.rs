@@ -82,23 +82,18 @@ pub enum Bug {
     /// server merges per field, an older write of another field, or an older delete, is lost.
     TakeoverSkipsOlder = 16777216,
     /// The guest's scope wiped at a sign-in drops the outboxes of the guest's tabs gone,
-    /// instead of moving them into the account: their writes are lost.
+    /// instead of keeping them to be taken over: their writes are lost.
     GuestTabsDropped = 33554432,
-    /// A guest tab that follows another tab's sign-in moves the guest's outboxes into the
-    /// account too, from its own copy of the storage, which may lag behind the signing-in
-    /// tab's: an older copy of an outbox lands over the one stored since.
-    FollowerMovesGuest = 67108864,
     /// A wipe that keeps the outboxes holding writes removes those it reads as empty: one
     /// another tab filled since (a copy of the storage may lag) goes, its writes with it.
     WipeDropsEmpty = 134217728,
-    /// The leader's pulls move the guest's outboxes into the account, from its own copy of
-    /// the storage, which may still show one a live tab has moved itself since: the older copy
-    /// lands over that tab's outbox in the account.
-    LeaderMovesGuest = 268435456,
+    /// The leader's pulls wipe the guest's outboxes: those of the guest's tabs gone not yet
+    /// taken over (a guest tab's writes that reached the storage after the sign-in) are lost.
+    LeaderDropsGuest = 268435456,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 29] = [
+    pub const ALL: [Bug; 28] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -125,9 +120,8 @@ impl Bug {
         Bug::WholeWritesCoalesce,
         Bug::TakeoverSkipsOlder,
         Bug::GuestTabsDropped,
-        Bug::FollowerMovesGuest,
         Bug::WipeDropsEmpty,
-        Bug::LeaderMovesGuest,
+        Bug::LeaderDropsGuest,
     ];
 
     /// The name used on the command line.
@@ -159,9 +153,8 @@ impl Bug {
             Bug::WholeWritesCoalesce => "whole-writes-coalesce",
             Bug::TakeoverSkipsOlder => "takeover-skips-older",
             Bug::GuestTabsDropped => "guest-tabs-dropped",
-            Bug::FollowerMovesGuest => "follower-moves-guest",
             Bug::WipeDropsEmpty => "wipe-drops-empty",
-            Bug::LeaderMovesGuest => "leader-moves-guest",
+            Bug::LeaderDropsGuest => "leader-drops-guest",
         }
     }
 }

@@ -42,7 +42,7 @@ fn usage() -> ExitCode {
          \x20   takeover-keeps-foreign, snapshot-ignores-records, unreachable-ignored,\n\
          \x20   asker-not-told, unreachable-lingers, proxy-refusal-taken,\n\
          \x20   whole-writes-coalesce, takeover-skips-older, guest-tabs-dropped,\n\
-         \x20   follower-moves-guest, wipe-drops-empty, leader-moves-guest"
+         \x20   wipe-drops-empty, leader-drops-guest"
     );
     ExitCode::from(2)
 }

@@ -631,7 +631,7 @@ impl World {
                     if matches!(p, Persist::Wipe { .. }) {
                         scope = after.clone();
                     }
-                    self.persist(d, tab_id, after.as_deref(), p)?;
+                    self.persist(d, tab_id, p)?;
                 }
                 Command::Broadcast(message) => self.broadcast(d, tab_id, message),
                 Command::Send {
@@ -663,7 +663,7 @@ impl World {
                     let stored = device.tabs[t].view.get(&scope);
                     let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
                     gone.retain(|(c, ..)| !live(c));
-                    for (client_id, guest, mutations) in gone {
+                    for (client_id, mutations) in gone {
                         self.trace(format_args!(
                             "d{d} t{tab_id} takes the outbox of {client_id} ({} writes: {})",
                             mutations.len(),
@@ -680,8 +680,7 @@ impl World {
                             .filter(|m| m.collection != UNKNOWN)
                             .map(|m| (RecordKey::new(&m.collection, &m.key), m.updated_at))
                             .collect();
-                        tab.engine
-                            .unpark(now, scope.clone(), client_id, guest, mutations);
+                        tab.engine.unpark(now, scope.clone(), client_id, mutations);
                         // The writes taken are the tab's own now: it reads them back as it
                         // does its own (the newest it queued of the key replaces the floor of
                         // its own older write, shown or not: it may have taken that write's

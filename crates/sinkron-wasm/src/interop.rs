@@ -203,17 +203,14 @@ fn run(
         "restoreOutbox" | "unpark" => {
             let client_id = call.string("clientId");
             let unpark = name == "unpark";
-            // Taken over as a closed tab's writes, an outbox's numbering is not used, but
-            // for 0: the guest's, moved into the account by a sign-in (`Persist::Wipe`).
+            // Taken over as a closed tab's writes, an outbox's numbering is not used.
             let next = if unpark { 0 } else { call.u64("next") };
-            let guest =
-                unpark && call.get("next").and_then(|n| json::whole_number(n.raw)) == Some(0);
             // The scope it was stored in (null: the guest's).
             let scope = call.opt_str("scope");
             check()?;
             let mutations = stored(call, "mutations", mutation)?;
             if unpark {
-                engine.unpark(now, scope.map(Into::into), client_id, guest, mutations);
+                engine.unpark(now, scope.map(Into::into), client_id, mutations);
             } else {
                 engine.restore_outbox(client_id, next, mutations);
             }

@@ -476,7 +476,6 @@ export class SinkronClient {
 
   #execute(c: Command, changed: Changed) {
     const s = this.#storage;
-    let user: string | null;
     switch (c.t) {
       case "record":
         return s.putRecord(c.scope, c.change);
@@ -490,11 +489,7 @@ export class SinkronClient {
       case "wipe":
         // The user changes: the last token, unless the site's for the user now signed in, was
         // the previous user's (a flush before took it).
-        user = this.#call({ t: "user" });
-        if (subjectOrNull(this.#lastToken ?? "") !== user) this.#lastToken = null;
-        // The guest's writes join the account signed in to, numbered 0 (the guest's), moved by
-        // the tab that signs in (one that follows keeps them where they are).
-        if (c.scope === null && !c.keepPending) for (const [id, o] of s.outboxes(null)) if (o.mutations.length) s.setOutbox(user, id, 0, o.mutations);
+        if (subjectOrNull(this.#lastToken ?? "") !== this.#call({ t: "user" })) this.#lastToken = null;
         return s.wipe(c.scope, c.keepPending);
       case "dropOutbox":
         return s.dropOutbox(c.scope, c.clientId);

@@ -14,8 +14,8 @@
 //                                and removed by its own tab only (or, once that tab is gone, by
 //                                the tab that takes it over): a sign-out keeps the others, as one
 //                                read as empty may hold writes stored since; one that holds
-//                                writes outlives a sign-out (parked for the account), and the
-//                                guest's move into the account at a sign-in (numbered 0)
+//                                writes outlives a sign-out (parked for the account) and a
+//                                sign-in (the guest's: taken over into the account)
 //   <scope>:partial              set by an eviction, cleared with the records (the engine then
 //                                restores without the cursor)
 // where <scope> is the user id, or `guest`.

@@ -102,7 +102,7 @@ export type Call =
   | { t: "signIn"; now: number; user: string }
   /** `endSession`: the built-in session's token, for the engine to have the server end it; `discard`: drop the writes not yet confirmed. Answers how many writes this tab had queued. */
   | { t: "signOut"; now: number; endSession: string | null; discard: boolean }
-  /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each); `next` 0: the guest's, moved into the account by a sign-in. */
+  /** A stored outbox that holds writes and whose tab is gone, of the scope an `unpark` command named (one call each; its numbering is not used). */
   | { t: "unpark"; now: number; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
   | { t: "pushNow"; now: number }
   /** `partial`: the stored records were cut since the last whole state (an `evict`). */
@@ -134,14 +134,15 @@ export type Command =
   | { t: "clear"; scope: string | null }
   | { t: "cursor"; scope: string | null; cursor: string | null }
   | { t: "outbox"; scope: string | null; clientId: string; next: number; mutations: Mutation[] }
-  /** Forget the scope, but with `keepPending` its outboxes that hold writes (parked for the account, or the guest's kept by a tab that follows a sign-in); the guest's (`scope` null) without it (the tab that signs in) moved into the scope of the user the engine is signed in as now, numbered 0. */
+  /** Forget the scope, but with `keepPending` its outboxes (those that hold writes are sent later: parked for the account, or the guest's taken over into the account); without it (a sign-out with `discard`), everything. */
   | { t: "wipe"; scope: string | null; keepPending: boolean }
   /** Forget the outbox `clientId` parked in `scope` at an earlier sign-out (its writes are confirmed, or queued again). */
   | { t: "dropOutbox"; scope: string | null; clientId: string }
   /**
    * Hand the engine (`unpark`) each stored outbox of `scope` that holds writes and whose tab is
-   * gone (its tab lock free; without Web Locks, each), with `scope`: after a sign-in here, and
-   * as the leader pulls (closed tabs' unsent writes, the guest's scope's too: `null`).
+   * gone (its tab lock free; without Web Locks, each), with `scope`: after a sign-in here (the
+   * account's parked writes, and the guest's scope's: `null`), and as the leader pulls (closed
+   * tabs' unsent writes, the guest's scope's too).
    */
   | { t: "unpark"; scope: string | null }
   /** Store the scopes whose data from before Sinkron was adopted (device-wide). */

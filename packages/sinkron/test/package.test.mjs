@@ -636,9 +636,9 @@ test("the leader takes over the guest outboxes of tabs gone, from the guest's sc
   localStorage.setItem("sinkron:schema", "2");
   browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
   const m = (id, key) => ({ id, collection: "favorites", key, value: { on: true }, updatedAt: 1000 + id });
-  // A guest tab gone, whose last write reached the guest's scope after the sign-in moved it;
-  // and one this tab still reads there that a live tab (holding its tab lock) has moved into
-  // the account itself since, and writes to there.
+  // A guest tab gone, whose last write reached the guest's scope after the sign-in; and one
+  // this tab still reads there that a live tab (holding its tab lock) has carried into the
+  // account itself since, and writes to there.
   localStorage.setItem("sinkron:v1:guest:o:gone", JSON.stringify({ n: 3, m: [m(2, "late")] }));
   localStorage.setItem("sinkron:v1:guest:o:live", JSON.stringify({ n: 2, m: [m(1, "stale")] }));
   const live = JSON.stringify({ n: 3, m: [m(1, "stale"), m(2, "newer")] });
@@ -655,6 +655,36 @@ test("the leader takes over the guest outboxes of tabs gone, from the guest's sc
     assert.equal(localStorage.getItem("sinkron:v1:guest:o:gone"), null, "taken, and dropped from the guest's scope");
     assert.equal(localStorage.getItem("sinkron:v1:7:o:live"), live, "the live tab's outbox in the account, untouched");
     assert.equal(localStorage.getItem("sinkron:v1:7:o:gone"), null, "nothing moved into the account");
+  } finally {
+    client.stop();
+  }
+});
+
+test("signing in takes over the guest outboxes of tabs gone, from the guest's scope, and moves none: a live guest tab's stays for it", async (t) => {
+  fakeClock(t);
+  let sub = null;
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "2" } } : emptyPage()));
+  const m = (id, key) => ({ id, collection: "favorites", key, value: { on: true }, updatedAt: 1000 + id });
+  const gone = JSON.stringify({ n: 3, m: [m(2, "gone1")] });
+  const live = JSON.stringify({ n: 2, m: [m(1, "live1")] });
+  localStorage.setItem("sinkron:schema", "2");
+  localStorage.setItem("sinkron:v1:guest:o:live", live);
+  const ownsLive = new Promise((held) => navigator.locks.request("sinkron:tab:live", {}, () => new Promise(() => held())));
+  await ownsLive;
+  const client = await SinkronClient.start(options({ getToken: async () => sub && fakeToken(sub) }));
+  try {
+    client.write("favorites", "mine", {});
+    // A guest tab that closed since this one started (a starting tab may take such an outbox
+    // as its own).
+    localStorage.setItem("sinkron:v1:guest:o:gone", gone);
+    sub = "site-ana";
+    await client.signedIn();
+    await settle(() => (t.mock.timers.tick(1000), client.status().pending === 0 && browser.requests.some((r) => r.method === "POST")), { what: "the guest's writes pushed" });
+    const pushed = browser.requests.filter((r) => r.method === "POST").flatMap((r) => r.body.mutations.map((x) => x.key));
+    assert.deepEqual(pushed.sort(), ["gone1", "mine"], "this tab's and the gone tab's, not the live tab's");
+    assert.equal(localStorage.getItem("sinkron:v1:guest:o:gone"), null, "taken, and dropped from the guest's scope");
+    assert.equal(localStorage.getItem("sinkron:v1:guest:o:live"), live, "the live tab's, left for it to carry over as it follows");
+    assert.deepEqual(stored("sinkron:v1:").filter((k) => /:o:(gone|live)$/.test(k) && !k.startsWith("sinkron:v1:guest:")), [], "nothing moved into the account");
   } finally {
     client.stop();
   }

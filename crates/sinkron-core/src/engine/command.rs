@@ -43,14 +43,13 @@ pub enum Command {
     /// [`Engine::adopt`].
     Adopt { scope: Option<String> },
     /// Hand [`Engine::unpark`] each stored outbox of `scope` that holds writes and whose tab
-    /// is gone (its tab lock free; a driver that cannot tell hands them all), with its scope
-    /// and numbering, as stored when the lock is held: of the user's scope after the user
-    /// signed in on this tab (outboxes parked there when the user last signed out before
-    /// they were confirmed, and those of the guest's tabs gone, moved there by
-    /// [`Persist::Wipe`]), and as the leader pulls (outboxes of tabs closed, or kept by the
-    /// back/forward cache, with writes they could not send); of the guest's (`None`) as the
-    /// leader pulls too (a guest tab's writes stored after the sign-in moved the guest's
-    /// outboxes, its tab closed before it followed).
+    /// is gone (its tab lock free; a driver that cannot tell hands them all), with its scope,
+    /// as stored when the lock is held: of the user's scope after the user signed in on this
+    /// tab (outboxes parked there when the user last signed out before they were confirmed)
+    /// and as the leader pulls (outboxes of tabs closed, or kept by the back/forward cache,
+    /// with writes they could not send); of the guest's (`None`) after the user signed in on
+    /// this tab and as the leader pulls (the guest's tabs gone, with writes they could not
+    /// send: their writes join the account).
     Unpark { scope: Option<String> },
 }
 
@@ -88,21 +87,17 @@ pub enum Persist {
         client_id: String,
     },
     /// Forget everything of the scope: records, cursor, outboxes — but with `keep_pending`,
-    /// every outbox: the user signed out, and those that still hold writes (not yet
-    /// confirmed) are the account's, sent at its next sign-in here ([`Command::Unpark`]); the
-    /// tab drops its own outbox itself when it holds none ([`Persist::DropOutbox`]), and each
-    /// other tab its own as it follows. A tab's copy of the storage may lag behind another
-    /// tab's (Chromium copies `localStorage` between tabs later, often after a channel
-    /// message): an outbox it sees empty may hold writes another tab stored since, and
-    /// removing it would drop them. The guest's scope (`None`, wiped as the guest signs in),
-    /// in the tab that signs in (no `keep_pending`), keeps none: its outboxes that hold writes
-    /// move into the account, the scope of the user the engine has signed in as when the
-    /// command is carried out, with the numbering 0 (which tells [`Engine::unpark`] they are
-    /// the guest's). The guest's tabs still open store theirs there again as they follow; the
-    /// sign-in takes over those of tabs gone. A tab that follows the sign-in moves none
-    /// (`keep_pending`): a copy it moved could overwrite a newer one a live tab stored. Nor
-    /// does the leader as it pulls: it wipes the guest's scope keeping its outboxes, and
-    /// takes over those of the guest's tabs gone ([`Command::Unpark`] of `None`).
+    /// every outbox: those that still hold writes are sent from another scope later. The
+    /// user's (signed out before they were confirmed) are the account's, sent at its next
+    /// sign-in here; the guest's (wiped as the guest signs in, or follows another tab's
+    /// sign-in) join the account: each tab still open carries its own writes over as it
+    /// follows, and those of the guest's tabs gone are taken over ([`Command::Unpark`]). The
+    /// tab drops its own outbox itself when it holds none, or as it leaves the guest's scope
+    /// ([`Persist::DropOutbox`]), and each other tab its own as it follows. A tab's copy of
+    /// the storage may lag behind another tab's (Chromium copies `localStorage` between tabs
+    /// later, often after a channel message): an outbox it sees empty may hold writes another
+    /// tab stored since, and removing or moving it would drop them. Without `keep_pending`
+    /// (the user signed out with `discard`), nothing of the scope stays.
     Wipe {
         scope: Option<String>,
         keep_pending: bool,

@@ -44,10 +44,9 @@ impl Tab {
     }
 
     /// [`Engine::unpark`] of an outbox stored in this tab's own scope.
-    fn unpark_own_scope(&mut self, client_id: String, guest: bool, mutations: Vec<Mutation>) {
+    fn unpark_own_scope(&mut self, client_id: String, mutations: Vec<Mutation>) {
         let scope = self.engine.user().map(Into::into);
-        self.engine
-            .unpark(self.now, scope, client_id, guest, mutations);
+        self.engine.unpark(self.now, scope, client_id, mutations);
     }
 
     fn drain(&mut self) -> Vec<Command> {
@@ -728,12 +727,34 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
     let mut tab = Tab::new(5);
     tab.write("g1", r#"{"guest":true}"#);
     tab.drain();
+    let own = tab.engine.client_id().to_owned();
     tab.engine.sign_in(tab.now, "u1");
     let commands = tab.drain();
-    assert!(commands.contains(&Command::Persist(Persist::Wipe {
+    // The guest's scope goes, but its outboxes: this tab's own copy goes (it carries its
+    // writes over itself), the others' are kept for their tabs, and those of the guest's
+    // tabs gone are asked for, to be taken over into the account, as are the writes the
+    // account left parked here. Nothing moves from one scope to another.
+    let own_copy = Command::Persist(Persist::DropOutbox {
         scope: None,
-        keep_pending: false
-    })));
+        client_id: own.clone(),
+    });
+    let wipe = Command::Persist(Persist::Wipe {
+        scope: None,
+        keep_pending: true,
+    });
+    let parked = Command::Unpark {
+        scope: Some("u1".into()),
+    };
+    for asked in [own_copy, wipe, parked, Command::Unpark { scope: None }] {
+        assert!(commands.contains(&asked), "{commands:?}");
+    }
+    assert!(
+        commands.iter().all(|c| !matches!(
+            c,
+            Command::Persist(Persist::Outbox { client_id, .. }) if *client_id != own
+        )),
+        "{commands:?}"
+    );
     assert!(Tab::broadcasts(&commands)
         .iter()
         .any(|m| m.body == TabBody::SignedIn && m.scope.as_deref() == Some("u1")));
@@ -776,11 +797,11 @@ fn sign_in_pushes_the_guest_writes_then_pulls_the_account() {
 }
 
 /// Found in Chromium (`e2e/wander.test.mjs`, seed 506, kept tokens): a guest tab following
-/// another's sign-in moved the guest's outboxes too, from its view of the storage, which lags
-/// behind the signing-in tab's. It wrote the signing-in tab's outbox back into the account
-/// with the guest's writes it held before, over the copy that tab had stored since (numbered
-/// 0, so never taken over while that tab lives). Only the tab that signs in moves them; one
-/// that follows drops its own guest outbox and keeps the others where they are.
+/// another's sign-in moved the guest's outboxes too (as the signing-in tab then did), from
+/// its view of the storage, which lags behind the signing-in tab's. It wrote the signing-in
+/// tab's outbox back into the account with the guest's writes it held before, over the copy
+/// that tab had stored since. A tab that follows drops its own guest outbox and keeps the
+/// others where they are.
 #[test]
 fn a_guest_tab_following_a_sign_in_moves_no_outbox_and_drops_its_own() {
     let mut tab = Tab::new(5);
@@ -2974,7 +2995,7 @@ fn a_closed_tab_s_position_taken_over_goes_at_once_not_an_interval_later() {
         updated_at: tab.now - 5_000,
         fields: None,
     };
-    tab.unpark_own_scope("closed".into(), false, vec![position]);
+    tab.unpark_own_scope("closed".into(), vec![position]);
     // A leftover, not part of this tab's stream of positions: sent at once, as a restored
     // outbox is (it waited 25 s more, for the interval).
     let (_, request) = tab.only_send();
@@ -3614,7 +3635,7 @@ fn writes_parked_offline_are_sent_at_the_next_sign_in_with_their_own_times() {
         _ => None,
     });
     let (push, guest_write) = guests.expect("the guest's write goes into the account");
-    tab.unpark_own_scope(old_client.clone(), false, parked);
+    tab.unpark_own_scope(old_client.clone(), parked);
     assert!(dropped(&tab.drain(), "u1", &old_client));
     assert_eq!(tab.value("e1").as_deref(), Some(r#"{"p":1}"#));
     assert_eq!(
@@ -3670,8 +3691,8 @@ fn unparking_takes_another_client_ids_outbox_not_the_tabs_own() {
         key: "mine".into(),
         ..good.clone()
     };
-    tab.unpark_own_scope(own_id.clone(), false, vec![mine]);
-    tab.unpark_own_scope("other".into(), false, vec![good]);
+    tab.unpark_own_scope(own_id.clone(), vec![mine]);
+    tab.unpark_own_scope("other".into(), vec![good]);
     let commands = tab.drain();
     assert!(dropped(&commands, "u1", "other"));
     assert!(!dropped(&commands, "u1", &own_id));
@@ -3743,7 +3764,6 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     let later = tab.now + 3_600_000;
     tab.unpark_own_scope(
         "gone".into(),
-        false,
         vec![
             stored_write("k", later, r#"{"parked":true}"#),
             stored_write("j", T0, r#"{"old":1}"#),
@@ -3766,28 +3786,27 @@ fn a_write_queued_as_the_guest_stays_over_a_parked_one_whatever_the_times() {
     // Among parked writes of the same key the newer time wins, in either order.
     tab.unpark_own_scope(
         "other".into(),
-        false,
         vec![stored_write("j", T0 + 5, r#"{"new":1}"#)],
     );
     tab.unpark_own_scope(
         "third".into(),
-        false,
         vec![stored_write("j", T0 + 1, r#"{"mid":1}"#)],
     );
     assert_eq!(tab.value("j").as_deref(), Some(r#"{"new":1}"#));
 }
 
 #[test]
-fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
+fn a_gone_guest_tab_s_writes_taken_over_from_the_guest_s_scope_keep_their_times() {
     // Two guest tabs on one clock: the other wrote k after this one, then closed.
     let mut tab = Tab::new(4);
     tab.write("k", r#"{"mine":true}"#);
     tab.engine.sign_in(tab.now, "u1");
     tab.drain();
-    // Moved into the account by the sign-in (numbering 0): the guest's, not parked.
-    tab.unpark_own_scope(
+    // Taken over from the guest's scope: the guest's, not parked.
+    tab.engine.unpark(
+        tab.now,
+        None,
         "gone guest".into(),
-        true,
         vec![
             stored_write("k", T0 + 5, r#"{"theirs":true}"#),
             stored_write("j", T0 + 2, r#"{"only":1}"#),
@@ -3808,11 +3827,6 @@ fn a_gone_guest_tab_s_writes_moved_into_the_account_keep_their_times() {
     );
 }
 
-/// A guest tab that wrote as the device signed in, and closed before it followed, left its
-/// writes in the guest's scope after the sign-in had moved the guest's outboxes (or the
-/// signing-in tab's view of the storage did not hold them yet). Each of the leader's pulls
-/// moves what is there into the account (numbered 0, the guest's) just before it asks for the
-/// outboxes of the tabs gone, which takes them over.
 #[test]
 fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     // Where the server merges per field, an older write still counts: a like, or a delete
@@ -3832,7 +3846,6 @@ fn parked_writes_older_than_what_the_tab_shows_are_sent_all_the_same() {
     let before = mine.updated_at - 1_000;
     tab.unpark_own_scope(
         "gone".into(),
-        false,
         vec![
             parked(1, before, None, None),
             parked(2, before + 1, Some(r#"{"liked":true}"#), names(&["liked"])),
@@ -3906,7 +3919,7 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
     tab.drain();
     // Handed the closed tab's outbox, it queues the write, drops the stored copy and sends
     // it, stamped as it was written.
-    tab.unpark_own_scope("closed".into(), false, vec![unsent.clone()]);
+    tab.unpark_own_scope("closed".into(), vec![unsent.clone()]);
     let commands = tab.drain();
     let dropped = Command::Persist(Persist::DropOutbox {
         scope: Some("u1".into()),
@@ -3951,7 +3964,7 @@ fn a_write_after_unparking_is_newer_than_what_was_unparked() {
         value: Some(r#"{"parked":true}"#.into()),
         updated_at: ahead,
     };
-    tab.unpark_own_scope("gone".into(), false, vec![parked]);
+    tab.unpark_own_scope("gone".into(), vec![parked]);
     tab.write("k", r#"{"mine":true}"#);
     assert_eq!(tab.value("k").as_deref(), Some(r#"{"mine":true}"#));
     let queued = tab
@@ -4392,7 +4405,7 @@ fn fields_survive_a_reload_and_a_sign_out() {
     assert_eq!(reloaded.pushed()[0].2, names(&["liked"]));
     // Parked by a sign-out and taken back at the next sign-in.
     let mut other = Tab::leader();
-    other.unpark_own_scope("gone".into(), false, stored);
+    other.unpark_own_scope("gone".into(), stored);
     assert_eq!(other.pushed()[0].2, names(&["liked"]));
 }
 
@@ -4492,10 +4505,11 @@ fn push_now_with_nothing_queued_pulls_unless_just_pulled() {
 #[test]
 fn the_leader_takes_over_the_guest_s_tabs_gone_from_the_guest_s_scope_and_moves_no_outbox() {
     let mut tab = Tab::leader();
-    // At each pull: what a guest tab wrote to the guest's scope after the sign-in's move joins
-    // the account, taken over from there. Its copy of the storage may still show a guest
-    // outbox a live tab has moved into the account itself since: moved again, the older copy
-    // would land over that tab's outbox.
+    // At each pull: what a guest tab wrote to the guest's scope as the device signed in (its
+    // tab closed before it followed, or the signing-in tab's copy of the storage did not show
+    // it yet) joins the account, taken over from there. Its copy of the storage may still
+    // show a guest outbox a live tab has filled since: moved, the older copy would land over
+    // that tab's outbox in the account.
     for _ in 0..2 {
         tab.fire();
         let commands = tab.drain();
@@ -4514,9 +4528,8 @@ fn the_leader_takes_over_the_guest_s_tabs_gone_from_the_guest_s_scope_and_moves_
         tab.reply(id, Reply::Pulled(page("1", vec![], false)));
         tab.drain();
     }
-    // Handed a gone guest tab's outbox (its own numbering, not a sign-in's 0), it takes the
-    // writes, as the guest's (they keep their times), and drops the outbox from the guest's
-    // scope.
+    // Handed a gone guest tab's outbox, it takes the writes, as the guest's (they keep their
+    // times), and drops the outbox from the guest's scope.
     let written = Mutation {
         fields: None,
         id: 3,
@@ -4525,13 +4538,8 @@ fn the_leader_takes_over_the_guest_s_tabs_gone_from_the_guest_s_scope_and_moves_
         value: Some(r#"{"on":true}"#.into()),
         updated_at: tab.now - 5,
     };
-    tab.engine.unpark(
-        tab.now,
-        None,
-        "gone guest".into(),
-        false,
-        vec![written.clone()],
-    );
+    tab.engine
+        .unpark(tab.now, None, "gone guest".into(), vec![written.clone()]);
     let commands = tab.drain();
     let dropped = Command::Persist(Persist::DropOutbox {
         scope: None,
@@ -4545,13 +4553,8 @@ fn the_leader_takes_over_the_guest_s_tabs_gone_from_the_guest_s_scope_and_moves_
         key: "theirs".into(),
         ..written
     };
-    tab.engine.unpark(
-        tab.now,
-        Some("u2".into()),
-        "gone".into(),
-        false,
-        vec![theirs],
-    );
+    tab.engine
+        .unpark(tab.now, Some("u2".into()), "gone".into(), vec![theirs]);
     assert!(tab.drain().is_empty());
     assert_eq!(tab.value("theirs"), None);
 }

@@ -506,7 +506,10 @@ impl World {
             // A tab that takes a gone tab's writes over sends them under its own client id,
             // with their times: a write is found by its time.
             let write = (at, w.value.as_deref(), w.at);
-            if self.server.took(user, key, field, write) || self.kept(user, key, write) {
+            if self.server.took(user, key, field, write)
+                || self.kept(user, key, write)
+                || self.deleted_after(user, key, w)
+            {
                 continue;
             }
             let held = (self.server.stored(user)?.get(key))
@@ -531,6 +534,27 @@ impl World {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the device that made `w` deleted its record later, and the server took that
+    /// delete or a device keeps it (found as a delete itself is, by its time of writing): a
+    /// delete
+    /// takes the place of the writes of its key still queued (`Engine::write`), so `w` may
+    /// never go. The delete's own stamp covers it, but for one stamped earlier since, by the
+    /// guest rule at a sign-in (a parked write of a key the guest wrote goes just before the
+    /// guest's write).
+    fn deleted_after(&self, user: usize, key: &Key, w: &Written) -> bool {
+        self.written.iter().any(|d| {
+            d.user == Some(user)
+                && d.device == w.device
+                && d.key == *key
+                && d.value.is_none()
+                && d.at > w.at
+                && {
+                    let delete = (d.stamp.0, None, d.at);
+                    self.server.took(user, key, "*", delete) || self.kept(user, key, delete)
+                }
+        })
     }
 
     /// Whether a device keeps, stored for `user`'s next sign-in on it, a write of `key` made

@@ -209,15 +209,9 @@ pub(super) const CHANNEL_MS_MAX: u64 = 3;
 const CLOSED_KEPT: usize = 4;
 
 impl World {
-    /// Carries out `Command::Persist` of tab `tab` (signed in as `user` now), after invariant 5:
-    /// as the keys the browser driver writes, worked out against what the tab reads.
-    pub(super) fn persist(
-        &mut self,
-        d: usize,
-        tab: TabId,
-        user: Option<&str>,
-        p: Persist,
-    ) -> Result<(), Violation> {
+    /// Carries out `Command::Persist` of tab `tab`, after invariant 5: as the keys the browser
+    /// driver writes, worked out against what the tab reads.
+    pub(super) fn persist(&mut self, d: usize, tab: TabId, p: Persist) -> Result<(), Violation> {
         self.check_persist(d, tab, &p)?;
         let Some(t) = self.devices[d].tabs.iter().position(|x| x.id == tab) else {
             return Err(Violation::new(
@@ -273,33 +267,19 @@ impl World {
                 scope,
                 keep_pending,
             } => {
-                // The outboxes outlive a sign-out (those that hold writes are the account's;
-                // each tab drops its own); the guest's that hold writes move into the account
-                // signed in to, and their writes with them (the client ids join its scope,
-                // where their writes may now show). Every other key of the scope the tab sees
-                // goes.
-                let moved = scope.is_none() && !keep_pending;
-                if let Some(gone) = view.get(&scope).cloned() {
+                // The outboxes outlive a change of user (those that hold writes are sent from
+                // another scope later; each tab drops its own). Every other key of the scope
+                // the tab sees goes.
+                if let Some(gone) = view.get(&scope) {
                     for key in gone.records.keys() {
                         ops.push(Op::Record(scope.clone(), key.clone(), None));
                     }
                     ops.push(Op::Cursor(scope.clone(), None));
                     ops.push(Op::Partial(scope.clone(), false));
-                    let (to, kept) =
-                        kept_by_wipe(scope.clone(), gone.outboxes.clone(), keep_pending, user);
+                    let kept = kept_by_wipe(gone.outboxes.clone(), keep_pending);
                     for client in gone.outboxes.keys() {
-                        if to != scope || !kept.contains_key(client) {
+                        if !kept.contains_key(client) {
                             ops.push(Op::Outbox(scope.clone(), client.clone(), None));
-                        }
-                    }
-                    if moved {
-                        let tag = self.scope_tag(d, user)?;
-                        for (client, outbox) in kept {
-                            let tags = self.clients.entry(client.clone()).or_default();
-                            if !tags.contains(&tag) {
-                                tags.push(tag);
-                            }
-                            ops.push(Op::Outbox(to.clone(), client, Some(outbox)));
                         }
                     }
                 }
