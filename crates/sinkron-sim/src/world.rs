@@ -37,7 +37,7 @@ use crate::server::{Key, Server, MERGED, UNKNOWN};
 use crate::trace::Trace;
 use crate::{Outcome, Violation};
 use checks::ScopeTag;
-use device::{Device, Lock};
+use device::{Device, Lock, LOCK_ANSWER_MS};
 
 /// Virtual time at the start of every run (ms since the epoch): late 2025.
 const T0: u64 = 1_764_000_000_000;
@@ -83,6 +83,10 @@ enum Event {
     Restart,
     /// A device's partition heals.
     Heal { device: usize },
+    /// The tab locks a `Command::Unpark` asked for are granted (or found held): the tab
+    /// takes over the outboxes of `scope` whose tabs are gone, as its copy of the storage
+    /// shows them then.
+    Unpark { tab: TabId, scope: Option<String> },
     /// Another tab's write to `localStorage` (number `seq`) reaches a tab's copy of it.
     Stored {
         tab: TabId,
@@ -566,11 +570,84 @@ impl World {
                 }
                 Ok(())
             }
+            Event::Unpark { tab, scope } => self.unpark(tab, scope),
             Event::Stored { tab, seq, op } => {
                 self.stored(tab, seq, op);
                 Ok(())
             }
         }
+    }
+
+    /// `Event::Unpark`, as the browser driver's lock callbacks: the outboxes of `scope` that
+    /// hold writes and whose tab is gone (no live tab holds the id's lock: closed, crashed,
+    /// or the page kept by the back/forward cache), as the tab's copy of the storage shows
+    /// them now, each handed to `Engine::unpark`.
+    fn unpark(&mut self, tab_id: TabId, scope: Option<String>) -> Result<(), Violation> {
+        let Some((d, t)) = self.find(tab_id) else {
+            return Ok(());
+        };
+        let device = &self.devices[d];
+        let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
+        let stored = device.tabs[t].view.get(&scope);
+        let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
+        gone.retain(|(c, ..)| !live(c));
+        for (client_id, mutations) in gone {
+            self.trace(format_args!(
+                "d{d} t{tab_id} takes the outbox of {client_id} ({} writes: {})",
+                mutations.len(),
+                mutations
+                    .iter()
+                    .map(|m| format!("{}/{}@{}", m.collection, m.key, m.updated_at))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            let taken: Vec<RecordKey> = mutations
+                .iter()
+                .filter(|m| m.collection != UNKNOWN)
+                .map(|m| RecordKey::new(&m.collection, &m.key))
+                .collect();
+            let scope = scope.clone();
+            self.input(d, t, |e, now| e.unpark(now, scope, client_id, mutations))?;
+            // The writes taken are the tab's own now: it reads them back as it does its own
+            // (the newest it queued of the key replaces the floor of its own older write,
+            // shown or not: it may have taken that write's place; one that did not win
+            // leaves that floor).
+            let tab = &mut self.devices[d].tabs[t];
+            let own = tab.engine.client_id().to_owned();
+            if tab.floors_client != own {
+                tab.floors.clear();
+                tab.floors_client = own.clone();
+            }
+            let outbox = tab.engine.outbox();
+            for key in taken {
+                let queued = outbox
+                    .iter()
+                    .filter(|m| m.collection == key.collection && m.key == key.key)
+                    .map(|m| Record {
+                        value: m.value.clone(),
+                        updated_at: m.updated_at,
+                        client_id: own.clone(),
+                    })
+                    .max_by(|a, b| a.order(b));
+                if let Some(mut shown) = queued {
+                    let stamp = shown.updated_at;
+                    // With stamps pinned ahead, the tab's own write of the key may carry the
+                    // same stamp, sent and clamped already: read back as the server stored it.
+                    let sent = (
+                        own.clone(),
+                        (key.collection.clone(), key.key.clone()),
+                        stamp,
+                    );
+                    if let Some(&to) = self.clamps.get(&sent) {
+                        shown.updated_at = to;
+                    }
+                    if tab.floors.get(&key).is_none_or(|f| shown.wins_over(f)) {
+                        tab.floors.insert(key, shown);
+                    }
+                }
+            }
+        }
+        self.check_unparked(d, t, &scope)
     }
 
     fn find(&self, tab: TabId) -> Option<(usize, usize)> {
@@ -654,72 +731,11 @@ impl World {
                         "asked for data from before Sinkron: the simulation's engines adopt none",
                     ));
                 }
-                // As the browser driver: the scope's stored outboxes that hold writes and
-                // whose tab is gone (no live tab holds the id's lock: closed, crashed, or the
-                // page kept by the back/forward cache).
+                // As the browser driver: each tab lock asked for `ifAvailable`, answered once
+                // the tab's current task is done.
                 Command::Unpark { scope } => {
-                    let device = &self.devices[d];
-                    let live = |c: &str| device.tabs.iter().any(|t| t.engine.client_id() == c);
-                    let stored = device.tabs[t].view.get(&scope);
-                    let mut gone = stored.map(|s| parked(&s.outboxes)).unwrap_or_default();
-                    gone.retain(|(c, ..)| !live(c));
-                    for (client_id, mutations) in gone {
-                        self.trace(format_args!(
-                            "d{d} t{tab_id} takes the outbox of {client_id} ({} writes: {})",
-                            mutations.len(),
-                            mutations
-                                .iter()
-                                .map(|m| format!("{}/{}@{}", m.collection, m.key, m.updated_at))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        ));
-                        let now = self.local(d);
-                        let tab = &mut self.devices[d].tabs[t];
-                        let taken: Vec<(RecordKey, u64)> = mutations
-                            .iter()
-                            .filter(|m| m.collection != UNKNOWN)
-                            .map(|m| (RecordKey::new(&m.collection, &m.key), m.updated_at))
-                            .collect();
-                        tab.engine.unpark(now, scope.clone(), client_id, mutations);
-                        // The writes taken are the tab's own now: it reads them back as it
-                        // does its own (the newest it queued of the key replaces the floor of
-                        // its own older write, shown or not: it may have taken that write's
-                        // place; one that did not win leaves that floor).
-                        let own = tab.engine.client_id().to_owned();
-                        if tab.floors_client != own {
-                            tab.floors.clear();
-                            tab.floors_client = own.clone();
-                        }
-                        let outbox = tab.engine.outbox();
-                        for (key, _) in taken {
-                            let queued = outbox
-                                .iter()
-                                .filter(|m| m.collection == key.collection && m.key == key.key)
-                                .map(|m| Record {
-                                    value: m.value.clone(),
-                                    updated_at: m.updated_at,
-                                    client_id: own.clone(),
-                                })
-                                .max_by(|a, b| a.order(b));
-                            if let Some(mut shown) = queued {
-                                let stamp = shown.updated_at;
-                                // With stamps pinned ahead, the tab's own write of the key
-                                // may carry the same stamp, sent and clamped already: read
-                                // back as the server stored it.
-                                let sent = (
-                                    own.clone(),
-                                    (key.collection.clone(), key.key.clone()),
-                                    stamp,
-                                );
-                                if let Some(&to) = self.clamps.get(&sent) {
-                                    shown.updated_at = to;
-                                }
-                                if tab.floors.get(&key).is_none_or(|f| shown.wins_over(f)) {
-                                    tab.floors.insert(key, shown);
-                                }
-                            }
-                        }
-                    }
+                    let event = Event::Unpark { tab: tab_id, scope };
+                    self.schedule(self.now + LOCK_ANSWER_MS, event);
                 }
             }
         }

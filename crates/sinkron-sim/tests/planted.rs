@@ -190,12 +190,10 @@ fn a_wipe_dropping_the_outboxes_it_reads_as_empty_is_caught() {
     finds_from("wipe-drops-empty", 3800, 100);
 }
 
-/// Rare: a guest outbox must be left in the guest's scope after the sign-in took over those
-/// of the guest's tabs gone (written as the device signed in, within the storage's lag).
-/// Seed 5,276 is the first to find it, and the seeds around it guard it
-/// here (`sinkron-sim --plant leader-drops-guest --expect-failure --seeds N --start S` finds
-/// it again when a change to the simulation moves it).
+/// Found by "no write lost" where a guest outbox outlives the sign-in's takeover (written as
+/// the device signed in, within the storage's lag or the tab locks' answer): seed 44 is the
+/// only one of the first 300.
 #[test]
 fn a_leader_wiping_the_guest_s_outboxes_is_caught() {
-    finds_from("leader-drops-guest", 5200, 100);
+    finds("leader-drops-guest", 60);
 }

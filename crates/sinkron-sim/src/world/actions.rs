@@ -191,8 +191,9 @@ impl World {
                 w.user = Some(user);
             }
         }
-        self.input(d, t, |e, now| e.sign_in(now, &user_id))?;
-        self.check_unparked(d, t, &user_id)
+        // What is left parked, and what the guest's tabs gone left, is taken over as the
+        // tab locks are answered (`World::unpark`, which checks it).
+        self.input(d, t, |e, now| e.sign_in(now, &user_id))
     }
 
     /// The user signs in again on a device whose session the site ended: each tab resumes.

@@ -202,15 +202,27 @@ impl World {
         Ok(())
     }
 
-    /// Nothing lost at sign-out: once a tab has signed `user` in, the device stores no writes
-    /// of the user's but the outboxes of its tabs signed in as that user, or still the guest
-    /// (they follow with theirs). What an earlier sign-out left parked (writes not yet
-    /// confirmed), and what the guest's tabs gone left, has been taken into the signing-in
-    /// tab's queue: as far as that tab (`t`) can see them (another tab's writes reach its copy
-    /// of the storage a little later; the leader takes those over as it pulls).
-    pub(super) fn check_unparked(&self, d: usize, t: usize, user: &str) -> Result<(), Violation> {
+    /// Nothing lost at sign-out: once a tab signed in has taken over the outboxes of `scope`
+    /// (its user's: what an earlier sign-out left parked, writes not yet confirmed, and what
+    /// its tabs gone left; or the guest's: what the guest's tabs gone left), the device
+    /// stores none that holds writes there but those of its tabs signed in as that user or
+    /// still the guest (they follow with theirs): as far as that tab (`t`) can see them
+    /// (another tab's writes reach its copy of the storage a little later; the leader takes
+    /// those over as it pulls).
+    pub(super) fn check_unparked(
+        &self,
+        d: usize,
+        t: usize,
+        scope: &Option<String>,
+    ) -> Result<(), Violation> {
         let device = &self.devices[d];
-        let Some(scope) = device.tabs[t].view.get(&Some(user.to_owned())) else {
+        let Some(user) = device.tabs[t].engine.user() else {
+            return Ok(());
+        };
+        if scope.as_deref().is_some_and(|s| s != user) {
+            return Ok(());
+        }
+        let Some(stored) = device.tabs[t].view.get(scope) else {
             return Ok(());
         };
         let live = |client: &str| {
@@ -218,13 +230,13 @@ impl World {
                 t.engine.user().is_none_or(|u| u == user) && t.engine.client_id() == client
             })
         };
-        for (client, (_, mutations)) in &scope.outboxes {
+        for (client, (_, mutations)) in &stored.outboxes {
             if !mutations.is_empty() && !live(client) {
                 return Err(Violation::new(
                     "nothing lost at sign-out",
                     format!(
-                        "device {d} signed user {user} in, but {} writes of client {client} \
-                         stay parked",
+                        "tab {} of device {d} (user {user}) took over the outboxes of scope                          {scope:?}, but {} writes of client {client} stay there",
+                        device.tabs[t].id,
                         mutations.len()
                     ),
                 ));

@@ -205,6 +205,10 @@ pub(super) struct Device {
 /// message, which it waits behind, was sent no later).
 pub(super) const CHANNEL_MS_MAX: u64 = 3;
 
+/// How long after a `Command::Unpark` the browser answers the tab locks it asks for
+/// (`ifAvailable`): after the tab's current task, in the next instant of the simulation.
+pub(super) const LOCK_ANSWER_MS: u64 = 1;
+
 /// How many closed tabs a device can reopen.
 const CLOSED_KEPT: usize = 4;
 
