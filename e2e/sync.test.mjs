@@ -1116,13 +1116,13 @@ describe("guest tabs", () => {
       assert.deepEqual(left, []);
       await context.close();
     }));
-  test("a guest tab's writes that reached the guest's storage after the sign-in moved it join the account at the leader's next pull", () =>
+  test("a guest tab's writes that reached the guest's storage after the sign-in's takeover join the account at the leader's next pull", () =>
     withServer(async (server) => {
       const context = await browser.newContext();
       const a = await open(context, server, { interval: 1000 });
       const auth = await signUp(a, "latecomer");
       // What a guest tab leaves when it writes as the device signs in and closes before it
-      // follows (or its last write reaches this tab's storage after the sign-in's move).
+      // follows (or its last write reaches this tab's storage after the sign-in's takeover).
       await a.evaluate(() =>
         localStorage.setItem(
           "sinkron:v1:guest:o:late-guest-tab",
