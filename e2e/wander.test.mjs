@@ -414,8 +414,12 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
           return `${s.dataset.state} with ${s.dataset.pending} pending${s.dataset.error ? `, error ${s.dataset.error}` : ""}: ${s.textContent}`;
         });
       for (const page of device.pages) {
+        // A hot write (the playing position) not paused here goes within the hot interval
+        // (30 s) of the last push that carried one: a page's keepalive flush as it went into
+        // the back/forward cache counts, though its answer may never reach the frozen page
+        // (seed 738, kept tokens: played, away, shown again at the settle).
         await until(async () => (await state(page)).startsWith("synced with 0 pending"), {
-          timeout: 20000,
+          timeout: 45000,
           what: async () => {
             const tabs = [];
             for (const [i, p] of device.pages.entries()) tabs.push(`tab ${i} is ${await state(p)}; its last requests: ${device.requests.get(p).join(", ")}`);
