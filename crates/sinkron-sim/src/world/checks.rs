@@ -235,7 +235,8 @@ impl World {
                 return Err(Violation::new(
                     "nothing lost at sign-out",
                     format!(
-                        "tab {} of device {d} (user {user}) took over the outboxes of scope                          {scope:?}, but {} writes of client {client} stay there",
+                        "tab {} of device {d} (user {user}) took over the outboxes of scope \
+                         {scope:?}, but {} writes of client {client} stay there",
                         device.tabs[t].id,
                         mutations.len()
                     ),
@@ -550,11 +551,10 @@ impl World {
 
     /// Whether the device that made `w` deleted its record later, and the server took that
     /// delete or a device keeps it (found as a delete itself is, by its time of writing): a
-    /// delete
-    /// takes the place of the writes of its key still queued (`Engine::write`), so `w` may
-    /// never go. The delete's own stamp covers it, but for one stamped earlier since, by the
-    /// guest rule at a sign-in (a parked write of a key the guest wrote goes just before the
-    /// guest's write).
+    /// delete takes the place of the writes of its key still queued (`Engine::write`), so `w`
+    /// may never go. The delete's own stamp covers it, but for one stamped earlier since, by
+    /// the guest rule at a sign-in (a parked write of a key the guest wrote goes just before
+    /// the guest's write).
     fn deleted_after(&self, user: usize, key: &Key, w: &Written) -> bool {
         self.written.iter().any(|d| {
             d.user == Some(user)
