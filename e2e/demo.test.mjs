@@ -2,7 +2,7 @@
 // catalogue's 20 shows are distinct, and the sync panel counts what the network saw.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { countRequests, launch, open, openEpisodes, recordsOf, settled, signIn, signUp, syncedState, until, withServer } from "./support.mjs";
+import { countRequests, launch, open, openEpisodes, recordsOf, setVisible, settled, signIn, signUp, syncedState, until, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -235,6 +235,32 @@ describe("playback costs almost nothing", () => {
       assert.equal(recordsOf(await server.state(auth), "history").s07e01.position, held);
       await deviceA.close();
       await deviceB.close();
+    }));
+});
+
+describe("a flush that failed as the page was hidden", () => {
+  test("the position it carried goes as soon as the page is shown again, not a hot interval later", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      // Pushed every ten minutes at most while it plays: only the rule can send it sooner.
+      const page = await open(context, server, { query: "&hot=600000" });
+      const auth = await signUp(page, "blinker");
+      await openEpisodes(page, "s08");
+      await page.getByTestId("play-s08e01").click();
+      // The first position went at once; the next ones wait for the interval.
+      await showing(page, 2);
+      const stored = async () => recordsOf(await server.state(auth), "history").s08e01?.position ?? 0;
+      // The server cannot be reached for the flush as the page is hidden.
+      let refused = 0;
+      await page.route("**/api/user/me/changes", (route) => (refused++, route.abort("connectionfailed")), { times: 1 });
+      await setVisible(page, false);
+      await until(() => refused === 1, { what: "the flush as the page was hidden" });
+      const hidden = await shown(page);
+      assert.ok((await stored()) < hidden, "the flush did not reach the server");
+      await setVisible(page, true);
+      // At once (ten minutes early), with every position written since.
+      await until(async () => (await stored()) >= hidden, { timeout: 5000, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
+      await context.close();
     }));
 });
 

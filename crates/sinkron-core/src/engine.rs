@@ -243,6 +243,8 @@ pub struct Engine {
     first_write_at: Option<u64>,
     /// When the last push carrying hot writes was sent.
     hot_sent_at: Option<u64>,
+    /// A keepalive flush failed and what is queued has not been pushed at once since.
+    flush_failed: bool,
     failures: u32,
     /// Another tab's request failed ([`TabBody::Unreachable`]) since this tab last heard
     /// the server's state: the device is cut off, though this tab's own requests have not
@@ -303,6 +305,7 @@ impl Engine {
             signing_in: false,
             first_write_at: None,
             hot_sent_at: None,
+            flush_failed: false,
             failures: 0,
             told_cut_off: false,
             last_synced_at: None,
@@ -434,6 +437,7 @@ impl Engine {
             return self.finish(now);
         }
         self.visible = visible;
+        self.push_flushed();
         // Opening counts as becoming visible, focus setting or not: a new tab learns the state.
         if visible && (first || self.config.pull_on_focus) {
             self.want_pull(now);
@@ -770,7 +774,10 @@ impl Engine {
             }
             // A keepalive flush's failures are left to the regular requests, but for a 401: the
             // session is over, whichever request learns it first.
-            Reply::Failed(ref f) if request.keepalive && *f != Failure::Unauthorized => {}
+            Reply::Failed(ref f) if request.keepalive && *f != Failure::Unauthorized => {
+                self.flush_failed = true;
+                self.push_flushed()
+            }
             Reply::Failed(Failure::TokenExpired) if !request.fresh_token => {
                 // Again at once, with a new token: a push's mutations are still queued (so
                 // the push is due now), a pull is asked for again.
@@ -1281,6 +1288,16 @@ impl Engine {
         self.observe_time(now);
         self.flush_outbox();
         self.finish(now);
+    }
+
+    /// A tab shown again pushes at once what the flush as it was hidden carried, when that
+    /// flush failed (a page the browser froze in its back/forward cache may have it fail
+    /// as it is shown) and no answer confirmed it: hot writes included, as the flush counted
+    /// as the hot interval's push. Not while the flush is still on its way.
+    fn push_flushed(&mut self) {
+        if self.visible && core::mem::take(&mut self.flush_failed) && !self.view.outbox.is_empty() {
+            self.timers.set(Timer::Push, 0);
+        }
     }
 
     fn flush_outbox(&mut self) {

@@ -2960,6 +2960,74 @@ fn a_playback_position_is_pushed_once_per_hot_interval_while_it_plays() {
     assert_eq!(tab.value("ep-1").as_deref(), Some(r#"{"position":599}"#));
 }
 
+/// The pushes that carry writes among what `tab` sends now.
+fn pushes_sent(tab: &mut Tab) -> Vec<Vec<Mutation>> {
+    tab.sends()
+        .into_iter()
+        .filter_map(|(_, request)| match request {
+            Request::Push { mutations, .. } if !mutations.is_empty() => Some(mutations),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn shown_again_a_tab_pushes_at_once_what_its_failed_hiding_flush_carried() {
+    // The page went into the back/forward cache with a position queued: the flush as it was
+    // hidden carried it, and failed, while the page was away or as it is shown again.
+    for failed_while_hidden in [true, false] {
+        let mut tab = hot_leader();
+        play(&mut tab, 5);
+        tab.at(1_000);
+        tab.write("ep-1", r#"{"position":5}"#);
+        let flush = tab.hide_and_flush();
+        tab.at(2_000);
+        if failed_while_hidden {
+            tab.reply(flush, Reply::Failed(Failure::Network));
+            tab.engine.handle_visibility(tab.now, true);
+        } else {
+            tab.engine.handle_visibility(tab.now, true);
+            tab.at(Config::default().push_delay_ms);
+            assert_eq!(
+                pushes_sent(&mut tab),
+                Vec::<Vec<Mutation>>::new(),
+                "the flush is on its way"
+            );
+            tab.reply(flush, Reply::Failed(Failure::Network));
+        }
+        // It goes at once, not a hot interval after the flush: the page does not show it
+        // pending for half a minute.
+        tab.at(Config::default().push_delay_ms);
+        let pushes = pushes_sent(&mut tab);
+        assert_eq!(pushes.len(), 1, "{pushes:?}");
+        assert_eq!(pushes[0][0].value.as_deref(), Some(r#"{"position":5}"#));
+    }
+}
+
+#[test]
+fn shown_again_after_a_confirmed_flush_a_playing_tab_keeps_its_hot_interval() {
+    // Played on while hidden (a video heard in a background tab): the flush was confirmed,
+    // the positions written since wait for the hot interval, shown again or not.
+    let mut tab = hot_leader();
+    play(&mut tab, 5);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":5}"#);
+    let ack = tab.engine.outbox().last().expect("queued").id;
+    let flush = tab.hide_and_flush();
+    tab.reply(flush, taken(ack, "2"));
+    assert_eq!(tab.engine.status().pending, 0);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":6}"#);
+    tab.engine.handle_visibility(tab.now, true);
+    tab.at(Config::default().push_delay_ms);
+    assert_eq!(
+        pushes_sent(&mut tab),
+        Vec::<Vec<Mutation>>::new(),
+        "the position waits for the hot interval"
+    );
+    assert_eq!(tab.engine.status().pending, 1);
+}
+
 #[test]
 fn another_write_takes_the_waiting_position_with_it_at_once() {
     let mut tab = hot_leader();
