@@ -2960,6 +2960,16 @@ fn a_playback_position_is_pushed_once_per_hot_interval_while_it_plays() {
     assert_eq!(tab.value("ep-1").as_deref(), Some(r#"{"position":599}"#));
 }
 
+/// A [`hot_leader`] five seconds into playback: its position went as it started, and the
+/// one written since (5) waits for the hot interval.
+fn position_waiting() -> Tab {
+    let mut tab = hot_leader();
+    play(&mut tab, 5);
+    tab.at(1_000);
+    tab.write("ep-1", r#"{"position":5}"#);
+    tab
+}
+
 /// The pushes that carry writes among what `tab` sends now.
 fn pushes_sent(tab: &mut Tab) -> Vec<Vec<Mutation>> {
     tab.sends()
@@ -2976,10 +2986,7 @@ fn shown_again_a_tab_pushes_at_once_what_its_failed_hiding_flush_carried() {
     // The page went into the back/forward cache with a position queued: the flush as it was
     // hidden carried it, and failed, while the page was away or as it is shown again.
     for failed_while_hidden in [true, false] {
-        let mut tab = hot_leader();
-        play(&mut tab, 5);
-        tab.at(1_000);
-        tab.write("ep-1", r#"{"position":5}"#);
+        let mut tab = position_waiting();
         let flush = tab.hide_and_flush();
         tab.at(2_000);
         if failed_while_hidden {
@@ -3008,10 +3015,7 @@ fn shown_again_a_tab_pushes_at_once_what_its_failed_hiding_flush_carried() {
 fn shown_again_after_a_confirmed_flush_a_playing_tab_keeps_its_hot_interval() {
     // Played on while hidden (a video heard in a background tab): the flush was confirmed,
     // the positions written since wait for the hot interval, shown again or not.
-    let mut tab = hot_leader();
-    play(&mut tab, 5);
-    tab.at(1_000);
-    tab.write("ep-1", r#"{"position":5}"#);
+    let mut tab = position_waiting();
     let ack = tab.engine.outbox().last().expect("queued").id;
     let flush = tab.hide_and_flush();
     tab.reply(flush, taken(ack, "2"));
@@ -3030,10 +3034,7 @@ fn shown_again_after_a_confirmed_flush_a_playing_tab_keeps_its_hot_interval() {
 
 #[test]
 fn another_write_takes_the_waiting_position_with_it_at_once() {
-    let mut tab = hot_leader();
-    play(&mut tab, 5);
-    tab.at(1_000);
-    tab.write("ep-1", r#"{"position":5}"#);
+    let mut tab = position_waiting();
     tab.engine
         .write(tab.now, "likes", "ep-1", Some(r#"{"v":1}"#.into()))
         .expect("valid write");
