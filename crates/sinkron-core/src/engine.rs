@@ -772,8 +772,9 @@ impl Engine {
                     }
                 }
             }
-            // A keepalive flush's failures are left to the regular requests, but for a 401: the
-            // session is over, whichever request learns it first.
+            // A keepalive flush's failures are left to the regular requests (a push at once,
+            // once the page is visible: `push_flushed`), but for a 401: the session is over,
+            // whichever request learns it first.
             Reply::Failed(ref f) if request.keepalive && *f != Failure::Unauthorized => {
                 self.flush_failed = true;
                 self.push_flushed()
@@ -1290,10 +1291,10 @@ impl Engine {
         self.finish(now);
     }
 
-    /// A tab shown again pushes at once what the flush as it was hidden carried, when that
-    /// flush failed (a page the browser froze in its back/forward cache may have it fail
-    /// as it is shown) and no answer confirmed it: hot writes included, as the flush counted
-    /// as the hot interval's push. Not while the flush is still on its way.
+    /// After a keepalive flush failed (the network or the server down as the page was
+    /// hidden), what is queued is pushed at once as soon as the tab is visible, hot writes
+    /// included: the flush counted as the hot interval's push, so they would wait out the
+    /// interval. A flush still on its way when the page is shown again is left to its answer.
     fn push_flushed(&mut self) {
         if self.visible && core::mem::take(&mut self.flush_failed) && !self.view.outbox.is_empty() {
             self.timers.set(Timer::Push, 0);
