@@ -2983,8 +2983,8 @@ fn pushes_sent(tab: &mut Tab) -> Vec<Vec<Mutation>> {
 
 #[test]
 fn shown_again_a_tab_pushes_at_once_what_its_failed_hiding_flush_carried() {
-    // The page went into the back/forward cache with a position queued: the flush as it was
-    // hidden carried it, and failed, while the page was away or as it is shown again.
+    // The page was hidden with a position queued: the flush carried it and failed, while the
+    // page was hidden or after it was shown again.
     for failed_while_hidden in [true, false] {
         let mut tab = position_waiting();
         let flush = tab.hide_and_flush();
@@ -2995,11 +2995,8 @@ fn shown_again_a_tab_pushes_at_once_what_its_failed_hiding_flush_carried() {
         } else {
             tab.engine.handle_visibility(tab.now, true);
             tab.at(Config::default().push_delay_ms);
-            assert_eq!(
-                pushes_sent(&mut tab),
-                Vec::<Vec<Mutation>>::new(),
-                "the flush is on its way"
-            );
+            let pushes = pushes_sent(&mut tab);
+            assert!(pushes.is_empty(), "the flush is on its way: {pushes:?}");
             tab.reply(flush, Reply::Failed(Failure::Network));
         }
         // It goes at once, not a hot interval after the flush: the page does not show it
@@ -3024,10 +3021,10 @@ fn shown_again_after_a_confirmed_flush_a_playing_tab_keeps_its_hot_interval() {
     tab.write("ep-1", r#"{"position":6}"#);
     tab.engine.handle_visibility(tab.now, true);
     tab.at(Config::default().push_delay_ms);
-    assert_eq!(
-        pushes_sent(&mut tab),
-        Vec::<Vec<Mutation>>::new(),
-        "the position waits for the hot interval"
+    let pushes = pushes_sent(&mut tab);
+    assert!(
+        pushes.is_empty(),
+        "the position waits for the interval: {pushes:?}"
     );
     assert_eq!(tab.engine.status().pending, 1);
 }
