@@ -854,6 +854,35 @@ describe("reload", () => {
     }));
 });
 
+describe("a request never answered", () => {
+  test("is given up after the request timeout, and neither it nor the writes behind it wait for the network to say so", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const a = await open(context, server, { interval: 1000, query: "&requestTimeout=1500" });
+      const auth = await signUp(a, "stalled");
+      await syncedState(a);
+      const synced = () => a.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor({ timeout: 10000 });
+
+      // A connection gone dead on the way (a black hole: no answer and no failure, for as long
+      // as the operating system keeps trying): the push is never answered.
+      let stalled = 0;
+      await a.route("**/api/user/me/changes", () => void stalled++, { times: 1 });
+      await a.getByTestId("favorite-s07").click();
+      await until(() => stalled === 1, { what: "the push" });
+      // Given up, it goes again, and is answered.
+      await synced();
+      assert.deepEqual(Object.keys(recordsOf(await server.state(auth), "favorites")), ["s07"]);
+
+      // The same for a poll, which holds back the push of a write made behind it.
+      await a.route("**/api/user/me?*", () => void stalled++, { times: 1 });
+      await until(() => stalled === 2, { what: "the poll" });
+      await a.getByTestId("favorite-s08").click();
+      await synced();
+      assert.deepEqual(Object.keys(recordsOf(await server.state(auth), "favorites")).sort(), ["s07", "s08"]);
+      await context.close();
+    }));
+});
+
 describe("closed tab", () => {
   test("a new tab sends what a closed tab could not", () =>
     withServer(async (server) => {

@@ -14,6 +14,8 @@ const interval = Number(params.get("interval")) || 30000;
 /** `?hot=MS` overrides how often at most the playing position is pushed (default 30 s). */
 const hotEvery = Number(params.get("hot"));
 const hot = hotEvery > 0 ? { history: hotEvery } : undefined;
+/** `?requestTimeout=MS` overrides how long a request may take (default 45 s). */
+const requestTimeout = Number(params.get("requestTimeout")) || undefined;
 /** `?pokes=1`: hold the server's poke stream (a server run with `--poke sse`). */
 const pokes = params.get("pokes") === "1";
 /** `?api=ORIGIN`: the Sinkron server when it is not this page's origin (it must allow ours). */
@@ -125,6 +127,7 @@ function Sync() {
     adoptLegacy,
     hot,
     pokes,
+    requestTimeout,
   });
   return null;
 }

@@ -76,6 +76,13 @@ export interface ClientOptions {
    * here first, as by `signedIn`.
    */
   snapshot?: Snapshot;
+  /**
+   * How long a request may take, its answer's body included, before it counts as no answer
+   * (ms; default 45000, above the server's own 30 s): a connection gone dead on the way
+   * answers nothing and fails only when the operating system gives up, many minutes later,
+   * and nothing else is sent meanwhile. The server's event stream (`pokes`) is not timed.
+   */
+  requestTimeout?: number;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
   signal?: AbortSignal;
   /** The wasm module (URL, Response or bytes); default: next to this file. */
@@ -224,6 +231,7 @@ export class SinkronClient {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ username, password }),
+      signal: this.#timeout(),
     });
     const body = await response.json().catch(() => null);
     if (!response.ok) {
@@ -715,7 +723,15 @@ export class SinkronClient {
     if (this.#pokes === stream) this.#pokes = null;
   }
 
-  /** Runs a request and hands the engine the answer as it came: status, `Retry-After`, body. */
+  /** Aborts a request (its body included) not answered within `requestTimeout`. */
+  #timeout() {
+    return AbortSignal.timeout?.(this.#options.requestTimeout ?? 45_000);
+  }
+
+  /**
+   * Runs a request and hands the engine the answer as it came: status, `Retry-After`, body.
+   * One not answered in time is no answer (status 0), as a network failure.
+   */
   async #send(c: Extract<Command, { t: "send" }>) {
     const reply = (status: number, headers?: Headers, body = "") => {
       // An absent header is left out of the call (as `null`, which the engine takes alike).
@@ -728,10 +744,11 @@ export class SinkronClient {
       }
     };
     const headers: Record<string, string> = {};
+    const signal = this.#timeout();
     let response: Response;
     try {
       if (c.kind === "endSession") {
-        const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true };
+        const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true, signal };
         response = await fetch(`${this.#baseUrl}/api/auth/logout`, init);
         return reply(response.status, response.headers);
       }
@@ -746,7 +763,7 @@ export class SinkronClient {
           url += `?lastSync=${encodeURIComponent(c.lastSync)}`;
           headers["if-none-match"] = `"${c.lastSync}"`;
         }
-        response = await fetch(url, { headers, cache: "no-store", credentials });
+        response = await fetch(url, { headers, cache: "no-store", credentials, signal });
       } else {
         headers["content-type"] = "application/json";
         response = await fetch(`${this.#baseUrl}/api/user/me/changes`, {
@@ -755,6 +772,7 @@ export class SinkronClient {
           body: JSON.stringify(c.body),
           keepalive: c.keepalive,
           credentials,
+          signal,
         });
       }
     } catch {

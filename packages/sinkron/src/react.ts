@@ -28,6 +28,8 @@ export interface UseUserSyncOptions {
   adoptLegacy?: ClientOptions["adoptLegacy"];
   /** Hot collections and how often at most their writes are pushed (default: the collections' declarations, `{ history: 30000 }` for the preset; see `ClientOptions`). */
   hot?: ClientOptions["hot"];
+  /** How long a request may take before it counts as no answer, in ms (default 45000; see `ClientOptions`). */
+  requestTimeout?: number;
   /** Hold the server's poke stream from the visible leader tab (a server run with `--poke sse`; default false). */
   pokes?: boolean;
 }
