@@ -262,6 +262,27 @@ describe("a flush that failed as the page was hidden", () => {
       await until(async () => (await stored()) >= hidden, { timeout: 5000, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
       await context.close();
     }));
+
+  test("a flush never answered (a connection gone dead) is given up after the request timeout, and the position goes then", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { query: "&hot=600000&requestTimeout=1500" });
+      const auth = await signUp(page, "stranded");
+      await openEpisodes(page, "s09");
+      await page.getByTestId("play-s09e01").click();
+      await showing(page, 2);
+      const stored = async () => recordsOf(await server.state(auth), "history").s09e01?.position ?? 0;
+      // The flush as the page is hidden gets neither an answer nor a failure.
+      let held = 0;
+      await page.route("**/api/user/me/changes", () => void held++, { times: 1 });
+      await setVisible(page, false);
+      await until(() => held === 1, { what: "the flush as the page was hidden" });
+      const hidden = await shown(page);
+      await setVisible(page, true);
+      // Given up after 1.5 s, not left to the ten-minute interval.
+      await until(async () => (await stored()) >= hidden, { timeout: 8000, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
+      await context.close();
+    }));
 });
 
 describe("resuming on another device", () => {
