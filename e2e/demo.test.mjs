@@ -238,51 +238,44 @@ describe("playback costs almost nothing", () => {
     }));
 });
 
+/**
+ * Plays `show`'s first episode, its position pushed every ten minutes at most (only a rule can
+ * push it sooner), hides the page while `flush` handles the flush that sends (once), shows the
+ * page again and waits `within` ms for the server to hold the position shown as it hid.
+ */
+async function flushedOnHide(server, { user, show, query = "", flush, within }) {
+  const context = await browser.newContext();
+  const page = await open(context, server, { query: `&hot=600000${query}` });
+  const auth = await signUp(page, user);
+  await openEpisodes(page, show);
+  await page.getByTestId(`play-${show}e01`).click();
+  // The first position went at once; the next ones wait for the interval.
+  await showing(page, 2);
+  const stored = async () => recordsOf(await server.state(auth), "history")[`${show}e01`]?.position ?? 0;
+  let handled = 0;
+  await page.route("**/api/user/me/changes", (route) => (handled++, flush(route)), { times: 1 });
+  await setVisible(page, false);
+  await until(() => handled === 1, { what: "the flush as the page was hidden" });
+  const hidden = await shown(page);
+  assert.ok((await stored()) < hidden, "the flush did not reach the server");
+  await setVisible(page, true);
+  await until(async () => (await stored()) >= hidden, { timeout: within, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
+  await context.close();
+}
+
 describe("a flush that failed as the page was hidden", () => {
   test("the position it carried goes as soon as the page is shown again, not a hot interval later", () =>
-    withServer(async (server) => {
-      const context = await browser.newContext();
-      // Pushed every ten minutes at most while it plays: only the rule can send it sooner.
-      const page = await open(context, server, { query: "&hot=600000" });
-      const auth = await signUp(page, "blinker");
-      await openEpisodes(page, "s08");
-      await page.getByTestId("play-s08e01").click();
-      // The first position went at once; the next ones wait for the interval.
-      await showing(page, 2);
-      const stored = async () => recordsOf(await server.state(auth), "history").s08e01?.position ?? 0;
-      // The server cannot be reached for the flush as the page is hidden.
-      let refused = 0;
-      await page.route("**/api/user/me/changes", (route) => (refused++, route.abort("connectionfailed")), { times: 1 });
-      await setVisible(page, false);
-      await until(() => refused === 1, { what: "the flush as the page was hidden" });
-      const hidden = await shown(page);
-      assert.ok((await stored()) < hidden, "the flush did not reach the server");
-      await setVisible(page, true);
-      // At once (ten minutes early), with every position written since.
-      await until(async () => (await stored()) >= hidden, { timeout: 5000, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
-      await context.close();
-    }));
+    withServer((server) =>
+      // The server cannot be reached for the flush; shown again, the page pushes at once (ten
+      // minutes early), with every position written since.
+      flushedOnHide(server, { user: "blinker", show: "s08", flush: (route) => route.abort("connectionfailed"), within: 5000 }),
+    ));
 
   test("a flush never answered (a connection gone dead) is given up after the request timeout, and the position goes then", () =>
-    withServer(async (server) => {
-      const context = await browser.newContext();
-      const page = await open(context, server, { query: "&hot=600000&requestTimeout=1500" });
-      const auth = await signUp(page, "stranded");
-      await openEpisodes(page, "s09");
-      await page.getByTestId("play-s09e01").click();
-      await showing(page, 2);
-      const stored = async () => recordsOf(await server.state(auth), "history").s09e01?.position ?? 0;
-      // The flush as the page is hidden gets neither an answer nor a failure.
-      let held = 0;
-      await page.route("**/api/user/me/changes", () => void held++, { times: 1 });
-      await setVisible(page, false);
-      await until(() => held === 1, { what: "the flush as the page was hidden" });
-      const hidden = await shown(page);
-      await setVisible(page, true);
-      // Given up after 1.5 s, not left to the ten-minute interval.
-      await until(async () => (await stored()) >= hidden, { timeout: 8000, what: async () => `the server to hold ${hidden}, not ${await stored()}` });
-      await context.close();
-    }));
+    withServer((server) =>
+      // Neither an answer nor a failure: given up after 1.5 s, not left to the interval.
+      flushedOnHide(server, { user: "stranded", show: "s09", query: "&requestTimeout=1500", flush: () => undefined, within: 8000 }),
+    ));
 });
 
 describe("resuming on another device", () => {
