@@ -80,7 +80,9 @@ export interface ClientOptions {
    * How long a request may take, its answer's body included, before it counts as no answer
    * (ms; default 45000, above the server's own 30 s): a connection gone dead on the way
    * answers nothing and fails only when the operating system gives up, many minutes later,
-   * and nothing else is sent meanwhile. The server's event stream (`pokes`) is not timed.
+   * and nothing else is sent meanwhile. The largest answer, a page of 1,000 changes, takes a
+   * few seconds on a link that can play video; raise it where answers may come slower. The
+   * server's event stream (`pokes`) is not timed.
    */
   requestTimeout?: number;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
