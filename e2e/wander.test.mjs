@@ -1,7 +1,7 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
-// hide, go to another site and come back with Back (the back/forward cache on), go offline
-// or lose the API, the browser restarts, the server crashes and comes back,
+// hide, go to another site and come back with Back (the back/forward cache on), go offline,
+// lose the API or have its requests go unanswered, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
 // computer), and choose shows as guests, whose choices join the account they sign in to next.
 // Each seed runs once in each setup: Sinkron's own accounts on one server with
@@ -101,7 +101,11 @@ class Device {
     this.hidden = new Set();
     /** Tabs gone to another site, to come back with Back (from the back/forward cache). */
     this.away = new Set();
-    /** `offline`: the browser says so and nothing gets out; `cut`: the API fails while the browser says online. */
+    /**
+     * `offline`: the browser says so and nothing gets out; `cut`: the API fails while the
+     * browser says online; `stalled`: the API answers nothing, nor fails (a connection gone
+     * dead on the way): each request waits until the page gives it up (`requestTimeout`).
+     */
     this.network = "online";
     /** Who is signed in (null: a guest), and who ever was here. */
     this.account = null;
@@ -152,7 +156,8 @@ class Device {
     if (network === this.network) return;
     if (this.network !== "online") await this.context.unroute("**/api/**");
     if (this.network === "offline") await this.context.setOffline(false);
-    if (network !== "online") await this.context.route("**/api/**", (route) => route.abort("internetdisconnected"));
+    if (network === "stalled") await this.context.route("**/api/**", () => undefined);
+    else if (network !== "online") await this.context.route("**/api/**", (route) => route.abort("internetdisconnected"));
     if (network === "offline") await this.context.setOffline(true);
     this.network = network;
   }
@@ -171,6 +176,8 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
    */
   const servers = [...nodes];
   const server = () => servers[0];
+  // A request never answered (`stalled`) is given up after 2 s.
+  query += "&requestTimeout=2000";
   const opener = (i) => (context) =>
     site ? openDemo(context, site, servers[i], { auth, interval: 1000, query }) : open(context, servers[i], { interval: 1000, query });
   /** A token of the account's, to read what the server holds for it. */
@@ -318,7 +325,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       return `tab ${device.pages.indexOf(page)} ${hide ? "hidden" : "shown"}`;
     },
     async network(device) {
-      const network = r.pick(["online", "offline", "cut"].filter((n) => n !== device.network));
+      const network = r.pick(["online", "offline", "cut", "stalled"].filter((n) => n !== device.network));
       await device.setNetwork(network);
       return network;
     },
