@@ -1,7 +1,7 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
 // hide, go to another site and come back with Back (the back/forward cache on), go offline,
-// lose the API or have its requests go unanswered, the browser restarts, the server crashes and comes back,
+// lose the API, have its requests go unanswered or arrive late, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
 // computer), and choose shows as guests, whose choices join the account they sign in to next.
 // Each seed runs once in each setup: Sinkron's own accounts on one server with
@@ -29,6 +29,8 @@ const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
 /** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
 const ACCOUNTS = ["wanderer", "wanderer", "sharer"];
+/** How late a request reaches the API on a `slow` network (under the pages' 2 s request timeout). */
+const SLOW_MS = 1000;
 /** The most tabs one device holds open at once. */
 const TABS_MAX = 3;
 /**
@@ -104,7 +106,9 @@ class Device {
     /**
      * `offline`: the browser says so and nothing gets out; `cut`: the API fails while the
      * browser says online; `stalled`: the API answers nothing, nor fails (a connection gone
-     * dead on the way): each request waits until the page gives it up (`requestTimeout`).
+     * dead on the way): each request waits until the page gives it up (`requestTimeout`);
+     * `slow`: each request reaches the API a second late (a poor mobile link), so what the
+     * user does next lands while it is on its way.
      */
     this.network = "online";
     /** Who is signed in (null: a guest), and who ever was here. */
@@ -157,6 +161,7 @@ class Device {
     if (this.network !== "online") await this.context.unroute("**/api/**");
     if (this.network === "offline") await this.context.setOffline(false);
     if (network === "stalled") await this.context.route("**/api/**", () => undefined);
+    else if (network === "slow") await this.context.route("**/api/**", (route) => void setTimeout(() => route.continue().catch(() => undefined), SLOW_MS));
     else if (network !== "online") await this.context.route("**/api/**", (route) => route.abort("internetdisconnected"));
     if (network === "offline") await this.context.setOffline(true);
     this.network = network;
@@ -325,7 +330,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
       return `tab ${device.pages.indexOf(page)} ${hide ? "hidden" : "shown"}`;
     },
     async network(device) {
-      const network = r.pick(["online", "offline", "cut", "stalled"].filter((n) => n !== device.network));
+      const network = r.pick(["online", "offline", "cut", "stalled", "slow"].filter((n) => n !== device.network));
       await device.setNetwork(network);
       return network;
     },
@@ -376,7 +381,7 @@ async function wander(seed, { auth, nodes, site, query = "" }, t) {
     // The site's sign-out needs the site (Sinkron's keeps what it could not send, offline too).
     if (device.account && shown && (!site || device.network !== "offline")) out.push("signOut");
     if (device.account && (await playing(device)).length > 0) out.push("pause", "seek");
-    if (!device.account && shown && device.network === "online") out.push("signIn", "signIn", "signIn");
+    if (!device.account && shown && ["online", "slow"].includes(device.network)) out.push("signIn", "signIn", "signIn");
     if (loads && device.here().length > 0) out.push("reload", "reload");
     if (loads && shown) out.push("away");
     if (loads && device.away.size > 0) out.push("back", "back");
