@@ -5,9 +5,14 @@
 //! connection that sends no complete request head within `idle_timeout` closed (a half-sent
 //! header, or a kept-alive connection left idle), and a shutdown that refuses new
 //! connections at once, lets open requests finish, and ends within `grace` whatever clients
-//! do. It must not know about requests: they are all the router's.
+//! do. An answer the client stops taking must be taken within `write_timeout`, or the
+//! connection is closed ([`WriteDeadline`]). It must not know about requests: they are all the
+//! router's.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -18,8 +23,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tower::util::MapRequest;
 
 /// File handles kept for everything but client connections (database, logs, key files).
@@ -32,6 +39,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub struct Limits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// How long the client has to take an answer once it stops taking it.
+    pub write_timeout: Duration,
     pub grace: Duration,
 }
 
@@ -109,6 +118,7 @@ pub async fn serve(
             },
         ));
         // No upgrades: the protocol is plain requests (no WebSockets).
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -126,5 +136,95 @@ pub async fn serve(
                 "connections still open after the grace period; closing them"
             );
         }
+    }
+}
+
+/// A connection's socket with a deadline on what the server writes. Once the socket takes no
+/// more (the client reads nothing, or too little), the client has `limit` to take everything
+/// the server is writing, until the server's next flush completes; then the write fails and
+/// the connection is closed. Without it a client that asks for its data and never reads the
+/// answer holds that answer (a page: up to megabytes) in the node's memory for as long as it
+/// keeps the connection open: a hundred such pulls held 400 MB. A client that takes its
+/// answers, however slowly each byte comes, meets no deadline while the socket takes them.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Running since the socket first took no more after the last completed flush.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// The socket took nothing: pending until it does, or an error once the deadline passed.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let deadline = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not take the answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.stall(cx),
+            written => written,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.stall(cx),
+            written => written,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            // Everything written so far was taken: the next stall starts a new deadline.
+            self.stalled = None;
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -178,6 +178,8 @@ async fn serve(config: Config) -> Result<(), String> {
                 usize::try_from(n).unwrap_or(usize::MAX)
             }),
         idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        // An answer gets as long as a request: a client that stops taking it has that long.
+        write_timeout: Duration::from_secs(config.request_timeout_secs),
         grace: Duration::from_secs(config.shutdown_grace_secs),
     };
     tracing::debug!(?limits, "connection limits");

@@ -143,6 +143,86 @@ async fn idle_sockets_are_capped_and_closed_and_the_server_keeps_answering() {
 }
 
 #[tokio::test]
+async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
+    // (Connections left idle after an answer close after a second.)
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--request-timeout-secs", "2", "--idle-timeout-secs", "1"],
+    )
+    .await;
+    let account = server.register("hoarder").await;
+    // About 4 MB to pull: 1,000 values of 4,000 bytes.
+    let value = serde_json::json!({"note": "x".repeat(4000)});
+    for push in 0..10u64 {
+        let mutations = (push * 100 + 1..=push * 100 + 100)
+            .map(|id| support::mutation(id, "settings", &format!("k{id}"), value.clone(), id))
+            .collect();
+        server
+            .push_ok(
+                &account.token,
+                &support::batch("hoarder-app", mutations, None),
+            )
+            .await;
+    }
+    let pid = server.pid();
+    let before = open_files(pid);
+    // Ten pulls of it on sockets that read nothing, their receive buffers small: the answers
+    // wait on the server's side.
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the server's address");
+    let request = format!(
+        "GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        account.token
+    );
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .expect("the request");
+        // Its answer has begun (one at a time: a user's pulls at once are limited).
+        let mut status = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
+            .await
+            .expect("the answer's status line");
+        assert_eq!(&status, b"HTTP/1.1 200");
+        sockets.push(stream);
+    }
+    // Two seconds after each stopped taking its answer, the server has let it go: its
+    // connection closed, and with it the answer it held.
+    let started = Instant::now();
+    while open_files(pid) > before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} connections still open after 20 s",
+            open_files(pid) - before
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What reaches each client now is what the sockets held on the way, not the answer.
+    for mut stream in sockets {
+        let mut taken = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut taken).await;
+        assert!(
+            taken.len() < 4_000_000,
+            "{} bytes arrived: the whole answer",
+            taken.len()
+        );
+    }
+    // And the server goes on answering.
+    assert_eq!(
+        server.pull(&account.token, None).await.status,
+        reqwest::StatusCode::OK
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_half_sent_header_does_not_hold_up_shutdown() {
     let server = Server::start_with(
         Backend::Sqlite,
