@@ -110,7 +110,7 @@ async fn push_for_user(
 ) -> Result<Response, ApiError> {
     check_user_id(&user)?;
     let session = state.store.subject_session(&user, state.now_ms()).await?;
-    crate::sync::push_for(&state, session.user_id, session.version, &req).await
+    crate::sync::push_for(&state, session.user_id, session.version, &req, None).await
 }
 
 /// Everything stored for a user.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use governor::clock::{Clock, DefaultClock};
 
@@ -33,14 +33,15 @@ pub struct UserLimits {
     concurrency: u32,
 }
 
-/// A request let in; dropping it (whatever the outcome) frees its slot.
+/// A request let in; dropping it (whatever the outcome) frees its slot. A large answer holds
+/// it until the client has taken most of it (`sync.rs`).
 #[must_use]
-pub struct Admission<'a> {
-    limits: &'a UserLimits,
+pub struct Admission {
+    limits: Arc<UserLimits>,
     user: UserId,
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         let mut in_flight = self.limits.lock();
         if let Some(n) = in_flight.get_mut(&self.user) {
@@ -76,7 +77,7 @@ impl UserLimits {
 
     /// Lets one request of `user` in, or answers 429 with the seconds to wait. A request
     /// refused for being one too many at once spends none of the user's rate.
-    pub fn admit(&self, user: UserId) -> Result<Admission<'_>, ApiError> {
+    pub fn admit(self: &Arc<Self>, user: UserId) -> Result<Admission, ApiError> {
         let admission = {
             let mut in_flight = self.lock();
             let n = in_flight.entry(user).or_insert(0);
@@ -84,7 +85,10 @@ impl UserLimits {
                 return Err(too_many(1));
             }
             *n += 1;
-            Admission { limits: self, user }
+            Admission {
+                limits: Arc::clone(self),
+                user,
+            }
         };
         if let Some(rate) = &self.rate {
             if rate.len() >= TRACKED_USERS_MAX {
@@ -228,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_user_gets_so_many_requests_at_once_and_others_are_untouched() {
-        let limits = UserLimits::new(0, 2);
+        let limits = Arc::new(UserLimits::new(0, 2));
         let first = limits.admit(1).expect("first");
         let second = limits.admit(1).expect("second");
         let third = limits.admit(1).err().expect("a third at once is refused");
@@ -246,7 +250,7 @@ mod tests {
     #[test]
     fn past_its_burst_a_user_waits_for_the_rate_and_others_do_not() {
         // Ten a minute: bursts of two, then one every six seconds.
-        let limits = UserLimits::new(10, 1);
+        let limits = Arc::new(UserLimits::new(10, 1));
         let first = limits.admit(1).expect("first");
         assert!(limits.admit(1).is_err(), "one at once");
         drop(first);

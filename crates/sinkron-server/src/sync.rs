@@ -4,11 +4,15 @@
 //! parsing, the `ETag`/`304` poll shortcut and the response bodies. It must not merge
 //! records or know SQL: the [`Store`](crate::store::Store) does that atomically.
 
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt;
 use serde::Serialize;
 use sinkron_core::engine::WriteError;
 use sinkron_core::limits::{
@@ -20,6 +24,7 @@ use sinkron_core::Mutation;
 
 use crate::authn::AuthUser;
 use crate::error::{ApiError, AppJson};
+use crate::limits::Admission;
 use crate::pace::POLL_INTERVAL_HEADER;
 use crate::store::plan::WholeCursor;
 use crate::store::{Page, PushBatch, Quota, UserId};
@@ -83,9 +88,41 @@ fn etag(cursor: u64) -> HeaderValue {
     HeaderValue::try_from(format!("\"{cursor}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
-fn json_response<T: Serialize>(body: &T, cursor: u64) -> Result<Response, ApiError> {
-    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
-    let mut res = (StatusCode::OK, bytes).into_response();
+/// Bytes of an answer handed to the connection at a time (see [`json_response`]).
+const ANSWER_CHUNK: usize = 64 * 1024;
+
+/// A 200 answer of `body`. With the request's `admitted` slot, the answer holds it until the
+/// connection has taken all of it but what it buffers (a few hundred kilobytes: the body goes
+/// in chunks, each asked for once there is room): so a user's answers that their client is
+/// slow to take, or never takes, count as their requests at once, and what one user's unread
+/// answers hold in memory is bounded (for how long: `listen.rs`). A small answer is handed
+/// over whole at once (its slot freed as it is), as before.
+fn json_response<T: Serialize>(
+    body: &T,
+    cursor: u64,
+    admitted: Option<Admission>,
+) -> Result<Response, ApiError> {
+    let bytes = Bytes::from(serde_json::to_vec(body).map_err(ApiError::internal)?);
+    let mut res = match admitted {
+        Some(admitted) if bytes.len() > ANSWER_CHUNK => {
+            let chunks: Vec<Result<Bytes, Infallible>> = (0..bytes.len())
+                .step_by(ANSWER_CHUNK)
+                .map(|at| Ok(bytes.slice(at..bytes.len().min(at + ANSWER_CHUNK))))
+                .collect();
+            let body = futures_util::stream::iter(chunks).map(move |chunk| {
+                // Owned by the stream, so dropped with it: once the last chunk is asked for,
+                // or the connection is gone.
+                let _held = &admitted;
+                chunk
+            });
+            let length = HeaderValue::from(bytes.len());
+            let mut res = (StatusCode::OK, Body::from_stream(body)).into_response();
+            // Sent with its length, as a whole body is, not in chunked encoding.
+            res.headers_mut().insert(header::CONTENT_LENGTH, length);
+            res
+        }
+        _ => (StatusCode::OK, bytes).into_response(),
+    };
     let headers = res.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -108,7 +145,7 @@ async fn pull(
     user: AuthUser,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let _admitted = state.limits.admit(user.user_id)?;
+    let admitted = state.limits.admit(user.user_id)?;
     let _counted = state.pacer.enter(state.now_ms());
     let headers = req.headers();
     let since = last_sync(req.uri().query())
@@ -147,7 +184,7 @@ async fn pull(
         reset,
         server_time: state.now_ms(),
     };
-    let mut res = json_response(&body, cursor)?;
+    let mut res = json_response(&body, cursor, Some(admitted))?;
     res.headers_mut()
         .insert(POLL_INTERVAL_HEADER, state.pacer.header().clone());
     Ok(res)
@@ -268,9 +305,9 @@ async fn push(
     user: AuthUser,
     AppJson(req): AppJson<PushRequest>,
 ) -> Result<Response, ApiError> {
-    let _admitted = state.limits.admit(user.user_id)?;
+    let admitted = state.limits.admit(user.user_id)?;
     let _counted = state.pacer.enter(state.now_ms());
-    push_for(&state, user.user_id, user.version, &req).await
+    push_for(&state, user.user_id, user.version, &req, Some(admitted)).await
 }
 
 /// A push for `user_id`, whose version is `version`: validated whole, then applied by the
@@ -280,6 +317,7 @@ pub(crate) async fn push_for(
     user_id: UserId,
     version: u64,
     req: &PushRequest,
+    admitted: Option<Admission>,
 ) -> Result<Response, ApiError> {
     validate_push(req, &state.config.rules.collections)?;
     let since = req
@@ -323,7 +361,7 @@ pub(crate) async fn push_for(
         reset: page.reset,
         server_time: now,
     };
-    json_response(&body, page.cursor)
+    json_response(&body, page.cursor, admitted)
 }
 
 /// A JSON value read only to check that every number in it is a finite double, as a

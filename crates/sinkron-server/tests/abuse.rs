@@ -166,8 +166,8 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
     }
     let pid = server.pid();
     let before = open_files(pid);
-    // Ten pulls of it on sockets that read nothing, their receive buffers small: the answers
-    // wait on the server's side.
+    // Pulls of it on sockets that read nothing, their receive buffers small: the answers
+    // wait on the server's side. As many as the user may have at once (4).
     let addr: std::net::SocketAddr = server
         .base
         .trim_start_matches("http://")
@@ -178,14 +178,14 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
         account.token
     );
     let mut sockets = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..4 {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("receive buffer");
         let mut stream = socket.connect(addr).await.expect("connect");
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
             .await
             .expect("the request");
-        // Its answer has begun (one at a time: a user's pulls at once are limited).
+        // Its answer has begun.
         let mut status = [0u8; 12];
         tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
             .await
@@ -193,6 +193,12 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
         assert_eq!(&status, b"HTTP/1.1 200");
         sockets.push(stream);
     }
+    // While their answers wait, they count as the user's requests at once: one more is
+    // refused, so one user's unread answers hold at most four pages.
+    assert_eq!(
+        server.pull(&account.token, None).await.status,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
     // Two seconds after each stopped taking its answer, the server has let it go: its
     // connection closed, and with it the answer it held.
     let started = Instant::now();
