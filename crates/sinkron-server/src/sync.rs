@@ -90,13 +90,16 @@ fn etag(cursor: u64) -> HeaderValue {
 
 /// Bytes of an answer handed to the connection at a time (see [`json_response`]).
 const ANSWER_CHUNK: usize = 64 * 1024;
+/// Answers up to this size are handed over whole: hyper takes that much into its buffer at
+/// once anyway (about 400 KiB), so chunks would hold nothing longer, and cost a write each.
+const HELD_ABOVE: usize = 512 * 1024;
 
-/// A 200 answer of `body`. With the request's `admitted` slot, the answer holds it until the
-/// connection has taken all of it but what it buffers (a few hundred kilobytes: the body goes
-/// in chunks, each asked for once there is room): so a user's answers that their client is
-/// slow to take, or never takes, count as their requests at once, and what one user's unread
-/// answers hold in memory is bounded (for how long: `listen.rs`). A small answer is handed
-/// over whole at once (its slot freed as it is), as before.
+/// A 200 answer of `body`. With the request's `admitted` slot, a large answer holds it until
+/// the connection has taken all of it but what it buffers (a few hundred kilobytes: the body
+/// goes in chunks, each asked for once there is room): so a user's large answers that their
+/// client is slow to take, or never takes, count as their requests at once, and what one
+/// user's unread answers hold in memory is bounded (for how long: `listen.rs`). An answer up
+/// to [`HELD_ABOVE`] is handed over whole (its slot freed as it is), as before.
 fn json_response<T: Serialize>(
     body: &T,
     cursor: u64,
@@ -104,7 +107,7 @@ fn json_response<T: Serialize>(
 ) -> Result<Response, ApiError> {
     let bytes = Bytes::from(serde_json::to_vec(body).map_err(ApiError::internal)?);
     let mut res = match admitted {
-        Some(admitted) if bytes.len() > ANSWER_CHUNK => {
+        Some(admitted) if bytes.len() > HELD_ABOVE => {
             let chunks: Vec<Result<Bytes, Infallible>> = (0..bytes.len())
                 .step_by(ANSWER_CHUNK)
                 .map(|at| Ok(bytes.slice(at..bytes.len().min(at + ANSWER_CHUNK))))
