@@ -1,7 +1,7 @@
 // What real users do to pages, at random: two devices of one account, each with a few tabs,
 // favourite shows and play, pause and seek episodes while their tabs reload, close, open,
 // hide, go to another site and come back with Back (the back/forward cache on), go offline,
-// lose the API, have its requests go unanswered or arrive late, the browser restarts, the server crashes and comes back,
+// lose the API, have its requests go unanswered or answered late, the browser restarts, the server crashes and comes back,
 // and users sign out and in again (now and then as a second account, as on a shared
 // computer), and choose shows as guests, whose choices join the account they sign in to next.
 // Each seed runs once in each setup: Sinkron's own accounts on one server with
@@ -29,8 +29,20 @@ const SHOWS = ["s01", "s02", "s03", "s04", "s05"];
 const PASSWORD = "correct horse";
 /** The accounts signed in on the devices: mostly the first, now and then the second (a shared computer). */
 const ACCOUNTS = ["wanderer", "wanderer", "sharer"];
-/** How late a request reaches the API on a `slow` network (under the pages' 2 s request timeout). */
+/** How late an answer reaches the page on a `slow` network (under the pages' 2 s request timeout). */
 const SLOW_MS = 1000;
+
+/** A route's request sent at once, its answer handed to the page `SLOW_MS` later. */
+async function slowly(route) {
+  if (new URL(route.request().url()).pathname.endsWith("/events")) return route.continue().catch(() => undefined);
+  try {
+    const response = await route.fetch();
+    await new Promise((resolve) => setTimeout(resolve, SLOW_MS));
+    await route.fulfill({ response });
+  } catch {
+    // The page, or its browser, is gone.
+  }
+}
 /** The most tabs one device holds open at once. */
 const TABS_MAX = 3;
 /**
@@ -107,8 +119,10 @@ class Device {
      * `offline`: the browser says so and nothing gets out; `cut`: the API fails while the
      * browser says online; `stalled`: the API answers nothing, nor fails (a connection gone
      * dead on the way): each request waits until the page gives it up (`requestTimeout`);
-     * `slow`: each request reaches the API a second late (a poor mobile link), so what the
-     * user does next lands while it is on its way.
+     * `slow`: each answer reaches the page a second late (a poor mobile link), so what the
+     * user does next lands while it is on its way. The request itself goes at once, with the
+     * cookies of that moment, as on a real link (held before it is sent, it would go out with
+     * the cookie of a sign-in made meanwhile); the poke stream is not held.
      */
     this.network = "online";
     /** Who is signed in (null: a guest), and who ever was here. */
@@ -161,7 +175,7 @@ class Device {
     if (this.network !== "online") await this.context.unroute("**/api/**");
     if (this.network === "offline") await this.context.setOffline(false);
     if (network === "stalled") await this.context.route("**/api/**", () => undefined);
-    else if (network === "slow") await this.context.route("**/api/**", (route) => void setTimeout(() => route.continue().catch(() => undefined), SLOW_MS));
+    else if (network === "slow") await this.context.route("**/api/**", slowly);
     else if (network !== "online") await this.context.route("**/api/**", (route) => route.abort("internetdisconnected"));
     if (network === "offline") await this.context.setOffline(true);
     this.network = network;
