@@ -262,6 +262,19 @@ pub struct Config {
     )]
     pub user_concurrency: u32,
 
+    /// Most bytes of large answers (above 512 KiB) this node holds for clients that have not
+    /// taken them yet, all users together (128 MiB by default). Past it a pull that would
+    /// hold one more is answered 503 `unavailable` with `Retry-After`, and retried by its
+    /// client; one answer is let through whatever its size when nothing else is held.
+    #[arg(
+        long,
+        env = "SINKRON_HELD_ANSWERS_BYTES_MAX",
+        value_name = "BYTES",
+        default_value_t = 128 << 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub held_answers_bytes_max: u64,
+
     /// The poll interval this node asks clients for while calm (seconds), in the
     /// `Sinkron-Poll-Interval` header of every pull answer. A client never polls faster than
     /// its own interval, whatever the server says.
@@ -542,6 +555,7 @@ impl Default for Config {
             session_idle_secs: 30 * 24 * 3600,
             user_requests_per_minute: 600,
             user_concurrency: 4,
+            held_answers_bytes_max: 128 << 20,
             poll_interval: 30,
             poll_interval_max: 300,
             poll_busy_requests: 256,

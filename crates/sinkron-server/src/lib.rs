@@ -126,6 +126,7 @@ impl AppState {
         let limits = Arc::new(limits::UserLimits::new(
             config.user_requests_per_minute,
             config.user_concurrency,
+            usize::try_from(config.held_answers_bytes_max).unwrap_or(usize::MAX),
         ));
         let pacer = Arc::new(pace::Pacer::new(
             config.poll_interval,

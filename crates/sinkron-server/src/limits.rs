@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::http::StatusCode;
 use governor::clock::{Clock, DefaultClock};
 
 use crate::authn::ClientIp;
@@ -31,6 +32,10 @@ pub struct UserLimits {
     /// Requests in flight per user; a user with none has no entry.
     in_flight: Mutex<HashMap<UserId, u32>>,
     concurrency: u32,
+    /// Bytes of large answers held for clients that have not taken them yet ([`Held`]), all
+    /// users together, and the most there may be.
+    held: AtomicUsize,
+    held_max: usize,
 }
 
 /// A request let in; dropping it (whatever the outcome) frees its slot. A large answer holds
@@ -53,10 +58,52 @@ impl Drop for Admission {
     }
 }
 
+/// A large answer's bytes counted against the node's budget ([`Admission::hold`]), with its
+/// request's admission: dropping it (once the client has taken the answer, or its connection
+/// is gone) frees both.
+#[must_use]
+pub struct Held {
+    admission: Admission,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        (self.admission.limits.held).fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    /// Counts an answer of `bytes` that the node will hold until its client takes it against
+    /// the node's budget of such answers (all users' together): past it, 503 `unavailable`
+    /// with `Retry-After`. The first while none is held passes whatever its size, so that no
+    /// answer is too large ever to be sent.
+    pub fn hold(self, bytes: usize) -> Result<Held, ApiError> {
+        let held = &self.limits.held;
+        let before = held.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(bytes) > self.limits.held_max {
+            held.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(ApiError {
+                retry_after: Some(2),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "this node holds too many answers not yet taken by their clients; try again",
+                )
+            });
+        }
+        Ok(Held {
+            admission: self,
+            bytes,
+        })
+    }
+}
+
 impl UserLimits {
     /// `per_minute` requests a minute per user with bursts of a fifth of that (0: no rate
-    /// limit), and at most `concurrency` at once.
-    pub fn new(per_minute: u32, concurrency: u32) -> Self {
+    /// limit), at most `concurrency` at once, and at most `held_max` bytes of large answers
+    /// held for all users' clients together ([`Admission::hold`]).
+    pub fn new(per_minute: u32, concurrency: u32, held_max: usize) -> Self {
         let rate = NonZeroU32::new(per_minute).map(|rate| {
             let burst = NonZeroU32::new(per_minute / 5).unwrap_or(NonZeroU32::MIN);
             governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
@@ -65,6 +112,8 @@ impl UserLimits {
             rate,
             in_flight: Mutex::new(HashMap::new()),
             concurrency: concurrency.max(1),
+            held: AtomicUsize::new(0),
+            held_max,
         }
     }
 
@@ -232,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_user_gets_so_many_requests_at_once_and_others_are_untouched() {
-        let limits = Arc::new(UserLimits::new(0, 2));
+        let limits = Arc::new(UserLimits::new(0, 2, usize::MAX));
         let first = limits.admit(1).expect("first");
         let second = limits.admit(1).expect("second");
         let third = limits.admit(1).err().expect("a third at once is refused");
@@ -248,9 +297,48 @@ mod tests {
     }
 
     #[test]
+    fn large_answers_held_for_all_users_together_are_bounded() {
+        let limits = Arc::new(UserLimits::new(0, 4, 1_000));
+        // The first answer passes whatever its size, so none is too large ever to be sent.
+        let huge = limits.admit(1).unwrap().hold(5_000).expect("the first");
+        let refused = limits
+            .admit(2)
+            .unwrap()
+            .hold(1)
+            .err()
+            .expect("past the budget");
+        assert_eq!(
+            (refused.status.as_u16(), refused.code, refused.retry_after),
+            (503, "unavailable", Some(2))
+        );
+        assert!(
+            limits.lock().get(&2).is_none(),
+            "the refused request's slot was freed"
+        );
+        drop(huge);
+        assert_eq!(limits.held.load(Ordering::Relaxed), 0);
+        // Another user's answers count against the same budget.
+        let a = limits.admit(1).unwrap().hold(600).expect("within");
+        let b = limits
+            .admit(2)
+            .unwrap()
+            .hold(400)
+            .expect("up to the budget");
+        assert!(limits.admit(3).unwrap().hold(1).is_err(), "one byte more");
+        assert_eq!(
+            limits.lock().get(&1),
+            Some(&1),
+            "a held answer keeps its slot"
+        );
+        drop((a, b));
+        assert_eq!(limits.held.load(Ordering::Relaxed), 0);
+        assert!(limits.lock().is_empty(), "every slot freed with its answer");
+    }
+
+    #[test]
     fn past_its_burst_a_user_waits_for_the_rate_and_others_do_not() {
         // Ten a minute: bursts of two, then one every six seconds.
-        let limits = Arc::new(UserLimits::new(10, 1));
+        let limits = Arc::new(UserLimits::new(10, 1, usize::MAX));
         let first = limits.admit(1).expect("first");
         assert!(limits.admit(1).is_err(), "one at once");
         drop(first);

@@ -98,8 +98,10 @@ const HELD_ABOVE: usize = 512 * 1024;
 /// the connection has taken all of it but what it buffers (a few hundred kilobytes: the body
 /// goes in chunks, each asked for once there is room): so a user's large answers that their
 /// client is slow to take, or never takes, count as their requests at once, and what one
-/// user's unread answers hold in memory is bounded (for how long: `listen.rs`). An answer up
-/// to [`HELD_ABOVE`] is handed over whole (its slot freed as it is), as before.
+/// user's unread answers hold in memory is bounded (for how long: `listen.rs`); all users'
+/// together are bounded by the node's budget (`--held-answers-bytes-max`; past it, 503: a
+/// push's writes were applied, and its client's retry is answered without applying them
+/// again). An answer up to [`HELD_ABOVE`] is handed over whole (its slot freed as it is).
 fn json_response<T: Serialize>(
     body: &T,
     cursor: u64,
@@ -108,6 +110,8 @@ fn json_response<T: Serialize>(
     let bytes = Bytes::from(serde_json::to_vec(body).map_err(ApiError::internal)?);
     let mut res = match admitted {
         Some(admitted) if bytes.len() > HELD_ABOVE => {
+            // Counted against the node's budget of answers not yet taken (all users').
+            let held = admitted.hold(bytes.len())?;
             let chunks: Vec<Result<Bytes, Infallible>> = (0..bytes.len())
                 .step_by(ANSWER_CHUNK)
                 .map(|at| Ok(bytes.slice(at..bytes.len().min(at + ANSWER_CHUNK))))
@@ -115,7 +119,7 @@ fn json_response<T: Serialize>(
             let body = futures_util::stream::iter(chunks).map(move |chunk| {
                 // Owned by the stream, so dropped with it: once the last chunk is asked for,
                 // or the connection is gone.
-                let _held = &admitted;
+                let _held = &held;
                 chunk
             });
             let length = HeaderValue::from(bytes.len());

@@ -142,65 +142,47 @@ async fn idle_sockets_are_capped_and_closed_and_the_server_keeps_answering() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
-    // (Connections left idle after an answer close after a second.)
-    let server = Server::start_with(
-        Backend::Sqlite,
-        &["--request-timeout-secs", "2", "--idle-timeout-secs", "1"],
-    )
-    .await;
-    let account = server.register("hoarder").await;
-    // About 4 MB to pull: 1,000 values of 4,000 bytes.
+/// A user `name` holding about 4 MB to pull: 1,000 values of 4,000 bytes.
+async fn hoarder(server: &Server, name: &str) -> support::Account {
+    let account = server.register(name).await;
     let value = serde_json::json!({"note": "x".repeat(4000)});
     for push in 0..10u64 {
         let mutations = (push * 100 + 1..=push * 100 + 100)
             .map(|id| support::mutation(id, "settings", &format!("k{id}"), value.clone(), id))
             .collect();
-        server
-            .push_ok(
-                &account.token,
-                &support::batch("hoarder-app", mutations, None),
-            )
-            .await;
+        let batch = support::batch(&format!("{name}-app"), mutations, None);
+        server.push_ok(&account.token, &batch).await;
     }
-    let pid = server.pid();
-    let before = open_files(pid);
-    // Pulls of it on sockets that read nothing, their receive buffers small: the answers
-    // wait on the server's side. As many as the user may have at once (4).
+    account
+}
+
+/// A pull of `token`'s whole state on a socket that reads nothing past the status line, its
+/// receive buffer small: the answer waits on the server's side. Returns once it has begun.
+async fn unread_pull(server: &Server, token: &str) -> tokio::net::TcpStream {
     let addr: std::net::SocketAddr = server
         .base
         .trim_start_matches("http://")
         .parse()
         .expect("the server's address");
-    let request = format!(
-        "GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        account.token
-    );
-    let mut sockets = Vec::new();
-    for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("receive buffer");
-        let mut stream = socket.connect(addr).await.expect("connect");
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-            .await
-            .expect("the request");
-        // Its answer has begun.
-        let mut status = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
-            .await
-            .expect("the answer's status line");
-        assert_eq!(&status, b"HTTP/1.1 200");
-        sockets.push(stream);
-    }
-    // While their answers wait, they count as the user's requests at once: one more is
-    // refused, so one user's unread answers hold at most four pages.
-    assert_eq!(
-        server.pull(&account.token, None).await.status,
-        reqwest::StatusCode::TOO_MANY_REQUESTS
-    );
-    // Two seconds after each stopped taking its answer, the server has let it go: its
-    // connection closed, and with it the answer it held.
+    let request =
+        format!("GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("the request");
+    let mut status = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
+        .await
+        .expect("the answer's status line");
+    assert_eq!(&status, b"HTTP/1.1 200");
+    stream
+}
+
+/// Waits until the server's process has no more open files than `before`: the connections
+/// it gave up are closed.
+async fn connections_given_up(pid: u32, before: usize) {
     let started = Instant::now();
     while open_files(pid) > before {
         assert!(
@@ -210,6 +192,33 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
+    // (Connections left idle after an answer close after a second.)
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &["--request-timeout-secs", "2", "--idle-timeout-secs", "1"],
+    )
+    .await;
+    let account = hoarder(&server, "hoarder").await;
+    let pid = server.pid();
+    let before = open_files(pid);
+    // As many pulls that read nothing as the user may have at once (4).
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(unread_pull(&server, &account.token).await);
+    }
+    // While their answers wait, they count as the user's requests at once: one more is
+    // refused, so one user's unread answers hold at most four pages.
+    assert_eq!(
+        server.pull(&account.token, None).await.status,
+        reqwest::StatusCode::TOO_MANY_REQUESTS
+    );
+    // Two seconds after each stopped taking its answer, the server has let it go: its
+    // connection closed, and with it the answer it held.
+    connections_given_up(pid, before).await;
     // What reaches each client now is what the sockets held on the way, not the answer.
     for mut stream in sockets {
         let mut taken = Vec::new();
@@ -223,6 +232,56 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
     // And the server goes on answering: a client that reads gets the whole answer.
     let answer = server.pull_ok(&account.token, None).await;
     assert_eq!(answer["changes"].as_array().map(Vec::len), Some(1000));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unread_answers_of_all_users_together_are_bounded_on_a_node() {
+    // Room for one answer of about 4 MB, not two.
+    let server = Server::start_with(
+        Backend::Sqlite,
+        &[
+            "--request-timeout-secs",
+            "2",
+            "--idle-timeout-secs",
+            "1",
+            "--held-answers-bytes-max",
+            "6000000",
+        ],
+    )
+    .await;
+    let first = hoarder(&server, "first").await;
+    let second = hoarder(&server, "second").await;
+    let pid = server.pid();
+    let before = open_files(pid);
+    // One user's client takes nothing of its answer: the node holds it.
+    let unread = unread_pull(&server, &first.token).await;
+    // Another user's pull would hold as much again: refused for now, to be retried.
+    let refused = server.pull(&second.token, None).await;
+    assert_eq!(
+        refused.status,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.error_code(), "unavailable");
+    assert_eq!(refused.headers["retry-after"], "2");
+    // Small answers are not held back: the second user's push is answered.
+    let value = serde_json::json!({"note": "late"});
+    let write = support::mutation(1001, "settings", "late", value, 1001);
+    server
+        .push_ok(
+            &second.token,
+            &support::batch("second-app", vec![write], None),
+        )
+        .await;
+    // Once the node has given the unread answer up with its connection, the pull goes
+    // through: a first page of 1,000 changes, the push's after it.
+    connections_given_up(pid, before).await;
+    drop(unread);
+    let answer = server.pull_ok(&second.token, None).await;
+    assert_eq!(answer["changes"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(answer["more"], true);
     server.stop().await;
 }
 
