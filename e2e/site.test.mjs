@@ -103,6 +103,39 @@ describe("the site's own sign-in", () => {
       await context.close();
     }));
 
+  test("a token endpoint slower than the request timeout holds nothing back: the request is timed once it is sent", () =>
+    withSite({}, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const query = "&requestTimeout=1500";
+      const page = await openDemo(context, site, sinkron, { query });
+      await siteSignIn(page, "ivo");
+      // Every state the sync status shows from the next page load on.
+      await context.addInitScript(() => {
+        window.seenStates = [];
+        new MutationObserver((records) => {
+          for (const r of records) if (r.target.dataset?.testid === "sync-status") window.seenStates.push(r.target.dataset.state);
+        }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-state"] });
+      });
+      // The site's token endpoint now answers after 2.5 s, longer than Sinkron's requests may
+      // take; the reloaded page asks it before its first pull.
+      const slowAnswers = [];
+      await context.route("**/site/token*", async (route) => {
+        const response = await route.fetch();
+        await new Promise((resolve) => setTimeout(resolve, 2500));
+        slowAnswers.push(route.request().url());
+        await route.fulfill({ response });
+      });
+      const counts = countRequests(page);
+      await page.reload();
+      await page.getByTestId("favorite-s09").click();
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.ok(slowAnswers.length >= 1, "the provider was asked, slowly");
+      const seen = await page.evaluate(() => window.seenStates);
+      assert.ok(!seen.includes("offline"), `a request counted as unanswered while the provider was asked: ${seen} (${counts.log})`);
+      assert.deepEqual(favoritesOf(await sinkron.state(site.token(site.userId("ivo")))), ["s09"]);
+      await context.close();
+    }));
+
   test("the site erases a user: every signed-in device drops the user's data and sends none of it back", () =>
     withSite({ alg: "HS256", admin: true }, async (site, sinkron) => {
       const phone = await browser.newContext();

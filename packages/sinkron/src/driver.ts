@@ -81,7 +81,8 @@ export interface ClientOptions {
    * (ms; default 45000, above the server's own 30 s): a connection gone dead on the way
    * answers nothing and fails only when the operating system gives up, many minutes later,
    * and nothing else is sent meanwhile. The largest answer, a page of 1,000 changes, takes a
-   * few seconds on a link that can play video; raise it where answers may come slower. The
+   * few seconds on a link that can play video; raise it where answers may come slower. It
+   * counts from when the request is sent: the time `getToken` takes is not in it. The
    * server's event stream (`pokes`) is not timed.
    */
   requestTimeout?: number;
@@ -746,11 +747,10 @@ export class SinkronClient {
       }
     };
     const headers: Record<string, string> = {};
-    const signal = this.#timeout();
     let response: Response;
     try {
       if (c.kind === "endSession") {
-        const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true, signal };
+        const init = { method: "POST", headers: { authorization: `Bearer ${c.token}` }, keepalive: true, signal: this.#timeout() };
         response = await fetch(`${this.#baseUrl}/api/auth/logout`, init);
         return reply(response.status, response.headers);
       }
@@ -759,6 +759,8 @@ export class SinkronClient {
       if (authorization === null) return reply(401);
       if (authorization !== undefined) headers.authorization = authorization;
       const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
+      // Timed from here: the site's token provider may take its time (its answer is kept).
+      const signal = this.#timeout();
       if (c.kind === "pull") {
         let url = `${this.#baseUrl}/api/user/me`;
         if (c.lastSync !== null) {
