@@ -263,9 +263,9 @@ pub struct Config {
     pub user_concurrency: u32,
 
     /// Most bytes of large answers (above 512 KiB) this node holds for clients that have not
-    /// taken them yet, all users together (128 MiB by default). Past it a pull that would
-    /// hold one more is answered 503 `unavailable` with `Retry-After`, and retried by its
-    /// client; one answer is let through whatever its size when nothing else is held.
+    /// taken them yet, all users together (128 MiB by default). Past it a pull or push whose
+    /// answer would be one more is answered 503 `unavailable` with `Retry-After`, and retried
+    /// by its client; one answer is let through whatever its size when nothing else is held.
     #[arg(
         long,
         env = "SINKRON_HELD_ANSWERS_BYTES_MAX",
