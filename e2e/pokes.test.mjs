@@ -7,8 +7,8 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  Server, artifacts, countRequests, launch, open, percentile, setVisible, signIn, signUp, until, waitPressed,
-  withPostgres, withServer,
+  Server, artifacts, countRequests, launch, open, percentile, setVisible, signIn, signUp, streamKillingProxy, until,
+  waitPressed, withPostgres, withServer,
 } from "./support.mjs";
 
 let browser;
@@ -125,6 +125,41 @@ describe("pokes", () => {
         }
       },
       ["--poke", "sse"],
+    ));
+
+  test("a stream that died on the way without a word is given up after a minute of silence, and opened again", () =>
+    withServer(
+      async (server) => {
+        const link = await streamKillingProxy(server);
+        try {
+          // Clients poll every 10 minutes here: only a poke brings a change within seconds.
+          const phone = await browser.newContext();
+          const watching = await open(phone, link, { interval: 600_000, query: "&pokes=1" });
+          await phone.clock.install();
+          const requests = countRequests(watching);
+          await signUp(watching, "silenced");
+          await until(() => requests.events === 1, { what: "the poke stream" });
+          const writing = await open(await browser.newContext(), server, { interval: 600_000 });
+          await signIn(writing, "silenced");
+          await writing.getByTestId("favorite-s01").click();
+          await waitPressed(watching, "favorite-s01", "true", 10_000);
+
+          // The stream's connection dies without a word: the server's comments (every 25 s)
+          // and pokes no longer arrive, and the browser is told nothing.
+          assert.equal(link.silenceStreams(), 1, "one stream to silence");
+          await writing.getByTestId("favorite-s02").click();
+          await phone.clock.runFor(61_000);
+          // Given up: the tab's next answer opens it again (here, its own write's push).
+          await watching.getByTestId("favorite-s05").click();
+          await until(() => requests.events === 2, { what: () => `the stream opened again: ${requests.log.join(", ")}` });
+          await writing.getByTestId("favorite-s03").click();
+          await waitPressed(watching, "favorite-s03", "true", 10_000);
+          await waitPressed(watching, "favorite-s02", "true", 10_000);
+        } finally {
+          await link.close();
+        }
+      },
+      ["--poke", "sse", "--poll-interval", "600", "--poll-interval-max", "600"],
     ));
 
   test("a server without pokes is asked once, and polling goes on", () =>

@@ -2,6 +2,7 @@
 import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { createServer } from "node:http";
+import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -148,6 +149,57 @@ export async function until(predicate, { timeout = 15000, what = "condition" } =
     if (Date.now() - started > timeout) throw new Error(`timed out waiting for ${typeof what === "function" ? await what() : what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * A TCP proxy in front of `server` whose poke streams can die on the way as on a mobile link or
+ * behind a NAT that dropped them: `silenceStreams()` stops carrying bytes, both ways, on every
+ * connection that carried `GET /api/user/me/events` so far, without closing it (no FIN, no
+ * RST: neither end hears anything). Other connections, and those made later, are carried as usual.
+ */
+export async function streamKillingProxy(server) {
+  const target = new URL(server.url);
+  const all = new Set();
+  const proxy = createTcpServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    const pair = { client, upstream, stream: false };
+    all.add(pair);
+    client.on("data", (chunk) => {
+      if (chunk.includes("GET /api/user/me/events")) pair.stream = true;
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const drop = () => {
+      all.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) socket.on("error", drop).on("close", drop);
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${proxy.address().port}/`,
+    silenceStreams() {
+      let silenced = 0;
+      for (const pair of all) {
+        if (!pair.stream || pair.silent) continue;
+        pair.silent = true;
+        silenced++;
+        pair.client.unpipe(pair.upstream);
+        pair.upstream.unpipe(pair.client);
+        pair.client.pause();
+        pair.upstream.pause();
+      }
+      return silenced;
+    },
+    close() {
+      for (const { client, upstream } of all) {
+        client.destroy();
+        upstream.destroy();
+      }
+      return new Promise((resolve) => proxy.close(resolve));
+    },
+  };
 }
 
 export async function open(context, server, { interval = 30000, path = "/", query = "" } = {}) {

@@ -83,7 +83,7 @@ export interface ClientOptions {
    * and nothing else is sent meanwhile. The largest answer, a page of 1,000 changes, takes a
    * few seconds on a link that can play video; raise it where answers may come slower. It
    * counts from when the request is sent: the time `getToken` takes is not in it. The
-   * server's event stream (`pokes`) is not timed.
+   * server's event stream (`pokes`) is not timed, but given up after a minute of silence.
    */
   requestTimeout?: number;
   /** Aborting it before `start` resolves stops the client before it sends anything. */
@@ -692,7 +692,8 @@ export class SinkronClient {
 
   /**
    * Holds the poke stream open: each `data:` line is a version for the engine. A stream that
-   * ends by itself is reported with its status; one the engine closed is not.
+   * ends by itself, or stays silent for a minute, is reported with its status; one the engine
+   * closed is not.
    */
   async #listen() {
     const stream = new AbortController();
@@ -711,7 +712,12 @@ export class SinkronClient {
       if (response?.ok && response.body) {
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let text = "";
+        let silent: ReturnType<typeof setTimeout> | undefined;
         for (;;) {
+          // The server writes at least every 25 s: a stream silent for a minute died on the way
+          // (a mobile link or a NAT dropped it without a word) and is given up as ended.
+          clearTimeout(silent);
+          silent = setTimeout(() => stream.abort(), 60_000);
           const { done, value } = await reader.read();
           if (done) break;
           const lines = (text + value).split("\n");
