@@ -141,7 +141,7 @@ async fn read_user(
     let cursor = loop {
         let page = state
             .store
-            .pull(user_id, since, state.config.page_size())
+            .pull(user_id, since, state.config.page_limit())
             .await?;
         records.extend(page.changes);
         if !page.more {

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use sinkron_core::merge::Policy;
 use sinkron_core::protocol::DEFAULT_COLLECTIONS;
 
-use crate::store::FieldMerge;
+use crate::store::{FieldMerge, PageLimit};
 
 /// The default cap of the `history` collection: entries a user keeps.
 pub const HISTORY_CAP: u64 = 1_000;
@@ -215,6 +215,20 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..=100_000)
     )]
     pub page_size: u32,
+
+    /// About the most bytes of changes in one page, as JSON (256 KiB by default); a page
+    /// holds its first change whatever its size. It bounds how long a slow link takes to
+    /// read a page: a client that cannot take a page within its request timeout (45 s in the
+    /// browser), or within `--request-timeout-secs` once its socket stalls, is cut off and
+    /// asks for the page again whole.
+    #[arg(
+        long,
+        env = "SINKRON_PAGE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 256 << 10,
+        value_parser = clap::value_parser!(u32).range(1024..)
+    )]
+    pub page_bytes: u32,
 
     /// Tombstones older than this many seconds are deleted (at start, then hourly); clients
     /// whose cursor is older get a full reset.
@@ -551,6 +565,7 @@ impl Default for Config {
             db_pool_size: 16,
             rules: WriteRules::default(),
             page_size: 1000,
+            page_bytes: 256 << 10,
             tombstone_ttl_secs: 30 * 24 * 3600,
             session_idle_secs: 30 * 24 * 3600,
             user_requests_per_minute: 600,
@@ -585,8 +600,13 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn page_size(&self) -> usize {
-        usize::try_from(self.page_size).unwrap_or(usize::MAX)
+    /// What one page (of a pull, or of a push's answer) may hold.
+    pub fn page_limit(&self) -> PageLimit {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        PageLimit {
+            changes: size(self.page_size),
+            bytes: size(self.page_bytes),
+        }
     }
 
     /// Whether a JWT key is configured.
@@ -662,6 +682,7 @@ impl fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("rules", &self.rules)
             .field("page_size", &self.page_size)
+            .field("page_bytes", &self.page_bytes)
             .field("tombstone_ttl_secs", &self.tombstone_ttl_secs)
             .field("session_idle_secs", &self.session_idle_secs)
             .field("user_requests_per_minute", &self.user_requests_per_minute)

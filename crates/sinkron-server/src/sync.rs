@@ -172,7 +172,7 @@ async fn pull(
     }
     let page = state
         .store
-        .pull(user.user_id, since, state.config.page_size())
+        .pull(user.user_id, since, state.config.page_limit())
         .await?;
     let Page {
         changes,
@@ -343,7 +343,7 @@ pub(crate) async fn push_for(
                 now_ms: now,
                 updated_at_max: now.saturating_add(state.config.rules.max_future_ms),
                 since,
-                limit: state.config.page_size(),
+                limit: state.config.page_limit(),
                 quota: Quota {
                     records: state.config.user_records_max,
                     bytes: state.config.user_bytes_max,

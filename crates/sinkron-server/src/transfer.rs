@@ -235,7 +235,7 @@ impl Rules {
             now_ms: self.now_ms,
             updated_at_max: self.now_ms.saturating_add(self.max_future_ms),
             since: None,
-            limit: 1,
+            limit: 1.into(),
             // The site's own data: imported whatever the quota. Usage still counts it.
             quota: Quota::UNLIMITED,
             caps: &self.caps,
@@ -548,7 +548,7 @@ async fn user_records(
     let mut records: BTreeMap<(String, String), Change> = BTreeMap::new();
     let mut since = None;
     loop {
-        let page = store.pull(user_id, since, EXPORT_PAGE).await?;
+        let page = store.pull(user_id, since, EXPORT_PAGE.into()).await?;
         if page.reset {
             // Compaction ran between two pages: this page is the whole state again.
             records.clear();

@@ -199,7 +199,15 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
     // (Connections left idle after an answer close after a second.)
     let server = Server::start_with(
         Backend::Sqlite,
-        &["--request-timeout-secs", "2", "--idle-timeout-secs", "1"],
+        // Pages as large as an operator may allow: the whole state of about 4 MB in one.
+        &[
+            "--request-timeout-secs",
+            "2",
+            "--idle-timeout-secs",
+            "1",
+            "--page-bytes",
+            "8000000",
+        ],
     )
     .await;
     let account = hoarder(&server, "hoarder").await;
@@ -247,6 +255,8 @@ async fn unread_answers_of_all_users_together_are_bounded_on_a_node() {
             "1",
             "--held-answers-bytes-max",
             "6000000",
+            "--page-bytes",
+            "8000000",
         ],
     )
     .await;

@@ -1125,6 +1125,70 @@ async fn a_small_page_size_pages_pulls_and_push_answers(backend: Backend) {
     assert_eq!(body["cursor"], "7");
 }
 
+/// Large values page by bytes, not only by count: 100 records of about 4 KiB (420 KB) come in
+/// pages of at most 256 KiB (and one change more, the one that crossed it), so a slow link
+/// reads each page within its request timeout.
+async fn large_values_page_by_the_default_byte_budget(backend: Backend) {
+    let server = Server::start(backend).await;
+    let alice = server.register("alice").await;
+    let big = "x".repeat(4000);
+    for first in [1, 51] {
+        let mutations = (first..first + 50)
+            .map(|i| {
+                mutation(
+                    i,
+                    "likes",
+                    &format!("ep{i:03}"),
+                    json!({ "note": big }),
+                    1000,
+                )
+            })
+            .collect();
+        server
+            .push_ok(&alice.token, &batch("bulk", mutations, None))
+            .await;
+    }
+    const BUDGET: usize = 256 * 1024;
+    let one = 110 + "likes".len() + "ep001".len() + "bulk".len() + r#"{"note":""}"#.len() + 4000;
+    let mut keys = std::collections::BTreeSet::new();
+    let (mut cursor, mut pages) = (None::<String>, Vec::new());
+    loop {
+        let r = server.pull(&alice.token, cursor.as_deref()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let body = r.json();
+        let changes = body["changes"].as_array().expect("changes");
+        pages.push((changes.len(), r.text.len()));
+        keys.extend(
+            changes
+                .iter()
+                .map(|c| c["key"].as_str().expect("key").to_owned()),
+        );
+        cursor = Some(cursor_of(&body));
+        if body["more"] == json!(false) {
+            break;
+        }
+    }
+    // 256 KiB hold 63 such changes (4,135 bytes each, as counted); the 64th crosses it and
+    // goes on the next page.
+    let per_page = BUDGET / one;
+    assert_eq!(pages.len(), 100usize.div_ceil(per_page), "{pages:?}");
+    for &(count, bytes) in &pages {
+        assert!(count <= per_page && bytes <= BUDGET, "{pages:?}");
+    }
+    assert_eq!(keys.len(), 100);
+    assert_eq!(cursor.as_deref(), Some("100"));
+    // A push's answer pages its changes the same way.
+    let body = server
+        .push_ok(&alice.token, &batch("other", vec![], Some("0")))
+        .await;
+    let changes = body["changes"].as_array().expect("changes");
+    assert_eq!((changes.len(), &body["more"]), (per_page, &json!(true)));
+    assert_eq!(
+        cursor_of(&body),
+        changes[per_page - 1]["version"].to_string()
+    );
+}
+
 async fn users_never_see_each_others_records(backend: Backend) {
     let server = Server::start(backend).await;
     let alice = server.register("alice").await;
@@ -1593,6 +1657,7 @@ on_every_backend!(
     contested_keys_converge_to_the_newest_write,
     pulls_page_by_the_default_page_size,
     a_small_page_size_pages_pulls_and_push_answers,
+    large_values_page_by_the_default_byte_budget,
     users_never_see_each_others_records,
     a_body_not_declared_as_json_is_415_and_writes_nothing,
     concurrent_pushes_of_many_users_each_get_their_own_answer,

@@ -43,6 +43,7 @@ async fn help_exits_zero_and_lists_serve() {
         "--collections",
         "--max-future-ms",
         "--page-size",
+        "--page-bytes",
         "--tombstone-ttl-secs",
     ] {
         assert!(help.contains(flag), "help mentions {flag}");
@@ -54,6 +55,10 @@ async fn bad_flags_fail_with_one_line() {
     assert_one_line_failure(&run(&["serve", "--bogus"]).await, "--bogus");
     assert_one_line_failure(&run(&["serve", "--addr", "nowhere"]).await, "--addr");
     assert_one_line_failure(&run(&["serve", "--page-size", "0"]).await, "--page-size");
+    assert_one_line_failure(
+        &run(&["serve", "--page-bytes", "1023"]).await,
+        "--page-bytes",
+    );
     for (proxy, expect) in [
         ("proxy.example", "neither an address"),
         ("10.0.0.0/33", "neither an address"),

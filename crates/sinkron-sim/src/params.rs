@@ -50,6 +50,9 @@ pub struct Params {
     /// Most changes in one answer (the server's `--page-size`): small enough in some runs
     /// that whole states and pulls come in pages (`more`).
     pub page_size: u32,
+    /// About the most bytes of changes in one answer (the server's `--page-bytes`): in some
+    /// runs small enough (a few changes) that pages are cut by their bytes.
+    pub page_bytes: u32,
     /// The interval the server asks clients to poll at (`--poll-interval`, seconds): the
     /// default 30 (the clients' own), or longer in some runs.
     pub poll_interval_secs: u32,
@@ -128,6 +131,11 @@ impl Params {
                 0
             },
             storage_lag_ms_max: if rng.chance(500) { rng.range(1, 50) } else { 0 },
+            page_bytes: if rng.chance(400) {
+                rng.range(1024, 4096) as u32
+            } else {
+                256 << 10
+            },
         }
     }
 
@@ -143,7 +151,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} token_expired={}‰ poll={}s compaction={} revocation={} \
+             safety={}s page={} page_bytes={} token_expired={}‰ poll={}s compaction={} revocation={} \
              proxy_error={}‰ storage_lag={}ms",
             self.users,
             self.devices_per_user,
@@ -160,6 +168,7 @@ impl fmt::Display for Params {
             self.fault_per_mille,
             self.safety_ms / 1000,
             self.page_size,
+            self.page_bytes,
             self.token_expired_per_mille,
             self.poll_interval_secs,
             self.compaction,

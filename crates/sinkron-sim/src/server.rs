@@ -152,6 +152,7 @@ pub struct Server {
     tokens: Vec<String>,
     models: Vec<UserModel>,
     page_size: u32,
+    page_bytes: u32,
     poll_interval_secs: u32,
 }
 
@@ -161,6 +162,7 @@ impl Server {
     pub fn start(
         users: usize,
         page_size: u32,
+        page_bytes: u32,
         poll_interval_secs: u32,
         now: u64,
         rng: &mut Rng,
@@ -181,6 +183,7 @@ impl Server {
             tokens: Vec::new(),
             models: (0..users).map(|_| UserModel::default()).collect(),
             page_size,
+            page_bytes,
             poll_interval_secs,
         };
         server.restart()?;
@@ -288,6 +291,7 @@ impl Server {
         let clock = self.clock.clone();
         let config = Config {
             page_size: self.page_size,
+            page_bytes: self.page_bytes,
             poll_interval: self.poll_interval_secs,
             // The per-user rate limit counts by the real clock, which would make a run depend
             // on how fast the machine is; the simulation's 429s come from its faults.
@@ -695,7 +699,7 @@ impl Server {
         let id = self.user_ids[user];
         let page = self
             .runtime
-            .block_on(store.pull(id, Some(0), 1_000_000))
+            .block_on(store.pull(id, Some(0), 1_000_000.into()))
             .map_err(|e| Violation::new("sim", format!("read store: {e}")))?;
         Ok(page
             .changes

@@ -181,6 +181,7 @@ impl World {
         let server = match Server::start(
             params.users,
             params.page_size,
+            params.page_bytes,
             params.poll_interval_secs,
             T0,
             &mut rng,

@@ -32,7 +32,7 @@ pub(crate) fn batch<'a>(
         now_ms: 1_000,
         updated_at_max: 61_000,
         since,
-        limit: 100,
+        limit: 100.into(),
         quota: Quota::UNLIMITED,
         caps: &[],
         merges: &[],
@@ -97,7 +97,7 @@ async fn a_collection_merged_per_field_keeps_each_fields_newest_write(store: &dy
         store.push(id, batch).await.expect("push")
     };
     let record = |key: &'static str| async move {
-        let page = store.pull(id, None, 100).await.expect("pull");
+        let page = store.pull(id, None, 100.into()).await.expect("pull");
         let change = page.changes.into_iter().find(|c| c.key == key);
         change.map(|c| (c.value, c.updated_at, c.client_id))
     };
@@ -149,7 +149,7 @@ async fn a_collection_merged_per_field_keeps_each_fields_newest_write(store: &dy
         "the newest write's stamp"
     );
     // A stale resume (stamped with the older copy's time) changes nothing: taken, not stored.
-    let before = store.pull(id, None, 100).await.expect("pull").cursor;
+    let before = store.pull(id, None, 100.into()).await.expect("pull").cursor;
     let resume = push(
         "phone",
         vec![write(
@@ -331,7 +331,7 @@ async fn a_lowered_cap_evicts_the_oldest_by_stamp_then_client_and_key_bytewise(s
     let live = || live_keys(store, id);
     let since = |version: u64| async move {
         store
-            .pull(id, Some(version), 100)
+            .pull(id, Some(version), 100.into())
             .await
             .expect("pull")
             .changes
@@ -409,7 +409,7 @@ pub(crate) async fn a_fourth_like_evicts_only_the_oldest(store: &dyn Store, id: 
 /// The keys of the user's records that hold a value, sorted.
 async fn live_keys(store: &dyn Store, id: super::UserId) -> Vec<String> {
     let mut keys: Vec<String> = store
-        .pull(id, None, 100)
+        .pull(id, None, 100.into())
         .await
         .expect("pull")
         .changes
@@ -435,7 +435,7 @@ async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {
         store.push(id, batch).await.expect("push")
     };
     let live = || async {
-        let page = store.pull(id, None, 100).await.expect("pull");
+        let page = store.pull(id, None, 100.into()).await.expect("pull");
         let mut keys: Vec<String> = page
             .changes
             .iter()
@@ -488,7 +488,7 @@ async fn a_capped_collection_keeps_its_newest_records(store: &dyn Store) {
         .expect("push");
     assert_eq!(
         store
-            .pull(id, Some(8), 100)
+            .pull(id, Some(8), 100.into())
             .await
             .expect("pull")
             .changes
@@ -546,7 +546,7 @@ async fn the_quota_refuses_growth_past_it_whole_and_always_lets_room_be_made(sto
     push(vec![m(5, "b", None, 40)]).await.expect("a delete");
     push(vec![m(6, "d", ten, 40)]).await.expect("room again");
     // Nothing of the refused batches was stored.
-    let page = store.pull(id, None, 100).await.expect("pull");
+    let page = store.pull(id, None, 100.into()).await.expect("pull");
     let live: Vec<(&str, Option<&str>)> = page
         .changes
         .iter()
@@ -701,7 +701,7 @@ async fn a_deleted_accounts_sessions_answer_once_with_nothing(store: &dyn Store)
         .expect("find")
         .is_none());
     // The whole state from a device's cursor: no record, one tombstone at the new version.
-    let page = store.pull(id, Some(3), 100).await.expect("pull");
+    let page = store.pull(id, Some(3), 100.into()).await.expect("pull");
     assert!(page.reset);
     let versions: Vec<(u64, bool)> = page
         .changes
@@ -722,7 +722,7 @@ async fn a_deleted_accounts_sessions_answer_once_with_nothing(store: &dyn Store)
     store.purge_expired(0, 0, 1_001).await.expect("purge");
     assert!(store.session(&token).await.expect("session").is_none());
     assert!(
-        store.pull(id, None, 100).await.is_err(),
+        store.pull(id, None, 100.into()).await.is_err(),
         "the emptied account is gone"
     );
 }
@@ -814,7 +814,7 @@ async fn versions_acks_and_merge(store: &dyn Store) {
         .expect("winning");
     assert_eq!((out.ack, out.version, out.applied), (2, 5, 2));
 
-    let full = store.pull(id, None, 100).await.expect("pull");
+    let full = store.pull(id, None, 100.into()).await.expect("pull");
     assert!(!full.reset && !full.more);
     assert_eq!(full.cursor, 5);
     // The whole state, in version order, holds the tombstone too.
@@ -833,10 +833,13 @@ async fn versions_acks_and_merge(store: &dyn Store) {
     );
 
     // Paging: the cursor of a page that has more is its last version.
-    let page = store.pull(id, Some(0), 2).await.expect("page");
+    let page = store.pull(id, Some(0), 2.into()).await.expect("page");
     assert!(page.more);
     assert_eq!(page.cursor, page.changes[1].version);
-    let rest = store.pull(id, Some(page.cursor), 2).await.expect("rest");
+    let rest = store
+        .pull(id, Some(page.cursor), 2.into())
+        .await
+        .expect("rest");
     assert!(!rest.more);
     assert_eq!(rest.cursor, 5);
 }
@@ -876,7 +879,7 @@ async fn writes_of_one_key_clamped_in_one_push_keep_their_order(store: &dyn Stor
         .await
         .expect("push");
     assert_eq!(out.ack, 5);
-    let state = store.pull(id, None, 100).await.expect("pull");
+    let state = store.pull(id, None, 100.into()).await.expect("pull");
     let held: Vec<(&str, Option<&str>, u64)> = state
         .changes
         .iter()
@@ -908,16 +911,22 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
         .expect("push");
     // Stored at 1_000: a compaction of what is older than 999 keeps it.
     assert_eq!(store.compact_tombstones(999).await.expect("compact"), 0);
-    assert!(!store.pull(id, Some(0), 100).await.expect("pull").reset);
+    assert!(
+        !store
+            .pull(id, Some(0), 100.into())
+            .await
+            .expect("pull")
+            .reset
+    );
     assert!(store.compact_tombstones(1_000).await.expect("compact") >= 1);
-    let page = store.pull(id, Some(2), 100).await.expect("pull");
+    let page = store.pull(id, Some(2), 100.into()).await.expect("pull");
     assert!(
         page.reset,
         "a cursor below the deleted tombstone's version resets"
     );
     let keys: Vec<&str> = page.changes.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, ["b", "c"]);
-    let page = store.pull(id, Some(3), 100).await.expect("pull");
+    let page = store.pull(id, Some(3), 100.into()).await.expect("pull");
     assert!(!page.reset && page.changes.len() == 1);
 
     // The newest row stays even when it is an old tombstone, so a whole state always ends
@@ -927,13 +936,19 @@ async fn compaction_raises_the_horizon(store: &dyn Store) {
         .await
         .expect("delete");
     store.compact_tombstones(u64::MAX).await.expect("compact");
-    let whole = store.pull(id, None, 100).await.expect("pull");
+    let whole = store.pull(id, None, 100.into()).await.expect("pull");
     assert_eq!(whole.cursor, 5);
     assert_eq!(
         whole.changes.last().map(|c| (c.key.as_str(), c.version)),
         Some(("c", 5))
     );
-    assert!(!store.pull(id, Some(4), 100).await.expect("pull").reset);
+    assert!(
+        !store
+            .pull(id, Some(4), 100.into())
+            .await
+            .expect("pull")
+            .reset
+    );
 }
 
 /// Tombstones compacted above the end of a whole state's first page: each next page goes on
@@ -959,7 +974,7 @@ async fn a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(stor
         .expect("push");
     assert!(store.compact_tombstones(1_000).await.expect("compact") >= 2);
     for (since, reset) in [(None, false), (Some(1), true)] {
-        let mut page = store.pull(id, since, 2).await.expect("pull");
+        let mut page = store.pull(id, since, 2.into()).await.expect("pull");
         assert_eq!(page.reset, reset);
         let mut keys: Vec<String> = page.changes.iter().map(|c| c.key.clone()).collect();
         for _ in 0..10 {
@@ -967,7 +982,7 @@ async fn a_whole_state_in_pages_ends_though_its_pages_end_below_the_horizon(stor
                 break;
             }
             page = store
-                .pull(id, Some(page.cursor), 2)
+                .pull(id, Some(page.cursor), 2.into())
                 .await
                 .expect("next page");
             assert!(!page.reset, "{since:?}: a next page starts nothing again");
@@ -992,7 +1007,7 @@ async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) 
         m(4, "d", Some("{}"), 10),
     ];
     let id = user_holding(store, "kept", "c1", &live).await;
-    let first = store.pull(id, None, 2).await.expect("first page");
+    let first = store.pull(id, None, 2.into()).await.expect("first page");
     assert!(first.more);
     // Since the first page: `a` deleted, then `e` written, at 2_000.
     let later = [m(5, "a", None, 20), m(6, "e", Some("{}"), 20)];
@@ -1002,7 +1017,7 @@ async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) 
     };
     store.push(id, at_2000).await.expect("push");
     let pages = |since| async move {
-        let mut page = store.pull(id, Some(since), 2).await.expect("page");
+        let mut page = store.pull(id, Some(since), 2.into()).await.expect("page");
         let reset = page.reset;
         let mut rows: Vec<(String, bool)> = Vec::new();
         loop {
@@ -1015,7 +1030,7 @@ async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) 
                 return (reset, rows);
             }
             page = store
-                .pull(id, Some(page.cursor), 2)
+                .pull(id, Some(page.cursor), 2.into())
                 .await
                 .expect("next page");
         }
@@ -1033,7 +1048,7 @@ async fn a_whole_state_begun_before_the_horizon_starts_again(store: &dyn Store) 
     let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["b", "c", "d", "e"]);
     // A whole state begun since goes on from its pages as before.
-    let first = store.pull(id, None, 2).await.expect("first page");
+    let first = store.pull(id, None, 2.into()).await.expect("first page");
     let (reset, rows) = pages(first.cursor).await;
     assert!(!reset);
     assert_eq!(rows, [("d".into(), true), ("e".into(), true)]);
@@ -1069,7 +1084,7 @@ async fn client_ids_compare_bytewise_and_keys_keep_every_character(store: &dyn S
         .push(id, batch("a", &[m(2, odd_key, Some("{}"), 1)], None))
         .await
         .expect("odd key");
-    let page = store.pull(id, Some(0), 100).await.expect("pull");
+    let page = store.pull(id, Some(0), 100.into()).await.expect("pull");
     let keys: Vec<(&str, &str)> = page
         .changes
         .iter()
@@ -1093,7 +1108,7 @@ async fn concurrent_pushes_take_distinct_versions(store: &dyn Store) {
     for out in [a, b, c, d] {
         assert_eq!(out.expect("push").applied, 5);
     }
-    let page = store.pull(id, Some(0), 100).await.expect("pull");
+    let page = store.pull(id, Some(0), 100.into()).await.expect("pull");
     let versions: Vec<u64> = page.changes.iter().map(|c| c.version).collect();
     assert_eq!(
         versions,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sinkron_core::{Change, Mutation};
 
-pub use plan::{Cap, ClientMark, FieldMerge, Held, Quota, Usage};
+pub use plan::{Cap, ClientMark, FieldMerge, Held, PageLimit, Quota, Usage};
 
 /// Told a user and the user's new version ([`Store::on_version_raised`]).
 pub type VersionHook = Arc<dyn Fn(UserId, u64) + Send + Sync>;
@@ -155,8 +155,8 @@ pub struct PushBatch<'a> {
     pub updated_at_max: u64,
     /// The client's cursor: when given, the outcome carries the changes since it.
     pub since: Option<u64>,
-    /// Most changes in the returned page.
-    pub limit: usize,
+    /// What the returned page may hold.
+    pub limit: PageLimit,
     /// What the user may store at most after the batch.
     pub quota: Quota,
     /// The capped collections ([`Cap`]).
@@ -193,7 +193,7 @@ struct PushJob {
     now_ms: u64,
     updated_at_max: u64,
     since: Option<u64>,
-    limit: usize,
+    limit: PageLimit,
     quota: Quota,
     caps: Vec<Cap>,
     merges: Vec<FieldMerge>,
@@ -398,13 +398,13 @@ pub trait Store: Send + Sync + 'static {
     async fn erase_subject(&self, subject: &str, now_ms: u64) -> Result<(), StoreError>;
 
     /// Changes after `since`, or the whole state (every stored record, tombstones included)
-    /// when `since` is `None` or behind the compaction horizon (then `reset`). Reads one
-    /// consistent snapshot.
+    /// when `since` is `None` or behind the compaction horizon (then `reset`), as much as
+    /// `limit` allows ([`Page::from_rows`]). Reads one consistent snapshot.
     async fn pull(
         &self,
         user_id: UserId,
         since: Option<u64>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Page, StoreError>;
 
     /// Applies a batch and the client's acknowledgement atomically: mutations at or below the

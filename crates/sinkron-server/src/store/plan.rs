@@ -752,6 +752,36 @@ impl PushBatch<'_> {
     }
 }
 
+/// How much one page (of a pull, or of a push's answer) may hold: at most `changes` changes,
+/// and about `bytes` bytes of them as JSON ([`wire_bytes`]) — but always the first change,
+/// whatever its size, so every state can be sent. Bytes bound how long a slow link takes to
+/// read a page: answers a client reads too slowly are cut (by the client's own request
+/// timeout, or the node's deadline on what it writes) and asked for again whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit {
+    pub changes: usize,
+    pub bytes: usize,
+}
+
+impl From<usize> for PageLimit {
+    /// At most `changes` changes, whatever their bytes.
+    fn from(changes: usize) -> Self {
+        PageLimit {
+            changes,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// About what a change takes in an answer's JSON: its strings and value as stored, and what
+/// surrounds them (the field names, two numbers and punctuation, about 110 bytes); escapes,
+/// rare in keys and ids, are not counted.
+pub fn wire_bytes(change: &Change) -> usize {
+    const AROUND: usize = 110;
+    let value = change.value.as_ref().map_or(4, String::len);
+    AROUND + change.collection.len() + change.key.len() + change.client_id.len() + value
+}
+
 /// Where a page starts: after the client's cursor when it lies between the user's horizon
 /// and version; inside a whole state, after the place its cursor names while no tombstone
 /// newer than the whole state's start was compacted; otherwise from the start, as the whole
@@ -872,18 +902,28 @@ impl Page {
         }
     }
 
-    /// Cuts the rows of a page query (ordered by version, at most `limit + 1` of them) into a
-    /// page: `more` when the extra row came back, and the cursor where the next pull starts —
-    /// the last returned row's version when more follow (a [`WHOLE_STATE`] cursor inside a
-    /// whole state), else the user's `version`.
+    /// Cuts the rows of a page query (ordered by version, at most `limit.changes + 1` of them)
+    /// into a page: as many rows as `limit` allows, in order (the first one whatever its size),
+    /// `more` when any row was left out, and the cursor where the next pull starts — the last
+    /// returned row's version when more follow (a [`WHOLE_STATE`] cursor inside a whole
+    /// state), else the user's `version`.
     pub fn from_rows(
         mut changes: Vec<Change>,
-        limit: usize,
+        limit: PageLimit,
         version: u64,
         start: PageStart,
     ) -> Page {
-        let more = changes.len() > limit;
-        changes.truncate(limit);
+        let mut bytes = 0usize;
+        let fits = changes
+            .iter()
+            .take(limit.changes)
+            .position(|change| {
+                bytes = bytes.saturating_add(wire_bytes(change));
+                bytes > limit.bytes
+            })
+            .map_or(limit.changes, |at| at.max(1));
+        let more = changes.len() > fits;
+        changes.truncate(fits);
         let cursor = match changes.last() {
             Some(last) if more && start.whole => WholeCursor {
                 after: last.version,

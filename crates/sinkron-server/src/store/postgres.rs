@@ -51,7 +51,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::pg_cache::{self, Cache, Listening};
-use super::plan::{PageStart, Plan, Planner, Stored, UserState, WholeCursor};
+use super::plan::{PageLimit, PageStart, Plan, Planner, Stored, UserState, WholeCursor};
 use super::{
     copy_err, restored_floor, subject_username, take_group, Attempts, Cap, ClientMark, Held,
     OpenError, Page, PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage,
@@ -676,7 +676,7 @@ async fn read_page<C: GenericClient>(
     client: &C,
     user_id: UserId,
     since: Option<u64>,
-    limit: usize,
+    limit: PageLimit,
 ) -> Result<Page, StoreError> {
     let place = since.and_then(WholeCursor::parse);
     let int = |v: Option<u64>| v.map(|v| to_i64(v, "cursor")).transpose();
@@ -685,7 +685,7 @@ async fn read_page<C: GenericClient>(
         int(place.and_then(|p| p.began))?,
     );
     let cursor = int(since.filter(|_| place.is_none()))?;
-    let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let limit_plus = i64::try_from(limit.changes.saturating_add(1)).unwrap_or(i64::MAX);
     let stmt = client.prepare_cached(PAGE_SQL).await.map_err(store_err)?;
     let rows = client
         .query(&stmt, &[&user_id, &after, &limit_plus, &began, &cursor])
@@ -1708,7 +1708,7 @@ impl Store for PostgresStore {
         &self,
         user_id: UserId,
         since: Option<u64>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Page, StoreError> {
         let client = self.client().await?;
         read_page(&client, user_id, since, limit).await
@@ -2021,7 +2021,7 @@ pub(crate) mod tests {
                 ],
                 "user {u}'s answer holds its own records"
             );
-            let stored = store.pull(ids[u], None, 100).await.expect("pull");
+            let stored = store.pull(ids[u], None, 100.into()).await.expect("pull");
             assert_eq!(stored.changes, page.changes, "user {u}'s stored records");
         }
         // Again, merging with what each user stored: k0 newer than the user's own stored
@@ -2122,7 +2122,7 @@ pub(crate) mod tests {
         }
         assert!(
             store
-                .pull(ids[2], None, 10)
+                .pull(ids[2], None, 10.into())
                 .await
                 .expect("pull")
                 .changes
@@ -2153,7 +2153,7 @@ pub(crate) mod tests {
         }
         assert!(
             store
-                .pull(ids[2], None, 10)
+                .pull(ids[2], None, 10.into())
                 .await
                 .expect("pull")
                 .changes

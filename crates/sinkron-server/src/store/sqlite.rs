@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use sinkron_core::Change;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::plan::{PageStart, Planner, Stored, UserState};
+use super::plan::{PageLimit, PageStart, Planner, Stored, UserState};
 use super::{
     copy_err, restored_floor, subject_username, take_group, ClientMark, Held, OpenError, Page,
     PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
@@ -396,7 +396,7 @@ fn read_page(
     conn: &Connection,
     user_id: UserId,
     since: Option<u64>,
-    limit: usize,
+    limit: PageLimit,
 ) -> Result<Page, StoreError> {
     let (version, horizon): (i64, i64) = conn
         .prepare_cached("SELECT version, horizon FROM users WHERE id = ?1")
@@ -408,7 +408,7 @@ fn read_page(
         .ok_or(StoreError::NotFound)?;
     let version = to_u64(version);
     let start = PageStart::new(since, to_u64(horizon), version);
-    let limit_plus = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let limit_plus = i64::try_from(limit.changes.saturating_add(1)).unwrap_or(i64::MAX);
     let map_row = |r: &rusqlite::Row<'_>| {
         Ok(Change {
             collection: r.get(0)?,
@@ -1088,7 +1088,7 @@ impl Store for SqliteStore {
         &self,
         user_id: UserId,
         since: Option<u64>,
-        limit: usize,
+        limit: PageLimit,
     ) -> Result<Page, StoreError> {
         let page = self
             .read(move |conn| {
@@ -1324,7 +1324,7 @@ mod tests {
         let id = store.create_user("dan", "phc", 1).await.expect("create");
         // A client hanging up drops its request's future while the blocking read runs.
         for _ in 0..READERS * 3 {
-            let mut read = store.pull(id, None, 10);
+            let mut read = store.pull(id, None, 10.into());
             // Poll once, so the blocking read starts, then drop the future.
             std::future::poll_fn(|cx| {
                 let _ = read.as_mut().poll(cx);
@@ -1334,7 +1334,7 @@ mod tests {
         }
         for _ in 0..READERS * 3 {
             store
-                .pull(id, None, 10)
+                .pull(id, None, 10.into())
                 .await
                 .expect("a reader is always there");
         }
@@ -1359,7 +1359,7 @@ mod tests {
             now_ms: 1_000,
             updated_at_max: 61_000,
             since: Some(0),
-            limit: 10,
+            limit: 10.into(),
             quota: Quota::UNLIMITED,
             caps: &[],
             merges: &[],
@@ -1380,7 +1380,7 @@ mod tests {
             (0, 1),
             "the retry sees the first push"
         );
-        let page = store.pull(id, Some(0), 10).await.expect("pull");
+        let page = store.pull(id, Some(0), 10.into()).await.expect("pull");
         assert_eq!(page.cursor, 1);
     }
 

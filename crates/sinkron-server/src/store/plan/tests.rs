@@ -21,7 +21,7 @@ fn batch<'a>(client_id: &'a str, mutations: &'a [Mutation]) -> PushBatch<'a> {
         now_ms: 1_000,
         updated_at_max: 61_000,
         since: None,
-        limit: 100,
+        limit: 100.into(),
         quota: Quota::UNLIMITED,
         caps: &[],
         merges: &[],
@@ -776,15 +776,20 @@ fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
         version,
     };
     let incremental = PageStart::new(Some(2), 0, 9);
-    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, incremental);
+    let page = Page::from_rows(
+        vec![change(3), change(5), change(8)],
+        2.into(),
+        9,
+        incremental,
+    );
     assert_eq!((page.changes.len(), page.cursor, page.more), (2, 5, true));
     let reset = PageStart::new(Some(1), 2, 9);
-    let page = Page::from_rows(vec![change(3), change(5)], 2, 9, reset);
+    let page = Page::from_rows(vec![change(3), change(5)], 2.into(), 9, reset);
     assert_eq!((page.changes.len(), page.cursor, page.more), (2, 9, false));
     assert!(page.reset);
     // A whole state in pages goes on from its last row, whatever the horizon below the
     // version it began at.
-    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2, 9, reset);
+    let page = Page::from_rows(vec![change(3), change(5), change(8)], 2.into(), 9, reset);
     let place = WholeCursor {
         after: 5,
         began: Some(9),
@@ -796,7 +801,7 @@ fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
         (next.after, next.reset, next.whole, next.began),
         (5, false, true, Some(9))
     );
-    let page = Page::from_rows(vec![change(6), change(7), change(8)], 2, 12, next);
+    let page = Page::from_rows(vec![change(6), change(7), change(8)], 2.into(), 12, next);
     assert_eq!(
         page.cursor,
         WholeCursor {
@@ -808,6 +813,50 @@ fn a_page_ends_at_its_last_row_when_more_follow_else_at_the_version() {
     // The horizon passed its start: the whole state starts again.
     let again = PageStart::new(Some(page.cursor), 10, 12);
     assert_eq!((again.after, again.reset, again.began), (0, true, Some(12)));
-    let empty = Page::from_rows(Vec::new(), 2, 9, incremental);
+    let empty = Page::from_rows(Vec::new(), 2.into(), 9, incremental);
     assert_eq!((empty.cursor, empty.more), (9, false));
+}
+
+#[test]
+fn a_page_holds_what_its_bytes_allow_and_always_its_first_change() {
+    // Values of 1,000 bytes: a change takes 1,000 + 110 + its strings ("likes", "k3", "c").
+    let change = |version| Change {
+        collection: "likes".into(),
+        key: format!("k{version}"),
+        value: Some(format!("{{\"v\":\"{}\"}}", "x".repeat(992))),
+        updated_at: 1,
+        client_id: "c".into(),
+        version,
+    };
+    let each = wire_bytes(&change(3));
+    assert_eq!(each, 1000 + 110 + 5 + 2 + 1);
+    let rows = || vec![change(3), change(5), change(8)];
+    let limit = |bytes| PageLimit { changes: 10, bytes };
+    // Two fit exactly; the third goes on the next page, which starts after the second.
+    let incremental = PageStart::new(Some(2), 0, 9);
+    let page = Page::from_rows(rows(), limit(2 * each), 9, incremental);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (2, 5, true));
+    let next = Page::from_rows(vec![change(8)], limit(2 * each), 9, incremental);
+    assert_eq!((next.changes.len(), next.cursor, next.more), (1, 9, false));
+    // One byte short of two: one.
+    let page = Page::from_rows(rows(), limit(2 * each - 1), 9, incremental);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (1, 3, true));
+    // A change larger than the whole budget still goes, alone: every state can be sent.
+    let page = Page::from_rows(rows(), limit(10), 9, incremental);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (1, 3, true));
+    // Everything fits: the last page, ending at the version.
+    let page = Page::from_rows(rows(), limit(3 * each), 9, incremental);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (3, 9, false));
+    // Inside a whole state, a page cut by its bytes goes on from its last row, as one cut by
+    // its count does.
+    let whole = PageStart::new(None, 0, 9);
+    let page = Page::from_rows(rows(), limit(each), 9, whole);
+    let place = WholeCursor {
+        after: 3,
+        began: Some(9),
+    };
+    assert_eq!((page.changes.len(), page.cursor), (1, place.encode()));
+    // The count still bounds it where the bytes would not.
+    let page = Page::from_rows(rows(), 2.into(), 9, incremental);
+    assert_eq!((page.changes.len(), page.more), (2, true));
 }
