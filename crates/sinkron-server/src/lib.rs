@@ -336,7 +336,11 @@ fn with_layers(router: Router<AppState>, state: AppState) -> Router {
                         .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
                             let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                             tracing::info!(status = res.status().as_u16(), micros, "answered");
-                        }),
+                        })
+                        // No second line at ERROR for a 5xx: a failure of ours logs its own
+                        // cause (`ApiError::internal` at ERROR, storage at WARN), and a
+                        // refusal on purpose (a full answer budget, busy storage) is an answer.
+                        .on_failure(()),
                 )
                 .layer(MapResponseLayer::new(json_errors))
                 .layer(CatchPanicLayer::custom(panic_response))

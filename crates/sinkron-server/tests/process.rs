@@ -621,6 +621,75 @@ async fn a_first_push_past_a_cap_is_no_cause_for_a_warning() {
     }
 }
 
+/// A 503 the node answers on purpose (here: its budget of unread answers is spent) is one
+/// line at INFO, like any answer, not an ERROR: under a flood of such requests an ERROR a
+/// refusal would bury the errors that need someone.
+#[tokio::test]
+async fn a_refusal_for_a_full_answer_budget_is_no_error_in_the_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let args = [
+        "--held-answers-bytes-max",
+        "1",
+        "--page-bytes",
+        "8000000",
+        "--request-timeout-secs",
+        "2",
+    ];
+    let server = Logged::start(&url, "info", &args).await;
+    // About 4 MB to pull, more than the sockets on the way hold: an answer the node holds
+    // until its client has taken it.
+    for first in (1..=1000).step_by(100) {
+        let writes = (first..first + 100)
+            .map(|n| {
+                mutation(
+                    n,
+                    "likes",
+                    &format!("e{n}"),
+                    json!({"note": "x".repeat(4000)}),
+                    n,
+                )
+            })
+            .collect();
+        assert_eq!(server.push(&batch("c1", writes, None)).await.status(), 200);
+    }
+    // A pull whose answer is not read: the budget is spent while it waits.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut unread = socket
+        .connect(addr.parse().expect("address"))
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.token
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut unread, request.as_bytes())
+        .await
+        .expect("the request");
+    let mut status = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut unread, &mut status)
+        .await
+        .expect("the answer's status line");
+    assert_eq!(&status, b"HTTP/1.1 200");
+    let refused = server
+        .http
+        .get(format!("{}/api/user/me", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(refused.status(), 503);
+    let log = server.log().await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("status=503")),
+        "the refusal is logged as an answer:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "an error was logged:\n{log}");
+}
+
 /// A `sinkron serve` whose log is read at the end: started on `url` with `args`, at
 /// `SINKRON_LOG=log`, with an account `ann` registered.
 struct Logged {
