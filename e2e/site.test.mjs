@@ -136,6 +136,37 @@ describe("the site's own sign-in", () => {
       await context.close();
     }));
 
+  test("a token endpoint that never answers holds syncing back half a minute, not for ever", () =>
+    withSite({}, async (site, sinkron) => {
+      const context = await browser.newContext();
+      const page = await openDemo(context, site, sinkron);
+      await siteSignIn(page, "una");
+      // The site's token endpoint stops answering (a request that hangs on a mobile link);
+      // later, once the page has given up on it, it answers again.
+      let hanging = true;
+      const hung = [];
+      await context.route("**/site/token*", async (route) => {
+        if (hanging) return void hung.push(route);
+        await route.continue();
+      });
+      await context.clock.install();
+      await page.reload();
+      await page.getByTestId("favorite-s10").click();
+      await until(() => hung.length >= 1, { what: "the provider asked" });
+      hanging = false;
+      // Half a minute on, the request that waited for a token goes as unanswered, and the
+      // retry asks the provider again.
+      await page.clock.runFor(31_000);
+      await until(
+        async () => {
+          await page.clock.runFor(1_000);
+          return favoritesOf(await sinkron.state(site.token(site.userId("una")))).includes("s10");
+        },
+        { timeout: 20_000, what: "the favourite on the server" },
+      );
+      await context.close();
+    }));
+
   test("the site erases a user: every signed-in device drops the user's data and sends none of it back", () =>
     withSite({ alg: "HS256", admin: true }, async (site, sinkron) => {
       const phone = await browser.newContext();

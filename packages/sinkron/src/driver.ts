@@ -16,8 +16,9 @@ import type { Answer, Call, Changed, Command, LegacyRecord, Rec, Session, Snapsh
  * at start, at `signedIn()` and when a request needs a token: the last token it gave for the
  * signed-in user is sent again without asking while its `exp` is more than 30 s away. Called
  * with `refresh: true` when a new token is needed: the last one it gave has 30 s or less
- * left, or the server answered `token_expired` and the request is to be retried. Throwing
- * counts as the server being unreachable: the request is retried later.
+ * left, or the server answered `token_expired` and the request is to be retried. Throwing, or
+ * not answering within 30 s, counts as the server being unreachable: the request is retried
+ * later.
  */
 export type TokenProvider = (options: { refresh: boolean }) => Promise<string | null>;
 
@@ -82,7 +83,8 @@ export interface ClientOptions {
    * answers nothing and fails only when the operating system gives up, many minutes later,
    * and nothing else is sent meanwhile. The largest answer, a page of 1,000 changes, takes a
    * few seconds on a link that can play video; raise it where answers may come slower. It
-   * counts from when the request is sent: the time `getToken` takes is not in it. The
+   * counts from when the request is sent: the time `getToken` takes is not in it (that has
+   * 30 s of its own, see `TokenProvider`). The
    * server's event stream (`pokes`) is not timed, but given up after a minute of silence.
    */
   requestTimeout?: number;
@@ -646,7 +648,11 @@ export class SinkronClient {
           if (!refresh && last.exp * 1000 > Date.now() + 30_000) return this.#lastToken;
           refresh = true;
         }
-        const t = getToken ? await getToken({ refresh }) : session?.user.id === user ? session.token : null;
+        // A provider that has not answered in half a minute (a request of the site's that
+        // hangs on a mobile link) failed: the request goes as unanswered, retried later.
+        const t = getToken
+          ? await Promise.race([getToken({ refresh }), new Promise<never>((_, fail) => setTimeout(fail, 30_000))])
+          : session?.user.id === user ? session.token : null;
         refresh = false;
         return t && (!getToken || subjectOrNull(t) === user) ? t : null;
       };
