@@ -156,30 +156,6 @@ async fn hoarder(server: &Server, name: &str) -> support::Account {
     account
 }
 
-/// A pull of `token`'s whole state on a socket that reads nothing past the status line, its
-/// receive buffer small: the answer waits on the server's side. Returns once it has begun.
-async fn unread_pull(server: &Server, token: &str) -> tokio::net::TcpStream {
-    let addr: std::net::SocketAddr = server
-        .base
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the server's address");
-    let request =
-        format!("GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let mut stream = socket.connect(addr).await.expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("the request");
-    let mut status = [0u8; 12];
-    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
-        .await
-        .expect("the answer's status line");
-    assert_eq!(&status, b"HTTP/1.1 200");
-    stream
-}
-
 /// Waits until the server's process has no more open files than `before`: the connections
 /// it gave up are closed.
 async fn connections_given_up(pid: u32, before: usize) {
@@ -216,7 +192,7 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
     // As many pulls that read nothing as the user may have at once (4).
     let mut sockets = Vec::new();
     for _ in 0..4 {
-        sockets.push(unread_pull(&server, &account.token).await);
+        sockets.push(support::unread_pull(&server.base, &account.token).await);
     }
     // While their answers wait, they count as the user's requests at once: one more is
     // refused, so one user's unread answers hold at most four pages.
@@ -265,7 +241,7 @@ async fn unread_answers_of_all_users_together_are_bounded_on_a_node() {
     let pid = server.pid();
     let before = open_files(pid);
     // One user's client takes nothing of its answer: the node holds it.
-    let unread = unread_pull(&server, &first.token).await;
+    let unread = support::unread_pull(&server.base, &first.token).await;
     // Another user's pull would hold as much again: refused for now, to be retried.
     let refused = server.pull(&second.token, None).await;
     assert_eq!(

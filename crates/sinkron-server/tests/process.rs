@@ -654,25 +654,7 @@ async fn a_refusal_for_a_full_answer_budget_is_no_error_in_the_log() {
         assert_eq!(server.push(&batch("c1", writes, None)).await.status(), 200);
     }
     // A pull whose answer is not read: the budget is spent while it waits.
-    let addr = server.base.trim_start_matches("http://").to_owned();
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("receive buffer");
-    let mut unread = socket
-        .connect(addr.parse().expect("address"))
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        server.token
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut unread, request.as_bytes())
-        .await
-        .expect("the request");
-    let mut status = [0u8; 12];
-    tokio::io::AsyncReadExt::read_exact(&mut unread, &mut status)
-        .await
-        .expect("the answer's status line");
-    assert_eq!(&status, b"HTTP/1.1 200");
+    let _unread = support::unread_pull(&server.base, &server.token).await;
     let refused = server
         .http
         .get(format!("{}/api/user/me", server.base))

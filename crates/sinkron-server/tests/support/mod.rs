@@ -518,3 +518,27 @@ pub async fn run(args: &[&str]) -> std::process::Output {
         .expect("the binary exits in time")
         .expect("its output is readable")
 }
+
+/// A pull of `token`'s whole state from the server at `base` on a socket that reads nothing
+/// past the status line, its receive buffer small: the answer waits on the server's side.
+/// Returns once it has begun.
+pub async fn unread_pull(base: &str, token: &str) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the server's address");
+    let request =
+        format!("GET /api/user/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("the request");
+    let mut status = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut status)
+        .await
+        .expect("the answer's status line");
+    assert_eq!(&status, b"HTTP/1.1 200");
+    stream
+}
