@@ -773,6 +773,38 @@ impl From<usize> for PageLimit {
     }
 }
 
+/// The rows of a page query as they are read (ordered by version, at most `limit.changes + 1`
+/// of them): enough once the page's bytes are spent and the row after the cut is in, which
+/// says `more`. So a pull of large values reads about a page's bytes, not all of its rows.
+pub struct PageRows {
+    limit: PageLimit,
+    bytes: usize,
+    changes: Vec<Change>,
+}
+
+impl PageRows {
+    pub fn new(limit: PageLimit) -> Self {
+        PageRows {
+            limit,
+            bytes: 0,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Takes the next row; `false` once no more are needed.
+    pub fn take(&mut self, change: Change) -> bool {
+        self.bytes = self.bytes.saturating_add(wire_bytes(&change));
+        self.changes.push(change);
+        // (The first row goes whatever its size: the one after it says whether more follow.)
+        !(self.bytes > self.limit.bytes && self.changes.len() > 1)
+    }
+
+    /// The page ([`Page::from_rows`]).
+    pub fn page(self, version: u64, start: PageStart) -> Page {
+        Page::from_rows(self.changes, self.limit, version, start)
+    }
+}
+
 /// About what a change takes in an answer's JSON: its strings and value as stored, and what
 /// surrounds them (the field names, two numbers and punctuation, about 110 bytes); escapes,
 /// rare in keys and ids, are not counted.

@@ -46,12 +46,14 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
     Transaction,
 };
+use futures_util::TryStreamExt;
 use sinkron_core::Change;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::pg_cache::{self, Cache, Listening};
-use super::plan::{PageLimit, PageStart, Plan, Planner, Stored, UserState, WholeCursor};
+use super::plan::{PageLimit, PageRows, PageStart, Plan, Planner, Stored, UserState, WholeCursor};
 use super::{
     copy_err, restored_floor, subject_username, take_group, Attempts, Cap, ClientMark, Held,
     OpenError, Page, PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage,
@@ -687,22 +689,32 @@ async fn read_page<C: GenericClient>(
     let cursor = int(since.filter(|_| place.is_none()))?;
     let limit_plus = i64::try_from(limit.changes.saturating_add(1)).unwrap_or(i64::MAX);
     let stmt = client.prepare_cached(PAGE_SQL).await.map_err(store_err)?;
-    let rows = client
-        .query(&stmt, &[&user_id, &after, &limit_plus, &began, &cursor])
+    let params: [&(dyn ToSql + Sync); 5] = [&user_id, &after, &limit_plus, &began, &cursor];
+    let rows = client.query_raw(&stmt, params).await.map_err(store_err)?;
+    futures_util::pin_mut!(rows);
+    // Every row carries the user's version and horizon; a user with no rows after the
+    // cursor has one row with no record.
+    let first = rows
+        .try_next()
         .await
-        .map_err(store_err)?;
-    let first = rows.first().ok_or(StoreError::NotFound)?;
+        .map_err(store_err)?
+        .ok_or(StoreError::NotFound)?;
     let version = to_u64(first.get(0));
     // The statement starts where this rule says; it cannot call it, as the version, the
     // horizon and the rows must come from one statement.
     let start = PageStart::new(since, to_u64(first.get(1)), version);
-    let mut changes = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(change) = change_of(row)? {
-            changes.push(change);
+    let mut page = PageRows::new(limit);
+    let mut row = Some(first);
+    while let Some(r) = row {
+        if let Some(change) = change_of(&r)? {
+            if !page.take(change) {
+                // The rest of the rows are read and dropped by the driver.
+                break;
+            }
         }
+        row = rows.try_next().await.map_err(store_err)?;
     }
-    Ok(Page::from_rows(changes, limit, version, start))
+    Ok(page.page(version, start))
 }
 
 /// What [`read_oldest`] reads for one cap a push may take its user past.

@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use sinkron_core::Change;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::plan::{PageLimit, PageStart, Planner, Stored, UserState};
+use super::plan::{PageLimit, PageRows, PageStart, Planner, Stored, UserState};
 use super::{
     copy_err, restored_floor, subject_username, take_group, ClientMark, Held, OpenError, Page,
     PushBatch, PushJob, PushOutcome, SessionInfo, Store, StoreError, Usage, UserAccount, UserId,
@@ -431,10 +431,13 @@ fn read_page(
             map_row,
         )
         .map_err(store_err)?;
-    let changes = rows
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(store_err)?;
-    Ok(Page::from_rows(changes, limit, version, start))
+    let mut page = PageRows::new(limit);
+    for row in rows {
+        if !page.take(row.map_err(store_err)?) {
+            break;
+        }
+    }
+    Ok(page.page(version, start))
 }
 
 /// Applies one push inside the caller's transaction (a savepoint of a group commit): reads

@@ -860,3 +860,42 @@ fn a_page_holds_what_its_bytes_allow_and_always_its_first_change() {
     let page = Page::from_rows(rows(), 2.into(), 9, incremental);
     assert_eq!((page.changes.len(), page.more), (2, true));
 }
+
+#[test]
+fn a_page_stops_reading_rows_once_its_bytes_are_spent_and_the_next_row_is_in() {
+    let change = |version, bytes| Change {
+        collection: "likes".into(),
+        key: format!("k{version}"),
+        value: Some("x".repeat(bytes)),
+        updated_at: 1,
+        client_id: "c".into(),
+        version,
+    };
+    let each = wire_bytes(&change(3, 1000));
+    let limit = PageLimit {
+        changes: 10,
+        bytes: 2 * each,
+    };
+    let start = PageStart::new(Some(2), 0, 9);
+    // Two fit; the third crosses the budget and is the last row read: it says `more`.
+    let mut rows = PageRows::new(limit);
+    let taken: Vec<bool> = [3, 5, 8]
+        .into_iter()
+        .map(|v| rows.take(change(v, 1000)))
+        .collect();
+    assert_eq!(taken, [true, true, false]);
+    let page = rows.page(9, start);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (2, 5, true));
+    // A first row over the whole budget goes alone, and one more row is read to know that
+    // more follow.
+    let mut rows = PageRows::new(limit);
+    assert!(rows.take(change(3, 5000)));
+    assert!(!rows.take(change(5, 10)));
+    let page = rows.page(9, start);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (1, 3, true));
+    // Alone, it is the last page.
+    let mut rows = PageRows::new(limit);
+    assert!(rows.take(change(3, 5000)));
+    let page = rows.page(9, start);
+    assert_eq!((page.changes.len(), page.cursor, page.more), (1, 9, false));
+}
