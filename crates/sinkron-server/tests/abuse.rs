@@ -142,6 +142,22 @@ async fn idle_sockets_are_capped_and_closed_and_the_server_keeps_answering() {
     server.stop().await;
 }
 
+/// A node for [`hoarder`]s, with `more` flags: pages as large as an operator may allow (a
+/// hoarder's whole state of about 4 MB in one), an answer not taken given up after two
+/// seconds, connections left idle after an answer closed after one.
+async fn hoarders_node(more: &[&str]) -> Server {
+    let flags = [
+        "--request-timeout-secs",
+        "2",
+        "--idle-timeout-secs",
+        "1",
+        "--page-bytes",
+        "8000000",
+    ];
+    let args: Vec<&str> = flags.iter().chain(more).copied().collect();
+    Server::start_with(Backend::Sqlite, &args).await
+}
+
 /// A user `name` holding about 4 MB to pull: 1,000 values of 4,000 bytes.
 async fn hoarder(server: &Server, name: &str) -> support::Account {
     let account = server.register(name).await;
@@ -172,20 +188,7 @@ async fn connections_given_up(pid: u32, before: usize) {
 
 #[tokio::test]
 async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
-    // (Connections left idle after an answer close after a second.)
-    let server = Server::start_with(
-        Backend::Sqlite,
-        // Pages as large as an operator may allow: the whole state of about 4 MB in one.
-        &[
-            "--request-timeout-secs",
-            "2",
-            "--idle-timeout-secs",
-            "1",
-            "--page-bytes",
-            "8000000",
-        ],
-    )
-    .await;
+    let server = hoarders_node(&[]).await;
     let account = hoarder(&server, "hoarder").await;
     let pid = server.pid();
     let before = open_files(pid);
@@ -222,20 +225,7 @@ async fn an_answer_the_client_does_not_take_is_given_up_with_its_connection() {
 #[tokio::test]
 async fn unread_answers_of_all_users_together_are_bounded_on_a_node() {
     // Room for one answer of about 4 MB, not two.
-    let server = Server::start_with(
-        Backend::Sqlite,
-        &[
-            "--request-timeout-secs",
-            "2",
-            "--idle-timeout-secs",
-            "1",
-            "--held-answers-bytes-max",
-            "6000000",
-            "--page-bytes",
-            "8000000",
-        ],
-    )
-    .await;
+    let server = hoarders_node(&["--held-answers-bytes-max", "6000000"]).await;
     let first = hoarder(&server, "first").await;
     let second = hoarder(&server, "second").await;
     let pid = server.pid();
