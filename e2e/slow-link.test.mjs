@@ -1,10 +1,10 @@
 // A phone on a slow link, in Debian's Chromium against the real server: Chromium's own
 // network throttling (the DevTools protocol's `Network.emulateNetworkConditions`) slows every
-// byte the page receives, so an answer larger than the link carries within the request
-// timeout is cut off, and asked for again whole.
+// byte the page receives and sends, so a request larger than the link carries within the
+// request timeout is cut off, and sent again whole.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, open, syncedState, until, withServer } from "./support.mjs";
+import { launch, open, recordsOf, settled, signUp, syncedState, until, withServer } from "./support.mjs";
 
 let browser;
 before(async () => {
@@ -60,4 +60,37 @@ describe("a slow link", () => {
         await context.close();
       }
     }, ["--page-bytes", "16384"]));
+
+  test("a large outbox leaves a phone whose uplink carries less than it within the request timeout: push by push", () =>
+    // 40 bookmarks with notes of 3.9 kB (about 160 kB) written offline; back online, the
+    // uplink carries 16 kB/s, so all of them in one push would take 10 s, more than the page's
+    // 8 s request timeout: that push would be cut off and sent again whole, for ever.
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      try {
+        const page = await open(context, server, { path: "/custom.html", interval: 1000, query: "&requestTimeout=8000" });
+        const token = await signUp(page, "uploader");
+        const failed = [];
+        page.on("requestfailed", (r) => new URL(r.url()).pathname === "/api/user/me/changes" && failed.push(r.failure()?.errorText));
+        const cdp = await context.newCDPSession(page);
+        await cdp.send("Network.enable");
+        const link = { latency: 50, downloadThroughput: 64 * 1024, uploadThroughput: 16 * 1024 };
+        await cdp.send("Network.emulateNetworkConditions", { ...link, offline: true });
+        const note = "n".repeat(3900);
+        for (let i = 0; i < 40; i++) {
+          await page.getByTestId("url").fill(`https://example.org/${i}`);
+          await page.getByTestId("note").fill(note);
+          await page.getByTestId("add").click();
+        }
+        await page.locator('[data-testid="sync-status"][data-pending="40"]').waitFor();
+        failed.length = 0;
+        await cdp.send("Network.emulateNetworkConditions", { ...link, offline: false });
+        const onServer = async () => Object.keys(recordsOf(await server.state(token), "bookmarks")).length;
+        await until(async () => (await onServer()) === 40, { timeout: 45_000, what: "every bookmark on the server" });
+        await settled(page);
+        assert.deepEqual(failed, [], "no push was cut off");
+      } finally {
+        await context.close();
+      }
+    }, ["--collections", "history,favorites,likes,settings,bookmarks"]));
 });

@@ -15,9 +15,11 @@ const collections = defineCollections({
   bookmarks: collection<{ url: string; note: string; read?: boolean }>(),
 });
 const store = createSyncStore(collections);
+/** `?interval=MS` and `?requestTimeout=MS`, as on the demo's main page (for tests). */
+const params = new URLSearchParams(location.search);
 
 function Bookmarks() {
-  const status = useSyncStore(store, { interval: Number(new URLSearchParams(location.search).get("interval") ?? 30000) });
+  const status = useSyncStore(store, { interval: Number(params.get("interval") ?? 30000), requestTimeout: Number(params.get("requestTimeout")) || undefined });
   const user = useStore(store, (s) => s.user);
   const bookmarks = useStore(store, (s) => s.records.bookmarks);
   const [name, setName] = useState("");

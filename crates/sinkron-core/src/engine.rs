@@ -399,7 +399,7 @@ impl Engine {
 
     /// This tab's unacknowledged mutations, oldest first.
     pub fn outbox(&self) -> Vec<Mutation> {
-        self.view.outbox(usize::MAX)
+        self.view.outbox(usize::MAX, usize::MAX)
     }
 
     // ----- poll -----
@@ -1305,15 +1305,7 @@ impl Engine {
         if !self.can_push() {
             return;
         }
-        let mut bytes = 64 + self.client_id.len();
-        let mut mutations = Vec::new();
-        for p in &self.view.outbox {
-            bytes += p.approximate_bytes();
-            if bytes > self.config.keepalive_bytes_max || mutations.len() == MUTATIONS_MAX {
-                break;
-            }
-            mutations.push(p.mutation());
-        }
+        let mutations = self.view.outbox(MUTATIONS_MAX, self.config.push_bytes_max);
         if mutations.is_empty() {
             return;
         }
@@ -1664,9 +1656,10 @@ impl Engine {
             return self.send_pull(now);
         }
         let mutations: Vec<Mutation> = match timer {
-            Timer::Push => self
-                .view
-                .outbox(self.config.push_batch_max.min(MUTATIONS_MAX)),
+            Timer::Push => self.view.outbox(
+                self.config.push_batch_max.min(MUTATIONS_MAX),
+                self.config.push_bytes_max,
+            ),
             _ => Vec::new(),
         };
         let last_sync = self.cursor.clone();

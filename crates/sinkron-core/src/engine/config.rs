@@ -35,8 +35,12 @@ pub struct Config {
     pub hot: Vec<(String, u64)>,
     /// Most mutations in one push.
     pub push_batch_max: usize,
-    /// Budget of a `keepalive` flush body; browsers refuse keepalive bodies above 64 KiB.
-    pub keepalive_bytes_max: usize,
+    /// Budget of a push's body, in bytes, its writes counted at their largest as JSON: a push
+    /// carries the oldest queued writes that fit (the first whatever its size; no write is
+    /// near this large), the rest go in the next. A slow uplink must carry a push within the
+    /// request timeout (60 KiB take 6 s at 10 KB/s, where 100 writes of the largest values
+    /// are over 400 kB), and browsers refuse `keepalive` bodies above 64 KiB.
+    pub push_bytes_max: usize,
     /// First retry delay cap after a failure; doubles with each failure in a row.
     pub backoff_base_ms: u64,
     /// Largest retry delay cap. A retry never waits longer than the pull interval either: a
@@ -69,7 +73,7 @@ impl Default for Config {
             push_wait_ms_max: 3_000,
             hot: vec![(String::from("history"), 30_000)],
             push_batch_max: 100,
-            keepalive_bytes_max: 60 * 1024,
+            push_bytes_max: 60 * 1024,
             backoff_base_ms: 1_000,
             backoff_ms_max: 60_000,
             pull_on_sign_in: true,

@@ -384,6 +384,70 @@ fn a_keepalive_flush_stays_under_the_budget_and_the_rest_waits() {
 }
 
 #[test]
+fn a_push_carries_what_its_byte_budget_holds_and_the_rest_follows_at_once() {
+    // 40 writes of 3 kB (about 120 kB as JSON): a slow uplink could not carry them in one
+    // request within its timeout. Each push stays within the budget; the next goes as soon as
+    // the last is answered, until the outbox is empty.
+    let mut tab = Tab::leader();
+    let value = format!(r#"{{"x":"{}"}}"#, "a".repeat(3000));
+    for i in 0..40 {
+        tab.write(&format!("e{i:02}"), &value);
+    }
+    tab.drain();
+    let budget = Config::default().push_bytes_max;
+    let mut sent = Vec::new();
+    let (mut id, mut request) = tab.next_push();
+    loop {
+        let mutations = pushed(&request);
+        let body: usize = mutations
+            .iter()
+            .map(|m| m.value.as_ref().unwrap().len())
+            .sum();
+        assert!(
+            !mutations.is_empty() && body <= budget,
+            "a push of {} mutations, {body} bytes of values",
+            mutations.len()
+        );
+        sent.extend(mutations.iter().map(|m| m.key.clone()));
+        let last = mutations.last().unwrap().id;
+        tab.reply(id, taken(last, &format!("{}", 1 + sent.len())));
+        if tab.engine.status().pending == 0 {
+            break;
+        }
+        // The rest goes at once, with the answer, not after another write's delay.
+        (id, request) = tab.only_send();
+    }
+    let expected: Vec<String> = (0..40).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(sent, expected, "every write once, oldest first");
+    assert!(budget >= 60 * 1024, "typical writes still go 100 to a push");
+}
+
+#[test]
+fn a_write_larger_than_the_push_budget_still_goes_alone() {
+    let config = Config {
+        hot: Vec::new(),
+        push_bytes_max: 1_000,
+        ..Config::default()
+    };
+    let mut tab = Tab::with(config, 1);
+    tab.engine.sign_in(tab.now, "u1");
+    tab.engine.handle_leadership(tab.now, true);
+    let (id, _) = tab.only_send();
+    tab.reply(id, Reply::Pulled(page("1", vec![], false)));
+    let value = format!(r#"{{"x":"{}"}}"#, "a".repeat(3000));
+    tab.write("big", &value);
+    tab.write("small", r#"{"p":1}"#);
+    tab.drain();
+    let (id, request) = tab.next_push();
+    let keys: Vec<&str> = pushed(&request).iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["big"]);
+    tab.reply(id, taken(pushed(&request)[0].id, "2"));
+    let (_, request) = tab.only_send();
+    let keys: Vec<&str> = pushed(&request).iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["small"]);
+}
+
+#[test]
 fn the_leader_pulls_every_interval_with_jitter() {
     let mut tab = Tab::leader();
     let config = Config::default();

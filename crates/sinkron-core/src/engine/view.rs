@@ -193,11 +193,18 @@ impl View {
         out
     }
 
-    /// This tab's first `n` unacknowledged mutations, oldest first. (One loop for every
-    /// use: each iterator chain would be another copy in the browser build.)
-    pub(super) fn outbox(&self, n: usize) -> Vec<Mutation> {
+    /// This tab's oldest unacknowledged mutations: at most `n`, and no more than a body of
+    /// about `bytes_max` holds (each counted by [`Pending::approximate_bytes`]), the first
+    /// whatever its size. (One loop for every use: each iterator chain would be another copy
+    /// in the browser build.)
+    pub(super) fn outbox(&self, n: usize, bytes_max: usize) -> Vec<Mutation> {
+        let mut bytes = 0;
         let mut out = Vec::new();
         for p in self.outbox.iter().take(n) {
+            bytes += p.approximate_bytes();
+            if bytes > bytes_max && !out.is_empty() {
+                break;
+            }
             out.push(p.mutation());
         }
         out
