@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::rng::Rng;
+use sinkron_core::Config;
 
 /// The shape of one run. [`Params::from_seed`] derives it; tests may change any field.
 #[derive(Clone, Debug)]
@@ -53,6 +54,9 @@ pub struct Params {
     /// About the most bytes of changes in one answer (the server's `--page-bytes`): in some
     /// runs small enough (a few changes) that pages are cut by their bytes.
     pub page_bytes: u32,
+    /// About the most bytes of writes in one push (the engine's `Config::push_bytes_max`): in
+    /// some runs small enough (a few writes) that an outbox leaves in several pushes.
+    pub push_bytes: u32,
     /// The interval the server asks clients to poll at (`--poll-interval`, seconds): the
     /// default 30 (the clients' own), or longer in some runs.
     pub poll_interval_secs: u32,
@@ -136,6 +140,11 @@ impl Params {
             } else {
                 256 << 10
             },
+            push_bytes: if rng.chance(400) {
+                rng.range(256, 2048) as u32
+            } else {
+                Config::default().push_bytes_max as u32
+            },
         }
     }
 
@@ -151,7 +160,7 @@ impl fmt::Display for Params {
             f,
             "users={} devices={:?} tabs={:?} guests={}‰ shared={}‰ skew_ms=[{}] \
              drop_req={}‰ drop_resp={}‰ dup={}‰ latency={}..{}ms action_gap={}ms faults={}‰ \
-             safety={}s page={} page_bytes={} token_expired={}‰ poll={}s compaction={} revocation={} \
+             safety={}s page={} page_bytes={} push_bytes={} token_expired={}‰ poll={}s compaction={} revocation={} \
              proxy_error={}‰ storage_lag={}ms",
             self.users,
             self.devices_per_user,
@@ -169,6 +178,7 @@ impl fmt::Display for Params {
             self.safety_ms / 1000,
             self.page_size,
             self.page_bytes,
+            self.push_bytes,
             self.token_expired_per_mille,
             self.poll_interval_secs,
             self.compaction,

@@ -422,7 +422,11 @@ impl World {
         previous: Option<String>,
     ) -> Result<(), Violation> {
         let seed = self.rng.fork();
-        let mut engine = Engine::new(Config::default(), seed);
+        let config = Config {
+            push_bytes_max: self.params.push_bytes as usize,
+            ..Config::default()
+        };
+        let mut engine = Engine::new(config, seed);
         let user = self.devices[d].session.map(|u| self.server.user_id(u));
         engine.restore_user(user.clone());
         let live: Vec<String> = self.devices[d]
