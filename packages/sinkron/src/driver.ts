@@ -81,8 +81,9 @@ export interface ClientOptions {
    * How long a request may take, its answer's body included, before it counts as no answer
    * (ms; default 45000, above the server's own 30 s): a connection gone dead on the way
    * answers nothing and fails only when the operating system gives up, many minutes later,
-   * and nothing else is sent meanwhile. The largest answer, a page of 1,000 changes, takes a
-   * few seconds on a link that can play video; raise it where answers may come slower. It
+   * and nothing else is sent meanwhile. The largest answer (a page of about 256 KiB, the
+   * server's `--page-bytes`) and the largest push (about 60 KiB of writes) fit within it on a
+   * link of 10 KB/s; raise it where requests may go slower. It
    * counts from when the request is sent: the time `getToken` takes is not in it (that has
    * 30 s of its own, see `TokenProvider`). The
    * server's event stream (`pokes`) is not timed, but given up after a minute of silence.
