@@ -1662,6 +1662,8 @@ impl Engine {
             ),
             _ => Vec::new(),
         };
+        #[cfg(feature = "planted-bugs")]
+        let mutations = self.planted_cut_acks_all(mutations);
         let last_sync = self.cursor.clone();
         self.send_push(mutations, last_sync, false);
     }
@@ -1678,6 +1680,20 @@ impl Engine {
             request: Request::EndSession { token },
             fresh_token: false,
         });
+    }
+
+    /// A planted bug: a push that leaves queued writes behind carries the id of the outbox's
+    /// last write on its own last one.
+    #[cfg(feature = "planted-bugs")]
+    fn planted_cut_acks_all(&self, mut mutations: Vec<Mutation>) -> Vec<Mutation> {
+        if crate::planted::planted(crate::planted::Bug::PushCutAcksAll)
+            && mutations.len() < self.view.outbox.len()
+        {
+            if let (Some(sent), Some(queued)) = (mutations.last_mut(), self.view.outbox.last()) {
+                sent.id = queued.id;
+            }
+        }
+        mutations
     }
 
     /// A planted bug: the guest's scope wiped with its outboxes, those of the guest's tabs gone

@@ -90,10 +90,14 @@ pub enum Bug {
     /// The leader's pulls wipe the guest's outboxes: those of the guest's tabs gone not yet
     /// taken over (a guest tab's writes that reached the storage after the sign-in) are lost.
     LeaderDropsGuest = 268435456,
+    /// A push that leaves queued writes behind (its budget spent) carries the id of the
+    /// outbox's last write on its own last one: its answer acknowledges the writes left
+    /// behind too, and they are dropped unsent.
+    PushCutAcksAll = 536870912,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 28] = [
+    pub const ALL: [Bug; 29] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -122,6 +126,7 @@ impl Bug {
         Bug::GuestTabsDropped,
         Bug::WipeDropsEmpty,
         Bug::LeaderDropsGuest,
+        Bug::PushCutAcksAll,
     ];
 
     /// The name used on the command line.
@@ -155,6 +160,7 @@ impl Bug {
             Bug::GuestTabsDropped => "guest-tabs-dropped",
             Bug::WipeDropsEmpty => "wipe-drops-empty",
             Bug::LeaderDropsGuest => "leader-drops-guest",
+            Bug::PushCutAcksAll => "push-cut-acks-all",
         }
     }
 }

@@ -197,3 +197,10 @@ fn a_wipe_dropping_the_outboxes_it_reads_as_empty_is_caught() {
 fn a_leader_wiping_the_guest_s_outboxes_is_caught() {
     finds("leader-drops-guest", 60);
 }
+
+/// Found by "no write lost" where an outbox leaves in several pushes: in the seeds whose push
+/// budget holds a few writes (`push_bytes`), as a device back online with a long outbox has.
+#[test]
+fn a_cut_push_acknowledging_the_writes_it_left_behind_is_caught() {
+    finds("push-cut-acks-all", 60);
+}
