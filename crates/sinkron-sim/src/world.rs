@@ -154,6 +154,8 @@ struct Written {
     value: Option<String>,
     /// True time of the write.
     at: u64,
+    /// Made by a tab signed in as nobody (a guest's, joined to an account later or never).
+    guest: bool,
 }
 
 /// A write of a playback position as a tab made it.

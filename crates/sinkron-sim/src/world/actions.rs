@@ -415,6 +415,7 @@ impl World {
                         fields: sets,
                         value: written,
                         at: self.now,
+                        guest: user.is_none(),
                     });
                 }
             }

@@ -490,7 +490,8 @@ impl World {
     /// (for a collection merged per field: each field's newest write, or a delete after it).
     /// Checked on the newest write of each key (of each field): the server must have taken
     /// one at least as new, as stamped (before any clamp), or, where the guest rule stamped
-    /// it earlier at a sign-in, the write itself or a later delete (`Server::took`). A write
+    /// it earlier at a sign-in, the write itself, a later delete, or a later guest write of it
+    /// (`Server::took`, `World::superseded_as_guest`). A write
     /// it did not take is lost unless a device still keeps it for the account (parked by a
     /// sign-out, for the user's next sign-in there). Floors only check what a tab still open shows: a write dropped
     /// by a tab that took over a closed one's, or at a sign-out, shows nowhere, and only this
@@ -522,6 +523,7 @@ impl World {
             if self.server.took(user, key, field, write)
                 || self.kept(user, key, write)
                 || self.deleted_after(user, key, w)
+                || self.superseded_as_guest(user, key, field, w)
             {
                 continue;
             }
@@ -567,6 +569,34 @@ impl World {
                     self.server.took(user, key, "*", delete) || self.kept(user, key, delete)
                 }
         })
+    }
+
+    /// Whether `w`, written signed in, was superseded by a guest's write of the same field
+    /// on its device, made after it (so after the sign-out that parked it) and joined to its
+    /// account, which the server took (or a device keeps, or a later delete covers): the guest
+    /// rule at a sign-in puts a parked write just before the guest's writes of its key,
+    /// whatever the clocks say (`Engine::unpark`), so a later guest write may take its place
+    /// before either is sent (simulation seed 104,716, where the device's clock had jumped
+    /// back between the two).
+    fn superseded_as_guest(&self, user: usize, key: &Key, field: &str, w: &Written) -> bool {
+        !w.guest
+            && self.written.iter().any(|g| {
+                let sets = match field {
+                    "" => true,
+                    "*" => g.value.is_none(),
+                    f => g.fields.as_ref().is_some_and(|n| n.iter().any(|n| n == f)),
+                };
+                let write = (g.stamp.0, g.value.as_deref(), g.at);
+                g.guest
+                    && g.user == Some(user)
+                    && g.device == w.device
+                    && g.key == *key
+                    && g.at > w.at
+                    && sets
+                    && (self.server.took(user, key, field, write)
+                        || self.kept(user, key, write)
+                        || self.deleted_after(user, key, g))
+            })
     }
 
     /// Whether a device keeps, stored for `user`'s next sign-in on it, a write of `key` made
