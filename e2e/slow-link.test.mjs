@@ -35,6 +35,22 @@ async function accountWithLargeValues(server, username, count) {
   await post("/api/user/me/changes", { clientId: "elsewhere", mutations }, token);
 }
 
+/** The requests to `path` the page saw fail (cut off by its timeout, say), as they fail. */
+function failures(page, path) {
+  const failed = [];
+  page.on("requestfailed", (r) => new URL(r.url()).pathname === path && failed.push(r.failure()?.errorText));
+  return failed;
+}
+
+/** Sets the page's link (`Network.emulateNetworkConditions`) now, and again with what it returns. */
+async function throttle(context, page, conditions) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  const set = (c) => cdp.send("Network.emulateNetworkConditions", c);
+  await set(conditions);
+  return set;
+}
+
 describe("a slow link", () => {
   test("a large state reaches a phone whose link carries less than it within the request timeout: page by page", () =>
     // 40 likes of 4 kB (about 165 kB) over 16 kB/s take 10 s, more than the page's 4 s
@@ -44,11 +60,8 @@ describe("a slow link", () => {
       const context = await browser.newContext();
       try {
         const page = await open(context, server, { query: "&requestTimeout=4000" });
-        const failed = [];
-        page.on("requestfailed", (r) => new URL(r.url()).pathname === "/api/user/me" && failed.push(r.failure()?.errorText));
-        const cdp = await context.newCDPSession(page);
-        await cdp.send("Network.enable");
-        await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 50, downloadThroughput: 16 * 1024, uploadThroughput: 16 * 1024 });
+        const failed = failures(page, "/api/user/me");
+        await throttle(context, page, { offline: false, latency: 50, downloadThroughput: 16 * 1024, uploadThroughput: 16 * 1024 });
         await page.getByTestId("login-username").fill("slow");
         await page.getByTestId("login-password").fill("correct horse");
         await page.getByTestId("login-submit").click();
@@ -70,12 +83,9 @@ describe("a slow link", () => {
       try {
         const page = await open(context, server, { path: "/custom.html", interval: 1000, query: "&requestTimeout=8000" });
         const token = await signUp(page, "uploader");
-        const failed = [];
-        page.on("requestfailed", (r) => new URL(r.url()).pathname === "/api/user/me/changes" && failed.push(r.failure()?.errorText));
-        const cdp = await context.newCDPSession(page);
-        await cdp.send("Network.enable");
+        const failed = failures(page, "/api/user/me/changes");
         const link = { latency: 50, downloadThroughput: 64 * 1024, uploadThroughput: 16 * 1024 };
-        await cdp.send("Network.emulateNetworkConditions", { ...link, offline: true });
+        const setLink = await throttle(context, page, { ...link, offline: true });
         const note = "n".repeat(3900);
         for (let i = 0; i < 40; i++) {
           await page.getByTestId("url").fill(`https://example.org/${i}`);
@@ -84,7 +94,7 @@ describe("a slow link", () => {
         }
         await page.locator('[data-testid="sync-status"][data-pending="40"]').waitFor();
         failed.length = 0;
-        await cdp.send("Network.emulateNetworkConditions", { ...link, offline: false });
+        await setLink({ ...link, offline: false });
         const onServer = async () => Object.keys(recordsOf(await server.state(token), "bookmarks")).length;
         await until(async () => (await onServer()) === 40, { timeout: 45_000, what: "every bookmark on the server" });
         await settled(page);
