@@ -8,20 +8,39 @@ import { gzipSync } from "node:zlib";
 const here = new URL("..", import.meta.url).pathname;
 const gz = (bytes) => gzipSync(bytes, { level: 9 }).length;
 const wasm = readFileSync(`${here}src/wasm/sinkron.wasm`);
+// Split as an app's bundler splits it: what is imported on demand (the poke stream's reader,
+// loaded only by a client with `pokes`) is a chunk of its own, counted apart.
 const bundle = await build({
   entryPoints: [`${here}src/react.ts`],
   bundle: true,
+  splitting: true,
+  outdir: "/size",
   minify: true,
   format: "esm",
   write: false,
+  metafile: true,
   external: ["react", "*.wasm"],
   logLevel: "error",
 });
-const js = bundle.outputFiles[0].contents;
+// The entry and the chunks it imports statically are on every page. (The metafile names
+// outputs relative to the working directory, the output files by absolute path.)
+const outputs = bundle.metafile.outputs;
+const absolute = (path) => path.replace(/^(\.\.\/)+/, "/");
+const onPage = new Set();
+const visit = (path) => {
+  if (onPage.has(absolute(path))) return;
+  onPage.add(absolute(path));
+  for (const i of outputs[path].imports) if (i.kind === "import-statement" && outputs[i.path]) visit(i.path);
+};
+visit(Object.keys(outputs).find((path) => outputs[path].entryPoint?.endsWith("src/react.ts")));
+const files = bundle.outputFiles;
+const js = Buffer.concat(files.filter((f) => onPage.has(f.path)).map((f) => f.contents));
+const later = files.filter((f) => !onPage.has(f.path));
 const sizes = { wasm: wasm.length, wasmGzip: gz(wasm), js: js.length, jsGzip: gz(js) };
 sizes.totalGzip = sizes.wasmGzip + sizes.jsGzip;
+sizes.onDemandGzip = later.reduce((n, f) => n + gz(f.contents), 0);
 const kb = (n) => `${(n / 1024).toFixed(1)} kB`;
-console.log(`sinkron size: wasm ${kb(sizes.wasm)} (${kb(sizes.wasmGzip)} gzip), js ${kb(sizes.js)} (${kb(sizes.jsGzip)} gzip), total ${kb(sizes.totalGzip)} gzip`);
+console.log(`sinkron size: wasm ${kb(sizes.wasm)} (${kb(sizes.wasmGzip)} gzip), js ${kb(sizes.js)} (${kb(sizes.jsGzip)} gzip), total ${kb(sizes.totalGzip)} gzip; loaded on demand ${kb(sizes.onDemandGzip)} gzip`);
 writeFileSync(`${here}size.json`, JSON.stringify(sizes, null, 2) + "\n");
 // The ceiling is the hard limit, 30 kB (the goal is 20 kB; the size of each change is in
 // BENCHMARKS.md, "Size, trimmed"); raise it only on purpose.

@@ -711,29 +711,13 @@ export class SinkronClient {
     let status = 0;
     try {
       const authorization = await this.#authorization({ freshToken: false });
-      const headers: Record<string, string> = authorization ? { authorization } : {};
-      const credentials: RequestCredentials = this.#options.cookie ? "include" : "same-origin";
       // No token to send: answered as the server would, as `#send` does.
-      const response = authorization === null ? null : await fetch(`${this.#baseUrl}/api/user/me/events`, { headers, credentials, cache: "no-store", signal: stream.signal });
-      status = response?.status ?? 401;
-      if (response?.ok && response.body) {
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let text = "";
-        let silent: ReturnType<typeof setTimeout> | undefined;
-        for (;;) {
-          // The server writes at least every 25 s: a stream silent for a minute died on the way
-          // (a mobile link or a NAT dropped it without a word) and is given up as ended.
-          clearTimeout(silent);
-          silent = setTimeout(() => stream.abort(), 60_000);
-          const { done, value } = await reader.read();
-          if (done) break;
-          const lines = (text + value).split("\n");
-          text = lines.pop()!;
-          for (const line of lines) if (line.startsWith("data:")) poke({ version: +line.slice(5) });
-        }
-      }
+      status =
+        authorization === null
+          ? 401
+          : await (await import("./pokes.js")).readPokes(`${this.#baseUrl}/api/user/me/events`, authorization, this.#options.cookie, stream, poke);
     } catch {
-      // Cut off, or closed by the engine (then not reported).
+      // The token provider failed, or the reader could not be loaded: no answer.
     }
     poke({ status });
     if (this.#pokes === stream) this.#pokes = null;
