@@ -53,7 +53,7 @@ use alloc::vec::Vec;
 
 use crate::clock::Clock;
 use crate::protocol::{Change, Mutation, MUTATIONS_MAX, WHOLE_STATE};
-use crate::record::{holds_fields_of, Record, RecordKey};
+use crate::record::{holds_fields_of, sets_true, Record, RecordKey};
 use crate::rng::Rng;
 
 mod command;
@@ -138,6 +138,23 @@ fn cursor_number(cursor: &str) -> Option<u64> {
 /// digits or more (2^62 has 19; versions, below 2^53, at most 16).
 fn inside_whole(cursor: &str) -> bool {
     cursor.len() > 18
+}
+
+/// Whether the value of the queued write `p` holds a sticky field of its collection
+/// ([`Config::sticky`]) `true` where `new`, a later write of its key, does not: `new` may then
+/// neither take `p`'s place nor undo it unsent, or the server might never keep that `true`.
+/// (A write of other fields that holds the `true` as the record showed it is kept too, which
+/// is safe; `new` takes a queued write's place only setting the same fields, or whole.)
+#[inline(never)]
+fn sticky_over(sticky: &[String], p: &Pending, new: &Record) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    if crate::planted::planted(crate::planted::Bug::StickyCoalesced) {
+        return false;
+    }
+    let holds = |r: &Record, name| r.value.as_deref().is_some_and(|v| sets_true(v, name));
+    sticky
+        .iter()
+        .any(|name| holds(&p.record, name) && !holds(new, name))
 }
 
 /// An acknowledgement of every write of a client id (a gone tab's, taken over by
@@ -957,7 +974,9 @@ impl Engine {
         // its writes wait thus queues a delete and a write at most. A write of some fields
         // undoes the queued writes of the same fields to the key alike, wherever they are
         // (writes of other fields between commute with it): fields written in turn queue
-        // one write per set of fields, not one per write.
+        // one write per set of fields, not one per write. But a queued write setting a
+        // sticky field `true` that this one does not stays (`sticky_over`): un-marked, then
+        // marked again, a field queues two writes at most.
         let per_field = record.value.is_some() && fields.is_some();
         // (Only writes older than this one: one taken over from a gone tab may be older
         // than what this tab queued, and goes beside it.)
@@ -967,6 +986,7 @@ impl Engine {
                     || p.key != key
                     || !record.wins_over(&p.record)
                     || per_field && (p.fields != fields || p.record.value.is_none())
+                    || sticky_over(&self.config.sticky, p, &record)
             });
         }
         // Coalesce with the queued write to the same key unless that one was already sent,
@@ -996,6 +1016,7 @@ impl Engine {
                     && p.fields == fields
                     && record.wins_over(&p.record)
                     && p.record.value.as_deref().is_some_and(takes_place)
+                    && !sticky_over(&self.config.sticky, p, &record)
                     || any_fields
                         && p.id > sent_max
                         && (p.record.value.is_some() || record.value.is_none()) =>

@@ -94,10 +94,13 @@ pub enum Bug {
     /// outbox's last write on its own last one: its answer acknowledges the writes left
     /// behind too, and they are dropped unsent.
     PushCutAcksAll = 536870912,
+    /// A later write of a key takes the place of (or, a delete, undoes) a queued write that
+    /// set a sticky field `true`, unsent: the server never keeps that `true`.
+    StickyCoalesced = 1073741824,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 29] = [
+    pub const ALL: [Bug; 30] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -127,6 +130,7 @@ impl Bug {
         Bug::WipeDropsEmpty,
         Bug::LeaderDropsGuest,
         Bug::PushCutAcksAll,
+        Bug::StickyCoalesced,
     ];
 
     /// The name used on the command line.
@@ -161,6 +165,7 @@ impl Bug {
             Bug::WipeDropsEmpty => "wipe-drops-empty",
             Bug::LeaderDropsGuest => "leader-drops-guest",
             Bug::PushCutAcksAll => "push-cut-acks-all",
+            Bug::StickyCoalesced => "sticky-coalesced",
         }
     }
 }

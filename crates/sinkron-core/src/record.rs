@@ -77,6 +77,22 @@ pub(crate) fn holds_fields_of(new: &str, old: &str) -> bool {
     !olds.broken
 }
 
+/// Whether the record value `value` (a JSON object text) holds the field `field` `true`,
+/// written as `JSON.stringify` writes it (`"field":true`): a sticky field's `true` must reach
+/// the server (see [`crate::Config::sticky`]). Read without following the text, so a nested
+/// object's field counts too (which keeps a write that could have gone: safe), and one
+/// written with spaces or escapes does not.
+pub(crate) fn sets_true(value: &str, field: &str) -> bool {
+    let value = value.as_bytes();
+    (0..value.len()).any(|i| {
+        value.get(i..).is_some_and(|v| {
+            v.starts_with(b"\"")
+                && v.get(1..).is_some_and(|v| v.starts_with(field.as_bytes()))
+                && (v.get(field.len() + 1..)).is_some_and(|v| v.starts_with(b"\":true"))
+        })
+    })
+}
+
 /// The top-level field names of a JSON object text, quotes and escapes included, as written.
 struct TopFields<'a> {
     bytes: &'a [u8],
@@ -196,6 +212,22 @@ mod tests {
         // A text it cannot follow: what came before the break.
         assert_eq!(fields(r#"{"a":1,"b"#), [r#""a""#]);
         assert_eq!(fields(r#"{"a":"\"#), [r#""a""#]);
+    }
+
+    #[test]
+    fn a_value_holds_a_field_true_as_json_stringify_writes_it() {
+        assert!(sets_true(r#"{"a":1,"done":true}"#, "done"));
+        assert!(!sets_true(r#"{"done":false}"#, "done"));
+        assert!(!sets_true(r#"{"done":"true"}"#, "done"));
+        assert!(!sets_true(r#"{"undone":true}"#, "done"));
+        assert!(!sets_true(r#"{"done2":true}"#, "done"));
+        assert!(!sets_true(r#"{"note":"\"done\":true"}"#, "done"));
+        assert!(!sets_true("{}", "done"));
+        // Not followed: a nested field counts too (a write kept that could have gone: safe).
+        assert!(sets_true(r#"{"x":{"done":true}}"#, "done"));
+        // Written with spaces or escapes, it is not found.
+        assert!(!sets_true(r#"{"done" : true}"#, "done"));
+        assert!(!sets_true(r#"{"d\u006fne":true}"#, "done"));
     }
 
     #[test]

@@ -37,6 +37,8 @@ const MAX_FUTURE_MS: u64 = 60_000;
 /// The collection the server merges field by field (`--merge-fields`), with its sticky field.
 pub const MERGED: &str = "history";
 const MERGE_FIELDS: &str = "history:completed";
+/// Its sticky field, which the tabs declare too (`Config::sticky`).
+pub const STICKY: &str = "completed";
 /// A capped collection and its cap: devices like more episodes than it keeps, so pushes evict
 /// (and read the collection's count and oldest records to do it).
 pub const CAPPED: &str = "likes";
@@ -48,10 +50,19 @@ pub const UNKNOWN: &str = "bookmarks";
 /// What a per-field write is to the model: its stamp, value and the fields it names.
 type FieldWrite = (Stamp, Option<Map<String, Value>>, Option<Vec<String>>);
 
+/// Whether a write of `value` that sets `fields` (`None`: those its value holds) sets
+/// [`STICKY`] `true`.
+pub fn sets_sticky_true(fields: Option<&[String]>, value: Option<&str>) -> bool {
+    fields.is_none_or(|f| f.iter().any(|n| n == STICKY))
+        && value
+            .and_then(|v| serde_json::from_str::<Map<String, Value>>(v).ok())
+            .is_some_and(|v| v.get(STICKY) == Some(&Value::Bool(true)))
+}
+
 /// The policy of [`MERGED`] as the server reads it from [`MERGE_FIELDS`].
 fn policy() -> Policy {
     Policy {
-        sticky: vec!["completed".into()],
+        sticky: vec![STICKY.into()],
     }
 }
 
@@ -681,6 +692,15 @@ impl Server {
             };
             t.key == *key && (sets && t.stamped >= at || itself)
         })
+    }
+
+    /// Whether the server took a write of `key` setting the sticky field `true` (its `true`
+    /// then stays, `check_sticky_kept`).
+    pub fn took_sticky_true(&self, user: usize, key: &Key) -> bool {
+        self.models[user]
+            .taken
+            .iter()
+            .any(|t| t.key == *key && sets_sticky_true(t.sets.as_deref(), t.value.as_deref()))
     }
 
     /// Checks every user's stored state (after a restart).

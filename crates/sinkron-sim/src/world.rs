@@ -269,7 +269,8 @@ impl World {
         loop {
             if let Some(()) = self.converged()? {
                 self.trace(format_args!("converged"));
-                return self.check_none_lost();
+                self.check_none_lost()?;
+                return self.check_sticky_kept();
             }
             if self.steps >= steps_max || self.now >= deadline {
                 let why = self.divergence()?;

@@ -204,3 +204,10 @@ fn a_leader_wiping_the_guest_s_outboxes_is_caught() {
 fn a_cut_push_acknowledging_the_writes_it_left_behind_is_caught() {
     finds("push-cut-acks-all", 60);
 }
+
+/// Found by "sticky true kept": a `completed` set `true`, then un-marked or deleted (or
+/// written whole without it) before the push, is never kept by the server.
+#[test]
+fn a_sticky_true_replaced_unsent_is_caught() {
+    finds("sticky-coalesced", 60);
+}

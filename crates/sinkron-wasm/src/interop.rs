@@ -317,6 +317,9 @@ fn init(call: &Node<'_>) -> Result<Engine, Invalid> {
     if call.get("hot").is_some() {
         config.hot = list(call, "hot", |n| (n.string("collection"), n.u64("every")));
     }
+    if let Some(sticky) = call.opt_strings("sticky") {
+        config.sticky = sticky;
+    }
     // Two 32-bit halves from `crypto.getRandomValues`.
     let seed = call.u64("seedHigh") << 32 | call.u64("seedLow");
     check()?;

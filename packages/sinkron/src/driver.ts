@@ -65,6 +65,14 @@ export interface ClientOptions {
    */
   hot?: Record<string, number>;
   /**
+   * Sticky field names: those the server keeps `true` once any write set them (its
+   * `--merge-fields history:completed`: `["completed"]`). A write queued here whose value holds
+   * one `true` is never replaced or undone before it is sent by a later write whose value does
+   * not (an un-mark, a delete): the server keeps the `true` as it would had it been sent on its
+   * own. Default none.
+   */
+  sticky?: string[];
+  /**
    * The server's poke stream (a server run with `--poke sse`): the visible leader tab holds
    * one stream and pulls as soon as another device writes. Polling goes on as without it;
    * default false.
@@ -164,6 +172,7 @@ export class SinkronClient {
       adoptLegacy: options.adoptLegacy !== undefined,
       pokes: options.pokes,
       hot: options.hot && Object.entries(options.hot).map(([collection, every]) => ({ collection, every })),
+      sticky: options.sticky,
       seedHigh: seed[0],
       seedLow: seed[1],
     });

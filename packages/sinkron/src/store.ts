@@ -22,6 +22,12 @@ export interface Collection<V extends Value = Value> {
    * while they keep coming, and at once by `syncNow()`; they show at once everywhere else.
    */
   hot?: number;
+  /**
+   * Fields the server keeps `true` once any write set them (its `--merge-fields`, e.g.
+   * `history:completed`): a queued `true` is never replaced or undone unsent by a later write
+   * that does not set it (see `ClientOptions.sticky`).
+   */
+  sticky?: string[];
   /** The value type, for the compiler only: never set. */
   readonly type?: V;
 }
@@ -33,7 +39,7 @@ export type Collections = Record<string, Collection<any>>;
 export type ValueOf<C> = C extends Collection<infer V> ? V : never;
 
 /** Declares a collection whose records hold values of type `V`. */
-export const collection = <V extends Value = Value>(options: { hot?: number } = {}): Collection<V> => options;
+export const collection = <V extends Value = Value>(options: { hot?: number; sticky?: Array<keyof V & string> } = {}): Collection<V> => options;
 
 /** Declares the app's collections; the store's state and actions are typed from them. */
 export const defineCollections = <C extends Collections>(collections: C): C => collections;
@@ -92,7 +98,7 @@ export interface SyncStore<C extends Collections> {
 
   /**
    * Starts syncing in this tab (the React hooks call it); resolves when ready. `hot`
-   * defaults to the collections' declarations.
+   * and `sticky` default to the collections' declarations.
    */
   start(options?: ClientOptions): Promise<void>;
   /** Stops syncing in this tab. */
@@ -181,7 +187,11 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
   let unsubscribe: (() => void) | null = null;
   const names = Object.keys(collections);
   const hot: Record<string, number> = {};
-  for (const name of names) if (collections[name].hot) hot[name] = collections[name].hot!;
+  const sticky: string[] = [];
+  for (const name of names) {
+    if (collections[name].hot) hot[name] = collections[name].hot!;
+    sticky.push(...(collections[name].sticky ?? []));
+  }
 
   return createStore<S>()((set, get) => {
     const engine = () => {
@@ -256,7 +266,7 @@ export function createSyncStore<C extends Collections, X extends object = {}>(
         const abort = new AbortController();
         cancel = abort;
         // The snapshot is the first start's only: a later one has newer state stored.
-        const attempt: Promise<void> = SinkronClient.start({ snapshot, ...options, hot: options?.hot ?? hot, signal: abort.signal }).then((c) => {
+        const attempt: Promise<void> = SinkronClient.start({ snapshot, ...options, hot: options?.hot ?? hot, sticky: options?.sticky ?? sticky, signal: abort.signal }).then((c) => {
           snapshot = undefined;
           // stop() (or another start) came first: this client never runs.
           if (abort.signal.aborted) return c.stop();

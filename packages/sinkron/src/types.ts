@@ -93,7 +93,7 @@ export type TabMessage = { scope: string | null } & (
 
 /** A call into the engine: an event, an action of the app, a restore, or a question. Every call but `init` carries the time, `now` (ms since the epoch). */
 export type Call =
-  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; pokes?: boolean; hot?: { collection: string; every: number }[]; seedHigh: number; seedLow: number }
+  | { t: "init"; interval?: number; pullOnSignIn?: boolean; pullOnFocus?: boolean; pullOnOnline?: boolean; adoptLegacy?: boolean; pokes?: boolean; hot?: { collection: string; every: number }[]; sticky?: string[]; seedHigh: number; seedLow: number }
   | { t: "clientId"; now: number }
   | { t: "user"; now: number }
   | { t: "status"; now: number }

@@ -33,6 +33,15 @@ pub struct Config {
     /// failed (cut off while the browser says online), a hot write is stamped as of the last
     /// sync ([`crate::Clock::as_of`]), not now.
     pub hot: Vec<(String, u64)>,
+    /// Sticky field names: where the server merges a collection per field and keeps a field
+    /// `true` once any write set it (`--merge-fields history:completed`), a queued write whose
+    /// value holds it `true` is never replaced or undone unsent by a later write of its key
+    /// whose value does not (an un-mark, a delete, a whole record holding `false`): both go,
+    /// in order, so the server keeps the `true` as it would had the first been sent on its
+    /// own. Declared to match the server's; a name applies in every collection (where the
+    /// server merges whole records, or the field is not sticky, the extra write changes
+    /// nothing: the later one wins).
+    pub sticky: Vec<String>,
     /// Most mutations in one push.
     pub push_batch_max: usize,
     /// Budget of a push's body, in bytes, its writes counted at their largest as JSON: a push
@@ -72,6 +81,7 @@ impl Default for Config {
             push_delay_ms: 300,
             push_wait_ms_max: 3_000,
             hot: vec![(String::from("history"), 30_000)],
+            sticky: Vec::new(),
             push_batch_max: 100,
             push_bytes_max: 60 * 1024,
             backoff_base_ms: 1_000,

@@ -32,7 +32,11 @@ impl Tab {
     /// A visible tab signed in as `u1` that holds the leader lock and has answered its
     /// first pull (cursor "1", empty state).
     fn leader() -> Self {
-        let mut tab = Tab::new(1);
+        Tab::leader_with(Tab::new(1))
+    }
+
+    /// [`Tab::leader`] from `tab`, fresh.
+    fn leader_with(mut tab: Tab) -> Self {
         tab.engine.sign_in(tab.now, "u1");
         tab.drain();
         tab.engine.handle_leadership(tab.now, true);
@@ -4410,6 +4414,78 @@ fn queued_writes_of_the_same_fields_coalesce_and_writes_of_others_go_beside_them
             (r#"{"position":6,"liked":true}"#, names(&["liked"])),
             (r#"{"position":7,"liked":true}"#, names(&["position"])),
             (r#"{"position":7,"liked":false}"#, None)
+        ]
+    );
+}
+
+/// A leader whose `history` keeps `completed` `true` once set (the server's
+/// `--merge-fields history:completed`), declared to the engine.
+fn sticky_leader() -> Tab {
+    let config = Config {
+        hot: Vec::new(),
+        sticky: vec!["completed".into()],
+        ..Config::default()
+    };
+    Tab::leader_with(Tab::with(config, 1))
+}
+
+#[test]
+fn a_queued_sticky_true_is_not_replaced_by_a_write_that_does_not_set_it() {
+    let mut tab = sticky_leader();
+    tab.write_fields("e1", r#"{"completed":true}"#, &["completed"]);
+    // Un-marked before the push: the un-mark shows, and goes after the `true`, which the
+    // server keeps (sticky); without the `true` sent, the server would never hold it.
+    tab.write_fields("e1", r#"{"completed":false}"#, &["completed"]);
+    assert_eq!(tab.value("e1").as_deref(), Some(r#"{"completed":false}"#));
+    // Marked and un-marked again: the one `true` and the last write, two writes at most.
+    tab.write_fields("e1", r#"{"completed":true}"#, &["completed"]);
+    tab.write_fields("e1", r#"{ "completed" : false }"#, &["completed"]);
+    let sent: Vec<_> = tab
+        .pushed()
+        .into_iter()
+        .map(|(_, v, f)| (v.unwrap(), f))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (r#"{"completed":true}"#.to_owned(), names(&["completed"])),
+            (
+                r#"{ "completed" : false }"#.to_owned(),
+                names(&["completed"])
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_queued_sticky_true_outlives_a_delete_and_a_whole_record_without_it() {
+    let mut tab = sticky_leader();
+    // Written whole, then a whole record of other fields over it: both go.
+    tab.write("e1", r#"{"position":5,"completed":true}"#);
+    tab.write("e1", r#"{"position":6,"completed":false}"#);
+    // A field write of other fields, holding the `true` it does not set: it is no sticky
+    // write, so a later one of the same field takes its place as ever.
+    tab.write_fields("e2", r#"{"position":1,"completed":true}"#, &["position"]);
+    tab.write_fields("e2", r#"{"position":2,"completed":true}"#, &["position"]);
+    // A `true` set, then the record deleted: the server keeps the `true` past the delete.
+    tab.write_fields("e3", r#"{"completed":true}"#, &["completed"]);
+    tab.engine
+        .write(tab.now, "history", "e3", None)
+        .expect("valid delete");
+    // Another field is no sticky field.
+    tab.write("e4", r#"{"liked":true}"#);
+    tab.write("e4", r#"{"liked":false}"#);
+    let sent: Vec<_> = tab.pushed().into_iter().map(|(k, v, _)| (k, v)).collect();
+    let write = |k: &str, v: &str| (k.to_owned(), Some(v.to_owned()));
+    assert_eq!(
+        sent,
+        vec![
+            write("e1", r#"{"position":5,"completed":true}"#),
+            write("e1", r#"{"position":6,"completed":false}"#),
+            write("e2", r#"{"position":2,"completed":true}"#),
+            write("e3", r#"{"completed":true}"#),
+            ("e3".to_owned(), None),
+            write("e4", r#"{"liked":false}"#),
         ]
     );
 }

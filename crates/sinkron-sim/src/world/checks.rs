@@ -13,7 +13,7 @@ use sinkron_core::protocol::WHOLE_STATE;
 use sinkron_core::{Persist, Record, Request};
 
 use super::{Event, TabId, World, Written};
-use crate::server::{show, Key, MERGED};
+use crate::server::{sets_sticky_true, show, Key, MERGED};
 use crate::Violation;
 
 /// Which scope a record may be in: a user's account, or one device's guest data.
@@ -545,6 +545,47 @@ impl World {
                     w.stamp.0,
                     w.stamp.1,
                     held.map_or("nothing".to_owned(), |h| format!("{} as {}", h.0, h.1)),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A sticky field keeps `true` once any write set it (`--merge-fields history:completed`),
+    /// whatever came after: every write in an account that set it (but those the user
+    /// discarded at a sign-out) reached the server, or a device keeps it for the account's
+    /// next sign-in there. "No write lost" asks for each field's newest write only; a later
+    /// write of the field (an un-mark, a delete) that took the `true`'s place unsent, and was
+    /// sent instead, passes it, and only this finds that the server never kept the `true`.
+    pub(super) fn check_sticky_kept(&self) -> Result<(), Violation> {
+        for w in &self.written {
+            let Some(user) = w.user else { continue };
+            if w.key.0 != MERGED || !sets_sticky_true(w.fields.as_deref(), w.value.as_deref()) {
+                continue;
+            }
+            let scope = Some(self.server.user_id(user));
+            let kept = self.devices.iter().any(|device| {
+                device.storage.get(&scope).is_some_and(|stored| {
+                    stored.outboxes.values().flat_map(|(_, m)| m).any(|m| {
+                        (&m.collection, &m.key) == (&w.key.0, &w.key.1)
+                            && sets_sticky_true(m.fields.as_deref(), m.value.as_deref())
+                    })
+                })
+            });
+            if self.server.took_sticky_true(user, &w.key) || kept {
+                continue;
+            }
+            return Err(Violation::new(
+                "sticky true kept",
+                format!(
+                    "user {user} {}/{}: device {} set {} at {} as {}, which the server never \
+                     took (nor anything else setting it), and no device keeps it",
+                    w.key.0,
+                    w.key.1,
+                    w.device,
+                    crate::server::STICKY,
+                    w.stamp.0,
+                    w.stamp.1,
                 ),
             ));
         }

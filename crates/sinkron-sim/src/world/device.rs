@@ -15,7 +15,7 @@ use sinkron_core::{Change, Config, Engine, Mutation, Persist, Record, RecordKey}
 
 use super::checks::cursor_version;
 use super::{Event, TabId, World};
-use crate::server::{Key, UNKNOWN};
+use crate::server::{Key, STICKY, UNKNOWN};
 use crate::Violation;
 
 pub(super) struct Tab {
@@ -424,6 +424,7 @@ impl World {
         let seed = self.rng.fork();
         let config = Config {
             push_bytes_max: self.params.push_bytes as usize,
+            sticky: vec![STICKY.into()],
             ..Config::default()
         };
         let mut engine = Engine::new(config, seed);
