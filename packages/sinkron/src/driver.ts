@@ -242,18 +242,7 @@ export class SinkronClient {
 
   /** Signs in (or up, with `create`), merging this device's guest data into the account. */
   async signIn(username: string, password: string, create = false): Promise<Session["user"]> {
-    const response = await fetch(`${this.#baseUrl}/api/auth/${create ? "register" : "login"}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ username, password }),
-      signal: this.#timeout(),
-    });
-    const body = await response.json().catch(() => null);
-    if (!response.ok) {
-      const error = body?.error ?? { code: "http_" + response.status, message: response.statusText };
-      throw new SinkronError(error.code, error.message);
-    }
-    const session = body as Session;
+    const session = await (await import("./accounts.js")).requestSession(this.#baseUrl, username, password, create, this.#timeout());
     // Another user signed in here signs out first: the flush of their writes carries their token.
     const current = this.user();
     if (current && current.id !== session.user.id) await this.signOut();

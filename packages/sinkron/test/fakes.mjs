@@ -3,6 +3,11 @@
 // answers, and the `window`/`document` event targets. `BroadcastChannel` and `crypto` are
 // node's own.
 import { readFileSync } from "node:fs";
+// The modules the driver imports on demand (the poke stream's reader, the built-in accounts),
+// loaded up front: a page fetches them once, which the fake timers' turns in `settle` do not
+// wait for.
+import "../dist/pokes.js";
+import "../dist/accounts.js";
 
 export const wasm = readFileSync(new URL("../dist/wasm/sinkron.wasm", import.meta.url));
 
