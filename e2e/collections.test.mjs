@@ -116,6 +116,41 @@ describe("an app's own collections", () => {
       await context.close();
     }, [...BOOKMARKS, "--merge-fields", "bookmarks"]));
 
+  test("a sticky field marked offline and un-marked before the push still reaches the server, which keeps it", () =>
+    withServer(async (server) => {
+      const context = await browser.newContext();
+      const page = await open(context, server, { path: "/custom.html", interval: 1000 });
+      const token = await signUp(page, "sticky");
+      const url = "https://example.org/s";
+      const item = (attrs) => page.locator(`[data-testid="bookmark"][data-url="${url}"]${attrs}`);
+      await add(page, url, "to read");
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      const pushes = [];
+      page.on("request", (r) => {
+        if (r.method() === "POST" && new URL(r.url()).pathname === "/api/user/me/changes") pushes.push(r.postDataJSON());
+      });
+      // Offline: read, then un-read by mistake. The page shows the un-mark at once.
+      await context.setOffline(true);
+      await item("").getByTestId("read").click();
+      await item('[data-read="true"]').waitFor();
+      await item("").getByTestId("read").click();
+      await item('[data-read="false"]').waitFor();
+      await context.setOffline(false);
+      // Both writes go, in order; the server keeps `read` (sticky), and the page shows what
+      // the server holds once the push is answered.
+      await item('[data-read="true"]').waitFor({ timeout: 15000 });
+      await page.locator('[data-testid="sync-status"][data-state="synced"][data-pending="0"]').waitFor();
+      assert.deepEqual(recordsOf(await server.state(token), "bookmarks"), { [url]: { url, note: "to read", read: true } });
+      assert.deepEqual(
+        pushes.flatMap((p) => p.mutations.map((m) => [m.fields, m.value.read])),
+        [
+          [["read"], true],
+          [["read"], false],
+        ],
+      );
+      await context.close();
+    }, [...BOOKMARKS, "--merge-fields", "bookmarks:read"]));
+
   test("a server that does not know the collection refuses it, and the page shows the refusal", () =>
     withServer(async (server) => {
       const context = await browser.newContext();

@@ -3,7 +3,9 @@
 // The server must know the collection: `sinkron serve --collections
 // history,favorites,likes,settings,bookmarks`; with `--merge-fields bookmarks` it merges a
 // bookmark field by field, so a note edited on one device and "read" marked on another both
-// survive (each write names the fields it sets).
+// survive (each write names the fields it sets); with `--merge-fields bookmarks:read`, once
+// read it stays read, and `read` is declared sticky here so that a "read" queued offline and
+// un-marked before it was sent still reaches the server.
 import { useState } from "react";
 import { createRoot } from "react-dom/client";
 import { useStore } from "zustand";
@@ -12,7 +14,7 @@ import { useSyncStore } from "sinkron/react";
 import "./styles.css";
 
 const collections = defineCollections({
-  bookmarks: collection<{ url: string; note: string; read?: boolean }>(),
+  bookmarks: collection<{ url: string; note: string; read?: boolean }>({ sticky: ["read"] }),
 });
 const store = createSyncStore(collections);
 /** `?interval=MS` and `?requestTimeout=MS`, as on the demo's main page (for tests). */

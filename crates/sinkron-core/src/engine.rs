@@ -974,9 +974,10 @@ impl Engine {
         // its writes wait thus queues a delete and a write at most. A write of some fields
         // undoes the queued writes of the same fields to the key alike, wherever they are
         // (writes of other fields between commute with it): fields written in turn queue
-        // one write per set of fields, not one per write. But a queued write setting a
-        // sticky field `true` that this one does not stays (`sticky_over`): un-marked, then
-        // marked again, a field queues two writes at most.
+        // one write per set of fields, not one per write. But a queued write holding a
+        // sticky field `true` that this one does not stays (`sticky_over`): marked and
+        // un-marked in turn, a field its writes name queues two writes at most (a later
+        // `true` undoes both); written whole, one more for each un-mark until they are sent.
         let per_field = record.value.is_some() && fields.is_some();
         // (Only writes older than this one: one taken over from a gone tab may be older
         // than what this tab queued, and goes beside it.)

@@ -25,7 +25,8 @@ export interface Collection<V extends Value = Value> {
   /**
    * Fields the server keeps `true` once any write set them (its `--merge-fields`, e.g.
    * `history:completed`): a queued `true` is never replaced or undone unsent by a later write
-   * that does not set it (see `ClientOptions.sticky`).
+   * that does not set it (see `ClientOptions.sticky`). The engine keeps a queued `true` of a
+   * field of that name in any collection: elsewhere it costs one more write, never a lost one.
    */
   sticky?: string[];
   /** The value type, for the compiler only: never set. */

@@ -145,6 +145,31 @@ test("a store of the app's declared collections: records by key at once, and a h
   }
 });
 
+test("a collection's declared sticky field: a queued true is pushed before the un-mark queued over it", async (t) => {
+  fakeClock(t);
+  session("7");
+  browser.answer(({ method, body }) => (method === "POST" ? { status: 200, body: { ...emptyPage().body, ack: body.mutations.at(-1).id, cursor: "9" } } : emptyPage()));
+  // `done` as the server's `--merge-fields tasks:done` keeps it: true once set.
+  const store = createSyncStore(defineCollections({ tasks: collection({ sticky: ["done"] }), notes: collection() }));
+  await store.getState().start(options());
+  try {
+    await settle(() => store.getState().status.lastSyncedAt !== null, { what: "the first pull" });
+    const posts = () => browser.requests.filter((r) => r.method === "POST").map((r) => r.body.mutations.map((m) => `${m.collection}/${m.key}/${JSON.stringify(m.value)}`));
+    // Marked done, then un-marked before the push: the un-mark shows at once, and both go.
+    store.getState().put("tasks", "t1", { done: true }, ["done"]);
+    store.getState().put("tasks", "t1", { done: false }, ["done"]);
+    assert.deepEqual(store.getState().records.tasks.t1.value, { done: false });
+    // A field not declared sticky: the later write takes the queued one's place.
+    store.getState().put("notes", "n1", { pinned: true }, ["pinned"]);
+    store.getState().put("notes", "n1", { pinned: false }, ["pinned"]);
+    t.mock.timers.tick(5000);
+    await settle(() => store.getState().status.pending === 0, { what: "the push" });
+    assert.deepEqual(posts(), [['tasks/t1/{"done":true}', 'tasks/t1/{"done":false}', 'notes/n1/{"pinned":false}']]);
+  } finally {
+    store.getState().stop();
+  }
+});
+
 const snapshotOf = (user, cursor, changes) => ({ user: { id: user, username: user }, cursor, changes, more: false, serverTime: Date.now() });
 const historyChange = (key, position, version) => ({ collection: "history", key, value: { showId: "s1", position }, updatedAt: 1_799_999_990_000 + version, clientId: "tv", version });
 
