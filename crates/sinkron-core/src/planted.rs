@@ -97,10 +97,14 @@ pub enum Bug {
     /// A later write of a key takes the place of (or, a delete, undoes) a queued write that
     /// set a sticky field `true`, unsent: the server never keeps that `true`.
     StickyCoalesced = 1073741824,
+    /// A tab taking over a gone tab's stored writes drops the stored copy even when it heard
+    /// that tab write one the copy it read lacks (its copy of the storage lags): that write
+    /// is lost.
+    TakeoverDropsLagging = 2147483648,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 30] = [
+    pub const ALL: [Bug; 31] = [
         Bug::ArrivalOrder,
         Bug::TimestampCursor,
         Bug::NoDedupe,
@@ -131,6 +135,7 @@ impl Bug {
         Bug::LeaderDropsGuest,
         Bug::PushCutAcksAll,
         Bug::StickyCoalesced,
+        Bug::TakeoverDropsLagging,
     ];
 
     /// The name used on the command line.
@@ -166,6 +171,7 @@ impl Bug {
             Bug::LeaderDropsGuest => "leader-drops-guest",
             Bug::PushCutAcksAll => "push-cut-acks-all",
             Bug::StickyCoalesced => "sticky-coalesced",
+            Bug::TakeoverDropsLagging => "takeover-drops-lagging",
         }
     }
 }

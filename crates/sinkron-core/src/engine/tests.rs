@@ -4087,6 +4087,60 @@ fn the_leader_takes_a_closed_tabs_unsent_writes_at_its_next_pull_though_it_shows
 }
 
 #[test]
+fn a_takeover_from_a_copy_that_lacks_a_write_heard_leaves_the_stored_copy_for_the_next_pull() {
+    let mut tab = Tab::leader();
+    // Another tab wrote twice and closed; this tab heard both writes, but its copy of the
+    // storage (behind the other tab's by a few milliseconds) holds the first only.
+    let write = |id: u64, key: &str| Mutation {
+        fields: None,
+        id,
+        collection: "history".into(),
+        key: key.into(),
+        value: Some(format!(r#"{{"n":{id}}}"#)),
+        updated_at: T0 + id,
+    };
+    let (first, last) = (write(1, "a"), write(2, "b"));
+    for m in [&first, &last] {
+        let heard = TabBody::Wrote {
+            id: m.id,
+            key: RecordKey::new("history", m.key.as_str()),
+            record: Record {
+                value: m.value.clone(),
+                updated_at: m.updated_at,
+                client_id: "closed".into(),
+            },
+        };
+        let scope = Some("u1".into());
+        (tab.engine).handle_tab_message(tab.now, TabMessage { scope, body: heard });
+    }
+    tab.drain();
+    let dropped = Command::Persist(Persist::DropOutbox {
+        scope: Some("u1".into()),
+        client_id: "closed".into(),
+    });
+    // What it read is taken and sent; the stored copy stays (it holds the second write by
+    // now, or soon).
+    tab.unpark_own_scope("closed".into(), vec![first.clone()]);
+    let commands = tab.drain();
+    assert!(!commands.contains(&dropped), "{commands:?}");
+    let sent = commands.iter().find_map(|c| match c {
+        Command::Send {
+            request: r @ Request::Push { .. },
+            ..
+        } => Some(pushed(r).iter().map(|m| m.key.clone()).collect::<Vec<_>>()),
+        _ => None,
+    });
+    assert_eq!(sent, Some(vec!["a".to_owned()]));
+    // The next pull's takeover reads the copy whole: both go (the first again, with its
+    // time: the server keeps one), and the copy is dropped.
+    tab.unpark_own_scope("closed".into(), vec![first.clone(), last.clone()]);
+    let commands = tab.drain();
+    assert!(commands.contains(&dropped), "{commands:?}");
+    assert_eq!(tab.record("b").updated_at, last.updated_at);
+    assert_eq!(tab.value("b"), last.value);
+}
+
+#[test]
 fn a_write_after_unparking_is_newer_than_what_was_unparked() {
     let mut tab = Tab::leader();
     let ahead = tab.now + 3_600_000;
