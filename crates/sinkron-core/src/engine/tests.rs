@@ -4406,6 +4406,12 @@ impl Tab {
             .expect("valid write");
     }
 
+    /// The next push's values (none a delete) and the fields each sets.
+    fn pushed_values(&mut self) -> Vec<(String, Option<Vec<String>>)> {
+        let pushed = self.pushed().into_iter();
+        pushed.map(|(_, v, f)| (v.expect("a value"), f)).collect()
+    }
+
     /// The next push's mutations as `(key, value, fields)`.
     fn pushed(&mut self) -> Vec<(String, Option<String>, Option<Vec<String>>)> {
         // Writes taken over are sent at once, a write after a short wait.
@@ -4494,11 +4500,7 @@ fn a_queued_sticky_true_is_not_replaced_by_a_write_that_does_not_set_it() {
     // Marked and un-marked again: the one `true` and the last write, two writes at most.
     tab.write_fields("e1", r#"{"completed":true}"#, &["completed"]);
     tab.write_fields("e1", r#"{ "completed" : false }"#, &["completed"]);
-    let sent: Vec<_> = tab
-        .pushed()
-        .into_iter()
-        .map(|(_, v, f)| (v.unwrap(), f))
-        .collect();
+    let sent = tab.pushed_values();
     assert_eq!(
         sent,
         vec![
@@ -4559,11 +4561,7 @@ fn a_whole_record_write_takes_a_queued_ones_place_only_when_it_sets_every_field_
     );
     // Keys are compared as written: one written another way goes beside, which is safe.
     tab.write("e1", r#"{"\u0077":4,"note":"","liked":true,"x":{}}"#);
-    let sent: Vec<_> = tab
-        .pushed()
-        .into_iter()
-        .map(|(_, v, f)| (v.unwrap(), f))
-        .collect();
+    let sent = tab.pushed_values();
     assert_eq!(
         sent,
         vec![
