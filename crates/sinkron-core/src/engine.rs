@@ -140,9 +140,9 @@ fn inside_whole(cursor: &str) -> bool {
     cursor.len() > 18
 }
 
-/// Whether the value of the queued write `p` holds a sticky field of its collection
-/// ([`Config::sticky`]) `true` where `new`, a later write of its key, does not: `new` may then
-/// neither take `p`'s place nor undo it unsent, or the server might never keep that `true`.
+/// Whether the value of the queued write `p` holds a sticky field ([`Config::sticky`], a
+/// name in any collection) `true` where `new`, a later write of its key, does not: `new` may
+/// then neither take `p`'s place nor undo it unsent, or the server might never keep that `true`.
 /// (A write of other fields that holds the `true` as the record showed it is kept too, which
 /// is safe; `new` takes a queued write's place only setting the same fields, or whole.)
 #[inline(never)]
