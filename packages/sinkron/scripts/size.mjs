@@ -3,15 +3,18 @@
 // loader and Zustand) bundled and minified as an app would ship it. React is the app's, not ours.
 import { build } from "esbuild";
 import { readFileSync, writeFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 
 const here = new URL("..", import.meta.url).pathname;
 const gz = (bytes) => gzipSync(bytes, { level: 9 }).length;
 const wasm = readFileSync(`${here}src/wasm/sinkron.wasm`);
 // Split as an app's bundler splits it: what is imported on demand (the poke stream's reader,
-// loaded only by a client with `pokes`) is a chunk of its own, counted apart.
+// loaded only by a client with `pokes`; the request of `signIn()` to Sinkron's own accounts,
+// at the first sign-in) is a chunk of its own, counted apart.
 const bundle = await build({
   entryPoints: [`${here}src/react.ts`],
+  absWorkingDir: here,
   bundle: true,
   splitting: true,
   outdir: "/size",
@@ -23,18 +26,26 @@ const bundle = await build({
   logLevel: "error",
 });
 // The entry and the chunks it imports statically are on every page. (The metafile names
-// outputs relative to the working directory, the output files by absolute path.)
+// outputs relative to `absWorkingDir`, the output files by absolute path.)
 const outputs = bundle.metafile.outputs;
-const absolute = (path) => path.replace(/^(\.\.\/)+/, "/");
 const onPage = new Set();
 const visit = (path) => {
-  if (onPage.has(absolute(path))) return;
-  onPage.add(absolute(path));
+  if (onPage.has(resolve(here, path))) return;
+  onPage.add(resolve(here, path));
   for (const i of outputs[path].imports) if (i.kind === "import-statement" && outputs[i.path]) visit(i.path);
 };
-visit(Object.keys(outputs).find((path) => outputs[path].entryPoint?.endsWith("src/react.ts")));
+const entry = Object.keys(outputs).find((path) => outputs[path].entryPoint === "src/react.ts");
+if (!entry) {
+  console.error("error: the bundle has no output for src/react.ts; the size cannot be measured");
+  process.exit(1);
+}
+visit(entry);
 const files = bundle.outputFiles;
 const js = Buffer.concat(files.filter((f) => onPage.has(f.path)).map((f) => f.contents));
+if (js.length === 0) {
+  console.error("error: no output file matched the entry's chunks; the size cannot be measured");
+  process.exit(1);
+}
 const later = files.filter((f) => !onPage.has(f.path));
 const sizes = { wasm: wasm.length, wasmGzip: gz(wasm), js: js.length, jsGzip: gz(js) };
 sizes.totalGzip = sizes.wasmGzip + sizes.jsGzip;
